@@ -1,0 +1,332 @@
+//! Command line: `run`, `demo`, `check-config`, `keys`, `tenants`, `mock-vendor`.
+
+use crate::config::{Config, LogFormat};
+use crate::routing::upstream::UpstreamStates;
+use crate::server::{self, Launch};
+use crate::tenancy::store::{NewKey, Store};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Enterprise LLM gateway on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        #[arg(short, long, default_value = "conf/tollgate.toml")]
+        config: PathBuf,
+        /// Take over the listening sockets of a running instance (zero-downtime upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Fork into the background (writes pid_file; used by the systemd unit).
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Start a self-contained demo: built-in mock vendor, SQLite, a demo tenant and key.
+    Demo {
+        /// Gateway port (default 8080, or a free one if taken).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        admin_port: Option<u16>,
+        /// SQLite file of the demo.
+        #[arg(long, default_value = "tollgate-demo.db")]
+        db: PathBuf,
+    },
+    /// Validate a configuration file and exit (non-zero with the bad field on error).
+    CheckConfig { file: PathBuf },
+    /// Manage API keys in the store.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        target: StoreTarget,
+    },
+    /// Manage tenants in the store.
+    Tenants {
+        #[command(subcommand)]
+        action: TenantsAction,
+        #[command(flatten)]
+        target: StoreTarget,
+    },
+    /// Run the mock vendor (OpenAI wire format) on its own, for benchmarks and experiments.
+    MockVendor {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreTarget {
+    /// Configuration whose store to use (and whose channels/models keys are checked against).
+    #[arg(long, global = true, default_value = "conf/tollgate.toml")]
+    config: PathBuf,
+    /// Use this SQLite file instead of the configuration's.
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; prints the key once (it is stored only as a hash).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Create the tenant if it does not exist.
+        #[arg(long)]
+        create_tenant: bool,
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Default channel of the key.
+        #[arg(long)]
+        channel: String,
+        /// Further channels the key may select with the x-tollgate-channel header.
+        #[arg(long = "allow-channel")]
+        allow_channels: Vec<String>,
+        /// Restrict the key to these models (default: all models of its channels).
+        #[arg(long = "allow-model")]
+        allow_models: Vec<String>,
+        /// Expiry as a unix timestamp.
+        #[arg(long)]
+        expires_at: Option<i64>,
+    },
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    Revoke {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantsAction {
+    Create { name: String },
+    List,
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            let states = UpstreamStates::default();
+            let cfg = match Config::load(&config, &states) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
+            init_logging(cfg.server.log_format);
+            let admin_token = std::env::var(&cfg.admin.token_env)
+                .ok()
+                .filter(|t| !t.is_empty());
+            if admin_token.is_none() {
+                tracing::warn!(var = %cfg.admin.token_env, "no admin token set: the /admin API refuses every call");
+            }
+            let launch = Launch {
+                config: cfg,
+                states,
+                config_path: Some(config),
+                upgrade,
+                daemon,
+                admin_token,
+            };
+            match server::run(launch) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+        Command::Demo {
+            port,
+            admin_port,
+            db,
+        } => crate::demo::run(port, admin_port, db),
+        Command::CheckConfig { file } => {
+            let states = UpstreamStates::default();
+            match Config::load(&file, &states) {
+                Ok(cfg) => {
+                    for w in &cfg.warnings {
+                        println!("warning: {w}");
+                    }
+                    println!(
+                        "{}: OK ({} models, {} channels, {} upstreams)",
+                        file.display(),
+                        cfg.models.len(),
+                        cfg.channels.len(),
+                        cfg.upstreams().count()
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+        Command::Keys { action, target } => {
+            with_store(&target, |store, cfg| keys(store, cfg, action))
+        }
+        Command::Tenants { action, target } => with_store(&target, |store, _| match action {
+            TenantsAction::Create { name } => {
+                let t = store.create_tenant(&name).map_err(|e| e.to_string())?;
+                println!("{}", serde_json::json!(t));
+                Ok(())
+            }
+            TenantsAction::List => {
+                for t in store.list_tenants().map_err(|e| e.to_string())? {
+                    println!("{}", serde_json::json!(t));
+                }
+                Ok(())
+            }
+        }),
+        Command::MockVendor { listen } => {
+            init_logging(LogFormat::Text);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            };
+            match rt.block_on(crate::mock::run_standalone(listen)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+fn with_store(
+    target: &StoreTarget,
+    f: impl FnOnce(&Store, Option<&Config>) -> Result<(), String>,
+) -> i32 {
+    let states = UpstreamStates::default();
+    let cfg = Config::load(&target.config, &states).ok();
+    let db: PathBuf = match (&target.db, &cfg) {
+        (Some(db), _) => db.clone(),
+        (None, Some(c)) => PathBuf::from(&c.sqlite_path),
+        (None, None) => {
+            eprintln!(
+                "error: cannot read {} (pass --db FILE or --config FILE)",
+                target.config.display()
+            );
+            return 2;
+        }
+    };
+    let store = match Store::open(Path::new(&db)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    match f(&store, cfg.as_ref()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn keys(store: &Store, cfg: Option<&Config>, action: KeysAction) -> Result<(), String> {
+    match action {
+        KeysAction::Create {
+            tenant,
+            create_tenant,
+            name,
+            channel,
+            allow_channels,
+            allow_models,
+            expires_at,
+        } => {
+            let mut models = Vec::new();
+            if let Some(cfg) = cfg {
+                for c in std::iter::once(&channel).chain(allow_channels.iter()) {
+                    if cfg.channel(c).is_none() {
+                        return Err(format!("channel `{c}` is not configured"));
+                    }
+                }
+                for m in &allow_models {
+                    models.push(
+                        cfg.model(m)
+                            .ok_or_else(|| format!("model `{m}` is not configured"))?
+                            .name
+                            .clone(),
+                    );
+                }
+            } else {
+                models = allow_models;
+            }
+            let t = match store.find_tenant(&tenant) {
+                Ok(t) => t,
+                Err(_) if create_tenant => {
+                    store.create_tenant(&tenant).map_err(|e| e.to_string())?
+                }
+                Err(e) => return Err(format!("{e} (add --create-tenant to create it)")),
+            };
+            let (key, plaintext) = store
+                .create_key(&NewKey {
+                    tenant_id: t.id,
+                    name,
+                    default_channel: channel,
+                    allowed_channels: allow_channels,
+                    allowed_models: models,
+                    expires_at,
+                })
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::json!({"key": plaintext, "record": key}));
+            Ok(())
+        }
+        KeysAction::List { tenant } => {
+            let tenant_id = match tenant {
+                Some(t) => Some(store.find_tenant(&t).map_err(|e| e.to_string())?.id),
+                None => None,
+            };
+            for k in store.list_keys(tenant_id).map_err(|e| e.to_string())? {
+                println!("{}", serde_json::json!(k));
+            }
+            Ok(())
+        }
+        KeysAction::Revoke { id } => {
+            let k = store
+                .revoke_key(crate::tenancy::KeyId(id))
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::json!(k));
+            Ok(())
+        }
+    }
+}

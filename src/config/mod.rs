@@ -1,0 +1,852 @@
+//! Configuration: the file schema (`schema`), its validation into runtime types (this module)
+//! and hot reload (`reload`). A configuration is immutable once built; a reload builds a new
+//! one and swaps it in atomically, carrying each upstream's live state (breaker, latency) over.
+
+pub mod reload;
+pub mod schema;
+
+use crate::routing::upstream::{UpstreamState, UpstreamStates};
+use rust_decimal::Decimal;
+use schema::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configuration error that names the offending path, e.g. `channels[0].upstreams[1].base_url`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub graceful_shutdown: Duration,
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: String,
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    Chat,
+    Embedding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Currency {
+    Usd,
+    Rmb,
+}
+
+#[derive(Debug, Clone)]
+pub struct Price {
+    pub currency: Currency,
+    pub input: Decimal,
+    pub cached_input: Decimal,
+    pub cache_write: Decimal,
+    pub output: Decimal,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    pub vendor: String,
+    pub kind: ModelKind,
+    pub aliases: Vec<String>,
+    pub max_output_tokens: Option<u64>,
+    pub context_window: Option<u64>,
+    pub price: Option<Price>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub max_retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+}
+
+/// Where an upstream lives, parsed once at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash, e.g. "/v1".
+    pub path: String,
+}
+
+impl BaseUrl {
+    pub fn parse(s: &str) -> Result<BaseUrl, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err("must start with http:// or https://".into());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err("has no host".into());
+        }
+        if authority.contains('@') || path.contains('?') || path.contains('#') {
+            return Err("must not carry credentials, a query or a fragment".into());
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
+            // IPv6 literal: [::1]:8080
+            let end = stripped
+                .find(']')
+                .ok_or("has an unterminated IPv6 literal")?;
+            let host = &stripped[..end];
+            let after = &stripped[end + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().map_err(|_| "has an invalid port")?,
+                None if after.is_empty() => default_port,
+                None => return Err("has garbage after the IPv6 literal".into()),
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse::<u16>().map_err(|_| "has an invalid port")?,
+                ),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err("has no host".into());
+        }
+        Ok(BaseUrl {
+            tls,
+            host,
+            port,
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Value for the Host header.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// One vendor endpoint + credential inside a channel.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `channel/name`, unique in the configuration, used as a metric label.
+    pub id: String,
+    pub name: String,
+    pub base: BaseUrl,
+    pub protocol: Protocol,
+    pub api_key_env: Option<String>,
+    /// The credential, read from the environment at load time.
+    pub api_key: Option<String>,
+    pub weight: u32,
+    pub models: HashSet<String>,
+    pub model_map: BTreeMap<String, String>,
+    /// Why this upstream cannot be used (e.g. its key variable is unset); `None` when usable.
+    pub disabled: Option<String>,
+    /// Live state that survives reloads (breaker, latency, resolved addresses).
+    pub state: Arc<UpstreamState>,
+}
+
+impl Upstream {
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map
+            .get(model)
+            .map(String::as_str)
+            .unwrap_or(model)
+    }
+}
+
+/// A service tier: a price multiplier over a pool of upstreams.
+#[derive(Debug)]
+pub struct Channel {
+    pub name: String,
+    pub description: String,
+    pub multiplier: Decimal,
+    pub rmb_multiplier: Decimal,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Channel {
+    pub fn serves(&self, model: &str) -> bool {
+        self.upstreams.iter().any(|u| u.models.contains(model))
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub admin: AdminSettings,
+    pub sqlite_path: String,
+    pub models: Vec<Arc<Model>>,
+    model_index: HashMap<String, Arc<Model>>,
+    pub channels: Vec<Arc<Channel>>,
+    channel_index: HashMap<String, Arc<Channel>>,
+    /// Non-fatal findings (e.g. an upstream whose key variable is unset).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Resolve a model name or alias.
+    pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
+        self.model_index.get(name)
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
+        self.channel_index.get(name)
+    }
+
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.channels.iter().flat_map(|c| c.upstreams.iter())
+    }
+
+    /// Read, parse and validate a file. `states` carries live upstream state across reloads.
+    pub fn load(path: &Path, states: &UpstreamStates) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::from_toml(&text, &path.display().to_string(), states)
+    }
+
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        states: &UpstreamStates,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        Config::build(file, states, &|name| std::env::var(name).ok())
+    }
+
+    /// Validate a parsed file. `env` looks up credential variables (a parameter so tests and
+    /// `check-config` can run without real secrets).
+    pub fn build(
+        file: FileConfig,
+        states: &UpstreamStates,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        // Destructured without `..`: a new section fails to compile until it is handled here.
+        let FileConfig {
+            server,
+            admin,
+            store,
+            timeouts,
+            retry,
+            breaker,
+            models,
+            channels,
+        } = file;
+        let mut warnings = Vec::new();
+
+        let server = build_server(server)?;
+        if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "admin.listen",
+                "must be an address like 127.0.0.1:8081",
+            ));
+        }
+        let admin = AdminSettings {
+            listen: admin.listen,
+            token_env: admin.token_env,
+        };
+        let default_timeouts = build_timeouts(timeouts, "timeouts")?;
+        let default_retry = build_retry(retry, "retry")?;
+        let default_breaker = build_breaker(breaker, "breaker")?;
+
+        let mut model_list = Vec::new();
+        let mut model_index: HashMap<String, Arc<Model>> = HashMap::new();
+        for (i, m) in models.into_iter().enumerate() {
+            let at = format!("models[{i}]");
+            let model = Arc::new(build_model(m, &at)?);
+            for key in std::iter::once(&model.name).chain(model.aliases.iter()) {
+                if model_index.insert(key.clone(), model.clone()).is_some() {
+                    return Err(invalid(
+                        format!("{at}"),
+                        format!("model name or alias `{key}` is defined twice"),
+                    ));
+                }
+            }
+            model_list.push(model);
+        }
+
+        let mut channel_list = Vec::new();
+        let mut channel_index = HashMap::new();
+        for (ci, c) in channels.into_iter().enumerate() {
+            let at = format!("channels[{ci}]");
+            let ChannelSection {
+                name,
+                description,
+                multiplier,
+                rmb_multiplier,
+                timeouts,
+                retry,
+                breaker,
+                upstreams,
+            } = c;
+            check_name(&name, &format!("{at}.name"))?;
+            if channel_index.contains_key(&name) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("channel `{name}` is defined twice"),
+                ));
+            }
+            if multiplier.is_sign_negative() {
+                return Err(invalid(format!("{at}.multiplier"), "must not be negative"));
+            }
+            if rmb_multiplier.is_sign_negative() {
+                return Err(invalid(
+                    format!("{at}.rmb_multiplier"),
+                    "must not be negative",
+                ));
+            }
+            let timeouts = match timeouts {
+                Some(t) => build_timeouts(t, &format!("{at}.timeouts"))?,
+                None => default_timeouts,
+            };
+            let retry = match retry {
+                Some(r) => build_retry(r, &format!("{at}.retry"))?,
+                None => default_retry,
+            };
+            let breaker = match breaker {
+                Some(b) => build_breaker(b, &format!("{at}.breaker"))?,
+                None => default_breaker,
+            };
+            if upstreams.is_empty() {
+                return Err(invalid(
+                    format!("{at}.upstreams"),
+                    "a channel needs at least one upstream",
+                ));
+            }
+            let mut ups = Vec::new();
+            let mut seen = HashSet::new();
+            for (ui, u) in upstreams.into_iter().enumerate() {
+                let uat = format!("{at}.upstreams[{ui}]");
+                let up = build_upstream(u, &name, &uat, &model_index, states, env, &mut warnings)?;
+                if !seen.insert(up.name.clone()) {
+                    return Err(invalid(
+                        format!("{uat}.name"),
+                        format!("upstream `{}` is defined twice in this channel", up.name),
+                    ));
+                }
+                ups.push(Arc::new(up));
+            }
+            let channel = Arc::new(Channel {
+                name: name.clone(),
+                description,
+                multiplier,
+                rmb_multiplier,
+                timeouts,
+                retry,
+                breaker,
+                upstreams: ups,
+            });
+            channel_index.insert(name, channel.clone());
+            channel_list.push(channel);
+        }
+        if channel_list.is_empty() {
+            return Err(invalid("channels", "at least one channel is required"));
+        }
+
+        Ok(Config {
+            server,
+            admin,
+            sqlite_path: store.sqlite_path,
+            models: model_list,
+            model_index,
+            channels: channel_list,
+            channel_index,
+            warnings,
+        })
+    }
+}
+
+fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(at, "must be 1-64 characters of [A-Za-z0-9-_.:]"))
+    }
+}
+
+fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
+    let ServerSection {
+        listen,
+        threads,
+        max_body_bytes,
+        log_format,
+        graceful_shutdown_seconds,
+        upgrade_sock,
+        pid_file,
+    } = s;
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "server.listen",
+            "must be an address like 0.0.0.0:8080",
+        ));
+    }
+    if threads == 0 || threads > 1024 {
+        return Err(invalid("server.threads", "must be between 1 and 1024"));
+    }
+    if max_body_bytes < 1024 {
+        return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+    }
+    let log_format = match log_format.as_str() {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        _ => return Err(invalid("server.log_format", "must be \"json\" or \"text\"")),
+    };
+    Ok(ServerSettings {
+        listen,
+        threads,
+        max_body_bytes,
+        log_format,
+        graceful_shutdown: Duration::from_secs(graceful_shutdown_seconds),
+        upgrade_sock: upgrade_sock.unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
+        pid_file: pid_file.unwrap_or_else(|| "/tmp/tollgate.pid".into()),
+    })
+}
+
+fn build_timeouts(t: TimeoutsSection, at: &str) -> Result<Timeouts, ConfigError> {
+    let TimeoutsSection {
+        connect_ms,
+        first_byte_ms,
+        idle_ms,
+        total_ms,
+    } = t;
+    for (v, f) in [
+        (connect_ms, "connect_ms"),
+        (first_byte_ms, "first_byte_ms"),
+        (idle_ms, "idle_ms"),
+        (total_ms, "total_ms"),
+    ] {
+        if v == 0 {
+            return Err(invalid(format!("{at}.{f}"), "must be greater than 0"));
+        }
+    }
+    if total_ms < first_byte_ms.min(idle_ms) {
+        return Err(invalid(
+            format!("{at}.total_ms"),
+            "must not be shorter than first_byte_ms or idle_ms",
+        ));
+    }
+    Ok(Timeouts {
+        connect: Duration::from_millis(connect_ms),
+        first_byte: Duration::from_millis(first_byte_ms),
+        idle: Duration::from_millis(idle_ms),
+        total: Duration::from_millis(total_ms),
+    })
+}
+
+fn build_retry(r: RetrySection, at: &str) -> Result<RetryPolicy, ConfigError> {
+    let RetrySection {
+        max_attempts,
+        max_retry_after_seconds,
+    } = r;
+    if !(1..=10).contains(&max_attempts) {
+        return Err(invalid(
+            format!("{at}.max_attempts"),
+            "must be between 1 and 10",
+        ));
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        max_retry_after: Duration::from_secs(max_retry_after_seconds),
+    })
+}
+
+fn build_breaker(b: BreakerSection, at: &str) -> Result<BreakerPolicy, ConfigError> {
+    let BreakerSection {
+        failure_threshold,
+        open_ms,
+    } = b;
+    if failure_threshold == 0 {
+        return Err(invalid(
+            format!("{at}.failure_threshold"),
+            "must be at least 1",
+        ));
+    }
+    Ok(BreakerPolicy {
+        failure_threshold,
+        open_for: Duration::from_millis(open_ms),
+    })
+}
+
+fn build_model(m: ModelSection, at: &str) -> Result<Model, ConfigError> {
+    let ModelSection {
+        name,
+        vendor,
+        aliases,
+        kind,
+        max_output_tokens,
+        context_window,
+        price,
+    } = m;
+    if name.is_empty() || name.len() > 128 || name.contains(char::is_whitespace) {
+        return Err(invalid(
+            format!("{at}.name"),
+            "must be 1-128 characters without spaces",
+        ));
+    }
+    let kind = match kind.as_str() {
+        "chat" => ModelKind::Chat,
+        "embedding" => ModelKind::Embedding,
+        _ => {
+            return Err(invalid(
+                format!("{at}.kind"),
+                "must be \"chat\" or \"embedding\"",
+            ))
+        }
+    };
+    let price = match price {
+        None => None,
+        Some(p) => {
+            let PriceSection {
+                currency,
+                input,
+                cached_input,
+                cache_write,
+                output,
+            } = p;
+            let currency = match currency.to_ascii_uppercase().as_str() {
+                "USD" => Currency::Usd,
+                "RMB" | "CNY" => Currency::Rmb,
+                _ => {
+                    return Err(invalid(
+                        format!("{at}.price.currency"),
+                        "must be \"USD\" or \"RMB\"",
+                    ))
+                }
+            };
+            let cached_input = cached_input.unwrap_or(input);
+            let cache_write = cache_write.unwrap_or(input);
+            for (v, f) in [
+                (input, "input"),
+                (cached_input, "cached_input"),
+                (cache_write, "cache_write"),
+                (output, "output"),
+            ] {
+                if v.is_sign_negative() {
+                    return Err(invalid(format!("{at}.price.{f}"), "must not be negative"));
+                }
+            }
+            Some(Price {
+                currency,
+                input,
+                cached_input,
+                cache_write,
+                output,
+            })
+        }
+    };
+    Ok(Model {
+        name,
+        vendor,
+        kind,
+        aliases,
+        max_output_tokens,
+        context_window,
+        price,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_upstream(
+    u: UpstreamSection,
+    channel: &str,
+    at: &str,
+    models: &HashMap<String, Arc<Model>>,
+    states: &UpstreamStates,
+    env: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Upstream, ConfigError> {
+    let UpstreamSection {
+        name,
+        base_url,
+        protocol,
+        api_key_env,
+        weight,
+        models: served,
+        model_map,
+    } = u;
+    check_name(&name, &format!("{at}.name"))?;
+    let base = BaseUrl::parse(&base_url)
+        .map_err(|r| invalid(format!("{at}.base_url"), format!("`{base_url}` {r}")))?;
+    let protocol = match protocol.as_str() {
+        "openai" => Protocol::OpenAi,
+        other => {
+            return Err(invalid(
+                format!("{at}.protocol"),
+                format!("unknown protocol `{other}` (supported: \"openai\")"),
+            ))
+        }
+    };
+    if weight == 0 || weight > 10_000 {
+        return Err(invalid(
+            format!("{at}.weight"),
+            "must be between 1 and 10000",
+        ));
+    }
+    if served.is_empty() {
+        return Err(invalid(
+            format!("{at}.models"),
+            "an upstream must serve at least one model",
+        ));
+    }
+    let mut set = HashSet::new();
+    for (i, m) in served.iter().enumerate() {
+        // Aliases are resolved to canonical names so routing compares one spelling.
+        let model = models.get(m).ok_or_else(|| {
+            invalid(
+                format!("{at}.models[{i}]"),
+                format!("model `{m}` is not defined in [[models]]"),
+            )
+        })?;
+        set.insert(model.name.clone());
+    }
+    let mut map = BTreeMap::new();
+    for (k, v) in model_map {
+        let model = models.get(&k).ok_or_else(|| {
+            invalid(
+                format!("{at}.model_map.{k}"),
+                format!("model `{k}` is not defined in [[models]]"),
+            )
+        })?;
+        if v.is_empty() {
+            return Err(invalid(format!("{at}.model_map.{k}"), "must not be empty"));
+        }
+        map.insert(model.name.clone(), v);
+    }
+    let mut disabled = None;
+    let api_key = match &api_key_env {
+        Some(var) => match env(var) {
+            Some(v) if !v.is_empty() => Some(v),
+            _ => {
+                let why = format!("environment variable {var} is not set");
+                warnings.push(format!(
+                    "{at} ({channel}/{name}): {why}; the upstream is disabled"
+                ));
+                disabled = Some(why);
+                None
+            }
+        },
+        None => None,
+    };
+    let id = format!("{channel}/{name}");
+    let state = states.get_or_create(&id, &base);
+    Ok(Upstream {
+        id,
+        name,
+        base,
+        protocol,
+        api_key_env,
+        api_key,
+        weight,
+        models: set,
+        model_map: map,
+        disabled,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[models]]
+        name = "gpt-4o-mini"
+        aliases = ["mini"]
+        [[channels]]
+        name = "official"
+        multiplier = "7.2"
+        [[channels.upstreams]]
+        name = "a"
+        base_url = "https://api.example.com/v1/"
+        api_key_env = "K"
+        models = ["mini"]
+        model_map = { "gpt-4o-mini" = "gpt-4o-mini-2024-07-18" }
+    "#;
+
+    fn build(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t".into(),
+            reason: e.to_string(),
+        })?;
+        Config::build(file, &UpstreamStates::default(), &|v| {
+            (v == "K").then(|| "secret".to_string())
+        })
+    }
+
+    #[test]
+    fn good_config_builds() {
+        let c = build(GOOD).unwrap();
+        let ch = c.channel("official").unwrap();
+        let up = &ch.upstreams[0];
+        assert_eq!(up.base.host, "api.example.com");
+        assert_eq!(up.base.port, 443);
+        assert_eq!(up.base.path, "/v1");
+        assert!(
+            up.models.contains("gpt-4o-mini"),
+            "alias resolved to canonical name"
+        );
+        assert_eq!(up.upstream_model("gpt-4o-mini"), "gpt-4o-mini-2024-07-18");
+        assert_eq!(up.api_key.as_deref(), Some("secret"));
+        assert_eq!(c.model("mini").unwrap().name, "gpt-4o-mini");
+    }
+
+    #[test]
+    fn errors_name_the_bad_path() {
+        let cases = [
+            (
+                GOOD.replace("https://api", "ftp://api"),
+                "channels[0].upstreams[0].base_url",
+            ),
+            (
+                GOOD.replace("models = [\"mini\"]", "models = [\"nope\"]"),
+                "channels[0].upstreams[0].models[0]",
+            ),
+            (
+                GOOD.replace("name = \"a\"", "name = \"a b\""),
+                "channels[0].upstreams[0].name",
+            ),
+            (
+                GOOD.replace("multiplier = \"7.2\"", "multiplier = \"-1\""),
+                "channels[0].multiplier",
+            ),
+            (
+                format!("[server]\nlisten = \"nope\"\n{GOOD}"),
+                "server.listen",
+            ),
+            (
+                format!("[retry]\nmax_attempts = 0\n{GOOD}"),
+                "retry.max_attempts",
+            ),
+            (
+                GOOD.replace("api_key_env", "api_kye_env"),
+                "unknown field `api_kye_env`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = build(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "expected `{want}` in `{err}`");
+        }
+    }
+
+    #[test]
+    fn missing_key_env_disables_upstream_with_warning() {
+        let c = build(&GOOD.replace("api_key_env = \"K\"", "api_key_env = \"UNSET\"")).unwrap();
+        let up = &c.channels[0].upstreams[0];
+        assert!(up.disabled.is_some());
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn base_url_parsing() {
+        let cases = [
+            (
+                "http://127.0.0.1:9000/v1",
+                Some((false, "127.0.0.1", 9000, "/v1")),
+            ),
+            ("https://x.y", Some((true, "x.y", 443, ""))),
+            ("http://[::1]:81/a/b/", Some((false, "::1", 81, "/a/b"))),
+            ("http://:80/", None),
+            ("http://h:notaport/", None),
+            ("h:80", None),
+        ];
+        for (s, want) in cases {
+            let got = BaseUrl::parse(s)
+                .ok()
+                .map(|b| (b.tls, b.host, b.port, b.path));
+            let want = want.map(|(a, b, c, d)| (a, b.to_string(), c, d.to_string()));
+            assert_eq!(got, want, "{s}");
+        }
+    }
+
+    #[test]
+    fn shipped_configs_validate() {
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/conf")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let file: FileConfig =
+                    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                Config::build(file, &UpstreamStates::default(), &|_| Some("x".into()))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The configuration file as written by operators (TOML). Loose on purpose: defaults are filled
+//! here, meaning is checked in `runtime.rs`. Unknown keys are rejected so that a typo never
+//! silently disables a setting.
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub channels: Vec<ChannelSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads of the gateway service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// "json" or "text".
+    #[serde(default = "default_log_format")]
+    pub log_format: String,
+    /// Seconds a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_grace")]
+    pub graceful_shutdown_seconds: u64,
+    /// Path of Pingora's upgrade socket (for zero-downtime restarts).
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
+    #[serde(default)]
+    pub pid_file: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            threads: default_threads(),
+            max_body_bytes: default_max_body(),
+            log_format: default_log_format(),
+            graceful_shutdown_seconds: default_grace(),
+            upgrade_sock: None,
+            pid_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Environment variable holding the operator token for the admin API.
+    #[serde(default = "default_admin_token_env")]
+    pub token_env: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: default_admin_listen(),
+            token_env: default_admin_token_env(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// SQLite database file.
+    #[serde(default = "default_db")]
+    pub sqlite_path: String,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            sqlite_path: default_db(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    #[serde(default = "d_connect")]
+    pub connect_ms: u64,
+    #[serde(default = "d_first_byte")]
+    pub first_byte_ms: u64,
+    #[serde(default = "d_idle")]
+    pub idle_ms: u64,
+    #[serde(default = "d_total")]
+    pub total_ms: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            connect_ms: d_connect(),
+            first_byte_ms: d_first_byte(),
+            idle_ms: d_idle(),
+            total_ms: d_total(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Upstream attempts per request, the first one included.
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+    /// Longest Retry-After the gateway honours by parking an upstream; longer values are capped.
+    #[serde(default = "d_max_retry_after")]
+    pub max_retry_after_seconds: u64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            max_attempts: d_attempts(),
+            max_retry_after_seconds: d_max_retry_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    /// Consecutive failures that eject an upstream.
+    #[serde(default = "d_failures")]
+    pub failure_threshold: u32,
+    /// How long an ejected upstream waits before one probe request is let through.
+    #[serde(default = "d_open_ms")]
+    pub open_ms: u64,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection {
+            failure_threshold: d_failures(),
+            open_ms: d_open_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: String,
+    #[serde(default)]
+    pub vendor: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// "chat" (default) or "embedding".
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Cap on output tokens when the request gives none (used to reserve credits).
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    #[serde(default)]
+    pub price: Option<PriceSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSection {
+    /// "USD" or "RMB".
+    pub currency: String,
+    /// Per 1M tokens.
+    pub input: Decimal,
+    #[serde(default)]
+    pub cached_input: Option<Decimal>,
+    #[serde(default)]
+    pub cache_write: Option<Decimal>,
+    #[serde(default)]
+    pub output: Decimal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSection {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Price multiplier for USD-priced models (carries the exchange ratio).
+    #[serde(default = "one")]
+    pub multiplier: Decimal,
+    /// Multiplier for RMB-priced models.
+    #[serde(default = "one")]
+    pub rmb_multiplier: Decimal,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSection>,
+    #[serde(default)]
+    pub retry: Option<RetrySection>,
+    #[serde(default)]
+    pub breaker: Option<BreakerSection>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: String,
+    /// e.g. "https://api.openai.com/v1"; requests go to `<base_url>/chat/completions`.
+    pub base_url: String,
+    /// Wire protocol: "openai" (OpenAI-compatible).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Environment variable holding this upstream's API key; never the key itself.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "d_weight")]
+    pub weight: u32,
+    /// Gateway model names this upstream serves.
+    pub models: Vec<String>,
+    /// Gateway model name -> the upstream's own model name.
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:8081".into()
+}
+fn default_admin_token_env() -> String {
+    "TOLLGATE_ADMIN_TOKEN".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_max_body() -> usize {
+    32 * 1024 * 1024
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_db() -> String {
+    "tollgate.db".into()
+}
+fn default_kind() -> String {
+    "chat".into()
+}
+fn default_protocol() -> String {
+    "openai".into()
+}
+fn d_connect() -> u64 {
+    5_000
+}
+fn d_first_byte() -> u64 {
+    120_000
+}
+fn d_idle() -> u64 {
+    60_000
+}
+fn d_total() -> u64 {
+    900_000
+}
+fn d_attempts() -> u32 {
+    3
+}
+fn d_max_retry_after() -> u64 {
+    60
+}
+fn d_failures() -> u32 {
+    5
+}
+fn d_open_ms() -> u64 {
+    30_000
+}
+fn d_weight() -> u32 {
+    1
+}
+fn one() -> Decimal {
+    Decimal::ONE
+}

@@ -1,0 +1,198 @@
+//! The gateway's one client-facing error type.
+//!
+//! Every failure a caller can see is built here, so its HTTP status, OpenAI error `type`/`code`
+//! and metric label come from exhaustive matches rather than ad-hoc strings at call sites.
+
+use bytes::Bytes;
+use serde_json::json;
+
+/// A failure answered to the API caller, rendered in OpenAI's error JSON shape.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    MissingKey(String),
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("{0}")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than the configured limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    LengthRequired(String),
+    #[error("{message}")]
+    UpstreamRateLimited {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    #[error("{0}")]
+    NoUpstream(String),
+    #[error("{0}")]
+    UpstreamFailed(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        GatewayError::BadRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::MissingKey(_) | GatewayError::InvalidKey(_) => 401,
+            GatewayError::Forbidden(_) => 403,
+            GatewayError::BadRequest { .. } => 400,
+            GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::LengthRequired(_) => 411,
+            GatewayError::PayloadTooLarge { .. } => 413,
+            GatewayError::UpstreamRateLimited { .. } => 429,
+            GatewayError::UpstreamFailed(_) => 502,
+            GatewayError::NoUpstream(_) => 503,
+            GatewayError::UpstreamTimeout(_) => 504,
+            GatewayError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::MissingKey(_) | GatewayError::InvalidKey(_) => "authentication_error",
+            GatewayError::Forbidden(_) => "permission_error",
+            GatewayError::BadRequest { .. }
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::LengthRequired(_)
+            | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
+            GatewayError::UpstreamRateLimited { .. } => "rate_limit_error",
+            GatewayError::NoUpstream(_)
+            | GatewayError::UpstreamFailed(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::Internal(_) => "api_error",
+        }
+    }
+
+    /// OpenAI's `error.code`, also the bounded metric label of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::MissingKey(_) => "missing_api_key",
+            GatewayError::InvalidKey(_) => "invalid_api_key",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::BadRequest { .. } => "invalid_request",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::LengthRequired(_) => "length_required",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
+            GatewayError::NoUpstream(_) => "no_upstream_available",
+            GatewayError::UpstreamFailed(_) => "upstream_error",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::UpstreamRateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            GatewayError::BadRequest { param, .. } => param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The JSON body: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn openai_body(&self) -> Bytes {
+        let v = json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.kind(),
+                "param": self.param(),
+                "code": self.code(),
+            }
+        });
+        Bytes::from(v.to_string())
+    }
+
+    /// The same error as an SSE event, for a stream that already started.
+    pub fn sse_event(&self) -> Bytes {
+        let mut s = String::from("data: ");
+        s.push_str(&String::from_utf8_lossy(&self.openai_body()));
+        s.push_str("\n\n");
+        Bytes::from(s)
+    }
+}
+
+impl From<crate::protocol::openai::RequestError> for GatewayError {
+    fn from(e: crate::protocol::openai::RequestError) -> Self {
+        GatewayError::bad_request(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_shapes() {
+        let cases: Vec<(GatewayError, u16, &str)> = vec![
+            (GatewayError::MissingKey("x".into()), 401, "missing_api_key"),
+            (GatewayError::InvalidKey("x".into()), 401, "invalid_api_key"),
+            (GatewayError::bad_request("x"), 400, "invalid_request"),
+            (
+                GatewayError::ModelNotFound("x".into()),
+                404,
+                "model_not_found",
+            ),
+            (
+                GatewayError::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+            ),
+            (
+                GatewayError::NoUpstream("x".into()),
+                503,
+                "no_upstream_available",
+            ),
+            (
+                GatewayError::UpstreamFailed("x".into()),
+                502,
+                "upstream_error",
+            ),
+            (
+                GatewayError::UpstreamTimeout("x".into()),
+                504,
+                "upstream_timeout",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(e.status(), status, "{e:?}");
+            let v: serde_json::Value = serde_json::from_slice(&e.openai_body()).unwrap();
+            assert_eq!(v["error"]["code"], code);
+            assert!(v["error"]["message"].is_string());
+            assert!(v["error"]["type"].is_string());
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics, served on the admin port at `/metrics`.
+//!
+//! Labels are bounded by configuration: channel, upstream and model names come from the config
+//! file (unknown model names are folded into "other"), status is the HTTP code. No key, user or
+//! tenant ids ever become labels.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub inflight: IntGauge,
+    pub upstream_healthy: IntGaugeVec,
+    pub breaker_opened: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub usage_events_written: IntCounter,
+    pub usage_events_dropped: IntCounter,
+    pub stream_errors: IntCounterVec,
+    pub gateway_overhead: Histogram,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "tollgate_requests_total",
+            "Requests answered, by channel, model and HTTP status",
+        ),
+        &["channel", "model", "status"],
+    )?;
+    let attempts = IntCounterVec::new(
+        Opts::new(
+            "tollgate_upstream_attempts_total",
+            "Upstream attempts by outcome",
+        ),
+        &["upstream", "outcome"],
+    )?;
+    let duration = HistogramVec::new(
+        HistogramOpts::new("tollgate_request_duration_seconds", "Total request latency")
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        &["channel"],
+    )?;
+    let ttft = HistogramVec::new(
+        HistogramOpts::new(
+            "tollgate_time_to_first_token_seconds",
+            "Time from request to the first response byte",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["channel"],
+    )?;
+    let tokens = IntCounterVec::new(
+        Opts::new(
+            "tollgate_tokens_total",
+            "Tokens by kind (prompt, cached, completion, reasoning)",
+        ),
+        &["channel", "model", "kind"],
+    )?;
+    let inflight = IntGauge::new("tollgate_inflight_requests", "Requests being served")?;
+    let upstream_healthy = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_upstream_healthy",
+            "1 when the upstream's breaker is closed, 0 when ejected",
+        ),
+        &["upstream"],
+    )?;
+    let breaker_opened = IntCounterVec::new(
+        Opts::new(
+            "tollgate_breaker_opened_total",
+            "Times an upstream was ejected",
+        ),
+        &["upstream"],
+    )?;
+    let config_reloads = IntCounterVec::new(
+        Opts::new(
+            "tollgate_config_reloads_total",
+            "Configuration reloads by result",
+        ),
+        &["result"],
+    )?;
+    let config_generation = IntGauge::new(
+        "tollgate_config_generation",
+        "Number of configurations applied",
+    )?;
+    let usage_events_written =
+        IntCounter::new("tollgate_usage_events_written_total", "Usage events stored")?;
+    let usage_events_dropped = IntCounter::new(
+        "tollgate_usage_events_dropped_total",
+        "Usage events lost (queue full)",
+    )?;
+    let stream_errors = IntCounterVec::new(
+        Opts::new(
+            "tollgate_stream_errors_total",
+            "Streams that ended with an error event",
+        ),
+        &["reason"],
+    )?;
+    let gateway_overhead = Histogram::with_opts(
+        HistogramOpts::new(
+            "tollgate_request_filter_seconds",
+            "Time spent in the gateway before contacting the upstream",
+        )
+        .buckets(vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+        ]),
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(attempts.clone()))?;
+    registry.register(Box::new(duration.clone()))?;
+    registry.register(Box::new(ttft.clone()))?;
+    registry.register(Box::new(tokens.clone()))?;
+    registry.register(Box::new(inflight.clone()))?;
+    registry.register(Box::new(upstream_healthy.clone()))?;
+    registry.register(Box::new(breaker_opened.clone()))?;
+    registry.register(Box::new(config_reloads.clone()))?;
+    registry.register(Box::new(config_generation.clone()))?;
+    registry.register(Box::new(usage_events_written.clone()))?;
+    registry.register(Box::new(usage_events_dropped.clone()))?;
+    registry.register(Box::new(stream_errors.clone()))?;
+    registry.register(Box::new(gateway_overhead.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        attempts,
+        duration,
+        ttft,
+        tokens,
+        inflight,
+        upstream_healthy,
+        breaker_opened,
+        config_reloads,
+        config_generation,
+        usage_events_written,
+        usage_events_dropped,
+        stream_errors,
+        gateway_overhead,
+    })
+}
+
+#[allow(clippy::expect_used)]
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are static and valid"));
+
+/// The text exposition of every metric.
+pub fn render() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let families = METRICS.registry.gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    buf
+}

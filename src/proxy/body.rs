@@ -1,0 +1,83 @@
+//! Reading the caller's request body so that bodies of any size (up to the configured limit)
+//! reach the upstream, on every attempt.
+//!
+//! Pingora forwards a body that a filter already read only from its retry buffer, which holds
+//! 64 KiB; past that the buffer is marked truncated and Pingora never calls
+//! `request_body_filter`, so the upstream would get headers and no body. Instead of copying
+//! Pingora's code, we switch its retry buffering on only for the *tail* of the body: with a
+//! Content-Length we know how much is left, and once at most 64 KiB remain we enable the
+//! buffer. The buffer then holds a non-empty, untruncated tail, which makes Pingora call
+//! `request_body_filter` on every attempt, where the gateway substitutes the whole (rewritten)
+//! body it kept in the request context. A chunked body's length is unknown in advance, so it
+//! is buffered from the start and may not exceed 64 KiB (411 Length Required beyond that;
+//! every mainstream SDK sends Content-Length).
+
+use crate::error::GatewayError;
+use bytes::{Bytes, BytesMut};
+use pingora_proxy::Session;
+
+/// Pingora's retry buffer capacity (`BODY_BUF_LIMIT` in pingora-core).
+pub const RETRY_BUFFER: usize = 64 * 1024;
+
+pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let content_length = match session.get_header(http::header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| GatewayError::bad_request("Invalid Content-Length header."))?,
+        ),
+    };
+    if content_length.is_some_and(|cl| cl > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let expects_continue = session
+        .get_header(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue {
+        // Without this, clients such as curl wait a second before sending a large body.
+        session
+            .as_mut()
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::bad_request("The request could not be read."))?;
+    }
+    let mut buf = BytesMut::with_capacity(content_length.unwrap_or(16 * 1024).min(limit));
+    let mut buffering = false;
+    loop {
+        if !buffering {
+            let tail_fits = match content_length {
+                Some(cl) => cl.saturating_sub(buf.len()) <= RETRY_BUFFER,
+                None => true,
+            };
+            if tail_fits {
+                session.as_mut().enable_retry_buffering();
+                buffering = true;
+            }
+        }
+        match session.as_mut().read_request_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(GatewayError::PayloadTooLarge { limit });
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(GatewayError::bad_request(format!(
+                    "The request body could not be read: {:?}",
+                    e.etype()
+                )));
+            }
+        }
+    }
+    if content_length.is_none() && session.as_ref().retry_buffer_truncated() {
+        return Err(GatewayError::LengthRequired(format!(
+            "Request bodies over {} KiB must be sent with a Content-Length header.",
+            RETRY_BUFFER / 1024
+        )));
+    }
+    Ok(buf.freeze())
+}

@@ -1,0 +1,136 @@
+//! Per-request state, created by `new_ctx` and carried through every `ProxyHttp` phase.
+
+use crate::config::{Channel, Config, Model, Upstream};
+use crate::error::GatewayError;
+use crate::protocol::openai::ChatStreamMeter;
+use crate::routing::upstream::Admission;
+use crate::tenancy::ApiKey;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Unknown,
+    Chat,
+    Embeddings,
+    Models,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Unknown => "other",
+            Endpoint::Chat => "chat",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+        }
+    }
+}
+
+/// The attempt in progress.
+pub struct Attempt {
+    pub index: usize,
+    pub upstream: Arc<Upstream>,
+    pub admission: Admission,
+    pub started: Instant,
+    /// Set once the attempt's outcome was recorded (success, failure or hand-off).
+    pub settled: bool,
+}
+
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub endpoint: Endpoint,
+    /// The configuration this request runs under, fixed at its start (reload-safe).
+    pub config: Option<Arc<Config>>,
+    pub key: Option<Arc<ApiKey>>,
+    pub model_requested: Option<String>,
+    pub model: Option<Arc<Model>>,
+    pub channel: Option<Arc<Channel>>,
+    pub stream: bool,
+    pub client_wants_usage: bool,
+    /// The parsed request, kept to re-serialise per upstream (model mapping) and for estimates.
+    pub body: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The bytes sent upstream, and the upstream model name they carry.
+    pub upstream_body: Bytes,
+    pub upstream_body_model: String,
+    pub body_forwarded: bool,
+    pub tried: Vec<usize>,
+    pub attempt: Option<Attempt>,
+    pub attempts: u32,
+    /// The id and upstream model of the attempt that produced the response.
+    pub served_by: Option<(String, String)>,
+    /// A response header went to the client: no retry from here on.
+    pub downstream_started: bool,
+    pub status: u16,
+    pub error: Option<GatewayError>,
+    pub meter: Option<ChatStreamMeter>,
+    /// Non-streamed response body, kept (bounded) to read its usage.
+    pub response: Vec<u8>,
+    pub response_truncated: bool,
+    pub first_token_at: Option<Instant>,
+    /// The stream ended with an error event we injected.
+    pub stream_error: Option<&'static str>,
+    pub counted_inflight: bool,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            request_id: new_request_id(),
+            started: Instant::now(),
+            endpoint: Endpoint::Unknown,
+            config: None,
+            key: None,
+            model_requested: None,
+            model: None,
+            channel: None,
+            stream: false,
+            client_wants_usage: false,
+            body: None,
+            upstream_body: Bytes::new(),
+            upstream_body_model: String::new(),
+            body_forwarded: false,
+            tried: Vec::new(),
+            attempt: None,
+            attempts: 0,
+            served_by: None,
+            downstream_started: false,
+            status: 0,
+            error: None,
+            meter: None,
+            response: Vec::new(),
+            response_truncated: false,
+            first_token_at: None,
+            stream_error: None,
+            counted_inflight: false,
+        }
+    }
+
+    pub fn channel_label(&self) -> &str {
+        self.channel
+            .as_ref()
+            .map(|c| c.name.as_str())
+            .unwrap_or("none")
+    }
+
+    pub fn model_label(&self) -> &str {
+        self.model
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or("other")
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 128 random bits as 32 hex characters, prefixed so ids are recognisable in logs.
+fn new_request_id() -> String {
+    let v: u128 = rand::random();
+    format!("req_{v:032x}")
+}

@@ -1,0 +1,876 @@
+//! The data plane: a Pingora `ProxyHttp` whose phases each delegate to a small piece of logic.
+//!
+//! Request path (see docs/architecture.md for the failure rules):
+//! 1. `request_filter`: route, authenticate (hash lookup in a snapshot), read the bounded body,
+//!    validate it, resolve the model and the channel. Errors are answered here, before any
+//!    upstream is contacted.
+//! 2. `upstream_peer`: the balancer picks the next upstream of the channel not yet tried; the
+//!    body is re-serialised for that upstream's model name.
+//! 3. `upstream_request_filter` / `request_body_filter`: a fresh upstream request carrying the
+//!    upstream's own credential (never the caller's) and the rewritten body.
+//! 4. `upstream_response_filter`: a 429 or 5xx answered before anything reached the client is
+//!    turned into a retryable error so Pingora asks `upstream_peer` for another upstream.
+//!    Connect errors and timeouts arrive through `fail_to_connect` / `error_while_proxy`.
+//! 5. `response_body_filter`: SSE metering, usage-chunk hiding, and an explicit error event when
+//!    a stream ends without its terminator.
+//! 6. `logging`: settle the attempt, emit the usage event and metrics.
+
+pub mod body;
+pub mod ctx;
+pub mod usage;
+
+use crate::app::App;
+use crate::config::{Config, ModelKind};
+use crate::error::GatewayError;
+use crate::metrics::METRICS;
+use crate::protocol::openai::{self, ChatStreamMeter};
+use crate::protocol::tokens::TokenCounter;
+use crate::routing::balancer::{self, NoPick};
+use crate::routing::upstream::Admission;
+use crate::tenancy::unix_now;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use ctx::{Attempt, Endpoint, RequestCtx};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Header a caller uses to pick one of the channels its key may use.
+pub const CHANNEL_HEADER: &str = "x-tollgate-channel";
+/// Largest non-streamed response kept in memory to read its usage.
+const MAX_KEPT_RESPONSE: usize = 16 * 1024 * 1024;
+
+pub struct Gateway {
+    pub app: Arc<App>,
+}
+
+enum Admitted {
+    /// Go on to an upstream.
+    Proxy,
+    /// The gateway answered by itself (e.g. `/v1/models`).
+    Answered,
+}
+
+impl Gateway {
+    pub fn new(app: Arc<App>) -> Self {
+        Gateway { app }
+    }
+
+    /// Everything `request_filter` decides; an `Err` is answered to the caller.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Admitted, GatewayError> {
+        let cfg = self.app.config();
+        ctx.config = Some(cfg.clone());
+
+        let (endpoint, method_ok) = {
+            let req = session.req_header();
+            let path = req.uri.path();
+            let path = path.strip_prefix("/v1").unwrap_or(path);
+            let ep = match path {
+                "/chat/completions" => Endpoint::Chat,
+                "/embeddings" => Endpoint::Embeddings,
+                "/models" => Endpoint::Models,
+                _ => {
+                    return Err(GatewayError::NotFound(format!(
+                        "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+                        req.uri.path()
+                    )))
+                }
+            };
+            let want = if ep == Endpoint::Models {
+                http::Method::GET
+            } else {
+                http::Method::POST
+            };
+            (ep, req.method == want)
+        };
+        ctx.endpoint = endpoint;
+        if !method_ok {
+            return Err(GatewayError::MethodNotAllowed(format!(
+                "Method {} is not allowed on {}",
+                session.req_header().method,
+                session.req_header().uri.path()
+            )));
+        }
+
+        let key = {
+            let token = bearer_token(session).ok_or_else(|| {
+                GatewayError::MissingKey(
+                    "You didn't provide an API key. Send it in the Authorization header: `Authorization: Bearer <key>`.".into(),
+                )
+            })?;
+            self.app.keys.authenticate(token, unix_now()).map_err(|f| {
+                use crate::tenancy::keys::AuthFailure;
+                GatewayError::InvalidKey(
+                    match f {
+                        AuthFailure::Unknown => "Incorrect API key provided.",
+                        AuthFailure::Revoked => "This API key has been revoked.",
+                        AuthFailure::Expired => "This API key has expired.",
+                    }
+                    .into(),
+                )
+            })?
+        };
+        ctx.key = Some(key.clone());
+
+        if endpoint == Endpoint::Models {
+            let body = models_list(&cfg, &key);
+            ctx.status = 200;
+            write_json(session, ctx, 200, body, None).await;
+            return Ok(Admitted::Answered);
+        }
+
+        let channel = {
+            let chosen = session
+                .get_header(CHANNEL_HEADER)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string());
+            let name = match chosen {
+                Some(n) if !n.is_empty() => {
+                    if !key.may_use_channel(&n) {
+                        return Err(GatewayError::Forbidden(format!(
+                            "This API key may not use channel `{n}`."
+                        )));
+                    }
+                    n
+                }
+                _ => key.default_channel.clone(),
+            };
+            cfg.channel(&name).cloned().ok_or_else(|| {
+                GatewayError::NoUpstream(format!(
+                    "Channel `{name}` is not configured on this gateway."
+                ))
+            })?
+        };
+        ctx.channel = Some(channel.clone());
+
+        let raw = body::read_bounded(session, cfg.server.max_body_bytes).await?;
+
+        let (obj, model_name, wanted_kind) = match endpoint {
+            Endpoint::Chat => {
+                let (obj, info) = openai::parse_chat_request(&raw)?;
+                ctx.stream = info.stream;
+                ctx.client_wants_usage = info.client_wants_usage;
+                (obj, info.model, ModelKind::Chat)
+            }
+            Endpoint::Embeddings => {
+                let (obj, model) = openai::parse_embeddings_request(&raw)?;
+                (obj, model, ModelKind::Embedding)
+            }
+            Endpoint::Models | Endpoint::Unknown => {
+                return Err(GatewayError::Internal("unroutable endpoint".into()))
+            }
+        };
+        drop(raw);
+        ctx.model_requested = Some(model_name.clone());
+        let model = cfg.model(&model_name).cloned().ok_or_else(|| {
+            GatewayError::ModelNotFound(format!(
+                "The model `{model_name}` does not exist or you do not have access to it."
+            ))
+        })?;
+        if model.kind != wanted_kind {
+            return Err(GatewayError::BadRequest {
+                message: format!(
+                    "The model `{}` is {} model and cannot be used on this endpoint.",
+                    model.name,
+                    if model.kind == ModelKind::Chat {
+                        "a chat"
+                    } else {
+                        "an embedding"
+                    }
+                ),
+                param: Some("model".into()),
+            });
+        }
+        if !key.may_use_model(&model.name) {
+            return Err(GatewayError::ModelNotFound(format!(
+                "The model `{model_name}` does not exist or you do not have access to it."
+            )));
+        }
+        if !channel.serves(&model.name) {
+            return Err(GatewayError::ModelNotFound(format!(
+                "The model `{model_name}` is not served on channel `{}`.",
+                channel.name
+            )));
+        }
+        ctx.model = Some(model);
+        ctx.body = Some(obj);
+        Ok(Admitted::Proxy)
+    }
+
+    /// Whether another attempt is possible after the current one failed.
+    fn can_retry(&self, ctx: &RequestCtx) -> bool {
+        let (Some(channel), Some(model)) = (ctx.channel.as_ref(), ctx.model.as_ref()) else {
+            return false;
+        };
+        if ctx.downstream_started || ctx.attempts >= channel.retry.max_attempts {
+            return false;
+        }
+        channel.upstreams.iter().enumerate().any(|(i, u)| {
+            !ctx.tried.contains(&i)
+                && u.disabled.is_none()
+                && u.models.contains(&model.name)
+                && u.state.looks_available()
+        })
+    }
+
+    /// Record a failed attempt once (breaker, metrics), and remember the caller-facing error.
+    fn fail_attempt(
+        &self,
+        ctx: &mut RequestCtx,
+        outcome: &'static str,
+        err: GatewayError,
+        breaker: bool,
+    ) {
+        if let Some(a) = ctx.attempt.as_mut() {
+            if !a.settled {
+                a.settled = true;
+                a.upstream.state.on_end();
+                METRICS
+                    .attempts
+                    .with_label_values(&[&a.upstream.id, outcome])
+                    .inc();
+                if breaker {
+                    if let Some(ch) = ctx.channel.as_ref() {
+                        if a.upstream
+                            .state
+                            .record_failure(&ch.breaker, a.admission == Admission::Probe)
+                        {
+                            METRICS
+                                .breaker_opened
+                                .with_label_values(&[&a.upstream.id])
+                                .inc();
+                            tracing::warn!(upstream = %a.upstream.id, "circuit breaker opened");
+                            self.app.export_upstream_health();
+                        }
+                    }
+                } else if a.admission == Admission::Probe {
+                    a.upstream.state.release_probe();
+                }
+                if !ctx.tried.contains(&a.index) {
+                    ctx.tried.push(a.index);
+                }
+            }
+        }
+        ctx.error = Some(err);
+    }
+
+    fn build_peer(
+        &self,
+        ctx: &RequestCtx,
+        up: &crate::config::Upstream,
+        addr: std::net::SocketAddr,
+    ) -> HttpPeer {
+        let t = ctx.channel.as_ref().map(|c| c.timeouts);
+        let mut peer = HttpPeer::new(addr, up.base.tls, up.base.host.clone());
+        if let Some(t) = t {
+            let remaining = t
+                .total
+                .saturating_sub(ctx.started.elapsed())
+                .max(Duration::from_millis(1));
+            // One read timer per upstream connection: it bounds the wait for the response header
+            // and every gap between body chunks. Streams use the longer of first-byte and idle;
+            // a non-streamed answer arrives only when generation ends, so it gets first-byte.
+            let read = if ctx.stream {
+                t.first_byte.max(t.idle)
+            } else {
+                t.first_byte
+            };
+            peer.options.connection_timeout = Some(t.connect);
+            peer.options.total_connection_timeout = Some(t.connect * 2);
+            peer.options.read_timeout = Some(read.min(remaining));
+            peer.options.write_timeout = Some(t.idle.min(remaining));
+        }
+        peer.options.idle_timeout = Some(Duration::from_secs(90));
+        peer
+    }
+}
+
+fn bearer_token(session: &Session) -> Option<&str> {
+    let v = session
+        .get_header(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, token) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// `GET /v1/models`: what this key may call through the channels it may use.
+fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey) -> Bytes {
+    let channels: Vec<_> = cfg
+        .channels
+        .iter()
+        .filter(|c| key.may_use_channel(&c.name))
+        .collect();
+    let data: Vec<serde_json::Value> = cfg
+        .models
+        .iter()
+        .filter(|m| key.may_use_model(&m.name) && channels.iter().any(|c| c.serves(&m.name)))
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": if m.vendor.is_empty() { "tollgate" } else { m.vendor.as_str() },
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string())
+}
+
+/// Write a complete JSON response in one go (header + body), ignoring a vanished client.
+async fn write_json(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    body: Bytes,
+    retry_after: Option<u64>,
+) {
+    let resp = (|| -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(s) = retry_after {
+            resp.insert_header(http::header::RETRY_AFTER, s)?;
+        }
+        Ok(resp)
+    })();
+    let Ok(resp) = resp else { return };
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
+    }
+}
+
+/// The caller-facing error for a Pingora error when no better one was recorded.
+fn classify(e: &Error) -> GatewayError {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            GatewayError::UpstreamTimeout("The upstream did not answer in time.".into())
+        }
+        ErrorType::HTTPStatus(code) if *code == 429 => GatewayError::UpstreamRateLimited {
+            message: "The upstream is rate limiting requests.".into(),
+            retry_after: None,
+        },
+        ErrorType::HTTPStatus(code) if *code < 500 => {
+            GatewayError::bad_request(format!("HTTP {code}"))
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => {
+                GatewayError::UpstreamFailed("The upstream failed to answer.".into())
+            }
+            ErrorSource::Downstream => GatewayError::bad_request("The request could not be read."),
+            ErrorSource::Internal | ErrorSource::Unset => {
+                GatewayError::Internal("Internal gateway error.".into())
+            }
+        },
+    }
+}
+
+fn retry_after_secs(resp: &ResponseHeader) -> Option<u64> {
+    let v = resp
+        .headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    // Seconds form only; an HTTP-date is rare from LLM vendors and treated as absent.
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| s.ceil() as u64)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new()
+    }
+
+    /// Runs first for every request. `Ok(true)` means the gateway already answered (errors and
+    /// `/v1/models`); `Ok(false)` goes on to `upstream_peer`.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        METRICS.inflight.inc();
+        ctx.counted_inflight = true;
+        let t0 = Instant::now();
+        match self.admit(session, ctx).await {
+            Ok(Admitted::Proxy) => {
+                METRICS.gateway_overhead.observe(t0.elapsed().as_secs_f64());
+                Ok(false)
+            }
+            Ok(Admitted::Answered) => Ok(true),
+            Err(e) => {
+                ctx.status = e.status();
+                write_json(session, ctx, e.status(), e.openai_body(), e.retry_after()).await;
+                ctx.error = Some(e);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Called for the first attempt and again after each retryable failure.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(channel), Some(model)) = (ctx.channel.clone(), ctx.model.clone()) else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        if ctx.attempts >= channel.retry.max_attempts {
+            return Error::e_explain(ErrorType::InternalError, "attempts exhausted");
+        }
+        let (index, upstream, admission) = match balancer::pick(&channel, &model.name, &ctx.tried) {
+            Ok(p) => p,
+            Err(why) => {
+                if ctx.error.is_none() {
+                    ctx.error = Some(match why {
+                        NoPick::NotServed => GatewayError::ModelNotFound(format!(
+                            "The model `{}` is not served on channel `{}`.",
+                            model.name, channel.name
+                        )),
+                        NoPick::Exhausted => {
+                            let parked = channel
+                                .upstreams
+                                .iter()
+                                .filter(|u| u.models.contains(&model.name))
+                                .filter_map(|u| u.state.parked_for())
+                                .min();
+                            match parked {
+                                Some(d) => GatewayError::UpstreamRateLimited {
+                                    message: format!(
+                                        "Every upstream of channel `{}` is rate limited.",
+                                        channel.name
+                                    ),
+                                    retry_after: Some(d.as_secs().max(1)),
+                                },
+                                None => GatewayError::NoUpstream(format!(
+                                    "No healthy upstream is available for `{}` on channel `{}`.",
+                                    model.name, channel.name
+                                )),
+                            }
+                        }
+                    });
+                }
+                return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream available");
+            }
+        };
+        let Some(addr) = upstream.state.pick_addr() else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "upstream has no address");
+        };
+        let upstream_model = upstream.upstream_model(&model.name).to_string();
+        if ctx.upstream_body.is_empty() || ctx.upstream_body_model != upstream_model {
+            if let Some(obj) = ctx.body.as_mut() {
+                ctx.upstream_body = Bytes::from(match ctx.endpoint {
+                    Endpoint::Chat => {
+                        openai::rewrite_chat_request(obj, &upstream_model, ctx.stream)
+                    }
+                    _ => openai::rewrite_model(obj, &upstream_model),
+                });
+                ctx.upstream_body_model = upstream_model;
+            }
+        }
+        ctx.body_forwarded = false;
+        ctx.attempts += 1;
+        upstream.state.on_start();
+        let peer = self.build_peer(ctx, &upstream, addr);
+        ctx.attempt = Some(Attempt {
+            index,
+            upstream,
+            admission,
+            started: Instant::now(),
+            settled: false,
+        });
+        Ok(Box::new(peer))
+    }
+
+    /// A fresh request for the upstream: its path, Host and credential, never the caller's.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(attempt) = ctx.attempt.as_ref() else {
+            return Error::e_explain(ErrorType::InternalError, "no attempt");
+        };
+        let up = &attempt.upstream;
+        let suffix = match ctx.endpoint {
+            Endpoint::Embeddings => "/embeddings",
+            _ => "/chat/completions",
+        };
+        let path = format!("{}{}", up.base.path, suffix);
+        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
+        req.insert_header(http::header::HOST, up.base.authority())?;
+        if let Some(k) = up.api_key.as_deref() {
+            req.insert_header(http::header::AUTHORIZATION, format!("Bearer {k}"))?;
+        }
+        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        req.insert_header(http::header::CONTENT_LENGTH, ctx.upstream_body.len())?;
+        req.insert_header(
+            http::header::ACCEPT,
+            if ctx.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )?;
+        req.insert_header(
+            http::header::USER_AGENT,
+            concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+        )?;
+        req.insert_header("x-request-id", &ctx.request_id)?;
+        *upstream_request = req;
+        Ok(())
+    }
+
+    /// The caller's body was read whole in `request_filter`; the rewritten one replaces it here,
+    /// on every attempt (see `body.rs` for why this works for bodies of any size).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if ctx.body_forwarded {
+            *body = None;
+        } else {
+            *body = Some(ctx.upstream_body.clone());
+            ctx.body_forwarded = true;
+        }
+        Ok(())
+    }
+
+    /// Retryable errors: connect failures, marked for retry while another upstream is left.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let err = match e.etype() {
+            ErrorType::ConnectTimedout => {
+                GatewayError::UpstreamTimeout("Connecting to the upstream timed out.".into())
+            }
+            _ => GatewayError::UpstreamFailed("Could not connect to any upstream.".into()),
+        };
+        let outcome = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            "connect_timeout"
+        } else {
+            "connect_error"
+        };
+        self.fail_attempt(ctx, outcome, err, true);
+        e.set_retry(self.can_retry(ctx));
+        e
+    }
+
+    /// The upstream's response header. A 429 or 5xx here has not reached the client yet, so it
+    /// can still be retried elsewhere; on the last candidate it is passed through as is.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        let retryable = status == 429 || status >= 500;
+        if retryable {
+            let (max_park, up) = match (ctx.channel.as_ref(), ctx.attempt.as_ref()) {
+                (Some(c), Some(a)) => (c.retry.max_retry_after, a.upstream.clone()),
+                _ => return Ok(()),
+            };
+            if status == 429 {
+                // Rate limited: park this upstream as asked (1 s when it does not say), but it
+                // is healthy, so the breaker is not involved.
+                let wait = retry_after_secs(resp)
+                    .map(Duration::from_secs)
+                    .unwrap_or(Duration::from_secs(1));
+                up.state.park_for(wait.min(max_park));
+                self.fail_attempt(
+                    ctx,
+                    "http_429",
+                    GatewayError::UpstreamRateLimited {
+                        message: "The upstream is rate limiting requests.".into(),
+                        retry_after: retry_after_secs(resp),
+                    },
+                    false,
+                );
+            } else {
+                self.fail_attempt(
+                    ctx,
+                    "http_5xx",
+                    GatewayError::UpstreamFailed(format!("The upstream answered HTTP {status}.")),
+                    true,
+                );
+            }
+            if self.can_retry(ctx) {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "upstream answered with a retryable status",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+            // Last candidate: pass the vendor's own answer through.
+            ctx.error = None;
+        } else if let Some(a) = ctx.attempt.as_mut() {
+            a.upstream.state.record_success(a.started.elapsed());
+        }
+        if let Some(a) = ctx.attempt.as_ref() {
+            ctx.served_by = Some((a.upstream.id.clone(), ctx.upstream_body_model.clone()));
+        }
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if ctx.endpoint == Endpoint::Chat && ctx.stream && is_sse && resp.status.is_success() {
+            ctx.meter = Some(ChatStreamMeter::new(ctx.client_wants_usage));
+            // The usage chunk may be removed, so the length can change.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        Ok(())
+    }
+
+    /// The header going to the client: from here on nothing is retried.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        ctx.downstream_started = true;
+        ctx.status = resp.status.as_u16();
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(c) = ctx.channel.as_ref() {
+            resp.insert_header("x-tollgate-channel", &c.name)?;
+        }
+        if !ctx.stream {
+            ctx.first_token_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        if let Some(meter) = ctx.meter.as_mut() {
+            let mut out = BytesMut::new();
+            if let Some(chunk) = body.as_ref() {
+                meter.on_chunk(chunk, &mut out);
+            }
+            if ctx.first_token_at.is_none() && meter.first_content_seen() {
+                ctx.first_token_at = Some(Instant::now());
+            }
+            if end_of_stream {
+                meter.finish(&mut out);
+                if !meter.saw_done() {
+                    // A clean close without `[DONE]` is a truncated answer: say so.
+                    let e = GatewayError::UpstreamFailed(
+                        "The upstream ended the stream before it was complete.".into(),
+                    );
+                    out.extend_from_slice(&e.sse_event());
+                    ctx.stream_error = Some("truncated");
+                }
+            }
+            *body = Some(out.freeze());
+        } else if let Some(chunk) = body.as_ref() {
+            if ctx.response.len() + chunk.len() <= MAX_KEPT_RESPONSE {
+                ctx.response.extend_from_slice(chunk);
+            } else {
+                ctx.response_truncated = true;
+            }
+        }
+        if let Some(c) = ctx.channel.as_ref() {
+            if !end_of_stream && ctx.started.elapsed() > c.timeouts.total {
+                ctx.stream_error = Some("total_timeout");
+                return Error::e_explain(ErrorType::ReadTimedout, "total request time exceeded");
+            }
+        }
+        Ok(None)
+    }
+
+    /// Errors while proxying. Before the client saw anything the attempt may be retried on
+    /// another upstream (POST included: LLM calls are safe to resend until an answer started).
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        _session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if ctx.downstream_started {
+            e.set_retry(false);
+            return e;
+        }
+        let unsettled = ctx.attempt.as_ref().is_some_and(|a| !a.settled);
+        if unsettled {
+            let timeout = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+            // A pooled connection the upstream had already closed is not the upstream's fault.
+            let stale = client_reused
+                && matches!(
+                    e.etype(),
+                    ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                );
+            let (outcome, err) = if timeout {
+                (
+                    "timeout",
+                    GatewayError::UpstreamTimeout("The upstream did not answer in time.".into()),
+                )
+            } else {
+                (
+                    "error",
+                    GatewayError::UpstreamFailed("The upstream failed to answer.".into()),
+                )
+            };
+            self.fail_attempt(
+                ctx,
+                if stale { "stale_connection" } else { outcome },
+                err,
+                !stale,
+            );
+            if stale {
+                // Let the same upstream be chosen again with a fresh connection.
+                if let Some(a) = ctx.attempt.as_ref() {
+                    let idx = a.index;
+                    ctx.tried.retain(|&i| i != idx);
+                }
+            }
+        }
+        e.set_retry(self.can_retry(ctx));
+        e
+    }
+
+    /// The request failed for good. Before the first byte: an error JSON with the right status.
+    /// After it: an SSE error event ends the stream, never a silent clean end.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        if ctx.downstream_started {
+            if *e.esource() != ErrorSource::Downstream && ctx.stream {
+                let err = if matches!(e.etype(), ErrorType::ReadTimedout) {
+                    GatewayError::UpstreamTimeout(
+                        "The upstream stream stalled or exceeded the time limit.".into(),
+                    )
+                } else {
+                    GatewayError::UpstreamFailed(
+                        "The upstream connection broke during the stream.".into(),
+                    )
+                };
+                let _ = session
+                    .write_response_body(Some(err.sse_event()), true)
+                    .await;
+                ctx.stream_error.get_or_insert("upstream_broken");
+            } else if *e.esource() == ErrorSource::Downstream {
+                ctx.stream_error.get_or_insert("client_gone");
+            }
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if *e.esource() == ErrorSource::Downstream && ctx.attempt.is_none() {
+            ctx.status = 0;
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let err = ctx.error.clone().unwrap_or_else(|| classify(e));
+        ctx.status = err.status();
+        write_json(
+            session,
+            ctx,
+            err.status(),
+            err.openai_body(),
+            err.retry_after(),
+        )
+        .await;
+        ctx.error = Some(err);
+        FailToProxy {
+            error_code: ctx.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // An attempt still open here either succeeded or broke mid-stream.
+        if let Some(a) = ctx.attempt.as_mut() {
+            if !a.settled {
+                a.settled = true;
+                a.upstream.state.on_end();
+                let broken = matches!(
+                    ctx.stream_error,
+                    Some("upstream_broken") | Some("truncated")
+                );
+                let outcome = if broken {
+                    if let Some(ch) = ctx.channel.as_ref() {
+                        a.upstream
+                            .state
+                            .record_failure(&ch.breaker, a.admission == Admission::Probe);
+                    }
+                    "broken_stream"
+                } else if e.is_some() {
+                    if a.admission == Admission::Probe {
+                        a.upstream.state.release_probe();
+                    }
+                    "aborted"
+                } else {
+                    "ok"
+                };
+                METRICS
+                    .attempts
+                    .with_label_values(&[&a.upstream.id, outcome])
+                    .inc();
+            }
+        }
+        if let Some(reason) = ctx.stream_error {
+            METRICS.stream_errors.with_label_values(&[reason]).inc();
+        }
+        if ctx.counted_inflight {
+            METRICS.inflight.dec();
+        }
+        crate::proxy::usage::emit(&self.app, ctx, e);
+    }
+}
+
+/// Prompt-token estimate used when a vendor reports no usage.
+pub(crate) fn estimate_prompt(ctx: &RequestCtx) -> u64 {
+    match (ctx.endpoint, ctx.body.as_ref()) {
+        (Endpoint::Chat, Some(obj)) => TokenCounter::estimate_chat_prompt(obj),
+        (Endpoint::Embeddings, Some(obj)) => TokenCounter::estimate_embedding_input(obj),
+        _ => 0,
+    }
+}

@@ -1,0 +1,154 @@
+//! The one usage event per request, assembled in `logging` from what the response showed.
+
+use super::ctx::{Endpoint, RequestCtx};
+use crate::app::App;
+use crate::billing::usage::UsageEvent;
+use crate::metrics::METRICS;
+use crate::protocol::openai::{self, Usage};
+use crate::protocol::tokens::TokenCounter;
+use pingora_error::Error;
+
+/// Usage and where it came from: the vendor's own report, our tiktoken count, or nothing.
+fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
+    if !(200..300).contains(&ctx.status) {
+        // Only a stream that started successfully produced tokens worth recording.
+        if ctx.meter.is_none() {
+            return (Usage::default(), "none");
+        }
+    }
+    if let Some(meter) = ctx.meter.as_ref() {
+        if let Some(u) = meter.usage() {
+            return (u, "vendor");
+        }
+        let text = meter.produced_text();
+        if text.is_empty() && !meter.first_content_seen() {
+            return (Usage::default(), "none");
+        }
+        let u = Usage {
+            prompt_tokens: super::estimate_prompt(ctx),
+            completion_tokens: TokenCounter::count(text),
+            ..Usage::default()
+        };
+        return (u, "counted");
+    }
+    if ctx.endpoint == Endpoint::Chat || ctx.endpoint == Endpoint::Embeddings {
+        if ctx.response.is_empty() {
+            return (Usage::default(), "none");
+        }
+        let (usage, text) = openai::usage_from_response(&ctx.response);
+        if let Some(u) = usage {
+            return (u, "vendor");
+        }
+        let u = Usage {
+            prompt_tokens: super::estimate_prompt(ctx),
+            completion_tokens: text.as_deref().map(TokenCounter::count).unwrap_or(0),
+            ..Usage::default()
+        };
+        return (u, "counted");
+    }
+    (Usage::default(), "none")
+}
+
+pub fn emit(app: &App, ctx: &RequestCtx, e: Option<&Error>) {
+    let latency = ctx.started.elapsed();
+    let channel = ctx.channel_label().to_string();
+    let model = ctx.model_label().to_string();
+    let status = ctx.status;
+    let (usage, source) = measured_usage(ctx);
+    let ttft = ctx.first_token_at.map(|t| t.duration_since(ctx.started));
+
+    let status_label = if status == 0 {
+        "client_closed".to_string()
+    } else {
+        status.to_string()
+    };
+    METRICS
+        .requests
+        .with_label_values(&[&channel, &model, &status_label])
+        .inc();
+    METRICS
+        .duration
+        .with_label_values(&[&channel])
+        .observe(latency.as_secs_f64());
+    if let Some(t) = ttft {
+        METRICS
+            .ttft
+            .with_label_values(&[&channel])
+            .observe(t.as_secs_f64());
+    }
+    for (kind, n) in [
+        ("prompt", usage.prompt_tokens),
+        ("cached", usage.cached_tokens),
+        ("completion", usage.completion_tokens),
+        ("reasoning", usage.reasoning_tokens),
+    ] {
+        if n > 0 {
+            METRICS
+                .tokens
+                .with_label_values(&[&channel, &model, kind])
+                .inc_by(n);
+        }
+    }
+
+    let (upstream, model_used) = match ctx.served_by.as_ref() {
+        Some((u, m)) => (Some(u.clone()), Some(m.clone())),
+        None => (ctx.attempt.as_ref().map(|a| a.upstream.id.clone()), None),
+    };
+    let error_code = ctx
+        .error
+        .as_ref()
+        .map(|e| e.code().to_string())
+        .or_else(|| ctx.stream_error.map(|s| s.to_string()));
+
+    tracing::info!(
+        request_id = %ctx.request_id,
+        tenant = ctx.key.as_ref().map(|k| k.tenant_id.0),
+        key = ctx.key.as_ref().map(|k| k.id.0),
+        endpoint = ctx.endpoint.as_str(),
+        channel = %channel,
+        upstream = upstream.as_deref().unwrap_or("-"),
+        model = ctx.model_requested.as_deref().unwrap_or("-"),
+        stream = ctx.stream,
+        status,
+        attempts = ctx.attempts,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        usage_source = source,
+        latency_ms = latency.as_millis() as u64,
+        ttft_ms = ttft.map(|t| t.as_millis() as u64),
+        error = error_code.as_deref().unwrap_or("-"),
+        proxy_error = e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
+        "request"
+    );
+
+    // Only authenticated calls to a model endpoint are metered.
+    let Some(key) = ctx.key.as_ref() else { return };
+    if ctx.endpoint == Endpoint::Models {
+        return;
+    }
+    app.usage.push(UsageEvent {
+        request_id: ctx.request_id.clone(),
+        ts_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        tenant_id: Some(key.tenant_id),
+        key_id: Some(key.id),
+        endpoint: ctx.endpoint.as_str().to_string(),
+        channel: ctx.channel.as_ref().map(|c| c.name.clone()),
+        upstream,
+        model_requested: ctx.model_requested.clone(),
+        model_used,
+        stream: ctx.stream,
+        status,
+        error_code,
+        prompt_tokens: usage.prompt_tokens,
+        cached_tokens: usage.cached_tokens,
+        completion_tokens: usage.completion_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        usage_source: source.to_string(),
+        attempts: ctx.attempts,
+        latency_ms: latency.as_millis() as u64,
+        ttft_ms: ttft.map(|t| t.as_millis() as u64),
+    });
+}

@@ -1,0 +1,152 @@
+//! Assembling the Pingora `Server`: the gateway, the admin API and the background services.
+
+use crate::admin::AdminApi;
+use crate::app::{App, KeyRefresher};
+use crate::billing::usage::{self, UsageSink};
+use crate::config::reload::ConfigWatcher;
+use crate::config::{Config, ConfigError};
+use crate::proxy::Gateway;
+use crate::routing::resolver;
+use crate::routing::upstream::UpstreamStates;
+use crate::tenancy::store::Store;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] crate::tenancy::store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What `tollgate run` and `tollgate demo` need to start.
+pub struct Launch {
+    pub config: Config,
+    pub states: UpstreamStates,
+    pub config_path: Option<PathBuf>,
+    /// Take over listeners from a running instance (Pingora graceful upgrade).
+    pub upgrade: bool,
+    /// Fork into the background (systemd `Type=forking`).
+    pub daemon: bool,
+    pub admin_token: Option<String>,
+}
+
+type WriterFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Drains usage events into the store until shutdown, then a final flush.
+struct UsageWriter {
+    run: Mutex<Option<WriterFuture>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for UsageWriter {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // Deliberately not stopped by the shutdown signal: the gateway keeps finishing
+        // in-flight requests during the grace period and their events must still be written.
+        // The writer flushes every 100 ms until Pingora tears the runtime down.
+        let fut = self.run.lock().ok().and_then(|mut g| g.take());
+        if let Some(fut) = fut {
+            fut.await;
+        }
+    }
+}
+
+/// Open the store, build the services and run until a shutdown signal. Never returns early
+/// on success (Pingora exits the process).
+pub fn run(launch: Launch) -> Result<(), StartError> {
+    let Launch {
+        config,
+        states,
+        config_path,
+        upgrade,
+        daemon,
+        admin_token,
+    } = launch;
+
+    for w in &config.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    for f in resolver::resolve_all(&config) {
+        tracing::warn!(failure = %f, "DNS");
+    }
+    crate::protocol::tokens::TokenCounter::warm_up();
+
+    let store = Store::open(std::path::Path::new(&config.sqlite_path))?;
+    let (sink, writer): (UsageSink, _) = usage::channel(store.clone());
+    let server_settings = config.server.clone();
+    let admin_listen = config.admin.listen.clone();
+    let app = App::new(config, states, config_path, store, sink, admin_token);
+    app.refresh_keys()?;
+
+    let mut conf = ServerConf::default();
+    conf.threads = server_settings.threads;
+    conf.daemon = daemon;
+    conf.upgrade_sock = server_settings.upgrade_sock.clone();
+    conf.pid_file = server_settings.pid_file.clone();
+    conf.grace_period_seconds = Some(server_settings.graceful_shutdown.as_secs());
+    conf.graceful_shutdown_timeout_seconds =
+        Some(server_settings.graceful_shutdown.as_secs().max(1));
+    // Failover is decided by the gateway (bounded per channel); this only caps Pingora's loop.
+    conf.max_retries = 16;
+    let opt = Opt {
+        upgrade,
+        daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut gateway = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(app.clone()),
+        "tollgate gateway",
+    );
+    gateway.add_tcp(&server_settings.listen);
+
+    let mut admin = Service::new("tollgate admin".to_string(), AdminApi { app: app.clone() });
+    admin.add_tcp(&admin_listen);
+
+    let watcher = background_service(
+        "config watcher",
+        ConfigWatcher {
+            app: app.clone(),
+            poll: Duration::from_secs(1),
+        },
+    );
+    let keys = background_service(
+        "key refresher",
+        KeyRefresher {
+            app: app.clone(),
+            every: Duration::from_secs(1),
+        },
+    );
+    let writer = background_service(
+        "usage writer",
+        UsageWriter {
+            run: Mutex::new(Some(Box::pin(writer))),
+        },
+    );
+
+    server.add_service(gateway);
+    server.add_service(admin);
+    server.add_service(watcher);
+    server.add_service(keys);
+    server.add_service(writer);
+    tracing::info!(listen = %server_settings.listen, admin = %admin_listen, "tollgate starting");
+    server.run_forever();
+}
+
+/// A shared handle for in-process use (tests of the library itself).
+pub type SharedApp = Arc<App>;

@@ -1,0 +1,527 @@
+//! The SQL store. SQLite (one file, WAL) is the embedded default; every statement the gateway
+//! runs lives in this module so that a PostgreSQL backend is a second implementation of the
+//! same functions, not a hunt through the code base.
+//!
+//! The store is only touched off the request path: by the admin API, the CLI, the key snapshot
+//! refresher and the batched usage writer.
+
+use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
+use super::{unix_now, ApiKey, KeyId, Tenant, TenantId};
+use crate::billing::usage::UsageEvent;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the store lock is poisoned")]
+    Poisoned,
+}
+
+/// Ordered schema migrations; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[
+    // 1: tenants, keys, usage events
+    "CREATE TABLE tenants (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        key_hash BLOB NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        default_channel TEXT NOT NULL,
+        allowed_channels TEXT NOT NULL DEFAULT '[]',
+        allowed_models TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+     );
+     CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+     CREATE TABLE usage_events (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL UNIQUE,
+        ts_ms INTEGER NOT NULL,
+        tenant_id INTEGER,
+        key_id INTEGER,
+        endpoint TEXT NOT NULL,
+        channel TEXT,
+        upstream TEXT,
+        model_requested TEXT,
+        model_used TEXT,
+        stream INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        error_code TEXT,
+        prompt_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        usage_source TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        ttft_ms INTEGER
+     );
+     CREATE INDEX usage_events_tenant_ts ON usage_events(tenant_id, ts_ms);
+     CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+     INSERT INTO meta (k, v) VALUES ('key_generation', 1);",
+];
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub default_channel: String,
+    pub allowed_channels: Vec<String>,
+    pub allowed_models: Vec<String>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        Store::init(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        // WAL lets the CLI and the gateway use the file at once; busy_timeout rides out the
+        // short write locks of batched inserts.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let store = Store {
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&mut guard)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+            )?;
+            let current: i64 = c.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
+            for (i, sql) in MIGRATIONS.iter().enumerate() {
+                let version = i as i64 + 1;
+                if version <= current {
+                    continue;
+                }
+                let tx = c.transaction()?;
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                    params![version, unix_now()],
+                )?;
+                tx.commit()?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+    }
+
+    pub fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(StoreError::Invalid(
+                "tenant name must be 1-128 characters".into(),
+            ));
+        }
+        self.with(|c| {
+            let now = unix_now();
+            match c.execute(
+                "INSERT INTO tenants (name, created_at) VALUES (?1, ?2)",
+                params![name, now],
+            ) {
+                Ok(_) => Ok(Tenant {
+                    id: TenantId(c.last_insert_rowid()),
+                    name: name.to_string(),
+                    created_at: now,
+                }),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::Conflict(format!(
+                        "tenant `{name}` already exists"
+                    )))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, name, created_at FROM tenants ORDER BY id")?;
+            let rows = st.query_map([], |r| {
+                Ok(Tenant {
+                    id: TenantId(r.get(0)?),
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// A tenant by numeric id or by name.
+    pub fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT id, name, created_at FROM tenants WHERE name = ?1 OR CAST(id AS TEXT) = ?1",
+                    params![id_or_name],
+                    |r| {
+                        Ok(Tenant {
+                            id: TenantId(r.get(0)?),
+                            name: r.get(1)?,
+                            created_at: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?;
+            row.ok_or_else(|| StoreError::NotFound(format!("tenant `{id_or_name}`")))
+        })
+    }
+
+    fn bump_generation(c: &Connection) -> Result<(), StoreError> {
+        c.execute("UPDATE meta SET v = v + 1 WHERE k = 'key_generation'", [])?;
+        Ok(())
+    }
+
+    /// Create a key; returns its record and the plaintext, which is shown once and never stored.
+    pub fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError> {
+        if new.name.trim().is_empty() || new.name.len() > 128 {
+            return Err(StoreError::Invalid(
+                "key name must be 1-128 characters".into(),
+            ));
+        }
+        let plaintext = generate_key();
+        let hash = hash_key(&plaintext);
+        let prefix = display_prefix(&plaintext);
+        let allowed_channels = serde_json::to_string(&new.allowed_channels)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let allowed_models = serde_json::to_string(&new.allowed_models)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let id = self.with(|c| {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT id FROM tenants WHERE id = ?1", params![new.tenant_id.0], |r| r.get(0))
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("tenant {}", new.tenant_id.0)));
+            }
+            tx.execute(
+                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    new.tenant_id.0,
+                    new.name.trim(),
+                    &hash[..],
+                    prefix,
+                    new.default_channel,
+                    allowed_channels,
+                    allowed_models,
+                    unix_now(),
+                    new.expires_at
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(id)
+        })?;
+        let key = self.get_key(KeyId(id))?;
+        Ok((key, plaintext))
+    }
+
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at";
+
+    fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+        let channels: String = r.get(6)?;
+        let models: String = r.get(7)?;
+        Ok(ApiKey {
+            id: KeyId(r.get(0)?),
+            tenant_id: TenantId(r.get(1)?),
+            tenant_name: r.get(2)?,
+            name: r.get(3)?,
+            prefix: r.get(4)?,
+            default_channel: r.get(5)?,
+            allowed_channels: serde_json::from_str(&channels).unwrap_or_default(),
+            allowed_models: serde_json::from_str(&models).unwrap_or_default(),
+            created_at: r.get(8)?,
+            expires_at: r.get(9)?,
+            revoked_at: r.get(10)?,
+        })
+    }
+
+    pub fn get_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ?1",
+                Store::KEY_COLUMNS
+            );
+            c.query_row(&sql, params![id.0], Store::key_from_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("key {}", id.0)))
+        })
+    }
+
+    pub fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE (?1 IS NULL OR k.tenant_id = ?1) ORDER BY k.id",
+                Store::KEY_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![tenant.map(|t| t.0)], Store::key_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.0, unix_now()],
+            )?;
+            if n == 0 {
+                let exists: Option<i64> = c
+                    .query_row(
+                        "SELECT id FROM api_keys WHERE id = ?1",
+                        params![id.0],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound(format!("key {}", id.0)));
+                }
+            }
+            Store::bump_generation(c)?;
+            Ok(())
+        })?;
+        self.get_key(id)
+    }
+
+    pub fn key_generation(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT v FROM meta WHERE k = 'key_generation'", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+    }
+
+    /// Every key by hash, revoked ones included (so a revoked key gets a precise error).
+    pub fn load_key_snapshot(&self) -> Result<KeySnapshot, StoreError> {
+        self.with(|c| {
+            let generation: i64 =
+                c.query_row("SELECT v FROM meta WHERE k = 'key_generation'", [], |r| {
+                    r.get(0)
+                })?;
+            let sql = format!(
+                "SELECT {}, k.key_hash FROM api_keys k JOIN tenants t ON t.id = k.tenant_id",
+                Store::KEY_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let mut rows = st.query([])?;
+            let mut snap = KeySnapshot {
+                by_hash: Default::default(),
+                generation,
+            };
+            while let Some(r) = rows.next()? {
+                let key = Store::key_from_row(r)?;
+                let hash: Vec<u8> = r.get(11)?;
+                if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
+                    snap.by_hash.insert(h, Arc::new(key));
+                }
+            }
+            Ok(snap)
+        })
+    }
+
+    /// Insert a batch in one transaction. Idempotent on request id: a replayed batch is a no-op.
+    pub fn insert_usage_events(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut n = 0;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
+                        model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
+                        completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                )?;
+                for e in events {
+                    n += st.execute(params![
+                        e.request_id,
+                        e.ts_ms,
+                        e.tenant_id.map(|t| t.0),
+                        e.key_id.map(|k| k.0),
+                        e.endpoint,
+                        e.channel,
+                        e.upstream,
+                        e.model_requested,
+                        e.model_used,
+                        e.stream,
+                        e.status,
+                        e.error_code,
+                        e.prompt_tokens as i64,
+                        e.cached_tokens as i64,
+                        e.completion_tokens as i64,
+                        e.reasoning_tokens as i64,
+                        e.usage_source,
+                        e.attempts,
+                        e.latency_ms as i64,
+                        e.ttft_ms.map(|v| v as i64),
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    /// Most recent usage events, newest first (admin API and tests).
+    pub fn recent_usage(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
+                        stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
+                        usage_source, attempts, latency_ms, ttft_ms
+                 FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1) ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![tenant.map(|t| t.0), limit], |r| {
+                Ok(UsageEvent {
+                    request_id: r.get(0)?,
+                    ts_ms: r.get(1)?,
+                    tenant_id: r.get::<_, Option<i64>>(2)?.map(TenantId),
+                    key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
+                    endpoint: r.get(4)?,
+                    channel: r.get(5)?,
+                    upstream: r.get(6)?,
+                    model_requested: r.get(7)?,
+                    model_used: r.get(8)?,
+                    stream: r.get(9)?,
+                    status: r.get(10)?,
+                    error_code: r.get(11)?,
+                    prompt_tokens: r.get::<_, i64>(12)? as u64,
+                    cached_tokens: r.get::<_, i64>(13)? as u64,
+                    completion_tokens: r.get::<_, i64>(14)? as u64,
+                    reasoning_tokens: r.get::<_, i64>(15)? as u64,
+                    usage_source: r.get(16)?,
+                    attempts: r.get(17)?,
+                    latency_ms: r.get::<_, i64>(18)? as u64,
+                    ttft_ms: r.get::<_, Option<i64>>(19)?.map(|v| v as u64),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_keys_and_generation() {
+        let s = Store::open_in_memory().unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let t = s.create_tenant("acme").unwrap();
+        assert!(matches!(
+            s.create_tenant("acme"),
+            Err(StoreError::Conflict(_))
+        ));
+        let g0 = s.key_generation().unwrap();
+        let (k, plain) = s
+            .create_key(&NewKey {
+                tenant_id: t.id,
+                name: "ci".into(),
+                default_channel: "official".into(),
+                allowed_channels: vec!["cheap".into()],
+                allowed_models: vec![],
+                expires_at: None,
+            })
+            .unwrap();
+        assert!(s.key_generation().unwrap() > g0);
+        let snap = s.load_key_snapshot().unwrap();
+        let found = snap.by_hash.get(&hash_key(&plain)).unwrap();
+        assert_eq!(found.id, k.id);
+        assert_eq!(found.tenant_name, "acme");
+        assert!(
+            found.may_use_channel("cheap")
+                && found.may_use_channel("official")
+                && !found.may_use_channel("x")
+        );
+        let revoked = s.revoke_key(k.id).unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert!(matches!(
+            s.revoke_key(KeyId(999)),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(s.find_tenant("acme").unwrap().id, t.id);
+        assert_eq!(s.find_tenant(&t.id.0.to_string()).unwrap().name, "acme");
+    }
+
+    #[test]
+    fn usage_insert_is_idempotent() {
+        let s = Store::open_in_memory().unwrap();
+        let e = UsageEvent {
+            request_id: "r1".into(),
+            endpoint: "chat".into(),
+            prompt_tokens: 3,
+            ..Default::default()
+        };
+        assert_eq!(s.insert_usage_events(&[e.clone(), e.clone()]).unwrap(), 1);
+        assert_eq!(s.insert_usage_events(&[e]).unwrap(), 0);
+        assert_eq!(s.recent_usage(None, 10).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,239 @@
+//! Test harness: real processes on free ports. A mock vendor (our own, speaking OpenAI's wire
+//! format) runs in the test; the gateway is the real `tollgate` binary with a generated config
+//! and a fresh SQLite file; keys are created through the real admin API.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tollgate::mock::{MockHandle, MockVendor};
+
+pub const ADMIN_TOKEN: &str = "test-operator-token";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub async fn mock() -> MockHandle {
+    MockVendor::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// One upstream line for a config: `name`, mock address, weight.
+pub struct Up<'a> {
+    pub name: &'a str,
+    pub base_url: String,
+    pub weight: u32,
+}
+
+impl<'a> Up<'a> {
+    pub fn mock(name: &'a str, m: &MockHandle) -> Self {
+        Up {
+            name,
+            base_url: m.base_url(),
+            weight: 1,
+        }
+    }
+}
+
+/// A config with models `gpt-4o-mini` (-> upstream name `mock-small`), `gpt-4o` and an
+/// embedding model, and one channel `main` over `ups`. `extra` is appended verbatim.
+pub fn config_text(port: u16, admin: u16, db: &str, dir: &str, ups: &[Up<'_>], channel_extra: &str, extra: &str) -> String {
+    let mut s = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+threads = 2
+max_body_bytes = 40000000
+log_format = "json"
+graceful_shutdown_seconds = 2
+upgrade_sock = "{dir}/upgrade.sock"
+pid_file = "{dir}/tollgate.pid"
+
+[admin]
+listen = "127.0.0.1:{admin}"
+token_env = "TOLLGATE_TEST_ADMIN_TOKEN"
+
+[store]
+sqlite_path = "{db}"
+
+[[models]]
+name = "gpt-4o-mini"
+max_output_tokens = 1000
+
+[[models]]
+name = "gpt-4o"
+
+[[models]]
+name = "text-embedding-3-small"
+kind = "embedding"
+
+[[channels]]
+name = "main"
+multiplier = "7.2"
+{channel_extra}
+"#
+    );
+    for u in ups {
+        s.push_str(&format!(
+            "[[channels.upstreams]]\nname = \"{}\"\nbase_url = \"{}\"\nweight = {}\nmodels = [\"gpt-4o-mini\", \"gpt-4o\", \"text-embedding-3-small\"]\nmodel_map = {{ \"gpt-4o-mini\" = \"mock-small\" }}\n",
+            u.name, u.base_url, u.weight
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub db: String,
+    pub key: String,
+    pub tenant_id: i64,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    /// Start with upstreams `ups` (and extra channel / config text), create tenant + key.
+    pub async fn start(ups: &[Up<'_>], channel_extra: &str, extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let admin_port = free_port();
+        let db = dir.path().join("tollgate.db").display().to_string();
+        let text = config_text(port, admin_port, &db, &dir.path().display().to_string(), ups, channel_extra, extra);
+        let config_path = dir.path().join("tollgate.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap();
+        let mut gw = Gateway {
+            child,
+            port,
+            admin_port,
+            dir,
+            config_path,
+            db,
+            key: String::new(),
+            tenant_id: 0,
+            client,
+        };
+        gw.wait_ready().await;
+        let t: serde_json::Value = gw.admin_post("/admin/tenants", serde_json::json!({"name": "acme"})).await;
+        gw.tenant_id = t["id"].as_i64().unwrap();
+        gw.key = gw.create_key(serde_json::json!({"tenant": "acme", "name": "test", "default_channel": "main"})).await;
+        gw
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited early with {status}; log:\n{}", self.log());
+            }
+            let ready = self.client.get(self.admin_url("/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if ready && listening {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .client
+            .post(self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let r = self.client.get(self.admin_url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn create_key(&self, body: serde_json::Value) -> String {
+        let v = self.admin_post("/admin/keys", body).await;
+        v["key"].as_str().unwrap().to_string()
+    }
+
+    pub fn chat(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
+        self.client.post(self.url("/v1/chat/completions")).bearer_auth(&self.key).json(&body)
+    }
+
+    /// Usage events stored so far (waits for the batched writer to catch up to `n`).
+    pub async fn usage_events(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.admin_get("/admin/usage?limit=10000").await;
+            let events = v["data"].as_array().cloned().unwrap_or_default();
+            if events.len() >= n || Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collect a streamed response: the raw text and the parsed `data:` JSON events.
+pub async fn read_sse(resp: reqwest::Response) -> (String, Vec<serde_json::Value>) {
+    let text = resp.text().await.unwrap_or_default();
+    let events = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    (text, events)
+}
+
+pub fn metric_value(metrics: &str, name_and_labels_prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name_and_labels_prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
