@@ -122,7 +122,7 @@ impl Gateway {
         if endpoint == Endpoint::Models {
             let body = models_list(&cfg, &key);
             ctx.status = 200;
-            write_json(session, ctx, 200, body, None).await;
+            write_json(session, ctx, 200, body, None, false).await;
             return Ok(Admitted::Answered);
         }
 
@@ -335,6 +335,7 @@ async fn write_json(
     status: u16,
     body: Bytes,
     retry_after: Option<u64>,
+    close: bool,
 ) {
     let resp = (|| -> Result<ResponseHeader> {
         let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -347,6 +348,12 @@ async fn write_json(
         Ok(resp)
     })();
     let Ok(resp) = resp else { return };
+    if close {
+        // Pingora does not reuse a client connection after a proxying failure; say so in the
+        // response (`Connection: close`) so the client does not send its next request into a
+        // closing socket.
+        session.as_mut().set_keepalive(None);
+    }
     if session
         .write_response_header(Box::new(resp), false)
         .await
@@ -417,7 +424,15 @@ impl ProxyHttp for Gateway {
             Ok(Admitted::Answered) => Ok(true),
             Err(e) => {
                 ctx.status = e.status();
-                write_json(session, ctx, e.status(), e.openai_body(), e.retry_after()).await;
+                write_json(
+                    session,
+                    ctx,
+                    e.status(),
+                    e.openai_body(),
+                    e.retry_after(),
+                    false,
+                )
+                .await;
                 ctx.error = Some(e);
                 Ok(true)
             }
@@ -640,6 +655,8 @@ impl ProxyHttp for Gateway {
         if let Some(a) = ctx.attempt.as_ref() {
             ctx.served_by = Some((a.upstream.id.clone(), ctx.upstream_body_model.clone()));
         }
+        // Which vendor software answered is not the caller's business.
+        resp.remove_header(&http::header::SERVER);
         let is_sse = resp
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -680,25 +697,31 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         if let Some(meter) = ctx.meter.as_mut() {
-            let mut out = BytesMut::new();
-            if let Some(chunk) = body.as_ref() {
-                meter.on_chunk(chunk, &mut out);
-            }
+            // Whole events pass through as the same `Bytes` (no copy); a partial trailing
+            // event is held until it completes.
+            let mut passed = match body.as_ref() {
+                Some(chunk) => meter.on_chunk_bytes(chunk),
+                None => Bytes::new(),
+            };
             if ctx.first_token_at.is_none() && meter.first_content_seen() {
                 ctx.first_token_at = Some(Instant::now());
             }
             if end_of_stream {
-                meter.finish(&mut out);
-                if !meter.saw_done() {
+                let mut out = BytesMut::from(&passed[..]);
+                if meter.saw_done() {
+                    meter.finish(&mut out);
+                } else {
                     // A clean close without `[DONE]` is a truncated answer: say so.
-                    let e = GatewayError::UpstreamFailed(
-                        "The upstream ended the stream before it was complete.".into(),
+                    meter.finish_with_error(
+                        "The upstream ended the stream before it was complete.",
+                        "upstream_error",
+                        &mut out,
                     );
-                    out.extend_from_slice(&e.sse_event());
                     ctx.stream_error = Some("truncated");
                 }
+                passed = out.freeze();
             }
-            *body = Some(out.freeze());
+            *body = Some(passed);
         } else if let Some(chunk) = body.as_ref() {
             if ctx.response.len() + chunk.len() <= MAX_KEPT_RESPONSE {
                 ctx.response.extend_from_slice(chunk);
@@ -816,6 +839,7 @@ impl ProxyHttp for Gateway {
             err.status(),
             err.openai_body(),
             err.retry_after(),
+            true,
         )
         .await;
         ctx.error = Some(err);

@@ -10,13 +10,21 @@ use std::time::{Duration, Instant};
 use tollgate::mock::{MockHandle, MockVendor};
 
 pub const ADMIN_TOKEN: &str = "test-operator-token";
+/// The credential the gateway must present to upstreams (never the caller's key).
+pub const UPSTREAM_KEY: &str = "upstream-secret";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub async fn mock() -> MockHandle {
-    MockVendor::start("127.0.0.1:0".parse().unwrap()).await.unwrap()
+    MockVendor::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 /// One upstream line for a config: `name`, mock address, weight.
@@ -38,7 +46,15 @@ impl<'a> Up<'a> {
 
 /// A config with models `gpt-4o-mini` (-> upstream name `mock-small`), `gpt-4o` and an
 /// embedding model, and one channel `main` over `ups`. `extra` is appended verbatim.
-pub fn config_text(port: u16, admin: u16, db: &str, dir: &str, ups: &[Up<'_>], channel_extra: &str, extra: &str) -> String {
+pub fn config_text(
+    port: u16,
+    admin: u16,
+    db: &str,
+    dir: &str,
+    ups: &[Up<'_>],
+    channel_extra: &str,
+    extra: &str,
+) -> String {
     let mut s = format!(
         r#"
 [server]
@@ -76,7 +92,7 @@ multiplier = "7.2"
     );
     for u in ups {
         s.push_str(&format!(
-            "[[channels.upstreams]]\nname = \"{}\"\nbase_url = \"{}\"\nweight = {}\nmodels = [\"gpt-4o-mini\", \"gpt-4o\", \"text-embedding-3-small\"]\nmodel_map = {{ \"gpt-4o-mini\" = \"mock-small\" }}\n",
+            "[[channels.upstreams]]\nname = \"{}\"\nbase_url = \"{}\"\nweight = {}\napi_key_env = \"TEST_UPSTREAM_KEY\"\nmodels = [\"gpt-4o-mini\", \"gpt-4o\", \"text-embedding-3-small\"]\nmodel_map = {{ \"gpt-4o-mini\" = \"mock-small\" }}\n",
             u.name, u.base_url, u.weight
         ));
     }
@@ -111,7 +127,15 @@ impl Gateway {
         let port = free_port();
         let admin_port = free_port();
         let db = dir.path().join("tollgate.db").display().to_string();
-        let text = config_text(port, admin_port, &db, &dir.path().display().to_string(), ups, channel_extra, extra);
+        let text = config_text(
+            port,
+            admin_port,
+            &db,
+            &dir.path().display().to_string(),
+            ups,
+            channel_extra,
+            extra,
+        );
         let config_path = dir.path().join("tollgate.toml");
         std::fs::write(&config_path, text).unwrap();
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
@@ -119,12 +143,16 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&config_path)
             .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let client = reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(16)
+            .build()
+            .unwrap();
         let mut gw = Gateway {
             child,
             port,
@@ -137,9 +165,15 @@ impl Gateway {
             client,
         };
         gw.wait_ready().await;
-        let t: serde_json::Value = gw.admin_post("/admin/tenants", serde_json::json!({"name": "acme"})).await;
+        let t: serde_json::Value = gw
+            .admin_post("/admin/tenants", serde_json::json!({"name": "acme"}))
+            .await;
         gw.tenant_id = t["id"].as_i64().unwrap();
-        gw.key = gw.create_key(serde_json::json!({"tenant": "acme", "name": "test", "default_channel": "main"})).await;
+        gw.key = gw
+            .create_key(
+                serde_json::json!({"tenant": "acme", "name": "test", "default_channel": "main"}),
+            )
+            .await;
         gw
     }
 
@@ -149,12 +183,22 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("gateway exited early with {status}; log:\n{}", self.log());
             }
-            let ready = self.client.get(self.admin_url("/readyz")).send().await.map(|r| r.status().is_success()).unwrap_or(false);
+            let ready = self
+                .client
+                .get(self.admin_url("/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
             let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
             if ready && listening {
                 return;
             }
-            assert!(Instant::now() < deadline, "gateway not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready; log:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -179,7 +223,13 @@ impl Gateway {
     }
 
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        let r = self.client.get(self.admin_url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let r = self
+            .client
+            .get(self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
         r.json().await.unwrap()
     }
@@ -190,7 +240,10 @@ impl Gateway {
     }
 
     pub fn chat(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
-        self.client.post(self.url("/v1/chat/completions")).bearer_auth(&self.key).json(&body)
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(&self.key)
+            .json(&body)
     }
 
     /// Usage events stored so far (waits for the batched writer to catch up to `n`).
@@ -207,7 +260,14 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client.get(self.admin_url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 

@@ -1,0 +1,424 @@
+//! Token counting with tiktoken's `o200k_base`, used when a vendor reports no usage and to
+//! estimate prompt size before a request is sent. Counts are estimates for non-OpenAI
+//! models, whose tokenizers differ.
+
+use serde_json::{Map, Value};
+use tiktoken_rs::o200k_base_singleton;
+
+use super::openai::floor_char_boundary;
+
+/// Text examined per estimate. Tokenising is CPU-bound (roughly tens of MB/s), so beyond
+/// this the rest is estimated at 4 bytes per token.
+const MAX_EXAMINED_BYTES: usize = 4 * 1024 * 1024;
+
+/// OpenAI chat framing: tokens per message and for priming the reply (see the OpenAI
+/// cookbook "How to count tokens with tiktoken").
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_PER_NAME: u64 = 1;
+const TOKENS_PER_CALL: u64 = 1;
+const REPLY_PRIMING: u64 = 3;
+
+/// Flat charge for an image: what OpenAI bills a 1024x1024 image at `detail: high`
+/// (85 base + 4 tiles x 170); `detail: low` is a flat 85. Real cost depends on the image
+/// size, which the gateway does not fetch.
+const IMAGE_TOKENS: u64 = 765;
+const IMAGE_TOKENS_LOW: u64 = 85;
+
+/// Counts with the shared `o200k_base` encoder.
+pub struct TokenCounter;
+
+impl TokenCounter {
+    /// Builds the encoder (~0.5 s) so the first request does not pay for it.
+    pub fn warm_up() {
+        let _ = o200k_base_singleton().count_ordinary("warm up");
+    }
+
+    /// Tokens of `text`, special-token text counted as ordinary text.
+    pub fn count(text: &str) -> u64 {
+        o200k_base_singleton().count_ordinary(text) as u64
+    }
+
+    /// Estimated prompt tokens of a chat request: o200k count of every message's role,
+    /// string content, `text` parts, name, refusal and tool call names/arguments, plus the
+    /// JSON of tool/function definitions and of a `response_format` schema; 3 tokens per
+    /// message, 1 per name or call, 3 for reply priming. Images count 765 each (85 at
+    /// `detail: low`); audio and file parts count nothing. At most 4 MiB of text is
+    /// tokenised, the rest counts as 4 bytes per token.
+    pub fn estimate_chat_prompt(obj: &Map<String, Value>) -> u64 {
+        estimate_chat(obj, MAX_EXAMINED_BYTES)
+    }
+
+    /// Estimated tokens of an embeddings `input`: strings are tokenised (same 4 MiB cap),
+    /// token id arrays count their length.
+    pub fn estimate_embedding_input(obj: &Map<String, Value>) -> u64 {
+        estimate_embedding(obj, MAX_EXAMINED_BYTES)
+    }
+}
+
+/// Sums token counts of text pieces while bounding how much text is tokenised.
+struct Tally {
+    tokens: u64,
+    examined: usize,
+    cap: usize,
+    unexamined_bytes: u64,
+}
+
+impl Tally {
+    fn new(cap: usize) -> Self {
+        Tally {
+            tokens: 0,
+            examined: 0,
+            cap,
+            unexamined_bytes: 0,
+        }
+    }
+
+    fn text(&mut self, s: &str) {
+        if s.is_empty() {
+            return;
+        }
+        let room = self.cap.saturating_sub(self.examined);
+        let cut = floor_char_boundary(s, room);
+        if let Some(head) = s.get(..cut).filter(|h| !h.is_empty()) {
+            self.tokens = self.tokens.saturating_add(TokenCounter::count(head));
+            self.examined += cut;
+        }
+        self.unexamined_bytes = self.unexamined_bytes.saturating_add((s.len() - cut) as u64);
+    }
+
+    fn json(&mut self, v: &Value) {
+        if self.examined >= self.cap {
+            // Serialising only to measure the length would be wasted work at this point.
+            self.unexamined_bytes = self.unexamined_bytes.saturating_add(json_len_hint(v));
+            return;
+        }
+        if let Ok(s) = serde_json::to_string(v) {
+            self.text(&s);
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.tokens = self.tokens.saturating_add(n);
+    }
+
+    fn total(&self) -> u64 {
+        self.tokens
+            .saturating_add(self.unexamined_bytes.div_ceil(4))
+    }
+}
+
+/// Rough serialised size of a value, without serialising it.
+fn json_len_hint(v: &Value) -> u64 {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 5,
+        Value::String(s) => s.len() as u64 + 2,
+        Value::Array(a) => a.iter().map(json_len_hint).sum::<u64>() + a.len() as u64 + 2,
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| k.len() as u64 + 4 + json_len_hint(v))
+            .sum::<u64>()
+            .saturating_add(2),
+    }
+}
+
+fn content_tokens(t: &mut Tally, content: &Value) {
+    match content {
+        Value::String(s) => t.text(s),
+        Value::Array(parts) => {
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("image_url" | "input_image" | "image") => {
+                        let detail = p
+                            .get("image_url")
+                            .and_then(|i| i.get("detail"))
+                            .or_else(|| p.get("detail"))
+                            .and_then(Value::as_str);
+                        t.add(if detail == Some("low") {
+                            IMAGE_TOKENS_LOW
+                        } else {
+                            IMAGE_TOKENS
+                        });
+                    }
+                    _ => {
+                        for key in ["text", "refusal"] {
+                            if let Some(s) = p.get(key).and_then(Value::as_str) {
+                                t.text(s);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn call_tokens(t: &mut Tally, func: &Value) {
+    for key in ["name", "arguments"] {
+        if let Some(s) = func.get(key).and_then(Value::as_str) {
+            t.text(s);
+        }
+    }
+    t.add(TOKENS_PER_CALL);
+}
+
+fn estimate_chat(obj: &Map<String, Value>, cap: usize) -> u64 {
+    let mut t = Tally::new(cap);
+    if let Some(Value::Array(messages)) = obj.get("messages") {
+        for m in messages {
+            let Some(m) = m.as_object() else { continue };
+            t.add(TOKENS_PER_MESSAGE);
+            if let Some(role) = m.get("role").and_then(Value::as_str) {
+                t.text(role);
+            }
+            if let Some(c) = m.get("content") {
+                content_tokens(&mut t, c);
+            }
+            if let Some(name) = m.get("name").and_then(Value::as_str) {
+                t.text(name);
+                t.add(TOKENS_PER_NAME);
+            }
+            if let Some(r) = m.get("refusal").and_then(Value::as_str) {
+                t.text(r);
+            }
+            if let Some(Value::Array(calls)) = m.get("tool_calls") {
+                for f in calls.iter().filter_map(|c| c.get("function")) {
+                    call_tokens(&mut t, f);
+                }
+            }
+            if let Some(f) = m.get("function_call").filter(|f| f.is_object()) {
+                call_tokens(&mut t, f);
+            }
+        }
+    }
+    for key in ["tools", "functions"] {
+        if let Some(Value::Array(defs)) = obj.get(key) {
+            for d in defs {
+                t.json(d);
+            }
+        }
+    }
+    if let Some(schema) = obj
+        .get("response_format")
+        .and_then(|rf| rf.get("json_schema"))
+    {
+        t.json(schema);
+    }
+    t.add(REPLY_PRIMING);
+    t.total()
+}
+
+fn estimate_embedding(obj: &Map<String, Value>, cap: usize) -> u64 {
+    let mut t = Tally::new(cap);
+    match obj.get("input") {
+        Some(Value::String(s)) => t.text(s),
+        Some(Value::Array(items)) => {
+            for item in items {
+                match item {
+                    Value::String(s) => t.text(s),
+                    Value::Number(_) => t.add(1),
+                    Value::Array(ids) => t.add(ids.len() as u64),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    t.total()
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tiktoken_rs::{num_tokens_from_messages, ChatCompletionRequestMessage, FunctionCall};
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn count_basic() {
+        assert_eq!(TokenCounter::count(""), 0);
+        assert_eq!(TokenCounter::count("hello world"), 2);
+        // Special-token text is ordinary text, never an error or a panic.
+        assert!(TokenCounter::count("<|endoftext|>") > 1);
+    }
+
+    #[test]
+    fn chat_estimate_matches_cookbook_count() {
+        let req = obj(json!({
+            "model": "x",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant that answers in French."},
+                {"role": "user", "name": "alice", "content": "What is the capital of Germany? Explain briefly."},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"city\":\"Berlin\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "Berlin is the capital."}
+            ]
+        }));
+        let reference = num_tokens_from_messages(
+            "gpt-4o",
+            &[
+                ChatCompletionRequestMessage {
+                    role: "system".into(),
+                    content: Some("You are a helpful assistant that answers in French.".into()),
+                    ..Default::default()
+                },
+                ChatCompletionRequestMessage {
+                    role: "user".into(),
+                    name: Some("alice".into()),
+                    content: Some("What is the capital of Germany? Explain briefly.".into()),
+                    ..Default::default()
+                },
+                ChatCompletionRequestMessage {
+                    role: "assistant".into(),
+                    tool_calls: vec![FunctionCall {
+                        name: "lookup".into(),
+                        arguments: "{\"city\":\"Berlin\"}".into(),
+                    }],
+                    ..Default::default()
+                },
+                ChatCompletionRequestMessage {
+                    role: "tool".into(),
+                    content: Some("Berlin is the capital.".into()),
+                    ..Default::default()
+                },
+            ],
+        )
+        .unwrap() as u64;
+        assert_eq!(TokenCounter::estimate_chat_prompt(&req), reference);
+    }
+
+    #[test]
+    fn chat_estimate_table() {
+        let text_only = TokenCounter::estimate_chat_prompt(&obj(json!({
+            "messages": [{"role": "user", "content": "Describe this picture in detail."}]
+        })));
+        let cases: Vec<(Value, u64)> = vec![
+            (
+                json!({"messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "Describe this picture in detail."},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                ]}]}),
+                text_only + 765,
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "Describe this picture in detail."},
+                    {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}
+                ]}]}),
+                text_only + 85,
+            ),
+            (json!({"messages": []}), 3),
+            (json!({"messages": "nope"}), 3),
+            (
+                json!({"messages": [42, {"role": "user", "content": 7}]}),
+                3 + 3 + 1,
+            ),
+        ];
+        for (req, want) in cases {
+            assert_eq!(
+                TokenCounter::estimate_chat_prompt(&obj(req.clone())),
+                want,
+                "{req}"
+            );
+        }
+        let with_tools = obj(json!({
+            "messages": [{"role": "user", "content": "Describe this picture in detail."}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "description": "Get the weather for a city", "parameters": {"type": "object",
+                "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+        }));
+        let extra = TokenCounter::estimate_chat_prompt(&with_tools) - text_only;
+        assert!((20..80).contains(&extra), "tool definition tokens: {extra}");
+    }
+
+    fn prose(bytes: usize) -> String {
+        let words = [
+            "the",
+            "gateway",
+            "forwards",
+            "streamed",
+            "completions",
+            "while",
+            "metering",
+            "tokens",
+            "for",
+            "each",
+            "tenant",
+            "and",
+            "channel",
+            "with",
+            "care",
+        ];
+        let mut s = String::with_capacity(bytes + 16);
+        let mut i = 0usize;
+        while s.len() < bytes {
+            s.push_str(words[i % words.len()]);
+            s.push(if i % 11 == 10 { '.' } else { ' ' });
+            i = i.wrapping_mul(31).wrapping_add(7) % 1009;
+        }
+        s
+    }
+
+    #[test]
+    fn cap_scales_by_bytes_per_token() {
+        let text = prose(200_000);
+        let req = obj(json!({"messages": [{"role": "user", "content": text}]}));
+        let exact = estimate_chat(&req, usize::MAX);
+        let capped = estimate_chat(&req, 20_000);
+        assert!(
+            capped < exact * 2 && capped * 2 > exact,
+            "{capped} vs {exact}"
+        );
+        // Only the first 20 000 bytes (4 of them the role) are tokenised; the rest is len/4.
+        let head = TokenCounter::count(&text[..19_996]);
+        let rest = (text.len() as u64 - 19_996).div_ceil(4);
+        assert_eq!(capped, head + rest + 3 + 1 + 3);
+        // Multi-byte text cut at the cap never splits a char (would panic if it did).
+        let cjk = "统一网关".repeat(1000);
+        let req = obj(json!({"messages": [{"role": "user", "content": cjk}]}));
+        assert!(estimate_chat(&req, 1001) > 0);
+    }
+
+    #[test]
+    fn embedding_estimate_table() {
+        let cases: Vec<(Value, u64)> = vec![
+            (json!({"input": "hello world"}), 2),
+            (json!({"input": ["hello world", "hello"]}), 3),
+            (json!({"input": [1, 2, 3]}), 3),
+            (json!({"input": [[1, 2], [3, 4, 5]]}), 5),
+            (json!({"input": null}), 0),
+        ];
+        for (req, want) in cases {
+            assert_eq!(
+                TokenCounter::estimate_embedding_input(&obj(req.clone())),
+                want,
+                "{req}"
+            );
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_count_throughput() {
+        TokenCounter::warm_up();
+        let text = prose(4 * 1024 * 1024);
+        let t = std::time::Instant::now();
+        let n = TokenCounter::count(&text);
+        let el = t.elapsed();
+        println!(
+            "o200k count of 4 MiB prose: {n} tokens in {:?} ({:.1} MB/s)",
+            el,
+            4.0 * 1.048_576 / el.as_secs_f64()
+        );
+    }
+}
