@@ -88,16 +88,17 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     let app = App::new(config, states, config_path, store, sink, admin_token);
     app.refresh_keys()?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = server_settings.threads;
-    conf.daemon = daemon;
-    conf.upgrade_sock = server_settings.upgrade_sock.clone();
-    conf.pid_file = server_settings.pid_file.clone();
-    conf.grace_period_seconds = Some(server_settings.graceful_shutdown.as_secs());
-    conf.graceful_shutdown_timeout_seconds =
-        Some(server_settings.graceful_shutdown.as_secs().max(1));
-    // Failover is decided by the gateway (bounded per channel); this only caps Pingora's loop.
-    conf.max_retries = 16;
+    let conf = ServerConf {
+        threads: server_settings.threads,
+        daemon,
+        upgrade_sock: server_settings.upgrade_sock.clone(),
+        pid_file: server_settings.pid_file.clone(),
+        grace_period_seconds: Some(server_settings.graceful_shutdown.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(server_settings.graceful_shutdown.as_secs().max(1)),
+        // Failover is decided by the gateway (bounded per channel); this only caps Pingora's loop.
+        max_retries: 16,
+        ..Default::default()
+    };
     let opt = Opt {
         upgrade,
         daemon,

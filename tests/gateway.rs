@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! End-to-end behaviour of the data plane: the real gateway binary between a real HTTP client
 //! and our mock vendor, asserting on what the client sees, what the vendor received and what
 //! the usage store recorded.

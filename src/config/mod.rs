@@ -330,7 +330,7 @@ impl Config {
             for key in std::iter::once(&model.name).chain(model.aliases.iter()) {
                 if model_index.insert(key.clone(), model.clone()).is_some() {
                     return Err(invalid(
-                        format!("{at}"),
+                        at.clone(),
                         format!("model name or alias `{key}` is defined twice"),
                     ));
                 }

@@ -1,7 +1,7 @@
 //! Test harness: real processes on free ports. A mock vendor (our own, speaking OpenAI's wire
 //! format) runs in the test; the gateway is the real `tollgate` binary with a generated config
 //! and a fresh SQLite file; keys are created through the real admin API.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
