@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# tollgate benchmark: direct mock vs nginx pass-through vs tollgate, non-streaming and streaming.
+#
+#   bench/run.sh                 # full run (3 repetitions, 10 s per measurement, ~9 minutes)
+#   REPS=1 DURATION=3 bench/run.sh   # quick smoke run
+#
+# Knobs (environment):
+#   REPS=3          repetitions of every measurement; the report gives the median
+#   DURATION=10     seconds per wrk measurement
+#   WARMUP=2        seconds of warm-up load before each (target, workload) block
+#   CONNS=32        connections for the saturation run (wrk -t1 -c$CONNS)
+#   LOW_CONNS=1     connections for the below-saturation run (closed loop, one request in flight)
+#   THREADS=1       tollgate worker threads; nginx gets the same number of worker processes
+#   PIN=1           pin with taskset (mock + wrk on CPU 0, proxy on CPU 1); PIN=0 leaves it to the OS
+#   MOCK_CPUS=0 PROXY_CPUS=1 WRK_CPUS=0   the CPU lists used when PIN=1
+#   BUILD=1         run `flock /tmp/cargo.lock cargo build --release` first (no-op when up to date)
+#
+# Writes bench/results/latest.json (plus per-run raw files under bench/results/work/) and prints
+# a Markdown report. Exits non-zero if any request failed (socket error or non-2xx status).
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+BIN=${BIN:-$ROOT/target/release/tollgate}
+RESULTS=$BENCH_DIR/results
+WORK=$RESULTS/work
+
+REPS=${REPS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-32}
+LOW_CONNS=${LOW_CONNS:-1}
+THREADS=${THREADS:-1}
+PIN=${PIN:-1}
+MOCK_CPUS=${MOCK_CPUS:-0}
+PROXY_CPUS=${PROXY_CPUS:-1}
+WRK_CPUS=${WRK_CPUS:-0}
+BUILD=${BUILD:-1}
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
+
+for tool in wrk nginx curl python3 taskset; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y wrk nginx-light)"
+done
+
+if [[ $BUILD != 0 ]]; then
+  log "building release binary (flock /tmp/cargo.lock cargo build --release)"
+  (cd "$ROOT" && flock /tmp/cargo.lock cargo build --release --quiet) || die "release build failed"
+fi
+[[ -x $BIN ]] || die "no binary at $BIN"
+
+pin() { # pin <cpus> cmd... : run cmd pinned (exec'd by taskset, so $! is the command's pid)
+  local cpus=$1; shift
+  if [[ $PIN != 0 ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+# ------------------------------------------------------------------ processes and cleanup
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    kill -0 "$pid" 2>/dev/null || continue
+    kill -INT "$pid" 2>/dev/null || true     # pingora: fast shutdown; nginx: fast shutdown
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ $rc != 0 ]]; then log "failed (exit $rc); logs and raw results are in $WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+rm -rf "$WORK"
+mkdir -p "$WORK/runs" "$WORK/nginx-tmp"
+
+# Four free loopback ports, chosen by the kernel.
+read -r MOCK_PORT NGINX_PORT TG_PORT TG_ADMIN_PORT < <(python3 - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])
+EOF
+)
+
+wait_http() { # wait_http <url> <what> [curl args...]
+  local url=$1 what=$2; shift 2
+  for _ in $(seq 300); do
+    if curl -sf -o /dev/null "$@" "$url"; then return 0; fi
+    sleep 0.1
+  done
+  die "$what did not come up ($url); see $WORK/*.log"
+}
+
+# Mock vendor (tokio multi-thread runtime: one worker per CPU it may run on).
+pin "$MOCK_CPUS" "$BIN" mock-vendor --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
+MOCK_PID=$!; PIDS+=("$MOCK_PID")
+wait_http "http://127.0.0.1:$MOCK_PORT/_mock/stats" "mock vendor"
+
+# nginx pass-through.
+sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$NGINX_PORT|g" -e "s|@MOCK_PORT@|$MOCK_PORT|g" \
+    -e "s|@NGINX_WORKERS@|$THREADS|g" "$BENCH_DIR/nginx.conf.in" >"$WORK/nginx.conf"
+pin "$PROXY_CPUS" nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" \
+  >"$WORK/nginx.log" 2>&1 &
+NGINX_PID=$!; PIDS+=("$NGINX_PID")
+wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" "nginx"
+
+# tollgate, with a random operator token; the upstream key is what the gateway sends the mock.
+export TOLLGATE_ADMIN_TOKEN="bench-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+export BENCH_UPSTREAM_KEY="bench-upstream-secret"
+sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_PORT|g" \
+    -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|$THREADS|g" \
+    "$BENCH_DIR/tollgate.toml.in" >"$WORK/tollgate.toml"
+"$BIN" check-config "$WORK/tollgate.toml" >/dev/null || die "generated config is invalid"
+pin "$PROXY_CPUS" "$BIN" run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
+TG_PID=$!; PIDS+=("$TG_PID")
+wait_http "http://127.0.0.1:$TG_ADMIN_PORT/readyz" "tollgate admin API"
+
+admin_post() { # admin_post <path> <json> -> response body; fails on non-2xx
+  curl -sf -X POST "http://127.0.0.1:$TG_ADMIN_PORT$1" \
+    -H "Authorization: Bearer $TOLLGATE_ADMIN_TOKEN" -H 'Content-Type: application/json' -d "$2" \
+    || die "admin POST $1 failed"
+}
+admin_post /admin/tenants '{"name":"bench"}' >/dev/null
+API_KEY=$(admin_post /admin/keys '{"tenant":"bench","name":"bench","default_channel":"bench"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+[[ -n $API_KEY ]] || die "no API key returned by the admin API"
+export BENCH_KEY=$API_KEY
+log "mock :$MOCK_PORT (pid $MOCK_PID)  nginx :$NGINX_PORT (pid $NGINX_PID)  tollgate :$TG_PORT admin :$TG_ADMIN_PORT (pid $TG_PID)"
+
+declare -A PORT=([direct]=$MOCK_PORT [nginx]=$NGINX_PORT [tollgate]=$TG_PORT)
+TARGETS=(direct nginx tollgate)
+WORKLOADS=(nonstream stream)
+
+# ------------------------------------------------------------------ sanity checks
+# One request of each kind through each target, checked for content (status, usage, one SSE event
+# per token, [DONE]), and an unauthenticated request that tollgate must refuse.
+for target in "${TARGETS[@]}"; do
+  for workload in "${WORKLOADS[@]}"; do
+    out=$WORK/sanity-$target-$workload.txt
+    BENCH_STREAM=$([[ $workload == stream ]] && echo 1 || echo 0) \
+      python3 "$BENCH_DIR/report.py" check "http://127.0.0.1:${PORT[$target]}" "$workload" \
+      >"$out" 2>&1 || { cat "$out" >&2; die "sanity check failed: $target $workload"; }
+  done
+done
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$TG_PORT/v1/chat/completions" \
+  -H 'Content-Type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}')
+[[ $code == 401 ]] || die "tollgate accepted a request without a key (status $code): auth is not on"
+log "sanity checks passed (content of both workloads on all targets; tollgate refuses a missing key)"
+
+# ------------------------------------------------------------------ measurement
+cpu_ticks() { # cpu_ticks <pid>... : utime+stime (clock ticks) of the processes and their children
+  local total=0 pid f kids
+  for pid in "$@"; do
+    kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
+    for f in "$pid" $kids; do
+      [[ -r /proc/$f/stat ]] || continue
+      # fields after "(comm)": state is $1, utime is $12, stime is $13
+      total=$((total + $(sed 's/^.*) //' /proc/"$f"/stat | awk '{print $12 + $13}')))
+    done
+  done
+  echo "$total"
+}
+mock_completed() {
+  curl -sf "http://127.0.0.1:$MOCK_PORT/_mock/stats" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["completed"])'
+}
+proxy_pid() { case $1 in nginx) echo "$NGINX_PID" ;; tollgate) echo "$TG_PID" ;; *) echo "" ;; esac; }
+
+# wrk <target> <workload> <conns> <seconds> <outfile.json>
+run_wrk() {
+  local target=$1 workload=$2 conns=$3 secs=$4 out=$5
+  BENCH_STREAM=$([[ $workload == stream ]] && echo 1 || echo 0) BENCH_OUT=$out \
+    pin "$WRK_CPUS" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency \
+    -s "$BENCH_DIR/chat.lua" "http://127.0.0.1:${PORT[$target]}" >"${out%.json}.txt" 2>&1 \
+    || die "wrk failed: $(cat "${out%.json}.txt")"
+  [[ -s $out ]] || die "wrk wrote no summary for $target $workload c$conns"
+  if grep -q 'Non-2xx' "${out%.json}.txt"; then
+    cat "${out%.json}.txt" >&2
+    die "$target $workload c$conns: non-2xx responses (see above)"
+  fi
+  if grep -q 'Socket errors' "${out%.json}.txt"; then
+    cat "${out%.json}.txt" >&2
+    die "$target $workload c$conns: socket errors (see above)"
+  fi
+}
+
+RUNS=$WORK/runs.jsonl
+: >"$RUNS"
+START=$(date +%s)
+total=$((REPS * ${#WORKLOADS[@]} * ${#TARGETS[@]}))
+n=0
+# Repetitions are the outer loop so that a slow phase of the (shared) machine hits every target.
+for rep in $(seq "$REPS"); do
+  for workload in "${WORKLOADS[@]}"; do
+    for target in "${TARGETS[@]}"; do
+      n=$((n + 1))
+      log "[$n/$total] rep $rep  $workload  $target"
+      run_wrk "$target" "$workload" "$CONNS" "$WARMUP" "$WORK/runs/warmup-$target-$workload-$rep.json"
+      for mode in sat low; do
+        conns=$([[ $mode == sat ]] && echo "$CONNS" || echo "$LOW_CONNS")
+        out=$WORK/runs/$target-$workload-$mode-$rep.json
+        ppid=$(proxy_pid "$target")
+        m0=$(cpu_ticks "$MOCK_PID"); p0=$([[ -n $ppid ]] && cpu_ticks "$ppid" || echo 0)
+        c0=$(mock_completed)
+        run_wrk "$target" "$workload" "$conns" "$DURATION" "$out"
+        c1=$(mock_completed)
+        m1=$(cpu_ticks "$MOCK_PID"); p1=$([[ -n $ppid ]] && cpu_ticks "$ppid" || echo 0)
+        printf '{"target":"%s","workload":"%s","mode":"%s","rep":%d,"conns":%d,"file":"%s","mock_completed":%d,"mock_cpu_ticks":%d,"proxy_cpu_ticks":%s}\n' \
+          "$target" "$workload" "$mode" "$rep" "$conns" "$out" "$((c1 - c0))" "$((m1 - m0))" \
+          "$([[ -n $ppid ]] && echo "$((p1 - p0))" || echo null)" >>"$RUNS"
+      done
+    done
+  done
+done
+log "measurements done in $(($(date +%s) - START)) s"
+
+# ------------------------------------------------------------------ memory, metering, report
+sleep 1 # let the usage writer flush its last batch
+status_kb() { awk -v k="$2:" '$1 == k {print $2}' /proc/"$1"/status; }
+NGINX_WORKERS=$(cat /proc/"$NGINX_PID"/task/*/children)
+{
+  echo "{"
+  echo "\"tollgate\": {\"pid\": $TG_PID, \"vmhwm_kb\": $(status_kb "$TG_PID" VmHWM), \"vmrss_kb\": $(status_kb "$TG_PID" VmRSS)},"
+  echo "\"mock\": {\"pid\": $MOCK_PID, \"vmhwm_kb\": $(status_kb "$MOCK_PID" VmHWM), \"vmrss_kb\": $(status_kb "$MOCK_PID" VmRSS)},"
+  w=$(echo "$NGINX_WORKERS" | head -n1)
+  echo "\"nginx_worker\": {\"pid\": $w, \"vmhwm_kb\": $(status_kb "$w" VmHWM), \"vmrss_kb\": $(status_kb "$w" VmRSS)},"
+  echo "\"nginx_master\": {\"pid\": $NGINX_PID, \"vmhwm_kb\": $(status_kb "$NGINX_PID" VmHWM), \"vmrss_kb\": $(status_kb "$NGINX_PID" VmRSS)}"
+  echo "}"
+} >"$WORK/memory.json"
+curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "no /metrics"
+
+{
+  echo "{"
+  echo "\"nproc\": $(nproc),"
+  echo "\"cpu_model\": \"$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)\","
+  echo "\"kernel\": \"$(uname -r)\","
+  echo "\"wrk\": \"$(wrk -v 2>&1 | head -n1 | awk '{print $2}')\","
+  echo "\"nginx\": \"$(nginx -v 2>&1 | sed 's|.*nginx/||')\","
+  echo "\"tollgate_rev\": \"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet -- src 2>/dev/null || echo -dirty)\","
+  echo "\"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
+  echo "\"loadavg_after\": \"$(cut -d' ' -f1-3 /proc/loadavg)\""
+  echo "}"
+} >"$WORK/machine.json"
+
+cat >"$WORK/settings.json" <<EOF
+{"reps": $REPS, "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": $CONNS,
+ "low_conns": $LOW_CONNS, "threads": $THREADS, "nginx_workers": $THREADS, "pin": $PIN,
+ "mock_cpus": "$MOCK_CPUS", "proxy_cpus": "$PROXY_CPUS", "wrk_cpus": "$WRK_CPUS"}
+EOF
+
+python3 "$BENCH_DIR/report.py" report "$WORK" "$RESULTS/latest.json" "$WORK/tollgate.db"
