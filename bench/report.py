@@ -4,6 +4,11 @@
   report.py check <base_url> <nonstream|stream>
       One request (the same body as chat.lua) checked for content: 200, 16 completion tokens,
       and for streams one content event per token, a usage chunk and the [DONE] terminator.
+  report.py snap <mock_pid> <nginx_pid> <tollgate_pid> <mock_base_url>
+      One JSON line: CPU ticks of the processes (tollgate also per thread name), of the whole
+      machine, and the mock's completed-request counter. run.sh takes one before and after a run.
+  report.py memory <tollgate_pid> <mock_pid> <nginx_master_pid>
+      Peak (VmHWM) and current RSS of the processes, as JSON.
   report.py report <workdir> <latest.json> <tollgate.db>
       Aggregate the raw wrk summaries (median of the repetitions), write latest.json, print
       the Markdown report.
@@ -72,6 +77,72 @@ def check(base_url: str, workload: str) -> None:
         sys.exit(f"usage chunk missing or wrong: {usage}")
 
 
+def _stat_ticks(path):
+    """utime + stime of /proc/.../stat, in clock ticks."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _proc_ticks(pid, children=False):
+    total = _stat_ticks(f"/proc/{pid}/stat")
+    if children:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            for kid in open(f"/proc/{pid}/task/{task}/children").read().split():
+                try:
+                    total += _stat_ticks(f"/proc/{kid}/stat")
+                except OSError:
+                    pass
+    return total
+
+
+def _thread_ticks(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1: raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[comm] = out.get(comm, 0) + int(fields[11]) + int(fields[12])
+    return out
+
+
+def snap(mock_pid, nginx_pid, tg_pid, mock_url):
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]
+    u = urlparse(mock_url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    c.request("GET", "/_mock/stats")
+    completed = json.loads(c.getresponse().read())["completed"]
+    print(json.dumps({
+        "mock": _proc_ticks(mock_pid),
+        "nginx": _proc_ticks(nginx_pid, children=True),
+        "tollgate": _proc_ticks(tg_pid),
+        "tollgate_threads": _thread_ticks(tg_pid),
+        "machine_busy": busy,
+        "machine_total": sum(cpu[:8]),
+        "mock_completed": completed,
+    }, separators=(",", ":")))
+
+
+def memory(tg_pid, mock_pid, nginx_pid):
+    def status(pid):
+        kv = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+        return {"pid": int(pid), "vmhwm_kb": int(kv["VmHWM"].split()[0]),
+                "vmrss_kb": int(kv["VmRSS"].split()[0])}
+    workers = [k for t in os.listdir(f"/proc/{nginx_pid}/task")
+               for k in open(f"/proc/{nginx_pid}/task/{t}/children").read().split()]
+    out = {"tollgate": status(tg_pid), "mock": status(mock_pid), "nginx_master": status(nginx_pid)}
+    # the largest worker (there is one per worker_processes)
+    out["nginx_worker"] = max((status(w) for w in workers), key=lambda s: s["vmhwm_kb"])
+    print(json.dumps(out, indent=1))
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -102,51 +173,84 @@ def report(work: str, out_path: str, db_path: str) -> None:
     raw = []
     for r in runs:
         w = json.load(open(r["file"]))
+        b, a = r["before"], r["after"]
+        d = {k: a[k] - b[k] for k in
+             ("mock", "nginx", "tollgate", "machine_busy", "machine_total", "mock_completed")}
+
+        def writer_ticks(snapshot):
+            return sum(v for k, v in snapshot["tollgate_threads"].items() if "usage writer" in k)
+
+        wrk_user, wrk_sys = (float(x) for x in
+                             open(r["file"][:-len(".json")] + ".time").read().split()[-2:])
         secs = w["duration_us"] / 1e6
-        rps = w["requests"] / secs
-        rec = dict(r)
-        rec.pop("file")
+        n = max(w["requests"], 1)
+        proxy = {"nginx": d["nginx"], "tollgate": d["tollgate"]}.get(r["target"])
+
+        def per_req(ticks):
+            return None if ticks is None else round(ticks / CLK_TCK * 1e6 / n, 1)
+
+        def cores(ticks):
+            return None if ticks is None else round(ticks / CLK_TCK / secs, 3)
+
+        wrk_ticks = (wrk_user + wrk_sys) * CLK_TCK
+        ours = d["mock"] + d["nginx"] + d["tollgate"] + wrk_ticks
+        rec = {k: r[k] for k in ("target", "workload", "mode", "rep", "conns")}
         rec.update(
             requests=w["requests"],
             duration_s=round(secs, 3),
-            rps=round(rps, 1),
+            rps=round(w["requests"] / secs, 1),
             errors=w["errors"],
             latency_us=w["latency_us"],
-            mock_cpu_us_per_req=round(r["mock_cpu_ticks"] / CLK_TCK * 1e6 / max(w["requests"], 1), 1),
-            proxy_cpu_us_per_req=(
-                None if r["proxy_cpu_ticks"] is None
-                else round(r["proxy_cpu_ticks"] / CLK_TCK * 1e6 / max(w["requests"], 1), 1)
-            ),
-            proxy_cpu_util=(
-                None if r["proxy_cpu_ticks"] is None
-                else round(r["proxy_cpu_ticks"] / CLK_TCK / secs, 3)
-            ),
+            mock_completed=d["mock_completed"],
+            proxy_cpu_cores=cores(proxy),
+            proxy_cpu_us_per_req=per_req(proxy),
+            usage_writer_cpu_us_per_req=(per_req(writer_ticks(a) - writer_ticks(b))
+                                         if r["target"] == "tollgate" else None),
+            mock_cpu_cores=cores(d["mock"]),
+            mock_cpu_us_per_req=per_req(d["mock"]),
+            wrk_cpu_cores=cores(wrk_ticks),
+            # CPU the machine spent on anything but mock, nginx, tollgate and wrk during the run:
+            # other jobs on this shared machine, plus kernel time charged to no process.
+            other_cpu_cores=cores(max(d["machine_busy"] - ours, 0)),
         )
         raw.append(rec)
-        bad = sum(w["errors"].values())
-        if bad:
-            sys.exit(f"run {r} had errors: {w['errors']}")
-        # Every completed request must have reached the mock (at most `conns` in flight at the end).
-        if not (w["requests"] <= r["mock_completed"] <= w["requests"] + r["conns"] + 1):
-            sys.exit(f"run {r}: wrk counted {w['requests']} but the mock completed {r['mock_completed']}")
+        if sum(w["errors"].values()):
+            sys.exit(f"run {rec} had errors: {w['errors']}")
+        # Every request wrk counted must have been completed by the mock; at most `conns` more
+        # (in flight when wrk stopped), tripled for tollgate, which re-sends requests whose
+        # client hung up (see README.md).
+        slack = r["conns"] * (3 if r["target"] == "tollgate" else 1) + 1
+        if not (w["requests"] <= d["mock_completed"] <= w["requests"] + slack):
+            sys.exit(f"run {rec}: wrk counted {w['requests']} but the mock completed "
+                     f"{d['mock_completed']}")
 
     summary = {}
     for wl in WORKLOADS:
         summary[wl] = {}
         for t in TARGETS:
-            def pick(mode, f):
-                return med([f(x) for x in raw if x["workload"] == wl and x["target"] == t and x["mode"] == mode])
+            def sel(mode):
+                return [x for x in raw if x["workload"] == wl and x["target"] == t and x["mode"] == mode]
+
+            def pick(mode, key, sub=None):
+                return med([x[key][sub] if sub else x[key] for x in sel(mode)])
+
             summary[wl][t] = {
-                "rps": pick("sat", lambda x: x["rps"]),
-                "sat_p50_us": pick("sat", lambda x: x["latency_us"]["p50"]),
-                "sat_p99_us": pick("sat", lambda x: x["latency_us"]["p99"]),
-                "low_rps": pick("low", lambda x: x["rps"]),
-                "low_p50_us": pick("low", lambda x: x["latency_us"]["p50"]),
-                "low_p99_us": pick("low", lambda x: x["latency_us"]["p99"]),
-                "sat_proxy_cpu_util": pick("sat", lambda x: x["proxy_cpu_util"]),
-                "sat_proxy_cpu_us_per_req": pick("sat", lambda x: x["proxy_cpu_us_per_req"]),
-                "sat_mock_cpu_us_per_req": pick("sat", lambda x: x["mock_cpu_us_per_req"]),
-                "rps_runs": [x["rps"] for x in raw if x["workload"] == wl and x["target"] == t and x["mode"] == "sat"],
+                "rps": pick("sat", "rps"),
+                "sat_p50_us": pick("sat", "latency_us", "p50"),
+                "sat_p99_us": pick("sat", "latency_us", "p99"),
+                "low_rps": pick("low", "rps"),
+                "low_p50_us": pick("low", "latency_us", "p50"),
+                "low_p99_us": pick("low", "latency_us", "p99"),
+                "sat_proxy_cpu_cores": pick("sat", "proxy_cpu_cores"),
+                "sat_proxy_cpu_us_per_req": pick("sat", "proxy_cpu_us_per_req"),
+                "sat_usage_writer_cpu_us_per_req": pick("sat", "usage_writer_cpu_us_per_req"),
+                "sat_mock_cpu_cores": pick("sat", "mock_cpu_cores"),
+                "sat_mock_cpu_us_per_req": pick("sat", "mock_cpu_us_per_req"),
+                "sat_wrk_cpu_cores": pick("sat", "wrk_cpu_cores"),
+                "sat_other_cpu_cores": pick("sat", "other_cpu_cores"),
+                "low_other_cpu_cores": pick("low", "other_cpu_cores"),
+                "rps_runs": [x["rps"] for x in sel("sat")],
+                "low_p99_runs": [x["latency_us"]["p99"] for x in sel("low")],
             }
 
     ratios = {}
@@ -168,22 +272,27 @@ def report(work: str, out_path: str, db_path: str) -> None:
     try:
         c = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
         metering["usage_events_in_db"] = c.execute("SELECT COUNT(*) FROM usage_events").fetchone()[0]
+        metering["usage_events_status_200"] = c.execute(
+            "SELECT COUNT(*) FROM usage_events WHERE status = 200").fetchone()[0]
         c.close()
     except sqlite3.Error as e:
         metering["usage_events_in_db_error"] = str(e)
     try:
         for line in open(os.path.join(work, "metrics.txt")):
-            for name in ("tollgate_usage_events_written", "tollgate_usage_events_dropped"):
-                if line.startswith(name) and not line.startswith("#"):
+            for name in ("tollgate_usage_events_written", "tollgate_usage_events_dropped",
+                         "tollgate_breaker_opened"):
+                if line.startswith(name):
                     metering[name] = metering.get(name, 0) + float(line.rsplit(" ", 1)[1])
     except OSError:
         pass
+    metering["tollgate_requests_measured"] = sum(x["requests"] for x in raw if x["target"] == "tollgate")
 
     mem = {k: {"vmhwm_mib": round(v["vmhwm_kb"] / 1024, 1), "vmrss_mib": round(v["vmrss_kb"] / 1024, 1)}
            for k, v in memory.items()}
 
     targets_check = {
-        "throughput_ge_90pct_of_nginx": {wl: ratios[wl]["tollgate_over_nginx_rps"] >= 0.90 for wl in WORKLOADS},
+        "throughput_ge_90pct_of_nginx": {
+            wl: ratios[wl]["tollgate_over_nginx_rps"] >= 0.90 for wl in WORKLOADS},
         "added_p99_below_saturation_lt_1ms_vs_nginx": {
             wl: ratios[wl]["added_low_p99_us_vs_nginx"] < 1000 for wl in WORKLOADS},
         "rss_lt_64mib": mem["tollgate"]["vmhwm_mib"] < 64,
@@ -205,30 +314,30 @@ def report(work: str, out_path: str, db_path: str) -> None:
         f.write("\n")
 
     st = settings
+    c, lc = st["conns"], st["low_conns"]
     print()
     print(f"## tollgate benchmark ({machine['date']})")
     print()
     print(f"Machine: {machine['nproc']} CPUs, {machine['cpu_model']}, kernel {machine['kernel']}; "
           f"wrk {machine['wrk']}, nginx {machine['nginx']}, tollgate {machine['tollgate_rev']}.")
-    pin = (f"pinned: mock + wrk on CPU {st['mock_cpus']}/{st['wrk_cpus']}, proxy on CPU {st['proxy_cpus']}"
-           if st["pin"] else "not pinned")
-    print(f"Settings: median of {st['reps']} runs of {st['duration_s']} s; saturation = wrk -t1 "
-          f"-c{st['conns']}, below saturation = wrk -t1 -c{st['low_conns']} (closed loop); tollgate "
-          f"threads = {st['threads']}, nginx worker_processes = {st['nginx_workers']}; {pin}.")
+    pin = (f"pinned: mock and wrk on CPU {st['mock_cpus']}, proxy (nginx or tollgate) on CPU "
+           f"{st['proxy_cpus']}" if st["pin"] else "not pinned")
+    print(f"Settings: median of {st['reps']} runs of {st['duration_s']} s; saturation = wrk -t1 -c{c}, "
+          f"below saturation = wrk -t1 -c{lc} (closed loop); tollgate threads = {st['threads']}, "
+          f"nginx worker_processes = {st['nginx_workers']}; {pin}.")
     print()
-    print("| workload | target | req/s @c%d | p50 @c%d (µs) | p99 @c%d (µs) | p50 @c%d (µs) | p99 @c%d (µs) "
-          "| proxy CPU @c%d | proxy CPU µs/req |" % ((st["conns"],) * 3 + (st["low_conns"],) * 2 + (st["conns"],)))
-    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    print(f"| workload | target | req/s @c{c} | p50 @c{c} (µs) | p99 @c{c} (µs) "
+          f"| req/s @c{lc} | p50 @c{lc} (µs) | p99 @c{lc} (µs) |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
     for wl in WORKLOADS:
         for t in TARGETS:
             s = summary[wl][t]
-            util = "—" if s["sat_proxy_cpu_util"] is None else f"{s['sat_proxy_cpu_util'] * 100:.0f}%"
             print(f"| {wl} | {t} | {fmt_int(s['rps'])} | {fmt_us(s['sat_p50_us'])} | {fmt_us(s['sat_p99_us'])} "
-                  f"| {fmt_us(s['low_p50_us'])} | {fmt_us(s['low_p99_us'])} | {util} "
-                  f"| {fmt_us(s['sat_proxy_cpu_us_per_req'])} |")
+                  f"| {fmt_int(s['low_rps'])} | {fmt_us(s['low_p50_us'])} | {fmt_us(s['low_p99_us'])} |")
     print()
-    print("| workload | tollgate/nginx req/s | tollgate/direct req/s | nginx/direct req/s "
-          "| added p50 vs nginx (µs) | added p99 vs nginx (µs) | added p50 vs direct (µs) | added p99 vs direct (µs) |")
+    print(f"| workload | tollgate/nginx req/s | tollgate/direct req/s | nginx/direct req/s "
+          f"| added p50 vs nginx (µs) | added p99 vs nginx (µs) | added p50 vs direct (µs) "
+          f"| added p99 vs direct (µs) |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for wl in WORKLOADS:
         r = ratios[wl]
@@ -237,30 +346,56 @@ def report(work: str, out_path: str, db_path: str) -> None:
               f"| {fmt_signed(r['added_low_p99_us_vs_nginx'])} | {fmt_signed(r['added_low_p50_us_vs_direct'])} "
               f"| {fmt_signed(r['added_low_p99_us_vs_direct'])} |")
     print()
-    print("Added latency is measured below saturation (c%d); req/s at c%d." % (st["low_conns"], st["conns"]))
+    print(f"Added latency is measured below saturation (c{lc}); req/s at c{c}.")
+    print()
+    print(f"CPU during the saturation runs (c{c}; medians; cores = CPU-seconds per second):")
+    print()
+    print("| workload | target | proxy cores | proxy CPU µs/req | of which usage writer µs/req "
+          "| mock cores | mock CPU µs/req | wrk cores | other work (cores) |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+
+    def f2(x):
+        return "—" if x is None else f"{x:.2f}"
+
+    def f1(x):
+        return "—" if x is None else f"{x:.1f}"
+
+    for wl in WORKLOADS:
+        for t in TARGETS:
+            s = summary[wl][t]
+            print(f"| {wl} | {t} | {f2(s['sat_proxy_cpu_cores'])} | {f1(s['sat_proxy_cpu_us_per_req'])} "
+                  f"| {f1(s['sat_usage_writer_cpu_us_per_req'])} | {f2(s['sat_mock_cpu_cores'])} "
+                  f"| {f1(s['sat_mock_cpu_us_per_req'])} | {f2(s['sat_wrk_cpu_cores'])} "
+                  f"| {f2(s['sat_other_cpu_cores'])} |")
     print()
     print("| process | peak RSS (VmHWM) | RSS at end |")
     print("|---|--:|--:|")
     for k in ("tollgate", "mock", "nginx_worker", "nginx_master"):
         print(f"| {k} | {mem[k]['vmhwm_mib']} MiB | {mem[k]['vmrss_mib']} MiB |")
     print()
-    print("Per-run req/s (saturation): " + "; ".join(
-        f"{wl}/{t}: " + ", ".join(f"{x:,.0f}" for x in summary[wl][t]["rps_runs"])
+    print("Per-run req/s @c%d: " % c + "; ".join(
+        f"{wl}/{t} " + " ".join(f"{x:,.0f}" for x in summary[wl][t]["rps_runs"])
         for wl in WORKLOADS for t in TARGETS))
     print()
-    print(f"Metering: {metering}")
+    print("Per-run p99 @c%d (µs): " % lc + "; ".join(
+        f"{wl}/{t} " + " ".join(f"{x:,}" for x in summary[wl][t]["low_p99_runs"])
+        for wl in WORKLOADS for t in TARGETS))
+    print()
+    print("Metering: " + ", ".join(f"{k} = {v:,.0f}" for k, v in metering.items()
+                                   if isinstance(v, (int, float))))
     print()
     print("Targets:")
     for wl in WORKLOADS:
         r = ratios[wl]
         ok = targets_check["throughput_ge_90pct_of_nginx"][wl]
-        print(f"- {wl}: throughput {r['tollgate_over_nginx_rps'] * 100:.1f}% of nginx (target >= 90%): "
-              f"{'PASS' if ok else 'MISS'}")
+        print(f"- {wl}: tollgate throughput = {r['tollgate_over_nginx_rps'] * 100:.1f}% of nginx "
+              f"(target >= 90%): {'PASS' if ok else 'MISS'}")
         ok = targets_check["added_p99_below_saturation_lt_1ms_vs_nginx"][wl]
-        print(f"- {wl}: added p99 below saturation {r['added_low_p99_us_vs_nginx']:+.0f} µs vs nginx "
+        print(f"- {wl}: added p99 below saturation = {r['added_low_p99_us_vs_nginx']:+.0f} µs vs nginx "
               f"(target < 1000 µs): {'PASS' if ok else 'MISS'}")
     ok = targets_check["rss_lt_64mib"]
-    print(f"- tollgate peak RSS {mem['tollgate']['vmhwm_mib']} MiB (target < 64 MiB): {'PASS' if ok else 'MISS'}")
+    print(f"- tollgate peak RSS = {mem['tollgate']['vmhwm_mib']} MiB (target < 64 MiB): "
+          f"{'PASS' if ok else 'MISS'}")
     print()
     print(f"Results: {out_path}")
 
@@ -268,6 +403,10 @@ def report(work: str, out_path: str, db_path: str) -> None:
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "memory":
+        memory(*sys.argv[2:5])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "snap":
+        snap(*sys.argv[2:6])
     elif len(sys.argv) >= 2 and sys.argv[1] == "report":
         report(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

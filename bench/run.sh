@@ -13,6 +13,8 @@
 #   THREADS=1       tollgate worker threads; nginx gets the same number of worker processes
 #   PIN=1           pin with taskset (mock + wrk on CPU 0, proxy on CPU 1); PIN=0 leaves it to the OS
 #   MOCK_CPUS=0 PROXY_CPUS=1 WRK_CPUS=0   the CPU lists used when PIN=1
+#   BREAKER_THRESHOLD=1000000  tollgate breaker threshold (default 5 trips on wrk's hang-ups; README)
+#   TOLLGATE_RUST_LOG=     RUST_LOG for tollgate (default: unset, i.e. the gateway's own default)
 #   BUILD=1         run `flock /tmp/cargo.lock cargo build --release` first (no-op when up to date)
 #
 # Writes bench/results/latest.json (plus per-run raw files under bench/results/work/) and prints
@@ -36,6 +38,7 @@ MOCK_CPUS=${MOCK_CPUS:-0}
 PROXY_CPUS=${PROXY_CPUS:-1}
 WRK_CPUS=${WRK_CPUS:-0}
 BUILD=${BUILD:-1}
+BREAKER_THRESHOLD=${BREAKER_THRESHOLD:-1000000}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -50,9 +53,11 @@ if [[ $BUILD != 0 ]]; then
 fi
 [[ -x $BIN ]] || die "no binary at $BIN"
 
-pin() { # pin <cpus> cmd... : run cmd pinned (exec'd by taskset, so $! is the command's pid)
+# pin <cpus> cmd... : exec cmd (pinned to <cpus> when PIN=1). Always call it in a subshell, i.e.
+# `pin ... &` or `( pin ... )`: the exec then replaces that subshell, so $! is the command's own pid.
+pin() {
   local cpus=$1; shift
-  if [[ $PIN != 0 ]]; then taskset -c "$cpus" "$@"; else "$@"; fi
+  if [[ $PIN != 0 ]]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
 }
 
 # ------------------------------------------------------------------ processes and cleanup
@@ -98,6 +103,9 @@ wait_http() { # wait_http <url> <what> [curl args...]
   die "$what did not come up ($url); see $WORK/*.log"
 }
 
+# The gateway's own default log filter (info: one JSON line per request) unless asked otherwise.
+if [[ -n ${TOLLGATE_RUST_LOG:-} ]]; then export RUST_LOG=$TOLLGATE_RUST_LOG; else unset RUST_LOG; fi
+
 # Mock vendor (tokio multi-thread runtime: one worker per CPU it may run on).
 pin "$MOCK_CPUS" "$BIN" mock-vendor --listen "127.0.0.1:$MOCK_PORT" >"$WORK/mock.log" 2>&1 &
 MOCK_PID=$!; PIDS+=("$MOCK_PID")
@@ -116,6 +124,7 @@ export TOLLGATE_ADMIN_TOKEN="bench-admin-$(python3 -c 'import secrets; print(sec
 export BENCH_UPSTREAM_KEY="bench-upstream-secret"
 sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_PORT|g" \
     -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|$THREADS|g" \
+    -e "s|@BREAKER_THRESHOLD@|$BREAKER_THRESHOLD|g" \
     "$BENCH_DIR/tollgate.toml.in" >"$WORK/tollgate.toml"
 "$BIN" check-config "$WORK/tollgate.toml" >/dev/null || die "generated config is invalid"
 pin "$PROXY_CPUS" "$BIN" run --config "$WORK/tollgate.toml" >"$WORK/tollgate.log" 2>&1 &
@@ -155,31 +164,21 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$TG_PORT
 log "sanity checks passed (content of both workloads on all targets; tollgate refuses a missing key)"
 
 # ------------------------------------------------------------------ measurement
-cpu_ticks() { # cpu_ticks <pid>... : utime+stime (clock ticks) of the processes and their children
-  local total=0 pid f kids
-  for pid in "$@"; do
-    kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)
-    for f in "$pid" $kids; do
-      [[ -r /proc/$f/stat ]] || continue
-      # fields after "(comm)": state is $1, utime is $12, stime is $13
-      total=$((total + $(sed 's/^.*) //' /proc/"$f"/stat | awk '{print $12 + $13}')))
-    done
-  done
-  echo "$total"
+# snap: CPU ticks of the mock, nginx (master + workers), tollgate (total and per thread name),
+# the whole machine (/proc/stat), and the mock's completed-request counter, as one JSON line.
+snap() {
+  python3 "$BENCH_DIR/report.py" snap "$MOCK_PID" "$NGINX_PID" "$TG_PID" "http://127.0.0.1:$MOCK_PORT"
 }
-mock_completed() {
-  curl -sf "http://127.0.0.1:$MOCK_PORT/_mock/stats" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["completed"])'
-}
-proxy_pid() { case $1 in nginx) echo "$NGINX_PID" ;; tollgate) echo "$TG_PID" ;; *) echo "" ;; esac; }
 
-# wrk <target> <workload> <conns> <seconds> <outfile.json>
+# run_wrk <target> <workload> <conns> <seconds> <outfile.json>
 run_wrk() {
   local target=$1 workload=$2 conns=$3 secs=$4 out=$5
-  BENCH_STREAM=$([[ $workload == stream ]] && echo 1 || echo 0) BENCH_OUT=$out \
-    pin "$WRK_CPUS" wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency \
-    -s "$BENCH_DIR/chat.lua" "http://127.0.0.1:${PORT[$target]}" >"${out%.json}.txt" 2>&1 \
-    || die "wrk failed: $(cat "${out%.json}.txt")"
+  (
+    export BENCH_STREAM=$([[ $workload == stream ]] && echo 1 || echo 0) BENCH_OUT=$out
+    pin "$WRK_CPUS" /usr/bin/time -f '%U %S' -o "${out%.json}.time" \
+      wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency \
+      -s "$BENCH_DIR/chat.lua" "http://127.0.0.1:${PORT[$target]}" >"${out%.json}.txt" 2>&1
+  ) || die "wrk failed: $(cat "${out%.json}.txt")"
   [[ -s $out ]] || die "wrk wrote no summary for $target $workload c$conns"
   if grep -q 'Non-2xx' "${out%.json}.txt"; then
     cat "${out%.json}.txt" >&2
@@ -206,15 +205,11 @@ for rep in $(seq "$REPS"); do
       for mode in sat low; do
         conns=$([[ $mode == sat ]] && echo "$CONNS" || echo "$LOW_CONNS")
         out=$WORK/runs/$target-$workload-$mode-$rep.json
-        ppid=$(proxy_pid "$target")
-        m0=$(cpu_ticks "$MOCK_PID"); p0=$([[ -n $ppid ]] && cpu_ticks "$ppid" || echo 0)
-        c0=$(mock_completed)
+        before=$(snap)
         run_wrk "$target" "$workload" "$conns" "$DURATION" "$out"
-        c1=$(mock_completed)
-        m1=$(cpu_ticks "$MOCK_PID"); p1=$([[ -n $ppid ]] && cpu_ticks "$ppid" || echo 0)
-        printf '{"target":"%s","workload":"%s","mode":"%s","rep":%d,"conns":%d,"file":"%s","mock_completed":%d,"mock_cpu_ticks":%d,"proxy_cpu_ticks":%s}\n' \
-          "$target" "$workload" "$mode" "$rep" "$conns" "$out" "$((c1 - c0))" "$((m1 - m0))" \
-          "$([[ -n $ppid ]] && echo "$((p1 - p0))" || echo null)" >>"$RUNS"
+        after=$(snap)
+        printf '{"target":"%s","workload":"%s","mode":"%s","rep":%d,"conns":%d,"file":"%s","before":%s,"after":%s}\n' \
+          "$target" "$workload" "$mode" "$rep" "$conns" "$out" "$before" "$after" >>"$RUNS"
       done
     done
   done
@@ -223,17 +218,7 @@ log "measurements done in $(($(date +%s) - START)) s"
 
 # ------------------------------------------------------------------ memory, metering, report
 sleep 1 # let the usage writer flush its last batch
-status_kb() { awk -v k="$2:" '$1 == k {print $2}' /proc/"$1"/status; }
-NGINX_WORKERS=$(cat /proc/"$NGINX_PID"/task/*/children)
-{
-  echo "{"
-  echo "\"tollgate\": {\"pid\": $TG_PID, \"vmhwm_kb\": $(status_kb "$TG_PID" VmHWM), \"vmrss_kb\": $(status_kb "$TG_PID" VmRSS)},"
-  echo "\"mock\": {\"pid\": $MOCK_PID, \"vmhwm_kb\": $(status_kb "$MOCK_PID" VmHWM), \"vmrss_kb\": $(status_kb "$MOCK_PID" VmRSS)},"
-  w=$(echo "$NGINX_WORKERS" | head -n1)
-  echo "\"nginx_worker\": {\"pid\": $w, \"vmhwm_kb\": $(status_kb "$w" VmHWM), \"vmrss_kb\": $(status_kb "$w" VmRSS)},"
-  echo "\"nginx_master\": {\"pid\": $NGINX_PID, \"vmhwm_kb\": $(status_kb "$NGINX_PID" VmHWM), \"vmrss_kb\": $(status_kb "$NGINX_PID" VmRSS)}"
-  echo "}"
-} >"$WORK/memory.json"
+python3 "$BENCH_DIR/report.py" memory "$TG_PID" "$MOCK_PID" "$NGINX_PID" >"$WORK/memory.json"
 curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "no /metrics"
 
 {
@@ -252,7 +237,8 @@ curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "
 cat >"$WORK/settings.json" <<EOF
 {"reps": $REPS, "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": $CONNS,
  "low_conns": $LOW_CONNS, "threads": $THREADS, "nginx_workers": $THREADS, "pin": $PIN,
- "mock_cpus": "$MOCK_CPUS", "proxy_cpus": "$PROXY_CPUS", "wrk_cpus": "$WRK_CPUS"}
+ "mock_cpus": "$MOCK_CPUS", "proxy_cpus": "$PROXY_CPUS", "wrk_cpus": "$WRK_CPUS",
+ "breaker_threshold": $BREAKER_THRESHOLD, "rust_log": "${RUST_LOG:-}"}
 EOF
 
 python3 "$BENCH_DIR/report.py" report "$WORK" "$RESULTS/latest.json" "$WORK/tollgate.db"

@@ -49,9 +49,24 @@ fn load(
                 let good = match r {
                     Ok(r) if r.status() == 200 => {
                         let text = r.text().await.unwrap_or_default();
-                        i % 2 == 0 || text.ends_with("data: [DONE]\n\n")
+                        let complete = i % 2 == 0 || text.ends_with("data: [DONE]\n\n");
+                        if !complete {
+                            eprintln!("LOAD: incomplete stream: {text}");
+                        }
+                        complete
                     }
-                    _ => false,
+                    Ok(r) => {
+                        eprintln!(
+                            "LOAD: status {}: {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("LOAD: error {e:?}");
+                        false
+                    }
                 };
                 if good {
                     ok.fetch_add(1, Ordering::Relaxed);
@@ -189,8 +204,9 @@ async fn graceful_upgrade_hands_over_the_sockets_without_dropping_requests() {
         .stderr(log)
         .spawn()
         .unwrap();
-    // Give the new process time to open the upgrade socket, then tell the old one to hand over.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the new process listens on the upgrade socket, tell the old one to hand over.
+    let sock = gw.dir.path().join("upgrade.sock");
+    wait_until("the upgrade socket", || sock.exists()).await;
     let status = std::process::Command::new("kill")
         .args(["-QUIT", &gw.child.id().to_string()])
         .status()
