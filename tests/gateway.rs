@@ -671,3 +671,114 @@ async fn metrics_count_requests_tokens_and_attempts_with_bounded_labels() {
         "no key or tenant in labels"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    for i in 0..20 {
+        let mut req = hello("gpt-4o-mini");
+        if i % 2 == 0 {
+            req["stream"] = json!(true);
+        }
+        let resp = gw.chat(req).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await.unwrap();
+    }
+    let stats = m.stats();
+    assert_eq!(stats.completed, 20);
+    // Sequential calls: one pooled connection does (nearly) all of the work.
+    assert!(
+        stats.connections <= 2,
+        "{} upstream connections for 20 calls",
+        stats.connections
+    );
+}
+
+#[tokio::test]
+async fn images_tools_and_unknown_fields_pass_through_unchanged() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let content = json!([
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+    ]);
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    let req = json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": content}],
+        "tools": tools,
+        "temperature": 0.2,
+        "vendor_specific_knob": {"x": 1},
+    });
+    assert_eq!(gw.chat(req).send().await.unwrap().status(), 200);
+    let got = m.stats().last_request_body.unwrap();
+    assert_eq!(got["messages"][0]["content"], content);
+    assert_eq!(got["tools"], tools);
+    assert_eq!(got["temperature"], 0.2);
+    assert_eq!(got["vendor_specific_knob"]["x"], 1);
+}
+
+#[tokio::test]
+async fn a_stalled_stream_ends_with_an_error_event() {
+    let m = mock().await;
+    m.set_behavior(Behavior::SlowChunks { ms: 2000 });
+    let gw = Gateway::start(
+        &[Up::mock("a", &m)],
+        "timeouts = { connect_ms = 500, first_byte_ms = 600, idle_ms = 600, total_ms = 10000 }",
+        "",
+    )
+    .await;
+    let mut req = hello("gpt-4o-mini");
+    req["stream"] = json!(true);
+    let resp = gw.chat(req).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (text, events) = read_sse(resp).await;
+    assert!(!text.contains("[DONE]"));
+    let last = events.last().unwrap();
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stalled"),
+        "{text}"
+    );
+    let usage = gw.usage_events(1).await;
+    assert_eq!(usage[0]["error_code"], "upstream_broken", "{:?}", usage[0]);
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let body = serde_json::to_vec(&hello("gpt-4o-mini")).unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        gw.key,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The body is withheld until the interim response arrives.
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"));
+    s.write_all(&body).await.unwrap();
+    let mut rest = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    while !String::from_utf8_lossy(&rest).contains("\"usage\"") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&rest));
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("200 OK"));
+}

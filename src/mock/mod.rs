@@ -161,6 +161,8 @@ impl MockHandle {
 /// Counters, as seen by the mock. Control-plane requests (`/_mock/*`) are never counted.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MockStats {
+    /// TCP connections accepted (shows whether a client pools and reuses connections).
+    pub connections: u64,
     /// Every request received on any non-control path, counted as soon as its head is parsed.
     pub requests: u64,
     /// `POST /v1/chat/completions` requests (counted at parse time, whatever the outcome).
@@ -287,6 +289,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<MockState>, rx: watch::Re
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                state.lock().stats.connections += 1;
                 let state = state.clone();
                 let rx = rx.clone();
                 tokio::spawn(async move {
