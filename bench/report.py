@@ -7,6 +7,9 @@
   report.py snap <mock_pid> <nginx_pid> <tollgate_pid> <mock_base_url>
       One JSON line: CPU ticks of the processes (tollgate also per thread name), of the whole
       machine, and the mock's completed-request counter. run.sh takes one before and after a run.
+  report.py quiet <max_cores> <max_wait_s>
+      Wait until the machine's CPU use over 1 s is at most max_cores (or max_wait_s passed);
+      prints "<cores> <seconds waited>".
   report.py memory <tollgate_pid> <mock_pid> <nginx_master_pid>
       Peak (VmHWM) and current RSS of the processes, as JSON.
   report.py report <workdir> <latest.json> <tollgate.db>
@@ -20,6 +23,7 @@ import os
 import sqlite3
 import statistics
 import sys
+import time
 from urllib.parse import urlparse
 
 MAX_TOKENS = 16
@@ -143,6 +147,25 @@ def memory(tg_pid, mock_pid, nginx_pid):
     print(json.dumps(out, indent=1))
 
 
+def quiet(max_cores, max_wait):
+    """Wait until the machine is nearly idle (our own processes are idle between runs), so
+    that other jobs on a shared machine disturb the measurements as little as possible."""
+    max_cores, max_wait = float(max_cores), float(max_wait)
+    start = time.time()
+    while True:
+        def busy():
+            with open("/proc/stat") as f:
+                cpu = [int(x) for x in f.readline().split()[1:]]
+            return cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]
+        b0 = busy()
+        time.sleep(1)
+        cores = (busy() - b0) / CLK_TCK
+        waited = time.time() - start
+        if cores <= max_cores or waited >= max_wait:
+            print(f"{cores:.2f} {waited:.0f}")
+            return
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -169,6 +192,7 @@ def report(work: str, out_path: str, db_path: str) -> None:
     settings = json.load(open(os.path.join(work, "settings.json")))
     machine = json.load(open(os.path.join(work, "machine.json")))
     memory = json.load(open(os.path.join(work, "memory.json")))
+    memory_start = json.load(open(os.path.join(work, "memory-start.json")))
 
     raw = []
     for r in runs:
@@ -195,6 +219,7 @@ def report(work: str, out_path: str, db_path: str) -> None:
         wrk_ticks = (wrk_user + wrk_sys) * CLK_TCK
         ours = d["mock"] + d["nginx"] + d["tollgate"] + wrk_ticks
         rec = {k: r[k] for k in ("target", "workload", "mode", "rep", "conns")}
+        rec["machine_cpu_before_cores"] = r.get("quiet_cores")
         rec.update(
             requests=w["requests"],
             duration_s=round(secs, 3),
@@ -285,9 +310,14 @@ def report(work: str, out_path: str, db_path: str) -> None:
                     metering[name] = metering.get(name, 0) + float(line.rsplit(" ", 1)[1])
     except OSError:
         pass
-    metering["tollgate_requests_measured"] = sum(x["requests"] for x in raw if x["target"] == "tollgate")
+    # every response wrk received from tollgate (warm-ups included) should have a usage event
+    metering["tollgate_responses_all_wrk_runs"] = sum(
+        json.load(open(os.path.join(work, "runs", f)))["requests"]
+        for f in os.listdir(os.path.join(work, "runs"))
+        if f.endswith(".json") and "tollgate-" in f)
 
-    mem = {k: {"vmhwm_mib": round(v["vmhwm_kb"] / 1024, 1), "vmrss_mib": round(v["vmrss_kb"] / 1024, 1)}
+    mem = {k: {"vmhwm_mib": round(v["vmhwm_kb"] / 1024, 1), "vmrss_mib": round(v["vmrss_kb"] / 1024, 1),
+               "startup_vmrss_mib": round(memory_start[k]["vmrss_kb"] / 1024, 1)}
            for k, v in memory.items()}
 
     targets_check = {
@@ -368,10 +398,11 @@ def report(work: str, out_path: str, db_path: str) -> None:
                   f"| {f1(s['sat_mock_cpu_us_per_req'])} | {f2(s['sat_wrk_cpu_cores'])} "
                   f"| {f2(s['sat_other_cpu_cores'])} |")
     print()
-    print("| process | peak RSS (VmHWM) | RSS at end |")
-    print("|---|--:|--:|")
+    print("| process | RSS after startup | peak RSS (VmHWM) | RSS at end |")
+    print("|---|--:|--:|--:|")
     for k in ("tollgate", "mock", "nginx_worker", "nginx_master"):
-        print(f"| {k} | {mem[k]['vmhwm_mib']} MiB | {mem[k]['vmrss_mib']} MiB |")
+        print(f"| {k} | {mem[k]['startup_vmrss_mib']} MiB | {mem[k]['vmhwm_mib']} MiB "
+              f"| {mem[k]['vmrss_mib']} MiB |")
     print()
     print("Per-run req/s @c%d: " % c + "; ".join(
         f"{wl}/{t} " + " ".join(f"{x:,.0f}" for x in summary[wl][t]["rps_runs"])
@@ -403,6 +434,8 @@ def report(work: str, out_path: str, db_path: str) -> None:
 def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "quiet":
+        quiet(*sys.argv[2:4])
     elif len(sys.argv) >= 2 and sys.argv[1] == "memory":
         memory(*sys.argv[2:5])
     elif len(sys.argv) >= 2 and sys.argv[1] == "snap":

@@ -14,6 +14,8 @@
 #   PIN=1           pin with taskset (mock + wrk on CPU 0, proxy on CPU 1); PIN=0 leaves it to the OS
 #   MOCK_CPUS=0 PROXY_CPUS=1 WRK_CPUS=0   the CPU lists used when PIN=1
 #   BREAKER_THRESHOLD=1000000  tollgate breaker threshold (default 5 trips on wrk's hang-ups; README)
+#   QUIET_MAX=0.3 QUIET_WAIT=120   before each block wait (at most QUIET_WAIT s) until the machine
+#                   uses at most QUIET_MAX cores (other jobs on a shared machine); 0 0 disables
 #   TOLLGATE_RUST_LOG=     RUST_LOG for tollgate (default: unset, i.e. the gateway's own default)
 #   BUILD=1         run `flock /tmp/cargo.lock cargo build --release` first (no-op when up to date)
 #
@@ -39,6 +41,8 @@ PROXY_CPUS=${PROXY_CPUS:-1}
 WRK_CPUS=${WRK_CPUS:-0}
 BUILD=${BUILD:-1}
 BREAKER_THRESHOLD=${BREAKER_THRESHOLD:-1000000}
+QUIET_MAX=${QUIET_MAX:-0.3}
+QUIET_WAIT=${QUIET_WAIT:-120}
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -141,6 +145,7 @@ API_KEY=$(admin_post /admin/keys '{"tenant":"bench","name":"bench","default_chan
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 [[ -n $API_KEY ]] || die "no API key returned by the admin API"
 export BENCH_KEY=$API_KEY
+python3 "$BENCH_DIR/report.py" memory "$TG_PID" "$MOCK_PID" "$NGINX_PID" >"$WORK/memory-start.json"
 log "mock :$MOCK_PORT (pid $MOCK_PID)  nginx :$NGINX_PORT (pid $NGINX_PID)  tollgate :$TG_PORT admin :$TG_ADMIN_PORT (pid $TG_PID)"
 
 declare -A PORT=([direct]=$MOCK_PORT [nginx]=$NGINX_PORT [tollgate]=$TG_PORT)
@@ -200,7 +205,8 @@ for rep in $(seq "$REPS"); do
   for workload in "${WORKLOADS[@]}"; do
     for target in "${TARGETS[@]}"; do
       n=$((n + 1))
-      log "[$n/$total] rep $rep  $workload  $target"
+      read -r qcores qwait < <(python3 "$BENCH_DIR/report.py" quiet "$QUIET_MAX" "$QUIET_WAIT")
+      log "[$n/$total] rep $rep  $workload  $target  (machine CPU before: $qcores cores, waited ${qwait}s)"
       run_wrk "$target" "$workload" "$CONNS" "$WARMUP" "$WORK/runs/warmup-$target-$workload-$rep.json"
       for mode in sat low; do
         conns=$([[ $mode == sat ]] && echo "$CONNS" || echo "$LOW_CONNS")
@@ -208,8 +214,8 @@ for rep in $(seq "$REPS"); do
         before=$(snap)
         run_wrk "$target" "$workload" "$conns" "$DURATION" "$out"
         after=$(snap)
-        printf '{"target":"%s","workload":"%s","mode":"%s","rep":%d,"conns":%d,"file":"%s","before":%s,"after":%s}\n' \
-          "$target" "$workload" "$mode" "$rep" "$conns" "$out" "$before" "$after" >>"$RUNS"
+        printf '{"target":"%s","workload":"%s","mode":"%s","rep":%d,"conns":%d,"file":"%s","quiet_cores":%s,"before":%s,"after":%s}\n' \
+          "$target" "$workload" "$mode" "$rep" "$conns" "$out" "$qcores" "$before" "$after" >>"$RUNS"
       done
     done
   done
@@ -238,7 +244,7 @@ cat >"$WORK/settings.json" <<EOF
 {"reps": $REPS, "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": $CONNS,
  "low_conns": $LOW_CONNS, "threads": $THREADS, "nginx_workers": $THREADS, "pin": $PIN,
  "mock_cpus": "$MOCK_CPUS", "proxy_cpus": "$PROXY_CPUS", "wrk_cpus": "$WRK_CPUS",
- "breaker_threshold": $BREAKER_THRESHOLD, "rust_log": "${RUST_LOG:-}"}
+ "breaker_threshold": $BREAKER_THRESHOLD, "quiet_max": $QUIET_MAX, "quiet_wait": $QUIET_WAIT, "rust_log": "${RUST_LOG:-}"}
 EOF
 
 python3 "$BENCH_DIR/report.py" report "$WORK" "$RESULTS/latest.json" "$WORK/tollgate.db"

@@ -93,6 +93,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         daemon,
         upgrade_sock: server_settings.upgrade_sock.clone(),
         pid_file: server_settings.pid_file.clone(),
+        ca_file: server_settings.ca_file.clone(),
         grace_period_seconds: Some(server_settings.graceful_shutdown.as_secs()),
         graceful_shutdown_timeout_seconds: Some(server_settings.graceful_shutdown.as_secs().max(1)),
         // Failover is decided by the gateway (bounded per channel); this only caps Pingora's loop.

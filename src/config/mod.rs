@@ -40,6 +40,7 @@ pub struct ServerSettings {
     pub graceful_shutdown: Duration,
     pub upgrade_sock: String,
     pub pid_file: String,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,6 +452,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         graceful_shutdown_seconds,
         upgrade_sock,
         pid_file,
+        ca_file,
     } = s;
     if listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(invalid(
@@ -463,6 +465,14 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
     }
     if max_body_bytes < 1024 {
         return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+    }
+    if let Some(ca) = &ca_file {
+        if !std::path::Path::new(ca).is_file() {
+            return Err(invalid(
+                "server.ca_file",
+                format!("`{ca}` is not a readable file"),
+            ));
+        }
     }
     let log_format = match log_format.as_str() {
         "json" => LogFormat::Json,
@@ -477,6 +487,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         graceful_shutdown: Duration::from_secs(graceful_shutdown_seconds),
         upgrade_sock: upgrade_sock.unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
         pid_file: pid_file.unwrap_or_else(|| "/tmp/tollgate.pid".into()),
+        ca_file,
     })
 }
 

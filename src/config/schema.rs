@@ -49,6 +49,9 @@ pub struct ServerSection {
     pub upgrade_sock: Option<String>,
     #[serde(default)]
     pub pid_file: Option<String>,
+    /// Extra CA certificates (PEM) trusted for upstream TLS, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -61,6 +64,7 @@ impl Default for ServerSection {
             graceful_shutdown_seconds: default_grace(),
             upgrade_sock: None,
             pid_file: None,
+            ca_file: None,
         }
     }
 }

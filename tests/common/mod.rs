@@ -54,6 +54,7 @@ pub fn config_text(
     ups: &[Up<'_>],
     channel_extra: &str,
     extra: &str,
+    server_extra: &str,
 ) -> String {
     let mut s = format!(
         r#"
@@ -65,6 +66,7 @@ log_format = "json"
 graceful_shutdown_seconds = 2
 upgrade_sock = "{dir}/upgrade.sock"
 pid_file = "{dir}/tollgate.pid"
+{server_extra}
 
 [admin]
 listen = "127.0.0.1:{admin}"
@@ -123,6 +125,16 @@ impl Gateway {
 
     /// Start with upstreams `ups` (and extra channel / config text), create tenant + key.
     pub async fn start(ups: &[Up<'_>], channel_extra: &str, extra: &str) -> Gateway {
+        Gateway::start_with_server_extra(ups, channel_extra, extra, "").await
+    }
+
+    /// As `start`, with extra lines in the `[server]` section.
+    pub async fn start_with_server_extra(
+        ups: &[Up<'_>],
+        channel_extra: &str,
+        extra: &str,
+        server_extra: &str,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -135,6 +147,7 @@ impl Gateway {
             ups,
             channel_extra,
             extra,
+            server_extra,
         );
         let config_path = dir.path().join("tollgate.toml");
         std::fs::write(&config_path, text).unwrap();
