@@ -782,3 +782,50 @@ async fn expect_100_continue_is_answered_before_the_body() {
     }
     assert!(String::from_utf8_lossy(&rest).contains("200 OK"));
 }
+
+#[tokio::test]
+async fn clients_hanging_up_neither_retry_nor_eject_a_healthy_upstream() {
+    let m = mock().await;
+    let gw = Gateway::start(
+        &[Up::mock("a", &m)],
+        "breaker = { failure_threshold = 2, open_ms = 60000 }",
+        "",
+    )
+    .await;
+    for _ in 0..4 {
+        m.push_behavior(Behavior::Delay { ms: 400 });
+    }
+    for _ in 0..4 {
+        let r = gw
+            .chat(hello("gpt-4o-mini"))
+            .timeout(Duration::from_millis(60))
+            .send()
+            .await;
+        assert!(r.is_err(), "the client gives up first");
+    }
+    // Let the gateway notice the hang-ups.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        gw.chat(hello("gpt-4o-mini")).send().await.unwrap().status(),
+        200,
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        m.stats().chat_requests,
+        5,
+        "abandoned requests must not be re-sent"
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric_value(&text, "tollgate_upstream_healthy{upstream=\"main/a\"}"),
+        1.0
+    );
+    assert!(
+        metric_value(
+            &text,
+            "tollgate_upstream_attempts_total{outcome=\"client_gone\",upstream=\"main/a\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+}

@@ -752,6 +752,26 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
             return e;
         }
+        if *e.esource() == ErrorSource::Downstream {
+            // The caller hung up (or its connection broke) while the upstream was working:
+            // the upstream is not at fault and nobody is waiting for a retry.
+            if let Some(a) = ctx.attempt.as_mut() {
+                if !a.settled {
+                    a.settled = true;
+                    a.upstream.state.on_end();
+                    if a.admission == Admission::Probe {
+                        a.upstream.state.release_probe();
+                    }
+                    METRICS
+                        .attempts
+                        .with_label_values(&[&a.upstream.id, "client_gone"])
+                        .inc();
+                }
+            }
+            ctx.stream_error = Some("client_gone");
+            e.set_retry(false);
+            return e;
+        }
         let unsettled = ctx.attempt.as_ref().is_some_and(|a| !a.settled);
         if unsettled {
             let timeout = matches!(
@@ -824,7 +844,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        if *e.esource() == ErrorSource::Downstream && ctx.attempt.is_none() {
+        if *e.esource() == ErrorSource::Downstream {
             ctx.status = 0;
             return FailToProxy {
                 error_code: 0,
