@@ -18,6 +18,7 @@ pub struct App {
     pub keys: KeyRing,
     pub store: Store,
     pub usage: UsageSink,
+    pub ledger: Arc<crate::billing::ledger::Ledger>,
     /// Operator token for the admin API.
     pub admin_token: Option<String>,
     generation: AtomicU64,
@@ -31,6 +32,7 @@ impl App {
         config_path: Option<PathBuf>,
         store: Store,
         usage: UsageSink,
+        ledger: Arc<crate::billing::ledger::Ledger>,
         admin_token: Option<String>,
     ) -> Arc<App> {
         let app = Arc::new(App {
@@ -40,6 +42,7 @@ impl App {
             keys: KeyRing::default(),
             store,
             usage,
+            ledger,
             admin_token,
             generation: AtomicU64::new(1),
             reload_error: ArcSwap::from_pointee(None),

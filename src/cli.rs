@@ -98,6 +98,9 @@ enum KeysAction {
         /// Expiry as a unix timestamp.
         #[arg(long)]
         expires_at: Option<i64>,
+        /// Lifetime spending cap of the key, in credits.
+        #[arg(long)]
+        quota: Option<rust_decimal::Decimal>,
     },
     List {
         #[arg(long)]
@@ -272,7 +275,16 @@ fn keys(store: &Store, cfg: Option<&Config>, action: KeysAction) -> Result<(), S
             allow_channels,
             allow_models,
             expires_at,
+            quota,
         } => {
+            let quota_nano = match quota {
+                Some(q) => Some(
+                    crate::billing::pricing::to_nano(q)
+                        .filter(|n| *n > 0)
+                        .ok_or("--quota must be a positive number of credits")?,
+                ),
+                None => None,
+            };
             let mut models = Vec::new();
             if let Some(cfg) = cfg {
                 for c in std::iter::once(&channel).chain(allow_channels.iter()) {
@@ -306,6 +318,7 @@ fn keys(store: &Store, cfg: Option<&Config>, action: KeysAction) -> Result<(), S
                     allowed_channels: allow_channels,
                     allowed_models: models,
                     expires_at,
+                    quota_nano,
                 })
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::json!({"key": plaintext, "record": key}));

@@ -145,7 +145,21 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
     let store = Store::open(&db).map_err(|e| e.to_string())?;
     let tenant = match store.find_tenant("demo") {
         Ok(t) => t,
-        Err(_) => store.create_tenant("demo").map_err(|e| e.to_string())?,
+        Err(_) => {
+            let t = store.create_tenant("demo").map_err(|e| e.to_string())?;
+            // A starting grant so the demo key can spend: 100 credits, once per database.
+            store
+                .credit(
+                    t.id,
+                    crate::billing::ledger::EntryKind::Grant,
+                    100 * crate::billing::pricing::NANO,
+                    Some("demo"),
+                    Some("demo starting credit"),
+                    &format!("demo-grant:{}", t.id.0),
+                )
+                .map_err(|e| e.to_string())?;
+            t
+        }
     };
     let (_, key) = store
         .create_key(&NewKey {
@@ -155,6 +169,7 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
             allowed_channels: vec![],
             allowed_models: vec![],
             expires_at: None,
+            quota_nano: None,
         })
         .map_err(|e| e.to_string())?;
     drop(store);
@@ -175,6 +190,7 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
     );
     println!("  curl -s http://127.0.0.1:{admin_port}/metrics | grep tollgate_requests_total");
     println!("  curl -s http://127.0.0.1:{admin_port}/admin/usage -H 'Authorization: Bearer {admin_token}'");
+    println!("  curl -s http://127.0.0.1:{admin_port}/admin/tenants/demo/balance -H 'Authorization: Bearer {admin_token}'");
     println!();
 
     crate::cli::init_logging(crate::config::LogFormat::Text);

@@ -22,6 +22,15 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     ModelNotFound(String),
+    /// The tenant's balance cannot cover the call's worst case.
+    #[error("{0}")]
+    InsufficientCredit(String),
+    /// The key's (or user's) quota cannot cover the call's worst case.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The model has no price: it is never served free.
+    #[error("{0}")]
+    NotBillable(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -56,7 +65,9 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::MissingKey(_) | GatewayError::InvalidKey(_) => 401,
-            GatewayError::Forbidden(_) => 403,
+            GatewayError::Forbidden(_) | GatewayError::NotBillable(_) => 403,
+            GatewayError::InsufficientCredit(_) => 402,
+            GatewayError::QuotaExceeded(_) => 429,
             GatewayError::BadRequest { .. } => 400,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed(_) => 405,
@@ -74,7 +85,10 @@ impl GatewayError {
     fn kind(&self) -> &'static str {
         match self {
             GatewayError::MissingKey(_) | GatewayError::InvalidKey(_) => "authentication_error",
-            GatewayError::Forbidden(_) => "permission_error",
+            GatewayError::Forbidden(_) | GatewayError::NotBillable(_) => "permission_error",
+            GatewayError::InsufficientCredit(_) | GatewayError::QuotaExceeded(_) => {
+                "insufficient_quota"
+            }
             GatewayError::BadRequest { .. }
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound(_)
@@ -95,6 +109,10 @@ impl GatewayError {
             GatewayError::MissingKey(_) => "missing_api_key",
             GatewayError::InvalidKey(_) => "invalid_api_key",
             GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::InsufficientCredit(_) | GatewayError::QuotaExceeded(_) => {
+                "insufficient_quota"
+            }
+            GatewayError::NotBillable(_) => "model_not_priced",
             GatewayError::BadRequest { .. } => "invalid_request",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound(_) => "not_found",

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub usage_events_dropped: IntCounter,
     pub stream_errors: IntCounterVec,
     pub gateway_overhead: Histogram,
+    pub ledger_entries_written: IntCounter,
+    pub uncollected: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -130,6 +132,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(usage_events_dropped.clone()))?;
     registry.register(Box::new(stream_errors.clone()))?;
     registry.register(Box::new(gateway_overhead.clone()))?;
+    let ledger_entries_written = IntCounter::new(
+        "tollgate_ledger_entries_written_total",
+        "Ledger entries committed to the journal",
+    )?;
+    let uncollected = IntCounter::new(
+        "tollgate_uncollected_nanocredits_total",
+        "Cost above what a call's accounts could pay (never taken from a balance)",
+    )?;
+    registry.register(Box::new(ledger_entries_written.clone()))?;
+    registry.register(Box::new(uncollected.clone()))?;
     Ok(Metrics {
         registry,
         requests,
@@ -146,6 +158,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         usage_events_dropped,
         stream_errors,
         gateway_overhead,
+        ledger_entries_written,
+        uncollected,
     })
 }
 

@@ -2,6 +2,7 @@
 
 use crate::admin::AdminApi;
 use crate::app::{App, KeyRefresher};
+use crate::billing::ledger::Ledger;
 use crate::billing::usage::{self, UsageSink};
 use crate::config::reload::ConfigWatcher;
 use crate::config::{Config, ConfigError};
@@ -83,9 +84,19 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
 
     let store = Store::open(std::path::Path::new(&config.sqlite_path))?;
     let (sink, writer): (UsageSink, _) = usage::channel(store.clone());
+    let (ledger, journal) = Ledger::recover(&store)?;
+    let journal_flush = config.billing.journal_flush;
     let server_settings = config.server.clone();
     let admin_listen = config.admin.listen.clone();
-    let app = App::new(config, states, config_path, store, sink, admin_token);
+    let app = App::new(
+        config,
+        states,
+        config_path,
+        store,
+        sink,
+        ledger,
+        admin_token,
+    );
     app.refresh_keys()?;
 
     let conf = ServerConf {
@@ -140,12 +151,19 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
             run: Mutex::new(Some(Box::pin(writer))),
         },
     );
+    let journal = background_service(
+        "ledger journal",
+        UsageWriter {
+            run: Mutex::new(Some(Box::pin(journal.run(journal_flush)))),
+        },
+    );
 
     server.add_service(gateway);
     server.add_service(admin);
     server.add_service(watcher);
     server.add_service(keys);
     server.add_service(writer);
+    server.add_service(journal);
     tracing::info!(listen = %server_settings.listen, admin = %admin_listen, "tollgate starting");
     server.run_forever();
 }

@@ -76,6 +76,12 @@ async fn a_key_created_with_the_cli_works_on_the_running_gateway() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let key = v["key"].as_str().unwrap().to_string();
     assert_eq!(v["record"]["tenant_name"], "cli-co");
+    // Credit is added through the running gateway (it owns the balances).
+    gw.admin_post(
+        "/admin/tenants/cli-co/topups",
+        serde_json::json!({"amount_rmb": "10"}),
+    )
+    .await;
 
     // The gateway polls the store's key generation; the key works within a few seconds.
     let deadline = Instant::now() + Duration::from_secs(10);

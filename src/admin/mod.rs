@@ -6,6 +6,8 @@
 //! Errors use the same JSON shape as the data plane.
 
 use crate::app::App;
+use crate::billing::ledger::{BalanceView, EntryKind};
+use crate::billing::pricing;
 use crate::config::reload;
 use crate::error::GatewayError;
 use crate::metrics;
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -73,6 +76,73 @@ struct CreateKey {
     allowed_models: Vec<String>,
     #[serde(default)]
     expires_at: Option<i64>,
+    /// Lifetime spending cap of the key, in credits.
+    #[serde(default)]
+    quota_credits: Option<Decimal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUp {
+    /// Money received, in RMB; converted at the configured credits per RMB.
+    amount_rmb: Decimal,
+    #[serde(default)]
+    note: Option<String>,
+    /// Optional idempotency key: the same top-up sent twice is applied once.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Adjustment {
+    /// Signed, in credits.
+    credits: Decimal,
+    note: String,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCodes {
+    credits: Decimal,
+    count: u32,
+    #[serde(default)]
+    batch: Option<String>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Redeem {
+    code: String,
+}
+
+fn credits_json(nano: i64) -> serde_json::Value {
+    json!(pricing::to_credits(nano).normalize().to_string())
+}
+
+fn balance_json(tenant: TenantId, v: BalanceView) -> serde_json::Value {
+    json!({
+        "tenant_id": tenant,
+        "available": credits_json(v.available),
+        "reserved": credits_json(v.reserved),
+        "charged": credits_json(v.charged),
+        "credited": credits_json(v.credited),
+        "nano": v,
+    })
+}
+
+fn positive_nano(credits: Decimal, field: &str) -> Result<i64, GatewayError> {
+    match pricing::to_nano(credits) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(GatewayError::BadRequest {
+            message: format!("`{field}` must be a positive amount"),
+            param: Some(field.into()),
+        }),
+    }
 }
 
 fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -134,6 +204,11 @@ impl AdminApi {
         }
         serde_json::from_slice(&buf)
             .map_err(|e| GatewayError::bad_request(format!("Invalid JSON body: {e}")))
+    }
+
+    async fn tenant(&self, id_or_name: &str) -> Result<TenantId, GatewayError> {
+        let t = id_or_name.to_string();
+        Ok(self.blocking(move |a| a.store.find_tenant(&t)).await?.id)
     }
 
     /// Run a store call on the blocking pool.
@@ -231,6 +306,10 @@ impl AdminApi {
                         }
                     }
                 }
+                let quota_nano = match req.quota_credits {
+                    Some(q) => Some(positive_nano(q, "quota_credits")?),
+                    None => None,
+                };
                 let tenant_ref = match &req.tenant {
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Number(n) => n.to_string(),
@@ -250,6 +329,7 @@ impl AdminApi {
                             allowed_channels: req.allowed_channels,
                             allowed_models: models,
                             expires_at: req.expires_at,
+                            quota_nano,
                         })?;
                         // Usable as soon as this call returns.
                         a.refresh_keys()?;
@@ -270,6 +350,151 @@ impl AdminApi {
                     })
                     .await?;
                 Ok(reply(200, json!(key)))
+            }
+            (&Method::GET, ["tenants", t, "balance"]) => {
+                let tenant = self.tenant(t).await?;
+                Ok(reply(
+                    200,
+                    balance_json(tenant, self.app.ledger.balance(tenant)),
+                ))
+            }
+            (&Method::POST, ["tenants", t, "topups"]) => {
+                let tenant = self.tenant(t).await?;
+                let req: TopUp = Self::read_json(session).await?;
+                let credits = req.amount_rmb * self.app.config().billing.credits_per_rmb;
+                let amount = positive_nano(credits, "amount_rmb")?;
+                let id = format!(
+                    "topup:{}",
+                    req.idempotency_key
+                        .unwrap_or_else(crate::tenancy::keys::generate_key)
+                );
+                let note = req.note;
+                let entry = self
+                    .blocking(move |a| {
+                        a.store.credit(
+                            tenant,
+                            EntryKind::TopUp,
+                            amount,
+                            Some("operator"),
+                            note.as_deref(),
+                            &id,
+                        )
+                    })
+                    .await?;
+                self.app.ledger.apply_committed(&entry);
+                Ok(reply(
+                    201,
+                    json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
+                ))
+            }
+            (&Method::POST, ["tenants", t, "adjustments"]) => {
+                let tenant = self.tenant(t).await?;
+                let req: Adjustment = Self::read_json(session).await?;
+                let amount = pricing::to_nano(req.credits)
+                    .filter(|n| *n != 0)
+                    .ok_or_else(|| {
+                        GatewayError::bad_request("`credits` must be a non-zero amount")
+                    })?;
+                if amount < 0 && self.app.ledger.balance(tenant).available < -amount {
+                    return Err(GatewayError::bad_request(
+                        "A negative adjustment cannot exceed the available balance.",
+                    ));
+                }
+                let id = format!(
+                    "adjust:{}",
+                    req.idempotency_key
+                        .unwrap_or_else(crate::tenancy::keys::generate_key)
+                );
+                let note = req.note;
+                let entry = self
+                    .blocking(move |a| {
+                        a.store.credit(
+                            tenant,
+                            EntryKind::Adjustment,
+                            amount,
+                            Some("operator"),
+                            Some(&note),
+                            &id,
+                        )
+                    })
+                    .await?;
+                self.app.ledger.apply_committed(&entry);
+                Ok(reply(
+                    201,
+                    json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
+                ))
+            }
+            (&Method::GET, ["tenants", t, "ledger"]) => {
+                let tenant = self.tenant(t).await?;
+                let rows = self
+                    .blocking(move |a| a.store.ledger_statement(tenant))
+                    .await?;
+                if query_param(query.as_deref(), "format") == Some("csv") {
+                    let mut csv = String::from("seq,created_ms,id,kind,amount_credits,running_balance_credits,key_id,request_id,actor,note,uncollected_credits\n");
+                    for (i, (e, running)) in rows.iter().enumerate() {
+                        let esc =
+                            |s: &Option<String>| s.as_deref().unwrap_or("").replace('"', "\"\"");
+                        csv.push_str(&format!(
+                            "{},{},{},{},{},{},{},{},\"{}\",\"{}\",{}\n",
+                            i + 1,
+                            e.created_ms,
+                            e.id,
+                            e.kind.as_str(),
+                            pricing::to_credits(e.amount).normalize(),
+                            pricing::to_credits(*running).normalize(),
+                            e.key_id.map(|k| k.0.to_string()).unwrap_or_default(),
+                            e.request_id.as_deref().unwrap_or(""),
+                            esc(&e.actor),
+                            esc(&e.note),
+                            pricing::to_credits(e.uncollected).normalize(),
+                        ));
+                    }
+                    return Response::builder()
+                        .status(200)
+                        .header(http::header::CONTENT_TYPE, "text/csv")
+                        .header(http::header::CONTENT_LENGTH, csv.len())
+                        .body(csv.into_bytes())
+                        .map_err(|e| GatewayError::Internal(e.to_string()));
+                }
+                let data: Vec<_> = rows
+                    .into_iter()
+                    .map(|(e, running)| json!({"entry": e, "amount": credits_json(e.amount), "running_balance": credits_json(running)}))
+                    .collect();
+                Ok(reply(200, json!({"data": data})))
+            }
+            (&Method::POST, ["tenants", t, "redeem"]) => {
+                let tenant = self.tenant(t).await?;
+                let req: Redeem = Self::read_json(session).await?;
+                let entry = self
+                    .blocking(move |a| a.store.redeem(&req.code, tenant, Some("operator")))
+                    .await?;
+                self.app.ledger.apply_committed(&entry);
+                Ok(reply(
+                    201,
+                    json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
+                ))
+            }
+            (&Method::POST, ["codes"]) => {
+                let req: CreateCodes = Self::read_json(session).await?;
+                let amount = positive_nano(req.credits, "credits")?;
+                let batch = req
+                    .batch
+                    .unwrap_or_else(|| format!("batch-{}", crate::tenancy::unix_now()));
+                let b2 = batch.clone();
+                let codes = self
+                    .blocking(move |a| a.store.create_codes(&b2, amount, req.count, req.expires_at))
+                    .await?;
+                Ok(reply(
+                    201,
+                    json!({"batch": batch, "credits": credits_json(amount), "codes": codes}),
+                ))
+            }
+            (&Method::GET, ["codes"]) => {
+                let batch = query_param(query.as_deref(), "batch").map(str::to_string);
+                let codes = self
+                    .blocking(move |a| a.store.list_codes(batch.as_deref()))
+                    .await?;
+                Ok(reply(200, json!({"data": codes})))
             }
             (&Method::GET, ["channels"]) => {
                 let cfg = self.app.config();

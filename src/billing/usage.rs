@@ -35,6 +35,8 @@ pub struct UsageEvent {
     pub attempts: u32,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// What the call was charged, in nano-credits.
+    pub cost_nano: i64,
 }
 
 /// The producer side, cloned into the data plane.

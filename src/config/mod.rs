@@ -55,6 +55,13 @@ pub struct AdminSettings {
     pub token_env: String,
 }
 
+#[derive(Debug, Clone)]
+pub struct BillingSettings {
+    pub credits_per_rmb: Decimal,
+    pub default_max_output_tokens: u64,
+    pub journal_flush: Duration,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     Chat,
@@ -249,6 +256,7 @@ pub struct Config {
     model_index: HashMap<String, Arc<Model>>,
     pub channels: Vec<Arc<Channel>>,
     channel_index: HashMap<String, Arc<Channel>>,
+    pub billing: BillingSettings,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -303,6 +311,7 @@ impl Config {
             timeouts,
             retry,
             breaker,
+            billing,
             models,
             channels,
         } = file;
@@ -322,6 +331,7 @@ impl Config {
         let default_timeouts = build_timeouts(timeouts, "timeouts")?;
         let default_retry = build_retry(retry, "retry")?;
         let default_breaker = build_breaker(breaker, "breaker")?;
+        let billing = build_billing(billing)?;
 
         let mut model_list = Vec::new();
         let mut model_index: HashMap<String, Arc<Model>> = HashMap::new();
@@ -335,6 +345,12 @@ impl Config {
                         format!("model name or alias `{key}` is defined twice"),
                     ));
                 }
+            }
+            if model.price.is_none() {
+                warnings.push(format!(
+                    "{at} (`{}`) has no price: calls to it are refused",
+                    model.name
+                ));
             }
             model_list.push(model);
         }
@@ -425,9 +441,38 @@ impl Config {
             model_index,
             channels: channel_list,
             channel_index,
+            billing,
             warnings,
         })
     }
+}
+
+fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
+    let BillingSection {
+        credits_per_rmb,
+        default_max_output_tokens,
+        journal_flush_ms,
+    } = b;
+    if credits_per_rmb <= Decimal::ZERO {
+        return Err(invalid("billing.credits_per_rmb", "must be positive"));
+    }
+    if default_max_output_tokens == 0 {
+        return Err(invalid(
+            "billing.default_max_output_tokens",
+            "must be positive",
+        ));
+    }
+    if !(1..=1000).contains(&journal_flush_ms) {
+        return Err(invalid(
+            "billing.journal_flush_ms",
+            "must be between 1 and 1000",
+        ));
+    }
+    Ok(BillingSettings {
+        credits_per_rmb,
+        default_max_output_tokens,
+        journal_flush: Duration::from_millis(journal_flush_ms),
+    })
 }
 
 fn check_name(name: &str, at: &str) -> Result<(), ConfigError> {
@@ -822,7 +867,13 @@ mod tests {
         let c = build(&GOOD.replace("api_key_env = \"K\"", "api_key_env = \"UNSET\"")).unwrap();
         let up = &c.channels[0].upstreams[0];
         assert!(up.disabled.is_some());
-        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(
+            c.warnings
+                .iter()
+                .filter(|w| w.contains("is not set"))
+                .count(),
+            1
+        );
     }
 
     #[test]

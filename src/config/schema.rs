@@ -22,6 +22,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub breaker: BreakerSection,
     #[serde(default)]
+    pub billing: BillingSection,
+    #[serde(default)]
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub channels: Vec<ChannelSection>,
@@ -166,6 +168,37 @@ impl Default for BreakerSection {
             open_ms: d_open_ms(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSection {
+    /// Credits bought by one RMB (fixed ratio).
+    #[serde(default = "one")]
+    pub credits_per_rmb: Decimal,
+    /// Output tokens reserved when neither the request nor the model caps them.
+    #[serde(default = "d_default_max_output")]
+    pub default_max_output_tokens: u64,
+    /// How often settled charges are committed to the journal (group commit).
+    #[serde(default = "d_journal_flush")]
+    pub journal_flush_ms: u64,
+}
+
+impl Default for BillingSection {
+    fn default() -> Self {
+        BillingSection {
+            credits_per_rmb: one(),
+            default_max_output_tokens: d_default_max_output(),
+            journal_flush_ms: d_journal_flush(),
+        }
+    }
+}
+
+fn d_default_max_output() -> u64 {
+    4096
+}
+fn d_journal_flush() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]

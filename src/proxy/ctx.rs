@@ -73,6 +73,9 @@ pub struct RequestCtx {
     /// The stream ended with an error event we injected.
     pub stream_error: Option<&'static str>,
     pub counted_inflight: bool,
+    /// Credit held for this call until `logging` settles it.
+    pub reservation: Option<crate::billing::ledger::Reservation>,
+    pub cost_nano: i64,
 }
 
 impl RequestCtx {
@@ -105,6 +108,8 @@ impl RequestCtx {
             first_token_at: None,
             stream_error: None,
             counted_inflight: false,
+            reservation: None,
+            cost_nano: 0,
         }
     }
 

@@ -20,6 +20,8 @@ pub mod ctx;
 pub mod usage;
 
 use crate::app::App;
+use crate::billing::ledger::Refusal;
+use crate::billing::pricing;
 use crate::config::{Config, ModelKind};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
@@ -37,6 +39,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Tokens added to the prompt bound when a request carries images (high-detail tiles).
+const IMAGE_TOKEN_BOUND: u64 = 4_000;
 
 /// Header a caller uses to pick one of the channels its key may use.
 pub const CHANNEL_HEADER: &str = "x-tollgate-channel";
@@ -151,16 +156,26 @@ impl Gateway {
 
         let raw = body::read_bounded(session, cfg.server.max_body_bytes).await?;
 
-        let (obj, model_name, wanted_kind) = match endpoint {
+        // Upper bound of the prompt's tokens for the credit hold: a byte-level BPE token is at
+        // least one byte, and real text averages 3-4 bytes a token, so half the body's bytes is
+        // a generous bound that costs nothing to compute (no tokenizer on the request path).
+        let mut prompt_bound = raw.len() as u64 / 2 + 64;
+        let (obj, model_name, wanted_kind, max_output) = match endpoint {
             Endpoint::Chat => {
                 let (obj, info) = openai::parse_chat_request(&raw)?;
                 ctx.stream = info.stream;
                 ctx.client_wants_usage = info.client_wants_usage;
-                (obj, info.model, ModelKind::Chat)
+                if info.has_images {
+                    prompt_bound += IMAGE_TOKEN_BOUND;
+                }
+                let out = info
+                    .max_tokens
+                    .map(|m| m.saturating_mul(u64::from(info.n.max(1))));
+                (obj, info.model, ModelKind::Chat, out)
             }
             Endpoint::Embeddings => {
                 let (obj, model) = openai::parse_embeddings_request(&raw)?;
-                (obj, model, ModelKind::Embedding)
+                (obj, model, ModelKind::Embedding, Some(0))
             }
             Endpoint::Models | Endpoint::Unknown => {
                 return Err(GatewayError::Internal("unroutable endpoint".into()))
@@ -198,6 +213,44 @@ impl Gateway {
                 channel.name
             )));
         }
+        // Hold the worst case before anything is sent: prompt bound at the input price plus
+        // every output token the call may produce at the output price.
+        let max_output = max_output
+            .or(model.max_output_tokens)
+            .unwrap_or(cfg.billing.default_max_output_tokens);
+        let worst = pricing::cost_nano(
+            &model,
+            &channel,
+            cfg.billing.credits_per_rmb,
+            &pricing::TokenCounts {
+                input: prompt_bound,
+                cached_input: 0,
+                cache_write: 0,
+                output: max_output,
+            },
+        )
+        .map_err(|e| match e {
+            pricing::PricingError::Unpriced(_) => GatewayError::NotBillable(format!(
+                "The model `{}` has no price configured on this gateway and cannot be used.",
+                model.name
+            )),
+            pricing::PricingError::Overflow => {
+                GatewayError::bad_request("The requested output size is too large.")
+            }
+        })?;
+        let reservation = self.app.ledger.reserve(&key, worst).map_err(|r| match r {
+            Refusal::Balance { available, needed } => GatewayError::InsufficientCredit(format!(
+                "Insufficient credit: this call may cost up to {} credits and the balance has {} available. Top up or lower max_tokens.",
+                pricing::to_credits(needed),
+                pricing::to_credits(available)
+            )),
+            Refusal::KeyQuota { remaining, needed } => GatewayError::QuotaExceeded(format!(
+                "This API key's quota is exhausted: this call may cost up to {} credits and {} remain.",
+                pricing::to_credits(needed),
+                pricing::to_credits(remaining)
+            )),
+        })?;
+        ctx.reservation = Some(reservation);
         ctx.model = Some(model);
         ctx.body = Some(obj);
         Ok(Admitted::Proxy)

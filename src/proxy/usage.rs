@@ -2,6 +2,7 @@
 
 use super::ctx::{Endpoint, RequestCtx};
 use crate::app::App;
+use crate::billing::pricing::{self, TokenCounts};
 use crate::billing::usage::UsageEvent;
 use crate::metrics::METRICS;
 use crate::protocol::openai::{self, Usage};
@@ -49,12 +50,37 @@ fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
     (Usage::default(), "none")
 }
 
-pub fn emit(app: &App, ctx: &RequestCtx, e: Option<&Error>) {
+/// Settle the call's credit hold to what it really cost (nothing for a call that produced no
+/// tokens). Returns the amount charged.
+fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
+    let Some(res) = ctx.reservation.take() else {
+        return 0;
+    };
+    let cost = match (ctx.model.as_ref(), ctx.channel.as_ref(), ctx.config.as_ref()) {
+        (Some(m), Some(c), Some(cfg)) => {
+            pricing::cost_nano(m, c, cfg.billing.credits_per_rmb, &TokenCounts::from_usage(usage)).unwrap_or_else(|err| {
+                tracing::error!(request_id = %ctx.request_id, error = %err, "cannot price a call; charging its hold");
+                res.amount
+            })
+        }
+        _ => 0,
+    };
+    let quota = ctx.key.as_ref().and_then(|k| k.quota_nano);
+    let s = app.ledger.settle(res, cost, quota, &ctx.request_id);
+    if s.uncollected > 0 {
+        METRICS.uncollected.inc_by(s.uncollected as u64);
+        tracing::warn!(request_id = %ctx.request_id, uncollected = s.uncollected, "call cost more than its accounts could pay");
+    }
+    s.charged
+}
+
+pub fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     let latency = ctx.started.elapsed();
     let channel = ctx.channel_label().to_string();
     let model = ctx.model_label().to_string();
     let status = ctx.status;
     let (usage, source) = measured_usage(ctx);
+    ctx.cost_nano = settle(app, ctx, &usage);
     let ttft = ctx.first_token_at.map(|t| t.duration_since(ctx.started));
 
     let status_label = if status == 0 {
@@ -114,6 +140,7 @@ pub fn emit(app: &App, ctx: &RequestCtx, e: Option<&Error>) {
         prompt_tokens = usage.prompt_tokens,
         completion_tokens = usage.completion_tokens,
         usage_source = source,
+        cost_nano = ctx.cost_nano,
         latency_ms = latency.as_millis() as u64,
         ttft_ms = ttft.map(|t| t.as_millis() as u64),
         error = error_code.as_deref().unwrap_or("-"),
@@ -150,5 +177,6 @@ pub fn emit(app: &App, ctx: &RequestCtx, e: Option<&Error>) {
         attempts: ctx.attempts,
         latency_ms: latency.as_millis() as u64,
         ttft_ms: ttft.map(|t| t.as_millis() as u64),
+        cost_nano: ctx.cost_nano,
     });
 }

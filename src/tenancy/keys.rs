@@ -110,6 +110,7 @@ mod tests {
                 created_at: 0,
                 expires_at: expires,
                 revoked_at: revoked,
+                quota_nano: None,
             })
         };
         let mut snap = KeySnapshot::default();

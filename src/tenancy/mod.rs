@@ -38,6 +38,8 @@ pub struct ApiKey {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Lifetime spending cap in nano-credits (None: only the tenant's balance limits it).
+    pub quota_nano: Option<i64>,
 }
 
 impl ApiKey {

@@ -7,8 +7,10 @@
 
 use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use super::{unix_now, ApiKey, KeyId, Tenant, TenantId};
+use crate::billing::ledger::{EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -74,7 +76,63 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX usage_events_tenant_ts ON usage_events(tenant_id, ts_ms);
      CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
      INSERT INTO meta (k, v) VALUES ('key_generation', 1);",
+    // 2: the ledger journal, key quotas, redemption codes, cost on usage events
+    "CREATE TABLE ledger_entries (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        kind TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        key_id INTEGER,
+        request_id TEXT,
+        actor TEXT,
+        note TEXT,
+        uncollected INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL
+     );
+     CREATE INDEX ledger_entries_tenant ON ledger_entries(tenant_id, seq);
+     CREATE INDEX ledger_entries_key ON ledger_entries(key_id) WHERE key_id IS NOT NULL;
+     ALTER TABLE api_keys ADD COLUMN quota_nano INTEGER;
+     ALTER TABLE usage_events ADD COLUMN cost_nano INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE redemption_codes (
+        id INTEGER PRIMARY KEY,
+        code_hash BLOB NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        batch TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_at INTEGER,
+        redeemed_by INTEGER REFERENCES tenants(id),
+        redeemed_ms INTEGER
+     );",
 ];
+
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerTotals {
+    pub tenant_id: TenantId,
+    pub credited: i64,
+    pub charged: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedemptionCode {
+    pub id: i64,
+    pub prefix: String,
+    pub batch: String,
+    pub amount_nano: i64,
+    pub created_ms: i64,
+    pub expires_at: Option<i64>,
+    pub redeemed_by: Option<TenantId>,
+    pub redeemed_ms: Option<i64>,
+    pub state: &'static str,
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -84,6 +142,8 @@ pub struct NewKey {
     pub allowed_channels: Vec<String>,
     pub allowed_models: Vec<String>,
     pub expires_at: Option<i64>,
+    /// Lifetime spending cap of the key, in nano-credits.
+    pub quota_nano: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -254,8 +314,8 @@ impl Store {
                 return Err(StoreError::NotFound(format!("tenant {}", new.tenant_id.0)));
             }
             tx.execute(
-                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at, quota_nano)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     new.tenant_id.0,
                     new.name.trim(),
@@ -265,7 +325,8 @@ impl Store {
                     allowed_channels,
                     allowed_models,
                     unix_now(),
-                    new.expires_at
+                    new.expires_at,
+                    new.quota_nano
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -277,7 +338,7 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         let channels: String = r.get(6)?;
@@ -294,6 +355,7 @@ impl Store {
             created_at: r.get(8)?,
             expires_at: r.get(9)?,
             revoked_at: r.get(10)?,
+            quota_nano: r.get(11)?,
         })
     }
 
@@ -374,7 +436,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(11)?;
+                let hash: Vec<u8> = r.get(12)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -392,8 +454,8 @@ impl Store {
                 let mut st = tx.prepare_cached(
                     "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
                         model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
-                        completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                        completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 )?;
                 for e in events {
                     n += st.execute(params![
@@ -417,6 +479,7 @@ impl Store {
                         e.attempts,
                         e.latency_ms as i64,
                         e.ttft_ms.map(|v| v as i64),
+                        e.cost_nano,
                     ])?;
                 }
             }
@@ -435,7 +498,7 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
-                        usage_source, attempts, latency_ms, ttft_ms
+                        usage_source, attempts, latency_ms, ttft_ms, cost_nano
                  FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1) ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = st.query_map(params![tenant.map(|t| t.0), limit], |r| {
@@ -460,9 +523,282 @@ impl Store {
                     attempts: r.get(17)?,
                     latency_ms: r.get::<_, i64>(18)? as u64,
                     ttft_ms: r.get::<_, Option<i64>>(19)?.map(|v| v as u64),
+                    cost_nano: r.get(20)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    // ---------------------------------------------------------------- ledger
+
+    /// Commit a credit-side entry (top-up, grant, redemption, promo, adjustment) now.
+    /// Idempotent on `id`: a repeated call returns the entry already committed.
+    pub fn credit(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+    ) -> Result<LedgerEntry, StoreError> {
+        let e = LedgerEntry {
+            id: id.to_string(),
+            tenant_id: tenant,
+            kind,
+            amount,
+            key_id: None,
+            request_id: None,
+            actor: actor.map(str::to_string),
+            note: note.map(str::to_string),
+            uncollected: 0,
+            created_ms: unix_now_ms(),
+        };
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM tenants WHERE id = ?1",
+                    params![tenant.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+            }
+            let n = Store::insert_entry(&tx, &e)?;
+            tx.commit()?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "ledger entry `{id}` already exists"
+                )));
+            }
+            Ok(())
+        })?;
+        Ok(e)
+    }
+
+    fn insert_entry(c: &Connection, e: &LedgerEntry) -> Result<usize, StoreError> {
+        let mut st = c.prepare_cached(
+            "INSERT OR IGNORE INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        Ok(st.execute(params![
+            e.id,
+            e.tenant_id.0,
+            e.kind.as_str(),
+            e.amount,
+            e.key_id.map(|k| k.0),
+            e.request_id,
+            e.actor,
+            e.note,
+            e.uncollected,
+            e.created_ms
+        ])?)
+    }
+
+    /// Journal a batch (the charge writer's group commit). Returns how many were new.
+    pub fn insert_ledger_entries(&self, entries: &[LedgerEntry]) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let mut n = 0;
+            for e in entries {
+                n += Store::insert_entry(&tx, e)?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    /// Per tenant: credited (sum of positive-kind entries) and charged (sum of charges).
+    pub fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT tenant_id,
+                        COALESCE(SUM(CASE WHEN kind = 'charge' THEN 0 ELSE amount END), 0),
+                        COALESCE(SUM(CASE WHEN kind = 'charge' THEN -amount ELSE 0 END), 0)
+                 FROM ledger_entries GROUP BY tenant_id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(LedgerTotals {
+                    tenant_id: TenantId(r.get(0)?),
+                    credited: r.get(1)?,
+                    charged: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Per key: the sum of its charges.
+    pub fn key_spend(&self) -> Result<Vec<(TenantId, KeyId, i64)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT tenant_id, key_id, -SUM(amount) FROM ledger_entries
+                 WHERE kind = 'charge' AND key_id IS NOT NULL GROUP BY tenant_id, key_id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((TenantId(r.get(0)?), KeyId(r.get(1)?), r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// A tenant's entries in journal order with the running balance after each.
+    pub fn ledger_statement(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms
+                 FROM ledger_entries WHERE tenant_id = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map(params![tenant.0], |r| {
+                let kind: String = r.get(2)?;
+                Ok(LedgerEntry {
+                    id: r.get(0)?,
+                    tenant_id: TenantId(r.get(1)?),
+                    kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
+                    amount: r.get(3)?,
+                    key_id: r.get::<_, Option<i64>>(4)?.map(KeyId),
+                    request_id: r.get(5)?,
+                    actor: r.get(6)?,
+                    note: r.get(7)?,
+                    uncollected: r.get(8)?,
+                    created_ms: r.get(9)?,
+                })
+            })?;
+            let mut running = 0i64;
+            let mut out = Vec::new();
+            for row in rows {
+                let e = row?;
+                running += e.amount;
+                out.push((e, running));
+            }
+            Ok(out)
+        })
+    }
+
+    // ---------------------------------------------------------------- redemption codes
+
+    /// Generate `count` single-use codes worth `amount` nano-credits each. The plaintext codes
+    /// are returned once; only their hashes are stored.
+    pub fn create_codes(
+        &self,
+        batch: &str,
+        amount: i64,
+        count: u32,
+        expires_at: Option<i64>,
+    ) -> Result<Vec<String>, StoreError> {
+        if amount <= 0 || count == 0 || count > 10_000 {
+            return Err(StoreError::Invalid(
+                "amount must be positive and count between 1 and 10000".into(),
+            ));
+        }
+        let codes: Vec<String> = (0..count)
+            .map(|_| crate::tenancy::keys::generate_key().replacen("tg-", "RC-", 1))
+            .collect();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare(
+                    "INSERT INTO redemption_codes (code_hash, prefix, batch, amount, created_ms, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for code in &codes {
+                    st.execute(params![&hash_key(code)[..], display_prefix(code), batch, amount, unix_now_ms(), expires_at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(codes)
+    }
+
+    pub fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, prefix, batch, amount, created_ms, expires_at, redeemed_by, redeemed_ms
+                 FROM redemption_codes WHERE (?1 IS NULL OR batch = ?1) ORDER BY id",
+            )?;
+            let now = unix_now();
+            let rows = st.query_map(params![batch], |r| {
+                let expires_at: Option<i64> = r.get(5)?;
+                let redeemed_by: Option<i64> = r.get(6)?;
+                let state = if redeemed_by.is_some() {
+                    "redeemed"
+                } else if expires_at.is_some_and(|t| t <= now) {
+                    "expired"
+                } else {
+                    "unused"
+                };
+                Ok(RedemptionCode {
+                    id: r.get(0)?,
+                    prefix: r.get(1)?,
+                    batch: r.get(2)?,
+                    amount_nano: r.get(3)?,
+                    created_ms: r.get(4)?,
+                    expires_at,
+                    redeemed_by: redeemed_by.map(TenantId),
+                    redeemed_ms: r.get(7)?,
+                    state,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Redeem a code for a tenant: marks it used and journals the credit in one transaction,
+    /// so two concurrent redemptions of one code credit exactly once.
+    pub fn redeem(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let hash = hash_key(code.trim());
+        let now = unix_now();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let row: Option<(i64, i64, Option<i64>, Option<i64>)> = tx
+                .query_row(
+                    "SELECT id, amount, expires_at, redeemed_by FROM redemption_codes WHERE code_hash = ?1",
+                    params![&hash[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            let Some((id, amount, expires_at, redeemed_by)) = row else {
+                return Err(StoreError::NotFound("redemption code".into()));
+            };
+            if redeemed_by.is_some() {
+                return Err(StoreError::Conflict("this code has already been redeemed".into()));
+            }
+            if expires_at.is_some_and(|t| t <= now) {
+                return Err(StoreError::Conflict("this code has expired".into()));
+            }
+            let n = tx.execute(
+                "UPDATE redemption_codes SET redeemed_by = ?2, redeemed_ms = ?3 WHERE id = ?1 AND redeemed_by IS NULL",
+                params![id, tenant.0, unix_now_ms()],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict("this code has already been redeemed".into()));
+            }
+            let e = LedgerEntry {
+                id: format!("redeem:{id}"),
+                tenant_id: tenant,
+                kind: EntryKind::Redemption,
+                amount,
+                key_id: None,
+                request_id: None,
+                actor: actor.map(str::to_string),
+                note: Some(format!("code {}", display_prefix(code.trim()))),
+                uncollected: 0,
+                created_ms: unix_now_ms(),
+            };
+            Store::insert_entry(&tx, &e)?;
+            tx.commit()?;
+            Ok(e)
         })
     }
 }
@@ -489,6 +825,7 @@ mod tests {
                 allowed_channels: vec!["cheap".into()],
                 allowed_models: vec![],
                 expires_at: None,
+                quota_nano: None,
             })
             .unwrap();
         assert!(s.key_generation().unwrap() > g0);

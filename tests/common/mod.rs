@@ -78,13 +78,16 @@ sqlite_path = "{db}"
 [[models]]
 name = "gpt-4o-mini"
 max_output_tokens = 1000
+price = {{ currency = "USD", input = "0.15", cached_input = "0.075", output = "0.60" }}
 
 [[models]]
 name = "gpt-4o"
+price = {{ currency = "USD", input = "2.50", cached_input = "1.25", output = "10.00" }}
 
 [[models]]
 name = "text-embedding-3-small"
 kind = "embedding"
+price = {{ currency = "USD", input = "0.02", output = "0" }}
 
 [[channels]]
 name = "main"
@@ -182,12 +185,44 @@ impl Gateway {
             .admin_post("/admin/tenants", serde_json::json!({"name": "acme"}))
             .await;
         gw.tenant_id = t["id"].as_i64().unwrap();
+        gw.admin_post(
+            "/admin/tenants/acme/topups",
+            serde_json::json!({"amount_rmb": "1000"}),
+        )
+        .await;
         gw.key = gw
             .create_key(
                 serde_json::json!({"tenant": "acme", "name": "test", "default_channel": "main"}),
             )
             .await;
         gw
+    }
+
+    /// SIGKILL the gateway and start it again on the same config and database.
+    pub async fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_ready().await;
+    }
+
+    pub async fn balance(&self, tenant: &str) -> serde_json::Value {
+        self.admin_get(&format!("/admin/tenants/{tenant}/balance"))
+            .await["nano"]
+            .clone()
     }
 
     pub async fn wait_ready(&mut self) {

@@ -1,0 +1,511 @@
+//! The prepaid ledger (embedded mode): balances in memory, every entry journaled in SQLite.
+//!
+//! Each tenant has one `Book` behind its own mutex, held only for a few arithmetic operations
+//! (never across an await). A call reserves its worst-case cost from the tenant's balance and,
+//! when the key has a quota, from the key's remaining quota, all under that one lock: either
+//! every account has room or nothing is taken. Settlement releases the reservation and charges
+//! the real cost, capped by what the accounts can still pay, so no balance or quota is ever
+//! overspent (a shortfall is recorded as `uncollected` on the entry, never as a negative
+//! balance).
+//!
+//! Money in (top-ups, redemptions, grants, adjustments) is committed to the journal first and
+//! then applied in memory. Charges are applied in memory at settlement and journaled by a
+//! group-commit writer every few milliseconds, off the request path; entry ids are unique
+//! (`charge:<request id>`), so a replayed batch is applied once. On start the books are rebuilt
+//! from the journal: balance = sum of entries, key spend = sum of the key's charges.
+//!
+//! Invariant, per tenant, at every moment:
+//! `available + reserved + charged = credited`, where `credited` sums top-ups, grants,
+//! redemptions and adjustments, and `charged` sums settled charges.
+
+use crate::tenancy::store::{Store, StoreError};
+use crate::tenancy::{ApiKey, KeyId, TenantId};
+use dashmap::DashMap;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    TopUp,
+    Grant,
+    Redemption,
+    Promo,
+    Adjustment,
+    Charge,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::TopUp => "top_up",
+            EntryKind::Grant => "grant",
+            EntryKind::Redemption => "redemption",
+            EntryKind::Promo => "promo",
+            EntryKind::Adjustment => "adjustment",
+            EntryKind::Charge => "charge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        Some(match s {
+            "top_up" => EntryKind::TopUp,
+            "grant" => EntryKind::Grant,
+            "redemption" => EntryKind::Redemption,
+            "promo" => EntryKind::Promo,
+            "adjustment" => EntryKind::Adjustment,
+            "charge" => EntryKind::Charge,
+            _ => return None,
+        })
+    }
+}
+
+/// One journal line. `amount` is signed nano-credits: credits positive, charges negative.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerEntry {
+    /// Idempotency id, unique in the journal.
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub key_id: Option<KeyId>,
+    pub request_id: Option<String>,
+    pub actor: Option<String>,
+    pub note: Option<String>,
+    /// Part of a charge the accounts could not cover (never taken from the balance).
+    pub uncollected: i64,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct KeySpend {
+    spent: i64,
+    reserved: i64,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    /// Credited minus charged: what the tenant owns, reservations not yet deducted.
+    balance: i64,
+    reserved: i64,
+    charged: i64,
+    credited: i64,
+    keys: HashMap<KeyId, KeySpend>,
+}
+
+/// A tenant's balance as reported by the admin API, in nano-credits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BalanceView {
+    pub available: i64,
+    pub reserved: i64,
+    pub charged: i64,
+    pub credited: i64,
+}
+
+/// Credit held for one call until it settles.
+#[derive(Debug)]
+pub struct Reservation {
+    pub tenant: TenantId,
+    pub key: KeyId,
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The tenant's balance cannot cover the worst case.
+    Balance { available: i64, needed: i64 },
+    /// The key's quota cannot cover the worst case.
+    KeyQuota { remaining: i64, needed: i64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settlement {
+    pub charged: i64,
+    pub uncollected: i64,
+}
+
+pub struct Ledger {
+    books: DashMap<TenantId, Arc<Mutex<Book>>>,
+    journal: mpsc::UnboundedSender<LedgerEntry>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Ledger {
+    /// Rebuild the books from the journal. Returns the ledger and the journal writer to run.
+    pub fn recover(store: &Store) -> Result<(Arc<Ledger>, JournalWriter), StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ledger = Ledger {
+            books: DashMap::new(),
+            journal: tx,
+        };
+        for t in store.ledger_totals()? {
+            let book = ledger.book(t.tenant_id);
+            let mut b = book.lock().map_err(|_| StoreError::Poisoned)?;
+            b.balance = t.credited - t.charged;
+            b.credited = t.credited;
+            b.charged = t.charged;
+        }
+        for (tenant, key, spent) in store.key_spend()? {
+            let book = ledger.book(tenant);
+            let mut b = book.lock().map_err(|_| StoreError::Poisoned)?;
+            b.keys.entry(key).or_default().spent = spent;
+        }
+        Ok((
+            Arc::new(ledger),
+            JournalWriter {
+                store: store.clone(),
+                rx,
+            },
+        ))
+    }
+
+    fn book(&self, tenant: TenantId) -> Arc<Mutex<Book>> {
+        self.books.entry(tenant).or_default().clone()
+    }
+
+    /// Hold `amount` for a call of `key`: from the tenant's balance and the key's quota.
+    pub fn reserve(&self, key: &ApiKey, amount: i64) -> Result<Reservation, Refusal> {
+        let amount = amount.max(0);
+        let book = self.book(key.tenant_id);
+        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+        let available = b.balance - b.reserved;
+        if available < amount {
+            return Err(Refusal::Balance {
+                available: available.max(0),
+                needed: amount,
+            });
+        }
+        let ks = b.keys.get(&key.id).copied().unwrap_or_default();
+        if let Some(limit) = key.quota_nano {
+            let remaining = limit - ks.spent - ks.reserved;
+            if remaining < amount {
+                return Err(Refusal::KeyQuota {
+                    remaining: remaining.max(0),
+                    needed: amount,
+                });
+            }
+        }
+        b.reserved += amount;
+        b.keys.entry(key.id).or_default().reserved += amount;
+        Ok(Reservation {
+            tenant: key.tenant_id,
+            key: key.id,
+            amount,
+        })
+    }
+
+    /// Release the hold and charge the real cost, capped by what the tenant and the key can
+    /// still pay. Journals one `charge:<request_id>` entry when something was charged.
+    pub fn settle(
+        &self,
+        r: Reservation,
+        actual: i64,
+        key_quota: Option<i64>,
+        request_id: &str,
+    ) -> Settlement {
+        let actual = actual.max(0);
+        let book = self.book(r.tenant);
+        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+        b.reserved -= r.amount;
+        let mut ks = b.keys.get(&r.key).copied().unwrap_or_default();
+        ks.reserved -= r.amount;
+        // What is free once this call's own hold is released; the holds of other calls in
+        // flight stay untouched so they can settle too.
+        let mut cap = (b.balance - b.reserved).max(0);
+        if let Some(limit) = key_quota {
+            cap = cap.min((limit - ks.spent - ks.reserved).max(0));
+        }
+        let charged = actual.min(cap);
+        b.balance -= charged;
+        b.charged += charged;
+        ks.spent += charged;
+        b.keys.insert(r.key, ks);
+        drop(b);
+        let s = Settlement {
+            charged,
+            uncollected: actual - charged,
+        };
+        if actual > 0 {
+            let _ = self.journal.send(LedgerEntry {
+                id: format!("charge:{request_id}"),
+                tenant_id: r.tenant,
+                kind: EntryKind::Charge,
+                amount: -charged,
+                key_id: Some(r.key),
+                request_id: Some(request_id.to_string()),
+                actor: None,
+                note: None,
+                uncollected: s.uncollected,
+                created_ms: now_ms(),
+            });
+        }
+        s
+    }
+
+    /// Apply a credit (or negative adjustment) that is already committed to the journal.
+    pub fn apply_committed(&self, e: &LedgerEntry) {
+        let book = self.book(e.tenant_id);
+        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+        b.balance += e.amount;
+        b.credited += e.amount;
+    }
+
+    pub fn balance(&self, tenant: TenantId) -> BalanceView {
+        let book = self.book(tenant);
+        let b = book.lock().unwrap_or_else(|p| p.into_inner());
+        BalanceView {
+            available: b.balance - b.reserved,
+            reserved: b.reserved,
+            charged: b.charged,
+            credited: b.credited,
+        }
+    }
+
+    /// A key's spend so far and what it holds now, in nano-credits.
+    pub fn key_spend(&self, tenant: TenantId, key: KeyId) -> (i64, i64) {
+        let book = self.book(tenant);
+        let b = book.lock().unwrap_or_else(|p| p.into_inner());
+        let ks = b.keys.get(&key).copied().unwrap_or_default();
+        (ks.spent, ks.reserved)
+    }
+}
+
+/// Group commit of charges: whatever arrived within `flush_every` goes in one transaction.
+pub struct JournalWriter {
+    store: Store,
+    rx: mpsc::UnboundedReceiver<LedgerEntry>,
+}
+
+impl JournalWriter {
+    pub async fn run(mut self, flush_every: Duration) {
+        let mut batch: Vec<LedgerEntry> = Vec::with_capacity(256);
+        loop {
+            match self.rx.recv().await {
+                Some(e) => batch.push(e),
+                None => return,
+            }
+            let deadline = tokio::time::Instant::now() + flush_every;
+            while batch.len() < 4096 {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(e)) => batch.push(e),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.commit(&mut batch).await;
+        }
+    }
+
+    async fn commit(&self, batch: &mut Vec<LedgerEntry>) {
+        let mut entries = std::mem::take(batch);
+        let n = entries.len();
+        let mut attempt = 0u32;
+        loop {
+            let store = self.store.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let r = store.insert_ledger_entries(&entries);
+                (r, entries)
+            })
+            .await;
+            match res {
+                Ok((Ok(_), _)) => {
+                    crate::metrics::METRICS
+                        .ledger_entries_written
+                        .inc_by(n as u64);
+                    return;
+                }
+                Ok((Err(e), back)) => {
+                    // Never drop a charge: keep retrying (ids make replays harmless).
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, entries = n, "ledger journal write failed; retrying");
+                    entries = back;
+                    tokio::time::sleep(Duration::from_millis((50u64 << attempt.min(6)).min(5_000)))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, entries = n, "ledger journal task failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::store::NewKey;
+
+    fn setup(credit: i64, quota: Option<i64>) -> (Store, Arc<Ledger>, ApiKey) {
+        let (store, l, key, _writer) = setup_with_writer(credit, quota);
+        (store, l, key)
+    }
+
+    fn setup_with_writer(
+        credit: i64,
+        quota: Option<i64>,
+    ) -> (Store, Arc<Ledger>, ApiKey, JournalWriter) {
+        let store = Store::open_in_memory().unwrap();
+        let t = store.create_tenant("t").unwrap();
+        let (key, _) = store
+            .create_key(&NewKey {
+                tenant_id: t.id,
+                name: "k".into(),
+                default_channel: "c".into(),
+                allowed_channels: vec![],
+                allowed_models: vec![],
+                expires_at: None,
+                quota_nano: quota,
+            })
+            .unwrap();
+        let (ledger, writer) = Ledger::recover(&store).unwrap();
+        let e = store
+            .credit(t.id, EntryKind::TopUp, credit, Some("op"), None, "topup:1")
+            .unwrap();
+        ledger.apply_committed(&e);
+        (store, ledger, key, writer)
+    }
+
+    fn invariant(v: BalanceView) {
+        assert_eq!(v.available + v.reserved + v.charged, v.credited, "{v:?}");
+        assert!(v.available >= 0, "{v:?}");
+    }
+
+    #[test]
+    fn reserve_then_settle_charges_the_actual_cost() {
+        let (_, l, key) = setup(1_000, None);
+        let r = l.reserve(&key, 600).unwrap();
+        invariant(l.balance(key.tenant_id));
+        assert_eq!(
+            l.reserve(&key, 500).unwrap_err(),
+            Refusal::Balance {
+                available: 400,
+                needed: 500
+            }
+        );
+        let s = l.settle(r, 250, None, "r1");
+        assert_eq!(
+            s,
+            Settlement {
+                charged: 250,
+                uncollected: 0
+            }
+        );
+        let v = l.balance(key.tenant_id);
+        assert_eq!(
+            v,
+            BalanceView {
+                available: 750,
+                reserved: 0,
+                charged: 250,
+                credited: 1_000
+            }
+        );
+        invariant(v);
+    }
+
+    #[test]
+    fn a_charge_above_the_hold_never_takes_other_calls_holds_or_goes_negative() {
+        let (_, l, key) = setup(1_000, None);
+        let a = l.reserve(&key, 300).unwrap();
+        let b = l.reserve(&key, 600).unwrap();
+        // a used far more than its worst case: it may take the free 100, not b's 600.
+        let s = l.settle(a, 5_000, None, "a");
+        assert_eq!(
+            s,
+            Settlement {
+                charged: 400,
+                uncollected: 4_600
+            }
+        );
+        invariant(l.balance(key.tenant_id));
+        let s = l.settle(b, 600, None, "b");
+        assert_eq!(s.charged, 600);
+        let v = l.balance(key.tenant_id);
+        assert_eq!(v.available, 0);
+        invariant(v);
+    }
+
+    #[test]
+    fn key_quota_limits_reservations_and_charges() {
+        let (_, l, key) = setup(10_000, Some(500));
+        let r = l.reserve(&key, 400).unwrap();
+        assert_eq!(
+            l.reserve(&key, 200).unwrap_err(),
+            Refusal::KeyQuota {
+                remaining: 100,
+                needed: 200
+            }
+        );
+        let s = l.settle(r, 450, Some(500), "q1");
+        assert_eq!(s.charged, 450);
+        assert_eq!(l.key_spend(key.tenant_id, key.id), (450, 0));
+        assert!(l.reserve(&key, 60).is_err());
+        invariant(l.balance(key.tenant_id));
+    }
+
+    #[test]
+    fn failed_calls_release_everything_and_write_nothing() {
+        let (_, l, key) = setup(1_000, None);
+        let r = l.reserve(&key, 1_000).unwrap();
+        let s = l.settle(r, 0, None, "failed");
+        assert_eq!(s, Settlement::default());
+        assert_eq!(l.balance(key.tenant_id).available, 1_000);
+    }
+
+    #[tokio::test]
+    async fn journal_replays_to_the_same_books() {
+        let (store, l, key, writer) = setup_with_writer(1_000_000, Some(900_000));
+        let writer = tokio::spawn(writer.run(Duration::from_millis(5)));
+        for i in 0..50 {
+            let r = l.reserve(&key, 10_000).unwrap();
+            l.settle(r, 1_000 + i, Some(900_000), &format!("req{i}"));
+        }
+        let before = l.balance(key.tenant_id);
+        assert_eq!(before.charged, (0..50).map(|i| 1_000 + i).sum::<i64>());
+        // Dropping the ledger closes the journal; the writer commits what is left and exits.
+        drop(l);
+        writer.await.unwrap();
+
+        let (recovered, _) = Ledger::recover(&store).unwrap();
+        let v = recovered.balance(key.tenant_id);
+        assert_eq!(
+            v,
+            BalanceView {
+                reserved: 0,
+                ..before
+            }
+        );
+        assert_eq!(recovered.key_spend(key.tenant_id, key.id).0, v.charged);
+        // Replaying the same entries changes nothing: ids are unique.
+        let again: Vec<LedgerEntry> = (0..50)
+            .map(|i| LedgerEntry {
+                id: format!("charge:req{i}"),
+                tenant_id: key.tenant_id,
+                kind: EntryKind::Charge,
+                amount: -(1_000 + i),
+                key_id: Some(key.id),
+                request_id: Some(format!("req{i}")),
+                actor: None,
+                note: None,
+                uncollected: 0,
+                created_ms: 0,
+            })
+            .collect();
+        assert_eq!(store.insert_ledger_entries(&again).unwrap(), 0);
+    }
+}
