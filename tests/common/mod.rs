@@ -46,6 +46,7 @@ impl<'a> Up<'a> {
 
 /// A config with models `gpt-4o-mini` (-> upstream name `mock-small`), `gpt-4o` and an
 /// embedding model, and one channel `main` over `ups`. `extra` is appended verbatim.
+#[allow(clippy::too_many_arguments)]
 pub fn config_text(
     port: u16,
     admin: u16,
