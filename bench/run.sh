@@ -141,6 +141,7 @@ admin_post() { # admin_post <path> <json> -> response body; fails on non-2xx
     || die "admin POST $1 failed"
 }
 admin_post /admin/tenants '{"name":"bench"}' >/dev/null
+admin_post /admin/tenants/bench/topups '{"amount_rmb":"1000000"}' >/dev/null  # billing is on: give the tenant credit
 API_KEY=$(admin_post /admin/keys '{"tenant":"bench","name":"bench","default_channel":"bench"}' \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 [[ -n $API_KEY ]] || die "no API key returned by the admin API"
