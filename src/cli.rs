@@ -319,6 +319,7 @@ fn keys(store: &Store, cfg: Option<&Config>, action: KeysAction) -> Result<(), S
                     allowed_models: models,
                     expires_at,
                     quota_nano,
+                    user_id: None,
                 })
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::json!({"key": plaintext, "record": key}));

@@ -170,6 +170,7 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
             allowed_models: vec![],
             expires_at: None,
             quota_nano: None,
+            user_id: None,
         })
         .map_err(|e| e.to_string())?;
     drop(store);

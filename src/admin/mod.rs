@@ -2,18 +2,21 @@
 //! Pingora service so that graceful upgrades hand its listener over like the gateway's.
 //!
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus text format).
-//! Operator token (`Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`): everything under `/admin/`.
-//! Errors use the same JSON shape as the data plane.
+//! Everything under `/admin/` needs `Authorization: Bearer <token>`: the operator token
+//! (`$TOLLGATE_ADMIN_TOKEN`, every tenant) or a tenant user's token (their own tenant only, by
+//! role: tenant_admin, member, viewer). Every endpoint checks role and tenant; another tenant's
+//! resources answer 404 exactly like missing ones. Errors use the data plane's JSON shape.
 
 use crate::app::App;
+use crate::billing::ledger::Account;
 use crate::billing::ledger::{BalanceView, EntryKind};
 use crate::billing::pricing;
 use crate::config::reload;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::routing::upstream::BreakerState;
-use crate::tenancy::store::{NewKey, StoreError};
-use crate::tenancy::{KeyId, TenantId};
+use crate::tenancy::store::{NewKey, StoreError, UserPrincipal};
+use crate::tenancy::{GroupId, KeyId, Role, TenantId, UserId};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
@@ -66,8 +69,12 @@ struct CreateTenant {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
-    /// Tenant id or name.
-    tenant: serde_json::Value,
+    /// Tenant id or name (defaults to the caller's own tenant for tenant users).
+    #[serde(default)]
+    tenant: Option<serde_json::Value>,
+    /// The member who owns the key.
+    #[serde(default)]
+    user_id: Option<i64>,
     name: String,
     default_channel: String,
     #[serde(default)]
@@ -120,6 +127,142 @@ struct Redeem {
     code: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    email: String,
+    #[serde(default)]
+    name: String,
+    /// tenant_admin, member or viewer.
+    role: String,
+    #[serde(default)]
+    group_id: Option<i64>,
+    #[serde(default)]
+    quota_credits: Option<Decimal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateUser {
+    #[serde(default)]
+    role: Option<String>,
+    /// `null` removes the user from their group.
+    #[serde(default, with = "double_option")]
+    group_id: Option<Option<i64>>,
+    /// `null` removes the quota.
+    #[serde(default, with = "double_option")]
+    quota_credits: Option<Option<Decimal>>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+/// Distinguishes a missing field (leave unchanged) from an explicit `null` (clear it).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    name: String,
+    #[serde(default)]
+    budget_credits: Option<Decimal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateInvite {
+    email: String,
+    role: String,
+    #[serde(default)]
+    group_id: Option<i64>,
+    #[serde(default)]
+    ttl_hours: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptInvite {
+    token: String,
+    #[serde(default)]
+    name: String,
+}
+
+fn parse_role(s: &str) -> Result<Role, GatewayError> {
+    Role::parse_tenant_role(s).ok_or_else(|| GatewayError::BadRequest {
+        message: "`role` must be tenant_admin, member or viewer".into(),
+        param: Some("role".into()),
+    })
+}
+
+fn forbidden(m: &str) -> GatewayError {
+    GatewayError::Forbidden(m.into())
+}
+
+/// Another tenant's resources answer exactly like missing ones: nothing leaks across tenants.
+fn not_found_tenant() -> GatewayError {
+    GatewayError::NotFound("tenant not found".into())
+}
+
+/// Who is calling.
+enum Principal {
+    Operator,
+    User(UserPrincipal),
+}
+
+impl Principal {
+    fn require_operator(&self) -> Result<(), GatewayError> {
+        match self {
+            Principal::Operator => Ok(()),
+            Principal::User(_) => Err(forbidden("Only platform operators may do this.")),
+        }
+    }
+
+    /// The caller's role for `tenant`: Operator everywhere; a user only in their own tenant
+    /// (any other tenant is "not found").
+    fn role_in(&self, tenant: TenantId) -> Result<Role, GatewayError> {
+        match self {
+            Principal::Operator => Ok(Role::Operator),
+            Principal::User(u) if u.user.tenant_id == tenant => Ok(u.user.role),
+            Principal::User(_) => Err(not_found_tenant()),
+        }
+    }
+
+    /// Operator, or a user of `tenant` holding one of `roles`.
+    fn require(&self, tenant: TenantId, roles: &[Role]) -> Result<(), GatewayError> {
+        let role = self.role_in(tenant)?;
+        if role == Role::Operator || roles.contains(&role) {
+            Ok(())
+        } else {
+            Err(forbidden(&format!(
+                "The {} role may not do this.",
+                role.as_str()
+            )))
+        }
+    }
+
+    fn actor(&self) -> String {
+        match self {
+            Principal::Operator => "operator".into(),
+            Principal::User(u) => format!("user:{}", u.user.id.0),
+        }
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Principal::Operator => json!({"role": "operator"}),
+            Principal::User(u) => {
+                json!({"role": u.user.role, "user": u.user, "tenant_name": u.tenant_name})
+            }
+        }
+    }
+}
+
 fn credits_json(nano: i64) -> serde_json::Value {
     json!(pricing::to_credits(nano).normalize().to_string())
 }
@@ -153,33 +296,40 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 impl AdminApi {
-    fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(expected) = self.app.admin_token.as_deref() else {
-            return false;
-        };
+    /// The operator (the configured token) or a tenant user (a user token from the store).
+    async fn principal(&self, session: &ServerSession) -> Result<Principal, GatewayError> {
         let presented = session
             .get_header(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        match presented {
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                GatewayError::MissingKey(
+                    "The admin API needs `Authorization: Bearer <token>`: the operator token or a user token.".into(),
+                )
+            })?;
+        if let Some(expected) = self.app.admin_token.as_deref() {
             // Constant-time comparison of the token digests.
-            Some(p) => {
-                use sha2::{Digest, Sha256};
-                let a = Sha256::digest(p.as_bytes());
-                let b = Sha256::digest(expected.as_bytes());
-                a.iter()
-                    .zip(b.iter())
-                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                    == 0
+            use sha2::{Digest, Sha256};
+            let a = Sha256::digest(presented.as_bytes());
+            let b = Sha256::digest(expected.as_bytes());
+            if a.iter()
+                .zip(b.iter())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+            {
+                return Ok(Principal::Operator);
             }
-            None => false,
+        }
+        match self
+            .blocking(move |a| a.store.user_by_token(&presented))
+            .await?
+        {
+            Some(u) => Ok(Principal::User(u)),
+            None => Err(GatewayError::InvalidKey("Invalid admin token.".into())),
         }
     }
-
     async fn read_json<T: for<'de> Deserialize<'de>>(
         session: &mut ServerSession,
     ) -> Result<T, GatewayError> {
@@ -254,18 +404,28 @@ impl AdminApi {
         if segments.first() != Some(&"admin") {
             return Err(GatewayError::NotFound(format!("Unknown path `{path}`.")));
         }
-        if !self.authorized(session) {
-            return Err(GatewayError::InvalidKey(
-                "The admin API needs `Authorization: Bearer <operator token>` (TOLLGATE_ADMIN_TOKEN).".into(),
-            ));
+        // Accepting an invitation needs no account yet: the invitation token is the credential.
+        if let (&Method::POST, ["admin", "invites", "accept"]) = (&method, segments.as_slice()) {
+            let req: AcceptInvite = Self::read_json(session).await?;
+            let (user, token) = self
+                .blocking(move |a| a.store.accept_invite(&req.token, &req.name))
+                .await?;
+            let _ = self.blocking(|a| a.refresh_keys()).await;
+            return Ok(reply(201, json!({"user": user, "token": token})));
         }
+        let who = self.principal(session).await?;
 
         match (&method, &segments[1..]) {
+            (&Method::GET, ["me"]) => Ok(reply(200, who.describe())),
             (&Method::GET, ["tenants"]) => {
-                let tenants = self.blocking(|a| a.store.list_tenants()).await?;
+                let mut tenants = self.blocking(|a| a.store.list_tenants()).await?;
+                if let Principal::User(u) = &who {
+                    tenants.retain(|t| t.id == u.user.tenant_id);
+                }
                 Ok(reply(200, json!({"data": tenants})))
             }
             (&Method::POST, ["tenants"]) => {
+                who.require_operator()?;
                 let req: CreateTenant = Self::read_json(session).await?;
                 let t = self
                     .blocking(move |a| a.store.create_tenant(&req.name))
@@ -274,13 +434,23 @@ impl AdminApi {
             }
             (&Method::GET, ["keys"]) => {
                 let tenant = match query_param(query.as_deref(), "tenant") {
-                    Some(t) => {
-                        let t = t.to_string();
-                        Some(self.blocking(move |a| a.store.find_tenant(&t)).await?.id)
-                    }
+                    Some(t) => Some(self.tenant(t).await?),
                     None => None,
                 };
-                let keys = self.blocking(move |a| a.store.list_keys(tenant)).await?;
+                let (tenant, only_user) = match &who {
+                    Principal::Operator => (tenant, None),
+                    Principal::User(u) => {
+                        if tenant.is_some_and(|t| t != u.user.tenant_id) {
+                            return Err(not_found_tenant());
+                        }
+                        let only = (u.user.role == Role::Member).then_some(u.user.id);
+                        (Some(u.user.tenant_id), only)
+                    }
+                };
+                let mut keys = self.blocking(move |a| a.store.list_keys(tenant)).await?;
+                if let Some(uid) = only_user {
+                    keys.retain(|k| k.user_id == Some(uid));
+                }
                 Ok(reply(200, json!({"data": keys})))
             }
             (&Method::POST, ["keys"]) => {
@@ -311,13 +481,31 @@ impl AdminApi {
                     None => None,
                 };
                 let tenant_ref = match &req.tenant {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Number(n) => n.to_string(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Number(n)) => n.to_string(),
+                    None => match &who {
+                        Principal::User(u) => u.user.tenant_id.0.to_string(),
+                        Principal::Operator => {
+                            return Err(GatewayError::bad_request("`tenant` is required."))
+                        }
+                    },
                     _ => {
                         return Err(GatewayError::bad_request(
                             "`tenant` must be a tenant id or name.",
                         ))
                     }
+                };
+                let tenant_id = self.tenant(&tenant_ref).await?;
+                let role = who.role_in(tenant_id)?;
+                let user_id = match role {
+                    Role::Operator | Role::TenantAdmin => req.user_id.map(UserId),
+                    // Members make keys for themselves only.
+                    Role::Member => match (&who, req.user_id) {
+                        (Principal::User(u), None) => Some(u.user.id),
+                        (Principal::User(u), Some(id)) if id == u.user.id.0 => Some(u.user.id),
+                        _ => return Err(forbidden("Members can only create keys for themselves.")),
+                    },
+                    Role::Viewer => return Err(forbidden("Viewers cannot create keys.")),
                 };
                 let (key, plaintext) = self
                     .blocking(move |a| {
@@ -330,6 +518,7 @@ impl AdminApi {
                             allowed_models: models,
                             expires_at: req.expires_at,
                             quota_nano,
+                            user_id,
                         })?;
                         // Usable as soon as this call returns.
                         a.refresh_keys()?;
@@ -342,6 +531,16 @@ impl AdminApi {
                 let id: i64 = id
                     .parse()
                     .map_err(|_| GatewayError::bad_request("Key id must be a number."))?;
+                let key = self.blocking(move |a| a.store.get_key(KeyId(id))).await?;
+                match who
+                    .role_in(key.tenant_id)
+                    .map_err(|_| GatewayError::NotFound("key not found".into()))?
+                {
+                    Role::Operator | Role::TenantAdmin => {}
+                    Role::Member if matches!(&who, Principal::User(u) if key.user_id == Some(u.user.id)) =>
+                        {}
+                    _ => return Err(forbidden("You may only revoke your own keys.")),
+                }
                 let key = self
                     .blocking(move |a| {
                         let k = a.store.revoke_key(KeyId(id))?;
@@ -353,12 +552,14 @@ impl AdminApi {
             }
             (&Method::GET, ["tenants", t, "balance"]) => {
                 let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
                 Ok(reply(
                     200,
                     balance_json(tenant, self.app.ledger.balance(tenant)),
                 ))
             }
             (&Method::POST, ["tenants", t, "topups"]) => {
+                who.require_operator()?;
                 let tenant = self.tenant(t).await?;
                 let req: TopUp = Self::read_json(session).await?;
                 let credits = req.amount_rmb * self.app.config().billing.credits_per_rmb;
@@ -388,6 +589,7 @@ impl AdminApi {
                 ))
             }
             (&Method::POST, ["tenants", t, "adjustments"]) => {
+                who.require_operator()?;
                 let tenant = self.tenant(t).await?;
                 let req: Adjustment = Self::read_json(session).await?;
                 let amount = pricing::to_nano(req.credits)
@@ -426,6 +628,7 @@ impl AdminApi {
             }
             (&Method::GET, ["tenants", t, "ledger"]) => {
                 let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
                 let rows = self
                     .blocking(move |a| a.store.ledger_statement(tenant))
                     .await?;
@@ -464,9 +667,11 @@ impl AdminApi {
             }
             (&Method::POST, ["tenants", t, "redeem"]) => {
                 let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
                 let req: Redeem = Self::read_json(session).await?;
+                let actor = who.actor();
                 let entry = self
-                    .blocking(move |a| a.store.redeem(&req.code, tenant, Some("operator")))
+                    .blocking(move |a| a.store.redeem(&req.code, tenant, Some(&actor)))
                     .await?;
                 self.app.ledger.apply_committed(&entry);
                 Ok(reply(
@@ -475,6 +680,7 @@ impl AdminApi {
                 ))
             }
             (&Method::POST, ["codes"]) => {
+                who.require_operator()?;
                 let req: CreateCodes = Self::read_json(session).await?;
                 let amount = positive_nano(req.credits, "credits")?;
                 let batch = req
@@ -490,6 +696,7 @@ impl AdminApi {
                 ))
             }
             (&Method::GET, ["codes"]) => {
+                who.require_operator()?;
                 let batch = query_param(query.as_deref(), "batch").map(str::to_string);
                 let codes = self
                     .blocking(move |a| a.store.list_codes(batch.as_deref()))
@@ -497,6 +704,7 @@ impl AdminApi {
                 Ok(reply(200, json!({"data": codes})))
             }
             (&Method::GET, ["channels"]) => {
+                who.require_operator()?;
                 let cfg = self.app.config();
                 let channels: Vec<_> = cfg
                     .channels
@@ -524,16 +732,19 @@ impl AdminApi {
                     .collect();
                 Ok(reply(200, json!({"data": channels})))
             }
-            (&Method::POST, ["reload"]) => match reload::reload(self.app.clone()).await {
-                Ok(()) => Ok(reply(
-                    200,
-                    json!({"reloaded": true, "generation": self.app.generation()}),
-                )),
-                Err(e) => Err(GatewayError::bad_request(format!(
-                    "Reload failed, running configuration kept: {e}"
-                ))),
+            (&Method::POST, ["reload"]) => match who.require_operator() {
+                Err(e) => Err(e),
+                Ok(()) => match reload::reload(self.app.clone()).await {
+                    Ok(()) => Ok(reply(
+                        200,
+                        json!({"reloaded": true, "generation": self.app.generation()}),
+                    )),
+                    Err(e) => Err(GatewayError::bad_request(format!(
+                        "Reload failed, running configuration kept: {e}"
+                    ))),
+                },
             },
-            (&Method::GET, ["config", "status"]) => Ok(reply(
+            (&Method::GET, ["config", "status"]) if who.require_operator().is_ok() => Ok(reply(
                 200,
                 json!({
                     "generation": self.app.generation(),
@@ -543,17 +754,145 @@ impl AdminApi {
                 }),
             )),
             (&Method::GET, ["usage"]) => {
-                let tenant = query_param(query.as_deref(), "tenant")
+                let requested = query_param(query.as_deref(), "tenant")
                     .and_then(|t| t.parse::<i64>().ok())
                     .map(TenantId);
                 let limit = query_param(query.as_deref(), "limit")
                     .and_then(|t| t.parse::<u32>().ok())
                     .unwrap_or(100)
                     .min(10_000);
+                let (tenant, user) = match &who {
+                    Principal::Operator => (requested, None),
+                    Principal::User(u) => {
+                        if requested.is_some_and(|t| t != u.user.tenant_id) {
+                            return Err(not_found_tenant());
+                        }
+                        let user = (u.user.role == Role::Member).then_some(u.user.id);
+                        (Some(u.user.tenant_id), user)
+                    }
+                };
                 let events = self
-                    .blocking(move |a| a.store.recent_usage(tenant, limit))
+                    .blocking(move |a| a.store.recent_usage(tenant, user, limit))
                     .await?;
                 Ok(reply(200, json!({"data": events})))
+            }
+            (&Method::GET, ["tenants", t, "users"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+                let users = self.blocking(move |a| a.store.list_users(tenant)).await?;
+                Ok(reply(200, json!({"data": users})))
+            }
+            (&Method::POST, ["tenants", t, "users"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                let req: CreateUser = Self::read_json(session).await?;
+                let role = parse_role(&req.role)?;
+                let quota = req
+                    .quota_credits
+                    .map(|q| positive_nano(q, "quota_credits"))
+                    .transpose()?;
+                let user = self
+                    .blocking(move |a| {
+                        let u = a.store.create_user(
+                            tenant,
+                            &req.email,
+                            &req.name,
+                            role,
+                            req.group_id.map(GroupId),
+                            quota,
+                        )?;
+                        let token = a.store.create_user_token(u.id)?;
+                        Ok((u, token))
+                    })
+                    .await?;
+                Ok(reply(201, json!({"user": user.0, "token": user.1})))
+            }
+            (&Method::PATCH, ["users", id]) => {
+                let id: i64 = id
+                    .parse()
+                    .map_err(|_| GatewayError::bad_request("User id must be a number."))?;
+                let user = self.blocking(move |a| a.store.get_user(UserId(id))).await?;
+                who.require(user.tenant_id, &[Role::TenantAdmin])
+                    .map_err(|e| match e {
+                        GatewayError::NotFound(_) => {
+                            GatewayError::NotFound("user not found".into())
+                        }
+                        other => other,
+                    })?;
+                let req: UpdateUser = Self::read_json(session).await?;
+                let role = req.role.as_deref().map(parse_role).transpose()?;
+                let quota = match req.quota_credits {
+                    None => None,
+                    Some(None) => Some(None),
+                    Some(Some(q)) => Some(Some(positive_nano(q, "quota_credits")?)),
+                };
+                let group = req.group_id.map(|g| g.map(GroupId));
+                let updated = self
+                    .blocking(move |a| {
+                        let u =
+                            a.store
+                                .update_user(UserId(id), role, group, quota, req.disabled)?;
+                        a.refresh_keys()?;
+                        Ok(u)
+                    })
+                    .await?;
+                Ok(reply(200, json!(updated)))
+            }
+            (&Method::POST, ["users", id, "tokens"]) => {
+                let id: i64 = id
+                    .parse()
+                    .map_err(|_| GatewayError::bad_request("User id must be a number."))?;
+                let user = self.blocking(move |a| a.store.get_user(UserId(id))).await?;
+                who.require(user.tenant_id, &[Role::TenantAdmin])?;
+                let token = self
+                    .blocking(move |a| a.store.create_user_token(UserId(id)))
+                    .await?;
+                Ok(reply(201, json!({"token": token})))
+            }
+            (&Method::GET, ["tenants", t, "groups"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+                let groups = self.blocking(move |a| a.store.list_groups(tenant)).await?;
+                let data: Vec<_> = groups
+                    .into_iter()
+                    .map(|g| {
+                        let (spent, reserved) = self.app.ledger.account_spend(tenant, Account::Group(g.id));
+                        json!({"group": g, "spent": credits_json(spent), "reserved": credits_json(reserved)})
+                    })
+                    .collect();
+                Ok(reply(200, json!({"data": data})))
+            }
+            (&Method::POST, ["tenants", t, "groups"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                let req: CreateGroup = Self::read_json(session).await?;
+                let budget = req
+                    .budget_credits
+                    .map(|b| positive_nano(b, "budget_credits"))
+                    .transpose()?;
+                let g = self
+                    .blocking(move |a| a.store.create_group(tenant, &req.name, budget))
+                    .await?;
+                Ok(reply(201, json!(g)))
+            }
+            (&Method::POST, ["tenants", t, "invites"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                let req: CreateInvite = Self::read_json(session).await?;
+                let role = parse_role(&req.role)?;
+                let ttl = req.ttl_hours.unwrap_or(72).clamp(1, 24 * 30) * 3600;
+                let token = self
+                    .blocking(move |a| {
+                        a.store.create_invite(
+                            tenant,
+                            &req.email,
+                            role,
+                            req.group_id.map(GroupId),
+                            ttl,
+                        )
+                    })
+                    .await?;
+                Ok(reply(201, json!({"invite_token": token})))
             }
             _ => Err(GatewayError::NotFound(format!(
                 "Unknown admin path `{method} {path}`."

@@ -19,7 +19,7 @@
 //! redemptions and adjustments, and `charged` sums settled charges.
 
 use crate::tenancy::store::{Store, StoreError};
-use crate::tenancy::{ApiKey, KeyId, TenantId};
+use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -72,6 +72,8 @@ pub struct LedgerEntry {
     pub kind: EntryKind,
     pub amount: i64,
     pub key_id: Option<KeyId>,
+    pub user_id: Option<UserId>,
+    pub group_id: Option<GroupId>,
     pub request_id: Option<String>,
     pub actor: Option<String>,
     pub note: Option<String>,
@@ -80,10 +82,40 @@ pub struct LedgerEntry {
     pub created_ms: i64,
 }
 
+/// A spending limit inside a tenant: a key's quota, a user's quota or a group's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Account {
+    Key(KeyId),
+    User(UserId),
+    Group(GroupId),
+}
+
+impl Account {
+    fn what(self) -> &'static str {
+        match self {
+            Account::Key(_) => "API key quota",
+            Account::User(_) => "user quota",
+            Account::Group(_) => "department/project budget",
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
-struct KeySpend {
+struct Spend {
     spent: i64,
     reserved: i64,
+}
+
+/// The accounts a key's calls touch, with their limits (None: unlimited, tracked only).
+fn accounts_of(key: &ApiKey) -> Vec<(Account, Option<i64>)> {
+    let mut v = vec![(Account::Key(key.id), key.quota_nano)];
+    if let Some(u) = key.user_id {
+        v.push((Account::User(u), key.user_quota_nano));
+    }
+    if let Some(g) = key.group_id {
+        v.push((Account::Group(g), key.group_budget_nano));
+    }
+    v
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +125,7 @@ struct Book {
     reserved: i64,
     charged: i64,
     credited: i64,
-    keys: HashMap<KeyId, KeySpend>,
+    accounts: HashMap<Account, Spend>,
 }
 
 /// A tenant's balance as reported by the admin API, in nano-credits.
@@ -109,16 +141,20 @@ pub struct BalanceView {
 #[derive(Debug)]
 pub struct Reservation {
     pub tenant: TenantId,
-    pub key: KeyId,
     pub amount: i64,
+    accounts: Vec<Account>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The tenant's balance cannot cover the worst case.
     Balance { available: i64, needed: i64 },
-    /// The key's quota cannot cover the worst case.
-    KeyQuota { remaining: i64, needed: i64 },
+    /// A quota or budget (key, user, department) cannot cover the worst case.
+    Quota {
+        account: &'static str,
+        remaining: i64,
+        needed: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,10 +196,10 @@ impl Ledger {
             b.credited = t.credited;
             b.charged = t.charged;
         }
-        for (tenant, key, spent) in store.key_spend()? {
+        for (tenant, account, spent) in store.account_spend()? {
             let book = ledger.book(tenant);
             let mut b = book.lock().map_err(|_| StoreError::Poisoned)?;
-            b.keys.entry(key).or_default().spent = spent;
+            b.accounts.entry(account).or_default().spent = spent;
         }
         Ok((
             Arc::new(ledger),
@@ -190,52 +226,73 @@ impl Ledger {
                 needed: amount,
             });
         }
-        let ks = b.keys.get(&key.id).copied().unwrap_or_default();
-        if let Some(limit) = key.quota_nano {
-            let remaining = limit - ks.spent - ks.reserved;
-            if remaining < amount {
-                return Err(Refusal::KeyQuota {
-                    remaining: remaining.max(0),
-                    needed: amount,
-                });
+        let accounts = accounts_of(key);
+        for (account, limit) in &accounts {
+            if let Some(limit) = limit {
+                let s = b.accounts.get(account).copied().unwrap_or_default();
+                let remaining = limit - s.spent - s.reserved;
+                if remaining < amount {
+                    return Err(Refusal::Quota {
+                        account: account.what(),
+                        remaining: remaining.max(0),
+                        needed: amount,
+                    });
+                }
             }
         }
         b.reserved += amount;
-        b.keys.entry(key.id).or_default().reserved += amount;
+        for (account, _) in &accounts {
+            b.accounts.entry(*account).or_default().reserved += amount;
+        }
         Ok(Reservation {
             tenant: key.tenant_id,
-            key: key.id,
             amount,
+            accounts: accounts.into_iter().map(|(a, _)| a).collect(),
         })
     }
 
     /// Release the hold and charge the real cost, capped by what the tenant and the key can
     /// still pay. Journals one `charge:<request_id>` entry when something was charged.
+    /// `key` carries the current limits (quotas may change while a call runs).
     pub fn settle(
         &self,
         r: Reservation,
         actual: i64,
-        key_quota: Option<i64>,
+        key: &ApiKey,
         request_id: &str,
     ) -> Settlement {
         let actual = actual.max(0);
+        let limits = accounts_of(key);
         let book = self.book(r.tenant);
         let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
         b.reserved -= r.amount;
-        let mut ks = b.keys.get(&r.key).copied().unwrap_or_default();
-        ks.reserved -= r.amount;
+        for a in &r.accounts {
+            b.accounts.entry(*a).or_default().reserved -= r.amount;
+        }
         // What is free once this call's own hold is released; the holds of other calls in
         // flight stay untouched so they can settle too.
         let mut cap = (b.balance - b.reserved).max(0);
-        if let Some(limit) = key_quota {
-            cap = cap.min((limit - ks.spent - ks.reserved).max(0));
+        for a in &r.accounts {
+            if let Some(Some(limit)) = limits.iter().find(|(x, _)| x == a).map(|(_, l)| *l) {
+                let s = b.accounts.get(a).copied().unwrap_or_default();
+                cap = cap.min((limit - s.spent - s.reserved).max(0));
+            }
         }
         let charged = actual.min(cap);
         b.balance -= charged;
         b.charged += charged;
-        ks.spent += charged;
-        b.keys.insert(r.key, ks);
+        for a in &r.accounts {
+            b.accounts.entry(*a).or_default().spent += charged;
+        }
         drop(b);
+        let (key_id, user_id, group_id) =
+            r.accounts
+                .iter()
+                .fold((None, None, None), |(k, u, g), a| match a {
+                    Account::Key(x) => (Some(*x), u, g),
+                    Account::User(x) => (k, Some(*x), g),
+                    Account::Group(x) => (k, u, Some(*x)),
+                });
         let s = Settlement {
             charged,
             uncollected: actual - charged,
@@ -246,7 +303,9 @@ impl Ledger {
                 tenant_id: r.tenant,
                 kind: EntryKind::Charge,
                 amount: -charged,
-                key_id: Some(r.key),
+                key_id,
+                user_id,
+                group_id,
                 request_id: Some(request_id.to_string()),
                 actor: None,
                 note: None,
@@ -277,11 +336,11 @@ impl Ledger {
     }
 
     /// A key's spend so far and what it holds now, in nano-credits.
-    pub fn key_spend(&self, tenant: TenantId, key: KeyId) -> (i64, i64) {
+    pub fn account_spend(&self, tenant: TenantId, account: Account) -> (i64, i64) {
         let book = self.book(tenant);
         let b = book.lock().unwrap_or_else(|p| p.into_inner());
-        let ks = b.keys.get(&key).copied().unwrap_or_default();
-        (ks.spent, ks.reserved)
+        let s = b.accounts.get(&account).copied().unwrap_or_default();
+        (s.spent, s.reserved)
     }
 }
 
@@ -361,7 +420,7 @@ mod tests {
     ) -> (Store, Arc<Ledger>, ApiKey, JournalWriter) {
         let store = Store::open_in_memory().unwrap();
         let t = store.create_tenant("t").unwrap();
-        let (key, _) = store
+        let (mut key, _) = store
             .create_key(&NewKey {
                 tenant_id: t.id,
                 name: "k".into(),
@@ -370,8 +429,10 @@ mod tests {
                 allowed_models: vec![],
                 expires_at: None,
                 quota_nano: quota,
+                user_id: None,
             })
             .unwrap();
+        key.quota_nano = quota;
         let (ledger, writer) = Ledger::recover(&store).unwrap();
         let e = store
             .credit(t.id, EntryKind::TopUp, credit, Some("op"), None, "topup:1")
@@ -397,7 +458,7 @@ mod tests {
                 needed: 500
             }
         );
-        let s = l.settle(r, 250, None, "r1");
+        let s = l.settle(r, 250, &key, "r1");
         assert_eq!(
             s,
             Settlement {
@@ -424,7 +485,7 @@ mod tests {
         let a = l.reserve(&key, 300).unwrap();
         let b = l.reserve(&key, 600).unwrap();
         // a used far more than its worst case: it may take the free 100, not b's 600.
-        let s = l.settle(a, 5_000, None, "a");
+        let s = l.settle(a, 5_000, &key, "a");
         assert_eq!(
             s,
             Settlement {
@@ -433,7 +494,7 @@ mod tests {
             }
         );
         invariant(l.balance(key.tenant_id));
-        let s = l.settle(b, 600, None, "b");
+        let s = l.settle(b, 600, &key, "b");
         assert_eq!(s.charged, 600);
         let v = l.balance(key.tenant_id);
         assert_eq!(v.available, 0);
@@ -446,14 +507,18 @@ mod tests {
         let r = l.reserve(&key, 400).unwrap();
         assert_eq!(
             l.reserve(&key, 200).unwrap_err(),
-            Refusal::KeyQuota {
+            Refusal::Quota {
+                account: "API key quota",
                 remaining: 100,
                 needed: 200
             }
         );
-        let s = l.settle(r, 450, Some(500), "q1");
+        let s = l.settle(r, 450, &key, "q1");
         assert_eq!(s.charged, 450);
-        assert_eq!(l.key_spend(key.tenant_id, key.id), (450, 0));
+        assert_eq!(
+            l.account_spend(key.tenant_id, Account::Key(key.id)),
+            (450, 0)
+        );
         assert!(l.reserve(&key, 60).is_err());
         invariant(l.balance(key.tenant_id));
     }
@@ -462,7 +527,7 @@ mod tests {
     fn failed_calls_release_everything_and_write_nothing() {
         let (_, l, key) = setup(1_000, None);
         let r = l.reserve(&key, 1_000).unwrap();
-        let s = l.settle(r, 0, None, "failed");
+        let s = l.settle(r, 0, &key, "failed");
         assert_eq!(s, Settlement::default());
         assert_eq!(l.balance(key.tenant_id).available, 1_000);
     }
@@ -473,7 +538,7 @@ mod tests {
         let writer = tokio::spawn(writer.run(Duration::from_millis(5)));
         for i in 0..50 {
             let r = l.reserve(&key, 10_000).unwrap();
-            l.settle(r, 1_000 + i, Some(900_000), &format!("req{i}"));
+            l.settle(r, 1_000 + i, &key, &format!("req{i}"));
         }
         let before = l.balance(key.tenant_id);
         assert_eq!(before.charged, (0..50).map(|i| 1_000 + i).sum::<i64>());
@@ -490,7 +555,12 @@ mod tests {
                 ..before
             }
         );
-        assert_eq!(recovered.key_spend(key.tenant_id, key.id).0, v.charged);
+        assert_eq!(
+            recovered
+                .account_spend(key.tenant_id, Account::Key(key.id))
+                .0,
+            v.charged
+        );
         // Replaying the same entries changes nothing: ids are unique.
         let again: Vec<LedgerEntry> = (0..50)
             .map(|i| LedgerEntry {
@@ -499,6 +569,8 @@ mod tests {
                 kind: EntryKind::Charge,
                 amount: -(1_000 + i),
                 key_id: Some(key.id),
+                user_id: None,
+                group_id: None,
                 request_id: Some(format!("req{i}")),
                 actor: None,
                 note: None,

@@ -244,8 +244,8 @@ impl Gateway {
                 pricing::to_credits(needed),
                 pricing::to_credits(available)
             )),
-            Refusal::KeyQuota { remaining, needed } => GatewayError::QuotaExceeded(format!(
-                "This API key's quota is exhausted: this call may cost up to {} credits and {} remain.",
+            Refusal::Quota { account, remaining, needed } => GatewayError::QuotaExceeded(format!(
+                "The {account} is exhausted: this call may cost up to {} credits and {} remain.",
                 pricing::to_credits(needed),
                 pricing::to_credits(remaining)
             )),

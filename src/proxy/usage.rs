@@ -65,8 +65,8 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
         }
         _ => 0,
     };
-    let quota = ctx.key.as_ref().and_then(|k| k.quota_nano);
-    let s = app.ledger.settle(res, cost, quota, &ctx.request_id);
+    let Some(key) = ctx.key.clone() else { return 0 };
+    let s = app.ledger.settle(res, cost, &key, &ctx.request_id);
     if s.uncollected > 0 {
         METRICS.uncollected.inc_by(s.uncollected as u64);
         tracing::warn!(request_id = %ctx.request_id, uncollected = s.uncollected, "call cost more than its accounts could pay");

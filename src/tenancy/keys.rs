@@ -69,7 +69,7 @@ impl KeyRing {
         let h = hash_key(presented);
         let snap = self.current.load();
         let key = snap.by_hash.get(&h).ok_or(AuthFailure::Unknown)?;
-        if key.revoked_at.is_some() {
+        if key.revoked_at.is_some() || key.user_disabled {
             return Err(AuthFailure::Revoked);
         }
         if key.expires_at.is_some_and(|t| t <= now) {
@@ -111,6 +111,11 @@ mod tests {
                 expires_at: expires,
                 revoked_at: revoked,
                 quota_nano: None,
+                user_id: None,
+                user_quota_nano: None,
+                group_id: None,
+                group_budget_nano: None,
+                user_disabled: false,
             })
         };
         let mut snap = KeySnapshot::default();

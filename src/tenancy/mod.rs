@@ -14,6 +14,72 @@ pub struct TenantId(pub i64);
 #[serde(transparent)]
 pub struct KeyId(pub i64);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+/// A department or project: a group of users with an optional budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct GroupId(pub i64);
+
+/// What a person may do through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs the platform: every tenant, money in, configuration.
+    Operator,
+    /// Manages one tenant: members, groups, keys, quotas; reads its spend.
+    TenantAdmin,
+    /// Uses the gateway: manages their own keys, reads their own usage.
+    Member,
+    /// Read-only finance: balances, statements and analytics of one tenant.
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::TenantAdmin => "tenant_admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Roles a tenant's users can hold (the operator is not a tenant user).
+    pub fn parse_tenant_role(s: &str) -> Option<Role> {
+        match s {
+            "tenant_admin" => Some(Role::TenantAdmin),
+            "member" => Some(Role::Member),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub tenant_id: TenantId,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub group_id: Option<GroupId>,
+    pub quota_nano: Option<i64>,
+    pub created_at: i64,
+    pub disabled_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub id: GroupId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub budget_nano: Option<i64>,
+    pub created_at: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenant {
     pub id: TenantId,
@@ -40,6 +106,12 @@ pub struct ApiKey {
     pub revoked_at: Option<i64>,
     /// Lifetime spending cap in nano-credits (None: only the tenant's balance limits it).
     pub quota_nano: Option<i64>,
+    /// The member the key belongs to (keys made by operators for a tenant may have none).
+    pub user_id: Option<UserId>,
+    pub user_quota_nano: Option<i64>,
+    pub group_id: Option<GroupId>,
+    pub group_budget_nano: Option<i64>,
+    pub user_disabled: bool,
 }
 
 impl ApiKey {

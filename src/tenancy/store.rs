@@ -6,8 +6,8 @@
 //! refresher and the batched usage writer.
 
 use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
-use super::{unix_now, ApiKey, KeyId, Tenant, TenantId};
-use crate::billing::ledger::{EntryKind, LedgerEntry};
+use super::{unix_now, ApiKey, Group, GroupId, KeyId, Role, Tenant, TenantId, User, UserId};
+use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -105,6 +105,49 @@ const MIGRATIONS: &[&str] = &[
         redeemed_by INTEGER REFERENCES tenants(id),
         redeemed_ms INTEGER
      );",
+    // 3: users, roles, departments/projects (groups), user tokens, invitations
+    "CREATE TABLE groups (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        budget_nano INTEGER,
+        created_at INTEGER NOT NULL,
+        UNIQUE (tenant_id, name)
+     );
+     CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        email TEXT NOT NULL,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        group_id INTEGER REFERENCES groups(id),
+        quota_nano INTEGER,
+        created_at INTEGER NOT NULL,
+        disabled_at INTEGER,
+        UNIQUE (tenant_id, email)
+     );
+     CREATE TABLE user_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+     );
+     CREATE TABLE invites (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        email TEXT NOT NULL,
+        role TEXT NOT NULL,
+        group_id INTEGER REFERENCES groups(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        accepted_user_id INTEGER REFERENCES users(id)
+     );
+     ALTER TABLE api_keys ADD COLUMN user_id INTEGER REFERENCES users(id);
+     ALTER TABLE ledger_entries ADD COLUMN user_id INTEGER;
+     ALTER TABLE ledger_entries ADD COLUMN group_id INTEGER;",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +187,15 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     /// Lifetime spending cap of the key, in nano-credits.
     pub quota_nano: Option<i64>,
+    /// The member who owns the key, if any.
+    pub user_id: Option<UserId>,
+}
+
+/// Who is calling the admin API.
+#[derive(Debug, Clone)]
+pub struct UserPrincipal {
+    pub user: User,
+    pub tenant_name: String,
 }
 
 #[derive(Clone)]
@@ -313,9 +365,17 @@ impl Store {
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("tenant {}", new.tenant_id.0)));
             }
+            if let Some(u) = new.user_id {
+                let owner: Option<i64> = tx
+                    .query_row("SELECT tenant_id FROM users WHERE id = ?1", params![u.0], |r| r.get(0))
+                    .optional()?;
+                if owner != Some(new.tenant_id.0) {
+                    return Err(StoreError::NotFound(format!("user {}", u.0)));
+                }
+            }
             tx.execute(
-                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at, quota_nano)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at, quota_nano, user_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     new.tenant_id.0,
                     new.name.trim(),
@@ -326,7 +386,8 @@ impl Store {
                     allowed_models,
                     unix_now(),
                     new.expires_at,
-                    new.quota_nano
+                    new.quota_nano,
+                    new.user_id.map(|u| u.0)
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -338,7 +399,8 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at";
+    const KEY_FROM: &'static str = "api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         let channels: String = r.get(6)?;
@@ -356,14 +418,20 @@ impl Store {
             expires_at: r.get(9)?,
             revoked_at: r.get(10)?,
             quota_nano: r.get(11)?,
+            user_id: r.get::<_, Option<i64>>(12)?.map(UserId),
+            user_quota_nano: r.get(13)?,
+            group_id: r.get::<_, Option<i64>>(14)?.map(GroupId),
+            group_budget_nano: r.get(15)?,
+            user_disabled: r.get::<_, Option<i64>>(16)?.is_some(),
         })
     }
 
     pub fn get_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
         self.with(|c| {
             let sql = format!(
-                "SELECT {} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ?1",
-                Store::KEY_COLUMNS
+                "SELECT {} FROM {} WHERE k.id = ?1",
+                Store::KEY_COLUMNS,
+                Store::KEY_FROM
             );
             c.query_row(&sql, params![id.0], Store::key_from_row)
                 .optional()?
@@ -374,8 +442,9 @@ impl Store {
     pub fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError> {
         self.with(|c| {
             let sql = format!(
-                "SELECT {} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE (?1 IS NULL OR k.tenant_id = ?1) ORDER BY k.id",
-                Store::KEY_COLUMNS
+                "SELECT {} FROM {} WHERE (?1 IS NULL OR k.tenant_id = ?1) ORDER BY k.id",
+                Store::KEY_COLUMNS,
+                Store::KEY_FROM
             );
             let mut st = c.prepare(&sql)?;
             let rows = st.query_map(params![tenant.map(|t| t.0)], Store::key_from_row)?;
@@ -425,8 +494,9 @@ impl Store {
                     r.get(0)
                 })?;
             let sql = format!(
-                "SELECT {}, k.key_hash FROM api_keys k JOIN tenants t ON t.id = k.tenant_id",
-                Store::KEY_COLUMNS
+                "SELECT {}, k.key_hash FROM {}",
+                Store::KEY_COLUMNS,
+                Store::KEY_FROM
             );
             let mut st = c.prepare(&sql)?;
             let mut rows = st.query([])?;
@@ -436,7 +506,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(12)?;
+                let hash: Vec<u8> = r.get(17)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -492,6 +562,7 @@ impl Store {
     pub fn recent_usage(
         &self,
         tenant: Option<TenantId>,
+        user: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<UsageEvent>, StoreError> {
         self.with(|c| {
@@ -499,9 +570,11 @@ impl Store {
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
                         usage_source, attempts, latency_ms, ttft_ms, cost_nano
-                 FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1) ORDER BY id DESC LIMIT ?2",
+                 FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
+                   AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
+                 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = st.query_map(params![tenant.map(|t| t.0), limit], |r| {
+            let rows = st.query_map(params![tenant.map(|t| t.0), limit, user.map(|u| u.0)], |r| {
                 Ok(UsageEvent {
                     request_id: r.get(0)?,
                     ts_ms: r.get(1)?,
@@ -530,6 +603,325 @@ impl Store {
         })
     }
 
+    // ---------------------------------------------------------------- users, groups, tokens
+
+    const USER_COLUMNS: &'static str =
+        "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at";
+
+    fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+        let role: String = r.get(4)?;
+        Ok(User {
+            id: UserId(r.get(0)?),
+            tenant_id: TenantId(r.get(1)?),
+            email: r.get(2)?,
+            name: r.get(3)?,
+            role: Role::parse_tenant_role(&role).unwrap_or(Role::Viewer),
+            group_id: r.get::<_, Option<i64>>(5)?.map(GroupId),
+            quota_nano: r.get(6)?,
+            created_at: r.get(7)?,
+            disabled_at: r.get(8)?,
+        })
+    }
+
+    fn check_group(
+        c: &Connection,
+        tenant: TenantId,
+        group: Option<GroupId>,
+    ) -> Result<(), StoreError> {
+        if let Some(g) = group {
+            let owner: Option<i64> = c
+                .query_row(
+                    "SELECT tenant_id FROM groups WHERE id = ?1",
+                    params![g.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if owner != Some(tenant.0) {
+                return Err(StoreError::NotFound(format!("group {}", g.0)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn create_group(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        budget_nano: Option<i64>,
+    ) -> Result<Group, StoreError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(StoreError::Invalid(
+                "group name must be 1-128 characters".into(),
+            ));
+        }
+        self.with(|c| {
+            let now = unix_now();
+            match c.execute(
+                "INSERT INTO groups (tenant_id, name, budget_nano, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![tenant.0, name, budget_nano, now],
+            ) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(StoreError::Conflict(format!("group `{name}` already exists")))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let id = c.last_insert_rowid();
+            Store::bump_generation(c)?;
+            Ok(Group {
+                id: GroupId(id),
+                tenant_id: tenant,
+                name: name.to_string(),
+                budget_nano,
+                created_at: now,
+            })
+        })
+    }
+
+    pub fn list_groups(&self, tenant: TenantId) -> Result<Vec<Group>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, tenant_id, name, budget_nano, created_at FROM groups WHERE tenant_id = ?1 ORDER BY id")?;
+            let rows = st.query_map(params![tenant.0], |r| {
+                Ok(Group {
+                    id: GroupId(r.get(0)?),
+                    tenant_id: TenantId(r.get(1)?),
+                    name: r.get(2)?,
+                    budget_nano: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Create a user of a tenant (operators and tenant admins do this; invitations too).
+    pub fn create_user(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        name: &str,
+        role: Role,
+        group: Option<GroupId>,
+        quota_nano: Option<i64>,
+    ) -> Result<User, StoreError> {
+        let email = email.trim().to_ascii_lowercase();
+        if !email.contains('@') || email.len() > 254 {
+            return Err(StoreError::Invalid("a valid email is required".into()));
+        }
+        if role == Role::Operator {
+            return Err(StoreError::Invalid(
+                "tenant users cannot be operators".into(),
+            ));
+        }
+        self.with(|c| {
+            Store::check_group(c, tenant, group)?;
+            let now = unix_now();
+            match c.execute(
+                "INSERT INTO users (tenant_id, email, name, role, group_id, quota_nano, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![tenant.0, email, name.trim(), role.as_str(), group.map(|g| g.0), quota_nano, now],
+            ) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(StoreError::Conflict(format!("user `{email}` already exists in this tenant")))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let id = c.last_insert_rowid();
+            Store::bump_generation(c)?;
+            Ok(User {
+                id: UserId(id),
+                tenant_id: tenant,
+                email: email.clone(),
+                name: name.trim().to_string(),
+                role,
+                group_id: group,
+                quota_nano,
+                created_at: now,
+                disabled_at: None,
+            })
+        })
+    }
+
+    pub fn get_user(&self, id: UserId) -> Result<User, StoreError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM users u WHERE u.id = ?1",
+                Store::USER_COLUMNS
+            );
+            c.query_row(&sql, params![id.0], Store::user_from_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound(format!("user {}", id.0)))
+        })
+    }
+
+    pub fn list_users(&self, tenant: TenantId) -> Result<Vec<User>, StoreError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM users u WHERE u.tenant_id = ?1 ORDER BY u.id",
+                Store::USER_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![tenant.0], Store::user_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Change a user's role, group, quota or disabled state. `None` leaves a field unchanged;
+    /// `Some(None)` clears an optional one.
+    pub fn update_user(
+        &self,
+        id: UserId,
+        role: Option<Role>,
+        group: Option<Option<GroupId>>,
+        quota_nano: Option<Option<i64>>,
+        disabled: Option<bool>,
+    ) -> Result<User, StoreError> {
+        let user = self.get_user(id)?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if let Some(r) = role {
+                if r == Role::Operator {
+                    return Err(StoreError::Invalid("tenant users cannot be operators".into()));
+                }
+                tx.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id.0, r.as_str()])?;
+            }
+            if let Some(g) = group {
+                Store::check_group(&tx, user.tenant_id, g)?;
+                tx.execute("UPDATE users SET group_id = ?2 WHERE id = ?1", params![id.0, g.map(|g| g.0)])?;
+            }
+            if let Some(q) = quota_nano {
+                tx.execute("UPDATE users SET quota_nano = ?2 WHERE id = ?1", params![id.0, q])?;
+            }
+            if let Some(d) = disabled {
+                let at = d.then(unix_now);
+                tx.execute("UPDATE users SET disabled_at = ?2 WHERE id = ?1", params![id.0, at])?;
+                if d {
+                    tx.execute(
+                        "UPDATE user_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                        params![id.0, unix_now()],
+                    )?;
+                }
+            }
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.get_user(id)
+    }
+
+    /// A new admin-API token for a user; the plaintext is returned once.
+    pub fn create_user_token(&self, user: UserId) -> Result<String, StoreError> {
+        let token = generate_key().replacen("tg-", "tgu-", 1);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO user_tokens (user_id, token_hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![user.0, &hash_key(&token)[..], display_prefix(&token), unix_now()],
+            )?;
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// The enabled user behind an admin-API token.
+    pub fn user_by_token(&self, token: &str) -> Result<Option<UserPrincipal>, StoreError> {
+        let hash = hash_key(token);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {}, t.name FROM user_tokens ut JOIN users u ON u.id = ut.user_id JOIN tenants t ON t.id = u.tenant_id
+                 WHERE ut.token_hash = ?1 AND ut.revoked_at IS NULL AND u.disabled_at IS NULL",
+                Store::USER_COLUMNS
+            );
+            Ok(c.query_row(&sql, params![&hash[..]], |r| {
+                Ok(UserPrincipal {
+                    user: Store::user_from_row(r)?,
+                    tenant_name: r.get(9)?,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    /// Invite someone by email; returns the single-use invitation token.
+    pub fn create_invite(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        group: Option<GroupId>,
+        ttl_secs: i64,
+    ) -> Result<String, StoreError> {
+        if role == Role::Operator {
+            return Err(StoreError::Invalid(
+                "tenant users cannot be operators".into(),
+            ));
+        }
+        let email = email.trim().to_ascii_lowercase();
+        if !email.contains('@') {
+            return Err(StoreError::Invalid("a valid email is required".into()));
+        }
+        let token = generate_key().replacen("tg-", "inv-", 1);
+        self.with(|c| {
+            Store::check_group(c, tenant, group)?;
+            c.execute(
+                "INSERT INTO invites (tenant_id, email, role, group_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![tenant.0, email, role.as_str(), group.map(|g| g.0), &hash_key(&token)[..], unix_now(), unix_now() + ttl_secs],
+            )?;
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Accept an invitation once: creates the user and returns it with a fresh admin token.
+    pub fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError> {
+        let hash = hash_key(token.trim());
+        let now = unix_now();
+        let user = self.with(|c| {
+            let tx = c.transaction()?;
+            let row: Option<(i64, i64, String, String, Option<i64>, i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id FROM invites WHERE token_hash = ?1",
+                    params![&hash[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                )
+                .optional()?;
+            let Some((id, tenant, email, role, group, expires_at, accepted)) = row else {
+                return Err(StoreError::NotFound("invitation".into()));
+            };
+            if accepted.is_some() {
+                return Err(StoreError::Conflict("this invitation has already been accepted".into()));
+            }
+            if expires_at <= now {
+                return Err(StoreError::Conflict("this invitation has expired".into()));
+            }
+            let role = Role::parse_tenant_role(&role).unwrap_or(Role::Member);
+            match tx.execute(
+                "INSERT INTO users (tenant_id, email, name, role, group_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![tenant, email, name.trim(), role.as_str(), group, now],
+            ) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(StoreError::Conflict(format!("user `{email}` already exists in this tenant")))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let uid = tx.last_insert_rowid();
+            let n = tx.execute(
+                "UPDATE invites SET accepted_user_id = ?2 WHERE id = ?1 AND accepted_user_id IS NULL",
+                params![id, uid],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict("this invitation has already been accepted".into()));
+            }
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(UserId(uid))
+        })?;
+        let user = self.get_user(user)?;
+        let token = self.create_user_token(user.id)?;
+        Ok((user, token))
+    }
+
     // ---------------------------------------------------------------- ledger
 
     /// Commit a credit-side entry (top-up, grant, redemption, promo, adjustment) now.
@@ -549,6 +941,8 @@ impl Store {
             kind,
             amount,
             key_id: None,
+            user_id: None,
+            group_id: None,
             request_id: None,
             actor: actor.map(str::to_string),
             note: note.map(str::to_string),
@@ -581,8 +975,8 @@ impl Store {
 
     fn insert_entry(c: &Connection, e: &LedgerEntry) -> Result<usize, StoreError> {
         let mut st = c.prepare_cached(
-            "INSERT OR IGNORE INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT OR IGNORE INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         Ok(st.execute(params![
             e.id,
@@ -594,7 +988,9 @@ impl Store {
             e.actor,
             e.note,
             e.uncollected,
-            e.created_ms
+            e.created_ms,
+            e.user_id.map(|u| u.0),
+            e.group_id.map(|g| g.0)
         ])?)
     }
 
@@ -631,17 +1027,29 @@ impl Store {
         })
     }
 
-    /// Per key: the sum of its charges.
-    pub fn key_spend(&self) -> Result<Vec<(TenantId, KeyId, i64)>, StoreError> {
+    /// Per key, user and group: the sum of their charges.
+    pub fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT tenant_id, key_id, -SUM(amount) FROM ledger_entries
-                 WHERE kind = 'charge' AND key_id IS NOT NULL GROUP BY tenant_id, key_id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((TenantId(r.get(0)?), KeyId(r.get(1)?), r.get(2)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut out = Vec::new();
+            let kinds: [(&str, fn(i64) -> Account); 3] = [
+                ("key_id", |v| Account::Key(KeyId(v))),
+                ("user_id", |v| Account::User(UserId(v))),
+                ("group_id", |v| Account::Group(GroupId(v))),
+            ];
+            for (col, make) in kinds {
+                let sql = format!(
+                    "SELECT tenant_id, {col}, -SUM(amount) FROM ledger_entries
+                     WHERE kind = 'charge' AND {col} IS NOT NULL GROUP BY tenant_id, {col}"
+                );
+                let mut st = c.prepare(&sql)?;
+                let rows = st.query_map([], |r| {
+                    Ok((TenantId(r.get(0)?), make(r.get(1)?), r.get(2)?))
+                })?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -652,7 +1060,7 @@ impl Store {
     ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms
+                "SELECT id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id
                  FROM ledger_entries WHERE tenant_id = ?1 ORDER BY seq",
             )?;
             let rows = st.query_map(params![tenant.0], |r| {
@@ -668,6 +1076,8 @@ impl Store {
                     note: r.get(7)?,
                     uncollected: r.get(8)?,
                     created_ms: r.get(9)?,
+                    user_id: r.get::<_, Option<i64>>(10)?.map(UserId),
+                    group_id: r.get::<_, Option<i64>>(11)?.map(GroupId),
                 })
             })?;
             let mut running = 0i64;
@@ -790,6 +1200,8 @@ impl Store {
                 kind: EntryKind::Redemption,
                 amount,
                 key_id: None,
+                user_id: None,
+                group_id: None,
                 request_id: None,
                 actor: actor.map(str::to_string),
                 note: Some(format!("code {}", display_prefix(code.trim()))),
@@ -826,6 +1238,7 @@ mod tests {
                 allowed_models: vec![],
                 expires_at: None,
                 quota_nano: None,
+                user_id: None,
             })
             .unwrap();
         assert!(s.key_generation().unwrap() > g0);
@@ -859,6 +1272,6 @@ mod tests {
         };
         assert_eq!(s.insert_usage_events(&[e.clone(), e.clone()]).unwrap(), 1);
         assert_eq!(s.insert_usage_events(&[e]).unwrap(), 0);
-        assert_eq!(s.recent_usage(None, 10).unwrap().len(), 1);
+        assert_eq!(s.recent_usage(None, None, 10).unwrap().len(), 1);
     }
 }
