@@ -30,16 +30,23 @@ function done(summary, latency, requests)
   local out = os.getenv("BENCH_OUT")
   if not out then return end
   local e = summary.errors
+  -- the whole latency histogram ([value in µs, count] per distinct value), so that run.sh can
+  -- pool the short interleaved below-saturation slices into one distribution
+  local hist = {}
+  for i = 1, #latency do
+    local v, c = latency(i)
+    hist[#hist + 1] = string.format("[%d,%d]", v, c)
+  end
   local f = assert(io.open(out, "w"))
   f:write(string.format(
     '{"requests":%d,"duration_us":%d,"bytes":%d,' ..
     '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
     '"latency_us":{"min":%d,"mean":%.1f,"stdev":%.1f,"max":%d,' ..
-    '"p50":%d,"p90":%d,"p99":%d,"p999":%d}}\n',
+    '"p50":%d,"p90":%d,"p99":%d,"p999":%d},"hist":[%s]}\n',
     summary.requests, summary.duration, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency.min, latency.mean, latency.stdev, latency.max,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9)))
+    latency:percentile(99.9), table.concat(hist, ",")))
   f:close()
 end

@@ -170,6 +170,10 @@ pub struct RedemptionCode {
     pub state: &'static str,
 }
 
+/// (id, tenant, email, role, group, expires_at, accepted_user_id) of an invitation.
+type InviteRow = (i64, i64, String, String, Option<i64>, i64, Option<i64>);
+type MakeAccount = fn(i64) -> Account;
+
 fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -878,7 +882,7 @@ impl Store {
         let now = unix_now();
         let user = self.with(|c| {
             let tx = c.transaction()?;
-            let row: Option<(i64, i64, String, String, Option<i64>, i64, Option<i64>)> = tx
+            let row: Option<InviteRow> = tx
                 .query_row(
                     "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id FROM invites WHERE token_hash = ?1",
                     params![&hash[..]],
@@ -1031,7 +1035,7 @@ impl Store {
     pub fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError> {
         self.with(|c| {
             let mut out = Vec::new();
-            let kinds: [(&str, fn(i64) -> Account); 3] = [
+            let kinds: [(&str, MakeAccount); 3] = [
                 ("key_id", |v| Account::Key(KeyId(v))),
                 ("user_id", |v| Account::User(UserId(v))),
                 ("group_id", |v| Account::Group(GroupId(v))),

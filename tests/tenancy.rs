@@ -1,0 +1,440 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Tenancy through the admin API: roles, isolation between tenants, invitations, and the
+//! spending limits of users and departments.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+struct Caller<'a> {
+    gw: &'a Gateway,
+    token: String,
+}
+
+impl Caller<'_> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut rb = self
+            .gw
+            .client
+            .request(method, self.gw.admin_url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+    async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+/// Create a user in `tenant` with `role` as the operator; returns (user id, token).
+async fn user(
+    gw: &Gateway,
+    tenant: &str,
+    email: &str,
+    role: &str,
+    extra: serde_json::Value,
+) -> (i64, String) {
+    let mut body = json!({"email": email, "name": email, "role": role});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    let v = gw
+        .admin_post(&format!("/admin/tenants/{tenant}/users"), body)
+        .await;
+    (
+        v["user"]["id"].as_i64().unwrap(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_admin_of_a_cannot_read_or_change_anything_of_b() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    // Tenant "acme" exists (with a key and traffic); add tenant "globex" with its own admin.
+    gw.admin_post("/admin/tenants", json!({"name": "globex"}))
+        .await;
+    gw.admin_post("/admin/tenants/globex/topups", json!({"amount_rmb": "10"}))
+        .await;
+    let (_, acme_admin) = user(&gw, "acme", "boss@acme.test", "tenant_admin", json!({})).await;
+    let (globex_user, globex_admin) =
+        user(&gw, "globex", "boss@globex.test", "tenant_admin", json!({})).await;
+    let globex_key = gw
+        .create_key(json!({"tenant": "globex", "name": "g", "default_channel": "main"}))
+        .await;
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&globex_key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let globex_keys = gw.admin_get("/admin/keys?tenant=globex").await;
+    let globex_key_id = globex_keys["data"][0]["id"].as_i64().unwrap();
+    let _ = gw.usage_events(1).await;
+
+    let a = Caller {
+        gw: &gw,
+        token: acme_admin,
+    };
+    // Reads of B: every one answers 404, the same as for a tenant that does not exist.
+    for path in [
+        "/admin/tenants/globex/balance",
+        "/admin/tenants/globex/ledger",
+        "/admin/tenants/globex/users",
+        "/admin/tenants/globex/groups",
+        "/admin/keys?tenant=globex",
+        "/admin/usage?tenant=2",
+    ] {
+        let (s, v) = a.get(path).await;
+        assert_eq!(s, 404, "{path}: {v}");
+    }
+    // Writes to B.
+    let writes = [
+        (
+            "/admin/keys",
+            json!({"tenant": "globex", "name": "x", "default_channel": "main"}),
+        ),
+        (
+            "/admin/tenants/globex/users",
+            json!({"email": "spy@acme.test", "role": "member"}),
+        ),
+        ("/admin/tenants/globex/groups", json!({"name": "ops"})),
+        (
+            "/admin/tenants/globex/invites",
+            json!({"email": "spy@acme.test", "role": "tenant_admin"}),
+        ),
+        (
+            "/admin/tenants/globex/redeem",
+            json!({"code": "RC-whatever"}),
+        ),
+        (
+            &format!("/admin/keys/{globex_key_id}/revoke") as &str,
+            json!({}),
+        ),
+        (
+            &format!("/admin/users/{globex_user}/tokens") as &str,
+            json!({}),
+        ),
+    ];
+    for (path, body) in writes {
+        let (s, v) = a.post(path, body).await;
+        assert_eq!(s, 404, "{path}: {v}");
+    }
+    let (s, _) = a
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/admin/users/{globex_user}"),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Listings only ever show A.
+    let (_, tenants) = a.get("/admin/tenants").await;
+    let names: Vec<&str> = tenants["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["acme"]);
+    let (_, keys) = a.get("/admin/keys").await;
+    assert!(keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["tenant_name"] == "acme"));
+    let (_, usage) = a.get("/admin/usage").await;
+    assert!(
+        usage["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["tenant_id"] == gw.tenant_id),
+        "{usage}"
+    );
+    // Operator-only actions are refused to tenant admins even in their own tenant.
+    for (path, body) in [
+        ("/admin/tenants/acme/topups", json!({"amount_rmb": "1000"})),
+        (
+            "/admin/tenants/acme/adjustments",
+            json!({"credits": "5", "note": "x"}),
+        ),
+        ("/admin/codes", json!({"credits": "5", "count": 1})),
+        ("/admin/tenants", json!({"name": "evil"})),
+        ("/admin/reload", json!({})),
+    ] {
+        let (s, v) = a.post(path, body).await;
+        assert_eq!(s, 403, "{path}: {v}");
+    }
+    for path in ["/admin/codes", "/admin/channels", "/admin/config/status"] {
+        let (s, _) = a.get(path).await;
+        assert!(s == 403 || s == 404, "{path}: {s}");
+    }
+    // B's key still works and B's data is untouched.
+    let g = Caller {
+        gw: &gw,
+        token: globex_admin,
+    };
+    let (s, keys) = g.get("/admin/keys").await;
+    assert_eq!(s, 200);
+    assert!(keys["data"][0]["revoked_at"].is_null());
+    let (s, _) = g.get("/admin/tenants/acme/balance").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn roles_members_viewers_and_invitations() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let (_, admin) = user(&gw, "acme", "admin@acme.test", "tenant_admin", json!({})).await;
+    let admin = Caller {
+        gw: &gw,
+        token: admin,
+    };
+
+    // Invitation: accepted once, then refused.
+    let (s, v) = admin
+        .post(
+            "/admin/tenants/acme/invites",
+            json!({"email": "dev@acme.test", "role": "member"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let invite = v["invite_token"].as_str().unwrap().to_string();
+    let r = gw
+        .client
+        .post(gw.admin_url("/admin/invites/accept"))
+        .json(&json!({"token": invite, "name": "Dev"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let accepted: serde_json::Value = r.json().await.unwrap();
+    let member = Caller {
+        gw: &gw,
+        token: accepted["token"].as_str().unwrap().to_string(),
+    };
+    let again = gw
+        .client
+        .post(gw.admin_url("/admin/invites/accept"))
+        .json(&json!({"token": invite}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    let (_, me) = member.get("/admin/me").await;
+    assert_eq!(me["role"], "member");
+
+    // A member creates keys for themselves only, sees only their own keys and usage.
+    let (s, v) = member
+        .post(
+            "/admin/keys",
+            json!({"name": "mine", "default_channel": "main"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let member_key = v["key"].as_str().unwrap().to_string();
+    assert_eq!(v["record"]["user_id"], accepted["user"]["id"]);
+    let (s, _) = member
+        .post(
+            "/admin/keys",
+            json!({"name": "theirs", "default_channel": "main", "user_id": 9999}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (_, keys) = member.get("/admin/keys").await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 1);
+    let (s, _) = member.get("/admin/tenants/acme/balance").await;
+    assert_eq!(s, 403);
+    // The tenant's shared key was used; the member's usage view shows only the member's calls.
+    assert_eq!(
+        gw.chat(json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&member_key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = gw.usage_events(2).await;
+    let (_, usage) = member.get("/admin/usage").await;
+    assert_eq!(usage["data"].as_array().unwrap().len(), 1, "{usage}");
+
+    // A viewer reads money but changes nothing.
+    let (_, viewer) = user(&gw, "acme", "cfo@acme.test", "viewer", json!({})).await;
+    let viewer = Caller {
+        gw: &gw,
+        token: viewer,
+    };
+    let (s, _) = viewer.get("/admin/tenants/acme/ledger").await;
+    assert_eq!(s, 200);
+    let (s, _) = viewer
+        .post(
+            "/admin/keys",
+            json!({"name": "v", "default_channel": "main"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = viewer
+        .post(
+            "/admin/tenants/acme/users",
+            json!({"email": "x@acme.test", "role": "member"}),
+        )
+        .await;
+    assert_eq!(s, 403);
+
+    // Disabling the member turns their keys and admin token off at once.
+    let uid = accepted["user"]["id"].as_i64().unwrap();
+    let (s, _) = admin
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/admin/users/{uid}"),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&member_key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, _) = member.get("/admin/me").await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn department_budgets_and_user_quotas_limit_spending() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    // gpt-4o-mini with 1000 max output tokens: worst case ~0.0045 credits, real ~0.00011.
+    let g = gw
+        .admin_post(
+            "/admin/tenants/acme/groups",
+            json!({"name": "research", "budget_credits": "0.006"}),
+        )
+        .await;
+    let gid = g["id"].as_i64().unwrap();
+    let (alice, _) = user(
+        &gw,
+        "acme",
+        "alice@acme.test",
+        "member",
+        json!({"group_id": gid}),
+    )
+    .await;
+    let (bob, _) = user(
+        &gw,
+        "acme",
+        "bob@acme.test",
+        "member",
+        json!({"group_id": gid}),
+    )
+    .await;
+    let (carol, _) = user(
+        &gw,
+        "acme",
+        "carol@acme.test",
+        "member",
+        json!({"quota_credits": "0.005"}),
+    )
+    .await;
+    let key = |uid: i64| {
+        gw.create_key(json!({"tenant": "acme", "name": format!("k{uid}"), "default_channel": "main", "user_id": uid}))
+    };
+    let (ka, kb, kc) = (key(alice).await, key(bob).await, key(carol).await);
+    let req = json!({"model": "gpt-4o-mini", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]});
+    let call = |k: String| {
+        let (c, url, req) = (
+            gw.client.clone(),
+            gw.url("/v1/chat/completions"),
+            req.clone(),
+        );
+        async move {
+            let r = c.post(url).bearer_auth(k).json(&req).send().await.unwrap();
+            let s = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap();
+            (s, v)
+        }
+    };
+    // The department's budget is shared: alice and bob together run out.
+    let mut refused = None;
+    for i in 0..40 {
+        let (s, v) = call(if i % 2 == 0 { ka.clone() } else { kb.clone() }).await;
+        if s == 429 {
+            refused = Some(v);
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+    }
+    let refused = refused.expect("the department budget must run out");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("department/project budget"),
+        "{refused}"
+    );
+    // Carol is outside the department: her own quota, not the budget, limits her.
+    let (s, _) = call(kc.clone()).await;
+    assert_eq!(s, 200);
+    let mut carol_refused = false;
+    for _ in 0..60 {
+        let (s, v) = call(kc.clone()).await;
+        if s == 429 {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("user quota"),
+                "{v}"
+            );
+            carol_refused = true;
+            break;
+        }
+    }
+    assert!(carol_refused);
+    let groups = gw.admin_get("/admin/tenants/acme/groups").await;
+    let spent: rust_decimal::Decimal = groups["data"][0]["spent"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        spent > rust_decimal::Decimal::ZERO && spent <= "0.006".parse().unwrap(),
+        "{groups}"
+    );
+}
