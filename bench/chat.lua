@@ -3,6 +3,8 @@
 --   BENCH_STREAM=1   send "stream": true (SSE); otherwise a plain JSON completion
 --   BENCH_KEY=...    API key sent as "Authorization: Bearer <key>" (all targets get the same header)
 --   BENCH_OUT=path   where done() writes its JSON summary
+--   BENCH_DELAY_MS=n each connection waits n ms before sending its next request (a paced,
+--                    below-saturation load: c connections give about c*1000/(n + latency) req/s)
 -- Every target gets the byte-identical request, so the mock does the same work per request.
 -- stream_options.include_usage is set explicitly because the gateway forces it on for metering;
 -- with it in the request the mock sends the same usage chunk whether the gateway is there or not.
@@ -24,6 +26,13 @@ else
   wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a terse assistant."},'
     .. '{"role":"user","content":"Say hello to the benchmark in a few words."}],'
     .. '"max_tokens":16}'
+end
+
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if delay_ms and delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
 end
 
 function done(summary, latency, requests)
