@@ -117,7 +117,8 @@ def _thread_ticks(pid):
 def snap(mock_pid, nginx_pid, tg_pid, mock_url):
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
+    # user nice system idle iowait irq softirq steal ...; softirq time (most of the loopback
+    # network work) is charged to no process, so it is kept apart.
     busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]
     u = urlparse(mock_url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
@@ -129,6 +130,8 @@ def snap(mock_pid, nginx_pid, tg_pid, mock_url):
         "tollgate": _proc_ticks(tg_pid),
         "tollgate_threads": _thread_ticks(tg_pid),
         "machine_busy": busy,
+        "machine_irq": cpu[5] + cpu[6],
+        "machine_steal": cpu[7],
         "machine_total": sum(cpu[:8]),
         "mock_completed": completed,
     }, separators=(",", ":")))
@@ -187,6 +190,33 @@ def fmt_signed(x):
     return "—" if x is None else f"{x:+,.0f}"
 
 
+def percentile(hist, p):
+    """hist: sorted [value, count] pairs; the smallest value with at least p% of samples at or
+    below it."""
+    total = sum(c for _, c in hist)
+    rank = max(1, -(-p * total // 100))  # ceil
+    seen = 0
+    for v, c in hist:
+        seen += c
+        if seen >= rank:
+            return v
+    return hist[-1][0] if hist else None
+
+
+def merge_hists(hists):
+    acc = {}
+    for h in hists:
+        for v, c in h:
+            acc[v] = acc.get(v, 0) + c
+    return sorted(acc.items())
+
+
+def lat_summary(hist):
+    return {"p50": percentile(hist, 50), "p90": percentile(hist, 90), "p99": percentile(hist, 99),
+            "p999": percentile(hist, 99.9), "max": hist[-1][0] if hist else None,
+            "samples": sum(c for _, c in hist)}
+
+
 def report(work: str, out_path: str, db_path: str) -> None:
     runs = [json.loads(line) for line in open(os.path.join(work, "runs.jsonl"))]
     settings = json.load(open(os.path.join(work, "settings.json")))
@@ -194,20 +224,33 @@ def report(work: str, out_path: str, db_path: str) -> None:
     memory = json.load(open(os.path.join(work, "memory.json")))
     memory_start = json.load(open(os.path.join(work, "memory-start.json")))
 
-    raw = []
+    raw = []      # saturation runs, one record each
+    slices = []   # below-saturation slices
     for r in runs:
         w = json.load(open(r["file"]))
-        b, a = r["before"], r["after"]
-        d = {k: a[k] - b[k] for k in
-             ("mock", "nginx", "tollgate", "machine_busy", "machine_total", "mock_completed")}
-
-        def writer_ticks(snapshot):
-            return sum(v for k, v in snapshot["tollgate_threads"].items() if "usage writer" in k)
-
+        if sum(w["errors"].values()):
+            sys.exit(f"run {r['file']} had errors: {w['errors']}")
         wrk_user, wrk_sys = (float(x) for x in
                              open(r["file"][:-len(".json")] + ".time").read().split()[-2:])
         secs = w["duration_us"] / 1e6
         n = max(w["requests"], 1)
+        base = {k: r[k] for k in ("target", "workload", "mode", "rep", "conns")}
+        base.update(requests=w["requests"], duration_s=round(secs, 3),
+                    rps=round(w["requests"] / secs, 1), errors=w["errors"],
+                    wrk_latency_us=w["latency_us"], machine_cpu_before_cores=r.get("quiet_cores"))
+        if r["mode"] == "low":
+            base["slice"] = r["slice"]
+            base["hist"] = w["hist"]
+            slices.append(base)
+            continue
+
+        b, a = r["before"], r["after"]
+        d = {k: a[k] - b[k] for k in ("mock", "nginx", "tollgate", "machine_busy", "machine_irq",
+                                      "machine_steal", "mock_completed")}
+
+        def writer_ticks(snapshot):
+            return sum(v for k, v in snapshot["tollgate_threads"].items() if "usage writer" in k)
+
         proxy = {"nginx": d["nginx"], "tollgate": d["tollgate"]}.get(r["target"])
 
         def per_req(ticks):
@@ -218,13 +261,8 @@ def report(work: str, out_path: str, db_path: str) -> None:
 
         wrk_ticks = (wrk_user + wrk_sys) * CLK_TCK
         ours = d["mock"] + d["nginx"] + d["tollgate"] + wrk_ticks
-        rec = {k: r[k] for k in ("target", "workload", "mode", "rep", "conns")}
-        rec["machine_cpu_before_cores"] = r.get("quiet_cores")
+        rec = dict(base)
         rec.update(
-            requests=w["requests"],
-            duration_s=round(secs, 3),
-            rps=round(w["requests"] / secs, 1),
-            errors=w["errors"],
             latency_us=w["latency_us"],
             mock_completed=d["mock_completed"],
             proxy_cpu_cores=cores(proxy),
@@ -234,48 +272,72 @@ def report(work: str, out_path: str, db_path: str) -> None:
             mock_cpu_cores=cores(d["mock"]),
             mock_cpu_us_per_req=per_req(d["mock"]),
             wrk_cpu_cores=cores(wrk_ticks),
-            # CPU the machine spent on anything but mock, nginx, tollgate and wrk during the run:
-            # other jobs on this shared machine, plus kernel time charged to no process.
-            other_cpu_cores=cores(max(d["machine_busy"] - ours, 0)),
+            # interrupt + softirq time (mostly loopback TCP), charged to no process
+            irq_cpu_cores=cores(d["machine_irq"]),
+            steal_cpu_cores=cores(d["machine_steal"]),
+            # CPU spent on anything else: other jobs on this shared machine
+            other_cpu_cores=cores(max(d["machine_busy"] - d["machine_irq"] - d["machine_steal"] - ours, 0)),
         )
         raw.append(rec)
-        if sum(w["errors"].values()):
-            sys.exit(f"run {rec} had errors: {w['errors']}")
-        # Every request wrk counted must have been completed by the mock; at most `conns` more
-        # (in flight when wrk stopped), tripled for tollgate, which re-sends requests whose
-        # client hung up (see README.md).
-        slack = r["conns"] * (3 if r["target"] == "tollgate" else 1) + 1
+        # Every request wrk counted must have been completed by the mock, plus at most the
+        # `conns` requests in flight when wrk stopped.
+        slack = r["conns"] + 1
         if not (w["requests"] <= d["mock_completed"] <= w["requests"] + slack):
-            sys.exit(f"run {rec}: wrk counted {w['requests']} but the mock completed "
+            sys.exit(f"run {r['file']}: wrk counted {w['requests']} but the mock completed "
                      f"{d['mock_completed']}")
+
+    # Below saturation: pool the slices of each (workload, target, rep), then the median of reps;
+    # also all reps pooled.
+    low = {}
+    for wl in WORKLOADS:
+        low[wl] = {}
+        for t in TARGETS:
+            sl = [x for x in slices if x["workload"] == wl and x["target"] == t]
+            per_rep = []
+            for rep in sorted({x["rep"] for x in sl}):
+                rs = [x for x in sl if x["rep"] == rep]
+                h = merge_hists([x["hist"] for x in rs])
+                summ = lat_summary(h)
+                summ["rep"] = rep
+                summ["rps"] = round(sum(x["requests"] for x in rs) / sum(x["duration_s"] for x in rs), 1)
+                per_rep.append(summ)
+            low[wl][t] = {
+                "per_rep": per_rep,
+                "median_of_reps": {k: med([x[k] for x in per_rep]) for k in
+                                   ("p50", "p90", "p99", "p999", "max", "rps")},
+                "pooled": lat_summary(merge_hists([x["hist"] for x in sl])),
+            }
 
     summary = {}
     for wl in WORKLOADS:
         summary[wl] = {}
         for t in TARGETS:
-            def sel(mode):
-                return [x for x in raw if x["workload"] == wl and x["target"] == t and x["mode"] == mode]
+            def sel():
+                return [x for x in raw if x["workload"] == wl and x["target"] == t]
 
-            def pick(mode, key, sub=None):
-                return med([x[key][sub] if sub else x[key] for x in sel(mode)])
+            def pick(key, sub=None):
+                return med([x[key][sub] if sub else x[key] for x in sel()])
 
+            lm = low[wl][t]["median_of_reps"]
             summary[wl][t] = {
-                "rps": pick("sat", "rps"),
-                "sat_p50_us": pick("sat", "latency_us", "p50"),
-                "sat_p99_us": pick("sat", "latency_us", "p99"),
-                "low_rps": pick("low", "rps"),
-                "low_p50_us": pick("low", "latency_us", "p50"),
-                "low_p99_us": pick("low", "latency_us", "p99"),
-                "sat_proxy_cpu_cores": pick("sat", "proxy_cpu_cores"),
-                "sat_proxy_cpu_us_per_req": pick("sat", "proxy_cpu_us_per_req"),
-                "sat_usage_writer_cpu_us_per_req": pick("sat", "usage_writer_cpu_us_per_req"),
-                "sat_mock_cpu_cores": pick("sat", "mock_cpu_cores"),
-                "sat_mock_cpu_us_per_req": pick("sat", "mock_cpu_us_per_req"),
-                "sat_wrk_cpu_cores": pick("sat", "wrk_cpu_cores"),
-                "sat_other_cpu_cores": pick("sat", "other_cpu_cores"),
-                "low_other_cpu_cores": pick("low", "other_cpu_cores"),
-                "rps_runs": [x["rps"] for x in sel("sat")],
-                "low_p99_runs": [x["latency_us"]["p99"] for x in sel("low")],
+                "rps": pick("rps"),
+                "sat_p50_us": pick("latency_us", "p50"),
+                "sat_p99_us": pick("latency_us", "p99"),
+                "low_rps": lm["rps"],
+                "low_p50_us": lm["p50"],
+                "low_p90_us": lm["p90"],
+                "low_p99_us": lm["p99"],
+                "low_pooled_p99_us": low[wl][t]["pooled"]["p99"],
+                "sat_proxy_cpu_cores": pick("proxy_cpu_cores"),
+                "sat_proxy_cpu_us_per_req": pick("proxy_cpu_us_per_req"),
+                "sat_usage_writer_cpu_us_per_req": pick("usage_writer_cpu_us_per_req"),
+                "sat_mock_cpu_cores": pick("mock_cpu_cores"),
+                "sat_mock_cpu_us_per_req": pick("mock_cpu_us_per_req"),
+                "sat_wrk_cpu_cores": pick("wrk_cpu_cores"),
+                "sat_irq_cpu_cores": pick("irq_cpu_cores"),
+                "sat_other_cpu_cores": pick("other_cpu_cores"),
+                "rps_runs": [x["rps"] for x in sel()],
+                "low_p99_runs": [x["p99"] for x in low[wl][t]["per_rep"]],
             }
 
     ratios = {}
@@ -332,11 +394,14 @@ def report(work: str, out_path: str, db_path: str) -> None:
         "machine": machine,
         "settings": settings,
         "summary_medians": summary,
+        "below_saturation": {wl: {t: {k: v for k, v in low[wl][t].items()} for t in TARGETS}
+                             for wl in WORKLOADS},
         "ratios": ratios,
         "memory": mem,
         "metering": metering,
         "targets": targets_check,
-        "runs": raw,
+        "saturation_runs": raw,
+        "below_saturation_slices": [{k: v for k, v in x.items() if k != "hist"} for x in slices],
     }
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     with open(out_path, "w") as f:
@@ -352,18 +417,21 @@ def report(work: str, out_path: str, db_path: str) -> None:
           f"wrk {machine['wrk']}, nginx {machine['nginx']}, tollgate {machine['tollgate_rev']}.")
     pin = (f"pinned: mock and wrk on CPU {st['mock_cpus']}, proxy (nginx or tollgate) on CPU "
            f"{st['proxy_cpus']}" if st["pin"] else "not pinned")
-    print(f"Settings: median of {st['reps']} runs of {st['duration_s']} s; saturation = wrk -t1 -c{c}, "
-          f"below saturation = wrk -t1 -c{lc} (closed loop); tollgate threads = {st['threads']}, "
-          f"nginx worker_processes = {st['nginx_workers']}; {pin}.")
+    print(f"Settings: median of {st['reps']} repetitions. Saturation: wrk -t1 -c{c}, {st['duration_s']} s "
+          f"per target. Below saturation: wrk -t1 -c{lc} with {st['low_delay_ms']} ms pacing per "
+          f"connection, {st['low_slices']} x {st['low_slice_s']} s slices per target, targets "
+          f"interleaved, slices pooled. tollgate threads = {st['threads']}, nginx worker_processes = "
+          f"{st['nginx_workers']}; {pin}.")
     print()
     print(f"| workload | target | req/s @c{c} | p50 @c{c} (µs) | p99 @c{c} (µs) "
-          f"| req/s @c{lc} | p50 @c{lc} (µs) | p99 @c{lc} (µs) |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|")
+          f"| paced req/s | paced p50 (µs) | paced p90 (µs) | paced p99 (µs) |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     for wl in WORKLOADS:
         for t in TARGETS:
             s = summary[wl][t]
             print(f"| {wl} | {t} | {fmt_int(s['rps'])} | {fmt_us(s['sat_p50_us'])} | {fmt_us(s['sat_p99_us'])} "
-                  f"| {fmt_int(s['low_rps'])} | {fmt_us(s['low_p50_us'])} | {fmt_us(s['low_p99_us'])} |")
+                  f"| {fmt_int(s['low_rps'])} | {fmt_us(s['low_p50_us'])} | {fmt_us(s['low_p90_us'])} "
+                  f"| {fmt_us(s['low_p99_us'])} |")
     print()
     print(f"| workload | tollgate/nginx req/s | tollgate/direct req/s | nginx/direct req/s "
           f"| added p50 vs nginx (µs) | added p99 vs nginx (µs) | added p50 vs direct (µs) "
@@ -376,13 +444,13 @@ def report(work: str, out_path: str, db_path: str) -> None:
               f"| {fmt_signed(r['added_low_p99_us_vs_nginx'])} | {fmt_signed(r['added_low_p50_us_vs_direct'])} "
               f"| {fmt_signed(r['added_low_p99_us_vs_direct'])} |")
     print()
-    print(f"Added latency is measured below saturation (c{lc}); req/s at c{c}.")
+    print(f"Ratios of req/s at c{c}; added latency below saturation (paced run), medians of reps.")
     print()
     print(f"CPU during the saturation runs (c{c}; medians; cores = CPU-seconds per second):")
     print()
     print("| workload | target | proxy cores | proxy CPU µs/req | of which usage writer µs/req "
-          "| mock cores | mock CPU µs/req | wrk cores | other work (cores) |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+          "| mock cores | mock CPU µs/req | wrk cores | irq+softirq cores | other work (cores) |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 
     def f2(x):
         return "—" if x is None else f"{x:.2f}"
@@ -396,7 +464,7 @@ def report(work: str, out_path: str, db_path: str) -> None:
             print(f"| {wl} | {t} | {f2(s['sat_proxy_cpu_cores'])} | {f1(s['sat_proxy_cpu_us_per_req'])} "
                   f"| {f1(s['sat_usage_writer_cpu_us_per_req'])} | {f2(s['sat_mock_cpu_cores'])} "
                   f"| {f1(s['sat_mock_cpu_us_per_req'])} | {f2(s['sat_wrk_cpu_cores'])} "
-                  f"| {f2(s['sat_other_cpu_cores'])} |")
+                  f"| {f2(s['sat_irq_cpu_cores'])} | {f2(s['sat_other_cpu_cores'])} |")
     print()
     print("| process | RSS after startup | peak RSS (VmHWM) | RSS at end |")
     print("|---|--:|--:|--:|")
@@ -408,9 +476,12 @@ def report(work: str, out_path: str, db_path: str) -> None:
         f"{wl}/{t} " + " ".join(f"{x:,.0f}" for x in summary[wl][t]["rps_runs"])
         for wl in WORKLOADS for t in TARGETS))
     print()
-    print("Per-run p99 @c%d (µs): " % lc + "; ".join(
+    print("Per-rep paced p99 (µs): " + "; ".join(
         f"{wl}/{t} " + " ".join(f"{x:,}" for x in summary[wl][t]["low_p99_runs"])
         for wl in WORKLOADS for t in TARGETS))
+    print()
+    print("All reps pooled, paced p99 (µs): " + "; ".join(
+        f"{wl}/{t} {summary[wl][t]['low_pooled_p99_us']:,}" for wl in WORKLOADS for t in TARGETS))
     print()
     print("Metering: " + ", ".join(f"{k} = {v:,.0f}" for k, v in metering.items()
                                    if isinstance(v, (int, float))))

@@ -6,10 +6,12 @@
 #
 # Knobs (environment):
 #   REPS=3          repetitions of every measurement; the report gives the median
-#   DURATION=10     seconds per wrk measurement
+#   DURATION=10     seconds per saturation measurement
 #   WARMUP=2        seconds of warm-up load before each (target, workload) block
 #   CONNS=32        connections for the saturation run (wrk -t1 -c$CONNS)
-#   LOW_CONNS=1     connections for the below-saturation run (closed loop, one request in flight)
+#   LOW_CONNS=4 LOW_DELAY_MS=4   below-saturation load: 4 connections, each waiting 4 ms after a
+#                   response before its next request (~1,000 req/s offered in all)
+#   LOW_SLICES=5 LOW_SLICE_SECS=2   ... run as 5 slices of 2 s per target, targets interleaved
 #   THREADS=1       tollgate worker threads; nginx gets the same number of worker processes
 #   PIN=1           pin with taskset (mock + wrk on CPU 0, proxy on CPU 1); PIN=0 leaves it to the OS
 #   MOCK_CPUS=0 PROXY_CPUS=1 WRK_CPUS=0   the CPU lists used when PIN=1
@@ -33,7 +35,10 @@ REPS=${REPS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-32}
-LOW_CONNS=${LOW_CONNS:-1}
+LOW_CONNS=${LOW_CONNS:-4}
+LOW_DELAY_MS=${LOW_DELAY_MS:-4}
+LOW_SLICES=${LOW_SLICES:-5}
+LOW_SLICE_SECS=${LOW_SLICE_SECS:-2}
 THREADS=${THREADS:-1}
 PIN=${PIN:-1}
 MOCK_CPUS=${MOCK_CPUS:-0}
@@ -56,6 +61,10 @@ if [[ $BUILD != 0 ]]; then
   (cd "$ROOT" && flock /tmp/cargo.lock cargo build --release --quiet) || die "release build failed"
 fi
 [[ -x $BIN ]] || die "no binary at $BIN"
+# What was measured: the commit, whether src/ had uncommitted changes at build time, the binary.
+REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || REV="$REV+uncommitted-src"
+BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
 
 # pin <cpus> cmd... : exec cmd (pinned to <cpus> when PIN=1). Always call it in a subshell, i.e.
 # `pin ... &` or `( pin ... )`: the exec then replaces that subshell, so $! is the command's own pid.
@@ -176,11 +185,12 @@ snap() {
   python3 "$BENCH_DIR/report.py" snap "$MOCK_PID" "$NGINX_PID" "$TG_PID" "http://127.0.0.1:$MOCK_PORT"
 }
 
-# run_wrk <target> <workload> <conns> <seconds> <outfile.json>
+# run_wrk <target> <workload> <conns> <seconds> <outfile.json> <delay_ms>
 run_wrk() {
-  local target=$1 workload=$2 conns=$3 secs=$4 out=$5
+  local target=$1 workload=$2 conns=$3 secs=$4 out=$5 delay=$6
   (
     export BENCH_STREAM=$([[ $workload == stream ]] && echo 1 || echo 0) BENCH_OUT=$out
+    export BENCH_DELAY_MS=$delay
     pin "$WRK_CPUS" /usr/bin/time -f '%U %S' -o "${out%.json}.time" \
       wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency \
       -s "$BENCH_DIR/chat.lua" "http://127.0.0.1:${PORT[$target]}" >"${out%.json}.txt" 2>&1
@@ -199,24 +209,36 @@ run_wrk() {
 RUNS=$WORK/runs.jsonl
 : >"$RUNS"
 START=$(date +%s)
-total=$((REPS * ${#WORKLOADS[@]} * ${#TARGETS[@]}))
+total=$((REPS * ${#WORKLOADS[@]} * (${#TARGETS[@]} + 1)))
 n=0
 # Repetitions are the outer loop so that a slow phase of the (shared) machine hits every target.
 for rep in $(seq "$REPS"); do
   for workload in "${WORKLOADS[@]}"; do
+    # Saturation: one DURATION-long run per target, CPU use recorded around it.
     for target in "${TARGETS[@]}"; do
       n=$((n + 1))
       read -r qcores qwait < <(python3 "$BENCH_DIR/report.py" quiet "$QUIET_MAX" "$QUIET_WAIT")
-      log "[$n/$total] rep $rep  $workload  $target  (machine CPU before: $qcores cores, waited ${qwait}s)"
-      run_wrk "$target" "$workload" "$CONNS" "$WARMUP" "$WORK/runs/warmup-$target-$workload-$rep.json"
-      for mode in sat low; do
-        conns=$([[ $mode == sat ]] && echo "$CONNS" || echo "$LOW_CONNS")
-        out=$WORK/runs/$target-$workload-$mode-$rep.json
-        before=$(snap)
-        run_wrk "$target" "$workload" "$conns" "$DURATION" "$out"
-        after=$(snap)
-        printf '{"target":"%s","workload":"%s","mode":"%s","rep":%d,"conns":%d,"file":"%s","quiet_cores":%s,"before":%s,"after":%s}\n' \
-          "$target" "$workload" "$mode" "$rep" "$conns" "$out" "$qcores" "$before" "$after" >>"$RUNS"
+      log "[$n/$total] rep $rep  $workload  $target  c$CONNS  (machine CPU before: $qcores cores, waited ${qwait}s)"
+      run_wrk "$target" "$workload" "$CONNS" "$WARMUP" "$WORK/runs/warmup-$target-$workload-$rep.json" 0
+      out=$WORK/runs/$target-$workload-sat-$rep.json
+      before=$(snap)
+      run_wrk "$target" "$workload" "$CONNS" "$DURATION" "$out" 0
+      after=$(snap)
+      printf '{"target":"%s","workload":"%s","mode":"sat","rep":%d,"conns":%d,"file":"%s","quiet_cores":%s,"before":%s,"after":%s}\n' \
+        "$target" "$workload" "$rep" "$CONNS" "$out" "$qcores" "$before" "$after" >>"$RUNS"
+    done
+    # Below saturation: a paced load (LOW_CONNS connections, LOW_DELAY_MS between a response and
+    # the next request), in LOW_SLICES short slices per target, the targets interleaved, so that
+    # a burst of other work on the machine lands on every target alike. Slices are pooled.
+    n=$((n + 1))
+    read -r qcores qwait < <(python3 "$BENCH_DIR/report.py" quiet "$QUIET_MAX" "$QUIET_WAIT")
+    log "[$n/$total] rep $rep  $workload  below saturation: c$LOW_CONNS, ${LOW_DELAY_MS} ms pacing, $LOW_SLICES x ${LOW_SLICE_SECS}s per target, interleaved"
+    for slice in $(seq "$LOW_SLICES"); do
+      for target in "${TARGETS[@]}"; do
+        out=$WORK/runs/$target-$workload-low-$rep-$slice.json
+        run_wrk "$target" "$workload" "$LOW_CONNS" "$LOW_SLICE_SECS" "$out" "$LOW_DELAY_MS"
+        printf '{"target":"%s","workload":"%s","mode":"low","rep":%d,"slice":%d,"conns":%d,"file":"%s","quiet_cores":%s}\n' \
+          "$target" "$workload" "$rep" "$slice" "$LOW_CONNS" "$out" "$qcores" >>"$RUNS"
       done
     done
   done
@@ -235,7 +257,8 @@ curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "
   echo "\"kernel\": \"$(uname -r)\","
   echo "\"wrk\": \"$(wrk -v 2>&1 | head -n1 | awk '{print $2}')\","
   echo "\"nginx\": \"$(nginx -v 2>&1 | sed 's|.*nginx/||')\","
-  echo "\"tollgate_rev\": \"$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet -- src 2>/dev/null || echo -dirty)\","
+  echo "\"tollgate_rev\": \"$REV\","
+  echo "\"tollgate_binary_sha256\": \"$BIN_SHA\","
   echo "\"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
   echo "\"loadavg_after\": \"$(cut -d' ' -f1-3 /proc/loadavg)\""
   echo "}"
@@ -243,7 +266,8 @@ curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "
 
 cat >"$WORK/settings.json" <<EOF
 {"reps": $REPS, "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": $CONNS,
- "low_conns": $LOW_CONNS, "threads": $THREADS, "nginx_workers": $THREADS, "pin": $PIN,
+ "low_conns": $LOW_CONNS, "low_delay_ms": $LOW_DELAY_MS, "low_slices": $LOW_SLICES,
+ "low_slice_s": $LOW_SLICE_SECS, "threads": $THREADS, "nginx_workers": $THREADS, "pin": $PIN,
  "mock_cpus": "$MOCK_CPUS", "proxy_cpus": "$PROXY_CPUS", "wrk_cpus": "$WRK_CPUS",
  "breaker_threshold": $BREAKER_THRESHOLD, "quiet_max": $QUIET_MAX, "quiet_wait": $QUIET_WAIT, "rust_log": "${RUST_LOG:-}"}
 EOF

@@ -342,3 +342,70 @@ async fn books_are_recovered_exactly_from_the_journal_after_sigkill() {
     check_invariant(&later);
     assert!(later["charged"].as_i64().unwrap() > after["charged"].as_i64().unwrap());
 }
+
+#[tokio::test]
+async fn analytics_group_spend_by_model_and_match_the_ledger() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    for (model, n) in [("gpt-4o-mini", 3), ("gpt-4o", 2)] {
+        for _ in 0..n {
+            let r = gw.chat(json!({"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        }
+    }
+    let _ = gw
+        .chat(json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let events = gw.usage_events(6).await;
+    assert_eq!(
+        events.len(),
+        6,
+        "every authenticated call is recorded, refused ones too"
+    );
+    wait_for_charges(&gw, "acme", 5).await;
+
+    let v = gw
+        .admin_get("/admin/tenants/acme/analytics?group_by=model")
+        .await;
+    let rows = v["data"].as_array().unwrap();
+    let row = |k: &str| rows.iter().find(|r| r["key"] == k).unwrap().clone();
+    assert_eq!(row("gpt-4o-mini")["requests"], 3);
+    assert_eq!(row("gpt-4o")["requests"], 2);
+    assert_eq!(
+        (
+            row("nope")["requests"].as_i64(),
+            row("nope")["errors"].as_i64(),
+            row("nope")["cost_nano"].as_i64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    let total: i64 = rows.iter().map(|r| r["cost_nano"].as_i64().unwrap()).sum();
+    assert_eq!(
+        total,
+        gw.balance("acme").await["charged"].as_i64().unwrap(),
+        "analytics agree with the ledger"
+    );
+    let hourly = gw
+        .admin_get("/admin/tenants/acme/analytics?granularity=hour")
+        .await;
+    assert_eq!(
+        hourly["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["requests"].as_i64().unwrap())
+            .sum::<i64>(),
+        6
+    );
+    let r = gw
+        .client
+        .get(gw.admin_url("/admin/tenants/acme/analytics?group_by=color"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

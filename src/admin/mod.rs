@@ -15,7 +15,9 @@ use crate::config::reload;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::routing::upstream::BreakerState;
-use crate::tenancy::store::{NewKey, StoreError, UserPrincipal};
+use crate::tenancy::store::{
+    AnalyticsQuery, Dimension, Granularity, NewKey, StoreError, UserPrincipal,
+};
 use crate::tenancy::{GroupId, KeyId, Role, TenantId, UserId};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -775,6 +777,81 @@ impl AdminApi {
                     .blocking(move |a| a.store.recent_usage(tenant, user, limit))
                     .await?;
                 Ok(reply(200, json!({"data": events})))
+            }
+            (&Method::GET, ["tenants", t, "analytics"]) => {
+                let tenant = self.tenant(t).await?;
+                let role = who.role_in(tenant)?;
+                let q = |name: &str| query_param(query.as_deref(), name);
+                let now = crate::tenancy::unix_now();
+                let parse_time = |name: &str, default: i64| -> Result<i64, GatewayError> {
+                    match q(name) {
+                        None => Ok(default),
+                        Some(v) => v.parse::<i64>().map_err(|_| GatewayError::BadRequest {
+                            message: format!("`{name}` must be a unix timestamp in seconds"),
+                            param: Some(name.into()),
+                        }),
+                    }
+                };
+                let from = parse_time("from", now - 30 * 86_400)?;
+                let to = parse_time("to", now + 1)?;
+                if to <= from {
+                    return Err(GatewayError::bad_request("`to` must be after `from`"));
+                }
+                let granularity = match q("granularity").unwrap_or("total") {
+                    "hour" => Granularity::Hour,
+                    "day" => Granularity::Day,
+                    "total" => Granularity::Total,
+                    _ => {
+                        return Err(GatewayError::bad_request(
+                            "`granularity` must be hour, day or total",
+                        ))
+                    }
+                };
+                let group_by = match q("group_by").unwrap_or("none") {
+                    "none" => Dimension::None,
+                    "user" => Dimension::User,
+                    "group" | "department" | "project" => Dimension::Group,
+                    "key" => Dimension::Key,
+                    "model" => Dimension::Model,
+                    "channel" => Dimension::Channel,
+                    _ => {
+                        return Err(GatewayError::bad_request(
+                            "`group_by` must be none, user, group, key, model or channel",
+                        ))
+                    }
+                };
+                // Members see their own calls only.
+                let user = match (&who, role) {
+                    (Principal::User(u), Role::Member) => Some(u.user.id),
+                    _ => q("user").and_then(|v| v.parse::<i64>().ok()).map(UserId),
+                };
+                let query = AnalyticsQuery {
+                    tenant,
+                    from,
+                    to,
+                    granularity,
+                    group_by,
+                    user,
+                };
+                let rows = self.blocking(move |a| a.store.analytics(&query)).await?;
+                let data: Vec<_> = rows
+                    .into_iter()
+                    .map(|r| {
+                        json!({
+                            "bucket": r.bucket,
+                            "key": r.key,
+                            "requests": r.requests,
+                            "errors": r.errors,
+                            "prompt_tokens": r.prompt_tokens,
+                            "cached_tokens": r.cached_tokens,
+                            "completion_tokens": r.completion_tokens,
+                            "reasoning_tokens": r.reasoning_tokens,
+                            "credits": credits_json(r.cost_nano),
+                            "cost_nano": r.cost_nano,
+                        })
+                    })
+                    .collect();
+                Ok(reply(200, json!({"from": from, "to": to, "data": data})))
             }
             (&Method::GET, ["tenants", t, "users"]) => {
                 let tenant = self.tenant(t).await?;

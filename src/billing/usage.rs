@@ -2,7 +2,7 @@
 //! the store in batches by a background task, so the request path never waits on storage.
 
 use crate::tenancy::store::Store;
-use crate::tenancy::{KeyId, TenantId};
+use crate::tenancy::{GroupId, KeyId, TenantId, UserId};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,8 @@ pub struct UsageEvent {
     pub ts_ms: i64,
     pub tenant_id: Option<TenantId>,
     pub key_id: Option<KeyId>,
+    pub user_id: Option<UserId>,
+    pub group_id: Option<GroupId>,
     /// "chat" or "embeddings".
     pub endpoint: String,
     pub channel: Option<String>,

@@ -161,6 +161,8 @@ pub fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
             .unwrap_or(0),
         tenant_id: Some(key.tenant_id),
         key_id: Some(key.id),
+        user_id: key.user_id,
+        group_id: key.group_id,
         endpoint: ctx.endpoint.as_str().to_string(),
         channel: ctx.channel.as_ref().map(|c| c.name.clone()),
         upstream,

@@ -148,6 +148,26 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE api_keys ADD COLUMN user_id INTEGER REFERENCES users(id);
      ALTER TABLE ledger_entries ADD COLUMN user_id INTEGER;
      ALTER TABLE ledger_entries ADD COLUMN group_id INTEGER;",
+    // 4: hourly usage roll-ups for analytics
+    "ALTER TABLE usage_events ADD COLUMN user_id INTEGER;
+     ALTER TABLE usage_events ADD COLUMN group_id INTEGER;
+     CREATE TABLE usage_hourly (
+        tenant_id INTEGER NOT NULL,
+        hour INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        group_id INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_nano INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, hour, key_id, user_id, group_id, model, channel)
+     ) WITHOUT ROWID;",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +188,51 @@ pub struct RedemptionCode {
     pub redeemed_by: Option<TenantId>,
     pub redeemed_ms: Option<i64>,
     pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Hour,
+    Day,
+    Total,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    None,
+    User,
+    Group,
+    Key,
+    Model,
+    Channel,
+}
+
+#[derive(Debug, Clone)]
+pub struct AnalyticsQuery {
+    pub tenant: TenantId,
+    /// Unix seconds, inclusive (rounded down to the hour).
+    pub from: i64,
+    /// Unix seconds, exclusive (rounded up to the hour).
+    pub to: i64,
+    pub granularity: Granularity,
+    pub group_by: Dimension,
+    /// Restrict to one user's calls.
+    pub user: Option<UserId>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AnalyticsRow {
+    /// Start of the bucket (unix seconds); 0 for totals.
+    pub bucket: i64,
+    /// The dimension's value ("" when not grouped; 0 for "no user/group/key").
+    pub key: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub completion_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_nano: i64,
 }
 
 /// (id, tenant, email, role, group, expires_at, accepted_user_id) of an invitation.
@@ -528,11 +593,27 @@ impl Store {
                 let mut st = tx.prepare_cached(
                     "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
                         model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
-                        completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                        completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
+                        user_id, group_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                )?;
+                // The roll-up moves with the event in the same transaction, and only for events
+                // that were new, so a replayed batch is counted once.
+                let mut roll = tx.prepare_cached(
+                    "INSERT INTO usage_hourly (tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors,
+                        prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT (tenant_id, hour, key_id, user_id, group_id, model, channel) DO UPDATE SET
+                        requests = requests + 1,
+                        errors = errors + excluded.errors,
+                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                        cached_tokens = cached_tokens + excluded.cached_tokens,
+                        completion_tokens = completion_tokens + excluded.completion_tokens,
+                        reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+                        cost_nano = cost_nano + excluded.cost_nano",
                 )?;
                 for e in events {
-                    n += st.execute(params![
+                    let inserted = st.execute(params![
                         e.request_id,
                         e.ts_ms,
                         e.tenant_id.map(|t| t.0),
@@ -554,11 +635,81 @@ impl Store {
                         e.latency_ms as i64,
                         e.ttft_ms.map(|v| v as i64),
                         e.cost_nano,
+                        e.user_id.map(|u| u.0),
+                        e.group_id.map(|g| g.0),
                     ])?;
+                    n += inserted;
+                    if let (1, Some(t)) = (inserted, e.tenant_id) {
+                        roll.execute(params![
+                            t.0,
+                            e.ts_ms.div_euclid(3_600_000),
+                            e.key_id.map_or(0, |k| k.0),
+                            e.user_id.map_or(0, |u| u.0),
+                            e.group_id.map_or(0, |g| g.0),
+                            e.model_requested.as_deref().unwrap_or(""),
+                            e.channel.as_deref().unwrap_or(""),
+                            i64::from(!(200..300).contains(&e.status)),
+                            e.prompt_tokens as i64,
+                            e.cached_tokens as i64,
+                            e.completion_tokens as i64,
+                            e.reasoning_tokens as i64,
+                            e.cost_nano,
+                        ])?;
+                    }
                 }
             }
             tx.commit()?;
             Ok(n)
+        })
+    }
+
+    /// Totals or a time series from the hourly roll-ups, grouped by one dimension.
+    /// Reads only `usage_hourly`, so its cost grows with hours x dimension values, not calls.
+    pub fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        let bucket = match q.granularity {
+            Granularity::Hour => "hour * 3600",
+            Granularity::Day => "(hour / 24) * 86400",
+            Granularity::Total => "0",
+        };
+        let dim = match q.group_by {
+            Dimension::None => "''",
+            Dimension::User => "CAST(user_id AS TEXT)",
+            Dimension::Group => "CAST(group_id AS TEXT)",
+            Dimension::Key => "CAST(key_id AS TEXT)",
+            Dimension::Model => "model",
+            Dimension::Channel => "channel",
+        };
+        let sql = format!(
+            "SELECT {bucket} AS bucket, {dim} AS dim, SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens),
+                    SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano)
+             FROM usage_hourly
+             WHERE tenant_id = ?1 AND hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR user_id = ?4)
+             GROUP BY bucket, dim ORDER BY bucket, dim"
+        );
+        self.with(|c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(
+                params![
+                    q.tenant.0,
+                    q.from.div_euclid(3600),
+                    (q.to + 3599).div_euclid(3600),
+                    q.user.map(|u| u.0)
+                ],
+                |r| {
+                    Ok(AnalyticsRow {
+                        bucket: r.get(0)?,
+                        key: r.get(1)?,
+                        requests: r.get(2)?,
+                        errors: r.get(3)?,
+                        prompt_tokens: r.get(4)?,
+                        cached_tokens: r.get(5)?,
+                        completion_tokens: r.get(6)?,
+                        reasoning_tokens: r.get(7)?,
+                        cost_nano: r.get(8)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -573,7 +724,7 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
-                        usage_source, attempts, latency_ms, ttft_ms, cost_nano
+                        usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id
                  FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
                    AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
                  ORDER BY id DESC LIMIT ?2",
@@ -601,6 +752,8 @@ impl Store {
                     latency_ms: r.get::<_, i64>(18)? as u64,
                     ttft_ms: r.get::<_, Option<i64>>(19)?.map(|v| v as u64),
                     cost_nano: r.get(20)?,
+                    user_id: r.get::<_, Option<i64>>(21)?.map(UserId),
+                    group_id: r.get::<_, Option<i64>>(22)?.map(GroupId),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1277,5 +1430,143 @@ mod tests {
         assert_eq!(s.insert_usage_events(&[e.clone(), e.clone()]).unwrap(), 1);
         assert_eq!(s.insert_usage_events(&[e]).unwrap(), 0);
         assert_eq!(s.recent_usage(None, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rollups_match_the_raw_events_and_ignore_replays() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("t").unwrap();
+        let mut events = Vec::new();
+        for i in 0..500i64 {
+            events.push(UsageEvent {
+                request_id: format!("r{i}"),
+                ts_ms: 1_700_000_000_000 + i * 600_000, // every 10 minutes: ~83 hours
+                tenant_id: Some(t.id),
+                key_id: Some(KeyId(1 + i % 3)),
+                user_id: (i % 2 == 0).then_some(UserId(7)),
+                endpoint: "chat".into(),
+                model_requested: Some(if i % 5 == 0 { "big" } else { "small" }.into()),
+                channel: Some("main".into()),
+                status: if i % 50 == 0 { 502 } else { 200 },
+                prompt_tokens: 10 + i as u64,
+                completion_tokens: 3,
+                cost_nano: 1_000 + i,
+                ..Default::default()
+            });
+        }
+        assert_eq!(s.insert_usage_events(&events).unwrap(), 500);
+        assert_eq!(s.insert_usage_events(&events[..100]).unwrap(), 0, "replay");
+        let q = |granularity, group_by, user| AnalyticsQuery {
+            tenant: t.id,
+            from: 1_700_000_000,
+            to: 1_700_000_000 + 500 * 600,
+            granularity,
+            group_by,
+            user,
+        };
+        let total = s
+            .analytics(&q(Granularity::Total, Dimension::None, None))
+            .unwrap();
+        assert_eq!(total.len(), 1);
+        assert_eq!(total[0].requests, 500);
+        assert_eq!(total[0].errors, 10);
+        assert_eq!(
+            total[0].cost_nano,
+            events.iter().map(|e| e.cost_nano).sum::<i64>()
+        );
+        assert_eq!(
+            total[0].prompt_tokens as u64,
+            events.iter().map(|e| e.prompt_tokens).sum::<u64>()
+        );
+        let by_model = s
+            .analytics(&q(Granularity::Total, Dimension::Model, None))
+            .unwrap();
+        let big = by_model.iter().find(|r| r.key == "big").unwrap();
+        assert_eq!(big.requests, 100);
+        let hourly = s
+            .analytics(&q(Granularity::Hour, Dimension::None, None))
+            .unwrap();
+        assert_eq!(hourly.iter().map(|r| r.requests).sum::<i64>(), 500);
+        assert!(hourly.len() >= 83 && hourly.iter().all(|r| r.bucket % 3600 == 0));
+        let daily_keys = s
+            .analytics(&q(Granularity::Day, Dimension::Key, None))
+            .unwrap();
+        assert_eq!(
+            daily_keys.iter().map(|r| r.cost_nano).sum::<i64>(),
+            total[0].cost_nano
+        );
+        let mine = s
+            .analytics(&q(Granularity::Total, Dimension::None, Some(UserId(7))))
+            .unwrap();
+        assert_eq!(mine[0].requests, 250);
+        // A window that excludes everything.
+        let none = s
+            .analytics(&AnalyticsQuery {
+                from: 0,
+                to: 3600,
+                ..q(Granularity::Total, Dimension::None, None)
+            })
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    /// `cargo test --release --lib analytics_over_a_million_calls -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn analytics_over_a_million_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("a.db")).unwrap();
+        let t = s.create_tenant("big").unwrap();
+        let start = std::time::Instant::now();
+        for batch in 0..1000i64 {
+            let events: Vec<UsageEvent> = (0..1000i64)
+                .map(|i| {
+                    let n = batch * 1000 + i;
+                    UsageEvent {
+                        request_id: format!("r{n}"),
+                        ts_ms: 1_700_000_000_000 + n * 2_600, // a month of traffic
+                        tenant_id: Some(t.id),
+                        key_id: Some(KeyId(n % 200)),
+                        user_id: Some(UserId(n % 100)),
+                        group_id: Some(GroupId(n % 10)),
+                        endpoint: "chat".into(),
+                        model_requested: Some(format!("model-{}", n % 8)),
+                        channel: Some(format!("ch-{}", n % 3)),
+                        status: 200,
+                        prompt_tokens: 100,
+                        completion_tokens: 50,
+                        cost_nano: 12_345,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            s.insert_usage_events(&events).unwrap();
+        }
+        println!("inserted 1,000,000 events in {:?}", start.elapsed());
+        for (g, d) in [
+            (Granularity::Total, Dimension::None),
+            (Granularity::Total, Dimension::User),
+            (Granularity::Day, Dimension::Model),
+            (Granularity::Day, Dimension::Group),
+            (Granularity::Hour, Dimension::None),
+        ] {
+            let q = AnalyticsQuery {
+                tenant: t.id,
+                from: 1_700_000_000,
+                to: 1_700_000_000 + 31 * 86_400,
+                granularity: g,
+                group_by: d,
+                user: None,
+            };
+            let mut times = Vec::new();
+            let mut rows = 0;
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                rows = s.analytics(&q).unwrap().len();
+                times.push(t0.elapsed());
+            }
+            times.sort();
+            println!("{g:?} by {d:?}: {rows} rows, median {:?}", times[2]);
+        }
     }
 }
