@@ -409,3 +409,81 @@ async fn analytics_group_spend_by_model_and_match_the_ledger() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test]
+async fn promo_campaigns_bonus_once_per_tenant_within_their_cap() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    for t in ["t1", "t2", "t3"] {
+        gw.admin_post("/admin/tenants", json!({"name": t})).await;
+    }
+    gw.admin_post(
+        "/admin/promos",
+        json!({"code": "double11", "percent": "20", "max_uses": 2}),
+    )
+    .await;
+    gw.admin_post("/admin/promos", json!({"code": "WELCOME", "credits": "5"}))
+        .await;
+    let post = |path: String, body: serde_json::Value| {
+        let c = gw.client.clone();
+        let url = gw.admin_url(&path);
+        async move {
+            let r = c
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // 20% on a 100 RMB top-up: 120 credits in, as two entries.
+    let (s, v) = post(
+        "/admin/tenants/t1/topups".into(),
+        json!({"amount_rmb": "100", "promo_code": "DOUBLE11"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["entries"][1]["kind"], "promo");
+    assert_eq!(
+        gw.balance("t1").await["credited"].as_i64().unwrap(),
+        120 * 1_000_000_000
+    );
+    // Once per tenant: the second use by t1 is refused and nothing is credited (not even the top-up).
+    let (s, _) = post(
+        "/admin/tenants/t1/topups".into(),
+        json!({"amount_rmb": "50", "promo_code": "double11"}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        gw.balance("t1").await["credited"].as_i64().unwrap(),
+        120 * 1_000_000_000
+    );
+    // The cap of 2 uses holds even when tenants race for the last one.
+    let (a, b) = tokio::join!(
+        post(
+            "/admin/tenants/t2/topups".into(),
+            json!({"amount_rmb": "10", "promo_code": "DOUBLE11"})
+        ),
+        post(
+            "/admin/tenants/t3/topups".into(),
+            json!({"amount_rmb": "10", "promo_code": "DOUBLE11"})
+        ),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 400], "{a:?} {b:?}");
+    let promos = gw.admin_get("/admin/promos").await;
+    assert_eq!(promos["data"][0]["uses"], 2);
+    // A fixed bonus is claimed without a top-up, once.
+    let (s, _) = post("/admin/tenants/t3/promo".into(), json!({"code": "welcome"})).await;
+    assert_eq!(s, 201);
+    let (s, _) = post("/admin/tenants/t3/promo".into(), json!({"code": "welcome"})).await;
+    assert_eq!(s, 400);
+    for t in ["t1", "t2", "t3"] {
+        check_invariant(&gw.balance(t).await);
+    }
+}

@@ -16,7 +16,7 @@ use crate::error::GatewayError;
 use crate::metrics;
 use crate::routing::upstream::BreakerState;
 use crate::tenancy::store::{
-    AnalyticsQuery, Dimension, Granularity, NewKey, StoreError, UserPrincipal,
+    AnalyticsQuery, Dimension, Granularity, NewKey, PromoBonus, StoreError, UserPrincipal,
 };
 use crate::tenancy::{GroupId, KeyId, Role, TenantId, UserId};
 use async_trait::async_trait;
@@ -95,6 +95,9 @@ struct CreateKey {
 struct TopUp {
     /// Money received, in RMB; converted at the configured credits per RMB.
     amount_rmb: Decimal,
+    /// A promotion campaign code to apply to this top-up.
+    #[serde(default)]
+    promo_code: Option<String>,
     #[serde(default)]
     note: Option<String>,
     /// Optional idempotency key: the same top-up sent twice is applied once.
@@ -121,6 +124,23 @@ struct CreateCodes {
     batch: Option<String>,
     #[serde(default)]
     expires_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreatePromo {
+    code: String,
+    /// Fixed bonus in credits, granted once per tenant.
+    #[serde(default)]
+    credits: Option<Decimal>,
+    /// Bonus as a percentage of the top-up it is applied to.
+    #[serde(default)]
+    percent: Option<Decimal>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    /// Cap on total uses across tenants.
+    #[serde(default)]
+    max_uses: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -571,24 +591,68 @@ impl AdminApi {
                     req.idempotency_key
                         .unwrap_or_else(crate::tenancy::keys::generate_key)
                 );
-                let note = req.note;
-                let entry = self
+                let (note, promo) = (req.note, req.promo_code);
+                let entries = self
                     .blocking(move |a| {
-                        a.store.credit(
+                        a.store.top_up(
                             tenant,
-                            EntryKind::TopUp,
                             amount,
+                            promo.as_deref(),
                             Some("operator"),
                             note.as_deref(),
                             &id,
                         )
                     })
                     .await?;
+                for e in &entries {
+                    self.app.ledger.apply_committed(e);
+                }
+                Ok(reply(
+                    201,
+                    json!({"entries": entries, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
+                ))
+            }
+            (&Method::POST, ["tenants", t, "promo"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                let req: Redeem = Self::read_json(session).await?;
+                let actor = who.actor();
+                let entry = self
+                    .blocking(move |a| a.store.claim_fixed_promo(tenant, &req.code, Some(&actor)))
+                    .await?;
                 self.app.ledger.apply_committed(&entry);
                 Ok(reply(
                     201,
                     json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
                 ))
+            }
+            (&Method::POST, ["promos"]) => {
+                who.require_operator()?;
+                let req: CreatePromo = Self::read_json(session).await?;
+                let bonus = match (req.credits, req.percent) {
+                    (Some(c), None) => PromoBonus::Fixed(positive_nano(c, "credits")?),
+                    (None, Some(p)) => {
+                        let bp = (p * Decimal::from(100)).round();
+                        PromoBonus::Percent(
+                            rust_decimal::prelude::ToPrimitive::to_i64(&bp).unwrap_or(0),
+                        )
+                    }
+                    _ => return Err(GatewayError::bad_request(
+                        "Give exactly one of `credits` (fixed bonus) or `percent` (of a top-up).",
+                    )),
+                };
+                let p = self
+                    .blocking(move |a| {
+                        a.store
+                            .create_promo(&req.code, bonus, req.expires_at, req.max_uses)
+                    })
+                    .await?;
+                Ok(reply(201, json!(p)))
+            }
+            (&Method::GET, ["promos"]) => {
+                who.require_operator()?;
+                let promos = self.blocking(|a| a.store.list_promos()).await?;
+                Ok(reply(200, json!({"data": promos})))
             }
             (&Method::POST, ["tenants", t, "adjustments"]) => {
                 who.require_operator()?;

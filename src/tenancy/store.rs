@@ -168,6 +168,23 @@ const MIGRATIONS: &[&str] = &[
         cost_nano INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, hour, key_id, user_id, group_id, model, channel)
      ) WITHOUT ROWID;",
+    // 5: promotion campaigns
+    "CREATE TABLE promo_campaigns (
+        id INTEGER PRIMARY KEY,
+        code TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        expires_at INTEGER,
+        max_uses INTEGER,
+        uses INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+     );
+     CREATE TABLE promo_uses (
+        campaign_id INTEGER NOT NULL REFERENCES promo_campaigns(id),
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        used_ms INTEGER NOT NULL,
+        PRIMARY KEY (campaign_id, tenant_id)
+     );",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -234,6 +251,29 @@ pub struct AnalyticsRow {
     pub reasoning_tokens: i64,
     pub cost_nano: i64,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum PromoBonus {
+    /// Nano-credits granted once per tenant.
+    Fixed(i64),
+    /// Basis points (1/100 of a percent) of the top-up it is applied to.
+    Percent(i64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromoCampaign {
+    pub id: i64,
+    pub code: String,
+    pub bonus: PromoBonus,
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub created_at: i64,
+}
+
+/// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
+type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 
 /// (id, tenant, email, role, group, expires_at, accepted_user_id) of an invitation.
 type InviteRow = (i64, i64, String, String, Option<i64>, i64, Option<i64>);
@@ -1245,6 +1285,233 @@ impl Store {
                 out.push((e, running));
             }
             Ok(out)
+        })
+    }
+
+    // ---------------------------------------------------------------- promotions
+
+    /// A campaign: `Fixed(nano)` grants that much once per tenant; `Percent(basis points)` adds
+    /// that share of a top-up it is applied to.
+    pub fn create_promo(
+        &self,
+        code: &str,
+        bonus: PromoBonus,
+        expires_at: Option<i64>,
+        max_uses: Option<i64>,
+    ) -> Result<PromoCampaign, StoreError> {
+        let code = code.trim().to_ascii_uppercase();
+        if code.is_empty()
+            || code.len() > 64
+            || !code
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(StoreError::Invalid(
+                "a promo code is 1-64 letters, digits, - or _".into(),
+            ));
+        }
+        let (kind, value) = match bonus {
+            PromoBonus::Fixed(n) if n > 0 => ("fixed", n),
+            PromoBonus::Percent(bp) if bp > 0 && bp <= 100_000 => ("percent", bp),
+            _ => {
+                return Err(StoreError::Invalid(
+                    "the bonus must be positive (percent at most 1000%)".into(),
+                ))
+            }
+        };
+        self.with(|c| {
+            match c.execute(
+                "INSERT INTO promo_campaigns (code, kind, value, expires_at, max_uses, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![code, kind, value, expires_at, max_uses, unix_now()],
+            ) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(StoreError::Conflict(format!("promo code `{code}` already exists")))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        })?;
+        self.list_promos().and_then(|v| {
+            v.into_iter()
+                .find(|p| p.code == code)
+                .ok_or_else(|| StoreError::NotFound("promo".into()))
+        })
+    }
+
+    pub fn list_promos(&self) -> Result<Vec<PromoCampaign>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT id, code, kind, value, expires_at, max_uses, uses, created_at FROM promo_campaigns ORDER BY id")?;
+            let rows = st.query_map([], |r| {
+                let kind: String = r.get(2)?;
+                let value: i64 = r.get(3)?;
+                Ok(PromoCampaign {
+                    id: r.get(0)?,
+                    code: r.get(1)?,
+                    bonus: if kind == "fixed" { PromoBonus::Fixed(value) } else { PromoBonus::Percent(value) },
+                    expires_at: r.get(4)?,
+                    max_uses: r.get(5)?,
+                    uses: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Claim a campaign for a tenant inside `tx`: valid, not expired, under its cap and not used
+    /// by this tenant before. Returns the bonus for a top-up of `topup` (None: a plain claim).
+    fn claim_promo(
+        tx: &Connection,
+        code: &str,
+        tenant: TenantId,
+        topup: Option<i64>,
+    ) -> Result<(i64, i64), StoreError> {
+        let code = code.trim().to_ascii_uppercase();
+        let row: Option<PromoRow> = tx
+            .query_row(
+                "SELECT id, kind, value, expires_at, max_uses, uses FROM promo_campaigns WHERE code = ?1",
+                params![code],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((id, kind, value, expires_at, max_uses, uses)) = row else {
+            return Err(StoreError::NotFound("promo code".into()));
+        };
+        if expires_at.is_some_and(|t| t <= unix_now()) {
+            return Err(StoreError::Conflict("this promo code has expired".into()));
+        }
+        if max_uses.is_some_and(|m| uses >= m) {
+            return Err(StoreError::Conflict(
+                "this promo code has been used up".into(),
+            ));
+        }
+        let bonus = match (kind.as_str(), topup) {
+            ("fixed", _) => value,
+            ("percent", Some(amount)) => {
+                // basis points of the top-up, rounded half away from zero to the nano-credit
+                let x = i128::from(amount) * i128::from(value);
+                i64::try_from((x + 5_000) / 10_000)
+                    .map_err(|_| StoreError::Invalid("bonus too large".into()))?
+            }
+            _ => {
+                return Err(StoreError::Invalid(
+                    "a percentage promo code applies to a top-up".into(),
+                ))
+            }
+        };
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO promo_uses (campaign_id, tenant_id, used_ms) VALUES (?1, ?2, ?3)",
+            params![id, tenant.0, unix_now_ms()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Conflict(
+                "this tenant has already used this promo code".into(),
+            ));
+        }
+        // The cap is re-checked in the update itself, so concurrent claims cannot exceed it.
+        let n = tx.execute(
+            "UPDATE promo_campaigns SET uses = uses + 1 WHERE id = ?1 AND (max_uses IS NULL OR uses < max_uses)",
+            params![id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Conflict(
+                "this promo code has been used up".into(),
+            ));
+        }
+        Ok((id, bonus))
+    }
+
+    /// A top-up (and, with a promo code, its bonus) committed in one transaction.
+    pub fn top_up(
+        &self,
+        tenant: TenantId,
+        amount: i64,
+        promo: Option<&str>,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM tenants WHERE id = ?1",
+                    params![tenant.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+            }
+            let entry = |kind, amount, id: String, note: Option<String>| LedgerEntry {
+                id,
+                tenant_id: tenant,
+                kind,
+                amount,
+                key_id: None,
+                user_id: None,
+                group_id: None,
+                request_id: None,
+                actor: actor.map(str::to_string),
+                note,
+                uncollected: 0,
+                created_ms: unix_now_ms(),
+            };
+            let mut out = vec![entry(
+                EntryKind::TopUp,
+                amount,
+                id.to_string(),
+                note.map(str::to_string),
+            )];
+            if Store::insert_entry(&tx, &out[0])? == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "ledger entry `{id}` already exists"
+                )));
+            }
+            if let Some(code) = promo {
+                let (campaign, bonus) = Store::claim_promo(&tx, code, tenant, Some(amount))?;
+                let e = entry(
+                    EntryKind::Promo,
+                    bonus,
+                    format!("promo:{campaign}:{}", tenant.0),
+                    Some(format!("promo {}", code.trim().to_ascii_uppercase())),
+                );
+                Store::insert_entry(&tx, &e)?;
+                out.push(e);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Claim a fixed-bonus promo code without a top-up.
+    pub fn claim_fixed_promo(
+        &self,
+        tenant: TenantId,
+        code: &str,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let (campaign, bonus) = Store::claim_promo(&tx, code, tenant, None)?;
+            let e = LedgerEntry {
+                id: format!("promo:{campaign}:{}", tenant.0),
+                tenant_id: tenant,
+                kind: EntryKind::Promo,
+                amount: bonus,
+                key_id: None,
+                user_id: None,
+                group_id: None,
+                request_id: None,
+                actor: actor.map(str::to_string),
+                note: Some(format!("promo {}", code.trim().to_ascii_uppercase())),
+                uncollected: 0,
+                created_ms: unix_now_ms(),
+            };
+            Store::insert_entry(&tx, &e)?;
+            tx.commit()?;
+            Ok(e)
         })
     }
 
