@@ -1,0 +1,2022 @@
+//! Cluster mode: the prepaid credit bank in Redis, shared by several gateway processes.
+//!
+//! Embedded mode (`ledger.rs`) keeps each tenant's book in one process. In cluster mode several
+//! gateway processes ("nodes") serve the same tenants, so the balance lives in one Redis and each
+//! node *leases* allowance from it in chunks, spends the chunk locally on the request path (no
+//! Redis round trip), and reports what it spent in batched flushes. Together the nodes can never
+//! spend more than the balance: a node only spends allowance it holds, and Redis only hands out
+//! allowance the balance covers.
+//!
+//! Keys (prefix configurable, default `tg:`), amounts are i64 nano-credits:
+//! - `bal:{t}`: the tenant's unallocated balance;
+//! - `lease:{node}:{t}`: allowance `node` holds for tenant `t` (leased, not yet spent or returned);
+//! - `spent:{t}`: total charges flushed; `credited:{t}`: total credits ever applied;
+//! - `nodes:{t}`: the nodes that hold a lease for `t`; `held:{node}`: the tenants `node` holds a
+//!   lease for (so snapshots and crash recovery never SCAN);
+//! - `op:{c|l|g|f}:{id}`: idempotency markers (credit, lease, give-back, flush) with a TTL;
+//! - `epoch:{node}`: incremented by every `Bank::connect`, so the ids a node generates are unique
+//!   across restarts of a node with the same id.
+//!
+//! Invariant at every moment, per tenant: `bal + Σ_nodes lease + spent = credited`. Every
+//! mutation is one Lua script (EVALSHA), so Redis applies it atomically; the scripts validate
+//! everything before their first write, so an error reply means nothing was applied.
+//!
+//! On top of the bank, [`Allowances`] is what the request path calls: `reserve` and `settle` touch
+//! only local state while the node holds enough allowance, and a background task
+//! ([`Allowances::run_flusher`]) flushes charges, returns idle allowance and resolves Redis calls
+//! whose outcome was lost (timeouts), so every charge is applied exactly once.
+//!
+//! All scripts touch keys of many tenants (flush) or build key names inside Lua (snapshot,
+//! reclaim): this targets a standalone Redis (or one primary with replicas / Sentinel). In a Redis
+//! Cluster, put a hash tag in the prefix (e.g. `{tg}:`) so every key lands in one slot.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Script, ScriptInvocation};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+/// Largest amount one call accepts (2^53): Lua numbers are doubles, exact up to here.
+pub const MAX_AMOUNT: i64 = 1 << 53;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The call did not complete within the configured timeout; it may or may not have been
+    /// applied (retry with the same id to find out).
+    #[error("redis call timed out after {ms} ms (outcome unknown)")]
+    Timeout { ms: u64 },
+    /// Redis failed recently and the call was not attempted (fail closed), or the allowance
+    /// manager is shut down.
+    #[error("credit bank unavailable")]
+    Unavailable,
+    #[error("insufficient credit: {available} nano-credits available")]
+    Insufficient { available: i64 },
+    /// A flush charged more than the node's lease for a tenant; nothing in the batch was applied.
+    #[error("charge of {amount} exceeds the lease of {lease} for tenant {tenant}")]
+    Overdrawn {
+        tenant: i64,
+        lease: i64,
+        amount: i64,
+    },
+    /// The idempotency id was already used for a different operation.
+    #[error("idempotency id {id} was already used with other parameters")]
+    IdConflict { id: String },
+    #[error("invalid amount {amount}")]
+    InvalidAmount { amount: i64 },
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+impl BankError {
+    /// Redis could not be reached or did not answer (as opposed to a refusal).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            BankError::Redis(_) | BankError::Timeout { .. } | BankError::Unavailable
+        )
+    }
+
+    /// The call may have been applied although no answer came back.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            BankError::Timeout { .. } => true,
+            BankError::Redis(e) => {
+                !matches!(e.kind(), redis::ErrorKind::Server(_)) && !e.is_connection_refusal()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A tenant's totals in Redis, read atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TenantTotals {
+    /// Unallocated balance.
+    pub bal: i64,
+    /// Sum of all nodes' leases.
+    pub leases: i64,
+    pub spent: i64,
+    pub credited: i64,
+    /// Each node's lease (nodes in `nodes:{t}`).
+    pub by_node: Vec<(String, i64)>,
+}
+
+impl TenantTotals {
+    /// `bal + leases + spent == credited`.
+    pub fn balanced(&self) -> bool {
+        self.bal
+            .checked_add(self.leases)
+            .and_then(|x| x.checked_add(self.spent))
+            == Some(self.credited)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BankConfig {
+    /// Every Redis call is abandoned after this (the connection is then replaced).
+    pub op_timeout: Duration,
+    /// Each connection attempt times out after this.
+    pub connect_timeout: Duration,
+    /// TTL of credit and give-back markers.
+    pub op_marker_ttl: Duration,
+    /// TTL of flush markers. One marker per non-empty flush: at 20 flushes/s a busy node writes
+    /// ~1.7 M markers a day (~100 bytes each in Redis).
+    pub flush_marker_ttl: Duration,
+    /// TTL of lease markers (only needed until a timed-out lease is resolved).
+    pub lease_marker_ttl: Duration,
+}
+
+impl Default for BankConfig {
+    fn default() -> Self {
+        BankConfig {
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            op_marker_ttl: Duration::from_secs(7 * 86_400),
+            flush_marker_ttl: Duration::from_secs(3 * 86_400),
+            lease_marker_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
+// KEYS: bal, credited, op. ARGV: amount, ttl, fingerprint.
+// Returns {0, bal} applied, {1, bal} replay, {-1, bal} a debit the balance cannot cover, {-2}
+// id reused with other parameters.
+const CREDIT_LUA: &str = r#"
+local m = redis.call('GET', KEYS[3])
+if m then
+  if m ~= ARGV[3] then return {-2} end
+  return {1, redis.call('GET', KEYS[1]) or '0'}
+end
+local amt = tonumber(ARGV[1])
+local bal = redis.call('GET', KEYS[1]) or '0'
+if amt < 0 and tonumber(bal) + amt < 0 then return {-1, bal} end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
+return {0, redis.call('GET', KEYS[1])}
+"#;
+
+// KEYS: bal, lease, nodes, held [, op]. ARGV: want, node, tenant, ttl.
+// Moves min(want, bal) from bal to the lease. With an op key: once per op id (a replay returns
+// the amount granted the first time; want = 0 on an unknown id voids it).
+// Returns {0, granted} or {1, granted} (replay), {-2} id used for another tenant.
+const LEASE_LUA: &str = r#"
+local fp = ARGV[3] .. ':'
+if KEYS[5] then
+  local m = redis.call('GET', KEYS[5])
+  if m then
+    if string.sub(m, 1, #fp) ~= fp then return {-2} end
+    return {1, tonumber(string.sub(m, #fp + 1))}
+  end
+end
+local want = tonumber(ARGV[1])
+local bal = tonumber(redis.call('GET', KEYS[1]) or '0')
+local g = want
+if bal < g then g = bal end
+if g < 0 then g = 0 end
+local gs = string.format('%d', g)
+if g > 0 then
+  redis.call('DECRBY', KEYS[1], gs)
+  redis.call('INCRBY', KEYS[2], gs)
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('SADD', KEYS[4], ARGV[3])
+end
+if KEYS[5] then redis.call('SET', KEYS[5], fp .. gs, 'EX', ARGV[4]) end
+return {0, g}
+"#;
+
+// KEYS: bal, lease, nodes, held, op. ARGV: amount, node, tenant, ttl.
+// Moves min(amount, lease) from the lease back to bal, once per op id.
+// Returns {0, returned}, {1, returned} (replay), {-2} id used with other parameters.
+const GIVE_BACK_LUA: &str = r#"
+local fp = ARGV[3] .. ':' .. ARGV[1] .. ':'
+local m = redis.call('GET', KEYS[5])
+if m then
+  if string.sub(m, 1, #fp) ~= fp then return {-2} end
+  return {1, tonumber(string.sub(m, #fp + 1))}
+end
+local amt = tonumber(ARGV[1])
+local l = tonumber(redis.call('GET', KEYS[2]) or '0')
+local r = amt
+if l < r then r = l end
+if r < 0 then r = 0 end
+local rs = string.format('%d', r)
+if r > 0 then
+  redis.call('DECRBY', KEYS[2], rs)
+  redis.call('INCRBY', KEYS[1], rs)
+end
+if l - r == 0 then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[3], ARGV[2])
+  redis.call('SREM', KEYS[4], ARGV[3])
+end
+redis.call('SET', KEYS[5], fp .. rs, 'EX', ARGV[4])
+return {0, r}
+"#;
+
+// KEYS: op, held, then per charge i: lease_i, spent_i, nodes_i (KEYS[3i], [3i+1], [3i+2]).
+// ARGV: ttl, node, fingerprint, then per charge i: tenant_i (ARGV[2+2i]), amount_i (ARGV[3+2i]).
+// All or nothing, once per batch id. Returns {0} applied, {1} replay, {-1, i, lease, amount}
+// charge i exceeds its lease (nothing applied), {-2} id used for another batch.
+const FLUSH_LUA: &str = r#"
+local m = redis.call('GET', KEYS[1])
+if m then
+  if m ~= ARGV[3] then return {-2} end
+  return {1}
+end
+local n = (#KEYS - 2) / 3
+for i = 1, n do
+  local l = tonumber(redis.call('GET', KEYS[3 * i]) or '0')
+  local a = tonumber(ARGV[3 + 2 * i])
+  if a > l then return {-1, i, l, a} end
+end
+for i = 1, n do
+  local a = ARGV[3 + 2 * i]
+  local left = redis.call('DECRBY', KEYS[3 * i], a)
+  redis.call('INCRBY', KEYS[3 * i + 1], a)
+  if left == 0 then
+    redis.call('DEL', KEYS[3 * i])
+    redis.call('SREM', KEYS[3 * i + 2], ARGV[2])
+    redis.call('SREM', KEYS[2], ARGV[2 + 2 * i])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
+return {0}
+"#;
+
+// KEYS: held. ARGV: prefix, node. Every lease of the node goes back to its tenant's bal.
+// Returns a flat list {tenant, amount, ...} of what was moved.
+const RECLAIM_LUA: &str = r#"
+local out = {}
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local lk = ARGV[1] .. 'lease:' .. ARGV[2] .. ':' .. t
+  local l = redis.call('GET', lk)
+  if l then
+    redis.call('INCRBY', ARGV[1] .. 'bal:' .. t, l)
+    redis.call('DEL', lk)
+    table.insert(out, t)
+    table.insert(out, l)
+  end
+  redis.call('SREM', ARGV[1] .. 'nodes:' .. t, ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+return out
+"#;
+
+// KEYS: bal, spent, credited, nodes. ARGV: prefix, tenant.
+// Returns {bal, spent, credited, node, lease, node, lease, ...} as strings.
+const SNAPSHOT_LUA: &str = r#"
+local out = {
+  redis.call('GET', KEYS[1]) or '0',
+  redis.call('GET', KEYS[2]) or '0',
+  redis.call('GET', KEYS[3]) or '0'
+}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  table.insert(out, n)
+  table.insert(out, redis.call('GET', ARGV[1] .. 'lease:' .. n .. ':' .. ARGV[2]) or '0')
+end
+return out
+"#;
+
+struct Scripts {
+    credit: Script,
+    lease: Script,
+    give_back: Script,
+    flush: Script,
+    reclaim: Script,
+    snapshot: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            credit: Script::new(CREDIT_LUA),
+            lease: Script::new(LEASE_LUA),
+            give_back: Script::new(GIVE_BACK_LUA),
+            flush: Script::new(FLUSH_LUA),
+            reclaim: Script::new(RECLAIM_LUA),
+            snapshot: Script::new(SNAPSHOT_LUA),
+        }
+    }
+}
+
+/// The shared credit bank: one Redis, many nodes.
+pub struct Bank {
+    client: redis::Client,
+    manager_cfg: ConnectionManagerConfig,
+    conn: RwLock<ConnectionManager>,
+    node: String,
+    prefix: String,
+    epoch: u64,
+    cfg: BankConfig,
+    scripts: Scripts,
+    /// Consecutive calls that timed out.
+    timeouts: AtomicU32,
+}
+
+impl std::fmt::Debug for Bank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bank")
+            .field("node", &self.node)
+            .field("prefix", &self.prefix)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn check_amount(amount: i64, allow_negative: bool) -> Result<(), BankError> {
+    let low = if allow_negative { -MAX_AMOUNT } else { 0 };
+    if amount < low || amount > MAX_AMOUNT {
+        return Err(BankError::InvalidAmount { amount });
+    }
+    Ok(())
+}
+
+fn ttl_secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+fn reply_code(v: &[i64], what: &str) -> Result<i64, BankError> {
+    v.first()
+        .copied()
+        .ok_or_else(|| BankError::Protocol(format!("{what}: empty reply")))
+}
+
+fn reply_at(v: &[i64], i: usize, what: &str) -> Result<i64, BankError> {
+    v.get(i)
+        .copied()
+        .ok_or_else(|| BankError::Protocol(format!("{what}: short reply {v:?}")))
+}
+
+/// FNV-1a over the batch content: a flush id replayed with other content is refused.
+fn fingerprint(charges: &[(i64, i64)]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (t, a) in charges {
+        for b in t.to_le_bytes().iter().chain(a.to_le_bytes().iter()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{}:{h:016x}", charges.len())
+}
+
+impl Bank {
+    /// Connect with the default configuration. `prefix` is prepended to every key (e.g. `tg:`).
+    pub async fn connect(url: &str, node: &str, prefix: &str) -> Result<Bank, BankError> {
+        Bank::connect_with(url, node, prefix, BankConfig::default()).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        node: &str,
+        prefix: &str,
+        cfg: BankConfig,
+    ) -> Result<Bank, BankError> {
+        if node.is_empty() || node.chars().any(char::is_whitespace) {
+            return Err(BankError::Invalid(
+                "node id must be non-empty without whitespace",
+            ));
+        }
+        let client = redis::Client::open(url)?;
+        // Our own timeout (op_timeout) bounds every call and replaces the connection when it
+        // fires, which also covers a silently dead peer (the manager only reconnects on errors).
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let ms = cfg.op_timeout.as_millis() as u64;
+        let mut conn = tokio::time::timeout(
+            cfg.op_timeout,
+            ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??;
+        let epoch: u64 = tokio::time::timeout(
+            cfg.op_timeout,
+            redis::cmd("INCR")
+                .arg(format!("{prefix}epoch:{node}"))
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??;
+        // Load the scripts up front (one round trip), so a first call whose answer is lost is
+        // not a NOSCRIPT that never got retried.
+        let mut pipe = redis::pipe();
+        for code in [
+            CREDIT_LUA,
+            LEASE_LUA,
+            GIVE_BACK_LUA,
+            FLUSH_LUA,
+            RECLAIM_LUA,
+            SNAPSHOT_LUA,
+        ] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+        }
+        let _: Vec<String> = tokio::time::timeout(cfg.op_timeout, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| BankError::Timeout { ms })??;
+        Ok(Bank {
+            client,
+            manager_cfg,
+            conn: RwLock::new(conn),
+            node: node.to_string(),
+            prefix: prefix.to_string(),
+            epoch,
+            cfg,
+            scripts: Scripts::new(),
+            timeouts: AtomicU32::new(0),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Incremented by every connect of this node id: ids generated with it never repeat.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn key(&self, kind: &str, tenant: i64) -> String {
+        format!("{}{kind}:{tenant}", self.prefix)
+    }
+
+    fn lease_key(&self, tenant: i64) -> String {
+        format!("{}lease:{}:{tenant}", self.prefix, self.node)
+    }
+
+    fn held_key(&self) -> String {
+        format!("{}held:{}", self.prefix, self.node)
+    }
+
+    fn op_key(&self, kind: char, id: &str) -> String {
+        format!("{}op:{kind}:{id}", self.prefix)
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        match self.conn.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn replace_connection(&self) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_cfg.clone())
+        {
+            Ok(fresh) => match self.conn.write() {
+                Ok(mut c) => *c = fresh,
+                Err(p) => *p.into_inner() = fresh,
+            },
+            Err(e) => tracing::warn!(error = %e, "credit bank: cannot replace redis connection"),
+        }
+    }
+
+    async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, BankError> {
+        let mut conn = self.connection();
+        match tokio::time::timeout(self.cfg.op_timeout, inv.invoke_async(&mut conn)).await {
+            Ok(r) => {
+                self.timeouts.store(0, Ordering::Relaxed);
+                Ok(r?)
+            }
+            Err(_) => {
+                // A slow Redis answers on the same connection later; a connection that timed
+                // out twice in a row is taken for dead (the manager itself only reconnects on
+                // errors, never on silence).
+                if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= 2 {
+                    self.timeouts.store(0, Ordering::Relaxed);
+                    self.replace_connection();
+                }
+                Err(BankError::Timeout {
+                    ms: self.cfg.op_timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Idempotent credit (top-up, grant, redemption, adjustment): `bal += amount` and
+    /// `credited += amount`, once per `entry_id`. A negative amount is refused with
+    /// `Insufficient` unless the unallocated balance covers it (leased allowance is not taken
+    /// back). Returns the unallocated balance (on a replay: the current one).
+    pub async fn credit(&self, tenant: i64, amount: i64, entry_id: &str) -> Result<i64, BankError> {
+        check_amount(amount, true)?;
+        let mut inv = self.scripts.credit.prepare_invoke();
+        inv.key(self.key("bal", tenant))
+            .key(self.key("credited", tenant))
+            .key(self.op_key('c', entry_id))
+            .arg(amount)
+            .arg(ttl_secs(self.cfg.op_marker_ttl))
+            .arg(format!("{tenant}:{amount}"));
+        let v: Vec<i64> = self.run(&inv).await?;
+        match reply_code(&v, "credit")? {
+            0 | 1 => reply_at(&v, 1, "credit"),
+            -1 => Err(BankError::Insufficient {
+                available: reply_at(&v, 1, "credit")?,
+            }),
+            -2 => Err(BankError::IdConflict {
+                id: entry_id.to_string(),
+            }),
+            c => Err(BankError::Protocol(format!("credit: code {c}"))),
+        }
+    }
+
+    /// Atomically move `min(want, bal)` from the balance into this node's lease. Returns what was
+    /// granted (`0..=want`). Not idempotent: see [`Bank::lease_once`].
+    pub async fn lease(&self, tenant: i64, want: i64) -> Result<i64, BankError> {
+        self.lease_inner(tenant, want, None).await
+    }
+
+    /// [`Bank::lease`] applied once per `op_id`: a replay returns what the first call granted.
+    /// Calling it with `want = 0` resolves a call whose answer was lost: it returns what that
+    /// call granted, or 0 and voids the id so the lost call can no longer apply.
+    pub async fn lease_once(&self, tenant: i64, want: i64, op_id: &str) -> Result<i64, BankError> {
+        self.lease_inner(tenant, want, Some(op_id)).await
+    }
+
+    async fn lease_inner(
+        &self,
+        tenant: i64,
+        want: i64,
+        op_id: Option<&str>,
+    ) -> Result<i64, BankError> {
+        check_amount(want, false)?;
+        let mut inv = self.scripts.lease.prepare_invoke();
+        inv.key(self.key("bal", tenant))
+            .key(self.lease_key(tenant))
+            .key(self.key("nodes", tenant))
+            .key(self.held_key());
+        if let Some(id) = op_id {
+            inv.key(self.op_key('l', id));
+        }
+        inv.arg(want)
+            .arg(&self.node)
+            .arg(tenant)
+            .arg(ttl_secs(self.cfg.lease_marker_ttl));
+        let v: Vec<i64> = self.run(&inv).await?;
+        match reply_code(&v, "lease")? {
+            0 | 1 => reply_at(&v, 1, "lease"),
+            -2 => Err(BankError::IdConflict {
+                id: op_id.unwrap_or_default().to_string(),
+            }),
+            c => Err(BankError::Protocol(format!("lease: code {c}"))),
+        }
+    }
+
+    /// Record charges settled locally from this node's lease, many tenants in one round trip:
+    /// for each `(tenant, amount)`, `lease -= amount` and `spent += amount`. Applied once per
+    /// `batch_id`; a charge above the lease fails the whole batch with `Overdrawn` (nothing
+    /// applied). Repeated tenants are summed.
+    pub async fn flush(&self, batch_id: &str, charges: &[(i64, i64)]) -> Result<(), BankError> {
+        let mut merged: BTreeMap<i64, i64> = BTreeMap::new();
+        for &(t, a) in charges {
+            check_amount(a, false)?;
+            let e = merged.entry(t).or_insert(0);
+            *e = e
+                .checked_add(a)
+                .filter(|s| *s <= MAX_AMOUNT)
+                .ok_or(BankError::InvalidAmount { amount: a })?;
+        }
+        merged.retain(|_, a| *a > 0);
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<(i64, i64)> = merged.into_iter().collect();
+        let mut inv = self.scripts.flush.prepare_invoke();
+        inv.key(self.op_key('f', batch_id)).key(self.held_key());
+        for &(t, _) in &list {
+            inv.key(self.lease_key(t))
+                .key(self.key("spent", t))
+                .key(self.key("nodes", t));
+        }
+        inv.arg(ttl_secs(self.cfg.flush_marker_ttl))
+            .arg(&self.node)
+            .arg(fingerprint(&list));
+        for &(t, a) in &list {
+            inv.arg(t).arg(a);
+        }
+        let v: Vec<i64> = self.run(&inv).await?;
+        match reply_code(&v, "flush")? {
+            0 | 1 => Ok(()),
+            -1 => {
+                let i = reply_at(&v, 1, "flush")?;
+                let tenant = usize::try_from(i - 1)
+                    .ok()
+                    .and_then(|i| list.get(i))
+                    .map(|c| c.0)
+                    .ok_or_else(|| BankError::Protocol(format!("flush: index {i}")))?;
+                Err(BankError::Overdrawn {
+                    tenant,
+                    lease: reply_at(&v, 2, "flush")?,
+                    amount: reply_at(&v, 3, "flush")?,
+                })
+            }
+            -2 => Err(BankError::IdConflict {
+                id: batch_id.to_string(),
+            }),
+            c => Err(BankError::Protocol(format!("flush: code {c}"))),
+        }
+    }
+
+    /// Give unused allowance back: `lease -= amount`, `bal += amount`, once per `op_id`; the
+    /// amount is capped at the lease. Returns what was returned (a replay returns the same).
+    pub async fn give_back(&self, tenant: i64, amount: i64, op_id: &str) -> Result<i64, BankError> {
+        check_amount(amount, false)?;
+        let mut inv = self.scripts.give_back.prepare_invoke();
+        inv.key(self.key("bal", tenant))
+            .key(self.lease_key(tenant))
+            .key(self.key("nodes", tenant))
+            .key(self.held_key())
+            .key(self.op_key('g', op_id))
+            .arg(amount)
+            .arg(&self.node)
+            .arg(tenant)
+            .arg(ttl_secs(self.cfg.op_marker_ttl));
+        let v: Vec<i64> = self.run(&inv).await?;
+        match reply_code(&v, "give_back")? {
+            0 | 1 => reply_at(&v, 1, "give_back"),
+            -2 => Err(BankError::IdConflict {
+                id: op_id.to_string(),
+            }),
+            c => Err(BankError::Protocol(format!("give_back: code {c}"))),
+        }
+    }
+
+    /// After a crash or restart of THIS node (and before it leases again): every lease still
+    /// recorded for this node id goes back to its tenant's balance. Charges the dead process had
+    /// not flushed are lost revenue, never overspend. Never call it while another live process
+    /// uses the same node id. Returns `(tenant, amount)` moved.
+    pub async fn reclaim_own_leases(&self) -> Result<Vec<(i64, i64)>, BankError> {
+        let mut inv = self.scripts.reclaim.prepare_invoke();
+        inv.key(self.held_key()).arg(&self.prefix).arg(&self.node);
+        let v: Vec<String> = self.run(&inv).await?;
+        let mut out = Vec::with_capacity(v.len() / 2);
+        for pair in v.chunks(2) {
+            match pair {
+                [t, a] => out.push((parse_i64(t)?, parse_i64(a)?)),
+                _ => return Err(BankError::Protocol("reclaim: odd reply".into())),
+            }
+        }
+        if !out.is_empty() {
+            tracing::info!(node = %self.node, tenants = out.len(), "credit bank: reclaimed leases of a previous run");
+        }
+        Ok(out)
+    }
+
+    /// The tenant's totals, read atomically.
+    pub async fn snapshot(&self, tenant: i64) -> Result<TenantTotals, BankError> {
+        let mut inv = self.scripts.snapshot.prepare_invoke();
+        inv.key(self.key("bal", tenant))
+            .key(self.key("spent", tenant))
+            .key(self.key("credited", tenant))
+            .key(self.key("nodes", tenant))
+            .arg(&self.prefix)
+            .arg(tenant);
+        let v: Vec<String> = self.run(&inv).await?;
+        let [bal, spent, credited, rest @ ..] = v.as_slice() else {
+            return Err(BankError::Protocol("snapshot: short reply".into()));
+        };
+        let mut totals = TenantTotals {
+            bal: parse_i64(bal)?,
+            spent: parse_i64(spent)?,
+            credited: parse_i64(credited)?,
+            ..TenantTotals::default()
+        };
+        for pair in rest.chunks(2) {
+            match pair {
+                [n, l] => {
+                    let l = parse_i64(l)?;
+                    totals.leases = totals.leases.saturating_add(l);
+                    totals.by_node.push((n.clone(), l));
+                }
+                _ => return Err(BankError::Protocol("snapshot: odd reply".into())),
+            }
+        }
+        totals.by_node.sort();
+        Ok(totals)
+    }
+}
+
+fn parse_i64(s: &str) -> Result<i64, BankError> {
+    s.parse()
+        .map_err(|_| BankError::Protocol(format!("not an integer: {s:?}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client-side allowance manager.
+
+#[derive(Debug, Clone)]
+pub struct AllowanceConfig {
+    /// Smallest amount leased from Redis at a time.
+    pub lease_chunk: i64,
+    /// Allowance unused for this long is given back to the shared balance.
+    pub idle_return_after: Duration,
+    /// After Redis granted less than asked (its balance is empty), refuse without asking again
+    /// for this long.
+    pub dry_backoff: Duration,
+    /// After a failed Redis call, refuse calls that need Redis for this long (fail closed fast).
+    pub down_backoff: Duration,
+    /// Most tenants in one flush script.
+    pub max_batch: usize,
+    /// How long shutdown waits for holds in flight and for Redis.
+    pub shutdown_grace: Duration,
+}
+
+impl AllowanceConfig {
+    pub fn new(lease_chunk: i64) -> AllowanceConfig {
+        AllowanceConfig {
+            lease_chunk: lease_chunk.clamp(1, MAX_AMOUNT),
+            idle_return_after: Duration::from_secs(5),
+            dry_backoff: Duration::from_millis(100),
+            down_backoff: Duration::from_millis(250),
+            max_batch: 1_000,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Local {
+    /// Leased from Redis and neither held nor charged.
+    free: i64,
+    /// Held by reservations in flight.
+    held: i64,
+    /// Charged by settlements, not yet in a flush batch.
+    queued: i64,
+    last_used: Instant,
+    dry_until: Option<Instant>,
+}
+
+struct Slot {
+    local: Mutex<Local>,
+    /// One lease call in flight per tenant; the others wait and look again.
+    gate: tokio::sync::Mutex<()>,
+}
+
+/// This node's view of a tenant, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LocalAllowance {
+    pub free: i64,
+    pub held: i64,
+    pub queued: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Batch {
+    id: String,
+    charges: Vec<(i64, i64)>,
+}
+
+#[derive(Debug, Clone)]
+struct UnsureLease {
+    tenant: i64,
+    op_id: String,
+}
+
+#[derive(Debug, Clone)]
+struct UnsureReturn {
+    tenant: i64,
+    amount: i64,
+    op_id: String,
+}
+
+/// What shutdown could not settle before its grace period ended (leased amounts stay recorded
+/// in Redis for this node id until `reclaim_own_leases`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    pub free: i64,
+    pub held: i64,
+    /// Charges not flushed (queued or in the pending batch).
+    pub unflushed: i64,
+    /// Redis calls whose outcome is still unknown.
+    pub unsure: usize,
+}
+
+impl Leftover {
+    pub fn is_clean(&self) -> bool {
+        *self == Leftover::default()
+    }
+}
+
+enum Take {
+    Done,
+    Refused(i64),
+    Short(i64),
+}
+
+/// Per-node allowance manager: the request path's view of the credit bank.
+pub struct Allowances {
+    bank: Arc<Bank>,
+    cfg: AllowanceConfig,
+    tenants: Mutex<HashMap<i64, Arc<Slot>>>,
+    /// Serialises flushes, give-backs and resolutions.
+    upkeep: tokio::sync::Mutex<()>,
+    /// The batch being flushed: retried with the same id until Redis answers.
+    batch: Mutex<Option<Batch>>,
+    unsure_leases: Arc<Mutex<Vec<UnsureLease>>>,
+    unsure_returns: Mutex<Vec<UnsureReturn>>,
+    seq: AtomicU64,
+    ops: Arc<AtomicU64>,
+    down_until: Arc<Mutex<Option<Instant>>>,
+    closed: AtomicBool,
+    uncollected: AtomicI64,
+    lost: AtomicI64,
+}
+
+impl std::fmt::Debug for Allowances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allowances")
+            .field("bank", &self.bank)
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+fn mark_down(down: &Mutex<Option<Instant>>, backoff: Duration) {
+    *lock(down) = Some(Instant::now() + backoff);
+}
+
+impl Allowances {
+    pub fn new(bank: Arc<Bank>, lease_chunk: i64) -> Arc<Self> {
+        Allowances::with_config(bank, AllowanceConfig::new(lease_chunk))
+    }
+
+    pub fn with_config(bank: Arc<Bank>, cfg: AllowanceConfig) -> Arc<Self> {
+        Arc::new(Allowances {
+            bank,
+            cfg,
+            tenants: Mutex::new(HashMap::new()),
+            upkeep: tokio::sync::Mutex::new(()),
+            batch: Mutex::new(None),
+            unsure_leases: Arc::new(Mutex::new(Vec::new())),
+            unsure_returns: Mutex::new(Vec::new()),
+            seq: AtomicU64::new(0),
+            ops: Arc::new(AtomicU64::new(0)),
+            down_until: Arc::new(Mutex::new(None)),
+            closed: AtomicBool::new(false),
+            uncollected: AtomicI64::new(0),
+            lost: AtomicI64::new(0),
+        })
+    }
+
+    pub fn bank(&self) -> &Arc<Bank> {
+        &self.bank
+    }
+
+    /// Redis round trips made by this manager (failed attempts included).
+    pub fn redis_ops(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    /// Charges settlements could not collect (actual cost above hold + free allowance).
+    pub fn uncollected(&self) -> i64 {
+        self.uncollected.load(Ordering::Relaxed)
+    }
+
+    /// Charges dropped because Redis no longer recorded the lease they were spent from (another
+    /// process reclaimed this node id's leases, or Redis lost data): lost revenue, never
+    /// overspend. Non-zero means misconfiguration; it is logged as an error.
+    pub fn lost(&self) -> i64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    pub fn local(&self, tenant: i64) -> LocalAllowance {
+        let map = lock(&self.tenants);
+        match map.get(&tenant) {
+            Some(s) => {
+                let l = lock(&s.local);
+                LocalAllowance {
+                    free: l.free,
+                    held: l.held,
+                    queued: l.queued,
+                }
+            }
+            None => LocalAllowance::default(),
+        }
+    }
+
+    /// Forget that the tenant's shared balance looked empty (call after crediting it).
+    pub fn notify_credit(&self, tenant: i64) {
+        if let Some(s) = lock(&self.tenants).get(&tenant) {
+            lock(&s.local).dry_until = None;
+        }
+    }
+
+    fn slot(&self, tenant: i64) -> Arc<Slot> {
+        lock(&self.tenants)
+            .entry(tenant)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    local: Mutex::new(Local {
+                        free: 0,
+                        held: 0,
+                        queued: 0,
+                        last_used: Instant::now(),
+                        dry_until: None,
+                    }),
+                    gate: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    fn next_id(&self, kind: char) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}:{}:{kind}{n}", self.bank.node(), self.bank.epoch())
+    }
+
+    fn is_down(&self) -> bool {
+        lock(&self.down_until).is_some_and(|d| Instant::now() < d)
+    }
+
+    fn mark_up(&self) {
+        *lock(&self.down_until) = None;
+    }
+
+    fn try_take(slot: &Slot, amount: i64) -> Take {
+        let now = Instant::now();
+        let mut l = lock(&slot.local);
+        l.last_used = now;
+        if l.free >= amount {
+            l.free -= amount;
+            l.held += amount;
+            return Take::Done;
+        }
+        if l.dry_until.is_some_and(|d| now < d) {
+            return Take::Refused(l.free);
+        }
+        Take::Short(amount - l.free)
+    }
+
+    /// Hold `amount` for a call. Served from the allowance this node holds; when short, leases
+    /// `max(lease_chunk, shortfall)` more (one lease in flight per tenant). `Insufficient` when
+    /// the shared balance cannot cover it; when Redis is unreachable only held allowance is
+    /// served, anything else fails closed (`Unavailable`, `Timeout` or `Redis`).
+    pub async fn reserve(&self, tenant: i64, amount: i64) -> Result<(), BankError> {
+        check_amount(amount, true)?;
+        if amount <= 0 {
+            return Ok(());
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(BankError::Unavailable);
+        }
+        let slot = self.slot(tenant);
+        for _ in 0..3 {
+            match Self::try_take(&slot, amount) {
+                Take::Done => return Ok(()),
+                Take::Refused(available) => return Err(BankError::Insufficient { available }),
+                Take::Short(_) => {}
+            }
+            if self.is_down() {
+                return Err(BankError::Unavailable);
+            }
+            let _gate = slot.gate.lock().await;
+            let need = match Self::try_take(&slot, amount) {
+                Take::Done => return Ok(()),
+                Take::Refused(available) => return Err(BankError::Insufficient { available }),
+                Take::Short(need) => need,
+            };
+            if self.is_down() {
+                return Err(BankError::Unavailable);
+            }
+            let want = need.max(self.cfg.lease_chunk).min(MAX_AMOUNT);
+            let granted = self.lease_detached(tenant, want, &slot).await?;
+            if granted >= need {
+                continue; // take it (unless a concurrent caller was faster: then lease again)
+            }
+            // Redis's balance did not cover the shortfall: what was granted stays here (given
+            // back when idle) and the call is refused unless a settlement freed enough meanwhile.
+            return match Self::try_take(&slot, amount) {
+                Take::Done => Ok(()),
+                Take::Refused(_) | Take::Short(_) => Err(BankError::Insufficient {
+                    available: lock(&slot.local).free,
+                }),
+            };
+        }
+        match Self::try_take(&slot, amount) {
+            Take::Done => Ok(()),
+            _ => Err(BankError::Insufficient {
+                available: lock(&slot.local).free,
+            }),
+        }
+    }
+
+    /// Lease in a task of its own, so a cancelled `reserve` (the client went away) cannot lose
+    /// a grant: the task credits the local allowance, or records the call for resolution.
+    async fn lease_detached(
+        &self,
+        tenant: i64,
+        want: i64,
+        slot: &Arc<Slot>,
+    ) -> Result<i64, BankError> {
+        let bank = self.bank.clone();
+        let slot = slot.clone();
+        let unsure = self.unsure_leases.clone();
+        let ops = self.ops.clone();
+        let down = self.down_until.clone();
+        let dry = self.cfg.dry_backoff;
+        let down_backoff = self.cfg.down_backoff;
+        let op_id = self.next_id('l');
+        let task = tokio::spawn(async move {
+            ops.fetch_add(1, Ordering::Relaxed);
+            match bank.lease_once(tenant, want, &op_id).await {
+                Ok(g) => {
+                    *lock(&down) = None;
+                    let mut l = lock(&slot.local);
+                    l.free += g;
+                    if g < want {
+                        // Redis's balance is now empty.
+                        l.dry_until = Some(Instant::now() + dry);
+                    }
+                    Ok(g)
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        mark_down(&down, down_backoff);
+                    }
+                    if e.is_ambiguous() {
+                        lock(&unsure).push(UnsureLease { tenant, op_id });
+                    }
+                    tracing::warn!(tenant, error = %e, "credit bank: lease failed");
+                    Err(e)
+                }
+            }
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(BankError::Protocol(format!("lease task: {e}"))),
+        }
+    }
+
+    /// Settle a call: release its hold and charge `actual`, capped at what the hold plus the
+    /// free allowance cover. Returns the amount charged; it is flushed to Redis later.
+    pub fn settle(&self, tenant: i64, held: i64, actual: i64) -> i64 {
+        let slot = self.slot(tenant);
+        let mut l = lock(&slot.local);
+        let release = held.clamp(0, l.held.max(0));
+        l.held -= release;
+        l.free += release;
+        let actual = actual.max(0);
+        let charged = actual.min(l.free.max(0));
+        l.free -= charged;
+        l.queued += charged;
+        l.last_used = Instant::now();
+        drop(l);
+        if actual > charged {
+            self.uncollected
+                .fetch_add(actual - charged, Ordering::Relaxed);
+        }
+        charged
+    }
+
+    fn take_queued(&self) -> (Vec<(i64, i64)>, bool) {
+        let map = lock(&self.tenants);
+        let mut charges = Vec::new();
+        for (t, s) in map.iter() {
+            let mut l = lock(&s.local);
+            if l.queued > 0 {
+                if charges.len() >= self.cfg.max_batch.max(1) {
+                    return (charges, true);
+                }
+                charges.push((*t, l.queued));
+                l.queued = 0;
+            }
+        }
+        (charges, false)
+    }
+
+    /// Flush queued charges in one round trip (plus one when a failed batch is retried first).
+    /// A batch whose outcome is unknown is retried with the same id, so it applies once; charges
+    /// are never dropped while Redis records the lease they were spent from.
+    pub async fn flush_now(&self) -> Result<(), BankError> {
+        let _upkeep = self.upkeep.lock().await;
+        self.flush_locked().await
+    }
+
+    async fn flush_locked(&self) -> Result<(), BankError> {
+        let mut budget = 16 + self.cfg.max_batch;
+        loop {
+            let (batch, more) = {
+                let mut slot = lock(&self.batch);
+                let mut more = false;
+                if slot.is_none() {
+                    let (charges, m) = self.take_queued();
+                    more = m;
+                    if !charges.is_empty() {
+                        *slot = Some(Batch {
+                            id: self.next_id('f'),
+                            charges,
+                        });
+                    }
+                }
+                match slot.clone() {
+                    Some(b) => (b, more),
+                    None => return Ok(()),
+                }
+            };
+            self.ops.fetch_add(1, Ordering::Relaxed);
+            match self.bank.flush(&batch.id, &batch.charges).await {
+                Ok(()) => {
+                    self.mark_up();
+                    *lock(&self.batch) = None;
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                Err(BankError::Overdrawn {
+                    tenant,
+                    lease,
+                    amount,
+                }) => {
+                    // Nothing was applied. Redis records less lease than this node spent: its
+                    // leases were reclaimed by another process with our node id, or Redis lost
+                    // data. Charge what the lease covers, never more, and stop using phantom
+                    // allowance for that tenant.
+                    let lease = lease.max(0);
+                    tracing::error!(tenant, lease, amount, node = %self.bank.node(),
+                        "credit bank: charges exceed this node's lease in redis; capping (duplicate node id or redis data loss?)");
+                    self.lost.fetch_add(amount - lease, Ordering::Relaxed);
+                    lock(&self.slot(tenant).local).free = 0;
+                    let mut charges = batch.charges;
+                    for c in charges.iter_mut() {
+                        if c.0 == tenant {
+                            c.1 = lease.min(c.1);
+                        }
+                    }
+                    charges.retain(|c| c.1 > 0);
+                    let next = (!charges.is_empty()).then(|| Batch {
+                        id: self.next_id('f'),
+                        charges,
+                    });
+                    *lock(&self.batch) = next;
+                }
+                Err(BankError::IdConflict { id }) => {
+                    tracing::error!(%id, "credit bank: flush id already used; reissuing the batch");
+                    let charges = batch.charges;
+                    *lock(&self.batch) = Some(Batch {
+                        id: self.next_id('f'),
+                        charges,
+                    });
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        mark_down(&self.down_until, self.cfg.down_backoff);
+                    }
+                    return Err(e);
+                }
+            }
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                return Err(BankError::Protocol("flush: too many rounds".into()));
+            }
+        }
+    }
+
+    /// Resolve lease calls whose answer was lost: what they granted joins the local allowance,
+    /// and those never applied are voided.
+    async fn resolve_leases(&self) -> Result<(), BankError> {
+        let pending = std::mem::take(&mut *lock(&self.unsure_leases));
+        let mut result = Ok(());
+        let mut left = Vec::new();
+        for u in pending {
+            if result.is_err() {
+                left.push(u);
+                continue;
+            }
+            self.ops.fetch_add(1, Ordering::Relaxed);
+            match self.bank.lease_once(u.tenant, 0, &u.op_id).await {
+                Ok(g) => {
+                    self.mark_up();
+                    if g > 0 {
+                        lock(&self.slot(u.tenant).local).free += g;
+                    }
+                }
+                Err(BankError::IdConflict { id }) => {
+                    tracing::error!(%id, "credit bank: lease id conflict while resolving");
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        mark_down(&self.down_until, self.cfg.down_backoff);
+                    }
+                    left.push(u);
+                    result = Err(e);
+                }
+            }
+        }
+        lock(&self.unsure_leases).extend(left);
+        result
+    }
+
+    /// Give back what is not used: every tenant's free allowance (`all`), or only that of tenants
+    /// idle for `idle_return_after`. Returns recorded first are retried with their own ids.
+    async fn return_allowance(&self, all: bool) -> Result<(), BankError> {
+        let now = Instant::now();
+        {
+            let map = lock(&self.tenants);
+            let mut returns = lock(&self.unsure_returns);
+            for (t, s) in map.iter() {
+                let mut l = lock(&s.local);
+                if l.free > 0
+                    && (all || now.duration_since(l.last_used) >= self.cfg.idle_return_after)
+                {
+                    returns.push(UnsureReturn {
+                        tenant: *t,
+                        amount: l.free,
+                        op_id: self.next_id('g'),
+                    });
+                    l.free = 0;
+                }
+            }
+        }
+        let pending = std::mem::take(&mut *lock(&self.unsure_returns));
+        let mut result = Ok(());
+        let mut left = Vec::new();
+        for r in pending {
+            if result.is_err() {
+                left.push(r);
+                continue;
+            }
+            self.ops.fetch_add(1, Ordering::Relaxed);
+            match self.bank.give_back(r.tenant, r.amount, &r.op_id).await {
+                Ok(returned) => {
+                    self.mark_up();
+                    if returned < r.amount {
+                        tracing::error!(
+                            tenant = r.tenant,
+                            asked = r.amount,
+                            returned,
+                            "credit bank: redis records less lease than this node holds"
+                        );
+                    }
+                }
+                Err(BankError::IdConflict { id }) => {
+                    tracing::error!(%id, "credit bank: give-back id conflict");
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        mark_down(&self.down_until, self.cfg.down_backoff);
+                    }
+                    // Retried with the same id: applied once whatever happened to this call.
+                    left.push(r);
+                    result = Err(e);
+                }
+            }
+        }
+        lock(&self.unsure_returns).extend(left);
+        result
+    }
+
+    fn prune(&self) {
+        let now = Instant::now();
+        let idle = self.cfg.idle_return_after;
+        lock(&self.tenants).retain(|_, s| {
+            if Arc::strong_count(s) > 1 {
+                return true;
+            }
+            let l = lock(&s.local);
+            l.free != 0
+                || l.held != 0
+                || l.queued != 0
+                || now.duration_since(l.last_used) < idle
+                || l.dry_until.is_some_and(|d| now < d)
+        });
+    }
+
+    /// One round of upkeep: resolve unknown outcomes, flush, give back idle allowance.
+    pub async fn upkeep(&self) -> Result<(), BankError> {
+        let _upkeep = self.upkeep.lock().await;
+        let mut result = Ok(());
+        if !lock(&self.unsure_leases).is_empty() {
+            result = result.and(self.resolve_leases().await);
+        }
+        result = result.and(self.flush_locked().await);
+        if result.is_ok() {
+            result = self.return_allowance(false).await;
+        }
+        self.prune();
+        result
+    }
+
+    fn leftover(&self) -> Leftover {
+        let mut left = Leftover::default();
+        for s in lock(&self.tenants).values() {
+            let l = lock(&s.local);
+            left.free += l.free;
+            left.held += l.held;
+            left.unflushed += l.queued;
+        }
+        if let Some(b) = lock(&self.batch).as_ref() {
+            left.unflushed += b.charges.iter().map(|c| c.1).sum::<i64>();
+        }
+        left.unsure = lock(&self.unsure_leases).len() + lock(&self.unsure_returns).len();
+        left
+    }
+
+    /// Stop leasing, wait (up to `shutdown_grace`) for holds in flight to settle, flush
+    /// everything and give every allowance back. Returns what could not be settled.
+    pub async fn shutdown(&self) -> Leftover {
+        self.closed.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        loop {
+            {
+                let _upkeep = self.upkeep.lock().await;
+                let _ = self.resolve_leases().await;
+                let _ = self.flush_locked().await;
+                let _ = self.return_allowance(true).await;
+            }
+            let left = self.leftover();
+            if left.is_clean() {
+                return left;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(?left, node = %self.bank.node(),
+                    "credit bank: shutdown incomplete; reclaim_own_leases on the next start returns the rest");
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Background upkeep: every `every`, resolve lost answers, flush queued charges and give back
+    /// allowance idle for `idle_return_after`. When `shutdown` turns true (or its sender is
+    /// dropped), runs [`Allowances::shutdown`] and returns.
+    pub async fn run_flusher(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            match self.upkeep().await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("credit bank: redis reachable again");
+                    }
+                    failing = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "credit bank: upkeep failed; retrying");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A redis-server of the test's own, on a free port; killed on drop.
+    struct Server {
+        port: u16,
+        child: Option<Child>,
+        dir: Option<std::path::PathBuf>,
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    impl Server {
+        fn start() -> Server {
+            let mut s = Server {
+                port: free_port(),
+                child: None,
+                dir: None,
+            };
+            s.spawn();
+            s
+        }
+
+        /// With an append-only file (fsync on every write) in a directory of its own.
+        fn start_persistent() -> Server {
+            let port = free_port();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let dir = std::env::temp_dir().join(format!("tg-bank-{port}-{nanos}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut s = Server {
+                port,
+                child: None,
+                dir: Some(dir),
+            };
+            s.spawn();
+            s
+        }
+
+        fn spawn(&mut self) {
+            let mut cmd = Command::new("redis-server");
+            cmd.arg("--port")
+                .arg(self.port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--save")
+                .arg("");
+            match &self.dir {
+                Some(dir) => {
+                    cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                        .arg(dir);
+                }
+                None => {
+                    cmd.args(["--appendonly", "no"]);
+                }
+            }
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (apt-get install redis-server)");
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(client) = redis::Client::open(self.url()) {
+                    if let Ok(mut c) = client.get_connection() {
+                        if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                            return;
+                        }
+                    }
+                }
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// SIGKILL: a crash, no chance to write anything more.
+        fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.kill();
+            if let Some(dir) = &self.dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn fast() -> BankConfig {
+        BankConfig {
+            op_timeout: Duration::from_millis(400),
+            connect_timeout: Duration::from_millis(200),
+            ..BankConfig::default()
+        }
+    }
+
+    async fn bank(s: &Server, node: &str) -> Arc<Bank> {
+        Arc::new(
+            Bank::connect_with(&s.url(), node, "tg:", fast())
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// `bal + Σ leases + spent = credited`, nothing negative, and the `nodes:{t}` index covers
+    /// every lease key (cross-checked with SCAN).
+    async fn check(b: &Bank, s: &Server, t: i64) -> TenantTotals {
+        let v = b.snapshot(t).await.unwrap();
+        assert!(v.balanced(), "invariant broken: {v:?}");
+        assert!(v.bal >= 0, "{v:?}");
+        assert!(v.spent >= 0 && v.spent <= v.credited, "{v:?}");
+        assert!(v.by_node.iter().all(|(_, l)| *l > 0), "{v:?}");
+        let client = redis::Client::open(s.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("tg:lease:*:{t}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut scanned = 0i64;
+        for k in keys {
+            let l: i64 = redis::cmd("GET").arg(&k).query_async(&mut c).await.unwrap();
+            scanned += l;
+        }
+        assert_eq!(scanned, v.leases, "a lease key is missing from nodes:{t}");
+        v
+    }
+
+    #[tokio::test]
+    async fn credit_is_idempotent_and_debits_need_cover() {
+        let s = Server::start();
+        let b = bank(&s, "n1").await;
+        check(&b, &s, 1).await;
+        assert_eq!(b.credit(1, 1_000, "topup:1").await.unwrap(), 1_000);
+        check(&b, &s, 1).await;
+        assert_eq!(b.credit(1, 1_000, "topup:1").await.unwrap(), 1_000);
+        let v = check(&b, &s, 1).await;
+        assert_eq!((v.bal, v.credited), (1_000, 1_000));
+        assert!(matches!(
+            b.credit(1, 999, "topup:1").await,
+            Err(BankError::IdConflict { .. })
+        ));
+        assert!(matches!(
+            b.credit(2, 1_000, "topup:1").await,
+            Err(BankError::IdConflict { .. })
+        ));
+        assert_eq!(b.credit(1, -300, "adj:1").await.unwrap(), 700);
+        check(&b, &s, 1).await;
+        // Leased allowance is not taken back by a debit.
+        assert_eq!(b.lease(1, 500).await.unwrap(), 500);
+        check(&b, &s, 1).await;
+        assert!(matches!(
+            b.credit(1, -201, "adj:2").await,
+            Err(BankError::Insufficient { available: 200 })
+        ));
+        // Refused entries leave no marker: the same id may be used once it is covered.
+        assert_eq!(b.credit(1, 1, "adj:2").await.unwrap(), 201);
+        let v = check(&b, &s, 1).await;
+        assert_eq!((v.bal, v.leases, v.spent, v.credited), (201, 500, 0, 701));
+        assert!(matches!(
+            b.credit(1, MAX_AMOUNT + 1, "big").await,
+            Err(BankError::InvalidAmount { .. })
+        ));
+        // Totals past 2^53 stay exact (Redis integer arithmetic).
+        for i in 0..3 {
+            b.credit(1, MAX_AMOUNT, &format!("big:{i}")).await.unwrap();
+        }
+        let v = check(&b, &s, 1).await;
+        assert_eq!(v.credited, 701 + 3 * MAX_AMOUNT);
+        assert_eq!(b.lease(1, MAX_AMOUNT).await.unwrap(), MAX_AMOUNT);
+        check(&b, &s, 1).await;
+        // A tenant untouched so far balances trivially.
+        assert_eq!(check(&b, &s, 2).await, TenantTotals::default());
+    }
+
+    #[tokio::test]
+    async fn lease_never_exceeds_the_balance() {
+        let s = Server::start();
+        let b1 = bank(&s, "n1").await;
+        let b2 = bank(&s, "n2").await;
+        b1.credit(5, 1_000, "c").await.unwrap();
+        assert_eq!(b1.lease(5, 600).await.unwrap(), 600);
+        check(&b1, &s, 5).await;
+        assert_eq!(b2.lease(5, 600).await.unwrap(), 400);
+        check(&b1, &s, 5).await;
+        assert_eq!(b2.lease(5, 1).await.unwrap(), 0);
+        let v = check(&b1, &s, 5).await;
+        assert_eq!(v.bal, 0);
+        assert_eq!(v.by_node, vec![("n1".into(), 600), ("n2".into(), 400)]);
+        assert!(matches!(
+            b1.lease(5, -1).await,
+            Err(BankError::InvalidAmount { .. })
+        ));
+
+        // Many concurrent leases from two nodes: exactly the balance is handed out.
+        b1.credit(6, 10_000, "c6").await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let b = if i % 2 == 0 { b1.clone() } else { b2.clone() };
+            tasks.push(tokio::spawn(async move { b.lease(6, 300).await.unwrap() }));
+        }
+        let mut granted = 0;
+        for t in tasks {
+            let g = t.await.unwrap();
+            assert!((0..=300).contains(&g));
+            granted += g;
+        }
+        assert_eq!(granted, 10_000);
+        let v = check(&b1, &s, 6).await;
+        assert_eq!((v.bal, v.leases), (0, 10_000));
+
+        // lease_once: a replay returns the first grant and moves nothing more.
+        b1.credit(7, 1_000, "c7").await.unwrap();
+        assert_eq!(b1.lease_once(7, 300, "l1").await.unwrap(), 300);
+        assert_eq!(b1.lease_once(7, 300, "l1").await.unwrap(), 300);
+        let v = check(&b1, &s, 7).await;
+        assert_eq!((v.bal, v.leases), (700, 300));
+        // Resolving (want = 0) an id never applied voids it for good.
+        assert_eq!(b1.lease_once(7, 0, "l2").await.unwrap(), 0);
+        assert_eq!(b1.lease_once(7, 300, "l2").await.unwrap(), 0);
+        assert!(matches!(
+            b1.lease_once(8, 300, "l1").await,
+            Err(BankError::IdConflict { .. })
+        ));
+        let v = check(&b1, &s, 7).await;
+        assert_eq!((v.bal, v.leases), (700, 300));
+    }
+
+    #[tokio::test]
+    async fn give_back_is_idempotent_and_capped_at_the_lease() {
+        let s = Server::start();
+        let b = bank(&s, "n1").await;
+        b.credit(3, 1_000, "c").await.unwrap();
+        assert_eq!(b.lease(3, 500).await.unwrap(), 500);
+        check(&b, &s, 3).await;
+        assert_eq!(b.give_back(3, 200, "g1").await.unwrap(), 200);
+        check(&b, &s, 3).await;
+        assert_eq!(b.give_back(3, 200, "g1").await.unwrap(), 200);
+        let v = check(&b, &s, 3).await;
+        assert_eq!((v.bal, v.leases), (700, 300));
+        assert!(matches!(
+            b.give_back(3, 201, "g1").await,
+            Err(BankError::IdConflict { .. })
+        ));
+        assert_eq!(b.give_back(3, 1_000, "g2").await.unwrap(), 300);
+        let v = check(&b, &s, 3).await;
+        assert_eq!((v.bal, v.leases, v.credited), (1_000, 0, 1_000));
+        assert!(v.by_node.is_empty(), "{v:?}");
+        assert_eq!(b.give_back(3, 1_000, "g2").await.unwrap(), 300);
+        assert_eq!(b.give_back(3, 50, "g3").await.unwrap(), 0);
+        check(&b, &s, 3).await;
+        // Nothing left for this node to reclaim.
+        assert!(b.reclaim_own_leases().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn flush_is_idempotent_and_all_or_nothing() {
+        let s = Server::start();
+        let b = bank(&s, "n1").await;
+        b.credit(1, 1_000, "c1").await.unwrap();
+        b.credit(2, 1_000, "c2").await.unwrap();
+        b.lease(1, 400).await.unwrap();
+        b.lease(2, 100).await.unwrap();
+        check(&b, &s, 1).await;
+        check(&b, &s, 2).await;
+        b.flush("b1", &[(1, 150), (2, 60), (1, 50)]).await.unwrap();
+        let v1 = check(&b, &s, 1).await;
+        let v2 = check(&b, &s, 2).await;
+        assert_eq!((v1.leases, v1.spent), (200, 200));
+        assert_eq!((v2.leases, v2.spent), (40, 60));
+        // The same batch again: applied once.
+        b.flush("b1", &[(1, 150), (2, 60), (1, 50)]).await.unwrap();
+        assert_eq!(check(&b, &s, 1).await, v1);
+        assert_eq!(check(&b, &s, 2).await, v2);
+        assert!(matches!(
+            b.flush("b1", &[(1, 10)]).await,
+            Err(BankError::IdConflict { .. })
+        ));
+        // One charge above its lease: nothing of the batch is applied.
+        match b.flush("b2", &[(1, 10), (2, 41)]).await {
+            Err(BankError::Overdrawn {
+                tenant: 2,
+                lease: 40,
+                amount: 41,
+            }) => {}
+            other => panic!("expected Overdrawn, got {other:?}"),
+        }
+        assert_eq!(check(&b, &s, 1).await, v1);
+        assert_eq!(check(&b, &s, 2).await, v2);
+        // Another node's lease does not cover this node's charges.
+        let other = bank(&s, "n2").await;
+        other.lease(1, 500).await.unwrap();
+        assert!(matches!(
+            b.flush("b3", &[(1, 201)]).await,
+            Err(BankError::Overdrawn { .. })
+        ));
+        check(&b, &s, 1).await;
+        // A lease spent to zero leaves the indexes.
+        b.flush("b4", &[(2, 40)]).await.unwrap();
+        let v2 = check(&b, &s, 2).await;
+        assert_eq!((v2.bal, v2.leases, v2.spent), (900, 0, 100));
+        assert!(v2.by_node.is_empty());
+        b.flush("b5", &[]).await.unwrap();
+        assert!(matches!(
+            b.flush("b6", &[(1, -1)]).await,
+            Err(BankError::InvalidAmount { .. })
+        ));
+        check(&b, &s, 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_share_one_balance_without_overspending() {
+        const TENANT: i64 = 42;
+        const CREDIT: i64 = 1_000_000;
+        const REQUESTS: usize = 2_000;
+        let s = Server::start();
+        let admin = bank(&s, "admin").await;
+        admin.credit(TENANT, CREDIT, "topup").await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut nodes = Vec::new();
+        let mut flushers = Vec::new();
+        for n in ["n1", "n2", "n3"] {
+            let a = Allowances::new(bank(&s, n).await, 25_000);
+            flushers.push(tokio::spawn(
+                a.clone()
+                    .run_flusher(Duration::from_millis(50), stop_rx.clone()),
+            ));
+            nodes.push(a);
+        }
+        // Invariant checked continuously while the requests run.
+        let running = Arc::new(AtomicBool::new(true));
+        let checker = {
+            let admin = admin.clone();
+            let running = running.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while running.load(Ordering::Relaxed) {
+                    let v = admin.snapshot(TENANT).await.unwrap();
+                    assert!(v.balanced() && v.bal >= 0, "{v:?}");
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                n
+            })
+        };
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(REQUESTS);
+        for i in 0..REQUESTS {
+            let a = nodes[i % 3].clone();
+            tasks.push(tokio::spawn(async move {
+                let x = (i as u64).wrapping_mul(6_364_136_223_846_793_005) >> 33;
+                tokio::time::sleep(Duration::from_millis(x % 200)).await;
+                match a.reserve(TENANT, 1_000).await {
+                    Ok(()) => {
+                        tokio::time::sleep(Duration::from_millis(x % 5)).await;
+                        let actual = 400 + (x % 900) as i64; // sometimes above the hold
+                        let charged = a.settle(TENANT, 1_000, actual);
+                        assert!(charged <= actual);
+                        Ok(charged)
+                    }
+                    Err(e) => Err(e),
+                }
+            }));
+        }
+        let (mut served, mut refused, mut charged) = (0, 0, 0i64);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(c) => {
+                    served += 1;
+                    charged += c;
+                }
+                Err(BankError::Insufficient { .. }) => refused += 1,
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        let elapsed = started.elapsed();
+        running.store(false, Ordering::Relaxed);
+        let snapshots = checker.await.unwrap();
+        stop_tx.send(true).unwrap();
+        for f in flushers {
+            f.await.unwrap();
+        }
+        let v = check(&admin, &s, TENANT).await;
+        let ops: u64 = nodes.iter().map(|a| a.redis_ops()).sum();
+        eprintln!(
+            "served {served}, refused {refused}, charged {charged}, redis ops {ops} \
+             ({:.4} per request), {snapshots} snapshots, {elapsed:?}",
+            ops as f64 / REQUESTS as f64
+        );
+        assert!(
+            served > 0 && refused > 0,
+            "served {served} refused {refused}"
+        );
+        assert_eq!(v.leases, 0, "{v:?}");
+        assert_eq!(
+            v.spent, charged,
+            "every settled charge applied exactly once"
+        );
+        assert!(v.spent <= CREDIT);
+        assert_eq!(v.bal, CREDIT - charged);
+        assert_eq!(v.credited, CREDIT);
+        // The balance really was exhausted, up to what other nodes held when a node went dry
+        // (at most about a lease chunk each): refusals were not spurious.
+        assert!(v.bal < 3 * 25_000, "{v:?}");
+        assert!(
+            (ops as usize) * 10 < REQUESTS,
+            "{ops} redis round trips for {REQUESTS} requests"
+        );
+        for a in &nodes {
+            assert_eq!(a.lost(), 0);
+            assert_eq!(a.local(TENANT), LocalAllowance::default());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_restart_fails_closed_then_recovers() {
+        const T: i64 = 9;
+        let mut s = Server::start_persistent();
+        let b = bank(&s, "n1").await;
+        b.credit(T, 1_000_000, "topup").await.unwrap();
+        let cfg = AllowanceConfig {
+            down_backoff: Duration::from_millis(50),
+            ..AllowanceConfig::new(50_000)
+        };
+        let a = Allowances::with_config(b.clone(), cfg);
+        let mut charged = 0;
+        for _ in 0..10 {
+            a.reserve(T, 1_000).await.unwrap();
+            charged += a.settle(T, 1_000, 1_000);
+        }
+        a.flush_now().await.unwrap();
+        check(&b, &s, T).await;
+        assert_eq!(a.local(T).free, 40_000);
+
+        s.kill();
+        // Served from the allowance already held, without Redis...
+        for _ in 0..40 {
+            a.reserve(T, 1_000).await.unwrap();
+            charged += a.settle(T, 1_000, 1_000);
+        }
+        // ...then refused: fail closed, not Insufficient.
+        for _ in 0..3 {
+            let e = a.reserve(T, 1_000).await.unwrap_err();
+            assert!(e.is_unavailable(), "{e:?}");
+        }
+        assert!(a.flush_now().await.is_err());
+        assert!(a.upkeep().await.is_err());
+        assert!(a.flush_now().await.is_err());
+        assert_eq!(a.local(T).free, 0);
+
+        s.spawn(); // same port, same append-only file
+        check(&b, &s, T).await;
+        // The manager reconnects on its own; the failed batch goes again under its id.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.flush_now().await.is_err() {
+            assert!(Instant::now() < deadline, "no reconnection");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let v = check(&b, &s, T).await;
+        assert_eq!(v.spent, charged);
+        for _ in 0..5 {
+            a.reserve(T, 1_000).await.unwrap();
+            charged += a.settle(T, 1_000, 700);
+        }
+        check(&b, &s, T).await;
+        assert!(a.shutdown().await.is_clean());
+        let v = check(&b, &s, T).await;
+        assert_eq!((v.leases, v.spent), (0, charged));
+        assert_eq!(v.bal, 1_000_000 - charged);
+    }
+
+    #[tokio::test]
+    async fn a_crashed_node_reclaims_its_leases_on_restart() {
+        const T: i64 = 11;
+        let s = Server::start();
+        let admin = bank(&s, "admin").await;
+        admin.credit(T, 100_000, "topup").await.unwrap();
+        {
+            let a = Allowances::new(bank(&s, "n1").await, 30_000);
+            for _ in 0..10 {
+                a.reserve(T, 1_000).await.unwrap();
+                a.settle(T, 1_000, 1_000);
+            }
+            a.flush_now().await.unwrap();
+            check(&admin, &s, T).await;
+            for _ in 0..5 {
+                a.reserve(T, 1_000).await.unwrap();
+                a.settle(T, 1_000, 1_000);
+            }
+            a.reserve(T, 2_000).await.unwrap(); // in flight at the crash
+            check(&admin, &s, T).await;
+            // Crash: dropped without flushing or giving back.
+        }
+        let v = check(&admin, &s, T).await;
+        assert_eq!((v.leases, v.spent), (20_000, 10_000));
+        let b = bank(&s, "n1").await;
+        assert_eq!(b.reclaim_own_leases().await.unwrap(), vec![(T, 20_000)]);
+        let v = check(&admin, &s, T).await;
+        assert_eq!((v.bal, v.leases, v.spent), (90_000, 0, 10_000));
+        assert!(b.reclaim_own_leases().await.unwrap().is_empty());
+        check(&admin, &s, T).await;
+        // The restarted node's batch ids do not collide with the crashed run's.
+        let a = Allowances::new(b, 30_000);
+        for _ in 0..3 {
+            a.reserve(T, 1_000).await.unwrap();
+            a.settle(T, 1_000, 1_000);
+        }
+        a.flush_now().await.unwrap();
+        assert_eq!(check(&admin, &s, T).await.spent, 13_000);
+        assert!(a.shutdown().await.is_clean());
+        let v = check(&admin, &s, T).await;
+        assert_eq!((v.bal, v.leases, v.spent), (87_000, 0, 13_000));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_answers_are_resolved_exactly_once() {
+        const T: i64 = 12;
+        let s = Server::start();
+        let b = bank(&s, "n1").await;
+        b.credit(T, 100_000, "topup").await.unwrap();
+        let cfg = AllowanceConfig {
+            down_backoff: Duration::from_millis(10),
+            ..AllowanceConfig::new(10_000)
+        };
+        let a = Allowances::with_config(b.clone(), cfg);
+        let client = redis::Client::open(s.url()).unwrap();
+        let mut ctl = client.get_multiplexed_async_connection().await.unwrap();
+        let pause = |ms: u64| {
+            redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(ms)
+                .arg("WRITE")
+                .clone()
+        };
+
+        // A lease whose answer never arrives (Redis paused longer than the timeout).
+        let _: () = pause(1_500).query_async(&mut ctl).await.unwrap();
+        let e = a.reserve(T, 1_000).await.unwrap_err();
+        assert!(matches!(e, BankError::Timeout { .. }), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        // Redis ran the lease once the pause ended; this node never heard of it.
+        let v = check(&b, &s, T).await;
+        assert_eq!(v.leases, 10_000, "{v:?}");
+        assert_eq!(a.local(T).free, 0);
+        a.upkeep().await.unwrap();
+        // Resolved: the local allowance matches the lease Redis records.
+        assert_eq!(a.local(T).free, 10_000);
+        check(&b, &s, T).await;
+
+        let mut charged = 0;
+        for _ in 0..5 {
+            a.reserve(T, 1_000).await.unwrap();
+            charged += a.settle(T, 1_000, 900);
+        }
+        // A flush whose answer never arrives, retried under the same id.
+        let _: () = pause(1_500).query_async(&mut ctl).await.unwrap();
+        assert!(a.flush_now().await.is_err());
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert_eq!(
+            check(&b, &s, T).await.spent,
+            charged,
+            "applied after the pause"
+        );
+        a.flush_now().await.unwrap();
+        a.flush_now().await.unwrap();
+        let v = check(&b, &s, T).await;
+        assert_eq!(v.spent, charged);
+        // A give-back whose answer never arrives.
+        let _: () = pause(1_500).query_async(&mut ctl).await.unwrap();
+        assert!(a.shutdown().await.is_clean());
+        let v = check(&b, &s, T).await;
+        assert_eq!((v.bal, v.leases, v.spent), (100_000 - charged, 0, charged));
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_node_id_costs_revenue_never_overspends() {
+        const T: i64 = 13;
+        let s = Server::start();
+        let b = bank(&s, "n1").await;
+        b.credit(T, 100_000, "topup").await.unwrap();
+        let a = Allowances::new(b.clone(), 10_000);
+        for _ in 0..3 {
+            a.reserve(T, 1_000).await.unwrap();
+            a.settle(T, 1_000, 1_000);
+        }
+        // A second process wrongly started with the same node id takes our leases.
+        let imposter = bank(&s, "n1").await;
+        assert_eq!(
+            imposter.reclaim_own_leases().await.unwrap(),
+            vec![(T, 10_000)]
+        );
+        check(&b, &s, T).await;
+        a.flush_now().await.unwrap();
+        assert_eq!(a.lost(), 3_000);
+        let v = check(&b, &s, T).await;
+        assert_eq!((v.bal, v.leases, v.spent), (100_000, 0, 0));
+        // Phantom allowance is not used: the next call leases afresh and is charged.
+        assert_eq!(a.local(T).free, 0);
+        a.reserve(T, 1_000).await.unwrap();
+        assert_eq!(a.settle(T, 1_000, 500), 500);
+        assert!(a.shutdown().await.is_clean());
+        let v = check(&b, &s, T).await;
+        assert_eq!((v.bal, v.leases, v.spent), (99_500, 0, 500));
+    }
+}
