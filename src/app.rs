@@ -19,6 +19,7 @@ pub struct App {
     pub store: Store,
     pub usage: UsageSink,
     pub ledger: Arc<crate::billing::ledger::Ledger>,
+    pub limiter: crate::tenancy::limits::RateLimiter,
     /// Operator token for the admin API.
     pub admin_token: Option<String>,
     generation: AtomicU64,
@@ -43,6 +44,7 @@ impl App {
             store,
             usage,
             ledger,
+            limiter: Default::default(),
             admin_token,
             generation: AtomicU64::new(1),
             reload_error: ArcSwap::from_pointee(None),

@@ -320,6 +320,7 @@ fn keys(store: &Store, cfg: Option<&Config>, action: KeysAction) -> Result<(), S
                     expires_at,
                     quota_nano,
                     user_id: None,
+                    limits: Default::default(),
                 })
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::json!({"key": plaintext, "record": key}));

@@ -171,6 +171,7 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
             expires_at: None,
             quota_nano: None,
             user_id: None,
+            limits: Default::default(),
         })
         .map_err(|e| e.to_string())?;
     drop(store);

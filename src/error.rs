@@ -31,6 +31,9 @@ pub enum GatewayError {
     /// The model has no price: it is never served free.
     #[error("{0}")]
     NotBillable(String),
+    /// A request or token rate limit (RPM/TPM) of the key, user or tenant.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -67,6 +70,7 @@ impl GatewayError {
             GatewayError::MissingKey(_) | GatewayError::InvalidKey(_) => 401,
             GatewayError::Forbidden(_) | GatewayError::NotBillable(_) => 403,
             GatewayError::InsufficientCredit(_) => 402,
+            GatewayError::RateLimited { .. } => 429,
             GatewayError::QuotaExceeded(_) => 429,
             GatewayError::BadRequest { .. } => 400,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
@@ -95,7 +99,9 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::LengthRequired(_)
             | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
-            GatewayError::UpstreamRateLimited { .. } => "rate_limit_error",
+            GatewayError::UpstreamRateLimited { .. } | GatewayError::RateLimited { .. } => {
+                "rate_limit_error"
+            }
             GatewayError::NoUpstream(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
@@ -113,6 +119,7 @@ impl GatewayError {
                 "insufficient_quota"
             }
             GatewayError::NotBillable(_) => "model_not_priced",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
             GatewayError::BadRequest { .. } => "invalid_request",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound(_) => "not_found",
@@ -130,6 +137,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::UpstreamRateLimited { retry_after, .. } => *retry_after,
+            GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -438,3 +438,111 @@ async fn department_budgets_and_user_quotas_limit_spending() {
         "{groups}"
     );
 }
+
+#[tokio::test]
+async fn rate_limits_per_key_user_and_tenant() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let req = json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let call = |key: String| {
+        let (c, url, req) = (
+            gw.client.clone(),
+            gw.url("/v1/chat/completions"),
+            req.clone(),
+        );
+        async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let s = r.status().as_u16();
+            (s, retry, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Key RPM.
+    let key = gw
+        .create_key(
+            json!({"tenant": "acme", "name": "rpm", "default_channel": "main", "rpm_limit": 3}),
+        )
+        .await;
+    for _ in 0..3 {
+        assert_eq!(call(key.clone()).await.0, 200);
+    }
+    let (s, retry, v) = call(key.clone()).await;
+    assert_eq!(s, 429);
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("API key"),
+        "{v}"
+    );
+    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(
+        m.stats().chat_requests,
+        3,
+        "limited calls never reach the vendor"
+    );
+    // Other keys of the tenant are not limited by that key's RPM.
+    assert_eq!(call(gw.key.clone()).await.0, 200);
+
+    // User RPM covers all of a user's keys.
+    let (uid, _) = user(&gw, "acme", "eve@acme.test", "member", json!({})).await;
+    let k1 = gw
+        .create_key(
+            json!({"tenant": "acme", "name": "e1", "default_channel": "main", "user_id": uid}),
+        )
+        .await;
+    let k2 = gw
+        .create_key(
+            json!({"tenant": "acme", "name": "e2", "default_channel": "main", "user_id": uid}),
+        )
+        .await;
+    let r = gw
+        .client
+        .put(gw.admin_url(&format!("/admin/users/{uid}/limits")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"rpm_limit": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(call(k1.clone()).await.0, 200);
+    assert_eq!(call(k2.clone()).await.0, 200);
+    let (s, _, v) = call(k1.clone()).await;
+    assert_eq!(s, 429, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("user"));
+
+    // Tenant TPM counts the tokens calls really used.
+    let r = gw
+        .client
+        .put(gw.admin_url("/admin/tenants/acme/limits"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"tpm_limit": 20}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(call(gw.key.clone()).await.0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(statuses[0], 200);
+    // A tenant admin cannot raise their own tenant's limits.
+    let (_, admin) = user(&gw, "acme", "root@acme.test", "tenant_admin", json!({})).await;
+    let r = gw
+        .client
+        .put(gw.admin_url("/admin/tenants/acme/limits"))
+        .bearer_auth(admin)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

@@ -15,6 +15,8 @@ use crate::config::reload;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::routing::upstream::BreakerState;
+use crate::tenancy::limits::Limits;
+use crate::tenancy::store::LimitSubject;
 use crate::tenancy::store::{
     AnalyticsQuery, Dimension, Granularity, NewKey, PromoBonus, StoreError, UserPrincipal,
 };
@@ -88,6 +90,21 @@ struct CreateKey {
     /// Lifetime spending cap of the key, in credits.
     #[serde(default)]
     quota_credits: Option<Decimal>,
+    #[serde(default)]
+    rpm_limit: Option<u32>,
+    #[serde(default)]
+    tpm_limit: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetLimits {
+    /// Requests per minute (`null` or absent: unlimited).
+    #[serde(default)]
+    rpm_limit: Option<u32>,
+    /// Tokens per minute (`null` or absent: unlimited).
+    #[serde(default)]
+    tpm_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -541,6 +558,10 @@ impl AdminApi {
                             expires_at: req.expires_at,
                             quota_nano,
                             user_id,
+                            limits: Limits {
+                                rpm: req.rpm_limit,
+                                tpm: req.tpm_limit,
+                            },
                         })?;
                         // Usable as soon as this call returns.
                         a.refresh_keys()?;
@@ -916,6 +937,63 @@ impl AdminApi {
                     })
                     .collect();
                 Ok(reply(200, json!({"from": from, "to": to, "data": data})))
+            }
+            (&Method::PUT, ["tenants", t, "limits"]) => {
+                who.require_operator()?;
+                let tenant = self.tenant(t).await?;
+                let req: SetLimits = Self::read_json(session).await?;
+                let limits = Limits {
+                    rpm: req.rpm_limit,
+                    tpm: req.tpm_limit,
+                };
+                self.blocking(move |a| {
+                    a.store.set_limits(LimitSubject::Tenant(tenant), limits)?;
+                    a.refresh_keys().map(|_| ())
+                })
+                .await?;
+                Ok(reply(
+                    200,
+                    json!({"tenant_id": tenant, "rpm_limit": req.rpm_limit, "tpm_limit": req.tpm_limit}),
+                ))
+            }
+            (&Method::PUT, ["users", id, "limits"]) | (&Method::PUT, ["keys", id, "limits"]) => {
+                let id: i64 = id
+                    .parse()
+                    .map_err(|_| GatewayError::bad_request("The id must be a number."))?;
+                let is_user = segments.get(1) == Some(&"users");
+                let tenant = if is_user {
+                    self.blocking(move |a| a.store.get_user(UserId(id)))
+                        .await?
+                        .tenant_id
+                } else {
+                    self.blocking(move |a| a.store.get_key(KeyId(id)))
+                        .await?
+                        .tenant_id
+                };
+                who.require(tenant, &[Role::TenantAdmin])
+                    .map_err(|e| match e {
+                        GatewayError::NotFound(_) => GatewayError::NotFound("not found".into()),
+                        other => other,
+                    })?;
+                let req: SetLimits = Self::read_json(session).await?;
+                let limits = Limits {
+                    rpm: req.rpm_limit,
+                    tpm: req.tpm_limit,
+                };
+                let subject = if is_user {
+                    LimitSubject::User(UserId(id))
+                } else {
+                    LimitSubject::Key(KeyId(id))
+                };
+                self.blocking(move |a| {
+                    a.store.set_limits(subject, limits)?;
+                    a.refresh_keys().map(|_| ())
+                })
+                .await?;
+                Ok(reply(
+                    200,
+                    json!({"id": id, "rpm_limit": req.rpm_limit, "tpm_limit": req.tpm_limit}),
+                ))
             }
             (&Method::GET, ["tenants", t, "users"]) => {
                 let tenant = self.tenant(t).await?;

@@ -430,6 +430,7 @@ mod tests {
                 expires_at: None,
                 quota_nano: quota,
                 user_id: None,
+                limits: Default::default(),
             })
             .unwrap();
         key.quota_nano = quota;

@@ -40,6 +40,14 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Wall-clock milliseconds (rate-limit windows are aligned to real minutes).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Tokens added to the prompt bound when a request carries images (high-detail tiles).
 const IMAGE_TOKEN_BOUND: u64 = 4_000;
 
@@ -153,6 +161,24 @@ impl Gateway {
             })?
         };
         ctx.channel = Some(channel.clone());
+
+        // Rate limits before the body is read: an over-limit caller costs as little as possible.
+        let subjects = key.rate_subjects();
+        if !subjects.is_empty() {
+            self.app
+                .limiter
+                .admit(now_ms(), &subjects)
+                .map_err(|l| GatewayError::RateLimited {
+                    message: format!(
+                        "Rate limit reached for this {}: {} {} per minute. Retry in {} s.",
+                        l.scope.as_str(),
+                        l.limit,
+                        if l.tokens { "tokens" } else { "requests" },
+                        l.retry_after_secs
+                    ),
+                    retry_after: l.retry_after_secs,
+                })?;
+        }
 
         let raw = body::read_bounded(session, cfg.server.max_body_bytes).await?;
 

@@ -67,6 +67,14 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
     };
     let Some(key) = ctx.key.clone() else { return 0 };
     let s = app.ledger.settle(res, cost, &key, &ctx.request_id);
+    let tokens = usage.prompt_tokens + usage.completion_tokens;
+    if tokens > 0 {
+        let subjects = key.rate_subjects();
+        if !subjects.is_empty() {
+            app.limiter
+                .record_tokens(super::now_ms(), &subjects, tokens);
+        }
+    }
     if s.uncollected > 0 {
         METRICS.uncollected.inc_by(s.uncollected as u64);
         tracing::warn!(request_id = %ctx.request_id, uncollected = s.uncollected, "call cost more than its accounts could pay");

@@ -116,6 +116,9 @@ mod tests {
                 group_id: None,
                 group_budget_nano: None,
                 user_disabled: false,
+                key_limits: Default::default(),
+                user_limits: Default::default(),
+                tenant_limits: Default::default(),
             })
         };
         let mut snap = KeySnapshot::default();

@@ -2,6 +2,7 @@
 //! authenticates against without I/O (`keys`).
 
 pub mod keys;
+pub mod limits;
 pub mod store;
 
 use serde::Serialize;
@@ -112,6 +113,26 @@ pub struct ApiKey {
     pub group_id: Option<GroupId>,
     pub group_budget_nano: Option<i64>,
     pub user_disabled: bool,
+    pub key_limits: limits::Limits,
+    pub user_limits: limits::Limits,
+    pub tenant_limits: limits::Limits,
+}
+
+impl ApiKey {
+    /// The rate-limited subjects a call with this key counts against.
+    pub fn rate_subjects(&self) -> Vec<(limits::Scope, i64, limits::Limits)> {
+        let mut v = Vec::with_capacity(3);
+        if !self.key_limits.is_unlimited() {
+            v.push((limits::Scope::Key, self.id.0, self.key_limits));
+        }
+        if let (Some(u), false) = (self.user_id, self.user_limits.is_unlimited()) {
+            v.push((limits::Scope::User, u.0, self.user_limits));
+        }
+        if !self.tenant_limits.is_unlimited() {
+            v.push((limits::Scope::Tenant, self.tenant_id.0, self.tenant_limits));
+        }
+        v
+    }
 }
 
 impl ApiKey {

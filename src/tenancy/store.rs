@@ -6,6 +6,7 @@
 //! refresher and the batched usage writer.
 
 use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
+use super::limits::Limits;
 use super::{unix_now, ApiKey, Group, GroupId, KeyId, Role, Tenant, TenantId, User, UserId};
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
@@ -185,6 +186,13 @@ const MIGRATIONS: &[&str] = &[
         used_ms INTEGER NOT NULL,
         PRIMARY KEY (campaign_id, tenant_id)
      );",
+    // 6: rate limits
+    "ALTER TABLE api_keys ADD COLUMN rpm_limit INTEGER;
+     ALTER TABLE api_keys ADD COLUMN tpm_limit INTEGER;
+     ALTER TABLE users ADD COLUMN rpm_limit INTEGER;
+     ALTER TABLE users ADD COLUMN tpm_limit INTEGER;
+     ALTER TABLE tenants ADD COLUMN rpm_limit INTEGER;
+     ALTER TABLE tenants ADD COLUMN tpm_limit INTEGER;",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -272,6 +280,13 @@ pub struct PromoCampaign {
     pub created_at: i64,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub enum LimitSubject {
+    Tenant(TenantId),
+    User(UserId),
+    Key(KeyId),
+}
+
 /// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 
@@ -298,6 +313,7 @@ pub struct NewKey {
     pub quota_nano: Option<i64>,
     /// The member who owns the key, if any.
     pub user_id: Option<UserId>,
+    pub limits: Limits,
 }
 
 /// Who is calling the admin API.
@@ -483,8 +499,8 @@ impl Store {
                 }
             }
             tx.execute(
-                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at, quota_nano, user_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel, allowed_channels, allowed_models, created_at, expires_at, quota_nano, user_id, rpm_limit, tpm_limit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     new.tenant_id.0,
                     new.name.trim(),
@@ -496,7 +512,9 @@ impl Store {
                     unix_now(),
                     new.expires_at,
                     new.quota_nano,
-                    new.user_id.map(|u| u.0)
+                    new.user_id.map(|u| u.0),
+                    new.limits.rpm,
+                    new.limits.tpm.map(|t| t as i64)
                 ],
             )?;
             let id = tx.last_insert_rowid();
@@ -508,7 +526,7 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit";
     const KEY_FROM: &'static str = "api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -532,6 +550,30 @@ impl Store {
             group_id: r.get::<_, Option<i64>>(14)?.map(GroupId),
             group_budget_nano: r.get(15)?,
             user_disabled: r.get::<_, Option<i64>>(16)?.is_some(),
+            key_limits: Limits {
+                rpm: r
+                    .get::<_, Option<i64>>(17)?
+                    .and_then(|v| u32::try_from(v).ok()),
+                tpm: r
+                    .get::<_, Option<i64>>(18)?
+                    .and_then(|v| u64::try_from(v).ok()),
+            },
+            user_limits: Limits {
+                rpm: r
+                    .get::<_, Option<i64>>(19)?
+                    .and_then(|v| u32::try_from(v).ok()),
+                tpm: r
+                    .get::<_, Option<i64>>(20)?
+                    .and_then(|v| u64::try_from(v).ok()),
+            },
+            tenant_limits: Limits {
+                rpm: r
+                    .get::<_, Option<i64>>(21)?
+                    .and_then(|v| u32::try_from(v).ok()),
+                tpm: r
+                    .get::<_, Option<i64>>(22)?
+                    .and_then(|v| u64::try_from(v).ok()),
+            },
         })
     }
 
@@ -615,7 +657,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(17)?;
+                let hash: Vec<u8> = r.get(23)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -1117,6 +1159,26 @@ impl Store {
         let user = self.get_user(user)?;
         let token = self.create_user_token(user.id)?;
         Ok((user, token))
+    }
+
+    /// Set the rate limits of a tenant or a user (None clears a limit).
+    pub fn set_limits(&self, subject: LimitSubject, limits: Limits) -> Result<(), StoreError> {
+        let (table, id) = match subject {
+            LimitSubject::Tenant(t) => ("tenants", t.0),
+            LimitSubject::User(u) => ("users", u.0),
+            LimitSubject::Key(k) => ("api_keys", k.0),
+        };
+        self.with(|c| {
+            let n = c.execute(
+                &format!("UPDATE {table} SET rpm_limit = ?2, tpm_limit = ?3 WHERE id = ?1"),
+                params![id, limits.rpm, limits.tpm.map(|t| t as i64)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("{table} {id}")));
+            }
+            Store::bump_generation(c)?;
+            Ok(())
+        })
     }
 
     // ---------------------------------------------------------------- ledger
@@ -1663,6 +1725,7 @@ mod tests {
                 expires_at: None,
                 quota_nano: None,
                 user_id: None,
+                limits: Limits::default(),
             })
             .unwrap();
         assert!(s.key_generation().unwrap() > g0);
