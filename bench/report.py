@@ -217,6 +217,13 @@ def lat_summary(hist):
             "samples": sum(c for _, c in hist)}
 
 
+def tg_thread_medians(raw, wl):
+    recs = [x["tollgate_threads_cpu_us_per_req"] for x in raw
+            if x["workload"] == wl and x["target"] == "tollgate"]
+    names = {k for r in recs for k in r}
+    return {k: med([r.get(k) for r in recs]) for k in names}
+
+
 def report(work: str, out_path: str, db_path: str) -> None:
     runs = [json.loads(line) for line in open(os.path.join(work, "runs.jsonl"))]
     settings = json.load(open(os.path.join(work, "settings.json")))
@@ -248,8 +255,11 @@ def report(work: str, out_path: str, db_path: str) -> None:
         d = {k: a[k] - b[k] for k in ("mock", "nginx", "tollgate", "machine_busy", "machine_irq",
                                       "machine_steal", "mock_completed")}
 
-        def writer_ticks(snapshot):
-            return sum(v for k, v in snapshot["tollgate_threads"].items() if "usage writer" in k)
+        def thread_ticks(snapshot, pred):
+            return sum(v for k, v in snapshot["tollgate_threads"].items() if pred(k))
+
+        tg_threads = {k: per_req(v - b["tollgate_threads"].get(k, 0))
+                      for k, v in a["tollgate_threads"].items()} if r["target"] == "tollgate" else None
 
         proxy = {"nginx": d["nginx"], "tollgate": d["tollgate"]}.get(r["target"])
 
@@ -267,8 +277,16 @@ def report(work: str, out_path: str, db_path: str) -> None:
             mock_completed=d["mock_completed"],
             proxy_cpu_cores=cores(proxy),
             proxy_cpu_us_per_req=per_req(proxy),
-            usage_writer_cpu_us_per_req=(per_req(writer_ticks(a) - writer_ticks(b))
-                                         if r["target"] == "tollgate" else None),
+            usage_writer_cpu_us_per_req=(
+                per_req(thread_ticks(a, lambda k: "usage writer" in k)
+                        - thread_ticks(b, lambda k: "usage writer" in k))
+                if r["target"] == "tollgate" else None),
+            # Pingora background services ("BG <name>" threads): usage writer, ledger, ...
+            background_cpu_us_per_req=(
+                per_req(thread_ticks(a, lambda k: k.startswith("BG "))
+                        - thread_ticks(b, lambda k: k.startswith("BG ")))
+                if r["target"] == "tollgate" else None),
+            tollgate_threads_cpu_us_per_req=tg_threads,
             mock_cpu_cores=cores(d["mock"]),
             mock_cpu_us_per_req=per_req(d["mock"]),
             wrk_cpu_cores=cores(wrk_ticks),
@@ -331,6 +349,7 @@ def report(work: str, out_path: str, db_path: str) -> None:
                 "sat_proxy_cpu_cores": pick("proxy_cpu_cores"),
                 "sat_proxy_cpu_us_per_req": pick("proxy_cpu_us_per_req"),
                 "sat_usage_writer_cpu_us_per_req": pick("usage_writer_cpu_us_per_req"),
+                "sat_background_cpu_us_per_req": pick("background_cpu_us_per_req"),
                 "sat_mock_cpu_cores": pick("mock_cpu_cores"),
                 "sat_mock_cpu_us_per_req": pick("mock_cpu_us_per_req"),
                 "sat_wrk_cpu_cores": pick("wrk_cpu_cores"),
@@ -367,7 +386,8 @@ def report(work: str, out_path: str, db_path: str) -> None:
     try:
         for line in open(os.path.join(work, "metrics.txt")):
             for name in ("tollgate_usage_events_written", "tollgate_usage_events_dropped",
-                         "tollgate_breaker_opened"):
+                         "tollgate_ledger_entries_written", "tollgate_breaker_opened",
+                         "tollgate_stream_errors"):
                 if line.startswith(name):
                     metering[name] = metering.get(name, 0) + float(line.rsplit(" ", 1)[1])
     except OSError:
@@ -448,8 +468,8 @@ def report(work: str, out_path: str, db_path: str) -> None:
     print()
     print(f"CPU during the saturation runs (c{c}; medians; cores = CPU-seconds per second):")
     print()
-    print("| workload | target | proxy cores | proxy CPU µs/req | of which usage writer µs/req "
-          "| mock cores | mock CPU µs/req | wrk cores | irq+softirq cores | other work (cores) |")
+    print("| workload | target | proxy cores | proxy CPU µs/req | of which background threads "
+          "µs/req | mock cores | mock CPU µs/req | wrk cores | irq+softirq cores | other work (cores) |")
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 
     def f2(x):
@@ -462,9 +482,14 @@ def report(work: str, out_path: str, db_path: str) -> None:
         for t in TARGETS:
             s = summary[wl][t]
             print(f"| {wl} | {t} | {f2(s['sat_proxy_cpu_cores'])} | {f1(s['sat_proxy_cpu_us_per_req'])} "
-                  f"| {f1(s['sat_usage_writer_cpu_us_per_req'])} | {f2(s['sat_mock_cpu_cores'])} "
+                  f"| {f1(s['sat_background_cpu_us_per_req'])} | {f2(s['sat_mock_cpu_cores'])} "
                   f"| {f1(s['sat_mock_cpu_us_per_req'])} | {f2(s['sat_wrk_cpu_cores'])} "
                   f"| {f2(s['sat_irq_cpu_cores'])} | {f2(s['sat_other_cpu_cores'])} |")
+    print()
+    print("tollgate CPU by thread (µs/req, saturation, median of reps): " + "; ".join(
+        f"{wl}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(
+            tg_thread_medians(raw, wl).items(), key=lambda kv: -kv[1]) if v >= 0.1)
+        for wl in WORKLOADS))
     print()
     print("| process | RSS after startup | peak RSS (VmHWM) | RSS at end |")
     print("|---|--:|--:|--:|")
@@ -495,6 +520,9 @@ def report(work: str, out_path: str, db_path: str) -> None:
         ok = targets_check["added_p99_below_saturation_lt_1ms_vs_nginx"][wl]
         print(f"- {wl}: added p99 below saturation = {r['added_low_p99_us_vs_nginx']:+.0f} µs vs nginx "
               f"(target < 1000 µs): {'PASS' if ok else 'MISS'}")
+    ev, resp = metering.get("usage_events_in_db"), metering["tollgate_responses_all_wrk_runs"]
+    print(f"- metering: {ev:,} usage events stored for {resp:,} responses wrk received from "
+          f"tollgate: {'OK' if ev is not None and ev >= resp else 'EVENTS MISSING'}")
     ok = targets_check["rss_lt_64mib"]
     print(f"- tollgate peak RSS = {mem['tollgate']['vmhwm_mib']} MiB (target < 64 MiB): "
           f"{'PASS' if ok else 'MISS'}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tollgate benchmark: direct mock vs nginx pass-through vs tollgate, non-streaming and streaming.
 #
-#   bench/run.sh                 # full run (3 repetitions, 10 s per measurement, ~9 minutes)
+#   bench/run.sh                 # full run (3 repetitions, about 10 minutes)
 #   REPS=1 DURATION=3 bench/run.sh   # quick smoke run
 #
 # Knobs (environment):
@@ -15,10 +15,13 @@
 #   THREADS=1       tollgate worker threads; nginx gets the same number of worker processes
 #   PIN=1           pin with taskset (mock + wrk on CPU 0, proxy on CPU 1); PIN=0 leaves it to the OS
 #   MOCK_CPUS=0 PROXY_CPUS=1 WRK_CPUS=0   the CPU lists used when PIN=1
-#   BREAKER_THRESHOLD=1000000  tollgate breaker threshold (default 5 trips on wrk's hang-ups; README)
+#   BREAKER_THRESHOLD=5   tollgate's breaker threshold (its default; 1000000 for builds before
+#                   30f18a4, where wrk's hang-ups at the end of a run tripped it, see README)
 #   QUIET_MAX=0.3 QUIET_WAIT=120   before each block wait (at most QUIET_WAIT s) until the machine
 #                   uses at most QUIET_MAX cores (other jobs on a shared machine); 0 0 disables
 #   TOLLGATE_RUST_LOG=     RUST_LOG for tollgate (default: unset, i.e. the gateway's own default)
+#   OUT=bench/results/latest.json  WORK=bench/results/work   where results and raw files go
+#   KEEP_DB=0       1 keeps the gateway's SQLite file in WORK (else removed after the report)
 #   BUILD=1         run `flock /tmp/cargo.lock cargo build --release` first (no-op when up to date)
 #
 # Writes bench/results/latest.json (plus per-run raw files under bench/results/work/) and prints
@@ -29,7 +32,8 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
 BIN=${BIN:-$ROOT/target/release/tollgate}
 RESULTS=$BENCH_DIR/results
-WORK=$RESULTS/work
+WORK=${WORK:-$RESULTS/work}          # raw files of this run (wiped at start)
+OUT=${OUT:-$RESULTS/latest.json}     # the machine-readable results
 
 REPS=${REPS:-3}
 DURATION=${DURATION:-10}
@@ -45,7 +49,7 @@ MOCK_CPUS=${MOCK_CPUS:-0}
 PROXY_CPUS=${PROXY_CPUS:-1}
 WRK_CPUS=${WRK_CPUS:-0}
 BUILD=${BUILD:-1}
-BREAKER_THRESHOLD=${BREAKER_THRESHOLD:-1000000}
+BREAKER_THRESHOLD=${BREAKER_THRESHOLD:-5}
 QUIET_MAX=${QUIET_MAX:-0.3}
 QUIET_WAIT=${QUIET_WAIT:-120}
 
@@ -94,8 +98,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# WORK is wiped, so refuse a non-empty directory that an earlier run did not create.
+if [[ -d $WORK && -n $(ls -A "$WORK") && ! -e $WORK/.bench-work ]]; then
+  die "WORK=$WORK is not empty and was not made by run.sh; not wiping it"
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK/runs" "$WORK/nginx-tmp"
+touch "$WORK/.bench-work"
+WORK=$(cd "$WORK" && pwd)   # absolute: nginx and the generated config need it
 
 # Four free loopback ports, chosen by the kernel.
 read -r MOCK_PORT NGINX_PORT TG_PORT TG_ADMIN_PORT < <(python3 - <<'EOF'
@@ -272,4 +282,10 @@ cat >"$WORK/settings.json" <<EOF
  "breaker_threshold": $BREAKER_THRESHOLD, "quiet_max": $QUIET_MAX, "quiet_wait": $QUIET_WAIT, "rust_log": "${RUST_LOG:-}"}
 EOF
 
-python3 "$BENCH_DIR/report.py" report "$WORK" "$RESULTS/latest.json" "$WORK/tollgate.db"
+python3 "$BENCH_DIR/report.py" report "$WORK" "$OUT" "$WORK/tollgate.db"
+
+# The usage database and the gateway's per-request log reach hundreds of MB in a full run.
+if [[ ${KEEP_DB:-0} == 0 ]]; then
+  rm -f "$WORK"/tollgate.db "$WORK"/tollgate.db-wal "$WORK"/tollgate.db-shm
+  gzip -f "$WORK/tollgate.log"
+fi
