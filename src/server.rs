@@ -80,7 +80,6 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     for f in resolver::resolve_all(&config) {
         tracing::warn!(failure = %f, "DNS");
     }
-    crate::protocol::tokens::TokenCounter::warm_up();
 
     let store = Store::open(std::path::Path::new(&config.sqlite_path))?;
     let (sink, writer): (UsageSink, _) = usage::channel(store.clone());

@@ -354,18 +354,21 @@ impl JournalWriter {
     pub async fn run(mut self, flush_every: Duration) {
         let mut batch: Vec<LedgerEntry> = Vec::with_capacity(256);
         loop {
-            match self.rx.recv().await {
-                Some(e) => batch.push(e),
-                None => return,
-            }
-            let deadline = tokio::time::Instant::now() + flush_every;
-            while batch.len() < 4096 {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(e)) => batch.push(e),
-                    Ok(None) | Err(_) => break,
+            // Sleep, then commit whatever queued up: settlement never has to wake the writer.
+            tokio::time::sleep(flush_every).await;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.commit(&mut batch).await;
+                        return;
+                    }
                 }
             }
-            self.commit(&mut batch).await;
+            if !batch.is_empty() {
+                self.commit(&mut batch).await;
+            }
         }
     }
 

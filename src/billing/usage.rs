@@ -63,7 +63,7 @@ impl UsageSink {
 }
 
 pub const QUEUE: usize = 65_536;
-pub const BATCH: usize = 512;
+pub const BATCH: usize = 4096;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Create the queue; run the returned future on a runtime to drain it into `store`.
@@ -79,21 +79,26 @@ pub fn channel(store: Store) -> (UsageSink, impl std::future::Future<Output = ()
 async fn writer(store: Store, mut rx: mpsc::Receiver<UsageEvent>) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        // Wait for the first event, then gather what else arrives within the flush window.
-        match rx.recv().await {
-            Some(e) => batch.push(e),
-            None => break,
-        }
-        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(e)) => batch.push(e),
-                Ok(None) | Err(_) => break,
+        // Sleep, then take whatever queued up. The writer never waits inside `recv`, so the
+        // data plane's sends never have to wake it: one wake-up per flush, not per request.
+        tokio::time::sleep(FLUSH_EVERY).await;
+        loop {
+            match rx.try_recv() {
+                Ok(e) => {
+                    batch.push(e);
+                    if batch.len() >= BATCH {
+                        flush(&store, &mut batch).await;
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    flush(&store, &mut batch).await;
+                    return;
+                }
             }
         }
         flush(&store, &mut batch).await;
     }
-    flush(&store, &mut batch).await;
 }
 
 async fn flush(store: &Store, batch: &mut Vec<UsageEvent>) {

@@ -26,7 +26,6 @@ use crate::config::{Config, ModelKind};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::protocol::openai::{self, ChatStreamMeter};
-use crate::protocol::tokens::TokenCounter;
 use crate::routing::balancer::{self, NoPick};
 use crate::routing::upstream::Admission;
 use crate::tenancy::unix_now;
@@ -985,15 +984,6 @@ impl ProxyHttp for Gateway {
         if ctx.counted_inflight {
             METRICS.inflight.dec();
         }
-        crate::proxy::usage::emit(&self.app, ctx, e);
-    }
-}
-
-/// Prompt-token estimate used when a vendor reports no usage.
-pub(crate) fn estimate_prompt(ctx: &RequestCtx) -> u64 {
-    match (ctx.endpoint, ctx.body.as_ref()) {
-        (Endpoint::Chat, Some(obj)) => TokenCounter::estimate_chat_prompt(obj),
-        (Endpoint::Embeddings, Some(obj)) => TokenCounter::estimate_embedding_input(obj),
-        _ => 0,
+        crate::proxy::usage::emit(&self.app, ctx, e).await;
     }
 }

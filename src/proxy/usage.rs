@@ -9,45 +9,75 @@ use crate::protocol::openai::{self, Usage};
 use crate::protocol::tokens::TokenCounter;
 use pingora_error::Error;
 
+/// What the response tells about usage: the vendor's report, or text still to be counted.
+enum Measured {
+    Known(Usage, &'static str),
+    /// No vendor usage: count `text` (completion) and estimate the prompt with tiktoken.
+    Count {
+        text: String,
+    },
+}
+
 /// Usage and where it came from: the vendor's own report, our tiktoken count, or nothing.
-fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
+/// Tokenizing is CPU work (and builds the o200k tables on first use, ~0.5 s and ~55 MiB), so it
+/// runs on the blocking pool, only for vendors that report no usage.
+async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
+    match measure(ctx) {
+        Measured::Known(u, source) => (u, source),
+        Measured::Count { text } => {
+            let body = ctx.body.clone();
+            let endpoint = ctx.endpoint;
+            let counted = tokio::task::spawn_blocking(move || Usage {
+                prompt_tokens: match (endpoint, body.as_ref()) {
+                    (Endpoint::Chat, Some(b)) => TokenCounter::estimate_chat_prompt(b),
+                    (Endpoint::Embeddings, Some(b)) => TokenCounter::estimate_embedding_input(b),
+                    _ => 0,
+                },
+                completion_tokens: TokenCounter::count(&text),
+                ..Usage::default()
+            })
+            .await;
+            match counted {
+                Ok(u) => (u, "counted"),
+                Err(_) => (Usage::default(), "none"),
+            }
+        }
+    }
+}
+
+fn measure(ctx: &RequestCtx) -> Measured {
+    use Measured::*;
     if !(200..300).contains(&ctx.status) {
         // Only a stream that started successfully produced tokens worth recording.
         if ctx.meter.is_none() {
-            return (Usage::default(), "none");
+            return Known(Usage::default(), "none");
         }
     }
     if let Some(meter) = ctx.meter.as_ref() {
         if let Some(u) = meter.usage() {
-            return (u, "vendor");
+            return Known(u, "vendor");
         }
         let text = meter.produced_text();
         if text.is_empty() && !meter.first_content_seen() {
-            return (Usage::default(), "none");
+            return Known(Usage::default(), "none");
         }
-        let u = Usage {
-            prompt_tokens: super::estimate_prompt(ctx),
-            completion_tokens: TokenCounter::count(text),
-            ..Usage::default()
+        return Count {
+            text: text.to_string(),
         };
-        return (u, "counted");
     }
     if ctx.endpoint == Endpoint::Chat || ctx.endpoint == Endpoint::Embeddings {
         if ctx.response.is_empty() {
-            return (Usage::default(), "none");
+            return Known(Usage::default(), "none");
         }
         let (usage, text) = openai::usage_from_response(&ctx.response);
         if let Some(u) = usage {
-            return (u, "vendor");
+            return Known(u, "vendor");
         }
-        let u = Usage {
-            prompt_tokens: super::estimate_prompt(ctx),
-            completion_tokens: text.as_deref().map(TokenCounter::count).unwrap_or(0),
-            ..Usage::default()
+        return Count {
+            text: text.unwrap_or_default(),
         };
-        return (u, "counted");
     }
-    (Usage::default(), "none")
+    Known(Usage::default(), "none")
 }
 
 /// Settle the call's credit hold to what it really cost (nothing for a call that produced no
@@ -82,12 +112,12 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
     s.charged
 }
 
-pub fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
+pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     let latency = ctx.started.elapsed();
     let channel = ctx.channel_label().to_string();
     let model = ctx.model_label().to_string();
     let status = ctx.status;
-    let (usage, source) = measured_usage(ctx);
+    let (usage, source) = measured_usage(ctx).await;
     ctx.cost_nano = settle(app, ctx, &usage);
     let ttft = ctx.first_token_at.map(|t| t.duration_since(ctx.started));
 

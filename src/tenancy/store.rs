@@ -287,6 +287,9 @@ pub enum LimitSubject {
     Key(KeyId),
 }
 
+/// (tenant, hour, key, user, group, model, channel) of a usage roll-up row.
+type RollupKey = (i64, i64, i64, i64, i64, String, String);
+
 /// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 
@@ -681,12 +684,13 @@ impl Store {
                 )?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
+                let mut deltas: std::collections::HashMap<RollupKey, [i64; 7]> = std::collections::HashMap::new();
                 let mut roll = tx.prepare_cached(
                     "INSERT INTO usage_hourly (tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors,
                         prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (tenant_id, hour, key_id, user_id, group_id, model, channel) DO UPDATE SET
-                        requests = requests + 1,
+                        requests = requests + excluded.requests,
                         errors = errors + excluded.errors,
                         prompt_tokens = prompt_tokens + excluded.prompt_tokens,
                         cached_tokens = cached_tokens + excluded.cached_tokens,
@@ -722,22 +726,28 @@ impl Store {
                     ])?;
                     n += inserted;
                     if let (1, Some(t)) = (inserted, e.tenant_id) {
-                        roll.execute(params![
+                        // Sum the batch per roll-up row first: one upsert per distinct row.
+                        let k = (
                             t.0,
                             e.ts_ms.div_euclid(3_600_000),
                             e.key_id.map_or(0, |k| k.0),
                             e.user_id.map_or(0, |u| u.0),
                             e.group_id.map_or(0, |g| g.0),
-                            e.model_requested.as_deref().unwrap_or(""),
-                            e.channel.as_deref().unwrap_or(""),
-                            i64::from(!(200..300).contains(&e.status)),
-                            e.prompt_tokens as i64,
-                            e.cached_tokens as i64,
-                            e.completion_tokens as i64,
-                            e.reasoning_tokens as i64,
-                            e.cost_nano,
-                        ])?;
+                            e.model_requested.clone().unwrap_or_default(),
+                            e.channel.clone().unwrap_or_default(),
+                        );
+                        let d = deltas.entry(k).or_insert([0i64; 7]);
+                        d[0] += 1;
+                        d[1] += i64::from(!(200..300).contains(&e.status));
+                        d[2] += e.prompt_tokens as i64;
+                        d[3] += e.cached_tokens as i64;
+                        d[4] += e.completion_tokens as i64;
+                        d[5] += e.reasoning_tokens as i64;
+                        d[6] += e.cost_nano;
                     }
+                }
+                for ((tenant, hour, key, user, group, model, channel), d) in &deltas {
+                    roll.execute(params![tenant, hour, key, user, group, model, channel, d[0], d[1], d[2], d[3], d[4], d[5], d[6]])?;
                 }
             }
             tx.commit()?;
