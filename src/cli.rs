@@ -58,6 +58,16 @@ enum Command {
         #[command(flatten)]
         target: StoreTarget,
     },
+    /// A bare Pingora pass-through proxy (the benchmark's baseline; no gateway logic).
+    #[command(hide = true)]
+    Passthrough {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Run the mock vendor (OpenAI wire format) on its own, for benchmarks and experiments.
     MockVendor {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -123,7 +133,7 @@ pub fn init_logging(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(crate::logbuf::BufferedStderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -212,6 +222,11 @@ pub fn main() -> i32 {
                 Ok(())
             }
         }),
+        Command::Passthrough {
+            listen,
+            upstream,
+            threads,
+        } => crate::passthrough::run(&listen, upstream, threads),
         Command::MockVendor { listen } => {
             init_logging(LogFormat::Text);
             let rt = match tokio::runtime::Runtime::new() {

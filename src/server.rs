@@ -44,13 +44,13 @@ pub struct Launch {
 
 type WriterFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Drains usage events into the store until shutdown, then a final flush.
-struct UsageWriter {
+/// Runs the recorder (charges + usage events to the store) for the life of the process.
+struct Recorder {
     run: Mutex<Option<WriterFuture>>,
 }
 
 #[async_trait::async_trait]
-impl BackgroundService for UsageWriter {
+impl BackgroundService for Recorder {
     async fn start(&self, _shutdown: ShutdownWatch) {
         // Deliberately not stopped by the shutdown signal: the gateway keeps finishing
         // in-flight requests during the grace period and their events must still be written.
@@ -82,7 +82,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     }
 
     let store = Store::open(std::path::Path::new(&config.sqlite_path))?;
-    let (sink, writer): (UsageSink, _) = usage::channel(store.clone());
+    let (sink, usage_rx): (UsageSink, _) = usage::queue();
     let (ledger, journal) = Ledger::recover(&store)?;
     let journal_flush = config.billing.journal_flush;
     let server_settings = config.server.clone();
@@ -144,16 +144,10 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
             every: Duration::from_secs(1),
         },
     );
-    let writer = background_service(
-        "usage writer",
-        UsageWriter {
-            run: Mutex::new(Some(Box::pin(writer))),
-        },
-    );
     let journal = background_service(
-        "ledger journal",
-        UsageWriter {
-            run: Mutex::new(Some(Box::pin(journal.run(journal_flush)))),
+        "recorder",
+        Recorder {
+            run: Mutex::new(Some(Box::pin(journal.run(journal_flush, Some(usage_rx))))),
         },
     );
 
@@ -161,10 +155,12 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     server.add_service(admin);
     server.add_service(watcher);
     server.add_service(keys);
-    server.add_service(writer);
     server.add_service(journal);
     tracing::info!(listen = %server_settings.listen, admin = %admin_listen, "tollgate starting");
-    server.run_forever();
+    server.run(pingora_core::server::RunArgs::default());
+    // Pingora returns once every service has stopped: write out what the log buffer holds.
+    crate::logbuf::flush();
+    std::process::exit(0);
 }
 
 /// A shared handle for in-process use (tests of the library itself).

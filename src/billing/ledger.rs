@@ -18,6 +18,7 @@
 //! `available + reserved + charged = credited`, where `credited` sums top-ups, grants,
 //! redemptions and adjustments, and `charged` sums settled charges.
 
+use crate::billing::usage::UsageEvent;
 use crate::tenancy::store::{Store, StoreError};
 use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
 use dashmap::DashMap;
@@ -344,62 +345,86 @@ impl Ledger {
     }
 }
 
-/// Group commit of charges: whatever arrived within `flush_every` goes in one transaction.
+/// The recorder: every `flush_every`, commits the charges settled since the last round and the
+/// usage events queued by the data plane, in one transaction (a charge and its usage record
+/// land together). It sleeps between rounds instead of waiting on its queues, so the data plane
+/// never has to wake it. A failed commit is retried with the same rows (ids make it idempotent);
+/// charges are never dropped. Usage events are bounded by their queue (a full queue is counted
+/// in `tollgate_usage_events_dropped_total`).
 pub struct JournalWriter {
     store: Store,
     rx: mpsc::UnboundedReceiver<LedgerEntry>,
 }
 
 impl JournalWriter {
-    pub async fn run(mut self, flush_every: Duration) {
-        let mut batch: Vec<LedgerEntry> = Vec::with_capacity(256);
+    pub async fn run(
+        mut self,
+        flush_every: Duration,
+        mut usage: Option<mpsc::Receiver<UsageEvent>>,
+    ) {
+        let mut entries: Vec<LedgerEntry> = Vec::with_capacity(256);
+        let mut events: Vec<UsageEvent> = Vec::with_capacity(256);
         loop {
-            // Sleep, then commit whatever queued up: settlement never has to wake the writer.
             tokio::time::sleep(flush_every).await;
+            let mut closed = false;
             loop {
                 match self.rx.try_recv() {
-                    Ok(e) => batch.push(e),
+                    Ok(e) => entries.push(e),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
-                        self.commit(&mut batch).await;
-                        return;
+                        closed = true;
+                        break;
                     }
                 }
             }
-            if !batch.is_empty() {
-                self.commit(&mut batch).await;
+            if let Some(rx) = usage.as_mut() {
+                while events.len() < 65_536 {
+                    match rx.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !entries.is_empty() || !events.is_empty() {
+                self.commit(&mut entries, &mut events).await;
+            }
+            if closed {
+                return;
             }
         }
     }
 
-    async fn commit(&self, batch: &mut Vec<LedgerEntry>) {
-        let mut entries = std::mem::take(batch);
-        let n = entries.len();
+    async fn commit(&self, entries: &mut Vec<LedgerEntry>, events: &mut Vec<UsageEvent>) {
+        let (mut e, mut u) = (std::mem::take(entries), std::mem::take(events));
+        let (ne, nu) = (e.len(), u.len());
         let mut attempt = 0u32;
         loop {
             let store = self.store.clone();
             let res = tokio::task::spawn_blocking(move || {
-                let r = store.insert_ledger_entries(&entries);
-                (r, entries)
+                let r = store.record(&e, &u);
+                (r, e, u)
             })
             .await;
             match res {
-                Ok((Ok(_), _)) => {
+                Ok((Ok(_), _, _)) => {
                     crate::metrics::METRICS
                         .ledger_entries_written
-                        .inc_by(n as u64);
+                        .inc_by(ne as u64);
+                    crate::metrics::METRICS
+                        .usage_events_written
+                        .inc_by(nu as u64);
                     return;
                 }
-                Ok((Err(e), back)) => {
+                Ok((Err(err), back_e, back_u)) => {
                     // Never drop a charge: keep retrying (ids make replays harmless).
                     attempt += 1;
-                    tracing::error!(error = %e, attempt, entries = n, "ledger journal write failed; retrying");
-                    entries = back;
+                    tracing::error!(error = %err, attempt, entries = ne, events = nu, "recorder commit failed; retrying");
+                    (e, u) = (back_e, back_u);
                     tokio::time::sleep(Duration::from_millis((50u64 << attempt.min(6)).min(5_000)))
                         .await;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, entries = n, "ledger journal task failed");
+                Err(err) => {
+                    tracing::error!(error = %err, entries = ne, events = nu, "recorder task failed");
                     return;
                 }
             }
@@ -539,7 +564,7 @@ mod tests {
     #[tokio::test]
     async fn journal_replays_to_the_same_books() {
         let (store, l, key, writer) = setup_with_writer(1_000_000, Some(900_000));
-        let writer = tokio::spawn(writer.run(Duration::from_millis(5)));
+        let writer = tokio::spawn(writer.run(Duration::from_millis(5), None));
         for i in 0..50 {
             let r = l.reserve(&key, 10_000).unwrap();
             l.settle(r, 1_000 + i, &key, &format!("req{i}"));

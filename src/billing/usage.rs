@@ -1,12 +1,10 @@
 //! Usage events: one per request, pushed by the data plane into a bounded queue and written to
 //! the store in batches by a background task, so the request path never waits on storage.
 
-use crate::tenancy::store::Store;
 use crate::tenancy::{GroupId, KeyId, TenantId, UserId};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -63,80 +61,13 @@ impl UsageSink {
 }
 
 pub const QUEUE: usize = 65_536;
-pub const BATCH: usize = 4096;
-pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Create the queue; run the returned future on a runtime to drain it into `store`.
-pub fn channel(store: Store) -> (UsageSink, impl std::future::Future<Output = ()>) {
+/// Create the queue; the ledger's recorder (billing::ledger::Recorder) drains it.
+pub fn queue() -> (UsageSink, mpsc::Receiver<UsageEvent>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let sink = UsageSink {
         tx,
         dropped: Arc::new(AtomicU64::new(0)),
     };
-    (sink, writer(store, rx))
-}
-
-async fn writer(store: Store, mut rx: mpsc::Receiver<UsageEvent>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        // Sleep, then take whatever queued up. The writer never waits inside `recv`, so the
-        // data plane's sends never have to wake it: one wake-up per flush, not per request.
-        tokio::time::sleep(FLUSH_EVERY).await;
-        loop {
-            match rx.try_recv() {
-                Ok(e) => {
-                    batch.push(e);
-                    if batch.len() >= BATCH {
-                        flush(&store, &mut batch).await;
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    flush(&store, &mut batch).await;
-                    return;
-                }
-            }
-        }
-        flush(&store, &mut batch).await;
-    }
-}
-
-async fn flush(store: &Store, batch: &mut Vec<UsageEvent>) {
-    if batch.is_empty() {
-        return;
-    }
-    let events = std::mem::take(batch);
-    let n = events.len();
-    let store = store.clone();
-    // Retry a failed batch a few times; inserts are idempotent on request id.
-    let mut events = events;
-    for attempt in 0..5u32 {
-        let s = store.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let r = s.insert_usage_events(&events);
-            (r, events)
-        })
-        .await;
-        match res {
-            Ok((Ok(_), _)) => {
-                crate::metrics::METRICS
-                    .usage_events_written
-                    .inc_by(n as u64);
-                return;
-            }
-            Ok((Err(e), back)) => {
-                tracing::warn!(error = %e, attempt, "usage batch write failed; retrying");
-                events = back;
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "usage writer task failed");
-                return;
-            }
-        }
-    }
-    tracing::error!(events = n, "usage batch dropped after retries");
-    crate::metrics::METRICS
-        .usage_events_dropped
-        .inc_by(n as u64);
+    (sink, rx)
 }

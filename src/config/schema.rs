@@ -198,7 +198,7 @@ fn d_default_max_output() -> u64 {
     4096
 }
 fn d_journal_flush() -> u64 {
-    10
+    25
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -671,8 +671,22 @@ impl Store {
 
     /// Insert a batch in one transaction. Idempotent on request id: a replayed batch is a no-op.
     pub fn insert_usage_events(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
+        self.record(&[], events).map(|(_, n)| n)
+    }
+
+    /// Commit ledger entries and usage events in one transaction (the recorder's group commit):
+    /// a call's charge and its usage record land together or not at all. Idempotent on ids.
+    pub fn record(
+        &self,
+        entries: &[LedgerEntry],
+        events: &[UsageEvent],
+    ) -> Result<(usize, usize), StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
+            let mut journaled = 0;
+            for e in entries {
+                journaled += Store::insert_entry(&tx, e)?;
+            }
             let mut n = 0;
             {
                 let mut st = tx.prepare_cached(
@@ -751,7 +765,7 @@ impl Store {
                 }
             }
             tx.commit()?;
-            Ok(n)
+            Ok((journaled, n))
         })
     }
 
