@@ -216,6 +216,11 @@ pub struct Upstream {
     pub disabled: Option<String>,
     /// Live state that survives reloads (breaker, latency, resolved addresses).
     pub state: Arc<UpstreamState>,
+    /// Request pieces prepared once per configuration, not per request.
+    pub host_header: http::HeaderValue,
+    pub auth_header: Option<http::HeaderValue>,
+    pub chat_path: String,
+    pub embeddings_path: String,
 }
 
 impl Upstream {
@@ -763,7 +768,32 @@ fn build_upstream(
     };
     let id = format!("{channel}/{name}");
     let state = states.get_or_create(&id, &base);
+    let host_header = http::HeaderValue::from_str(&base.authority()).map_err(|_| {
+        invalid(
+            format!("{at}.base_url"),
+            "has a host that cannot be sent in a Host header",
+        )
+    })?;
+    let auth_header = match api_key.as_deref() {
+        Some(k) => {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                invalid(
+                    format!("{at}.api_key_env"),
+                    "the key in this variable contains characters not allowed in a header",
+                )
+            })?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    let chat_path = format!("{}/chat/completions", base.path);
+    let embeddings_path = format!("{}/embeddings", base.path);
     Ok(Upstream {
+        host_header,
+        auth_header,
+        chat_path,
+        embeddings_path,
         id,
         name,
         base,

@@ -375,10 +375,22 @@ fn walk_message_text<'v>(msg: &'v Value, f: &mut impl FnMut(&'v str)) {
     }
 }
 
-/// Usage and generated text of a non-streamed chat or embeddings response. The text
-/// (message content, reasoning, tool calls) is `Some` whenever the body has a `choices`
-/// array, for fallback counting when usage is missing; embeddings give `None`.
+/// Usage of a non-streamed chat or embeddings response, or, when the vendor reported none,
+/// the generated text (message content, reasoning, tool calls) for fallback counting: `Some`
+/// when the body has a `choices` array and no usage; embeddings give `None`.
 pub fn usage_from_response(body: &[u8]) -> (Option<Usage>, Option<String>) {
+    // Fast path: only the `usage` object is materialised; everything else is skipped by the
+    // parser without allocating. The full tree is built only when a vendor sent no usage.
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice::<UsageOnly>(body) {
+        if let Some(usage) = parse_usage(&u) {
+            return (Some(usage), None);
+        }
+    }
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return (None, None);
     };
@@ -1555,6 +1567,11 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                 reasoning_tokens: 0
             })
         );
+        assert_eq!(text, None, "text is only extracted when usage is missing");
+        let mut no_usage_chat = chat.clone();
+        no_usage_chat.as_object_mut().unwrap().remove("usage");
+        let (u, text) = usage_from_response(no_usage_chat.to_string().as_bytes());
+        assert_eq!(u, None);
         assert_eq!(text.as_deref(), Some("Let me check.hmm f{\"a\":1}"));
 
         let emb = json!({"object": "list", "data": [{"embedding": [0.1]}], "usage": {"prompt_tokens": 4, "total_tokens": 4}});

@@ -604,15 +604,14 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no attempt");
         };
         let up = &attempt.upstream;
-        let suffix = match ctx.endpoint {
-            Endpoint::Embeddings => "/embeddings",
-            _ => "/chat/completions",
+        let path = match ctx.endpoint {
+            Endpoint::Embeddings => &up.embeddings_path,
+            _ => &up.chat_path,
         };
-        let path = format!("{}{}", up.base.path, suffix);
         let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
-        req.insert_header(http::header::HOST, up.base.authority())?;
-        if let Some(k) = up.api_key.as_deref() {
-            req.insert_header(http::header::AUTHORIZATION, format!("Bearer {k}"))?;
+        req.insert_header(http::header::HOST, up.host_header.clone())?;
+        if let Some(auth) = up.auth_header.as_ref() {
+            req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
         }
         req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         req.insert_header(http::header::CONTENT_LENGTH, ctx.upstream_body.len())?;
