@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# tollgate benchmark: direct mock vs nginx pass-through vs tollgate, non-streaming and streaming.
+# tollgate benchmark: direct mock vs nginx pass-through vs bare Pingora pass-through vs tollgate,
+# non-streaming and streaming.
 #
-#   bench/run.sh                 # full run (3 repetitions, about 10 minutes)
+#   bench/run.sh                 # full run (3 repetitions)
 #   REPS=1 DURATION=3 bench/run.sh   # quick smoke run
+#   (full run: about 13 minutes)
 #
 # Knobs (environment):
 #   REPS=3          repetitions of every measurement; the report gives the median
@@ -12,8 +14,8 @@
 #   LOW_CONNS=4 LOW_DELAY_MS=4   below-saturation load: 4 connections, each waiting 4 ms after a
 #                   response before its next request (~1,000 req/s offered in all)
 #   LOW_SLICES=5 LOW_SLICE_SECS=2   ... run as 5 slices of 2 s per target, targets interleaved
-#   THREADS=1       tollgate worker threads; nginx gets the same number of worker processes
-#   PIN=1           pin with taskset (mock + wrk on CPU 0, proxy on CPU 1); PIN=0 leaves it to the OS
+#   THREADS=1       tollgate and bare-Pingora worker threads; nginx gets as many worker processes
+#   PIN=1           pin with taskset (mock + wrk on CPU 0, each proxy on CPU 1); PIN=0 leaves it to the OS
 #   MOCK_CPUS=0 PROXY_CPUS=1 WRK_CPUS=0   the CPU lists used when PIN=1
 #   BREAKER_THRESHOLD=5   tollgate's breaker threshold (its default; 1000000 for builds before
 #                   30f18a4, where wrk's hang-ups at the end of a run tripped it, see README)
@@ -23,6 +25,10 @@
 #   OUT=bench/results/latest.json  WORK=bench/results/work   where results and raw files go
 #   KEEP_DB=0       1 keeps the gateway's SQLite file in WORK (else removed after the report)
 #   BUILD=1         run `flock /tmp/cargo.lock cargo build --release` first (no-op when up to date)
+#   BIN=target/release/tollgate   the binary measured (it also provides the mock and the bare
+#                   Pingora pass-through, `tollgate mock-vendor` / `tollgate passthrough`)
+#   TOLLGATE_REV=   what to record as the measured revision; default: the repository's HEAD, with
+#                   "+uncommitted-src" when src/ differs from it (set it when BIN was built elsewhere)
 #
 # Writes bench/results/latest.json (plus per-run raw files under bench/results/work/) and prints
 # a Markdown report. Exits non-zero if any request failed (socket error or non-2xx status).
@@ -66,8 +72,12 @@ if [[ $BUILD != 0 ]]; then
 fi
 [[ -x $BIN ]] || die "no binary at $BIN"
 # What was measured: the commit, whether src/ had uncommitted changes at build time, the binary.
-REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || REV="$REV+uncommitted-src"
+if [[ -n ${TOLLGATE_REV:-} ]]; then
+  REV=$TOLLGATE_REV
+else
+  REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || REV="$REV+uncommitted-src"
+fi
 BIN_SHA=$(sha256sum "$BIN" | cut -c1-12)
 
 # pin <cpus> cmd... : exec cmd (pinned to <cpus> when PIN=1). Always call it in a subshell, i.e.
@@ -107,10 +117,10 @@ mkdir -p "$WORK/runs" "$WORK/nginx-tmp"
 touch "$WORK/.bench-work"
 WORK=$(cd "$WORK" && pwd)   # absolute: nginx and the generated config need it
 
-# Four free loopback ports, chosen by the kernel.
-read -r MOCK_PORT NGINX_PORT TG_PORT TG_ADMIN_PORT < <(python3 - <<'EOF'
+# Five free loopback ports, chosen by the kernel.
+read -r MOCK_PORT NGINX_PORT PG_PORT TG_PORT TG_ADMIN_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])
@@ -142,6 +152,13 @@ pin "$PROXY_CPUS" nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.l
 NGINX_PID=$!; PIDS+=("$NGINX_PID")
 wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" "nginx"
 
+# Bare Pingora pass-through (`tollgate passthrough`, src/passthrough.rs): the same Pingora, HTTP/1
+# handling and upstream connection pool as the gateway, none of the gateway's work.
+pin "$PROXY_CPUS" "$BIN" passthrough --listen "127.0.0.1:$PG_PORT" --upstream "127.0.0.1:$MOCK_PORT" \
+  --threads "$THREADS" >"$WORK/pingora.log" 2>&1 &
+PG_PID=$!; PIDS+=("$PG_PID")
+wait_http "http://127.0.0.1:$PG_PORT/v1/models" "bare Pingora pass-through"
+
 # tollgate, with a random operator token; the upstream key is what the gateway sends the mock.
 export TOLLGATE_ADMIN_TOKEN="bench-admin-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 export BENCH_UPSTREAM_KEY="bench-upstream-secret"
@@ -165,11 +182,11 @@ API_KEY=$(admin_post /admin/keys '{"tenant":"bench","name":"bench","default_chan
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 [[ -n $API_KEY ]] || die "no API key returned by the admin API"
 export BENCH_KEY=$API_KEY
-python3 "$BENCH_DIR/report.py" memory "$TG_PID" "$MOCK_PID" "$NGINX_PID" >"$WORK/memory-start.json"
-log "mock :$MOCK_PORT (pid $MOCK_PID)  nginx :$NGINX_PORT (pid $NGINX_PID)  tollgate :$TG_PORT admin :$TG_ADMIN_PORT (pid $TG_PID)"
+python3 "$BENCH_DIR/report.py" memory "$TG_PID" "$MOCK_PID" "$NGINX_PID" "$PG_PID" >"$WORK/memory-start.json"
+log "mock :$MOCK_PORT (pid $MOCK_PID)  nginx :$NGINX_PORT (pid $NGINX_PID)  pingora :$PG_PORT (pid $PG_PID)  tollgate :$TG_PORT admin :$TG_ADMIN_PORT (pid $TG_PID)"
 
-declare -A PORT=([direct]=$MOCK_PORT [nginx]=$NGINX_PORT [tollgate]=$TG_PORT)
-TARGETS=(direct nginx tollgate)
+declare -A PORT=([direct]=$MOCK_PORT [nginx]=$NGINX_PORT [pingora]=$PG_PORT [tollgate]=$TG_PORT)
+TARGETS=(direct nginx pingora tollgate)
 WORKLOADS=(nonstream stream)
 
 # ------------------------------------------------------------------ sanity checks
@@ -189,10 +206,11 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$TG_PORT
 log "sanity checks passed (content of both workloads on all targets; tollgate refuses a missing key)"
 
 # ------------------------------------------------------------------ measurement
-# snap: CPU ticks of the mock, nginx (master + workers), tollgate (total and per thread name),
+# snap: CPU ticks of the mock, nginx (master + workers), the bare Pingora pass-through, tollgate
+# (total and per thread name),
 # the whole machine (/proc/stat), and the mock's completed-request counter, as one JSON line.
 snap() {
-  python3 "$BENCH_DIR/report.py" snap "$MOCK_PID" "$NGINX_PID" "$TG_PID" "http://127.0.0.1:$MOCK_PORT"
+  python3 "$BENCH_DIR/report.py" snap "$MOCK_PID" "$NGINX_PID" "$PG_PID" "$TG_PID" "http://127.0.0.1:$MOCK_PORT"
 }
 
 # run_wrk <target> <workload> <conns> <seconds> <outfile.json> <delay_ms>
@@ -256,8 +274,8 @@ done
 log "measurements done in $(($(date +%s) - START)) s"
 
 # ------------------------------------------------------------------ memory, metering, report
-sleep 1 # let the usage writer flush its last batch
-python3 "$BENCH_DIR/report.py" memory "$TG_PID" "$MOCK_PID" "$NGINX_PID" >"$WORK/memory.json"
+sleep 1 # let the recorder flush its last batch
+python3 "$BENCH_DIR/report.py" memory "$TG_PID" "$MOCK_PID" "$NGINX_PID" "$PG_PID" >"$WORK/memory.json"
 curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "no /metrics"
 
 {
@@ -277,7 +295,8 @@ curl -sf "http://127.0.0.1:$TG_ADMIN_PORT/metrics" >"$WORK/metrics.txt" || die "
 cat >"$WORK/settings.json" <<EOF
 {"reps": $REPS, "duration_s": $DURATION, "warmup_s": $WARMUP, "conns": $CONNS,
  "low_conns": $LOW_CONNS, "low_delay_ms": $LOW_DELAY_MS, "low_slices": $LOW_SLICES,
- "low_slice_s": $LOW_SLICE_SECS, "threads": $THREADS, "nginx_workers": $THREADS, "pin": $PIN,
+ "low_slice_s": $LOW_SLICE_SECS, "threads": $THREADS, "nginx_workers": $THREADS,
+ "pingora_threads": $THREADS, "pin": $PIN,
  "mock_cpus": "$MOCK_CPUS", "proxy_cpus": "$PROXY_CPUS", "wrk_cpus": "$WRK_CPUS",
  "breaker_threshold": $BREAKER_THRESHOLD, "quiet_max": $QUIET_MAX, "quiet_wait": $QUIET_WAIT, "rust_log": "${RUST_LOG:-}"}
 EOF

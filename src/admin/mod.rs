@@ -32,6 +32,9 @@ use std::sync::Arc;
 
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
+/// The OpenAPI description of this API, served at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
 pub struct AdminApi {
     pub app: Arc<App>,
 }
@@ -426,6 +429,15 @@ impl AdminApi {
                     if ready { 200 } else { 503 },
                     json!({"ready": ready, "config_generation": self.app.generation()}),
                 ));
+            }
+            (&Method::GET, ["openapi.json"]) | (&Method::GET, ["admin", "openapi.json"]) => {
+                let body = OPENAPI.as_bytes().to_vec();
+                return Response::builder()
+                    .status(200)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .map_err(|e| GatewayError::Internal(e.to_string()));
             }
             (&Method::GET, ["metrics"]) => {
                 self.app.export_upstream_health();
