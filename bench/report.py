@@ -4,13 +4,14 @@
   report.py check <base_url> <nonstream|stream>
       One request (the same body as chat.lua) checked for content: 200, 16 completion tokens,
       and for streams one content event per token, a usage chunk and the [DONE] terminator.
-  report.py snap <mock_pid> <nginx_pid> <tollgate_pid> <mock_base_url>
-      One JSON line: CPU ticks of the processes (tollgate also per thread name), of the whole
+  report.py snap <mock_pid> <nginx_pid> <pingora_pid> <tollgate_pid> <mock_base_url>
+      One JSON line: CPU ticks of the processes (tollgate and the bare Pingora pass-through also
+      per thread name), of the whole
       machine, and the mock's completed-request counter. run.sh takes one before and after a run.
   report.py quiet <max_cores> <max_wait_s>
       Wait until the machine's CPU use over 1 s is at most max_cores (or max_wait_s passed);
       prints "<cores> <seconds waited>".
-  report.py memory <tollgate_pid> <mock_pid> <nginx_master_pid>
+  report.py memory <tollgate_pid> <mock_pid> <nginx_master_pid> <pingora_pid>
       Peak (VmHWM) and current RSS of the processes, as JSON.
   report.py report <workdir> <latest.json> <tollgate.db>
       Aggregate the raw wrk summaries (median of the repetitions), write latest.json, print
@@ -38,7 +39,9 @@ BODY_STREAM = (
     '{"role":"user","content":"Say hello to the benchmark in a few words."}],'
     '"max_tokens":16,"stream":true,"stream_options":{"include_usage":true}}'
 )
-TARGETS = ["direct", "nginx", "tollgate"]
+TARGETS = ["direct", "nginx", "pingora", "tollgate"]
+PROXIES = ["nginx", "pingora", "tollgate"]
+BASELINES = ["pingora", "nginx"]  # the pass-through proxies tollgate is compared with
 WORKLOADS = ["nonstream", "stream"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -114,7 +117,7 @@ def _thread_ticks(pid):
     return out
 
 
-def snap(mock_pid, nginx_pid, tg_pid, mock_url):
+def snap(mock_pid, nginx_pid, pg_pid, tg_pid, mock_url):
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal ...; softirq time (most of the loopback
@@ -127,6 +130,8 @@ def snap(mock_pid, nginx_pid, tg_pid, mock_url):
     print(json.dumps({
         "mock": _proc_ticks(mock_pid),
         "nginx": _proc_ticks(nginx_pid, children=True),
+        "pingora": _proc_ticks(pg_pid),
+        "pingora_threads": _thread_ticks(pg_pid),
         "tollgate": _proc_ticks(tg_pid),
         "tollgate_threads": _thread_ticks(tg_pid),
         "machine_busy": busy,
@@ -137,14 +142,15 @@ def snap(mock_pid, nginx_pid, tg_pid, mock_url):
     }, separators=(",", ":")))
 
 
-def memory(tg_pid, mock_pid, nginx_pid):
+def memory(tg_pid, mock_pid, nginx_pid, pg_pid):
     def status(pid):
         kv = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
         return {"pid": int(pid), "vmhwm_kb": int(kv["VmHWM"].split()[0]),
                 "vmrss_kb": int(kv["VmRSS"].split()[0])}
     workers = [k for t in os.listdir(f"/proc/{nginx_pid}/task")
                for k in open(f"/proc/{nginx_pid}/task/{t}/children").read().split()]
-    out = {"tollgate": status(tg_pid), "mock": status(mock_pid), "nginx_master": status(nginx_pid)}
+    out = {"tollgate": status(tg_pid), "pingora": status(pg_pid), "mock": status(mock_pid),
+           "nginx_master": status(nginx_pid)}
     # the largest worker (there is one per worker_processes)
     out["nginx_worker"] = max((status(w) for w in workers), key=lambda s: s["vmhwm_kb"])
     print(json.dumps(out, indent=1))
@@ -167,6 +173,13 @@ def quiet(max_cores, max_wait):
         if cores <= max_cores or waited >= max_wait:
             print(f"{cores:.2f} {waited:.0f}")
             return
+
+
+def is_background(thread_name):
+    """tollgate's threads other than the gateway service's workers (Pingora names a service's
+    runtime threads after the service, "tollgate gateway", cut to 15 characters): the recorder,
+    config watcher, key refresher, admin API, log flusher, main thread."""
+    return not thread_name.startswith("tollgate gatew")
 
 
 def med(xs):
@@ -217,9 +230,9 @@ def lat_summary(hist):
             "samples": sum(c for _, c in hist)}
 
 
-def tg_thread_medians(raw, wl):
-    recs = [x["tollgate_threads_cpu_us_per_req"] for x in raw
-            if x["workload"] == wl and x["target"] == "tollgate"]
+def thread_medians(raw, wl, target):
+    recs = [x["threads_cpu_us_per_req"] for x in raw
+            if x["workload"] == wl and x["target"] == target]
     names = {k for r in recs for k in r}
     return {k: med([r.get(k) for r in recs]) for k in names}
 
@@ -252,41 +265,39 @@ def report(work: str, out_path: str, db_path: str) -> None:
             continue
 
         b, a = r["before"], r["after"]
-        d = {k: a[k] - b[k] for k in ("mock", "nginx", "tollgate", "machine_busy", "machine_irq",
-                                      "machine_steal", "mock_completed")}
+        d = {k: a[k] - b[k] for k in ("mock", "nginx", "pingora", "tollgate", "machine_busy",
+                                      "machine_irq", "machine_steal", "mock_completed")}
+
+        def per_req(ticks):
+            return None if ticks is None else round(ticks / CLK_TCK * 1e6 / n, 1)
 
         def thread_ticks(snapshot, pred):
             return sum(v for k, v in snapshot["tollgate_threads"].items() if pred(k))
 
-        tg_threads = {k: per_req(v - b["tollgate_threads"].get(k, 0))
-                      for k, v in a["tollgate_threads"].items()} if r["target"] == "tollgate" else None
+        # CPU per thread name of the Pingora-based proxy under test (tollgate or bare Pingora)
+        tkey = f"{r['target']}_threads"
+        threads = ({k: per_req(v - b[tkey].get(k, 0)) for k, v in a[tkey].items()}
+                   if r["target"] in ("pingora", "tollgate") else None)
 
-        proxy = {"nginx": d["nginx"], "tollgate": d["tollgate"]}.get(r["target"])
-
-        def per_req(ticks):
-            return None if ticks is None else round(ticks / CLK_TCK * 1e6 / n, 1)
+        proxy = {t: d[t] for t in PROXIES}.get(r["target"])
 
         def cores(ticks):
             return None if ticks is None else round(ticks / CLK_TCK / secs, 3)
 
         wrk_ticks = (wrk_user + wrk_sys) * CLK_TCK
-        ours = d["mock"] + d["nginx"] + d["tollgate"] + wrk_ticks
+        ours = d["mock"] + d["nginx"] + d["pingora"] + d["tollgate"] + wrk_ticks
         rec = dict(base)
         rec.update(
             latency_us=w["latency_us"],
             mock_completed=d["mock_completed"],
             proxy_cpu_cores=cores(proxy),
             proxy_cpu_us_per_req=per_req(proxy),
-            usage_writer_cpu_us_per_req=(
-                per_req(thread_ticks(a, lambda k: "usage writer" in k)
-                        - thread_ticks(b, lambda k: "usage writer" in k))
-                if r["target"] == "tollgate" else None),
-            # Pingora background services ("BG <name>" threads): usage writer, ledger, ...
+            # tollgate's threads other than the gateway workers: Pingora background services
+            # ("BG <name>": the recorder, config watcher, key refresher) and the log flusher
             background_cpu_us_per_req=(
-                per_req(thread_ticks(a, lambda k: k.startswith("BG "))
-                        - thread_ticks(b, lambda k: k.startswith("BG ")))
+                per_req(thread_ticks(a, is_background) - thread_ticks(b, is_background))
                 if r["target"] == "tollgate" else None),
-            tollgate_threads_cpu_us_per_req=tg_threads,
+            threads_cpu_us_per_req=threads,
             mock_cpu_cores=cores(d["mock"]),
             mock_cpu_us_per_req=per_req(d["mock"]),
             wrk_cpu_cores=cores(wrk_ticks),
@@ -348,7 +359,6 @@ def report(work: str, out_path: str, db_path: str) -> None:
                 "low_pooled_p99_us": low[wl][t]["pooled"]["p99"],
                 "sat_proxy_cpu_cores": pick("proxy_cpu_cores"),
                 "sat_proxy_cpu_us_per_req": pick("proxy_cpu_us_per_req"),
-                "sat_usage_writer_cpu_us_per_req": pick("usage_writer_cpu_us_per_req"),
                 "sat_background_cpu_us_per_req": pick("background_cpu_us_per_req"),
                 "sat_mock_cpu_cores": pick("mock_cpu_cores"),
                 "sat_mock_cpu_us_per_req": pick("mock_cpu_us_per_req"),
@@ -362,16 +372,22 @@ def report(work: str, out_path: str, db_path: str) -> None:
     ratios = {}
     for wl in WORKLOADS:
         s = summary[wl]
-        tg, ng, di = s["tollgate"], s["nginx"], s["direct"]
+        tg, pg, ng, di = s["tollgate"], s["pingora"], s["nginx"], s["direct"]
         ratios[wl] = {
+            "tollgate_over_pingora_rps": tg["rps"] / pg["rps"],
             "tollgate_over_nginx_rps": tg["rps"] / ng["rps"],
             "tollgate_over_direct_rps": tg["rps"] / di["rps"],
+            "pingora_over_nginx_rps": pg["rps"] / ng["rps"],
+            "pingora_over_direct_rps": pg["rps"] / di["rps"],
             "nginx_over_direct_rps": ng["rps"] / di["rps"],
-            "added_low_p50_us_vs_nginx": tg["low_p50_us"] - ng["low_p50_us"],
-            "added_low_p99_us_vs_nginx": tg["low_p99_us"] - ng["low_p99_us"],
-            "added_low_p50_us_vs_direct": tg["low_p50_us"] - di["low_p50_us"],
-            "added_low_p99_us_vs_direct": tg["low_p99_us"] - di["low_p99_us"],
+            "tollgate_over_pingora_cpu_per_req": (tg["sat_proxy_cpu_us_per_req"]
+                                                  / pg["sat_proxy_cpu_us_per_req"]),
+            "tollgate_over_nginx_cpu_per_req": (tg["sat_proxy_cpu_us_per_req"]
+                                                / ng["sat_proxy_cpu_us_per_req"]),
         }
+        for base in ("pingora", "nginx", "direct"):
+            for p in ("p50", "p99"):
+                ratios[wl][f"added_low_{p}_us_vs_{base}"] = tg[f"low_{p}_us"] - s[base][f"low_{p}_us"]
 
     # Metering evidence: usage events the gateway stored vs requests it served.
     metering = {}
@@ -402,13 +418,12 @@ def report(work: str, out_path: str, db_path: str) -> None:
                "startup_vmrss_mib": round(memory_start[k]["vmrss_kb"] / 1024, 1)}
            for k, v in memory.items()}
 
-    targets_check = {
-        "throughput_ge_90pct_of_nginx": {
-            wl: ratios[wl]["tollgate_over_nginx_rps"] >= 0.90 for wl in WORKLOADS},
-        "added_p99_below_saturation_lt_1ms_vs_nginx": {
-            wl: ratios[wl]["added_low_p99_us_vs_nginx"] < 1000 for wl in WORKLOADS},
-        "rss_lt_64mib": mem["tollgate"]["vmhwm_mib"] < 64,
-    }
+    targets_check = {"rss_lt_64mib": mem["tollgate"]["vmhwm_mib"] < 64}
+    for base in BASELINES:
+        targets_check[f"throughput_ge_90pct_of_{base}"] = {
+            wl: ratios[wl][f"tollgate_over_{base}_rps"] >= 0.90 for wl in WORKLOADS}
+        targets_check[f"added_p99_below_saturation_lt_1ms_vs_{base}"] = {
+            wl: ratios[wl][f"added_low_p99_us_vs_{base}"] < 1000 for wl in WORKLOADS}
 
     result = {
         "machine": machine,

@@ -2,9 +2,8 @@
 # tollgate benchmark: direct mock vs nginx pass-through vs bare Pingora pass-through vs tollgate,
 # non-streaming and streaming.
 #
-#   bench/run.sh                 # full run (3 repetitions)
+#   bench/run.sh                 # full run (3 repetitions, about 14 minutes)
 #   REPS=1 DURATION=3 bench/run.sh   # quick smoke run
-#   (full run: about 13 minutes)
 #
 # Knobs (environment):
 #   REPS=3          repetitions of every measurement; the report gives the median

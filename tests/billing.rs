@@ -487,3 +487,31 @@ async fn promo_campaigns_bonus_once_per_tenant_within_their_cap() {
         check_invariant(&gw.balance(t).await);
     }
 }
+
+#[tokio::test]
+async fn metering_only_mode_records_usage_and_charges_nothing() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "[billing]\nenabled = false\n").await;
+    gw.admin_post("/admin/tenants", json!({"name": "free"}))
+        .await;
+    let key = gw
+        .create_key(json!({"tenant": "free", "name": "k", "default_channel": "main"}))
+        .await;
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "no balance needed");
+    let events = gw.usage_events(1).await;
+    assert_eq!(events[0]["cost_nano"], 0);
+    assert!(events[0]["completion_tokens"].as_u64().unwrap() > 0);
+    let b = gw.balance("free").await;
+    assert_eq!(
+        (b["charged"].as_i64(), b["credited"].as_i64()),
+        (Some(0), Some(0))
+    );
+}

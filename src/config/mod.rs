@@ -57,6 +57,7 @@ pub struct AdminSettings {
 
 #[derive(Debug, Clone)]
 pub struct BillingSettings {
+    pub enabled: bool,
     pub credits_per_rmb: Decimal,
     pub default_max_output_tokens: u64,
     pub journal_flush: Duration,
@@ -454,6 +455,7 @@ impl Config {
 
 fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
     let BillingSection {
+        enabled,
         credits_per_rmb,
         default_max_output_tokens,
         journal_flush_ms,
@@ -474,6 +476,7 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
         ));
     }
     Ok(BillingSettings {
+        enabled,
         credits_per_rmb,
         default_max_output_tokens,
         journal_flush: Duration::from_millis(journal_flush_ms),

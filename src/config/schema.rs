@@ -173,6 +173,10 @@ impl Default for BreakerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingSection {
+    /// `false`: metering only (usage is recorded, no credit is held or charged). For internal
+    /// deployments without prepaid balances, and to measure what billing costs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
     /// Credits bought by one RMB (fixed ratio).
     #[serde(default = "one")]
     pub credits_per_rmb: Decimal,
@@ -187,6 +191,7 @@ pub struct BillingSection {
 impl Default for BillingSection {
     fn default() -> Self {
         BillingSection {
+            enabled: true,
             credits_per_rmb: one(),
             default_max_output_tokens: d_default_max_output(),
             journal_flush_ms: d_journal_flush(),
@@ -194,6 +199,9 @@ impl Default for BillingSection {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn d_default_max_output() -> u64 {
     4096
 }

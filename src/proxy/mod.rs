@@ -238,6 +238,11 @@ impl Gateway {
                 channel.name
             )));
         }
+        if !cfg.billing.enabled {
+            ctx.model = Some(model);
+            ctx.body = Some(obj);
+            return Ok(Admitted::Proxy);
+        }
         // Hold the worst case before anything is sent: prompt bound at the input price plus
         // every output token the call may produce at the output price.
         let max_output = max_output
