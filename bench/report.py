@@ -450,12 +450,13 @@ def report(work: str, out_path: str, db_path: str) -> None:
     print()
     print(f"Machine: {machine['nproc']} CPUs, {machine['cpu_model']}, kernel {machine['kernel']}; "
           f"wrk {machine['wrk']}, nginx {machine['nginx']}, tollgate {machine['tollgate_rev']}.")
-    pin = (f"pinned: mock and wrk on CPU {st['mock_cpus']}, proxy (nginx or tollgate) on CPU "
-           f"{st['proxy_cpus']}" if st["pin"] else "not pinned")
+    pin = (f"pinned: mock and wrk on CPU {st['mock_cpus']}, the proxy under test (nginx, bare "
+           f"Pingora or tollgate) on CPU {st['proxy_cpus']}" if st["pin"] else "not pinned")
     print(f"Settings: median of {st['reps']} repetitions. Saturation: wrk -t1 -c{c}, {st['duration_s']} s "
           f"per target. Below saturation: wrk -t1 -c{lc} with {st['low_delay_ms']} ms pacing per "
           f"connection, {st['low_slices']} x {st['low_slice_s']} s slices per target, targets "
-          f"interleaved, slices pooled. tollgate threads = {st['threads']}, nginx worker_processes = "
+          f"interleaved, slices pooled. tollgate threads = {st['threads']}, bare Pingora threads = "
+          f"{st.get('pingora_threads', st['threads'])}, nginx worker_processes = "
           f"{st['nginx_workers']}; {pin}.")
     print()
     print(f"| workload | target | req/s @c{c} | p50 @c{c} (µs) | p99 @c{c} (µs) "
@@ -468,23 +469,33 @@ def report(work: str, out_path: str, db_path: str) -> None:
                   f"| {fmt_int(s['low_rps'])} | {fmt_us(s['low_p50_us'])} | {fmt_us(s['low_p90_us'])} "
                   f"| {fmt_us(s['low_p99_us'])} |")
     print()
-    print(f"| workload | tollgate/nginx req/s | tollgate/direct req/s | nginx/direct req/s "
-          f"| added p50 vs nginx (µs) | added p99 vs nginx (µs) | added p50 vs direct (µs) "
-          f"| added p99 vs direct (µs) |")
+    print(f"| workload | tollgate/pingora req/s | tollgate/nginx req/s | tollgate/direct req/s "
+          f"| pingora/nginx req/s | nginx/direct req/s | tollgate/pingora CPU per req "
+          f"| tollgate/nginx CPU per req |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for wl in WORKLOADS:
         r = ratios[wl]
-        print(f"| {wl} | {fmt_ratio(r['tollgate_over_nginx_rps'])} | {fmt_ratio(r['tollgate_over_direct_rps'])} "
-              f"| {fmt_ratio(r['nginx_over_direct_rps'])} | {fmt_signed(r['added_low_p50_us_vs_nginx'])} "
-              f"| {fmt_signed(r['added_low_p99_us_vs_nginx'])} | {fmt_signed(r['added_low_p50_us_vs_direct'])} "
-              f"| {fmt_signed(r['added_low_p99_us_vs_direct'])} |")
+        print(f"| {wl} | {fmt_ratio(r['tollgate_over_pingora_rps'])} | {fmt_ratio(r['tollgate_over_nginx_rps'])} "
+              f"| {fmt_ratio(r['tollgate_over_direct_rps'])} | {fmt_ratio(r['pingora_over_nginx_rps'])} "
+              f"| {fmt_ratio(r['nginx_over_direct_rps'])} | {r['tollgate_over_pingora_cpu_per_req']:.2f}× "
+              f"| {r['tollgate_over_nginx_cpu_per_req']:.2f}× |")
     print()
-    print(f"Ratios of req/s at c{c}; added latency below saturation (paced run), medians of reps.")
+    print("| workload | added p50 vs pingora (µs) | added p99 vs pingora (µs) | added p50 vs nginx (µs) "
+          "| added p99 vs nginx (µs) | added p50 vs direct (µs) | added p99 vs direct (µs) |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for wl in WORKLOADS:
+        r = ratios[wl]
+        print(f"| {wl} | " + " | ".join(fmt_signed(r[f"added_low_{p}_us_vs_{b}"])
+                                       for b in ("pingora", "nginx", "direct") for p in ("p50", "p99"))
+              + " |")
+    print()
+    print(f"Ratios of req/s at c{c} and of proxy CPU per request (saturation); added latency of "
+          f"tollgate below saturation (paced run); medians of reps.")
     print()
     print(f"CPU during the saturation runs (c{c}; medians; cores = CPU-seconds per second):")
     print()
-    print("| workload | target | proxy cores | proxy CPU µs/req | of which background threads "
-          "µs/req | mock cores | mock CPU µs/req | wrk cores | irq+softirq cores | other work (cores) |")
+    print("| workload | target | proxy cores | proxy CPU µs/req | of which outside the gateway "
+          "workers µs/req | mock cores | mock CPU µs/req | wrk cores | irq+softirq cores | other work (cores) |")
     print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 
     def f2(x):
@@ -501,14 +512,15 @@ def report(work: str, out_path: str, db_path: str) -> None:
                   f"| {f1(s['sat_mock_cpu_us_per_req'])} | {f2(s['sat_wrk_cpu_cores'])} "
                   f"| {f2(s['sat_irq_cpu_cores'])} | {f2(s['sat_other_cpu_cores'])} |")
     print()
-    print("tollgate CPU by thread (µs/req, saturation, median of reps): " + "; ".join(
-        f"{wl}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(
-            tg_thread_medians(raw, wl).items(), key=lambda kv: -kv[1]) if v >= 0.1)
-        for wl in WORKLOADS))
-    print()
+    for t in ("tollgate", "pingora"):
+        print(f"{t} CPU by thread (µs/req, saturation, median of reps): " + "; ".join(
+            f"{wl}: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(
+                thread_medians(raw, wl, t).items(), key=lambda kv: -kv[1]) if v >= 0.1)
+            for wl in WORKLOADS))
+        print()
     print("| process | RSS after startup | peak RSS (VmHWM) | RSS at end |")
     print("|---|--:|--:|--:|")
-    for k in ("tollgate", "mock", "nginx_worker", "nginx_master"):
+    for k in ("tollgate", "pingora", "mock", "nginx_worker", "nginx_master"):
         print(f"| {k} | {mem[k]['startup_vmrss_mib']} MiB | {mem[k]['vmhwm_mib']} MiB "
               f"| {mem[k]['vmrss_mib']} MiB |")
     print()
@@ -529,12 +541,14 @@ def report(work: str, out_path: str, db_path: str) -> None:
     print("Targets:")
     for wl in WORKLOADS:
         r = ratios[wl]
-        ok = targets_check["throughput_ge_90pct_of_nginx"][wl]
-        print(f"- {wl}: tollgate throughput = {r['tollgate_over_nginx_rps'] * 100:.1f}% of nginx "
-              f"(target >= 90%): {'PASS' if ok else 'MISS'}")
-        ok = targets_check["added_p99_below_saturation_lt_1ms_vs_nginx"][wl]
-        print(f"- {wl}: added p99 below saturation = {r['added_low_p99_us_vs_nginx']:+.0f} µs vs nginx "
-              f"(target < 1000 µs): {'PASS' if ok else 'MISS'}")
+        for base in BASELINES:
+            ok = targets_check[f"throughput_ge_90pct_of_{base}"][wl]
+            print(f"- {wl}: tollgate throughput = {r[f'tollgate_over_{base}_rps'] * 100:.1f}% of {base} "
+                  f"(target >= 90%): {'PASS' if ok else 'MISS'}")
+        for base in BASELINES:
+            ok = targets_check[f"added_p99_below_saturation_lt_1ms_vs_{base}"][wl]
+            print(f"- {wl}: added p99 below saturation = {r[f'added_low_p99_us_vs_{base}']:+.0f} µs vs "
+                  f"{base} (target < 1000 µs): {'PASS' if ok else 'MISS'}")
     ev, resp = metering.get("usage_events_in_db"), metering["tollgate_responses_all_wrk_runs"]
     print(f"- metering: {ev:,} usage events stored for {resp:,} responses wrk received from "
           f"tollgate: {'OK' if ev is not None and ev >= resp else 'EVENTS MISSING'}")
@@ -551,9 +565,9 @@ def main() -> None:
     elif len(sys.argv) >= 2 and sys.argv[1] == "quiet":
         quiet(*sys.argv[2:4])
     elif len(sys.argv) >= 2 and sys.argv[1] == "memory":
-        memory(*sys.argv[2:5])
+        memory(*sys.argv[2:6])
     elif len(sys.argv) >= 2 and sys.argv[1] == "snap":
-        snap(*sys.argv[2:6])
+        snap(*sys.argv[2:7])
     elif len(sys.argv) >= 2 and sys.argv[1] == "report":
         report(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

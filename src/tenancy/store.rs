@@ -193,6 +193,32 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE users ADD COLUMN tpm_limit INTEGER;
      ALTER TABLE tenants ADD COLUMN rpm_limit INTEGER;
      ALTER TABLE tenants ADD COLUMN tpm_limit INTEGER;",
+    // 7: per-dimension hourly and daily roll-ups (one dimension per row: few rows per query)
+    "CREATE TABLE usage_rollup (
+        tenant_id INTEGER NOT NULL,
+        dim INTEGER NOT NULL,
+        period INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_nano INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, dim, period, bucket, value)
+     ) WITHOUT ROWID;
+     INSERT INTO usage_rollup
+        SELECT tenant_id, d.dim, p.period, (hour * 3600 / p.period) * p.period,
+               CASE d.dim WHEN 0 THEN '' WHEN 1 THEN CAST(user_id AS TEXT) WHEN 2 THEN CAST(group_id AS TEXT)
+                          WHEN 3 THEN CAST(key_id AS TEXT) WHEN 4 THEN model ELSE channel END,
+               SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens),
+               SUM(reasoning_tokens), SUM(cost_nano)
+        FROM usage_hourly,
+             (SELECT 0 AS dim UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5) d,
+             (SELECT 3600 AS period UNION ALL SELECT 86400) p
+        GROUP BY 1, 2, 3, 4, 5;",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -760,6 +786,44 @@ impl Store {
                         d[6] += e.cost_nano;
                     }
                 }
+                // Per-dimension roll-ups (what unfiltered analytics read): hour and day rows for
+                // the tenant total and for each dimension's value.
+                let mut dims: std::collections::HashMap<(i64, i64, i64, i64, String), [i64; 7]> = std::collections::HashMap::new();
+                for ((tenant, hour, key, user, group, model, channel), d) in &deltas {
+                    let values: [(i64, String); 6] = [
+                        (0, String::new()),
+                        (1, user.to_string()),
+                        (2, group.to_string()),
+                        (3, key.to_string()),
+                        (4, model.clone()),
+                        (5, channel.clone()),
+                    ];
+                    for period in [3600i64, 86_400] {
+                        let bucket = (hour * 3600).div_euclid(period) * period;
+                        for (dim, value) in &values {
+                            let acc = dims.entry((*tenant, *dim, period, bucket, value.clone())).or_insert([0i64; 7]);
+                            for (a, x) in acc.iter_mut().zip(d.iter()) {
+                                *a += x;
+                            }
+                        }
+                    }
+                }
+                let mut up = tx.prepare_cached(
+                    "INSERT INTO usage_rollup (tenant_id, dim, period, bucket, value, requests, errors, prompt_tokens,
+                        cached_tokens, completion_tokens, reasoning_tokens, cost_nano)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (tenant_id, dim, period, bucket, value) DO UPDATE SET
+                        requests = requests + excluded.requests,
+                        errors = errors + excluded.errors,
+                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                        cached_tokens = cached_tokens + excluded.cached_tokens,
+                        completion_tokens = completion_tokens + excluded.completion_tokens,
+                        reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+                        cost_nano = cost_nano + excluded.cost_nano",
+                )?;
+                for ((tenant, dim, period, bucket, value), d) in &dims {
+                    up.execute(params![tenant, dim, period, bucket, value, d[0], d[1], d[2], d[3], d[4], d[5], d[6]])?;
+                }
                 for ((tenant, hour, key, user, group, model, channel), d) in &deltas {
                     roll.execute(params![tenant, hour, key, user, group, model, channel, d[0], d[1], d[2], d[3], d[4], d[5], d[6]])?;
                 }
@@ -772,6 +836,76 @@ impl Store {
     /// Totals or a time series from the hourly roll-ups, grouped by one dimension.
     /// Reads only `usage_hourly`, so its cost grows with hours x dimension values, not calls.
     pub fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        if q.user.is_none() {
+            return self.analytics_by_dimension(q);
+        }
+        self.analytics_fine(q)
+    }
+
+    /// Unfiltered queries read the per-dimension roll-ups: whole days from the daily rows, the
+    /// partial days at either end from the hourly rows, so a month is ~30 rows per value.
+    fn analytics_by_dimension(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        let dim = match q.group_by {
+            Dimension::None => 0,
+            Dimension::User => 1,
+            Dimension::Group => 2,
+            Dimension::Key => 3,
+            Dimension::Model => 4,
+            Dimension::Channel => 5,
+        };
+        let from = q.from.div_euclid(3600) * 3600;
+        let to = (q.to + 3599).div_euclid(3600) * 3600;
+        let (day_from, day_to) = if q.granularity == Granularity::Hour {
+            (to, to) // hourly series: hour rows only
+        } else {
+            let a = (from + 86_399).div_euclid(86_400) * 86_400;
+            let b = to.div_euclid(86_400) * 86_400;
+            if a < b {
+                (a, b)
+            } else {
+                (to, to)
+            }
+        };
+        let bucket = match q.granularity {
+            Granularity::Hour => "bucket",
+            Granularity::Day => "(bucket / 86400) * 86400",
+            Granularity::Total => "0",
+        };
+        let sql = format!(
+            "SELECT {bucket} AS b, value, SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens),
+                    SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano)
+             FROM usage_rollup
+             WHERE tenant_id = ?1 AND dim = ?2 AND (
+                   (period = 86400 AND bucket >= ?3 AND bucket < ?4)
+                OR (period = 3600 AND bucket >= ?5 AND bucket < ?6 AND (bucket < ?3 OR bucket >= ?4)))
+             GROUP BY b, value ORDER BY b, value"
+        );
+        self.with(|c| {
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(
+                params![q.tenant.0, dim, day_from, day_to, from, to],
+                Store::analytics_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn analytics_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AnalyticsRow> {
+        Ok(AnalyticsRow {
+            bucket: r.get(0)?,
+            key: r.get(1)?,
+            requests: r.get(2)?,
+            errors: r.get(3)?,
+            prompt_tokens: r.get(4)?,
+            cached_tokens: r.get(5)?,
+            completion_tokens: r.get(6)?,
+            reasoning_tokens: r.get(7)?,
+            cost_nano: r.get(8)?,
+        })
+    }
+
+    /// One user's calls (members' own view): from the fine-grained hourly roll-up.
+    fn analytics_fine(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
         let bucket = match q.granularity {
             Granularity::Hour => "hour * 3600",
             Granularity::Day => "(hour / 24) * 86400",
