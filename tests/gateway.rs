@@ -722,10 +722,12 @@ async fn images_tools_and_unknown_fields_pass_through_unchanged() {
 #[tokio::test]
 async fn a_stalled_stream_ends_with_an_error_event() {
     let m = mock().await;
-    m.set_behavior(Behavior::SlowChunks { ms: 2000 });
+    // The header and first chunk come at once, then 4 s of silence: the 1.5 s idle timer fires
+    // (generous enough that a loaded CI machine still delivers the header in time).
+    m.set_behavior(Behavior::SlowChunks { ms: 4000 });
     let gw = Gateway::start(
         &[Up::mock("a", &m)],
-        "timeouts = { connect_ms = 500, first_byte_ms = 600, idle_ms = 600, total_ms = 10000 }",
+        "timeouts = { connect_ms = 500, first_byte_ms = 1500, idle_ms = 1500, total_ms = 20000 }",
         "",
     )
     .await;

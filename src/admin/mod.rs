@@ -9,7 +9,7 @@
 
 use crate::app::App;
 use crate::billing::ledger::Account;
-use crate::billing::ledger::{BalanceView, EntryKind};
+use crate::billing::ledger::{BalanceView, EntryKind, LedgerEntry};
 use crate::billing::pricing;
 use crate::config::reload;
 use crate::error::GatewayError;
@@ -398,6 +398,14 @@ impl AdminApi {
             .map_err(|e| GatewayError::bad_request(format!("Invalid JSON body: {e}")))
     }
 
+    /// Apply committed credit entries to the live books; returns the new balance as JSON.
+    fn apply_credits(&self, tenant: TenantId, entries: &[LedgerEntry]) -> serde_json::Value {
+        for e in entries {
+            self.app.ledger.apply_committed(e);
+        }
+        balance_json(tenant, self.app.ledger.balance(tenant))
+    }
+
     async fn tenant(&self, id_or_name: &str) -> Result<TenantId, GatewayError> {
         let t = id_or_name.to_string();
         Ok(self.blocking(move |a| a.store.find_tenant(&t)).await?.id)
@@ -637,13 +645,8 @@ impl AdminApi {
                         )
                     })
                     .await?;
-                for e in &entries {
-                    self.app.ledger.apply_committed(e);
-                }
-                Ok(reply(
-                    201,
-                    json!({"entries": entries, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
-                ))
+                let balance = self.apply_credits(tenant, &entries);
+                Ok(reply(201, json!({"entries": entries, "balance": balance})))
             }
             (&Method::POST, ["tenants", t, "promo"]) => {
                 let tenant = self.tenant(t).await?;
@@ -653,11 +656,8 @@ impl AdminApi {
                 let entry = self
                     .blocking(move |a| a.store.claim_fixed_promo(tenant, &req.code, Some(&actor)))
                     .await?;
-                self.app.ledger.apply_committed(&entry);
-                Ok(reply(
-                    201,
-                    json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
-                ))
+                let balance = self.apply_credits(tenant, std::slice::from_ref(&entry));
+                Ok(reply(201, json!({"entry": entry, "balance": balance})))
             }
             (&Method::POST, ["promos"]) => {
                 who.require_operator()?;
@@ -719,11 +719,8 @@ impl AdminApi {
                         )
                     })
                     .await?;
-                self.app.ledger.apply_committed(&entry);
-                Ok(reply(
-                    201,
-                    json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
-                ))
+                let balance = self.apply_credits(tenant, std::slice::from_ref(&entry));
+                Ok(reply(201, json!({"entry": entry, "balance": balance})))
             }
             (&Method::GET, ["tenants", t, "ledger"]) => {
                 let tenant = self.tenant(t).await?;
@@ -772,11 +769,8 @@ impl AdminApi {
                 let entry = self
                     .blocking(move |a| a.store.redeem(&req.code, tenant, Some(&actor)))
                     .await?;
-                self.app.ledger.apply_committed(&entry);
-                Ok(reply(
-                    201,
-                    json!({"entry": entry, "balance": balance_json(tenant, self.app.ledger.balance(tenant))}),
-                ))
+                let balance = self.apply_credits(tenant, std::slice::from_ref(&entry));
+                Ok(reply(201, json!({"entry": entry, "balance": balance})))
             }
             (&Method::POST, ["codes"]) => {
                 who.require_operator()?;

@@ -313,6 +313,18 @@ pub enum LimitSubject {
     Key(KeyId),
 }
 
+/// The (rpm, tpm) limit columns starting at `i`; NULL or out of range means unlimited.
+fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
+    Ok(Limits {
+        rpm: r
+            .get::<_, Option<i64>>(i)?
+            .and_then(|v| u32::try_from(v).ok()),
+        tpm: r
+            .get::<_, Option<i64>>(i + 1)?
+            .and_then(|v| u64::try_from(v).ok()),
+    })
+}
+
 /// (tenant, hour, key, user, group, model, channel) of a usage roll-up row.
 type RollupKey = (i64, i64, i64, i64, i64, String, String);
 
@@ -579,30 +591,9 @@ impl Store {
             group_id: r.get::<_, Option<i64>>(14)?.map(GroupId),
             group_budget_nano: r.get(15)?,
             user_disabled: r.get::<_, Option<i64>>(16)?.is_some(),
-            key_limits: Limits {
-                rpm: r
-                    .get::<_, Option<i64>>(17)?
-                    .and_then(|v| u32::try_from(v).ok()),
-                tpm: r
-                    .get::<_, Option<i64>>(18)?
-                    .and_then(|v| u64::try_from(v).ok()),
-            },
-            user_limits: Limits {
-                rpm: r
-                    .get::<_, Option<i64>>(19)?
-                    .and_then(|v| u32::try_from(v).ok()),
-                tpm: r
-                    .get::<_, Option<i64>>(20)?
-                    .and_then(|v| u64::try_from(v).ok()),
-            },
-            tenant_limits: Limits {
-                rpm: r
-                    .get::<_, Option<i64>>(21)?
-                    .and_then(|v| u32::try_from(v).ok()),
-                tpm: r
-                    .get::<_, Option<i64>>(22)?
-                    .and_then(|v| u64::try_from(v).ok()),
-            },
+            key_limits: limits_at(r, 17)?,
+            user_limits: limits_at(r, 19)?,
+            tenant_limits: limits_at(r, 21)?,
         })
     }
 
