@@ -550,8 +550,9 @@ def report(work: str, out_path: str, db_path: str) -> None:
             print(f"- {wl}: added p99 below saturation = {r[f'added_low_p99_us_vs_{base}']:+.0f} µs vs "
                   f"{base} (target < 1000 µs): {'PASS' if ok else 'MISS'}")
     ev, resp = metering.get("usage_events_in_db"), metering["tollgate_responses_all_wrk_runs"]
-    print(f"- metering: {ev:,} usage events stored for {resp:,} responses wrk received from "
-          f"tollgate: {'OK' if ev is not None and ev >= resp else 'EVENTS MISSING'}")
+    print(f"- metering: {'unknown' if ev is None else format(ev, ',')} usage events stored for "
+          f"{resp:,} responses wrk received from tollgate: "
+          f"{'OK' if ev is not None and ev >= resp else 'EVENTS MISSING'}")
     ok = targets_check["rss_lt_64mib"]
     print(f"- tollgate peak RSS = {mem['tollgate']['vmhwm_mib']} MiB (target < 64 MiB): "
           f"{'PASS' if ok else 'MISS'}")

@@ -2,7 +2,7 @@
 # tollgate benchmark: direct mock vs nginx pass-through vs bare Pingora pass-through vs tollgate,
 # non-streaming and streaming.
 #
-#   bench/run.sh                 # full run (3 repetitions, about 14 minutes)
+#   bench/run.sh                 # full run (3 repetitions, about 11 minutes)
 #   REPS=1 DURATION=3 bench/run.sh   # quick smoke run
 #
 # Knobs (environment):
