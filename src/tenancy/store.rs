@@ -313,6 +313,18 @@ pub enum LimitSubject {
     Key(KeyId),
 }
 
+/// A statement whose UNIQUE-constraint failure means "already exists" to the caller.
+fn unique(r: rusqlite::Result<usize>, what: impl FnOnce() -> String) -> Result<usize, StoreError> {
+    match r {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict(what()))
+        }
+        other => Ok(other?),
+    }
+}
+
 /// The (rpm, tpm) limit columns starting at `i`; NULL or out of range means unlimited.
 fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
     Ok(Limits {
@@ -1045,16 +1057,13 @@ impl Store {
         }
         self.with(|c| {
             let now = unix_now();
-            match c.execute(
-                "INSERT INTO groups (tenant_id, name, budget_nano, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![tenant.0, name, budget_nano, now],
-            ) {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(StoreError::Conflict(format!("group `{name}` already exists")))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            unique(
+                c.execute(
+                    "INSERT INTO groups (tenant_id, name, budget_nano, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant.0, name, budget_nano, now],
+                ),
+                || format!("group `{name}` already exists"),
+            )?;
             let id = c.last_insert_rowid();
             Store::bump_generation(c)?;
             Ok(Group {
@@ -1105,16 +1114,13 @@ impl Store {
         self.with(|c| {
             Store::check_group(c, tenant, group)?;
             let now = unix_now();
-            match c.execute(
-                "INSERT INTO users (tenant_id, email, name, role, group_id, quota_nano, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![tenant.0, email, name.trim(), role.as_str(), group.map(|g| g.0), quota_nano, now],
-            ) {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(StoreError::Conflict(format!("user `{email}` already exists in this tenant")))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            unique(
+                c.execute(
+                    "INSERT INTO users (tenant_id, email, name, role, group_id, quota_nano, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![tenant.0, email, name.trim(), role.as_str(), group.map(|g| g.0), quota_nano, now],
+                ),
+                || format!("user `{email}` already exists in this tenant"),
+            )?;
             let id = c.last_insert_rowid();
             Store::bump_generation(c)?;
             Ok(User {
@@ -1283,16 +1289,13 @@ impl Store {
                 return Err(StoreError::Conflict("this invitation has expired".into()));
             }
             let role = Role::parse_tenant_role(&role).unwrap_or(Role::Member);
-            match tx.execute(
-                "INSERT INTO users (tenant_id, email, name, role, group_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![tenant, email, name.trim(), role.as_str(), group, now],
-            ) {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(StoreError::Conflict(format!("user `{email}` already exists in this tenant")))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            unique(
+                tx.execute(
+                    "INSERT INTO users (tenant_id, email, name, role, group_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![tenant, email, name.trim(), role.as_str(), group, now],
+                ),
+                || format!("user `{email}` already exists in this tenant"),
+            )?;
             let uid = tx.last_insert_rowid();
             let n = tx.execute(
                 "UPDATE invites SET accepted_user_id = ?2 WHERE id = ?1 AND accepted_user_id IS NULL",
@@ -1531,16 +1534,13 @@ impl Store {
             }
         };
         self.with(|c| {
-            match c.execute(
-                "INSERT INTO promo_campaigns (code, kind, value, expires_at, max_uses, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![code, kind, value, expires_at, max_uses, unix_now()],
-            ) {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(StoreError::Conflict(format!("promo code `{code}` already exists")))
-                }
-                Err(e) => return Err(e.into()),
-            }
+            unique(
+                c.execute(
+                    "INSERT INTO promo_campaigns (code, kind, value, expires_at, max_uses, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![code, kind, value, expires_at, max_uses, unix_now()],
+                ),
+                || format!("promo code `{code}` already exists"),
+            )?;
             Ok(())
         })?;
         self.list_promos().and_then(|v| {
