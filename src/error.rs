@@ -31,6 +31,10 @@ pub enum GatewayError {
     /// The model has no price: it is never served free.
     #[error("{0}")]
     NotBillable(String),
+    /// Cluster mode: the shared credit bank (Redis) cannot be reached and this node holds no
+    /// allowance for the call (fail closed).
+    #[error("{0}")]
+    CreditUnavailable(String),
     /// A request or token rate limit (RPM/TPM) of the key, user or tenant.
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
@@ -79,7 +83,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UpstreamRateLimited { .. } => 429,
             GatewayError::UpstreamFailed(_) => 502,
-            GatewayError::NoUpstream(_) => 503,
+            GatewayError::NoUpstream(_) | GatewayError::CreditUnavailable(_) => 503,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::Internal(_) => 500,
         }
@@ -103,6 +107,7 @@ impl GatewayError {
                 "rate_limit_error"
             }
             GatewayError::NoUpstream(_)
+            | GatewayError::CreditUnavailable(_)
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::Internal(_) => "api_error",
@@ -128,6 +133,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
             GatewayError::NoUpstream(_) => "no_upstream_available",
+            GatewayError::CreditUnavailable(_) => "credit_bank_unavailable",
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Internal(_) => "internal_error",

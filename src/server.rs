@@ -62,6 +62,64 @@ impl BackgroundService for Recorder {
     }
 }
 
+/// Cluster mode: connects to Redis (retrying until it answers), gives back the leases a
+/// previous run of this node left (not after a graceful upgrade: the old process is still
+/// draining and returns its own), attaches the fleet to the ledger, then runs the credit
+/// replay and the allowance flusher until shutdown (which flushes and gives everything back).
+struct ClusterService {
+    app: Arc<App>,
+    settings: crate::config::ClusterSettings,
+    reclaim: bool,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ClusterService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        use crate::billing::cluster::{AllowanceConfig, Allowances, Bank, BankConfig};
+        let s = &self.settings;
+        let bank_cfg = BankConfig {
+            op_timeout: s.op_timeout,
+            ..BankConfig::default()
+        };
+        let mut logged = false;
+        let bank = loop {
+            match Bank::connect_with(&s.redis_url, &s.node_id, &s.key_prefix, bank_cfg.clone())
+                .await
+            {
+                Ok(b) => break Arc::new(b),
+                Err(e) => {
+                    if !logged {
+                        tracing::error!(error = %e, "cluster mode: cannot reach redis; calls are refused until it answers");
+                        logged = true;
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        if self.reclaim {
+            while let Err(e) = bank.reclaim_own_leases().await {
+                tracing::error!(error = %e, "cluster mode: cannot reclaim this node's leases; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let mut cfg = AllowanceConfig::new(s.lease_chunk);
+        cfg.idle_return_after = s.idle_return;
+        let allowances = Allowances::with_config(bank, cfg);
+        let fleet = crate::billing::fleet::Fleet::new(allowances, self.app.store.clone());
+        if let Err(e) = fleet.replay_credits().await {
+            tracing::warn!(error = %e, "cluster mode: first credit replay failed; retrying in the background");
+        }
+        self.app.ledger.attach_fleet(fleet.clone());
+        tracing::info!(node = %s.node_id, "cluster mode: credit bank connected");
+        fleet
+            .run(s.flush, Duration::from_millis(250), shutdown)
+            .await;
+    }
+}
+
 /// Open the store, build the services and run until a shutdown signal. Never returns early
 /// on success (Pingora exits the process).
 pub fn run(launch: Launch) -> Result<(), StartError> {
@@ -85,6 +143,10 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     let (sink, usage_rx): (UsageSink, _) = usage::queue();
     let (ledger, journal) = Ledger::recover(&store)?;
     let journal_flush = config.billing.journal_flush;
+    let cluster = config.cluster.clone();
+    if cluster.is_some() {
+        ledger.expect_fleet();
+    }
     let server_settings = config.server.clone();
     let admin_listen = config.admin.listen.clone();
     let app = App::new(
@@ -156,6 +218,16 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     server.add_service(watcher);
     server.add_service(keys);
     server.add_service(journal);
+    if let Some(settings) = cluster {
+        server.add_service(background_service(
+            "cluster",
+            ClusterService {
+                app: app.clone(),
+                settings,
+                reclaim: !upgrade,
+            },
+        ));
+    }
     tracing::info!(listen = %server_settings.listen, admin = %admin_listen, "tollgate starting");
     server.run(pingora_core::server::RunArgs::default());
     // Pingora returns once every service has stopped: write out what the log buffer holds.

@@ -8,6 +8,8 @@
 //! resources answer 404 exactly like missing ones. Errors use the data plane's JSON shape.
 
 use crate::app::App;
+use crate::billing::cluster::BankError;
+use crate::billing::fleet::FleetError;
 use crate::billing::ledger::Account;
 use crate::billing::ledger::{BalanceView, EntryKind, LedgerEntry};
 use crate::billing::pricing;
@@ -399,11 +401,42 @@ impl AdminApi {
     }
 
     /// Apply committed credit entries to the live books; returns the new balance as JSON.
-    fn apply_credits(&self, tenant: TenantId, entries: &[LedgerEntry]) -> serde_json::Value {
+    async fn apply_credits(&self, tenant: TenantId, entries: &[LedgerEntry]) -> serde_json::Value {
         for e in entries {
             self.app.ledger.apply_committed(e);
         }
-        balance_json(tenant, self.app.ledger.balance(tenant))
+        if let Some(fleet) = self.app.ledger.fleet() {
+            // Cluster mode: the entries are in SQL; replay them into Redis now rather than at
+            // the next background round (the background replay retries if this fails).
+            if let Err(e) = fleet.replay_credits().await {
+                tracing::warn!(error = %e, "credit replay after a credit failed; the background replay retries");
+            }
+        }
+        self.balance_of(tenant).await
+    }
+
+    /// A tenant's balance: this process's books (embedded mode) or the shared bank (cluster
+    /// mode, where `available` includes allowance leased by nodes, holds in flight among it).
+    async fn balance_of(&self, tenant: TenantId) -> serde_json::Value {
+        let Some(fleet) = self.app.ledger.fleet() else {
+            return balance_json(tenant, self.app.ledger.balance(tenant));
+        };
+        match fleet.totals(tenant).await {
+            Ok(t) => {
+                let v = BalanceView {
+                    available: t.bal + t.leases,
+                    reserved: 0,
+                    charged: t.spent,
+                    credited: t.credited,
+                };
+                let mut j = balance_json(tenant, v);
+                j["bank"] = json!(t);
+                j
+            }
+            Err(e) => {
+                json!({"tenant_id": tenant, "error": format!("credit bank unavailable: {e}")})
+            }
+        }
     }
 
     async fn tenant(&self, id_or_name: &str) -> Result<TenantId, GatewayError> {
@@ -432,7 +465,7 @@ impl AdminApi {
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => return Ok(reply(200, json!({"status": "ok"}))),
             (&Method::GET, ["readyz"]) => {
-                let ready = self.app.keys.generation() > 0;
+                let ready = self.app.keys.generation() > 0 && self.app.ledger.ready();
                 return Ok(reply(
                     if ready { 200 } else { 503 },
                     json!({"ready": ready, "config_generation": self.app.generation()}),
@@ -616,10 +649,7 @@ impl AdminApi {
             (&Method::GET, ["tenants", t, "balance"]) => {
                 let tenant = self.tenant(t).await?;
                 who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
-                Ok(reply(
-                    200,
-                    balance_json(tenant, self.app.ledger.balance(tenant)),
-                ))
+                Ok(reply(200, self.balance_of(tenant).await))
             }
             (&Method::POST, ["tenants", t, "topups"]) => {
                 who.require_operator()?;
@@ -645,7 +675,7 @@ impl AdminApi {
                         )
                     })
                     .await?;
-                let balance = self.apply_credits(tenant, &entries);
+                let balance = self.apply_credits(tenant, &entries).await;
                 Ok(reply(201, json!({"entries": entries, "balance": balance})))
             }
             (&Method::POST, ["tenants", t, "promo"]) => {
@@ -656,7 +686,9 @@ impl AdminApi {
                 let entry = self
                     .blocking(move |a| a.store.claim_fixed_promo(tenant, &req.code, Some(&actor)))
                     .await?;
-                let balance = self.apply_credits(tenant, std::slice::from_ref(&entry));
+                let balance = self
+                    .apply_credits(tenant, std::slice::from_ref(&entry))
+                    .await;
                 Ok(reply(201, json!({"entry": entry, "balance": balance})))
             }
             (&Method::POST, ["promos"]) => {
@@ -696,16 +728,36 @@ impl AdminApi {
                     .ok_or_else(|| {
                         GatewayError::bad_request("`credits` must be a non-zero amount")
                     })?;
-                if amount < 0 && self.app.ledger.balance(tenant).available < -amount {
-                    return Err(GatewayError::bad_request(
-                        "A negative adjustment cannot exceed the available balance.",
-                    ));
-                }
                 let id = format!(
                     "adjust:{}",
                     req.idempotency_key
                         .unwrap_or_else(crate::tenancy::keys::generate_key)
                 );
+                let refused = || {
+                    GatewayError::bad_request(
+                        "A negative adjustment cannot exceed the available balance.",
+                    )
+                };
+                match self.app.ledger.fleet() {
+                    // Cluster mode: debit Redis first (refused when the unleased balance cannot
+                    // cover it), then record; the replay of the recorded entry is a no-op.
+                    Some(fleet) if amount < 0 => {
+                        if let Err(e) = fleet.debit_first(tenant, amount, &id).await {
+                            return Err(match e {
+                                FleetError::Bank(BankError::Insufficient { .. }) => refused(),
+                                e => GatewayError::CreditUnavailable(format!(
+                                    "The credit bank is unavailable: {e}"
+                                )),
+                            });
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        if amount < 0 && self.app.ledger.balance(tenant).available < -amount {
+                            return Err(refused());
+                        }
+                    }
+                }
                 let note = req.note;
                 let entry = self
                     .blocking(move |a| {
@@ -719,7 +771,9 @@ impl AdminApi {
                         )
                     })
                     .await?;
-                let balance = self.apply_credits(tenant, std::slice::from_ref(&entry));
+                let balance = self
+                    .apply_credits(tenant, std::slice::from_ref(&entry))
+                    .await;
                 Ok(reply(201, json!({"entry": entry, "balance": balance})))
             }
             (&Method::GET, ["tenants", t, "ledger"]) => {
@@ -769,7 +823,9 @@ impl AdminApi {
                 let entry = self
                     .blocking(move |a| a.store.redeem(&req.code, tenant, Some(&actor)))
                     .await?;
-                let balance = self.apply_credits(tenant, std::slice::from_ref(&entry));
+                let balance = self
+                    .apply_credits(tenant, std::slice::from_ref(&entry))
+                    .await;
                 Ok(reply(201, json!({"entry": entry, "balance": balance})))
             }
             (&Method::POST, ["codes"]) => {

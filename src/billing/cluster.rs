@@ -144,7 +144,8 @@ impl Default for BankConfig {
     }
 }
 
-// KEYS: bal, credited, op. ARGV: amount, ttl, fingerprint.
+// KEYS: bal, credited, op. ARGV: amount, ttl, fingerprint, force ('1': apply a debit even when
+// the balance cannot cover it).
 // Returns {0, bal} applied, {1, bal} replay, {-1, bal} a debit the balance cannot cover, {-2}
 // id reused with other parameters.
 const CREDIT_LUA: &str = r#"
@@ -155,7 +156,7 @@ if m then
 end
 local amt = tonumber(ARGV[1])
 local bal = redis.call('GET', KEYS[1]) or '0'
-if amt < 0 and tonumber(bal) + amt < 0 then return {-1, bal} end
+if amt < 0 and ARGV[4] ~= '1' and tonumber(bal) + amt < 0 then return {-1, bal} end
 redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('INCRBY', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
@@ -222,6 +223,59 @@ return {0, r}
 
 // KEYS: op, held, then per charge i: lease_i, spent_i, nodes_i (KEYS[3i], [3i+1], [3i+2]).
 // ARGV: ttl, node, fingerprint, then per charge i: tenant_i (ARGV[2+2i]), amount_i (ARGV[3+2i]).
+// KEYS: bal, credited, spent, cursor. ARGV: credited, spent, expected cursor.
+// Initialises a tenant's bank from the SQL record, once: nothing happens when the tenant is
+// already known (`credited` exists). Refused ({-3}) when the fleet's credit cursor moved since
+// the caller summed the record (the caller re-reads and retries). Returns {0} seeded, {1} known.
+const SEED_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+local cur = redis.call('GET', KEYS[4]) or '0'
+if cur ~= ARGV[3] then return {-3} end
+local c = tonumber(ARGV[1])
+local s = tonumber(ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[1], string.format('%d', c - s))
+return {0}
+"#;
+
+// KEYS: bal, credited, limit (hash). ARGV: limit, spent when first seen, generation.
+// A quota bucket's balance is its limit minus what was spent under it. The first call sets
+// bal = limit - spent; later calls move bal and credited by the change of limit, unless their
+// generation is older than the one recorded (a node with a stale snapshot). Returns {0}
+// applied, {1} stale or unchanged.
+const LIMIT_LUA: &str = r#"
+local cur = redis.call('HMGET', KEYS[3], 'limit', 'gen')
+local lim = tonumber(ARGV[1])
+if not cur[1] then
+  local b = lim - tonumber(ARGV[2])
+  redis.call('INCRBY', KEYS[1], string.format('%d', b))
+  redis.call('INCRBY', KEYS[2], string.format('%d', b))
+  redis.call('HSET', KEYS[3], 'limit', ARGV[1], 'gen', ARGV[3])
+  return {0}
+end
+if tonumber(ARGV[3]) < tonumber(cur[2]) then return {1} end
+local d = lim - tonumber(cur[1])
+if d ~= 0 then
+  redis.call('INCRBY', KEYS[1], string.format('%d', d))
+  redis.call('INCRBY', KEYS[2], string.format('%d', d))
+end
+redis.call('HSET', KEYS[3], 'limit', ARGV[1], 'gen', ARGV[3])
+if d == 0 then return {1} end
+return {0}
+"#;
+
+// KEYS: cursor. ARGV: seq. Moves the fleet's credit cursor forward only. Returns the cursor.
+const CURSOR_LUA: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+if n > cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return n
+end
+return cur
+"#;
+
 // All or nothing, once per batch id. Returns {0} applied, {1} replay, {-1, i, lease, amount}
 // charge i exceeds its lease (nothing applied), {-2} id used for another batch.
 const FLUSH_LUA: &str = r#"
@@ -291,6 +345,9 @@ struct Scripts {
     flush: Script,
     reclaim: Script,
     snapshot: Script,
+    seed: Script,
+    limit: Script,
+    cursor: Script,
 }
 
 impl Scripts {
@@ -302,6 +359,9 @@ impl Scripts {
             flush: Script::new(FLUSH_LUA),
             reclaim: Script::new(RECLAIM_LUA),
             snapshot: Script::new(SNAPSHOT_LUA),
+            seed: Script::new(SEED_LUA),
+            limit: Script::new(LIMIT_LUA),
+            cursor: Script::new(CURSOR_LUA),
         }
     }
 }
@@ -421,6 +481,9 @@ impl Bank {
             FLUSH_LUA,
             RECLAIM_LUA,
             SNAPSHOT_LUA,
+            SEED_LUA,
+            LIMIT_LUA,
+            CURSOR_LUA,
         ] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(code);
         }
@@ -514,6 +577,28 @@ impl Bank {
     /// `Insufficient` unless the unallocated balance covers it (leased allowance is not taken
     /// back). Returns the unallocated balance (on a replay: the current one).
     pub async fn credit(&self, tenant: i64, amount: i64, entry_id: &str) -> Result<i64, BankError> {
+        self.credit_inner(tenant, amount, entry_id, false).await
+    }
+
+    /// [`Bank::credit`] that applies a debit even when the unallocated balance cannot cover it
+    /// (the balance goes negative until leases come back). For replaying a negative adjustment
+    /// the SQL record already holds: the record wins.
+    pub async fn credit_forced(
+        &self,
+        tenant: i64,
+        amount: i64,
+        entry_id: &str,
+    ) -> Result<i64, BankError> {
+        self.credit_inner(tenant, amount, entry_id, true).await
+    }
+
+    async fn credit_inner(
+        &self,
+        tenant: i64,
+        amount: i64,
+        entry_id: &str,
+        force: bool,
+    ) -> Result<i64, BankError> {
         check_amount(amount, true)?;
         let mut inv = self.scripts.credit.prepare_invoke();
         inv.key(self.key("bal", tenant))
@@ -521,7 +606,8 @@ impl Bank {
             .key(self.op_key('c', entry_id))
             .arg(amount)
             .arg(ttl_secs(self.cfg.op_marker_ttl))
-            .arg(format!("{tenant}:{amount}"));
+            .arg(format!("{tenant}:{amount}"))
+            .arg(if force { "1" } else { "0" });
         let v: Vec<i64> = self.run(&inv).await?;
         match reply_code(&v, "credit")? {
             0 | 1 => reply_at(&v, 1, "credit"),
@@ -675,6 +761,91 @@ impl Bank {
             tracing::info!(node = %self.node, tenants = out.len(), "credit bank: reclaimed leases of a previous run");
         }
         Ok(out)
+    }
+
+    /// Whether the bank knows `tenant` (it was seeded or credited).
+    pub async fn is_known(&self, tenant: i64) -> Result<bool, BankError> {
+        let mut conn = self.connection();
+        let ms = self.cfg.op_timeout.as_millis() as u64;
+        let n: i64 = tokio::time::timeout(
+            self.cfg.op_timeout,
+            redis::cmd("EXISTS")
+                .arg(self.key("credited", tenant))
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??;
+        Ok(n == 1)
+    }
+
+    /// Initialise a tenant from the SQL record summed at credit cursor `cursor`: `credited`
+    /// (credits with a sequence number up to the cursor) and `spent` (every charge). Once per
+    /// tenant; `Ok(false)` when the cursor moved meanwhile (sum again and retry).
+    pub async fn seed(
+        &self,
+        tenant: i64,
+        credited: i64,
+        spent: i64,
+        cursor: i64,
+    ) -> Result<bool, BankError> {
+        check_amount(credited, true)?;
+        check_amount(spent, true)?;
+        let mut inv = self.scripts.seed.prepare_invoke();
+        inv.key(self.key("bal", tenant))
+            .key(self.key("credited", tenant))
+            .key(self.key("spent", tenant))
+            .key(self.cursor_key())
+            .arg(credited)
+            .arg(spent)
+            .arg(cursor);
+        let v: Vec<i64> = self.run(&inv).await?;
+        match reply_code(&v, "seed")? {
+            0 | 1 => Ok(true),
+            -3 => Ok(false),
+            c => Err(BankError::Protocol(format!("seed: code {c}"))),
+        }
+    }
+
+    /// Set the limit of a quota bucket (see `LIMIT_LUA`): the first call makes its balance
+    /// `limit - spent`, later ones move it by the change of limit; calls carrying an older
+    /// `generation` than the last applied are ignored. Returns whether anything changed.
+    pub async fn set_limit(
+        &self,
+        bucket: i64,
+        limit: i64,
+        spent: i64,
+        generation: i64,
+    ) -> Result<bool, BankError> {
+        check_amount(limit, true)?;
+        check_amount(spent, true)?;
+        let mut inv = self.scripts.limit.prepare_invoke();
+        inv.key(self.key("bal", bucket))
+            .key(self.key("credited", bucket))
+            .key(self.key("limit", bucket))
+            .arg(limit)
+            .arg(spent)
+            .arg(generation);
+        let v: Vec<i64> = self.run(&inv).await?;
+        Ok(reply_code(&v, "limit")? == 0)
+    }
+
+    fn cursor_key(&self) -> String {
+        format!("{}credit_cursor", self.prefix)
+    }
+
+    /// The fleet's credit cursor: every SQL credit entry up to this sequence number is
+    /// applied in Redis.
+    pub async fn cursor(&self) -> Result<i64, BankError> {
+        let mut inv = self.scripts.cursor.prepare_invoke();
+        inv.key(self.cursor_key()).arg(0);
+        self.run(&inv).await
+    }
+
+    /// Move the credit cursor forward to `seq` (never back). Returns the cursor.
+    pub async fn advance_cursor(&self, seq: i64) -> Result<i64, BankError> {
+        let mut inv = self.scripts.cursor.prepare_invoke();
+        inv.key(self.cursor_key()).arg(seq);
+        self.run(&inv).await
     }
 
     /// The tenant's totals, read atomically.
@@ -1076,6 +1247,39 @@ impl Allowances {
         l.queued += charged;
         l.last_used = Instant::now();
         drop(l);
+        if actual > charged {
+            self.uncollected
+                .fetch_add(actual - charged, Ordering::Relaxed);
+        }
+        charged
+    }
+
+    /// Settle one call that holds allowance in several buckets (a tenant's balance and the
+    /// quotas it is spent under): release every hold, then charge the same amount to each,
+    /// capped by the bucket that can pay least. Returns the amount charged.
+    pub fn settle_many(&self, holds: &[(i64, i64)], actual: i64) -> i64 {
+        let mut slots: Vec<(i64, i64, Arc<Slot>)> =
+            holds.iter().map(|&(t, h)| (t, h, self.slot(t))).collect();
+        // A fixed lock order (other paths lock one slot at a time).
+        slots.sort_by_key(|s| s.0);
+        slots.dedup_by_key(|s| s.0);
+        let mut guards: Vec<MutexGuard<'_, Local>> =
+            slots.iter().map(|s| lock(&s.2.local)).collect();
+        for (g, (_, held, _)) in guards.iter_mut().zip(&slots) {
+            let release = (*held).clamp(0, g.held.max(0));
+            g.held -= release;
+            g.free += release;
+        }
+        let actual = actual.max(0);
+        let cap = guards.iter().map(|g| g.free.max(0)).min().unwrap_or(0);
+        let charged = actual.min(cap);
+        let now = Instant::now();
+        for g in guards.iter_mut() {
+            g.free -= charged;
+            g.queued += charged;
+            g.last_used = now;
+        }
+        drop(guards);
         if actual > charged {
             self.uncollected
                 .fetch_add(actual - charged, Ordering::Relaxed);

@@ -18,13 +18,14 @@
 //! `available + reserved + charged = credited`, where `credited` sums top-ups, grants,
 //! redemptions and adjustments, and `charged` sums settled charges.
 
+use crate::billing::fleet::Fleet;
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::store::{Store, StoreError};
 use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -92,7 +93,7 @@ pub enum Account {
 }
 
 impl Account {
-    fn what(self) -> &'static str {
+    pub(crate) fn what(self) -> &'static str {
         match self {
             Account::Key(_) => "API key quota",
             Account::User(_) => "user quota",
@@ -108,7 +109,7 @@ struct Spend {
 }
 
 /// The accounts a key's calls touch, with their limits (None: unlimited, tracked only).
-fn accounts_of(key: &ApiKey) -> Vec<(Account, Option<i64>)> {
+pub(crate) fn accounts_of(key: &ApiKey) -> Vec<(Account, Option<i64>)> {
     let mut v = vec![(Account::Key(key.id), key.quota_nano)];
     if let Some(u) = key.user_id {
         v.push((Account::User(u), key.user_quota_nano));
@@ -144,6 +145,8 @@ pub struct Reservation {
     pub tenant: TenantId,
     pub amount: i64,
     accounts: Vec<Account>,
+    /// Cluster mode: the Redis buckets holding the amount (empty in embedded mode).
+    buckets: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,8 @@ pub enum Refusal {
         remaining: i64,
         needed: i64,
     },
+    /// Cluster mode: Redis is unreachable and this node holds no allowance for the call.
+    Unavailable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -167,6 +172,11 @@ pub struct Settlement {
 pub struct Ledger {
     books: DashMap<TenantId, Arc<Mutex<Book>>>,
     journal: mpsc::UnboundedSender<LedgerEntry>,
+    /// Cluster mode: balances and quotas live in Redis (see `fleet.rs`); the books then only
+    /// track this process's calls.
+    fleet: OnceLock<Arc<Fleet>>,
+    /// Cluster mode is configured: until the fleet is attached, calls are refused.
+    cluster_pending: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -189,6 +199,8 @@ impl Ledger {
         let ledger = Ledger {
             books: DashMap::new(),
             journal: tx,
+            fleet: OnceLock::new(),
+            cluster_pending: std::sync::atomic::AtomicBool::new(false),
         };
         for t in store.ledger_totals()? {
             let book = ledger.book(t.tenant_id);
@@ -209,6 +221,54 @@ impl Ledger {
                 rx,
             },
         ))
+    }
+
+    /// Switch to cluster mode (once, at start, before any call).
+    pub fn attach_fleet(&self, fleet: Arc<Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// Cluster mode is configured: refuse calls (503) until [`Ledger::attach_fleet`].
+    pub fn expect_fleet(&self) {
+        self.cluster_pending
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Embedded mode, or cluster mode with the bank connected.
+    pub fn ready(&self) -> bool {
+        self.fleet.get().is_some()
+            || !self
+                .cluster_pending
+                .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.get()
+    }
+
+    /// Hold `amount` for a call of `key`: in this process's books (embedded mode) or in the
+    /// shared Redis buckets (cluster mode). `generation`: the key snapshot's.
+    pub async fn reserve_call(
+        &self,
+        key: &ApiKey,
+        amount: i64,
+        generation: i64,
+    ) -> Result<Reservation, Refusal> {
+        let Some(fleet) = self.fleet.get() else {
+            if !self.ready() {
+                return Err(Refusal::Unavailable);
+            }
+            return self.reserve(key, amount);
+        };
+        let amount = amount.max(0);
+        let accounts = accounts_of(key);
+        let buckets = fleet.reserve(key, &accounts, amount, generation).await?;
+        Ok(Reservation {
+            tenant: key.tenant_id,
+            amount,
+            accounts: accounts.into_iter().map(|(a, _)| a).collect(),
+            buckets,
+        })
     }
 
     fn book(&self, tenant: TenantId) -> Arc<Mutex<Book>> {
@@ -249,6 +309,7 @@ impl Ledger {
             tenant: key.tenant_id,
             amount,
             accounts: accounts.into_iter().map(|(a, _)| a).collect(),
+            buckets: Vec::new(),
         })
     }
 
@@ -263,29 +324,10 @@ impl Ledger {
         request_id: &str,
     ) -> Settlement {
         let actual = actual.max(0);
-        let limits = accounts_of(key);
-        let book = self.book(r.tenant);
-        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
-        b.reserved -= r.amount;
-        for a in &r.accounts {
-            b.accounts.entry(*a).or_default().reserved -= r.amount;
-        }
-        // What is free once this call's own hold is released; the holds of other calls in
-        // flight stay untouched so they can settle too.
-        let mut cap = (b.balance - b.reserved).max(0);
-        for a in &r.accounts {
-            if let Some(Some(limit)) = limits.iter().find(|(x, _)| x == a).map(|(_, l)| *l) {
-                let s = b.accounts.get(a).copied().unwrap_or_default();
-                cap = cap.min((limit - s.spent - s.reserved).max(0));
-            }
-        }
-        let charged = actual.min(cap);
-        b.balance -= charged;
-        b.charged += charged;
-        for a in &r.accounts {
-            b.accounts.entry(*a).or_default().spent += charged;
-        }
-        drop(b);
+        let charged = match self.fleet.get() {
+            Some(fleet) if !r.buckets.is_empty() => fleet.settle(&r.buckets, r.amount, actual),
+            _ => self.settle_in_book(&r, actual, key),
+        };
         let (key_id, user_id, group_id) =
             r.accounts
                 .iter()
@@ -315,6 +357,33 @@ impl Ledger {
             });
         }
         s
+    }
+
+    /// Embedded-mode settlement in the tenant's book; returns the amount charged.
+    fn settle_in_book(&self, r: &Reservation, actual: i64, key: &ApiKey) -> i64 {
+        let limits = accounts_of(key);
+        let book = self.book(r.tenant);
+        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+        b.reserved -= r.amount;
+        for a in &r.accounts {
+            b.accounts.entry(*a).or_default().reserved -= r.amount;
+        }
+        // What is free once this call's own hold is released; the holds of other calls in
+        // flight stay untouched so they can settle too.
+        let mut cap = (b.balance - b.reserved).max(0);
+        for a in &r.accounts {
+            if let Some(Some(limit)) = limits.iter().find(|(x, _)| x == a).map(|(_, l)| *l) {
+                let s = b.accounts.get(a).copied().unwrap_or_default();
+                cap = cap.min((limit - s.spent - s.reserved).max(0));
+            }
+        }
+        let charged = actual.min(cap);
+        b.balance -= charged;
+        b.charged += charged;
+        for a in &r.accounts {
+            b.accounts.entry(*a).or_default().spent += charged;
+        }
+        charged
     }
 
     /// Apply a credit (or negative adjustment) that is already committed to the journal.

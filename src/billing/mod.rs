@@ -1,7 +1,8 @@
-//! Money and metering. This slice: the usage event every request yields and its batched
-//! writer. Pricing, reservations and the ledger build on these events.
+//! Money and metering: pricing, the prepaid ledger (embedded mode), the Redis credit bank and
+//! its wiring (cluster mode), and the usage event every request yields.
 
 pub mod cluster;
+pub mod fleet;
 pub mod ledger;
 pub mod pricing;
 pub mod usage;

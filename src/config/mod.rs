@@ -263,6 +263,8 @@ pub struct Config {
     pub channels: Vec<Arc<Channel>>,
     channel_index: HashMap<String, Arc<Channel>>,
     pub billing: BillingSettings,
+    /// Cluster mode (Redis-backed shared balances); `None`: embedded mode. Read at start only.
+    pub cluster: Option<ClusterSettings>,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -318,12 +320,19 @@ impl Config {
             retry,
             breaker,
             billing,
+            cluster,
             models,
             channels,
         } = file;
         let mut warnings = Vec::new();
 
         let server = build_server(server)?;
+        let listen_port = server
+            .listen
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if admin.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "admin.listen",
@@ -448,9 +457,108 @@ impl Config {
             channels: channel_list,
             channel_index,
             billing,
+            cluster: match cluster {
+                Some(c) => Some(build_cluster(c, &listen_port, env)?),
+                None => None,
+            },
             warnings,
         })
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    pub node_id: String,
+    pub key_prefix: String,
+    pub flush: Duration,
+    /// Nano-credits.
+    pub lease_chunk: i64,
+    pub idle_return: Duration,
+    pub op_timeout: Duration,
+}
+
+fn build_cluster(
+    c: ClusterSection,
+    listen_port: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ClusterSettings, ConfigError> {
+    let ClusterSection {
+        redis_url,
+        redis_url_env,
+        node_id,
+        key_prefix,
+        flush_ms,
+        lease_credits,
+        idle_return_seconds,
+        op_timeout_ms,
+    } = c;
+    let redis_url = match (redis_url, redis_url_env) {
+        (Some(u), None) => u,
+        (None, Some(var)) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            invalid(
+                "cluster.redis_url_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?,
+        _ => {
+            return Err(invalid(
+                "cluster",
+                "set exactly one of `redis_url` and `redis_url_env`",
+            ))
+        }
+    };
+    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        return Err(invalid(
+            "cluster.redis_url",
+            "must start with redis:// or rediss://",
+        ));
+    }
+    let node_id = match node_id {
+        Some(n) => n,
+        None => {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".to_string());
+            format!("{host}-{listen_port}")
+        }
+    };
+    check_name(&node_id, "cluster.node_id")?;
+    if key_prefix.chars().any(char::is_whitespace) || key_prefix.len() > 64 {
+        return Err(invalid(
+            "cluster.key_prefix",
+            "must be at most 64 characters without whitespace",
+        ));
+    }
+    if !(1..=10_000).contains(&flush_ms) {
+        return Err(invalid("cluster.flush_ms", "must be between 1 and 10000"));
+    }
+    let lease_chunk = crate::billing::pricing::to_nano(lease_credits)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| invalid("cluster.lease_credits", "must be a positive amount"))?;
+    if !(1..=3600).contains(&idle_return_seconds) {
+        return Err(invalid(
+            "cluster.idle_return_seconds",
+            "must be between 1 and 3600",
+        ));
+    }
+    if !(10..=60_000).contains(&op_timeout_ms) {
+        return Err(invalid(
+            "cluster.op_timeout_ms",
+            "must be between 10 and 60000",
+        ));
+    }
+    Ok(ClusterSettings {
+        redis_url,
+        node_id,
+        key_prefix,
+        flush: Duration::from_millis(flush_ms),
+        lease_chunk,
+        idle_return: Duration::from_secs(idle_return_seconds),
+        op_timeout: Duration::from_millis(op_timeout_ms),
+    })
 }
 
 fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {

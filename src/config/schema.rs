@@ -23,6 +23,9 @@ pub struct FileConfig {
     pub breaker: BreakerSection,
     #[serde(default)]
     pub billing: BillingSection,
+    /// Cluster mode: several gateway processes share balances through one Redis.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     #[serde(default)]
     pub models: Vec<ModelSection>,
     #[serde(default)]
@@ -186,6 +189,51 @@ pub struct BillingSection {
     /// How often settled charges are committed to the journal (group commit).
     #[serde(default = "d_journal_flush")]
     pub journal_flush_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://host:port/db`; use `redis_url_env` when the URL carries a password.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Name of an environment variable holding the Redis URL.
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
+    /// This process's id in the fleet, stable across restarts (its leases are reclaimed on
+    /// start). Default: `<hostname>-<listen port>`.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default = "d_key_prefix")]
+    pub key_prefix: String,
+    /// How often charges are flushed to Redis (batched, one round trip per flush).
+    #[serde(default = "d_cluster_flush")]
+    pub flush_ms: u64,
+    /// Smallest allowance taken from a tenant's shared balance at a time, in credits.
+    #[serde(default = "d_lease_credits")]
+    pub lease_credits: Decimal,
+    /// Allowance unused this long goes back to the shared balance.
+    #[serde(default = "d_idle_return")]
+    pub idle_return_seconds: u64,
+    /// Every Redis call is abandoned after this (then the call fails closed).
+    #[serde(default = "d_op_timeout")]
+    pub op_timeout_ms: u64,
+}
+
+fn d_key_prefix() -> String {
+    "tg:".to_string()
+}
+fn d_cluster_flush() -> u64 {
+    50
+}
+fn d_lease_credits() -> Decimal {
+    Decimal::ONE
+}
+fn d_idle_return() -> u64 {
+    5
+}
+fn d_op_timeout() -> u64 {
+    2000
 }
 
 impl Default for BillingSection {

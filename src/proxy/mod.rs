@@ -268,7 +268,12 @@ impl Gateway {
                 GatewayError::bad_request("The requested output size is too large.")
             }
         })?;
-        let reservation = self.app.ledger.reserve(&key, worst).map_err(|r| match r {
+        let reservation = self
+            .app
+            .ledger
+            .reserve_call(&key, worst, self.app.keys.generation())
+            .await
+            .map_err(|r| match r {
             Refusal::Balance { available, needed } => GatewayError::InsufficientCredit(format!(
                 "Insufficient credit: this call may cost up to {} credits and the balance has {} available. Top up or lower max_tokens.",
                 pricing::to_credits(needed),
@@ -279,6 +284,9 @@ impl Gateway {
                 pricing::to_credits(needed),
                 pricing::to_credits(remaining)
             )),
+            Refusal::Unavailable => GatewayError::CreditUnavailable(
+                "The credit service is temporarily unavailable; retry shortly.".into(),
+            ),
         })?;
         ctx.reservation = Some(reservation);
         ctx.model = Some(model);

@@ -219,7 +219,18 @@ const MIGRATIONS: &[&str] = &[
              (SELECT 0 AS dim UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5) d,
              (SELECT 3600 AS period UNION ALL SELECT 86400) p
         GROUP BY 1, 2, 3, 4, 5;",
+    // 8: cluster mode replays credit entries to Redis in sequence order
+    "CREATE INDEX ledger_entries_credits ON ledger_entries(seq) WHERE kind != 'charge';",
 ];
+
+/// A credit entry (anything but a charge) with its journal sequence number.
+#[derive(Debug, Clone)]
+pub struct CreditRow {
+    pub seq: i64,
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub amount: i64,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct LedgerTotals {
@@ -1436,6 +1447,56 @@ impl Store {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    /// Credit entries after sequence number `after`, in order (at most `limit`).
+    pub fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, id, tenant_id, amount FROM ledger_entries
+                 WHERE kind != 'charge' AND seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after, limit as i64], |r| {
+                Ok(CreditRow {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    tenant_id: TenantId(r.get(2)?),
+                    amount: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// A tenant's credits with a sequence number up to `upto`, and all its charges.
+    pub fn tenant_record_upto(
+        &self,
+        tenant: TenantId,
+        upto: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(CASE WHEN kind != 'charge' AND seq <= ?2 THEN amount ELSE 0 END), 0),
+                        COALESCE(SUM(CASE WHEN kind = 'charge' THEN -amount ELSE 0 END), 0)
+                 FROM ledger_entries WHERE tenant_id = ?1",
+                params![tenant.0, upto],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+    }
+
+    /// One key's, user's or group's charges so far.
+    pub fn spent_by(&self, tenant: TenantId, account: Account) -> Result<i64, StoreError> {
+        let (col, id) = match account {
+            Account::Key(k) => ("key_id", k.0),
+            Account::User(u) => ("user_id", u.0),
+            Account::Group(g) => ("group_id", g.0),
+        };
+        let sql = format!(
+            "SELECT COALESCE(-SUM(amount), 0) FROM ledger_entries
+             WHERE tenant_id = ?1 AND kind = 'charge' AND {col} = ?2"
+        );
+        self.with(|c| Ok(c.query_row(&sql, params![tenant.0, id], |r| r.get(0))?))
     }
 
     /// Per key, user and group: the sum of their charges.

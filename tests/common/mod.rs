@@ -139,10 +139,39 @@ impl Gateway {
         extra: &str,
         server_extra: &str,
     ) -> Gateway {
+        let mut gw = Gateway::spawn(ups, channel_extra, extra, server_extra, None).await;
+        let t: serde_json::Value = gw
+            .admin_post("/admin/tenants", serde_json::json!({"name": "acme"}))
+            .await;
+        gw.tenant_id = t["id"].as_i64().unwrap();
+        gw.admin_post(
+            "/admin/tenants/acme/topups",
+            serde_json::json!({"amount_rmb": "1000"}),
+        )
+        .await;
+        gw.key = gw
+            .create_key(
+                serde_json::json!({"tenant": "acme", "name": "test", "default_channel": "main"}),
+            )
+            .await;
+        gw
+    }
+
+    /// Start a gateway process without creating anything in its store. `db`: share another
+    /// gateway's SQLite file (cluster tests), else a fresh one in the gateway's directory.
+    pub async fn spawn(
+        ups: &[Up<'_>],
+        channel_extra: &str,
+        extra: &str,
+        server_extra: &str,
+        db: Option<&str>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
-        let db = dir.path().join("tollgate.db").display().to_string();
+        let db = db
+            .map(str::to_string)
+            .unwrap_or_else(|| dir.path().join("tollgate.db").display().to_string());
         let text = config_text(
             port,
             admin_port,
@@ -182,20 +211,6 @@ impl Gateway {
             client,
         };
         gw.wait_ready().await;
-        let t: serde_json::Value = gw
-            .admin_post("/admin/tenants", serde_json::json!({"name": "acme"}))
-            .await;
-        gw.tenant_id = t["id"].as_i64().unwrap();
-        gw.admin_post(
-            "/admin/tenants/acme/topups",
-            serde_json::json!({"amount_rmb": "1000"}),
-        )
-        .await;
-        gw.key = gw
-            .create_key(
-                serde_json::json!({"tenant": "acme", "name": "test", "default_channel": "main"}),
-            )
-            .await;
         gw
     }
 
@@ -345,4 +360,72 @@ pub fn metric_value(metrics: &str, name_and_labels_prefix: &str) -> f64 {
         .filter(|l| l.starts_with(name_and_labels_prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A redis-server of the test's own on a free port (append-only file fsynced on every write, so
+/// a restart keeps its data); killed on drop.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL and start again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,380 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Cluster mode end to end: three gateway processes share one real redis-server (and one SQLite
+//! record); a balance and a quota are never overspent across nodes; totals in Redis, the SQL
+//! ledger and the usage events agree exactly; a Redis restart mid-run and a node SIGKILLed
+//! mid-run cost no credit and double-count nothing.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tollgate::mock::Behavior;
+
+fn cluster_extra(redis: &Redis, node: &str) -> String {
+    format!(
+        "\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n",
+        redis.url()
+    )
+}
+
+/// Three nodes on one Redis and one SQLite file; tenant `acme` created through node 1.
+async fn fleet(m: &tollgate::mock::MockHandle, redis: &Redis) -> Vec<Gateway> {
+    let ups = [Up::mock("a", m)];
+    let n1 = Gateway::spawn(&ups, "", &cluster_extra(redis, "n1"), "", None).await;
+    let db = n1.db.clone();
+    let n2 = Gateway::spawn(&ups, "", &cluster_extra(redis, "n2"), "", Some(&db)).await;
+    let n3 = Gateway::spawn(&ups, "", &cluster_extra(redis, "n3"), "", Some(&db)).await;
+    n1.admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
+    vec![n1, n2, n3]
+}
+
+/// Fire `n` calls at once, spread over the nodes; returns (status, body) of each.
+async fn fire(nodes: &[Gateway], key: &str, n: usize, req: &Value) -> Vec<(u16, Value)> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let gw = &nodes[i % nodes.len()];
+        let (c, url, key, req) = (
+            gw.client.clone(),
+            gw.url("/v1/chat/completions"),
+            key.to_string(),
+            req.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Sum of the charges in the SQL ledger (positive nano-credits) and their count.
+async fn sql_charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
+    let v = gw
+        .admin_get(&format!("/admin/tenants/{tenant}/ledger"))
+        .await;
+    let charges: Vec<i64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entry"]["kind"] == "charge")
+        .map(|e| -e["entry"]["amount"].as_i64().unwrap())
+        .collect();
+    (charges.iter().sum(), charges.len())
+}
+
+fn check_bank(bank: &Value) {
+    let (bal, leases, spent, credited) = (
+        bank["bal"].as_i64().unwrap(),
+        bank["leases"].as_i64().unwrap(),
+        bank["spent"].as_i64().unwrap(),
+        bank["credited"].as_i64().unwrap(),
+    );
+    assert_eq!(
+        bal + leases + spent,
+        credited,
+        "conservation in redis: {bank}"
+    );
+    assert!(spent <= credited, "overspent: {bank}");
+}
+
+/// Wait until every node gave its allowance back and Redis recorded exactly the charges of
+/// the SQL ledger; returns the bank's totals.
+async fn quiesce(gw: &Gateway, tenant: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = gw
+            .admin_get(&format!("/admin/tenants/{tenant}/balance"))
+            .await;
+        let bank = b["bank"].clone();
+        check_bank(&bank);
+        let (charged, _) = sql_charges(gw, tenant).await;
+        if bank["leases"] == 0 && bank["spent"].as_i64().unwrap() == charged {
+            return bank;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: bank {bank}, SQL charges {charged}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
+    let redis = Redis::start();
+    let m = mock().await;
+    m.set_behavior(Behavior::Delay { ms: 300 });
+    let nodes = fleet(&m, &redis).await;
+    // gpt-4o, 1000 output tokens: worst case ~0.0745 credits; 0.3 credits cover 4 holds.
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "0.3"}))
+        .await;
+    let key = nodes[1]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // every node sees the new key
+    let req = json!({"model": "gpt-4o", "max_tokens": 1000, "messages": [{"role": "user", "content": "write a lot"}]});
+    let results = fire(&nodes, &key, 45, &req).await;
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    for (status, body) in &results {
+        assert!(
+            *status == 200 || (*status == 402 && body["error"]["code"] == "insufficient_quota"),
+            "{status} {body}"
+        );
+    }
+    assert!(
+        (1..=4).contains(&ok),
+        "{ok} calls admitted against a balance that holds 4 worst cases"
+    );
+    assert_eq!(m.stats().chat_requests, ok as u64);
+
+    // A quota of 0.2 credits covers two worst cases, whichever nodes the calls land on.
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "100"}))
+        .await;
+    let capped = nodes[2]
+        .create_key(json!({"tenant": "acme", "name": "capped", "default_channel": "main", "quota_credits": "0.2"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // every node sees the new key
+    let results = fire(&nodes, &capped, 30, &req).await;
+    let ok_q = results.iter().filter(|r| r.0 == 200).count();
+    for (status, body) in &results {
+        assert!(
+            *status == 200 || (*status == 429 && body["error"]["code"] == "insufficient_quota"),
+            "{status} {body}"
+        );
+    }
+    assert!(
+        (1..=2).contains(&ok_q),
+        "{ok_q} calls admitted under the quota"
+    );
+
+    // Everything settles: Redis, the SQL ledger and the usage events agree to the nano-credit.
+    let bank = quiesce(&nodes[0], "acme").await;
+    let (charged, n) = sql_charges(&nodes[0], "acme").await;
+    assert_eq!(n, ok + ok_q);
+    let events = nodes[0].usage_events(75).await;
+    let cost: i64 = events
+        .iter()
+        .map(|e| e["cost_nano"].as_i64().unwrap())
+        .sum();
+    assert_eq!(cost, charged);
+    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
+    assert_eq!(
+        bank["credited"].as_i64().unwrap(),
+        100_300_000_000,
+        "both top-ups replayed into redis once"
+    );
+}
+
+/// Keep `workers` clients calling round-robin over the nodes until `stop`; count statuses.
+fn load(
+    nodes: &[Gateway],
+    key: &str,
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<u16>>> {
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|g| g.url("/v1/chat/completions"))
+        .collect();
+    (0..workers)
+        .map(|w| {
+            let (urls, key, stop) = (urls.clone(), key.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let mut seen = Vec::new();
+                let mut i = w;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let req = json!({"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": format!("hello {i}")}]});
+                    let status = match c.post(&urls[i % urls.len()]).bearer_auth(&key).json(&req).send().await {
+                        Ok(r) => {
+                            let s = r.status().as_u16();
+                            if s != 200 {
+                                eprintln!("status {s}: {}", r.text().await.unwrap_or_default());
+                            }
+                            s
+                        }
+                        Err(_) => 0, // the node itself was killed
+                    };
+                    seen.push(status);
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+async fn join(tasks: Vec<tokio::task::JoinHandle<Vec<u16>>>) -> Vec<u16> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
+    let mut redis = Redis::start();
+    let m = mock().await;
+    let nodes = fleet(&m, &redis).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = load(&nodes, &key, 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = join(tasks).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    for s in &statuses {
+        assert!(*s == 200 || *s == 503, "unexpected status {s}");
+    }
+    assert!(ok > 20, "only {ok} calls succeeded");
+    // After the restart every node serves again.
+    for gw in &nodes {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let bank = quiesce(&nodes[0], "acme").await;
+    let (charged, n) = sql_charges(&nodes[0], "acme").await;
+    assert_eq!(n, ok + 3, "one charge per successful call");
+    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
+    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_run_restarts_and_its_leases_come_back() {
+    let redis = Redis::start();
+    let m = mock().await;
+    let mut nodes = fleet(&m, &redis).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = load(&nodes, &key, 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[1].kill_and_restart().await; // SIGKILL, then the same node id starts again
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = join(tasks).await;
+    for s in &statuses {
+        assert!(
+            // 0: the killed node refused connections; 503: the restarted node listens a moment
+            // before its bank is connected and fails closed meanwhile.
+            *s == 200 || *s == 0 || *s == 502 || *s == 503,
+            "unexpected status {s}; logs:\n{}",
+            nodes
+                .iter()
+                .flat_map(|n| n
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // No lease stays behind (the restarted node reclaimed the dead one's, the others give
+    // theirs back when idle), Redis balances, and nothing was spent beyond the record: charges
+    // the killed process had not flushed are lost revenue, never overspend.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bank = loop {
+        let b = nodes[0].admin_get("/admin/tenants/acme/balance").await["bank"].clone();
+        check_bank(&b);
+        if b["leases"] == 0 {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "leases never returned: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Redis and the SQL record may each miss the last few milliseconds of the killed node's
+    // charges (flushed to one, not yet to the other); neither exceeds what was credited.
+    let (charged, _) = sql_charges(&nodes[0], "acme").await;
+    assert!(charged <= bank["credited"].as_i64().unwrap());
+    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
+    // And the fleet still agrees exactly from here on.
+    let before_spent = bank["spent"].as_i64().unwrap();
+    let results = fire(
+        &nodes,
+        &key,
+        9,
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]}),
+    )
+    .await;
+    assert!(results.iter().all(|r| r.0 == 200));
+    let bank2 = loop {
+        let b = nodes[2].admin_get("/admin/tenants/acme/balance").await["bank"].clone();
+        check_bank(&b);
+        let (c2, _) = sql_charges(&nodes[2], "acme").await;
+        if b["leases"] == 0 && b["spent"].as_i64().unwrap() - before_spent == c2 - charged {
+            break b;
+        }
+        assert!(Instant::now() < deadline + Duration::from_secs(20), "{b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(bank2["spent"].as_i64().unwrap() > before_spent);
+}
+
+#[tokio::test]
+async fn negative_adjustments_need_unleased_cover_in_cluster_mode() {
+    let redis = Redis::start();
+    let m = mock().await;
+    let nodes = fleet(&m, &redis).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"}))
+        .await;
+    // More than the balance: refused, nothing recorded anywhere.
+    let r = nodes[1]
+        .client
+        .post(nodes[1].admin_url("/admin/tenants/acme/adjustments"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"credits": "-11", "note": "too much"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = nodes[1]
+        .admin_post(
+            "/admin/tenants/acme/adjustments",
+            json!({"credits": "-4", "note": "refund reversal", "idempotency_key": "adj-1"}),
+        )
+        .await;
+    assert_eq!(r["balance"]["bank"]["credited"], 6_000_000_000i64, "{r}");
+    let bank = quiesce(&nodes[2], "acme").await;
+    assert_eq!(bank["bal"], 6_000_000_000i64);
+}
