@@ -114,9 +114,46 @@ impl BackgroundService for ClusterService {
         }
         self.app.ledger.attach_fleet(fleet.clone());
         tracing::info!(node = %s.node_id, "cluster mode: credit bank connected");
+        tokio::spawn(sync_rate_limits(
+            self.app.clone(),
+            fleet.allowances().bank().clone(),
+            s.flush,
+            shutdown.clone(),
+        ));
         fleet
             .run(s.flush, Duration::from_millis(250), shutdown)
             .await;
+    }
+}
+
+/// Cluster mode: every `every`, push this node's rate-limit counts to Redis and learn the
+/// other nodes' (one round trip for all active subjects). While Redis is unreachable each node
+/// enforces the limits on what it sees itself.
+async fn sync_rate_limits(
+    app: Arc<App>,
+    bank: Arc<crate::billing::cluster::Bank>,
+    every: Duration,
+    shutdown: ShutdownWatch,
+) {
+    let mut failing = false;
+    while !*shutdown.borrow() {
+        tokio::time::sleep(every).await;
+        let deltas = app.limiter.take_deltas(crate::proxy::now_ms());
+        if deltas.is_empty() {
+            continue;
+        }
+        match bank.sync_rates(&deltas).await {
+            Ok(totals) => {
+                app.limiter.apply_totals(&deltas, &totals);
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cluster mode: rate-limit sync failed; limits are per node until redis answers");
+                }
+                failing = true;
+            }
+        }
     }
 }
 

@@ -378,3 +378,44 @@ async fn negative_adjustments_need_unleased_cover_in_cluster_mode() {
     let bank = quiesce(&nodes[2], "acme").await;
     assert_eq!(bank["bal"], 6_000_000_000i64);
 }
+
+#[tokio::test]
+async fn a_key_rate_limit_holds_across_nodes() {
+    let redis = Redis::start();
+    let m = mock().await;
+    let nodes = fleet(&m, &redis).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"}))
+        .await;
+    let key = nodes[0]
+        .create_key(
+            json!({"tenant": "acme", "name": "rpm", "default_channel": "main", "rpm_limit": 10}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..30 {
+        let gw = &nodes[i % 3];
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+                limited += 1;
+            }
+            s => panic!("unexpected {s}"),
+        }
+        // Longer than the sync interval (20 ms): each node has heard of the others' calls.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    // Per node the limit would admit 30 (10 on each of three nodes); the fleet admits 10.
+    assert_eq!((ok, limited), (10, 20));
+}

@@ -276,6 +276,33 @@ end
 return cur
 "#;
 
+// Rate-limit sync. ARGV: prefix, ttl, then six per subject: subject, minute, and the counts
+// (requests, tokens) to add to the previous and the current minute. Returns four totals per
+// subject: previous requests, previous tokens, current requests, current tokens.
+const RATES_LUA: &str = r#"
+local out = {}
+local i = 3
+while i + 5 <= #ARGV do
+  local base = ARGV[1] .. 'rl:' .. ARGV[i] .. ':'
+  local m = tonumber(ARGV[i + 1])
+  local kp = base .. string.format('%d', m - 1)
+  local kc = base .. ARGV[i + 1]
+  if tonumber(ARGV[i + 2]) > 0 then redis.call('HINCRBY', kp, 'r', ARGV[i + 2]) end
+  if tonumber(ARGV[i + 3]) > 0 then redis.call('HINCRBY', kp, 't', ARGV[i + 3]) end
+  if tonumber(ARGV[i + 4]) > 0 then redis.call('HINCRBY', kc, 'r', ARGV[i + 4]) end
+  if tonumber(ARGV[i + 5]) > 0 then redis.call('HINCRBY', kc, 't', ARGV[i + 5]) end
+  redis.call('EXPIRE', kc, ARGV[2])
+  local p = redis.call('HMGET', kp, 'r', 't')
+  local c = redis.call('HMGET', kc, 'r', 't')
+  table.insert(out, tonumber(p[1] or '0'))
+  table.insert(out, tonumber(p[2] or '0'))
+  table.insert(out, tonumber(c[1] or '0'))
+  table.insert(out, tonumber(c[2] or '0'))
+  i = i + 6
+end
+return out
+"#;
+
 // All or nothing, once per batch id. Returns {0} applied, {1} replay, {-1, i, lease, amount}
 // charge i exceeds its lease (nothing applied), {-2} id used for another batch.
 const FLUSH_LUA: &str = r#"
@@ -348,6 +375,7 @@ struct Scripts {
     seed: Script,
     limit: Script,
     cursor: Script,
+    rates: Script,
 }
 
 impl Scripts {
@@ -362,6 +390,7 @@ impl Scripts {
             seed: Script::new(SEED_LUA),
             limit: Script::new(LIMIT_LUA),
             cursor: Script::new(CURSOR_LUA),
+            rates: Script::new(RATES_LUA),
         }
     }
 }
@@ -484,6 +513,7 @@ impl Bank {
             SEED_LUA,
             LIMIT_LUA,
             CURSOR_LUA,
+            RATES_LUA,
         ] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(code);
         }
@@ -846,6 +876,43 @@ impl Bank {
         let mut inv = self.scripts.cursor.prepare_invoke();
         inv.key(self.cursor_key()).arg(seq);
         self.run(&inv).await
+    }
+
+    /// Push this node's rate-limit counts and read the fleet's totals, all subjects in one
+    /// round trip (keys expire three minutes after their minute).
+    pub async fn sync_rates(
+        &self,
+        deltas: &[crate::tenancy::limits::RateDelta],
+    ) -> Result<Vec<crate::tenancy::limits::RateTotals>, BankError> {
+        use crate::tenancy::limits::RateTotals;
+        if deltas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.rates.prepare_invoke();
+        inv.arg(&self.prefix).arg(180);
+        for d in deltas {
+            inv.arg(d.subject())
+                .arg(d.minute)
+                .arg(d.prev.0)
+                .arg(d.prev.1)
+                .arg(d.cur.0)
+                .arg(d.cur.1);
+        }
+        let v: Vec<i64> = self.run(&inv).await?;
+        if v.len() != deltas.len() * 4 {
+            return Err(BankError::Protocol(format!(
+                "rates: {} values for {} subjects",
+                v.len(),
+                deltas.len()
+            )));
+        }
+        let n = |x: i64| u64::try_from(x).unwrap_or(0);
+        Ok(v.chunks(4)
+            .map(|c| RateTotals {
+                prev: (n(c[0]), n(c[1])),
+                cur: (n(c[2]), n(c[3])),
+            })
+            .collect())
     }
 
     /// The tenant's totals, read atomically.

@@ -39,13 +39,23 @@ impl Limits {
     }
 }
 
+/// Counts of one minute: this node's own, what of them was pushed to Redis (cluster mode), and
+/// the other nodes' as of the last sync.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    requests: u64,
+    tokens: u64,
+    pushed_requests: u64,
+    pushed_tokens: u64,
+    remote_requests: u64,
+    remote_tokens: u64,
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 struct Window {
     minute: u64,
-    requests: u64,
-    prev_requests: u64,
-    tokens: u64,
-    prev_tokens: u64,
+    cur: Counts,
+    prev: Counts,
 }
 
 impl Window {
@@ -53,16 +63,29 @@ impl Window {
         if minute == self.minute {
             return;
         }
-        if minute == self.minute + 1 {
-            self.prev_requests = self.requests;
-            self.prev_tokens = self.tokens;
+        self.prev = if minute == self.minute + 1 {
+            self.cur
         } else {
-            self.prev_requests = 0;
-            self.prev_tokens = 0;
-        }
+            Counts::default()
+        };
         self.minute = minute;
-        self.requests = 0;
-        self.tokens = 0;
+        self.cur = Counts::default();
+    }
+
+    fn requests(&self, elapsed_ms: u64) -> u64 {
+        Window::estimate(
+            self.cur.requests + self.cur.remote_requests,
+            self.prev.requests + self.prev.remote_requests,
+            elapsed_ms,
+        )
+    }
+
+    fn tokens(&self, elapsed_ms: u64) -> u64 {
+        Window::estimate(
+            self.cur.tokens + self.cur.remote_tokens,
+            self.prev.tokens + self.prev.remote_tokens,
+            elapsed_ms,
+        )
     }
 
     /// Weighted count over the last 60 s, given the fraction of the current minute elapsed.
@@ -103,7 +126,7 @@ impl RateLimiter {
                 .unwrap_or_default();
             w.roll(minute);
             if let Some(rpm) = limits.rpm {
-                if Window::estimate(w.requests, w.prev_requests, elapsed) + 1 > u64::from(rpm) {
+                if w.requests(elapsed) + 1 > u64::from(rpm) {
                     return Err(Limited {
                         scope: *scope,
                         tokens: false,
@@ -113,7 +136,7 @@ impl RateLimiter {
                 }
             }
             if let Some(tpm) = limits.tpm {
-                if Window::estimate(w.tokens, w.prev_tokens, elapsed) >= tpm {
+                if w.tokens(elapsed) >= tpm {
                     return Err(Limited {
                         scope: *scope,
                         tokens: true,
@@ -129,7 +152,7 @@ impl RateLimiter {
             }
             let mut w = self.windows.entry((*scope, *id)).or_default();
             w.roll(minute);
-            w.requests += 1;
+            w.cur.requests += 1;
         }
         Ok(())
     }
@@ -143,7 +166,92 @@ impl RateLimiter {
             }
             let mut w = self.windows.entry((*scope, *id)).or_default();
             w.roll(minute);
-            w.tokens += tokens;
+            w.cur.tokens += tokens;
+        }
+    }
+}
+
+/// One subject's counts for cluster sync: the minute, then (requests, tokens) not yet pushed
+/// for the previous and the current minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateDelta {
+    pub scope: Scope,
+    pub id: i64,
+    pub minute: u64,
+    pub prev: (u64, u64),
+    pub cur: (u64, u64),
+}
+
+/// Fleet-wide totals (all nodes, pushes included) for a subject's previous and current minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateTotals {
+    pub prev: (u64, u64),
+    pub cur: (u64, u64),
+}
+
+impl RateDelta {
+    /// The subject's name in Redis keys.
+    pub fn subject(&self) -> String {
+        let s = match self.scope {
+            Scope::Key => 'k',
+            Scope::User => 'u',
+            Scope::Tenant => 't',
+        };
+        format!("{s}{}", self.id)
+    }
+}
+
+impl RateLimiter {
+    /// Cluster mode, step 1 of a sync: what this node counted since its last push, per active
+    /// subject (marked pushed). Subjects idle for two minutes are dropped.
+    pub fn take_deltas(&self, now_ms: u64) -> Vec<RateDelta> {
+        let minute = now_ms / 60_000;
+        self.windows.retain(|_, w| w.minute + 1 >= minute);
+        let mut out = Vec::new();
+        for mut e in self.windows.iter_mut() {
+            let (scope, id) = *e.key();
+            let w = e.value_mut();
+            w.roll(minute);
+            let prev = (
+                w.prev.requests - w.prev.pushed_requests.min(w.prev.requests),
+                w.prev.tokens - w.prev.pushed_tokens.min(w.prev.tokens),
+            );
+            let cur = (
+                w.cur.requests - w.cur.pushed_requests.min(w.cur.requests),
+                w.cur.tokens - w.cur.pushed_tokens.min(w.cur.tokens),
+            );
+            w.prev.pushed_requests = w.prev.requests;
+            w.prev.pushed_tokens = w.prev.tokens;
+            w.cur.pushed_requests = w.cur.requests;
+            w.cur.pushed_tokens = w.cur.tokens;
+            out.push(RateDelta {
+                scope,
+                id,
+                minute,
+                prev,
+                cur,
+            });
+        }
+        out
+    }
+
+    /// Cluster mode, step 2: the fleet's totals after the push; the other nodes' share is the
+    /// total minus what this node pushed.
+    pub fn apply_totals(&self, deltas: &[RateDelta], totals: &[RateTotals]) {
+        for (d, t) in deltas.iter().zip(totals) {
+            let Some(mut w) = self.windows.get_mut(&(d.scope, d.id)) else {
+                continue;
+            };
+            if w.minute == d.minute {
+                w.prev.remote_requests = t.prev.0.saturating_sub(w.prev.pushed_requests);
+                w.prev.remote_tokens = t.prev.1.saturating_sub(w.prev.pushed_tokens);
+                w.cur.remote_requests = t.cur.0.saturating_sub(w.cur.pushed_requests);
+                w.cur.remote_tokens = t.cur.1.saturating_sub(w.cur.pushed_tokens);
+            } else if w.minute == d.minute + 1 {
+                // The minute turned since the push: the pushed "current" is now the previous.
+                w.prev.remote_requests = t.cur.0.saturating_sub(w.prev.pushed_requests);
+                w.prev.remote_tokens = t.cur.1.saturating_sub(w.prev.pushed_tokens);
+            }
         }
     }
 }
@@ -220,5 +328,42 @@ mod tests {
         let e = l.admit(T0, &s).unwrap_err();
         assert!(e.tokens);
         assert!(l.admit(T0 + 130_000, &s).is_ok());
+    }
+
+    /// Two nodes sharing totals through a stand-in for Redis: together they admit the limit,
+    /// not twice it (the Redis round trip itself is tested in tests/cluster.rs).
+    #[test]
+    fn synced_nodes_share_one_limit() {
+        use std::collections::HashMap;
+        let nodes = [RateLimiter::default(), RateLimiter::default()];
+        let mut redis: HashMap<(Scope, i64, u64), (u64, u64)> = HashMap::new();
+        let s = [(Scope::Key, 7, rpm(10))];
+        let mut admitted = 0;
+        for i in 0..40u64 {
+            let now = T0 + 1_000 + i * 100;
+            if nodes[(i % 2) as usize].admit(now, &s).is_ok() {
+                admitted += 1;
+            }
+            // Sync both nodes after every request (twice: the first node to sync learns of
+            // the second's count in the second round, as a real node does one tick later).
+            for n in nodes.iter().chain(nodes.iter()) {
+                let deltas = n.take_deltas(now);
+                let totals: Vec<RateTotals> = deltas
+                    .iter()
+                    .map(|d| {
+                        let p = redis.entry((d.scope, d.id, d.minute - 1)).or_default();
+                        p.0 += d.prev.0;
+                        p.1 += d.prev.1;
+                        let prev = *p;
+                        let c = redis.entry((d.scope, d.id, d.minute)).or_default();
+                        c.0 += d.cur.0;
+                        c.1 += d.cur.1;
+                        RateTotals { prev, cur: *c }
+                    })
+                    .collect();
+                n.apply_totals(&deltas, &totals);
+            }
+        }
+        assert_eq!(admitted, 10);
     }
 }
