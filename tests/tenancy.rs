@@ -150,6 +150,31 @@ async fn a_tenant_admin_of_a_cannot_read_or_change_anything_of_b() {
         )
         .await;
     assert_eq!(s, 404);
+    let (s, _) = a
+        .send(
+            reqwest::Method::PUT,
+            "/admin/tenants/globex/quota-period",
+            Some(json!({"period": "day"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // A tenant admin sets their own tenant's quota period (monthly budgets); bad values are 400.
+    let (s, v) = a
+        .send(
+            reqwest::Method::PUT,
+            "/admin/tenants/acme/quota-period",
+            Some(json!({"period": "month"})),
+        )
+        .await;
+    assert_eq!((s, &v["quota_period"]), (200, &json!("month")), "{v}");
+    let (s, v) = a
+        .send(
+            reqwest::Method::PUT,
+            "/admin/tenants/acme/quota-period",
+            Some(json!({"period": "fortnight"})),
+        )
+        .await;
+    assert_eq!((s, &v["error"]["param"]), (400, &json!("period")), "{v}");
     // Listings only ever show A.
     let (_, tenants) = a.get("/admin/tenants").await;
     let names: Vec<&str> = tenants["data"]

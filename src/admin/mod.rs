@@ -103,6 +103,13 @@ struct CreateKey {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SetQuotaPeriod {
+    /// `none` (lifetime limits), `day` or `month` (UTC).
+    period: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SetLimits {
     /// Requests per minute (`null` or absent: unlimited).
     #[serde(default)]
@@ -999,6 +1006,37 @@ impl AdminApi {
                     })
                     .collect();
                 Ok(reply(200, json!({"from": from, "to": to, "data": data})))
+            }
+            (&Method::PUT, ["tenants", t, "quota-period"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                let req: SetQuotaPeriod = Self::read_json(session).await?;
+                let period = crate::tenancy::QuotaPeriod::parse(&req.period).ok_or_else(|| {
+                    GatewayError::BadRequest {
+                        message: "`period` must be one of none, day, month".into(),
+                        param: Some("period".into()),
+                    }
+                })?;
+                self.blocking(move |a| {
+                    a.store.set_quota_period(tenant, period)?;
+                    a.refresh_keys()?;
+                    // The books now count the new period's spend, as the journal has it.
+                    let spend: Vec<(Account, i64)> = a
+                        .store
+                        .account_spend()?
+                        .into_iter()
+                        .filter(|(t, _, _)| *t == tenant)
+                        .map(|(_, acc, v)| (acc, v))
+                        .collect();
+                    a.ledger.restore_spend(tenant, &spend);
+                    Ok(())
+                })
+                .await?;
+                let now = crate::tenancy::unix_now() * 1000;
+                Ok(reply(
+                    200,
+                    json!({"tenant_id": tenant, "quota_period": period, "period_started_ms": period.start_ms(now)}),
+                ))
             }
             (&Method::PUT, ["tenants", t, "limits"]) => {
                 who.require_operator()?;

@@ -10,7 +10,8 @@
 //!   ledger entry there, exactly as in embedded mode.
 //!
 //! Buckets: a tenant's balance is bucket `tenant id` (positive). A key quota, user quota or
-//! group budget is a negative bucket id: `-(4 id + 1)`, `-(4 id + 2)`, `-(4 id + 3)`. A quota
+//! group budget is a negative bucket id: `-(4 id + 1)`, `-(4 id + 2)`, `-(4 id + 3)`, plus the
+//! quota period's index shifted left by 36 bits (each day or month is a bucket of its own). A quota
 //! bucket's balance is its limit minus what was spent under it; when an operator changes the
 //! limit, the first node to see the new key snapshot moves the bucket by the difference
 //! (`Bank::set_limit`, ordered by the snapshot generation so a stale node cannot undo it).
@@ -31,7 +32,7 @@
 use super::cluster::{Allowances, BankError, TenantTotals};
 use super::ledger::{Account, Refusal};
 use crate::tenancy::store::{Store, StoreError};
-use crate::tenancy::{ApiKey, TenantId};
+use crate::tenancy::{ApiKey, QuotaPeriod, TenantId};
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,14 +40,17 @@ use std::time::Duration;
 /// Most credit entries replayed per round.
 const REPLAY_BATCH: usize = 500;
 
-/// The Redis bucket of a tenant's balance (`None`) or of one of its limited accounts.
-pub fn bucket(tenant: TenantId, account: Option<Account>) -> i64 {
-    match account {
-        None => tenant.0,
-        Some(Account::Key(k)) => -(k.0 * 4 + 1),
-        Some(Account::User(u)) => -(u.0 * 4 + 2),
-        Some(Account::Group(g)) => -(g.0 * 4 + 3),
-    }
+/// The Redis bucket of a tenant's balance (`None`) or of one of its limited accounts in one
+/// quota period (`QuotaPeriod::index`; 0 for lifetime limits): a new period is a new bucket.
+/// Account ids must stay below 2^34 and period indexes below 2^24 (they are, by far).
+pub fn bucket(tenant: TenantId, account: Option<Account>, period: i64) -> i64 {
+    let base = match account {
+        None => return tenant.0,
+        Some(Account::Key(k)) => k.0 * 4 + 1,
+        Some(Account::User(u)) => u.0 * 4 + 2,
+        Some(Account::Group(g)) => g.0 * 4 + 3,
+    };
+    -(base + (period << 36))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,12 +136,17 @@ impl Fleet {
         account: Account,
         limit: i64,
         generation: i64,
+        period: QuotaPeriod,
     ) -> Result<i64, FleetError> {
-        let b = bucket(tenant, Some(account));
+        let now = crate::tenancy::unix_now() * 1000;
+        let b = bucket(tenant, Some(account), period.index(now));
         if self.ready.get(&b).is_some_and(|l| *l == limit) {
             return Ok(b);
         }
-        let spent = self.blocking(move |s| s.spent_by(tenant, account)).await?;
+        let since = period.start_ms(now);
+        let spent = self
+            .blocking(move |s| s.spent_by(tenant, account, since))
+            .await?;
         self.allowances
             .bank()
             .set_limit(b, limit, spent, generation)
@@ -166,7 +175,13 @@ impl Fleet {
         for (account, limit) in accounts {
             if let Some(limit) = limit {
                 let b = self
-                    .ensure_limit(key.tenant_id, *account, *limit, generation)
+                    .ensure_limit(
+                        key.tenant_id,
+                        *account,
+                        *limit,
+                        generation,
+                        key.quota_period,
+                    )
                     .await
                     .map_err(|e| unavailable(&e))?;
                 wanted.push((b, Some(*account)));

@@ -104,8 +104,22 @@ impl Account {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Spend {
+    /// Charged in the current quota period (the whole lifetime without a period).
     spent: i64,
     reserved: i64,
+    /// The quota period `spent` belongs to (`QuotaPeriod::index`); None: as recovered from the
+    /// journal, which summed the current period already.
+    period: Option<i64>,
+}
+
+impl Spend {
+    /// Start counting afresh when a new quota period began.
+    fn roll(&mut self, period: i64) {
+        if self.period.is_some_and(|p| p != period) {
+            self.spent = 0;
+        }
+        self.period = Some(period);
+    }
 }
 
 /// The accounts a key's calls touch, with their limits (None: unlimited, tracked only).
@@ -288,6 +302,10 @@ impl Ledger {
             });
         }
         let accounts = accounts_of(key);
+        let period = key.quota_period.index(now_ms());
+        for (account, _) in &accounts {
+            b.accounts.entry(*account).or_default().roll(period);
+        }
         for (account, limit) in &accounts {
             if let Some(limit) = limit {
                 let s = b.accounts.get(account).copied().unwrap_or_default();
@@ -362,11 +380,14 @@ impl Ledger {
     /// Embedded-mode settlement in the tenant's book; returns the amount charged.
     fn settle_in_book(&self, r: &Reservation, actual: i64, key: &ApiKey) -> i64 {
         let limits = accounts_of(key);
+        let period = key.quota_period.index(now_ms());
         let book = self.book(r.tenant);
         let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
         b.reserved -= r.amount;
         for a in &r.accounts {
-            b.accounts.entry(*a).or_default().reserved -= r.amount;
+            let s = b.accounts.entry(*a).or_default();
+            s.reserved -= r.amount;
+            s.roll(period);
         }
         // What is free once this call's own hold is released; the holds of other calls in
         // flight stay untouched so they can settle too.
@@ -384,6 +405,22 @@ impl Ledger {
             b.accounts.entry(*a).or_default().spent += charged;
         }
         charged
+    }
+
+    /// Replace a tenant's per-account spend with what the journal says for the current quota
+    /// period (after the tenant's quota period changed).
+    pub fn restore_spend(&self, tenant: TenantId, spend: &[(Account, i64)]) {
+        let book = self.book(tenant);
+        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+        for s in b.accounts.values_mut() {
+            s.spent = 0;
+            s.period = None;
+        }
+        for (a, v) in spend {
+            let s = b.accounts.entry(*a).or_default();
+            s.spent = *v;
+            s.period = None;
+        }
     }
 
     /// Apply a credit (or negative adjustment) that is already committed to the journal.
@@ -597,6 +634,21 @@ mod tests {
         let v = l.balance(key.tenant_id);
         assert_eq!(v.available, 0);
         invariant(v);
+    }
+
+    #[test]
+    fn a_new_quota_period_starts_from_zero_and_keeps_holds() {
+        let mut s = Spend {
+            spent: 900,
+            reserved: 40,
+            period: None,
+        };
+        s.roll(7); // as recovered: the journal already summed the current period
+        assert_eq!((s.spent, s.reserved), (900, 40));
+        s.roll(7);
+        assert_eq!(s.spent, 900);
+        s.roll(8); // a new day or month
+        assert_eq!((s.spent, s.reserved, s.period), (0, 40, Some(8)));
     }
 
     #[test]

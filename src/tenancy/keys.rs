@@ -116,6 +116,7 @@ mod tests {
                 group_id: None,
                 group_budget_nano: None,
                 user_disabled: false,
+                quota_period: Default::default(),
                 key_limits: Default::default(),
                 user_limits: Default::default(),
                 tenant_limits: Default::default(),

@@ -113,6 +113,9 @@ pub struct ApiKey {
     pub group_id: Option<GroupId>,
     pub group_budget_nano: Option<i64>,
     pub user_disabled: bool,
+    /// The tenant's quota period: key quotas, user quotas and department budgets count the
+    /// spend of the current period only.
+    pub quota_period: QuotaPeriod,
     pub key_limits: limits::Limits,
     pub user_limits: limits::Limits,
     pub tenant_limits: limits::Limits,
@@ -145,9 +148,141 @@ impl ApiKey {
     }
 }
 
+/// How often a tenant's quotas and budgets start again from zero (UTC calendar).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPeriod {
+    /// Lifetime limits (the default).
+    #[default]
+    None,
+    Day,
+    Month,
+}
+
+impl QuotaPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaPeriod::None => "none",
+            QuotaPeriod::Day => "day",
+            QuotaPeriod::Month => "month",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<QuotaPeriod> {
+        match s {
+            "none" => Some(QuotaPeriod::None),
+            "day" => Some(QuotaPeriod::Day),
+            "month" => Some(QuotaPeriod::Month),
+            _ => None,
+        }
+    }
+
+    /// The period containing `ms` (Unix milliseconds): 0 for lifetime limits, otherwise a number
+    /// that changes exactly when a new UTC day or month starts.
+    pub fn index(self, ms: i64) -> i64 {
+        let days = ms.div_euclid(86_400_000);
+        match self {
+            QuotaPeriod::None => 0,
+            QuotaPeriod::Day => days + 1,
+            QuotaPeriod::Month => {
+                let (y, m) = civil_year_month(days);
+                y * 12 + m
+            }
+        }
+    }
+
+    /// Start of the period containing `ms`, in Unix milliseconds (0 for lifetime limits).
+    pub fn start_ms(self, ms: i64) -> i64 {
+        let days = ms.div_euclid(86_400_000);
+        match self {
+            QuotaPeriod::None => 0,
+            QuotaPeriod::Day => days * 86_400_000,
+            QuotaPeriod::Month => {
+                let (y, m) = civil_year_month(days);
+                days_from_civil(y, m, 1) * 86_400_000
+            }
+        }
+    }
+}
+
+/// (year, month 1-12) of a day counted from 1970-01-01 (proleptic Gregorian calendar).
+fn civil_year_month(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m)
+}
+
+/// Days from 1970-01-01 to year-month-day.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod period_tests {
+    use super::QuotaPeriod;
+
+    fn ms(y: i64, m: i64, d: i64, h: i64) -> i64 {
+        (super::days_from_civil(y, m, d) * 24 + h) * 3_600_000
+    }
+
+    #[test]
+    fn periods_turn_at_utc_day_and_month_starts() {
+        // Leap day, year ends and a month of 31 days.
+        let cases = [
+            (ms(2024, 2, 29, 23), ms(2024, 3, 1, 0)),
+            (ms(2025, 12, 31, 23), ms(2026, 1, 1, 0)),
+            (ms(2026, 1, 31, 12), ms(2026, 2, 1, 0)),
+        ];
+        for (before, after) in cases {
+            assert_ne!(
+                QuotaPeriod::Month.index(before),
+                QuotaPeriod::Month.index(after)
+            );
+            assert_eq!(QuotaPeriod::Month.start_ms(after), after);
+            assert_ne!(
+                QuotaPeriod::Day.index(before),
+                QuotaPeriod::Day.index(after)
+            );
+            assert_eq!(
+                QuotaPeriod::None.index(before),
+                QuotaPeriod::None.index(after)
+            );
+        }
+        assert_eq!(
+            QuotaPeriod::Month.index(ms(2026, 11, 1, 0)),
+            QuotaPeriod::Month.index(ms(2026, 11, 30, 23))
+        );
+        assert_eq!(
+            QuotaPeriod::Month.start_ms(ms(2026, 11, 23, 20)),
+            ms(2026, 11, 1, 0)
+        );
+        assert_eq!(
+            QuotaPeriod::Day.start_ms(ms(2026, 11, 23, 20)),
+            ms(2026, 11, 23, 0)
+        );
+        // 2026-11-23 is 20,780 days after 1970-01-01.
+        assert_eq!(super::days_from_civil(2026, 11, 23), 20_780);
+        assert_eq!(super::civil_year_month(20_780), (2026, 11));
+    }
 }

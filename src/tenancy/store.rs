@@ -7,7 +7,9 @@
 
 use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use super::limits::Limits;
-use super::{unix_now, ApiKey, Group, GroupId, KeyId, Role, Tenant, TenantId, User, UserId};
+use super::{
+    unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
+};
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -221,6 +223,8 @@ const MIGRATIONS: &[&str] = &[
         GROUP BY 1, 2, 3, 4, 5;",
     // 8: cluster mode replays credit entries to Redis in sequence order
     "CREATE INDEX ledger_entries_credits ON ledger_entries(seq) WHERE kind != 'charge';",
+    // 9: quotas and budgets that start again every day or month
+    "ALTER TABLE tenants ADD COLUMN quota_period TEXT NOT NULL DEFAULT 'none';",
 ];
 
 /// A credit entry (anything but a charge) with its journal sequence number.
@@ -590,7 +594,7 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period";
     const KEY_FROM: &'static str = "api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -617,6 +621,7 @@ impl Store {
             key_limits: limits_at(r, 17)?,
             user_limits: limits_at(r, 19)?,
             tenant_limits: limits_at(r, 21)?,
+            quota_period: QuotaPeriod::parse(&r.get::<_, String>(23)?).unwrap_or_default(),
         })
     }
 
@@ -700,7 +705,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(23)?;
+                let hash: Vec<u8> = r.get(24)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -1324,6 +1329,25 @@ impl Store {
         Ok((user, token))
     }
 
+    /// Set how often the tenant's quotas and budgets start again.
+    pub fn set_quota_period(
+        &self,
+        tenant: TenantId,
+        period: QuotaPeriod,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE tenants SET quota_period = ?2 WHERE id = ?1",
+                params![tenant.0, period.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+            }
+            Store::bump_generation(c)?;
+            Ok(())
+        })
+    }
+
     /// Set the rate limits of a tenant or a user (None clears a limit).
     pub fn set_limits(&self, subject: LimitSubject, limits: Limits) -> Result<(), StoreError> {
         let (table, id) = match subject {
@@ -1485,8 +1509,13 @@ impl Store {
         })
     }
 
-    /// One key's, user's or group's charges so far.
-    pub fn spent_by(&self, tenant: TenantId, account: Account) -> Result<i64, StoreError> {
+    /// One key's, user's or group's charges since `since_ms`.
+    pub fn spent_by(
+        &self,
+        tenant: TenantId,
+        account: Account,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
         let (col, id) = match account {
             Account::Key(k) => ("key_id", k.0),
             Account::User(u) => ("user_id", u.0),
@@ -1494,9 +1523,9 @@ impl Store {
         };
         let sql = format!(
             "SELECT COALESCE(-SUM(amount), 0) FROM ledger_entries
-             WHERE tenant_id = ?1 AND kind = 'charge' AND {col} = ?2"
+             WHERE tenant_id = ?1 AND kind = 'charge' AND {col} = ?2 AND created_ms >= ?3"
         );
-        self.with(|c| Ok(c.query_row(&sql, params![tenant.0, id], |r| r.get(0))?))
+        self.with(|c| Ok(c.query_row(&sql, params![tenant.0, id, since_ms], |r| r.get(0))?))
     }
 
     /// Per key, user and group: the sum of their charges.
@@ -1509,14 +1538,25 @@ impl Store {
                 ("group_id", |v| Account::Group(GroupId(v))),
             ];
             for (col, make) in kinds {
+                // Only the current period's charges count for tenants with a quota period
+                // (the same UTC boundaries as `QuotaPeriod::start_ms`).
                 let sql = format!(
-                    "SELECT tenant_id, {col}, -SUM(amount) FROM ledger_entries
-                     WHERE kind = 'charge' AND {col} IS NOT NULL GROUP BY tenant_id, {col}"
+                    "SELECT l.tenant_id, l.{col}, -SUM(l.amount) FROM ledger_entries l
+                     JOIN tenants t ON t.id = l.tenant_id
+                     WHERE l.kind = 'charge' AND l.{col} IS NOT NULL
+                       AND l.created_ms >= CASE t.quota_period
+                           WHEN 'month' THEN ?1 WHEN 'day' THEN ?2 ELSE 0 END
+                     GROUP BY l.tenant_id, l.{col}"
                 );
                 let mut st = c.prepare(&sql)?;
-                let rows = st.query_map([], |r| {
-                    Ok((TenantId(r.get(0)?), make(r.get(1)?), r.get(2)?))
-                })?;
+                let now = unix_now_ms();
+                let rows = st.query_map(
+                    params![
+                        QuotaPeriod::Month.start_ms(now),
+                        QuotaPeriod::Day.start_ms(now)
+                    ],
+                    |r| Ok((TenantId(r.get(0)?), make(r.get(1)?), r.get(2)?)),
+                )?;
                 for row in rows {
                     out.push(row?);
                 }
@@ -1914,6 +1954,62 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quota_periods_count_only_the_current_period() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        let (k, _) = s
+            .create_key(&NewKey {
+                tenant_id: t.id,
+                name: "q".into(),
+                default_channel: "main".into(),
+                allowed_channels: vec![],
+                allowed_models: vec![],
+                expires_at: None,
+                quota_nano: Some(1_000),
+                user_id: None,
+                limits: Limits::default(),
+            })
+            .unwrap();
+        let now = unix_now_ms();
+        let month_start = QuotaPeriod::Month.start_ms(now);
+        let charge = |id: &str, amount: i64, at: i64| LedgerEntry {
+            id: id.into(),
+            tenant_id: t.id,
+            kind: EntryKind::Charge,
+            amount: -amount,
+            key_id: Some(k.id),
+            user_id: None,
+            group_id: None,
+            request_id: None,
+            actor: None,
+            note: None,
+            uncollected: 0,
+            created_ms: at,
+        };
+        s.insert_ledger_entries(&[
+            charge("charge:old", 700, month_start - 1),
+            charge("charge:new", 50, now),
+        ])
+        .unwrap();
+        let spend = |s: &Store| {
+            s.account_spend()
+                .unwrap()
+                .into_iter()
+                .find(|(_, a, _)| *a == Account::Key(k.id))
+                .map(|(_, _, v)| v)
+        };
+        assert_eq!(spend(&s), Some(750), "lifetime by default");
+        s.set_quota_period(t.id, QuotaPeriod::Month).unwrap();
+        assert_eq!(spend(&s), Some(50), "this month only");
+        assert_eq!(s.get_key(k.id).unwrap().quota_period, QuotaPeriod::Month);
+        assert_eq!(
+            s.spent_by(t.id, Account::Key(k.id), month_start).unwrap(),
+            50
+        );
+        assert_eq!(s.spent_by(t.id, Account::Key(k.id), 0).unwrap(), 750);
+    }
 
     #[test]
     fn tenants_keys_and_generation() {
