@@ -263,6 +263,8 @@ pub struct Config {
     pub channels: Vec<Arc<Channel>>,
     channel_index: HashMap<String, Arc<Channel>>,
     pub billing: BillingSettings,
+    /// The complexity router (`model: "auto"`), when the file has a `[router]` section.
+    pub router: Option<Arc<crate::router::RouterSettings>>,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -320,6 +322,7 @@ impl Config {
             billing,
             models,
             channels,
+            router,
         } = file;
         let mut warnings = Vec::new();
 
@@ -438,6 +441,19 @@ impl Config {
         if channel_list.is_empty() {
             return Err(invalid("channels", "at least one channel is required"));
         }
+        let router = match router {
+            Some(section) => Some(Arc::new(crate::router::build_router(
+                section,
+                &|name| {
+                    model_index
+                        .get(name)
+                        .filter(|m| m.kind == ModelKind::Chat)
+                        .map(|m| (m.name.clone(), m.context_window))
+                },
+                &|name| channel_index.contains_key(name),
+            )?)),
+            None => None,
+        };
 
         Ok(Config {
             server,
@@ -448,6 +464,7 @@ impl Config {
             channels: channel_list,
             channel_index,
             billing,
+            router,
             warnings,
         })
     }
