@@ -328,6 +328,14 @@ def main():
         table.append((name, len(part), "complexity-v1", metrics(sc, wk, st)))
         table.append((name, len(part), "prompt length", metrics(length_scores(reqs), wk, st)))
         table.append((name, len(part), "random (mean of 50)", random_metrics(wk, st)))
+        if name == "held-out random":
+            # Not a router (the subject is unknown at inference): the mean gain of each
+            # subject on the training split, a reference for how much topic alone explains.
+            gain = {}
+            for r in train:
+                gain.setdefault(r["subject"], []).append(r["strong"] - r["weak"])
+            ref = np.array([np.mean(gain[r["subject"]]) for r in part])
+            table.append((name, len(part), "reference: subject mean gain (oracle topic)", metrics(ref, wk, st)))
         mask = np.array([r["subject"] not in LABEL_ARTIFACT_SUBJECTS for r in part])
         if not mask.all():
             extra.append(
