@@ -186,6 +186,24 @@ def random_metrics(weak, strong, reps=50):
     return {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
 
 
+def bootstrap_apgr(router, length, weak, strong, reps=200):
+    """95% percentile intervals of APGR (router, length baseline) over seeded resamples of the
+    prompts, and the share of resamples where the router beats the length baseline."""
+    rng = np.random.default_rng(SEED)
+    n = len(router)
+    a, b = [], []
+    for _ in range(reps):
+        idx = rng.integers(0, n, n)
+        a.append(metrics(router[idx], weak[idx], strong[idx])["apgr"])
+        b.append(metrics(length[idx], weak[idx], strong[idx])["apgr"])
+    a, b = np.array(a), np.array(b)
+    return (
+        (float(np.quantile(a, 0.025)), float(np.quantile(a, 0.975))),
+        (float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))),
+        float((a > b).mean()),
+    )
+
+
 def auc(scores, y):
     scores = np.asarray(scores)
     y = np.asarray(y)
@@ -320,12 +338,21 @@ def main():
 
     table = []
     extra = []
+    intervals = [
+        "| set | router APGR, 95% interval | length APGR, 95% interval | resamples where router > length |",
+        "|---|---|---|---:|",
+    ]
     for name, part in (("held-out random", held), ("held-out subjects", held_subj_rows)):
         reqs = [req_of(r["prompt"]) for r in part]
         wk = np.array([r["weak"] for r in part], dtype=float)
         st = np.array([r["strong"] for r in part], dtype=float)
         sc = model_scores(model, reqs)
         table.append((name, len(part), "complexity-v1", metrics(sc, wk, st)))
+        boot = bootstrap_apgr(sc, length_scores(reqs), wk, st)
+        intervals.append(
+            f"| {name} | {boot[0][0]:.3f} to {boot[0][1]:.3f} | {boot[1][0]:.3f} to {boot[1][1]:.3f} "
+            f"| {boot[2]*100:.1f}% |"
+        )
         table.append((name, len(part), "prompt length", metrics(length_scores(reqs), wk, st)))
         table.append((name, len(part), "random (mean of 50)", random_metrics(wk, st)))
         if name == "held-out random":
@@ -338,15 +365,17 @@ def main():
             table.append((name, len(part), "reference: subject mean gain (oracle topic)", metrics(ref, wk, st)))
         mask = np.array([r["subject"] not in LABEL_ARTIFACT_SUBJECTS for r in part])
         if not mask.all():
+            sub = name + " without high_school_mathematics"
+            extra.append((sub, int(mask.sum()), "complexity-v1", metrics(sc[mask], wk[mask], st[mask])))
             extra.append(
-                (
-                    name + " without high_school_mathematics",
-                    int(mask.sum()),
-                    "complexity-v1",
-                    metrics(sc[mask], wk[mask], st[mask]),
-                )
+                (sub, int(mask.sum()), "prompt length", metrics(length_scores(reqs)[mask], wk[mask], st[mask]))
             )
+            if name == "held-out random":
+                extra.append(
+                    (sub, int(mask.sum()), "reference: subject mean gain (oracle topic)", metrics(ref[mask], wk[mask], st[mask]))
+                )
     print(fmt_table(table + extra))
+    print("\n".join(intervals))
 
     # Open-ended chat: hand-written easy / hard prompts (no correctness labels).
     chat_lines = [
@@ -387,7 +416,7 @@ def main():
 
     if args.no_write:
         return
-    report = "\n\n".join([fmt_table(table), fmt_table(extra) if extra else "", "\n".join(chat_lines), "\n".join(share_lines)])
+    report = "\n\n".join([fmt_table(table), "\n".join(intervals), fmt_table(extra) if extra else "", "\n".join(chat_lines), "\n".join(share_lines)])
     with open(REPORT_OUT, "w", encoding="utf-8") as f:
         f.write(report + "\n")
     if not args.eval_only:
