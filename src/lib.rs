@@ -2,8 +2,9 @@
 //!
 //! Layout follows the architecture (docs/architecture.md): `proxy` is the thin `ProxyHttp`
 //! implementation, `routing` chooses upstreams, `router` chooses the model tier of `auto`
-//! (docs/routing.md), `protocol` speaks the vendors' wire formats, `billing` meters, `tenancy` holds tenants and keys, `admin` is the control plane, `config`
-//! loads and reloads the files in conf/.
+//! (docs/routing.md), `protocol` speaks the vendors' wire formats, `billing` meters, `tenancy`
+//! holds tenants and keys, `admin` is the control plane, `config` loads and reloads the files
+//! in conf/.
 
 pub mod admin;
 pub mod app;
