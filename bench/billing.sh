@@ -10,7 +10,8 @@
 #   embedded  the default: holds and settlements in process, journal in SQLite
 #   cluster   [cluster] on the local redis: balances leased from Redis, charges flushed in batches
 # Each mode serves non-streamed chat completions at saturation (wrk -t1 -c32), repetitions
-# interleaved across modes; the report gives medians, the ratio to `off`, and for cluster mode
+# interleaved across modes (order rotated every repetition); CPU time of the gateway process per
+# request is read from /proc; the report gives medians, the ratio to `off`, and for cluster mode
 # the Redis commands executed per request (INFO commandstats, all commands, scripts included).
 set -euo pipefail
 
@@ -101,26 +102,34 @@ redis_cmds() {
 
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
+MODES=(off embedded cluster)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for rep in $(seq "$REPS"); do
-  for mode in off embedded cluster; do
+  # rotate the order every repetition, so no mode always runs first or last
+  for k in 0 1 2; do
+    mode=${MODES[$(( (k + rep) % 3 ))]}
     start_mode "$mode"
     # warm-up (also leases the first allowance in cluster mode)
     BENCH_STREAM=0 BENCH_OUT=$WORK/warm.json taskset -c 0 \
       wrk -t1 -c"$CONNS" -d2s -s "$BENCH_DIR/chat.lua" "http://127.0.0.1:$TG_PORT" >/dev/null 2>&1
     before=$(redis_cmds)
+    ticks0=$(cpu_ticks "$TG_PID")
     out=$WORK/$mode-$rep.json
     BENCH_STREAM=0 BENCH_OUT=$out taskset -c 0 \
       wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$BENCH_DIR/chat.lua" \
       "http://127.0.0.1:$TG_PORT" >"${out%.json}.txt" 2>&1
     after=$(redis_cmds)
+    ticks1=$(cpu_ticks "$TG_PID")
     grep -q 'Non-2xx\|Socket errors' "${out%.json}.txt" && { cat "${out%.json}.txt"; die "$mode: errors"; }
-    python3 - "$out" "$mode" "$rep" $((after - before)) >>"$RESULTS" <<'EOF'
+    python3 - "$out" "$mode" "$rep" $((after - before)) $((ticks1 - ticks0)) "$(getconf CLK_TCK)" >>"$RESULTS" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 rps = r["requests"] / (r["duration_us"] / 1e6)
+cpu_us = int(sys.argv[5]) / int(sys.argv[6]) * 1e6 / r["requests"]
 print(json.dumps({"mode": sys.argv[2], "rep": int(sys.argv[3]), "rps": rps,
                   "requests": r["requests"], "p50_us": r["latency_us"]["p50"],
-                  "p99_us": r["latency_us"]["p99"], "redis_cmds": int(sys.argv[4])}))
+                  "p99_us": r["latency_us"]["p99"], "redis_cmds": int(sys.argv[4]),
+                  "cpu_us_per_req": cpu_us}))
 EOF
     log "$mode rep $rep: $(tail -1 "$RESULTS")"
     stop_mode
@@ -132,10 +141,12 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda m, k: statistics.median(r[k] for r in rows if r["mode"] == m)
 base = med("off", "rps")
-print("| mode | req/s (median) | vs billing off | p50 µs | p99 µs | Redis commands / request |")
-print("|---|---|---|---|---|---|")
+cbase = med("off", "cpu_us_per_req")
+print("| mode | req/s (median) | vs billing off | CPU µs/request | vs billing off | p50 µs | p99 µs | Redis commands / request |")
+print("|---|---|---|---|---|---|---|---|")
 for m in ("off", "embedded", "cluster"):
     per = statistics.median(r["redis_cmds"] / r["requests"] for r in rows if r["mode"] == m)
-    print(f"| {m} | {med(m, 'rps'):,.0f} | {med(m, 'rps') / base:.3f} | {med(m, 'p50_us'):.0f} | "
-          f"{med(m, 'p99_us'):.0f} | {per:.4f} |")
+    cpu = med(m, "cpu_us_per_req")
+    print(f"| {m} | {med(m, 'rps'):,.0f} | {med(m, 'rps') / base:.3f} | {cpu:.1f} | {cpu / cbase:.3f} | "
+          f"{med(m, 'p50_us'):.0f} | {med(m, 'p99_us'):.0f} | {per:.4f} |")
 EOF

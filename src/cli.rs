@@ -1,4 +1,4 @@
-//! Command line: `run`, `demo`, `check-config`, `keys`, `tenants`, `mock-vendor`.
+//! Command line: `run`, `demo`, `check-config`, `keys`, `tenants`, `router`, `mock-vendor`.
 
 use crate::config::{Config, LogFormat};
 use crate::routing::upstream::UpstreamStates;
@@ -57,6 +57,11 @@ enum Command {
         action: TenantsAction,
         #[command(flatten)]
         target: StoreTarget,
+    },
+    /// The complexity router behind `model: "auto"` (docs/routing.md).
+    Router {
+        #[command(subcommand)]
+        action: RouterAction,
     },
     /// A bare Pingora pass-through proxy (the benchmark's baseline; no gateway logic).
     #[command(hide = true)]
@@ -118,6 +123,36 @@ enum KeysAction {
     },
     Revoke {
         id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouterAction {
+    /// Read OpenAI chat request bodies (JSON lines with an `id`) on stdin; write
+    /// `{"id", "score", "tier", "model", "reason"}` per line, through the gateway's decision code.
+    Score {
+        /// Model file (default conf/router/complexity-v1.json, or the configuration's).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// cheap, balanced or quality (default: balanced, or the configuration's).
+        #[arg(long)]
+        mode: Option<String>,
+        /// Take tiers, rules and the model from this configuration's [router] section.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Time `decide` over the requests on stdin plus huge synthetic prompts (p50/p99).
+    #[command(hide = true)]
+    Bench {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Synthetic prompts of 1 to 8 MB added to the input.
+        #[arg(long, default_value_t = 16)]
+        huge: usize,
     },
 }
 
@@ -222,6 +257,30 @@ pub fn main() -> i32 {
                 Ok(())
             }
         }),
+        Command::Router { action } => {
+            let (config, model, mode) = match &action {
+                RouterAction::Score {
+                    model,
+                    mode,
+                    config,
+                } => (config, model, mode.as_deref()),
+                RouterAction::Bench { model, config, .. } => (config, model, None),
+            };
+            let (model, policy) =
+                match crate::router::cli::load(config.as_deref(), model.as_deref(), mode) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return 2;
+                    }
+                };
+            match action {
+                RouterAction::Score { .. } => crate::router::cli::run_score(&model, &policy),
+                RouterAction::Bench { rounds, huge, .. } => {
+                    crate::router::cli::run_bench(&model, &policy, rounds, huge)
+                }
+            }
+        }
         Command::Passthrough {
             listen,
             upstream,

@@ -265,6 +265,8 @@ pub struct Config {
     pub billing: BillingSettings,
     /// Cluster mode (Redis-backed shared balances); `None`: embedded mode. Read at start only.
     pub cluster: Option<ClusterSettings>,
+    /// The complexity router (`model: "auto"`), when the file has a `[router]` section.
+    pub router: Option<Arc<crate::router::RouterSettings>>,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -323,6 +325,7 @@ impl Config {
             cluster,
             models,
             channels,
+            router,
         } = file;
         let mut warnings = Vec::new();
 
@@ -447,6 +450,19 @@ impl Config {
         if channel_list.is_empty() {
             return Err(invalid("channels", "at least one channel is required"));
         }
+        let router = match router {
+            Some(section) => Some(Arc::new(crate::router::build_router(
+                section,
+                &|name| {
+                    model_index
+                        .get(name)
+                        .filter(|m| m.kind == ModelKind::Chat)
+                        .map(|m| (m.name.clone(), m.context_window))
+                },
+                &|name| channel_index.contains_key(name),
+            )?)),
+            None => None,
+        };
 
         Ok(Config {
             server,
@@ -461,6 +477,7 @@ impl Config {
                 Some(c) => Some(build_cluster(c, &listen_port, env)?),
                 None => None,
             },
+            router,
             warnings,
         })
     }

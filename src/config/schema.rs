@@ -3,7 +3,7 @@
 //! silently disables a setting.
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub channels: Vec<ChannelSection>,
+    /// The complexity router behind `model: "auto"` (docs/routing.md); absent: no `auto`.
+    #[serde(default)]
+    pub router: Option<RouterSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +336,66 @@ pub struct UpstreamSection {
     /// Gateway model name -> the upstream's own model name.
     #[serde(default)]
     pub model_map: BTreeMap<String, String>,
+}
+
+/// `[router]`: tiers for `model: "auto"` and how requests are spread over them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// The complexity model (JSON written by scripts/router/train.py), relative to the
+    /// working directory.
+    #[serde(default = "d_router_model")]
+    pub model_file: String,
+    /// Mode of plain `auto`: "cheap" (~20% strong), "balanced" (~50%) or "quality" (~80%).
+    #[serde(default = "d_router_mode")]
+    pub default_mode: String,
+    /// Tier used when the router fails (default: the last, strongest tier).
+    #[serde(default)]
+    pub fallback_tier: Option<String>,
+    /// Let callers raise the tier with the `x-tollgate-tier` header or `tollgate_tier` field.
+    #[serde(default)]
+    pub allow_hints: bool,
+    /// Requests with more tools than this go to the strong tier.
+    #[serde(default = "d_max_light_tools")]
+    pub max_light_tools: usize,
+    /// Conversations remembered as escalated (0 disables stickiness).
+    #[serde(default = "d_sticky_capacity")]
+    pub sticky_capacity: usize,
+    /// How long an escalated conversation stays on its tier after its last request.
+    #[serde(default = "d_sticky_ttl")]
+    pub sticky_ttl_seconds: u64,
+    /// Cheapest first: `[[router.tiers]]` name = "light" ..., then name = "strong" ...
+    pub tiers: Vec<TierSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSection {
+    pub name: String,
+    /// A configured chat model (name or alias).
+    pub model: String,
+    /// Route through this channel instead of the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Context window in tokens (default: the model's `context_window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<u64>,
+}
+
+fn d_router_model() -> String {
+    "conf/router/complexity-v1.json".into()
+}
+fn d_router_mode() -> String {
+    "balanced".into()
+}
+fn d_max_light_tools() -> usize {
+    8
+}
+fn d_sticky_capacity() -> usize {
+    100_000
+}
+fn d_sticky_ttl() -> u64 {
+    3_600
 }
 
 fn default_listen() -> String {
