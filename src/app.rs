@@ -24,6 +24,17 @@ pub struct App {
     pub admin_token: Option<String>,
     generation: AtomicU64,
     reload_error: ArcSwap<Option<String>>,
+    /// Conversations the complexity router escalated (service-wide; sized at start).
+    pub sticky: crate::router::StickyMap,
+    /// Tenants' router policies with their override applied, per configuration generation.
+    pub route_policies: dashmap::DashMap<
+        crate::tenancy::TenantId,
+        (
+            u64,
+            Arc<crate::router::TenantRouterOverride>,
+            Arc<crate::router::RoutePolicy>,
+        ),
+    >,
 }
 
 impl App {
@@ -36,7 +47,13 @@ impl App {
         ledger: Arc<crate::billing::ledger::Ledger>,
         admin_token: Option<String>,
     ) -> Arc<App> {
+        let sticky = match config.router.as_deref() {
+            Some(r) => crate::router::StickyMap::new(r.sticky_capacity, r.sticky_ttl),
+            None => crate::router::StickyMap::new(100_000, std::time::Duration::from_secs(3600)),
+        };
         let app = Arc::new(App {
+            sticky,
+            route_policies: dashmap::DashMap::new(),
             config: ArcSwap::from_pointee(config),
             config_path,
             states,

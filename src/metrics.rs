@@ -28,6 +28,10 @@ pub struct Metrics {
     pub gateway_overhead: Histogram,
     pub ledger_entries_written: IntCounter,
     pub uncollected: IntCounter,
+    /// Complexity-router decisions by tier and reason (`model: "auto"`).
+    pub router_decisions: IntCounterVec,
+    /// Router failures (the request went to the fallback tier).
+    pub router_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -142,6 +146,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(ledger_entries_written.clone()))?;
     registry.register(Box::new(uncollected.clone()))?;
+    let router_decisions = IntCounterVec::new(
+        Opts::new(
+            "tollgate_router_decisions_total",
+            "Requests for model auto routed, by tier and reason",
+        ),
+        &["tier", "reason"],
+    )?;
+    let router_errors = IntCounter::new(
+        "tollgate_router_errors_total",
+        "Router failures: the request went to the fallback tier",
+    )?;
+    registry.register(Box::new(router_decisions.clone()))?;
+    registry.register(Box::new(router_errors.clone()))?;
     Ok(Metrics {
         registry,
         requests,
@@ -160,6 +177,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         gateway_overhead,
         ledger_entries_written,
         uncollected,
+        router_decisions,
+        router_errors,
     })
 }
 

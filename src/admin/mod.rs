@@ -329,6 +329,27 @@ fn balance_json(tenant: TenantId, v: BalanceView) -> serde_json::Value {
     })
 }
 
+/// Chat models by name or alias, with their context window, for router policies.
+fn router_models(
+    cfg: &crate::config::Config,
+) -> impl Fn(&str) -> Option<(String, Option<u64>)> + '_ {
+    move |name: &str| {
+        cfg.model(name)
+            .filter(|m| m.kind == crate::config::ModelKind::Chat)
+            .map(|m| (m.name.clone(), m.context_window))
+    }
+}
+
+fn policy_json(p: &crate::router::RoutePolicy) -> serde_json::Value {
+    json!({
+        "tiers": p.tiers.iter().map(|t| json!({"name": t.name, "model": t.model, "channel": t.channel, "context_tokens": t.context_tokens})).collect::<Vec<_>>(),
+        "default_mode": p.default_mode.as_str(),
+        "fallback_tier": p.tiers.get(p.fallback_tier).map(|t| t.name.clone()),
+        "allow_hints": p.allow_hints,
+        "max_light_tools": p.max_light_tools,
+    })
+}
+
 fn positive_nano(credits: Decimal, field: &str) -> Result<i64, GatewayError> {
     match pricing::to_nano(credits) {
         Some(n) if n > 0 => Ok(n),
@@ -1006,6 +1027,117 @@ impl AdminApi {
                     })
                     .collect();
                 Ok(reply(200, json!({"from": from, "to": to, "data": data})))
+            }
+            (&Method::GET, ["tenants", t, "router"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+                let stored = self
+                    .blocking(move |a| a.store.router_override(tenant))
+                    .await?;
+                let cfg = self.app.config();
+                let o: Option<crate::router::TenantRouterOverride> =
+                    stored.as_deref().and_then(|j| serde_json::from_str(j).ok());
+                let effective = cfg.router.as_deref().map(|r| {
+                    let policy = match o.as_ref() {
+                        Some(o) => r
+                            .policy
+                            .with_override(o, &router_models(&cfg), &|c: &str| {
+                                cfg.channel(c).is_some()
+                            })
+                            .map(Arc::new)
+                            .unwrap_or_else(|_| r.policy.clone()),
+                        None => r.policy.clone(),
+                    };
+                    policy_json(&policy)
+                });
+                Ok(reply(
+                    200,
+                    json!({"tenant_id": tenant, "override": o, "effective": effective}),
+                ))
+            }
+            (&Method::PUT, ["tenants", t, "router"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                let o: crate::router::TenantRouterOverride = Self::read_json(session).await?;
+                let cfg = self.app.config();
+                let Some(r) = cfg.router.as_deref() else {
+                    return Err(GatewayError::bad_request(
+                        "The complexity router is not configured on this gateway ([router] section).",
+                    ));
+                };
+                let policy = r
+                    .policy
+                    .with_override(&o, &router_models(&cfg), &|c: &str| {
+                        cfg.channel(c).is_some()
+                    })
+                    .map_err(|e| {
+                        GatewayError::bad_request(format!("Invalid router override: {e}"))
+                    })?;
+                let text =
+                    serde_json::to_string(&o).map_err(|e| GatewayError::Internal(e.to_string()))?;
+                self.blocking(move |a| {
+                    a.store.set_router_override(tenant, Some(&text))?;
+                    a.refresh_keys().map(|_| ())
+                })
+                .await?;
+                Ok(reply(
+                    200,
+                    json!({"tenant_id": tenant, "override": o, "effective": policy_json(&policy)}),
+                ))
+            }
+            (&Method::DELETE, ["tenants", t, "router"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin])?;
+                self.blocking(move |a| {
+                    a.store.set_router_override(tenant, None)?;
+                    a.refresh_keys().map(|_| ())
+                })
+                .await?;
+                Ok(reply(200, json!({"tenant_id": tenant, "override": null})))
+            }
+            (&Method::GET, ["tenants", t, "routing"]) => {
+                let tenant = self.tenant(t).await?;
+                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+                let now = crate::tenancy::unix_now();
+                let time = |name: &str, default: i64| -> Result<i64, GatewayError> {
+                    match query_param(query.as_deref(), name) {
+                        None => Ok(default),
+                        Some(v) => v.parse::<i64>().map_err(|_| GatewayError::BadRequest {
+                            message: format!("`{name}` must be a unix timestamp in seconds"),
+                            param: Some(name.into()),
+                        }),
+                    }
+                };
+                let (from, to) = (time("from", now - 30 * 86_400)?, time("to", now + 1)?);
+                if to <= from {
+                    return Err(GatewayError::bad_request("`to` must be after `from`"));
+                }
+                let rows = self
+                    .blocking(move |a| a.store.routing_savings(tenant, from * 1000, to * 1000))
+                    .await?;
+                let (cost, baseline, calls) = rows.iter().fold((0i64, 0i64, 0i64), |acc, r| {
+                    (
+                        acc.0 + r.cost_nano,
+                        acc.1 + r.baseline_cost_nano,
+                        acc.2 + r.calls,
+                    )
+                });
+                let tiers: Vec<_> = rows
+                    .iter()
+                    .map(|r| json!({"tier": r.tier, "calls": r.calls, "cost": credits_json(r.cost_nano), "baseline_cost": credits_json(r.baseline_cost_nano), "nano": r}))
+                    .collect();
+                Ok(reply(
+                    200,
+                    json!({
+                        "tenant_id": tenant, "from": from, "to": to,
+                        "routed_calls": calls,
+                        "cost": credits_json(cost),
+                        "strong_tier_cost": credits_json(baseline),
+                        "saved": credits_json(baseline - cost),
+                        "saved_share": if baseline > 0 { (baseline - cost) as f64 / baseline as f64 } else { 0.0 },
+                        "by_tier": tiers,
+                    }),
+                ))
             }
             (&Method::PUT, ["tenants", t, "quota-period"]) => {
                 let tenant = self.tenant(t).await?;

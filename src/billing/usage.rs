@@ -37,6 +37,12 @@ pub struct UsageEvent {
     pub ttft_ms: Option<u64>,
     /// What the call was charged, in nano-credits.
     pub cost_nano: i64,
+    /// `model: "auto"` calls: the tier the router chose, why, and the score.
+    pub route_tier: Option<String>,
+    pub route_reason: Option<String>,
+    pub route_score: Option<f32>,
+    /// `model: "auto"` calls: what the same tokens would have cost on the strongest tier.
+    pub baseline_cost_nano: Option<i64>,
 }
 
 /// The producer side, cloned into the data plane.

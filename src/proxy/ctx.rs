@@ -76,6 +76,8 @@ pub struct RequestCtx {
     /// Credit held for this call until `logging` settles it.
     pub reservation: Option<crate::billing::ledger::Reservation>,
     pub cost_nano: i64,
+    /// What the complexity router decided, for `model: "auto"` requests.
+    pub route: Option<super::autoroute::RouteNote>,
 }
 
 impl RequestCtx {
@@ -87,6 +89,7 @@ impl RequestCtx {
             config: None,
             key: None,
             model_requested: None,
+            route: None,
             model: None,
             channel: None,
             stream: false,

@@ -15,6 +15,7 @@
 //!    a stream ends without its terminator.
 //! 6. `logging`: settle the attempt, emit the usage event and metrics.
 
+pub mod autoroute;
 pub mod body;
 pub mod ctx;
 pub mod usage;
@@ -185,7 +186,7 @@ impl Gateway {
         // least one byte, and real text averages 3-4 bytes a token, so half the body's bytes is
         // a generous bound that costs nothing to compute (no tokenizer on the request path).
         let mut prompt_bound = raw.len() as u64 / 2 + 64;
-        let (obj, model_name, wanted_kind, max_output) = match endpoint {
+        let (mut obj, mut model_name, wanted_kind, max_output) = match endpoint {
             Endpoint::Chat => {
                 let (obj, info) = openai::parse_chat_request(&raw)?;
                 ctx.stream = info.stream;
@@ -208,6 +209,30 @@ impl Gateway {
         };
         drop(raw);
         ctx.model_requested = Some(model_name.clone());
+        let mut channel = channel;
+        if endpoint == Endpoint::Chat {
+            if let Some(mode) = crate::router::parse_auto_model(&model_name) {
+                let hint = session
+                    .get_header(crate::router::HINT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let (routed, tier_channel, note) = autoroute::route(
+                    &self.app,
+                    &cfg,
+                    &key,
+                    hint.as_deref(),
+                    &mut obj,
+                    mode,
+                    &channel,
+                )?;
+                model_name = routed;
+                if let Some(c) = tier_channel {
+                    channel = c;
+                    ctx.channel = Some(channel.clone());
+                }
+                ctx.route = Some(note);
+            }
+        }
         let model = cfg.model(&model_name).cloned().ok_or_else(|| {
             GatewayError::ModelNotFound(format!(
                 "The model `{model_name}` does not exist or you do not have access to it."
@@ -772,6 +797,15 @@ impl ProxyHttp for Gateway {
         resp.insert_header("x-request-id", &ctx.request_id)?;
         if let Some(c) = ctx.channel.as_ref() {
             resp.insert_header("x-tollgate-channel", &c.name)?;
+        }
+        if let Some(r) = ctx.route.as_ref() {
+            resp.insert_header("x-tollgate-route-model", &r.model)?;
+            resp.insert_header("x-tollgate-route-tier", &r.tier)?;
+            resp.insert_header("x-tollgate-route-reason", r.reason)?;
+            resp.insert_header("x-tollgate-route-mode", r.mode)?;
+            if let Some(score) = r.score {
+                resp.insert_header("x-tollgate-route-score", format!("{score:.4}"))?;
+            }
         }
         if !ctx.stream {
             ctx.first_token_at = Some(Instant::now());

@@ -218,5 +218,27 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         latency_ms: latency.as_millis() as u64,
         ttft_ms: ttft.map(|t| t.as_millis() as u64),
         cost_nano: ctx.cost_nano,
+        route_tier: ctx.route.as_ref().map(|r| r.tier.clone()),
+        route_reason: ctx.route.as_ref().map(|r| r.reason.to_string()),
+        route_score: ctx.route.as_ref().and_then(|r| r.score),
+        baseline_cost_nano: baseline_cost(ctx, &usage),
     });
+}
+
+/// `model: "auto"` calls: what the same tokens would have cost on the strongest tier (for the
+/// savings report). None when the strong tier's model has no price.
+fn baseline_cost(ctx: &RequestCtx, usage: &Usage) -> Option<i64> {
+    let r = ctx.route.as_ref()?;
+    let (m, c, cfg) = (
+        r.baseline_model.as_ref()?,
+        r.baseline_channel.as_ref()?,
+        ctx.config.as_ref()?,
+    );
+    pricing::cost_nano(
+        m,
+        c,
+        cfg.billing.credits_per_rmb,
+        &TokenCounts::from_usage(usage),
+    )
+    .ok()
 }

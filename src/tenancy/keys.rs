@@ -117,6 +117,7 @@ mod tests {
                 group_budget_nano: None,
                 user_disabled: false,
                 quota_period: Default::default(),
+                router_override: None,
                 key_limits: Default::default(),
                 user_limits: Default::default(),
                 tenant_limits: Default::default(),

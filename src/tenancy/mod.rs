@@ -5,6 +5,8 @@ pub mod keys;
 pub mod limits;
 pub mod store;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
@@ -116,6 +118,9 @@ pub struct ApiKey {
     /// The tenant's quota period: key quotas, user quotas and department budgets count the
     /// spend of the current period only.
     pub quota_period: QuotaPeriod,
+    /// The tenant's override of the complexity router's policy.
+    #[serde(skip)]
+    pub router_override: Option<Arc<crate::router::TenantRouterOverride>>,
     pub key_limits: limits::Limits,
     pub user_limits: limits::Limits,
     pub tenant_limits: limits::Limits,

@@ -225,7 +225,23 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX ledger_entries_credits ON ledger_entries(seq) WHERE kind != 'charge';",
     // 9: quotas and budgets that start again every day or month
     "ALTER TABLE tenants ADD COLUMN quota_period TEXT NOT NULL DEFAULT 'none';",
+    // 10: per-tenant override of the complexity router's policy (JSON), and what routing did
+    "ALTER TABLE tenants ADD COLUMN router_override TEXT;
+     ALTER TABLE usage_events ADD COLUMN route_tier TEXT;
+     ALTER TABLE usage_events ADD COLUMN route_reason TEXT;
+     ALTER TABLE usage_events ADD COLUMN route_score REAL;
+     ALTER TABLE usage_events ADD COLUMN baseline_cost_nano INTEGER;",
 ];
+
+/// One tier's share of routed calls (see `Store::routing_savings`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoutingRow {
+    pub tier: String,
+    pub calls: i64,
+    pub cost_nano: i64,
+    /// What the same calls would have cost on the strongest tier.
+    pub baseline_cost_nano: i64,
+}
 
 /// A credit entry (anything but a charge) with its journal sequence number.
 #[derive(Debug, Clone)]
@@ -594,7 +610,7 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period, t.router_override";
     const KEY_FROM: &'static str = "api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -622,6 +638,11 @@ impl Store {
             user_limits: limits_at(r, 19)?,
             tenant_limits: limits_at(r, 21)?,
             quota_period: QuotaPeriod::parse(&r.get::<_, String>(23)?).unwrap_or_default(),
+            // Validated when it was set; a row that no longer parses routes with the defaults.
+            router_override: r
+                .get::<_, Option<String>>(24)?
+                .and_then(|j| serde_json::from_str(&j).ok())
+                .map(std::sync::Arc::new),
         })
     }
 
@@ -705,7 +726,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(24)?;
+                let hash: Vec<u8> = r.get(25)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -738,8 +759,8 @@ impl Store {
                     "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
                         model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
                         completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
-                        user_id, group_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                        user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
                 )?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
@@ -782,6 +803,10 @@ impl Store {
                         e.cost_nano,
                         e.user_id.map(|u| u.0),
                         e.group_id.map(|g| g.0),
+                        e.route_tier,
+                        e.route_reason,
+                        e.route_score.map(f64::from),
+                        e.baseline_cost_nano,
                     ])?;
                     n += inserted;
                     if let (1, Some(t)) = (inserted, e.tenant_id) {
@@ -983,7 +1008,8 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
-                        usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id
+                        usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id,
+                        route_tier, route_reason, route_score, baseline_cost_nano
                  FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
                    AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
                  ORDER BY id DESC LIMIT ?2",
@@ -1013,6 +1039,10 @@ impl Store {
                     cost_nano: r.get(20)?,
                     user_id: r.get::<_, Option<i64>>(21)?.map(UserId),
                     group_id: r.get::<_, Option<i64>>(22)?.map(GroupId),
+                    route_tier: r.get(23)?,
+                    route_reason: r.get(24)?,
+                    route_score: r.get::<_, Option<f64>>(25)?.map(|v| v as f32),
+                    baseline_cost_nano: r.get(26)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1327,6 +1357,65 @@ impl Store {
         let user = self.get_user(user)?;
         let token = self.create_user_token(user.id)?;
         Ok((user, token))
+    }
+
+    /// Store (or clear) the tenant's router override (JSON, validated by the caller).
+    pub fn set_router_override(
+        &self,
+        tenant: TenantId,
+        json: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE tenants SET router_override = ?2 WHERE id = ?1",
+                params![tenant.0, json],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+            }
+            Store::bump_generation(c)?;
+            Ok(())
+        })
+    }
+
+    pub fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT router_override FROM tenants WHERE id = ?1",
+                params![tenant.0],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("tenant {}", tenant.0)))
+        })
+    }
+
+    /// What routing did for a tenant's `model: "auto"` calls in `[from_ms, to_ms)`: per tier,
+    /// calls, cost and what the same tokens would have cost on the strongest tier.
+    pub fn routing_savings(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RoutingRow>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT route_tier, COUNT(*), COALESCE(SUM(cost_nano), 0),
+                        COALESCE(SUM(COALESCE(baseline_cost_nano, cost_nano)), 0)
+                 FROM usage_events
+                 WHERE tenant_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND route_tier IS NOT NULL
+                 GROUP BY route_tier ORDER BY route_tier",
+            )?;
+            let rows = st.query_map(params![tenant.0, from_ms, to_ms], |r| {
+                Ok(RoutingRow {
+                    tier: r.get(0)?,
+                    calls: r.get(1)?,
+                    cost_nano: r.get(2)?,
+                    baseline_cost_nano: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     /// Set how often the tenant's quotas and budgets start again.
