@@ -206,3 +206,43 @@ async fn auto_without_a_router_is_a_clear_404() {
         .contains("router"));
     assert_eq!(m.stats().chat_requests, 0);
 }
+
+#[tokio::test]
+async fn replacing_the_model_file_reloads_it() {
+    let m = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    let original = format!(
+        "{}/conf/router/complexity-v1.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(&original, &model).unwrap();
+    let section = router_section().replace(&original, &model.display().to_string());
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", &section).await;
+    let generation = |v: &Value| v["generation"].as_i64().unwrap();
+    let before = generation(&gw.admin_get("/admin/config/status").await);
+    // A broken model file is refused like any bad reload (the running one stays).
+    std::fs::write(&model, "{\"version\": 1}").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let status = gw.admin_get("/admin/config/status").await;
+    assert_eq!(generation(&status), before, "{status}");
+    assert!(
+        status["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("router"),
+        "{status}"
+    );
+    let (s, _, _) = call(
+        &gw,
+        json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The good model back: loaded.
+    std::fs::copy(&original, &model).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let status = gw.admin_get("/admin/config/status").await;
+    assert!(generation(&status) > before, "{status}");
+}

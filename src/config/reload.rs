@@ -66,6 +66,24 @@ fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
     Some(Sha256::digest(&bytes).into())
 }
 
+/// What the watcher compares: the configuration file's contents, plus the size and
+/// modification time of the router's model file (replacing the model alone reloads too).
+fn watched_digest(app: &App, path: &std::path::Path) -> Option<[u8; 32]> {
+    let config = file_digest(path)?;
+    let mut h = Sha256::new();
+    h.update(config);
+    if let Some(r) = app.config().router.as_deref() {
+        if let Ok(m) = std::fs::metadata(&r.model_file) {
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m.modified() {
+                let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                h.update(d.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    Some(h.finalize().into())
+}
+
 /// Watches SIGHUP and the configuration file; also refreshes DNS of upstream hosts.
 pub struct ConfigWatcher {
     pub app: Arc<App>,
@@ -84,7 +102,7 @@ impl BackgroundService for ConfigWatcher {
             }
         };
         let path = app.config_path.clone();
-        let mut last = path.as_deref().and_then(file_digest);
+        let mut last = path.as_deref().and_then(|p| watched_digest(&app, p));
         let mut tick = tokio::time::interval(self.poll);
         let mut dns = tokio::time::interval(resolver::REFRESH_EVERY);
         loop {
@@ -92,16 +110,17 @@ impl BackgroundService for ConfigWatcher {
                 _ = shutdown.changed() => return,
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
                     tracing::info!("SIGHUP received: reloading configuration");
-                    last = path.as_deref().and_then(file_digest);
                     let _ = reload(app.clone()).await;
+                    last = path.as_deref().and_then(|p| watched_digest(&app, p));
                 }
                 _ = tick.tick() => {
                     let Some(p) = path.as_deref() else { continue };
-                    let now = file_digest(p);
+                    let now = watched_digest(&app, p);
                     if now.is_some() && now != last {
-                        last = now;
-                        tracing::info!(path = %p.display(), "configuration file changed: reloading");
+                        tracing::info!(path = %p.display(), "configuration or router model file changed: reloading");
                         let _ = reload(app.clone()).await;
+                        // After the reload: a new router section may watch another model file.
+                        last = watched_digest(&app, p).or(now);
                     }
                 }
                 _ = dns.tick() => {
