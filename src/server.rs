@@ -10,6 +10,7 @@ use crate::proxy::Gateway;
 use crate::routing::resolver;
 use crate::routing::upstream::UpstreamStates;
 use crate::tenancy::store::Store;
+use pingora_core::apps::ServerApp;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -59,6 +60,33 @@ impl BackgroundService for Recorder {
         if let Some(fut) = fut {
             fut.await;
         }
+    }
+}
+
+/// The gateway's proxy app with a delayed clean-up. When the listener stops (shutdown, or the
+/// hand-over of a graceful upgrade), Pingora's proxy immediately drops every connection still
+/// waiting for its first request, including ones accepted an instant before whose request bytes
+/// are on their way: those clients saw a connection accepted and then closed, and fail. Waiting
+/// `settle` before that clean-up lets such requests arrive and be served (with keep-alive off,
+/// as Pingora does during shutdown); idle keep-alive connections are closed after it.
+struct Draining<A> {
+    inner: Arc<A>,
+    settle: Duration,
+}
+
+#[async_trait::async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: pingora_core::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora_core::protocols::Stream> {
+        self.inner.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        tokio::time::sleep(self.settle).await;
+        self.inner.cleanup().await;
     }
 }
 
@@ -219,10 +247,15 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut gateway = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(app.clone()),
-        "tollgate gateway",
+    let mut gateway = Service::new(
+        "tollgate gateway".to_string(),
+        Draining {
+            inner: Arc::new(pingora_proxy::http_proxy(
+                &server.configuration,
+                Gateway::new(app.clone()),
+            )),
+            settle: (server_settings.graceful_shutdown / 2).min(Duration::from_secs(1)),
+        },
     );
     gateway.add_tcp(&server_settings.listen);
 
