@@ -219,6 +219,8 @@ const MIGRATIONS: &[&str] = &[
              (SELECT 0 AS dim UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5) d,
              (SELECT 3600 AS period UNION ALL SELECT 86400) p
         GROUP BY 1, 2, 3, 4, 5;",
+    // 8: Anthropic cache writes (priced apart) on usage events
+    "ALTER TABLE usage_events ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -722,8 +724,8 @@ impl Store {
                     "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
                         model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
                         completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
-                        user_id, group_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                        user_id, group_id, cache_write_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
                 )?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
@@ -766,6 +768,7 @@ impl Store {
                         e.cost_nano,
                         e.user_id.map(|u| u.0),
                         e.group_id.map(|g| g.0),
+                        e.cache_write_tokens as i64,
                     ])?;
                     n += inserted;
                     if let (1, Some(t)) = (inserted, e.tenant_id) {
@@ -967,7 +970,7 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
-                        usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id
+                        usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id, cache_write_tokens
                  FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
                    AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
                  ORDER BY id DESC LIMIT ?2",
@@ -997,6 +1000,7 @@ impl Store {
                     cost_nano: r.get(20)?,
                     user_id: r.get::<_, Option<i64>>(21)?.map(UserId),
                     group_id: r.get::<_, Option<i64>>(22)?.map(GroupId),
+                    cache_write_tokens: r.get::<_, i64>(23)? as u64,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
