@@ -429,3 +429,91 @@ async fn anthropic_caller_anthropic_upstream() {
 async fn anthropic_caller_gemini_upstream() {
     run_pair(Caller::Anthropic, "gemini").await;
 }
+
+/// Two upstreams of different protocols on one channel: the first attempt fails with a 5xx
+/// (Anthropic's 529 or Gemini's 503), the request is translated again for the other one, and
+/// usage stays exact.
+#[tokio::test]
+async fn failover_between_protocols_retranslates_and_meters_exactly() {
+    let m = mock().await;
+    m.require_key(Some(UPSTREAM_KEY.into()));
+    let up = |name: &str, base: String| {
+        format!("[[channels.upstreams]]\nname = \"{name}\"\nbase_url = \"{base}\"\nprotocol = \"{name}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\nmodels = [\"gpt-4o-mini\"]\n")
+    };
+    let extra = up("anthropic", m.base_url()) + &up("gemini", m.gemini_base_url());
+    let gw = Gateway::start(&[], "", &extra).await;
+    for (i, caller) in [
+        Caller::OpenAi,
+        Caller::Anthropic,
+        Caller::OpenAi,
+        Caller::Anthropic,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        m.push_behavior(Behavior::Status {
+            code: if i % 2 == 0 { 529 } else { 503 },
+            retry_after: None,
+        });
+        let r = call(&gw, caller, user_text(caller, "Hello there", 7, i >= 2)).await;
+        assert_eq!(r.status(), 200);
+        let (text, _, _) = if i >= 2 {
+            read_stream(caller, &r.text().await.unwrap())
+        } else {
+            read_answer(caller, &r.json().await.unwrap())
+        };
+        assert!(text.starts_with("This is a mock reply"));
+    }
+    let events = gw.usage_events(4).await;
+    assert_eq!(events.len(), 4);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["attempts"] == 2 && e["status"] == 200),
+        "{events:?}"
+    );
+    let s = m.stats();
+    assert_eq!(s.messages_requests + s.gemini_requests, 8);
+    let sum = |k: &str| events.iter().map(|e| e[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("prompt_tokens"), s.prompt_tokens);
+    assert_eq!(sum("completion_tokens"), s.completion_tokens);
+    assert_eq!(s.completion_tokens, 4 * 7);
+}
+
+/// A translated stream cut by the upstream ends with an error event in the caller's format
+/// (never a clean end), and what was produced before the cut is billed.
+#[tokio::test]
+async fn cut_translated_stream_ends_with_callers_error_and_bills_what_was_sent() {
+    for (caller, upstream) in [
+        (Caller::Anthropic, "openai"),
+        (Caller::OpenAi, "anthropic"),
+        (Caller::Anthropic, "gemini"),
+    ] {
+        let m = mock().await;
+        let gw = gateway(&m, upstream).await;
+        m.push_behavior(Behavior::CutStreamAfter { chunks: 3 });
+        let r = call(&gw, caller, user_text(caller, "Hello there", 10, true)).await;
+        assert_eq!(r.status(), 200);
+        let raw = r.text().await.unwrap();
+        let last = raw.trim_end().rsplit("\n\n").next().unwrap().to_string();
+        match caller {
+            Caller::Anthropic => {
+                assert!(last.starts_with("event: error\ndata: "), "{raw}");
+                assert!(!raw.contains("message_stop"), "{raw}");
+            }
+            Caller::OpenAi => {
+                assert!(last.starts_with("data: {\"error\""), "{raw}");
+                assert!(!raw.contains("[DONE]"), "{raw}");
+            }
+        }
+        let events = gw.usage_events(1).await;
+        let e = &events[0];
+        assert!(
+            e["error_code"] == "truncated" || e["error_code"] == "upstream_broken",
+            "{e}"
+        );
+        assert_eq!(e["completion_tokens"], 3, "{upstream}: {e}");
+        assert_eq!(m.stats().completion_tokens, 3);
+        assert!(e["cost_nano"].as_i64().unwrap() > 0);
+    }
+}
