@@ -878,6 +878,42 @@ mod tests {
     }
 
     #[test]
+    fn protocol_sets_credential_header_and_paths() {
+        let cases = [
+            (
+                "openai",
+                "authorization",
+                "Bearer secret",
+                "/v1/chat/completions",
+            ),
+            ("anthropic", "x-api-key", "secret", "/v1/messages"),
+            ("gemini", "x-goog-api-key", "secret", "/v1/chat/completions"),
+        ];
+        for (protocol, header, value, path) in cases {
+            let text = GOOD.replace(
+                "api_key_env = \"K\"",
+                &format!("api_key_env = \"K\"\nprotocol = \"{protocol}\""),
+            );
+            let c = build(&text).unwrap();
+            let up = &c.channel("official").unwrap().upstreams[0];
+            assert_eq!(up.protocol.as_str(), protocol);
+            assert_eq!(up.auth_name.as_str(), header);
+            assert_eq!(up.auth_header.as_ref().unwrap().to_str().unwrap(), value);
+            assert_eq!(up.chat_path, path);
+        }
+        let e = build(&GOOD.replace(
+            "api_key_env = \"K\"",
+            "api_key_env = \"K\"\nprotocol = \"grpc\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("channels[0].upstreams[0].protocol") && e.contains("gemini"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn errors_name_the_bad_path() {
         let cases = [
             (
