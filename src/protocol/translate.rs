@@ -13,7 +13,9 @@ use super::openai::{self, floor_char_boundary, Usage};
 use super::sse::{SseEvent, SseSplitter};
 use super::{anthropic, gemini, Dialect};
 use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// Why generation stopped, in the union of the protocols' vocabularies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,6 +554,160 @@ fn str_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
     cur.as_str()
 }
 
+// Borrowed views of the frequent events (text and argument deltas), read without building a
+// value tree; anything they do not fit (rare events, odd vendor shapes) takes the `Value` path.
+
+#[derive(Deserialize)]
+struct AnthropicEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    index: u64,
+    #[serde(default, borrow)]
+    delta: Option<AnthropicDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<OpenAiChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<OpenAiDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<OpenAiToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiToolCall<'a> {
+    #[serde(default)]
+    index: u64,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<OpenAiFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiFunction<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+fn non_empty<'s>(s: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
+    s.as_deref().filter(|s| !s.is_empty())
+}
+
+/// An OpenAI chunk through the borrowed view; false when it does not fit the view.
+fn read_openai_fast(data: &[u8], f: &mut dyn FnMut(Ev<'_>)) -> bool {
+    let Ok(c) = serde_json::from_slice::<OpenAiChunk<'_>>(data) else {
+        return false;
+    };
+    if let Some(e) = c.error.as_ref().filter(|e| !e.is_null()) {
+        f(Ev::Error(
+            str_at(e, &["message"])
+                .or(e.as_str())
+                .unwrap_or("upstream error"),
+        ));
+        return true;
+    }
+    if let Some(ch) = c.choices.as_ref().and_then(|c| c.first()) {
+        if let Some(d) = ch.delta.as_ref() {
+            if let Some(r) = non_empty(&d.reasoning_content).or_else(|| non_empty(&d.reasoning)) {
+                f(Ev::Thinking(r));
+            }
+            if let Some(t) = non_empty(&d.content) {
+                f(Ev::Text(t));
+            }
+            if let Some(t) = non_empty(&d.refusal) {
+                f(Ev::Text(t));
+            }
+            for tc in d.tool_calls.iter().flatten() {
+                let name = tc.function.as_ref().and_then(|f| non_empty(&f.name));
+                if tc.id.is_some() || name.is_some() {
+                    f(Ev::ToolStart {
+                        key: tc.index,
+                        id: tc.id.as_deref().unwrap_or(""),
+                        name: name.unwrap_or(""),
+                    });
+                }
+                if let Some(a) = tc.function.as_ref().and_then(|f| non_empty(&f.arguments)) {
+                    f(Ev::ToolArgs {
+                        key: tc.index,
+                        json: a,
+                    });
+                }
+            }
+        }
+        if let Some(r) = non_empty(&ch.finish_reason) {
+            f(Ev::Stop(Stop::from_openai(r)));
+        }
+    }
+    if let Some(u) = c.usage.as_ref().and_then(openai::parse_usage) {
+        f(Ev::Usage(u));
+    }
+    true
+}
+
+/// An Anthropic `content_block_delta` through the borrowed view; false for other events.
+fn read_anthropic_delta(data: &[u8], f: &mut dyn FnMut(Ev<'_>)) -> bool {
+    let Ok(e) = serde_json::from_slice::<AnthropicEvent<'_>>(data) else {
+        return false;
+    };
+    let (Some(d), "content_block_delta") = (e.delta.as_ref(), e.kind.as_ref()) else {
+        return false;
+    };
+    let empty = Cow::Borrowed("");
+    match d.kind.as_ref() {
+        "text_delta" => f(Ev::Text(d.text.as_ref().unwrap_or(&empty))),
+        "thinking_delta" => f(Ev::Thinking(d.thinking.as_ref().unwrap_or(&empty))),
+        "signature_delta" => f(Ev::Signature(d.signature.as_ref().unwrap_or(&empty))),
+        "input_json_delta" => f(Ev::ToolArgs {
+            key: e.index,
+            json: d.partial_json.as_ref().unwrap_or(&empty),
+        }),
+        _ => {}
+    }
+    true
+}
+
 impl Reader {
     fn read(&mut self, ev: &SseEvent<'_>, f: &mut dyn FnMut(Ev<'_>)) {
         let Some(data) = ev.data.map(|d| d.trim_ascii()) else {
@@ -560,6 +716,11 @@ impl Reader {
         if data == b"[DONE]" {
             f(Ev::Done);
             return;
+        }
+        match self {
+            Reader::OpenAi if read_openai_fast(data, f) => return,
+            Reader::Anthropic { .. } if read_anthropic_delta(data, f) => return,
+            _ => {}
         }
         let Ok(v) = serde_json::from_slice::<Value>(data) else {
             return;
@@ -858,6 +1019,8 @@ struct State {
     first_content: bool,
     /// Reused for the JSON of each emitted event.
     buf: Vec<u8>,
+    /// `data: {"id":..,"object":"chat.completion.chunk",..,"delta":` for OpenAI callers.
+    prefix: Vec<u8>,
 }
 
 /// A JSON string literal appended to `out`.
@@ -916,22 +1079,52 @@ impl State {
     }
 
     fn openai_chunk(&mut self, out: &mut BytesMut, delta: &[u8], finish: Option<&str>) {
+        if self.prefix.is_empty() {
+            let b = &mut self.prefix;
+            b.extend_from_slice(b"data: {\"id\":");
+            push_js(b, &format!("chatcmpl-{}", self.names.id));
+            b.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+            b.extend_from_slice(self.names.created.to_string().as_bytes());
+            b.extend_from_slice(b",\"model\":");
+            push_js(b, &self.names.model);
+            b.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
+        }
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(delta);
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                let mut v = Vec::with_capacity(16);
+                push_js(&mut v, f);
+                out.extend_from_slice(&v);
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
+    }
+
+    /// `content_block_delta` with one string field, written without a value tree.
+    fn anthropic_delta(
+        &mut self,
+        out: &mut BytesMut,
+        index: u64,
+        kind: &str,
+        field: &str,
+        s: &str,
+    ) {
         let b = &mut self.buf;
         b.clear();
-        b.extend_from_slice(b"data: {\"id\":");
-        push_js(b, &format!("chatcmpl-{}", self.names.id));
-        b.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        b.extend_from_slice(self.names.created.to_string().as_bytes());
-        b.extend_from_slice(b",\"model\":");
-        push_js(b, &self.names.model);
-        b.extend_from_slice(b",\"choices\":[{\"index\":0,\"delta\":");
-        b.extend_from_slice(delta);
-        b.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
-        match finish {
-            Some(f) => push_js(b, f),
-            None => b.extend_from_slice(b"null"),
-        }
-        b.extend_from_slice(b"}]}\n\n");
+        b.extend_from_slice(
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+        );
+        b.extend_from_slice(index.to_string().as_bytes());
+        b.extend_from_slice(b",\"delta\":{\"type\":\"");
+        b.extend_from_slice(kind.as_bytes());
+        b.extend_from_slice(b"\",\"");
+        b.extend_from_slice(field.as_bytes());
+        b.extend_from_slice(b"\":");
+        push_js(b, s);
+        b.extend_from_slice(b"}}\n\n");
         out.extend_from_slice(b);
     }
 
@@ -1006,7 +1199,8 @@ impl State {
         match self.writer {
             Writer::Raw => {}
             Writer::OpenAi { .. } => {
-                let mut d = Vec::with_capacity(s.len() + 24);
+                let mut d = std::mem::take(&mut self.buf);
+                d.clear();
                 d.extend_from_slice(if thinking {
                     b"{\"reasoning_content\":"
                 } else {
@@ -1015,27 +1209,26 @@ impl State {
                 push_js(&mut d, s);
                 d.push(b'}');
                 self.openai_chunk(out, &d, None);
+                self.buf = d;
             }
-            Writer::Anthropic { .. } => {
-                let (kind, start, delta) = if thinking {
-                    (
-                        Open::Thinking,
-                        json!({"type": "thinking", "thinking": ""}),
-                        json!({"type": "thinking_delta", "thinking": s}),
-                    )
-                } else {
-                    (
-                        Open::Text,
-                        json!({"type": "text", "text": ""}),
-                        json!({"type": "text_delta", "text": s}),
-                    )
+            Writer::Anthropic { open, .. } => {
+                let kind = if thinking { Open::Thinking } else { Open::Text };
+                let i = match open {
+                    Some((i, k)) if k == kind => i,
+                    _ => {
+                        let start = if thinking {
+                            json!({"type": "thinking", "thinking": ""})
+                        } else {
+                            json!({"type": "text", "text": ""})
+                        };
+                        self.open_block(kind, start, out)
+                    }
                 };
-                let i = self.open_block(kind, start, out);
-                Self::anthropic_event(
-                    out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": i, "delta": delta}),
-                );
+                if thinking {
+                    self.anthropic_delta(out, i, "thinking_delta", "thinking", s);
+                } else {
+                    self.anthropic_delta(out, i, "text_delta", "text", s);
+                }
             }
         }
     }
@@ -1101,9 +1294,15 @@ impl State {
                         tools.len() - 1
                     }
                 };
-                let d = json!({"tool_calls": [{"index": idx, "function": {"arguments": frag}}]});
-                let d = serde_json::to_vec(&d).unwrap_or_default();
+                let mut d = std::mem::take(&mut self.buf);
+                d.clear();
+                d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                d.extend_from_slice(idx.to_string().as_bytes());
+                d.extend_from_slice(b",\"function\":{\"arguments\":");
+                push_js(&mut d, frag);
+                d.extend_from_slice(b"}}]}");
                 self.openai_chunk(out, &d, None);
+                self.buf = d;
             }
             Writer::Anthropic { tools, .. } => {
                 let i = match tools.iter().find(|(k, _)| *k == key) {
@@ -1120,12 +1319,7 @@ impl State {
                         i
                     }
                 };
-                Self::anthropic_event(
-                    out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": i,
-                            "delta": {"type": "input_json_delta", "partial_json": frag}}),
-                );
+                self.anthropic_delta(out, i, "input_json_delta", "partial_json", frag);
             }
         }
     }
@@ -1230,6 +1424,7 @@ impl StreamTranslator {
                 text: String::new(),
                 first_content: false,
                 buf: Vec::new(),
+                prefix: Vec::new(),
             },
         }
     }
