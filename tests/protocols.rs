@@ -517,3 +517,25 @@ async fn cut_translated_stream_ends_with_callers_error_and_bills_what_was_sent()
         assert!(e["cost_nano"].as_i64().unwrap() > 0);
     }
 }
+
+/// A translated body far beyond Pingora's 64 KiB retry buffer reaches the upstream whole, on
+/// the first attempt and after a failover (the substitution of src/proxy/body.rs).
+#[tokio::test]
+async fn large_translated_bodies_reach_the_upstream_whole() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m), Up::mock("b", &m)], "", "").await;
+    let big = "lorem ipsum ".repeat(100_000); // 1.2 MB
+    for retry in [false, true] {
+        if retry {
+            m.push_behavior(Behavior::Status { code: 500, retry_after: None });
+        }
+        let r = call(&gw, Caller::Anthropic, user_text(Caller::Anthropic, &big, 5, false)).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "message");
+        let sent = m.stats().last_request_body.unwrap();
+        assert_eq!(sent["messages"][1]["content"].as_str().unwrap().len(), big.len());
+    }
+    let events = gw.usage_events(2).await;
+    assert_eq!(events[0]["attempts"], 2, "{events:?}");
+}
