@@ -527,14 +527,25 @@ async fn large_translated_bodies_reach_the_upstream_whole() {
     let big = "lorem ipsum ".repeat(100_000); // 1.2 MB
     for retry in [false, true] {
         if retry {
-            m.push_behavior(Behavior::Status { code: 500, retry_after: None });
+            m.push_behavior(Behavior::Status {
+                code: 500,
+                retry_after: None,
+            });
         }
-        let r = call(&gw, Caller::Anthropic, user_text(Caller::Anthropic, &big, 5, false)).await;
+        let r = call(
+            &gw,
+            Caller::Anthropic,
+            user_text(Caller::Anthropic, &big, 5, false),
+        )
+        .await;
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["type"], "message");
         let sent = m.stats().last_request_body.unwrap();
-        assert_eq!(sent["messages"][1]["content"].as_str().unwrap().len(), big.len());
+        assert_eq!(
+            sent["messages"][1]["content"].as_str().unwrap().len(),
+            big.len()
+        );
     }
     let events = gw.usage_events(2).await;
     assert_eq!(events[0]["attempts"], 2, "{events:?}");
