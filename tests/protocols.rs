@@ -550,3 +550,95 @@ async fn large_translated_bodies_reach_the_upstream_whole() {
     let events = gw.usage_events(2).await;
     assert_eq!(events[0]["attempts"], 2, "{events:?}");
 }
+
+/// Anthropic callers get Anthropic's validation, `count_tokens`, the model list in Anthropic's
+/// format and the gateway's own refusals in Anthropic's error shape.
+#[tokio::test]
+async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
+    let m = mock().await;
+    let gw = gateway(&m, "anthropic").await;
+    let post = |path: &str, body: Value| {
+        gw.client
+            .post(gw.url(path))
+            .header("x-api-key", &gw.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+    };
+    let cases = [
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "invalid_request_error",
+            "max_tokens",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            400,
+            "invalid_request_error",
+            "role",
+        ),
+        (
+            json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "not_found_error",
+            "nope",
+        ),
+    ];
+    for (body, status, kind, needle) in cases {
+        let r = post("/v1/messages", body).send().await.unwrap();
+        assert_eq!(r.status(), status);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], kind, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+    assert_eq!(m.stats().requests, 0);
+
+    let r = post(
+        "/v1/messages/count_tokens",
+        json!({"model": "gpt-4o-mini", "system": "Be brief.", "messages": [{"role": "user", "content": "Hello there"}]}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let n = r.json::<Value>().await.unwrap()["input_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(n >= 4, "{n}");
+    assert_eq!(m.stats().requests, 0, "counted locally");
+
+    let r = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .header("x-api-key", &gw.key)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["has_more"], false);
+    assert_eq!(v["data"][0]["type"], "model");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"gpt-4o-mini"), "{v}");
+    // The OpenAI list for OpenAI clients.
+    let v: Value = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&gw.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list");
+}
