@@ -642,3 +642,77 @@ async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
         .unwrap();
     assert_eq!(v["object"], "list");
 }
+
+/// Reasoning settings cross protocols, thinking comes back as the caller's reasoning, and
+/// thinking tokens reach the usage event.
+#[tokio::test]
+async fn thinking_crosses_protocols_and_is_metered() {
+    // OpenAI caller, Gemini upstream: reasoning_effort -> thinkingConfig; thoughts come back as
+    // reasoning_content and are counted as reasoning tokens.
+    let m = mock().await;
+    let gw = gateway(&m, "gemini").await;
+    let body = json!({"model": "gpt-4o-mini", "reasoning_effort": "low", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "Hello"}]});
+    let v: Value = gw
+        .chat(body.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning_content"], "Thinking about it.",
+        "{v}"
+    );
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"], 4,
+        "{v}"
+    );
+    let sent = m.stats().last_request_body.unwrap();
+    assert_eq!(
+        sent["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+        1024
+    );
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let raw = gw
+        .chat(streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains(r#""reasoning_content":"Thinking about it.""#),
+        "{raw}"
+    );
+    let events = gw.usage_events(2).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["reasoning_tokens"] == 4 && e["completion_tokens"] == 9),
+        "{events:?}"
+    );
+    assert_eq!(m.stats().reasoning_tokens, 8);
+
+    // OpenAI caller, Anthropic upstream: reasoning_effort -> thinking budget; the thinking block
+    // comes back as reasoning_content, streamed too.
+    let m = mock().await;
+    let gw = gateway(&m, "anthropic").await;
+    let body = json!({"model": "gpt-4o-mini", "reasoning_effort": "low", "max_tokens": 2000, "stream": true,
+        "messages": [{"role": "user", "content": "Hello"}]});
+    let raw = gw.chat(body).send().await.unwrap().text().await.unwrap();
+    assert!(raw.contains(r#""reasoning_content":"Thinking""#), "{raw}");
+    let sent = m.stats().last_request_body.unwrap();
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    let events = gw.usage_events(1).await;
+    assert_eq!(
+        events[0]["completion_tokens"].as_u64(),
+        Some(m.stats().completion_tokens)
+    );
+}
