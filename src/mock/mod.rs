@@ -13,7 +13,7 @@
 //! * Control plane (never counted in stats, never subject to behaviours or auth):
 //!   `POST /_mock/behavior` (Behavior JSON, sets the default), `POST /_mock/push` (one-shot),
 //!   `GET /_mock/stats` ([`MockStats`] JSON), `POST /_mock/reset` (stats, default behaviour and
-//!   queue), `POST /_mock/config` (`{"fragmented_writes":bool,"cached_tokens":n,
+//!   queue), `POST /_mock/config` (`{"fragmented_writes":bool,"cached_tokens":n,"cache_write_tokens":n,
 //!   "required_key":"k"|null,"models":[..]}`, every field optional).
 //!
 //! # Token accounting (reproducible by tests)
@@ -35,8 +35,9 @@
 //!   `{"location":"Paris"}` (5); a stream sends one argument fragment per token.
 //!
 //! # Behaviours
-//! Behaviours apply only to `POST /v1/chat/completions` and `POST /v1/embeddings`, after the
-//! auth check (a 401 does not consume a pushed behaviour). See [`Behavior`].
+//! Behaviours apply only to `POST /v1/chat/completions`, `POST /v1/embeddings`,
+//! `POST /v1/messages` and the Gemini generate calls, after the auth check (a 401 does not
+//! consume a pushed behaviour). See [`Behavior`].
 //!
 //! Stats are updated just *before* the final write of a response (and before closing a cut
 //! stream), so a client that has read a whole response always sees it in [`MockHandle::stats`].
@@ -219,7 +220,8 @@ pub enum Behavior {
     Normal,
     /// Wait `ms` before writing the response head, then answer normally.
     Delay { ms: u64 },
-    /// Answer an OpenAI-style error JSON with this status (`Content-Length`, keep-alive kept);
+    /// Answer an error JSON in the vendor's shape (OpenAI's, Anthropic's with `overloaded_error`
+    /// for 529, Google's) with this status (`Content-Length`, keep-alive kept);
     /// `Retry-After: <secs>` header when set. Codes outside `200..=999` are answered as 500.
     Status { code: u16, retry_after: Option<u64> },
     /// Read the whole request, then close the socket (FIN) without writing a byte.

@@ -1,9 +1,10 @@
 //! The data plane: a Pingora `ProxyHttp` whose phases each delegate to a small piece of logic.
 //!
 //! Request path (see docs/architecture.md for the failure rules):
-//! 1. `request_filter`: route, authenticate (hash lookup in a snapshot), read the bounded body,
-//!    validate it, resolve the model and the channel. Errors are answered here, before any
-//!    upstream is contacted.
+//! 1. `request_filter`: route (OpenAI or Anthropic caller), authenticate (hash lookup in a
+//!    snapshot), read the bounded body, validate it, resolve the model and the channel, translate
+//!    the request for the other protocols among the channel's upstreams. Errors are answered
+//!    here, in the caller's shape, before any upstream is contacted.
 //! 2. `upstream_peer`: the balancer picks the next upstream of the channel not yet tried; the
 //!    body is re-serialised for that upstream's model name.
 //! 3. `upstream_request_filter` / `request_body_filter`: a fresh upstream request carrying the
@@ -11,8 +12,9 @@
 //! 4. `upstream_response_filter`: a 429 or 5xx answered before anything reached the client is
 //!    turned into a retryable error so Pingora asks `upstream_peer` for another upstream.
 //!    Connect errors and timeouts arrive through `fail_to_connect` / `error_while_proxy`.
-//! 5. `response_body_filter`: SSE metering, usage-chunk hiding, and an explicit error event when
-//!    a stream ends without its terminator.
+//! 5. `response_body_filter`: SSE metering, usage-chunk hiding, stream and body translation to
+//!    the caller's protocol, and an explicit error event when a stream ends without its
+//!    terminator.
 //! 6. `logging`: settle the attempt, emit the usage event and metrics.
 
 pub mod body;
