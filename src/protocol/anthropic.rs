@@ -123,7 +123,10 @@ pub fn parse_usage(v: &Value) -> Option<Usage> {
     let read = n("cache_read_input_tokens").unwrap_or(0);
     let write = n("cache_creation_input_tokens").unwrap_or(0);
     Some(Usage {
-        prompt_tokens: input.unwrap_or(0) + read + write,
+        prompt_tokens: input
+            .unwrap_or(0)
+            .saturating_add(read)
+            .saturating_add(write),
         cached_tokens: read,
         completion_tokens: output.unwrap_or(0),
         reasoning_tokens: 0,
@@ -134,7 +137,7 @@ pub fn parse_usage(v: &Value) -> Option<Usage> {
 /// The Anthropic `usage` object for normalised usage.
 pub fn usage_value(u: &Usage) -> Value {
     json!({
-        "input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens + u.cache_write_tokens),
+        "input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens.saturating_add(u.cache_write_tokens)),
         "cache_creation_input_tokens": u.cache_write_tokens,
         "cache_read_input_tokens": u.cached_tokens,
         "output_tokens": u.completion_tokens,

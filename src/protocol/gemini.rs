@@ -27,11 +27,13 @@ pub fn parse_usage(v: &Value) -> Option<Usage> {
         return None;
     }
     let thoughts = n("thoughtsTokenCount").unwrap_or(0);
-    let prompt = prompt.unwrap_or(0) + n("toolUsePromptTokenCount").unwrap_or(0);
+    let prompt = prompt
+        .unwrap_or(0)
+        .saturating_add(n("toolUsePromptTokenCount").unwrap_or(0));
     Some(Usage {
         prompt_tokens: prompt,
         cached_tokens: n("cachedContentTokenCount").unwrap_or(0).min(prompt),
-        completion_tokens: candidates.unwrap_or(0) + thoughts,
+        completion_tokens: candidates.unwrap_or(0).saturating_add(thoughts),
         reasoning_tokens: thoughts,
         cache_write_tokens: 0,
     })
@@ -44,7 +46,7 @@ pub fn usage_value(u: &Usage) -> Value {
         "candidatesTokenCount": u.completion_tokens.saturating_sub(u.reasoning_tokens),
         "thoughtsTokenCount": u.reasoning_tokens,
         "cachedContentTokenCount": u.cached_tokens,
-        "totalTokenCount": u.prompt_tokens + u.completion_tokens,
+        "totalTokenCount": u.prompt_tokens.saturating_add(u.completion_tokens),
     })
 }
 

@@ -341,7 +341,7 @@ fn openai_usage_value(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "total_tokens": u.prompt_tokens.saturating_add(u.completion_tokens),
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
     })
@@ -817,7 +817,7 @@ impl Reader {
                     }
                     "message_stop" => {
                         f(Ev::Usage(Usage {
-                            prompt_tokens: *input + *read + *write,
+                            prompt_tokens: input.saturating_add(*read).saturating_add(*write),
                             cached_tokens: *read,
                             completion_tokens: *output,
                             reasoning_tokens: 0,
@@ -836,7 +836,7 @@ impl Reader {
                 }
                 if matches!(t, "message_start" | "message_delta") {
                     f(Ev::Usage(Usage {
-                        prompt_tokens: *input + *read + *write,
+                        prompt_tokens: input.saturating_add(*read).saturating_add(*write),
                         cached_tokens: *read,
                         completion_tokens: *output,
                         reasoning_tokens: 0,

@@ -792,3 +792,19 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn absurd_usage_numbers_saturate_instead_of_panicking() {
+    let max = u64::MAX;
+    let a = format!("event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{max},\"cache_read_input_tokens\":{max},\"cache_creation_input_tokens\":{max},\"output_tokens\":{max}}}}}}}\n\nevent: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n");
+    for caller in [Dialect::OpenAi, Dialect::Anthropic] {
+        let (_, t) = feed(Dialect::Anthropic, caller, &[a.as_bytes()], true);
+        assert_eq!(t.usage().unwrap().prompt_tokens, max);
+    }
+    let g = format!("data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"x\"}}]}},\"finishReason\":\"STOP\"}}],\"usageMetadata\":{{\"promptTokenCount\":{max},\"toolUsePromptTokenCount\":{max},\"candidatesTokenCount\":{max},\"thoughtsTokenCount\":{max}}}}}\n\n");
+    let (_, t) = feed(Dialect::Gemini, Dialect::OpenAi, &[g.as_bytes()], true);
+    assert_eq!(t.usage().unwrap().completion_tokens, max);
+    let r = reply_from(Dialect::Gemini, &g.as_bytes()[6..]).unwrap();
+    let _ = reply_to(Dialect::Anthropic, &r, &names());
+    let _ = reply_to(Dialect::OpenAi, &r, &names());
+}

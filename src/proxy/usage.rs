@@ -131,7 +131,7 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
     };
     let Some(key) = ctx.key.clone() else { return 0 };
     let s = app.ledger.settle(res, cost, &key, &ctx.request_id);
-    let tokens = usage.prompt_tokens + usage.completion_tokens;
+    let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     if tokens > 0 {
         let subjects = key.rate_subjects();
         if !subjects.is_empty() {
