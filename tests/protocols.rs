@@ -716,3 +716,25 @@ async fn thinking_crosses_protocols_and_is_metered() {
         Some(m.stats().completion_tokens)
     );
 }
+
+/// Upstream events cut at awkward offsets over the network (inside `data:`, inside the JSON,
+/// between the two newlines) translate exactly as whole ones.
+#[tokio::test]
+async fn fragmented_upstream_streams_translate_exactly() {
+    for upstream in ["openai", "anthropic", "gemini"] {
+        let m = mock().await;
+        m.set_fragmented_writes(true);
+        let gw = gateway(&m, upstream).await;
+        for caller in [Caller::OpenAi, Caller::Anthropic] {
+            let r = call(&gw, caller, user_text(caller, "Hello there", 8, true)).await;
+            let (text, _, _) = read_stream(caller, &r.text().await.unwrap());
+            let expected = tollgate::mock::reply_text("Hello there", 8);
+            assert_eq!(text, expected, "{upstream}");
+            let mut body = user_text(caller, "weather in Paris?", 50, true);
+            body["tools"] = tools(caller);
+            let (_, _, call_) =
+                read_stream(caller, &call(&gw, caller, body).await.text().await.unwrap());
+            assert_eq!(call_.unwrap().2, json!({"location": "Paris"}), "{upstream}");
+        }
+    }
+}

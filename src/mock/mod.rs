@@ -60,6 +60,12 @@ use tokio::sync::watch;
 
 pub use openai::EXACT_COUNT_LIMIT;
 
+/// The reply text the mock generates for `user`'s last message with `n` tokens (the same on
+/// every protocol), for tests that compare what a client received.
+pub fn reply_text(user: &str, n: usize) -> String {
+    openai::reply_pieces(user, n).concat()
+}
+
 /// Namespace for starting the mock vendor.
 pub struct MockVendor;
 
