@@ -337,7 +337,8 @@ pub fn from_openai(o: &Map<String, Value>) -> Result<Map<String, Value>, Transla
             Some("json_schema") => {
                 gc.insert("responseMimeType".into(), "application/json".into());
                 if let Some(s) = rf.get("json_schema").and_then(|j| j.get("schema")) {
-                    gc.insert("responseJsonSchema".into(), s.clone());
+                    // The long-established OpenAPI-subset field (keywords it rejects removed).
+                    gc.insert("responseSchema".into(), clean_schema(s));
                 }
             }
             _ => return Err(TranslateError::unsupported("response_format.type", target)),

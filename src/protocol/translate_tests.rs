@@ -808,3 +808,21 @@ fn absurd_usage_numbers_saturate_instead_of_panicking() {
     let _ = reply_to(Dialect::Anthropic, &r, &names());
     let _ = reply_to(Dialect::OpenAi, &r, &names());
 }
+
+#[test]
+fn json_schema_response_format_reaches_gemini_as_response_schema() {
+    let o = obj(
+        json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema":
+            {"type": "object", "additionalProperties": false, "properties": {"a": {"type": "string"}}}}}}),
+    );
+    let g = gemini::from_openai(&o).unwrap();
+    assert_eq!(
+        g["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert_eq!(
+        g["generationConfig"]["responseSchema"],
+        json!({"type": "object", "properties": {"a": {"type": "string"}}})
+    );
+}
