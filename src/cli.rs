@@ -73,7 +73,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
-    /// Run the mock vendor (OpenAI wire format) on its own, for benchmarks and experiments.
+    /// Run the mock vendor (OpenAI, Anthropic and Gemini wire formats) on its own, for benchmarks
+    /// and experiments.
     MockVendor {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,

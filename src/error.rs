@@ -3,6 +3,7 @@
 //! Every failure a caller can see is built here, so its HTTP status, OpenAI error `type`/`code`
 //! and metric label come from exhaustive matches rather than ad-hoc strings at call sites.
 
+use crate::protocol::Dialect;
 use bytes::Bytes;
 use serde_json::json;
 
@@ -168,12 +169,49 @@ impl GatewayError {
         Bytes::from(v.to_string())
     }
 
+    /// The body in the caller's protocol: OpenAI's shape, Anthropic's
+    /// `{"type":"error","error":{"type","message"}}` (type from the status, as Anthropic
+    /// assigns them), or Google's `{"error":{"code","message","status"}}`.
+    pub fn body_for(&self, caller: Dialect) -> Bytes {
+        match caller {
+            Dialect::OpenAi => self.openai_body(),
+            Dialect::Anthropic => Bytes::from(crate::protocol::anthropic::error_body(
+                crate::protocol::anthropic::error_type_for_status(self.status()),
+                &self.to_string(),
+            )),
+            Dialect::Gemini => Bytes::from(crate::protocol::gemini::error_body(
+                self.status(),
+                &self.to_string(),
+            )),
+        }
+    }
+
+    /// The SSE event that ends a stream that already started, in the caller's protocol.
+    pub fn sse_event_for(&self, caller: Dialect) -> Bytes {
+        match caller {
+            Dialect::Anthropic => Bytes::from(crate::protocol::anthropic::error_event(
+                crate::protocol::anthropic::error_type_for_status(self.status()),
+                &self.to_string(),
+            )),
+            Dialect::OpenAi | Dialect::Gemini => self.sse_event(),
+        }
+    }
+
     /// The same error as an SSE event, for a stream that already started.
     pub fn sse_event(&self) -> Bytes {
         let mut s = String::from("data: ");
         s.push_str(&String::from_utf8_lossy(&self.openai_body()));
         s.push_str("\n\n");
         Bytes::from(s)
+    }
+}
+
+impl From<crate::protocol::TranslateError> for GatewayError {
+    fn from(e: crate::protocol::TranslateError) -> Self {
+        GatewayError::BadRequest {
+            message: e.message,
+            param: e.param,
+        }
     }
 }
 
@@ -225,6 +263,20 @@ mod tests {
             assert_eq!(v["error"]["code"], code);
             assert!(v["error"]["message"].is_string());
             assert!(v["error"]["type"].is_string());
+            let a: serde_json::Value =
+                serde_json::from_slice(&e.body_for(Dialect::Anthropic)).unwrap();
+            assert_eq!(a["type"], "error");
+            assert_eq!(a["error"]["message"], v["error"]["message"]);
         }
+        let a: serde_json::Value = serde_json::from_slice(
+            &GatewayError::MissingKey("x".into()).body_for(Dialect::Anthropic),
+        )
+        .unwrap();
+        assert_eq!(a["error"]["type"], "authentication_error");
+        let a: serde_json::Value = serde_json::from_slice(
+            &GatewayError::InsufficientCredit("x".into()).body_for(Dialect::Anthropic),
+        )
+        .unwrap();
+        assert_eq!(a["error"]["type"], "billing_error");
     }
 }

@@ -13,20 +13,20 @@ fn tollgate() -> Command {
 
 #[test]
 fn check_config_accepts_the_shipped_example_and_points_at_bad_fields() {
-    let out = tollgate()
-        .args([
-            "check-config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/tollgate.toml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("OK"), "{stdout}");
+    for file in ["conf/tollgate.toml", "conf/presets/domestic.toml"] {
+        let out = tollgate()
+            .arg("check-config")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("OK"), "{file}: {stdout}");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let cases = [

@@ -28,10 +28,11 @@ impl TokenCounts {
     /// From OpenAI-style usage, where `prompt_tokens` includes the cached ones.
     pub fn from_usage(u: &crate::protocol::openai::Usage) -> Self {
         let cached = u.cached_tokens.min(u.prompt_tokens);
+        let write = u.cache_write_tokens.min(u.prompt_tokens - cached);
         TokenCounts {
-            input: u.prompt_tokens - cached,
+            input: u.prompt_tokens - cached - write,
             cached_input: cached,
-            cache_write: 0,
+            cache_write: write,
             output: u.completion_tokens,
         }
     }
@@ -211,6 +212,7 @@ mod tests {
             cached_tokens: 30,
             completion_tokens: 7,
             reasoning_tokens: 3,
+            cache_write_tokens: 0,
         };
         assert_eq!(
             TokenCounts::from_usage(&u),

@@ -30,6 +30,8 @@ pub struct UsageEvent {
     pub cached_tokens: u64,
     pub completion_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Anthropic cache writes (`cache_creation_input_tokens`), part of `prompt_tokens`.
+    pub cache_write_tokens: u64,
     /// "vendor" (reported by the upstream), "counted" (tiktoken fallback) or "none".
     pub usage_source: String,
     pub attempts: u32,

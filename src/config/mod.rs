@@ -115,10 +115,8 @@ pub struct BreakerPolicy {
     pub open_for: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    OpenAi,
-}
+/// An upstream's wire protocol (`openai`, `anthropic` or `gemini` in the file).
+pub type Protocol = crate::protocol::Dialect;
 
 /// Where an upstream lives, parsed once at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +217,12 @@ pub struct Upstream {
     pub state: Arc<UpstreamState>,
     /// Request pieces prepared once per configuration, not per request.
     pub host_header: http::HeaderValue,
+    /// The credential header: `Authorization: Bearer` (OpenAI), `x-api-key` (Anthropic) or
+    /// `x-goog-api-key` (Gemini).
+    pub auth_name: http::header::HeaderName,
     pub auth_header: Option<http::HeaderValue>,
+    /// `<base>/chat/completions` (OpenAI) or `<base>/messages` (Anthropic); Gemini paths are
+    /// built per request (the model is in the path).
     pub chat_path: String,
     pub embeddings_path: String,
 }
@@ -836,10 +839,14 @@ fn build_upstream(
         .map_err(|r| invalid(format!("{at}.base_url"), format!("`{base_url}` {r}")))?;
     let protocol = match protocol.as_str() {
         "openai" => Protocol::OpenAi,
+        "anthropic" => Protocol::Anthropic,
+        "gemini" => Protocol::Gemini,
         other => {
             return Err(invalid(
                 format!("{at}.protocol"),
-                format!("unknown protocol `{other}` (supported: \"openai\")"),
+                format!(
+                    "unknown protocol `{other}` (supported: \"openai\", \"anthropic\", \"gemini\")"
+                ),
             ))
         }
     };
@@ -902,9 +909,18 @@ fn build_upstream(
             "has a host that cannot be sent in a Host header",
         )
     })?;
+    let auth_name = match protocol {
+        Protocol::OpenAi => http::header::AUTHORIZATION,
+        Protocol::Anthropic => http::header::HeaderName::from_static("x-api-key"),
+        Protocol::Gemini => http::header::HeaderName::from_static("x-goog-api-key"),
+    };
+    let auth_value = |k: &str| match protocol {
+        Protocol::OpenAi => format!("Bearer {k}"),
+        Protocol::Anthropic | Protocol::Gemini => k.to_string(),
+    };
     let auth_header = match api_key.as_deref() {
         Some(k) => {
-            let mut v = http::HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+            let mut v = http::HeaderValue::from_str(&auth_value(k)).map_err(|_| {
                 invalid(
                     format!("{at}.api_key_env"),
                     "the key in this variable contains characters not allowed in a header",
@@ -915,10 +931,14 @@ fn build_upstream(
         }
         None => None,
     };
-    let chat_path = format!("{}/chat/completions", base.path);
+    let chat_path = match protocol {
+        Protocol::Anthropic => format!("{}/messages", base.path),
+        Protocol::OpenAi | Protocol::Gemini => format!("{}/chat/completions", base.path),
+    };
     let embeddings_path = format!("{}/embeddings", base.path);
     Ok(Upstream {
         host_header,
+        auth_name,
         auth_header,
         chat_path,
         embeddings_path,
@@ -980,6 +1000,42 @@ mod tests {
         assert_eq!(up.upstream_model("gpt-4o-mini"), "gpt-4o-mini-2024-07-18");
         assert_eq!(up.api_key.as_deref(), Some("secret"));
         assert_eq!(c.model("mini").unwrap().name, "gpt-4o-mini");
+    }
+
+    #[test]
+    fn protocol_sets_credential_header_and_paths() {
+        let cases = [
+            (
+                "openai",
+                "authorization",
+                "Bearer secret",
+                "/v1/chat/completions",
+            ),
+            ("anthropic", "x-api-key", "secret", "/v1/messages"),
+            ("gemini", "x-goog-api-key", "secret", "/v1/chat/completions"),
+        ];
+        for (protocol, header, value, path) in cases {
+            let text = GOOD.replace(
+                "api_key_env = \"K\"",
+                &format!("api_key_env = \"K\"\nprotocol = \"{protocol}\""),
+            );
+            let c = build(&text).unwrap();
+            let up = &c.channel("official").unwrap().upstreams[0];
+            assert_eq!(up.protocol.as_str(), protocol);
+            assert_eq!(up.auth_name.as_str(), header);
+            assert_eq!(up.auth_header.as_ref().unwrap().to_str().unwrap(), value);
+            assert_eq!(up.chat_path, path);
+        }
+        let e = build(&GOOD.replace(
+            "api_key_env = \"K\"",
+            "api_key_env = \"K\"\nprotocol = \"grpc\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("channels[0].upstreams[0].protocol") && e.contains("gemini"),
+            "{e}"
+        );
     }
 
     #[test]

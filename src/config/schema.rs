@@ -323,7 +323,7 @@ pub struct UpstreamSection {
     pub name: String,
     /// e.g. "https://api.openai.com/v1"; requests go to `<base_url>/chat/completions`.
     pub base_url: String,
-    /// Wire protocol: "openai" (OpenAI-compatible).
+    /// Wire protocol: "openai" (OpenAI-compatible), "anthropic" (Messages) or "gemini".
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// Environment variable holding this upstream's API key; never the key itself.

@@ -21,6 +21,8 @@ pub(crate) struct Head {
     pub method: String,
     /// Path without the query string.
     pub path: String,
+    /// The query string (after `?`), empty when none.
+    pub query: String,
     /// HTTP minor version (0 or 1).
     pub version: u8,
     /// Header names lowercased, values lossily decoded as UTF-8.
@@ -117,10 +119,11 @@ impl Conn {
                             Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
                             None => target,
                         };
-                        let path = target.split('?').next().unwrap_or("/").to_string();
+                        let (path, query) = target.split_once('?').unwrap_or((target, ""));
                         let head = Head {
                             method: req.method.unwrap_or("").to_string(),
-                            path,
+                            path: path.to_string(),
+                            query: query.to_string(),
                             version: req.version.unwrap_or(1),
                             headers: req
                                 .headers
@@ -306,6 +309,7 @@ pub(crate) fn reason(code: u16) -> &'static str {
         409 => "Conflict",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
+        529 => "Overloaded",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",

@@ -1,15 +1,19 @@
 //! Mock LLM vendor: a small, fast HTTP/1.1 server (raw tokio + `httparse`) that speaks
-//! OpenAI's wire format. Used by integration tests, `tollgate demo` and benchmarks.
+//! OpenAI's, Anthropic's and Gemini's wire formats. Used by integration tests, `tollgate demo`
+//! and benchmarks.
 //!
 //! # Endpoints
 //! * `POST /v1/chat/completions` — Chat Completions, non-stream and SSE stream, tool calls.
+//! * `POST /v1/messages` — Anthropic Messages (see `anthropic.rs` for its token rules).
+//! * `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse` —
+//!   Gemini (see `gemini.rs`).
 //! * `POST /v1/embeddings` — 8-float (or `dimensions`) deterministic embeddings,
 //!   `encoding_format` `float` or `base64`.
 //! * `GET /v1/models`, `GET /v1/models/{id}`.
 //! * Control plane (never counted in stats, never subject to behaviours or auth):
 //!   `POST /_mock/behavior` (Behavior JSON, sets the default), `POST /_mock/push` (one-shot),
 //!   `GET /_mock/stats` ([`MockStats`] JSON), `POST /_mock/reset` (stats, default behaviour and
-//!   queue), `POST /_mock/config` (`{"fragmented_writes":bool,"cached_tokens":n,
+//!   queue), `POST /_mock/config` (`{"fragmented_writes":bool,"cached_tokens":n,"cache_write_tokens":n,
 //!   "required_key":"k"|null,"models":[..]}`, every field optional).
 //!
 //! # Token accounting (reproducible by tests)
@@ -31,12 +35,15 @@
 //!   `{"location":"Paris"}` (5); a stream sends one argument fragment per token.
 //!
 //! # Behaviours
-//! Behaviours apply only to `POST /v1/chat/completions` and `POST /v1/embeddings`, after the
-//! auth check (a 401 does not consume a pushed behaviour). See [`Behavior`].
+//! Behaviours apply only to `POST /v1/chat/completions`, `POST /v1/embeddings`,
+//! `POST /v1/messages` and the Gemini generate calls, after the auth check (a 401 does not
+//! consume a pushed behaviour). See [`Behavior`].
 //!
 //! Stats are updated just *before* the final write of a response (and before closing a cut
 //! stream), so a client that has read a whole response always sees it in [`MockHandle::stats`].
 
+mod anthropic;
+mod gemini;
 mod http;
 mod openai;
 #[cfg(test)]
@@ -52,6 +59,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub use openai::EXACT_COUNT_LIMIT;
+
+/// The reply text the mock generates for `user`'s last message with `n` tokens (the same on
+/// every protocol), for tests that compare what a client received.
+pub fn reply_text(user: &str, n: usize) -> String {
+    openai::reply_pieces(user, n).concat()
+}
 
 /// Namespace for starting the mock vendor.
 pub struct MockVendor;
@@ -139,6 +152,17 @@ impl MockHandle {
         self.state.cached_tokens.store(n, Ordering::Relaxed);
     }
 
+    /// Anthropic `cache_creation_input_tokens` reported per Messages request
+    /// (`min(n, prompt tokens - cached)`); default 0.
+    pub fn set_cache_write_tokens(&self, n: u64) {
+        self.state.cache_write_tokens.store(n, Ordering::Relaxed);
+    }
+
+    /// `http://<addr>/v1beta`, the base URL of the Gemini side.
+    pub fn gemini_base_url(&self) -> String {
+        format!("http://{}/v1beta", self.addr)
+    }
+
     /// When on, each SSE event is written in 2–3 pieces at awkward offsets (mid-`data:`,
     /// mid-JSON, between the two newlines), each piece its own HTTP chunk, with a flush and a
     /// ~1 ms pause between pieces. Non-stream bodies are written in two pieces.
@@ -176,8 +200,18 @@ pub struct MockStats {
     pub prompt_tokens: u64,
     /// Sum of completion tokens actually sent (for cut streams: the content chunks sent).
     pub completion_tokens: u64,
-    /// Sum of cached_tokens reported.
+    /// Sum of cached_tokens reported (Anthropic `cache_read_input_tokens`, Gemini
+    /// `cachedContentTokenCount`).
     pub cached_tokens: u64,
+    /// Sum of Anthropic `cache_creation_input_tokens` reported.
+    pub cache_write_tokens: u64,
+    /// Sum of reasoning tokens reported (Anthropic thinking is not reported separately by
+    /// Anthropic, so only Gemini `thoughtsTokenCount` lands here).
+    pub reasoning_tokens: u64,
+    /// `POST /v1/messages` requests (Anthropic, counted at parse time).
+    pub messages_requests: u64,
+    /// Gemini `generateContent` / `streamGenerateContent` requests (counted at parse time).
+    pub gemini_requests: u64,
     /// Last JSON body received on a non-control path (unchanged by bodies that are not JSON).
     pub last_request_body: Option<serde_json::Value>,
     /// Headers of the last non-control request, names lowercased, in received order.
@@ -192,7 +226,8 @@ pub enum Behavior {
     Normal,
     /// Wait `ms` before writing the response head, then answer normally.
     Delay { ms: u64 },
-    /// Answer an OpenAI-style error JSON with this status (`Content-Length`, keep-alive kept);
+    /// Answer an error JSON in the vendor's shape (OpenAI's, Anthropic's with `overloaded_error`
+    /// for 529, Google's) with this status (`Content-Length`, keep-alive kept);
     /// `Retry-After: <secs>` header when set. Codes outside `200..=999` are answered as 500.
     Status { code: u16, retry_after: Option<u64> },
     /// Read the whole request, then close the socket (FIN) without writing a byte.
@@ -210,11 +245,23 @@ pub enum Behavior {
     SlowChunks { ms: u64 },
 }
 
+/// Usage of one answer in OpenAI terms: `prompt` includes cached and cache-write tokens,
+/// `completion` includes reasoning tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reported {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+    pub reasoning: u64,
+}
+
 #[derive(Default)]
 pub(crate) struct MockState {
     inner: Mutex<Inner>,
     fragmented: AtomicBool,
     cached_tokens: AtomicU64,
+    cache_write_tokens: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -257,11 +304,26 @@ impl MockState {
 
     /// Records token usage of a completed or cut call.
     pub(crate) fn record_usage(&self, prompt: u64, completion: u64, cached: u64, completed: bool) {
+        self.record(
+            Reported {
+                prompt,
+                completion,
+                cached,
+                ..Reported::default()
+            },
+            completed,
+        );
+    }
+
+    /// Records what an Anthropic or Gemini answer reported, in OpenAI terms (see [`Reported`]).
+    pub(crate) fn record(&self, r: Reported, completed: bool) {
         let mut inner = self.lock();
         let s = &mut inner.stats;
-        s.prompt_tokens += prompt;
-        s.completion_tokens += completion;
-        s.cached_tokens += cached;
+        s.prompt_tokens += r.prompt;
+        s.completion_tokens += r.completion;
+        s.cached_tokens += r.cached;
+        s.cache_write_tokens += r.cache_write;
+        s.reasoning_tokens += r.reasoning;
         if completed {
             s.completed += 1;
         }
@@ -330,6 +392,8 @@ async fn serve_conn(stream: TcpStream, state: Arc<MockState>) {
                 match head.path.as_str() {
                     "/v1/chat/completions" => s.chat_requests += 1,
                     "/v1/embeddings" => s.embedding_requests += 1,
+                    "/v1/messages" => s.messages_requests += 1,
+                    p if p.starts_with("/v1beta/models/") => s.gemini_requests += 1,
                     _ => {}
                 }
             }

@@ -16,14 +16,14 @@ use tokio::io::AsyncWriteExt;
 pub const EXACT_COUNT_LIMIT: usize = 1024 * 1024;
 /// Texts longer than this are counted on the blocking pool.
 const BLOCKING_COUNT_THRESHOLD: usize = 64 * 1024;
-const DEFAULT_COMPLETION_TOKENS: u64 = 24;
-const MAX_COMPLETION_TOKENS: u64 = 4096;
+pub(crate) const DEFAULT_COMPLETION_TOKENS: u64 = 24;
+pub(crate) const MAX_COMPLETION_TOKENS: u64 = 4096;
 const DEFAULT_EMBEDDING_DIMS: u64 = 8;
 const MAX_EMBEDDING_DIMS: u64 = 4096;
 /// Buffered stream bytes are flushed once they reach this size.
 const STREAM_FLUSH_AT: usize = 16 * 1024;
-const FRAGMENT_PAUSE: Duration = Duration::from_millis(1);
-const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
+pub(crate) const FRAGMENT_PAUSE: Duration = Duration::from_millis(1);
+pub(crate) const TOOL_ARGUMENTS: &str = r#"{"location":"Paris"}"#;
 const BASE_MODELS: [&str; 2] = ["mock-small", "mock-large"];
 
 /// Words that are each exactly one o200k token (with their leading space), and stay one
@@ -46,7 +46,7 @@ pub(crate) fn count_tokens(text: &str) -> u64 {
     }
 }
 
-async fn count_tokens_async(text: String) -> u64 {
+pub(crate) async fn count_tokens_async(text: String) -> u64 {
     if text.len() <= BLOCKING_COUNT_THRESHOLD {
         return count_tokens(&text);
     }
@@ -93,7 +93,7 @@ fn last_user_text(messages: &[Value]) -> String {
 
 /// Printable-ASCII rendering of the user's text (whitespace and anything else collapsed to
 /// single spaces), at most 40 characters.
-fn echo_text(user: &str) -> String {
+pub(crate) fn echo_text(user: &str) -> String {
     let mut out = String::new();
     let mut pending_space = false;
     for ch in user.chars() {
@@ -149,11 +149,11 @@ pub(crate) fn reply_pieces(user: &str, n: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-fn js(s: &str) -> String {
+pub(crate) fn js(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -177,7 +177,7 @@ fn usage_json(prompt: u64, completion: u64, cached: u64) -> String {
 }
 
 /// Writes a complete response (head + body) in one write.
-async fn write_response(
+pub(crate) async fn write_response(
     conn: &mut Conn,
     status: u16,
     content_type: &str,
@@ -190,7 +190,12 @@ async fn write_response(
     conn.stream.write_all(&out).await
 }
 
-async fn write_json(conn: &mut Conn, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
+pub(crate) async fn write_json(
+    conn: &mut Conn,
+    status: u16,
+    body: &str,
+    keep_alive: bool,
+) -> io::Result<()> {
     write_response(
         conn,
         status,
@@ -269,10 +274,11 @@ fn status_error_json(code: u16) -> String {
 }
 
 /// Applies Delay / Status / CloseImmediately. `Some(keep)` means the request is answered.
-async fn pre_behavior(
+pub(crate) async fn pre_behavior(
     conn: &mut Conn,
     behavior: &Behavior,
     keep_alive: bool,
+    error_body: fn(u16) -> String,
 ) -> io::Result<Option<bool>> {
     match behavior {
         Behavior::Delay { ms } => {
@@ -289,7 +295,7 @@ async fn pre_behavior(
                 .iter()
                 .map(|s| ("retry-after", s.to_string()))
                 .collect();
-            let body = status_error_json(code);
+            let body = error_body(code);
             write_response(
                 conn,
                 code,
@@ -333,6 +339,12 @@ pub(crate) async fn route(
         state.lock().stats.last_request_body = Some(v.clone());
     }
 
+    if path == "/v1/messages" {
+        return super::anthropic::route(conn, state, head, json, keep_alive).await;
+    }
+    if path.starts_with("/v1beta/") {
+        return super::gemini::route(conn, state, head, json, keep_alive).await;
+    }
     let allowed = match path {
         "/v1/chat/completions" | "/v1/embeddings" => "POST",
         "/v1/models" => "GET",
@@ -438,7 +450,7 @@ async fn chat(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let behavior = state.next_behavior();
-    if let Some(keep) = pre_behavior(conn, &behavior, keep_alive).await? {
+    if let Some(keep) = pre_behavior(conn, &behavior, keep_alive, status_error_json).await? {
         return Ok(keep);
     }
     let req = match json {
@@ -602,34 +614,45 @@ async fn write_chat_json(
         &request_id_header(&plan.id),
         behavior,
         keep_alive,
-        (prompt, completion, cached),
+        super::Reported {
+            prompt,
+            completion,
+            cached,
+            ..Default::default()
+        },
     )
     .await
 }
 
-fn request_id_header(id: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn request_id_header(id: &str) -> Vec<(&'static str, String)> {
     vec![("x-request-id", format!("req_{id}"))]
 }
 
 /// Writes a successful JSON body honouring CutStreamAfter and fragmented writes, recording
 /// `usage` (prompt, completion, cached) in the stats just before the final write.
-async fn write_body_with_behavior(
+pub(crate) async fn write_body_with_behavior(
     conn: &mut Conn,
     state: &MockState,
     body: &[u8],
     extra: &[(&'static str, String)],
     behavior: &Behavior,
     keep_alive: bool,
-    usage: (u64, u64, u64),
+    usage: super::Reported,
 ) -> io::Result<bool> {
-    let (prompt, completion, cached) = usage;
     let mut out = http::response_head(200, "application/json", Some(body.len()), extra, keep_alive);
     let half = body.len() / 2;
     if let Behavior::CutStreamAfter { .. } = behavior {
         out.extend_from_slice(&body[..half]);
         conn.stream.write_all(&out).await?;
         conn.stream.flush().await?;
-        state.record_usage(prompt, 0, cached, false);
+        state.record(
+            super::Reported {
+                completion: 0,
+                reasoning: 0,
+                ..usage
+            },
+            false,
+        );
         return Ok(false);
     }
     if state.fragmented.load(Ordering::Relaxed) {
@@ -637,27 +660,27 @@ async fn write_body_with_behavior(
         conn.stream.write_all(&out).await?;
         conn.stream.flush().await?;
         tokio::time::sleep(FRAGMENT_PAUSE).await;
-        state.record_usage(prompt, completion, cached, true);
+        state.record(usage, true);
         conn.stream.write_all(&body[half..]).await?;
     } else {
         out.extend_from_slice(body);
-        state.record_usage(prompt, completion, cached, true);
+        state.record(usage, true);
         conn.stream.write_all(&out).await?;
     }
     Ok(keep_alive)
 }
 
 /// Buffers SSE events as HTTP chunks and writes them according to the mode.
-struct SseOut<'a> {
-    conn: &'a mut Conn,
-    buf: Vec<u8>,
-    fragmented: bool,
-    slow: Option<Duration>,
-    events: usize,
+pub(crate) struct SseOut<'a> {
+    pub conn: &'a mut Conn,
+    pub buf: Vec<u8>,
+    pub fragmented: bool,
+    pub slow: Option<Duration>,
+    pub events: usize,
 }
 
 impl SseOut<'_> {
-    async fn flush(&mut self) -> io::Result<()> {
+    pub async fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.conn.stream.write_all(&self.buf).await?;
             self.buf.clear();
@@ -665,22 +688,32 @@ impl SseOut<'_> {
         Ok(())
     }
 
-    async fn event(&mut self, json: &str) -> io::Result<()> {
+    pub async fn event(&mut self, json: &str) -> io::Result<()> {
+        let mut ev = String::with_capacity(json.len() + 8);
+        ev.push_str("data: ");
+        ev.push_str(json);
+        ev.push_str("\n\n");
+        self.raw_event(ev.as_bytes(), 6 + json.len() / 2).await
+    }
+
+    /// Writes one complete, formatted event; `mid` is an offset inside its JSON, used as
+    /// an awkward cut point in fragmented mode.
+    pub async fn raw_event(&mut self, ev: &[u8], mid: usize) -> io::Result<()> {
         if let Some(pause) = self.slow {
             if self.events > 0 {
                 self.flush().await?;
                 tokio::time::sleep(pause).await;
             }
         }
-        let mut ev = String::with_capacity(json.len() + 8);
-        ev.push_str("data: ");
-        ev.push_str(json);
-        ev.push_str("\n\n");
-        let ev = ev.as_bytes();
+
         if self.fragmented {
             self.flush().await?;
             // Awkward offsets: inside "data:", inside the JSON, between the two newlines.
-            let (a, b, c) = (2, 6 + json.len() / 2, ev.len() - 1);
+            let (a, b, c) = (
+                2,
+                mid.clamp(3, ev.len().saturating_sub(2).max(3)),
+                ev.len() - 1,
+            );
             let cuts = match self.events % 3 {
                 0 => [a, b],
                 1 => [b, c],
@@ -955,7 +988,7 @@ async fn embeddings(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let behavior = state.next_behavior();
-    if let Some(keep) = pre_behavior(conn, &behavior, keep_alive).await? {
+    if let Some(keep) = pre_behavior(conn, &behavior, keep_alive, status_error_json).await? {
         return Ok(keep);
     }
     let Some(Value::Object(req)) = json else {
@@ -1024,7 +1057,10 @@ async fn embeddings(
         &[],
         &behavior,
         keep_alive,
-        (prompt_tokens, 0, 0),
+        super::Reported {
+            prompt: prompt_tokens,
+            ..Default::default()
+        },
     )
     .await
 }
@@ -1140,6 +1176,9 @@ async fn control(
             }
             if let Some(n) = cfg.get("cached_tokens").and_then(Value::as_u64) {
                 state.cached_tokens.store(n, Ordering::Relaxed);
+            }
+            if let Some(n) = cfg.get("cache_write_tokens").and_then(Value::as_u64) {
+                state.cache_write_tokens.store(n, Ordering::Relaxed);
             }
             {
                 let mut inner = state.lock();

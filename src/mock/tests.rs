@@ -930,3 +930,195 @@ fn behavior_json_shape() {
         json!({"kind": "delay", "ms": 5})
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic and Gemini sides
+
+fn messages_req(body: &Value, key: &str) -> Vec<u8> {
+    post(
+        "/v1/messages",
+        body.to_string().as_bytes(),
+        &format!("x-api-key: {key}\r\nanthropic-version: 2023-06-01\r\n"),
+    )
+}
+
+fn gemini_req(model: &str, stream: bool, body: &Value, key: &str) -> Vec<u8> {
+    let path = if stream {
+        format!("/v1beta/models/{model}:streamGenerateContent?alt=sse&key={key}")
+    } else {
+        format!("/v1beta/models/{model}:generateContent")
+    };
+    post(
+        &path,
+        body.to_string().as_bytes(),
+        &format!("x-goog-api-key: {key}\r\n"),
+    )
+}
+
+/// Runs a streamed body through the gateway's own reader and returns its view.
+fn read_stream(
+    d: crate::protocol::Dialect,
+    body: &[u8],
+) -> crate::protocol::translate::StreamTranslator {
+    use crate::protocol::translate::{Names, StreamTranslator};
+    let mut t = StreamTranslator::new(
+        d,
+        d,
+        Names {
+            id: "x".into(),
+            model: "m".into(),
+            created: 0,
+        },
+        false,
+    );
+    let mut out = bytes::BytesMut::new();
+    t.on_chunk(body, &mut out);
+    t.finish(&mut out);
+    assert_eq!(&out[..], body, "pass-through must be byte-exact");
+    t
+}
+
+#[tokio::test]
+async fn anthropic_messages_json_stream_tools_and_usage() {
+    let h = start().await;
+    h.require_key(Some("ak".into()));
+    h.set_cached_tokens(2);
+    h.set_cache_write_tokens(1);
+    let body = json!({"model": "claude-x", "max_tokens": 5, "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]});
+    let r = one_shot(&h, &messages_req(&body, "ak")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let prompt = o200k("Be brief.Hello there");
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["input_tokens"], prompt - 3);
+    assert_eq!(v["usage"]["cache_read_input_tokens"], 2);
+    assert_eq!(v["usage"]["cache_creation_input_tokens"], 1);
+    assert_eq!(v["usage"]["output_tokens"], 5);
+    assert!(v["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("This is a mock reply"));
+    let s = h.stats();
+    assert_eq!(
+        (
+            s.messages_requests,
+            s.prompt_tokens,
+            s.cached_tokens,
+            s.cache_write_tokens,
+            s.completion_tokens
+        ),
+        (1, prompt, 2, 1, 5)
+    );
+
+    // Streamed, with thinking and a tool call.
+    let body = json!({"model": "claude-x", "max_tokens": 100, "stream": true,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "weather in Paris?"}]});
+    h.set_fragmented_writes(true);
+    let r = one_shot(&h, &messages_req(&body, "ak")).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.starts_with("event: message_start\n"), "{text}");
+    assert!(text.contains("event: ping\n"));
+    assert!(text.contains("\"signature_delta\""));
+    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    let t = read_stream(crate::protocol::Dialect::Anthropic, &r.body);
+    assert!(t.saw_done());
+    assert_eq!(t.stop(), Some(crate::protocol::translate::Stop::ToolUse));
+    let u = t.usage().unwrap();
+    assert_eq!(u.completion_tokens, 4 + 5, "thinking + tool arguments");
+    let s = h.stats();
+    assert_eq!(s.completion_tokens, 5 + 9);
+    assert!(t.produced_text().contains("{\"location\":\"Paris\"}"));
+
+    // Errors in Anthropic's shape, 529 overloaded, and auth.
+    h.push_behavior(Behavior::Status {
+        code: 529,
+        retry_after: None,
+    });
+    let r = one_shot(&h, &messages_req(&body, "ak")).await;
+    assert_eq!(r.status, 529);
+    assert_eq!(
+        r.json(),
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    );
+    let r = one_shot(&h, &messages_req(&body, "wrong")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    let r = one_shot(&h, &post("/v1/messages", b"{}", "x-api-key: ak\r\n")).await;
+    assert_eq!(r.status, 400, "anthropic-version is required");
+}
+
+#[tokio::test]
+async fn anthropic_cut_stream_records_what_was_sent() {
+    let h = start().await;
+    h.push_behavior(Behavior::CutStreamAfter { chunks: 3 });
+    let body = json!({"model": "c", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": "Hello"}]});
+    let r = one_shot(&h, &messages_req(&body, "k")).await;
+    assert!(!r.text().contains("message_stop"));
+    assert_eq!(r.text().matches("text_delta").count(), 3);
+    assert_eq!(h.stats().completion_tokens, 3);
+    assert_eq!(h.stats().completed, 0);
+}
+
+#[tokio::test]
+async fn gemini_generate_and_stream_with_usage_calls_and_thoughts() {
+    let h = start().await;
+    h.require_key(Some("gk".into()));
+    h.set_cached_tokens(1);
+    let body = json!({"systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [{"role": "user", "parts": [{"text": "Hello there"}]}],
+        "generationConfig": {"maxOutputTokens": 6, "thinkingConfig": {"thinkingBudget": 100, "includeThoughts": true}}});
+    let r = one_shot(&h, &gemini_req("gemini-x", false, &body, "gk")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let prompt = o200k("Be brief.Hello there");
+    assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+    assert_eq!(v["candidates"][0]["content"]["parts"][0]["thought"], true);
+    assert_eq!(v["usageMetadata"]["promptTokenCount"], prompt);
+    assert_eq!(v["usageMetadata"]["candidatesTokenCount"], 6);
+    assert_eq!(v["usageMetadata"]["thoughtsTokenCount"], 4);
+    assert_eq!(v["usageMetadata"]["cachedContentTokenCount"], 1);
+    let s = h.stats();
+    assert_eq!(
+        (
+            s.gemini_requests,
+            s.prompt_tokens,
+            s.completion_tokens,
+            s.reasoning_tokens,
+            s.cached_tokens
+        ),
+        (1, prompt, 10, 4, 1)
+    );
+
+    let r = one_shot(&h, &gemini_req("gemini-x", true, &body, "gk")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\r\n\r\n"));
+    let t = read_stream(crate::protocol::Dialect::Gemini, &r.body);
+    assert!(t.saw_done());
+    assert_eq!(t.usage().unwrap().completion_tokens, 10);
+    assert_eq!(t.usage().unwrap().reasoning_tokens, 4);
+
+    let call = json!({"contents": [{"role": "user", "parts": [{"text": "weather in Paris?"}]}],
+        "tools": [{"functionDeclarations": [{"name": "get_weather"}]}]});
+    h.set_fragmented_writes(true);
+    let r = one_shot(&h, &gemini_req("gemini-x", true, &call, "gk")).await;
+    let t = read_stream(crate::protocol::Dialect::Gemini, &r.body);
+    assert_eq!(t.stop(), Some(crate::protocol::translate::Stop::ToolUse));
+    assert_eq!(t.usage().unwrap().completion_tokens, 5);
+
+    h.push_behavior(Behavior::Status {
+        code: 429,
+        retry_after: Some(2),
+    });
+    let r = one_shot(&h, &gemini_req("gemini-x", false, &call, "gk")).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["status"], "RESOURCE_EXHAUSTED");
+    let r = one_shot(&h, &gemini_req("gemini-x", false, &call, "bad")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["status"], "INVALID_ARGUMENT");
+}

@@ -266,14 +266,16 @@ pub fn rewrite_model(obj: &mut Map<String, Value>, upstream_model: &str) -> Vec<
 // ---------------------------------------------------------------------------------------
 
 /// Token usage as reported by the vendor, normalised to OpenAI semantics:
-/// `cached_tokens` is part of `prompt_tokens` (clamped to it), `reasoning_tokens` is the
-/// vendor's figure and (for OpenAI) already included in `completion_tokens`.
+/// `cached_tokens` (cache reads) and `cache_write_tokens` (Anthropic's cache creation) are
+/// part of `prompt_tokens`, `reasoning_tokens` is the vendor's figure and already included in
+/// `completion_tokens` (Gemini's thoughts are added to it when translated).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
     pub completion_tokens: u64,
     pub reasoning_tokens: u64,
+    pub cache_write_tokens: u64,
 }
 
 /// Reads a token count leniently: vendors occasionally send floats; anything else is
@@ -330,6 +332,7 @@ pub fn parse_usage(v: &Value) -> Option<Usage> {
         cached_tokens: cached.min(prompt),
         completion_tokens: completion.unwrap_or(0),
         reasoning_tokens: reasoning,
+        cache_write_tokens: 0,
     })
 }
 
@@ -918,6 +921,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
             cached_tokens: 0,
             completion_tokens: 5,
             reasoning_tokens: 0,
+            cache_write_tokens: 0,
         }
     }
 
@@ -1040,6 +1044,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 1920,
                     completion_tokens: 300,
                     reasoning_tokens: 192,
+                    cache_write_tokens: 0,
                 }),
             ),
             // DeepSeek
@@ -1052,6 +1057,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 64,
                     completion_tokens: 20,
                     reasoning_tokens: 10,
+                    cache_write_tokens: 0,
                 }),
             ),
             // DeepSeek without prompt_tokens: hit + miss
@@ -1062,6 +1068,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 64,
                     completion_tokens: 1,
                     reasoning_tokens: 0,
+                    cache_write_tokens: 0,
                 }),
             ),
             // Kimi (Moonshot)
@@ -1072,6 +1079,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 32,
                     completion_tokens: 7,
                     reasoning_tokens: 0,
+                    cache_write_tokens: 0,
                 }),
             ),
             // Qwen (DashScope compatible mode)
@@ -1083,6 +1091,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 2048,
                     completion_tokens: 104,
                     reasoning_tokens: 0,
+                    cache_write_tokens: 0,
                 }),
             ),
             // Responses-style names
@@ -1095,6 +1104,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 3,
                     completion_tokens: 4,
                     reasoning_tokens: 2,
+                    cache_write_tokens: 0,
                 }),
             ),
             // Embeddings
@@ -1114,6 +1124,7 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                     cached_tokens: 10,
                     completion_tokens: 0,
                     reasoning_tokens: 0,
+                    cache_write_tokens: 0,
                 }),
             ),
             (json!({"total_tokens": 5}), None),
@@ -1145,7 +1156,8 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                 prompt_tokens: 40,
                 cached_tokens: 16,
                 completion_tokens: 9,
-                reasoning_tokens: 0
+                reasoning_tokens: 0,
+                cache_write_tokens: 0,
             })
         );
         // Cumulative usage on every chunk: the last one wins.
@@ -1564,7 +1576,8 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                 prompt_tokens: 30,
                 cached_tokens: 16,
                 completion_tokens: 12,
-                reasoning_tokens: 0
+                reasoning_tokens: 0,
+                cache_write_tokens: 0,
             })
         );
         assert_eq!(text, None, "text is only extracted when usage is missing");

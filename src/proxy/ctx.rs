@@ -3,6 +3,8 @@
 use crate::config::{Channel, Config, Model, Upstream};
 use crate::error::GatewayError;
 use crate::protocol::openai::ChatStreamMeter;
+use crate::protocol::translate::StreamTranslator;
+use crate::protocol::Dialect;
 use crate::routing::upstream::Admission;
 use crate::tenancy::ApiKey;
 use bytes::Bytes;
@@ -15,6 +17,8 @@ pub enum Endpoint {
     Chat,
     Embeddings,
     Models,
+    /// `POST /v1/messages/count_tokens`, answered by the gateway.
+    CountTokens,
 }
 
 impl Endpoint {
@@ -24,6 +28,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
+            Endpoint::CountTokens => "count_tokens",
         }
     }
 }
@@ -66,6 +71,23 @@ pub struct RequestCtx {
     pub status: u16,
     pub error: Option<GatewayError>,
     pub meter: Option<ChatStreamMeter>,
+    /// The protocol the caller speaks (`/v1/messages`: Anthropic).
+    pub inbound: Dialect,
+    /// The caller's request translated for each other protocol among the channel's upstreams
+    /// (model set per attempt), computed before any upstream is contacted so that a feature
+    /// without equivalent is a 400, never a failover.
+    pub translations: Vec<(Dialect, serde_json::Map<String, serde_json::Value>)>,
+    /// Protocol of the attempt in progress and of the bytes in `upstream_body`.
+    pub upstream_dialect: Dialect,
+    pub upstream_body_dialect: Option<Dialect>,
+    /// Streams other than OpenAI -> OpenAI: translated (or, Anthropic -> Anthropic, metered).
+    pub translator: Option<StreamTranslator>,
+    /// A whole body (answer or error) to convert to the caller's protocol at its end.
+    pub translate_whole: bool,
+    pub upstream_status: u16,
+    /// Anthropic headers of the caller, forwarded to Anthropic upstreams.
+    pub anthropic_version: Option<String>,
+    pub anthropic_beta: Option<String>,
     /// Non-streamed response body, kept (bounded) to read its usage.
     pub response: Vec<u8>,
     pub response_truncated: bool,
@@ -106,6 +128,15 @@ impl RequestCtx {
             status: 0,
             error: None,
             meter: None,
+            inbound: Dialect::OpenAi,
+            translations: Vec::new(),
+            upstream_dialect: Dialect::OpenAi,
+            upstream_body_dialect: None,
+            translator: None,
+            translate_whole: false,
+            upstream_status: 0,
+            anthropic_version: None,
+            anthropic_beta: None,
             response: Vec::new(),
             response_truncated: false,
             first_token_at: None,

@@ -1,9 +1,10 @@
 //! The data plane: a Pingora `ProxyHttp` whose phases each delegate to a small piece of logic.
 //!
 //! Request path (see docs/architecture.md for the failure rules):
-//! 1. `request_filter`: route, authenticate (hash lookup in a snapshot), read the bounded body,
-//!    validate it, resolve the model and the channel. Errors are answered here, before any
-//!    upstream is contacted.
+//! 1. `request_filter`: route (OpenAI or Anthropic caller), authenticate (hash lookup in a
+//!    snapshot), read the bounded body, validate it, resolve the model and the channel, translate
+//!    the request for the other protocols among the channel's upstreams. Errors are answered
+//!    here, in the caller's shape, before any upstream is contacted.
 //! 2. `upstream_peer`: the balancer picks the next upstream of the channel not yet tried; the
 //!    body is re-serialised for that upstream's model name.
 //! 3. `upstream_request_filter` / `request_body_filter`: a fresh upstream request carrying the
@@ -11,8 +12,9 @@
 //! 4. `upstream_response_filter`: a 429 or 5xx answered before anything reached the client is
 //!    turned into a retryable error so Pingora asks `upstream_peer` for another upstream.
 //!    Connect errors and timeouts arrive through `fail_to_connect` / `error_while_proxy`.
-//! 5. `response_body_filter`: SSE metering, usage-chunk hiding, and an explicit error event when
-//!    a stream ends without its terminator.
+//! 5. `response_body_filter`: SSE metering, usage-chunk hiding, stream and body translation to
+//!    the caller's protocol, and an explicit error event when a stream ends without its
+//!    terminator.
 //! 6. `logging`: settle the attempt, emit the usage event and metrics.
 
 pub mod autoroute;
@@ -27,6 +29,8 @@ use crate::config::{Config, ModelKind};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::protocol::openai::{self, ChatStreamMeter};
+use crate::protocol::translate::{self, Names, StreamTranslator};
+use crate::protocol::{anthropic, gemini, Dialect};
 use crate::routing::balancer::{self, NoPick};
 use crate::routing::upstream::Admission;
 use crate::tenancy::unix_now;
@@ -85,17 +89,38 @@ impl Gateway {
             let req = session.req_header();
             let path = req.uri.path();
             let path = path.strip_prefix("/v1").unwrap_or(path);
-            let ep = match path {
-                "/chat/completions" => Endpoint::Chat,
-                "/embeddings" => Endpoint::Embeddings,
-                "/models" => Endpoint::Models,
+            let anthropic_caller = req.headers.contains_key("anthropic-version")
+                || req.headers.contains_key("x-api-key");
+            let (ep, inbound) = match path {
+                "/chat/completions" => (Endpoint::Chat, Dialect::OpenAi),
+                "/embeddings" => (Endpoint::Embeddings, Dialect::OpenAi),
+                "/messages" => (Endpoint::Chat, Dialect::Anthropic),
+                "/messages/count_tokens" => (Endpoint::CountTokens, Dialect::Anthropic),
+                "/models" if anthropic_caller => (Endpoint::Models, Dialect::Anthropic),
+                "/models" => (Endpoint::Models, Dialect::OpenAi),
                 _ => {
+                    ctx.inbound = if anthropic_caller {
+                        Dialect::Anthropic
+                    } else {
+                        Dialect::OpenAi
+                    };
                     return Err(GatewayError::NotFound(format!(
-                        "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+                        "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/messages, /v1/messages/count_tokens, /v1/embeddings and /v1/models.",
                         req.uri.path()
-                    )))
+                    )));
                 }
             };
+            ctx.inbound = inbound;
+            if inbound == Dialect::Anthropic {
+                let h = |n: &str| {
+                    req.headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                ctx.anthropic_version = h("anthropic-version");
+                ctx.anthropic_beta = h("anthropic-beta");
+            }
             let want = if ep == Endpoint::Models {
                 http::Method::GET
             } else {
@@ -113,9 +138,9 @@ impl Gateway {
         }
 
         let key = {
-            let token = bearer_token(session).ok_or_else(|| {
+            let token = caller_key(session).ok_or_else(|| {
                 GatewayError::MissingKey(
-                    "You didn't provide an API key. Send it in the Authorization header: `Authorization: Bearer <key>`.".into(),
+                    "You didn't provide an API key. Send it in the Authorization header (`Authorization: Bearer <key>`) or in `x-api-key`.".into(),
                 )
             })?;
             self.app.keys.authenticate(token, unix_now()).map_err(|f| {
@@ -133,7 +158,7 @@ impl Gateway {
         ctx.key = Some(key.clone());
 
         if endpoint == Endpoint::Models {
-            let body = models_list(&cfg, &key);
+            let body = models_list(&cfg, &key, ctx.inbound);
             ctx.status = 200;
             write_json(session, ctx, 200, body, None, false).await;
             return Ok(Admitted::Answered);
@@ -187,6 +212,30 @@ impl Gateway {
         // a generous bound that costs nothing to compute (no tokenizer on the request path).
         let mut prompt_bound = raw.len() as u64 / 2 + 64;
         let (mut obj, mut model_name, wanted_kind, max_output) = match endpoint {
+            Endpoint::Chat if ctx.inbound == Dialect::Anthropic => {
+                let (obj, info) = anthropic::parse_messages_request(&raw)?;
+                ctx.stream = info.stream;
+                if info.has_images {
+                    prompt_bound += IMAGE_TOKEN_BOUND;
+                }
+                (obj, info.model, ModelKind::Chat, Some(info.max_tokens))
+            }
+            Endpoint::CountTokens => {
+                let obj = match serde_json::from_slice::<serde_json::Value>(&raw) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => return Err(GatewayError::bad_request("The body must be a JSON object.")),
+                };
+                let model = obj
+                    .get("model")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| GatewayError::BadRequest {
+                        message: "model: Field required".into(),
+                        param: Some("model".into()),
+                    })?
+                    .to_string();
+                (obj, model, ModelKind::Chat, Some(0))
+            }
             Endpoint::Chat => {
                 let (obj, info) = openai::parse_chat_request(&raw)?;
                 ctx.stream = info.stream;
@@ -210,7 +259,8 @@ impl Gateway {
         drop(raw);
         ctx.model_requested = Some(model_name.clone());
         let mut channel = channel;
-        if endpoint == Endpoint::Chat {
+        // The router reads OpenAI chat bodies; Anthropic callers name concrete models.
+        if endpoint == Endpoint::Chat && ctx.inbound == Dialect::OpenAi {
             if let Some(mode) = crate::router::parse_auto_model(&model_name) {
                 let hint = session
                     .get_header(crate::router::HINT_HEADER)
@@ -262,6 +312,55 @@ impl Gateway {
                 "The model `{model_name}` is not served on channel `{}`.",
                 channel.name
             )));
+        }
+        if endpoint == Endpoint::CountTokens {
+            // Counted here with the gateway's tokenizer (o200k): an estimate, documented as such.
+            let n = tokio::task::spawn_blocking(move || {
+                anthropic::to_openai(&obj, Dialect::Gemini)
+                    .map(|o| crate::protocol::TokenCounter::estimate_chat_prompt(&o))
+            })
+            .await
+            .map_err(|_| GatewayError::Internal("token counting failed".into()))??;
+            ctx.status = 200;
+            let body = Bytes::from(serde_json::json!({ "input_tokens": n }).to_string());
+            write_json(session, ctx, 200, body, None, false).await;
+            return Ok(Admitted::Answered);
+        }
+        // Translate now for every other protocol among the upstreams that may serve this call:
+        // a feature without equivalent is the caller's 400 before anything is sent.
+        let default_max = model
+            .max_output_tokens
+            .unwrap_or(cfg.billing.default_max_output_tokens);
+        for up in channel
+            .upstreams
+            .iter()
+            .filter(|u| u.models.contains(&model.name) && u.disabled.is_none())
+        {
+            let to = up.protocol;
+            if to == ctx.inbound || ctx.translations.iter().any(|(d, _)| *d == to) {
+                continue;
+            }
+            if endpoint == Endpoint::Embeddings {
+                return Err(GatewayError::bad_request(format!(
+                    "Embeddings are served by OpenAI-compatible upstreams only; `{}` is served by a {} upstream on this channel.",
+                    model.name,
+                    to.display()
+                )));
+            }
+            let translated = match (ctx.inbound, to) {
+                (Dialect::OpenAi, Dialect::Anthropic) => anthropic::from_openai(&obj, default_max)?,
+                (Dialect::OpenAi, Dialect::Gemini) => gemini::from_openai(&obj)?,
+                (Dialect::Anthropic, Dialect::OpenAi) => {
+                    anthropic::to_openai(&obj, Dialect::OpenAi)?
+                }
+                (Dialect::Anthropic, Dialect::Gemini) => gemini::from_anthropic(&obj)?,
+                _ => {
+                    return Err(GatewayError::Internal(
+                        "no translation for this pair".into(),
+                    ))
+                }
+            };
+            ctx.translations.push((to, translated));
         }
         if !cfg.billing.enabled {
             ctx.model = Some(model);
@@ -317,6 +416,41 @@ impl Gateway {
         ctx.model = Some(model);
         ctx.body = Some(obj);
         Ok(Admitted::Proxy)
+    }
+
+    /// Ids of a translated response: the request id and the model name the caller asked for.
+    fn names(&self, ctx: &RequestCtx) -> Names {
+        Names {
+            id: ctx.request_id.clone(),
+            model: ctx
+                .model_requested
+                .clone()
+                .unwrap_or_else(|| ctx.upstream_body_model.clone()),
+            created: unix_now().max(0) as u64,
+        }
+    }
+
+    /// A whole upstream body (kept in `ctx.response`) in the caller's protocol: the answer
+    /// translated, or the upstream's error re-worded in the caller's error shape.
+    fn convert_whole(&self, ctx: &RequestCtx) -> Vec<u8> {
+        let status = ctx.upstream_status;
+        if !(200..300).contains(&status) {
+            return translate::error_to(ctx.inbound, status, &ctx.response).1;
+        }
+        let reply = if ctx.response_truncated {
+            None
+        } else {
+            translate::reply_from(ctx.upstream_dialect, &ctx.response)
+        };
+        match reply {
+            Some(r) => translate::reply_to(ctx.inbound, &r, &self.names(ctx)),
+            None => GatewayError::UpstreamFailed(format!(
+                "The upstream's {} answer could not be read.",
+                ctx.upstream_dialect.display()
+            ))
+            .body_for(ctx.inbound)
+            .to_vec(),
+        }
     }
 
     /// Whether another attempt is possible after the current one failed.
@@ -407,6 +541,14 @@ impl Gateway {
     }
 }
 
+/// The caller's key: `Authorization: Bearer <key>`, else `x-api-key` (Anthropic clients).
+fn caller_key(session: &Session) -> Option<&str> {
+    bearer_token(session).or_else(|| {
+        let v = session.get_header("x-api-key")?.to_str().ok()?.trim();
+        (!v.is_empty()).then_some(v)
+    })
+}
+
 fn bearer_token(session: &Session) -> Option<&str> {
     let v = session
         .get_header(http::header::AUTHORIZATION)?
@@ -421,8 +563,9 @@ fn bearer_token(session: &Session) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// `GET /v1/models`: what this key may call through the channels it may use.
-fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey) -> Bytes {
+/// `GET /v1/models`: what this key may call through the channels it may use, in the caller's
+/// format (Anthropic's when the request carries `anthropic-version` or `x-api-key`).
+fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey, caller: Dialect) -> Bytes {
     let channels: Vec<_> = cfg
         .channels
         .iter()
@@ -433,6 +576,14 @@ fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey) -> Bytes {
         .iter()
         .filter(|m| key.may_use_model(&m.name) && channels.iter().any(|c| c.serves(&m.name)))
         .map(|m| {
+            if caller == Dialect::Anthropic {
+                return serde_json::json!({
+                    "type": "model",
+                    "id": m.name,
+                    "display_name": m.name,
+                    "created_at": "1970-01-01T00:00:00Z",
+                });
+            }
             serde_json::json!({
                 "id": m.name,
                 "object": "model",
@@ -441,6 +592,14 @@ fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey) -> Bytes {
             })
         })
         .collect();
+    if caller == Dialect::Anthropic {
+        let first = data.first().and_then(|m| m.get("id")).cloned();
+        let last = data.last().and_then(|m| m.get("id")).cloned();
+        return Bytes::from(
+            serde_json::json!({ "data": data, "has_more": false, "first_id": first, "last_id": last })
+                .to_string(),
+        );
+    }
     Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string())
 }
 
@@ -544,7 +703,7 @@ impl ProxyHttp for Gateway {
                     session,
                     ctx,
                     e.status(),
-                    e.openai_body(),
+                    e.body_for(ctx.inbound),
                     e.retry_after(),
                     false,
                 )
@@ -606,16 +765,37 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::ConnectNoRoute, "upstream has no address");
         };
         let upstream_model = upstream.upstream_model(&model.name).to_string();
-        if ctx.upstream_body.is_empty() || ctx.upstream_body_model != upstream_model {
-            if let Some(obj) = ctx.body.as_mut() {
-                ctx.upstream_body = Bytes::from(match ctx.endpoint {
-                    Endpoint::Chat => {
-                        openai::rewrite_chat_request(obj, &upstream_model, ctx.stream)
-                    }
-                    _ => openai::rewrite_model(obj, &upstream_model),
-                });
-                ctx.upstream_body_model = upstream_model;
-            }
+        let to = upstream.protocol;
+        ctx.upstream_dialect = to;
+        if ctx.upstream_body.is_empty()
+            || ctx.upstream_body_model != upstream_model
+            || ctx.upstream_body_dialect != Some(to)
+        {
+            let translated = ctx
+                .translations
+                .iter_mut()
+                .find(|(d, _)| *d == to && to != ctx.inbound)
+                .map(|(_, m)| m);
+            let obj = match translated {
+                Some(m) => Some(m),
+                None if to == ctx.inbound => ctx.body.as_mut(),
+                None => None,
+            };
+            let Some(obj) = obj else {
+                return Error::e_explain(ErrorType::InternalError, "no body for this protocol");
+            };
+            ctx.upstream_body = Bytes::from(match (ctx.endpoint, to) {
+                (Endpoint::Chat, Dialect::OpenAi) => {
+                    openai::rewrite_chat_request(obj, &upstream_model, ctx.stream)
+                }
+                (Endpoint::Chat, Dialect::Anthropic) => {
+                    anthropic::rewrite_messages_request(obj, &upstream_model)
+                }
+                (_, Dialect::Gemini) => serde_json::to_vec(obj).unwrap_or_default(),
+                _ => openai::rewrite_model(obj, &upstream_model),
+            });
+            ctx.upstream_body_model = upstream_model;
+            ctx.upstream_body_dialect = Some(to);
         }
         ctx.body_forwarded = false;
         ctx.attempts += 1;
@@ -642,14 +822,29 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no attempt");
         };
         let up = &attempt.upstream;
-        let path = match ctx.endpoint {
-            Endpoint::Embeddings => &up.embeddings_path,
+        let gemini_path;
+        let path = match (ctx.endpoint, up.protocol) {
+            (Endpoint::Embeddings, _) => &up.embeddings_path,
+            (_, Dialect::Gemini) => {
+                gemini_path = gemini::path(&up.base.path, &ctx.upstream_body_model, ctx.stream);
+                &gemini_path
+            }
             _ => &up.chat_path,
         };
-        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
+        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(10))?;
         req.insert_header(http::header::HOST, up.host_header.clone())?;
         if let Some(auth) = up.auth_header.as_ref() {
-            req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
+            req.insert_header(up.auth_name.clone(), auth.clone())?;
+        }
+        if up.protocol == Dialect::Anthropic {
+            let version = ctx
+                .anthropic_version
+                .as_deref()
+                .unwrap_or(anthropic::DEFAULT_VERSION);
+            req.insert_header("anthropic-version", version)?;
+            if let Some(beta) = ctx.anthropic_beta.as_deref() {
+                req.insert_header("anthropic-beta", beta)?;
+            }
         }
         req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         req.insert_header(http::header::CONTENT_LENGTH, ctx.upstream_body.len())?;
@@ -777,10 +972,31 @@ impl ProxyHttp for Gateway {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
+        let translating = ctx.upstream_dialect != ctx.inbound;
+        ctx.upstream_status = status;
         if ctx.endpoint == Endpoint::Chat && ctx.stream && is_sse && resp.status.is_success() {
-            ctx.meter = Some(ChatStreamMeter::new(ctx.client_wants_usage));
+            if ctx.inbound == Dialect::OpenAi && !translating {
+                ctx.meter = Some(ChatStreamMeter::new(ctx.client_wants_usage));
+            } else {
+                ctx.translator = Some(StreamTranslator::new(
+                    ctx.upstream_dialect,
+                    ctx.inbound,
+                    self.names(ctx),
+                    ctx.client_wants_usage,
+                ));
+                resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+            }
             // The usage chunk may be removed, so the length can change.
             resp.remove_header(&http::header::CONTENT_LENGTH);
+        } else if translating {
+            // A whole answer or error in another protocol: converted when it is complete.
+            ctx.translate_whole = true;
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+            if status == 529 && ctx.inbound != Dialect::Anthropic {
+                // Anthropic's "overloaded" has no meaning to other clients.
+                resp.set_status(503)?;
+            }
         }
         Ok(())
     }
@@ -820,7 +1036,34 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        if let Some(meter) = ctx.meter.as_mut() {
+        if let Some(tr) = ctx.translator.as_mut() {
+            let mut out = BytesMut::new();
+            if let Some(chunk) = body.as_ref() {
+                tr.on_chunk(chunk, &mut out);
+            }
+            if ctx.first_token_at.is_none() && tr.first_content_seen() {
+                ctx.first_token_at = Some(Instant::now());
+            }
+            if end_of_stream && !tr.finish(&mut out) {
+                ctx.stream_error = Some(if tr.upstream_error().is_some() {
+                    "upstream_error"
+                } else {
+                    "truncated"
+                });
+            }
+            *body = Some(out.freeze());
+        } else if ctx.translate_whole {
+            if let Some(chunk) = body.take() {
+                if ctx.response.len() + chunk.len() <= MAX_KEPT_RESPONSE {
+                    ctx.response.extend_from_slice(&chunk);
+                } else {
+                    ctx.response_truncated = true;
+                }
+            }
+            if end_of_stream {
+                *body = Some(Bytes::from(self.convert_whole(ctx)));
+            }
+        } else if let Some(meter) = ctx.meter.as_mut() {
             // Whole events pass through as the same `Bytes` (no copy); a partial trailing
             // event is held until it completes.
             let mut passed = match body.as_ref() {
@@ -956,9 +1199,15 @@ impl ProxyHttp for Gateway {
                         "The upstream connection broke during the stream.".into(),
                     )
                 };
-                let _ = session
-                    .write_response_body(Some(err.sse_event()), true)
-                    .await;
+                let event = match ctx.translator.as_mut() {
+                    Some(tr) => {
+                        let mut out = BytesMut::new();
+                        tr.fail(&err.to_string(), &mut out);
+                        out.freeze()
+                    }
+                    None => err.sse_event_for(ctx.inbound),
+                };
+                let _ = session.write_response_body(Some(event), true).await;
                 ctx.stream_error.get_or_insert("upstream_broken");
             } else if *e.esource() == ErrorSource::Downstream {
                 ctx.stream_error.get_or_insert("client_gone");
@@ -981,7 +1230,7 @@ impl ProxyHttp for Gateway {
             session,
             ctx,
             err.status(),
-            err.openai_body(),
+            err.body_for(ctx.inbound),
             err.retry_after(),
             true,
         )

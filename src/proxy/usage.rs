@@ -5,16 +5,19 @@ use crate::app::App;
 use crate::billing::pricing::{self, TokenCounts};
 use crate::billing::usage::UsageEvent;
 use crate::metrics::METRICS;
-use crate::protocol::openai::{self, Usage};
+use crate::protocol::openai::Usage;
 use crate::protocol::tokens::TokenCounter;
+use crate::protocol::{anthropic, translate, Dialect};
 use pingora_error::Error;
 
 /// What the response tells about usage: the vendor's report, or text still to be counted.
 enum Measured {
     Known(Usage, &'static str),
-    /// No vendor usage: count `text` (completion) and estimate the prompt with tiktoken.
+    /// No vendor usage: count `text` (completion) and estimate the prompt with tiktoken
+    /// unless the vendor reported it (`prompt`, e.g. a Gemini stream cut before its end).
     Count {
         text: String,
+        prompt: Option<u64>,
     },
 }
 
@@ -24,13 +27,22 @@ enum Measured {
 async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
     match measure(ctx) {
         Measured::Known(u, source) => (u, source),
-        Measured::Count { text } => {
+        Measured::Count { text, prompt } => {
             let body = ctx.body.clone();
             let endpoint = ctx.endpoint;
+            let inbound = ctx.inbound;
             let counted = tokio::task::spawn_blocking(move || Usage {
-                prompt_tokens: match (endpoint, body.as_ref()) {
-                    (Endpoint::Chat, Some(b)) => TokenCounter::estimate_chat_prompt(b),
-                    (Endpoint::Embeddings, Some(b)) => TokenCounter::estimate_embedding_input(b),
+                prompt_tokens: match (prompt, endpoint, body.as_ref()) {
+                    (Some(p), _, _) => p,
+                    (None, Endpoint::Chat, Some(b)) if inbound == Dialect::Anthropic => {
+                        anthropic::to_openai(b, Dialect::Gemini)
+                            .map(|o| TokenCounter::estimate_chat_prompt(&o))
+                            .unwrap_or(0)
+                    }
+                    (None, Endpoint::Chat, Some(b)) => TokenCounter::estimate_chat_prompt(b),
+                    (None, Endpoint::Embeddings, Some(b)) => {
+                        TokenCounter::estimate_embedding_input(b)
+                    }
                     _ => 0,
                 },
                 completion_tokens: TokenCounter::count(&text),
@@ -49,8 +61,25 @@ fn measure(ctx: &RequestCtx) -> Measured {
     use Measured::*;
     if !(200..300).contains(&ctx.status) {
         // Only a stream that started successfully produced tokens worth recording.
-        if ctx.meter.is_none() {
+        if ctx.meter.is_none() && ctx.translator.is_none() {
             return Known(Usage::default(), "none");
+        }
+    }
+    if let Some(tr) = ctx.translator.as_ref() {
+        // A complete stream's last usage is the vendor's final word; a broken one may carry
+        // only the prompt so far (Gemini, Anthropic's message_start): count what was produced.
+        match tr.usage() {
+            Some(u) if tr.saw_done() => return Known(u, "vendor"),
+            u => {
+                let text = tr.produced_text();
+                if text.is_empty() && !tr.first_content_seen() && u.is_none() {
+                    return Known(Usage::default(), "none");
+                }
+                return Count {
+                    text: text.to_string(),
+                    prompt: u.map(|u| u.prompt_tokens).filter(|p| *p > 0),
+                };
+            }
         }
     }
     if let Some(meter) = ctx.meter.as_ref() {
@@ -63,18 +92,23 @@ fn measure(ctx: &RequestCtx) -> Measured {
         }
         return Count {
             text: text.to_string(),
+            prompt: None,
         };
     }
     if ctx.endpoint == Endpoint::Chat || ctx.endpoint == Endpoint::Embeddings {
         if ctx.response.is_empty() {
             return Known(Usage::default(), "none");
         }
-        let (usage, text) = openai::usage_from_response(&ctx.response);
+        if !(200..300).contains(&ctx.upstream_status) && ctx.upstream_status != 0 {
+            return Known(Usage::default(), "none");
+        }
+        let (usage, text) = translate::usage_of(ctx.upstream_dialect, &ctx.response);
         if let Some(u) = usage {
             return Known(u, "vendor");
         }
         return Count {
             text: text.unwrap_or_default(),
+            prompt: None,
         };
     }
     Known(Usage::default(), "none")
@@ -97,7 +131,7 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
     };
     let Some(key) = ctx.key.clone() else { return 0 };
     let s = app.ledger.settle(res, cost, &key, &ctx.request_id);
-    let tokens = usage.prompt_tokens + usage.completion_tokens;
+    let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     if tokens > 0 {
         let subjects = key.rate_subjects();
         if !subjects.is_empty() {
@@ -145,6 +179,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         ("cached", usage.cached_tokens),
         ("completion", usage.completion_tokens),
         ("reasoning", usage.reasoning_tokens),
+        ("cache_write", usage.cache_write_tokens),
     ] {
         if n > 0 {
             METRICS
@@ -213,6 +248,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         cached_tokens: usage.cached_tokens,
         completion_tokens: usage.completion_tokens,
         reasoning_tokens: usage.reasoning_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
         usage_source: source.to_string(),
         attempts: ctx.attempts,
         latency_ms: latency.as_millis() as u64,

@@ -231,6 +231,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE usage_events ADD COLUMN route_reason TEXT;
      ALTER TABLE usage_events ADD COLUMN route_score REAL;
      ALTER TABLE usage_events ADD COLUMN baseline_cost_nano INTEGER;",
+    // 11: Anthropic cache writes (priced apart) on usage events
+    "ALTER TABLE usage_events ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// One tier's share of routed calls (see `Store::routing_savings`).
@@ -759,8 +761,9 @@ impl Store {
                     "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
                         model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
                         completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
-                        user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                        user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano,
+                        cache_write_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
                 )?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
@@ -807,6 +810,7 @@ impl Store {
                         e.route_reason,
                         e.route_score.map(f64::from),
                         e.baseline_cost_nano,
+                        e.cache_write_tokens as i64,
                     ])?;
                     n += inserted;
                     if let (1, Some(t)) = (inserted, e.tenant_id) {
@@ -1009,7 +1013,7 @@ impl Store {
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
                         usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id,
-                        route_tier, route_reason, route_score, baseline_cost_nano
+                        route_tier, route_reason, route_score, baseline_cost_nano, cache_write_tokens
                  FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
                    AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
                  ORDER BY id DESC LIMIT ?2",
@@ -1043,6 +1047,7 @@ impl Store {
                     route_reason: r.get(24)?,
                     route_score: r.get::<_, Option<f64>>(25)?.map(|v| v as f32),
                     baseline_cost_nano: r.get(26)?,
+                    cache_write_tokens: r.get::<_, i64>(27)? as u64,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
