@@ -28,7 +28,16 @@ pub fn flush() {
     }
 }
 
+thread_local! {
+    /// This thread already made sure the flusher runs (getpid is a syscall: once per thread,
+    /// not once per line). Threads started after a daemon fork check again.
+    static FLUSHER_CHECKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn ensure_flusher() {
+    if FLUSHER_CHECKED.with(|c| c.replace(true)) {
+        return;
+    }
     let pid = std::process::id();
     if FLUSHER_PID.load(Ordering::Relaxed) == pid {
         return;

@@ -2049,6 +2049,66 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Cost of the recorder's group commit per usage event (and per charge), on a file:
+    /// `cargo test --release --lib record_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn record_cost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.db")).unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        let mk = |i: usize| UsageEvent {
+            request_id: format!("01JABCDEFGH{i:012}"),
+            ts_ms: 1_700_000_000_000 + i as i64,
+            tenant_id: Some(t.id),
+            key_id: Some(KeyId(1)),
+            endpoint: "chat".into(),
+            channel: Some("bench".into()),
+            upstream: Some("bench/mock".into()),
+            model_requested: Some("gpt-4o-mini".into()),
+            model_used: Some("gpt-4o-mini".into()),
+            status: 200,
+            prompt_tokens: 20,
+            completion_tokens: 16,
+            usage_source: "vendor".into(),
+            attempts: 1,
+            latency_ms: 1,
+            cost_nano: 12_345,
+            ..Default::default()
+        };
+        let charge = |i: usize| LedgerEntry {
+            id: format!("charge:01JABCDEFGH{i:012}"),
+            tenant_id: t.id,
+            kind: EntryKind::Charge,
+            amount: -12_345,
+            key_id: Some(KeyId(1)),
+            user_id: None,
+            group_id: None,
+            request_id: Some(format!("01JABCDEFGH{i:012}")),
+            actor: None,
+            note: None,
+            uncollected: 0,
+            created_ms: 1_700_000_000_000 + i as i64,
+        };
+        for (label, with_charges) in [("events only", false), ("events + charges", true)] {
+            let mut i = if with_charges { 1_000_000 } else { 0 };
+            let start = std::time::Instant::now();
+            let batches = 200;
+            for _ in 0..batches {
+                let ev: Vec<_> = (0..500).map(|k| mk(i + k)).collect();
+                let ch: Vec<_> = if with_charges {
+                    (0..500).map(|k| charge(i + k)).collect()
+                } else {
+                    vec![]
+                };
+                i += 500;
+                s.record(&ch, &ev).unwrap();
+            }
+            let per = start.elapsed().as_secs_f64() * 1e6 / (batches * 500) as f64;
+            println!("{label}: {per:.2} us per call");
+        }
+    }
+
     #[test]
     fn quota_periods_count_only_the_current_period() {
         let s = Store::open_in_memory().unwrap();
