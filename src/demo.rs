@@ -36,6 +36,18 @@ max_output_tokens = 4096
 price = { currency = "USD", input = "2.50", cached_input = "1.25", output = "10.00" }
 
 [[models]]
+name = "claude-sonnet-4"
+vendor = "mock"
+max_output_tokens = 4096
+price = { currency = "USD", input = "3.00", cached_input = "0.30", cache_write = "3.75", output = "15.00" }
+
+[[models]]
+name = "gemini-2.5-flash"
+vendor = "mock"
+max_output_tokens = 4096
+price = { currency = "USD", input = "0.30", cached_input = "0.075", output = "2.50" }
+
+[[models]]
 name = "text-embedding-3-small"
 vendor = "mock"
 kind = "embedding"
@@ -55,7 +67,35 @@ multiplier = "7.2"
   base_url = "http://{MOCK}/v1"
   models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
   model_map = { "gpt-4o-mini" = "mock-small", "gpt-4o" = "mock-large" }
+  # The same mock, spoken to in Anthropic's and Gemini's own protocols: any caller (OpenAI SDK,
+  # Anthropic SDK) reaches any of them; the gateway translates.
+  [[channels.upstreams]]
+  name = "mock-anthropic"
+  base_url = "http://{MOCK}/v1"
+  protocol = "anthropic"
+  models = ["claude-sonnet-4"]
+  [[channels.upstreams]]
+  name = "mock-gemini"
+  base_url = "http://{MOCK}/v1beta"
+  protocol = "gemini"
+  models = ["gemini-2.5-flash"]
+
+# model: "auto" picks gpt-4o-mini or gpt-4o from the request's complexity (docs/routing.md).
+[router]
+model_file = "{ROUTER_MODEL}"
+default_mode = "balanced"
+
+[[router.tiers]]
+name = "light"
+model = "gpt-4o-mini"
+
+[[router.tiers]]
+name = "strong"
+model = "gpt-4o"
 "#;
+
+/// The router model shipped in the repository, embedded so the demo runs from any directory.
+const ROUTER_MODEL: &str = include_str!("../conf/router/complexity-v1.json");
 
 fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -133,11 +173,18 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
         .filter(|p| *p != port)
         .or_else(free_port)
         .ok_or("no free admin port")?;
+    let router_model = db.with_file_name("tollgate-demo-router-model.json");
+    std::fs::write(&router_model, ROUTER_MODEL)
+        .map_err(|e| format!("cannot write {}: {e}", router_model.display()))?;
     let text = DEMO_CONFIG
         .replace("{MOCK}", &mock.to_string())
         .replace("{LISTEN}", &format!("127.0.0.1:{port}"))
         .replace("{ADMIN}", &format!("127.0.0.1:{admin_port}"))
-        .replace("{DB}", &db.display().to_string().replace('\\', "/"));
+        .replace("{DB}", &db.display().to_string().replace('\\', "/"))
+        .replace(
+            "{ROUTER_MODEL}",
+            &router_model.display().to_string().replace('\\', "/"),
+        );
     let states = UpstreamStates::default();
     let config =
         Config::from_toml(&text, "(demo configuration)", &states).map_err(|e| e.to_string())?;
@@ -189,6 +236,12 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
     );
     println!(
         "  curl -sN http://127.0.0.1:{port}/v1/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" \\\n    -H 'Content-Type: application/json' -d '{{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+    );
+    println!(
+        "  # model auto: the complexity router picks the tier (see the x-tollgate-route-* headers)\n  curl -si http://127.0.0.1:{port}/v1/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" \\\n    -H 'Content-Type: application/json' -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"Prove that there are infinitely many primes.\"}}]}}'"
+    );
+    println!(
+        "  # Anthropic Messages API (also for the Anthropic SDK: ANTHROPIC_BASE_URL=http://127.0.0.1:{port}), any model\n  curl -s http://127.0.0.1:{port}/v1/messages -H \"x-api-key: $OPENAI_API_KEY\" -H 'anthropic-version: 2023-06-01' \\\n    -H 'Content-Type: application/json' -d '{{\"model\":\"gemini-2.5-flash\",\"max_tokens\":100,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
     );
     println!("  curl -s http://127.0.0.1:{admin_port}/metrics | grep tollgate_requests_total");
     println!("  curl -s http://127.0.0.1:{admin_port}/admin/usage -H 'Authorization: Bearer {admin_token}'");
