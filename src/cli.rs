@@ -171,7 +171,7 @@ pub fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(crate::logbuf::BufferedStderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder.event_format(crate::logfmt::JsonLines).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

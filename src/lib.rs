@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod logbuf;
+pub mod logfmt;
 pub mod metrics;
 pub mod mock;
 pub mod passthrough;

@@ -56,6 +56,27 @@ async fn non_streaming_round_trip_maps_model_and_uses_upstream_credential() {
     assert_eq!(e["completion_tokens"], stats.completion_tokens);
     assert_eq!(e["tenant_id"], gw.tenant_id);
     assert_eq!(e["attempts"], 1);
+
+    // The structured log has one JSON access line for the call, carrying its request id.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let line = loop {
+        let log = gw.log();
+        if let Some(l) = log.lines().find(|l| l.contains(&request_id)) {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line for {request_id}:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(v["message"], "request");
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["request_id"], request_id.as_str());
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["upstream"], "main/a");
+    assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
 }
 
 #[tokio::test]

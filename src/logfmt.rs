@@ -1,0 +1,232 @@
+//! A lean JSON line formatter for `tracing` (the `log_format = "json"` output).
+//!
+//! The per-request access line is written at every call, so its cost is on the hot path:
+//! tracing-subscriber's JSON formatter goes through serde and intermediate maps; this one writes
+//! the line directly into one reused buffer. The output has the same shape as the subscriber's
+//! flattened JSON: `{"timestamp": RFC 3339 UTC with microseconds, "level", "target",
+//! "message", <fields>}` on one line.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLines;
+
+thread_local! {
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(1024));
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        LINE.with(|cell| {
+            let Ok(mut line) = cell.try_borrow_mut() else {
+                // Re-entered (a field's Debug logged something): format without the buffer.
+                let mut own = String::with_capacity(512);
+                write_line(&mut own, event);
+                return writer.write_str(&own);
+            };
+            line.clear();
+            write_line(&mut line, event);
+            writer.write_str(&line)
+        })
+    }
+}
+
+fn write_line(out: &mut String, event: &Event<'_>) {
+    let meta = event.metadata();
+    out.push_str("{\"timestamp\":\"");
+    push_timestamp(out, SystemTime::now());
+    out.push_str("\",\"level\":\"");
+    out.push_str(meta.level().as_str());
+    out.push_str("\",\"target\":");
+    push_str(out, meta.target());
+    event.record(&mut Fields { out });
+    out.push_str("}\n");
+}
+
+struct Fields<'a> {
+    out: &'a mut String,
+}
+
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.out.push(',');
+        push_str(self.out, field.name());
+        self.out.push(':');
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        push_str(self.out, value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.out, "{value}");
+        } else {
+            self.out.push_str("null");
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.key(field);
+        let mut s = String::new();
+        let _ = write!(s, "{value}");
+        push_str(self.out, &s);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        let mut s = String::with_capacity(64);
+        let _ = write!(s, "{value:?}");
+        push_str(self.out, &s);
+    }
+}
+
+/// A JSON string literal.
+fn push_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn push_timestamp(out: &mut String, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, day) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    );
+}
+
+/// (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn strings_are_escaped_and_timestamps_are_rfc3339() {
+        let mut s = String::new();
+        push_str(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é\"");
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v, "a\"b\\c\nd\u{1}é");
+        let mut t = String::new();
+        // 2026-11-23T20:43:10.554785Z
+        push_timestamp(
+            &mut t,
+            UNIX_EPOCH + Duration::from_micros(1_795_466_590_554_785),
+        );
+        assert_eq!(t, "2026-11-23T20:43:10.554785Z");
+        let mut t = String::new();
+        push_timestamp(&mut t, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day 2000
+        assert_eq!(t, "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn an_event_is_one_json_line_with_its_fields() {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLines)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(request_id = %"r-1", status = 200u16, ok = true, ttft_ms = Option::<u64>::None, note = "say \"hi\"", "request");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["message"], "request");
+        assert_eq!(v["request_id"], "r-1");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["note"], "say \"hi\"");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
