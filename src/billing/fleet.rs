@@ -67,9 +67,11 @@ pub enum FleetError {
 pub struct Fleet {
     allowances: Arc<Allowances>,
     store: Store,
-    /// Buckets this process knows are initialised in Redis: tenants (value 0) and quota buckets
-    /// (value: the limit last applied).
-    ready: DashMap<i64, i64>,
+    /// Tenants this process knows are initialised in Redis.
+    ready: DashMap<i64, ()>,
+    /// Per limited account (keyed by its period-0 bucket): the current period's bucket and the
+    /// limit last applied to it. One entry per account, whatever the number of periods.
+    limits: DashMap<i64, (i64, i64)>,
     /// Serialises credit replays of this process.
     replay: tokio::sync::Mutex<()>,
 }
@@ -88,6 +90,7 @@ impl Fleet {
             allowances,
             store,
             ready: DashMap::new(),
+            limits: DashMap::new(),
             replay: tokio::sync::Mutex::new(()),
         })
     }
@@ -125,7 +128,7 @@ impl Fleet {
                 // The cursor moved while we summed: sum again.
             }
         }
-        self.ready.insert(tenant.0, 0);
+        self.ready.insert(tenant.0, ());
         Ok(())
     }
 
@@ -140,7 +143,8 @@ impl Fleet {
     ) -> Result<i64, FleetError> {
         let now = crate::tenancy::unix_now() * 1000;
         let b = bucket(tenant, Some(account), period.index(now));
-        if self.ready.get(&b).is_some_and(|l| *l == limit) {
+        let slot = bucket(tenant, Some(account), 0);
+        if self.limits.get(&slot).is_some_and(|v| *v == (b, limit)) {
             return Ok(b);
         }
         let since = period.start_ms(now);
@@ -152,7 +156,7 @@ impl Fleet {
             .set_limit(b, limit, spent, generation)
             .await?;
         self.allowances.notify_credit(b);
-        self.ready.insert(b, limit);
+        self.limits.insert(slot, (b, limit));
         Ok(b)
     }
 
@@ -315,5 +319,31 @@ impl Fleet {
             }
         }
         let _ = flusher.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::{GroupId, KeyId, UserId};
+    use std::collections::HashSet;
+
+    #[test]
+    fn buckets_never_collide_across_tenants_kinds_and_periods() {
+        let mut seen = HashSet::new();
+        for id in [1i64, 2, 3, 1_000_000, (1 << 34) - 1] {
+            assert!(seen.insert(bucket(TenantId(id), None, 0)));
+            for period in [0i64, 1, 20_781, 24_310, (1 << 24) - 1] {
+                for a in [
+                    Account::Key(KeyId(id)),
+                    Account::User(UserId(id)),
+                    Account::Group(GroupId(id)),
+                ] {
+                    let b = bucket(TenantId(7), Some(a), period);
+                    assert!(b < 0, "account buckets are negative, tenants positive");
+                    assert!(seen.insert(b), "{a:?} period {period} collides");
+                }
+            }
+        }
     }
 }
