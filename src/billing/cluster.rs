@@ -239,7 +239,8 @@ redis.call('SET', KEYS[1], string.format('%d', c - s))
 return {0}
 "#;
 
-// KEYS: bal, credited, limit (hash). ARGV: limit, spent when first seen, generation.
+// KEYS: bal, credited, limit (hash), spent. ARGV: limit, spent when first seen, generation,
+// expiry in seconds of a per-period bucket (0: none).
 // A quota bucket's balance is its limit minus what was spent under it. The first call sets
 // bal = limit - spent; later calls move bal and credited by the change of limit, unless their
 // generation is older than the one recorded (a node with a stale snapshot). Returns {0}
@@ -252,6 +253,13 @@ if not cur[1] then
   redis.call('INCRBY', KEYS[1], string.format('%d', b))
   redis.call('INCRBY', KEYS[2], string.format('%d', b))
   redis.call('HSET', KEYS[3], 'limit', ARGV[1], 'gen', ARGV[3])
+  local ttl = tonumber(ARGV[4])
+  if ttl > 0 then
+    -- A bucket of one quota period: its keys go away some time after the period ended
+    -- (INCRBY/DECRBY by leases, flushes and give-backs keep the expiry).
+    if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], '0') end
+    for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+  end
   return {0}
 end
 if tonumber(ARGV[3]) < tonumber(cur[2]) then return {1} end
@@ -838,13 +846,15 @@ impl Bank {
 
     /// Set the limit of a quota bucket (see `LIMIT_LUA`): the first call makes its balance
     /// `limit - spent`, later ones move it by the change of limit; calls carrying an older
-    /// `generation` than the last applied are ignored. Returns whether anything changed.
+    /// `generation` than the last applied are ignored; `expire`: the keys of a per-period
+    /// bucket expire that long after it was first set. Returns whether anything changed.
     pub async fn set_limit(
         &self,
         bucket: i64,
         limit: i64,
         spent: i64,
         generation: i64,
+        expire: Option<Duration>,
     ) -> Result<bool, BankError> {
         check_amount(limit, true)?;
         check_amount(spent, true)?;
@@ -852,9 +862,11 @@ impl Bank {
         inv.key(self.key("bal", bucket))
             .key(self.key("credited", bucket))
             .key(self.key("limit", bucket))
+            .key(self.key("spent", bucket))
             .arg(limit)
             .arg(spent)
-            .arg(generation);
+            .arg(generation)
+            .arg(expire.map_or(0, |d| d.as_secs().max(1)));
         let v: Vec<i64> = self.run(&inv).await?;
         Ok(reply_code(&v, "limit")? == 0)
     }
@@ -1812,6 +1824,42 @@ mod tests {
         }
         assert_eq!(scanned, v.leases, "a lease key is missing from nodes:{t}");
         v
+    }
+
+    #[tokio::test]
+    async fn quota_limits_move_by_the_change_and_period_buckets_expire() {
+        let s = Server::start();
+        let b = bank(&s, "n1").await;
+        // First sight: balance = limit - what was spent under it already.
+        assert!(b.set_limit(-5, 1_000, 300, 1, None).await.unwrap());
+        let v = check(&b, &s, -5).await;
+        assert_eq!((v.bal, v.credited), (700, 700));
+        // Raised by 500 at generation 2; a stale node (generation 1) cannot undo it.
+        assert!(b.set_limit(-5, 1_500, 0, 2, None).await.unwrap());
+        assert!(!b.set_limit(-5, 1_000, 0, 1, None).await.unwrap());
+        assert!(!b.set_limit(-5, 1_500, 0, 2, None).await.unwrap());
+        let v = check(&b, &s, -5).await;
+        assert_eq!((v.bal, v.credited), (1_200, 1_200));
+        // A per-period bucket expires; a lifetime one does not.
+        b.set_limit(-9, 100, 0, 1, Some(Duration::from_secs(3 * 86_400)))
+            .await
+            .unwrap();
+        let client = redis::Client::open(s.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        for key in ["tg:bal:-9", "tg:credited:-9", "tg:limit:-9", "tg:spent:-9"] {
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert!((86_400..=3 * 86_400).contains(&ttl), "{key}: {ttl}");
+        }
+        let ttl: i64 = redis::cmd("TTL")
+            .arg("tg:bal:-5")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(ttl, -1);
     }
 
     #[tokio::test]

@@ -151,9 +151,15 @@ impl Fleet {
         let spent = self
             .blocking(move |s| s.spent_by(tenant, account, since))
             .await?;
+        // A day's bucket lives 3 days, a month's 62 (well past its end, for late flushes).
+        let expire = match period {
+            QuotaPeriod::None => None,
+            QuotaPeriod::Day => Some(Duration::from_secs(3 * 86_400)),
+            QuotaPeriod::Month => Some(Duration::from_secs(62 * 86_400)),
+        };
         self.allowances
             .bank()
-            .set_limit(b, limit, spent, generation)
+            .set_limit(b, limit, spent, generation, expire)
             .await?;
         self.allowances.notify_credit(b);
         self.limits.insert(slot, (b, limit));
