@@ -752,9 +752,7 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             let mut journaled = 0;
-            for e in entries {
-                journaled += Store::insert_entry(&tx, e)?;
-            }
+            journaled += Store::insert_entries(&tx, entries)?;
             let mut n = 0;
             {
                 let mut st = tx.prepare_cached(
@@ -1511,6 +1509,55 @@ impl Store {
             Ok(())
         })?;
         Ok(e)
+    }
+
+    /// Insert many entries, `ENTRY_ROWS` per statement (one statement per row costs about as
+    /// much again as the row itself in the recorder's group commit). Returns how many were new.
+    fn insert_entries(c: &Connection, entries: &[LedgerEntry]) -> Result<usize, StoreError> {
+        const ENTRY_ROWS: usize = 64;
+        let mut n = 0;
+        let mut chunks = entries.chunks_exact(ENTRY_ROWS);
+        if entries.len() >= ENTRY_ROWS {
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; ENTRY_ROWS].join(", ");
+            let mut st = c.prepare_cached(&format!(
+                "INSERT OR IGNORE INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id)
+                 VALUES {values}"
+            ))?;
+            for chunk in chunks.by_ref() {
+                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(12 * ENTRY_ROWS);
+                let mut kinds = Vec::with_capacity(ENTRY_ROWS);
+                let mut ids = Vec::with_capacity(3 * ENTRY_ROWS);
+                for e in chunk {
+                    kinds.push(e.kind.as_str());
+                    ids.push((
+                        e.key_id.map(|k| k.0),
+                        e.user_id.map(|u| u.0),
+                        e.group_id.map(|g| g.0),
+                    ));
+                }
+                for ((e, kind), (key, user, group)) in chunk.iter().zip(&kinds).zip(&ids) {
+                    params.extend_from_slice(&[
+                        &e.id as &dyn rusqlite::ToSql,
+                        &e.tenant_id.0,
+                        kind,
+                        &e.amount,
+                        key,
+                        &e.request_id,
+                        &e.actor,
+                        &e.note,
+                        &e.uncollected,
+                        &e.created_ms,
+                        user,
+                        group,
+                    ]);
+                }
+                n += st.execute(params.as_slice())?;
+            }
+        }
+        for e in chunks.remainder() {
+            n += Store::insert_entry(c, e)?;
+        }
+        Ok(n)
     }
 
     fn insert_entry(c: &Connection, e: &LedgerEntry) -> Result<usize, StoreError> {
