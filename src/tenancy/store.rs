@@ -2157,6 +2157,46 @@ mod tests {
     }
 
     #[test]
+    fn a_large_batch_of_charges_is_journaled_once() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        let entries: Vec<LedgerEntry> = (0..130)
+            .map(|i| LedgerEntry {
+                id: format!("charge:r{i}"),
+                tenant_id: t.id,
+                kind: EntryKind::Charge,
+                amount: -(i + 1),
+                key_id: Some(KeyId(3)),
+                user_id: None,
+                group_id: Some(GroupId(2)),
+                request_id: Some(format!("r{i}")),
+                actor: None,
+                note: None,
+                uncollected: i % 2,
+                created_ms: 1_000 + i,
+            })
+            .collect();
+        assert_eq!(s.record(&entries, &[]).unwrap().0, 130);
+        // Replayed (a retried commit): nothing twice.
+        assert_eq!(s.record(&entries, &[]).unwrap().0, 0);
+        let totals = s.ledger_totals().unwrap();
+        assert_eq!(totals[0].charged, (1..=130).sum::<i64>());
+        let rows = s.ledger_statement(t.id).unwrap();
+        assert_eq!(rows.len(), 130);
+        let (e, _) = &rows[129];
+        assert_eq!(
+            (
+                e.id.as_str(),
+                e.key_id,
+                e.group_id,
+                e.uncollected,
+                e.created_ms
+            ),
+            ("charge:r129", Some(KeyId(3)), Some(GroupId(2)), 1, 1_129)
+        );
+    }
+
+    #[test]
     fn quota_periods_count_only_the_current_period() {
         let s = Store::open_in_memory().unwrap();
         let t = s.create_tenant("acme").unwrap();
