@@ -480,6 +480,124 @@ async fn failover_between_protocols_retranslates_and_meters_exactly() {
     assert_eq!(s.completion_tokens, 4 * 7);
 }
 
+/// The credit hold covers what is sent upstream, not what the caller wrote: `reasoning_effort`
+/// becomes a thinking budget (Anthropic raises `max_tokens` above it, Gemini gets it beside
+/// `maxOutputTokens`), so a caller asking for 1 token may make the upstream produce 1,025. A
+/// balance that covers 1 token but not 1,025 is refused before the upstream is contacted;
+/// once it covers the translated worst case the call is served and charged in full.
+#[tokio::test]
+async fn credit_hold_covers_the_translated_worst_case() {
+    // gpt-4o-mini output: $0.60 per 1M x 7.2 = 4,320 nano-credits per token.
+    const OUTPUT_NANO: u64 = 4_320;
+    for upstream in ["anthropic", "gemini"] {
+        let m = mock().await;
+        let gw = gateway(&m, upstream).await;
+        gw.admin_post("/admin/tenants", json!({"name": "lean"}))
+            .await;
+        // 0.002 credits: about 460 output tokens, far above the caller's 1, far below 1,025.
+        gw.admin_post("/admin/tenants/lean/topups", json!({"amount_rmb": "0.002"}))
+            .await;
+        let key = gw
+            .create_key(json!({"tenant": "lean", "name": "k", "default_channel": "main"}))
+            .await;
+        let ask = |effort: bool| {
+            let mut body = json!({"model": "gpt-4o-mini", "max_tokens": 1,
+                "messages": [{"role": "user", "content": "Hello"}]});
+            if effort {
+                body["reasoning_effort"] = json!("low");
+            }
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+        };
+
+        let r = ask(true).await.unwrap();
+        assert_eq!(r.status(), 402, "{upstream}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap().to_string();
+        let held: f64 = msg
+            .split("may cost up to ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            held * 1e9 >= (1 + 1024) as f64 * OUTPUT_NANO as f64,
+            "{upstream}: the hold must cover 1 + 1024 thinking tokens: {msg}"
+        );
+        assert_eq!(
+            m.stats().requests,
+            0,
+            "{upstream}: refused before the upstream"
+        );
+
+        // Without the thinking budget the same balance is enough: the refusal was the budget.
+        let r = ask(false).await.unwrap();
+        assert_eq!(r.status(), 200, "{upstream}");
+        let _ = r.bytes().await.unwrap();
+
+        // Covered: served, charged the whole usage, nothing uncollected, the books balance.
+        gw.admin_post("/admin/tenants/lean/topups", json!({"amount_rmb": "0.01"}))
+            .await;
+        let r = ask(true).await.unwrap();
+        assert_eq!(r.status(), 200, "{upstream}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["usage"]["completion_tokens"].as_u64().unwrap() > 1,
+            "{upstream}: thinking was produced: {v}"
+        );
+        let events: Vec<Value> = gw
+            .usage_events(3)
+            .await
+            .into_iter()
+            .filter(|e| e["status"] == 200)
+            .collect();
+        assert_eq!(events.len(), 2, "{upstream}: {events:?}");
+        let charges = loop {
+            let l = gw.admin_get("/admin/tenants/lean/ledger").await;
+            let c: Vec<Value> = l["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["entry"]["kind"] == "charge")
+                .cloned()
+                .collect();
+            if c.len() >= 2 {
+                break c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        };
+        for e in &events {
+            let c = charges
+                .iter()
+                .find(|c| c["entry"]["request_id"] == e["request_id"])
+                .unwrap();
+            assert_eq!(c["entry"]["uncollected"], 0, "{upstream}: {c}");
+            assert_eq!(
+                c["entry"]["amount"].as_i64().unwrap(),
+                -e["cost_nano"].as_i64().unwrap(),
+                "{upstream}"
+            );
+        }
+        let b = gw.balance("lean").await;
+        assert_eq!(b["reserved"], 0, "{b}");
+        assert_eq!(
+            b["available"].as_i64().unwrap() + b["charged"].as_i64().unwrap(),
+            b["credited"].as_i64().unwrap(),
+            "{b}"
+        );
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            metric_value(&metrics, "tollgate_uncollected_nanocredits_total"),
+            0.0,
+            "{upstream}"
+        );
+    }
+}
+
 /// A translated stream cut by the upstream ends with an error event in the caller's format
 /// (never a clean end), and what was produced before the cut is billed.
 #[tokio::test]

@@ -180,6 +180,92 @@ fn anthropic_request_to_gemini_keeps_top_k_and_budget() {
     );
 }
 
+/// What the credit hold must cover is read from the body actually sent upstream: a thinking
+/// budget added by the translation raises it.
+#[test]
+fn worst_case_output_of_translated_requests() {
+    let ceiling = 1000;
+    let openai = |v: Value| obj(v);
+    let cases: Vec<(&str, Dialect, Map<String, Value>, u64)> = vec![
+        (
+            "openai as sent, n multiplies",
+            Dialect::OpenAi,
+            openai(json!({"max_completion_tokens": 50, "max_tokens": 9, "n": 3})),
+            150,
+        ),
+        (
+            "openai without a limit",
+            Dialect::OpenAi,
+            openai(json!({})),
+            ceiling,
+        ),
+        (
+            "openai -> anthropic, effort raises max_tokens above the budget",
+            Dialect::Anthropic,
+            anthropic::from_openai(
+                &openai(
+                    json!({"model": "m", "max_tokens": 100, "reasoning_effort": "high",
+                    "messages": [{"role": "user", "content": "hi"}]}),
+                ),
+                ceiling,
+            )
+            .unwrap(),
+            100 + 16384,
+        ),
+        (
+            "openai -> anthropic, no limit: the default fills max_tokens",
+            Dialect::Anthropic,
+            anthropic::from_openai(
+                &openai(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})),
+                ceiling,
+            )
+            .unwrap(),
+            ceiling,
+        ),
+        (
+            "openai -> gemini, the thinking budget on top of maxOutputTokens",
+            Dialect::Gemini,
+            gemini::from_openai(&openai(json!({"model": "m", "max_tokens": 5,
+                "reasoning_effort": "medium", "messages": [{"role": "user", "content": "hi"}]})))
+            .unwrap(),
+            5 + 8192,
+        ),
+        (
+            "openai -> gemini, no limit: the ceiling plus the budget",
+            Dialect::Gemini,
+            gemini::from_openai(&openai(json!({"model": "m", "reasoning_effort": "low",
+                "messages": [{"role": "user", "content": "hi"}]})))
+            .unwrap(),
+            ceiling + 1024,
+        ),
+        (
+            "anthropic -> gemini keeps the exact budget",
+            Dialect::Gemini,
+            gemini::from_anthropic(&obj(json!({"model": "m", "max_tokens": 3000,
+                "thinking": {"type": "enabled", "budget_tokens": 2000},
+                "messages": [{"role": "user", "content": "hi"}]})))
+            .unwrap(),
+            5000,
+        ),
+        (
+            "gemini candidates multiply, a negative (dynamic) budget adds nothing",
+            Dialect::Gemini,
+            obj(
+                json!({"generationConfig": {"maxOutputTokens": 10, "candidateCount": 2,
+                "thinkingConfig": {"thinkingBudget": -1}}}),
+            ),
+            20,
+        ),
+    ];
+    for (name, dialect, body, want) in cases {
+        assert_eq!(
+            crate::protocol::max_output_tokens(dialect, &body, ceiling),
+            want,
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn features_without_equivalent_are_named_errors() {
     let user = |content: Value| json!([{"role": "user", "content": content}]);

@@ -368,10 +368,14 @@ impl Gateway {
             return Ok(Admitted::Proxy);
         }
         // Hold the worst case before anything is sent: prompt bound at the input price plus
-        // every output token the call may produce at the output price.
-        let max_output = max_output
-            .or(model.max_output_tokens)
-            .unwrap_or(cfg.billing.default_max_output_tokens);
+        // every output token the call may produce at the output price, on whichever upstream
+        // serves it: a translation may raise the limit (a thinking budget Anthropic counts
+        // inside `max_tokens`, one Gemini may add to `maxOutputTokens`).
+        let max_output = ctx
+            .translations
+            .iter()
+            .map(|(d, body)| crate::protocol::max_output_tokens(*d, body, default_max))
+            .fold(max_output.unwrap_or(default_max), u64::max);
         let worst = pricing::cost_nano(
             &model,
             &channel,
