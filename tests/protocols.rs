@@ -598,6 +598,59 @@ async fn credit_hold_covers_the_translated_worst_case() {
     }
 }
 
+/// Anthropic cache writes reach the analytics roll-ups: whatever the caller's protocol and
+/// streaming, the tenant's analytics (total, hourly, by model) equal the sum of the usage
+/// events, cache writes and cost included, and the cache writes equal the vendor's.
+#[tokio::test]
+async fn analytics_carry_cache_writes_equal_to_the_usage_events() {
+    let m = mock().await;
+    m.set_cached_tokens(2);
+    m.set_cache_write_tokens(3);
+    let gw = gateway(&m, "anthropic").await;
+    for caller in [Caller::OpenAi, Caller::Anthropic] {
+        for stream in [false, true] {
+            let r = call(
+                &gw,
+                caller,
+                user_text(caller, "Tell me about prompt caching please", 6, stream),
+            )
+            .await;
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        }
+    }
+    let events = gw.usage_events(4).await;
+    assert_eq!(events.len(), 4);
+    let sum = |k: &str| events.iter().map(|e| e[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(sum("cache_write_tokens"), 4 * 3, "{events:?}");
+    assert_eq!(
+        sum("cache_write_tokens") as u64,
+        m.stats().cache_write_tokens
+    );
+    for q in [
+        "",
+        "?granularity=hour",
+        "?group_by=model",
+        "?granularity=day&group_by=key",
+    ] {
+        let v = gw
+            .admin_get(&format!("/admin/tenants/acme/analytics{q}"))
+            .await;
+        let rows = v["data"].as_array().unwrap();
+        let total = |k: &str| rows.iter().map(|r| r[k].as_i64().unwrap()).sum::<i64>();
+        for k in [
+            "prompt_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "completion_tokens",
+            "cost_nano",
+        ] {
+            assert_eq!(total(k), sum(k), "{q}: {k}: {v}");
+        }
+        assert_eq!(total("requests"), 4, "{q}");
+    }
+}
+
 /// A translated stream cut by the upstream ends with an error event in the caller's format
 /// (never a clean end), and what was produced before the cut is billed.
 #[tokio::test]
