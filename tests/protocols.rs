@@ -780,7 +780,11 @@ async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
         .as_u64()
         .unwrap();
     assert!(n >= 4, "{n}");
-    assert_eq!(m.stats().requests, 0, "counted locally");
+    assert_eq!(
+        m.stats().count_tokens_requests,
+        1,
+        "asked the Anthropic upstream"
+    );
 
     let r = gw
         .client
@@ -812,6 +816,76 @@ async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
         .await
         .unwrap();
     assert_eq!(v["object"], "list");
+}
+
+/// `count_tokens` is Anthropic's own count when the caller's channel has an Anthropic upstream
+/// for the model (model name mapped, the upstream's credential), and the gateway's estimate
+/// when it has none or that upstream cannot answer (5xx, no such endpoint); the
+/// `x-tollgate-token-count` header says which.
+#[tokio::test]
+async fn count_tokens_asks_the_anthropic_upstream_else_estimates() {
+    let body = json!({"model": "gpt-4o-mini", "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello there, how many tokens is this?"}]});
+    let exact = tiktoken_rs::o200k_base()
+        .unwrap()
+        .encode_ordinary("Be brief.Hello there, how many tokens is this?")
+        .len() as u64;
+    let count = |gw: &Gateway| {
+        gw.client
+            .post(gw.url("/v1/messages/count_tokens"))
+            .header("x-api-key", &gw.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let read = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        let source = r.headers()["x-tollgate-token-count"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let n = r.json::<Value>().await.unwrap()["input_tokens"]
+            .as_u64()
+            .unwrap();
+        (source, n)
+    };
+
+    // A channel with an OpenAI and an Anthropic upstream: only the Anthropic one is asked.
+    let m = mock().await;
+    m.require_key(Some(UPSTREAM_KEY.into()));
+    let extra = format!("[[channels.upstreams]]\nname = \"anthropic\"\nbase_url = \"{}\"\nprotocol = \"anthropic\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\nmodels = [\"gpt-4o-mini\"]\nmodel_map = {{ \"gpt-4o-mini\" = \"claude-small\" }}\n", m.base_url());
+    let gw = Gateway::start(&[Up::mock("openai", &m)], "", &extra).await;
+    for _ in 0..3 {
+        let (source, n) = read(count(&gw).await.unwrap()).await;
+        assert_eq!((source.as_str(), n), ("vendor", exact));
+    }
+    let s = m.stats();
+    assert_eq!((s.count_tokens_requests, s.chat_requests), (3, 0));
+    assert_eq!(s.last_request_body.unwrap()["model"], "claude-small");
+
+    // The vendor cannot answer: estimated instead, never an error for a count.
+    for code in [503, 404] {
+        m.push_behavior(Behavior::Status {
+            code,
+            retry_after: None,
+        });
+        let (source, n) = read(count(&gw).await.unwrap()).await;
+        assert_eq!(source, "estimate", "{code}");
+        assert!(n >= exact, "{code}: {n}");
+    }
+    assert_eq!(m.stats().count_tokens_requests, 3);
+    // Free: no charge for any of them.
+    assert_eq!(gw.balance("acme").await["charged"], 0);
+
+    // No Anthropic upstream on the channel: estimated, nothing sent.
+    for upstream in ["openai", "gemini"] {
+        let m = mock().await;
+        let gw = gateway(&m, upstream).await;
+        let (source, n) = read(count(&gw).await.unwrap()).await;
+        assert_eq!(source, "estimate", "{upstream}");
+        assert!(n >= exact, "{upstream}: {n}");
+        assert_eq!(m.stats().requests, 0, "{upstream}");
+    }
 }
 
 /// Reasoning settings cross protocols, thinking comes back as the caller's reasoning, and
