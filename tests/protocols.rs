@@ -962,6 +962,64 @@ async fn thinking_crosses_protocols_and_is_metered() {
     );
 }
 
+/// A Gemini thinking model's signed function call survives the round trip through either
+/// caller, whole and streamed: the signature rides in the tool-call id and goes back on the
+/// call in the next turn. The mock refuses (like Gemini 3) a thinking turn whose history has an
+/// unsigned call, so the same follow-up with a plain id is the caller's 400.
+#[tokio::test]
+async fn gemini_thought_signature_round_trips_in_tool_call_ids() {
+    let m = mock().await;
+    let gw = gateway(&m, "gemini").await;
+    let think = |caller: Caller, body: &mut Value| match caller {
+        Caller::OpenAi => body["reasoning_effort"] = json!("low"),
+        Caller::Anthropic => {
+            body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+            body["max_tokens"] = json!(2000);
+        }
+    };
+    for caller in [Caller::OpenAi, Caller::Anthropic] {
+        for stream in [false, true] {
+            let mut body = user_text(caller, "weather in Paris?", 50, stream);
+            body["tools"] = tools(caller);
+            think(caller, &mut body);
+            let r = call(&gw, caller, body).await;
+            assert_eq!(r.status(), 200);
+            let (_, _, called) = if stream {
+                read_stream(caller, &r.text().await.unwrap())
+            } else {
+                read_answer(caller, &r.json().await.unwrap())
+            };
+            let (id, name, _) = called.unwrap();
+            assert_eq!(name, "get_weather");
+            assert!(id.contains("__thought__"), "{caller:?} {stream}: {id}");
+
+            let mut next = tool_result(caller, &id, stream);
+            think(caller, &mut next);
+            let r = call(&gw, caller, next.clone()).await;
+            assert_eq!(r.status(), 200, "{caller:?} {stream}");
+            let _ = r.bytes().await.unwrap();
+            let sent = m.stats().last_request_body.unwrap();
+            assert_eq!(
+                sent["contents"][1]["parts"][0]["thoughtSignature"],
+                tollgate::mock::GEMINI_THOUGHT_SIGNATURE,
+                "{sent}"
+            );
+
+            // Without the signature (a plain id) the thinking model refuses the turn.
+            let plain = id.split("__thought__").next().unwrap();
+            let mut bare = tool_result(caller, plain, stream);
+            think(caller, &mut bare);
+            let r = call(&gw, caller, bare).await;
+            assert_eq!(r.status(), 400, "{caller:?} {stream}");
+            let v: Value = r.json().await.unwrap();
+            assert!(
+                assert_error_shape(caller, &v).contains("thought_signature"),
+                "{v}"
+            );
+        }
+    }
+}
+
 /// Upstream events cut at awkward offsets over the network (inside `data:`, inside the JSON,
 /// between the two newlines) translate exactly as whole ones.
 #[tokio::test]

@@ -59,6 +59,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub use gemini::THOUGHT_SIGNATURE as GEMINI_THOUGHT_SIGNATURE;
 pub use openai::EXACT_COUNT_LIMIT;
 
 /// The reply text the mock generates for `user`'s last message with `n` tokens (the same on
