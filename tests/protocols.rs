@@ -480,6 +480,177 @@ async fn failover_between_protocols_retranslates_and_meters_exactly() {
     assert_eq!(s.completion_tokens, 4 * 7);
 }
 
+/// The credit hold covers what is sent upstream, not what the caller wrote: `reasoning_effort`
+/// becomes a thinking budget (Anthropic raises `max_tokens` above it, Gemini gets it beside
+/// `maxOutputTokens`), so a caller asking for 1 token may make the upstream produce 1,025. A
+/// balance that covers 1 token but not 1,025 is refused before the upstream is contacted;
+/// once it covers the translated worst case the call is served and charged in full.
+#[tokio::test]
+async fn credit_hold_covers_the_translated_worst_case() {
+    // gpt-4o-mini output: $0.60 per 1M x 7.2 = 4,320 nano-credits per token.
+    const OUTPUT_NANO: u64 = 4_320;
+    for upstream in ["anthropic", "gemini"] {
+        let m = mock().await;
+        let gw = gateway(&m, upstream).await;
+        gw.admin_post("/admin/tenants", json!({"name": "lean"}))
+            .await;
+        // 0.002 credits: about 460 output tokens, far above the caller's 1, far below 1,025.
+        gw.admin_post("/admin/tenants/lean/topups", json!({"amount_rmb": "0.002"}))
+            .await;
+        let key = gw
+            .create_key(json!({"tenant": "lean", "name": "k", "default_channel": "main"}))
+            .await;
+        let ask = |effort: bool| {
+            let mut body = json!({"model": "gpt-4o-mini", "max_tokens": 1,
+                "messages": [{"role": "user", "content": "Hello"}]});
+            if effort {
+                body["reasoning_effort"] = json!("low");
+            }
+            gw.client
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+        };
+
+        let r = ask(true).await.unwrap();
+        assert_eq!(r.status(), 402, "{upstream}");
+        let v: Value = r.json().await.unwrap();
+        let msg = v["error"]["message"].as_str().unwrap().to_string();
+        let held: f64 = msg
+            .split("may cost up to ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            held * 1e9 >= (1 + 1024) as f64 * OUTPUT_NANO as f64,
+            "{upstream}: the hold must cover 1 + 1024 thinking tokens: {msg}"
+        );
+        assert_eq!(
+            m.stats().requests,
+            0,
+            "{upstream}: refused before the upstream"
+        );
+
+        // Without the thinking budget the same balance is enough: the refusal was the budget.
+        let r = ask(false).await.unwrap();
+        assert_eq!(r.status(), 200, "{upstream}");
+        let _ = r.bytes().await.unwrap();
+
+        // Covered: served, charged the whole usage, nothing uncollected, the books balance.
+        gw.admin_post("/admin/tenants/lean/topups", json!({"amount_rmb": "0.01"}))
+            .await;
+        let r = ask(true).await.unwrap();
+        assert_eq!(r.status(), 200, "{upstream}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["usage"]["completion_tokens"].as_u64().unwrap() > 1,
+            "{upstream}: thinking was produced: {v}"
+        );
+        let events: Vec<Value> = gw
+            .usage_events(3)
+            .await
+            .into_iter()
+            .filter(|e| e["status"] == 200)
+            .collect();
+        assert_eq!(events.len(), 2, "{upstream}: {events:?}");
+        let charges = loop {
+            let l = gw.admin_get("/admin/tenants/lean/ledger").await;
+            let c: Vec<Value> = l["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["entry"]["kind"] == "charge")
+                .cloned()
+                .collect();
+            if c.len() >= 2 {
+                break c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        };
+        for e in &events {
+            let c = charges
+                .iter()
+                .find(|c| c["entry"]["request_id"] == e["request_id"])
+                .unwrap();
+            assert_eq!(c["entry"]["uncollected"], 0, "{upstream}: {c}");
+            assert_eq!(
+                c["entry"]["amount"].as_i64().unwrap(),
+                -e["cost_nano"].as_i64().unwrap(),
+                "{upstream}"
+            );
+        }
+        let b = gw.balance("lean").await;
+        assert_eq!(b["reserved"], 0, "{b}");
+        assert_eq!(
+            b["available"].as_i64().unwrap() + b["charged"].as_i64().unwrap(),
+            b["credited"].as_i64().unwrap(),
+            "{b}"
+        );
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            metric_value(&metrics, "tollgate_uncollected_nanocredits_total"),
+            0.0,
+            "{upstream}"
+        );
+    }
+}
+
+/// Anthropic cache writes reach the analytics roll-ups: whatever the caller's protocol and
+/// streaming, the tenant's analytics (total, hourly, by model) equal the sum of the usage
+/// events, cache writes and cost included, and the cache writes equal the vendor's.
+#[tokio::test]
+async fn analytics_carry_cache_writes_equal_to_the_usage_events() {
+    let m = mock().await;
+    m.set_cached_tokens(2);
+    m.set_cache_write_tokens(3);
+    let gw = gateway(&m, "anthropic").await;
+    for caller in [Caller::OpenAi, Caller::Anthropic] {
+        for stream in [false, true] {
+            let r = call(
+                &gw,
+                caller,
+                user_text(caller, "Tell me about prompt caching please", 6, stream),
+            )
+            .await;
+            assert_eq!(r.status(), 200);
+            let _ = r.bytes().await.unwrap();
+        }
+    }
+    let events = gw.usage_events(4).await;
+    assert_eq!(events.len(), 4);
+    let sum = |k: &str| events.iter().map(|e| e[k].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(sum("cache_write_tokens"), 4 * 3, "{events:?}");
+    assert_eq!(
+        sum("cache_write_tokens") as u64,
+        m.stats().cache_write_tokens
+    );
+    for q in [
+        "",
+        "?granularity=hour",
+        "?group_by=model",
+        "?granularity=day&group_by=key",
+    ] {
+        let v = gw
+            .admin_get(&format!("/admin/tenants/acme/analytics{q}"))
+            .await;
+        let rows = v["data"].as_array().unwrap();
+        let total = |k: &str| rows.iter().map(|r| r[k].as_i64().unwrap()).sum::<i64>();
+        for k in [
+            "prompt_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+            "completion_tokens",
+            "cost_nano",
+        ] {
+            assert_eq!(total(k), sum(k), "{q}: {k}: {v}");
+        }
+        assert_eq!(total("requests"), 4, "{q}");
+    }
+}
+
 /// A translated stream cut by the upstream ends with an error event in the caller's format
 /// (never a clean end), and what was produced before the cut is billed.
 #[tokio::test]
@@ -609,7 +780,11 @@ async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
         .as_u64()
         .unwrap();
     assert!(n >= 4, "{n}");
-    assert_eq!(m.stats().requests, 0, "counted locally");
+    assert_eq!(
+        m.stats().count_tokens_requests,
+        1,
+        "asked the Anthropic upstream"
+    );
 
     let r = gw
         .client
@@ -641,6 +816,76 @@ async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
         .await
         .unwrap();
     assert_eq!(v["object"], "list");
+}
+
+/// `count_tokens` is Anthropic's own count when the caller's channel has an Anthropic upstream
+/// for the model (model name mapped, the upstream's credential), and the gateway's estimate
+/// when it has none or that upstream cannot answer (5xx, no such endpoint); the
+/// `x-tollgate-token-count` header says which.
+#[tokio::test]
+async fn count_tokens_asks_the_anthropic_upstream_else_estimates() {
+    let body = json!({"model": "gpt-4o-mini", "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello there, how many tokens is this?"}]});
+    let exact = tiktoken_rs::o200k_base()
+        .unwrap()
+        .encode_ordinary("Be brief.Hello there, how many tokens is this?")
+        .len() as u64;
+    let count = |gw: &Gateway| {
+        gw.client
+            .post(gw.url("/v1/messages/count_tokens"))
+            .header("x-api-key", &gw.key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let read = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        let source = r.headers()["x-tollgate-token-count"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let n = r.json::<Value>().await.unwrap()["input_tokens"]
+            .as_u64()
+            .unwrap();
+        (source, n)
+    };
+
+    // A channel with an OpenAI and an Anthropic upstream: only the Anthropic one is asked.
+    let m = mock().await;
+    m.require_key(Some(UPSTREAM_KEY.into()));
+    let extra = format!("[[channels.upstreams]]\nname = \"anthropic\"\nbase_url = \"{}\"\nprotocol = \"anthropic\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\nmodels = [\"gpt-4o-mini\"]\nmodel_map = {{ \"gpt-4o-mini\" = \"claude-small\" }}\n", m.base_url());
+    let gw = Gateway::start(&[Up::mock("openai", &m)], "", &extra).await;
+    for _ in 0..3 {
+        let (source, n) = read(count(&gw).await.unwrap()).await;
+        assert_eq!((source.as_str(), n), ("vendor", exact));
+    }
+    let s = m.stats();
+    assert_eq!((s.count_tokens_requests, s.chat_requests), (3, 0));
+    assert_eq!(s.last_request_body.unwrap()["model"], "claude-small");
+
+    // The vendor cannot answer: estimated instead, never an error for a count.
+    for code in [503, 404] {
+        m.push_behavior(Behavior::Status {
+            code,
+            retry_after: None,
+        });
+        let (source, n) = read(count(&gw).await.unwrap()).await;
+        assert_eq!(source, "estimate", "{code}");
+        assert!(n >= exact, "{code}: {n}");
+    }
+    assert_eq!(m.stats().count_tokens_requests, 3);
+    // Free: no charge for any of them.
+    assert_eq!(gw.balance("acme").await["charged"], 0);
+
+    // No Anthropic upstream on the channel: estimated, nothing sent.
+    for upstream in ["openai", "gemini"] {
+        let m = mock().await;
+        let gw = gateway(&m, upstream).await;
+        let (source, n) = read(count(&gw).await.unwrap()).await;
+        assert_eq!(source, "estimate", "{upstream}");
+        assert!(n >= exact, "{upstream}: {n}");
+        assert_eq!(m.stats().requests, 0, "{upstream}");
+    }
 }
 
 /// Reasoning settings cross protocols, thinking comes back as the caller's reasoning, and
@@ -715,6 +960,64 @@ async fn thinking_crosses_protocols_and_is_metered() {
         events[0]["completion_tokens"].as_u64(),
         Some(m.stats().completion_tokens)
     );
+}
+
+/// A Gemini thinking model's signed function call survives the round trip through either
+/// caller, whole and streamed: the signature rides in the tool-call id and goes back on the
+/// call in the next turn. The mock refuses (like Gemini 3) a thinking turn whose history has an
+/// unsigned call, so the same follow-up with a plain id is the caller's 400.
+#[tokio::test]
+async fn gemini_thought_signature_round_trips_in_tool_call_ids() {
+    let m = mock().await;
+    let gw = gateway(&m, "gemini").await;
+    let think = |caller: Caller, body: &mut Value| match caller {
+        Caller::OpenAi => body["reasoning_effort"] = json!("low"),
+        Caller::Anthropic => {
+            body["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+            body["max_tokens"] = json!(2000);
+        }
+    };
+    for caller in [Caller::OpenAi, Caller::Anthropic] {
+        for stream in [false, true] {
+            let mut body = user_text(caller, "weather in Paris?", 50, stream);
+            body["tools"] = tools(caller);
+            think(caller, &mut body);
+            let r = call(&gw, caller, body).await;
+            assert_eq!(r.status(), 200);
+            let (_, _, called) = if stream {
+                read_stream(caller, &r.text().await.unwrap())
+            } else {
+                read_answer(caller, &r.json().await.unwrap())
+            };
+            let (id, name, _) = called.unwrap();
+            assert_eq!(name, "get_weather");
+            assert!(id.contains("__thought__"), "{caller:?} {stream}: {id}");
+
+            let mut next = tool_result(caller, &id, stream);
+            think(caller, &mut next);
+            let r = call(&gw, caller, next.clone()).await;
+            assert_eq!(r.status(), 200, "{caller:?} {stream}");
+            let _ = r.bytes().await.unwrap();
+            let sent = m.stats().last_request_body.unwrap();
+            assert_eq!(
+                sent["contents"][1]["parts"][0]["thoughtSignature"],
+                tollgate::mock::GEMINI_THOUGHT_SIGNATURE,
+                "{sent}"
+            );
+
+            // Without the signature (a plain id) the thinking model refuses the turn.
+            let plain = id.split("__thought__").next().unwrap();
+            let mut bare = tool_result(caller, plain, stream);
+            think(caller, &mut bare);
+            let r = call(&gw, caller, bare).await;
+            assert_eq!(r.status(), 400, "{caller:?} {stream}");
+            let v: Value = r.json().await.unwrap();
+            assert!(
+                assert_error_shape(caller, &v).contains("thought_signature"),
+                "{v}"
+            );
+        }
+    }
 }
 
 /// Upstream events cut at awkward offsets over the network (inside `data:`, inside the JSON,

@@ -1019,6 +1019,7 @@ impl AdminApi {
                             "errors": r.errors,
                             "prompt_tokens": r.prompt_tokens,
                             "cached_tokens": r.cached_tokens,
+                            "cache_write_tokens": r.cache_write_tokens,
                             "completion_tokens": r.completion_tokens,
                             "reasoning_tokens": r.reasoning_tokens,
                             "credits": credits_json(r.cost_nano),

@@ -148,6 +148,48 @@ impl Plan {
     }
 }
 
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": n}`, the prompt counted as a Messages
+/// call's (system + message text, o200k), so a test can tell it from the gateway's estimate.
+async fn count_tokens(
+    conn: &mut Conn,
+    state: &Arc<MockState>,
+    req: &serde_json::Map<String, Value>,
+    keep_alive: bool,
+) -> io::Result<bool> {
+    let Some(messages) = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+    else {
+        return reply_error(
+            conn,
+            400,
+            "invalid_request_error",
+            "messages: Field required",
+            keep_alive,
+        )
+        .await;
+    };
+    let mut prompt = String::new();
+    blocks_text(req.get("system"), &mut prompt);
+    for m in messages {
+        blocks_text(m.get("content"), &mut prompt);
+    }
+    let n = count_tokens_async(prompt).await;
+    state.lock().stats.count_tokens_requests += 1;
+    let body = format!(r#"{{"input_tokens":{n}}}"#);
+    write_response(
+        conn,
+        200,
+        "application/json",
+        body.as_bytes(),
+        &[],
+        keep_alive,
+    )
+    .await?;
+    Ok(keep_alive)
+}
+
 pub(crate) async fn route(
     conn: &mut Conn,
     state: &Arc<MockState>,
@@ -225,6 +267,9 @@ pub(crate) async fn route(
         )
         .await;
     };
+    if head.path == "/v1/messages/count_tokens" {
+        return count_tokens(conn, state, &req, keep_alive).await;
+    }
     let Some(max_tokens) = req.get("max_tokens").and_then(Value::as_u64) else {
         return reply_error(
             conn,

@@ -16,6 +16,11 @@
 //!   "Thinking about it." (4 tokens), sent as a `thought: true` part when `includeThoughts`.
 //! * Stats record prompt, completion = candidates + thoughts, reasoning = thoughts, cached.
 //!
+//! Thought signatures: with `thinkingBudget` > 0 a function call part carries
+//! `thoughtSignature` [`THOUGHT_SIGNATURE`], and (as Gemini 3 does) a thinking request whose
+//! history has a model `functionCall` part without that signature is refused with 400
+//! `INVALID_ARGUMENT`.
+//!
 //! Auth: when a key is required, `x-goog-api-key` or `?key=` must carry it (400
 //! `INVALID_ARGUMENT` "API key not valid", 403 `PERMISSION_DENIED` when absent).
 
@@ -158,11 +163,30 @@ impl Plan {
     }
 }
 
-fn call_part(name: &str) -> String {
+/// The signature the mock puts on function calls of thinking requests (standard base64).
+pub const THOUGHT_SIGNATURE: &str = "bW9jayB0aG91Z2h0IHNpZ25hdHVyZSD7/w==";
+
+fn call_part(name: &str, signed: bool) -> String {
+    let sig = if signed {
+        format!(r#","thoughtSignature":{}"#, js(THOUGHT_SIGNATURE))
+    } else {
+        String::new()
+    };
     format!(
-        r#"{{"functionCall":{{"name":{},"args":{TOOL_ARGUMENTS}}}}}"#,
+        r#"{{"functionCall":{{"name":{},"args":{TOOL_ARGUMENTS}}}{sig}}}"#,
         js(name)
     )
+}
+
+/// Whether some model `functionCall` part in the history lacks the mock's signature.
+fn unsigned_call_in_history(contents: &[Value]) -> bool {
+    contents
+        .iter()
+        .filter(|c| c.get("role").and_then(Value::as_str) == Some("model"))
+        .filter_map(|c| c.get("parts").and_then(Value::as_array))
+        .flatten()
+        .filter(|p| p.get("functionCall").is_some())
+        .any(|p| p.get("thoughtSignature").and_then(Value::as_str) != Some(THOUGHT_SIGNATURE))
 }
 
 pub(crate) async fn route(
@@ -262,6 +286,15 @@ pub(crate) async fn route(
         .and_then(|t| t.get("includeThoughts"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    if budget > 0 && unsigned_call_in_history(contents) {
+        return reply_error(
+            conn,
+            400,
+            "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance.",
+            keep_alive,
+        )
+        .await;
+    }
     let bpe = o200k_base_singleton();
     let thoughts = if budget > 0 {
         bpe.count_ordinary(THINKING_TEXT) as u64
@@ -336,7 +369,7 @@ pub(crate) async fn route(
             parts.push(format!(r#"{{"text":{}}}"#, js(&r.concat())));
         }
         if let Some(c) = &plan.call {
-            parts.push(call_part(c));
+            parts.push(call_part(c, plan.thoughts > 0));
         }
         let usage = (behavior != Behavior::NoUsage).then(|| plan.usage_json(plan.output, true));
         let body = plan.chunk(&parts.join(","), Some(plan.finish), usage);
@@ -399,7 +432,7 @@ async fn write_stream(
         }
     }
     if let Some(c) = &plan.call {
-        chunks.push((call_part(c), plan.output));
+        chunks.push((call_part(c, plan.thoughts > 0), plan.output));
     }
     let last = chunks.len().saturating_sub(1);
     for (i, (part, tokens)) in chunks.iter().enumerate() {

@@ -5,6 +5,7 @@
 //! # Endpoints
 //! * `POST /v1/chat/completions` — Chat Completions, non-stream and SSE stream, tool calls.
 //! * `POST /v1/messages` — Anthropic Messages (see `anthropic.rs` for its token rules).
+//! * `POST /v1/messages/count_tokens` — `{"input_tokens": n}`, the Messages prompt count.
 //! * `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse` —
 //!   Gemini (see `gemini.rs`).
 //! * `POST /v1/embeddings` — 8-float (or `dimensions`) deterministic embeddings,
@@ -36,7 +37,7 @@
 //!
 //! # Behaviours
 //! Behaviours apply only to `POST /v1/chat/completions`, `POST /v1/embeddings`,
-//! `POST /v1/messages` and the Gemini generate calls, after the auth check (a 401 does not
+//! `POST /v1/messages` (and its `count_tokens`) and the Gemini generate calls, after the auth check (a 401 does not
 //! consume a pushed behaviour). See [`Behavior`].
 //!
 //! Stats are updated just *before* the final write of a response (and before closing a cut
@@ -58,6 +59,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub use gemini::THOUGHT_SIGNATURE as GEMINI_THOUGHT_SIGNATURE;
 pub use openai::EXACT_COUNT_LIMIT;
 
 /// The reply text the mock generates for `user`'s last message with `n` tokens (the same on
@@ -212,6 +214,9 @@ pub struct MockStats {
     pub messages_requests: u64,
     /// Gemini `generateContent` / `streamGenerateContent` requests (counted at parse time).
     pub gemini_requests: u64,
+    /// `POST /v1/messages/count_tokens` requests answered with a count.
+    #[serde(default)]
+    pub count_tokens_requests: u64,
     /// Last JSON body received on a non-control path (unchanged by bodies that are not JSON).
     pub last_request_body: Option<serde_json::Value>,
     /// Headers of the last non-control request, names lowercased, in received order.

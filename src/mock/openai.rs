@@ -339,7 +339,7 @@ pub(crate) async fn route(
         state.lock().stats.last_request_body = Some(v.clone());
     }
 
-    if path == "/v1/messages" {
+    if path == "/v1/messages" || path == "/v1/messages/count_tokens" {
         return super::anthropic::route(conn, state, head, json, keep_alive).await;
     }
     if path.starts_with("/v1beta/") {

@@ -177,6 +177,22 @@ pub fn error_event(kind: &str, message: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Anthropic -> OpenAI
 
+/// A tool-call id going to `target`: a Gemini thought signature carried in it (see
+/// [`super::gemini::SIGNATURE_SEP`]) is kept for Gemini and removed for OpenAI-compatible vendors,
+/// which do not need it and may limit the id's length (OpenAI: 40 characters).
+fn call_id_for(id: Option<&Value>, target: Dialect) -> Value {
+    match id {
+        Some(Value::String(s)) if target == Dialect::OpenAi => {
+            match s.split_once(super::gemini::SIGNATURE_SEP) {
+                Some((base, _)) => Value::String(base.to_string()),
+                None => Value::String(s.clone()),
+            }
+        }
+        Some(v) => v.clone(),
+        None => Value::Null,
+    }
+}
+
 /// Budget given to Anthropic `thinking` for an OpenAI `reasoning_effort`.
 pub fn budget_for_effort(effort: &str) -> Option<u64> {
     match effort {
@@ -320,7 +336,7 @@ pub fn to_openai(
                     Some("tool_use") => {
                         let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
                         calls.push(json!({
-                            "id": b.get("id").cloned().unwrap_or(Value::Null),
+                            "id": call_id_for(b.get("id"), target),
                             "type": "function",
                             "function": {
                                 "name": b.get("name").cloned().unwrap_or(Value::Null),
@@ -381,7 +397,7 @@ pub fn to_openai(
                     }
                     messages.push(json!({
                         "role": "tool",
-                        "tool_call_id": b.get("tool_use_id").cloned().unwrap_or(Value::Null),
+                        "tool_call_id": call_id_for(b.get("tool_use_id"), target),
                         "content": content,
                     }));
                 }

@@ -16,6 +16,61 @@ pub fn path(base: &str, model: &str, stream: bool) -> String {
     }
 }
 
+/// Separator between a tool-call id and the Gemini `thoughtSignature` carried inside it.
+///
+/// Gemini thinking models sign a function call (`thoughtSignature` beside the `functionCall`
+/// part) and want the signature back with that call in the next turn's history. OpenAI and
+/// Anthropic callers have no field for it, but they do send each tool call's id back verbatim,
+/// so the signature travels in the id: `<id>__thought__<signature>`, the signature's base64
+/// in the URL-safe alphabet without padding, so the id stays within `[A-Za-z0-9_-]` (what
+/// Anthropic accepts as a `tool_use` id).
+pub const SIGNATURE_SEP: &str = "__thought__";
+
+/// The id given to the caller for a Gemini function call: `id`, plus the call's
+/// `thoughtSignature` when it has one in standard base64 (anything else is not carried).
+pub fn call_id(id: &str, signature: Option<&str>) -> String {
+    let Some(sig) = signature.filter(|s| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    }) else {
+        return id.to_string();
+    };
+    let mut out = String::with_capacity(id.len() + SIGNATURE_SEP.len() + sig.len());
+    out.push_str(id);
+    out.push_str(SIGNATURE_SEP);
+    out.extend(sig.chars().filter(|c| *c != '=').map(|c| match c {
+        '+' => '-',
+        '/' => '_',
+        c => c,
+    }));
+    out
+}
+
+/// The `thoughtSignature` carried in a tool-call id made by [`call_id`], if any.
+pub fn signature_of(id: &str) -> Option<String> {
+    let (_, enc) = id.split_once(SIGNATURE_SEP)?;
+    if enc.is_empty()
+        || !enc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    {
+        return None;
+    }
+    let mut sig: String = enc
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while sig.len() % 4 != 0 {
+        sig.push('=');
+    }
+    Some(sig)
+}
+
 /// Normalises `usageMetadata`: the prompt includes cached content; thoughts are output the
 /// caller pays for, so completion = candidates + thoughts, with thoughts as reasoning.
 pub fn parse_usage(v: &Value) -> Option<Usage> {
@@ -255,10 +310,15 @@ pub fn from_openai(o: &Map<String, Value>) -> Result<Map<String, Value>, Transla
                                 )
                             })?
                         };
-                        if let Some(id) = c.get("id").and_then(Value::as_str) {
+                        let id = c.get("id").and_then(Value::as_str);
+                        if let Some(id) = id {
                             call_names.push((id.to_string(), name.clone()));
                         }
-                        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+                        let mut part = json!({"functionCall": {"name": name, "args": args}});
+                        if let Some(sig) = id.and_then(signature_of) {
+                            part["thoughtSignature"] = Value::String(sig);
+                        }
+                        parts.push(part);
                     }
                 }
                 push("model", parts);

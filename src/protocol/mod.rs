@@ -78,3 +78,41 @@ impl TranslateError {
         }
     }
 }
+
+/// The most output tokens an upstream may produce for `body`, a request in `dialect`'s own
+/// shape, thinking included: what a credit hold must cover for that upstream. `ceiling` (the
+/// model's `max_output_tokens`, else the billing default) applies when the body sets no limit.
+///
+/// Anthropic counts thinking inside `max_tokens`. Gemini is reported to count thoughts inside
+/// `maxOutputTokens` too, but does not document it, so its thinking budget is added on top.
+pub fn max_output_tokens(
+    dialect: Dialect,
+    body: &serde_json::Map<String, serde_json::Value>,
+    ceiling: u64,
+) -> u64 {
+    use serde_json::Value;
+    let uint = |v: Option<&Value>| v.and_then(Value::as_u64);
+    match dialect {
+        Dialect::OpenAi => {
+            let n = uint(body.get("n")).unwrap_or(1).max(1);
+            uint(body.get("max_completion_tokens"))
+                .or_else(|| uint(body.get("max_tokens")))
+                .unwrap_or(ceiling)
+                .saturating_mul(n)
+        }
+        Dialect::Anthropic => uint(body.get("max_tokens")).unwrap_or(ceiling),
+        Dialect::Gemini => {
+            let gc = body.get("generationConfig");
+            let limit = uint(gc.and_then(|g| g.get("maxOutputTokens"))).unwrap_or(ceiling);
+            let budget = gc
+                .and_then(|g| g.get("thinkingConfig"))
+                .and_then(|t| t.get("thinkingBudget"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let candidates = uint(gc.and_then(|g| g.get("candidateCount")))
+                .unwrap_or(1)
+                .max(1);
+            limit.saturating_add(budget).saturating_mul(candidates)
+        }
+    }
+}

@@ -300,12 +300,13 @@ fn reply_from_gemini(v: &Value) -> Option<Reply> {
             }
         } else if let Some(fc) = p.get("functionCall") {
             calls += 1;
+            let base = fc
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("call_{calls}"));
             blocks.push(Block::ToolUse {
-                id: fc
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("call_{calls}")),
+                id: gemini::call_id(&base, p.get("thoughtSignature").and_then(Value::as_str)),
                 name: fc.get("name").and_then(Value::as_str).unwrap_or("").into(),
                 input: fc.get("args").cloned().unwrap_or_else(|| json!({})),
             });
@@ -881,9 +882,10 @@ impl Reader {
                     } else if let Some(fc) = p.get("functionCall") {
                         *calls += 1;
                         *saw_call = true;
-                        let id = str_at(fc, &["id"])
+                        let base = str_at(fc, &["id"])
                             .map(str::to_owned)
                             .unwrap_or_else(|| format!("call_{calls}"));
+                        let id = gemini::call_id(&base, str_at(p, &["thoughtSignature"]));
                         f(Ev::ToolStart {
                             key: *calls,
                             id: &id,

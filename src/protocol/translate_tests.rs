@@ -180,6 +180,92 @@ fn anthropic_request_to_gemini_keeps_top_k_and_budget() {
     );
 }
 
+/// What the credit hold must cover is read from the body actually sent upstream: a thinking
+/// budget added by the translation raises it.
+#[test]
+fn worst_case_output_of_translated_requests() {
+    let ceiling = 1000;
+    let openai = |v: Value| obj(v);
+    let cases: Vec<(&str, Dialect, Map<String, Value>, u64)> = vec![
+        (
+            "openai as sent, n multiplies",
+            Dialect::OpenAi,
+            openai(json!({"max_completion_tokens": 50, "max_tokens": 9, "n": 3})),
+            150,
+        ),
+        (
+            "openai without a limit",
+            Dialect::OpenAi,
+            openai(json!({})),
+            ceiling,
+        ),
+        (
+            "openai -> anthropic, effort raises max_tokens above the budget",
+            Dialect::Anthropic,
+            anthropic::from_openai(
+                &openai(
+                    json!({"model": "m", "max_tokens": 100, "reasoning_effort": "high",
+                    "messages": [{"role": "user", "content": "hi"}]}),
+                ),
+                ceiling,
+            )
+            .unwrap(),
+            100 + 16384,
+        ),
+        (
+            "openai -> anthropic, no limit: the default fills max_tokens",
+            Dialect::Anthropic,
+            anthropic::from_openai(
+                &openai(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})),
+                ceiling,
+            )
+            .unwrap(),
+            ceiling,
+        ),
+        (
+            "openai -> gemini, the thinking budget on top of maxOutputTokens",
+            Dialect::Gemini,
+            gemini::from_openai(&openai(json!({"model": "m", "max_tokens": 5,
+                "reasoning_effort": "medium", "messages": [{"role": "user", "content": "hi"}]})))
+            .unwrap(),
+            5 + 8192,
+        ),
+        (
+            "openai -> gemini, no limit: the ceiling plus the budget",
+            Dialect::Gemini,
+            gemini::from_openai(&openai(json!({"model": "m", "reasoning_effort": "low",
+                "messages": [{"role": "user", "content": "hi"}]})))
+            .unwrap(),
+            ceiling + 1024,
+        ),
+        (
+            "anthropic -> gemini keeps the exact budget",
+            Dialect::Gemini,
+            gemini::from_anthropic(&obj(json!({"model": "m", "max_tokens": 3000,
+                "thinking": {"type": "enabled", "budget_tokens": 2000},
+                "messages": [{"role": "user", "content": "hi"}]})))
+            .unwrap(),
+            5000,
+        ),
+        (
+            "gemini candidates multiply, a negative (dynamic) budget adds nothing",
+            Dialect::Gemini,
+            obj(
+                json!({"generationConfig": {"maxOutputTokens": 10, "candidateCount": 2,
+                "thinkingConfig": {"thinkingBudget": -1}}}),
+            ),
+            20,
+        ),
+    ];
+    for (name, dialect, body, want) in cases {
+        assert_eq!(
+            crate::protocol::max_output_tokens(dialect, &body, ceiling),
+            want,
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn features_without_equivalent_are_named_errors() {
     let user = |content: Value| json!([{"role": "user", "content": content}]);
@@ -824,5 +910,131 @@ fn json_schema_response_format_reaches_gemini_as_response_schema() {
     assert_eq!(
         g["generationConfig"]["responseSchema"],
         json!({"type": "object", "properties": {"a": {"type": "string"}}})
+    );
+}
+
+// ----- Gemini thought signatures ----------------------------------------------------------------
+
+/// The signature rides in the tool-call id: every base64 signature comes back exactly, the id
+/// stays in Anthropic's `tool_use` id alphabet, and what cannot be carried is left out.
+#[test]
+fn thought_signature_in_tool_call_ids() {
+    let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+        ("call_1", Some("EqQBCgIYAhIM+/x="), Some("EqQBCgIYAhIM+/x=")),
+        ("call_1", Some("AAAA"), Some("AAAA")),
+        ("call_1", Some("ab+/Yw=="), Some("ab+/Yw==")),
+        ("fc_7", Some("Zm9vYmFy"), Some("Zm9vYmFy")),
+        ("call_1", None, None),
+        ("call_1", Some(""), None),
+        ("call_1", Some("not base64!"), None),
+    ];
+    for (base, sig, back) in cases {
+        let id = gemini::call_id(base, *sig);
+        assert!(id.starts_with(base), "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "{id}"
+        );
+        assert_eq!(
+            gemini::signature_of(&id).as_deref(),
+            *back,
+            "{base} {sig:?}"
+        );
+    }
+    // Ids that never carried one.
+    for id in ["call_1", "toolu_01A", "x__thought__", "x__thought__a+b"] {
+        assert_eq!(gemini::signature_of(id), None, "{id}");
+    }
+}
+
+/// A signed Gemini function call goes to the caller (whole or streamed, OpenAI or Anthropic)
+/// and the caller's next turn, carrying the call in its history, gives Gemini the signature
+/// back on that call, with the tool result still matched by name.
+#[test]
+fn thought_signature_round_trips_through_both_callers() {
+    let sig = "CiQBVKhc7u3+Jv/Pn2mWv0k1ZmAbc9==";
+    let whole = json!({"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": sig},
+        {"functionCall": {"name": "get_time", "args": {}}}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 5}});
+    let stream = format!("data: {}\r\n\r\n", serde_json::to_string(&whole).unwrap());
+    let reply = reply_from(Dialect::Gemini, whole.to_string().as_bytes()).unwrap();
+
+    // OpenAI caller: the ids it sees, whole and streamed, are the same.
+    let o: Value = serde_json::from_slice(&reply_to(Dialect::OpenAi, &reply, &names())).unwrap();
+    let calls = o["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let (out, _) = every_split(Dialect::Gemini, Dialect::OpenAi, &stream);
+    let streamed: Vec<String> = data_events(&out)
+        .iter()
+        .filter_map(|(_, v)| {
+            v["choices"][0]["delta"]["tool_calls"][0]["id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        streamed,
+        calls
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    );
+    let next = obj(json!({"model": "m", "messages": [
+        {"role": "user", "content": "weather and time?"},
+        {"role": "assistant", "content": null, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "sunny"},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": "noon"}]}));
+    let g = gemini::from_openai(&next).unwrap();
+    let model_parts = &g["contents"][1]["parts"];
+    assert_eq!(model_parts[0]["thoughtSignature"], sig, "{g:?}");
+    assert!(model_parts[1].get("thoughtSignature").is_none(), "{g:?}");
+    let answers = &g["contents"][2]["parts"];
+    assert_eq!(answers[0]["functionResponse"]["name"], "get_weather");
+    assert_eq!(answers[1]["functionResponse"]["name"], "get_time");
+
+    // Anthropic caller: tool_use ids, whole and streamed, and back through from_anthropic.
+    let a: Value = serde_json::from_slice(&reply_to(Dialect::Anthropic, &reply, &names())).unwrap();
+    let uses: Vec<Value> = a["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "tool_use")
+        .cloned()
+        .collect();
+    let (out, _) = every_split(Dialect::Gemini, Dialect::Anthropic, &stream);
+    let streamed: Vec<Value> = data_events(&out)
+        .iter()
+        .filter(|(_, v)| v["content_block"]["type"] == "tool_use")
+        .map(|(_, v)| v["content_block"]["id"].clone())
+        .collect();
+    assert_eq!(
+        streamed,
+        uses.iter().map(|u| u["id"].clone()).collect::<Vec<_>>()
+    );
+    let next = obj(json!({"model": "m", "max_tokens": 100, "messages": [
+        {"role": "user", "content": "weather and time?"},
+        {"role": "assistant", "content": uses},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": uses[0]["id"], "content": "sunny"},
+            {"type": "tool_result", "tool_use_id": uses[1]["id"], "content": "noon"}]}]}));
+    // Towards an OpenAI-compatible upstream the signature is dropped from the ids (both ends).
+    let o = anthropic::to_openai(&next, Dialect::OpenAi).unwrap();
+    assert_eq!(o["messages"][1]["tool_calls"][0]["id"], "call_1", "{o:?}");
+    assert_eq!(o["messages"][2]["tool_call_id"], "call_1", "{o:?}");
+    let g = gemini::from_anthropic(&next).unwrap();
+    assert_eq!(
+        g["contents"][1]["parts"][0]["thoughtSignature"], sig,
+        "{g:?}"
+    );
+    assert!(g["contents"][1]["parts"][1]
+        .get("thoughtSignature")
+        .is_none());
+    assert_eq!(
+        g["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "get_weather"
     );
 }

@@ -17,7 +17,8 @@ pub enum Endpoint {
     Chat,
     Embeddings,
     Models,
-    /// `POST /v1/messages/count_tokens`, answered by the gateway.
+    /// `POST /v1/messages/count_tokens`: forwarded to an Anthropic upstream of the channel, else
+    /// estimated by the gateway.
     CountTokens,
 }
 
@@ -100,6 +101,9 @@ pub struct RequestCtx {
     pub cost_nano: i64,
     /// What the complexity router decided, for `model: "auto"` requests.
     pub route: Option<super::autoroute::RouteNote>,
+    /// `count_tokens`: where the count comes from (`vendor` or `estimate`), answered in the
+    /// `x-tollgate-token-count` header.
+    pub token_count: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -112,6 +116,7 @@ impl RequestCtx {
             key: None,
             model_requested: None,
             route: None,
+            token_count: None,
             model: None,
             channel: None,
             stream: false,

@@ -55,6 +55,8 @@ pub(crate) fn now_ms() -> u64 {
 /// Tokens added to the prompt bound when a request carries images (high-detail tiles).
 const IMAGE_TOKEN_BOUND: u64 = 4_000;
 
+/// Response header of `count_tokens`: `vendor` (Anthropic's own count) or `estimate`.
+pub const TOKEN_COUNT_HEADER: &str = "x-tollgate-token-count";
 /// Header a caller uses to pick one of the channels its key may use.
 pub const CHANNEL_HEADER: &str = "x-tollgate-channel";
 /// Largest non-streamed response kept in memory to read its usage.
@@ -314,16 +316,31 @@ impl Gateway {
             )));
         }
         if endpoint == Endpoint::CountTokens {
-            // Counted here with the gateway's tokenizer (o200k): an estimate, documented as such.
-            let n = tokio::task::spawn_blocking(move || {
-                anthropic::to_openai(&obj, Dialect::Gemini)
-                    .map(|o| crate::protocol::TokenCounter::estimate_chat_prompt(&o))
-            })
-            .await
-            .map_err(|_| GatewayError::Internal("token counting failed".into()))??;
+            // Anthropic's own count when the channel has an Anthropic upstream for this model:
+            // only those may serve the call (the others count as tried). Free: no credit hold.
+            let others: Vec<usize> = channel
+                .upstreams
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| {
+                    u.protocol != Dialect::Anthropic
+                        || !u.models.contains(&model.name)
+                        || u.disabled.is_some()
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if others.len() < channel.upstreams.len() {
+                ctx.tried = others;
+                ctx.token_count = Some("vendor");
+                ctx.model = Some(model);
+                ctx.body = Some(obj);
+                return Ok(Admitted::Proxy);
+            }
+            // Else counted here with the gateway's tokenizer (o200k): an estimate, said so.
+            let n = estimate_input_tokens(obj).await?;
             ctx.status = 200;
-            let body = Bytes::from(serde_json::json!({ "input_tokens": n }).to_string());
-            write_json(session, ctx, 200, body, None, false).await;
+            ctx.token_count = Some("estimate");
+            write_json(session, ctx, 200, count_body(n), None, false).await;
             return Ok(Admitted::Answered);
         }
         // Translate now for every other protocol among the upstreams that may serve this call:
@@ -368,10 +385,14 @@ impl Gateway {
             return Ok(Admitted::Proxy);
         }
         // Hold the worst case before anything is sent: prompt bound at the input price plus
-        // every output token the call may produce at the output price.
-        let max_output = max_output
-            .or(model.max_output_tokens)
-            .unwrap_or(cfg.billing.default_max_output_tokens);
+        // every output token the call may produce at the output price, on whichever upstream
+        // serves it: a translation may raise the limit (a thinking budget Anthropic counts
+        // inside `max_tokens`, one Gemini may add to `maxOutputTokens`).
+        let max_output = ctx
+            .translations
+            .iter()
+            .map(|(d, body)| crate::protocol::max_output_tokens(*d, body, default_max))
+            .fold(max_output.unwrap_or(default_max), u64::max);
         let worst = pricing::cost_nano(
             &model,
             &channel,
@@ -603,6 +624,24 @@ fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey, caller: Dialect) -> B
     Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string())
 }
 
+/// `count_tokens` answered by the gateway: the Messages request in the OpenAI shape, counted
+/// with o200k like prompts without vendor usage (on the blocking pool: tokenizing is CPU work).
+async fn estimate_input_tokens(
+    obj: serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<u64, GatewayError> {
+    tokio::task::spawn_blocking(move || {
+        anthropic::to_openai(&obj, Dialect::Gemini)
+            .map(|o| crate::protocol::TokenCounter::estimate_chat_prompt(&o))
+    })
+    .await
+    .map_err(|_| GatewayError::Internal("token counting failed".into()))?
+    .map_err(GatewayError::from)
+}
+
+fn count_body(n: u64) -> Bytes {
+    Bytes::from(serde_json::json!({ "input_tokens": n }).to_string())
+}
+
 /// Write a complete JSON response in one go (header + body), ignoring a vanished client.
 async fn write_json(
     session: &mut Session,
@@ -619,6 +658,9 @@ async fn write_json(
         resp.insert_header("x-request-id", &ctx.request_id)?;
         if let Some(s) = retry_after {
             resp.insert_header(http::header::RETRY_AFTER, s)?;
+        }
+        if let (Some(source), 200) = (ctx.token_count, status) {
+            resp.insert_header(TOKEN_COUNT_HEADER, source)?;
         }
         Ok(resp)
     })();
@@ -788,7 +830,7 @@ impl ProxyHttp for Gateway {
                 (Endpoint::Chat, Dialect::OpenAi) => {
                     openai::rewrite_chat_request(obj, &upstream_model, ctx.stream)
                 }
-                (Endpoint::Chat, Dialect::Anthropic) => {
+                (Endpoint::Chat | Endpoint::CountTokens, Dialect::Anthropic) => {
                     anthropic::rewrite_messages_request(obj, &upstream_model)
                 }
                 (_, Dialect::Gemini) => serde_json::to_vec(obj).unwrap_or_default(),
@@ -823,8 +865,13 @@ impl ProxyHttp for Gateway {
         };
         let up = &attempt.upstream;
         let gemini_path;
+        let count_path;
         let path = match (ctx.endpoint, up.protocol) {
             (Endpoint::Embeddings, _) => &up.embeddings_path,
+            (Endpoint::CountTokens, _) => {
+                count_path = format!("{}/count_tokens", up.chat_path);
+                &count_path
+            }
             (_, Dialect::Gemini) => {
                 gemini_path = gemini::path(&up.base.path, &ctx.upstream_body_model, ctx.stream);
                 &gemini_path
@@ -920,6 +967,19 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         let retryable = status == 429 || status >= 500;
+        if ctx.endpoint == Endpoint::CountTokens && status == 404 {
+            // An Anthropic-compatible vendor without count_tokens: estimate instead (in
+            // `fail_to_proxy`), or ask another Anthropic upstream.
+            self.fail_attempt(
+                ctx,
+                "no_count_tokens",
+                GatewayError::UpstreamFailed("The upstream cannot count tokens.".into()),
+                false,
+            );
+            let mut e = Error::explain(ErrorType::HTTPStatus(404), "no count_tokens upstream");
+            e.set_retry(self.can_retry(ctx));
+            return Err(e);
+        }
         if retryable {
             let (max_park, up) = match (ctx.channel.as_ref(), ctx.attempt.as_ref()) {
                 (Some(c), Some(a)) => (c.retry.max_retry_after, a.upstream.clone()),
@@ -956,6 +1016,13 @@ impl ProxyHttp for Gateway {
                 );
                 e.set_retry(true);
                 return Err(e);
+            }
+            if ctx.endpoint == Endpoint::CountTokens {
+                // No vendor could count: the estimate answers instead (`fail_to_proxy`).
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(status),
+                    "no upstream could count tokens",
+                );
             }
             // Last candidate: pass the vendor's own answer through.
             ctx.error = None;
@@ -1013,6 +1080,9 @@ impl ProxyHttp for Gateway {
         resp.insert_header("x-request-id", &ctx.request_id)?;
         if let Some(c) = ctx.channel.as_ref() {
             resp.insert_header("x-tollgate-channel", &c.name)?;
+        }
+        if let (Some(source), true) = (ctx.token_count, resp.status.is_success()) {
+            resp.insert_header(TOKEN_COUNT_HEADER, source)?;
         }
         if let Some(r) = ctx.route.as_ref() {
             resp.insert_header("x-tollgate-route-model", &r.model)?;
@@ -1223,6 +1293,21 @@ impl ProxyHttp for Gateway {
                 error_code: 0,
                 can_reuse_downstream: false,
             };
+        }
+        if ctx.endpoint == Endpoint::CountTokens {
+            // The vendor could not count (down, overloaded, no such endpoint): estimate.
+            if let Some(obj) = ctx.body.take() {
+                if let Ok(n) = estimate_input_tokens(obj).await {
+                    ctx.error = None;
+                    ctx.status = 200;
+                    ctx.token_count = Some("estimate");
+                    write_json(session, ctx, 200, count_body(n), None, true).await;
+                    return FailToProxy {
+                        error_code: 200,
+                        can_reuse_downstream: false,
+                    };
+                }
+            }
         }
         let err = ctx.error.clone().unwrap_or_else(|| classify(e));
         ctx.status = err.status();

@@ -233,6 +233,32 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE usage_events ADD COLUMN baseline_cost_nano INTEGER;",
     // 11: Anthropic cache writes (priced apart) on usage events
     "ALTER TABLE usage_events ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;",
+    // 12: cache writes in the roll-ups, filled in from the events recorded since 11
+    "ALTER TABLE usage_hourly ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE usage_rollup ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+     UPDATE usage_hourly SET cache_write_tokens = w.n
+     FROM (SELECT tenant_id AS t, ts_ms / 3600000 AS h, COALESCE(key_id, 0) AS k,
+                  COALESCE(user_id, 0) AS u, COALESCE(group_id, 0) AS g,
+                  COALESCE(model_requested, '') AS m, COALESCE(channel, '') AS c,
+                  SUM(cache_write_tokens) AS n
+           FROM usage_events WHERE cache_write_tokens > 0 AND tenant_id IS NOT NULL
+           GROUP BY 1, 2, 3, 4, 5, 6, 7) w
+     WHERE usage_hourly.tenant_id = w.t AND usage_hourly.hour = w.h AND usage_hourly.key_id = w.k
+       AND usage_hourly.user_id = w.u AND usage_hourly.group_id = w.g
+       AND usage_hourly.model = w.m AND usage_hourly.channel = w.c;
+     UPDATE usage_rollup SET cache_write_tokens = w.n
+     FROM (SELECT tenant_id AS t, d.dim AS dim, p.period AS period,
+                  (hour * 3600 / p.period) * p.period AS b,
+                  CASE d.dim WHEN 0 THEN '' WHEN 1 THEN CAST(user_id AS TEXT) WHEN 2 THEN CAST(group_id AS TEXT)
+                             WHEN 3 THEN CAST(key_id AS TEXT) WHEN 4 THEN model ELSE channel END AS v,
+                  SUM(cache_write_tokens) AS n
+           FROM usage_hourly,
+                (SELECT 0 AS dim UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5) d,
+                (SELECT 3600 AS period UNION ALL SELECT 86400) p
+           WHERE cache_write_tokens > 0
+           GROUP BY 1, 2, 3, 4, 5) w
+     WHERE usage_rollup.tenant_id = w.t AND usage_rollup.dim = w.dim AND usage_rollup.period = w.period
+       AND usage_rollup.bucket = w.b AND usage_rollup.value = w.v;",
 ];
 
 /// One tier's share of routed calls (see `Store::routing_savings`).
@@ -317,6 +343,8 @@ pub struct AnalyticsRow {
     pub completion_tokens: i64,
     pub reasoning_tokens: i64,
     pub cost_nano: i64,
+    /// Prompt tokens written to the vendor's cache (Anthropic), part of `prompt_tokens`.
+    pub cache_write_tokens: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -765,11 +793,11 @@ impl Store {
                 )?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
-                let mut deltas: std::collections::HashMap<RollupKey, [i64; 7]> = std::collections::HashMap::new();
+                let mut deltas: std::collections::HashMap<RollupKey, [i64; 8]> = std::collections::HashMap::new();
                 let mut roll = tx.prepare_cached(
                     "INSERT INTO usage_hourly (tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors,
-                        prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                        prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                      ON CONFLICT (tenant_id, hour, key_id, user_id, group_id, model, channel) DO UPDATE SET
                         requests = requests + excluded.requests,
                         errors = errors + excluded.errors,
@@ -777,7 +805,8 @@ impl Store {
                         cached_tokens = cached_tokens + excluded.cached_tokens,
                         completion_tokens = completion_tokens + excluded.completion_tokens,
                         reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-                        cost_nano = cost_nano + excluded.cost_nano",
+                        cost_nano = cost_nano + excluded.cost_nano,
+                        cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens",
                 )?;
                 for e in events {
                     let inserted = st.execute(params![
@@ -822,7 +851,7 @@ impl Store {
                             e.model_requested.clone().unwrap_or_default(),
                             e.channel.clone().unwrap_or_default(),
                         );
-                        let d = deltas.entry(k).or_insert([0i64; 7]);
+                        let d = deltas.entry(k).or_insert([0i64; 8]);
                         d[0] += 1;
                         d[1] += i64::from(!(200..300).contains(&e.status));
                         d[2] += e.prompt_tokens as i64;
@@ -830,11 +859,12 @@ impl Store {
                         d[4] += e.completion_tokens as i64;
                         d[5] += e.reasoning_tokens as i64;
                         d[6] += e.cost_nano;
+                        d[7] += e.cache_write_tokens as i64;
                     }
                 }
                 // Per-dimension roll-ups (what unfiltered analytics read): hour and day rows for
                 // the tenant total and for each dimension's value.
-                let mut dims: std::collections::HashMap<(i64, i64, i64, i64, String), [i64; 7]> = std::collections::HashMap::new();
+                let mut dims: std::collections::HashMap<(i64, i64, i64, i64, String), [i64; 8]> = std::collections::HashMap::new();
                 for ((tenant, hour, key, user, group, model, channel), d) in &deltas {
                     let values: [(i64, String); 6] = [
                         (0, String::new()),
@@ -847,7 +877,7 @@ impl Store {
                     for period in [3600i64, 86_400] {
                         let bucket = (hour * 3600).div_euclid(period) * period;
                         for (dim, value) in &values {
-                            let acc = dims.entry((*tenant, *dim, period, bucket, value.clone())).or_insert([0i64; 7]);
+                            let acc = dims.entry((*tenant, *dim, period, bucket, value.clone())).or_insert([0i64; 8]);
                             for (a, x) in acc.iter_mut().zip(d.iter()) {
                                 *a += x;
                             }
@@ -856,8 +886,8 @@ impl Store {
                 }
                 let mut up = tx.prepare_cached(
                     "INSERT INTO usage_rollup (tenant_id, dim, period, bucket, value, requests, errors, prompt_tokens,
-                        cached_tokens, completion_tokens, reasoning_tokens, cost_nano)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                        cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                      ON CONFLICT (tenant_id, dim, period, bucket, value) DO UPDATE SET
                         requests = requests + excluded.requests,
                         errors = errors + excluded.errors,
@@ -865,13 +895,14 @@ impl Store {
                         cached_tokens = cached_tokens + excluded.cached_tokens,
                         completion_tokens = completion_tokens + excluded.completion_tokens,
                         reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-                        cost_nano = cost_nano + excluded.cost_nano",
+                        cost_nano = cost_nano + excluded.cost_nano,
+                        cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens",
                 )?;
                 for ((tenant, dim, period, bucket, value), d) in &dims {
-                    up.execute(params![tenant, dim, period, bucket, value, d[0], d[1], d[2], d[3], d[4], d[5], d[6]])?;
+                    up.execute(params![tenant, dim, period, bucket, value, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])?;
                 }
                 for ((tenant, hour, key, user, group, model, channel), d) in &deltas {
-                    roll.execute(params![tenant, hour, key, user, group, model, channel, d[0], d[1], d[2], d[3], d[4], d[5], d[6]])?;
+                    roll.execute(params![tenant, hour, key, user, group, model, channel, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])?;
                 }
             }
             tx.commit()?;
@@ -919,7 +950,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT {bucket} AS b, value, SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens),
-                    SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano)
+                    SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(cache_write_tokens)
              FROM usage_rollup
              WHERE tenant_id = ?1 AND dim = ?2 AND (
                    (period = 86400 AND bucket >= ?3 AND bucket < ?4)
@@ -947,6 +978,7 @@ impl Store {
             completion_tokens: r.get(6)?,
             reasoning_tokens: r.get(7)?,
             cost_nano: r.get(8)?,
+            cache_write_tokens: r.get(9)?,
         })
     }
 
@@ -967,7 +999,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT {bucket} AS bucket, {dim} AS dim, SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens),
-                    SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano)
+                    SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(cache_write_tokens)
              FROM usage_hourly
              WHERE tenant_id = ?1 AND hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR user_id = ?4)
              GROUP BY bucket, dim ORDER BY bucket, dim"
@@ -992,6 +1024,7 @@ impl Store {
                         completion_tokens: r.get(6)?,
                         reasoning_tokens: r.get(7)?,
                         cost_nano: r.get(8)?,
+                        cache_write_tokens: r.get(9)?,
                     })
                 },
             )?;
@@ -2328,6 +2361,7 @@ mod tests {
                 prompt_tokens: 10 + i as u64,
                 completion_tokens: 3,
                 cost_nano: 1_000 + i,
+                cache_write_tokens: (i % 4) as u64,
                 ..Default::default()
             });
         }
@@ -2354,6 +2388,33 @@ mod tests {
         assert_eq!(
             total[0].prompt_tokens as u64,
             events.iter().map(|e| e.prompt_tokens).sum::<u64>()
+        );
+        let cache_writes = events.iter().map(|e| e.cache_write_tokens).sum::<u64>() as i64;
+        assert_eq!(total[0].cache_write_tokens, cache_writes);
+        // Every way of reading the roll-ups sums to the same cache writes.
+        for g in [Granularity::Hour, Granularity::Day, Granularity::Total] {
+            for d in [
+                Dimension::None,
+                Dimension::User,
+                Dimension::Key,
+                Dimension::Model,
+            ] {
+                let rows = s.analytics(&q(g, d, None)).unwrap();
+                let sum: i64 = rows.iter().map(|r| r.cache_write_tokens).sum();
+                assert_eq!(sum, cache_writes, "{g:?} by {d:?}");
+            }
+        }
+        let mine_writes: i64 = events
+            .iter()
+            .filter(|e| e.user_id == Some(UserId(7)))
+            .map(|e| e.cache_write_tokens as i64)
+            .sum();
+        let mine_rows = s
+            .analytics(&q(Granularity::Day, Dimension::Model, Some(UserId(7))))
+            .unwrap();
+        assert_eq!(
+            mine_rows.iter().map(|r| r.cache_write_tokens).sum::<i64>(),
+            mine_writes
         );
         let by_model = s
             .analytics(&q(Granularity::Total, Dimension::Model, None))
@@ -2385,6 +2446,93 @@ mod tests {
             })
             .unwrap();
         assert!(none.is_empty());
+    }
+
+    /// A database at schema 11 (cache writes on events only) gets them into its roll-ups when
+    /// migration 12 runs, so analytics over older hours agree with the events too.
+    #[test]
+    fn migration_12_fills_cache_writes_into_existing_rollups() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+        )
+        .unwrap();
+        for (i, sql) in MIGRATIONS[..11].iter().enumerate() {
+            c.execute_batch(sql).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                params![i as i64 + 1],
+            )
+            .unwrap();
+        }
+        // Two events in one hour (one with a user), one in the next day; as schema 11 recorded
+        // them: cache writes on the events, not in the roll-ups.
+        let hour = 1_700_000_000_000i64 / 3_600_000;
+        for (id, ts_hour, user, writes) in [
+            ("a", hour, None, 5i64),
+            ("b", hour, Some(7i64), 2),
+            ("c", hour + 24, None, 11),
+        ] {
+            c.execute(
+                "INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, model_requested,
+                    stream, status, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, usage_source,
+                    attempts, latency_ms, cost_nano, user_id, cache_write_tokens)
+                 VALUES (?1, ?2, 1, 3, 'chat', 'main', 'm', 0, 200, 20, 0, 4, 0, 'vendor', 1, 5, 100, ?3, ?4)",
+                params![id, ts_hour * 3_600_000 + 1_000, user, writes],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO usage_hourly (tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors,
+                    prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano)
+                 VALUES (1, ?1, 3, ?2, 0, 'm', 'main', 1, 0, 20, 0, 4, 0, 100)",
+                params![ts_hour, user.unwrap_or(0)],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO usage_rollup
+                SELECT tenant_id, d.dim, p.period, (hour * 3600 / p.period) * p.period,
+                       CASE d.dim WHEN 0 THEN '' WHEN 1 THEN CAST(user_id AS TEXT) WHEN 2 THEN CAST(group_id AS TEXT)
+                                  WHEN 3 THEN CAST(key_id AS TEXT) WHEN 4 THEN model ELSE channel END,
+                       SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens), SUM(completion_tokens),
+                       SUM(reasoning_tokens), SUM(cost_nano)
+                FROM usage_hourly,
+                     (SELECT 0 AS dim UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5) d,
+                     (SELECT 3600 AS period UNION ALL SELECT 86400) p
+                GROUP BY 1, 2, 3, 4, 5;",
+        )
+        .unwrap();
+        let s = Store::init(c).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let q = |granularity, group_by, user| AnalyticsQuery {
+            tenant: TenantId(1),
+            from: (hour - 48) * 3600,
+            to: (hour + 48) * 3600,
+            granularity,
+            group_by,
+            user,
+        };
+        for g in [Granularity::Hour, Granularity::Day, Granularity::Total] {
+            for d in [
+                Dimension::None,
+                Dimension::User,
+                Dimension::Key,
+                Dimension::Model,
+            ] {
+                let rows = s.analytics(&q(g, d, None)).unwrap();
+                let sum: i64 = rows.iter().map(|r| r.cache_write_tokens).sum();
+                assert_eq!(sum, 18, "{g:?} by {d:?}");
+            }
+        }
+        let by_user = s
+            .analytics(&q(Granularity::Total, Dimension::User, None))
+            .unwrap();
+        let seven = by_user.iter().find(|r| r.key == "7").unwrap();
+        assert_eq!(seven.cache_write_tokens, 2);
+        let mine = s
+            .analytics(&q(Granularity::Total, Dimension::None, Some(UserId(7))))
+            .unwrap();
+        assert_eq!(mine[0].cache_write_tokens, 2);
     }
 
     /// `cargo test --release --lib analytics_over_a_million_calls -- --ignored --nocapture`
