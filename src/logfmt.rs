@@ -147,7 +147,7 @@ fn push_timestamp(out: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, day) = civil_from_days(days);
+    let (y, m, day) = crate::tenancy::civil_from_days(days);
     let _ = write!(
         out,
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
@@ -156,19 +156,6 @@ fn push_timestamp(out: &mut String, t: SystemTime) {
         rem % 60,
         d.subsec_micros()
     );
-}
-
-/// (year, month, day) of a day counted from 1970-01-01 (proleptic Gregorian calendar).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

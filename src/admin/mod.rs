@@ -329,6 +329,25 @@ fn balance_json(tenant: TenantId, v: BalanceView) -> serde_json::Value {
     })
 }
 
+/// `from` and `to` (unix seconds) of an analytics query; default: the last 30 days.
+fn time_range(query: Option<&str>) -> Result<(i64, i64), GatewayError> {
+    let now = crate::tenancy::unix_now();
+    let parse = |name: &str, default: i64| -> Result<i64, GatewayError> {
+        match query_param(query, name) {
+            None => Ok(default),
+            Some(v) => v.parse::<i64>().map_err(|_| GatewayError::BadRequest {
+                message: format!("`{name}` must be a unix timestamp in seconds"),
+                param: Some(name.into()),
+            }),
+        }
+    };
+    let (from, to) = (parse("from", now - 30 * 86_400)?, parse("to", now + 1)?);
+    if to <= from {
+        return Err(GatewayError::bad_request("`to` must be after `from`"));
+    }
+    Ok((from, to))
+}
+
 /// Chat models by name or alias, with their context window, for router policies.
 fn router_models(
     cfg: &crate::config::Config,
@@ -957,21 +976,7 @@ impl AdminApi {
                 let tenant = self.tenant(t).await?;
                 let role = who.role_in(tenant)?;
                 let q = |name: &str| query_param(query.as_deref(), name);
-                let now = crate::tenancy::unix_now();
-                let parse_time = |name: &str, default: i64| -> Result<i64, GatewayError> {
-                    match q(name) {
-                        None => Ok(default),
-                        Some(v) => v.parse::<i64>().map_err(|_| GatewayError::BadRequest {
-                            message: format!("`{name}` must be a unix timestamp in seconds"),
-                            param: Some(name.into()),
-                        }),
-                    }
-                };
-                let from = parse_time("from", now - 30 * 86_400)?;
-                let to = parse_time("to", now + 1)?;
-                if to <= from {
-                    return Err(GatewayError::bad_request("`to` must be after `from`"));
-                }
+                let (from, to) = time_range(query.as_deref())?;
                 let granularity = match q("granularity").unwrap_or("total") {
                     "hour" => Granularity::Hour,
                     "day" => Granularity::Day,
@@ -1099,20 +1104,7 @@ impl AdminApi {
             (&Method::GET, ["tenants", t, "routing"]) => {
                 let tenant = self.tenant(t).await?;
                 who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
-                let now = crate::tenancy::unix_now();
-                let time = |name: &str, default: i64| -> Result<i64, GatewayError> {
-                    match query_param(query.as_deref(), name) {
-                        None => Ok(default),
-                        Some(v) => v.parse::<i64>().map_err(|_| GatewayError::BadRequest {
-                            message: format!("`{name}` must be a unix timestamp in seconds"),
-                            param: Some(name.into()),
-                        }),
-                    }
-                };
-                let (from, to) = (time("from", now - 30 * 86_400)?, time("to", now + 1)?);
-                if to <= from {
-                    return Err(GatewayError::bad_request("`to` must be after `from`"));
-                }
+                let (from, to) = time_range(query.as_deref())?;
                 let rows = self
                     .blocking(move |a| a.store.routing_savings(tenant, from * 1000, to * 1000))
                     .await?;

@@ -81,16 +81,7 @@ async fn reply_error(
     message: &str,
     keep_alive: bool,
 ) -> io::Result<bool> {
-    let body = error_json(kind, message);
-    write_response(
-        conn,
-        status,
-        "application/json",
-        body.as_bytes(),
-        &[],
-        keep_alive,
-    )
-    .await?;
+    super::openai::write_json(conn, status, &error_json(kind, message), keep_alive).await?;
     Ok(keep_alive)
 }
 

@@ -26,8 +26,8 @@
 
 use super::http::{self, Conn, Head, CHUNKED_END};
 use super::openai::{
-    count_tokens_async, js, pre_behavior, reply_pieces, write_body_with_behavior, write_response,
-    SseOut, TOOL_ARGUMENTS,
+    count_tokens_async, js, pre_behavior, reply_pieces, write_body_with_behavior, SseOut,
+    TOOL_ARGUMENTS,
 };
 use super::{Behavior, MockState, Reported};
 use serde_json::Value;
@@ -81,16 +81,7 @@ async fn reply_error(
     message: &str,
     keep_alive: bool,
 ) -> io::Result<bool> {
-    let body = error_json(code, message);
-    write_response(
-        conn,
-        code,
-        "application/json",
-        body.as_bytes(),
-        &[],
-        keep_alive,
-    )
-    .await?;
+    super::openai::write_json(conn, code, &error_json(code, message), keep_alive).await?;
     Ok(keep_alive)
 }
 

@@ -645,6 +645,41 @@ pub(crate) fn openai_content_text(
 
 /// Checks the OpenAI parameters that exist in no other protocol; shared by the Anthropic and
 /// Gemini translations.
+/// Append a turn's items (`key`: "content" blocks or Gemini "parts") to `turns`, merged into
+/// the last turn when it has the same role (tool results must all sit in the one turn that
+/// follows the calls; both targets also refuse two consecutive turns of one role).
+pub(crate) fn push_turn(turns: &mut Vec<Value>, key: &str, role: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last.get("role").and_then(Value::as_str) == Some(role) {
+            if let Some(Value::Array(c)) = last.get_mut(key) {
+                c.extend(items);
+                return;
+            }
+        }
+    }
+    turns.push(json!({"role": role, key: items}));
+}
+
+/// OpenAI message fields that neither Anthropic nor Gemini can carry: a 400 naming the field.
+pub(crate) fn reject_message_fields(
+    m: &Value,
+    i: usize,
+    target: Dialect,
+) -> Result<(), TranslateError> {
+    for k in ["name", "function_call", "audio"] {
+        if m.get(k).is_some_and(|v| !v.is_null()) {
+            return Err(TranslateError::unsupported(
+                format!("messages[{i}].{k}"),
+                target,
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_openai_common(
     o: &Map<String, Value>,
     target: Dialect,
@@ -697,31 +732,12 @@ pub fn from_openai(
         .unwrap_or(&empty);
     // Consecutive messages of one role are merged: tool results must all sit in the one user
     // turn that follows the assistant's tool calls.
-    let mut push = |role: &str, blocks: Vec<Value>| {
-        if blocks.is_empty() {
-            return;
-        }
-        if let Some(last) = messages.last_mut() {
-            if last.get("role").and_then(Value::as_str) == Some(role) {
-                if let Some(Value::Array(c)) = last.get_mut("content") {
-                    c.extend(blocks);
-                    return;
-                }
-            }
-        }
-        messages.push(json!({"role": role, "content": blocks}));
-    };
+    let mut push =
+        |role: &str, blocks: Vec<Value>| push_turn(&mut messages, "content", role, blocks);
     for (i, m) in msgs.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let at = format!("messages[{i}].content");
-        for k in ["name", "function_call", "audio"] {
-            if m.get(k).is_some_and(|v| !v.is_null()) {
-                return Err(TranslateError::unsupported(
-                    format!("messages[{i}].{k}"),
-                    target,
-                ));
-            }
-        }
+        reject_message_fields(m, i, target)?;
         match role {
             "system" | "developer" => {
                 let text = openai_content_text(m.get("content"), &at, target)?;

@@ -258,31 +258,12 @@ pub fn from_openai(o: &Map<String, Value>) -> Result<Map<String, Value>, Transla
         .get("messages")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
-    let mut push = |role: &str, parts: Vec<Value>| {
-        if parts.is_empty() {
-            return;
-        }
-        if let Some(last) = contents.last_mut() {
-            if last.get("role").and_then(Value::as_str) == Some(role) {
-                if let Some(Value::Array(p)) = last.get_mut("parts") {
-                    p.extend(parts);
-                    return;
-                }
-            }
-        }
-        contents.push(json!({"role": role, "parts": parts}));
-    };
+    let mut push =
+        |role: &str, parts: Vec<Value>| anthropic::push_turn(&mut contents, "parts", role, parts);
     for (i, m) in msgs.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let at = format!("messages[{i}].content");
-        for k in ["name", "function_call", "audio"] {
-            if m.get(k).is_some_and(|v| !v.is_null()) {
-                return Err(TranslateError::unsupported(
-                    format!("messages[{i}].{k}"),
-                    target,
-                ));
-            }
-        }
+        anthropic::reject_message_fields(m, i, target)?;
         match role {
             "system" | "developer" => {
                 let text = openai_content_text(m.get("content"), &at, target)?;

@@ -1401,10 +1401,20 @@ impl Store {
         tenant: TenantId,
         json: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.set_tenant_setting(tenant, "router_override", &json)
+    }
+
+    /// Update one column of a tenant that the key snapshot carries (and publish a new one).
+    fn set_tenant_setting(
+        &self,
+        tenant: TenantId,
+        column: &str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             let n = c.execute(
-                "UPDATE tenants SET router_override = ?2 WHERE id = ?1",
-                params![tenant.0, json],
+                &format!("UPDATE tenants SET {column} = ?2 WHERE id = ?1"),
+                params![tenant.0, value],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
@@ -1460,17 +1470,7 @@ impl Store {
         tenant: TenantId,
         period: QuotaPeriod,
     ) -> Result<(), StoreError> {
-        self.with(|c| {
-            let n = c.execute(
-                "UPDATE tenants SET quota_period = ?2 WHERE id = ?1",
-                params![tenant.0, period.as_str()],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
-            }
-            Store::bump_generation(c)?;
-            Ok(())
-        })
+        self.set_tenant_setting(tenant, "quota_period", &period.as_str())
     }
 
     /// Set the rate limits of a tenant or a user (None clears a limit).
