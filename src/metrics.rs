@@ -138,7 +138,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(gateway_overhead.clone()))?;
     let ledger_entries_written = IntCounter::new(
         "tollgate_ledger_entries_written_total",
-        "Ledger entries committed to the journal",
+        "Charges committed to the store (usage records that carry a charge)",
     )?;
     let uncollected = IntCounter::new(
         "tollgate_uncollected_nanocredits_total",

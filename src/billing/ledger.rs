@@ -8,11 +8,14 @@
 //! overspent (a shortfall is recorded as `uncollected` on the entry, never as a negative
 //! balance).
 //!
-//! Money in (top-ups, redemptions, grants, adjustments) is committed to the journal first and
-//! then applied in memory. Charges are applied in memory at settlement and journaled by a
-//! group-commit writer every few milliseconds, off the request path; entry ids are unique
-//! (`charge:<request id>`), so a replayed batch is applied once. On start the books are rebuilt
-//! from the journal: balance = sum of entries, key spend = sum of the key's charges.
+//! Money in (top-ups, redemptions, grants, adjustments) is committed to the journal
+//! (`ledger_entries`) first and then applied in memory. Charges are applied in memory at
+//! settlement; the call's usage record, which carries the charge (`cost_nano`, `uncollected`),
+//! goes to the recorder through an unbounded queue ([`Ledger::journal_call`]) and is committed
+//! in a group commit every few milliseconds, off the request path. One row per call: the usage
+//! record is the charge, idempotent on the request id, so a replayed batch is applied once. On
+//! start the books are rebuilt from the store: balance = sum of the journal - sum of charges,
+//! key spend = sum of the key's charges.
 //!
 //! Invariant, per tenant, at every moment:
 //! `available + reserved + charged = credited`, where `credited` sums top-ups, grants,
@@ -185,7 +188,8 @@ pub struct Settlement {
 
 pub struct Ledger {
     books: DashMap<TenantId, Arc<Mutex<Book>>>,
-    journal: mpsc::UnboundedSender<LedgerEntry>,
+    /// Usage records of charged calls, to the recorder (never dropped).
+    journal: mpsc::UnboundedSender<UsageEvent>,
     /// Cluster mode: balances and quotas live in Redis (see `fleet.rs`); the books then only
     /// track this process's calls.
     fleet: OnceLock<Arc<Fleet>>,
@@ -332,49 +336,29 @@ impl Ledger {
     }
 
     /// Release the hold and charge the real cost, capped by what the tenant and the key can
-    /// still pay. Journals one `charge:<request_id>` entry when something was charged.
-    /// `key` carries the current limits (quotas may change while a call runs).
-    pub fn settle(
-        &self,
-        r: Reservation,
-        actual: i64,
-        key: &ApiKey,
-        request_id: &str,
-    ) -> Settlement {
+    /// still pay. `key` carries the current limits (quotas may change while a call runs).
+    /// When `actual > 0` the caller must record the call with [`Ledger::journal_call`]: its usage
+    /// record is the durable charge.
+    #[must_use = "a settled charge must be journaled with Ledger::journal_call"]
+    pub fn settle(&self, r: Reservation, actual: i64, key: &ApiKey) -> Settlement {
         let actual = actual.max(0);
         let charged = match self.fleet.get() {
             Some(fleet) if !r.buckets.is_empty() => fleet.settle(&r.buckets, r.amount, actual),
             _ => self.settle_in_book(&r, actual, key),
         };
-        let (key_id, user_id, group_id) =
-            r.accounts
-                .iter()
-                .fold((None, None, None), |(k, u, g), a| match a {
-                    Account::Key(x) => (Some(*x), u, g),
-                    Account::User(x) => (k, Some(*x), g),
-                    Account::Group(x) => (k, u, Some(*x)),
-                });
-        let s = Settlement {
+        Settlement {
             charged,
             uncollected: actual - charged,
-        };
-        if actual > 0 {
-            let _ = self.journal.send(LedgerEntry {
-                id: format!("charge:{request_id}"),
-                tenant_id: r.tenant,
-                kind: EntryKind::Charge,
-                amount: -charged,
-                key_id,
-                user_id,
-                group_id,
-                request_id: Some(request_id.to_string()),
-                actor: None,
-                note: None,
-                uncollected: s.uncollected,
-                created_ms: now_ms(),
-            });
         }
-        s
+    }
+
+    /// Hand a charged call's usage record (`cost_nano` = charged, `uncollected`) to the recorder.
+    /// Never dropped: the queue is unbounded and a failed commit is retried.
+    pub fn journal_call(&self, e: UsageEvent) {
+        if self.journal.send(e).is_err() {
+            // Only when the recorder has stopped (shutdown): nothing can be written any more.
+            tracing::error!("recorder stopped; a charge could not be journaled");
+        }
     }
 
     /// Embedded-mode settlement in the tenant's book; returns the amount charged.
@@ -451,15 +435,14 @@ impl Ledger {
     }
 }
 
-/// The recorder: every `flush_every`, commits the charges settled since the last round and the
-/// usage events queued by the data plane, in one transaction (a charge and its usage record
-/// land together). It sleeps between rounds instead of waiting on its queues, so the data plane
-/// never has to wake it. A failed commit is retried with the same rows (ids make it idempotent);
-/// charges are never dropped. Usage events are bounded by their queue (a full queue is counted
-/// in `tollgate_usage_events_dropped_total`).
+/// The recorder: every `flush_every`, commits the usage records queued since the last round in
+/// one transaction: those of charged calls (unbounded queue, never dropped) and the others
+/// (bounded queue). It sleeps between rounds instead of waiting on its queues, so the data plane
+/// never has to wake it. A failed commit is retried with the same rows (request ids make it
+/// idempotent). A full bounded queue is counted in `tollgate_usage_events_dropped_total`.
 pub struct JournalWriter {
     store: Store,
-    rx: mpsc::UnboundedReceiver<LedgerEntry>,
+    rx: mpsc::UnboundedReceiver<UsageEvent>,
 }
 
 impl JournalWriter {
@@ -468,14 +451,13 @@ impl JournalWriter {
         flush_every: Duration,
         mut usage: Option<mpsc::Receiver<UsageEvent>>,
     ) {
-        let mut entries: Vec<LedgerEntry> = Vec::with_capacity(256);
         let mut events: Vec<UsageEvent> = Vec::with_capacity(256);
         loop {
             tokio::time::sleep(flush_every).await;
             let mut closed = false;
             loop {
                 match self.rx.try_recv() {
-                    Ok(e) => entries.push(e),
+                    Ok(e) => events.push(e),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
@@ -483,16 +465,17 @@ impl JournalWriter {
                     }
                 }
             }
+            let charged = events.len();
             if let Some(rx) = usage.as_mut() {
-                while events.len() < 65_536 {
+                while events.len() < charged + 65_536 {
                     match rx.try_recv() {
                         Ok(e) => events.push(e),
                         Err(_) => break,
                     }
                 }
             }
-            if !entries.is_empty() || !events.is_empty() {
-                self.commit(&mut entries, &mut events).await;
+            if !events.is_empty() {
+                self.commit(&mut events, charged).await;
             }
             if closed {
                 return;
@@ -500,37 +483,40 @@ impl JournalWriter {
         }
     }
 
-    async fn commit(&self, entries: &mut Vec<LedgerEntry>, events: &mut Vec<UsageEvent>) {
-        let (mut e, mut u) = (std::mem::take(entries), std::mem::take(events));
-        let (ne, nu) = (e.len(), u.len());
+    /// `charged`: how many of `events` (the first ones) carry a charge.
+    async fn commit(&self, events: &mut Vec<UsageEvent>, charged: usize) {
+        let mut u = std::mem::take(events);
+        let n = u.len();
         let mut attempt = 0u32;
         loop {
             let store = self.store.clone();
             let res = tokio::task::spawn_blocking(move || {
-                let r = store.record(&e, &u);
-                (r, e, u)
+                let r = store.record(&u);
+                (r, u)
             })
             .await;
             match res {
-                Ok((Ok(_), _, _)) => {
+                Ok((Ok(_), mut back)) => {
                     crate::metrics::METRICS
                         .ledger_entries_written
-                        .inc_by(ne as u64);
+                        .inc_by(charged as u64);
                     crate::metrics::METRICS
                         .usage_events_written
-                        .inc_by(nu as u64);
+                        .inc_by(n as u64);
+                    back.clear();
+                    *events = back; // keep the allocation
                     return;
                 }
-                Ok((Err(err), back_e, back_u)) => {
-                    // Never drop a charge: keep retrying (ids make replays harmless).
+                Ok((Err(err), back)) => {
+                    // Never drop a charge: keep retrying (request ids make replays harmless).
                     attempt += 1;
-                    tracing::error!(error = %err, attempt, entries = ne, events = nu, "recorder commit failed; retrying");
-                    (e, u) = (back_e, back_u);
+                    tracing::error!(error = %err, attempt, charges = charged, events = n, "recorder commit failed; retrying");
+                    u = back;
                     tokio::time::sleep(Duration::from_millis((50u64 << attempt.min(6)).min(5_000)))
                         .await;
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, entries = ne, events = nu, "recorder task failed");
+                    tracing::error!(error = %err, charges = charged, events = n, "recorder task failed");
                     return;
                 }
             }
@@ -593,7 +579,7 @@ mod tests {
                 needed: 500
             }
         );
-        let s = l.settle(r, 250, &key, "r1");
+        let s = l.settle(r, 250, &key);
         assert_eq!(
             s,
             Settlement {
@@ -620,7 +606,7 @@ mod tests {
         let a = l.reserve(&key, 300).unwrap();
         let b = l.reserve(&key, 600).unwrap();
         // a used far more than its worst case: it may take the free 100, not b's 600.
-        let s = l.settle(a, 5_000, &key, "a");
+        let s = l.settle(a, 5_000, &key);
         assert_eq!(
             s,
             Settlement {
@@ -629,7 +615,7 @@ mod tests {
             }
         );
         invariant(l.balance(key.tenant_id));
-        let s = l.settle(b, 600, &key, "b");
+        let s = l.settle(b, 600, &key);
         assert_eq!(s.charged, 600);
         let v = l.balance(key.tenant_id);
         assert_eq!(v.available, 0);
@@ -663,7 +649,7 @@ mod tests {
                 needed: 200
             }
         );
-        let s = l.settle(r, 450, &key, "q1");
+        let s = l.settle(r, 450, &key);
         assert_eq!(s.charged, 450);
         assert_eq!(
             l.account_spend(key.tenant_id, Account::Key(key.id)),
@@ -677,7 +663,7 @@ mod tests {
     fn failed_calls_release_everything_and_write_nothing() {
         let (_, l, key) = setup(1_000, None);
         let r = l.reserve(&key, 1_000).unwrap();
-        let s = l.settle(r, 0, &key, "failed");
+        let s = l.settle(r, 0, &key);
         assert_eq!(s, Settlement::default());
         assert_eq!(l.balance(key.tenant_id).available, 1_000);
     }
@@ -688,7 +674,19 @@ mod tests {
         let writer = tokio::spawn(writer.run(Duration::from_millis(5), None));
         for i in 0..50 {
             let r = l.reserve(&key, 10_000).unwrap();
-            l.settle(r, 1_000 + i, &key, &format!("req{i}"));
+            let s = l.settle(r, 1_000 + i, &key);
+            l.journal_call(UsageEvent {
+                request_id: format!("req{i}"),
+                ts_ms: now_ms(),
+                tenant_id: Some(key.tenant_id),
+                key_id: Some(key.id),
+                endpoint: "chat".into(),
+                status: 200,
+                usage_source: "vendor".into(),
+                cost_nano: s.charged,
+                uncollected: s.uncollected,
+                ..Default::default()
+            });
         }
         let before = l.balance(key.tenant_id);
         assert_eq!(before.charged, (0..50).map(|i| 1_000 + i).sum::<i64>());
@@ -711,23 +709,19 @@ mod tests {
                 .0,
             v.charged
         );
-        // Replaying the same entries changes nothing: ids are unique.
-        let again: Vec<LedgerEntry> = (0..50)
-            .map(|i| LedgerEntry {
-                id: format!("charge:req{i}"),
-                tenant_id: key.tenant_id,
-                kind: EntryKind::Charge,
-                amount: -(1_000 + i),
-                key_id: Some(key.id),
-                user_id: None,
-                group_id: None,
-                request_id: Some(format!("req{i}")),
-                actor: None,
-                note: None,
-                uncollected: 0,
-                created_ms: 0,
+        // Replaying the same records changes nothing: request ids are unique.
+        let again: Vec<UsageEvent> = (0..50)
+            .map(|i| UsageEvent {
+                request_id: format!("req{i}"),
+                tenant_id: Some(key.tenant_id),
+                endpoint: "chat".into(),
+                usage_source: "vendor".into(),
+                cost_nano: 1_000 + i,
+                ..Default::default()
             })
             .collect();
-        assert_eq!(store.insert_ledger_entries(&again).unwrap(), 0);
+        assert_eq!(store.record(&again).unwrap(), 0);
+        let (again, _) = Ledger::recover(&store).unwrap();
+        assert_eq!(again.balance(key.tenant_id), v);
     }
 }

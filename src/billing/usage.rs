@@ -1,5 +1,7 @@
-//! Usage events: one per request, pushed by the data plane into a bounded queue and written to
-//! the store in batches by a background task, so the request path never waits on storage.
+//! Usage events: one per request, written to the store in batches by the recorder, so the request
+//! path never waits on storage. Events of calls that were charged go through the ledger's
+//! unbounded journal queue (a charge is never dropped, see `Ledger::journal_call`); the others
+//! through the bounded queue here, which drops and counts them when the recorder is far behind.
 
 use crate::tenancy::{GroupId, KeyId, TenantId, UserId};
 use serde::Serialize;
@@ -37,8 +39,11 @@ pub struct UsageEvent {
     pub attempts: u32,
     pub latency_ms: u64,
     pub ttft_ms: Option<u64>,
-    /// What the call was charged, in nano-credits.
+    /// What the call was charged, in nano-credits. A call's usage record is its charge: there is
+    /// no second row for it in the journal.
     pub cost_nano: i64,
+    /// What the call cost beyond what its accounts could still pay (never charged).
+    pub uncollected: i64,
     /// `model: "auto"` calls: the tier the router chose, why, and the score.
     pub route_tier: Option<String>,
     pub route_reason: Option<String>,

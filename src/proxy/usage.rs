@@ -2,6 +2,7 @@
 
 use super::ctx::{Endpoint, RequestCtx};
 use crate::app::App;
+use crate::billing::ledger::Settlement;
 use crate::billing::pricing::{self, TokenCounts};
 use crate::billing::usage::UsageEvent;
 use crate::metrics::METRICS;
@@ -115,11 +116,10 @@ fn measure(ctx: &RequestCtx) -> Measured {
 }
 
 /// Settle the call's credit hold to what it really cost (nothing for a call that produced no
-/// tokens). Returns the amount charged.
-fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
-    let Some(res) = ctx.reservation.take() else {
-        return 0;
-    };
+/// tokens). `None` when the call held no credit; otherwise what was charged and what could not
+/// be, and the call's usage record must then go to the ledger's journal.
+fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> Option<Settlement> {
+    let res = ctx.reservation.take()?;
     let cost = match (ctx.model.as_ref(), ctx.channel.as_ref(), ctx.config.as_ref()) {
         (Some(m), Some(c), Some(cfg)) => {
             pricing::cost_nano(m, c, cfg.billing.credits_per_rmb, &TokenCounts::from_usage(usage)).unwrap_or_else(|err| {
@@ -129,8 +129,8 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
         }
         _ => 0,
     };
-    let Some(key) = ctx.key.clone() else { return 0 };
-    let s = app.ledger.settle(res, cost, &key, &ctx.request_id);
+    let key = ctx.key.clone()?;
+    let s = app.ledger.settle(res, cost, &key);
     let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     if tokens > 0 {
         let subjects = key.rate_subjects();
@@ -143,7 +143,7 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> i64 {
         METRICS.uncollected.inc_by(s.uncollected as u64);
         tracing::warn!(request_id = %ctx.request_id, uncollected = s.uncollected, "call cost more than its accounts could pay");
     }
-    s.charged
+    Some(s)
 }
 
 pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
@@ -152,7 +152,8 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     let model = ctx.model_label().to_string();
     let status = ctx.status;
     let (usage, source) = measured_usage(ctx).await;
-    ctx.cost_nano = settle(app, ctx, &usage);
+    let settled = settle(app, ctx, &usage);
+    ctx.cost_nano = settled.map_or(0, |s| s.charged);
     let ttft = ctx.first_token_at.map(|t| t.duration_since(ctx.started));
 
     let status_label = if status == 0 {
@@ -226,7 +227,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     if ctx.endpoint == Endpoint::Models {
         return;
     }
-    app.usage.push(UsageEvent {
+    let event = UsageEvent {
         request_id: ctx.request_id.clone(),
         ts_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -254,11 +255,17 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         latency_ms: latency.as_millis() as u64,
         ttft_ms: ttft.map(|t| t.as_millis() as u64),
         cost_nano: ctx.cost_nano,
+        uncollected: settled.map_or(0, |s| s.uncollected),
         route_tier: ctx.route.as_ref().map(|r| r.tier.clone()),
         route_reason: ctx.route.as_ref().map(|r| r.reason.to_string()),
         route_score: ctx.route.as_ref().and_then(|r| r.score),
         baseline_cost_nano: baseline_cost(ctx, &usage),
-    });
+    };
+    match settled {
+        // The usage record carries the charge: it must not be dropped.
+        Some(s) if s.charged > 0 || s.uncollected > 0 => app.ledger.journal_call(event),
+        _ => app.usage.push(event),
+    }
 }
 
 /// `model: "auto"` calls: what the same tokens would have cost on the strongest tier (for the

@@ -259,7 +259,97 @@ const MIGRATIONS: &[&str] = &[
            GROUP BY 1, 2, 3, 4, 5) w
      WHERE usage_rollup.tenant_id = w.t AND usage_rollup.dim = w.dim AND usage_rollup.period = w.period
        AND usage_rollup.bucket = w.b AND usage_rollup.value = w.v;",
+    // 13: one row per call: a call's charge lives on its usage record (`cost_nano` = charged,
+    // `uncollected` = what its accounts could not pay); the journal keeps money in only.
+    // Charges journaled before this version move over (a charge whose usage record was dropped
+    // gets a minimal record of its own), then leave the journal.
+    "ALTER TABLE usage_events ADD COLUMN uncollected INTEGER NOT NULL DEFAULT 0;
+     UPDATE usage_events SET cost_nano = -l.amount, uncollected = l.uncollected
+     FROM ledger_entries l
+     WHERE l.kind = 'charge' AND l.request_id IS NOT NULL AND l.request_id = usage_events.request_id;
+     INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, user_id, group_id, endpoint,
+        stream, status, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, usage_source,
+        attempts, latency_ms, cost_nano, uncollected)
+     SELECT COALESCE(request_id, substr(id, 8)), created_ms, tenant_id, key_id, user_id, group_id, 'chat',
+            0, 200, 0, 0, 0, 0, 'journal', 0, 0, -amount, uncollected
+     FROM ledger_entries WHERE kind = 'charge';
+     DELETE FROM ledger_entries WHERE kind = 'charge';
+     DROP INDEX IF EXISTS ledger_entries_key;",
 ];
+
+/// The columns of a usage record as the recorder writes them, and one row's placeholders.
+const EVENT_COLUMNS: &str = "request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
+    model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
+    completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
+    user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano,
+    cache_write_tokens, uncollected";
+const EVENT_ROW_SLOTS: &str =
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// Usage records per INSERT statement in the recorder.
+const EVENT_ROWS: usize = 32;
+
+/// A usage record's values that SQLite takes in another type than the event holds them.
+struct EventValues {
+    ints: [Option<i64>; 11],
+    route_score: Option<f64>,
+}
+
+impl EventValues {
+    fn of(e: &UsageEvent) -> EventValues {
+        EventValues {
+            ints: [
+                e.tenant_id.map(|t| t.0),
+                e.key_id.map(|k| k.0),
+                Some(e.prompt_tokens as i64),
+                Some(e.cached_tokens as i64),
+                Some(e.completion_tokens as i64),
+                Some(e.reasoning_tokens as i64),
+                Some(e.latency_ms as i64),
+                e.ttft_ms.map(|v| v as i64),
+                e.user_id.map(|u| u.0),
+                e.group_id.map(|g| g.0),
+                Some(e.cache_write_tokens as i64),
+            ],
+            route_score: e.route_score.map(f64::from),
+        }
+    }
+
+    /// The row's parameters in `EVENT_COLUMNS` order.
+    fn push_params<'a>(&'a self, e: &'a UsageEvent, out: &mut Vec<&'a dyn rusqlite::ToSql>) {
+        let i = &self.ints;
+        out.extend_from_slice(&[
+            &e.request_id as &dyn rusqlite::ToSql,
+            &e.ts_ms,
+            &i[0],
+            &i[1],
+            &e.endpoint,
+            &e.channel,
+            &e.upstream,
+            &e.model_requested,
+            &e.model_used,
+            &e.stream,
+            &e.status,
+            &e.error_code,
+            &i[2],
+            &i[3],
+            &i[4],
+            &i[5],
+            &e.usage_source,
+            &e.attempts,
+            &i[6],
+            &i[7],
+            &e.cost_nano,
+            &i[8],
+            &i[9],
+            &e.route_tier,
+            &e.route_reason,
+            &self.route_score,
+            &e.baseline_cost_nano,
+            &i[10],
+            &e.uncollected,
+        ]);
+    }
+}
 
 /// One tier's share of routed calls (see `Store::routing_savings`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -767,30 +857,19 @@ impl Store {
 
     /// Insert a batch in one transaction. Idempotent on request id: a replayed batch is a no-op.
     pub fn insert_usage_events(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
-        self.record(&[], events).map(|(_, n)| n)
+        self.record(events)
     }
 
-    /// Commit ledger entries and usage events in one transaction (the recorder's group commit):
-    /// a call's charge and its usage record land together or not at all. Idempotent on ids.
-    pub fn record(
-        &self,
-        entries: &[LedgerEntry],
-        events: &[UsageEvent],
-    ) -> Result<(usize, usize), StoreError> {
+    /// Commit usage records, with the charges they carry, in one transaction (the recorder's
+    /// group commit), and move the roll-ups with them. Idempotent on request id.
+    pub fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let mut journaled = 0;
-            journaled += Store::insert_entries(&tx, entries)?;
             let mut n = 0;
             {
-                let mut st = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
-                        model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
-                        completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
-                        user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano,
-                        cache_write_tokens)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
-                )?;
+                let mut st = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO usage_events ({EVENT_COLUMNS}) VALUES {EVENT_ROW_SLOTS}"
+                ))?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
                 let mut deltas: std::collections::HashMap<RollupKey, [i64; 8]> = std::collections::HashMap::new();
@@ -808,39 +887,43 @@ impl Store {
                         cost_nano = cost_nano + excluded.cost_nano,
                         cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens",
                 )?;
-                for e in events {
-                    let inserted = st.execute(params![
-                        e.request_id,
-                        e.ts_ms,
-                        e.tenant_id.map(|t| t.0),
-                        e.key_id.map(|k| k.0),
-                        e.endpoint,
-                        e.channel,
-                        e.upstream,
-                        e.model_requested,
-                        e.model_used,
-                        e.stream,
-                        e.status,
-                        e.error_code,
-                        e.prompt_tokens as i64,
-                        e.cached_tokens as i64,
-                        e.completion_tokens as i64,
-                        e.reasoning_tokens as i64,
-                        e.usage_source,
-                        e.attempts,
-                        e.latency_ms as i64,
-                        e.ttft_ms.map(|v| v as i64),
-                        e.cost_nano,
-                        e.user_id.map(|u| u.0),
-                        e.group_id.map(|g| g.0),
-                        e.route_tier,
-                        e.route_reason,
-                        e.route_score.map(f64::from),
-                        e.baseline_cost_nano,
-                        e.cache_write_tokens as i64,
-                    ])?;
-                    n += inserted;
-                    if let (1, Some(t)) = (inserted, e.tenant_id) {
+                // Rows go in EVENT_ROWS per statement (a statement per row costs about as much
+                // again as the row). A replayed batch (rows already there) is rare: that chunk
+                // is rolled back and redone row by row, to know which rows were new.
+                let mut fresh: Vec<bool> = Vec::with_capacity(events.len());
+                let mut bulk = tx.prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO usage_events ({EVENT_COLUMNS}) VALUES {}",
+                    vec![EVENT_ROW_SLOTS; EVENT_ROWS].join(", ")
+                ))?;
+                let all: Vec<EventValues> = events.iter().map(EventValues::of).collect();
+                for (chunk, values) in events.chunks(EVENT_ROWS).zip(all.chunks(EVENT_ROWS)) {
+                    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(29 * EVENT_ROWS);
+                    if chunk.len() == EVENT_ROWS {
+                        tx.prepare_cached("SAVEPOINT usage_chunk")?.execute([])?;
+                        params.clear();
+                        for (e, v) in chunk.iter().zip(values) {
+                            v.push_params(e, &mut params);
+                        }
+                        let k = bulk.execute(params.as_slice())?;
+                        if k == chunk.len() {
+                            tx.prepare_cached("RELEASE usage_chunk")?.execute([])?;
+                            n += k;
+                            fresh.extend(std::iter::repeat_n(true, k));
+                            continue;
+                        }
+                        tx.prepare_cached("ROLLBACK TO usage_chunk")?.execute([])?;
+                        tx.prepare_cached("RELEASE usage_chunk")?.execute([])?;
+                    }
+                    for (e, v) in chunk.iter().zip(values) {
+                        params.clear();
+                        v.push_params(e, &mut params);
+                        let inserted = st.execute(params.as_slice())?;
+                        n += inserted;
+                        fresh.push(inserted == 1);
+                    }
+                }
+                for (e, inserted) in events.iter().zip(fresh) {
+                    if let (true, Some(t)) = (inserted, e.tenant_id) {
                         // Sum the batch per roll-up row first: one upsert per distinct row.
                         let k = (
                             t.0,
@@ -906,7 +989,7 @@ impl Store {
                 }
             }
             tx.commit()?;
-            Ok((journaled, n))
+            Ok(n)
         })
     }
 
@@ -1044,7 +1127,7 @@ impl Store {
                 "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
                         stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
                         usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id,
-                        route_tier, route_reason, route_score, baseline_cost_nano, cache_write_tokens
+                        route_tier, route_reason, route_score, baseline_cost_nano, cache_write_tokens, uncollected
                  FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
                    AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
                  ORDER BY id DESC LIMIT ?2",
@@ -1079,6 +1162,7 @@ impl Store {
                     route_score: r.get::<_, Option<f64>>(25)?.map(|v| v as f32),
                     baseline_cost_nano: r.get(26)?,
                     cache_write_tokens: r.get::<_, i64>(27)? as u64,
+                    uncollected: r.get(28)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1544,55 +1628,6 @@ impl Store {
         Ok(e)
     }
 
-    /// Insert many entries, `ENTRY_ROWS` per statement (one statement per row costs about as
-    /// much again as the row itself in the recorder's group commit). Returns how many were new.
-    fn insert_entries(c: &Connection, entries: &[LedgerEntry]) -> Result<usize, StoreError> {
-        const ENTRY_ROWS: usize = 64;
-        let mut n = 0;
-        let mut chunks = entries.chunks_exact(ENTRY_ROWS);
-        if entries.len() >= ENTRY_ROWS {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; ENTRY_ROWS].join(", ");
-            let mut st = c.prepare_cached(&format!(
-                "INSERT OR IGNORE INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id)
-                 VALUES {values}"
-            ))?;
-            for chunk in chunks.by_ref() {
-                let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(12 * ENTRY_ROWS);
-                let mut kinds = Vec::with_capacity(ENTRY_ROWS);
-                let mut ids = Vec::with_capacity(3 * ENTRY_ROWS);
-                for e in chunk {
-                    kinds.push(e.kind.as_str());
-                    ids.push((
-                        e.key_id.map(|k| k.0),
-                        e.user_id.map(|u| u.0),
-                        e.group_id.map(|g| g.0),
-                    ));
-                }
-                for ((e, kind), (key, user, group)) in chunk.iter().zip(&kinds).zip(&ids) {
-                    params.extend_from_slice(&[
-                        &e.id as &dyn rusqlite::ToSql,
-                        &e.tenant_id.0,
-                        kind,
-                        &e.amount,
-                        key,
-                        &e.request_id,
-                        &e.actor,
-                        &e.note,
-                        &e.uncollected,
-                        &e.created_ms,
-                        user,
-                        group,
-                    ]);
-                }
-                n += st.execute(params.as_slice())?;
-            }
-        }
-        for e in chunks.remainder() {
-            n += Store::insert_entry(c, e)?;
-        }
-        Ok(n)
-    }
-
     fn insert_entry(c: &Connection, e: &LedgerEntry) -> Result<usize, StoreError> {
         let mut st = c.prepare_cached(
             "INSERT OR IGNORE INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id)
@@ -1614,27 +1649,17 @@ impl Store {
         ])?)
     }
 
-    /// Journal a batch (the charge writer's group commit). Returns how many were new.
-    pub fn insert_ledger_entries(&self, entries: &[LedgerEntry]) -> Result<usize, StoreError> {
-        self.with(|c| {
-            let tx = c.transaction()?;
-            let mut n = 0;
-            for e in entries {
-                n += Store::insert_entry(&tx, e)?;
-            }
-            tx.commit()?;
-            Ok(n)
-        })
-    }
-
-    /// Per tenant: credited (sum of positive-kind entries) and charged (sum of charges).
+    /// Per tenant: credited (sum of the journal: money in and adjustments) and charged (sum of
+    /// the charges on usage records).
     pub fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT tenant_id,
-                        COALESCE(SUM(CASE WHEN kind = 'charge' THEN 0 ELSE amount END), 0),
-                        COALESCE(SUM(CASE WHEN kind = 'charge' THEN -amount ELSE 0 END), 0)
-                 FROM ledger_entries GROUP BY tenant_id",
+                "SELECT tenant_id, SUM(credited), SUM(charged) FROM (
+                    SELECT tenant_id, amount AS credited, 0 AS charged FROM ledger_entries
+                    UNION ALL
+                    SELECT tenant_id, 0, cost_nano FROM usage_events
+                    WHERE tenant_id IS NOT NULL AND cost_nano != 0)
+                 GROUP BY tenant_id",
             )?;
             let rows = st.query_map([], |r| {
                 Ok(LedgerTotals {
@@ -1647,7 +1672,8 @@ impl Store {
         })
     }
 
-    /// Credit entries after sequence number `after`, in order (at most `limit`).
+    /// Journal entries (money in and adjustments) after sequence number `after`, in order (at
+    /// most `limit`).
     pub fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare_cached(
@@ -1673,13 +1699,17 @@ impl Store {
         upto: i64,
     ) -> Result<(i64, i64), StoreError> {
         self.with(|c| {
-            Ok(c.query_row(
-                "SELECT COALESCE(SUM(CASE WHEN kind != 'charge' AND seq <= ?2 THEN amount ELSE 0 END), 0),
-                        COALESCE(SUM(CASE WHEN kind = 'charge' THEN -amount ELSE 0 END), 0)
-                 FROM ledger_entries WHERE tenant_id = ?1",
+            let credited: i64 = c.query_row(
+                "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE tenant_id = ?1 AND seq <= ?2",
                 params![tenant.0, upto],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?)
+                |r| r.get(0),
+            )?;
+            let charged: i64 = c.query_row(
+                "SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events WHERE tenant_id = ?1",
+                params![tenant.0],
+                |r| r.get(0),
+            )?;
+            Ok((credited, charged))
         })
     }
 
@@ -1696,8 +1726,8 @@ impl Store {
             Account::Group(g) => ("group_id", g.0),
         };
         let sql = format!(
-            "SELECT COALESCE(-SUM(amount), 0) FROM ledger_entries
-             WHERE tenant_id = ?1 AND kind = 'charge' AND {col} = ?2 AND created_ms >= ?3"
+            "SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+             WHERE tenant_id = ?1 AND ts_ms >= ?3 AND {col} = ?2"
         );
         self.with(|c| Ok(c.query_row(&sql, params![tenant.0, id, since_ms], |r| r.get(0))?))
     }
@@ -1715,12 +1745,12 @@ impl Store {
                 // Only the current period's charges count for tenants with a quota period
                 // (the same UTC boundaries as `QuotaPeriod::start_ms`).
                 let sql = format!(
-                    "SELECT l.tenant_id, l.{col}, -SUM(l.amount) FROM ledger_entries l
-                     JOIN tenants t ON t.id = l.tenant_id
-                     WHERE l.kind = 'charge' AND l.{col} IS NOT NULL
-                       AND l.created_ms >= CASE t.quota_period
+                    "SELECT u.tenant_id, u.{col}, SUM(u.cost_nano) FROM usage_events u
+                     JOIN tenants t ON t.id = u.tenant_id
+                     WHERE u.cost_nano != 0 AND u.{col} IS NOT NULL
+                       AND u.ts_ms >= CASE t.quota_period
                            WHEN 'month' THEN ?1 WHEN 'day' THEN ?2 ELSE 0 END
-                     GROUP BY l.tenant_id, l.{col}"
+                     GROUP BY u.tenant_id, u.{col}"
                 );
                 let mut st = c.prepare(&sql)?;
                 let now = unix_now_ms();
@@ -1739,31 +1769,39 @@ impl Store {
         })
     }
 
-    /// A tenant's entries in journal order with the running balance after each.
+    /// A tenant's entries in time order with the running balance after each: the journal's
+    /// entries (money in, adjustments) and one `charge:<request id>` entry per charged call
+    /// (from its usage record).
     pub fn ledger_statement(
         &self,
         tenant: TenantId,
     ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, tenant_id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id
-                 FROM ledger_entries WHERE tenant_id = ?1 ORDER BY seq",
+                "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
+                        user_id, group_id, 0 AS src, seq AS ord
+                 FROM ledger_entries WHERE tenant_id = ?1
+                 UNION ALL
+                 SELECT 'charge:' || request_id, 'charge', -cost_nano, key_id, request_id, NULL, NULL,
+                        uncollected, ts_ms, user_id, group_id, 1, id
+                 FROM usage_events WHERE tenant_id = ?1 AND (cost_nano != 0 OR uncollected != 0)
+                 ORDER BY created_ms, src, ord",
             )?;
             let rows = st.query_map(params![tenant.0], |r| {
-                let kind: String = r.get(2)?;
+                let kind: String = r.get(1)?;
                 Ok(LedgerEntry {
                     id: r.get(0)?,
-                    tenant_id: TenantId(r.get(1)?),
+                    tenant_id: tenant,
                     kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
-                    amount: r.get(3)?,
-                    key_id: r.get::<_, Option<i64>>(4)?.map(KeyId),
-                    request_id: r.get(5)?,
-                    actor: r.get(6)?,
-                    note: r.get(7)?,
-                    uncollected: r.get(8)?,
-                    created_ms: r.get(9)?,
-                    user_id: r.get::<_, Option<i64>>(10)?.map(UserId),
-                    group_id: r.get::<_, Option<i64>>(11)?.map(GroupId),
+                    amount: r.get(2)?,
+                    key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
+                    request_id: r.get(4)?,
+                    actor: r.get(5)?,
+                    note: r.get(6)?,
+                    uncollected: r.get(7)?,
+                    created_ms: r.get(8)?,
+                    user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
+                    group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
                 })
             })?;
             let mut running = 0i64;
@@ -2156,77 +2194,97 @@ mod tests {
             cost_nano: 12_345,
             ..Default::default()
         };
-        let charge = |i: usize| LedgerEntry {
-            id: format!("charge:01JABCDEFGH{i:012}"),
-            tenant_id: t.id,
-            kind: EntryKind::Charge,
-            amount: -12_345,
-            key_id: Some(KeyId(1)),
-            user_id: None,
-            group_id: None,
-            request_id: Some(format!("01JABCDEFGH{i:012}")),
-            actor: None,
-            note: None,
-            uncollected: 0,
-            created_ms: 1_700_000_000_000 + i as i64,
-        };
-        for (label, with_charges) in [("events only", false), ("events + charges", true)] {
-            let mut i = if with_charges { 1_000_000 } else { 0 };
-            let start = std::time::Instant::now();
-            let batches = 200;
-            for _ in 0..batches {
-                let ev: Vec<_> = (0..500).map(|k| mk(i + k)).collect();
-                let ch: Vec<_> = if with_charges {
-                    (0..500).map(|k| charge(i + k)).collect()
-                } else {
-                    vec![]
-                };
-                i += 500;
-                s.record(&ch, &ev).unwrap();
-            }
-            let per = start.elapsed().as_secs_f64() * 1e6 / (batches * 500) as f64;
-            println!("{label}: {per:.2} us per call");
+        let start = std::time::Instant::now();
+        let batches = 200;
+        let mut i = 0;
+        for _ in 0..batches {
+            let ev: Vec<_> = (0..500).map(|k| mk(i + k)).collect();
+            i += 500;
+            s.record(&ev).unwrap();
         }
+        let per = start.elapsed().as_secs_f64() * 1e6 / (batches * 500) as f64;
+        println!("usage record with its charge: {per:.2} us per call");
     }
 
     #[test]
     fn a_large_batch_of_charges_is_journaled_once() {
         let s = Store::open_in_memory().unwrap();
         let t = s.create_tenant("acme").unwrap();
-        let entries: Vec<LedgerEntry> = (0..130)
-            .map(|i| LedgerEntry {
-                id: format!("charge:r{i}"),
-                tenant_id: t.id,
-                kind: EntryKind::Charge,
-                amount: -(i + 1),
+        s.credit(
+            t.id,
+            EntryKind::TopUp,
+            1_000_000,
+            Some("op"),
+            None,
+            "topup:1",
+        )
+        .unwrap();
+        let events: Vec<UsageEvent> = (0..130)
+            .map(|i| UsageEvent {
+                request_id: format!("r{i}"),
+                ts_ms: unix_now_ms() + i,
+                tenant_id: Some(t.id),
                 key_id: Some(KeyId(3)),
-                user_id: None,
                 group_id: Some(GroupId(2)),
-                request_id: Some(format!("r{i}")),
-                actor: None,
-                note: None,
+                endpoint: "chat".into(),
+                usage_source: "vendor".into(),
+                status: 200,
+                cost_nano: i + 1,
                 uncollected: i % 2,
-                created_ms: 1_000 + i,
+                ..Default::default()
             })
             .collect();
-        assert_eq!(s.record(&entries, &[]).unwrap().0, 130);
-        // Replayed (a retried commit): nothing twice.
-        assert_eq!(s.record(&entries, &[]).unwrap().0, 0);
+        // Some were committed before (a retried commit that had in fact landed): only the new
+        // ones count, in the records and in the roll-ups.
+        assert_eq!(s.record(&events[10..50]).unwrap(), 40);
+        assert_eq!(s.record(&events).unwrap(), 90);
+        // Replayed again: nothing twice.
+        assert_eq!(s.record(&events).unwrap(), 0);
+        for group_by in [Dimension::None, Dimension::Key] {
+            let total = s
+                .analytics(&AnalyticsQuery {
+                    tenant: t.id,
+                    from: 0,
+                    to: unix_now() + 7_200,
+                    granularity: Granularity::Total,
+                    group_by,
+                    user: None,
+                })
+                .unwrap();
+            assert_eq!(
+                (total[0].requests, total[0].cost_nano),
+                (130, (1..=130).sum::<i64>())
+            );
+        }
+
         let totals = s.ledger_totals().unwrap();
         assert_eq!(totals[0].charged, (1..=130).sum::<i64>());
+        assert_eq!(totals[0].credited, 1_000_000);
         let rows = s.ledger_statement(t.id).unwrap();
-        assert_eq!(rows.len(), 130);
-        let (e, _) = &rows[129];
+        assert_eq!(rows.len(), 131);
+        assert_eq!(rows[0].0.kind, EntryKind::TopUp);
+        let (e, running) = &rows[130];
         assert_eq!(
             (
                 e.id.as_str(),
+                e.kind,
+                e.amount,
                 e.key_id,
                 e.group_id,
                 e.uncollected,
-                e.created_ms
+                e.request_id.as_deref()
             ),
-            ("charge:r129", Some(KeyId(3)), Some(GroupId(2)), 1, 1_129)
+            (
+                "charge:r129",
+                EntryKind::Charge,
+                -130,
+                Some(KeyId(3)),
+                Some(GroupId(2)),
+                1,
+                Some("r129")
+            )
         );
+        assert_eq!(*running, 1_000_000 - (1..=130).sum::<i64>());
     }
 
     #[test]
@@ -2248,25 +2306,19 @@ mod tests {
             .unwrap();
         let now = unix_now_ms();
         let month_start = QuotaPeriod::Month.start_ms(now);
-        let charge = |id: &str, amount: i64, at: i64| LedgerEntry {
-            id: id.into(),
-            tenant_id: t.id,
-            kind: EntryKind::Charge,
-            amount: -amount,
+        let charge = |id: &str, amount: i64, at: i64| UsageEvent {
+            request_id: id.into(),
+            ts_ms: at,
+            tenant_id: Some(t.id),
             key_id: Some(k.id),
-            user_id: None,
-            group_id: None,
-            request_id: None,
-            actor: None,
-            note: None,
-            uncollected: 0,
-            created_ms: at,
+            endpoint: "chat".into(),
+            usage_source: "vendor".into(),
+            status: 200,
+            cost_nano: amount,
+            ..Default::default()
         };
-        s.insert_ledger_entries(&[
-            charge("charge:old", 700, month_start - 1),
-            charge("charge:new", 50, now),
-        ])
-        .unwrap();
+        s.record(&[charge("old", 700, month_start - 1), charge("new", 50, now)])
+            .unwrap();
         let spend = |s: &Store| {
             s.account_spend()
                 .unwrap()
@@ -2446,6 +2498,82 @@ mod tests {
             })
             .unwrap();
         assert!(none.is_empty());
+    }
+
+    /// A database at schema 12 journaled each charge twice (a `charge:` entry and the usage
+    /// record's cost). Migration 13 keeps one: the charge moves onto the usage record (with its
+    /// uncollected part), a charge whose record was dropped gets one, and balances, spend and the
+    /// statement are what they were.
+    #[test]
+    fn migration_13_moves_charges_onto_usage_records() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+        )
+        .unwrap();
+        for (i, sql) in MIGRATIONS[..12].iter().enumerate() {
+            c.execute_batch(sql).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                params![i as i64 + 1],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 0);
+             INSERT INTO ledger_entries (id, tenant_id, kind, amount, created_ms) VALUES ('topup:1', 1, 'top_up', 10000, 1000);
+             INSERT INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, uncollected, created_ms)
+                VALUES ('charge:a', 1, 'charge', -300, 3, 'a', 0, 2000),
+                       ('charge:b', 1, 'charge', -200, 3, 'b', 50, 3000),
+                       ('charge:c', 1, 'charge', -100, 3, 'c', 0, 4000);
+             INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, stream, status, prompt_tokens,
+                cached_tokens, completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, cost_nano)
+                VALUES ('a', 2000, 1, 3, 'chat', 0, 200, 10, 0, 5, 0, 'vendor', 1, 3, 300),
+                       ('b', 3000, 1, 3, 'chat', 0, 200, 10, 0, 5, 0, 'vendor', 1, 3, 200),
+                       ('x', 3500, 1, 3, 'chat', 0, 502, 0, 0, 0, 0, 'none', 2, 3, 0);",
+        )
+        .unwrap();
+        let s = Store::init(c).unwrap();
+        let t = &s.ledger_totals().unwrap()[0];
+        assert_eq!((t.credited, t.charged), (10_000, 600));
+        assert_eq!(
+            s.spent_by(TenantId(1), Account::Key(KeyId(3)), 0).unwrap(),
+            600
+        );
+        let rows = s.ledger_statement(TenantId(1)).unwrap();
+        let got: Vec<(&str, i64, i64, i64)> = rows
+            .iter()
+            .map(|(e, run)| (e.id.as_str(), e.amount, e.uncollected, *run))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("topup:1", 10_000, 0, 10_000),
+                ("charge:a", -300, 0, 9_700),
+                ("charge:b", -200, 50, 9_500),
+                ("charge:c", -100, 0, 9_400),
+            ]
+        );
+        let journal: i64 = s
+            .with(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'charge'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(journal, 0);
+        let c_event = s
+            .recent_usage(Some(TenantId(1)), None, 10)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.request_id == "c")
+            .expect("a record for the charge whose usage record was dropped");
+        assert_eq!(
+            (c_event.cost_nano, c_event.usage_source.as_str()),
+            (100, "journal")
+        );
     }
 
     /// A database at schema 11 (cache writes on events only) gets them into its roll-ups when
