@@ -82,7 +82,8 @@ def bucket(head, frames):
         if m:
             return HOOK_NAMES.get(m.group(1), f"gateway {m.group(1)} hook")
     for f in frames:
-        if "tollgate::" in f:
+        # the Draining wrapper (src/server.rs) is the root of every Pingora stack: not ours
+        if "tollgate::" in f and "tollgate::server::Draining" not in f:
             return "other tollgate code"
     return "Pingora HTTP/1 + tokio, user space (parse, buffers, scheduling, alloc)"
 

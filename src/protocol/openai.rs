@@ -612,6 +612,66 @@ impl MeterState {
         if data.first() != Some(&b'{') {
             return true;
         }
+        if let Some(forward) = self.meter_fast(data) {
+            return forward;
+        }
+        self.meter_serde(data)
+    }
+
+    /// The single-pass reader (`chunkscan`); `None` when it gave up on this chunk, with
+    /// nothing of it metered.
+    fn meter_fast(&mut self, data: &[u8]) -> Option<bool> {
+        struct Texts<'s>(&'s mut MeterState);
+        impl<'a> super::chunkscan::ChunkSink<'a> for Texts<'_> {
+            fn text(
+                &mut self,
+                s: super::chunkscan::JsonStr<'a>,
+            ) -> Result<(), super::chunkscan::GiveUp> {
+                let t = s.decode().ok_or(super::chunkscan::GiveUp)?;
+                self.0.push_text(&t);
+                Ok(())
+            }
+        }
+        let undo = (
+            self.text.len(),
+            self.text_overflow_bytes,
+            self.first_content_seen,
+        );
+        let read = super::chunkscan::scan(data, &mut Texts(self)).and_then(|facts| {
+            let parse = |raw: Option<&[u8]>| -> Result<Option<Value>, super::chunkscan::GiveUp> {
+                raw.map(|r| {
+                    serde_json::from_slice::<Value>(r).map_err(|_| super::chunkscan::GiveUp)
+                })
+                .transpose()
+            };
+            let finish = match facts.finish_reason {
+                Some(r) => Some(r.decode().ok_or(super::chunkscan::GiveUp)?),
+                None => None,
+            };
+            Ok((
+                facts.has_choices,
+                finish,
+                parse(facts.usage)?,
+                parse(facts.error)?,
+            ))
+        });
+        match read {
+            Ok((has_choices, finish, usage, error)) => {
+                if let Some(r) = finish {
+                    self.set_finish_reason(&r);
+                }
+                Some(self.after_chunk(usage.as_ref(), error.as_ref(), has_choices))
+            }
+            Err(super::chunkscan::GiveUp) => {
+                self.text.truncate(undo.0);
+                (self.text_overflow_bytes, self.first_content_seen) = (undo.1, undo.2);
+                None
+            }
+        }
+    }
+
+    /// The serde view of a chunk (the reference reading, and the fallback of `meter_fast`).
+    fn meter_serde(&mut self, data: &[u8]) -> bool {
         match serde_json::from_slice::<ChunkView<'_>>(data) {
             Ok(chunk) => {
                 let mut has_choices = false;
@@ -900,6 +960,239 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
 data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n";
     const USAGE_CHUNK: &[u8] = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":5,\"total_tokens\":24,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n";
     const DONE: &[u8] = b"data: [DONE]\n\n";
+
+    /// Random chunk payloads in OpenAI's shape and around it (nulls, odd types, escapes,
+    /// non-ASCII, tool calls, usage, errors, unknown nested fields, whitespace, repeated keys,
+    /// truncation): the single-pass reader must meter each exactly as the serde view does, or
+    /// give up and leave it to the serde view.
+    #[test]
+    fn fast_and_serde_meters_agree_on_random_chunks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        fn text(rng: &mut rand::rngs::StdRng) -> Value {
+            // JSON string bodies (escapes as they appear on the wire).
+            const PIECES: [&str; 10] = [
+                r#""#,
+                r#"Hel"#,
+                r#"lo \"w\u00f6rld\"\n"#,
+                "日本語",
+                r#"a\\b"#,
+                r#"{\"x\":1}"#,
+                " ",
+                "🙂",
+                r#"tab\t"#,
+                r#"}]\","#,
+            ];
+            let p = PIECES[rng.random_range(0..PIECES.len())];
+            Value::String(serde_json::from_str::<String>(&format!("\"{p}\"")).unwrap())
+        }
+        fn lenient(rng: &mut rand::rngs::StdRng) -> Value {
+            match rng.random_range(0..10) {
+                0 => Value::Null,
+                1 => json!(3),
+                2 => json!(["x"]),
+                3 => json!({"text": "y"}),
+                _ => text(rng),
+            }
+        }
+        fn function(rng: &mut rand::rngs::StdRng) -> Value {
+            match rng.random_range(0..8) {
+                0 => Value::Null,
+                1 => json!("f"),
+                _ => {
+                    json!({"name": lenient(rng), "arguments": lenient(rng), "extra": [1, {"a": null}]})
+                }
+            }
+        }
+        fn delta(rng: &mut rand::rngs::StdRng) -> Value {
+            let mut d = serde_json::Map::new();
+            for key in [
+                "role",
+                "content",
+                "reasoning_content",
+                "reasoning",
+                "refusal",
+            ] {
+                if rng.random_bool(0.5) {
+                    d.insert(
+                        key.into(),
+                        if key == "role" {
+                            json!("assistant")
+                        } else {
+                            lenient(rng)
+                        },
+                    );
+                }
+            }
+            if rng.random_bool(0.2) {
+                let calls: Vec<Value> = (0..rng.random_range(0..3))
+                    .map(|i| json!({"index": i, "id": "call_1", "type": "function", "function": function(rng)}))
+                    .collect();
+                d.insert(
+                    "tool_calls".into(),
+                    if rng.random_bool(0.1) {
+                        Value::Null
+                    } else {
+                        Value::Array(calls)
+                    },
+                );
+            }
+            if rng.random_bool(0.1) {
+                d.insert("function_call".into(), function(rng));
+            }
+            match rng.random_range(0..20) {
+                0 => Value::Null,
+                1 => json!("odd"),
+                _ => Value::Object(d),
+            }
+        }
+        fn chunk(rng: &mut rand::rngs::StdRng) -> Value {
+            let mut c = serde_json::Map::new();
+            c.insert("id".into(), json!("chatcmpl-1"));
+            c.insert("object".into(), json!("chat.completion.chunk"));
+            c.insert("created".into(), json!(1.5e9));
+            c.insert(
+                "system_fingerprint".into(),
+                json!({"nested": [[{"deep": [true, false, null, -1.5e-3]}]]}),
+            );
+            let choices: Vec<Value> = (0..rng.random_range(0..3))
+                .map(|i| {
+                    let mut ch = serde_json::Map::new();
+                    ch.insert("index".into(), json!(i));
+                    if rng.random_bool(0.9) {
+                        ch.insert("delta".into(), delta(rng));
+                    }
+                    ch.insert(
+                        "finish_reason".into(),
+                        match rng.random_range(0..6) {
+                            0 => json!("stop"),
+                            1 => json!(""),
+                            2 => json!(7),
+                            _ => Value::Null,
+                        },
+                    );
+                    ch.insert("logprobs".into(), Value::Null);
+                    if rng.random_bool(0.05) {
+                        json!(5)
+                    } else {
+                        Value::Object(ch)
+                    }
+                })
+                .collect();
+            match rng.random_range(0..12) {
+                0 => {}
+                1 => {
+                    c.insert("choices".into(), Value::Null);
+                }
+                2 => {
+                    c.insert("choices".into(), json!({"0": 1}));
+                }
+                _ => {
+                    c.insert("choices".into(), Value::Array(choices));
+                }
+            }
+            match rng.random_range(0..6) {
+                0 => {
+                    c.insert(
+                        "usage".into(),
+                        json!({"prompt_tokens": rng.random_range(0..100), "completion_tokens": 5,
+                               "prompt_tokens_details": {"cached_tokens": 2}}),
+                    );
+                }
+                1 => {
+                    c.insert("usage".into(), Value::Null);
+                }
+                2 => {
+                    c.insert("usage".into(), json!("n/a"));
+                }
+                _ => {}
+            }
+            if rng.random_bool(0.05) {
+                c.insert(
+                    "error".into(),
+                    json!({"message": "overloaded", "type": "server_error"}),
+                );
+            }
+            Value::Object(c)
+        }
+        fn spaced(s: &str, rng: &mut rand::rngs::StdRng) -> String {
+            // Whitespace after structural characters outside strings.
+            let mut out = String::new();
+            let mut in_str = false;
+            let mut esc = false;
+            for ch in s.chars() {
+                out.push(ch);
+                if in_str {
+                    if esc {
+                        esc = false;
+                    } else if ch == '\\' {
+                        esc = true;
+                    } else if ch == '"' {
+                        in_str = false;
+                    }
+                    continue;
+                }
+                if ch == '"' {
+                    in_str = true;
+                } else if matches!(ch, '{' | '[' | ',' | ':') && rng.random_bool(0.3) {
+                    out.push_str([" ", "\n", "\t ", "\r\n"][rng.random_range(0..4)]);
+                }
+            }
+            out
+        }
+        let mut fast_taken = 0;
+        for round in 0..3_000 {
+            let mut payload = chunk(&mut rng).to_string();
+            if rng.random_bool(0.3) {
+                payload = spaced(&payload, &mut rng);
+            }
+            match rng.random_range(0..40) {
+                0 => payload.truncate(rng.random_range(0..payload.len())),
+                1 => payload = payload.replacen("\"choices\"", "\"choices\":null,\"choices\"", 1),
+                2 => {
+                    payload =
+                        payload.replacen("\"id\"", "\"usage\":{\"prompt_tokens\":1},\"usage\"", 1)
+                }
+                3 => payload = payload.replacen("\"delta\"", "\"del\\u0074a\"", 1),
+                4 => payload.push_str(" x"),
+                _ => {}
+            }
+            for wants_usage in [false, true] {
+                let mut fast = MeterState {
+                    client_wants_usage: wants_usage,
+                    ..MeterState::default()
+                };
+                let mut slow = MeterState {
+                    client_wants_usage: wants_usage,
+                    ..MeterState::default()
+                };
+                // Some text already metered, to check that a give-up leaves it untouched.
+                fast.push_text("earlier ");
+                slow.push_text("earlier ");
+                let data = payload.as_bytes();
+                let fwd_fast = match fast.meter_fast(data) {
+                    Some(f) => {
+                        fast_taken += 1;
+                        f
+                    }
+                    None => fast.meter_serde(data),
+                };
+                let fwd_slow = slow.meter_serde(data);
+                let what = format!("round {round}, usage wanted {wants_usage}: {payload}");
+                assert_eq!(fwd_fast, fwd_slow, "forward: {what}");
+                assert_eq!(fast.text, slow.text, "text: {what}");
+                assert_eq!(fast.first_content_seen, slow.first_content_seen, "{what}");
+                assert_eq!(fast.finish_reason, slow.finish_reason, "finish: {what}");
+                assert_eq!(fast.usage, slow.usage, "usage: {what}");
+                assert_eq!(fast.upstream_error, slow.upstream_error, "error: {what}");
+            }
+        }
+        // Most chunks must take the fast path, or it would not be worth having.
+        assert!(
+            fast_taken > 4_000,
+            "fast path taken {fast_taken} of 6000 times"
+        );
+    }
 
     fn full_stream() -> Vec<u8> {
         [STREAM, USAGE_CHUNK, DONE].concat()
