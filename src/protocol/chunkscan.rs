@@ -386,3 +386,98 @@ pub fn scan<'a>(data: &'a [u8], sink: &mut impl ChunkSink<'a>) -> R<ChunkFacts<'
     }
     Ok(facts)
 }
+
+impl<'a> Scanner<'a> {
+    /// A count: a number as `count_field` reads it; anything else reads as absent.
+    fn count(&mut self, depth: usize) -> R<Option<u64>> {
+        match self.peek() {
+            Some(c) if c == b'-' || c.is_ascii_digit() => {
+                let start = self.i;
+                self.number()?;
+                let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| GiveUp)?;
+                Ok(super::openai::count_from_number(text))
+            }
+            _ => self.skip(depth).map(|_| None),
+        }
+    }
+
+    /// `obj.<key>` as a count when the value is an object, else absent.
+    fn nested_count(&mut self, depth: usize, key: &[u8]) -> R<Option<u64>> {
+        if self.peek() != Some(b'{') {
+            return self.skip(depth).map(|_| None);
+        }
+        let mut found = None;
+        self.object(depth, |s, k| {
+            if k == key {
+                found = s.count(depth + 1)?;
+            } else {
+                s.skip(depth + 1)?;
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+}
+
+/// A `usage` object read without a value tree: what `openai::parse_usage` returns for it.
+/// Gives up on anything but an object.
+pub fn usage(raw: &[u8]) -> R<Option<super::openai::Usage>> {
+    let mut s = Scanner { b: raw, i: 0 };
+    if s.peek() != Some(b'{') {
+        return Err(GiveUp);
+    }
+    let mut f = super::openai::UsageFields::default();
+    s.object(0, |s, k| {
+        match k {
+            b"prompt_tokens" => f.prompt = s.count(1)?,
+            b"input_tokens" => f.input = s.count(1)?,
+            b"prompt_cache_hit_tokens" => f.hit = s.count(1)?,
+            b"prompt_cache_miss_tokens" => f.miss = s.count(1)?,
+            b"completion_tokens" => f.completion = s.count(1)?,
+            b"output_tokens" => f.output = s.count(1)?,
+            b"cached_tokens" => f.cached = s.count(1)?,
+            b"prompt_tokens_details" => {
+                f.prompt_details_cached = s.nested_count(1, b"cached_tokens")?
+            }
+            b"input_tokens_details" => {
+                f.input_details_cached = s.nested_count(1, b"cached_tokens")?
+            }
+            b"completion_tokens_details" => {
+                f.completion_details_reasoning = s.nested_count(1, b"reasoning_tokens")?
+            }
+            b"output_tokens_details" => {
+                f.output_details_reasoning = s.nested_count(1, b"reasoning_tokens")?
+            }
+            _ => {
+                s.skip(1)?;
+            }
+        }
+        Ok(())
+    })?;
+    if s.peek().is_some() {
+        return Err(GiveUp);
+    }
+    Ok(f.usage())
+}
+
+/// The raw value of a top-level `key` of a JSON object (`None` when absent or `null`; the
+/// last one when repeated), skipping everything else.
+pub fn top_level<'a>(data: &'a [u8], key: &[u8]) -> R<Option<&'a [u8]>> {
+    let mut s = Scanner { b: data, i: 0 };
+    if s.peek() != Some(b'{') {
+        return Err(GiveUp);
+    }
+    let mut found = None;
+    s.object(0, |s, k| {
+        if k == key {
+            found = s.raw(1)?;
+        } else {
+            s.skip(1)?;
+        }
+        Ok(())
+    })?;
+    if s.peek().is_some() {
+        return Err(GiveUp);
+    }
+    Ok(found)
+}

@@ -301,38 +301,86 @@ fn nested_count(obj: &Map<String, Value>, outer: &str, key: &str) -> Option<u64>
 /// `input_tokens`/`output_tokens` names. `None` unless a prompt or completion count is found.
 pub fn parse_usage(v: &Value) -> Option<Usage> {
     let o = v.as_object()?;
-    let hit = count_field(o, "prompt_cache_hit_tokens");
-    let miss = count_field(o, "prompt_cache_miss_tokens");
-    let prompt = count_field(o, "prompt_tokens")
-        .or_else(|| count_field(o, "input_tokens"))
-        .or_else(|| hit.zip(miss).map(|(h, m)| h.saturating_add(m)));
-    let completion =
-        count_field(o, "completion_tokens").or_else(|| count_field(o, "output_tokens"));
-    if prompt.is_none() && completion.is_none() {
-        return None;
+    UsageFields {
+        prompt: count_field(o, "prompt_tokens"),
+        input: count_field(o, "input_tokens"),
+        hit: count_field(o, "prompt_cache_hit_tokens"),
+        miss: count_field(o, "prompt_cache_miss_tokens"),
+        completion: count_field(o, "completion_tokens"),
+        output: count_field(o, "output_tokens"),
+        cached: count_field(o, "cached_tokens"),
+        prompt_details_cached: nested_count(o, "prompt_tokens_details", "cached_tokens"),
+        input_details_cached: nested_count(o, "input_tokens_details", "cached_tokens"),
+        completion_details_reasoning: nested_count(
+            o,
+            "completion_tokens_details",
+            "reasoning_tokens",
+        ),
+        output_details_reasoning: nested_count(o, "output_tokens_details", "reasoning_tokens"),
     }
-    let prompt = prompt.unwrap_or(0);
-    // Vendors report the cache hit in different places; a vendor using one reports 0 or
-    // nothing in the others, so the largest figure is the real one.
-    let cached = [
-        nested_count(o, "prompt_tokens_details", "cached_tokens"),
-        nested_count(o, "input_tokens_details", "cached_tokens"),
-        hit,
-        count_field(o, "cached_tokens"),
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    .unwrap_or(0);
-    let reasoning = nested_count(o, "completion_tokens_details", "reasoning_tokens")
-        .or_else(|| nested_count(o, "output_tokens_details", "reasoning_tokens"))
+    .usage()
+}
+
+/// The counts a `usage` object may carry, as found (see [`parse_usage`]; also read without a
+/// value tree by `chunkscan::usage`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UsageFields {
+    pub prompt: Option<u64>,
+    pub input: Option<u64>,
+    pub hit: Option<u64>,
+    pub miss: Option<u64>,
+    pub completion: Option<u64>,
+    pub output: Option<u64>,
+    pub cached: Option<u64>,
+    pub prompt_details_cached: Option<u64>,
+    pub input_details_cached: Option<u64>,
+    pub completion_details_reasoning: Option<u64>,
+    pub output_details_reasoning: Option<u64>,
+}
+
+impl UsageFields {
+    pub(crate) fn usage(self) -> Option<Usage> {
+        let prompt = self
+            .prompt
+            .or(self.input)
+            .or_else(|| self.hit.zip(self.miss).map(|(h, m)| h.saturating_add(m)));
+        let completion = self.completion.or(self.output);
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        let prompt = prompt.unwrap_or(0);
+        // Vendors report the cache hit in different places; a vendor using one reports 0 or
+        // nothing in the others, so the largest figure is the real one.
+        let cached = [
+            self.prompt_details_cached,
+            self.input_details_cached,
+            self.hit,
+            self.cached,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
         .unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: prompt,
-        cached_tokens: cached.min(prompt),
-        completion_tokens: completion.unwrap_or(0),
-        reasoning_tokens: reasoning,
-        cache_write_tokens: 0,
+        let reasoning = self
+            .completion_details_reasoning
+            .or(self.output_details_reasoning)
+            .unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: prompt,
+            cached_tokens: cached.min(prompt),
+            completion_tokens: completion.unwrap_or(0),
+            reasoning_tokens: reasoning,
+            cache_write_tokens: 0,
+        })
+    }
+}
+
+/// A JSON number as `count_field` reads it: a non-negative integer, or a finite non-negative
+/// float truncated.
+pub(crate) fn count_from_number(text: &str) -> Option<u64> {
+    text.parse::<u64>().ok().or_else(|| {
+        let f = text.parse::<f64>().ok()?;
+        (f.is_finite() && f >= 0.0).then_some(f as u64)
     })
 }
 
@@ -382,15 +430,10 @@ fn walk_message_text<'v>(msg: &'v Value, f: &mut impl FnMut(&'v str)) {
 /// the generated text (message content, reasoning, tool calls) for fallback counting: `Some`
 /// when the body has a `choices` array and no usage; embeddings give `None`.
 pub fn usage_from_response(body: &[u8]) -> (Option<Usage>, Option<String>) {
-    // Fast path: only the `usage` object is materialised; everything else is skipped by the
-    // parser without allocating. The full tree is built only when a vendor sent no usage.
-    #[derive(Deserialize)]
-    struct UsageOnly {
-        #[serde(default)]
-        usage: Option<Value>,
-    }
-    if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice::<UsageOnly>(body) {
-        if let Some(usage) = parse_usage(&u) {
+    // Fast path: a single pass finds the `usage` object and reads its counts; nothing is
+    // allocated. The full tree is built only when a vendor sent no usage (or an odd shape).
+    if let Ok(Some(raw)) = super::chunkscan::top_level(body, b"usage") {
+        if let Ok(Some(usage)) = super::chunkscan::usage(raw) {
             return (Some(usage), None);
         }
     }
@@ -638,29 +681,37 @@ impl MeterState {
             self.first_content_seen,
         );
         let read = super::chunkscan::scan(data, &mut Texts(self)).and_then(|facts| {
-            let parse = |raw: Option<&[u8]>| -> Result<Option<Value>, super::chunkscan::GiveUp> {
-                raw.map(|r| {
-                    serde_json::from_slice::<Value>(r).map_err(|_| super::chunkscan::GiveUp)
-                })
-                .transpose()
-            };
             let finish = match facts.finish_reason {
                 Some(r) => Some(r.decode().ok_or(super::chunkscan::GiveUp)?),
                 None => None,
             };
-            Ok((
-                facts.has_choices,
-                finish,
-                parse(facts.usage)?,
-                parse(facts.error)?,
-            ))
+            // A usage object is read by the scanner too; anything else (rare) as a value.
+            let usage = match facts.usage {
+                Some(raw) => Some(match super::chunkscan::usage(raw) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        let v = serde_json::from_slice::<Value>(raw)
+                            .map_err(|_| super::chunkscan::GiveUp)?;
+                        parse_usage(&v)
+                    }
+                }),
+                None => None,
+            };
+            let error = match facts.error {
+                Some(raw) => Some(
+                    serde_json::from_slice::<Value>(raw).map_err(|_| super::chunkscan::GiveUp)?,
+                ),
+                None => None,
+            };
+            Ok((facts.has_choices, finish, usage, error))
         });
         match read {
             Ok((has_choices, finish, usage, error)) => {
                 if let Some(r) = finish {
                     self.set_finish_reason(&r);
                 }
-                Some(self.after_chunk(usage.as_ref(), error.as_ref(), has_choices))
+                let present = usage.is_some();
+                Some(self.after_chunk_read(usage.flatten(), present, error.as_ref(), has_choices))
             }
             Err(super::chunkscan::GiveUp) => {
                 self.text.truncate(undo.0);
@@ -746,14 +797,25 @@ impl MeterState {
     }
 
     fn after_chunk(&mut self, usage: Option<&Value>, error: Option<&Value>, choices: bool) -> bool {
-        if let Some(u) = usage.and_then(parse_usage) {
+        self.after_chunk_read(usage.and_then(parse_usage), usage.is_some(), error, choices)
+    }
+
+    /// `usage`: the chunk's usage as parsed; `usage_present`: it had a non-null `usage`.
+    fn after_chunk_read(
+        &mut self,
+        usage: Option<Usage>,
+        usage_present: bool,
+        error: Option<&Value>,
+        choices: bool,
+    ) -> bool {
+        if let Some(u) = usage {
             self.usage = Some(u);
         }
         if let Some(e) = error {
             self.set_error(e);
         }
         // The usage-only chunk exists only because the gateway forced include_usage.
-        let strip = !self.client_wants_usage && usage.is_some() && !choices && error.is_none();
+        let strip = !self.client_wants_usage && usage_present && !choices && error.is_none();
         !strip
     }
 }
@@ -1192,6 +1254,84 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
             fast_taken > 4_000,
             "fast path taken {fast_taken} of 6000 times"
         );
+    }
+
+    /// The scanner's reading of `usage` objects (streams and whole responses) agrees with
+    /// `parse_usage` over a value tree, across vendor shapes and odd values.
+    #[test]
+    fn scanned_usage_agrees_with_the_value_reading() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let count = |rng: &mut rand::rngs::StdRng| -> Value {
+            match rng.random_range(0..9) {
+                0 => json!(-3),
+                1 => json!(2.7),
+                2 => json!("12"),
+                3 => Value::Null,
+                4 => json!(1e20),
+                5 => json!({"x": 1}),
+                _ => json!(rng.random_range(0..5000)),
+            }
+        };
+        let keys = [
+            "prompt_tokens",
+            "input_tokens",
+            "prompt_cache_hit_tokens",
+            "prompt_cache_miss_tokens",
+            "completion_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "total_tokens",
+        ];
+        let nested = [
+            ("prompt_tokens_details", "cached_tokens"),
+            ("input_tokens_details", "cached_tokens"),
+            ("completion_tokens_details", "reasoning_tokens"),
+            ("output_tokens_details", "reasoning_tokens"),
+        ];
+        let mut scanned = 0;
+        for round in 0..3_000 {
+            let mut u = serde_json::Map::new();
+            for k in keys {
+                if rng.random_bool(0.4) {
+                    u.insert(k.into(), count(&mut rng));
+                }
+            }
+            for (outer, inner) in nested {
+                if rng.random_bool(0.3) {
+                    let v = match rng.random_range(0..5) {
+                        0 => Value::Null,
+                        1 => json!([1]),
+                        _ => json!({inner: count(&mut rng), "audio_tokens": 0}),
+                    };
+                    u.insert(outer.into(), v);
+                }
+            }
+            let usage = match rng.random_range(0..30) {
+                0 => json!("n/a"),
+                1 => Value::Null,
+                _ => Value::Object(u),
+            };
+            let mut text = usage.to_string();
+            if rng.random_bool(0.05) {
+                // A repeated key: the last one counts in both readings.
+                text = text.replacen('{', "{\"prompt_tokens\":999,", 1);
+            }
+            let want = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| parse_usage(&v));
+            if let Ok(got) = super::super::chunkscan::usage(text.as_bytes()) {
+                scanned += 1;
+                assert_eq!(got, want, "round {round}: {text}");
+            }
+            // The same object in a whole response.
+            let body = format!(
+                "{{\"id\":\"x\",\"choices\":[{{\"message\":{{\"content\":\"\\\"usage\\\": 1\"}}}}],\"usage\": {text} }}"
+            );
+            let (from_body, _) = usage_from_response(body.as_bytes());
+            assert_eq!(from_body, want, "round {round}: {body}");
+        }
+        assert!(scanned > 2_500, "scanner read {scanned} of 3000");
     }
 
     fn full_stream() -> Vec<u8> {
