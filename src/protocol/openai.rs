@@ -1334,6 +1334,36 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
         assert!(scanned > 2_500, "scanner read {scanned} of 3000");
     }
 
+    /// Cost per event of the meter's two readings on the mock's chunks (release build):
+    /// `cargo test --release --lib meter_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn meter_cost() {
+        let events: Vec<String> = (0..16)
+            .map(|i| format!("{{\"id\":\"chatcmpl-mock-1\",\"object\":\"chat.completion.chunk\",\"created\":1763900000,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_mock\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{i} \"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}"))
+            .chain(std::iter::once(String::from_utf8(USAGE_CHUNK[6..USAGE_CHUNK.len() - 2].to_vec()).unwrap()))
+            .collect();
+        for (name, fast) in [("single-pass reader", true), ("serde view", false)] {
+            let rounds = 20_000;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                let mut st = MeterState::default();
+                for e in &events {
+                    let d = e.as_bytes();
+                    let fwd = if fast {
+                        st.meter_fast(d).unwrap_or_else(|| st.meter_serde(d))
+                    } else {
+                        st.meter_serde(d)
+                    };
+                    std::hint::black_box(fwd);
+                }
+                assert!(st.usage.is_some());
+            }
+            let ns = start.elapsed().as_nanos() as f64 / (rounds * events.len()) as f64;
+            println!("{name}: {ns:.0} ns per event");
+        }
+    }
+
     fn full_stream() -> Vec<u8> {
         [STREAM, USAGE_CHUNK, DONE].concat()
     }
