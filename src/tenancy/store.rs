@@ -2500,18 +2500,14 @@ mod tests {
         assert!(none.is_empty());
     }
 
-    /// A database at schema 12 journaled each charge twice (a `charge:` entry and the usage
-    /// record's cost). Migration 13 keeps one: the charge moves onto the usage record (with its
-    /// uncollected part), a charge whose record was dropped gets one, and balances, spend and the
-    /// statement are what they were.
-    #[test]
-    fn migration_13_moves_charges_onto_usage_records() {
+    /// An in-memory database with the first `version` migrations applied.
+    fn at_schema(version: usize) -> Connection {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
         )
         .unwrap();
-        for (i, sql) in MIGRATIONS[..12].iter().enumerate() {
+        for (i, sql) in MIGRATIONS[..version].iter().enumerate() {
             c.execute_batch(sql).unwrap();
             c.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
@@ -2519,6 +2515,16 @@ mod tests {
             )
             .unwrap();
         }
+        c
+    }
+
+    /// A database at schema 12 journaled each charge twice (a `charge:` entry and the usage
+    /// record's cost). Migration 13 keeps one: the charge moves onto the usage record (with its
+    /// uncollected part), a charge whose record was dropped gets one, and balances, spend and the
+    /// statement are what they were.
+    #[test]
+    fn migration_13_moves_charges_onto_usage_records() {
+        let c = at_schema(12);
         c.execute_batch(
             "INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 0);
              INSERT INTO ledger_entries (id, tenant_id, kind, amount, created_ms) VALUES ('topup:1', 1, 'top_up', 10000, 1000);
@@ -2580,19 +2586,7 @@ mod tests {
     /// migration 12 runs, so analytics over older hours agree with the events too.
     #[test]
     fn migration_12_fills_cache_writes_into_existing_rollups() {
-        let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(
-            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
-        )
-        .unwrap();
-        for (i, sql) in MIGRATIONS[..11].iter().enumerate() {
-            c.execute_batch(sql).unwrap();
-            c.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
-                params![i as i64 + 1],
-            )
-            .unwrap();
-        }
+        let c = at_schema(11);
         // Two events in one hour (one with a user), one in the next day; as schema 11 recorded
         // them: cache writes on the events, not in the roll-ups.
         let hour = 1_700_000_000_000i64 / 3_600_000;
