@@ -489,7 +489,9 @@ fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
 }
 
 /// (tenant, hour, key, user, group, model, channel) of a usage roll-up row.
-type RollupKey = (i64, i64, i64, i64, i64, String, String);
+/// (tenant, hour, key, user, group, model, channel) of an hourly roll-up row, borrowing the
+/// batch's strings.
+type RollupKey<'a> = (i64, i64, i64, i64, i64, &'a str, &'a str);
 
 /// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
@@ -931,8 +933,8 @@ impl Store {
                             e.key_id.map_or(0, |k| k.0),
                             e.user_id.map_or(0, |u| u.0),
                             e.group_id.map_or(0, |g| g.0),
-                            e.model_requested.clone().unwrap_or_default(),
-                            e.channel.clone().unwrap_or_default(),
+                            e.model_requested.as_deref().unwrap_or_default(),
+                            e.channel.as_deref().unwrap_or_default(),
                         );
                         let d = deltas.entry(k).or_insert([0i64; 8]);
                         d[0] += 1;
@@ -954,8 +956,8 @@ impl Store {
                         (1, user.to_string()),
                         (2, group.to_string()),
                         (3, key.to_string()),
-                        (4, model.clone()),
-                        (5, channel.clone()),
+                        (4, model.to_string()),
+                        (5, channel.to_string()),
                     ];
                     for period in [3600i64, 86_400] {
                         let bucket = (hour * 3600).div_euclid(period) * period;
