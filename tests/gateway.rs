@@ -42,11 +42,49 @@ async fn non_streaming_round_trip_maps_model_and_uses_upstream_credential() {
         .find(|(k, _)| k == "authorization")
         .unwrap();
     assert_eq!(auth.1, format!("Bearer {UPSTREAM_KEY}"));
+    let header = |name: &str| {
+        m.stats()
+            .last_request_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    // The upstream request header: the gateway's own, with this call's id and body length.
+    assert_eq!(header("x-request-id").as_deref(), Some(request_id.as_str()));
+    assert_eq!(header("accept").as_deref(), Some("application/json"));
+    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    assert!(header("host").is_some_and(|h| h.starts_with("127.0.0.1:")));
+    assert!(header("user-agent").is_some_and(|h| h.starts_with("tollgate/")));
+    let body_len = serde_json::to_vec(stats.last_request_body.as_ref().unwrap())
+        .unwrap()
+        .len();
+    assert!(header("content-length").is_some_and(|l| l.parse::<usize>().unwrap() >= body_len));
 
-    let events = gw.usage_events(1).await;
-    assert_eq!(events.len(), 1);
-    let e = &events[0];
-    assert_eq!(e["request_id"], request_id.as_str());
+    // A stream asks for an event stream, under its own request id.
+    let mut req = hello("gpt-4o-mini");
+    req["stream"] = serde_json::json!(true);
+    let resp = gw.chat(req).send().await.unwrap();
+    let stream_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    resp.text().await.unwrap();
+    assert_ne!(stream_id, request_id);
+    assert_eq!(header("x-request-id").as_deref(), Some(stream_id.as_str()));
+    assert_eq!(header("accept").as_deref(), Some("text/event-stream"));
+    assert_eq!(
+        m.stats()
+            .last_request_headers
+            .iter()
+            .filter(|(k, _)| k == "x-request-id" || k == "authorization" || k == "content-length")
+            .count(),
+        3,
+        "each once"
+    );
+
+    let events = gw.usage_events(2).await;
+    assert_eq!(events.len(), 2);
+    let e = events
+        .iter()
+        .find(|e| e["request_id"] == request_id.as_str())
+        .unwrap();
     assert_eq!(e["status"], 200);
     assert_eq!(e["model_requested"], "gpt-4o-mini");
     assert_eq!(e["model_used"], "mock-small");

@@ -225,6 +225,43 @@ pub struct Upstream {
     /// built per request (the model is in the path).
     pub chat_path: String,
     pub embeddings_path: String,
+    /// OpenAI-protocol upstreams: the chat request header without its per-request parts
+    /// (`Content-Length`, `x-request-id`), for a JSON answer and for a stream; cloned per
+    /// request instead of built (building validates and hashes every header again).
+    pub chat_header_templates: Option<Box<[pingora_http::RequestHeader; 2]>>,
+}
+
+/// The request header an OpenAI-protocol chat call starts from (see
+/// `Upstream::chat_header_templates`).
+fn chat_header_template(
+    path: &str,
+    host: &http::HeaderValue,
+    auth: Option<(&http::header::HeaderName, &http::HeaderValue)>,
+    stream: bool,
+) -> Option<pingora_http::RequestHeader> {
+    let mut req =
+        pingora_http::RequestHeader::build_no_case("POST", path.as_bytes(), Some(8)).ok()?;
+    req.insert_header(http::header::HOST, host.clone()).ok()?;
+    if let Some((name, value)) = auth {
+        req.insert_header(name.clone(), value.clone()).ok()?;
+    }
+    req.insert_header(http::header::CONTENT_TYPE, "application/json")
+        .ok()?;
+    req.insert_header(
+        http::header::ACCEPT,
+        if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
+    )
+    .ok()?;
+    req.insert_header(
+        http::header::USER_AGENT,
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )
+    .ok()?;
+    Some(req)
 }
 
 impl Upstream {
@@ -936,7 +973,17 @@ fn build_upstream(
         Protocol::OpenAi | Protocol::Gemini => format!("{}/chat/completions", base.path),
     };
     let embeddings_path = format!("{}/embeddings", base.path);
+    let chat_header_templates = match protocol {
+        Protocol::OpenAi => {
+            let auth = auth_header.as_ref().map(|v| (&auth_name, v));
+            chat_header_template(&chat_path, &host_header, auth, false)
+                .zip(chat_header_template(&chat_path, &host_header, auth, true))
+                .map(|(json, stream)| Box::new([json, stream]))
+        }
+        Protocol::Anthropic | Protocol::Gemini => None,
+    };
     Ok(Upstream {
+        chat_header_templates,
         host_header,
         auth_name,
         auth_header,

@@ -59,6 +59,11 @@ const IMAGE_TOKEN_BOUND: u64 = 4_000;
 pub const TOKEN_COUNT_HEADER: &str = "x-tollgate-token-count";
 /// Header a caller uses to pick one of the channels its key may use.
 pub const CHANNEL_HEADER: &str = "x-tollgate-channel";
+/// The request id, on the upstream request and on the response.
+const X_REQUEST_ID: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-request-id");
+const X_TOLLGATE_CHANNEL: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-tollgate-channel");
 /// Largest non-streamed response kept in memory to read its usage.
 const MAX_KEPT_RESPONSE: usize = 16 * 1024 * 1024;
 
@@ -864,6 +869,14 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no attempt");
         };
         let up = &attempt.upstream;
+        if let (Endpoint::Chat, Some(templates)) = (ctx.endpoint, up.chat_header_templates.as_ref())
+        {
+            let mut req = templates[usize::from(ctx.stream)].clone();
+            req.insert_header(http::header::CONTENT_LENGTH, ctx.upstream_body.len())?;
+            req.insert_header(X_REQUEST_ID, &ctx.request_id)?;
+            *upstream_request = req;
+            return Ok(());
+        }
         let gemini_path;
         let count_path;
         let path = match (ctx.endpoint, up.protocol) {
@@ -878,7 +891,7 @@ impl ProxyHttp for Gateway {
             }
             _ => &up.chat_path,
         };
-        let mut req = RequestHeader::build("POST", path.as_bytes(), Some(10))?;
+        let mut req = RequestHeader::build_no_case("POST", path.as_bytes(), Some(10))?;
         req.insert_header(http::header::HOST, up.host_header.clone())?;
         if let Some(auth) = up.auth_header.as_ref() {
             req.insert_header(up.auth_name.clone(), auth.clone())?;
@@ -907,7 +920,7 @@ impl ProxyHttp for Gateway {
             http::header::USER_AGENT,
             concat!("tollgate/", env!("CARGO_PKG_VERSION")),
         )?;
-        req.insert_header("x-request-id", &ctx.request_id)?;
+        req.insert_header(X_REQUEST_ID, &ctx.request_id)?;
         *upstream_request = req;
         Ok(())
     }
@@ -1077,9 +1090,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.downstream_started = true;
         ctx.status = resp.status.as_u16();
-        resp.insert_header("x-request-id", &ctx.request_id)?;
+        resp.insert_header(X_REQUEST_ID, &ctx.request_id)?;
         if let Some(c) = ctx.channel.as_ref() {
-            resp.insert_header("x-tollgate-channel", &c.name)?;
+            resp.insert_header(X_TOLLGATE_CHANNEL, &c.name)?;
         }
         if let (Some(source), true) = (ctx.token_count, resp.status.is_success()) {
             resp.insert_header(TOKEN_COUNT_HEADER, source)?;
