@@ -71,7 +71,9 @@ pub struct RequestCtx {
     pub downstream_started: bool,
     pub status: u16,
     pub error: Option<GatewayError>,
-    pub meter: Option<ChatStreamMeter>,
+    /// Boxed, like the other per-kind parts below: the context is moved around by value in
+    /// Pingora's request future, so its common part is kept small.
+    pub meter: Option<Box<ChatStreamMeter>>,
     /// The protocol the caller speaks (`/v1/messages`: Anthropic).
     pub inbound: Dialect,
     /// The caller's request translated for each other protocol among the channel's upstreams
@@ -82,7 +84,7 @@ pub struct RequestCtx {
     pub upstream_dialect: Dialect,
     pub upstream_body_dialect: Option<Dialect>,
     /// Streams other than OpenAI -> OpenAI: translated (or, Anthropic -> Anthropic, metered).
-    pub translator: Option<StreamTranslator>,
+    pub translator: Option<Box<StreamTranslator>>,
     /// A whole body (answer or error) to convert to the caller's protocol at its end.
     pub translate_whole: bool,
     pub upstream_status: u16,
@@ -100,7 +102,7 @@ pub struct RequestCtx {
     pub reservation: Option<crate::billing::ledger::Reservation>,
     pub cost_nano: i64,
     /// What the complexity router decided, for `model: "auto"` requests.
-    pub route: Option<super::autoroute::RouteNote>,
+    pub route: Option<Box<super::autoroute::RouteNote>>,
     /// `count_tokens`: where the count comes from (`vendor` or `estimate`), answered in the
     /// `x-tollgate-token-count` header.
     pub token_count: Option<&'static str>,

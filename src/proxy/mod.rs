@@ -287,7 +287,7 @@ impl Gateway {
                     channel = c;
                     ctx.channel = Some(channel.clone());
                 }
-                ctx.route = Some(note);
+                ctx.route = Some(Box::new(note));
             }
         }
         let model = cfg.model(&model_name).cloned().ok_or_else(|| {
@@ -1056,14 +1056,14 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = status;
         if ctx.endpoint == Endpoint::Chat && ctx.stream && is_sse && resp.status.is_success() {
             if ctx.inbound == Dialect::OpenAi && !translating {
-                ctx.meter = Some(ChatStreamMeter::new(ctx.client_wants_usage));
+                ctx.meter = Some(Box::new(ChatStreamMeter::new(ctx.client_wants_usage)));
             } else {
-                ctx.translator = Some(StreamTranslator::new(
+                ctx.translator = Some(Box::new(StreamTranslator::new(
                     ctx.upstream_dialect,
                     ctx.inbound,
                     self.names(ctx),
                     ctx.client_wants_usage,
-                ));
+                )));
                 resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
             }
             // The usage chunk may be removed, so the length can change.
