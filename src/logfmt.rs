@@ -103,22 +103,28 @@ impl Visit for Fields<'_> {
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.key(field);
-        let mut s = String::new();
-        let _ = write!(s, "{value}");
-        push_str(self.out, &s);
+        self.out.push('"');
+        let _ = write!(Escaping(self.out), "{value}");
+        self.out.push('"');
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field);
-        let mut s = String::with_capacity(64);
-        let _ = write!(s, "{value:?}");
-        push_str(self.out, &s);
+        self.out.push('"');
+        let _ = write!(Escaping(self.out), "{value:?}");
+        self.out.push('"');
     }
 }
 
 /// A JSON string literal.
 fn push_str(out: &mut String, s: &str) {
     out.push('"');
+    push_escaped(out, s);
+    out.push('"');
+}
+
+/// `s` escaped for the inside of a JSON string.
+fn push_escaped(out: &mut String, s: &str) {
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc = match b {
@@ -139,7 +145,16 @@ fn push_str(out: &mut String, s: &str) {
         start = i + 1;
     }
     out.push_str(&s[start..]);
-    out.push('"');
+}
+
+/// Formats straight into the line, escaping as it goes (no intermediate string).
+struct Escaping<'a>(&'a mut String);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        push_escaped(self.0, s);
+        Ok(())
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
@@ -191,13 +206,17 @@ mod tests {
             .with_writer(move || Sink(sink.clone()))
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(request_id = %"r-1", status = 200u16, ok = true, ttft_ms = Option::<u64>::None, note = "say \"hi\"", "request");
+            let err = std::io::Error::other("disk \"full\"\n");
+            tracing::info!(request_id = %"r-1", status = 200u16, ok = true, ttft_ms = Option::<u64>::None, note = "say \"hi\"", shown = %"a\\b\t\u{1}", dbg = ?["x\"y"], error = &err as &(dyn std::error::Error + 'static), "request {}", 7);
         });
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["level"], "INFO");
-        assert_eq!(v["message"], "request");
+        assert_eq!(v["message"], "request 7");
+        assert_eq!(v["shown"], "a\\b\t\u{1}");
+        assert_eq!(v["dbg"], "[\"x\\\"y\"]");
+        assert_eq!(v["error"], "disk \"full\"\n");
         assert_eq!(v["request_id"], "r-1");
         assert_eq!(v["status"], 200);
         assert_eq!(v["ok"], true);

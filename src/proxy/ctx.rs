@@ -153,20 +153,6 @@ impl RequestCtx {
             cost_nano: 0,
         }
     }
-
-    pub fn channel_label(&self) -> &str {
-        self.channel
-            .as_ref()
-            .map(|c| c.name.as_str())
-            .unwrap_or("none")
-    }
-
-    pub fn model_label(&self) -> &str {
-        self.model
-            .as_ref()
-            .map(|m| m.name.as_str())
-            .unwrap_or("other")
-    }
 }
 
 impl Default for RequestCtx {

@@ -148,31 +148,33 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> Option<Settlement> 
 
 pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     let latency = ctx.started.elapsed();
-    let channel = ctx.channel_label().to_string();
-    let model = ctx.model_label().to_string();
+    // Labels borrowed from the call's configuration (held here: `settle` needs `ctx` mutably).
+    let (channel_cfg, model_cfg) = (ctx.channel.clone(), ctx.model.clone());
+    let channel = channel_cfg.as_deref().map_or("none", |c| c.name.as_str());
+    let model = model_cfg.as_deref().map_or("other", |m| m.name.as_str());
     let status = ctx.status;
     let (usage, source) = measured_usage(ctx).await;
     let settled = settle(app, ctx, &usage);
     ctx.cost_nano = settled.map_or(0, |s| s.charged);
     let ttft = ctx.first_token_at.map(|t| t.duration_since(ctx.started));
 
-    let status_label = if status == 0 {
-        "client_closed".to_string()
-    } else {
-        status.to_string()
+    let status_label: std::borrow::Cow<'static, str> = match status {
+        0 => "client_closed".into(),
+        200 => "200".into(),
+        s => s.to_string().into(),
     };
     METRICS
         .requests
-        .with_label_values(&[&channel, &model, &status_label])
+        .with_label_values(&[channel, model, &status_label])
         .inc();
     METRICS
         .duration
-        .with_label_values(&[&channel])
+        .with_label_values(&[channel])
         .observe(latency.as_secs_f64());
     if let Some(t) = ttft {
         METRICS
             .ttft
-            .with_label_values(&[&channel])
+            .with_label_values(&[channel])
             .observe(t.as_secs_f64());
     }
     for (kind, n) in [
@@ -185,7 +187,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         if n > 0 {
             METRICS
                 .tokens
-                .with_label_values(&[&channel, &model, kind])
+                .with_label_values(&[channel, model, kind])
                 .inc_by(n);
         }
     }
@@ -201,11 +203,11 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         .or_else(|| ctx.stream_error.map(|s| s.to_string()));
 
     tracing::info!(
-        request_id = %ctx.request_id,
+        request_id = ctx.request_id.as_str(),
         tenant = ctx.key.as_ref().map(|k| k.tenant_id.0),
         key = ctx.key.as_ref().map(|k| k.id.0),
         endpoint = ctx.endpoint.as_str(),
-        channel = %channel,
+        channel,
         upstream = upstream.as_deref().unwrap_or("-"),
         model = ctx.model_requested.as_deref().unwrap_or("-"),
         stream = ctx.stream,
