@@ -65,9 +65,29 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn key(&mut self, field: &Field) {
-        self.out.push(',');
-        push_str(self.out, field.name());
-        self.out.push(':');
+        // Field names are Rust identifiers (or `message`): nothing to escape.
+        self.out.push_str(",\"");
+        self.out.push_str(field.name());
+        self.out.push_str("\":");
+    }
+
+    fn int(&mut self, negative: bool, mut v: u64) {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if negative {
+            self.out.push('-');
+        }
+        // Only ASCII digits were written.
+        self.out
+            .push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
     }
 }
 
@@ -79,12 +99,12 @@ impl Visit for Fields<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.int(false, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.int(value < 0, value.unsigned_abs());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -207,7 +227,7 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             let err = std::io::Error::other("disk \"full\"\n");
-            tracing::info!(request_id = %"r-1", status = 200u16, ok = true, ttft_ms = Option::<u64>::None, note = "say \"hi\"", shown = %"a\\b\t\u{1}", dbg = ?["x\"y"], error = &err as &(dyn std::error::Error + 'static), "request {}", 7);
+            tracing::info!(request_id = %"r-1", status = 200u16, ok = true, ttft_ms = Option::<u64>::None, note = "say \"hi\"", shown = %"a\\b\t\u{1}", dbg = ?["x\"y"], error = &err as &(dyn std::error::Error + 'static), zero = 0u64, neg = -42i64, min = i64::MIN, max = u64::MAX, "request {}", 7);
         });
         let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
@@ -217,6 +237,10 @@ mod tests {
         assert_eq!(v["shown"], "a\\b\t\u{1}");
         assert_eq!(v["dbg"], "[\"x\\\"y\"]");
         assert_eq!(v["error"], "disk \"full\"\n");
+        assert_eq!(v["zero"], 0);
+        assert_eq!(v["neg"], -42);
+        assert_eq!(v["min"], i64::MIN);
+        assert_eq!(v["max"], u64::MAX);
         assert_eq!(v["request_id"], "r-1");
         assert_eq!(v["status"], 200);
         assert_eq!(v["ok"], true);
