@@ -27,6 +27,8 @@ pub struct Metrics {
     pub stream_errors: IntCounterVec,
     pub gateway_overhead: Histogram,
     pub ledger_entries_written: IntCounter,
+    pub recorder_queued: IntGaugeVec,
+    pub recorder_commit_failures: IntCounter,
     pub uncollected: IntCounter,
     /// Complexity-router decisions by tier and reason (`model: "auto"`).
     pub router_decisions: IntCounterVec,
@@ -144,8 +146,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_uncollected_nanocredits_total",
         "Cost above what a call's accounts could pay (never taken from a balance)",
     )?;
+    let recorder_queued = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_recorder_queued",
+            "Usage records waiting for the recorder, by queue (charged: never dropped; usage: bounded)",
+        ),
+        &["queue"],
+    )?;
+    let recorder_commit_failures = IntCounter::new(
+        "tollgate_recorder_commit_failures_total",
+        "Recorder commits that failed and are being retried (the store is not accepting writes)",
+    )?;
     registry.register(Box::new(ledger_entries_written.clone()))?;
     registry.register(Box::new(uncollected.clone()))?;
+    registry.register(Box::new(recorder_queued.clone()))?;
+    registry.register(Box::new(recorder_commit_failures.clone()))?;
     let router_decisions = IntCounterVec::new(
         Opts::new(
             "tollgate_router_decisions_total",
@@ -177,6 +192,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         gateway_overhead,
         ledger_entries_written,
         uncollected,
+        recorder_queued,
+        recorder_commit_failures,
         router_decisions,
         router_errors,
     })

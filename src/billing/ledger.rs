@@ -454,6 +454,7 @@ impl JournalWriter {
         let mut events: Vec<UsageEvent> = Vec::with_capacity(256);
         loop {
             tokio::time::sleep(flush_every).await;
+            self.report_queues(usage.as_ref());
             let mut closed = false;
             loop {
                 match self.rx.try_recv() {
@@ -475,7 +476,7 @@ impl JournalWriter {
                 }
             }
             if !events.is_empty() {
-                self.commit(&mut events, charged).await;
+                self.commit(&mut events, charged, usage.as_ref()).await;
             }
             if closed {
                 return;
@@ -483,8 +484,22 @@ impl JournalWriter {
         }
     }
 
+    /// What waits in the queues, for `tollgate_recorder_queued` (sampled once a round, and on
+    /// every retry while the store refuses writes).
+    fn report_queues(&self, usage: Option<&mpsc::Receiver<UsageEvent>>) {
+        let m = &crate::metrics::METRICS.recorder_queued;
+        m.with_label_values(&["charged"]).set(self.rx.len() as i64);
+        m.with_label_values(&["usage"])
+            .set(usage.map_or(0, |u| u.len()) as i64);
+    }
+
     /// `charged`: how many of `events` (the first ones) carry a charge.
-    async fn commit(&self, events: &mut Vec<UsageEvent>, charged: usize) {
+    async fn commit(
+        &self,
+        events: &mut Vec<UsageEvent>,
+        charged: usize,
+        usage: Option<&mpsc::Receiver<UsageEvent>>,
+    ) {
         let mut u = std::mem::take(events);
         let n = u.len();
         let mut attempt = 0u32;
@@ -510,6 +525,8 @@ impl JournalWriter {
                 Ok((Err(err), back)) => {
                     // Never drop a charge: keep retrying (request ids make replays harmless).
                     attempt += 1;
+                    crate::metrics::METRICS.recorder_commit_failures.inc();
+                    self.report_queues(usage);
                     tracing::error!(error = %err, attempt, charges = charged, events = n, "recorder commit failed; retrying");
                     u = back;
                     tokio::time::sleep(Duration::from_millis((50u64 << attempt.min(6)).min(5_000)))
@@ -666,6 +683,94 @@ mod tests {
         let s = l.settle(r, 0, &key);
         assert_eq!(s, Settlement::default());
         assert_eq!(l.balance(key.tenant_id).available, 1_000);
+    }
+
+    /// The store refuses writes for a while (its table is renamed away under the recorder):
+    /// the failures are counted, nothing is dropped, and once the store is back every charge
+    /// is committed once.
+    #[tokio::test]
+    async fn charges_wait_out_a_store_that_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).unwrap();
+        let t = store.create_tenant("t").unwrap();
+        let (key, _) = store
+            .create_key(&NewKey {
+                tenant_id: t.id,
+                name: "k".into(),
+                default_channel: "c".into(),
+                allowed_channels: vec![],
+                allowed_models: vec![],
+                expires_at: None,
+                quota_nano: None,
+                user_id: None,
+                limits: Default::default(),
+            })
+            .unwrap();
+        let (l, writer) = Ledger::recover(&store).unwrap();
+        let e = store
+            .credit(
+                t.id,
+                EntryKind::TopUp,
+                1_000_000,
+                Some("op"),
+                None,
+                "topup:1",
+            )
+            .unwrap();
+        l.apply_committed(&e);
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other
+            .execute_batch("ALTER TABLE usage_events RENAME TO usage_events_away")
+            .unwrap();
+        let failures = || crate::metrics::METRICS.recorder_commit_failures.get();
+        let before = failures();
+        let writer = tokio::spawn(writer.run(Duration::from_millis(5), None));
+        for i in 0..20 {
+            let r = l.reserve(&key, 1_000).unwrap();
+            let s = l.settle(r, 100 + i, &key);
+            l.journal_call(UsageEvent {
+                request_id: format!("down{i}"),
+                ts_ms: now_ms(),
+                tenant_id: Some(key.tenant_id),
+                key_id: Some(key.id),
+                endpoint: "chat".into(),
+                status: 200,
+                usage_source: "vendor".into(),
+                cost_nano: s.charged,
+                uncollected: s.uncollected,
+                ..Default::default()
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while failures() == before {
+            assert!(std::time::Instant::now() < deadline, "no failed commit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        other
+            .execute_batch("ALTER TABLE usage_events_away RENAME TO usage_events")
+            .unwrap();
+        let want: i64 = (0..20).map(|i| 100 + i).sum();
+        loop {
+            let charged = store
+                .ledger_totals()
+                .unwrap()
+                .first()
+                .map_or(0, |t| t.charged);
+            if charged == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "charged {charged}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(l);
+        writer.await.unwrap();
+        let (recovered, _) = Ledger::recover(&store).unwrap();
+        assert_eq!(recovered.balance(key.tenant_id).charged, want);
+        assert_eq!(recovered.balance(key.tenant_id).available, 1_000_000 - want);
     }
 
     #[tokio::test]
