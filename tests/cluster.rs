@@ -30,36 +30,6 @@ async fn fleet(m: &tollgate::mock::MockHandle, redis: &Redis) -> Vec<Gateway> {
     vec![n1, n2, n3]
 }
 
-/// Fire `n` calls at once, spread over the nodes; returns (status, body) of each.
-async fn fire(nodes: &[Gateway], key: &str, n: usize, req: &Value) -> Vec<(u16, Value)> {
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let gw = &nodes[i % nodes.len()];
-        let (c, url, key, req) = (
-            gw.client.clone(),
-            gw.url("/v1/chat/completions"),
-            key.to_string(),
-            req.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let r = c
-                .post(url)
-                .bearer_auth(key)
-                .json(&req)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
-
 /// Sum of the charges in the SQL ledger (positive nano-credits) and their count.
 async fn sql_charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
     let v = gw
@@ -112,6 +82,18 @@ async fn quiesce(gw: &Gateway, tenant: &str) -> Value {
     }
 }
 
+/// How many calls were admitted; every other one must be an `insufficient_quota` refusal
+/// with status `refused`.
+fn admitted(results: &[(u16, Value)], refused: u16) -> usize {
+    for (status, body) in results {
+        assert!(
+            *status == 200 || (*status == refused && body["error"]["code"] == "insufficient_quota"),
+            "{status} {body}"
+        );
+    }
+    results.iter().filter(|r| r.0 == 200).count()
+}
+
 #[tokio::test]
 async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
     let redis = Redis::start();
@@ -128,13 +110,7 @@ async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
     tokio::time::sleep(Duration::from_millis(1500)).await; // every node sees the new key
     let req = json!({"model": "gpt-4o", "max_tokens": 1000, "messages": [{"role": "user", "content": "write a lot"}]});
     let results = fire(&nodes, &key, 45, &req).await;
-    let ok = results.iter().filter(|r| r.0 == 200).count();
-    for (status, body) in &results {
-        assert!(
-            *status == 200 || (*status == 402 && body["error"]["code"] == "insufficient_quota"),
-            "{status} {body}"
-        );
-    }
+    let ok = admitted(&results, 402);
     assert!(
         (1..=4).contains(&ok),
         "{ok} calls admitted against a balance that holds 4 worst cases"
@@ -150,13 +126,7 @@ async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
         .await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // every node sees the new key
     let results = fire(&nodes, &capped, 30, &req).await;
-    let ok_q = results.iter().filter(|r| r.0 == 200).count();
-    for (status, body) in &results {
-        assert!(
-            *status == 200 || (*status == 429 && body["error"]["code"] == "insufficient_quota"),
-            "{status} {body}"
-        );
-    }
+    let ok_q = admitted(&results, 429);
     assert!(
         (1..=2).contains(&ok_q),
         "{ok_q} calls admitted under the quota"

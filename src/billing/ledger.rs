@@ -555,7 +555,15 @@ mod tests {
         credit: i64,
         quota: Option<i64>,
     ) -> (Store, Arc<Ledger>, ApiKey, JournalWriter) {
-        let store = Store::open_in_memory().unwrap();
+        setup_in(Store::open_in_memory().unwrap(), credit, quota)
+    }
+
+    /// A tenant with one key and `credit` topped up, in `store`.
+    fn setup_in(
+        store: Store,
+        credit: i64,
+        quota: Option<i64>,
+    ) -> (Store, Arc<Ledger>, ApiKey, JournalWriter) {
         let t = store.create_tenant("t").unwrap();
         let (mut key, _) = store
             .create_key(&NewKey {
@@ -577,6 +585,22 @@ mod tests {
             .unwrap();
         ledger.apply_committed(&e);
         (store, ledger, key, writer)
+    }
+
+    /// The usage record that carries a settled charge.
+    fn charged_record(key: &ApiKey, request_id: String, s: Settlement) -> UsageEvent {
+        UsageEvent {
+            request_id,
+            ts_ms: now_ms(),
+            tenant_id: Some(key.tenant_id),
+            key_id: Some(key.id),
+            endpoint: "chat".into(),
+            status: 200,
+            usage_source: "vendor".into(),
+            cost_nano: s.charged,
+            uncollected: s.uncollected,
+            ..Default::default()
+        }
     }
 
     fn invariant(v: BalanceView) {
@@ -692,33 +716,7 @@ mod tests {
     async fn charges_wait_out_a_store_that_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let store = Store::open(&path).unwrap();
-        let t = store.create_tenant("t").unwrap();
-        let (key, _) = store
-            .create_key(&NewKey {
-                tenant_id: t.id,
-                name: "k".into(),
-                default_channel: "c".into(),
-                allowed_channels: vec![],
-                allowed_models: vec![],
-                expires_at: None,
-                quota_nano: None,
-                user_id: None,
-                limits: Default::default(),
-            })
-            .unwrap();
-        let (l, writer) = Ledger::recover(&store).unwrap();
-        let e = store
-            .credit(
-                t.id,
-                EntryKind::TopUp,
-                1_000_000,
-                Some("op"),
-                None,
-                "topup:1",
-            )
-            .unwrap();
-        l.apply_committed(&e);
+        let (store, l, key, writer) = setup_in(Store::open(&path).unwrap(), 1_000_000, None);
         let other = rusqlite::Connection::open(&path).unwrap();
         other
             .execute_batch("ALTER TABLE usage_events RENAME TO usage_events_away")
@@ -729,18 +727,7 @@ mod tests {
         for i in 0..20 {
             let r = l.reserve(&key, 1_000).unwrap();
             let s = l.settle(r, 100 + i, &key);
-            l.journal_call(UsageEvent {
-                request_id: format!("down{i}"),
-                ts_ms: now_ms(),
-                tenant_id: Some(key.tenant_id),
-                key_id: Some(key.id),
-                endpoint: "chat".into(),
-                status: 200,
-                usage_source: "vendor".into(),
-                cost_nano: s.charged,
-                uncollected: s.uncollected,
-                ..Default::default()
-            });
+            l.journal_call(charged_record(&key, format!("down{i}"), s));
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while failures() == before {
@@ -780,18 +767,7 @@ mod tests {
         for i in 0..50 {
             let r = l.reserve(&key, 10_000).unwrap();
             let s = l.settle(r, 1_000 + i, &key);
-            l.journal_call(UsageEvent {
-                request_id: format!("req{i}"),
-                ts_ms: now_ms(),
-                tenant_id: Some(key.tenant_id),
-                key_id: Some(key.id),
-                endpoint: "chat".into(),
-                status: 200,
-                usage_source: "vendor".into(),
-                cost_nano: s.charged,
-                uncollected: s.uncollected,
-                ..Default::default()
-            });
+            l.journal_call(charged_record(&key, format!("req{i}"), s));
         }
         let before = l.balance(key.tenant_id);
         assert_eq!(before.charged, (0..50).map(|i| 1_000 + i).sum::<i64>());

@@ -231,22 +231,21 @@ pub struct Upstream {
     pub chat_header_templates: Option<Box<[pingora_http::RequestHeader; 2]>>,
 }
 
-/// The request header an OpenAI-protocol chat call starts from (see
-/// `Upstream::chat_header_templates`).
-fn chat_header_template(
+/// The header every upstream request starts from: method, path, Host, credential, content
+/// type, accept and user agent (the per-request `Content-Length` and `x-request-id`, and the
+/// Anthropic version headers, are added by the proxy).
+fn request_header(
     path: &str,
     host: &http::HeaderValue,
     auth: Option<(&http::header::HeaderName, &http::HeaderValue)>,
     stream: bool,
-) -> Option<pingora_http::RequestHeader> {
-    let mut req =
-        pingora_http::RequestHeader::build_no_case("POST", path.as_bytes(), Some(8)).ok()?;
-    req.insert_header(http::header::HOST, host.clone()).ok()?;
+) -> pingora_error::Result<pingora_http::RequestHeader> {
+    let mut req = pingora_http::RequestHeader::build_no_case("POST", path.as_bytes(), Some(10))?;
+    req.insert_header(http::header::HOST, host.clone())?;
     if let Some((name, value)) = auth {
-        req.insert_header(name.clone(), value.clone()).ok()?;
+        req.insert_header(name.clone(), value.clone())?;
     }
-    req.insert_header(http::header::CONTENT_TYPE, "application/json")
-        .ok()?;
+    req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     req.insert_header(
         http::header::ACCEPT,
         if stream {
@@ -254,17 +253,26 @@ fn chat_header_template(
         } else {
             "application/json"
         },
-    )
-    .ok()?;
+    )?;
     req.insert_header(
         http::header::USER_AGENT,
         concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-    )
-    .ok()?;
-    Some(req)
+    )?;
+    Ok(req)
 }
 
 impl Upstream {
+    /// The start of a request to this upstream at `path` (see `request_header`); chat calls to
+    /// OpenAI-protocol upstreams clone `chat_header_templates` instead.
+    pub fn request_header(
+        &self,
+        path: &str,
+        stream: bool,
+    ) -> pingora_error::Result<pingora_http::RequestHeader> {
+        let auth = self.auth_header.as_ref().map(|v| (&self.auth_name, v));
+        request_header(path, &self.host_header, auth, stream)
+    }
+
     pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
         self.model_map
             .get(model)
@@ -976,8 +984,9 @@ fn build_upstream(
     let chat_header_templates = match protocol {
         Protocol::OpenAi => {
             let auth = auth_header.as_ref().map(|v| (&auth_name, v));
-            chat_header_template(&chat_path, &host_header, auth, false)
-                .zip(chat_header_template(&chat_path, &host_header, auth, true))
+            request_header(&chat_path, &host_header, auth, false)
+                .ok()
+                .zip(request_header(&chat_path, &host_header, auth, true).ok())
                 .map(|(json, stream)| Box::new([json, stream]))
         }
         Protocol::Anthropic | Protocol::Gemini => None,

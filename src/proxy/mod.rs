@@ -869,57 +869,39 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no attempt");
         };
         let up = &attempt.upstream;
-        if let (Endpoint::Chat, Some(templates)) = (ctx.endpoint, up.chat_header_templates.as_ref())
-        {
-            let mut req = templates[usize::from(ctx.stream)].clone();
-            req.insert_header(http::header::CONTENT_LENGTH, ctx.upstream_body.len())?;
-            req.insert_header(X_REQUEST_ID, &ctx.request_id)?;
-            *upstream_request = req;
-            return Ok(());
-        }
-        let gemini_path;
-        let count_path;
-        let path = match (ctx.endpoint, up.protocol) {
-            (Endpoint::Embeddings, _) => &up.embeddings_path,
-            (Endpoint::CountTokens, _) => {
-                count_path = format!("{}/count_tokens", up.chat_path);
-                &count_path
+        let mut req = match (ctx.endpoint, up.chat_header_templates.as_ref()) {
+            (Endpoint::Chat, Some(templates)) => templates[usize::from(ctx.stream)].clone(),
+            _ => {
+                let gemini_path;
+                let count_path;
+                let path = match (ctx.endpoint, up.protocol) {
+                    (Endpoint::Embeddings, _) => &up.embeddings_path,
+                    (Endpoint::CountTokens, _) => {
+                        count_path = format!("{}/count_tokens", up.chat_path);
+                        &count_path
+                    }
+                    (_, Dialect::Gemini) => {
+                        gemini_path =
+                            gemini::path(&up.base.path, &ctx.upstream_body_model, ctx.stream);
+                        &gemini_path
+                    }
+                    _ => &up.chat_path,
+                };
+                let mut req = up.request_header(path, ctx.stream)?;
+                if up.protocol == Dialect::Anthropic {
+                    let version = ctx
+                        .anthropic_version
+                        .as_deref()
+                        .unwrap_or(anthropic::DEFAULT_VERSION);
+                    req.insert_header("anthropic-version", version)?;
+                    if let Some(beta) = ctx.anthropic_beta.as_deref() {
+                        req.insert_header("anthropic-beta", beta)?;
+                    }
+                }
+                req
             }
-            (_, Dialect::Gemini) => {
-                gemini_path = gemini::path(&up.base.path, &ctx.upstream_body_model, ctx.stream);
-                &gemini_path
-            }
-            _ => &up.chat_path,
         };
-        let mut req = RequestHeader::build_no_case("POST", path.as_bytes(), Some(10))?;
-        req.insert_header(http::header::HOST, up.host_header.clone())?;
-        if let Some(auth) = up.auth_header.as_ref() {
-            req.insert_header(up.auth_name.clone(), auth.clone())?;
-        }
-        if up.protocol == Dialect::Anthropic {
-            let version = ctx
-                .anthropic_version
-                .as_deref()
-                .unwrap_or(anthropic::DEFAULT_VERSION);
-            req.insert_header("anthropic-version", version)?;
-            if let Some(beta) = ctx.anthropic_beta.as_deref() {
-                req.insert_header("anthropic-beta", beta)?;
-            }
-        }
-        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         req.insert_header(http::header::CONTENT_LENGTH, ctx.upstream_body.len())?;
-        req.insert_header(
-            http::header::ACCEPT,
-            if ctx.stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )?;
-        req.insert_header(
-            http::header::USER_AGENT,
-            concat!("tollgate/", env!("CARGO_PKG_VERSION")),
-        )?;
         req.insert_header(X_REQUEST_ID, &ctx.request_id)?;
         *upstream_request = req;
         Ok(())

@@ -429,3 +429,44 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// Fire `n` chat calls with `key` at once, spread over the nodes; returns (status, body) of each
+/// (body `null` when it is not JSON).
+pub async fn fire(
+    nodes: &[Gateway],
+    key: &str,
+    n: usize,
+    req: &serde_json::Value,
+) -> Vec<(u16, serde_json::Value)> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let gw = &nodes[i % nodes.len()];
+        let (c, url, key, req) = (
+            gw.client.clone(),
+            gw.url("/v1/chat/completions"),
+            key.to_string(),
+            req.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .json(&req)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>()
+                    .await
+                    .unwrap_or(serde_json::Value::Null),
+            )
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
