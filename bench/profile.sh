@@ -6,6 +6,7 @@
 #     flock /tmp/cargo.lock cargo build --release        # readable stacks
 #   BIN=/tmp/fp-target/release/tollgate bench/profile.sh [tollgate|pingora] [nonstream|stream]
 #
+# MODE=syscalls counts syscalls per request instead of recording a profile.
 # Knobs: SECS=10 (perf record time), FREQ=2000 (perf -F), CONNS=32, OUTDIR=bench/results/profile.
 # Writes OUTDIR/<target>-<workload>.perf.data and prints the self-time ("flat") and the
 # inclusive ("children") top of the profile by symbol. Needs perf (perf_event_paranoid <= 2
@@ -81,6 +82,19 @@ taskset -c 0 wrk -t1 -c"$CONNS" -d"$((SECS + 4))s" --timeout 5s -s "$BENCH_DIR/c
   "http://127.0.0.1:$PORT" >"$WORK/wrk.txt" 2>&1 &
 WRK=$!
 sleep 2
+if [[ ${MODE:-profile} == syscalls ]]; then
+  # Syscalls per request: every syscall tracepoint of the proxy (all its threads) counted over
+  # SECS seconds, divided by the requests wrk completed in that window (its rate x SECS).
+  perf stat -x, -e 'syscalls:sys_enter_*' -p "$PID" -o "$WORK/stat.csv" -- sleep "$SECS" 2>/dev/null
+  wait "$WRK"
+  grep -E 'Requests/sec|Non-2xx|Socket errors' "$WORK/wrk.txt" >&2 || true
+  RATE=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+  echo "== $TARGET $WORKLOAD: syscalls per request (at $RATE req/s)"
+  awk -F, -v n="$(python3 -c "print($RATE * $SECS)")" \
+    '$1 ~ /^[0-9]+$/ && $1 > 0 { sub("syscalls:sys_enter_", "", $3); printf "%8.3f %s\n", $1 / n, $3; t += $1 }
+     END { printf "%8.3f total\n", t / n }' "$WORK/stat.csv" | sort -rn
+  exit 0
+fi
 DATA=$OUTDIR/$TARGET-$WORKLOAD.perf.data
 perf record -q -F "$FREQ" -g -p "$PID" -o "$DATA" -- sleep "$SECS" 2>/dev/null
 wait "$WRK"

@@ -1364,6 +1364,37 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
         }
     }
 
+    /// Cost of reading a chat request and writing its upstream body, by request size (release
+    /// build): `cargo test --release --lib request_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn request_cost() {
+        let para = "The quarterly report shows revenue of 4.2 million, up 12% on last year; \
+                    costs rose by 3% and \"margins\" widened.\n";
+        for (label, turns) in [("bench-size", 0usize), ("100 KB", 10), ("1 MB", 100)] {
+            let mut messages = vec![serde_json::json!({"role": "system", "content": "You are a terse assistant."})];
+            for t in 0..turns {
+                let text = para.repeat(80);
+                let role = if t % 2 == 0 { "user" } else { "assistant" };
+                messages.push(serde_json::json!({"role": role, "content": text}));
+            }
+            messages.push(serde_json::json!({"role": "user", "content": "Say hello in five words."}));
+            let body = serde_json::to_vec(&serde_json::json!({
+                "model": "gpt-4o-mini", "stream": true, "max_tokens": 64, "messages": messages
+            }))
+            .unwrap();
+            let rounds = (20_000_000 / body.len()).clamp(20, 100_000);
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                let (mut obj, info) = parse_chat_request(&body).unwrap();
+                let out = rewrite_chat_request(&mut obj, "gpt-4o-mini-2024", info.stream);
+                std::hint::black_box(out);
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+            println!("{label} ({} bytes): {us:.1} us per request", body.len());
+        }
+    }
+
     fn full_stream() -> Vec<u8> {
         [STREAM, USAGE_CHUNK, DONE].concat()
     }
