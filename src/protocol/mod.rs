@@ -4,6 +4,7 @@
 //! and tiktoken-based fallback counting.
 
 pub mod anthropic;
+pub mod chatbody;
 pub mod chunkscan;
 pub mod gemini;
 pub mod openai;

@@ -18,7 +18,7 @@ use super::tokens::TokenCounter;
 // ---------------------------------------------------------------------------------------
 
 /// What the gateway needs to know about a chat request for routing, limits and billing.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatRequestInfo {
     pub model: String,
     pub stream: bool,
@@ -80,7 +80,7 @@ fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
-fn required_model(obj: &Map<String, Value>) -> Result<String, RequestError> {
+pub(super) fn required_model(obj: &Map<String, Value>) -> Result<String, RequestError> {
     match present(obj, "model") {
         None => Err(RequestError::MissingField("model")),
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -118,7 +118,7 @@ fn opt_uint(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, 
     }
 }
 
-fn is_image_part(part: &Value) -> bool {
+pub(super) fn is_image_part(part: &Value) -> bool {
     matches!(
         part.get("type").and_then(Value::as_str),
         Some("image_url" | "input_image" | "image")
@@ -156,25 +156,36 @@ pub fn parse_chat_request(
         }
     }
 
-    let stream = opt_bool(&obj, "stream")?.unwrap_or(false);
-    let client_wants_usage = match present(&obj, "stream_options") {
+    let info = chat_fields(&obj, model, has_images)?;
+    Ok((obj, info))
+}
+
+/// The checks and facts of a chat body beyond `model` and `messages` (shared by the tree
+/// reading and `scan_chat_request`).
+pub(super) fn chat_fields(
+    obj: &Map<String, Value>,
+    model: String,
+    has_images: bool,
+) -> Result<ChatRequestInfo, RequestError> {
+    let stream = opt_bool(obj, "stream")?.unwrap_or(false);
+    let client_wants_usage = match present(obj, "stream_options") {
         None => false,
         Some(Value::Object(so)) => matches!(so.get("include_usage"), Some(Value::Bool(true))),
         Some(_) => return Err(invalid("stream_options", "must be an object")),
     };
-    let max_completion = opt_uint(&obj, "max_completion_tokens")?;
-    let max_legacy = opt_uint(&obj, "max_tokens")?;
-    let n = match opt_uint(&obj, "n")? {
+    let max_completion = opt_uint(obj, "max_completion_tokens")?;
+    let max_legacy = opt_uint(obj, "max_tokens")?;
+    let n = match opt_uint(obj, "n")? {
         None => 1,
         Some(0) => return Err(invalid("n", "must be at least 1")),
         Some(n) => u32::try_from(n).map_err(|_| invalid("n", "is too large"))?,
     };
-    let tools_len = |key: &str| match present(&obj, key) {
+    let tools_len = |key: &str| match present(obj, key) {
         Some(Value::Array(a)) => a.len(),
         _ => 0,
     };
     let tool_count = tools_len("tools") + tools_len("functions");
-    let has_response_format_schema = present(&obj, "response_format")
+    let has_response_format_schema = present(obj, "response_format")
         .and_then(|rf| rf.get("type"))
         .and_then(Value::as_str)
         == Some("json_schema");
@@ -190,7 +201,7 @@ pub fn parse_chat_request(
         has_images,
         has_response_format_schema,
     };
-    Ok((obj, info))
+    Ok(info)
 }
 
 fn serialize(obj: &Map<String, Value>) -> Vec<u8> {
@@ -1372,13 +1383,16 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
         let para = "The quarterly report shows revenue of 4.2 million, up 12% on last year; \
                     costs rose by 3% and \"margins\" widened.\n";
         for (label, turns) in [("bench-size", 0usize), ("100 KB", 10), ("1 MB", 100)] {
-            let mut messages = vec![serde_json::json!({"role": "system", "content": "You are a terse assistant."})];
+            let mut messages = vec![
+                serde_json::json!({"role": "system", "content": "You are a terse assistant."}),
+            ];
             for t in 0..turns {
                 let text = para.repeat(80);
                 let role = if t % 2 == 0 { "user" } else { "assistant" };
                 messages.push(serde_json::json!({"role": role, "content": text}));
             }
-            messages.push(serde_json::json!({"role": "user", "content": "Say hello in five words."}));
+            messages
+                .push(serde_json::json!({"role": "user", "content": "Say hello in five words."}));
             let body = serde_json::to_vec(&serde_json::json!({
                 "model": "gpt-4o-mini", "stream": true, "max_tokens": 64, "messages": messages
             }))
@@ -1390,8 +1404,23 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
                 let out = rewrite_chat_request(&mut obj, "gpt-4o-mini-2024", info.stream);
                 std::hint::black_box(out);
             }
-            let us = start.elapsed().as_secs_f64() * 1e6 / rounds as f64;
-            println!("{label} ({} bytes): {us:.1} us per request", body.len());
+            let tree = start.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                let scan = super::super::chatbody::scan(&body).unwrap();
+                let out = super::super::chatbody::splice(
+                    &body,
+                    &scan,
+                    "gpt-4o-mini-2024",
+                    scan.info.stream,
+                );
+                std::hint::black_box(out);
+            }
+            let scanned = start.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+            println!(
+                "{label} ({} bytes): tree {tree:.1} us, scan + splice {scanned:.1} us per request",
+                body.len()
+            );
         }
     }
 

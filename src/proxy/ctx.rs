@@ -57,7 +57,12 @@ pub struct RequestCtx {
     pub stream: bool,
     pub client_wants_usage: bool,
     /// The parsed request, kept to re-serialise per upstream (model mapping) and for estimates.
+    /// `None` while an OpenAI chat body is only scanned (`raw_chat`): the tree is read from the
+    /// bytes when something needs it (routing, translation, a token estimate).
     pub body: Option<serde_json::Map<String, serde_json::Value>>,
+    /// An OpenAI chat body read without its tree: the caller's bytes and where the upstream
+    /// edits go (`protocol::chatbody`). Dropped once the tree is read (the tree may change).
+    pub raw_chat: Option<(Bytes, Box<crate::protocol::chatbody::ChatScan>)>,
     /// The bytes sent upstream, and the upstream model name they carry.
     pub upstream_body: Bytes,
     pub upstream_body_model: String,
@@ -124,6 +129,7 @@ impl RequestCtx {
             stream: false,
             client_wants_usage: false,
             body: None,
+            raw_chat: None,
             upstream_body: Bytes::new(),
             upstream_body_model: String::new(),
             body_forwarded: false,

@@ -30,7 +30,7 @@ use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::protocol::openai::{self, ChatStreamMeter};
 use crate::protocol::translate::{self, Names, StreamTranslator};
-use crate::protocol::{anthropic, gemini, Dialect};
+use crate::protocol::{anthropic, chatbody, gemini, Dialect};
 use crate::routing::balancer::{self, NoPick};
 use crate::routing::upstream::Admission;
 use crate::tenancy::unix_now;
@@ -225,7 +225,12 @@ impl Gateway {
                 if info.has_images {
                     prompt_bound += IMAGE_TOKEN_BOUND;
                 }
-                (obj, info.model, ModelKind::Chat, Some(info.max_tokens))
+                (
+                    Some(obj),
+                    info.model,
+                    ModelKind::Chat,
+                    Some(info.max_tokens),
+                )
             }
             Endpoint::CountTokens => {
                 let obj = match serde_json::from_slice::<serde_json::Value>(&raw) {
@@ -241,10 +246,21 @@ impl Gateway {
                         param: Some("model".into()),
                     })?
                     .to_string();
-                (obj, model, ModelKind::Chat, Some(0))
+                (Some(obj), model, ModelKind::Chat, Some(0))
             }
             Endpoint::Chat => {
-                let (obj, info) = openai::parse_chat_request(&raw)?;
+                // The common body is scanned, not built into a tree (`protocol::chatbody`).
+                let (obj, info) = match chatbody::scan(&raw) {
+                    Some(mut scan) => {
+                        let info = std::mem::take(&mut scan.info);
+                        ctx.raw_chat = Some((raw.clone(), Box::new(scan)));
+                        (None, info)
+                    }
+                    None => {
+                        let (obj, info) = openai::parse_chat_request(&raw)?;
+                        (Some(obj), info)
+                    }
+                };
                 ctx.stream = info.stream;
                 ctx.client_wants_usage = info.client_wants_usage;
                 if info.has_images {
@@ -257,7 +273,7 @@ impl Gateway {
             }
             Endpoint::Embeddings => {
                 let (obj, model) = openai::parse_embeddings_request(&raw)?;
-                (obj, model, ModelKind::Embedding, Some(0))
+                (Some(obj), model, ModelKind::Embedding, Some(0))
             }
             Endpoint::Models | Endpoint::Unknown => {
                 return Err(GatewayError::Internal("unroutable endpoint".into()))
@@ -278,7 +294,7 @@ impl Gateway {
                     &cfg,
                     &key,
                     hint.as_deref(),
-                    &mut obj,
+                    tree(&mut obj, ctx)?,
                     mode,
                     &channel,
                 )?;
@@ -338,11 +354,11 @@ impl Gateway {
                 ctx.tried = others;
                 ctx.token_count = Some("vendor");
                 ctx.model = Some(model);
-                ctx.body = Some(obj);
+                ctx.body = obj;
                 return Ok(Admitted::Proxy);
             }
             // Else counted here with the gateway's tokenizer (o200k): an estimate, said so.
-            let n = estimate_input_tokens(obj).await?;
+            let n = estimate_input_tokens(std::mem::take(tree(&mut obj, ctx)?)).await?;
             ctx.status = 200;
             ctx.token_count = Some("estimate");
             write_json(session, ctx, 200, count_body(n), None, false).await;
@@ -369,13 +385,14 @@ impl Gateway {
                     to.display()
                 )));
             }
+            let obj = &*tree(&mut obj, ctx)?;
             let translated = match (ctx.inbound, to) {
-                (Dialect::OpenAi, Dialect::Anthropic) => anthropic::from_openai(&obj, default_max)?,
-                (Dialect::OpenAi, Dialect::Gemini) => gemini::from_openai(&obj)?,
+                (Dialect::OpenAi, Dialect::Anthropic) => anthropic::from_openai(obj, default_max)?,
+                (Dialect::OpenAi, Dialect::Gemini) => gemini::from_openai(obj)?,
                 (Dialect::Anthropic, Dialect::OpenAi) => {
-                    anthropic::to_openai(&obj, Dialect::OpenAi)?
+                    anthropic::to_openai(obj, Dialect::OpenAi)?
                 }
-                (Dialect::Anthropic, Dialect::Gemini) => gemini::from_anthropic(&obj)?,
+                (Dialect::Anthropic, Dialect::Gemini) => gemini::from_anthropic(obj)?,
                 _ => {
                     return Err(GatewayError::Internal(
                         "no translation for this pair".into(),
@@ -386,7 +403,7 @@ impl Gateway {
         }
         if !cfg.billing.enabled {
             ctx.model = Some(model);
-            ctx.body = Some(obj);
+            ctx.body = obj;
             return Ok(Admitted::Proxy);
         }
         // Hold the worst case before anything is sent: prompt bound at the input price plus
@@ -440,7 +457,7 @@ impl Gateway {
         })?;
         ctx.reservation = Some(reservation);
         ctx.model = Some(model);
-        ctx.body = Some(obj);
+        ctx.body = obj;
         Ok(Admitted::Proxy)
     }
 
@@ -565,6 +582,21 @@ impl Gateway {
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         peer
     }
+}
+
+/// The request's tree, read from the scanned bytes on first need; the scan is dropped then,
+/// since whoever asked for the tree may change it.
+fn tree<'a>(
+    obj: &'a mut Option<serde_json::Map<String, serde_json::Value>>,
+    ctx: &mut RequestCtx,
+) -> std::result::Result<&'a mut serde_json::Map<String, serde_json::Value>, GatewayError> {
+    if obj.is_none() {
+        if let Some((raw, _)) = ctx.raw_chat.take() {
+            *obj = Some(openai::parse_chat_request(&raw)?.0);
+        }
+    }
+    obj.as_mut()
+        .ok_or_else(|| GatewayError::Internal("The request body was not kept.".into()))
 }
 
 /// The caller's key: `Authorization: Bearer <key>`, else `x-api-key` (Anthropic clients).
@@ -814,10 +846,21 @@ impl ProxyHttp for Gateway {
         let upstream_model = upstream.upstream_model(&model.name).to_string();
         let to = upstream.protocol;
         ctx.upstream_dialect = to;
-        if ctx.upstream_body.is_empty()
+        let fresh = ctx.upstream_body.is_empty()
             || ctx.upstream_body_model != upstream_model
-            || ctx.upstream_body_dialect != Some(to)
-        {
+            || ctx.upstream_body_dialect != Some(to);
+        let scanned = match &ctx.raw_chat {
+            Some((raw, scan)) if to == Dialect::OpenAi && ctx.inbound == Dialect::OpenAi => {
+                Some((raw, scan))
+            }
+            _ => None,
+        };
+        if let (true, Some((raw, scan))) = (fresh, scanned) {
+            ctx.upstream_body =
+                Bytes::from(chatbody::splice(raw, scan, &upstream_model, ctx.stream));
+            ctx.upstream_body_model = upstream_model;
+            ctx.upstream_body_dialect = Some(to);
+        } else if fresh {
             let translated = ctx
                 .translations
                 .iter_mut()

@@ -8,7 +8,7 @@ use crate::billing::usage::UsageEvent;
 use crate::metrics::METRICS;
 use crate::protocol::openai::Usage;
 use crate::protocol::tokens::TokenCounter;
-use crate::protocol::{anthropic, translate, Dialect};
+use crate::protocol::{anthropic, openai, translate, Dialect};
 use pingora_error::Error;
 
 /// What the response tells about usage: the vendor's report, or text still to be counted.
@@ -30,24 +30,31 @@ async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
         Measured::Known(u, source) => (u, source),
         Measured::Count { text, prompt } => {
             let body = ctx.body.clone();
+            let scanned = ctx.raw_chat.as_ref().map(|(raw, _)| raw.clone());
             let endpoint = ctx.endpoint;
             let inbound = ctx.inbound;
-            let counted = tokio::task::spawn_blocking(move || Usage {
-                prompt_tokens: match (prompt, endpoint, body.as_ref()) {
-                    (Some(p), _, _) => p,
-                    (None, Endpoint::Chat, Some(b)) if inbound == Dialect::Anthropic => {
-                        anthropic::to_openai(b, Dialect::Gemini)
-                            .map(|o| TokenCounter::estimate_chat_prompt(&o))
-                            .unwrap_or(0)
-                    }
-                    (None, Endpoint::Chat, Some(b)) => TokenCounter::estimate_chat_prompt(b),
-                    (None, Endpoint::Embeddings, Some(b)) => {
-                        TokenCounter::estimate_embedding_input(b)
-                    }
-                    _ => 0,
-                },
-                completion_tokens: TokenCounter::count(&text),
-                ..Usage::default()
+            let counted = tokio::task::spawn_blocking(move || {
+                // A scanned body's tree is read here, off the request path, only when needed.
+                let body = body.or_else(|| {
+                    scanned.and_then(|raw| openai::parse_chat_request(&raw).ok().map(|(o, _)| o))
+                });
+                Usage {
+                    prompt_tokens: match (prompt, endpoint, body.as_ref()) {
+                        (Some(p), _, _) => p,
+                        (None, Endpoint::Chat, Some(b)) if inbound == Dialect::Anthropic => {
+                            anthropic::to_openai(b, Dialect::Gemini)
+                                .map(|o| TokenCounter::estimate_chat_prompt(&o))
+                                .unwrap_or(0)
+                        }
+                        (None, Endpoint::Chat, Some(b)) => TokenCounter::estimate_chat_prompt(b),
+                        (None, Endpoint::Embeddings, Some(b)) => {
+                            TokenCounter::estimate_embedding_input(b)
+                        }
+                        _ => 0,
+                    },
+                    completion_tokens: TokenCounter::count(&text),
+                    ..Usage::default()
+                }
             })
             .await;
             match counted {
