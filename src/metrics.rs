@@ -200,6 +200,50 @@ fn build() -> Result<Metrics, prometheus::Error> {
 }
 
 #[allow(clippy::expect_used)]
+/// A channel's metric children, resolved once per configuration: the per-request metrics then
+/// cost an increment, not a label lookup (hashing the label values, a lock, a map probe) each.
+#[derive(Debug, Clone)]
+pub struct ChannelMetrics {
+    pub duration: Histogram,
+    pub ttft: Histogram,
+    /// By model name, for the models the channel's upstreams serve.
+    pub models: std::collections::HashMap<String, ModelMetrics>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    /// `tollgate_requests_total{status="200"}`.
+    pub ok: IntCounter,
+    /// Tokens by kind, in `TOKEN_KINDS` order.
+    pub tokens: [IntCounter; 5],
+}
+
+/// The `kind` label values of `tollgate_tokens_total`.
+pub const TOKEN_KINDS: [&str; 5] = ["prompt", "cached", "completion", "reasoning", "cache_write"];
+
+impl ChannelMetrics {
+    pub fn new<'a>(channel: &str, models: impl IntoIterator<Item = &'a str>) -> ChannelMetrics {
+        let m = &*METRICS;
+        ChannelMetrics {
+            duration: m.duration.with_label_values(&[channel]),
+            ttft: m.ttft.with_label_values(&[channel]),
+            models: models
+                .into_iter()
+                .map(|model| {
+                    let labels = |kind| [channel, model, kind];
+                    (
+                        model.to_string(),
+                        ModelMetrics {
+                            ok: m.requests.with_label_values(&[channel, model, "200"]),
+                            tokens: TOKEN_KINDS.map(|k| m.tokens.with_label_values(&labels(k))),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 pub static METRICS: LazyLock<Metrics> =
     LazyLock::new(|| build().expect("metric definitions are static and valid"));
 
@@ -211,4 +255,41 @@ pub fn render() -> Vec<u8> {
         tracing::error!(error = %e, "metrics encoding failed");
     }
     buf
+}
+
+#[cfg(test)]
+mod resolved_tests {
+    use super::*;
+
+    #[test]
+    fn pre_resolved_children_are_the_labelled_series() {
+        let cm = ChannelMetrics::new("resolved-test", ["m1", "m2"]);
+        let m = &*METRICS;
+        let before = m
+            .requests
+            .with_label_values(&["resolved-test", "m2", "200"])
+            .get();
+        cm.models["m2"].ok.inc();
+        cm.models["m2"].tokens[2].inc_by(7);
+        cm.duration.observe(0.5);
+        assert_eq!(
+            m.requests
+                .with_label_values(&["resolved-test", "m2", "200"])
+                .get(),
+            before + 1
+        );
+        assert_eq!(
+            m.tokens
+                .with_label_values(&["resolved-test", "m2", "completion"])
+                .get(),
+            7
+        );
+        assert_eq!(
+            m.duration
+                .with_label_values(&["resolved-test"])
+                .get_sample_count(),
+            1
+        );
+        assert!(!cm.models.contains_key("m3"));
+    }
 }

@@ -229,6 +229,8 @@ pub struct Upstream {
     /// (`Content-Length`, `x-request-id`), for a JSON answer and for a stream; cloned per
     /// request instead of built (building validates and hashes every header again).
     pub chat_header_templates: Option<Box<[pingora_http::RequestHeader; 2]>>,
+    /// `tollgate_upstream_attempts_total{outcome="ok"}` of this upstream, resolved once.
+    pub attempts_ok: prometheus::IntCounter,
 }
 
 /// The header every upstream request starts from: method, path, Host, credential, content
@@ -292,6 +294,8 @@ pub struct Channel {
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// The per-request metrics of this channel, resolved once.
+    pub metrics: crate::metrics::ChannelMetrics,
 }
 
 impl Channel {
@@ -490,6 +494,12 @@ impl Config {
                 timeouts,
                 retry,
                 breaker,
+                metrics: crate::metrics::ChannelMetrics::new(
+                    &name,
+                    ups.iter()
+                        .flat_map(|u| u.models.iter().map(String::as_str))
+                        .collect::<HashSet<_>>(),
+                ),
                 upstreams: ups,
             });
             channel_index.insert(name, channel.clone());
@@ -992,6 +1002,9 @@ fn build_upstream(
         Protocol::Anthropic | Protocol::Gemini => None,
     };
     Ok(Upstream {
+        attempts_ok: crate::metrics::METRICS
+            .attempts
+            .with_label_values(&[&id, "ok"]),
         chat_header_templates,
         host_header,
         auth_name,

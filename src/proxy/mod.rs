@@ -1390,10 +1390,14 @@ impl ProxyHttp for Gateway {
                 } else {
                     "ok"
                 };
-                METRICS
-                    .attempts
-                    .with_label_values(&[&a.upstream.id, outcome])
-                    .inc();
+                if outcome == "ok" {
+                    a.upstream.attempts_ok.inc();
+                } else {
+                    METRICS
+                        .attempts
+                        .with_label_values(&[&a.upstream.id, outcome])
+                        .inc();
+                }
             }
         }
         if let Some(reason) = ctx.stream_error {

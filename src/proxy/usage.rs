@@ -165,37 +165,58 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     ctx.cost_nano = settled.map_or(0, |s| s.charged);
     let ttft = ctx.first_token_at.map(|t| t.duration_since(ctx.started));
 
-    let status_label: std::borrow::Cow<'static, str> = match status {
-        0 => "client_closed".into(),
-        200 => "200".into(),
-        s => s.to_string().into(),
-    };
-    METRICS
-        .requests
-        .with_label_values(&[channel, model, &status_label])
-        .inc();
-    METRICS
-        .duration
-        .with_label_values(&[channel])
-        .observe(latency.as_secs_f64());
-    if let Some(t) = ttft {
-        METRICS
-            .ttft
-            .with_label_values(&[channel])
-            .observe(t.as_secs_f64());
-    }
-    for (kind, n) in [
-        ("prompt", usage.prompt_tokens),
-        ("cached", usage.cached_tokens),
-        ("completion", usage.completion_tokens),
-        ("reasoning", usage.reasoning_tokens),
-        ("cache_write", usage.cache_write_tokens),
-    ] {
-        if n > 0 {
+    // The channel's pre-resolved children where there are some (a configured channel and a
+    // model it serves), the labelled lookup otherwise.
+    let resolved = channel_cfg
+        .as_deref()
+        .map(|c| (&c.metrics, c.metrics.models.get(model)));
+    match (status, resolved) {
+        (200, Some((_, Some(mm)))) => mm.ok.inc(),
+        _ => {
+            let status_label: std::borrow::Cow<'static, str> = match status {
+                0 => "client_closed".into(),
+                200 => "200".into(),
+                s => s.to_string().into(),
+            };
             METRICS
+                .requests
+                .with_label_values(&[channel, model, &status_label])
+                .inc();
+        }
+    }
+    match resolved {
+        Some((cm, _)) => cm.duration.observe(latency.as_secs_f64()),
+        None => METRICS
+            .duration
+            .with_label_values(&[channel])
+            .observe(latency.as_secs_f64()),
+    }
+    if let Some(t) = ttft {
+        match resolved {
+            Some((cm, _)) => cm.ttft.observe(t.as_secs_f64()),
+            None => METRICS
+                .ttft
+                .with_label_values(&[channel])
+                .observe(t.as_secs_f64()),
+        }
+    }
+    let counts = [
+        usage.prompt_tokens,
+        usage.cached_tokens,
+        usage.completion_tokens,
+        usage.reasoning_tokens,
+        usage.cache_write_tokens,
+    ];
+    for (i, n) in counts.into_iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        match resolved {
+            Some((_, Some(mm))) => mm.tokens[i].inc_by(n),
+            _ => METRICS
                 .tokens
-                .with_label_values(&[channel, model, kind])
-                .inc_by(n);
+                .with_label_values(&[channel, model, crate::metrics::TOKEN_KINDS[i]])
+                .inc_by(n),
         }
     }
 
