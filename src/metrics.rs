@@ -199,7 +199,6 @@ fn build() -> Result<Metrics, prometheus::Error> {
     })
 }
 
-#[allow(clippy::expect_used)]
 /// A channel's metric children, resolved once per configuration: the per-request metrics then
 /// cost an increment, not a label lookup (hashing the label values, a lock, a map probe) each.
 #[derive(Debug, Clone)]
@@ -244,6 +243,7 @@ impl ChannelMetrics {
     }
 }
 
+#[allow(clippy::expect_used)]
 pub static METRICS: LazyLock<Metrics> =
     LazyLock::new(|| build().expect("metric definitions are static and valid"));
 
