@@ -12,19 +12,29 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const HIGH_WATER: usize = 1 << 20;
 
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The buffer written out last time, emptied, kept for the next swap: the live buffer keeps its
+/// capacity instead of growing again from nothing (copying itself) after every flush.
+static SPARE: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// Process id the flusher thread runs in (a daemonising fork leaves the thread behind).
 static FLUSHER_PID: AtomicU32 = AtomicU32::new(0);
 
 /// Write everything buffered to stderr now.
 pub fn flush() {
-    let data = {
+    // One flusher at a time owns the spare; the live buffer is locked only for the swap.
+    let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+    {
         let mut b = BUFFER.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut *b)
-    };
-    if !data.is_empty() {
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(&data);
-        let _ = err.flush();
+        if b.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut *b, &mut *spare);
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(&spare);
+    let _ = err.flush();
+    spare.clear();
+    if spare.capacity() > 2 * HIGH_WATER {
+        *spare = Vec::new();
     }
 }
 
