@@ -841,7 +841,28 @@ async fn expect_100_continue_is_answered_before_the_body() {
         assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&rest));
         rest.extend_from_slice(&chunk[..n]);
     }
-    assert!(String::from_utf8_lossy(&rest).contains("200 OK"));
+    let text = String::from_utf8_lossy(&rest).to_lowercase();
+    assert!(text.contains("200 ok"), "{text}");
+    // The interim response does not cost the client its connection: keep-alive is announced
+    // and a second request goes through on the same socket.
+    assert!(text.contains("connection: keep-alive"), "{text}");
+    let again = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        gw.key,
+        body.len()
+    );
+    s.write_all(again.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let mut second = Vec::new();
+    while !String::from_utf8_lossy(&second).contains("\"usage\"") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&second));
+        second.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&second).starts_with("HTTP/1.1 200 OK"));
 }
 
 #[tokio::test]

@@ -36,6 +36,9 @@ pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, 
         .get_header(http::header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    // Pingora turns keep-alive off when any response header, even the interim 100, goes out
+    // before the request body is read; it is restored once the whole body has been read.
+    let keepalive = session.as_mut().get_keepalive();
     if expects_continue {
         // Without this, clients such as curl wait a second before sending a large body.
         session
@@ -78,6 +81,9 @@ pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, 
             "Request bodies over {} KiB must be sent with a Content-Length header.",
             RETRY_BUFFER / 1024
         )));
+    }
+    if expects_continue && keepalive.is_some() {
+        session.as_mut().set_keepalive(keepalive);
     }
     Ok(buf.freeze())
 }
