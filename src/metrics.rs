@@ -30,6 +30,7 @@ pub struct Metrics {
     pub recorder_queued: IntGaugeVec,
     pub recorder_commit_failures: IntCounter,
     pub uncollected: IntCounter,
+    pub hold_exact_counts: IntCounterVec,
     /// Complexity-router decisions by tier and reason (`model: "auto"`).
     pub router_decisions: IntCounterVec,
     /// Router failures (the request went to the fallback tier).
@@ -157,8 +158,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_recorder_commit_failures_total",
         "Recorder commits that failed and are being retried (the store is not accepting writes)",
     )?;
+    let hold_exact_counts = IntCounterVec::new(
+        Opts::new(
+            "tollgate_hold_exact_counts_total",
+            "Credit holds whose byte bound did not fit the remaining credit and were counted with the model's tokenizer, by outcome (held or refused)",
+        ),
+        &["outcome"],
+    )?;
     registry.register(Box::new(ledger_entries_written.clone()))?;
     registry.register(Box::new(uncollected.clone()))?;
+    registry.register(Box::new(hold_exact_counts.clone()))?;
     registry.register(Box::new(recorder_queued.clone()))?;
     registry.register(Box::new(recorder_commit_failures.clone()))?;
     let router_decisions = IntCounterVec::new(
@@ -192,6 +201,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         gateway_overhead,
         ledger_entries_written,
         uncollected,
+        hold_exact_counts,
         recorder_queued,
         recorder_commit_failures,
         router_decisions,

@@ -90,6 +90,103 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
     }
 }
 
+/// Pingora's signals (SIGQUIT: upgrade, SIGTERM: graceful stop, SIGINT: fast stop), with the
+/// ledger hand-over on SIGQUIT in embedded mode, before the listeners go to the new process
+/// (`billing::handover`).
+struct Signals {
+    app: Arc<App>,
+    upgrade_sock: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora_core::server::ShutdownSignal {
+        use pingora_core::server::ShutdownSignal;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot watch signals; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: graceful upgrade; handing over to the new process");
+                if let Some(sock) = self.upgrade_sock.clone() {
+                    let app = self.app.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::billing::handover::give(&app, &sock)
+                    })
+                    .await;
+                }
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: graceful stop");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: fast stop");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// Ends the process as soon as a graceful stop (SIGTERM) or the old side of an upgrade
+/// (SIGQUIT) has nothing left to do. Pingora itself would sleep its whole grace period
+/// (`graceful_shutdown_seconds`) even with nothing in flight; that stays the upper bound.
+/// Order: the listener is closed (Pingora), connections accepted just before it get `settle` to
+/// bring their request, in-flight requests finish, the recorder stores every record (the
+/// charge log is synced), cluster mode gives its allowance back, the log is written out.
+struct Exit {
+    app: Arc<App>,
+    settle: Duration,
+    cluster_stopped: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Exit {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use crate::metrics::METRICS;
+        use std::sync::atomic::Ordering;
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let begun = std::time::Instant::now();
+        tracing::info!(
+            in_flight = METRICS.inflight.get(),
+            "shutdown: listener closed; draining requests in flight"
+        );
+        tokio::time::sleep(self.settle).await;
+        let poll = Duration::from_millis(10);
+        while METRICS.inflight.get() > 0 {
+            tokio::time::sleep(poll).await;
+        }
+        while !self.app.ledger.all_stored(self.app.usage.queued()) {
+            tokio::time::sleep(poll).await;
+        }
+        if let Some(log) = self.app.ledger.charge_log() {
+            log.sync();
+        }
+        if let Some(done) = &self.cluster_stopped {
+            while !done.load(Ordering::Acquire) {
+                tokio::time::sleep(poll).await;
+            }
+        }
+        tracing::info!(
+            after_ms = begun.elapsed().as_millis() as u64,
+            "shutdown complete: every request answered, every charge stored"
+        );
+        crate::logbuf::flush();
+        std::process::exit(0);
+    }
+}
+
 /// Cluster mode: connects to Redis (retrying until it answers), gives back the leases a
 /// previous run of this node left (not after a graceful upgrade: the old process is still
 /// draining and returns its own), attaches the fleet to the ledger, then runs the credit
@@ -98,6 +195,12 @@ struct ClusterService {
     app: Arc<App>,
     settings: crate::config::ClusterSettings,
     reclaim: bool,
+    /// Segments of a previous run of this host, replayed into SQL at start-up: their charges
+    /// not in Redis yet are flushed before the leases are reclaimed.
+    orphans: Mutex<Option<crate::billing::chargelog::Orphans>>,
+    charge_log: Arc<crate::billing::chargelog::ChargeLog>,
+    /// Set once the allowance is flushed and given back after shutdown.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -127,6 +230,30 @@ impl BackgroundService for ClusterService {
                 }
             }
         };
+        let orphans = self.orphans.lock().ok().and_then(|mut o| o.take());
+        if let Some(orphans) = orphans {
+            // A crashed run's charges that did not reach Redis: spent from its lease, so they
+            // must be charged before that lease is given back (never return spent credit).
+            for (id, charges) in orphans.unflushed() {
+                loop {
+                    match bank.flush(&id, &charges).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_unavailable() || e.is_ambiguous() => {
+                            tracing::warn!(error = %e, batch = %id, "cluster mode: replaying a crashed run's charges; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, batch = %id, "cluster mode: a crashed run's charges could not be applied in redis");
+                            break;
+                        }
+                    }
+                }
+                tracing::info!(batch = %id, buckets = charges.len(), "cluster mode: charges of a crashed run flushed to redis");
+            }
+            if let Err(e) = orphans.remove() {
+                tracing::warn!(error = %e, "charge log: cannot delete replayed segments");
+            }
+        }
         if self.reclaim {
             while let Err(e) = bank.reclaim_own_leases().await {
                 tracing::error!(error = %e, "cluster mode: cannot reclaim this node's leases; retrying");
@@ -136,6 +263,7 @@ impl BackgroundService for ClusterService {
         let mut cfg = AllowanceConfig::new(s.lease_chunk);
         cfg.idle_return_after = s.idle_return;
         let allowances = Allowances::with_config(bank, cfg);
+        allowances.set_charge_log(self.charge_log.clone());
         let fleet = crate::billing::fleet::Fleet::new(allowances, self.app.store.clone());
         if let Err(e) = fleet.replay_credits().await {
             tracing::warn!(error = %e, "cluster mode: first credit replay failed; retrying in the background");
@@ -151,6 +279,8 @@ impl BackgroundService for ClusterService {
         fleet
             .run(s.flush, Duration::from_millis(250), shutdown)
             .await;
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -185,6 +315,53 @@ async fn sync_rate_limits(
     }
 }
 
+/// Replays the charge log segments no live process holds (a previous run that crashed: the
+/// charges it served and had not committed yet) into the store, each charge once by its
+/// request id, then opens this process's own log (`billing::chargelog`). In cluster mode the
+/// old segments are returned, still locked: their charges may be missing in Redis too, which
+/// the cluster service settles before it reclaims the old run's leases.
+fn open_charge_log(
+    store: &Store,
+    store_path: &std::path::Path,
+    cluster_node: Option<&str>,
+) -> Result<
+    (
+        Arc<crate::billing::chargelog::ChargeLog>,
+        Option<crate::billing::chargelog::Orphans>,
+    ),
+    StartError,
+> {
+    use crate::billing::chargelog::{self, ChargeLog};
+    // Cluster nodes on one host share the store file: each replays only its own segments
+    // (their unflushed charges were spent from its own Redis lease).
+    let dir = match cluster_node {
+        Some(node) => ChargeLog::dir_for(store_path).join(node),
+        None => ChargeLog::dir_for(store_path),
+    };
+    let cluster = cluster_node.is_some();
+    let io = |e: std::io::Error| StartError::Other(format!("charge log {}: {e}", dir.display()));
+    let orphans = chargelog::orphaned(&dir).map_err(io)?;
+    let mut kept = None;
+    if !orphans.files.is_empty() {
+        let events = orphans.events();
+        let new = store.record(&events)?;
+        store.checkpoint()?;
+        tracing::info!(
+            segments = orphans.files.len(),
+            charges = events.len(),
+            recovered = new,
+            "charge log: replayed the segments of a previous run (charges it had not committed)"
+        );
+        if cluster {
+            kept = Some(orphans);
+        } else {
+            orphans.remove().map_err(io)?;
+        }
+    }
+    let log = ChargeLog::open(&dir, cluster).map(Arc::new).map_err(io)?;
+    Ok((log, kept))
+}
+
 /// Open the store, build the services and run until a shutdown signal. Never returns early
 /// on success (Pingora exits the process).
 pub fn run(launch: Launch) -> Result<(), StartError> {
@@ -206,7 +383,12 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
 
     let store = Store::open(std::path::Path::new(&config.sqlite_path))?;
     let (sink, usage_rx): (UsageSink, _) = usage::queue();
-    let (ledger, journal) = Ledger::recover(&store)?;
+    let (charge_log, orphans) = open_charge_log(
+        &store,
+        std::path::Path::new(&config.sqlite_path),
+        config.cluster.as_ref().map(|c| c.node_id.as_str()),
+    )?;
+    let (ledger, journal) = Ledger::recover_with_log(&store, Some(charge_log.clone()))?;
     let journal_flush = config.billing.journal_flush;
     let cluster = config.cluster.clone();
     if cluster.is_some() {
@@ -245,8 +427,29 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Embedded mode, new side of an upgrade: take the old process's books before anything runs.
+    let embedded = cluster.is_none();
+    let handover = match (upgrade && embedded).then(|| {
+        crate::billing::handover::Taker::bind(&server_settings.upgrade_sock)
+    }) {
+        Some(Ok(taker)) => Some(taker.serve(app.clone())),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "upgrade: cannot listen for the ledger hand-over; starting from the store");
+            None
+        }
+        None => None,
+    };
     server.bootstrap();
+    if let Some(installed) = handover {
+        // The old process sends its books before it sends the listeners: they are here now,
+        // unless it is a version without the hand-over.
+        match installed.recv_timeout(Duration::from_secs(2)) {
+            Ok(()) => tracing::info!("upgrade: books taken over from the old process"),
+            Err(_) => tracing::warn!("upgrade: the old process handed over no books; balances are as the store had them"),
+        }
+    }
 
+    let settle = (server_settings.graceful_shutdown / 2).min(Duration::from_secs(1));
     let mut gateway = Service::new(
         "tollgate gateway".to_string(),
         Draining {
@@ -254,7 +457,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
                 &server.configuration,
                 Gateway::new(app.clone()),
             )),
-            settle: (server_settings.graceful_shutdown / 2).min(Duration::from_secs(1)),
+            settle,
         },
     );
     gateway.add_tcp(&server_settings.listen);
@@ -288,18 +491,37 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     server.add_service(watcher);
     server.add_service(keys);
     server.add_service(journal);
-    if let Some(settings) = cluster {
+    let cluster_stopped = cluster
+        .as_ref()
+        .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    if let (Some(settings), Some(stopped)) = (cluster, cluster_stopped.clone()) {
         server.add_service(background_service(
             "cluster",
             ClusterService {
                 app: app.clone(),
                 settings,
                 reclaim: !upgrade,
+                stopped,
+                orphans: Mutex::new(orphans),
+                charge_log: charge_log.clone(),
             },
         ));
     }
+    server.add_service(background_service(
+        "exit",
+        Exit {
+            app: app.clone(),
+            settle,
+            cluster_stopped,
+        },
+    ));
     tracing::info!(listen = %server_settings.listen, admin = %admin_listen, "tollgate starting");
-    server.run(pingora_core::server::RunArgs::default());
+    server.run(pingora_core::server::RunArgs {
+        shutdown_signal: Box::new(Signals {
+            app: app.clone(),
+            upgrade_sock: embedded.then(|| server_settings.upgrade_sock.clone()),
+        }),
+    });
     // Pingora returns once every service has stopped: write out what the log buffer holds.
     crate::logbuf::flush();
     std::process::exit(0);

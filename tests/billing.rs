@@ -138,6 +138,99 @@ async fn every_call_is_charged_its_exact_price_and_the_books_balance() {
     );
 }
 
+/// Prompts that tokenise far denser than two bytes a token ("x9!" repeated: one token a byte;
+/// CJK extension characters; Tibetan) on both callers' paths. Each is sent by ten concurrent
+/// calls of a tenant whose credit covers about three of them: a call is either covered by its
+/// hold or refused with 402 before the vendor sees it, the tenant is never served beyond its
+/// credit, every served call is charged its exact price and nothing is `uncollected`.
+#[tokio::test]
+async fn dense_prompts_are_covered_by_their_hold_or_refused() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let texts = [
+        "x9!".repeat(1500),
+        "\u{20000}".repeat(1000),
+        // Tibetan subjoined letters, which no vocabulary merges: a token a byte or so.
+        (0..1500u32)
+            .map(|i| char::from_u32(0x0f90 + (i * 7) % 45).unwrap())
+            .collect::<String>(),
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        for anthropic in [false, true] {
+            let body = json!({"model": "gpt-4o", "max_tokens": 16, "messages": [{"role": "user", "content": text}]});
+            let path = if anthropic { "/v1/messages" } else { "/v1/chat/completions" };
+            // The real cost of one call, from a call on the rich tenant.
+            let r = gw
+                .client
+                .post(gw.url(path))
+                .bearer_auth(&gw.key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            let (prompt, completion) = if anthropic {
+                (v["usage"]["input_tokens"].as_u64().unwrap(), v["usage"]["output_tokens"].as_u64().unwrap())
+            } else {
+                (v["usage"]["prompt_tokens"].as_u64().unwrap(), v["usage"]["completion_tokens"].as_u64().unwrap())
+            };
+            let old_bound = serde_json::to_vec(&body).unwrap().len() as u64 / 2 + 64;
+            assert!(prompt > old_bound, "text {i}: {prompt} tokens vs the old bound {old_bound}");
+            let one = cost_nano("gpt-4o", prompt, 0, 16);
+            // Three calls' worst case and a bit: three at most may be served.
+            let tenant = format!("dense{i}{anthropic}");
+            gw.admin_post("/admin/tenants", json!({"name": tenant})).await;
+            let credit = one * 3 + one / 2;
+            gw.admin_post(
+                &format!("/admin/tenants/{tenant}/topups"),
+                json!({"amount_rmb": rust_decimal::Decimal::new(credit, 9).to_string()}),
+            )
+            .await;
+            let key = gw
+                .create_key(json!({"tenant": tenant, "name": "k", "default_channel": "main"}))
+                .await;
+            let before = m.stats().chat_requests;
+            let mut tasks = Vec::new();
+            for _ in 0..10 {
+                let req = gw.client.post(gw.url(path)).bearer_auth(&key).json(&body);
+                tasks.push(tokio::spawn(async move {
+                    let r = req.send().await.unwrap();
+                    let status = r.status().as_u16();
+                    (status, r.json::<serde_json::Value>().await.unwrap())
+                }));
+            }
+            let mut served = 0;
+            for t in tasks {
+                let (status, v) = t.await.unwrap();
+                match status {
+                    200 => served += 1,
+                    402 => {
+                        let code = if anthropic { &v["error"]["type"] } else { &v["error"]["code"] };
+                        assert!(code == "insufficient_quota" || code == "billing_error", "{v}");
+                    }
+                    s => panic!("text {i}: unexpected {s}: {v}"),
+                }
+            }
+            assert!((1..=3).contains(&served), "text {i}: {served} served");
+            assert_eq!(m.stats().chat_requests - before, served as u64, "refused calls never reach the vendor");
+            wait_for_charges(&gw, &tenant, served).await;
+            let b = gw.balance(&tenant).await;
+            check_invariant(&b);
+            assert_eq!(b["reserved"], 0);
+            assert_eq!(
+                b["charged"].as_i64().unwrap(),
+                served as i64 * cost_nano("gpt-4o", prompt, 0, completion),
+                "text {i}: every served call charged its exact price"
+            );
+            assert!(b["charged"].as_i64().unwrap() <= credit);
+        }
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(metric_value(&metrics, "tollgate_uncollected_nanocredits_total"), 0.0);
+    assert!(metric_value(&metrics, "tollgate_hold_exact_counts_total{outcome=\"held\"}") > 0.0);
+}
+
 #[tokio::test]
 async fn fifty_concurrent_calls_against_a_balance_that_covers_one() {
     let m = mock().await;

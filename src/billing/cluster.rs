@@ -1007,6 +1007,8 @@ struct Local {
     held: i64,
     /// Charged by settlements, not yet in a flush batch.
     queued: i64,
+    /// The charge-log tickets of the charges in `queued` (`billing::chargelog`).
+    tickets: Vec<u64>,
     last_used: Instant,
     dry_until: Option<Instant>,
 }
@@ -1029,6 +1031,8 @@ pub struct LocalAllowance {
 struct Batch {
     id: String,
     charges: Vec<(i64, i64)>,
+    /// (bucket, charge-log ticket) of the charges it carries.
+    tickets: Vec<(i64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -1085,6 +1089,9 @@ pub struct Allowances {
     closed: AtomicBool,
     uncollected: AtomicI64,
     lost: AtomicI64,
+    /// Where each batch is announced before it is sent and confirmed after, so that a crash
+    /// loses no charge and applies none twice (`billing::chargelog`).
+    charge_log: std::sync::OnceLock<Arc<crate::billing::chargelog::ChargeLog>>,
 }
 
 impl std::fmt::Debug for Allowances {
@@ -1120,7 +1127,13 @@ impl Allowances {
             closed: AtomicBool::new(false),
             uncollected: AtomicI64::new(0),
             lost: AtomicI64::new(0),
+            charge_log: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Announce and confirm flush batches in this charge log (once, at start).
+    pub fn set_charge_log(&self, log: Arc<crate::billing::chargelog::ChargeLog>) {
+        let _ = self.charge_log.set(log);
     }
 
     pub fn bank(&self) -> &Arc<Bank> {
@@ -1175,6 +1188,7 @@ impl Allowances {
                         free: 0,
                         held: 0,
                         queued: 0,
+                        tickets: Vec::new(),
                         last_used: Instant::now(),
                         dry_until: None,
                     }),
@@ -1315,28 +1329,14 @@ impl Allowances {
     /// Settle a call: release its hold and charge `actual`, capped at what the hold plus the
     /// free allowance cover. Returns the amount charged; it is flushed to Redis later.
     pub fn settle(&self, tenant: i64, held: i64, actual: i64) -> i64 {
-        let slot = self.slot(tenant);
-        let mut l = lock(&slot.local);
-        let release = held.clamp(0, l.held.max(0));
-        l.held -= release;
-        l.free += release;
-        let actual = actual.max(0);
-        let charged = actual.min(l.free.max(0));
-        l.free -= charged;
-        l.queued += charged;
-        l.last_used = Instant::now();
-        drop(l);
-        if actual > charged {
-            self.uncollected
-                .fetch_add(actual - charged, Ordering::Relaxed);
-        }
-        charged
+        self.settle_many(&[(tenant, held)], actual, None)
     }
 
     /// Settle one call that holds allowance in several buckets (a tenant's balance and the
     /// quotas it is spent under): release every hold, then charge the same amount to each,
     /// capped by the bucket that can pay least. Returns the amount charged.
-    pub fn settle_many(&self, holds: &[(i64, i64)], actual: i64) -> i64 {
+    /// `ticket`: where the charge is in the charge log, flushed with it.
+    pub fn settle_many(&self, holds: &[(i64, i64)], actual: i64, ticket: Option<u64>) -> i64 {
         let mut slots: Vec<(i64, i64, Arc<Slot>)> =
             holds.iter().map(|&(t, h)| (t, h, self.slot(t))).collect();
         // A fixed lock order (other paths lock one slot at a time).
@@ -1357,6 +1357,9 @@ impl Allowances {
             g.free -= charged;
             g.queued += charged;
             g.last_used = now;
+            if let (Some(t), true) = (ticket, charged > 0) {
+                g.tickets.push(t);
+            }
         }
         drop(guards);
         if actual > charged {
@@ -1366,20 +1369,29 @@ impl Allowances {
         charged
     }
 
-    fn take_queued(&self) -> (Vec<(i64, i64)>, bool) {
+    fn take_queued(&self) -> (Vec<(i64, i64)>, Vec<(i64, u64)>, bool) {
         let map = lock(&self.tenants);
         let mut charges = Vec::new();
+        let mut tickets = Vec::new();
         for (t, s) in map.iter() {
             let mut l = lock(&s.local);
             if l.queued > 0 {
                 if charges.len() >= self.cfg.max_batch.max(1) {
-                    return (charges, true);
+                    return (charges, tickets, true);
                 }
                 charges.push((*t, l.queued));
+                tickets.extend(l.tickets.drain(..).map(|k| (*t, k)));
                 l.queued = 0;
             }
         }
-        (charges, false)
+        (charges, tickets, false)
+    }
+
+    /// Announce a batch in the charge log before it is sent.
+    fn announce(&self, b: &Batch) {
+        if let Some(log) = self.charge_log.get() {
+            log.intent(&b.id, &b.charges, &b.tickets);
+        }
     }
 
     /// Flush queued charges in one round trip (plus one when a failed batch is retried first).
@@ -1397,13 +1409,16 @@ impl Allowances {
                 let mut slot = lock(&self.batch);
                 let mut more = false;
                 if slot.is_none() {
-                    let (charges, m) = self.take_queued();
+                    let (charges, tickets, m) = self.take_queued();
                     more = m;
                     if !charges.is_empty() {
-                        *slot = Some(Batch {
+                        let b = Batch {
                             id: self.next_id('f'),
                             charges,
-                        });
+                            tickets,
+                        };
+                        self.announce(&b);
+                        *slot = Some(b);
                     }
                 }
                 match slot.clone() {
@@ -1416,6 +1431,9 @@ impl Allowances {
                 Ok(()) => {
                     self.mark_up();
                     *lock(&self.batch) = None;
+                    if let Some(log) = self.charge_log.get() {
+                        log.flushed(&batch.id, &batch.tickets);
+                    }
                     if !more {
                         return Ok(());
                     }
@@ -1441,19 +1459,32 @@ impl Allowances {
                         }
                     }
                     charges.retain(|c| c.1 > 0);
+                    // The old id will never be applied: not to be sent again after a crash.
+                    if let Some(log) = self.charge_log.get() {
+                        log.flushed(&batch.id, &[]);
+                    }
                     let next = (!charges.is_empty()).then(|| Batch {
                         id: self.next_id('f'),
                         charges,
+                        tickets: batch.tickets.clone(),
                     });
+                    if let Some(b) = next.as_ref() {
+                        self.announce(b);
+                    }
                     *lock(&self.batch) = next;
                 }
                 Err(BankError::IdConflict { id }) => {
                     tracing::error!(%id, "credit bank: flush id already used; reissuing the batch");
-                    let charges = batch.charges;
-                    *lock(&self.batch) = Some(Batch {
+                    if let Some(log) = self.charge_log.get() {
+                        log.flushed(&batch.id, &[]);
+                    }
+                    let b = Batch {
                         id: self.next_id('f'),
-                        charges,
-                    });
+                        charges: batch.charges,
+                        tickets: batch.tickets,
+                    };
+                    self.announce(&b);
+                    *lock(&self.batch) = Some(b);
                 }
                 Err(e) => {
                     if e.is_unavailable() {

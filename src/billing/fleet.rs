@@ -202,7 +202,7 @@ impl Fleet {
             match self.allowances.reserve(b, amount).await {
                 Ok(()) => held.push((b, amount)),
                 Err(e) => {
-                    self.allowances.settle_many(&held, 0);
+                    self.allowances.settle_many(&held, 0, None);
                     return Err(match (e, account) {
                         (BankError::Insufficient { available }, None) => Refusal::Balance {
                             available: available.max(0),
@@ -222,9 +222,9 @@ impl Fleet {
     }
 
     /// Settle a call held in `buckets`; returns the amount charged.
-    pub fn settle(&self, buckets: &[i64], held: i64, actual: i64) -> i64 {
+    pub fn settle(&self, buckets: &[i64], held: i64, actual: i64, ticket: Option<u64>) -> i64 {
         let holds: Vec<(i64, i64)> = buckets.iter().map(|b| (*b, held)).collect();
-        self.allowances.settle_many(&holds, actual)
+        self.allowances.settle_many(&holds, actual, ticket)
     }
 
     /// Replay credit entries past the fleet's cursor into the bank (each once, by entry id)

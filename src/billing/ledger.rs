@@ -22,6 +22,8 @@
 //! redemptions and adjustments, and `charged` sums settled charges.
 
 use crate::billing::fleet::Fleet;
+use crate::billing::chargelog::ChargeLog;
+use crate::billing::handover::{Remote, Reply, Request};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::store::{Store, StoreError};
 use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
@@ -88,7 +90,7 @@ pub struct LedgerEntry {
 }
 
 /// A spending limit inside a tenant: a key's quota, a user's quota or a group's budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub enum Account {
     Key(KeyId),
     User(UserId),
@@ -103,9 +105,22 @@ impl Account {
             Account::Group(_) => "department/project budget",
         }
     }
+
+    /// The static name of [`Account::what`] for a name read back (the upgrade hand-over).
+    pub(crate) fn describe(what: &str) -> &'static str {
+        [
+            Account::Key(KeyId(0)),
+            Account::User(UserId(0)),
+            Account::Group(GroupId(0)),
+        ]
+        .into_iter()
+        .map(Account::what)
+        .find(|w| *w == what)
+        .unwrap_or("quota")
+    }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, Serialize, serde::Deserialize)]
 struct Spend {
     /// Charged in the current quota period (the whole lifetime without a period).
     spent: i64,
@@ -137,18 +152,41 @@ pub(crate) fn accounts_of(key: &ApiKey) -> Vec<(Account, Option<i64>)> {
     v
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 struct Book {
     /// Credited minus charged: what the tenant owns, reservations not yet deducted.
     balance: i64,
     reserved: i64,
     charged: i64,
     credited: i64,
+    #[serde(with = "account_map")]
     accounts: HashMap<Account, Spend>,
 }
 
+/// Books as handed over during an upgrade (`handover`).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct BooksState(Vec<(TenantId, Book)>);
+
+/// JSON object keys must be strings: the accounts map goes as a list of pairs.
+mod account_map {
+    use super::{Account, Spend};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::HashMap;
+
+    pub fn serialize<S: Serializer>(m: &HashMap<Account, Spend>, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<(&Account, &Spend)> = m.iter().collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashMap<Account, Spend>, D::Error> {
+        Ok(Vec::<(Account, Spend)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// A tenant's balance as reported by the admin API, in nano-credits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BalanceView {
     pub available: i64,
     pub reserved: i64,
@@ -166,7 +204,24 @@ pub struct Reservation {
     buckets: Vec<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Reservation {
+    /// Cluster mode: the Redis buckets the hold was taken from (empty in embedded mode).
+    pub fn buckets(&self) -> &[i64] {
+        &self.buckets
+    }
+
+    /// A hold of the embedded books, as the old process of an upgrade describes it.
+    pub(crate) fn from_parts(tenant: TenantId, amount: i64, accounts: Vec<Account>) -> Self {
+        Reservation {
+            tenant,
+            amount,
+            accounts,
+            buckets: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Refusal {
     /// The tenant's balance cannot cover the worst case.
     Balance { available: i64, needed: i64 },
@@ -180,7 +235,7 @@ pub enum Refusal {
     Unavailable,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 pub struct Settlement {
     pub charged: i64,
     pub uncollected: i64,
@@ -195,6 +250,16 @@ pub struct Ledger {
     fleet: OnceLock<Arc<Fleet>>,
     /// Cluster mode is configured: until the fleet is attached, calls are refused.
     cluster_pending: std::sync::atomic::AtomicBool,
+    /// Where charges are appended before a response completes (`chargelog`).
+    charge_log: Option<Arc<ChargeLog>>,
+    /// Records handed to the journal queue, and records the recorder stored (both queues).
+    journaled: std::sync::atomic::AtomicU64,
+    stored: Arc<std::sync::atomic::AtomicU64>,
+    /// Upgrade hand-over (`handover`), old side: once set, the books live in the new process
+    /// and every operation is forwarded there. The gate orders the switch against operations
+    /// in progress (read: one book operation; write: the switch).
+    remote: OnceLock<Arc<Remote>>,
+    gate: std::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -213,13 +278,28 @@ fn now_ms() -> i64 {
 impl Ledger {
     /// Rebuild the books from the journal. Returns the ledger and the journal writer to run.
     pub fn recover(store: &Store) -> Result<(Arc<Ledger>, JournalWriter), StoreError> {
+        Ledger::recover_with_log(store, None)
+    }
+
+    /// As [`Ledger::recover`], with a charge log: the caller has replayed the orphaned
+    /// segments into `store` already (`chargelog::orphaned`).
+    pub fn recover_with_log(
+        store: &Store,
+        charge_log: Option<Arc<ChargeLog>>,
+    ) -> Result<(Arc<Ledger>, JournalWriter), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let ledger = Ledger {
             books: DashMap::new(),
             journal: tx,
             fleet: OnceLock::new(),
             cluster_pending: std::sync::atomic::AtomicBool::new(false),
+            charge_log: charge_log.clone(),
+            journaled: Default::default(),
+            stored: Default::default(),
+            remote: OnceLock::new(),
+            gate: Default::default(),
         };
+        let stored = ledger.stored.clone();
         for t in store.ledger_totals()? {
             let book = ledger.book(t.tenant_id);
             let mut b = book.lock().map_err(|_| StoreError::Poisoned)?;
@@ -237,8 +317,58 @@ impl Ledger {
             JournalWriter {
                 store: store.clone(),
                 rx,
+                charge_log,
+                stored,
             },
         ))
+    }
+
+    /// Whether the recorder has stored every record handed to it: the charged ones and
+    /// `usage_queued` others (`UsageSink::queued`). For a shutdown that waits for it.
+    pub fn all_stored(&self, usage_queued: u64) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        self.stored.load(Acquire) >= self.journaled.load(Acquire) + usage_queued
+    }
+
+    pub fn charge_log(&self) -> Option<&Arc<ChargeLog>> {
+        self.charge_log.as_ref()
+    }
+
+    /// Upgrade, old side: with every book operation stopped, hand the books to `send`; when
+    /// it answers `Done`, forward every later operation to `remote`.
+    pub(crate) fn freeze<T>(
+        &self,
+        remote: Arc<Remote>,
+        send: impl FnOnce(BooksState) -> Result<Reply, T>,
+    ) -> Result<Reply, T> {
+        let _stop = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let books = self
+            .books
+            .iter()
+            .map(|e| {
+                let b = e.value().lock().unwrap_or_else(|p| p.into_inner()).clone();
+                (*e.key(), b)
+            })
+            .collect();
+        let r = send(BooksState(books));
+        if matches!(r, Ok(Reply::Done)) {
+            let _ = self.remote.set(remote);
+        }
+        r
+    }
+
+    /// Upgrade, new side: the old process's books replace the ones recovered from the store
+    /// (they hold its calls in flight and its charges not yet committed).
+    pub(crate) fn install(&self, state: BooksState) {
+        self.books.clear();
+        for (t, b) in state.0 {
+            self.books.insert(t, Arc::new(Mutex::new(b)));
+        }
+    }
+
+    /// The forwarding connection while this process drains after an upgrade hand-over.
+    fn forwarded(&self) -> Option<&Arc<Remote>> {
+        self.remote.get()
     }
 
     /// Switch to cluster mode (once, at start, before any call).
@@ -296,6 +426,22 @@ impl Ledger {
     /// Hold `amount` for a call of `key`: from the tenant's balance and the key's quota.
     pub fn reserve(&self, key: &ApiKey, amount: i64) -> Result<Reservation, Refusal> {
         let amount = amount.max(0);
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.forwarded() {
+            return match remote.call(&Request::Reserve { key: key.id, amount }) {
+                Ok(Reply::Reserved(Ok(amount))) => Ok(Reservation {
+                    tenant: key.tenant_id,
+                    amount,
+                    accounts: accounts_of(key).into_iter().map(|(a, _)| a).collect(),
+                    buckets: Vec::new(),
+                }),
+                Ok(Reply::Reserved(Err(r))) => Err(r.into()),
+                other => {
+                    tracing::warn!(result = ?other, "upgrade: the new process cannot hold credit for this call");
+                    Err(Refusal::Unavailable)
+                }
+            };
+        }
         let book = self.book(key.tenant_id);
         let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
         let available = b.balance - b.reserved;
@@ -341,10 +487,31 @@ impl Ledger {
     /// record is the durable charge.
     #[must_use = "a settled charge must be journaled with Ledger::journal_call"]
     pub fn settle(&self, r: Reservation, actual: i64, key: &ApiKey) -> Settlement {
+        self.settle_logged(r, actual, key, None)
+    }
+
+    /// As [`Ledger::settle`], for a charge already in the charge log under `ticket` (cluster
+    /// mode flushes the ticket with the charge).
+    #[must_use = "a settled charge must be journaled with Ledger::journal_call"]
+    pub fn settle_logged(
+        &self,
+        r: Reservation,
+        actual: i64,
+        key: &ApiKey,
+        ticket: Option<u64>,
+    ) -> Settlement {
         let actual = actual.max(0);
         let charged = match self.fleet.get() {
-            Some(fleet) if !r.buckets.is_empty() => fleet.settle(&r.buckets, r.amount, actual),
-            _ => self.settle_in_book(&r, actual, key),
+            Some(fleet) if !r.buckets.is_empty() => {
+                fleet.settle(&r.buckets, r.amount, actual, ticket)
+            }
+            _ => {
+                let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+                match self.forwarded() {
+                    Some(remote) => return forward_settle(remote, r, actual, key),
+                    None => self.settle_in_book(&r, actual, key),
+                }
+            }
         };
         Settlement {
             charged,
@@ -355,7 +522,10 @@ impl Ledger {
     /// Hand a charged call's usage record (`cost_nano` = charged, `uncollected`) to the recorder.
     /// Never dropped: the queue is unbounded and a failed commit is retried.
     pub fn journal_call(&self, e: UsageEvent) {
-        if self.journal.send(e).is_err() {
+        if self.journal.send(e).is_ok() {
+            self.journaled
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        } else {
             // Only when the recorder has stopped (shutdown): nothing can be written any more.
             tracing::error!("recorder stopped; a charge could not be journaled");
         }
@@ -382,7 +552,10 @@ impl Ledger {
                 cap = cap.min((limit - s.spent - s.reserved).max(0));
             }
         }
-        let charged = actual.min(cap);
+        // The call's own hold is always payable (it was taken from every account when the
+        // call was admitted, even if a quota was lowered since); only a cost above the hold is
+        // capped by what is free.
+        let charged = actual.min(cap.max(r.amount));
         b.balance -= charged;
         b.charged += charged;
         for a in &r.accounts {
@@ -394,6 +567,11 @@ impl Ledger {
     /// Replace a tenant's per-account spend with what the journal says for the current quota
     /// period (after the tenant's quota period changed).
     pub fn restore_spend(&self, tenant: TenantId, spend: &[(Account, i64)]) {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.forwarded() {
+            let _ = remote.call(&Request::RestoreSpend(tenant, spend.to_vec()));
+            return;
+        }
         let book = self.book(tenant);
         let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
         for s in b.accounts.values_mut() {
@@ -409,13 +587,31 @@ impl Ledger {
 
     /// Apply a credit (or negative adjustment) that is already committed to the journal.
     pub fn apply_committed(&self, e: &LedgerEntry) {
-        let book = self.book(e.tenant_id);
+        self.apply_credit(e.tenant_id, e.amount);
+    }
+
+    /// Apply a committed credit of `amount` (negative: a debit) to the tenant's books.
+    pub(crate) fn apply_credit(&self, tenant: TenantId, amount: i64) {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.forwarded() {
+            if let Err(e) = remote.call(&Request::Apply { tenant, amount }) {
+                tracing::error!(error = %e, tenant = tenant.0, amount, "upgrade: a committed credit could not reach the new process's books; it is in the store and counted on its next start");
+            }
+            return;
+        }
+        let book = self.book(tenant);
         let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
-        b.balance += e.amount;
-        b.credited += e.amount;
+        b.balance += amount;
+        b.credited += amount;
     }
 
     pub fn balance(&self, tenant: TenantId) -> BalanceView {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.forwarded() {
+            if let Ok(Reply::Balance(v)) = remote.call(&Request::Balance(tenant)) {
+                return v;
+            }
+        }
         let book = self.book(tenant);
         let b = book.lock().unwrap_or_else(|p| p.into_inner());
         BalanceView {
@@ -428,10 +624,38 @@ impl Ledger {
 
     /// A key's spend so far and what it holds now, in nano-credits.
     pub fn account_spend(&self, tenant: TenantId, account: Account) -> (i64, i64) {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.forwarded() {
+            if let Ok(Reply::Spend(s, r)) = remote.call(&Request::AccountSpend(tenant, account)) {
+                return (s, r);
+            }
+        }
         let book = self.book(tenant);
         let b = book.lock().unwrap_or_else(|p| p.into_inner());
         let s = b.accounts.get(&account).copied().unwrap_or_default();
         (s.spent, s.reserved)
+    }
+}
+
+/// Settles a hold of the old process of an upgrade in the new process's books. If the new
+/// process cannot be reached the charge still goes to the store with the call's usage record
+/// (and is counted from there on the next start).
+fn forward_settle(remote: &Remote, r: Reservation, actual: i64, key: &ApiKey) -> Settlement {
+    match remote.call(&Request::Settle {
+        tenant: r.tenant,
+        amount: r.amount,
+        accounts: r.accounts,
+        actual,
+        key: key.id,
+    }) {
+        Ok(Reply::Settled(s)) => s,
+        other => {
+            tracing::error!(result = ?other, tenant = r.tenant.0, actual, "upgrade: a settlement could not reach the new process's books");
+            Settlement {
+                charged: actual,
+                uncollected: 0,
+            }
+        }
     }
 }
 
@@ -443,6 +667,8 @@ impl Ledger {
 pub struct JournalWriter {
     store: Store,
     rx: mpsc::UnboundedReceiver<UsageEvent>,
+    charge_log: Option<Arc<ChargeLog>>,
+    stored: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JournalWriter {
@@ -477,6 +703,12 @@ impl JournalWriter {
             }
             if !events.is_empty() {
                 self.commit(&mut events, charged, usage.as_ref()).await;
+            } else if let Some(log) = self.charge_log.clone() {
+                let store = self.store.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    log.upkeep(|| store.checkpoint().is_ok())
+                })
+                .await;
             }
             if closed {
                 return;
@@ -505,8 +737,13 @@ impl JournalWriter {
         let mut attempt = 0u32;
         loop {
             let store = self.store.clone();
+            let log = self.charge_log.clone();
             let res = tokio::task::spawn_blocking(move || {
                 let r = store.record(&u);
+                if let (Ok(_), Some(log)) = (&r, log) {
+                    log.committed(u.iter().filter_map(|e| e.charge_ticket));
+                    log.upkeep(|| store.checkpoint().is_ok());
+                }
                 (r, u)
             })
             .await;
@@ -518,6 +755,8 @@ impl JournalWriter {
                     crate::metrics::METRICS
                         .usage_events_written
                         .inc_by(n as u64);
+                    self.stored
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::AcqRel);
                     back.clear();
                     *events = back; // keep the allocation
                     return;

@@ -50,6 +50,9 @@ pub struct UsageEvent {
     pub route_score: Option<f32>,
     /// `model: "auto"` calls: what the same tokens would have cost on the strongest tier.
     pub baseline_cost_nano: Option<i64>,
+    /// Where the charge is in this process's charge log, released once the record is stored.
+    #[serde(skip)]
+    pub charge_ticket: Option<crate::billing::chargelog::Ticket>,
 }
 
 /// The producer side, cloned into the data plane.
@@ -57,6 +60,7 @@ pub struct UsageEvent {
 pub struct UsageSink {
     tx: mpsc::Sender<UsageEvent>,
     dropped: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
 }
 
 impl UsageSink {
@@ -65,7 +69,14 @@ impl UsageSink {
         if self.tx.try_send(e).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::METRICS.usage_events_dropped.inc();
+        } else {
+            self.queued.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Events queued so far (not counting dropped ones).
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     pub fn dropped(&self) -> u64 {
@@ -81,6 +92,7 @@ pub fn queue() -> (UsageSink, mpsc::Receiver<UsageEvent>) {
     let sink = UsageSink {
         tx,
         dropped: Arc::new(AtomicU64::new(0)),
+        queued: Arc::new(AtomicU64::new(0)),
     };
     (sink, rx)
 }

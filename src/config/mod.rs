@@ -61,6 +61,8 @@ pub struct BillingSettings {
     pub credits_per_rmb: Decimal,
     pub default_max_output_tokens: u64,
     pub journal_flush: Duration,
+    pub image_token_bound: u64,
+    pub attachment_token_bound: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,18 @@ pub struct Model {
     pub aliases: Vec<String>,
     pub max_output_tokens: Option<u64>,
     pub context_window: Option<u64>,
+    pub tokenizer: Tokenizer,
+    pub image_tokens: Option<u64>,
     pub price: Option<Price>,
+}
+
+/// A tokenizer the gateway can count a model's prompts with exactly (the credit hold's second
+/// step, docs/billing.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenizer {
+    O200k,
+    /// Unknown to the gateway: only the byte bound holds.
+    None,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -642,6 +655,8 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
         credits_per_rmb,
         default_max_output_tokens,
         journal_flush_ms,
+        image_token_bound,
+        attachment_token_bound,
     } = b;
     if credits_per_rmb <= Decimal::ZERO {
         return Err(invalid("billing.credits_per_rmb", "must be positive"));
@@ -658,11 +673,23 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
             "must be between 1 and 1000",
         ));
     }
+    if image_token_bound == 0 || attachment_token_bound == 0 {
+        return Err(invalid(
+            if image_token_bound == 0 {
+                "billing.image_token_bound"
+            } else {
+                "billing.attachment_token_bound"
+            },
+            "must be positive",
+        ));
+    }
     Ok(BillingSettings {
         enabled,
         credits_per_rmb,
         default_max_output_tokens,
         journal_flush: Duration::from_millis(journal_flush_ms),
+        image_token_bound,
+        attachment_token_bound,
     })
 }
 
@@ -800,8 +827,22 @@ fn build_model(m: ModelSection, at: &str) -> Result<Model, ConfigError> {
         kind,
         max_output_tokens,
         context_window,
+        tokenizer,
+        image_tokens,
         price,
     } = m;
+    let tokenizer = match tokenizer.as_deref() {
+        Some("o200k" | "o200k_base") => Tokenizer::O200k,
+        Some("none") => Tokenizer::None,
+        None if matches!(vendor.as_str(), "openai" | "mock") => Tokenizer::O200k,
+        None => Tokenizer::None,
+        Some(_) => {
+            return Err(invalid(
+                format!("{at}.tokenizer"),
+                "must be \"o200k\" or \"none\"",
+            ))
+        }
+    };
     if name.is_empty() || name.len() > 128 || name.contains(char::is_whitespace) {
         return Err(invalid(
             format!("{at}.name"),
@@ -866,6 +907,8 @@ fn build_model(m: ModelSection, at: &str) -> Result<Model, ConfigError> {
         aliases,
         max_output_tokens,
         context_window,
+        tokenizer,
+        image_tokens,
         price,
     })
 }

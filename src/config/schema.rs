@@ -192,6 +192,14 @@ pub struct BillingSection {
     /// How often settled charges are committed to the journal (group commit).
     #[serde(default = "d_journal_flush")]
     pub journal_flush_ms: u64,
+    /// Prompt tokens held per attached image when the model sets no `image_tokens`: the most
+    /// any documented vendor counts for one image (docs/billing.md, "Holds").
+    #[serde(default = "d_image_token_bound")]
+    pub image_token_bound: u64,
+    /// Prompt tokens held for a request carrying a file or document of unknown size (a PDF by
+    /// URL or file id) when the model sets no `context_window`.
+    #[serde(default = "d_attachment_token_bound")]
+    pub attachment_token_bound: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +254,8 @@ impl Default for BillingSection {
             credits_per_rmb: one(),
             default_max_output_tokens: d_default_max_output(),
             journal_flush_ms: d_journal_flush(),
+            image_token_bound: d_image_token_bound(),
+            attachment_token_bound: d_attachment_token_bound(),
         }
     }
 }
@@ -258,6 +268,12 @@ fn d_default_max_output() -> u64 {
 }
 fn d_journal_flush() -> u64 {
     25
+}
+fn d_image_token_bound() -> u64 {
+    8_192
+}
+fn d_attachment_token_bound() -> u64 {
+    2_097_152
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,8 +290,19 @@ pub struct ModelSection {
     /// Cap on output tokens when the request gives none (used to reserve credits).
     #[serde(default)]
     pub max_output_tokens: Option<u64>,
+    /// The prompt cannot exceed it (the vendor refuses longer ones): it caps the credit hold,
+    /// so it must not be set below the vendor's real window.
     #[serde(default)]
     pub context_window: Option<u64>,
+    /// The vendor's tokenizer when the gateway has it (`"o200k"`), else `"none"`. Default:
+    /// `o200k` for vendors `openai` and `mock`, `none` otherwise. With a tokenizer, a call whose
+    /// byte bound does not fit the remaining credit is counted exactly before it is refused.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// Most prompt tokens one image may cost on this model (default
+    /// `billing.image_token_bound`).
+    #[serde(default)]
+    pub image_tokens: Option<u64>,
     #[serde(default)]
     pub price: Option<PriceSection>,
 }

@@ -23,7 +23,8 @@ pub struct MessagesRequestInfo {
     pub model: String,
     pub stream: bool,
     pub max_tokens: u64,
-    pub has_images: bool,
+    /// Images and documents in the messages (tool results included).
+    pub media: super::Media,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> RequestError {
@@ -60,7 +61,7 @@ pub fn parse_messages_request(
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(_) => return Err(invalid("messages", "must be a non-empty array")),
     };
-    let mut has_images = false;
+    let mut media = super::Media::default();
     for (i, m) in messages.iter().enumerate() {
         let Some(m) = m.as_object() else {
             return Err(invalid("messages", format!("item {i} must be an object")));
@@ -77,9 +78,7 @@ pub fn parse_messages_request(
         match m.get("content") {
             Some(Value::String(_)) => {}
             Some(Value::Array(blocks)) => {
-                has_images |= blocks
-                    .iter()
-                    .any(|b| b.get("type").and_then(Value::as_str) == Some("image"));
+                blocks.iter().for_each(|b| media.add(b));
             }
             _ => {
                 return Err(invalid(
@@ -100,7 +99,7 @@ pub fn parse_messages_request(
             model,
             stream,
             max_tokens,
-            has_images,
+            media,
         },
     ))
 }

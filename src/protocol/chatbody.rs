@@ -171,7 +171,7 @@ pub fn scan(body: &[u8]) -> Option<ChatScan> {
     let model = openai::required_model(&small).ok()?;
     let model_span = span(text, top.get("model")?.get());
 
-    let mut has_images = false;
+    let mut media = super::Media::default();
     for m in &body.messages {
         if has_duplicates(&m.0) {
             return None;
@@ -192,7 +192,7 @@ pub fn scan(body: &[u8]) -> Option<ChatScan> {
                 }
                 "content" => {
                     if let Value::Array(parts) = value(v, 3)? {
-                        has_images |= parts.iter().any(openai::is_image_part);
+                        parts.iter().for_each(|p| media.add(p));
                     }
                 }
                 "role" => has_role = matches!(value(v, 3)?, Value::String(_)),
@@ -207,7 +207,7 @@ pub fn scan(body: &[u8]) -> Option<ChatScan> {
             return None;
         }
     }
-    let info = openai::chat_fields(&small, model, has_images).ok()?;
+    let info = openai::chat_fields(&small, model, media).ok()?;
 
     let usage = match top.get("stream_options") {
         None => {

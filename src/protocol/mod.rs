@@ -19,6 +19,40 @@ pub use openai::{
 pub use sse::{SseEvent, SseSplitter};
 pub use tokens::TokenCounter;
 
+/// What a prompt carries besides text that a vendor may count far beyond its bytes in the
+/// body: images (a URL of a few bytes may cost thousands of tokens) and files or documents
+/// (a PDF by URL or file id: any size). Counted while the request is read, for the credit hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Media {
+    pub images: u32,
+    pub files: u32,
+}
+
+impl Media {
+    /// Counts one content part or block (OpenAI parts, Anthropic blocks; an Anthropic
+    /// `tool_result` is looked into, as its content may hold images and documents).
+    pub fn add(&mut self, part: &serde_json::Value) {
+        match part.get("type").and_then(serde_json::Value::as_str) {
+            Some("image_url" | "input_image" | "image") => {
+                self.images = self.images.saturating_add(1);
+            }
+            Some("file" | "input_file" | "document") => {
+                self.files = self.files.saturating_add(1);
+            }
+            Some("tool_result") => {
+                if let Some(serde_json::Value::Array(inner)) = part.get("content") {
+                    inner.iter().for_each(|p| self.add(p));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn any_image(&self) -> bool {
+        self.images > 0
+    }
+}
+
 /// A wire format: what a caller speaks, or what an upstream speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Dialect {

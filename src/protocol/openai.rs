@@ -31,7 +31,8 @@ pub struct ChatRequestInfo {
     pub has_tools: bool,
     /// Entries in `tools` plus legacy `functions`.
     pub tool_count: usize,
-    pub has_images: bool,
+    /// Images and files in the messages' content parts.
+    pub media: super::Media,
     /// `response_format.type == "json_schema"`.
     pub has_response_format_schema: bool,
 }
@@ -118,13 +119,6 @@ fn opt_uint(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, 
     }
 }
 
-pub(super) fn is_image_part(part: &Value) -> bool {
-    matches!(
-        part.get("type").and_then(Value::as_str),
-        Some("image_url" | "input_image" | "image")
-    )
-}
-
 /// Parses and validates a chat-completions body: a JSON object with a non-empty string
 /// `model` and a non-empty `messages` array of objects each carrying a string `role`;
 /// `stream` must be a boolean, `max_tokens`/`max_completion_tokens` non-negative integers
@@ -140,7 +134,7 @@ pub fn parse_chat_request(
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(_) => return Err(invalid("messages", "must be a non-empty array")),
     };
-    let mut has_images = false;
+    let mut media = super::Media::default();
     for (i, m) in messages.iter().enumerate() {
         let Some(m) = m.as_object() else {
             return Err(invalid("messages", format!("item {i} must be an object")));
@@ -152,11 +146,11 @@ pub fn parse_chat_request(
             ));
         }
         if let Some(Value::Array(parts)) = m.get("content") {
-            has_images |= parts.iter().any(is_image_part);
+            parts.iter().for_each(|p| media.add(p));
         }
     }
 
-    let info = chat_fields(&obj, model, has_images)?;
+    let info = chat_fields(&obj, model, media)?;
     Ok((obj, info))
 }
 
@@ -165,7 +159,7 @@ pub fn parse_chat_request(
 pub(super) fn chat_fields(
     obj: &Map<String, Value>,
     model: String,
-    has_images: bool,
+    media: super::Media,
 ) -> Result<ChatRequestInfo, RequestError> {
     let stream = opt_bool(obj, "stream")?.unwrap_or(false);
     let client_wants_usage = match present(obj, "stream_options") {
@@ -198,7 +192,7 @@ pub(super) fn chat_fields(
         n,
         has_tools: tool_count > 0,
         tool_count,
-        has_images,
+        media,
         has_response_format_schema,
     };
     Ok(info)
@@ -1990,14 +1984,14 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
         });
         let (_, info) = parse_chat_request(body.to_string().as_bytes()).unwrap();
         assert_eq!(info.model, "gpt-4o");
-        assert!(info.stream && info.client_wants_usage && info.has_tools && info.has_images);
+        assert!(info.stream && info.client_wants_usage && info.has_tools && info.media.any_image());
         assert!(info.has_response_format_schema);
         assert_eq!((info.max_tokens, info.n, info.tool_count), (Some(50), 2, 2));
 
         let (_, info) =
             parse_chat_request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":null,"n":null,"max_tokens":7}"#)
                 .unwrap();
-        assert!(!info.stream && !info.client_wants_usage && !info.has_tools && !info.has_images);
+        assert!(!info.stream && !info.client_wants_usage && !info.has_tools && !info.media.any_image());
         assert_eq!((info.max_tokens, info.n), (Some(7), 1));
     }
 

@@ -45,30 +45,83 @@ impl TokenCounter {
     /// `detail: low`); audio and file parts count nothing. At most 4 MiB of text is
     /// tokenised, the rest counts as 4 bytes per token.
     pub fn estimate_chat_prompt(obj: &Map<String, Value>) -> u64 {
-        estimate_chat(obj, MAX_EXAMINED_BYTES)
+        estimate_chat(obj, &Rules::estimate(MAX_EXAMINED_BYTES))
+    }
+
+    /// An upper bound of what an o200k vendor counts for this chat request's prompt, for the
+    /// credit hold (docs/billing.md): the estimate's count with every image at `image_tokens`,
+    /// text beyond the tokenised 4 MiB at one token per byte, and a margin per tool definition
+    /// (the vendor renders them in its own syntax) and per message (pieces counted apart may
+    /// tokenise differently once joined).
+    pub fn bound_chat_prompt(obj: &Map<String, Value>, image_tokens: u64) -> u64 {
+        estimate_chat(obj, &Rules::bound(MAX_EXAMINED_BYTES, image_tokens))
+    }
+
+    /// An upper bound of an embeddings input's tokens (text beyond 4 MiB at one per byte).
+    pub fn bound_embedding_input(obj: &Map<String, Value>) -> u64 {
+        estimate_embedding(obj, &Rules::bound(MAX_EXAMINED_BYTES, 0))
     }
 
     /// Estimated tokens of an embeddings `input`: strings are tokenised (same 4 MiB cap),
     /// token id arrays count their length.
     pub fn estimate_embedding_input(obj: &Map<String, Value>) -> u64 {
-        estimate_embedding(obj, MAX_EXAMINED_BYTES)
+        estimate_embedding(obj, &Rules::estimate(MAX_EXAMINED_BYTES))
+    }
+}
+
+/// How a count is made: an estimate (what the vendor most likely counts) or a bound (never
+/// below it).
+struct Rules {
+    /// Text tokenised at most; the rest is counted per byte.
+    cap: usize,
+    /// Bytes per token of text beyond `cap`.
+    unexamined_bytes_per_token: u64,
+    image_high: u64,
+    image_low: u64,
+    /// Added per message and per tool definition.
+    margin: u64,
+}
+
+/// Tool-definition tokens the margin covers: OpenAI renders each function in a TypeScript-like
+/// namespace whose keywords may outnumber a small schema's JSON.
+const TOOL_MARGIN: u64 = 16;
+
+impl Rules {
+    fn estimate(cap: usize) -> Rules {
+        Rules {
+            cap,
+            unexamined_bytes_per_token: 4,
+            image_high: IMAGE_TOKENS,
+            image_low: IMAGE_TOKENS_LOW,
+            margin: 0,
+        }
+    }
+
+    fn bound(cap: usize, image_tokens: u64) -> Rules {
+        Rules {
+            cap,
+            unexamined_bytes_per_token: 1,
+            image_high: image_tokens,
+            image_low: image_tokens,
+            margin: 1,
+        }
     }
 }
 
 /// Sums token counts of text pieces while bounding how much text is tokenised.
-struct Tally {
+struct Tally<'r> {
     tokens: u64,
     examined: usize,
-    cap: usize,
+    rules: &'r Rules,
     unexamined_bytes: u64,
 }
 
-impl Tally {
-    fn new(cap: usize) -> Self {
+impl<'r> Tally<'r> {
+    fn new(rules: &'r Rules) -> Self {
         Tally {
             tokens: 0,
             examined: 0,
-            cap,
+            rules,
             unexamined_bytes: 0,
         }
     }
@@ -77,7 +130,7 @@ impl Tally {
         if s.is_empty() {
             return;
         }
-        let room = self.cap.saturating_sub(self.examined);
+        let room = self.rules.cap.saturating_sub(self.examined);
         let cut = floor_char_boundary(s, room);
         if let Some(head) = s.get(..cut).filter(|h| !h.is_empty()) {
             self.tokens = self.tokens.saturating_add(TokenCounter::count(head));
@@ -87,7 +140,7 @@ impl Tally {
     }
 
     fn json(&mut self, v: &Value) {
-        if self.examined >= self.cap {
+        if self.examined >= self.rules.cap {
             // Serialising only to measure the length would be wasted work at this point.
             self.unexamined_bytes = self.unexamined_bytes.saturating_add(json_len_hint(v));
             return;
@@ -103,7 +156,10 @@ impl Tally {
 
     fn total(&self) -> u64 {
         self.tokens
-            .saturating_add(self.unexamined_bytes.div_ceil(4))
+            .saturating_add(
+                self.unexamined_bytes
+                    .div_ceil(self.rules.unexamined_bytes_per_token),
+            )
     }
 }
 
@@ -134,9 +190,9 @@ fn content_tokens(t: &mut Tally, content: &Value) {
                             .or_else(|| p.get("detail"))
                             .and_then(Value::as_str);
                         t.add(if detail == Some("low") {
-                            IMAGE_TOKENS_LOW
+                            t.rules.image_low
                         } else {
-                            IMAGE_TOKENS
+                            t.rules.image_high
                         });
                     }
                     _ => {
@@ -162,12 +218,12 @@ fn call_tokens(t: &mut Tally, func: &Value) {
     t.add(TOKENS_PER_CALL);
 }
 
-fn estimate_chat(obj: &Map<String, Value>, cap: usize) -> u64 {
-    let mut t = Tally::new(cap);
+fn estimate_chat(obj: &Map<String, Value>, rules: &Rules) -> u64 {
+    let mut t = Tally::new(rules);
     if let Some(Value::Array(messages)) = obj.get("messages") {
         for m in messages {
             let Some(m) = m.as_object() else { continue };
-            t.add(TOKENS_PER_MESSAGE);
+            t.add(TOKENS_PER_MESSAGE + rules.margin);
             if let Some(role) = m.get("role").and_then(Value::as_str) {
                 t.text(role);
             }
@@ -195,6 +251,7 @@ fn estimate_chat(obj: &Map<String, Value>, cap: usize) -> u64 {
         if let Some(Value::Array(defs)) = obj.get(key) {
             for d in defs {
                 t.json(d);
+                t.add(rules.margin * TOOL_MARGIN);
             }
         }
     }
@@ -208,8 +265,8 @@ fn estimate_chat(obj: &Map<String, Value>, cap: usize) -> u64 {
     t.total()
 }
 
-fn estimate_embedding(obj: &Map<String, Value>, cap: usize) -> u64 {
-    let mut t = Tally::new(cap);
+fn estimate_embedding(obj: &Map<String, Value>, rules: &Rules) -> u64 {
+    let mut t = Tally::new(rules);
     match obj.get("input") {
         Some(Value::String(s)) => t.text(s),
         Some(Value::Array(items)) => {
@@ -373,8 +430,8 @@ mod tests {
     fn cap_scales_by_bytes_per_token() {
         let text = prose(200_000);
         let req = obj(json!({"messages": [{"role": "user", "content": text}]}));
-        let exact = estimate_chat(&req, usize::MAX);
-        let capped = estimate_chat(&req, 20_000);
+        let exact = estimate_chat(&req, &Rules::estimate(usize::MAX));
+        let capped = estimate_chat(&req, &Rules::estimate(20_000));
         assert!(
             capped < exact * 2 && capped * 2 > exact,
             "{capped} vs {exact}"
@@ -386,7 +443,7 @@ mod tests {
         // Multi-byte text cut at the cap never splits a char (would panic if it did).
         let cjk = "统一网关".repeat(1000);
         let req = obj(json!({"messages": [{"role": "user", "content": cjk}]}));
-        assert!(estimate_chat(&req, 1001) > 0);
+        assert!(estimate_chat(&req, &Rules::estimate(1001)) > 0);
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct RequestCtx {
     pub counted_inflight: bool,
     /// Credit held for this call until `logging` settles it.
     pub reservation: Option<crate::billing::ledger::Reservation>,
+    /// The usage a complete response reported, read when its end passed through (the charge
+    /// was logged then), so that `logging` settles exactly that.
+    pub final_usage: Option<Box<(crate::protocol::openai::Usage, &'static str)>>,
+    /// Where the charge went in the charge log (`billing::chargelog`).
+    pub charge_ticket: Option<crate::billing::chargelog::Ticket>,
     pub cost_nano: i64,
     /// What the complexity router decided, for `model: "auto"` requests.
     pub route: Option<Box<super::autoroute::RouteNote>>,
@@ -124,6 +129,8 @@ impl RequestCtx {
             model_requested: None,
             route: None,
             token_count: None,
+            final_usage: None,
+            charge_ticket: None,
             model: None,
             channel: None,
             stream: false,

@@ -20,11 +20,10 @@
 pub mod autoroute;
 pub mod body;
 pub mod ctx;
+mod hold;
 pub mod usage;
 
 use crate::app::App;
-use crate::billing::ledger::Refusal;
-use crate::billing::pricing;
 use crate::config::{Config, ModelKind};
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
@@ -52,8 +51,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Tokens added to the prompt bound when a request carries images (high-detail tiles).
-const IMAGE_TOKEN_BOUND: u64 = 4_000;
 
 /// Response header of `count_tokens`: `vendor` (Anthropic's own count) or `estimate`.
 pub const TOKEN_COUNT_HEADER: &str = "x-tollgate-token-count";
@@ -214,17 +211,17 @@ impl Gateway {
 
         let raw = body::read_bounded(session, cfg.server.max_body_bytes).await?;
 
-        // Upper bound of the prompt's tokens for the credit hold: a byte-level BPE token is at
-        // least one byte, and real text averages 3-4 bytes a token, so half the body's bytes is
-        // a generous bound that costs nothing to compute (no tokenizer on the request path).
-        let mut prompt_bound = raw.len() as u64 / 2 + 64;
+        // What the credit hold needs to know of the prompt (`billing::hold`).
+        let mut shape = crate::billing::hold::PromptShape {
+            bytes: raw.len() as u64,
+            ..Default::default()
+        };
         let (mut obj, mut model_name, wanted_kind, max_output) = match endpoint {
             Endpoint::Chat if ctx.inbound == Dialect::Anthropic => {
                 let (obj, info) = anthropic::parse_messages_request(&raw)?;
                 ctx.stream = info.stream;
-                if info.has_images {
-                    prompt_bound += IMAGE_TOKEN_BOUND;
-                }
+                shape.media = info.media;
+                shape.tools = obj.get("tools").is_some_and(|t| !t.is_null());
                 (
                     Some(obj),
                     info.model,
@@ -263,9 +260,8 @@ impl Gateway {
                 };
                 ctx.stream = info.stream;
                 ctx.client_wants_usage = info.client_wants_usage;
-                if info.has_images {
-                    prompt_bound += IMAGE_TOKEN_BOUND;
-                }
+                shape.media = info.media;
+                shape.tools = info.has_tools;
                 let out = info
                     .max_tokens
                     .map(|m| m.saturating_mul(u64::from(info.n.max(1))));
@@ -406,55 +402,33 @@ impl Gateway {
             ctx.body = obj;
             return Ok(Admitted::Proxy);
         }
-        // Hold the worst case before anything is sent: prompt bound at the input price plus
-        // every output token the call may produce at the output price, on whichever upstream
-        // serves it: a translation may raise the limit (a thinking budget Anthropic counts
-        // inside `max_tokens`, one Gemini may add to `maxOutputTokens`).
+        // Hold the worst case before anything is sent: the prompt's bound at its dearest price
+        // plus every output token the call may produce, on whichever upstream serves it: a
+        // translation may raise the limit (a thinking budget Anthropic counts inside
+        // `max_tokens`, one Gemini may add to `maxOutputTokens`) and is what the vendor counts.
         let max_output = ctx
             .translations
             .iter()
             .map(|(d, body)| crate::protocol::max_output_tokens(*d, body, default_max))
             .fold(max_output.unwrap_or(default_max), u64::max);
-        let worst = pricing::cost_nano(
-            &model,
-            &channel,
-            cfg.billing.credits_per_rmb,
-            &pricing::TokenCounts {
-                input: prompt_bound,
-                cached_input: 0,
-                cache_write: 0,
-                output: max_output,
+        for (_, body) in &ctx.translations {
+            shape.bytes = shape.bytes.max(json_len(body));
+        }
+        let inbound = ctx.inbound;
+        let raw_chat = ctx.raw_chat.as_ref().map(|(raw, _)| raw.clone());
+        let reservation = hold::hold(
+            &self.app,
+            &cfg,
+            hold::Call {
+                key: &key,
+                model: &model,
+                channel: &channel,
+                shape,
+                max_output,
             },
+            || countable(endpoint, inbound, obj.as_ref(), raw_chat.as_deref()),
         )
-        .map_err(|e| match e {
-            pricing::PricingError::Unpriced(_) => GatewayError::NotBillable(format!(
-                "The model `{}` has no price configured on this gateway and cannot be used.",
-                model.name
-            )),
-            pricing::PricingError::Overflow => {
-                GatewayError::bad_request("The requested output size is too large.")
-            }
-        })?;
-        let reservation = self
-            .app
-            .ledger
-            .reserve_call(&key, worst, self.app.keys.generation())
-            .await
-            .map_err(|r| match r {
-            Refusal::Balance { available, needed } => GatewayError::InsufficientCredit(format!(
-                "Insufficient credit: this call may cost up to {} credits and the balance has {} available. Top up or lower max_tokens.",
-                pricing::to_credits(needed),
-                pricing::to_credits(available)
-            )),
-            Refusal::Quota { account, remaining, needed } => GatewayError::QuotaExceeded(format!(
-                "The {account} is exhausted: this call may cost up to {} credits and {} remain.",
-                pricing::to_credits(needed),
-                pricing::to_credits(remaining)
-            )),
-            Refusal::Unavailable => GatewayError::CreditUnavailable(
-                "The credit service is temporarily unavailable; retry shortly.".into(),
-            ),
-        })?;
+        .await?;
         ctx.reservation = Some(reservation);
         ctx.model = Some(model);
         ctx.body = obj;
@@ -582,6 +556,47 @@ impl Gateway {
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         peer
     }
+}
+
+/// The prompt for the hold's exact count, in the shape the counter reads: the caller's tree
+/// (an Anthropic body in its OpenAI form), else the scanned bytes read anew (the scan is kept
+/// for the upstream body).
+fn countable(
+    endpoint: Endpoint,
+    inbound: Dialect,
+    obj: Option<&serde_json::Map<String, serde_json::Value>>,
+    raw: Option<&[u8]>,
+) -> std::result::Result<Option<hold::Countable>, GatewayError> {
+    let owned = match (obj, raw) {
+        (Some(o), _) => o.clone(),
+        (None, Some(raw)) => openai::parse_chat_request(raw)?.0,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(match (endpoint, inbound) {
+        (Endpoint::Embeddings, _) => hold::Countable::Embedding(owned),
+        (_, Dialect::Anthropic) => {
+            hold::Countable::Chat(anthropic::to_openai(&owned, Dialect::Gemini)?)
+        }
+        _ => hold::Countable::Chat(owned),
+    }))
+}
+
+/// Bytes of a body as serialised, without keeping the serialisation.
+fn json_len(body: &serde_json::Map<String, serde_json::Value>) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing to a counter cannot fail; a map always serialises.
+    let _ = serde_json::to_writer(&mut c, body);
+    c.0
 }
 
 /// The request's tree, read from the scanned bytes on first need; the scan is dropped then,
@@ -1203,6 +1218,9 @@ impl ProxyHttp for Gateway {
             } else {
                 ctx.response_truncated = true;
             }
+        }
+        if end_of_stream && ctx.stream_error.is_none() {
+            usage::log_charge(&self.app, ctx);
         }
         if let Some(c) = ctx.channel.as_ref() {
             if !end_of_stream && ctx.started.elapsed() > c.timeouts.total {

@@ -26,6 +26,9 @@ enum Measured {
 /// Tokenizing is CPU work (and builds the o200k tables on first use, ~0.5 s and ~55 MiB), so it
 /// runs on the blocking pool, only for vendors that report no usage.
 async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
+    if let Some(u) = ctx.final_usage.as_deref() {
+        return u.clone();
+    }
     match measure(ctx) {
         Measured::Known(u, source) => (u, source),
         Measured::Count { text, prompt } => {
@@ -122,6 +125,62 @@ fn measure(ctx: &RequestCtx) -> Measured {
     Known(Usage::default(), "none")
 }
 
+/// At the end of a complete response, before its last bytes go to the client: when the vendor
+/// reported the usage, append the call's charge to the charge log, so that a crash of the
+/// process after the client got its answer cannot lose the charge (`billing::chargelog`).
+/// Usage the gateway must count itself is logged when `logging` settles (a tokenizer run is
+/// not done here, on the response path).
+pub(super) fn log_charge(app: &App, ctx: &mut RequestCtx) {
+    let Some(log) = app.ledger.charge_log() else {
+        return;
+    };
+    if ctx.reservation.is_none() || ctx.final_usage.is_some() {
+        return;
+    }
+    let Measured::Known(usage, source) = measure(ctx) else {
+        return;
+    };
+    let (Some(m), Some(c), Some(cfg), Some(key)) = (
+        ctx.model.as_deref(),
+        ctx.channel.as_deref(),
+        ctx.config.as_deref(),
+        ctx.key.as_deref(),
+    ) else {
+        return;
+    };
+    let cost = pricing::cost_nano(m, c, cfg.billing.credits_per_rmb, &TokenCounts::from_usage(&usage))
+        .unwrap_or(0);
+    if cost > 0 {
+        ctx.charge_ticket = log.append(&crate::billing::chargelog::Charge {
+            request_id: &ctx.request_id,
+            ts_ms: unix_ms(),
+            tenant: key.tenant_id,
+            key: key.id,
+            user: key.user_id,
+            group: key.group_id,
+            endpoint: ctx.endpoint.as_str(),
+            model: ctx.model_requested.as_deref().unwrap_or(&m.name),
+            channel: &c.name,
+            cost_nano: cost,
+            prompt_tokens: usage.prompt_tokens,
+            cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            completion_tokens: usage.completion_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            stream: ctx.stream,
+            buckets: ctx.reservation.as_ref().map_or(&[][..], |r| r.buckets()),
+        });
+    }
+    ctx.final_usage = Some(Box::new((usage, source)));
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Settle the call's credit hold to what it really cost (nothing for a call that produced no
 /// tokens). `None` when the call held no credit; otherwise what was charged and what could not
 /// be, and the call's usage record must then go to the ledger's journal.
@@ -137,7 +196,7 @@ fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> Option<Settlement> 
         _ => 0,
     };
     let key = ctx.key.clone()?;
-    let s = app.ledger.settle(res, cost, &key);
+    let s = app.ledger.settle_logged(res, cost, &key, ctx.charge_ticket);
     let tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     if tokens > 0 {
         let subjects = key.rate_subjects();
@@ -259,10 +318,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     }
     let event = UsageEvent {
         request_id: ctx.request_id.clone(),
-        ts_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
+        ts_ms: unix_ms(),
         tenant_id: Some(key.tenant_id),
         key_id: Some(key.id),
         user_id: key.user_id,
@@ -290,6 +346,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         route_reason: ctx.route.as_ref().map(|r| r.reason.to_string()),
         route_score: ctx.route.as_ref().and_then(|r| r.score),
         baseline_cost_nano: baseline_cost(ctx, &usage),
+        charge_ticket: ctx.charge_ticket.take(),
     };
     match settled {
         // The usage record carries the charge: it must not be dropped.

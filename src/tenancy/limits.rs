@@ -9,7 +9,7 @@
 
 use dashmap::DashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Scope {
     Key,
     User,
@@ -27,7 +27,7 @@ impl Scope {
 }
 
 /// Limits of one subject; `None` is unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
@@ -41,7 +41,7 @@ impl Limits {
 
 /// Counts of one minute: this node's own, what of them was pushed to Redis (cluster mode), and
 /// the other nodes' as of the last sync.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Counts {
     requests: u64,
     tokens: u64,
@@ -51,8 +51,9 @@ struct Counts {
     remote_tokens: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Window {
+/// One subject's counts, this minute and the last.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Window {
     minute: u64,
     cur: Counts,
     prev: Counts,
@@ -95,7 +96,7 @@ impl Window {
 }
 
 /// Which limit refused a request, and when to try again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limited {
     pub scope: Scope,
     pub tokens: bool,
@@ -106,12 +107,66 @@ pub struct Limited {
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     windows: DashMap<(Scope, i64), Window>,
+    /// Upgrade hand-over (`billing::handover`): once set, this process's counts live in the new
+    /// process and every admission is asked there. The gate orders the switch against
+    /// admissions in progress (read: an admission; write: the switch).
+    remote: std::sync::OnceLock<std::sync::Arc<crate::billing::handover::Remote>>,
+    gate: std::sync::RwLock<()>,
 }
 
+/// A limiter's windows, handed over during an upgrade.
+pub type WindowsState = Vec<((Scope, i64), Window)>;
+
 impl RateLimiter {
+    /// Upgrade, old side: with admissions stopped, hand the windows to `send`; when it answers
+    /// `Done`, forward every later admission to `remote`.
+    pub(crate) fn freeze<T>(
+        &self,
+        remote: std::sync::Arc<crate::billing::handover::Remote>,
+        send: impl FnOnce(WindowsState) -> Result<crate::billing::handover::Reply, T>,
+    ) -> Result<crate::billing::handover::Reply, T> {
+        let _stop = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let state: WindowsState = self.windows.iter().map(|e| (*e.key(), *e.value())).collect();
+        let r = send(state);
+        if matches!(r, Ok(crate::billing::handover::Reply::Done)) {
+            let _ = self.remote.set(remote);
+        }
+        r
+    }
+
+    /// Upgrade, new side: the old process's counts join this one's.
+    pub(crate) fn install(&self, state: WindowsState) {
+        for (k, theirs) in state {
+            let mut mine = self.windows.entry(k).or_default();
+            let minute = mine.minute.max(theirs.minute);
+            let mut theirs = theirs;
+            theirs.roll(minute);
+            mine.roll(minute);
+            mine.cur.requests += theirs.cur.requests;
+            mine.cur.tokens += theirs.cur.tokens;
+            mine.prev.requests += theirs.prev.requests;
+            mine.prev.tokens += theirs.prev.tokens;
+        }
+    }
+
     /// Admit one request for every subject, or none: all limits are checked before any count
     /// is taken.
     pub fn admit(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)]) -> Result<(), Limited> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.remote.get() {
+            use crate::billing::handover::{Reply, Request};
+            return match remote.call(&Request::Admit {
+                now_ms,
+                subjects: subjects.to_vec(),
+            }) {
+                Ok(Reply::Admitted(r)) => r,
+                // The new process is gone: nothing to count against; admit.
+                other => {
+                    tracing::warn!(result = ?other, "upgrade: rate-limit hand-over unreachable");
+                    Ok(())
+                }
+            };
+        }
         let minute = now_ms / 60_000;
         let elapsed = now_ms % 60_000;
         let retry = (60_000 - elapsed).div_ceil(1000).max(1);
@@ -159,6 +214,15 @@ impl RateLimiter {
 
     /// Count the tokens a call really used against every subject with a TPM limit.
     pub fn record_tokens(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)], tokens: u64) {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.remote.get() {
+            let _ = remote.call(&crate::billing::handover::Request::Tokens {
+                now_ms,
+                subjects: subjects.to_vec(),
+                tokens,
+            });
+            return;
+        }
         let minute = now_ms / 60_000;
         for (scope, id, limits) in subjects {
             if limits.tpm.is_none() {

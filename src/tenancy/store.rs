@@ -864,6 +864,16 @@ impl Store {
 
     /// Commit usage records, with the charges they carry, in one transaction (the recorder's
     /// group commit), and move the roll-ups with them. Idempotent on request id.
+    /// Makes every commit so far durable: in WAL mode with `synchronous = NORMAL` a commit is
+    /// synced to disk only with a checkpoint, which syncs the WAL first. The charge log keeps a
+    /// charge until this has run after its commit.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
     pub fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
@@ -1165,6 +1175,7 @@ impl Store {
                     baseline_cost_nano: r.get(26)?,
                     cache_write_tokens: r.get::<_, i64>(27)? as u64,
                     uncollected: r.get(28)?,
+                    charge_ticket: None,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -57,6 +57,11 @@ pub fn config_text(
     extra: &str,
     server_extra: &str,
 ) -> String {
+    let grace = if server_extra.contains("graceful_shutdown_seconds") {
+        ""
+    } else {
+        "graceful_shutdown_seconds = 2\n"
+    };
     let mut s = format!(
         r#"
 [server]
@@ -64,8 +69,7 @@ listen = "127.0.0.1:{port}"
 threads = 2
 max_body_bytes = 40000000
 log_format = "json"
-graceful_shutdown_seconds = 2
-upgrade_sock = "{dir}/upgrade.sock"
+{grace}upgrade_sock = "{dir}/upgrade.sock"
 pid_file = "{dir}/tollgate.pid"
 {server_extra}
 
@@ -78,15 +82,18 @@ sqlite_path = "{db}"
 
 [[models]]
 name = "gpt-4o-mini"
+vendor = "openai"
 max_output_tokens = 1000
 price = {{ currency = "USD", input = "0.15", cached_input = "0.075", output = "0.60" }}
 
 [[models]]
 name = "gpt-4o"
+vendor = "openai"
 price = {{ currency = "USD", input = "2.50", cached_input = "1.25", output = "10.00" }}
 
 [[models]]
 name = "text-embedding-3-small"
+vendor = "openai"
 kind = "embedding"
 price = {{ currency = "USD", input = "0.02", output = "0" }}
 

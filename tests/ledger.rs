@@ -1,0 +1,275 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The ledger against process deaths and upgrades (issue 12): a crash loses no charge of an
+//! answered call, a graceful upgrade under load spends no credit twice, a stop with nothing in
+//! flight is quick.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tollgate::mock::Behavior;
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The charged usage records in the store: request id -> cost.
+fn charges(db: &str) -> HashMap<String, i64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare("SELECT request_id, cost_nano FROM usage_events WHERE cost_nano > 0")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// What the store says the tenant was credited.
+fn credited(db: &str, tenant: i64) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE tenant_id = ?1",
+        [tenant],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Calls in a loop from `workers` clients until `stop`; every 200's request id is kept.
+fn load(
+    gw: &Gateway,
+    key: &str,
+    workers: usize,
+    body: serde_json::Value,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (served, stop, body) = (served.clone(), stop.clone(), body.clone());
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let (url, key) = (gw.url("/v1/chat/completions"), key.to_string());
+        handles.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(r) = client.post(&url).bearer_auth(&key).json(&body).send().await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let id = r
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let status = r.status().as_u16();
+                // A 200 counts only once the whole answer arrived.
+                if r.bytes().await.is_ok() && status == 200 {
+                    served.lock().unwrap().push(id.unwrap());
+                } else if status == 402 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    (served, handles)
+}
+
+/// SIGKILL under load, with a journal flush interval of a whole second so that many answered
+/// calls are not in the store yet: after a restart every 200 the clients got has exactly one
+/// charge (from the charge log where the store had none), and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_charge_of_an_answered_call() {
+    let m = mock().await;
+    m.set_behavior(Behavior::Delay { ms: 5 });
+    let mut gw = Gateway::start(
+        &[Up::mock("a", &m)],
+        "",
+        "[billing]\njournal_flush_ms = 1000\n",
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "count my charge"}]});
+    let (served, handles) = load(&gw, &gw.key.clone(), 8, body, stop.clone());
+    wait_until("answered calls", 20, || served.lock().unwrap().len() >= 150).await;
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let answered: Vec<String> = served.lock().unwrap().clone();
+    let before = charges(&gw.db);
+    let missing_before = answered.iter().filter(|id| !before.contains_key(*id)).count();
+
+    gw.kill_and_restart().await;
+    let after = charges(&gw.db);
+    for id in &answered {
+        assert!(after.contains_key(id), "answered call {id} has no charge after the crash ({missing_before} of {} were not in the store at the kill)", answered.len());
+    }
+    // Nothing charged twice: one row per request id (the key of the map), and the books are
+    // the store's: available + charged = credited, charged = the sum of the charges.
+    let b = gw.balance("acme").await;
+    let total: i64 = after.values().sum();
+    assert_eq!(b["charged"].as_i64().unwrap(), total, "{b}");
+    assert_eq!(b["reserved"], 0);
+    assert_eq!(
+        b["available"].as_i64().unwrap() + total,
+        credited(&gw.db, gw.tenant_id)
+    );
+    assert!(missing_before > 0, "the kill was meant to find answered calls not yet in the store");
+    // The log is written out in batches: wait for the line.
+    wait_until("the replay's log line", 10, || gw.log().contains("charge log: replayed")).await;
+}
+
+/// A graceful upgrade while calls run against a tenant whose credit runs out during it: the
+/// old and the new process never spend the same credit twice (total charged <= credited), the
+/// new process's books equal the store once the old one is gone, and every answered call is
+/// charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_load_spends_no_credit_twice() {
+    let m = mock().await;
+    // Calls long enough to be in flight in the old process while it hands over and drains.
+    m.set_behavior(Behavior::Delay { ms: 150 });
+    let mut gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let tenant_id = gw.admin_post("/admin/tenants", json!({"name": "tight"})).await["id"]
+        .as_i64()
+        .unwrap();
+    // gpt-4o, 200 output tokens: a worst case of ~0.015 credits; 1.2 credits is about 80 calls.
+    gw.admin_post("/admin/tenants/tight/topups", json!({"amount_rmb": "1.2"}))
+        .await;
+    let key = gw
+        .create_key(json!({"tenant": "tight", "name": "k", "default_channel": "main"}))
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let body = json!({"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": "spend it"}]});
+    let (served, handles) = load(&gw, &key, 8, body, stop.clone());
+    wait_until("calls served", 20, || served.lock().unwrap().len() >= 10).await;
+
+    let log = std::fs::File::create(gw.dir.path().join("gateway-new.log")).unwrap();
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(&gw.config_path)
+        .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let sock = gw.dir.path().join("upgrade.sock");
+    wait_until("the upgrade socket", 30, || sock.exists()).await;
+    let old_pid = gw.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-QUIT", &old_pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut old = std::mem::replace(
+        &mut gw.child,
+        std::process::Command::new("true").spawn().unwrap(),
+    );
+    let old_exit = tokio::task::spawn_blocking(move || old.wait());
+    tokio::time::timeout(Duration::from_secs(30), old_exit)
+        .await
+        .expect("the old process exits")
+        .unwrap()
+        .unwrap();
+    // The credit runs out on the new process; keep calling a while after.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let new_log = || std::fs::read_to_string(gw.dir.path().join("gateway-new.log")).unwrap_or_default();
+    let answered = served.lock().unwrap().clone();
+    // Let the new process's recorder catch up, then compare its books with the store.
+    let credit = credited(&gw.db, tenant_id);
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let b = gw.balance("tight").await;
+        let stored: i64 = charges(&gw.db).values().sum();
+        if b["charged"].as_i64() == Some(stored) && b["reserved"] == 0 {
+            last = b;
+            break;
+        }
+        last = b;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all = charges(&gw.db);
+    let total: i64 = all.values().sum();
+    assert_eq!(
+        last["charged"].as_i64().unwrap(),
+        total,
+        "the new process's books miss charges: {last}\nold:\n{}\nnew:\n{}",
+        gw.log(),
+        new_log()
+    );
+    assert!(total <= credit, "overspent: charged {total} of {credit}");
+    assert_eq!(last["available"].as_i64().unwrap() + total, credit, "{last}");
+    assert!(last["available"].as_i64().unwrap() >= 0);
+    for id in &answered {
+        assert!(all.contains_key(id), "answered call {id} not charged");
+    }
+    assert!(
+        answered.len() as i64 * 10_000_000 > credit / 2,
+        "the credit was meant to run out: {} calls",
+        answered.len()
+    );
+    wait_until("the hand-over's log line", 10, || {
+        gw.log().contains("handed over to the new process")
+    })
+    .await;
+    let _ = new.kill();
+    let _ = new.wait();
+}
+
+/// SIGTERM with nothing in flight ends the process at once (not after the 30 s grace period),
+/// and says so in the log.
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_stops_at_once() {
+    let m = mock().await;
+    let mut gw = Gateway::start_with_server_extra(
+        &[Up::mock("a", &m)],
+        "",
+        "",
+        "graceful_shutdown_seconds = 30",
+    )
+    .await;
+    let r = gw
+        .chat(json!({"model": "gpt-4o-mini", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut child = std::mem::replace(
+        &mut gw.child,
+        std::process::Command::new("true").spawn().unwrap(),
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let log = gw.log();
+    assert!(log.contains("shutdown complete"), "{log}");
+    // The call's charge is stored, not lost with the process.
+    assert_eq!(charges(&gw.db).len(), 1);
+}
