@@ -2455,6 +2455,7 @@ impl Store {
                     return Ok(Credited::Replay(first));
                 }
             }
+            let id = idem.map_or_else(|| id.to_string(), |k| k.entry_id(tenant));
             let entry = |kind, amount, id: String, note: Option<String>| LedgerEntry {
                 id,
                 tenant_id: tenant,
@@ -2472,7 +2473,7 @@ impl Store {
             let mut out = vec![entry(
                 EntryKind::TopUp,
                 amount,
-                id.to_string(),
+                id.clone(),
                 note.map(str::to_string),
             )];
             if Store::insert_entry(&tx, &out[0])? == 0 {
@@ -3205,5 +3206,118 @@ mod tests {
             times.sort();
             println!("{g:?} by {d:?}: {rows} rows, median {:?}", times[2]);
         }
+    }
+
+    #[test]
+    fn migration_14_makes_old_idempotency_keys_their_tenants() {
+        let c = at_schema(13);
+        c.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 0), (2, 'globex', 0);
+             INSERT INTO ledger_entries (id, tenant_id, kind, amount, created_ms)
+                VALUES ('topup:inv-1', 1, 'top_up', 10000, 1000),
+                       ('adjust:a-1', 2, 'adjustment', -5, 2000);",
+        )
+        .unwrap();
+        let s = Store::init(c).unwrap();
+        let old = s.idempotent_record(TenantId(1), "topup", "inv-1").unwrap().unwrap();
+        assert_eq!(old.entry_ids, vec!["topup:inv-1".to_string()]);
+        assert!(old.fingerprint.is_empty() && old.answer.is_none());
+        assert!(s.idempotent_record(TenantId(2), "topup", "inv-1").unwrap().is_none());
+        assert!(s.idempotent_record(TenantId(2), "adjust", "a-1").unwrap().is_some());
+        // Replaying the old key credits nothing; the key on another tenant is that tenant's.
+        let key = |k: &str| IdempotencyKey {
+            scope: "topup",
+            key: k.to_string(),
+            fingerprint: "f".into(),
+        };
+        let again = s
+            .top_up(TenantId(1), 10_000, None, None, None, "topup:x", Some(&key("inv-1")))
+            .unwrap();
+        assert!(matches!(again, Credited::Replay(_)));
+        let other = s
+            .top_up(TenantId(2), 7, None, None, None, "topup:y", Some(&key("inv-1")))
+            .unwrap();
+        assert!(matches!(other, Credited::Committed(ref e) if e[0].id == "topup:2:inv-1"));
+        let t: Vec<(i64, i64)> = s
+            .ledger_totals()
+            .unwrap()
+            .iter()
+            .map(|t| (t.tenant_id.0, t.credited))
+            .collect();
+        assert_eq!(t, vec![(1, 10_000), (2, 2)]);
+    }
+
+    #[test]
+    fn limit_patches_change_only_the_fields_given() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        let set = |rpm, tpm| {
+            s.set_limits(LimitSubject::Tenant(t.id), LimitsPatch { rpm, tpm })
+                .unwrap()
+        };
+        let cases = [
+            (Some(Some(5)), Some(Some(50)), (Some(5), Some(50))),
+            (Some(Some(6)), None, (Some(6), Some(50))),
+            (None, None, (Some(6), Some(50))),
+            (None, Some(None), (Some(6), None)),
+            (Some(None), Some(Some(1)), (None, Some(1))),
+        ];
+        for (rpm, tpm, (want_rpm, want_tpm)) in cases {
+            let got = set(rpm, tpm);
+            assert_eq!((got.rpm, got.tpm), (want_rpm, want_tpm), "{rpm:?} {tpm:?}");
+        }
+        assert!(matches!(
+            s.set_limits(LimitSubject::Key(KeyId(99)), LimitsPatch::default()),
+            Err(StoreError::NotFound { what: "key", .. })
+        ));
+    }
+
+    #[test]
+    fn statement_pages_walk_the_statement_in_order() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        s.with(|c| {
+            c.execute_batch(
+                "INSERT INTO ledger_entries (id, tenant_id, kind, amount, created_ms)
+                    VALUES ('topup:a', 1, 'top_up', 1000, 10), ('topup:b', 1, 'top_up', 500, 30);
+                 INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, model_requested,
+                    stream, status, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, usage_source,
+                    attempts, latency_ms, cost_nano)
+                    VALUES ('r1', 10, 1, 1, 'chat', 'main', 'm', 0, 200, 7, 0, 3, 0, 'vendor', 1, 1, 100),
+                           ('r2', 30, 1, 1, 'chat', 'main', 'm', 0, 200, 7, 0, 3, 0, 'vendor', 1, 1, 200),
+                           ('r3', 30, 1, 1, 'chat', 'main', 'm', 0, 200, 7, 0, 3, 0, 'vendor', 1, 1, 300),
+                           ('r4', 50, 1, 1, 'chat', 'main', 'm', 0, 500, 0, 0, 0, 0, 'none', 1, 1, 0);",
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let whole: Vec<String> = s
+            .statement_page(t.id, i64::MIN, i64::MAX, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.id)
+            .collect();
+        assert_eq!(
+            whole,
+            ["topup:a", "charge:r1", "topup:b", "charge:r2", "charge:r3"]
+        );
+        for size in 1..=5 {
+            let (mut after, mut got) = (None, Vec::new());
+            loop {
+                let page = s.statement_page(t.id, i64::MIN, i64::MAX, after, size).unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some(last.pos);
+                got.extend(page.into_iter().map(|r| r.entry.id));
+            }
+            assert_eq!(got, whole, "pages of {size}");
+        }
+        let from_30 = s.statement_page(t.id, 30, i64::MAX, None, 100).unwrap();
+        assert_eq!(from_30.len(), 3);
+        assert_eq!(s.balance_before(t.id, 30).unwrap(), 1000 - 100);
+        let charge = &from_30[1];
+        assert_eq!(
+            charge.call.as_ref().map(|c| (c.model.as_deref(), c.prompt_tokens, c.completion_tokens)),
+            Some((Some("m"), 7, 3))
+        );
     }
 }
