@@ -9,7 +9,12 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Send as the operator; the status and the body exactly as it came.
-async fn raw(gw: &Gateway, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, String) {
+async fn raw(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, String) {
     let mut rb = gw
         .client
         .request(method, gw.admin_url(path))
@@ -55,7 +60,10 @@ async fn idempotency_keys_are_per_tenant_and_a_replay_answers_the_first_result()
     )
     .await;
     assert_eq!(g.0, 201, "{}", g.1);
-    assert_eq!(credited(&gw, "globex").await, acme1 - acme0 + (acme1 - acme0) * 2 / 5);
+    assert_eq!(
+        credited(&gw, "globex").await,
+        acme1 - acme0 + (acme1 - acme0) * 2 / 5
+    );
     assert_eq!(credited(&gw, "acme").await, acme1);
 
     // The key with other parameters is refused, and nothing moves.
@@ -108,7 +116,9 @@ async fn idempotency_keys_are_per_tenant_and_a_replay_answers_the_first_result()
         .collect();
     for key in ["inv-1", "inv-2", "adj-1"] {
         assert_eq!(
-            ids.iter().filter(|id| id.ends_with(&format!(":{key}"))).count(),
+            ids.iter()
+                .filter(|id| id.ends_with(&format!(":{key}")))
+                .count(),
             1,
             "{key}: {ids:?}"
         );
@@ -126,7 +136,9 @@ async fn traffic(gw: &Gateway, n: usize) -> i64 {
         .await;
     let uid = v["user"]["id"].as_i64().unwrap();
     let dev_key = gw
-        .create_key(json!({"tenant": "acme", "name": "dev", "default_channel": "main", "user_id": uid}))
+        .create_key(
+            json!({"tenant": "acme", "name": "dev", "default_channel": "main", "user_id": uid}),
+        )
         .await;
     for i in 0..n {
         let model = if i % 2 == 0 { "gpt-4o-mini" } else { "gpt-4o" };
@@ -226,7 +238,10 @@ async fn listings_page_by_time_range_and_cursor_and_exports_carry_the_call() {
             rfc3339(t10).replace('Z', "%2B00:00")
         ))
         .await;
-    assert_eq!(until["data"].as_array().unwrap().len(), whole.len() - from_10.len());
+    assert_eq!(
+        until["data"].as_array().unwrap().len(),
+        whole.len() - from_10.len()
+    );
     let none = gw.admin_get("/admin/tenants/acme/ledger?from=0&to=1").await;
     assert_eq!(none["data"], json!([]));
     assert!(none["next_cursor"].is_null());
@@ -240,7 +255,10 @@ async fn listings_page_by_time_range_and_cursor_and_exports_carry_the_call() {
     for (row, json_row) in rows[1..].iter().zip(&whole) {
         assert_eq!(row[col("id")], json_row["entry"]["id"].as_str().unwrap());
         if row[col("kind")] == "charge" {
-            assert!(["gpt-4o-mini", "gpt-4o"].contains(&row[col("model")].as_str()), "{row:?}");
+            assert!(
+                ["gpt-4o-mini", "gpt-4o"].contains(&row[col("model")].as_str()),
+                "{row:?}"
+            );
             assert_eq!(row[col("channel")], "main");
             assert!(!row[col("key_id")].is_empty());
             assert!(row[col("prompt_tokens")].parse::<u64>().unwrap() > 0);
@@ -251,10 +269,16 @@ async fn listings_page_by_time_range_and_cursor_and_exports_carry_the_call() {
         .iter()
         .filter(|r| r[col("user_id")] == uid.to_string())
         .count();
-    assert_eq!(dev_rows, 8, "calls 0, 3, ..., 21 were made with the user's key");
+    assert_eq!(
+        dev_rows, 8,
+        "calls 0, 3, ..., 21 were made with the user's key"
+    );
     let (_, ranged_csv) = csv(
         &gw,
-        &format!("/admin/tenants/acme/ledger?format=csv&from={}", rfc3339(t10)),
+        &format!(
+            "/admin/tenants/acme/ledger?format=csv&from={}",
+            rfc3339(t10)
+        ),
     )
     .await;
     assert_eq!(ranged_csv.len(), 1 + from_10.len());
@@ -273,10 +297,17 @@ async fn listings_page_by_time_range_and_cursor_and_exports_carry_the_call() {
     assert_eq!(big.len(), 12);
     assert!(big.iter().all(|e| e["model_requested"] == "gpt-4o"));
     let ts = events[5]["ts_ms"].as_i64().unwrap();
-    let (recent, _) = all_pages(&gw, &format!("/admin/usage?tenant=acme&from={}", rfc3339(ts))).await;
+    let (recent, _) = all_pages(
+        &gw,
+        &format!("/admin/usage?tenant=acme&from={}", rfc3339(ts)),
+    )
+    .await;
     assert_eq!(
         recent.len(),
-        events.iter().filter(|e| e["ts_ms"].as_i64().unwrap() >= ts).count()
+        events
+            .iter()
+            .filter(|e| e["ts_ms"].as_i64().unwrap() >= ts)
+            .count()
     );
     let (te, rows) = csv(&gw, "/admin/usage?tenant=acme&format=csv&model=gpt-4o-mini").await;
     assert_eq!(te.as_deref(), Some("chunked"));
@@ -284,8 +315,18 @@ async fn listings_page_by_time_range_and_cursor_and_exports_carry_the_call() {
     let c = rows[0].iter().position(|h| h == "model_requested").unwrap();
     assert!(rows[1..].iter().all(|r| r[c] == "gpt-4o-mini"));
     // A bad cursor or time is a 400 naming the parameter.
-    for (q, param) in [("cursor=zz", "cursor"), ("from=soon", "from"), ("limit=0", "limit")] {
-        let (s, body) = raw(&gw, reqwest::Method::GET, &format!("/admin/usage?{q}"), None).await;
+    for (q, param) in [
+        ("cursor=zz", "cursor"),
+        ("from=soon", "from"),
+        ("limit=0", "limit"),
+    ] {
+        let (s, body) = raw(
+            &gw,
+            reqwest::Method::GET,
+            &format!("/admin/usage?{q}"),
+            None,
+        )
+        .await;
         assert_eq!(s, 400, "{q}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["param"], param, "{q}");

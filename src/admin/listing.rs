@@ -425,7 +425,11 @@ async fn stream_statement(
     start: Option<StatementCursor>,
 ) -> Result<(), GatewayError> {
     let (mut after, mut running, mut row) = statement_start(app, tenant, from_ms, start).await?;
-    send(session, csv_chunk(Some(&STATEMENT_HEADER), std::iter::empty())?).await?;
+    send(
+        session,
+        csv_chunk(Some(&STATEMENT_HEADER), std::iter::empty())?,
+    )
+    .await?;
     loop {
         let page = blocking(app, move |a| {
             a.store
@@ -464,7 +468,11 @@ async fn stream_usage(
             return Ok(());
         };
         q.before = Some(*last);
-        send(session, csv_chunk(None, page.iter().map(|(_, e)| usage_record(e)))?).await?;
+        send(
+            session,
+            csv_chunk(None, page.iter().map(|(_, e)| usage_record(e)))?,
+        )
+        .await?;
         if !full {
             return Ok(());
         }

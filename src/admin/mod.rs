@@ -22,19 +22,18 @@ use crate::routing::upstream::BreakerState;
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::store::LimitSubject;
 use crate::tenancy::store::{
-    Credited, IdempotencyKey, IdempotentRecord,
-    AnalyticsQuery, Dimension, Granularity, NewKey, PromoBonus, StoreError, UsageQuery,
-    UserPrincipal,
+    AnalyticsQuery, Credited, Dimension, Granularity, IdempotencyKey, IdempotentRecord, NewKey,
+    PromoBonus, StoreError, UsageQuery, UserPrincipal,
 };
 use crate::tenancy::{ApiKey, GroupId, KeyId, Role, TenantId, User, UserId};
 use async_trait::async_trait;
-use http::{Method, Response, StatusCode};
 use bytes::Bytes;
+use http::{Method, Response, StatusCode};
 use listing::{Export, Params, StatementCursor};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
-use pingora_core::protocols::http::ServerSession;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
@@ -401,7 +400,10 @@ fn balance_json(tenant: TenantId, v: BalanceView) -> serde_json::Value {
 fn time_range(params: &Params) -> Result<(i64, i64), GatewayError> {
     let now_ms = crate::tenancy::unix_now().saturating_mul(1000);
     let (from, to) = params.time_range_ms((now_ms - 30 * 86_400_000, now_ms + 1000))?;
-    Ok((from.div_euclid(1000), to.saturating_add(999).div_euclid(1000)))
+    Ok((
+        from.div_euclid(1000),
+        to.saturating_add(999).div_euclid(1000),
+    ))
 }
 
 /// Chat models by name or alias, with their context window, for router policies.
@@ -535,7 +537,10 @@ impl AdminApi {
         if let Some(k) = idem {
             let text = body.to_string();
             let stored = self
-                .blocking(move |a| a.store.answer_idempotent(tenant, k.scope, &k.key, 201, &text))
+                .blocking(move |a| {
+                    a.store
+                        .answer_idempotent(tenant, k.scope, &k.key, 201, &text)
+                })
                 .await;
             if let Err(e) = stored {
                 // A replay then answers from the committed entries (see `replay`).
@@ -558,8 +563,7 @@ impl AdminApi {
     ) -> Result<Response<Vec<u8>>, GatewayError> {
         if !first.fingerprint.is_empty() && first.fingerprint != k.fingerprint {
             return Err(GatewayError::BadRequest {
-                message: "This idempotency key was already used with different parameters."
-                    .into(),
+                message: "This idempotency key was already used with different parameters.".into(),
                 param: Some("idempotency_key".into()),
             });
         }
@@ -615,11 +619,7 @@ impl AdminApi {
 
     /// A key the caller may see, with the caller's role in its tenant. Another tenant's key
     /// and a missing one are both "key not found".
-    async fn visible_key(
-        &self,
-        who: &Principal,
-        id: &str,
-    ) -> Result<(ApiKey, Role), GatewayError> {
+    async fn visible_key(&self, who: &Principal, id: &str) -> Result<(ApiKey, Role), GatewayError> {
         let id: i64 = id
             .parse()
             .map_err(|_| GatewayError::bad_request("Key id must be a number."))?;
@@ -630,11 +630,7 @@ impl AdminApi {
 
     /// A user the caller may see, with the caller's role in their tenant. Another tenant's user
     /// and a missing one are both "user not found".
-    async fn visible_user(
-        &self,
-        who: &Principal,
-        id: &str,
-    ) -> Result<(User, Role), GatewayError> {
+    async fn visible_user(&self, who: &Principal, id: &str) -> Result<(User, Role), GatewayError> {
         let id: i64 = id
             .parse()
             .map_err(|_| GatewayError::bad_request("User id must be a number."))?;
@@ -671,10 +667,12 @@ impl AdminApi {
         let asked_user = params
             .get("user")
             .map(|u| {
-                u.parse::<i64>().map(UserId).map_err(|_| GatewayError::BadRequest {
-                    message: "`user` must be a user id".into(),
-                    param: Some("user".into()),
-                })
+                u.parse::<i64>()
+                    .map(UserId)
+                    .map_err(|_| GatewayError::BadRequest {
+                        message: "`user` must be a user id".into(),
+                        param: Some("user".into()),
+                    })
             })
             .transpose()?;
         let (tenant, user) = match who {
@@ -1114,7 +1112,11 @@ impl AdminApi {
                     .map(|r| {
                         running += r.entry.amount;
                         row += 1;
-                        last = Some(StatementCursor { pos: r.pos, running, row });
+                        last = Some(StatementCursor {
+                            pos: r.pos,
+                            running,
+                            row,
+                        });
                         json!({
                             "entry": r.entry,
                             "amount": credits_json(r.entry.amount),
@@ -1502,8 +1504,7 @@ impl AdminApi {
                 let group = req.group_id.map(|g| g.map(GroupId));
                 let updated = self
                     .blocking(move |a| {
-                        let u =
-                            a.store.update_user(id, role, group, quota, req.disabled)?;
+                        let u = a.store.update_user(id, role, group, quota, req.disabled)?;
                         a.refresh_keys()?;
                         Ok(u)
                     })
@@ -1580,7 +1581,11 @@ enum Answer {
 async fn write_full(session: &mut ServerSession, r: Response<Vec<u8>>) -> bool {
     let (parts, body) = r.into_parts();
     let header: ResponseHeader = parts.into();
-    if session.write_response_header(Box::new(header)).await.is_err() {
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_err()
+    {
         return false;
     }
     session
@@ -1619,9 +1624,7 @@ impl HttpServerApp for AdminApi {
         }
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
-            Ok(reusable) => {
-                reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
-            }
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
             Err(_) => None,
         }
     }

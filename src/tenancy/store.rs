@@ -1266,9 +1266,7 @@ impl Store {
     /// position for the next page. Pages walk the (tenant, time) index: a page costs its own
     /// rows, however deep into a tenant's history it is.
     pub fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError> {
-        let (before_ts, before_id) = q
-            .before
-            .map_or((i64::MAX, i64::MAX), |p| (p.ts_ms, p.id));
+        let (before_ts, before_id) = q.before.map_or((i64::MAX, i64::MAX), |p| (p.ts_ms, p.id));
         // The upper time bound includes the cursor's, so that the index range starts there.
         let upper = q.to_ms.min(before_ts.saturating_add(1));
         let mut sql = format!(
@@ -1765,7 +1763,13 @@ impl Store {
                                         tpm_limit = CASE WHEN ?4 THEN ?5 ELSE tpm_limit END
                      WHERE id = ?1"
                 ),
-                params![id, patch.rpm.is_some(), patch.rpm.flatten(), patch.tpm.is_some(), tpm],
+                params![
+                    id,
+                    patch.rpm.is_some(),
+                    patch.rpm.flatten(),
+                    patch.tpm.is_some(),
+                    tpm
+                ],
             )?;
             if n == 0 {
                 return Err(StoreError::not_found(what, id));
@@ -1933,14 +1937,14 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        Ok(row.map(|(fingerprint, ids, status, body, created_ms)| IdempotentRecord {
-            fingerprint,
-            entry_ids: serde_json::from_str(&ids).unwrap_or_default(),
-            answer: status
-                .and_then(|s| u16::try_from(s).ok())
-                .zip(body),
-            created_ms,
-        }))
+        Ok(row.map(
+            |(fingerprint, ids, status, body, created_ms)| IdempotentRecord {
+                fingerprint,
+                entry_ids: serde_json::from_str(&ids).unwrap_or_default(),
+                answer: status.and_then(|s| u16::try_from(s).ok()).zip(body),
+                created_ms,
+            },
+        ))
     }
 
     /// What `key` recorded for `tenant`, if it was used.
@@ -3219,11 +3223,20 @@ mod tests {
         )
         .unwrap();
         let s = Store::init(c).unwrap();
-        let old = s.idempotent_record(TenantId(1), "topup", "inv-1").unwrap().unwrap();
+        let old = s
+            .idempotent_record(TenantId(1), "topup", "inv-1")
+            .unwrap()
+            .unwrap();
         assert_eq!(old.entry_ids, vec!["topup:inv-1".to_string()]);
         assert!(old.fingerprint.is_empty() && old.answer.is_none());
-        assert!(s.idempotent_record(TenantId(2), "topup", "inv-1").unwrap().is_none());
-        assert!(s.idempotent_record(TenantId(2), "adjust", "a-1").unwrap().is_some());
+        assert!(s
+            .idempotent_record(TenantId(2), "topup", "inv-1")
+            .unwrap()
+            .is_none());
+        assert!(s
+            .idempotent_record(TenantId(2), "adjust", "a-1")
+            .unwrap()
+            .is_some());
         // Replaying the old key credits nothing; the key on another tenant is that tenant's.
         let key = |k: &str| IdempotencyKey {
             scope: "topup",
@@ -3231,11 +3244,27 @@ mod tests {
             fingerprint: "f".into(),
         };
         let again = s
-            .top_up(TenantId(1), 10_000, None, None, None, "topup:x", Some(&key("inv-1")))
+            .top_up(
+                TenantId(1),
+                10_000,
+                None,
+                None,
+                None,
+                "topup:x",
+                Some(&key("inv-1")),
+            )
             .unwrap();
         assert!(matches!(again, Credited::Replay(_)));
         let other = s
-            .top_up(TenantId(2), 7, None, None, None, "topup:y", Some(&key("inv-1")))
+            .top_up(
+                TenantId(2),
+                7,
+                None,
+                None,
+                None,
+                "topup:y",
+                Some(&key("inv-1")),
+            )
             .unwrap();
         assert!(matches!(other, Credited::Committed(ref e) if e[0].id == "topup:2:inv-1"));
         let t: Vec<(i64, i64)> = s
@@ -3304,7 +3333,9 @@ mod tests {
         for size in 1..=5 {
             let (mut after, mut got) = (None, Vec::new());
             loop {
-                let page = s.statement_page(t.id, i64::MIN, i64::MAX, after, size).unwrap();
+                let page = s
+                    .statement_page(t.id, i64::MIN, i64::MAX, after, size)
+                    .unwrap();
                 let Some(last) = page.last() else { break };
                 after = Some(last.pos);
                 got.extend(page.into_iter().map(|r| r.entry.id));
@@ -3316,7 +3347,11 @@ mod tests {
         assert_eq!(s.balance_before(t.id, 30).unwrap(), 1000 - 100);
         let charge = &from_30[1];
         assert_eq!(
-            charge.call.as_ref().map(|c| (c.model.as_deref(), c.prompt_tokens, c.completion_tokens)),
+            charge.call.as_ref().map(|c| (
+                c.model.as_deref(),
+                c.prompt_tokens,
+                c.completion_tokens
+            )),
             Some((Some("m"), 7, 3))
         );
     }
