@@ -615,6 +615,9 @@ fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
 /// batch's strings.
 type RollupKey<'a> = (i64, i64, i64, i64, i64, &'a str, &'a str);
 
+/// (fingerprint, entry ids as JSON, status, body, created_ms) of an idempotency key.
+type IdempotencyRow = (String, String, Option<i64>, Option<String>, i64);
+
 /// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 
@@ -1929,7 +1932,7 @@ impl Store {
         scope: &str,
         key: &str,
     ) -> Result<Option<IdempotentRecord>, StoreError> {
-        let row: Option<(String, String, Option<i64>, Option<String>, i64)> = c
+        let row: Option<IdempotencyRow> = c
             .query_row(
                 "SELECT fingerprint, entry_ids, status, body, created_ms FROM idempotency_keys
                  WHERE tenant_id = ?1 AND scope = ?2 AND key = ?3",
