@@ -610,3 +610,362 @@ async fn the_openapi_description_is_served_and_matches_the_routes() {
         }
     }
 }
+
+/// Every admin route that takes a tenant, key, user or group id (in the path, the query or the
+/// body), called with a tenant admin's token, answers another tenant's record exactly as it
+/// answers one that does not exist: same status, same body.
+#[tokio::test]
+async fn another_tenants_records_answer_exactly_like_missing_ones() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let globex = gw
+        .admin_post("/admin/tenants", json!({"name": "globex"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    gw.admin_post("/admin/tenants/globex/topups", json!({"amount_rmb": "10"}))
+        .await;
+    let group = gw
+        .admin_post("/admin/tenants/globex/groups", json!({"name": "ops"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let (globex_user, _) = user(&gw, "globex", "bob@globex.test", "member", json!({})).await;
+    gw.create_key(json!({"tenant": "globex", "name": "g", "default_channel": "main"}))
+        .await;
+    let key = gw.admin_get("/admin/keys?tenant=globex").await["data"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let (own_user, acme_admin) =
+        user(&gw, "acme", "boss@acme.test", "tenant_admin", json!({})).await;
+    let a = Caller {
+        gw: &gw,
+        token: acme_admin,
+    };
+    const MISSING: i64 = 987_654;
+    use reqwest::Method as M;
+    // (method, path, body, expected status), with `{T}` a tenant (name or id), `{K}` a key,
+    // `{U}` a user and `{G}` a group; 403 for operator-only routes, refused before any lookup.
+    let routes: Vec<(M, &str, serde_json::Value, u16)> = vec![
+        (M::GET, "/admin/tenants/{T}/balance", json!(null), 404),
+        (M::GET, "/admin/tenants/{T}/ledger", json!(null), 404),
+        (
+            M::GET,
+            "/admin/tenants/{T}/ledger?format=csv",
+            json!(null),
+            404,
+        ),
+        (M::GET, "/admin/tenants/{T}/users", json!(null), 404),
+        (
+            M::POST,
+            "/admin/tenants/{T}/users",
+            json!({"email": "x@y.test", "role": "member"}),
+            404,
+        ),
+        (M::GET, "/admin/tenants/{T}/groups", json!(null), 404),
+        (
+            M::POST,
+            "/admin/tenants/{T}/groups",
+            json!({"name": "spies"}),
+            404,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/{T}/invites",
+            json!({"email": "x@y.test", "role": "viewer"}),
+            404,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/{T}/redeem",
+            json!({"code": "RC-nothing"}),
+            404,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/{T}/promo",
+            json!({"code": "NOTHING"}),
+            404,
+        ),
+        (M::GET, "/admin/tenants/{T}/analytics", json!(null), 404),
+        (M::GET, "/admin/tenants/{T}/routing", json!(null), 404),
+        (M::GET, "/admin/tenants/{T}/router", json!(null), 404),
+        (M::PUT, "/admin/tenants/{T}/router", json!({}), 404),
+        (M::DELETE, "/admin/tenants/{T}/router", json!(null), 404),
+        (
+            M::PUT,
+            "/admin/tenants/{T}/quota-period",
+            json!({"period": "day"}),
+            404,
+        ),
+        (
+            M::PUT,
+            "/admin/tenants/{T}/limits",
+            json!({"rpm_limit": 1}),
+            403,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/{T}/topups",
+            json!({"amount_rmb": "1"}),
+            403,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/{T}/adjustments",
+            json!({"credits": "1", "note": "x"}),
+            403,
+        ),
+        (M::GET, "/admin/keys?tenant={T}", json!(null), 404),
+        (
+            M::POST,
+            "/admin/keys",
+            json!({"tenant": "{T}", "name": "x", "default_channel": "main"}),
+            404,
+        ),
+        (M::GET, "/admin/usage?tenant={T}", json!(null), 404),
+        (
+            M::GET,
+            "/admin/usage?tenant={T}&format=csv",
+            json!(null),
+            404,
+        ),
+        (M::POST, "/admin/keys/{K}/revoke", json!({}), 404),
+        (M::DELETE, "/admin/keys/{K}", json!(null), 404),
+        (
+            M::PUT,
+            "/admin/keys/{K}/limits",
+            json!({"rpm_limit": 1}),
+            404,
+        ),
+        (
+            M::PATCH,
+            "/admin/keys/{K}/limits",
+            json!({"rpm_limit": 1}),
+            404,
+        ),
+        (
+            M::PUT,
+            "/admin/users/{U}/limits",
+            json!({"rpm_limit": 1}),
+            404,
+        ),
+        (
+            M::PATCH,
+            "/admin/users/{U}/limits",
+            json!({"rpm_limit": 1}),
+            404,
+        ),
+        (M::PATCH, "/admin/users/{U}", json!({"role": "viewer"}), 404),
+        (M::POST, "/admin/users/{U}/tokens", json!({}), 404),
+        // Ids of the other tenant's records inside the body of a call on one's own tenant.
+        (
+            M::POST,
+            "/admin/keys",
+            json!({"tenant": "acme", "name": "x", "default_channel": "main", "user_id": "{U}"}),
+            404,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/acme/users",
+            json!({"email": "g@acme.test", "role": "member", "group_id": "{G}"}),
+            404,
+        ),
+        (
+            M::PATCH,
+            "/admin/users/{OWN}",
+            json!({"group_id": "{G}"}),
+            404,
+        ),
+        (
+            M::POST,
+            "/admin/tenants/acme/invites",
+            json!({"email": "g@acme.test", "role": "member", "group_id": "{G}"}),
+            404,
+        ),
+    ];
+    let fill = |text: &str, t: &str, k: i64, u: i64, g: i64| {
+        text.replace("{T}", t)
+            .replace("{K}", &k.to_string())
+            .replace("{U}", &u.to_string())
+            .replace("{G}", &g.to_string())
+            .replace("{OWN}", &own_user.to_string())
+    };
+    // Ids in bodies are numbers: `"{U}"` becomes `123`, not `"123"`.
+    let body =
+        |v: &serde_json::Value, t: &str, k: i64, u: i64, g: i64| -> Option<serde_json::Value> {
+            if v.is_null() {
+                return None;
+            }
+            let text = fill(&v.to_string(), t, k, u, g);
+            let text = [k, u, g, own_user].iter().fold(text, |s, id| {
+                s.replace(&format!("\"{id}\""), &id.to_string())
+            });
+            Some(serde_json::from_str(&text).unwrap())
+        };
+    let mut checked = 0;
+    for (method, path, b, want) in &routes {
+        let path: &str = path;
+        for (other_t, missing_t) in [
+            ("globex".to_string(), "nosuch".to_string()),
+            (globex.to_string(), MISSING.to_string()),
+        ] {
+            let other = a
+                .send(
+                    method.clone(),
+                    &fill(path, &other_t, key, globex_user, group),
+                    body(b, &other_t, key, globex_user, group),
+                )
+                .await;
+            let missing = a
+                .send(
+                    method.clone(),
+                    &fill(path, &missing_t, MISSING, MISSING, MISSING),
+                    body(b, &missing_t, MISSING, MISSING, MISSING),
+                )
+                .await;
+            assert_eq!(
+                other.0, *want,
+                "{method} {path} (another tenant's): {}",
+                other.1
+            );
+            assert_eq!(
+                other, missing,
+                "{method} {path}: another tenant's vs a missing one"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, routes.len() * 2);
+    // Nothing of globex changed.
+    let keys = gw.admin_get("/admin/keys?tenant=globex").await;
+    assert!(keys["data"][0]["revoked_at"].is_null(), "{keys}");
+    assert_eq!(
+        keys["data"][0]["key_limits"],
+        json!({"rpm": null, "tpm": null})
+    );
+    let users = gw.admin_get("/admin/tenants/globex/users").await;
+    assert_eq!(users["data"][0]["role"], "member", "{users}");
+}
+
+/// Changing limits changes only the fields sent (absent: kept; `null`: unlimited), with PUT and
+/// PATCH alike, for keys, users and tenants.
+#[tokio::test]
+async fn limit_updates_change_only_the_fields_sent() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let op = Caller {
+        gw: &gw,
+        token: ADMIN_TOKEN.to_string(),
+    };
+    gw.create_key(json!({"tenant": "acme", "name": "lim", "default_channel": "main", "rpm_limit": 10, "tpm_limit": 1000}))
+        .await;
+    let key = gw.admin_get("/admin/keys?tenant=acme").await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "lim")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (uid, _) = user(&gw, "acme", "lim@acme.test", "member", json!({})).await;
+    let key_limits = || async {
+        gw.admin_get("/admin/keys?tenant=acme").await["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == key)
+            .unwrap()["key_limits"]
+            .clone()
+    };
+    use reqwest::Method as M;
+    let key_path = format!("/admin/keys/{key}/limits");
+    let user_path = format!("/admin/users/{uid}/limits");
+    // (method, path, body, limits answered): each step starts where the last one left off.
+    let steps: Vec<(M, &str, serde_json::Value, serde_json::Value)> = vec![
+        (
+            M::PUT,
+            key_path.as_str(),
+            json!({"rpm_limit": 20}),
+            json!([20, 1000]),
+        ),
+        (
+            M::PATCH,
+            key_path.as_str(),
+            json!({"tpm_limit": 500}),
+            json!([20, 500]),
+        ),
+        (M::PATCH, key_path.as_str(), json!({}), json!([20, 500])),
+        (
+            M::PUT,
+            key_path.as_str(),
+            json!({"rpm_limit": null}),
+            json!([null, 500]),
+        ),
+        (
+            M::PATCH,
+            key_path.as_str(),
+            json!({"rpm_limit": 7, "tpm_limit": null}),
+            json!([7, null]),
+        ),
+        (
+            M::PUT,
+            user_path.as_str(),
+            json!({"rpm_limit": 5, "tpm_limit": 50}),
+            json!([5, 50]),
+        ),
+        (
+            M::PATCH,
+            user_path.as_str(),
+            json!({"tpm_limit": 60}),
+            json!([5, 60]),
+        ),
+        (
+            M::PUT,
+            user_path.as_str(),
+            json!({"rpm_limit": null}),
+            json!([null, 60]),
+        ),
+        (
+            M::PUT,
+            "/admin/tenants/acme/limits",
+            json!({"rpm_limit": 100, "tpm_limit": 9000}),
+            json!([100, 9000]),
+        ),
+        (
+            M::PUT,
+            "/admin/tenants/acme/limits",
+            json!({"rpm_limit": 200}),
+            json!([200, 9000]),
+        ),
+        (
+            M::PATCH,
+            "/admin/tenants/acme/limits",
+            json!({"tpm_limit": null}),
+            json!([200, null]),
+        ),
+    ];
+    for (method, path, body, want) in steps {
+        let (s, v) = op.send(method.clone(), path, Some(body.clone())).await;
+        assert_eq!(s, 200, "{method} {path} {body}: {v}");
+        assert_eq!(
+            json!([v["rpm_limit"], v["tpm_limit"]]),
+            want,
+            "{method} {path} {body}: {v}"
+        );
+    }
+    // What the gateway enforces is what was answered.
+    assert_eq!(key_limits().await, json!({"rpm": 7, "tpm": null}));
+    let k = gw.admin_get("/admin/keys?tenant=acme").await["data"][0].clone();
+    assert_eq!(k["tenant_limits"], json!({"rpm": 200, "tpm": null}), "{k}");
+    // A wrong type is refused and changes nothing.
+    let (s, _) = op
+        .send(
+            M::PATCH,
+            key_path.as_str(),
+            Some(json!({"rpm_limit": "many"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(key_limits().await, json!({"rpm": 7, "tpm": null}));
+}

@@ -7,6 +7,8 @@
 //! role: tenant_admin, member, viewer). Every endpoint checks role and tenant; another tenant's
 //! resources answer 404 exactly like missing ones. Errors use the data plane's JSON shape.
 
+mod listing;
+
 use crate::app::App;
 use crate::billing::cluster::BankError;
 use crate::billing::fleet::FleetError;
@@ -17,16 +19,21 @@ use crate::config::reload;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::routing::upstream::BreakerState;
-use crate::tenancy::limits::Limits;
+use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::store::LimitSubject;
 use crate::tenancy::store::{
-    AnalyticsQuery, Dimension, Granularity, NewKey, PromoBonus, StoreError, UserPrincipal,
+    AnalyticsQuery, Credited, Dimension, Granularity, IdempotencyKey, IdempotentRecord, NewKey,
+    PromoBonus, StoreError, UsageQuery, UserPrincipal,
 };
-use crate::tenancy::{GroupId, KeyId, Role, TenantId, UserId};
+use crate::tenancy::{ApiKey, GroupId, KeyId, Role, TenantId, User, UserId};
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{Method, Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
+use listing::{Export, Params, StatementCursor};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
@@ -51,6 +58,53 @@ fn reply(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn reply_bytes(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+/// How long a replay waits for the first request with its idempotency key to answer before
+/// answering from the entries that request committed.
+const IDEMPOTENT_ANSWER_WAIT_MS: i64 = 10_000;
+
+/// An idempotency key as sent (1-255 characters), scoped to `scope` (and, in the store, to the
+/// tenant), with a digest of the request's parameters.
+fn idempotency_key(
+    scope: &'static str,
+    key: &str,
+    params: serde_json::Value,
+) -> Result<IdempotencyKey, GatewayError> {
+    if key.is_empty() || key.len() > 255 {
+        return Err(GatewayError::BadRequest {
+            message: "`idempotency_key` must be 1-255 characters".into(),
+            param: Some("idempotency_key".into()),
+        });
+    }
+    use sha2::{Digest, Sha256};
+    Ok(IdempotencyKey {
+        scope,
+        key: key.to_string(),
+        fingerprint: hex::encode(Sha256::digest(params.to_string().as_bytes())),
+    })
+}
+
+/// The body of a top-up (`entries`: the top-up and its promo bonus) or an adjustment (`entry`).
+fn credited_body(
+    scope: &str,
+    entries: Vec<LedgerEntry>,
+    balance: serde_json::Value,
+) -> serde_json::Value {
+    if scope == "adjust" {
+        json!({"entry": entries.into_iter().next(), "balance": balance})
+    } else {
+        json!({"entries": entries, "balance": balance})
+    }
+}
+
 fn error_reply(e: &GatewayError) -> Response<Vec<u8>> {
     let v: serde_json::Value =
         serde_json::from_slice(&e.openai_body()).unwrap_or(serde_json::Value::Null);
@@ -59,7 +113,7 @@ fn error_reply(e: &GatewayError) -> Response<Vec<u8>> {
 
 fn store_error(e: StoreError) -> GatewayError {
     match e {
-        StoreError::NotFound(m) => GatewayError::NotFound(format!("{m} not found")),
+        StoreError::NotFound { what, .. } => not_found(what),
         StoreError::Conflict(m) => GatewayError::BadRequest {
             message: m,
             param: None,
@@ -108,15 +162,25 @@ struct SetQuotaPeriod {
     period: String,
 }
 
+/// A change of rate limits: only the fields sent change (absent: kept; `null`: unlimited).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetLimits {
-    /// Requests per minute (`null` or absent: unlimited).
-    #[serde(default)]
-    rpm_limit: Option<u32>,
-    /// Tokens per minute (`null` or absent: unlimited).
-    #[serde(default)]
-    tpm_limit: Option<u64>,
+    /// Requests per minute.
+    #[serde(default, with = "double_option")]
+    rpm_limit: Option<Option<u32>>,
+    /// Tokens per minute.
+    #[serde(default, with = "double_option")]
+    tpm_limit: Option<Option<u64>>,
+}
+
+impl SetLimits {
+    fn patch(&self) -> LimitsPatch {
+        LimitsPatch {
+            rpm: self.rpm_limit,
+            tpm: self.tpm_limit,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -255,9 +319,11 @@ fn forbidden(m: &str) -> GatewayError {
     GatewayError::Forbidden(m.into())
 }
 
-/// Another tenant's resources answer exactly like missing ones: nothing leaks across tenants.
-fn not_found_tenant() -> GatewayError {
-    GatewayError::NotFound("tenant not found".into())
+/// The one answer for a record the caller may not see, whether it is missing or another
+/// tenant's: it names the kind of record (`tenant`, `key`, `user`, `group`, ...), never the id
+/// asked for, so the two cases give the same status and the same body.
+fn not_found(what: &str) -> GatewayError {
+    GatewayError::NotFound(format!("{what} not found"))
 }
 
 /// Who is calling.
@@ -280,7 +346,7 @@ impl Principal {
         match self {
             Principal::Operator => Ok(Role::Operator),
             Principal::User(u) if u.user.tenant_id == tenant => Ok(u.user.role),
-            Principal::User(_) => Err(not_found_tenant()),
+            Principal::User(_) => Err(not_found("tenant")),
         }
     }
 
@@ -329,23 +395,15 @@ fn balance_json(tenant: TenantId, v: BalanceView) -> serde_json::Value {
     })
 }
 
-/// `from` and `to` (unix seconds) of an analytics query; default: the last 30 days.
-fn time_range(query: Option<&str>) -> Result<(i64, i64), GatewayError> {
-    let now = crate::tenancy::unix_now();
-    let parse = |name: &str, default: i64| -> Result<i64, GatewayError> {
-        match query_param(query, name) {
-            None => Ok(default),
-            Some(v) => v.parse::<i64>().map_err(|_| GatewayError::BadRequest {
-                message: format!("`{name}` must be a unix timestamp in seconds"),
-                param: Some(name.into()),
-            }),
-        }
-    };
-    let (from, to) = (parse("from", now - 30 * 86_400)?, parse("to", now + 1)?);
-    if to <= from {
-        return Err(GatewayError::bad_request("`to` must be after `from`"));
-    }
-    Ok((from, to))
+/// `from` and `to` (unix seconds) of an analytics query; default: the last 30 days. Either may
+/// be given as unix seconds or RFC 3339, like every listing's.
+fn time_range(params: &Params) -> Result<(i64, i64), GatewayError> {
+    let now_ms = crate::tenancy::unix_now().saturating_mul(1000);
+    let (from, to) = params.time_range_ms((now_ms - 30 * 86_400_000, now_ms + 1000))?;
+    Ok((
+        from.div_euclid(1000),
+        to.saturating_add(999).div_euclid(1000),
+    ))
 }
 
 /// Chat models by name or alias, with their context window, for router policies.
@@ -377,13 +435,6 @@ fn positive_nano(credits: Decimal, field: &str) -> Result<i64, GatewayError> {
             param: Some(field.into()),
         }),
     }
-}
-
-fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then_some(v)
-    })
 }
 
 impl AdminApi {
@@ -462,6 +513,86 @@ impl AdminApi {
         self.balance_of(tenant).await
     }
 
+    /// The answer to a top-up or adjustment: for entries committed now, apply them and answer
+    /// (recording the answer under the idempotency key, if any); for a key used before, the
+    /// first answer.
+    async fn credited(
+        &self,
+        tenant: TenantId,
+        scope: &'static str,
+        idem: Option<IdempotencyKey>,
+        outcome: Credited,
+    ) -> Result<Response<Vec<u8>>, GatewayError> {
+        let entries = match outcome {
+            Credited::Committed(entries) => entries,
+            Credited::Replay(first) => {
+                return match idem {
+                    Some(k) => self.replay(tenant, &k, first).await,
+                    None => Err(GatewayError::Internal("a replay without a key".into())),
+                }
+            }
+        };
+        let balance = self.apply_credits(tenant, &entries).await;
+        let body = credited_body(scope, entries, balance);
+        if let Some(k) = idem {
+            let text = body.to_string();
+            let stored = self
+                .blocking(move |a| {
+                    a.store
+                        .answer_idempotent(tenant, k.scope, &k.key, 201, &text)
+                })
+                .await;
+            if let Err(e) = stored {
+                // A replay then answers from the committed entries (see `replay`).
+                tracing::warn!(error = %e, "the answer to an idempotent request was not recorded");
+            }
+        }
+        Ok(reply(201, body))
+    }
+
+    /// Answer a request whose idempotency key was used before: refused when the parameters
+    /// differ, else the first answer (same status and body). While the first request is still
+    /// answering, wait for it; a first request that committed but never recorded its answer
+    /// (the process died in between, or the key predates recorded answers) is answered from the
+    /// entries it committed.
+    async fn replay(
+        &self,
+        tenant: TenantId,
+        k: &IdempotencyKey,
+        mut first: IdempotentRecord,
+    ) -> Result<Response<Vec<u8>>, GatewayError> {
+        if !first.fingerprint.is_empty() && first.fingerprint != k.fingerprint {
+            return Err(GatewayError::BadRequest {
+                message: "This idempotency key was already used with different parameters.".into(),
+                param: Some("idempotency_key".into()),
+            });
+        }
+        let (scope, key) = (k.scope, k.key.clone());
+        loop {
+            if let Some((status, body)) = first.answer {
+                return Ok(reply_bytes(status, "application/json", body.into_bytes()));
+            }
+            let now_ms = crate::tenancy::unix_now() * 1000;
+            if now_ms >= first.created_ms + IDEMPOTENT_ANSWER_WAIT_MS {
+                let ids = first.entry_ids.clone();
+                let entries = self
+                    .blocking(move |a| a.store.entries_by_id(tenant, &ids))
+                    .await?;
+                let body = credited_body(scope, entries, self.balance_of(tenant).await);
+                let (text, key) = (body.to_string(), key.clone());
+                self.blocking(move |a| a.store.answer_idempotent(tenant, scope, &key, 201, &text))
+                    .await?;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let key = key.clone();
+            first = self
+                .blocking(move |a| a.store.idempotent_record(tenant, scope, &key))
+                .await?
+                .ok_or_else(|| GatewayError::Internal("an idempotency key vanished".into()))?;
+        }
+    }
+
     /// A tenant's balance: this process's books (embedded mode) or the shared bank (cluster
     /// mode, where `available` includes allowance leased by nodes, holds in flight among it).
     async fn balance_of(&self, tenant: TenantId) -> serde_json::Value {
@@ -486,6 +617,121 @@ impl AdminApi {
         }
     }
 
+    /// A key the caller may see, with the caller's role in its tenant. Another tenant's key
+    /// and a missing one are both "key not found".
+    async fn visible_key(&self, who: &Principal, id: &str) -> Result<(ApiKey, Role), GatewayError> {
+        let id: i64 = id
+            .parse()
+            .map_err(|_| GatewayError::bad_request("Key id must be a number."))?;
+        let key = self.blocking(move |a| a.store.get_key(KeyId(id))).await?;
+        let role = who.role_in(key.tenant_id).map_err(|_| not_found("key"))?;
+        Ok((key, role))
+    }
+
+    /// A user the caller may see, with the caller's role in their tenant. Another tenant's user
+    /// and a missing one are both "user not found".
+    async fn visible_user(&self, who: &Principal, id: &str) -> Result<(User, Role), GatewayError> {
+        let id: i64 = id
+            .parse()
+            .map_err(|_| GatewayError::bad_request("User id must be a number."))?;
+        let user = self.blocking(move |a| a.store.get_user(UserId(id))).await?;
+        let role = who.role_in(user.tenant_id).map_err(|_| not_found("user"))?;
+        Ok((user, role))
+    }
+
+    /// The tenant, time range and start of a statement listing, checked for the caller.
+    async fn statement_listing(
+        &self,
+        who: &Principal,
+        t: &str,
+        params: &Params,
+    ) -> Result<(TenantId, i64, i64, Option<StatementCursor>), GatewayError> {
+        let tenant = self.tenant(t).await?;
+        who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+        let (from, to) = params.time_range_ms((i64::MIN, i64::MAX))?;
+        Ok((tenant, from, to, params.statement_cursor()?))
+    }
+
+    /// A usage listing, checked for the caller: users see their own tenant only, members their
+    /// own calls only.
+    async fn usage_listing(
+        &self,
+        who: &Principal,
+        params: &Params,
+        limit: u32,
+    ) -> Result<UsageQuery, GatewayError> {
+        let requested = match params.get("tenant") {
+            Some(t) => Some(self.tenant(t).await?),
+            None => None,
+        };
+        let asked_user = params
+            .get("user")
+            .map(|u| {
+                u.parse::<i64>()
+                    .map(UserId)
+                    .map_err(|_| GatewayError::BadRequest {
+                        message: "`user` must be a user id".into(),
+                        param: Some("user".into()),
+                    })
+            })
+            .transpose()?;
+        let (tenant, user) = match who {
+            Principal::Operator => (requested, asked_user),
+            Principal::User(u) => {
+                if requested.is_some_and(|t| t != u.user.tenant_id) {
+                    return Err(not_found("tenant"));
+                }
+                let user = if u.user.role == Role::Member {
+                    Some(u.user.id)
+                } else {
+                    asked_user
+                };
+                (Some(u.user.tenant_id), user)
+            }
+        };
+        let (from_ms, to_ms) = params.time_range_ms((i64::MIN, i64::MAX))?;
+        Ok(UsageQuery {
+            tenant,
+            user,
+            model: params.get("model").map(str::to_string),
+            from_ms,
+            to_ms,
+            before: params.usage_cursor()?,
+            limit,
+        })
+    }
+
+    /// Exports (`format=csv` on the statement and usage listings) are streamed; everything
+    /// else is answered whole by `route`.
+    async fn answer(&self, session: &mut ServerSession) -> Result<Answer, GatewayError> {
+        let req = session.req_header();
+        let params = Params::parse(req.uri.query());
+        if req.method == Method::GET && params.is_csv() {
+            let path = req.uri.path().to_string();
+            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+            match segments.as_slice() {
+                ["admin", "tenants", t, "ledger"] => {
+                    let who = self.principal(session).await?;
+                    let (tenant, from_ms, to_ms, start) =
+                        self.statement_listing(&who, t, &params).await?;
+                    return Ok(Answer::Export(Export::Statement {
+                        tenant,
+                        from_ms,
+                        to_ms,
+                        start,
+                    }));
+                }
+                ["admin", "usage"] => {
+                    let who = self.principal(session).await?;
+                    let q = self.usage_listing(&who, &params, listing::MAX_PAGE).await?;
+                    return Ok(Answer::Export(Export::Usage(q)));
+                }
+                _ => {}
+            }
+        }
+        self.route(session).await.map(Answer::Full)
+    }
+
     async fn tenant(&self, id_or_name: &str) -> Result<TenantId, GatewayError> {
         let t = id_or_name.to_string();
         Ok(self.blocking(move |a| a.store.find_tenant(&t)).await?.id)
@@ -506,7 +752,7 @@ impl AdminApi {
     async fn route(&self, session: &mut ServerSession) -> Result<Response<Vec<u8>>, GatewayError> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let query = session.req_header().uri.query().map(str::to_string);
+        let params = Params::parse(session.req_header().uri.query());
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
 
         match (&method, segments.as_slice()) {
@@ -572,7 +818,7 @@ impl AdminApi {
                 Ok(reply(201, json!(t)))
             }
             (&Method::GET, ["keys"]) => {
-                let tenant = match query_param(query.as_deref(), "tenant") {
+                let tenant = match params.get("tenant") {
                     Some(t) => Some(self.tenant(t).await?),
                     None => None,
                 };
@@ -580,7 +826,7 @@ impl AdminApi {
                     Principal::Operator => (tenant, None),
                     Principal::User(u) => {
                         if tenant.is_some_and(|t| t != u.user.tenant_id) {
-                            return Err(not_found_tenant());
+                            return Err(not_found("tenant"));
                         }
                         let only = (u.user.role == Role::Member).then_some(u.user.id);
                         (Some(u.user.tenant_id), only)
@@ -671,14 +917,9 @@ impl AdminApi {
                 Ok(reply(201, json!({"key": plaintext, "record": key})))
             }
             (&Method::POST, ["keys", id, "revoke"]) | (&Method::DELETE, ["keys", id]) => {
-                let id: i64 = id
-                    .parse()
-                    .map_err(|_| GatewayError::bad_request("Key id must be a number."))?;
-                let key = self.blocking(move |a| a.store.get_key(KeyId(id))).await?;
-                match who
-                    .role_in(key.tenant_id)
-                    .map_err(|_| GatewayError::NotFound("key not found".into()))?
-                {
+                let (key, role) = self.visible_key(&who, id).await?;
+                let id = key.id;
+                match role {
                     Role::Operator | Role::TenantAdmin => {}
                     Role::Member if matches!(&who, Principal::User(u) if key.user_id == Some(u.user.id)) =>
                         {}
@@ -686,7 +927,7 @@ impl AdminApi {
                 }
                 let key = self
                     .blocking(move |a| {
-                        let k = a.store.revoke_key(KeyId(id))?;
+                        let k = a.store.revoke_key(id)?;
                         a.refresh_keys()?;
                         Ok(k)
                     })
@@ -704,13 +945,20 @@ impl AdminApi {
                 let req: TopUp = Self::read_json(session).await?;
                 let credits = req.amount_rmb * self.app.config().billing.credits_per_rmb;
                 let amount = positive_nano(credits, "amount_rmb")?;
-                let id = format!(
-                    "topup:{}",
-                    req.idempotency_key
-                        .unwrap_or_else(crate::tenancy::keys::generate_key)
-                );
-                let (note, promo) = (req.note, req.promo_code);
-                let entries = self
+                let idem = req
+                    .idempotency_key
+                    .as_deref()
+                    .map(|k| {
+                        idempotency_key(
+                            "topup",
+                            k,
+                            json!([amount, req.promo_code.as_deref(), req.note.as_deref()]),
+                        )
+                    })
+                    .transpose()?;
+                let id = format!("topup:{}", crate::tenancy::keys::generate_key());
+                let (note, promo, idem2) = (req.note, req.promo_code, idem.clone());
+                let outcome = self
                     .blocking(move |a| {
                         a.store.top_up(
                             tenant,
@@ -719,11 +967,11 @@ impl AdminApi {
                             Some("operator"),
                             note.as_deref(),
                             &id,
+                            idem2.as_ref(),
                         )
                     })
                     .await?;
-                let balance = self.apply_credits(tenant, &entries).await;
-                Ok(reply(201, json!({"entries": entries, "balance": balance})))
+                self.credited(tenant, "topup", idem, outcome).await
             }
             (&Method::POST, ["tenants", t, "promo"]) => {
                 let tenant = self.tenant(t).await?;
@@ -775,11 +1023,26 @@ impl AdminApi {
                     .ok_or_else(|| {
                         GatewayError::bad_request("`credits` must be a non-zero amount")
                     })?;
-                let id = format!(
-                    "adjust:{}",
-                    req.idempotency_key
-                        .unwrap_or_else(crate::tenancy::keys::generate_key)
-                );
+                let idem = req
+                    .idempotency_key
+                    .as_deref()
+                    .map(|k| idempotency_key("adjust", k, json!([amount, req.note])))
+                    .transpose()?;
+                let id = match &idem {
+                    Some(k) => {
+                        // A replay is answered before anything moves (in cluster mode, before
+                        // the debit below).
+                        let (scope, key) = (k.scope, k.key.clone());
+                        let first = self
+                            .blocking(move |a| a.store.idempotent_record(tenant, scope, &key))
+                            .await?;
+                        if let Some(first) = first {
+                            return self.replay(tenant, k, first).await;
+                        }
+                        k.entry_id(tenant)
+                    }
+                    None => format!("adjust:{}", crate::tenancy::keys::generate_key()),
+                };
                 let refused = || {
                     GatewayError::bad_request(
                         "A negative adjustment cannot exceed the available balance.",
@@ -788,6 +1051,8 @@ impl AdminApi {
                 match self.app.ledger.fleet() {
                     // Cluster mode: debit Redis first (refused when the unleased balance cannot
                     // cover it), then record; the replay of the recorded entry is a no-op.
+                    // Concurrent requests with one idempotency key debit once: the debit is
+                    // idempotent on the entry id, which is the key's.
                     Some(fleet) if amount < 0 => {
                         if let Err(e) = fleet.debit_first(tenant, amount, &id).await {
                             return Err(match e {
@@ -805,62 +1070,63 @@ impl AdminApi {
                         }
                     }
                 }
-                let note = req.note;
-                let entry = self
-                    .blocking(move |a| {
-                        a.store.credit(
+                let (note, idem2) = (req.note, idem.clone());
+                let outcome = self
+                    .blocking(move |a| match idem2 {
+                        Some(k) => a.store.credit_idempotent(
                             tenant,
                             EntryKind::Adjustment,
                             amount,
                             Some("operator"),
                             Some(&note),
-                            &id,
-                        )
+                            &k,
+                        ),
+                        None => a
+                            .store
+                            .credit(
+                                tenant,
+                                EntryKind::Adjustment,
+                                amount,
+                                Some("operator"),
+                                Some(&note),
+                                &id,
+                            )
+                            .map(|e| Credited::Committed(vec![e])),
                     })
                     .await?;
-                let balance = self
-                    .apply_credits(tenant, std::slice::from_ref(&entry))
-                    .await;
-                Ok(reply(201, json!({"entry": entry, "balance": balance})))
+                self.credited(tenant, "adjust", idem, outcome).await
             }
             (&Method::GET, ["tenants", t, "ledger"]) => {
-                let tenant = self.tenant(t).await?;
-                who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
-                let rows = self
-                    .blocking(move |a| a.store.ledger_statement(tenant))
+                // `format=csv` is answered before routing, as a stream (see `answer`).
+                let (tenant, from, to, start) = self.statement_listing(&who, t, &params).await?;
+                let limit = params.limit(listing::MAX_PAGE)?;
+                let (after, mut running, mut row) =
+                    listing::statement_start(&self.app, tenant, from, start).await?;
+                let page = self
+                    .blocking(move |a| a.store.statement_page(tenant, from, to, after, limit))
                     .await?;
-                if query_param(query.as_deref(), "format") == Some("csv") {
-                    let mut csv = String::from("seq,created_ms,id,kind,amount_credits,running_balance_credits,key_id,request_id,actor,note,uncollected_credits\n");
-                    for (i, (e, running)) in rows.iter().enumerate() {
-                        let esc =
-                            |s: &Option<String>| s.as_deref().unwrap_or("").replace('"', "\"\"");
-                        csv.push_str(&format!(
-                            "{},{},{},{},{},{},{},{},\"{}\",\"{}\",{}\n",
-                            i + 1,
-                            e.created_ms,
-                            e.id,
-                            e.kind.as_str(),
-                            pricing::to_credits(e.amount).normalize(),
-                            pricing::to_credits(*running).normalize(),
-                            e.key_id.map(|k| k.0.to_string()).unwrap_or_default(),
-                            e.request_id.as_deref().unwrap_or(""),
-                            esc(&e.actor),
-                            esc(&e.note),
-                            pricing::to_credits(e.uncollected).normalize(),
-                        ));
-                    }
-                    return Response::builder()
-                        .status(200)
-                        .header(http::header::CONTENT_TYPE, "text/csv")
-                        .header(http::header::CONTENT_LENGTH, csv.len())
-                        .body(csv.into_bytes())
-                        .map_err(|e| GatewayError::Internal(e.to_string()));
-                }
-                let data: Vec<_> = rows
+                let full = page.len() == limit as usize;
+                let mut last = None;
+                let data: Vec<_> = page
                     .into_iter()
-                    .map(|(e, running)| json!({"entry": e, "amount": credits_json(e.amount), "running_balance": credits_json(running)}))
+                    .map(|r| {
+                        running += r.entry.amount;
+                        row += 1;
+                        last = Some(StatementCursor {
+                            pos: r.pos,
+                            running,
+                            row,
+                        });
+                        json!({
+                            "entry": r.entry,
+                            "amount": credits_json(r.entry.amount),
+                            "running_balance": credits_json(running),
+                            "call": r.call,
+                        })
+                    })
                     .collect();
-                Ok(reply(200, json!({"data": data})))
+                let next = last.filter(|_| full).map(|c| c.encode());
+                Ok(reply(200, json!({"data": data, "next_cursor": next})))
             }
             (&Method::POST, ["tenants", t, "redeem"]) => {
                 let tenant = self.tenant(t).await?;
@@ -893,7 +1159,7 @@ impl AdminApi {
             }
             (&Method::GET, ["codes"]) => {
                 who.require_operator()?;
-                let batch = query_param(query.as_deref(), "batch").map(str::to_string);
+                let batch = params.get("batch").map(str::to_string);
                 let codes = self
                     .blocking(move |a| a.store.list_codes(batch.as_deref()))
                     .await?;
@@ -950,33 +1216,22 @@ impl AdminApi {
                 }),
             )),
             (&Method::GET, ["usage"]) => {
-                let requested = query_param(query.as_deref(), "tenant")
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .map(TenantId);
-                let limit = query_param(query.as_deref(), "limit")
-                    .and_then(|t| t.parse::<u32>().ok())
-                    .unwrap_or(100)
-                    .min(10_000);
-                let (tenant, user) = match &who {
-                    Principal::Operator => (requested, None),
-                    Principal::User(u) => {
-                        if requested.is_some_and(|t| t != u.user.tenant_id) {
-                            return Err(not_found_tenant());
-                        }
-                        let user = (u.user.role == Role::Member).then_some(u.user.id);
-                        (Some(u.user.tenant_id), user)
-                    }
-                };
-                let events = self
-                    .blocking(move |a| a.store.recent_usage(tenant, user, limit))
-                    .await?;
-                Ok(reply(200, json!({"data": events})))
+                // `format=csv` is answered before routing, as a stream (see `answer`).
+                let limit = params.limit(100)?;
+                let q = self.usage_listing(&who, &params, limit).await?;
+                let page = self.blocking(move |a| a.store.usage_page(&q)).await?;
+                let next = page
+                    .last()
+                    .filter(|_| page.len() == limit as usize)
+                    .map(|(p, _)| listing::usage_next_cursor(*p));
+                let data: Vec<_> = page.into_iter().map(|(_, e)| e).collect();
+                Ok(reply(200, json!({"data": data, "next_cursor": next})))
             }
             (&Method::GET, ["tenants", t, "analytics"]) => {
                 let tenant = self.tenant(t).await?;
                 let role = who.role_in(tenant)?;
-                let q = |name: &str| query_param(query.as_deref(), name);
-                let (from, to) = time_range(query.as_deref())?;
+                let q = |name: &str| params.get(name);
+                let (from, to) = time_range(&params)?;
                 let granularity = match q("granularity").unwrap_or("total") {
                     "hour" => Granularity::Hour,
                     "day" => Granularity::Day,
@@ -1104,7 +1359,7 @@ impl AdminApi {
             (&Method::GET, ["tenants", t, "routing"]) => {
                 let tenant = self.tenant(t).await?;
                 who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
-                let (from, to) = time_range(query.as_deref())?;
+                let (from, to) = time_range(&params)?;
                 let rows = self
                     .blocking(move |a| a.store.routing_savings(tenant, from * 1000, to * 1000))
                     .await?;
@@ -1163,61 +1418,45 @@ impl AdminApi {
                     json!({"tenant_id": tenant, "quota_period": period, "period_started_ms": period.start_ms(now)}),
                 ))
             }
-            (&Method::PUT, ["tenants", t, "limits"]) => {
+            (&Method::PUT | &Method::PATCH, ["tenants", t, "limits"]) => {
                 who.require_operator()?;
                 let tenant = self.tenant(t).await?;
                 let req: SetLimits = Self::read_json(session).await?;
-                let limits = Limits {
-                    rpm: req.rpm_limit,
-                    tpm: req.tpm_limit,
-                };
-                self.blocking(move |a| {
-                    a.store.set_limits(LimitSubject::Tenant(tenant), limits)?;
-                    a.refresh_keys().map(|_| ())
-                })
-                .await?;
+                let patch = req.patch();
+                let limits = self
+                    .blocking(move |a| {
+                        let l = a.store.set_limits(LimitSubject::Tenant(tenant), patch)?;
+                        a.refresh_keys()?;
+                        Ok(l)
+                    })
+                    .await?;
                 Ok(reply(
                     200,
-                    json!({"tenant_id": tenant, "rpm_limit": req.rpm_limit, "tpm_limit": req.tpm_limit}),
+                    json!({"tenant_id": tenant, "rpm_limit": limits.rpm, "tpm_limit": limits.tpm}),
                 ))
             }
-            (&Method::PUT, ["users", id, "limits"]) | (&Method::PUT, ["keys", id, "limits"]) => {
-                let id: i64 = id
-                    .parse()
-                    .map_err(|_| GatewayError::bad_request("The id must be a number."))?;
-                let is_user = segments.get(1) == Some(&"users");
-                let tenant = if is_user {
-                    self.blocking(move |a| a.store.get_user(UserId(id)))
-                        .await?
-                        .tenant_id
+            (&Method::PUT | &Method::PATCH, [kind @ ("users" | "keys"), id, "limits"]) => {
+                let subject = if *kind == "users" {
+                    let (user, _) = self.visible_user(&who, id).await?;
+                    who.require(user.tenant_id, &[Role::TenantAdmin])?;
+                    LimitSubject::User(user.id)
                 } else {
-                    self.blocking(move |a| a.store.get_key(KeyId(id)))
-                        .await?
-                        .tenant_id
+                    let (key, _) = self.visible_key(&who, id).await?;
+                    who.require(key.tenant_id, &[Role::TenantAdmin])?;
+                    LimitSubject::Key(key.id)
                 };
-                who.require(tenant, &[Role::TenantAdmin])
-                    .map_err(|e| match e {
-                        GatewayError::NotFound(_) => GatewayError::NotFound("not found".into()),
-                        other => other,
-                    })?;
                 let req: SetLimits = Self::read_json(session).await?;
-                let limits = Limits {
-                    rpm: req.rpm_limit,
-                    tpm: req.tpm_limit,
-                };
-                let subject = if is_user {
-                    LimitSubject::User(UserId(id))
-                } else {
-                    LimitSubject::Key(KeyId(id))
-                };
-                self.blocking(move |a| {
-                    a.store.set_limits(subject, limits)?;
-                    a.refresh_keys().map(|_| ())
-                })
-                .await?;
+                let patch = req.patch();
+                let limits = self
+                    .blocking(move |a| {
+                        let l = a.store.set_limits(subject, patch)?;
+                        a.refresh_keys()?;
+                        Ok(l)
+                    })
+                    .await?;
                 Ok(reply(
                     200,
-                    json!({"id": id, "rpm_limit": req.rpm_limit, "tpm_limit": req.tpm_limit}),
+                    json!({"id": id.parse::<i64>().unwrap_or_default(), "rpm_limit": limits.rpm, "tpm_limit": limits.tpm}),
                 ))
             }
             (&Method::GET, ["tenants", t, "users"]) => {
@@ -1252,17 +1491,9 @@ impl AdminApi {
                 Ok(reply(201, json!({"user": user.0, "token": user.1})))
             }
             (&Method::PATCH, ["users", id]) => {
-                let id: i64 = id
-                    .parse()
-                    .map_err(|_| GatewayError::bad_request("User id must be a number."))?;
-                let user = self.blocking(move |a| a.store.get_user(UserId(id))).await?;
-                who.require(user.tenant_id, &[Role::TenantAdmin])
-                    .map_err(|e| match e {
-                        GatewayError::NotFound(_) => {
-                            GatewayError::NotFound("user not found".into())
-                        }
-                        other => other,
-                    })?;
+                let (user, _) = self.visible_user(&who, id).await?;
+                who.require(user.tenant_id, &[Role::TenantAdmin])?;
+                let id = user.id;
                 let req: UpdateUser = Self::read_json(session).await?;
                 let role = req.role.as_deref().map(parse_role).transpose()?;
                 let quota = match req.quota_credits {
@@ -1273,9 +1504,7 @@ impl AdminApi {
                 let group = req.group_id.map(|g| g.map(GroupId));
                 let updated = self
                     .blocking(move |a| {
-                        let u =
-                            a.store
-                                .update_user(UserId(id), role, group, quota, req.disabled)?;
+                        let u = a.store.update_user(id, role, group, quota, req.disabled)?;
                         a.refresh_keys()?;
                         Ok(u)
                     })
@@ -1283,13 +1512,10 @@ impl AdminApi {
                 Ok(reply(200, json!(updated)))
             }
             (&Method::POST, ["users", id, "tokens"]) => {
-                let id: i64 = id
-                    .parse()
-                    .map_err(|_| GatewayError::bad_request("User id must be a number."))?;
-                let user = self.blocking(move |a| a.store.get_user(UserId(id))).await?;
+                let (user, _) = self.visible_user(&who, id).await?;
                 who.require(user.tenant_id, &[Role::TenantAdmin])?;
                 let token = self
-                    .blocking(move |a| a.store.create_user_token(UserId(id)))
+                    .blocking(move |a| a.store.create_user_token(user.id))
                     .await?;
                 Ok(reply(201, json!({"token": token})))
             }
@@ -1345,12 +1571,61 @@ impl AdminApi {
     }
 }
 
+/// An answer of the admin API: whole, or an export streamed page by page.
+enum Answer {
+    Full(Response<Vec<u8>>),
+    Export(Export),
+}
+
+/// Write a whole response; returns whether it was written.
+async fn write_full(session: &mut ServerSession, r: Response<Vec<u8>>) -> bool {
+    let (parts, body) = r.into_parts();
+    let header: ResponseHeader = parts.into();
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    session
+        .write_response_body(Bytes::from(body), true)
+        .await
+        .is_ok()
+}
+
+/// The admin API serves its own HTTP sessions (rather than through Pingora's `ServeHttp`,
+/// which must hold a whole response in memory) so that exports can be written as they are read.
 #[async_trait]
-impl ServeHttp for AdminApi {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match self.route(session).await {
-            Ok(r) => r,
-            Err(e) => error_reply(&e),
+impl HttpServerApp for AdminApi {
+    /// Runs for each request on an admin connection: reads the request head, answers, and hands
+    /// the connection back for reuse when the answer was written whole.
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin request could not be read");
+                return None;
+            }
+        }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let written = match self.answer(&mut session).await {
+            Ok(Answer::Full(r)) => write_full(&mut session, r).await,
+            Ok(Answer::Export(x)) => x.stream(&self.app, &mut session).await,
+            Err(e) => write_full(&mut session, error_reply(&e)).await,
+        };
+        if !written {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
         }
     }
 }

@@ -33,6 +33,14 @@ pub struct Limits {
     pub tpm: Option<u64>,
 }
 
+/// A change to a subject's limits: `None` keeps a field, `Some(None)` clears it (unlimited),
+/// `Some(Some(n))` sets it. Updates through the admin API change only the fields they name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsPatch {
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u64>>,
+}
+
 impl Limits {
     pub fn is_unlimited(&self) -> bool {
         self.rpm.is_none() && self.tpm.is_none()

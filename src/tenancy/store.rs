@@ -6,7 +6,7 @@
 //! refresher and the batched usage writer.
 
 use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
-use super::limits::Limits;
+use super::limits::{Limits, LimitsPatch};
 use super::{
     unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };
@@ -21,14 +21,26 @@ use std::sync::{Arc, Mutex};
 pub enum StoreError {
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("{0} not found")]
-    NotFound(String),
+    /// `what` names the kind of record (tenant, key, user, group, ...), `id` the one asked for.
+    /// The admin API answers with `what` alone, so that another tenant's record and a missing
+    /// one cannot be told apart.
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the store lock is poisoned")]
     Poisoned,
+}
+
+impl StoreError {
+    pub fn not_found(what: &'static str, id: impl std::fmt::Display) -> StoreError {
+        StoreError::NotFound {
+            what,
+            id: id.to_string(),
+        }
+    }
 }
 
 /// Ordered schema migrations; the index + 1 is the schema version.
@@ -275,6 +287,26 @@ const MIGRATIONS: &[&str] = &[
      FROM ledger_entries WHERE kind = 'charge';
      DELETE FROM ledger_entries WHERE kind = 'charge';
      DROP INDEX IF EXISTS ledger_entries_key;",
+    // 14: idempotency keys of top-ups and adjustments, per tenant, with the first answer.
+    // Keys sent before this version were global (the entry id was `topup:<key>`); each becomes
+    // its tenant's key, without a recorded answer (a replay is answered from its entry).
+    "CREATE TABLE idempotency_keys (
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        entry_ids TEXT NOT NULL,
+        status INTEGER,
+        body TEXT,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, scope, key)
+     ) WITHOUT ROWID;
+     INSERT OR IGNORE INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
+        SELECT tenant_id, 'topup', substr(id, 7), '', json_array(id), created_ms
+        FROM ledger_entries WHERE kind = 'top_up' AND id LIKE 'topup:%';
+     INSERT OR IGNORE INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
+        SELECT tenant_id, 'adjust', substr(id, 8), '', json_array(id), created_ms
+        FROM ledger_entries WHERE kind = 'adjustment' AND id LIKE 'adjust:%';",
 ];
 
 /// The columns of a usage record as the recorder writes them, and one row's placeholders.
@@ -457,6 +489,96 @@ pub struct PromoCampaign {
     pub created_at: i64,
 }
 
+/// Where a usage listing (newest first) stands: the last record returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsagePos {
+    pub ts_ms: i64,
+    pub id: i64,
+}
+
+/// A usage listing: the filters, the time range `[from_ms, to_ms)` and the page.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    pub tenant: Option<TenantId>,
+    /// The calls made with this user's keys.
+    pub user: Option<UserId>,
+    /// The calls for this model (as asked for, or as the upstream named it).
+    pub model: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Only records before this position (the previous page's last).
+    pub before: Option<UsagePos>,
+    pub limit: u32,
+}
+
+/// Where a statement (oldest first) stands: time, source (0 journal, 1 charge) and row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementPos {
+    pub ts_ms: i64,
+    pub src: i64,
+    pub ord: i64,
+}
+
+/// What a charge row of a statement says about its call.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CallDetail {
+    pub model: Option<String>,
+    pub channel: Option<String>,
+    pub prompt_tokens: i64,
+    pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub completion_tokens: i64,
+    pub reasoning_tokens: i64,
+}
+
+/// One row of a statement page.
+#[derive(Debug, Clone)]
+pub struct StatementRow {
+    pub entry: LedgerEntry,
+    pub pos: StatementPos,
+    /// Charge rows: the call's model, channel and tokens.
+    pub call: Option<CallDetail>,
+}
+
+/// An idempotency key sent with a money-in request. Keys are scoped to their tenant and kind of
+/// request (`scope`: `topup`, `adjust`): the same key on two tenants is two keys.
+/// `fingerprint` digests the request's parameters, so that a key reused for a different
+/// request is refused rather than answered with the first request's result.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub scope: &'static str,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl IdempotencyKey {
+    /// The journal id of the (first) entry the request commits: unique per tenant, scope, key.
+    pub fn entry_id(&self, tenant: TenantId) -> String {
+        format!("{}:{}:{}", self.scope, tenant.0, self.key)
+    }
+}
+
+/// What an idempotency key recorded: the entries its first request committed and, once given,
+/// that request's answer.
+#[derive(Debug, Clone)]
+pub struct IdempotentRecord {
+    /// Empty for keys recorded before fingerprints existed (schema 14): any request matches.
+    pub fingerprint: String,
+    pub entry_ids: Vec<String>,
+    /// (status, body) of the first answer.
+    pub answer: Option<(u16, String)>,
+    pub created_ms: i64,
+}
+
+/// The outcome of a money-in request.
+#[derive(Debug, Clone)]
+pub enum Credited {
+    /// Committed now.
+    Committed(Vec<LedgerEntry>),
+    /// The idempotency key was used before: nothing was committed.
+    Replay(IdempotentRecord),
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum LimitSubject {
     Tenant(TenantId),
@@ -492,6 +614,9 @@ fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
 /// (tenant, hour, key, user, group, model, channel) of an hourly roll-up row, borrowing the
 /// batch's strings.
 type RollupKey<'a> = (i64, i64, i64, i64, i64, &'a str, &'a str);
+
+/// (fingerprint, entry ids as JSON, status, body, created_ms) of an idempotency key.
+type IdempotencyRow = (String, String, Option<i64>, Option<String>, i64);
 
 /// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
@@ -665,7 +790,7 @@ impl Store {
                     },
                 )
                 .optional()?;
-            row.ok_or_else(|| StoreError::NotFound(format!("tenant `{id_or_name}`")))
+            row.ok_or_else(|| StoreError::not_found("tenant", format!("`{id_or_name}`")))
         })
     }
 
@@ -694,14 +819,14 @@ impl Store {
                 .query_row("SELECT id FROM tenants WHERE id = ?1", params![new.tenant_id.0], |r| r.get(0))
                 .optional()?;
             if exists.is_none() {
-                return Err(StoreError::NotFound(format!("tenant {}", new.tenant_id.0)));
+                return Err(StoreError::not_found("tenant", new.tenant_id.0));
             }
             if let Some(u) = new.user_id {
                 let owner: Option<i64> = tx
                     .query_row("SELECT tenant_id FROM users WHERE id = ?1", params![u.0], |r| r.get(0))
                     .optional()?;
                 if owner != Some(new.tenant_id.0) {
-                    return Err(StoreError::NotFound(format!("user {}", u.0)));
+                    return Err(StoreError::not_found("user", u.0));
                 }
             }
             tx.execute(
@@ -777,7 +902,7 @@ impl Store {
             );
             c.query_row(&sql, params![id.0], Store::key_from_row)
                 .optional()?
-                .ok_or_else(|| StoreError::NotFound(format!("key {}", id.0)))
+                .ok_or_else(|| StoreError::not_found("key", id.0))
         })
     }
 
@@ -809,7 +934,7 @@ impl Store {
                     )
                     .optional()?;
                 if exists.is_none() {
-                    return Err(StoreError::NotFound(format!("key {}", id.0)));
+                    return Err(StoreError::not_found("key", id.0));
                 }
             }
             Store::bump_generation(c)?;
@@ -1127,58 +1252,113 @@ impl Store {
         })
     }
 
-    /// Most recent usage events, newest first (admin API and tests).
+    /// Most recent usage events, newest first (tests).
     pub fn recent_usage(
         &self,
         tenant: Option<TenantId>,
         user: Option<UserId>,
         limit: u32,
     ) -> Result<Vec<UsageEvent>, StoreError> {
+        Ok(self
+            .usage_page(&UsageQuery {
+                tenant,
+                user,
+                model: None,
+                from_ms: i64::MIN,
+                to_ms: i64::MAX,
+                before: None,
+                limit,
+            })?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// One page of usage records, newest first: those in `[from_ms, to_ms)` (and of the tenant,
+    /// user, model asked for) before the position `before`, at most `limit`, each with its
+    /// position for the next page. Pages walk the (tenant, time) index: a page costs its own
+    /// rows, however deep into a tenant's history it is.
+    pub fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError> {
+        let (before_ts, before_id) = q.before.map_or((i64::MAX, i64::MAX), |p| (p.ts_ms, p.id));
+        // The upper time bound includes the cursor's, so that the index range starts there.
+        let upper = q.to_ms.min(before_ts.saturating_add(1));
+        let mut sql = format!(
+            "SELECT {EVENT_COLUMNS}, id FROM usage_events
+             WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (ts_ms < ?3 OR (ts_ms = ?3 AND id < ?4))"
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            q.from_ms.into(),
+            upper.into(),
+            before_ts.into(),
+            before_id.into(),
+            i64::from(q.limit).into(),
+        ];
+        if let Some(t) = q.tenant {
+            args.push(t.0.into());
+            sql.push_str(&format!(" AND tenant_id = ?{}", args.len()));
+        }
+        if let Some(u) = q.user {
+            args.push(u.0.into());
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND key_id IN (SELECT id FROM api_keys WHERE user_id = ?{n})"
+            ));
+        }
+        if let Some(m) = &q.model {
+            args.push(m.clone().into());
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (model_requested = ?{n} OR model_used = ?{n})"
+            ));
+        }
+        sql.push_str(" ORDER BY ts_ms DESC, id DESC LIMIT ?5");
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream, model_requested, model_used,
-                        stream, status, error_code, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
-                        usage_source, attempts, latency_ms, ttft_ms, cost_nano, user_id, group_id,
-                        route_tier, route_reason, route_score, baseline_cost_nano, cache_write_tokens, uncollected
-                 FROM usage_events WHERE (?1 IS NULL OR tenant_id = ?1)
-                   AND (?3 IS NULL OR key_id IN (SELECT id FROM api_keys WHERE user_id = ?3))
-                 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = st.query_map(params![tenant.map(|t| t.0), limit, user.map(|u| u.0)], |r| {
-                Ok(UsageEvent {
-                    request_id: r.get(0)?,
-                    ts_ms: r.get(1)?,
-                    tenant_id: r.get::<_, Option<i64>>(2)?.map(TenantId),
-                    key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
-                    endpoint: r.get(4)?,
-                    channel: r.get(5)?,
-                    upstream: r.get(6)?,
-                    model_requested: r.get(7)?,
-                    model_used: r.get(8)?,
-                    stream: r.get(9)?,
-                    status: r.get(10)?,
-                    error_code: r.get(11)?,
-                    prompt_tokens: r.get::<_, i64>(12)? as u64,
-                    cached_tokens: r.get::<_, i64>(13)? as u64,
-                    completion_tokens: r.get::<_, i64>(14)? as u64,
-                    reasoning_tokens: r.get::<_, i64>(15)? as u64,
-                    usage_source: r.get(16)?,
-                    attempts: r.get(17)?,
-                    latency_ms: r.get::<_, i64>(18)? as u64,
-                    ttft_ms: r.get::<_, Option<i64>>(19)?.map(|v| v as u64),
-                    cost_nano: r.get(20)?,
-                    user_id: r.get::<_, Option<i64>>(21)?.map(UserId),
-                    group_id: r.get::<_, Option<i64>>(22)?.map(GroupId),
-                    route_tier: r.get(23)?,
-                    route_reason: r.get(24)?,
-                    route_score: r.get::<_, Option<f64>>(25)?.map(|v| v as f32),
-                    baseline_cost_nano: r.get(26)?,
-                    cache_write_tokens: r.get::<_, i64>(27)? as u64,
-                    uncollected: r.get(28)?,
-                    charge_ticket: None,
-                })
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+                let e = Store::event_from_row(r)?;
+                let pos = UsagePos {
+                    ts_ms: e.ts_ms,
+                    id: r.get(29)?,
+                };
+                Ok((pos, e))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// A usage record from the `EVENT_COLUMNS` of a row.
+    fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
+        Ok(UsageEvent {
+            request_id: r.get(0)?,
+            ts_ms: r.get(1)?,
+            tenant_id: r.get::<_, Option<i64>>(2)?.map(TenantId),
+            key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
+            endpoint: r.get(4)?,
+            channel: r.get(5)?,
+            upstream: r.get(6)?,
+            model_requested: r.get(7)?,
+            model_used: r.get(8)?,
+            stream: r.get(9)?,
+            status: r.get(10)?,
+            error_code: r.get(11)?,
+            prompt_tokens: r.get::<_, i64>(12)? as u64,
+            cached_tokens: r.get::<_, i64>(13)? as u64,
+            completion_tokens: r.get::<_, i64>(14)? as u64,
+            reasoning_tokens: r.get::<_, i64>(15)? as u64,
+            usage_source: r.get(16)?,
+            attempts: r.get(17)?,
+            latency_ms: r.get::<_, i64>(18)? as u64,
+            ttft_ms: r.get::<_, Option<i64>>(19)?.map(|v| v as u64),
+            cost_nano: r.get(20)?,
+            user_id: r.get::<_, Option<i64>>(21)?.map(UserId),
+            group_id: r.get::<_, Option<i64>>(22)?.map(GroupId),
+            route_tier: r.get(23)?,
+            route_reason: r.get(24)?,
+            route_score: r.get::<_, Option<f64>>(25)?.map(|v| v as f32),
+            baseline_cost_nano: r.get(26)?,
+            cache_write_tokens: r.get::<_, i64>(27)? as u64,
+            uncollected: r.get(28)?,
+            charge_ticket: None,
         })
     }
 
@@ -1216,7 +1396,7 @@ impl Store {
                 )
                 .optional()?;
             if owner != Some(tenant.0) {
-                return Err(StoreError::NotFound(format!("group {}", g.0)));
+                return Err(StoreError::not_found("group", g.0));
             }
         }
         Ok(())
@@ -1324,7 +1504,7 @@ impl Store {
             );
             c.query_row(&sql, params![id.0], Store::user_from_row)
                 .optional()?
-                .ok_or_else(|| StoreError::NotFound(format!("user {}", id.0)))
+                .ok_or_else(|| StoreError::not_found("user", id.0))
         })
     }
 
@@ -1459,7 +1639,7 @@ impl Store {
                 )
                 .optional()?;
             let Some((id, tenant, email, role, group, expires_at, accepted)) = row else {
-                return Err(StoreError::NotFound("invitation".into()));
+                return Err(StoreError::not_found("invitation", ""));
             };
             if accepted.is_some() {
                 return Err(StoreError::Conflict("this invitation has already been accepted".into()));
@@ -1514,7 +1694,7 @@ impl Store {
                 params![tenant.0, value],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+                return Err(StoreError::not_found("tenant", tenant.0));
             }
             Store::bump_generation(c)?;
             Ok(())
@@ -1529,7 +1709,7 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("tenant {}", tenant.0)))
+            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
         })
     }
 
@@ -1570,23 +1750,52 @@ impl Store {
         self.set_tenant_setting(tenant, "quota_period", &period.as_str())
     }
 
-    /// Set the rate limits of a tenant or a user (None clears a limit).
-    pub fn set_limits(&self, subject: LimitSubject, limits: Limits) -> Result<(), StoreError> {
-        let (table, id) = match subject {
-            LimitSubject::Tenant(t) => ("tenants", t.0),
-            LimitSubject::User(u) => ("users", u.0),
-            LimitSubject::Key(k) => ("api_keys", k.0),
+    /// Change the rate limits of a tenant, user or key. A field of `patch` that is `None` keeps
+    /// its value; `Some(None)` clears it (unlimited). Returns the limits now in force.
+    pub fn set_limits(
+        &self,
+        subject: LimitSubject,
+        patch: LimitsPatch,
+    ) -> Result<Limits, StoreError> {
+        let (table, what, id) = match subject {
+            LimitSubject::Tenant(t) => ("tenants", "tenant", t.0),
+            LimitSubject::User(u) => ("users", "user", u.0),
+            LimitSubject::Key(k) => ("api_keys", "key", k.0),
+        };
+        let tpm = match patch.tpm {
+            Some(Some(t)) => Some(
+                i64::try_from(t)
+                    .map_err(|_| StoreError::Invalid("`tpm_limit` is too large".into()))?,
+            ),
+            _ => None,
         };
         self.with(|c| {
-            let n = c.execute(
-                &format!("UPDATE {table} SET rpm_limit = ?2, tpm_limit = ?3 WHERE id = ?1"),
-                params![id, limits.rpm, limits.tpm.map(|t| t as i64)],
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                &format!(
+                    "UPDATE {table} SET rpm_limit = CASE WHEN ?2 THEN ?3 ELSE rpm_limit END,
+                                        tpm_limit = CASE WHEN ?4 THEN ?5 ELSE tpm_limit END
+                     WHERE id = ?1"
+                ),
+                params![
+                    id,
+                    patch.rpm.is_some(),
+                    patch.rpm.flatten(),
+                    patch.tpm.is_some(),
+                    tpm
+                ],
             )?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("{table} {id}")));
+                return Err(StoreError::not_found(what, id));
             }
-            Store::bump_generation(c)?;
-            Ok(())
+            let limits = tx.query_row(
+                &format!("SELECT rpm_limit, tpm_limit FROM {table} WHERE id = ?1"),
+                params![id],
+                |r| limits_at(r, 0),
+            )?;
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(limits)
         })
     }
 
@@ -1627,7 +1836,7 @@ impl Store {
                 )
                 .optional()?;
             if exists.is_none() {
-                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+                return Err(StoreError::not_found("tenant", tenant.0));
             }
             let n = Store::insert_entry(&tx, &e)?;
             tx.commit()?;
@@ -1639,6 +1848,184 @@ impl Store {
             Ok(())
         })?;
         Ok(e)
+    }
+
+    /// [`Store::credit`] under an idempotency key: the entry id is the key's, and a key used
+    /// before commits nothing and returns what it recorded.
+    pub fn credit_idempotent(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        idem: &IdempotencyKey,
+    ) -> Result<Credited, StoreError> {
+        let e = LedgerEntry {
+            id: idem.entry_id(tenant),
+            tenant_id: tenant,
+            kind,
+            amount,
+            key_id: None,
+            user_id: None,
+            group_id: None,
+            request_id: None,
+            actor: actor.map(str::to_string),
+            note: note.map(str::to_string),
+            uncollected: 0,
+            created_ms: unix_now_ms(),
+        };
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM tenants WHERE id = ?1",
+                    params![tenant.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if exists.is_none() {
+                return Err(StoreError::not_found("tenant", tenant.0));
+            }
+            if let Some(first) = Store::claim_idempotency(&tx, tenant, idem)? {
+                return Ok(Credited::Replay(first));
+            }
+            if Store::insert_entry(&tx, &e)? == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "ledger entry `{}` already exists",
+                    e.id
+                )));
+            }
+            let out = vec![e];
+            Store::record_idempotent_entries(&tx, tenant, idem, &out)?;
+            tx.commit()?;
+            Ok(Credited::Committed(out))
+        })
+    }
+
+    /// Claim `k` for a request about to commit inside `tx`; when it was claimed before, returns
+    /// what it recorded instead. The claim is the insert itself, so concurrent requests with
+    /// one key (in this process or another on the same database) commit once.
+    fn claim_idempotency(
+        tx: &Connection,
+        tenant: TenantId,
+        k: &IdempotencyKey,
+    ) -> Result<Option<IdempotentRecord>, StoreError> {
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
+             VALUES (?1, ?2, ?3, ?4, '[]', ?5)",
+            params![tenant.0, k.scope, k.key, k.fingerprint, unix_now_ms()],
+        )?;
+        if n == 1 {
+            return Ok(None);
+        }
+        Store::read_idempotency(tx, tenant, k.scope, &k.key)
+    }
+
+    fn record_idempotent_entries(
+        tx: &Connection,
+        tenant: TenantId,
+        k: &IdempotencyKey,
+        entries: &[LedgerEntry],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        tx.execute(
+            "UPDATE idempotency_keys SET entry_ids = ?4 WHERE tenant_id = ?1 AND scope = ?2 AND key = ?3",
+            params![tenant.0, k.scope, k.key, ids],
+        )?;
+        Ok(())
+    }
+
+    fn read_idempotency(
+        c: &Connection,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentRecord>, StoreError> {
+        let row: Option<IdempotencyRow> = c
+            .query_row(
+                "SELECT fingerprint, entry_ids, status, body, created_ms FROM idempotency_keys
+                 WHERE tenant_id = ?1 AND scope = ?2 AND key = ?3",
+                params![tenant.0, scope, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        Ok(row.map(
+            |(fingerprint, ids, status, body, created_ms)| IdempotentRecord {
+                fingerprint,
+                entry_ids: serde_json::from_str(&ids).unwrap_or_default(),
+                answer: status.and_then(|s| u16::try_from(s).ok()).zip(body),
+                created_ms,
+            },
+        ))
+    }
+
+    /// What `key` recorded for `tenant`, if it was used.
+    pub fn idempotent_record(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentRecord>, StoreError> {
+        self.with(|c| Store::read_idempotency(c, tenant, scope, key))
+    }
+
+    /// Record the first answer to a request with an idempotency key (kept if one is recorded).
+    pub fn answer_idempotent(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE idempotency_keys SET status = ?4, body = ?5
+                 WHERE tenant_id = ?1 AND scope = ?2 AND key = ?3 AND body IS NULL",
+                params![tenant.0, scope, key, status, body],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A tenant's journal entries by id, in journal order.
+    pub fn entries_by_id(
+        &self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id
+                 FROM ledger_entries WHERE tenant_id = ?1 AND id = ?2",
+            )?;
+            let mut out = Vec::new();
+            for id in ids {
+                let row = st
+                    .query_row(params![tenant.0, id], |r| {
+                        let kind: String = r.get(1)?;
+                        Ok(LedgerEntry {
+                            id: r.get(0)?,
+                            tenant_id: tenant,
+                            kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
+                            amount: r.get(2)?,
+                            key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
+                            request_id: r.get(4)?,
+                            actor: r.get(5)?,
+                            note: r.get(6)?,
+                            uncollected: r.get(7)?,
+                            created_ms: r.get(8)?,
+                            user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
+                            group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
+                        })
+                    })
+                    .optional()?;
+                out.extend(row);
+            }
+            Ok(out)
+        })
     }
 
     fn insert_entry(c: &Connection, e: &LedgerEntry) -> Result<usize, StoreError> {
@@ -1828,6 +2215,103 @@ impl Store {
         })
     }
 
+    /// A tenant's balance from everything before `from_ms`: where a statement starting there
+    /// opens.
+    pub fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
+                         WHERE tenant_id = ?1 AND created_ms < ?2)
+                      - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+                         WHERE tenant_id = ?1 AND ts_ms < ?2)",
+                params![tenant.0, from_ms],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    /// One page of a tenant's statement in time order: journal entries (money in,
+    /// adjustments) and one `charge:<request id>` row per charged call, with the call's model,
+    /// channel and tokens; those in `[from_ms, to_ms)` after the position `after`, at most
+    /// `limit`. Each side walks its own index from the position on, so a page costs its own
+    /// rows however deep into the statement it is.
+    pub fn statement_page(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<StatementPos>,
+        limit: u32,
+    ) -> Result<Vec<StatementRow>, StoreError> {
+        let after = after.unwrap_or(StatementPos {
+            ts_ms: i64::MIN,
+            src: 0,
+            ord: i64::MIN,
+        });
+        let lower = from_ms.max(after.ts_ms);
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT * FROM (
+                    SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
+                           user_id, group_id, 0 AS src, seq AS ord, NULL AS model, NULL AS channel,
+                           NULL AS pt, NULL AS ct, NULL AS cw, NULL AS comp, NULL AS rt
+                    FROM ledger_entries
+                    WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3
+                      AND (created_ms > ?4 OR (created_ms = ?4 AND (0 > ?5 OR (0 = ?5 AND seq > ?6))))
+                    ORDER BY created_ms, seq LIMIT ?7)
+                 UNION ALL
+                 SELECT * FROM (
+                    SELECT 'charge:' || request_id, 'charge', -cost_nano, key_id, request_id, NULL, NULL,
+                           uncollected, ts_ms, user_id, group_id, 1, id, model_requested, channel,
+                           prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens, reasoning_tokens
+                    FROM usage_events
+                    WHERE tenant_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND (cost_nano != 0 OR uncollected != 0)
+                      AND (ts_ms > ?4 OR (ts_ms = ?4 AND (1 > ?5 OR (1 = ?5 AND id > ?6))))
+                    ORDER BY ts_ms, id LIMIT ?7)
+                 ORDER BY 9, 12, 13 LIMIT ?7",
+            )?;
+            let rows = st.query_map(
+                params![tenant.0, lower, to_ms, after.ts_ms, after.src, after.ord, limit],
+                |r| {
+                    let kind: String = r.get(1)?;
+                    let entry = LedgerEntry {
+                        id: r.get(0)?,
+                        tenant_id: tenant,
+                        kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
+                        amount: r.get(2)?,
+                        key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
+                        request_id: r.get(4)?,
+                        actor: r.get(5)?,
+                        note: r.get(6)?,
+                        uncollected: r.get(7)?,
+                        created_ms: r.get(8)?,
+                        user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
+                        group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
+                    };
+                    let pos = StatementPos {
+                        ts_ms: entry.created_ms,
+                        src: r.get(11)?,
+                        ord: r.get(12)?,
+                    };
+                    let call = match pos.src {
+                        1 => Some(CallDetail {
+                            model: r.get(13)?,
+                            channel: r.get(14)?,
+                            prompt_tokens: r.get(15)?,
+                            cached_tokens: r.get(16)?,
+                            cache_write_tokens: r.get(17)?,
+                            completion_tokens: r.get(18)?,
+                            reasoning_tokens: r.get(19)?,
+                        }),
+                        _ => None,
+                    };
+                    Ok(StatementRow { entry, pos, call })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     // ---------------------------------------------------------------- promotions
 
     /// A campaign: `Fixed(nano)` grants that much once per tenant; `Percent(basis points)` adds
@@ -1872,7 +2356,7 @@ impl Store {
         self.list_promos().and_then(|v| {
             v.into_iter()
                 .find(|p| p.code == code)
-                .ok_or_else(|| StoreError::NotFound("promo".into()))
+                .ok_or_else(|| StoreError::not_found("promo", ""))
         })
     }
 
@@ -1913,7 +2397,7 @@ impl Store {
             )
             .optional()?;
         let Some((id, kind, value, expires_at, max_uses, uses)) = row else {
-            return Err(StoreError::NotFound("promo code".into()));
+            return Err(StoreError::not_found("promo code", ""));
         };
         if expires_at.is_some_and(|t| t <= unix_now()) {
             return Err(StoreError::Conflict("this promo code has expired".into()));
@@ -1959,7 +2443,9 @@ impl Store {
         Ok((id, bonus))
     }
 
-    /// A top-up (and, with a promo code, its bonus) committed in one transaction.
+    /// A top-up (and, with a promo code, its bonus) committed in one transaction. With an
+    /// idempotency key, the entry id is the key's and a key used before commits nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn top_up(
         &self,
         tenant: TenantId,
@@ -1968,7 +2454,8 @@ impl Store {
         actor: Option<&str>,
         note: Option<&str>,
         id: &str,
-    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<Credited, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let exists: Option<i64> = tx
@@ -1979,8 +2466,14 @@ impl Store {
                 )
                 .optional()?;
             if exists.is_none() {
-                return Err(StoreError::NotFound(format!("tenant {}", tenant.0)));
+                return Err(StoreError::not_found("tenant", tenant.0));
             }
+            if let Some(k) = idem {
+                if let Some(first) = Store::claim_idempotency(&tx, tenant, k)? {
+                    return Ok(Credited::Replay(first));
+                }
+            }
+            let id = idem.map_or_else(|| id.to_string(), |k| k.entry_id(tenant));
             let entry = |kind, amount, id: String, note: Option<String>| LedgerEntry {
                 id,
                 tenant_id: tenant,
@@ -1998,7 +2491,7 @@ impl Store {
             let mut out = vec![entry(
                 EntryKind::TopUp,
                 amount,
-                id.to_string(),
+                id.clone(),
                 note.map(str::to_string),
             )];
             if Store::insert_entry(&tx, &out[0])? == 0 {
@@ -2017,8 +2510,11 @@ impl Store {
                 Store::insert_entry(&tx, &e)?;
                 out.push(e);
             }
+            if let Some(k) = idem {
+                Store::record_idempotent_entries(&tx, tenant, k, &out)?;
+            }
             tx.commit()?;
-            Ok(out)
+            Ok(Credited::Committed(out))
         })
     }
 
@@ -2140,7 +2636,7 @@ impl Store {
                 )
                 .optional()?;
             let Some((id, amount, expires_at, redeemed_by)) = row else {
-                return Err(StoreError::NotFound("redemption code".into()));
+                return Err(StoreError::not_found("redemption code", ""));
             };
             if redeemed_by.is_some() {
                 return Err(StoreError::Conflict("this code has already been redeemed".into()));
@@ -2387,7 +2883,7 @@ mod tests {
         assert!(revoked.revoked_at.is_some());
         assert!(matches!(
             s.revoke_key(KeyId(999)),
-            Err(StoreError::NotFound(_))
+            Err(StoreError::NotFound { .. })
         ));
         assert_eq!(s.find_tenant("acme").unwrap().id, t.id);
         assert_eq!(s.find_tenant(&t.id.0.to_string()).unwrap().name, "acme");
@@ -2728,5 +3224,149 @@ mod tests {
             times.sort();
             println!("{g:?} by {d:?}: {rows} rows, median {:?}", times[2]);
         }
+    }
+
+    #[test]
+    fn migration_14_makes_old_idempotency_keys_their_tenants() {
+        let c = at_schema(13);
+        c.execute_batch(
+            "INSERT INTO tenants (id, name, created_at) VALUES (1, 'acme', 0), (2, 'globex', 0);
+             INSERT INTO ledger_entries (id, tenant_id, kind, amount, created_ms)
+                VALUES ('topup:inv-1', 1, 'top_up', 10000, 1000),
+                       ('adjust:a-1', 2, 'adjustment', -5, 2000);",
+        )
+        .unwrap();
+        let s = Store::init(c).unwrap();
+        let old = s
+            .idempotent_record(TenantId(1), "topup", "inv-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.entry_ids, vec!["topup:inv-1".to_string()]);
+        assert!(old.fingerprint.is_empty() && old.answer.is_none());
+        assert!(s
+            .idempotent_record(TenantId(2), "topup", "inv-1")
+            .unwrap()
+            .is_none());
+        assert!(s
+            .idempotent_record(TenantId(2), "adjust", "a-1")
+            .unwrap()
+            .is_some());
+        // Replaying the old key credits nothing; the key on another tenant is that tenant's.
+        let key = |k: &str| IdempotencyKey {
+            scope: "topup",
+            key: k.to_string(),
+            fingerprint: "f".into(),
+        };
+        let again = s
+            .top_up(
+                TenantId(1),
+                10_000,
+                None,
+                None,
+                None,
+                "topup:x",
+                Some(&key("inv-1")),
+            )
+            .unwrap();
+        assert!(matches!(again, Credited::Replay(_)));
+        let other = s
+            .top_up(
+                TenantId(2),
+                7,
+                None,
+                None,
+                None,
+                "topup:y",
+                Some(&key("inv-1")),
+            )
+            .unwrap();
+        assert!(matches!(other, Credited::Committed(ref e) if e[0].id == "topup:2:inv-1"));
+        let t: Vec<(i64, i64)> = s
+            .ledger_totals()
+            .unwrap()
+            .iter()
+            .map(|t| (t.tenant_id.0, t.credited))
+            .collect();
+        assert_eq!(t, vec![(1, 10_000), (2, 2)]);
+    }
+
+    #[test]
+    fn limit_patches_change_only_the_fields_given() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        let set = |rpm, tpm| {
+            s.set_limits(LimitSubject::Tenant(t.id), LimitsPatch { rpm, tpm })
+                .unwrap()
+        };
+        let cases = [
+            (Some(Some(5)), Some(Some(50)), (Some(5), Some(50))),
+            (Some(Some(6)), None, (Some(6), Some(50))),
+            (None, None, (Some(6), Some(50))),
+            (None, Some(None), (Some(6), None)),
+            (Some(None), Some(Some(1)), (None, Some(1))),
+        ];
+        for (rpm, tpm, (want_rpm, want_tpm)) in cases {
+            let got = set(rpm, tpm);
+            assert_eq!((got.rpm, got.tpm), (want_rpm, want_tpm), "{rpm:?} {tpm:?}");
+        }
+        assert!(matches!(
+            s.set_limits(LimitSubject::Key(KeyId(99)), LimitsPatch::default()),
+            Err(StoreError::NotFound { what: "key", .. })
+        ));
+    }
+
+    #[test]
+    fn statement_pages_walk_the_statement_in_order() {
+        let s = Store::open_in_memory().unwrap();
+        let t = s.create_tenant("acme").unwrap();
+        s.with(|c| {
+            c.execute_batch(
+                "INSERT INTO ledger_entries (id, tenant_id, kind, amount, created_ms)
+                    VALUES ('topup:a', 1, 'top_up', 1000, 10), ('topup:b', 1, 'top_up', 500, 30);
+                 INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, model_requested,
+                    stream, status, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, usage_source,
+                    attempts, latency_ms, cost_nano)
+                    VALUES ('r1', 10, 1, 1, 'chat', 'main', 'm', 0, 200, 7, 0, 3, 0, 'vendor', 1, 1, 100),
+                           ('r2', 30, 1, 1, 'chat', 'main', 'm', 0, 200, 7, 0, 3, 0, 'vendor', 1, 1, 200),
+                           ('r3', 30, 1, 1, 'chat', 'main', 'm', 0, 200, 7, 0, 3, 0, 'vendor', 1, 1, 300),
+                           ('r4', 50, 1, 1, 'chat', 'main', 'm', 0, 500, 0, 0, 0, 0, 'none', 1, 1, 0);",
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let whole: Vec<String> = s
+            .statement_page(t.id, i64::MIN, i64::MAX, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.id)
+            .collect();
+        assert_eq!(
+            whole,
+            ["topup:a", "charge:r1", "topup:b", "charge:r2", "charge:r3"]
+        );
+        for size in 1..=5 {
+            let (mut after, mut got) = (None, Vec::new());
+            loop {
+                let page = s
+                    .statement_page(t.id, i64::MIN, i64::MAX, after, size)
+                    .unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some(last.pos);
+                got.extend(page.into_iter().map(|r| r.entry.id));
+            }
+            assert_eq!(got, whole, "pages of {size}");
+        }
+        let from_30 = s.statement_page(t.id, 30, i64::MAX, None, 100).unwrap();
+        assert_eq!(from_30.len(), 3);
+        assert_eq!(s.balance_before(t.id, 30).unwrap(), 1000 - 100);
+        let charge = &from_30[1];
+        assert_eq!(
+            charge.call.as_ref().map(|c| (
+                c.model.as_deref(),
+                c.prompt_tokens,
+                c.completion_tokens
+            )),
+            Some((Some("m"), 7, 3))
+        );
     }
 }
