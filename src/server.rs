@@ -429,9 +429,9 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // Embedded mode, new side of an upgrade: take the old process's books before anything runs.
     let embedded = cluster.is_none();
-    let handover = match (upgrade && embedded).then(|| {
-        crate::billing::handover::Taker::bind(&server_settings.upgrade_sock)
-    }) {
+    let handover = match (upgrade && embedded)
+        .then(|| crate::billing::handover::Taker::bind(&server_settings.upgrade_sock))
+    {
         Some(Ok(taker)) => Some(taker.serve(app.clone())),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "upgrade: cannot listen for the ledger hand-over; starting from the store");
@@ -445,7 +445,9 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         // unless it is a version without the hand-over.
         match installed.recv_timeout(Duration::from_secs(2)) {
             Ok(()) => tracing::info!("upgrade: books taken over from the old process"),
-            Err(_) => tracing::warn!("upgrade: the old process handed over no books; balances are as the store had them"),
+            Err(_) => tracing::warn!(
+                "upgrade: the old process handed over no books; balances are as the store had them"
+            ),
         }
     }
 

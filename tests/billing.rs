@@ -158,7 +158,11 @@ async fn dense_prompts_are_covered_by_their_hold_or_refused() {
     for (i, text) in texts.iter().enumerate() {
         for anthropic in [false, true] {
             let body = json!({"model": "gpt-4o", "max_tokens": 16, "messages": [{"role": "user", "content": text}]});
-            let path = if anthropic { "/v1/messages" } else { "/v1/chat/completions" };
+            let path = if anthropic {
+                "/v1/messages"
+            } else {
+                "/v1/chat/completions"
+            };
             // The real cost of one call, from a call on the rich tenant.
             let r = gw
                 .client
@@ -171,16 +175,26 @@ async fn dense_prompts_are_covered_by_their_hold_or_refused() {
             assert_eq!(r.status(), 200);
             let v: serde_json::Value = r.json().await.unwrap();
             let (prompt, completion) = if anthropic {
-                (v["usage"]["input_tokens"].as_u64().unwrap(), v["usage"]["output_tokens"].as_u64().unwrap())
+                (
+                    v["usage"]["input_tokens"].as_u64().unwrap(),
+                    v["usage"]["output_tokens"].as_u64().unwrap(),
+                )
             } else {
-                (v["usage"]["prompt_tokens"].as_u64().unwrap(), v["usage"]["completion_tokens"].as_u64().unwrap())
+                (
+                    v["usage"]["prompt_tokens"].as_u64().unwrap(),
+                    v["usage"]["completion_tokens"].as_u64().unwrap(),
+                )
             };
             let old_bound = serde_json::to_vec(&body).unwrap().len() as u64 / 2 + 64;
-            assert!(prompt > old_bound, "text {i}: {prompt} tokens vs the old bound {old_bound}");
+            assert!(
+                prompt > old_bound,
+                "text {i}: {prompt} tokens vs the old bound {old_bound}"
+            );
             let one = cost_nano("gpt-4o", prompt, 0, 16);
             // Three calls' worst case and a bit: three at most may be served.
             let tenant = format!("dense{i}{anthropic}");
-            gw.admin_post("/admin/tenants", json!({"name": tenant})).await;
+            gw.admin_post("/admin/tenants", json!({"name": tenant}))
+                .await;
             let credit = one * 3 + one / 2;
             gw.admin_post(
                 &format!("/admin/tenants/{tenant}/topups"),
@@ -206,14 +220,25 @@ async fn dense_prompts_are_covered_by_their_hold_or_refused() {
                 match status {
                     200 => served += 1,
                     402 => {
-                        let code = if anthropic { &v["error"]["type"] } else { &v["error"]["code"] };
-                        assert!(code == "insufficient_quota" || code == "billing_error", "{v}");
+                        let code = if anthropic {
+                            &v["error"]["type"]
+                        } else {
+                            &v["error"]["code"]
+                        };
+                        assert!(
+                            code == "insufficient_quota" || code == "billing_error",
+                            "{v}"
+                        );
                     }
                     s => panic!("text {i}: unexpected {s}: {v}"),
                 }
             }
             assert!((1..=3).contains(&served), "text {i}: {served} served");
-            assert_eq!(m.stats().chat_requests - before, served as u64, "refused calls never reach the vendor");
+            assert_eq!(
+                m.stats().chat_requests - before,
+                served as u64,
+                "refused calls never reach the vendor"
+            );
             wait_for_charges(&gw, &tenant, served).await;
             let b = gw.balance(&tenant).await;
             check_invariant(&b);
@@ -227,8 +252,16 @@ async fn dense_prompts_are_covered_by_their_hold_or_refused() {
         }
     }
     let metrics = gw.metrics().await;
-    assert_eq!(metric_value(&metrics, "tollgate_uncollected_nanocredits_total"), 0.0);
-    assert!(metric_value(&metrics, "tollgate_hold_exact_counts_total{outcome=\"held\"}") > 0.0);
+    assert_eq!(
+        metric_value(&metrics, "tollgate_uncollected_nanocredits_total"),
+        0.0
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "tollgate_hold_exact_counts_total{outcome=\"held\"}"
+        ) > 0.0
+    );
 }
 
 #[tokio::test]

@@ -329,7 +329,8 @@ async fn a_killed_node_never_reclaims_credit_it_spent() {
     let m = mock().await;
     let extra = cluster_extra(&redis, "solo").replace("flush_ms = 20", "flush_ms = 1000");
     let mut gw = Gateway::spawn(&[Up::mock("a", &m)], "", &extra, "", None).await;
-    gw.admin_post("/admin/tenants", json!({"name": "acme"})).await;
+    gw.admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
     gw.admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "5"}))
         .await;
     let key = gw
@@ -337,17 +338,35 @@ async fn a_killed_node_never_reclaims_credit_it_spent() {
         .await;
     let body = json!({"model": "gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": "spend"}]});
     // The first call leases; wait out one flush so the next ones are the unflushed ones.
-    assert_eq!(fire(std::slice::from_ref(&gw), &key, 1, &body).await[0].0, 200);
+    assert_eq!(
+        fire(std::slice::from_ref(&gw), &key, 1, &body).await[0].0,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(2200)).await;
     for _ in 0..4 {
-        assert_eq!(fire(std::slice::from_ref(&gw), &key, 1, &body).await[0].0, 200);
+        assert_eq!(
+            fire(std::slice::from_ref(&gw), &key, 1, &body).await[0].0,
+            200
+        );
     }
     gw.kill_and_restart().await;
     let bank = quiesce(&gw, "acme").await;
     let (charged, n) = sql_charges(&gw, "acme").await;
     assert_eq!(n, 5, "every served call is in the record");
-    assert_eq!(bank["spent"].as_i64().unwrap(), charged, "redis holds every charge: {bank}");
-    assert!(gw.log().contains("charges of a crashed run flushed to redis"), "{}", gw.log());
+    assert_eq!(
+        bank["spent"].as_i64().unwrap(),
+        charged,
+        "redis holds every charge: {bank}"
+    );
+    // The log is written out in batches: wait for the line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .log()
+        .contains("charges of a crashed run flushed to redis")
+    {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

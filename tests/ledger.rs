@@ -110,7 +110,10 @@ async fn sigkill_under_load_loses_no_charge_of_an_answered_call() {
     }
     let answered: Vec<String> = served.lock().unwrap().clone();
     let before = charges(&gw.db);
-    let missing_before = answered.iter().filter(|id| !before.contains_key(*id)).count();
+    let missing_before = answered
+        .iter()
+        .filter(|id| !before.contains_key(*id))
+        .count();
 
     gw.kill_and_restart().await;
     let after = charges(&gw.db);
@@ -127,9 +130,15 @@ async fn sigkill_under_load_loses_no_charge_of_an_answered_call() {
         b["available"].as_i64().unwrap() + total,
         credited(&gw.db, gw.tenant_id)
     );
-    assert!(missing_before > 0, "the kill was meant to find answered calls not yet in the store");
+    assert!(
+        missing_before > 0,
+        "the kill was meant to find answered calls not yet in the store"
+    );
     // The log is written out in batches: wait for the line.
-    wait_until("the replay's log line", 10, || gw.log().contains("charge log: replayed")).await;
+    wait_until("the replay's log line", 10, || {
+        gw.log().contains("charge log: replayed")
+    })
+    .await;
 }
 
 /// A graceful upgrade while calls run against a tenant whose credit runs out during it: the
@@ -142,7 +151,9 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
     // Calls long enough to be in flight in the old process while it hands over and drains.
     m.set_behavior(Behavior::Delay { ms: 150 });
     let mut gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
-    let tenant_id = gw.admin_post("/admin/tenants", json!({"name": "tight"})).await["id"]
+    let tenant_id = gw
+        .admin_post("/admin/tenants", json!({"name": "tight"}))
+        .await["id"]
         .as_i64()
         .unwrap();
     // gpt-4o, 200 output tokens: a worst case of ~0.015 credits; 1.2 credits is about 80 calls.
@@ -190,7 +201,8 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
     for h in handles {
         h.await.unwrap();
     }
-    let new_log = || std::fs::read_to_string(gw.dir.path().join("gateway-new.log")).unwrap_or_default();
+    let new_log =
+        || std::fs::read_to_string(gw.dir.path().join("gateway-new.log")).unwrap_or_default();
     let answered = served.lock().unwrap().clone();
     // Let the new process's recorder catch up, then compare its books with the store.
     let credit = credited(&gw.db, tenant_id);
@@ -215,7 +227,11 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
         new_log()
     );
     assert!(total <= credit, "overspent: charged {total} of {credit}");
-    assert_eq!(last["available"].as_i64().unwrap() + total, credit, "{last}");
+    assert_eq!(
+        last["available"].as_i64().unwrap() + total,
+        credit,
+        "{last}"
+    );
     assert!(last["available"].as_i64().unwrap() >= 0);
     for id in &answered {
         assert!(all.contains_key(id), "answered call {id} not charged");

@@ -150,11 +150,16 @@ impl ChargeLog {
     /// has the recorder's commit (the failure is counted and logged).
     pub fn append(&self, c: &Charge<'_>) -> Option<Ticket> {
         let seg = self.current.load();
-        let ticket = (u64::from(seg.id) << 32) | u64::from(seg.count.fetch_add(1, Ordering::Relaxed));
+        let ticket =
+            (u64::from(seg.id) << 32) | u64::from(seg.count.fetch_add(1, Ordering::Relaxed));
         let mut line = String::with_capacity(192);
         encode(ticket, c, &mut line);
         // Done with once in the store, and in cluster mode once in each of its Redis buckets.
-        let holds = 1 + if self.cluster { c.buckets.len() as i64 } else { 0 };
+        let holds = 1 + if self.cluster {
+            c.buckets.len() as i64
+        } else {
+            0
+        };
         seg.pending.fetch_add(holds, Ordering::AcqRel);
         match (&seg.file).write_all(line.as_bytes()) {
             Ok(()) => {
@@ -242,7 +247,8 @@ impl ChargeLog {
         if let Err(e) = cur.file.sync_data() {
             tracing::warn!(error = %e, "charge log: sync failed");
         }
-        if cur.opened.elapsed() >= SEGMENT_AGE || cur.bytes.load(Ordering::Relaxed) >= SEGMENT_BYTES {
+        if cur.opened.elapsed() >= SEGMENT_AGE || cur.bytes.load(Ordering::Relaxed) >= SEGMENT_BYTES
+        {
             let id = self.next.fetch_add(1, Ordering::Relaxed);
             match open_segment(&self.dir, self.pid, id) {
                 Ok(s) => {
@@ -291,7 +297,10 @@ impl ChargeLog {
 fn push_field(out: &mut String, s: &str) {
     // Names come from the configuration ([A-Za-z0-9-_.:]) and ids are ours; anything else is
     // replaced so that a line always splits the same way.
-    out.extend(s.chars().map(|c| if c == '\t' || c == '\n' { ' ' } else { c }));
+    out.extend(
+        s.chars()
+            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c }),
+    );
     out.push('\t');
 }
 
@@ -350,7 +359,13 @@ fn decode(line: &str) -> Option<(Ticket, UsageEvent, Vec<i64>)> {
     }
     let int = |s: &str| s.parse::<i64>().ok();
     let uint = |s: &str| s.parse::<u64>().ok();
-    let opt = |s: &str| if s == "-" { Some(None) } else { int(s).map(Some) };
+    let opt = |s: &str| {
+        if s == "-" {
+            Some(None)
+        } else {
+            int(s).map(Some)
+        }
+    };
     let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let ticket = uint(f[1])?;
     let f = &f[1..];
@@ -460,7 +475,10 @@ impl Orphans {
                 .filter_map(|(p, _)| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
                 .collect();
             names.sort();
-            out.push((format!("replay-{}", names.join("+")), rest.into_iter().collect()));
+            out.push((
+                format!("replay-{}", names.join("+")),
+                rest.into_iter().collect(),
+            ));
         }
         out.retain(|(_, c)| !c.is_empty());
         out
@@ -557,10 +575,18 @@ mod tests {
         assert_eq!(e.model_requested.as_deref(), Some("gpt-4o"));
         assert_eq!(e.channel.as_deref(), Some("main"));
         assert_eq!(
-            (e.cost_nano, e.prompt_tokens, e.cached_tokens, e.cache_write_tokens),
+            (
+                e.cost_nano,
+                e.prompt_tokens,
+                e.cached_tokens,
+                e.cache_write_tokens
+            ),
             (123_456, 100, 20, 5)
         );
-        assert_eq!((e.completion_tokens, e.reasoning_tokens, e.stream), (30, 4, true));
+        assert_eq!(
+            (e.completion_tokens, e.reasoning_tokens, e.stream),
+            (30, 4, true)
+        );
         assert_eq!(e.usage_source, REPLAYED_SOURCE);
         // Torn or foreign lines are not charges.
         for bad in [&line[..line.len() / 2], "", "C\tx", "X\t1"] {
@@ -576,9 +602,12 @@ mod tests {
         // Held by this (live) log: not an orphan.
         assert!(orphaned(dir.path()).unwrap().charges.is_empty());
         drop(log); // the writer is gone: its lock with it
-        // A torn last line, as a power loss may leave.
+                   // A torn last line, as a power loss may leave.
         let path = dir.path().join(format!("{}-0.log", std::process::id()));
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"C\treq_torn\t17").unwrap();
         let o = orphaned(dir.path()).unwrap();
         let events = o.events();
@@ -600,7 +629,11 @@ mod tests {
         log.intent("f1", &[(3, 123_456), (-5, 123_456)], &[(3, a), (-5, a)]);
         log.flushed("f1", &[(3, a), (-5, a)]);
         // b and c in f2 (not confirmed); c's quota bucket and d in no batch yet.
-        log.intent("f2", &[(3, 246_912), (-5, 123_456)], &[(3, b), (3, c), (-5, b)]);
+        log.intent(
+            "f2",
+            &[(3, 246_912), (-5, 123_456)],
+            &[(3, b), (3, c), (-5, b)],
+        );
         let _ = d;
         drop(log);
         let o = orphaned(dir.path()).unwrap();

@@ -39,7 +39,10 @@ pub fn socket_path(upgrade_sock: &str) -> PathBuf {
 /// What the old process sends and asks, one JSON line each.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Request {
-    Books(crate::billing::ledger::BooksState, crate::tenancy::limits::WindowsState),
+    Books(
+        crate::billing::ledger::BooksState,
+        crate::tenancy::limits::WindowsState,
+    ),
     Reserve {
         key: KeyId,
         amount: i64,
@@ -84,8 +87,15 @@ pub(crate) enum Reply {
 /// A refusal on the wire (its account is named, not a `&'static str`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum RefusalWire {
-    Balance { available: i64, needed: i64 },
-    Quota { account: String, remaining: i64, needed: i64 },
+    Balance {
+        available: i64,
+        needed: i64,
+    },
+    Quota {
+        account: String,
+        remaining: i64,
+        needed: i64,
+    },
     Unavailable,
 }
 
@@ -160,7 +170,9 @@ impl Remote {
         writer.write_all(&line)?;
         let mut answer = String::new();
         if reader.read_line(&mut answer)? == 0 {
-            return Err(HandoverError::Protocol("the new process closed the hand-over".into()));
+            return Err(HandoverError::Protocol(
+                "the new process closed the hand-over".into(),
+            ));
         }
         serde_json::from_str(&answer).map_err(|e| HandoverError::Protocol(e.to_string()))
     }
@@ -269,11 +281,7 @@ fn serve_conn(
 }
 
 /// The new process answers one forwarded operation from its books.
-fn answer(
-    app: &crate::app::App,
-    req: Request,
-    installed: &std::sync::mpsc::Sender<()>,
-) -> Reply {
+fn answer(app: &crate::app::App, req: Request, installed: &std::sync::mpsc::Sender<()>) -> Reply {
     let ledger: &Ledger = &app.ledger;
     let key = |id: KeyId| app.keys.by_id(id);
     match req {

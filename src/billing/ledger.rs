@@ -21,8 +21,8 @@
 //! `available + reserved + charged = credited`, where `credited` sums top-ups, grants,
 //! redemptions and adjustments, and `charged` sums settled charges.
 
-use crate::billing::fleet::Fleet;
 use crate::billing::chargelog::ChargeLog;
+use crate::billing::fleet::Fleet;
 use crate::billing::handover::{Remote, Reply, Request};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::store::{Store, StoreError};
@@ -181,7 +181,9 @@ mod account_map {
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<HashMap<Account, Spend>, D::Error> {
-        Ok(Vec::<(Account, Spend)>::deserialize(d)?.into_iter().collect())
+        Ok(Vec::<(Account, Spend)>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -428,7 +430,10 @@ impl Ledger {
         let amount = amount.max(0);
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(remote) = self.forwarded() {
-            return match remote.call(&Request::Reserve { key: key.id, amount }) {
+            return match remote.call(&Request::Reserve {
+                key: key.id,
+                amount,
+            }) {
                 Ok(Reply::Reserved(Ok(amount))) => Ok(Reservation {
                     tenant: key.tenant_id,
                     amount,
@@ -705,10 +710,9 @@ impl JournalWriter {
                 self.commit(&mut events, charged, usage.as_ref()).await;
             } else if let Some(log) = self.charge_log.clone() {
                 let store = self.store.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    log.upkeep(|| store.checkpoint().is_ok())
-                })
-                .await;
+                let _ =
+                    tokio::task::spawn_blocking(move || log.upkeep(|| store.checkpoint().is_ok()))
+                        .await;
             }
             if closed {
                 return;

@@ -1991,7 +1991,9 @@ data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,
         let (_, info) =
             parse_chat_request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":null,"n":null,"max_tokens":7}"#)
                 .unwrap();
-        assert!(!info.stream && !info.client_wants_usage && !info.has_tools && !info.media.any_image());
+        assert!(
+            !info.stream && !info.client_wants_usage && !info.has_tools && !info.media.any_image()
+        );
         assert_eq!((info.max_tokens, info.n), (Some(7), 1));
     }
 

@@ -155,11 +155,10 @@ impl<'r> Tally<'r> {
     }
 
     fn total(&self) -> u64 {
-        self.tokens
-            .saturating_add(
-                self.unexamined_bytes
-                    .div_ceil(self.rules.unexamined_bytes_per_token),
-            )
+        self.tokens.saturating_add(
+            self.unexamined_bytes
+                .div_ceil(self.rules.unexamined_bytes_per_token),
+        )
     }
 }
 

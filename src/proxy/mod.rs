@@ -51,7 +51,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-
 /// Response header of `count_tokens`: `vendor` (Anthropic's own count) or `estimate`.
 pub const TOKEN_COUNT_HEADER: &str = "x-tollgate-token-count";
 /// Header a caller uses to pick one of the channels its key may use.

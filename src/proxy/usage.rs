@@ -148,8 +148,13 @@ pub(super) fn log_charge(app: &App, ctx: &mut RequestCtx) {
     ) else {
         return;
     };
-    let cost = pricing::cost_nano(m, c, cfg.billing.credits_per_rmb, &TokenCounts::from_usage(&usage))
-        .unwrap_or(0);
+    let cost = pricing::cost_nano(
+        m,
+        c,
+        cfg.billing.credits_per_rmb,
+        &TokenCounts::from_usage(&usage),
+    )
+    .unwrap_or(0);
     if cost > 0 {
         ctx.charge_ticket = log.append(&crate::billing::chargelog::Charge {
             request_id: &ctx.request_id,

@@ -134,7 +134,11 @@ impl RateLimiter {
         send: impl FnOnce(WindowsState) -> Result<crate::billing::handover::Reply, T>,
     ) -> Result<crate::billing::handover::Reply, T> {
         let _stop = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let state: WindowsState = self.windows.iter().map(|e| (*e.key(), *e.value())).collect();
+        let state: WindowsState = self
+            .windows
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect();
         let r = send(state);
         if matches!(r, Ok(crate::billing::handover::Reply::Done)) {
             let _ = self.remote.set(remote);
