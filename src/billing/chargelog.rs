@@ -403,7 +403,7 @@ fn decode(line: &str) -> Option<(Ticket, UsageEvent, Vec<i64>)> {
 }
 
 /// An `I` line after its tag: id, `bucket:amount,...`, `ticket@bucket,...` (or `-`).
-type Intent = (String, Vec<(i64, i64)>, Vec<(i64, Ticket)>);
+pub type Intent = (String, Vec<(i64, i64)>, Vec<(i64, Ticket)>);
 
 fn decode_intent(rest: &str) -> Option<Intent> {
     let mut parts = rest.split('\t');
@@ -436,7 +436,7 @@ pub struct Orphans {
     pub charges: Vec<(Ticket, UsageEvent, Vec<i64>)>,
     /// Cluster mode: flush batches announced (id, (bucket, amount) sent, (bucket, ticket)
     /// carried) and the ids known applied or abandoned.
-    pub intents: Vec<(String, Vec<(i64, i64)>, Vec<(i64, Ticket)>)>,
+    pub intents: Vec<Intent>,
     pub flushed: std::collections::HashSet<String>,
     /// The segments, locked by this process until they are deleted.
     pub files: Vec<(PathBuf, File)>,

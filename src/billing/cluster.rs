@@ -1027,6 +1027,9 @@ pub struct LocalAllowance {
     pub queued: i64,
 }
 
+/// Charges taken for a batch: (bucket, amount), their (bucket, ticket), whether more wait.
+type Queued = (Vec<(i64, i64)>, Vec<(i64, u64)>, bool);
+
 #[derive(Debug, Clone)]
 struct Batch {
     id: String,
@@ -1369,7 +1372,7 @@ impl Allowances {
         charged
     }
 
-    fn take_queued(&self) -> (Vec<(i64, i64)>, Vec<(i64, u64)>, bool) {
+    fn take_queued(&self) -> Queued {
         let map = lock(&self.tenants);
         let mut charges = Vec::new();
         let mut tickets = Vec::new();

@@ -27,7 +27,7 @@ enum Measured {
 /// runs on the blocking pool, only for vendors that report no usage.
 async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
     if let Some(u) = ctx.final_usage.as_deref() {
-        return u.clone();
+        return *u;
     }
     match measure(ctx) {
         Measured::Known(u, source) => (u, source),
