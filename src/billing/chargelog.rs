@@ -77,6 +77,7 @@ pub struct Charge<'a> {
     pub user: Option<UserId>,
     pub group: Option<GroupId>,
     pub endpoint: &'a str,
+    /// The model's configured name (an alias the caller used is resolved).
     pub model: &'a str,
     pub channel: &'a str,
     pub cost_nano: i64,
@@ -152,8 +153,6 @@ impl ChargeLog {
         let seg = self.current.load();
         let ticket =
             (u64::from(seg.id) << 32) | u64::from(seg.count.fetch_add(1, Ordering::Relaxed));
-        let mut line = String::with_capacity(192);
-        encode(ticket, c, &mut line);
         // Done with once in the store, and in cluster mode once in each of its Redis buckets.
         let holds = 1 + if self.cluster {
             c.buckets.len() as i64
@@ -161,9 +160,19 @@ impl ChargeLog {
             0
         };
         seg.pending.fetch_add(holds, Ordering::AcqRel);
-        match (&seg.file).write_all(line.as_bytes()) {
-            Ok(()) => {
-                seg.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
+        // The line is built in a buffer of the thread's, reused.
+        thread_local! {
+            static LINE: std::cell::RefCell<String> =
+                std::cell::RefCell::new(String::with_capacity(256));
+        }
+        let written = LINE.with_borrow_mut(|line| {
+            line.clear();
+            encode(ticket, c, line);
+            (&seg.file).write_all(line.as_bytes()).map(|()| line.len())
+        });
+        match written {
+            Ok(len) => {
+                seg.bytes.fetch_add(len as u64, Ordering::Relaxed);
                 Some(ticket)
             }
             Err(e) => {
@@ -193,7 +202,13 @@ impl ChargeLog {
     pub fn intent(&self, batch: &str, charges: &[(i64, i64)], tickets: &[(i64, Ticket)]) {
         let mut line = String::with_capacity(32 + charges.len() * 24 + tickets.len() * 24);
         line.push_str("I\t");
-        push_field(&mut line, batch);
+        // Batch ids carry the node id (configuration): kept to one field.
+        line.extend(
+            batch
+                .chars()
+                .map(|c| if c == '\t' || c == '\n' { ' ' } else { c }),
+        );
+        line.push('\t');
         for (i, (b, a)) in charges.iter().enumerate() {
             if i > 0 {
                 line.push(',');
@@ -223,7 +238,11 @@ impl ChargeLog {
     pub fn flushed(&self, batch: &str, tickets: &[(i64, Ticket)]) {
         let mut line = String::with_capacity(8 + batch.len());
         line.push_str("F\t");
-        line.push_str(batch);
+        line.extend(
+            batch
+                .chars()
+                .map(|c| if c == '\t' || c == '\n' { ' ' } else { c }),
+        );
         line.push('\n');
         self.write_line(&line);
         self.committed(tickets.iter().map(|(_, t)| *t));
@@ -294,13 +313,11 @@ impl ChargeLog {
     }
 }
 
+/// A text field: the request id (ours), the endpoint (static), the model and channel names (the
+/// configuration's, validated without whitespace), so never a tab or a newline.
 fn push_field(out: &mut String, s: &str) {
-    // Names come from the configuration ([A-Za-z0-9-_.:]) and ids are ours; anything else is
-    // replaced so that a line always splits the same way.
-    out.extend(
-        s.chars()
-            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c }),
-    );
+    debug_assert!(!s.contains(['\t', '\n']), "{s:?}");
+    out.push_str(s);
     out.push('\t');
 }
 

@@ -106,8 +106,8 @@ pub struct RequestCtx {
     /// Credit held for this call until `logging` settles it.
     pub reservation: Option<crate::billing::ledger::Reservation>,
     /// The usage a complete response reported, read when its end passed through (the charge
-    /// was logged then), so that `logging` settles exactly that.
-    pub final_usage: Option<Box<(crate::protocol::openai::Usage, &'static str)>>,
+    /// was logged then), with its source and cost, so that `logging` settles exactly that.
+    pub final_usage: Option<Box<(crate::protocol::openai::Usage, &'static str, i64)>>,
     /// Where the charge went in the charge log (`billing::chargelog`).
     pub charge_ticket: Option<crate::billing::chargelog::Ticket>,
     pub cost_nano: i64,

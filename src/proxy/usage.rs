@@ -26,8 +26,8 @@ enum Measured {
 /// Tokenizing is CPU work (and builds the o200k tables on first use, ~0.5 s and ~55 MiB), so it
 /// runs on the blocking pool, only for vendors that report no usage.
 async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
-    if let Some(u) = ctx.final_usage.as_deref() {
-        return *u;
+    if let Some((u, source, _)) = ctx.final_usage.as_deref() {
+        return (*u, source);
     }
     match measure(ctx) {
         Measured::Known(u, source) => (u, source),
@@ -164,7 +164,7 @@ pub(super) fn log_charge(app: &App, ctx: &mut RequestCtx) {
             user: key.user_id,
             group: key.group_id,
             endpoint: ctx.endpoint.as_str(),
-            model: ctx.model_requested.as_deref().unwrap_or(&m.name),
+            model: &m.name,
             channel: &c.name,
             cost_nano: cost,
             prompt_tokens: usage.prompt_tokens,
@@ -176,7 +176,7 @@ pub(super) fn log_charge(app: &App, ctx: &mut RequestCtx) {
             buckets: ctx.reservation.as_ref().map_or(&[][..], |r| r.buckets()),
         });
     }
-    ctx.final_usage = Some(Box::new((usage, source)));
+    ctx.final_usage = Some(Box::new((usage, source, cost)));
 }
 
 fn unix_ms() -> i64 {
@@ -192,6 +192,8 @@ fn unix_ms() -> i64 {
 fn settle(app: &App, ctx: &mut RequestCtx, usage: &Usage) -> Option<Settlement> {
     let res = ctx.reservation.take()?;
     let cost = match (ctx.model.as_ref(), ctx.channel.as_ref(), ctx.config.as_ref()) {
+        // Priced already when the charge was logged (the same usage).
+        _ if ctx.final_usage.is_some() => ctx.final_usage.as_deref().map_or(0, |f| f.2),
         (Some(m), Some(c), Some(cfg)) => {
             pricing::cost_nano(m, c, cfg.billing.credits_per_rmb, &TokenCounts::from_usage(usage)).unwrap_or_else(|err| {
                 tracing::error!(request_id = %ctx.request_id, error = %err, "cannot price a call; charging its hold");
