@@ -22,6 +22,6 @@ with open(sys.argv[2], encoding="utf-8") as f:
         print(json.dumps(json.loads(line)["request"]))
 PY
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "requests: $(wc -l <"$input"), rounds: $rounds, model: conf/router/complexity-v1.json"
-target/release/tollgate router bench --model conf/router/complexity-v1.json \
+echo "requests: $(wc -l <"$input"), rounds: $rounds, model: conf/router/complexity-v2.json"
+target/release/tollgate router bench --model conf/router/complexity-v2.json \
     --rounds "$rounds" --huge 16 <"$input"
