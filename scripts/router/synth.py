@@ -1,8 +1,9 @@
 """Prompt sets assembled for router v2 (issue 19), deterministic, written for this project.
 
 - `chinese_set()`: parallel Chinese / English chat prompts from hand-written templates, each
-  with a hard (1) or easy (0) mark and a `split`: the first half of the hard and of the easy
-  templates train, the second half is only evaluated (no template is in both). Used to check
+  with a hard (1) or easy (0) mark and a `split` (TRAIN_TEMPLATES train, the others are only
+  evaluated; no template is in both). Two kinds are short but hard and two long but easy, so
+  that prompt length alone does not separate hard from easy. Used to check
   that Chinese text is read as characters, not one long token, and that a Chinese prompt
   lands near its English twin.
 - `traffic_mix()`: unlabelled prompts of the kinds a gateway sees besides benchmarks (code,
@@ -110,6 +111,32 @@ _TEXTS = [
     ("图书馆周末闭馆进行设备检修。", "The library is closed this weekend for maintenance."),
 ]
 _AGES = [("5", "5"), ("7", "7"), ("9", "9"), ("12", "12")]
+# Short but hard, and long but easy: so that length alone cannot separate the set.
+_SHORT_THEOREMS = [
+    ("√2 是无理数", "sqrt(2) is irrational"),
+    ("素数有无穷多个", "there are infinitely many primes"),
+    ("e 是无理数", "e is irrational"),
+    ("实数集不可数", "the real numbers are uncountable"),
+    ("有限整环是域", "every finite integral domain is a field"),
+    ("√3 不是有理数", "sqrt(3) is not rational"),
+]
+_ALGOS = [
+    ("红黑树的删除", "red-black tree deletion"),
+    ("KMP 字符串匹配", "KMP string matching"),
+    ("无锁栈", "a lock-free stack"),
+    ("Raft 选主", "Raft leader election"),
+    ("后缀数组", "a suffix array"),
+]
+_LONG_TEXTS = [
+    (_TEXTS[0][0] + _TEXTS[1][0] + _TEXTS[2][0] + "请大家互相转告，谢谢配合。",
+     _TEXTS[0][1] + " " + _TEXTS[1][1] + " " + _TEXTS[2][1] + " Please tell each other, thank you."),
+    (_TEXTS[1][0] + _TEXTS[3][0] + _TEXTS[4][0] + "如有疑问请联系前台，我们会尽快回复。",
+     _TEXTS[1][1] + " " + _TEXTS[3][1] + " " + _TEXTS[4][1] + " Ask the front desk if you have questions; we will reply soon."),
+    (_TEXTS[2][0] + _TEXTS[4][0] + _TEXTS[0][0] + "下周的安排另行通知，祝大家周末愉快。",
+     _TEXTS[2][1] + " " + _TEXTS[4][1] + " " + _TEXTS[0][1] + " Next week's plan follows; have a nice weekend."),
+    (_TEXTS[3][0] + _TEXTS[0][0] + _TEXTS[1][0] + "感谢各位同事这段时间的辛苦付出。",
+     _TEXTS[3][1] + " " + _TEXTS[0][1] + " " + _TEXTS[1][1] + " Thanks to all colleagues for their hard work."),
+]
 
 
 def _templates():
@@ -163,16 +190,32 @@ def _templates():
               [({"t": z}, {"t": e}) for z, e in _TEXTS]))
     t.append(("books", 0, ["推荐三本适合 {a} 岁孩子读的书。", "给 {a} 岁的孩子推荐几个周末活动。", "{a} 岁的孩子每天应该睡多久？"], ["Recommend three books for a {a}-year-old child.", "Suggest some weekend activities for a {a}-year-old.", "How long should a {a}-year-old sleep each night?"],
               [({"a": z}, {"a": e}) for z, e in _AGES]))
+    t.append(("prove_short", 1, ["证明{x}。", "请证明：{x}"], ["Prove that {x}.", "Show that {x}."],
+              [({"x": z}, {"x": e}) for z, e in _SHORT_THEOREMS]))
+    t.append(("translate_long", 0, ["把下面这段话翻译成英文：{t}", "请把这段通知翻译成英语：{t}"],
+              ["Translate this paragraph into French: {t}", "Please translate this notice into German: {t}"],
+              [({"t": z}, {"t": e}) for z, e in _LONG_TEXTS]))
+    t.append(("implement_short", 1, ["用{lang}实现{a}。", "手写{a}（{lang}）"], ["Implement {a} in {lang}.", "Write {a} in {lang} from scratch."],
+              [({"lang": lz, "a": az}, {"lang": le, "a": ae}) for (lz, le), (az, ae) in itertools.product(_LANGS[:2], _ALGOS)]))
+    t.append(("typos_long", 0, ["帮我检查下面这段话有没有错别字：{t}", "这段通知的标点用得对吗？{t}"],
+              ["Check this paragraph for typos: {t}", "Is the punctuation in this notice right? {t}"],
+              [({"t": z}, {"t": e}) for z, e in _LONG_TEXTS]))
     return t
+
+
+# Templates that train; all others are only evaluated. Half of the hard and half of the easy
+# kinds, and one short-hard and one long-easy kind on each side.
+TRAIN_TEMPLATES = {
+    "prove_divisible", "concurrent_struct", "system_design", "probability",
+    "translate", "capital", "joke", "polite", "prove_short", "translate_long",
+}
 
 
 def chinese_set():
     """Rows {template, hard, split, zh, en}: zh / en are request bodies."""
     rows = []
     tmpl = _templates()
-    hard = [t for t in tmpl if t[1] == 1]
-    easy = [t for t in tmpl if t[1] == 0]
-    train_names = {t[0] for t in hard[: len(hard) // 2] + easy[: len(easy) // 2]}
+    train_names = TRAIN_TEMPLATES
     for name, h, zts, ets, fillers in tmpl:
         if isinstance(zts, str):
             zts, ets = [zts], [ets]
