@@ -132,7 +132,7 @@ enum RouterAction {
     /// Read OpenAI chat request bodies (JSON lines with an `id`) on stdin; write
     /// `{"id", "score", "tier", "model", "reason"}` per line, through the gateway's decision code.
     Score {
-        /// Model file (default conf/router/complexity-v1.json, or the configuration's).
+        /// Model file (default conf/router/complexity-v2.json, or the configuration's).
         #[arg(long)]
         model: Option<PathBuf>,
         /// cheap, balanced or quality (default: balanced, or the configuration's).

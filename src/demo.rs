@@ -95,7 +95,7 @@ model = "gpt-4o"
 "#;
 
 /// The router model shipped in the repository, embedded so the demo runs from any directory.
-const ROUTER_MODEL: &str = include_str!("../conf/router/complexity-v1.json");
+const ROUTER_MODEL: &str = include_str!("../conf/router/complexity-v2.json");
 
 fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()

@@ -12,7 +12,7 @@ fn router_section() -> String {
     format!(
         r#"
 [router]
-model_file = "{}/conf/router/complexity-v1.json"
+model_file = "{}/conf/router/complexity-v2.json"
 default_mode = "balanced"
 allow_hints = false
 
@@ -213,7 +213,7 @@ async fn replacing_the_model_file_reloads_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.json");
     let original = format!(
-        "{}/conf/router/complexity-v1.json",
+        "{}/conf/router/complexity-v2.json",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::copy(&original, &model).unwrap();

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/conf/router/complexity-v1.json"
+    "/conf/router/complexity-v2.json"
 );
 
 fn tollgate() -> Command {

@@ -5,9 +5,9 @@ measured on the training prompts. Traffic that looks different (chat, long docum
 strong shares. This replaces the quantiles with those of the scores of a traffic sample, keeping
 the weights (so the golden file stays valid):
 
-    target/release/tollgate router score --model conf/router/complexity-v1.json < sample.jsonl > scores.jsonl
-    python3 scripts/router/calibrate.py conf/router/complexity-v1.json scores.jsonl \
-        --version complexity-v1-acme > conf/router/complexity-v1-acme.json
+    target/release/tollgate router score --model conf/router/complexity-v2.json < sample.jsonl > scores.jsonl
+    python3 scripts/router/calibrate.py conf/router/complexity-v2.json scores.jsonl \
+        --version complexity-v2-acme > conf/router/complexity-v2-acme.json
 
 Standard library only. Lines of scores.jsonl with an "error" are skipped.
 """

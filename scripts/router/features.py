@@ -1,4 +1,4 @@
-"""Feature extraction of the complexity router, spec version 1.
+"""Feature extraction of the complexity router, spec version 2.
 
 This file and src/router/features.rs implement the same specification (docs/routing.md,
 "Features"); tests/router/golden.jsonl pins them together. Change one, change the other, bump
@@ -10,7 +10,7 @@ UTF-8 bytes, so Python and Rust agree bit for bit on which buckets fire.
 
 import math
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
@@ -57,7 +57,7 @@ DENSE_NAMES = [
     "digit_frac",  # digits / bytes of the capped text
     "log_numbers",  # log1p(runs of digits) / 4
     "log_math",  # log1p(bytes in = + * / ^ < > % \) / 4
-    "log_questions",  # log1p('?' count) / 2
+    "log_questions",  # log1p(count of '?' and full-width U+FF1F) / 2
     "log_lines",  # log1p(newline count) / 4
     "log_options",  # log1p(lines that start with A-D/a-d then '.' or ')') / 2
     "log_enum",  # log1p(lines that start with digits then '.'/')', or '- ', '* ') / 3
@@ -129,17 +129,60 @@ def is_word_byte(c: int) -> bool:
     return (97 <= c <= 122) or c == 48 or c >= 0x80
 
 
+def utf8_len(lead: int) -> int:
+    """Bytes of the UTF-8 sequence that starts with `lead` (1 for ASCII or a stray byte)."""
+    if lead >= 0xF0:
+        return 4
+    if lead >= 0xE0:
+        return 3
+    if lead >= 0xC0:
+        return 2
+    return 1
+
+
+def cjk_at(n: bytes, i: int) -> int:
+    """Byte length of the character at `i` if it is CJK (ideographs, kana, CJK punctuation,
+    full-width forms), else 0. Such a character is a token of its own: Chinese and Japanese
+    have no spaces, and a run of them read as one word would hash a whole sentence into one
+    bucket (spec v2)."""
+    c = n[i]
+    if c < 0xE3 or c > 0xEF:
+        return 0
+    if i + 2 >= len(n):
+        return 0
+    cp = ((c & 0x0F) << 12) | ((n[i + 1] & 0x3F) << 6) | (n[i + 2] & 0x3F)
+    if (
+        0x3000 <= cp <= 0x30FF  # CJK punctuation, hiragana, katakana
+        or 0x3400 <= cp <= 0x4DBF  # extension A
+        or 0x4E00 <= cp <= 0x9FFF  # unified ideographs
+        or 0xF900 <= cp <= 0xFAFF  # compatibility ideographs
+        or 0xFF00 <= cp <= 0xFFEF  # full-width and half-width forms
+    ):
+        return 3
+    return 0
+
+
 def tokens(n: bytes):
-    """Word tokens of normalised bytes: runs of [a-z0] or non-ASCII bytes; every other
-    non-whitespace ASCII byte is a token of its own."""
+    """Word tokens of normalised bytes: a CJK character (see `cjk_at`) alone; runs of [a-z0]
+    or other non-ASCII characters; every other non-whitespace ASCII byte alone."""
     out = []
     i, L = 0, len(n)
     while i < L:
         c = n[i]
-        if is_word_byte(c):
-            j = i + 1
+        k = cjk_at(n, i) if c >= 0x80 else 0
+        if k:
+            out.append(n[i : i + k])
+            i += k
+        elif is_word_byte(c):
+            j = i + utf8_len(c) if c >= 0x80 else i + 1
             while j < L and is_word_byte(n[j]):
-                j += 1
+                if n[j] >= 0x80:
+                    if cjk_at(n, j):
+                        break
+                    j += utf8_len(n[j])
+                else:
+                    j += 1
+            j = min(j, L)
             out.append(n[i:j])
             i = j
         elif c in WS or c < 0x20 or c == 0x7F:
@@ -224,7 +267,7 @@ def extract(req, spec):
         prev = d
     math_n = sum(1 for c in raw if c in MATH_BYTES)
     code_n = sum(1 for c in raw if c in CODE_BYTES)
-    q = raw.count(b"?")
+    q = raw.count(b"?") + raw.count("\uff1f".encode())  # '?' and the full-width '？' (v2)
     nl = raw.count(b"\n")
     opts = 0
     enum = 0

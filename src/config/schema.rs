@@ -410,7 +410,7 @@ pub struct TierSection {
 }
 
 fn d_router_model() -> String {
-    "conf/router/complexity-v1.json".into()
+    "conf/router/complexity-v2.json".into()
 }
 fn d_router_mode() -> String {
     "balanced".into()

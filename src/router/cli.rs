@@ -29,7 +29,7 @@ pub fn load(
             (r.model.clone(), RoutePolicy::clone(&r.policy))
         }
         None => {
-            let path = model.unwrap_or(Path::new("conf/router/complexity-v1.json"));
+            let path = model.unwrap_or(Path::new("conf/router/complexity-v2.json"));
             let m = RouterModel::load(path).map_err(|e| e.to_string())?;
             let tier = |name: &str| {
                 Arc::new(Tier {

@@ -1,4 +1,4 @@
-//! Feature extraction and scoring, spec version 1 (docs/routing.md, "Features").
+//! Feature extraction and scoring, spec version 2 (docs/routing.md, "Features").
 //!
 //! The same specification is implemented in `scripts/router/features.py`, which trains the
 //! model and writes `tests/router/golden.jsonl`; the golden test pins the two together. Work is
@@ -9,7 +9,7 @@ use super::model::RouterModel;
 use serde_json::Value;
 
 /// Version of the feature specification this code implements (the model file must match).
-pub const FEATURE_VERSION: u32 = 1;
+pub const FEATURE_VERSION: u32 = 2;
 
 /// Names of the dense features, in the model file's order (checked when a model loads).
 pub const DENSE_NAMES: [&str; DENSE_COUNT] = [
@@ -151,6 +151,77 @@ fn is_ws(c: u8) -> bool {
 #[inline]
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_lowercase() || c == b'0' || c >= 0x80
+}
+
+/// Bytes of the UTF-8 sequence that starts with `lead` (1 for ASCII or a stray byte).
+#[inline]
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0xF0..=0xFF => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
+
+/// Byte length of the character at `i` if it is CJK (ideographs, kana, CJK punctuation,
+/// full-width forms), else 0. Such a character is a token of its own (spec v2): Chinese and
+/// Japanese have no spaces, and a run of them read as one word would hash a whole sentence
+/// into one bucket.
+#[inline]
+fn cjk_at(n: &[u8], i: usize) -> usize {
+    let (Some(&c), Some(&c1), Some(&c2)) = (n.get(i), n.get(i + 1), n.get(i + 2)) else {
+        return 0;
+    };
+    if !(0xE3..=0xEF).contains(&c) {
+        return 0;
+    }
+    let cp = (u32::from(c & 0x0F) << 12) | (u32::from(c1 & 0x3F) << 6) | u32::from(c2 & 0x3F);
+    if (0x3000..=0x30FF).contains(&cp)
+        || (0x3400..=0x4DBF).contains(&cp)
+        || (0x4E00..=0x9FFF).contains(&cp)
+        || (0xF900..=0xFAFF).contains(&cp)
+        || (0xFF00..=0xFFEF).contains(&cp)
+    {
+        3
+    } else {
+        0
+    }
+}
+
+/// End (exclusive) of the token that starts at `i` of the normalised text, or `None` when
+/// the byte at `i` is whitespace or a control byte (skipped). A CJK character alone; a run of
+/// `[a-z0]` and other non-ASCII characters; any other ASCII byte alone.
+#[inline]
+fn token_end(n: &[u8], i: usize) -> Option<usize> {
+    let c = n.get(i).copied()?;
+    if c >= 0x80 {
+        let k = cjk_at(n, i);
+        if k > 0 {
+            return Some(i + k);
+        }
+    }
+    if is_word_byte(c) {
+        let mut j = if c >= 0x80 { i + utf8_len(c) } else { i + 1 };
+        while let Some(&d) = n.get(j) {
+            if !is_word_byte(d) {
+                break;
+            }
+            if d >= 0x80 {
+                if cjk_at(n, j) > 0 {
+                    break;
+                }
+                j += utf8_len(d);
+            } else {
+                j += 1;
+            }
+        }
+        Some(j.min(n.len()))
+    } else if is_ws(c) || c < 0x20 || c == 0x7f {
+        None
+    } else {
+        Some(i + 1)
+    }
 }
 
 /// The text parts of a message `content`: the string itself, or the `text` of each part of
@@ -359,23 +430,12 @@ pub fn score_f64(model: &RouterModel, req: &Value) -> f64 {
     let mut i = 0usize;
     let len = norm.len();
     while i < len {
-        let c = norm.get(i).copied().unwrap_or(b' ');
-        let tok: &[u8] = if is_word_byte(c) {
-            let mut j = i + 1;
-            while j < len && norm.get(j).copied().is_some_and(is_word_byte) {
-                j += 1;
-            }
-            let t = norm.get(i..j).unwrap_or(&[]);
-            i = j;
-            t
-        } else if is_ws(c) || c < 0x20 || c == 0x7f {
+        let Some(j) = token_end(&norm, i) else {
             i += 1;
             continue;
-        } else {
-            let t = norm.get(i..i + 1).unwrap_or(&[]);
-            i += 1;
-            t
         };
+        let tok: &[u8] = norm.get(i..j).unwrap_or(&[]);
+        i = j;
         n_tokens += 1;
         word_sum += f64::from(model.word_weight((fnv1a(SEED_WORD, tok) % wdim) as usize));
         word_n += 1;
@@ -445,6 +505,8 @@ pub fn score_f64(model: &RouterModel, req: &Value) -> f64 {
             _ => {}
         }
     }
+    // The full-width question mark U+FF1F (EF BC 9F) counts as a question too (spec v2).
+    questions += raw.windows(3).filter(|w| *w == [0xEF, 0xBC, 0x9F]).count();
     let mut options = 0usize;
     let mut enums = 0usize;
     for line in raw.split(|&c| c == b'\n') {
@@ -578,6 +640,49 @@ mod tests {
         let mut out = Vec::new();
         parts.capped(100, &mut out);
         assert_eq!(out.len(), 20);
+    }
+
+    fn tokens(text: &str) -> Vec<String> {
+        let n: Vec<u8> = text.bytes().map(|c| c.to_ascii_lowercase()).collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < n.len() {
+            match token_end(&n, i) {
+                Some(j) => {
+                    out.push(String::from_utf8_lossy(&n[i..j]).into_owned());
+                    i = j;
+                }
+                None => i += 1,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn cjk_characters_are_tokens_of_their_own() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "请证明：根号是无理数。",
+                &[
+                    "请", "证", "明", "：", "根", "号", "是", "无", "理", "数", "。",
+                ],
+            ),
+            ("用Rust实现", &["用", "rust", "实", "现"]),
+            (
+                "日本語テキスト",
+                &["日", "本", "語", "テ", "キ", "ス", "ト"],
+            ),
+            ("ＡＢ？", &["Ａ", "Ｂ", "？"]),
+            // Other non-ASCII text still forms words: accents, Hangul (spaced), emoji.
+            (
+                "naïve café 한국어 🙂🙂",
+                &["naïve", "café", "한국어", "🙂🙂"],
+            ),
+            ("x=1, y", &["x", "=", "1", ",", "y"]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(tokens(text), *want, "{text}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The complexity model file (`conf/router/complexity-v1.json`, written by
+//! The complexity model file (`conf/router/complexity-v2.json`, written by
 //! `scripts/router/train.py`): loaded and validated into an immutable [`RouterModel`].
 
 use super::features::{DENSE_COUNT, DENSE_NAMES, FEATURE_VERSION};
@@ -319,7 +319,7 @@ mod tests {
     pub(crate) fn shipped() -> RouterModel {
         RouterModel::load(Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/conf/router/complexity-v1.json"
+            "/conf/router/complexity-v2.json"
         )))
         .unwrap()
     }
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn the_shipped_model_loads_and_its_thresholds_are_ordered() {
         let m = shipped();
-        assert_eq!(m.version, "complexity-v1");
+        assert_eq!(m.version, "complexity-v2");
         let (c, b, q) = (
             m.threshold(Mode::Cheap),
             m.threshold(Mode::Balanced),
@@ -342,7 +342,7 @@ mod tests {
     fn bad_files_are_refused_with_the_field_named() {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/conf/router/complexity-v1.json"
+            "/conf/router/complexity-v2.json"
         ))
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();

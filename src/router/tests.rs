@@ -6,7 +6,7 @@ use std::time::Duration;
 fn model() -> RouterModel {
     RouterModel::load(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/conf/router/complexity-v1.json"
+        "/conf/router/complexity-v2.json"
     )))
     .unwrap()
 }
