@@ -374,6 +374,20 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         admin_token,
     } = launch;
 
+    // Embedded mode, new side of an upgrade: listen for the old process's books first thing
+    // (systemd signals the old process before it starts this one; it waits for this socket).
+    let embedded = config.cluster.is_none();
+    let taker = if upgrade && embedded {
+        match crate::billing::handover::Taker::bind(&config.server.upgrade_sock) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: cannot listen for the ledger hand-over; starting from the store");
+                None
+            }
+        }
+    } else {
+        None
+    };
     for w in &config.warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }
@@ -427,18 +441,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    // Embedded mode, new side of an upgrade: take the old process's books before anything runs.
-    let embedded = cluster.is_none();
-    let handover = match (upgrade && embedded)
-        .then(|| crate::billing::handover::Taker::bind(&server_settings.upgrade_sock))
-    {
-        Some(Ok(taker)) => Some(taker.serve(app.clone())),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "upgrade: cannot listen for the ledger hand-over; starting from the store");
-            None
-        }
-        None => None,
-    };
+    let handover = taker.map(|t| t.serve(app.clone()));
     server.bootstrap();
     if let Some(installed) = handover {
         // The old process sends its books before it sends the listeners: they are here now,

@@ -320,6 +320,44 @@ async fn a_node_killed_mid_run_restarts_and_its_leases_come_back() {
     assert!(bank2["spent"].as_i64().unwrap() > before_spent);
 }
 
+/// Cluster mode takes the same hold as embedded mode: a prompt of one token a byte ("x9!"
+/// repeated) is covered by its hold or refused; ten concurrent calls against a balance of 3.5
+/// calls serve at most three, nothing is uncollected, Redis and SQL agree.
+#[tokio::test]
+async fn dense_prompts_are_held_in_full_in_cluster_mode_too() {
+    let redis = Redis::start();
+    let m = mock().await;
+    let mut nodes = fleet(&m, &redis).await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 16, "messages": [{"role": "user", "content": "x9!".repeat(1500)}]});
+    // 4,500 prompt tokens + at most 16 output at gpt-4o x7.2: one call is about 0.0822 credits.
+    let one: i64 = (4_500 * 25 + 16 * 100) * 720; // nano-credits, (2.5 in, 10 out) / 1e6 x 7.2
+    let credit = one * 3 + one / 2;
+    nodes[0]
+        .admin_post(
+            "/admin/tenants/acme/topups",
+            json!({"amount_rmb": rust_decimal::Decimal::new(credit, 9).to_string()}),
+        )
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    // Every node sees the key (refreshed every second) and the credit (replayed into Redis).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let results = fire(&nodes, &key, 10, &body).await;
+    let served = admitted(&results, 402);
+    assert!((1..=3).contains(&served), "{served} served");
+    let bank = quiesce(&nodes[0], "acme").await;
+    assert!(bank["spent"].as_i64().unwrap() <= credit, "{bank}");
+    for n in &nodes {
+        let metrics = n.metrics().await;
+        assert_eq!(
+            metric_value(&metrics, "tollgate_uncollected_nanocredits_total"),
+            0.0
+        );
+    }
+    nodes.clear();
+}
+
 /// A node SIGKILLed right after serving calls, before its flush (a whole second here): on
 /// restart it must charge them to Redis before it gives its lease back. Redis and the SQL
 /// record then agree to the nano-credit and hold every served call.

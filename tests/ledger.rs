@@ -167,6 +167,14 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
     let (served, handles) = load(&gw, &key, 8, body, stop.clone());
     wait_until("calls served", 20, || served.lock().unwrap().len() >= 10).await;
 
+    // In systemd's order (systemd/tollgate.service, ExecReload): the old process is told
+    // first, the new one started after.
+    let old_pid = gw.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-QUIT", &old_pid])
+        .status()
+        .unwrap()
+        .success());
     let log = std::fs::File::create(gw.dir.path().join("gateway-new.log")).unwrap();
     let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["run", "--upgrade", "--config"])
@@ -177,14 +185,6 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let sock = gw.dir.path().join("upgrade.sock");
-    wait_until("the upgrade socket", 30, || sock.exists()).await;
-    let old_pid = gw.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-QUIT", &old_pid])
-        .status()
-        .unwrap()
-        .success());
     let mut old = std::mem::replace(
         &mut gw.child,
         std::process::Command::new("true").spawn().unwrap(),
@@ -288,4 +288,56 @@ async fn sigterm_with_nothing_in_flight_stops_at_once() {
     assert!(log.contains("shutdown complete"), "{log}");
     // The call's charge is stored, not lost with the process.
     assert_eq!(charges(&gw.db).len(), 1);
+}
+
+/// Money in under a crash: concurrent top-ups and a redemption, SIGKILL right after the
+/// answers; after a restart every top-up that was answered 200 is credited exactly once (a
+/// replay of its idempotency key credits nothing more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_top_ups_loses_no_acknowledged_credit() {
+    let m = mock().await;
+    let mut gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (
+            gw.client.clone(),
+            gw.admin_url("/admin/tenants/acme/topups"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"amount_rmb": "1.5", "idempotency_key": format!("crash-{i}")}))
+                .send()
+                .await;
+            r.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let status = t.await.unwrap();
+        if (200..300).contains(&status) {
+            acknowledged.push(i);
+        }
+    }
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    gw.kill_and_restart().await;
+    let want = 1_000 * 1_000_000_000 + acknowledged.len() as i64 * 1_500_000_000;
+    assert_eq!(credited(&gw.db, gw.tenant_id), want);
+    assert_eq!(gw.balance("acme").await["credited"].as_i64().unwrap(), want);
+    // Replaying every key after the crash credits nothing new.
+    for i in 0..20 {
+        let r = gw
+            .client
+            .post(gw.admin_url("/admin/tenants/acme/topups"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"amount_rmb": "1.5", "idempotency_key": format!("crash-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let all = 1_000 * 1_000_000_000 + 20 * 1_500_000_000;
+    assert_eq!(gw.balance("acme").await["credited"].as_i64().unwrap(), all);
 }

@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The new process's first line on the connection.
+const READY: &str = "tollgate-ledger-handover 1";
+
 /// The socket of the hand-over, next to Pingora's upgrade socket.
 pub fn socket_path(upgrade_sock: &str) -> PathBuf {
     PathBuf::from(format!("{upgrade_sock}.ledger"))
@@ -150,10 +153,19 @@ pub enum HandoverError {
 }
 
 impl Remote {
+    /// Connects and waits for the new process to say it is ready (it accepts only once its
+    /// state is built, so the old one does not freeze its books while the new one starts).
     fn connect(path: &Path) -> Result<Remote, HandoverError> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let reader = BufReader::new(stream.try_clone()?);
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut hello = String::new();
+        reader.read_line(&mut hello)?;
+        if hello.trim_end() != READY {
+            return Err(HandoverError::Protocol(format!(
+                "unexpected greeting {hello:?}"
+            )));
+        }
         Ok(Remote {
             conn: Mutex::new((reader, stream)),
         })
@@ -182,9 +194,10 @@ impl Remote {
 /// rate-limit windows, and forward everything after. Returns whether the hand-over happened.
 pub fn give(app: &crate::app::App, upgrade_sock: &str) -> bool {
     let path = socket_path(upgrade_sock);
-    // The new process binds the socket before it asks for the listeners; give it a moment.
+    // systemd's reload signals the old process first and starts the new one after: wait for
+    // it as long as Pingora waits to hand the listeners over (5 s).
     let mut remote = None;
-    for _ in 0..50 {
+    for _ in 0..250 {
         match Remote::connect(&path) {
             Ok(r) => {
                 remote = Some(r);
@@ -237,17 +250,22 @@ impl Taker {
         let spawned = std::thread::Builder::new()
             .name("ledger-handover".into())
             .spawn(move || {
-                let stream = match self.listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "upgrade: hand-over accept failed");
-                        return;
+                // A connection that ends before the books arrived (an old process that gave up
+                // waiting) is followed by the next one.
+                let mut installed = false;
+                while !installed {
+                    let stream = match self.listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "upgrade: hand-over accept failed");
+                            return;
+                        }
+                    };
+                    if let Err(e) = serve_conn(&app, stream, &tx, &mut installed) {
+                        tracing::warn!(error = %e, "upgrade: hand-over connection ended");
                     }
-                };
-                let _ = std::fs::remove_file(&self.path);
-                if let Err(e) = serve_conn(&app, stream, &tx) {
-                    tracing::warn!(error = %e, "upgrade: hand-over connection ended");
                 }
+                let _ = std::fs::remove_file(&self.path);
                 tracing::info!("upgrade: the old process finished; the hand-over is closed");
             });
         if let Err(e) = spawned {
@@ -260,10 +278,12 @@ impl Taker {
 fn serve_conn(
     app: &crate::app::App,
     stream: UnixStream,
-    installed: &std::sync::mpsc::Sender<()>,
+    tx: &std::sync::mpsc::Sender<()>,
+    installed: &mut bool,
 ) -> Result<(), HandoverError> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
+    writer.write_all(format!("{READY}\n").as_bytes())?;
     let mut line = String::new();
     loop {
         line.clear();
@@ -272,7 +292,8 @@ fn serve_conn(
         }
         let req: Request =
             serde_json::from_str(&line).map_err(|e| HandoverError::Protocol(e.to_string()))?;
-        let reply = answer(app, req, installed);
+        *installed |= matches!(req, Request::Books(..));
+        let reply = answer(app, req, tx);
         let mut out =
             serde_json::to_vec(&reply).map_err(|e| HandoverError::Protocol(e.to_string()))?;
         out.push(b'\n');
