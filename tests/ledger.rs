@@ -341,3 +341,95 @@ async fn sigkill_after_top_ups_loses_no_acknowledged_credit() {
     let all = 1_000 * 1_000_000_000 + 20 * 1_500_000_000;
     assert_eq!(gw.balance("acme").await["credited"].as_i64().unwrap(), all);
 }
+
+/// Cluster mode through an upgrade (systemd's order) while calls run on a tenant whose credit
+/// runs out during it: the two processes share the node's Redis state, so nothing is spent
+/// twice; afterwards Redis conserves (`bal + leases + spent = credited`), spent equals the
+/// SQL record and never exceeds the credit, and every answered call is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_in_cluster_mode_spends_no_credit_twice() {
+    let redis = Redis::start();
+    let m = mock().await;
+    m.set_behavior(Behavior::Delay { ms: 150 });
+    let extra = format!(
+        "\n[cluster]\nredis_url = \"{}\"\nnode_id = \"up\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n",
+        redis.url()
+    );
+    let mut gw = Gateway::spawn(&[Up::mock("a", &m)], "", &extra, "", None).await;
+    let tenant_id = gw
+        .admin_post("/admin/tenants", json!({"name": "tight"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    gw.admin_post("/admin/tenants/tight/topups", json!({"amount_rmb": "1.2"}))
+        .await;
+    let key = gw
+        .create_key(json!({"tenant": "tight", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let body = json!({"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": "spend it"}]});
+    let (served, handles) = load(&gw, &key, 8, body, stop.clone());
+    wait_until("calls served", 20, || served.lock().unwrap().len() >= 10).await;
+    assert!(std::process::Command::new("kill")
+        .args(["-QUIT", &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let log = std::fs::File::create(gw.dir.path().join("gateway-new.log")).unwrap();
+    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(&gw.config_path)
+        .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut old = std::mem::replace(
+        &mut gw.child,
+        std::process::Command::new("true").spawn().unwrap(),
+    );
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || old.wait()),
+    )
+    .await
+    .expect("the old process exits")
+    .unwrap()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let answered = served.lock().unwrap().clone();
+    let credit = credited(&gw.db, tenant_id);
+    // Allowance comes back when idle; then Redis and SQL must agree exactly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bank = loop {
+        let b = gw.admin_get("/admin/tenants/tight/balance").await["bank"].clone();
+        let (bal, leases, spent, cred) = (
+            b["bal"].as_i64().unwrap(),
+            b["leases"].as_i64().unwrap(),
+            b["spent"].as_i64().unwrap(),
+            b["credited"].as_i64().unwrap(),
+        );
+        assert_eq!(bal + leases + spent, cred, "conservation in redis: {b}");
+        let sql: i64 = charges(&gw.db).values().sum();
+        if leases == 0 && spent == sql {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "never settled: {b}, SQL {sql}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let all = charges(&gw.db);
+    let total: i64 = all.values().sum();
+    assert!(total <= credit, "overspent: {total} of {credit}");
+    assert_eq!(bank["credited"].as_i64().unwrap(), credit);
+    for id in &answered {
+        assert!(all.contains_key(id), "answered call {id} not charged");
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+}
