@@ -24,3 +24,10 @@ pub mod router;
 pub mod routing;
 pub mod server;
 pub mod tenancy;
+
+/// Hash maps read on every request (models, channels, keys, books, quota accounts): keyed by
+/// small values the gateway itself controls, so they need speed, not SipHash's resistance to
+/// chosen keys (std's default cost ~2,000 instructions a call in `bench/callgrind.sh`).
+pub type FastHasher = foldhash::fast::RandomState;
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
+pub type FastSet<T> = std::collections::HashSet<T, FastHasher>;

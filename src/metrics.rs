@@ -216,7 +216,7 @@ pub struct ChannelMetrics {
     pub duration: Histogram,
     pub ttft: Histogram,
     /// By model name, for the models the channel's upstreams serve.
-    pub models: std::collections::HashMap<String, ModelMetrics>,
+    pub models: crate::FastMap<String, ModelMetrics>,
 }
 
 #[derive(Debug, Clone)]

@@ -29,7 +29,6 @@ use crate::tenancy::store::{Store, StoreError};
 use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
 use dashmap::DashMap;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -160,7 +159,7 @@ struct Book {
     charged: i64,
     credited: i64,
     #[serde(with = "account_map")]
-    accounts: HashMap<Account, Spend>,
+    accounts: crate::FastMap<Account, Spend>,
 }
 
 /// Books as handed over during an upgrade (`handover`).
@@ -171,16 +170,18 @@ pub struct BooksState(Vec<(TenantId, Book)>);
 mod account_map {
     use super::{Account, Spend};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use std::collections::HashMap;
 
-    pub fn serialize<S: Serializer>(m: &HashMap<Account, Spend>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &crate::FastMap<Account, Spend>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let v: Vec<(&Account, &Spend)> = m.iter().collect();
         v.serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<HashMap<Account, Spend>, D::Error> {
+    ) -> Result<crate::FastMap<Account, Spend>, D::Error> {
         Ok(Vec::<(Account, Spend)>::deserialize(d)?
             .into_iter()
             .collect())
@@ -244,7 +245,7 @@ pub struct Settlement {
 }
 
 pub struct Ledger {
-    books: DashMap<TenantId, Arc<Mutex<Book>>>,
+    books: DashMap<TenantId, Arc<Mutex<Book>>, crate::FastHasher>,
     /// Usage records of charged calls, to the recorder (never dropped).
     journal: mpsc::UnboundedSender<UsageEvent>,
     /// Cluster mode: balances and quotas live in Redis (see `fleet.rs`); the books then only
@@ -291,7 +292,7 @@ impl Ledger {
     ) -> Result<(Arc<Ledger>, JournalWriter), StoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let ledger = Ledger {
-            books: DashMap::new(),
+            books: DashMap::with_hasher(Default::default()),
             journal: tx,
             fleet: OnceLock::new(),
             cluster_pending: std::sync::atomic::AtomicBool::new(false),

@@ -8,7 +8,7 @@ pub mod schema;
 use crate::routing::upstream::{UpstreamState, UpstreamStates};
 use rust_decimal::Decimal;
 use schema::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,7 +222,7 @@ pub struct Upstream {
     /// The credential, read from the environment at load time.
     pub api_key: Option<String>,
     pub weight: u32,
-    pub models: HashSet<String>,
+    pub models: crate::FastSet<String>,
     pub model_map: BTreeMap<String, String>,
     /// Why this upstream cannot be used (e.g. its key variable is unset); `None` when usable.
     pub disabled: Option<String>,
@@ -324,9 +324,9 @@ pub struct Config {
     pub admin: AdminSettings,
     pub sqlite_path: String,
     pub models: Vec<Arc<Model>>,
-    model_index: HashMap<String, Arc<Model>>,
+    model_index: crate::FastMap<String, Arc<Model>>,
     pub channels: Vec<Arc<Channel>>,
-    channel_index: HashMap<String, Arc<Channel>>,
+    channel_index: crate::FastMap<String, Arc<Channel>>,
     pub billing: BillingSettings,
     /// Cluster mode (Redis-backed shared balances); `None`: embedded mode. Read at start only.
     pub cluster: Option<ClusterSettings>,
@@ -417,7 +417,7 @@ impl Config {
         let billing = build_billing(billing)?;
 
         let mut model_list = Vec::new();
-        let mut model_index: HashMap<String, Arc<Model>> = HashMap::new();
+        let mut model_index: crate::FastMap<String, Arc<Model>> = Default::default();
         for (i, m) in models.into_iter().enumerate() {
             let at = format!("models[{i}]");
             let model = Arc::new(build_model(m, &at)?);
@@ -439,7 +439,7 @@ impl Config {
         }
 
         let mut channel_list = Vec::new();
-        let mut channel_index = HashMap::new();
+        let mut channel_index = crate::FastMap::default();
         for (ci, c) in channels.into_iter().enumerate() {
             let at = format!("channels[{ci}]");
             let ChannelSection {
@@ -918,7 +918,7 @@ fn build_upstream(
     u: UpstreamSection,
     channel: &str,
     at: &str,
-    models: &HashMap<String, Arc<Model>>,
+    models: &crate::FastMap<String, Arc<Model>>,
     states: &UpstreamStates,
     env: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
@@ -960,7 +960,7 @@ fn build_upstream(
             "an upstream must serve at least one model",
         ));
     }
-    let mut set = HashSet::new();
+    let mut set = crate::FastSet::default();
     for (i, m) in served.iter().enumerate() {
         // Aliases are resolved to canonical names so routing compares one spelling.
         let model = models.get(m).ok_or_else(|| {

@@ -8,7 +8,6 @@ use super::ApiKey;
 use arc_swap::ArcSwap;
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub type KeyHash = [u8; 32];
@@ -37,7 +36,7 @@ pub fn display_prefix(key: &str) -> String {
 
 #[derive(Debug, Default)]
 pub struct KeySnapshot {
-    pub by_hash: HashMap<KeyHash, Arc<ApiKey>>,
+    pub by_hash: crate::FastMap<KeyHash, Arc<ApiKey>>,
     /// The store's key generation this snapshot reflects.
     pub generation: i64,
 }
