@@ -324,6 +324,7 @@ fn open_charge_log(
     store: &Store,
     store_path: &std::path::Path,
     cluster_node: Option<&str>,
+    sync_every: Duration,
 ) -> Result<
     (
         Arc<crate::billing::chargelog::ChargeLog>,
@@ -358,7 +359,9 @@ fn open_charge_log(
             orphans.remove().map_err(io)?;
         }
     }
-    let log = ChargeLog::open(&dir, cluster).map(Arc::new).map_err(io)?;
+    let log = ChargeLog::open(&dir, cluster, sync_every)
+        .map(Arc::new)
+        .map_err(io)?;
     Ok((log, kept))
 }
 
@@ -401,6 +404,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         &store,
         std::path::Path::new(&config.sqlite_path),
         config.cluster.as_ref().map(|c| c.node_id.as_str()),
+        config.billing.charge_log_sync,
     )?;
     let (ledger, journal) = Ledger::recover_with_log(&store, Some(charge_log.clone()))?;
     let journal_flush = config.billing.journal_flush;

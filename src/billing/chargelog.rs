@@ -5,7 +5,8 @@
 //! (SIGKILL, a panic, the OOM killer), each charge is first appended to this process's own log
 //! file with one `write(2)`, before the response's last bytes go to the client: once the kernel
 //! has the bytes, a process crash cannot take them back. Only a power loss can, and the recorder
-//! `fdatasync`s the log every round, so a power loss loses at most the last `journal_flush_ms`.
+//! `fdatasync`s the log every `[billing] charge_log_sync_ms` (1 s), so a power loss loses at most
+//! that much.
 //!
 //! Files are segments named `<pid>-<n>.log` in the log directory, each held under an exclusive
 //! file lock by the process writing it. A segment is deleted once it is closed (the recorder
@@ -59,6 +60,10 @@ pub struct ChargeLog {
     round: AtomicU64,
     /// Cluster mode: a charge is done with once it is in the store *and* in Redis.
     cluster: bool,
+    /// How often the current segment is synced to disk (the power-loss window), and when it
+    /// last was.
+    sync_every: Duration,
+    last_sync: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for ChargeLog {
@@ -124,7 +129,7 @@ fn open_segment(dir: &Path, pid: u32, id: u32) -> std::io::Result<Segment> {
 impl ChargeLog {
     /// Opens a new segment of this process in `dir` (created if missing). `cluster`: charges
     /// are also flushed to Redis, and kept until they are.
-    pub fn open(dir: &Path, cluster: bool) -> std::io::Result<ChargeLog> {
+    pub fn open(dir: &Path, cluster: bool, sync_every: Duration) -> std::io::Result<ChargeLog> {
         std::fs::create_dir_all(dir)?;
         let pid = std::process::id();
         let first = Arc::new(open_segment(dir, pid, 0)?);
@@ -137,6 +142,8 @@ impl ChargeLog {
             failures: AtomicU64::new(0),
             round: AtomicU64::new(0),
             cluster,
+            sync_every,
+            last_sync: Mutex::new(Instant::now()),
         })
     }
 
@@ -263,8 +270,16 @@ impl ChargeLog {
     pub fn upkeep(&self, store_synced: impl FnOnce() -> bool) {
         let round = self.round.fetch_add(1, Ordering::Relaxed);
         let cur = self.current.load_full();
-        if let Err(e) = cur.file.sync_data() {
-            tracing::warn!(error = %e, "charge log: sync failed");
+        {
+            // An append into a page being written back waits for it: syncing every round
+            // would stall the request path; every `sync_every` bounds the power-loss window.
+            let mut last = self.last_sync.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() >= self.sync_every {
+                if let Err(e) = cur.file.sync_data() {
+                    tracing::warn!(error = %e, "charge log: sync failed");
+                }
+                *last = Instant::now();
+            }
         }
         if cur.opened.elapsed() >= SEGMENT_AGE || cur.bytes.load(Ordering::Relaxed) >= SEGMENT_BYTES
         {
@@ -614,7 +629,7 @@ mod tests {
     #[test]
     fn a_live_segment_is_not_replayed_a_dead_one_is_and_a_torn_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ChargeLog::open(dir.path(), false).unwrap();
+        let log = ChargeLog::open(dir.path(), false, Duration::ZERO).unwrap();
         assert_eq!(log.append(&charge("a")), Some(0));
         // Held by this (live) log: not an orphan.
         assert!(orphaned(dir.path()).unwrap().charges.is_empty());
@@ -638,7 +653,7 @@ mod tests {
     #[test]
     fn unflushed_charges_are_found_from_the_intent_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ChargeLog::open(dir.path(), true).unwrap();
+        let log = ChargeLog::open(dir.path(), true, Duration::ZERO).unwrap();
         let a = log.append(&charge("a")).unwrap(); // buckets 3 and -5, 123,456 each
         let b = log.append(&charge("b")).unwrap();
         let c = log.append(&charge("c")).unwrap();
@@ -665,7 +680,7 @@ mod tests {
     #[test]
     fn closed_segments_are_deleted_once_committed_and_synced() {
         let dir = tempfile::tempdir().unwrap();
-        let log = ChargeLog::open(dir.path(), false).unwrap();
+        let log = ChargeLog::open(dir.path(), false, Duration::ZERO).unwrap();
         let t = log.append(&charge("a")).unwrap();
         // Force a rotation by age.
         std::thread::sleep(SEGMENT_AGE);

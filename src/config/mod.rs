@@ -63,6 +63,7 @@ pub struct BillingSettings {
     pub journal_flush: Duration,
     pub image_token_bound: u64,
     pub attachment_token_bound: u64,
+    pub charge_log_sync: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -657,6 +658,7 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
         journal_flush_ms,
         image_token_bound,
         attachment_token_bound,
+        charge_log_sync_ms,
     } = b;
     if credits_per_rmb <= Decimal::ZERO {
         return Err(invalid("billing.credits_per_rmb", "must be positive"));
@@ -690,6 +692,7 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
         journal_flush: Duration::from_millis(journal_flush_ms),
         image_token_bound,
         attachment_token_bound,
+        charge_log_sync: Duration::from_millis(charge_log_sync_ms.clamp(1, 60_000)),
     })
 }
 

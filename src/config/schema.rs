@@ -200,6 +200,9 @@ pub struct BillingSection {
     /// URL or file id) when the model sets no `context_window`.
     #[serde(default = "d_attachment_token_bound")]
     pub attachment_token_bound: u64,
+    /// How often the charge log is synced to disk: what a power loss may lose at most.
+    #[serde(default = "d_charge_log_sync")]
+    pub charge_log_sync_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +259,7 @@ impl Default for BillingSection {
             journal_flush_ms: d_journal_flush(),
             image_token_bound: d_image_token_bound(),
             attachment_token_bound: d_attachment_token_bound(),
+            charge_log_sync_ms: d_charge_log_sync(),
         }
     }
 }
@@ -268,6 +272,9 @@ fn d_default_max_output() -> u64 {
 }
 fn d_journal_flush() -> u64 {
     25
+}
+fn d_charge_log_sync() -> u64 {
+    1000
 }
 fn d_image_token_bound() -> u64 {
     8_192
