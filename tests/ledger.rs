@@ -85,6 +85,26 @@ fn load(
     (served, handles)
 }
 
+/// A graceful upgrade in systemd's order (systemd/tollgate.service, ExecReload): the old
+/// process is told first (SIGQUIT), the new one started after with `--upgrade`.
+fn upgrade(gw: &Gateway) -> std::process::Child {
+    assert!(std::process::Command::new("kill")
+        .args(["-QUIT", &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let log = std::fs::File::create(gw.dir.path().join("gateway-new.log")).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "--upgrade", "--config"])
+        .arg(&gw.config_path)
+        .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// SIGKILL under load, with a journal flush interval of a whole second so that many answered
 /// calls are not in the store yet: after a restart every 200 the clients got has exactly one
 /// charge (from the charge log where the store had none), and the books balance.
@@ -167,24 +187,7 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
     let (served, handles) = load(&gw, &key, 8, body, stop.clone());
     wait_until("calls served", 20, || served.lock().unwrap().len() >= 10).await;
 
-    // In systemd's order (systemd/tollgate.service, ExecReload): the old process is told
-    // first, the new one started after.
-    let old_pid = gw.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-QUIT", &old_pid])
-        .status()
-        .unwrap()
-        .success());
-    let log = std::fs::File::create(gw.dir.path().join("gateway-new.log")).unwrap();
-    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "--upgrade", "--config"])
-        .arg(&gw.config_path)
-        .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env("RUST_LOG", "info")
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut new = upgrade(&gw);
     let mut old = std::mem::replace(
         &mut gw.child,
         std::process::Command::new("true").spawn().unwrap(),
@@ -371,21 +374,7 @@ async fn an_upgrade_in_cluster_mode_spends_no_credit_twice() {
     let body = json!({"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": "spend it"}]});
     let (served, handles) = load(&gw, &key, 8, body, stop.clone());
     wait_until("calls served", 20, || served.lock().unwrap().len() >= 10).await;
-    assert!(std::process::Command::new("kill")
-        .args(["-QUIT", &gw.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let log = std::fs::File::create(gw.dir.path().join("gateway-new.log")).unwrap();
-    let mut new = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "--upgrade", "--config"])
-        .arg(&gw.config_path)
-        .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("TEST_UPSTREAM_KEY", UPSTREAM_KEY)
-        .env("RUST_LOG", "info")
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut new = upgrade(&gw);
     let mut old = std::mem::replace(
         &mut gw.child,
         std::process::Command::new("true").spawn().unwrap(),
