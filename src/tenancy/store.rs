@@ -1812,32 +1812,10 @@ impl Store {
         note: Option<&str>,
         id: &str,
     ) -> Result<LedgerEntry, StoreError> {
-        let e = LedgerEntry {
-            id: id.to_string(),
-            tenant_id: tenant,
-            kind,
-            amount,
-            key_id: None,
-            user_id: None,
-            group_id: None,
-            request_id: None,
-            actor: actor.map(str::to_string),
-            note: note.map(str::to_string),
-            uncollected: 0,
-            created_ms: unix_now_ms(),
-        };
+        let e = Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
         self.with(|c| {
             let tx = c.transaction()?;
-            let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM tenants WHERE id = ?1",
-                    params![tenant.0],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::not_found("tenant", tenant.0));
-            }
+            Store::require_tenant(&tx, tenant)?;
             let n = Store::insert_entry(&tx, &e)?;
             tx.commit()?;
             if n == 0 {
@@ -1861,32 +1839,10 @@ impl Store {
         note: Option<&str>,
         idem: &IdempotencyKey,
     ) -> Result<Credited, StoreError> {
-        let e = LedgerEntry {
-            id: idem.entry_id(tenant),
-            tenant_id: tenant,
-            kind,
-            amount,
-            key_id: None,
-            user_id: None,
-            group_id: None,
-            request_id: None,
-            actor: actor.map(str::to_string),
-            note: note.map(str::to_string),
-            uncollected: 0,
-            created_ms: unix_now_ms(),
-        };
+        let e = Store::credit_entry(idem.entry_id(tenant), tenant, kind, amount, actor, note);
         self.with(|c| {
             let tx = c.transaction()?;
-            let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM tenants WHERE id = ?1",
-                    params![tenant.0],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::not_found("tenant", tenant.0));
-            }
+            Store::require_tenant(&tx, tenant)?;
             if let Some(first) = Store::claim_idempotency(&tx, tenant, idem)? {
                 return Ok(Credited::Replay(first));
             }
@@ -2026,6 +1982,46 @@ impl Store {
             }
             Ok(out)
         })
+    }
+
+    /// A credit or adjustment entry (money in: no key, user or request).
+    fn credit_entry(
+        id: String,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            id,
+            tenant_id: tenant,
+            kind,
+            amount,
+            key_id: None,
+            user_id: None,
+            group_id: None,
+            request_id: None,
+            actor: actor.map(str::to_string),
+            note: note.map(str::to_string),
+            uncollected: 0,
+            created_ms: unix_now_ms(),
+        }
+    }
+
+    /// Inside a transaction: the tenant exists, else `tenant not found`.
+    fn require_tenant(tx: &rusqlite::Transaction<'_>, tenant: TenantId) -> Result<(), StoreError> {
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM tenants WHERE id = ?1",
+                params![tenant.0],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match exists {
+            Some(_) => Ok(()),
+            None => Err(StoreError::not_found("tenant", tenant.0)),
+        }
     }
 
     fn insert_entry(c: &Connection, e: &LedgerEntry) -> Result<usize, StoreError> {
@@ -2458,16 +2454,7 @@ impl Store {
     ) -> Result<Credited, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let exists: Option<i64> = tx
-                .query_row(
-                    "SELECT id FROM tenants WHERE id = ?1",
-                    params![tenant.0],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if exists.is_none() {
-                return Err(StoreError::not_found("tenant", tenant.0));
-            }
+            Store::require_tenant(&tx, tenant)?;
             if let Some(k) = idem {
                 if let Some(first) = Store::claim_idempotency(&tx, tenant, k)? {
                     return Ok(Credited::Replay(first));
