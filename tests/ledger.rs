@@ -85,6 +85,22 @@ fn load(
     (served, handles)
 }
 
+/// Tenant `tight` with 1.2 credits (gpt-4o with 200 output tokens holds ~0.015 a call: about
+/// 80 calls) and a key; returns its id and the key.
+async fn tight_tenant(gw: &Gateway) -> (i64, String) {
+    let id = gw
+        .admin_post("/admin/tenants", json!({"name": "tight"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    gw.admin_post("/admin/tenants/tight/topups", json!({"amount_rmb": "1.2"}))
+        .await;
+    let key = gw
+        .create_key(json!({"tenant": "tight", "name": "k", "default_channel": "main"}))
+        .await;
+    (id, key)
+}
+
 /// A graceful upgrade in systemd's order (systemd/tollgate.service, ExecReload): the old
 /// process is told first (SIGQUIT), the new one started after with `--upgrade`.
 fn upgrade(gw: &Gateway) -> std::process::Child {
@@ -171,17 +187,7 @@ async fn an_upgrade_under_load_spends_no_credit_twice() {
     // Calls long enough to be in flight in the old process while it hands over and drains.
     m.set_behavior(Behavior::Delay { ms: 150 });
     let mut gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
-    let tenant_id = gw
-        .admin_post("/admin/tenants", json!({"name": "tight"}))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    // gpt-4o, 200 output tokens: a worst case of ~0.015 credits; 1.2 credits is about 80 calls.
-    gw.admin_post("/admin/tenants/tight/topups", json!({"amount_rmb": "1.2"}))
-        .await;
-    let key = gw
-        .create_key(json!({"tenant": "tight", "name": "k", "default_channel": "main"}))
-        .await;
+    let (tenant_id, key) = tight_tenant(&gw).await;
     let stop = Arc::new(AtomicBool::new(false));
     let body = json!({"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": "spend it"}]});
     let (served, handles) = load(&gw, &key, 8, body, stop.clone());
@@ -359,16 +365,7 @@ async fn an_upgrade_in_cluster_mode_spends_no_credit_twice() {
         redis.url()
     );
     let mut gw = Gateway::spawn(&[Up::mock("a", &m)], "", &extra, "", None).await;
-    let tenant_id = gw
-        .admin_post("/admin/tenants", json!({"name": "tight"}))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    gw.admin_post("/admin/tenants/tight/topups", json!({"amount_rmb": "1.2"}))
-        .await;
-    let key = gw
-        .create_key(json!({"tenant": "tight", "name": "k", "default_channel": "main"}))
-        .await;
+    let (tenant_id, key) = tight_tenant(&gw).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let body = json!({"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": "spend it"}]});

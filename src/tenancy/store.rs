@@ -1960,27 +1960,31 @@ impl Store {
             let mut out = Vec::new();
             for id in ids {
                 let row = st
-                    .query_row(params![tenant.0, id], |r| {
-                        let kind: String = r.get(1)?;
-                        Ok(LedgerEntry {
-                            id: r.get(0)?,
-                            tenant_id: tenant,
-                            kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
-                            amount: r.get(2)?,
-                            key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
-                            request_id: r.get(4)?,
-                            actor: r.get(5)?,
-                            note: r.get(6)?,
-                            uncollected: r.get(7)?,
-                            created_ms: r.get(8)?,
-                            user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
-                            group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
-                        })
-                    })
+                    .query_row(params![tenant.0, id], |r| Store::entry_from_row(tenant, r))
                     .optional()?;
                 out.extend(row);
             }
             Ok(out)
+        })
+    }
+
+    /// A statement row (id, kind, amount, key, request, actor, note, uncollected, time, user,
+    /// group, in that order) of `tenant`.
+    fn entry_from_row(tenant: TenantId, r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
+        let kind: String = r.get(1)?;
+        Ok(LedgerEntry {
+            id: r.get(0)?,
+            tenant_id: tenant,
+            kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
+            amount: r.get(2)?,
+            key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
+            request_id: r.get(4)?,
+            actor: r.get(5)?,
+            note: r.get(6)?,
+            uncollected: r.get(7)?,
+            created_ms: r.get(8)?,
+            user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
+            group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
         })
     }
 
@@ -2183,23 +2187,7 @@ impl Store {
                  FROM usage_events WHERE tenant_id = ?1 AND (cost_nano != 0 OR uncollected != 0)
                  ORDER BY created_ms, src, ord",
             )?;
-            let rows = st.query_map(params![tenant.0], |r| {
-                let kind: String = r.get(1)?;
-                Ok(LedgerEntry {
-                    id: r.get(0)?,
-                    tenant_id: tenant,
-                    kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
-                    amount: r.get(2)?,
-                    key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
-                    request_id: r.get(4)?,
-                    actor: r.get(5)?,
-                    note: r.get(6)?,
-                    uncollected: r.get(7)?,
-                    created_ms: r.get(8)?,
-                    user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
-                    group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
-                })
-            })?;
+            let rows = st.query_map(params![tenant.0], |r| Store::entry_from_row(tenant, r))?;
             let mut running = 0i64;
             let mut out = Vec::new();
             for row in rows {
