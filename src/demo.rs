@@ -62,6 +62,8 @@ multiplier = "7.2"
   base_url = "http://{MOCK}/v1"
   models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
   model_map = { "gpt-4o-mini" = "mock-small", "gpt-4o" = "mock-large" }
+  # Speaks the Responses API too: /v1/responses passes through (mock-b gets it translated).
+  responses = true
   [[channels.upstreams]]
   name = "mock-b"
   base_url = "http://{MOCK}/v1"

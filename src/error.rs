@@ -174,7 +174,7 @@ impl GatewayError {
     /// assigns them), or Google's `{"error":{"code","message","status"}}`.
     pub fn body_for(&self, caller: Dialect) -> Bytes {
         match caller {
-            Dialect::OpenAi => self.openai_body(),
+            Dialect::OpenAi | Dialect::Responses => self.openai_body(),
             Dialect::Anthropic => Bytes::from(crate::protocol::anthropic::error_body(
                 crate::protocol::anthropic::error_type_for_status(self.status()),
                 &self.to_string(),
@@ -192,6 +192,13 @@ impl GatewayError {
             Dialect::Anthropic => Bytes::from(crate::protocol::anthropic::error_event(
                 crate::protocol::anthropic::error_type_for_status(self.status()),
                 &self.to_string(),
+            )),
+            Dialect::Responses => Bytes::from(crate::protocol::responses::error_events(
+                &self.to_string(),
+                self.code(),
+                "error",
+                "",
+                0,
             )),
             Dialect::OpenAi | Dialect::Gemini => self.sse_event(),
         }

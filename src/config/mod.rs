@@ -239,6 +239,8 @@ pub struct Upstream {
     /// built per request (the model is in the path).
     pub chat_path: String,
     pub embeddings_path: String,
+    /// `<base>/responses` when the upstream speaks the Responses API (`responses = true`).
+    pub responses_path: Option<String>,
     /// OpenAI-protocol upstreams: the chat request header without its per-request parts
     /// (`Content-Length`, `x-request-id`), for a JSON answer and for a stream; cloned per
     /// request instead of built (building validates and hashes every header again).
@@ -278,6 +280,16 @@ fn request_header(
 }
 
 impl Upstream {
+    /// The protocol this upstream is spoken to in for a caller speaking `caller`: a Responses
+    /// caller's request passes through to an upstream that speaks it, else the upstream's own.
+    pub fn dialect_for(&self, caller: Protocol) -> Protocol {
+        if caller == Protocol::Responses && self.responses_path.is_some() {
+            Protocol::Responses
+        } else {
+            self.protocol
+        }
+    }
+
     /// The start of a request to this upstream at `path` (see `request_header`); chat calls to
     /// OpenAI-protocol upstreams clone `chat_header_templates` instead.
     pub fn request_header(
@@ -934,6 +946,7 @@ fn build_upstream(
         weight,
         models: served,
         model_map,
+        responses,
     } = u;
     check_name(&name, &format!("{at}.name"))?;
     let base = BaseUrl::parse(&base_url)
@@ -950,6 +963,19 @@ fn build_upstream(
                 ),
             ))
         }
+    };
+    let responses_path = match (protocol, responses) {
+        (Protocol::OpenAi, Some(true)) => Some(format!("{}/responses", base.path)),
+        (Protocol::OpenAi, None) if base.host == "api.openai.com" => {
+            Some(format!("{}/responses", base.path))
+        }
+        (_, Some(true)) => {
+            return Err(invalid(
+                format!("{at}.responses"),
+                "only an upstream of protocol \"openai\" can speak the Responses API",
+            ))
+        }
+        _ => None,
     };
     if weight == 0 || weight > 10_000 {
         return Err(invalid(
@@ -1011,12 +1037,12 @@ fn build_upstream(
         )
     })?;
     let auth_name = match protocol {
-        Protocol::OpenAi => http::header::AUTHORIZATION,
+        Protocol::OpenAi | Protocol::Responses => http::header::AUTHORIZATION,
         Protocol::Anthropic => http::header::HeaderName::from_static("x-api-key"),
         Protocol::Gemini => http::header::HeaderName::from_static("x-goog-api-key"),
     };
     let auth_value = |k: &str| match protocol {
-        Protocol::OpenAi => format!("Bearer {k}"),
+        Protocol::OpenAi | Protocol::Responses => format!("Bearer {k}"),
         Protocol::Anthropic | Protocol::Gemini => k.to_string(),
     };
     let auth_header = match api_key.as_deref() {
@@ -1034,7 +1060,9 @@ fn build_upstream(
     };
     let chat_path = match protocol {
         Protocol::Anthropic => format!("{}/messages", base.path),
-        Protocol::OpenAi | Protocol::Gemini => format!("{}/chat/completions", base.path),
+        Protocol::OpenAi | Protocol::Gemini | Protocol::Responses => {
+            format!("{}/chat/completions", base.path)
+        }
     };
     let embeddings_path = format!("{}/embeddings", base.path);
     let chat_header_templates = match protocol {
@@ -1045,7 +1073,7 @@ fn build_upstream(
                 .zip(request_header(&chat_path, &host_header, auth, true).ok())
                 .map(|(json, stream)| Box::new([json, stream]))
         }
-        Protocol::Anthropic | Protocol::Gemini => None,
+        Protocol::Anthropic | Protocol::Gemini | Protocol::Responses => None,
     };
     Ok(Upstream {
         attempts_ok: crate::metrics::METRICS
@@ -1057,6 +1085,7 @@ fn build_upstream(
         auth_header,
         chat_path,
         embeddings_path,
+        responses_path,
         id,
         name,
         base,

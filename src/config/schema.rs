@@ -370,6 +370,12 @@ pub struct UpstreamSection {
     /// Gateway model name -> the upstream's own model name.
     #[serde(default)]
     pub model_map: BTreeMap<String, String>,
+    /// OpenAI-protocol upstreams: the vendor also speaks the Responses API at
+    /// `<base_url>/responses`, so `/v1/responses` calls pass through unchanged (built-in tools,
+    /// reasoning items). Default: true for api.openai.com, false otherwise (Responses calls
+    /// are then translated to chat completions).
+    #[serde(default)]
+    pub responses: Option<bool>,
 }
 
 /// `[router]`: tiers for `model: "auto"` and how requests are spread over them.

@@ -319,8 +319,19 @@ pub(crate) async fn route(
         if choice_type == Some("none") {
             return None;
         }
-        let wanted =
-            matches!(choice_type, Some("any" | "tool")) || user.to_lowercase().contains("weather");
+        // A tool result ends an agent loop: text next, unless a tool is forced.
+        let ends_on_tool = req
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.last())
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_array)
+            .is_some_and(|b| {
+                b.iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            });
+        let wanted = matches!(choice_type, Some("any" | "tool"))
+            || (!ends_on_tool && user.to_lowercase().contains("weather"));
         wanted.then(|| {
             forced
                 .or_else(|| {

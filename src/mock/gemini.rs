@@ -314,8 +314,15 @@ pub(crate) async fn route(
         .and_then(|a| a.first())
         .and_then(Value::as_str);
     let call = decl.and_then(|first| {
+        let ends_on_tool = req
+            .get("contents")
+            .and_then(Value::as_array)
+            .and_then(|c| c.last())
+            .and_then(|c| c.get("parts"))
+            .and_then(Value::as_array)
+            .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()));
         let wanted = mode == Some("ANY")
-            || (mode != Some("NONE") && user.to_lowercase().contains("weather"));
+            || (mode != Some("NONE") && !ends_on_tool && user.to_lowercase().contains("weather"));
         wanted.then(|| allowed.unwrap_or(first).to_string())
     });
     let n = state.next_id();

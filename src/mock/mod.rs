@@ -8,6 +8,7 @@
 //! * `POST /v1/messages/count_tokens` — `{"input_tokens": n}`, the Messages prompt count.
 //! * `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse` —
 //!   Gemini (see `gemini.rs`).
+//! * `POST /v1/responses` — OpenAI Responses, JSON and typed SSE events (see `responses.rs`).
 //! * `POST /v1/embeddings` — 8-float (or `dimensions`) deterministic embeddings,
 //!   `encoding_format` `float` or `base64`.
 //! * `GET /v1/models`, `GET /v1/models/{id}`.
@@ -47,6 +48,7 @@ mod anthropic;
 mod gemini;
 mod http;
 mod openai;
+mod responses;
 #[cfg(test)]
 mod tests;
 
@@ -214,6 +216,9 @@ pub struct MockStats {
     pub messages_requests: u64,
     /// Gemini `generateContent` / `streamGenerateContent` requests (counted at parse time).
     pub gemini_requests: u64,
+    /// `POST /v1/responses` requests (OpenAI Responses, counted at parse time).
+    #[serde(default)]
+    pub responses_requests: u64,
     /// `POST /v1/messages/count_tokens` requests answered with a count.
     #[serde(default)]
     pub count_tokens_requests: u64,
@@ -398,6 +403,7 @@ async fn serve_conn(stream: TcpStream, state: Arc<MockState>) {
                     "/v1/chat/completions" => s.chat_requests += 1,
                     "/v1/embeddings" => s.embedding_requests += 1,
                     "/v1/messages" => s.messages_requests += 1,
+                    "/v1/responses" => s.responses_requests += 1,
                     p if p.starts_with("/v1beta/models/") => s.gemini_requests += 1,
                     _ => {}
                 }

@@ -235,7 +235,7 @@ async fn bad_request(conn: &mut Conn, message: &str, keep_alive: bool) -> io::Re
 }
 
 /// Body of the error answered by `Behavior::Status`.
-fn status_error_json(code: u16) -> String {
+pub(crate) fn status_error_json(code: u16) -> String {
     match code {
         400 => error_json("Mock vendor: bad request.", "invalid_request_error", None),
         401 => error_json(
@@ -346,7 +346,7 @@ pub(crate) async fn route(
         return super::gemini::route(conn, state, head, json, keep_alive).await;
     }
     let allowed = match path {
-        "/v1/chat/completions" | "/v1/embeddings" => "POST",
+        "/v1/chat/completions" | "/v1/embeddings" | "/v1/responses" => "POST",
         "/v1/models" => "GET",
         p if p.starts_with("/v1/models/") => "GET",
         _ => {
@@ -378,6 +378,7 @@ pub(crate) async fn route(
     match path {
         "/v1/chat/completions" => chat(conn, state, json, keep_alive).await,
         "/v1/embeddings" => embeddings(conn, state, json, keep_alive).await,
+        "/v1/responses" => super::responses::responses(conn, state, json, keep_alive).await,
         "/v1/models" => models(conn, state, None, keep_alive).await,
         p => {
             let id = p.strip_prefix("/v1/models/").unwrap_or("");
@@ -495,7 +496,12 @@ async fn chat(
         .min(prompt_tokens);
     let n = state.next_id();
 
-    let reply = match tool_to_call(&req, &user) {
+    let ends_on_tool = messages
+        .last()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        == Some("tool");
+    let reply = match tool_to_call(&req, &user, ends_on_tool) {
         Some(name) => Reply::Tool {
             call_id: format!("call_mock_{n}"),
             name,
@@ -532,7 +538,11 @@ async fn chat(
 }
 
 /// Name of the tool to call, if this request gets a tool call.
-fn tool_to_call(req: &serde_json::Map<String, Value>, user: &str) -> Option<String> {
+fn tool_to_call(
+    req: &serde_json::Map<String, Value>,
+    user: &str,
+    ends_on_tool: bool,
+) -> Option<String> {
     let tools = req
         .get("tools")
         .and_then(Value::as_array)
@@ -545,9 +555,11 @@ fn tool_to_call(req: &serde_json::Map<String, Value>, user: &str) -> Option<Stri
         .and_then(|c| c.get("function"))
         .and_then(|f| f.get("name"))
         .and_then(Value::as_str);
+    // A tool result ends the loop: the next answer is text unless a tool is forced by name.
     let wanted = forced.is_some()
-        || choice.and_then(Value::as_str) == Some("required")
-        || user.to_lowercase().contains("weather");
+        || (!ends_on_tool
+            && (choice.and_then(Value::as_str) == Some("required")
+                || user.to_lowercase().contains("weather")));
     if !wanted {
         return None;
     }

@@ -8,6 +8,7 @@ pub mod chatbody;
 pub mod chunkscan;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 pub mod tokens;
 pub mod translate;
@@ -63,6 +64,9 @@ pub enum Dialect {
     Anthropic,
     /// Google Gemini `generateContent` / `streamGenerateContent` (upstreams only).
     Gemini,
+    /// OpenAI Responses (`/v1/responses`): callers, and OpenAI upstreams configured with
+    /// `responses = true` (the caller's request then passes through).
+    Responses,
 }
 
 impl Dialect {
@@ -71,6 +75,7 @@ impl Dialect {
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
+            Dialect::Responses => "responses",
         }
     }
 
@@ -80,6 +85,7 @@ impl Dialect {
             Dialect::OpenAi => "OpenAI chat completions",
             Dialect::Anthropic => "Anthropic Messages",
             Dialect::Gemini => "Gemini",
+            Dialect::Responses => "OpenAI Responses",
         }
     }
 }
@@ -137,6 +143,7 @@ pub fn max_output_tokens(
                 .saturating_mul(n)
         }
         Dialect::Anthropic => uint(body.get("max_tokens")).unwrap_or(ceiling),
+        Dialect::Responses => uint(body.get("max_output_tokens")).unwrap_or(ceiling),
         Dialect::Gemini => {
             let gc = body.get("generationConfig");
             let limit = uint(gc.and_then(|g| g.get("maxOutputTokens"))).unwrap_or(ceiling);

@@ -11,7 +11,7 @@
 
 use super::openai::{self, floor_char_boundary, Usage};
 use super::sse::{SseEvent, SseSplitter};
-use super::{anthropic, gemini, Dialect};
+use super::{anthropic, gemini, responses, Dialect};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -150,6 +150,7 @@ pub fn reply_from(dialect: Dialect, body: &[u8]) -> Option<Reply> {
         Dialect::OpenAi => reply_from_openai(&v),
         Dialect::Anthropic => reply_from_anthropic(&v),
         Dialect::Gemini => reply_from_gemini(&v),
+        Dialect::Responses => responses::reply_from(&v),
     }
 }
 
@@ -336,6 +337,8 @@ pub struct Names {
     /// The model name the caller asked for.
     pub model: String,
     pub created: u64,
+    /// A Responses caller's free-form (`custom`) tools, answered as `custom_tool_call` items.
+    pub custom_tools: Vec<String>,
 }
 
 fn openai_usage_value(u: &Usage) -> Value {
@@ -351,6 +354,13 @@ fn openai_usage_value(u: &Usage) -> Value {
 /// Writes a reply in the caller's format.
 pub fn reply_to(dialect: Dialect, r: &Reply, names: &Names) -> Vec<u8> {
     let v = match dialect {
+        Dialect::Responses => responses::reply_value(
+            r,
+            &names.id,
+            &names.model,
+            names.created,
+            &names.custom_tools,
+        ),
         Dialect::Anthropic => {
             let content: Vec<Value> = r
                 .blocks
@@ -487,7 +497,7 @@ pub fn error_to(to: Dialect, status: u16, body: &[u8]) -> (u16, Vec<u8>) {
             anthropic::error_body(anthropic::error_type_for_status(status), &message),
         ),
         Dialect::Gemini => (status, gemini::error_body(status, &message)),
-        Dialect::OpenAi => {
+        Dialect::OpenAi | Dialect::Responses => {
             let status = if status == 529 { 503 } else { status };
             let (kind, code) = match status {
                 400 | 404 | 405 | 413 | 422 => ("invalid_request_error", None),
@@ -544,6 +554,10 @@ enum Reader {
     Gemini {
         calls: u64,
         saw_call: bool,
+    },
+    /// OpenAI Responses: typed events; the last `sequence_number` seen.
+    Responses {
+        seq: u64,
     },
 }
 
@@ -845,6 +859,7 @@ impl Reader {
                     }));
                 }
             }
+            Reader::Responses { seq } => read_responses(&v, seq, f),
             Reader::Gemini { calls, saw_call } => {
                 if let Some(e) = v.get("error") {
                     f(Ev::Error(
@@ -909,6 +924,71 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+fn read_responses(v: &Value, seq: &mut u64, f: &mut dyn FnMut(Ev<'_>)) {
+    if let Some(n) = v.get("sequence_number").and_then(Value::as_u64) {
+        *seq = n;
+    }
+    let key = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
+    match v.get("type").and_then(Value::as_str).unwrap_or("") {
+        "response.output_text.delta" | "response.refusal.delta" => {
+            f(Ev::Text(str_at(v, &["delta"]).unwrap_or("")))
+        }
+        "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
+            f(Ev::Thinking(str_at(v, &["delta"]).unwrap_or("")))
+        }
+        "response.output_item.added" => {
+            let item = v.get("item").unwrap_or(&Value::Null);
+            if matches!(
+                str_at(item, &["type"]),
+                Some("function_call" | "custom_tool_call")
+            ) {
+                f(Ev::ToolStart {
+                    key,
+                    id: str_at(item, &["call_id"]).unwrap_or(""),
+                    name: str_at(item, &["name"]).unwrap_or(""),
+                });
+            }
+        }
+        "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
+            f(Ev::ToolArgs {
+                key,
+                json: str_at(v, &["delta"]).unwrap_or(""),
+            })
+        }
+        "response.completed" | "response.incomplete" => {
+            let r = v.get("response").unwrap_or(&Value::Null);
+            if let Some(u) = r.get("usage").and_then(responses::parse_usage) {
+                f(Ev::Usage(u));
+            }
+            let calls = r.get("output").and_then(Value::as_array).is_some_and(|o| {
+                o.iter().any(|i| {
+                    matches!(
+                        str_at(i, &["type"]),
+                        Some("function_call" | "custom_tool_call")
+                    )
+                })
+            });
+            f(Ev::Stop(responses::stop_of(r, calls)));
+            f(Ev::Done);
+        }
+        "response.failed" => {
+            let r = v.get("response").unwrap_or(&Value::Null);
+            if let Some(u) = r.get("usage").and_then(responses::parse_usage) {
+                f(Ev::Usage(u));
+            }
+            f(Ev::Error(
+                str_at(r, &["error", "message"]).unwrap_or("The upstream failed the response."),
+            ));
+        }
+        "error" => f(Ev::Error(
+            str_at(v, &["message"])
+                .or_else(|| str_at(v, &["error", "message"]))
+                .unwrap_or("upstream error"),
+        )),
+        _ => {}
     }
 }
 
@@ -994,6 +1074,7 @@ enum Writer {
         /// Upstream tool key -> block index.
         tools: Vec<(u64, u64)>,
     },
+    Responses(Box<responses::StreamWriter>),
 }
 
 /// Produced text kept for fallback counting.
@@ -1065,13 +1146,18 @@ impl State {
             Ev::ToolArgs { key, json } => self.tool_args(key, json, out),
             Ev::Error(m) => {
                 self.ended = true;
-                match self.writer {
+                match &mut self.writer {
                     Writer::Raw => {}
                     Writer::OpenAi { .. } => {
                         out.extend_from_slice(&openai::error_event(m, "upstream_error"))
                     }
                     Writer::Anthropic { .. } => {
                         out.extend_from_slice(&anthropic::error_event("api_error", m))
+                    }
+                    Writer::Responses(w) => {
+                        let mut v = Vec::new();
+                        w.fail(m, &mut v);
+                        out.extend_from_slice(&v);
                     }
                 }
             }
@@ -1142,6 +1228,11 @@ impl State {
     fn ensure_started(&mut self, out: &mut BytesMut) {
         match &mut self.writer {
             Writer::Raw => {}
+            Writer::Responses(w) => {
+                let mut v = Vec::new();
+                w.ensure_started(&mut v);
+                out.extend_from_slice(&v);
+            }
             Writer::OpenAi { started, .. } => {
                 if !*started {
                     *started = true;
@@ -1198,8 +1289,13 @@ impl State {
 
     fn text_like(&mut self, thinking: bool, s: &str, out: &mut BytesMut) {
         self.ensure_started(out);
-        match self.writer {
+        match &mut self.writer {
             Writer::Raw => {}
+            Writer::Responses(w) => {
+                let mut v = Vec::new();
+                w.text(thinking, s, &mut v);
+                out.extend_from_slice(&v);
+            }
             Writer::OpenAi { .. } => {
                 let mut d = std::mem::take(&mut self.buf);
                 d.clear();
@@ -1214,6 +1310,7 @@ impl State {
                 self.buf = d;
             }
             Writer::Anthropic { open, .. } => {
+                let open = *open;
                 let kind = if thinking { Open::Thinking } else { Open::Text };
                 let i = match open {
                     Some((i, k)) if k == kind => i,
@@ -1257,6 +1354,11 @@ impl State {
         self.ensure_started(out);
         match &mut self.writer {
             Writer::Raw => {}
+            Writer::Responses(w) => {
+                let mut v = Vec::new();
+                w.tool_start(key, id, name, &mut v);
+                out.extend_from_slice(&v);
+            }
             Writer::OpenAi { tools, .. } => {
                 if tools.contains(&key) {
                     return;
@@ -1288,6 +1390,11 @@ impl State {
         self.ensure_started(out);
         match &mut self.writer {
             Writer::Raw => {}
+            Writer::Responses(w) => {
+                let mut v = Vec::new();
+                w.tool_args(key, frag, &mut v);
+                out.extend_from_slice(&v);
+            }
             Writer::OpenAi { tools, .. } => {
                 let idx = match tools.iter().position(|k| *k == key) {
                     Some(i) => i,
@@ -1339,6 +1446,11 @@ impl State {
         let stop = self.stop.unwrap_or(Stop::EndTurn);
         match &mut self.writer {
             Writer::Raw => {}
+            Writer::Responses(w) => {
+                let mut v = Vec::new();
+                w.end(stop, self.usage.as_ref(), &mut v);
+                out.extend_from_slice(&v);
+            }
             Writer::OpenAi { .. } => {
                 self.openai_chunk(out, b"{}", Some(stop.openai()));
                 if self.client_wants_usage {
@@ -1394,6 +1506,7 @@ impl StreamTranslator {
                 calls: 0,
                 saw_call: false,
             },
+            Dialect::Responses => Reader::Responses { seq: 0 },
         };
         let writer = if upstream == caller {
             Writer::Raw
@@ -1405,6 +1518,12 @@ impl StreamTranslator {
                     next_index: 0,
                     tools: Vec::new(),
                 },
+                Dialect::Responses => Writer::Responses(Box::new(responses::StreamWriter::new(
+                    &names.id,
+                    &names.model,
+                    names.created,
+                    names.custom_tools.clone(),
+                ))),
                 Dialect::OpenAi | Dialect::Gemini => Writer::OpenAi {
                     started: false,
                     tools: Vec::new(),
@@ -1489,11 +1608,18 @@ impl StreamTranslator {
             out.extend_from_slice(b"\n\n");
         }
         let _ = self.splitter.take_pending();
-        match self.st.writer {
+        match &mut self.st.writer {
             Writer::Raw => match self.reader {
                 Reader::Anthropic { .. } => {
                     out.extend_from_slice(&anthropic::error_event("api_error", message))
                 }
+                Reader::Responses { seq } => out.extend_from_slice(&responses::error_events(
+                    message,
+                    "upstream_error",
+                    &self.st.names.id,
+                    &self.st.names.model,
+                    seq + 1,
+                )),
                 _ => out.extend_from_slice(&openai::error_event(message, "upstream_error")),
             },
             Writer::OpenAi { .. } => {
@@ -1501,6 +1627,11 @@ impl StreamTranslator {
             }
             Writer::Anthropic { .. } => {
                 out.extend_from_slice(&anthropic::error_event("api_error", message))
+            }
+            Writer::Responses(w) => {
+                let mut v = Vec::new();
+                w.fail(message, &mut v);
+                out.extend_from_slice(&v);
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::protocol::openai::{self, ChatStreamMeter};
 use crate::protocol::translate::{self, Names, StreamTranslator};
-use crate::protocol::{anthropic, chatbody, gemini, Dialect};
+use crate::protocol::{anthropic, chatbody, gemini, responses, Dialect};
 use crate::routing::balancer::{self, NoPick};
 use crate::routing::upstream::Admission;
 use crate::tenancy::unix_now;
@@ -98,6 +98,7 @@ impl Gateway {
                 "/chat/completions" => (Endpoint::Chat, Dialect::OpenAi),
                 "/embeddings" => (Endpoint::Embeddings, Dialect::OpenAi),
                 "/messages" => (Endpoint::Chat, Dialect::Anthropic),
+                "/responses" => (Endpoint::Chat, Dialect::Responses),
                 "/messages/count_tokens" => (Endpoint::CountTokens, Dialect::Anthropic),
                 "/models" if anthropic_caller => (Endpoint::Models, Dialect::Anthropic),
                 "/models" => (Endpoint::Models, Dialect::OpenAi),
@@ -108,7 +109,7 @@ impl Gateway {
                         Dialect::OpenAi
                     };
                     return Err(GatewayError::NotFound(format!(
-                        "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/messages, /v1/messages/count_tokens, /v1/embeddings and /v1/models.",
+                        "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/messages/count_tokens, /v1/embeddings and /v1/models.",
                         req.uri.path()
                     )));
                 }
@@ -226,6 +227,18 @@ impl Gateway {
                     info.model,
                     ModelKind::Chat,
                     Some(info.max_tokens),
+                )
+            }
+            Endpoint::Chat if ctx.inbound == Dialect::Responses => {
+                let (obj, info) = responses::parse_request(&raw)?;
+                ctx.stream = info.stream;
+                shape.media = info.media;
+                shape.tools = info.has_tools;
+                (
+                    Some(obj),
+                    info.model,
+                    ModelKind::Chat,
+                    info.max_output_tokens,
                 )
             }
             Endpoint::CountTokens => {
@@ -369,7 +382,7 @@ impl Gateway {
             .iter()
             .filter(|u| u.models.contains(&model.name) && u.disabled.is_none())
         {
-            let to = up.protocol;
+            let to = up.dialect_for(ctx.inbound);
             if to == ctx.inbound || ctx.translations.iter().any(|(d, _)| *d == to) {
                 continue;
             }
@@ -388,6 +401,13 @@ impl Gateway {
                     anthropic::to_openai(obj, Dialect::OpenAi)?
                 }
                 (Dialect::Anthropic, Dialect::Gemini) => gemini::from_anthropic(obj)?,
+                (Dialect::Responses, Dialect::OpenAi) => responses::to_chat(obj)?,
+                (Dialect::Responses, Dialect::Anthropic) => {
+                    anthropic::from_openai(&responses::to_chat(obj)?, default_max)?
+                }
+                (Dialect::Responses, Dialect::Gemini) => {
+                    gemini::from_openai(&responses::to_chat(obj)?)?
+                }
                 _ => {
                     return Err(GatewayError::Internal(
                         "no translation for this pair".into(),
@@ -443,6 +463,10 @@ impl Gateway {
                 .clone()
                 .unwrap_or_else(|| ctx.upstream_body_model.clone()),
             created: unix_now().max(0) as u64,
+            custom_tools: match (ctx.inbound, ctx.body.as_ref()) {
+                (Dialect::Responses, Some(b)) => responses::custom_tool_names(b),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -576,6 +600,7 @@ fn countable(
         (_, Dialect::Anthropic) => {
             hold::Countable::Chat(anthropic::to_openai(&owned, Dialect::Gemini)?)
         }
+        (_, Dialect::Responses) => hold::Countable::Chat(responses::to_chat(&owned)?),
         _ => hold::Countable::Chat(owned),
     }))
 }
@@ -858,7 +883,7 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::ConnectNoRoute, "upstream has no address");
         };
         let upstream_model = upstream.upstream_model(&model.name).to_string();
-        let to = upstream.protocol;
+        let to = upstream.dialect_for(ctx.inbound);
         ctx.upstream_dialect = to;
         let fresh = ctx.upstream_body.is_empty()
             || ctx.upstream_body_model != upstream_model
@@ -896,6 +921,9 @@ impl ProxyHttp for Gateway {
                     anthropic::rewrite_messages_request(obj, &upstream_model)
                 }
                 (_, Dialect::Gemini) => serde_json::to_vec(obj).unwrap_or_default(),
+                (Endpoint::Chat, Dialect::Responses) => {
+                    responses::rewrite_request(obj, &upstream_model)
+                }
                 _ => openai::rewrite_model(obj, &upstream_model),
             });
             ctx.upstream_body_model = upstream_model;
@@ -927,12 +955,17 @@ impl ProxyHttp for Gateway {
         };
         let up = &attempt.upstream;
         let mut req = match (ctx.endpoint, up.chat_header_templates.as_ref()) {
-            (Endpoint::Chat, Some(templates)) => templates[usize::from(ctx.stream)].clone(),
+            (Endpoint::Chat, Some(templates)) if ctx.upstream_dialect == Dialect::OpenAi => {
+                templates[usize::from(ctx.stream)].clone()
+            }
             _ => {
                 let gemini_path;
                 let count_path;
-                let path = match (ctx.endpoint, up.protocol) {
+                let path = match (ctx.endpoint, ctx.upstream_dialect) {
                     (Endpoint::Embeddings, _) => &up.embeddings_path,
+                    (Endpoint::Chat, Dialect::Responses) => {
+                        up.responses_path.as_ref().unwrap_or(&up.chat_path)
+                    }
                     (Endpoint::CountTokens, _) => {
                         count_path = format!("{}/count_tokens", up.chat_path);
                         &count_path

@@ -49,6 +49,11 @@ async fn measured_usage(ctx: &RequestCtx) -> (Usage, &'static str) {
                                 .map(|o| TokenCounter::estimate_chat_prompt(&o))
                                 .unwrap_or(0)
                         }
+                        (None, Endpoint::Chat, Some(b)) if inbound == Dialect::Responses => {
+                            crate::protocol::responses::to_chat(b)
+                                .map(|o| TokenCounter::estimate_chat_prompt(&o))
+                                .unwrap_or(0)
+                        }
                         (None, Endpoint::Chat, Some(b)) => TokenCounter::estimate_chat_prompt(b),
                         (None, Endpoint::Embeddings, Some(b)) => {
                             TokenCounter::estimate_embedding_input(b)
