@@ -968,6 +968,7 @@ fn read_stream(
             id: "x".into(),
             model: "m".into(),
             created: 0,
+            ..Default::default()
         },
         false,
     );

@@ -14,6 +14,17 @@ use super::openai::RequestError;
 use super::{Dialect, TranslateError, Usage};
 use serde_json::{json, Map, Value};
 
+/// The tool a `response_format` becomes for an Anthropic upstream.
+pub const JSON_TOOL: &str = "structured_output";
+
+/// Whether a translated Messages body carries the structured-output tool.
+pub fn has_json_tool(a: &Map<String, Value>) -> bool {
+    a.get("tools").and_then(Value::as_array).is_some_and(|t| {
+        t.iter()
+            .any(|t| t.get("name").and_then(Value::as_str) == Some(JSON_TOOL))
+    })
+}
+
 /// Version sent to Anthropic upstreams when the caller gave none.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 
@@ -66,12 +77,14 @@ pub fn parse_messages_request(
         let Some(m) = m.as_object() else {
             return Err(invalid("messages", format!("item {i} must be an object")));
         };
+        // `system` inside `messages`: Claude Code's mid-conversation instructions
+        // (`anthropic-beta: mid-conversation-system-...`).
         match m.get("role").and_then(Value::as_str) {
-            Some("user" | "assistant") => {}
+            Some("user" | "assistant" | "system") => {}
             _ => {
                 return Err(invalid(
                     "messages",
-                    format!("item {i}: `role` must be \"user\" or \"assistant\""),
+                    format!("item {i}: `role` must be \"user\", \"assistant\" or \"system\""),
                 ))
             }
         }
@@ -284,6 +297,9 @@ const ANTHROPIC_TOP_LEVEL: &[&str] = &[
     "tool_choice",
     "thinking",
     "metadata",
+    "context_management",
+    "output_config",
+    "output_format",
 ];
 
 /// Translates a Messages request to an OpenAI chat request. `target` is where the result is
@@ -319,6 +335,11 @@ pub fn to_openai(
     for (i, m) in msgs.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
         let at = format!("messages[{i}].content");
+        if role == "system" {
+            let text = blocks_text(m.get("content").unwrap_or(&Value::Null), &at, target)?;
+            messages.push(json!({"role": "system", "content": text}));
+            continue;
+        }
         let blocks: Vec<Value> = match m.get("content") {
             Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
             Some(Value::Array(b)) => b.clone(),
@@ -449,6 +470,52 @@ pub fn to_openai(
     {
         o.insert("user".into(), uid.into());
     }
+    // `output_config.effort` steers how much the model spends; it has an equivalent only for
+    // reasoning (OpenAI's `reasoning_effort`), so it is used when thinking is on, else dropped.
+    let effort = a
+        .get("output_config")
+        .and_then(|c| c.get("effort"))
+        .and_then(Value::as_str)
+        .map(|e| match e {
+            "max" | "xhigh" => "high",
+            "minimal" => "low",
+            other => other,
+        });
+    if let Some(e) = effort {
+        if !matches!(e, "low" | "medium" | "high") {
+            return Err(TranslateError::invalid(
+                "output_config.effort",
+                "must be low, medium, high or max",
+            ));
+        }
+    }
+    // Structured output (`output_config.format`, or the older `output_format`): the pivot's
+    // `response_format`.
+    let format = a
+        .get("output_config")
+        .and_then(|c| c.get("format"))
+        .or_else(|| a.get("output_format"))
+        .filter(|f| !f.is_null());
+    if let Some(f) = format {
+        match f.get("type").and_then(Value::as_str) {
+            Some("json_schema") => {
+                let schema = f
+                    .get("schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"}));
+                o.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+                );
+            }
+            other => {
+                return Err(TranslateError::unsupported(
+                    format!("output_config.format.type={}", other.unwrap_or("?")),
+                    target,
+                ))
+            }
+        }
+    }
     if let Some(t) = a.get("thinking").filter(|v| !v.is_null()) {
         match t.get("type").and_then(Value::as_str) {
             Some("enabled") => {
@@ -456,7 +523,14 @@ pub fn to_openai(
                     .get("budget_tokens")
                     .and_then(Value::as_u64)
                     .unwrap_or(1024);
-                o.insert("reasoning_effort".into(), effort_for_budget(budget).into());
+                o.insert(
+                    "reasoning_effort".into(),
+                    effort.unwrap_or(effort_for_budget(budget)).into(),
+                );
+            }
+            // The model decides how much to think: the effort asked, else medium.
+            Some("adaptive") => {
+                o.insert("reasoning_effort".into(), effort.unwrap_or("medium").into());
             }
             Some("disabled") => {}
             other => {
@@ -713,11 +787,35 @@ pub fn from_openai(
         }
     }
     check_openai_common(o, target)?;
-    if let Some(rf) = o.get("response_format").filter(|v| !v.is_null()) {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(TranslateError::unsupported("response_format", target));
-        }
-    }
+    // Structured output: Anthropic has no response format, so the schema becomes a tool the
+    // model is made to call; its input is answered as the message text (`translate`).
+    let json_schema = match o.get("response_format").filter(|v| !v.is_null()) {
+        None => None,
+        Some(rf) => match rf.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_object") => Some((json!({"type": "object"}), None)),
+            Some("json_schema") => {
+                let js = rf.get("json_schema").unwrap_or(&Value::Null);
+                let schema = js
+                    .get("schema")
+                    .filter(|v| !v.is_null())
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"}));
+                if schema.get("type").and_then(Value::as_str) != Some("object") {
+                    return Err(TranslateError::invalid(
+                        "response_format.json_schema.schema",
+                        "must describe a JSON object (`\"type\": \"object\"`) for an Anthropic upstream",
+                    ));
+                }
+                let desc = js
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Some((schema, desc))
+            }
+            _ => return Err(TranslateError::unsupported("response_format.type", target)),
+        },
+    };
     let mut a = Map::new();
     if let Some(m) = o.get("model") {
         a.insert("model".into(), m.clone());
@@ -911,6 +1009,33 @@ pub fn from_openai(
             Some(json!({"type": "tool", "name": name}))
         }
     };
+    if let Some((schema, desc)) = json_schema {
+        let caller_tools = a.contains_key("tools");
+        let tools = a.entry("tools").or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(tools) = tools {
+            if tools
+                .iter()
+                .any(|t| t.get("name").and_then(Value::as_str) == Some(JSON_TOOL))
+            {
+                return Err(TranslateError::invalid(
+                    "tools",
+                    format!("a tool named `{JSON_TOOL}` cannot be combined with response_format for an Anthropic upstream"),
+                ));
+            }
+            let mut d = String::from(
+                "Give your final answer by calling this tool: its input is the answer.",
+            );
+            if let Some(desc) = desc {
+                d.push(' ');
+                d.push_str(&desc);
+            }
+            tools.push(json!({"name": JSON_TOOL, "description": d, "input_schema": schema}));
+        }
+        // Forced when nothing else competes (Anthropic refuses forced tools with thinking).
+        if !caller_tools && !a.contains_key("thinking") && choice.is_none() {
+            choice = Some(json!({"type": "tool", "name": JSON_TOOL}));
+        }
+    }
     if parallel_off && a.contains_key("tools") {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
         if let Some(m) = c.as_object_mut() {

@@ -330,7 +330,7 @@ fn reply_from_gemini(v: &Value) -> Option<Reply> {
 }
 
 /// Names of the response in the caller's format.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Names {
     /// Response id (`chatcmpl-...` / `msg_...` shaped by the writer).
     pub id: String,
@@ -339,6 +339,26 @@ pub struct Names {
     pub created: u64,
     /// A Responses caller's free-form (`custom`) tools, answered as `custom_tool_call` items.
     pub custom_tools: Vec<String>,
+    /// The upstream was asked for structured output through `anthropic::JSON_TOOL`: that
+    /// tool's call is the answer's text.
+    pub json_tool: bool,
+}
+
+/// A structured-output tool call made the answer's text (see [`Names::json_tool`]).
+pub fn unwrap_json_tool(r: &mut Reply) {
+    let mut found = false;
+    for b in &mut r.blocks {
+        if let Block::ToolUse { name, input, .. } = b {
+            if name == anthropic::JSON_TOOL {
+                *b = Block::Text(input.to_string());
+                found = true;
+            }
+        }
+    }
+    let other_calls = r.blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+    if found && !other_calls && r.stop == Stop::ToolUse {
+        r.stop = Stop::EndTurn;
+    }
 }
 
 fn openai_usage_value(u: &Usage) -> Value {
@@ -1102,6 +1122,9 @@ struct State {
     first_content: bool,
     /// Reused for the JSON of each emitted event.
     buf: Vec<u8>,
+    /// The upstream key of the structured-output tool call, and whether other tools were called.
+    json_key: Option<u64>,
+    other_tools: bool,
     /// `data: {"id":..,"object":"chat.completion.chunk",..,"delta":` for OpenAI callers.
     prefix: Vec<u8>,
 }
@@ -1125,6 +1148,22 @@ impl State {
     }
 
     fn apply(&mut self, ev: Ev<'_>, out: &mut BytesMut) {
+        if self.names.json_tool {
+            match ev {
+                Ev::ToolStart { key, name, .. } if name == anthropic::JSON_TOOL => {
+                    self.json_key = Some(key);
+                    return;
+                }
+                Ev::ToolArgs { key, json } if self.json_key == Some(key) => {
+                    return self.apply(Ev::Text(json), out);
+                }
+                Ev::ToolStart { .. } => self.other_tools = true,
+                Ev::Stop(Stop::ToolUse) if self.json_key.is_some() && !self.other_tools => {
+                    return self.apply(Ev::Stop(Stop::EndTurn), out);
+                }
+                _ => {}
+            }
+        }
         match &ev {
             Ev::Text(s) | Ev::Thinking(s) => self.keep_text(s),
             Ev::ToolStart { name, .. } => self.keep_text(name),
@@ -1546,6 +1585,8 @@ impl StreamTranslator {
                 first_content: false,
                 buf: Vec::new(),
                 prefix: Vec::new(),
+                json_key: None,
+                other_tools: false,
             },
         }
     }

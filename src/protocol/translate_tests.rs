@@ -15,6 +15,7 @@ fn names() -> Names {
         id: "req_1".into(),
         model: "caller-model".into(),
         created: 7,
+        ..Default::default()
     }
 }
 

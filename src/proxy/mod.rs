@@ -467,6 +467,11 @@ impl Gateway {
                 (Dialect::Responses, Some(b)) => responses::custom_tool_names(b),
                 _ => Vec::new(),
             },
+            json_tool: ctx.upstream_dialect == Dialect::Anthropic
+                && ctx
+                    .translations
+                    .iter()
+                    .any(|(d, b)| *d == Dialect::Anthropic && anthropic::has_json_tool(b)),
         }
     }
 
@@ -483,7 +488,13 @@ impl Gateway {
             translate::reply_from(ctx.upstream_dialect, &ctx.response)
         };
         match reply {
-            Some(r) => translate::reply_to(ctx.inbound, &r, &self.names(ctx)),
+            Some(mut r) => {
+                let names = self.names(ctx);
+                if names.json_tool {
+                    translate::unwrap_json_tool(&mut r);
+                }
+                translate::reply_to(ctx.inbound, &r, &names)
+            }
             None => GatewayError::UpstreamFailed(format!(
                 "The upstream's {} answer could not be read.",
                 ctx.upstream_dialect.display()
