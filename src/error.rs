@@ -224,7 +224,10 @@ impl From<crate::protocol::TranslateError> for GatewayError {
 
 impl From<crate::protocol::openai::RequestError> for GatewayError {
     fn from(e: crate::protocol::openai::RequestError) -> Self {
-        GatewayError::bad_request(e.to_string())
+        GatewayError::BadRequest {
+            param: e.param().map(str::to_owned),
+            message: e.to_string(),
+        }
     }
 }
 

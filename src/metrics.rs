@@ -35,7 +35,15 @@ pub struct Metrics {
     pub router_decisions: IntCounterVec,
     /// Router failures (the request went to the fallback tier).
     pub router_errors: IntCounter,
+    /// Requests by endpoint (chat, messages, responses, count_tokens, embeddings, models,
+    /// other) and HTTP status.
+    pub endpoint_requests: IntCounterVec,
+    /// `endpoint_requests{status="200"}` of the generation endpoints, resolved once.
+    pub endpoint_ok: [IntCounter; 3],
 }
+
+/// The endpoints whose 200s are pre-resolved in `Metrics::endpoint_ok`, in that order.
+pub const OK_ENDPOINTS: [&str; 3] = ["chat", "messages", "responses"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -126,6 +134,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ]),
     )?;
     registry.register(Box::new(requests.clone()))?;
+    let endpoint_requests = IntCounterVec::new(
+        Opts::new(
+            "tollgate_endpoint_requests_total",
+            "Requests answered, by endpoint and HTTP status (0: the client went away)",
+        ),
+        &["endpoint", "status"],
+    )?;
+    registry.register(Box::new(endpoint_requests.clone()))?;
+    let endpoint_ok = OK_ENDPOINTS.map(|e| endpoint_requests.with_label_values(&[e, "200"]));
     registry.register(Box::new(attempts.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(ttft.clone()))?;
@@ -186,6 +203,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     Ok(Metrics {
         registry,
         requests,
+        endpoint_requests,
+        endpoint_ok,
         attempts,
         duration,
         ttft,

@@ -409,6 +409,7 @@ fn decode(line: &str) -> Option<(Ticket, UsageEvent, Vec<i64>)> {
         user_id: opt(f[5])?.map(UserId),
         group_id: opt(f[6])?.map(GroupId),
         endpoint: f[7].to_string(),
+        path: None,
         model_requested: some(f[8]),
         model_used: None,
         channel: some(f[9]),

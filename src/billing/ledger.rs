@@ -839,6 +839,7 @@ mod tests {
             tenant_id: Some(key.tenant_id),
             key_id: Some(key.id),
             endpoint: "chat".into(),
+            path: None,
             status: 200,
             usage_source: "vendor".into(),
             cost_nano: s.charged,
@@ -1040,6 +1041,7 @@ mod tests {
                 request_id: format!("req{i}"),
                 tenant_id: Some(key.tenant_id),
                 endpoint: "chat".into(),
+                path: None,
                 usage_source: "vendor".into(),
                 cost_nano: 1_000 + i,
                 ..Default::default()

@@ -17,8 +17,10 @@ pub struct UsageEvent {
     pub key_id: Option<KeyId>,
     pub user_id: Option<UserId>,
     pub group_id: Option<GroupId>,
-    /// "chat" or "embeddings".
+    /// "chat", "messages", "responses", "count_tokens", "embeddings" or "other".
     pub endpoint: String,
+    /// The request path (at most 256 bytes).
+    pub path: Option<String>,
     pub channel: Option<String>,
     /// `channel/upstream` of the attempt that produced the response.
     pub upstream: Option<String>,

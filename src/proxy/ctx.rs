@@ -34,6 +34,18 @@ impl Endpoint {
     }
 }
 
+impl RequestCtx {
+    /// The endpoint as recorded and labelled: generation calls are told apart by protocol
+    /// (`chat` for chat completions, `messages`, `responses`).
+    pub fn endpoint_label(&self) -> &'static str {
+        match (self.endpoint, self.inbound) {
+            (Endpoint::Chat, Dialect::Anthropic) => "messages",
+            (Endpoint::Chat, Dialect::Responses) => "responses",
+            (e, _) => e.as_str(),
+        }
+    }
+}
+
 /// The attempt in progress.
 pub struct Attempt {
     pub index: usize,
@@ -48,6 +60,9 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub endpoint: Endpoint,
+    /// The request path (at most 256 bytes) and method, for the usage record and the log.
+    pub path: Option<String>,
+    pub method: &'static str,
     /// The configuration this request runs under, fixed at its start (reload-safe).
     pub config: Option<Arc<Config>>,
     pub key: Option<Arc<ApiKey>>,
@@ -124,6 +139,8 @@ impl RequestCtx {
             request_id: new_request_id(),
             started: Instant::now(),
             endpoint: Endpoint::Unknown,
+            path: None,
+            method: "-",
             config: None,
             key: None,
             model_requested: None,

@@ -90,8 +90,20 @@ impl Gateway {
 
         let (endpoint, method_ok) = {
             let req = session.req_header();
-            let path = req.uri.path();
-            let path = path.strip_prefix("/v1").unwrap_or(path);
+            let full = req.uri.path();
+            let cut = crate::protocol::openai::floor_char_boundary(full, 256);
+            ctx.path = Some(full.get(..cut).unwrap_or("").to_string());
+            ctx.method = match req.method {
+                http::Method::GET => "GET",
+                http::Method::POST => "POST",
+                http::Method::PUT => "PUT",
+                http::Method::DELETE => "DELETE",
+                http::Method::HEAD => "HEAD",
+                http::Method::OPTIONS => "OPTIONS",
+                http::Method::PATCH => "PATCH",
+                _ => "OTHER",
+            };
+            let path = full.strip_prefix("/v1").unwrap_or(full);
             let anthropic_caller = req.headers.contains_key("anthropic-version")
                 || req.headers.contains_key("x-api-key");
             let (ep, inbound) = match path {
@@ -108,6 +120,10 @@ impl Gateway {
                     } else {
                         Dialect::OpenAi
                     };
+                    // A caller with a valid key gets its 404 recorded against that key.
+                    ctx.key = caller_key(session)
+                        .and_then(|t| self.app.keys.authenticate(t, unix_now()).ok());
+                    let req = session.req_header();
                     return Err(GatewayError::NotFound(format!(
                         "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/messages/count_tokens, /v1/embeddings and /v1/models.",
                         req.uri.path()
@@ -134,6 +150,8 @@ impl Gateway {
         };
         ctx.endpoint = endpoint;
         if !method_ok {
+            ctx.key =
+                caller_key(session).and_then(|t| self.app.keys.authenticate(t, unix_now()).ok());
             return Err(GatewayError::MethodNotAllowed(format!(
                 "Method {} is not allowed on {}",
                 session.req_header().method,
@@ -216,75 +234,104 @@ impl Gateway {
             bytes: raw.len() as u64,
             ..Default::default()
         };
-        let (mut obj, mut model_name, wanted_kind, max_output) = match endpoint {
-            Endpoint::Chat if ctx.inbound == Dialect::Anthropic => {
-                let (obj, info) = anthropic::parse_messages_request(&raw)?;
-                ctx.stream = info.stream;
-                shape.media = info.media;
-                shape.tools = obj.get("tools").is_some_and(|t| !t.is_null());
-                (
-                    Some(obj),
-                    info.model,
-                    ModelKind::Chat,
-                    Some(info.max_tokens),
-                )
-            }
-            Endpoint::Chat if ctx.inbound == Dialect::Responses => {
-                let (obj, info) = responses::parse_request(&raw)?;
-                ctx.stream = info.stream;
-                shape.media = info.media;
-                shape.tools = info.has_tools;
-                (
-                    Some(obj),
-                    info.model,
-                    ModelKind::Chat,
-                    info.max_output_tokens,
-                )
-            }
-            Endpoint::CountTokens => {
-                let obj = match serde_json::from_slice::<serde_json::Value>(&raw) {
-                    Ok(serde_json::Value::Object(m)) => m,
-                    _ => return Err(GatewayError::bad_request("The body must be a JSON object.")),
-                };
-                let model = obj
-                    .get("model")
-                    .and_then(serde_json::Value::as_str)
-                    .filter(|m| !m.is_empty())
-                    .ok_or_else(|| GatewayError::BadRequest {
-                        message: "model: Field required".into(),
-                        param: Some("model".into()),
-                    })?
-                    .to_string();
-                (Some(obj), model, ModelKind::Chat, Some(0))
-            }
-            Endpoint::Chat => {
-                // The common body is scanned, not built into a tree (`protocol::chatbody`).
-                let (obj, info) = match chatbody::scan(&raw) {
-                    Some(mut scan) => {
-                        let info = std::mem::take(&mut scan.info);
-                        ctx.raw_chat = Some((raw.clone(), Box::new(scan)));
-                        (None, info)
-                    }
-                    None => {
-                        let (obj, info) = openai::parse_chat_request(&raw)?;
-                        (Some(obj), info)
-                    }
-                };
-                ctx.stream = info.stream;
-                ctx.client_wants_usage = info.client_wants_usage;
-                shape.media = info.media;
-                shape.tools = info.has_tools;
-                let out = info
-                    .max_tokens
-                    .map(|m| m.saturating_mul(u64::from(info.n.max(1))));
-                (obj, info.model, ModelKind::Chat, out)
-            }
-            Endpoint::Embeddings => {
-                let (obj, model) = openai::parse_embeddings_request(&raw)?;
-                (Some(obj), model, ModelKind::Embedding, Some(0))
-            }
-            Endpoint::Models | Endpoint::Unknown => {
-                return Err(GatewayError::Internal("unroutable endpoint".into()))
+        type Parsed = (
+            Option<serde_json::Map<String, serde_json::Value>>,
+            String,
+            ModelKind,
+            Option<u64>,
+        );
+        let mut parse = || -> std::result::Result<Parsed, GatewayError> {
+            Ok(match endpoint {
+                Endpoint::Chat if ctx.inbound == Dialect::Anthropic => {
+                    let (obj, info) = anthropic::parse_messages_request(&raw)?;
+                    ctx.stream = info.stream;
+                    shape.media = info.media;
+                    shape.tools = obj.get("tools").is_some_and(|t| !t.is_null());
+                    (
+                        Some(obj),
+                        info.model,
+                        ModelKind::Chat,
+                        Some(info.max_tokens),
+                    )
+                }
+                Endpoint::Chat if ctx.inbound == Dialect::Responses => {
+                    let (obj, info) = responses::parse_request(&raw)?;
+                    ctx.stream = info.stream;
+                    shape.media = info.media;
+                    shape.tools = info.has_tools;
+                    (
+                        Some(obj),
+                        info.model,
+                        ModelKind::Chat,
+                        info.max_output_tokens,
+                    )
+                }
+                Endpoint::CountTokens => {
+                    let obj = match serde_json::from_slice::<serde_json::Value>(&raw) {
+                        Ok(serde_json::Value::Object(m)) => m,
+                        _ => {
+                            return Err(GatewayError::bad_request(
+                                "The body must be a JSON object.",
+                            ))
+                        }
+                    };
+                    let model = obj
+                        .get("model")
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|m| !m.is_empty())
+                        .ok_or_else(|| GatewayError::BadRequest {
+                            message: "model: Field required".into(),
+                            param: Some("model".into()),
+                        })?
+                        .to_string();
+                    (Some(obj), model, ModelKind::Chat, Some(0))
+                }
+                Endpoint::Chat => {
+                    // The common body is scanned, not built into a tree (`protocol::chatbody`).
+                    let (obj, info) = match chatbody::scan(&raw) {
+                        Some(mut scan) => {
+                            let info = std::mem::take(&mut scan.info);
+                            ctx.raw_chat = Some((raw.clone(), Box::new(scan)));
+                            (None, info)
+                        }
+                        None => {
+                            let (obj, info) = openai::parse_chat_request(&raw)?;
+                            (Some(obj), info)
+                        }
+                    };
+                    ctx.stream = info.stream;
+                    ctx.client_wants_usage = info.client_wants_usage;
+                    shape.media = info.media;
+                    shape.tools = info.has_tools;
+                    let out = info
+                        .max_tokens
+                        .map(|m| m.saturating_mul(u64::from(info.n.max(1))));
+                    (obj, info.model, ModelKind::Chat, out)
+                }
+                Endpoint::Embeddings => {
+                    let (obj, model) = openai::parse_embeddings_request(&raw)?;
+                    (Some(obj), model, ModelKind::Embedding, Some(0))
+                }
+                Endpoint::Models | Endpoint::Unknown => {
+                    Err(GatewayError::Internal("unroutable endpoint".into()))?
+                }
+            })
+        };
+        let parsed = parse();
+        let (mut obj, mut model_name, wanted_kind, max_output) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                // What the caller asked, as far as the body tells, for the usage record.
+                if let Ok(serde_json::Value::Object(m)) =
+                    serde_json::from_slice::<serde_json::Value>(&raw)
+                {
+                    ctx.model_requested = m
+                        .get("model")
+                        .and_then(serde_json::Value::as_str)
+                        .map(|s| s.chars().take(200).collect());
+                    ctx.stream = m.get("stream").and_then(serde_json::Value::as_bool) == Some(true);
+                }
+                return Err(e);
             }
         };
         drop(raw);
@@ -683,6 +730,8 @@ fn models_list(cfg: &Config, key: &crate::tenancy::ApiKey, caller: Dialect) -> B
         .models
         .iter()
         .filter(|m| key.may_use_model(&m.name) && channels.iter().any(|c| c.serves(&m.name)))
+        // Anthropic's list names what /v1/messages can call: no embedding models.
+        .filter(|m| caller != Dialect::Anthropic || m.kind == ModelKind::Chat)
         .map(|m| {
             if caller == Dialect::Anthropic {
                 return serde_json::json!({
@@ -722,7 +771,16 @@ async fn estimate_input_tokens(
     })
     .await
     .map_err(|_| GatewayError::Internal("token counting failed".into()))?
-    .map_err(GatewayError::from)
+    .map_err(|e| GatewayError::BadRequest {
+        // No vendor is involved in an estimate: say what cannot be counted, not whose API.
+        message: match e.param.as_deref() {
+            Some(p) => format!(
+                "`{p}` cannot be counted by the gateway's token estimate (no Anthropic upstream serves this model on the channel); remove it to count the rest."
+            ),
+            None => e.message.clone(),
+        },
+        param: e.param,
+    })
 }
 
 fn count_body(n: u64) -> Bytes {

@@ -168,7 +168,7 @@ pub(super) fn log_charge(app: &App, ctx: &mut RequestCtx) {
             key: key.id,
             user: key.user_id,
             group: key.group_id,
-            endpoint: ctx.endpoint.as_str(),
+            endpoint: ctx.endpoint_label(),
             model: &m.name,
             channel: &c.name,
             cost_nano: cost,
@@ -255,6 +255,19 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
                 .inc();
         }
     }
+    let endpoint = ctx.endpoint_label();
+    match (
+        status,
+        crate::metrics::OK_ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint),
+    ) {
+        (200, Some(i)) => METRICS.endpoint_ok[i].inc(),
+        _ => METRICS
+            .endpoint_requests
+            .with_label_values(&[endpoint, &status.to_string()])
+            .inc(),
+    }
     match resolved {
         Some((cm, _)) => cm.duration.observe(latency.as_secs_f64()),
         None => METRICS
@@ -305,7 +318,9 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         request_id = ctx.request_id.as_str(),
         tenant = ctx.key.as_ref().map(|k| k.tenant_id.0),
         key = ctx.key.as_ref().map(|k| k.id.0),
-        endpoint = ctx.endpoint.as_str(),
+        endpoint = ctx.endpoint_label(),
+        method = ctx.method,
+        path = ctx.path.as_deref().unwrap_or("-"),
         channel,
         upstream = upstream.as_deref().unwrap_or("-"),
         model = ctx.model_requested.as_deref().unwrap_or("-"),
@@ -323,11 +338,8 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         "request"
     );
 
-    // Only authenticated calls to a model endpoint are metered.
+    // Every authenticated request is recorded (model listings and unknown paths too).
     let Some(key) = ctx.key.as_ref() else { return };
-    if ctx.endpoint == Endpoint::Models {
-        return;
-    }
     let event = UsageEvent {
         request_id: ctx.request_id.clone(),
         ts_ms: unix_ms(),
@@ -335,7 +347,8 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         key_id: Some(key.id),
         user_id: key.user_id,
         group_id: key.group_id,
-        endpoint: ctx.endpoint.as_str().to_string(),
+        endpoint: ctx.endpoint_label().to_string(),
+        path: ctx.path.clone(),
         channel: ctx.channel.as_ref().map(|c| c.name.clone()),
         upstream,
         model_requested: ctx.model_requested.clone(),

@@ -307,6 +307,8 @@ const MIGRATIONS: &[&str] = &[
      INSERT OR IGNORE INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
         SELECT tenant_id, 'adjust', substr(id, 8), '', json_array(id), created_ms
         FROM ledger_entries WHERE kind = 'adjustment' AND id LIKE 'adjust:%';",
+    // 15: the request path of a usage record (unknown paths are recorded too)
+    "ALTER TABLE usage_events ADD COLUMN path TEXT;",
 ];
 
 /// The columns of a usage record as the recorder writes them, and one row's placeholders.
@@ -314,9 +316,9 @@ const EVENT_COLUMNS: &str = "request_id, ts_ms, tenant_id, key_id, endpoint, cha
     model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
     completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
     user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano,
-    cache_write_tokens, uncollected";
+    cache_write_tokens, uncollected, path";
 const EVENT_ROW_SLOTS: &str =
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 /// Usage records per INSERT statement in the recorder.
 const EVENT_ROWS: usize = 32;
 
@@ -379,6 +381,7 @@ impl EventValues {
             &e.baseline_cost_nano,
             &i[10],
             &e.uncollected,
+            &e.path,
         ]);
     }
 }
@@ -1034,7 +1037,7 @@ impl Store {
                 ))?;
                 let all: Vec<EventValues> = events.iter().map(EventValues::of).collect();
                 for (chunk, values) in events.chunks(EVENT_ROWS).zip(all.chunks(EVENT_ROWS)) {
-                    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(29 * EVENT_ROWS);
+                    let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(30 * EVENT_ROWS);
                     if chunk.len() == EVENT_ROWS {
                         tx.prepare_cached("SAVEPOINT usage_chunk")?.execute([])?;
                         params.clear();
@@ -1318,7 +1321,7 @@ impl Store {
                 let e = Store::event_from_row(r)?;
                 let pos = UsagePos {
                     ts_ms: e.ts_ms,
-                    id: r.get(29)?,
+                    id: r.get(30)?,
                 };
                 Ok((pos, e))
             })?;
@@ -1358,6 +1361,7 @@ impl Store {
             baseline_cost_nano: r.get(26)?,
             cache_write_tokens: r.get::<_, i64>(27)? as u64,
             uncollected: r.get(28)?,
+            path: r.get(29)?,
             charge_ticket: None,
         })
     }
@@ -2665,6 +2669,7 @@ mod tests {
             tenant_id: Some(t.id),
             key_id: Some(KeyId(1)),
             endpoint: "chat".into(),
+            path: None,
             channel: Some("bench".into()),
             upstream: Some("bench/mock".into()),
             model_requested: Some("gpt-4o-mini".into()),
@@ -2711,6 +2716,7 @@ mod tests {
                 key_id: Some(KeyId(3)),
                 group_id: Some(GroupId(2)),
                 endpoint: "chat".into(),
+                path: None,
                 usage_source: "vendor".into(),
                 status: 200,
                 cost_nano: i + 1,
@@ -2796,6 +2802,7 @@ mod tests {
             tenant_id: Some(t.id),
             key_id: Some(k.id),
             endpoint: "chat".into(),
+            path: None,
             usage_source: "vendor".into(),
             status: 200,
             cost_nano: amount,
@@ -2870,6 +2877,7 @@ mod tests {
         let e = UsageEvent {
             request_id: "r1".into(),
             endpoint: "chat".into(),
+            path: None,
             prompt_tokens: 3,
             ..Default::default()
         };
@@ -2891,6 +2899,7 @@ mod tests {
                 key_id: Some(KeyId(1 + i % 3)),
                 user_id: (i % 2 == 0).then_some(UserId(7)),
                 endpoint: "chat".into(),
+                path: None,
                 model_requested: Some(if i % 5 == 0 { "big" } else { "small" }.into()),
                 channel: Some("main".into()),
                 status: if i % 50 == 0 { 502 } else { 200 },
@@ -3161,6 +3170,7 @@ mod tests {
                         user_id: Some(UserId(n % 100)),
                         group_id: Some(GroupId(n % 10)),
                         endpoint: "chat".into(),
+                        path: None,
                         model_requested: Some(format!("model-{}", n % 8)),
                         channel: Some(format!("ch-{}", n % 3)),
                         status: 200,
