@@ -31,13 +31,16 @@ price = { currency = "USD", input = "0.15", cached_input = "0.075", output = "0.
 [[models]]
 name = "gpt-4o"
 vendor = "mock"
-aliases = ["mock-large"]
+# The default model names of Codex CLI, the OpenAI Agents SDK and friends.
+aliases = ["mock-large", "gpt-6.2-sol", "gpt-5.6-luna", "gpt-5.5", "gpt-5"]
 max_output_tokens = 4096
 price = { currency = "USD", input = "2.50", cached_input = "1.25", output = "10.00" }
 
 [[models]]
 name = "claude-sonnet-4"
 vendor = "mock"
+# Claude Code's default model names.
+aliases = ["claude-opus-5-5", "claude-sonnet-4-6", "claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"]
 max_output_tokens = 4096
 price = { currency = "USD", input = "3.00", cached_input = "0.30", cache_write = "3.75", output = "15.00" }
 

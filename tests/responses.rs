@@ -273,8 +273,8 @@ async fn responses_errors_are_in_openai_shape_and_stateful_fields_are_refused() 
             "background",
         ),
         (
-            json!({"model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "web_search"}]}),
-            "tools[0].type=web_search",
+            json!({"model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "no_such_tool"}]}),
+            "tools[0].type=no_such_tool",
         ),
         (
             json!({"model": "claude-x", "input": [{"type": "item_reference", "id": "msg_1"}]}),

@@ -300,6 +300,7 @@ const ANTHROPIC_TOP_LEVEL: &[&str] = &[
     "context_management",
     "output_config",
     "output_format",
+    "safeguards",
 ];
 
 /// Translates a Messages request to an OpenAI chat request. `target` is where the result is

@@ -229,6 +229,7 @@ fn tool_output(out: Option<&Value>, at: &str) -> Result<Value, TranslateError> {
 /// upstream protocol). Fails on what has no equivalent outside OpenAI's own Responses API.
 pub fn to_chat(r: &Map<String, Value>) -> Result<Map<String, Value>, TranslateError> {
     let mut messages: Vec<Value> = Vec::new();
+    let mut extra_tools: Vec<Value> = Vec::new();
     if let Some(ins) = present(r, "instructions") {
         match ins {
             Value::String(s) if !s.is_empty() => {
@@ -343,6 +344,12 @@ pub fn to_chat(r: &Map<String, Value>) -> Result<Map<String, Value>, TranslateEr
                     }
                     // The vendor's own reasoning state: only that vendor can read it back.
                     "reasoning" => {}
+                    // Tools offered in the input (Codex's "responses lite"): like `tools`.
+                    "additional_tools" => {
+                        if let Some(Value::Array(t)) = it.get("tools") {
+                            extra_tools.extend(t.iter().cloned());
+                        }
+                    }
                     other => {
                         return Err(TranslateError::unsupported(
                             format!("{at}.type={other}"),
@@ -383,10 +390,26 @@ pub fn to_chat(r: &Map<String, Value>) -> Result<Map<String, Value>, TranslateEr
     if let Some(effort) = present(r, "reasoning")
         .and_then(|x| x.get("effort"))
         .and_then(Value::as_str)
+        // `none` is what a model without reasoning does anyway.
+        .filter(|e| *e != "none")
     {
         out.insert("reasoning_effort".into(), json!(effort));
     }
-    if let Some(Value::Array(tools)) = present(r, "tools") {
+    let mut all_tools: Vec<&Value> = match present(r, "tools") {
+        Some(Value::Array(t)) => t.iter().collect(),
+        _ => Vec::new(),
+    };
+    all_tools.extend(extra_tools.iter());
+    // Namespaces group tools; their members are offered as plain tools.
+    let mut flat: Vec<&Value> = Vec::with_capacity(all_tools.len());
+    for t in all_tools {
+        match (t.get("type").and_then(Value::as_str), t.get("tools")) {
+            (Some("namespace"), Some(Value::Array(inner))) => flat.extend(inner.iter()),
+            _ => flat.push(t),
+        }
+    }
+    if !flat.is_empty() {
+        let tools = flat;
         let mut chat_tools = Vec::with_capacity(tools.len());
         for (i, t) in tools.iter().enumerate() {
             match t.get("type").and_then(Value::as_str) {
@@ -412,6 +435,10 @@ pub fn to_chat(r: &Map<String, Value>) -> Result<Map<String, Value>, TranslateEr
                             "required": ["input"]},
                     }}));
                 }
+                // Tools that OpenAI itself runs (search, code, images, MCP) or that answer in
+                // OpenAI-only item types: not offered to another vendor's model, which
+                // answers with the caller's own tools (docs/protocols.md).
+                Some(k) if is_hosted_tool(k) => {}
                 other => {
                     return Err(TranslateError::unsupported(
                         format!("tools[{i}].type={}", other.unwrap_or("?")),
@@ -431,6 +458,10 @@ pub fn to_chat(r: &Map<String, Value>) -> Result<Map<String, Value>, TranslateEr
                 Some("function" | "custom") => {
                     json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}})
                 }
+                Some("allowed_tools") => match o.get("mode").and_then(Value::as_str) {
+                    Some("required") => json!("required"),
+                    _ => json!("auto"),
+                },
                 _ => {
                     return Err(TranslateError::unsupported(
                         "tool_choice.type",
@@ -483,17 +514,84 @@ pub fn to_chat(r: &Map<String, Value>) -> Result<Map<String, Value>, TranslateEr
     Ok(out)
 }
 
-/// Names of the request's free-form (`custom`) tools: their calls are answered as
-/// `custom_tool_call` items with the input unwrapped.
-pub fn custom_tool_names(r: &Map<String, Value>) -> Vec<String> {
-    match present(r, "tools") {
-        Some(Value::Array(tools)) => tools
-            .iter()
-            .filter(|t| t.get("type").and_then(Value::as_str) == Some("custom"))
-            .filter_map(|t| t.get("name").and_then(Value::as_str).map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
+/// Per tool name: free-form (`custom`), and the namespace it came in (see [`tool_kinds`]).
+pub type ToolKinds = Vec<(String, bool, Option<String>)>;
+
+fn kind_of<'a>(tools: &'a [(String, bool, Option<String>)], name: &str) -> (bool, Option<&'a str>) {
+    tools
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .map_or((false, None), |(_, c, ns)| (*c, ns.as_deref()))
+}
+
+/// Types of tools that OpenAI runs itself or answers with its own item types.
+fn is_hosted_tool(kind: &str) -> bool {
+    kind.starts_with("web_search")
+        || kind.starts_with("computer_use")
+        || matches!(
+            kind,
+            "file_search"
+                | "code_interpreter"
+                | "image_generation"
+                | "mcp"
+                | "local_shell"
+                | "shell"
+                | "apply_patch"
+                | "tool_search"
+        )
+}
+
+/// How the request's tools are answered: for each tool name, whether it is free-form
+/// (`custom`: a `custom_tool_call` item with the input unwrapped) and the namespace it was
+/// offered in (echoed on the call item). Tools come from `tools` and from `additional_tools`
+/// input items, namespaces looked into.
+pub fn tool_kinds(r: &Map<String, Value>) -> ToolKinds {
+    fn walk(t: &Value, ns: Option<&str>, out: &mut Vec<(String, bool, Option<String>)>) {
+        match t.get("type").and_then(Value::as_str) {
+            Some("namespace") => {
+                let name = t.get("name").and_then(Value::as_str);
+                for inner in t
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    walk(inner, name, out);
+                }
+            }
+            Some(kind @ ("function" | "custom")) => {
+                if let Some(n) = t.get("name").and_then(Value::as_str) {
+                    out.push((n.to_owned(), kind == "custom", ns.map(str::to_owned)));
+                }
+            }
+            _ => {}
+        }
     }
+    let mut out = Vec::new();
+    for t in present(r, "tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        walk(t, None, &mut out);
+    }
+    for it in present(r, "input")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if it.get("type").and_then(Value::as_str) == Some("additional_tools") {
+            for t in it
+                .get("tools")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                walk(t, None, &mut out);
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -656,7 +754,12 @@ pub fn response_shell(id: &str, model: &str, created: u64, status: &str) -> Map<
 }
 
 /// One output item of a finished answer, `n` its position (ids are unique per response).
-pub fn output_item(block: &Block, id: &str, n: usize, custom: &[String]) -> Value {
+pub fn output_item(
+    block: &Block,
+    id: &str,
+    n: usize,
+    tools: &[(String, bool, Option<String>)],
+) -> Value {
     match block {
         Block::Text(t) => json!({
             "type": "message", "id": format!("msg_{id}_{n}"), "status": "completed",
@@ -672,7 +775,8 @@ pub fn output_item(block: &Block, id: &str, n: usize, custom: &[String]) -> Valu
             name,
             input,
         } => {
-            if custom.iter().any(|c| c == name) {
+            let (custom, ns) = kind_of(tools, name);
+            let mut v = if custom {
                 let text = input.get("input").and_then(Value::as_str).unwrap_or("");
                 json!({"type": "custom_tool_call", "id": format!("ctc_{id}_{n}"),
                     "status": "completed", "call_id": call_id, "name": name, "input": text})
@@ -684,13 +788,23 @@ pub fn output_item(block: &Block, id: &str, n: usize, custom: &[String]) -> Valu
                 };
                 json!({"type": "function_call", "id": format!("fc_{id}_{n}"),
                     "status": "completed", "call_id": call_id, "name": name, "arguments": args})
+            };
+            if let Some(ns) = ns {
+                v["namespace"] = json!(ns);
             }
+            v
         }
     }
 }
 
 /// A whole answer in the Responses shape.
-pub fn reply_value(r: &Reply, id: &str, model: &str, created: u64, custom: &[String]) -> Value {
+pub fn reply_value(
+    r: &Reply,
+    id: &str,
+    model: &str,
+    created: u64,
+    tools: &[(String, bool, Option<String>)],
+) -> Value {
     let (status, incomplete) = status_of(r.stop);
     let mut m = response_shell(&format!("resp_{id}"), model, created, status);
     m.insert("incomplete_details".into(), incomplete);
@@ -698,7 +812,7 @@ pub fn reply_value(r: &Reply, id: &str, model: &str, created: u64, custom: &[Str
         .blocks
         .iter()
         .enumerate()
-        .map(|(n, b)| output_item(b, id, n, custom))
+        .map(|(n, b)| output_item(b, id, n, tools))
         .collect();
     m.insert("output".into(), Value::Array(output));
     m.insert("usage".into(), usage_value(&r.usage.unwrap_or_default()));
@@ -759,20 +873,20 @@ pub struct StreamWriter {
     resp_id: String,
     model: String,
     created: u64,
-    custom: Vec<String>,
+    tools: ToolKinds,
     seq: u64,
     started: bool,
     items: Vec<Item>,
 }
 
 impl StreamWriter {
-    pub fn new(id: &str, model: &str, created: u64, custom: Vec<String>) -> Self {
+    pub fn new(id: &str, model: &str, created: u64, tools: ToolKinds) -> Self {
         StreamWriter {
             id: id.to_string(),
             resp_id: format!("resp_{id}"),
             model: model.to_string(),
             created,
-            custom,
+            tools,
             seq: 0,
             started: false,
             items: Vec::new(),
@@ -833,17 +947,24 @@ impl StreamWriter {
                 };
                 json!({"type": "reasoning", "id": it.id, "summary": summary})
             }
-            Kind::Call => json!({"type": "function_call", "id": it.id, "status": status,
-                "call_id": it.call_id, "name": it.name,
-                "arguments": if it.done { it.text.as_str() } else { "" }}),
-            Kind::Custom => {
-                let input = if it.done {
-                    custom_input(&it.text)
+            Kind::Call | Kind::Custom => {
+                let mut v = if it.kind == Kind::Call {
+                    json!({"type": "function_call", "id": it.id, "status": status,
+                        "call_id": it.call_id, "name": it.name,
+                        "arguments": if it.done { it.text.as_str() } else { "" }})
                 } else {
-                    String::new()
+                    let input = if it.done {
+                        custom_input(&it.text)
+                    } else {
+                        String::new()
+                    };
+                    json!({"type": "custom_tool_call", "id": it.id, "status": status,
+                        "call_id": it.call_id, "name": it.name, "input": input})
                 };
-                json!({"type": "custom_tool_call", "id": it.id, "status": status,
-                    "call_id": it.call_id, "name": it.name, "input": input})
+                if let (_, Some(ns)) = kind_of(&self.tools, &it.name) {
+                    v["namespace"] = json!(ns);
+                }
+                v
             }
         }
     }
@@ -998,7 +1119,7 @@ impl StreamWriter {
         {
             return;
         }
-        let kind = if self.custom.iter().any(|c| c == name) {
+        let kind = if kind_of(&self.tools, name).0 {
             Kind::Custom
         } else {
             Kind::Call
@@ -1154,10 +1275,61 @@ mod tests {
     }
 
     #[test]
+    fn codex_requests_translate_with_their_tools() {
+        // What Codex 0.171 sends (tests/fixtures/clients): tools in an `additional_tools`
+        // input item grouped in namespaces, free-form tools, hosted tools, item ids.
+        for f in [
+            include_str!("../../tests/fixtures/clients/codex-1.json"),
+            include_str!("../../tests/fixtures/clients/codex-2.json"),
+            include_str!("../../tests/fixtures/clients/codex-3.json"),
+            include_str!("../../tests/fixtures/clients/codex-4.json"),
+            include_str!("../../tests/fixtures/clients/codex-5.json"),
+            include_str!("../../tests/fixtures/clients/agents-sdk-2.json"),
+        ] {
+            let v: Value = serde_json::from_str(f).unwrap();
+            let body = obj(v["body"].clone());
+            let c = to_chat(&body).unwrap_or_else(|e| panic!("{e}"));
+            let names: Vec<&str> = c["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["function"]["name"].as_str().unwrap())
+                .collect();
+            assert!(!names.is_empty());
+            assert!(c["messages"].as_array().unwrap().len() >= 2);
+        }
+        let v: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/clients/codex-2.json"))
+                .unwrap();
+        let body = obj(v["body"].clone());
+        let kinds = tool_kinds(&body);
+        assert!(kinds
+            .iter()
+            .any(|(n, custom, ns)| n == "exec" && *custom && ns.as_deref() == Some("functions")));
+        // The free-form call comes back as a custom_tool_call in its namespace.
+        let item = output_item(
+            &Block::ToolUse {
+                id: "call_1".into(),
+                name: "exec".into(),
+                input: json!({"input": "text(1)"}),
+            },
+            "r",
+            0,
+            &kinds,
+        );
+        assert_eq!(item["type"], "custom_tool_call");
+        assert_eq!(item["input"], "text(1)");
+        assert_eq!(item["namespace"], "functions");
+    }
+
+    #[test]
     fn openai_only_features_are_a_clear_400() {
-        let r = obj(json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}));
+        let r = obj(json!({"model": "m", "input": "hi", "tools": [{"type": "no_such_tool"}]}));
         let e = to_chat(&r).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools[0].type=web_search"));
+        assert_eq!(e.param.as_deref(), Some("tools[0].type=no_such_tool"));
+        // Hosted tools are not offered to another vendor's model.
+        let r = obj(json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}));
+        assert!(to_chat(&r).unwrap().get("tools").is_none());
         let r = obj(json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}));
         assert!(to_chat(&r).is_err());
     }

@@ -337,8 +337,9 @@ pub struct Names {
     /// The model name the caller asked for.
     pub model: String,
     pub created: u64,
-    /// A Responses caller's free-form (`custom`) tools, answered as `custom_tool_call` items.
-    pub custom_tools: Vec<String>,
+    /// A Responses caller's tools: which are free-form (`custom`, answered as
+    /// `custom_tool_call` items) and the namespace each came in.
+    pub tools: responses::ToolKinds,
     /// The upstream was asked for structured output through `anthropic::JSON_TOOL`: that
     /// tool's call is the answer's text.
     pub json_tool: bool,
@@ -374,13 +375,9 @@ fn openai_usage_value(u: &Usage) -> Value {
 /// Writes a reply in the caller's format.
 pub fn reply_to(dialect: Dialect, r: &Reply, names: &Names) -> Vec<u8> {
     let v = match dialect {
-        Dialect::Responses => responses::reply_value(
-            r,
-            &names.id,
-            &names.model,
-            names.created,
-            &names.custom_tools,
-        ),
+        Dialect::Responses => {
+            responses::reply_value(r, &names.id, &names.model, names.created, &names.tools)
+        }
         Dialect::Anthropic => {
             let content: Vec<Value> = r
                 .blocks
@@ -1561,7 +1558,7 @@ impl StreamTranslator {
                     &names.id,
                     &names.model,
                     names.created,
-                    names.custom_tools.clone(),
+                    names.tools.clone(),
                 ))),
                 Dialect::OpenAi | Dialect::Gemini => Writer::OpenAi {
                     started: false,

@@ -323,10 +323,6 @@ fn features_without_equivalent_are_named_errors() {
             "temperature",
         ),
         (
-            json!({"model": "m", "response_format": {"type": "json_object"}, "messages": user(json!("x"))}),
-            "response_format",
-        ),
-        (
             json!({"model": "m", "messages": user(json!([{"type": "input_audio", "input_audio": {}}]))}),
             "messages[0].content[0].type=input_audio",
         ),

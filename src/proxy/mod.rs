@@ -510,8 +510,8 @@ impl Gateway {
                 .clone()
                 .unwrap_or_else(|| ctx.upstream_body_model.clone()),
             created: unix_now().max(0) as u64,
-            custom_tools: match (ctx.inbound, ctx.body.as_ref()) {
-                (Dialect::Responses, Some(b)) => responses::custom_tool_names(b),
+            tools: match (ctx.inbound, ctx.body.as_ref()) {
+                (Dialect::Responses, Some(b)) => responses::tool_kinds(b),
                 _ => Vec::new(),
             },
             json_tool: ctx.upstream_dialect == Dialect::Anthropic
