@@ -743,7 +743,7 @@ async fn anthropic_endpoints_validate_count_and_list_in_anthropics_shape() {
             "max_tokens",
         ),
         (
-            json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}),
             400,
             "invalid_request_error",
             "role",

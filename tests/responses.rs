@@ -26,7 +26,7 @@ models = ["gpt-4o"]
 name = "chat"
 base_url = "{base}"
 api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gpt-4o-mini", "text-embedding-3-small"]
+models = ["gpt-4o-mini", "text-embedding-3-small", "plain-x"]
 model_map = {{ "gpt-4o-mini" = "mock-small" }}
 [[channels.upstreams]]
 name = "anth"
@@ -46,6 +46,12 @@ name = "claude-x"
 vendor = "anthropic"
 max_output_tokens = 1000
 price = {{ currency = "USD", input = "3", cached_input = "0.3", cache_write = "3.75", output = "15" }}
+
+[[models]]
+name = "plain-x"
+vendor = "openai"
+reasoning = false
+price = {{ currency = "USD", input = "1", output = "2" }}
 
 [[models]]
 name = "gemini-x"
@@ -439,6 +445,11 @@ async fn claude_code_fields_are_accepted_and_mapped_for_every_upstream() {
             .unwrap()
             > 0
     );
+    // A model configured as not reasoning gets no reasoning effort.
+    let r = post("/v1/messages", body("plain-x")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = m.stats().last_request_body.unwrap();
+    assert!(sent.get("reasoning_effort").is_none(), "{sent}");
     // count_tokens for a model without an Anthropic upstream: estimated, fields accepted.
     let r = post("/v1/messages/count_tokens", body("gpt-4o-mini"))
         .await

@@ -97,6 +97,8 @@ pub struct Model {
     pub context_window: Option<u64>,
     pub tokenizer: Tokenizer,
     pub image_tokens: Option<u64>,
+    /// `Some(false)`: reasoning settings are dropped from translated requests.
+    pub reasoning: Option<bool>,
     pub price: Option<Price>,
 }
 
@@ -844,6 +846,7 @@ fn build_model(m: ModelSection, at: &str) -> Result<Model, ConfigError> {
         context_window,
         tokenizer,
         image_tokens,
+        reasoning,
         price,
     } = m;
     let tokenizer = match tokenizer.as_deref() {
@@ -924,6 +927,7 @@ fn build_model(m: ModelSection, at: &str) -> Result<Model, ConfigError> {
         context_window,
         tokenizer,
         image_tokens,
+        reasoning,
         price,
     })
 }

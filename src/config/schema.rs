@@ -310,6 +310,12 @@ pub struct ModelSection {
     /// `billing.image_token_bound`).
     #[serde(default)]
     pub image_tokens: Option<u64>,
+    /// Whether the model takes a reasoning effort or thinking budget. `false`: one a caller's
+    /// request carries (Claude Code always sends `thinking`) is dropped when the request is
+    /// translated for this model, since vendors refuse it on models that do not reason.
+    /// Unset: passed on.
+    #[serde(default)]
+    pub reasoning: Option<bool>,
     #[serde(default)]
     pub price: Option<PriceSection>,
 }

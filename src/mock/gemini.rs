@@ -8,7 +8,7 @@
 //!   parts' `text`, concatenated without separator, o200k; `cachedContentTokenCount` =
 //!   `min(cached setting, prompt)`.
 //! * output (`candidatesTokenCount`): `generationConfig.maxOutputTokens` reply tokens, else 24
-//!   (`finishReason` `MAX_TOKENS` when a limit was given, else `STOP`), one token per stream
+//!   (`finishReason` `MAX_TOKENS` when a limit of at most the cap was given, else `STOP`), one token per stream
 //!   chunk; a function call (declarations given and mode `ANY`, or the user mentions
 //!   "weather", mode not `NONE`) is `get_weather({"location":"Paris"})` counted as the 5 o200k
 //!   tokens of its arguments, sent whole in one chunk.
@@ -335,7 +335,8 @@ pub(crate) async fn route(
             (
                 Some(reply_pieces(&user, k as usize)),
                 k,
-                if limit.is_some() {
+                // The reply reached the caller's limit (not only the mock's own cap).
+                if limit.is_some_and(|l| l <= MAX_REPLY_TOKENS) {
                     "MAX_TOKENS"
                 } else {
                     "STOP"

@@ -32,7 +32,7 @@
 //! * **completion_tokens** (text reply): exactly `max_completion_tokens`, else `max_tokens`,
 //!   else 24, clamped to `1..=4096`; the reply text re-encodes to exactly that many o200k tokens
 //!   and a stream sends exactly one content chunk per token. `finish_reason` is `"length"` when a
-//!   limit was given in the request, else `"stop"`.
+//!   limit of at most 4096 was given in the request (the reply reached it), else `"stop"`.
 //! * **completion_tokens** (tool call): the o200k count of the arguments string
 //!   `{"location":"Paris"}` (5); a stream sends one argument fragment per token.
 //!

@@ -514,7 +514,12 @@ async fn chat(
     let (completion_tokens, finish_reason) = match &reply {
         Reply::Text(p) => (
             p.len() as u64,
-            if limit.is_some() { "length" } else { "stop" },
+            // The reply reached the caller's limit (not only the mock's own cap).
+            if limit.is_some_and(|l| l <= MAX_COMPLETION_TOKENS) {
+                "length"
+            } else {
+                "stop"
+            },
         ),
         Reply::Tool { arg_pieces, .. } => (arg_pieces.len() as u64, "tool_calls"),
     };

@@ -158,7 +158,7 @@ pub(crate) async fn responses(
             .unwrap_or_else(|_| vec![TOOL_ARGUMENTS.to_string()]),
         None => reply_pieces(&user, n_tokens),
     };
-    let incomplete = call.is_none() && limit.is_some();
+    let incomplete = call.is_none() && limit.is_some_and(|l| l <= MAX_COMPLETION_TOKENS);
     let plan = Plan {
         id,
         model,

@@ -121,6 +121,27 @@ impl TranslateError {
     }
 }
 
+/// Removes the reasoning settings of a request in `dialect`'s shape (for a model that does not
+/// reason, which its vendor would refuse them for).
+pub fn drop_reasoning(dialect: Dialect, body: &mut serde_json::Map<String, serde_json::Value>) {
+    match dialect {
+        Dialect::OpenAi => {
+            body.remove("reasoning_effort");
+        }
+        Dialect::Anthropic => {
+            body.remove("thinking");
+        }
+        Dialect::Gemini => {
+            if let Some(serde_json::Value::Object(gc)) = body.get_mut("generationConfig") {
+                gc.remove("thinkingConfig");
+            }
+        }
+        Dialect::Responses => {
+            body.remove("reasoning");
+        }
+    }
+}
+
 /// The most output tokens an upstream may produce for `body`, a request in `dialect`'s own
 /// shape, thinking included: what a credit hold must cover for that upstream. `ceiling` (the
 /// model's `max_output_tokens`, else the billing default) applies when the body sets no limit.

@@ -461,6 +461,10 @@ impl Gateway {
                     ))
                 }
             };
+            let mut translated = translated;
+            if model.reasoning == Some(false) {
+                crate::protocol::drop_reasoning(to, &mut translated);
+            }
             ctx.translations.push((to, translated));
         }
         if !cfg.billing.enabled {
