@@ -26,7 +26,7 @@ models = ["gpt-4o"]
 name = "chat"
 base_url = "{base}"
 api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gpt-4o-mini", "text-embedding-3-small", "plain-x"]
+models = ["gpt-4o-mini", "text-embedding-3-small", "plain-x", "reasoner-x"]
 model_map = {{ "gpt-4o-mini" = "mock-small" }}
 [[channels.upstreams]]
 name = "anth"
@@ -51,6 +51,12 @@ price = {{ currency = "USD", input = "3", cached_input = "0.3", cache_write = "3
 name = "plain-x"
 vendor = "openai"
 reasoning = false
+price = {{ currency = "USD", input = "1", output = "2" }}
+
+[[models]]
+name = "reasoner-x"
+vendor = "openai"
+reasoning = true
 price = {{ currency = "USD", input = "1", output = "2" }}
 
 [[models]]
@@ -450,6 +456,12 @@ async fn claude_code_fields_are_accepted_and_mapped_for_every_upstream() {
     assert_eq!(r.status(), 200);
     let sent = m.stats().last_request_body.unwrap();
     assert!(sent.get("reasoning_effort").is_none(), "{sent}");
+    // A reasoning model gets its limit as max_completion_tokens (OpenAI refuses max_tokens).
+    let r = post("/v1/messages", body("reasoner-x")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = m.stats().last_request_body.unwrap();
+    assert_eq!(sent["max_completion_tokens"], 64, "{sent}");
+    assert!(sent.get("max_tokens").is_none() && sent["reasoning_effort"] == "high");
     // count_tokens for a model without an Anthropic upstream: estimated, fields accepted.
     let r = post("/v1/messages/count_tokens", body("gpt-4o-mini"))
         .await

@@ -98,3 +98,16 @@ pub fn queue() -> (UsageSink, mpsc::Receiver<UsageEvent>) {
     };
     (sink, rx)
 }
+
+/// The path of an endpoint as recorded (`UsageEvent::endpoint`), when it has one.
+pub fn canonical_path(endpoint: &str) -> Option<&'static str> {
+    Some(match endpoint {
+        "chat" => "/v1/chat/completions",
+        "messages" => "/v1/messages",
+        "responses" => "/v1/responses",
+        "count_tokens" => "/v1/messages/count_tokens",
+        "embeddings" => "/v1/embeddings",
+        "models" => "/v1/models",
+        _ => return None,
+    })
+}

@@ -121,9 +121,27 @@ impl TranslateError {
     }
 }
 
-/// Removes the reasoning settings of a request in `dialect`'s shape (for a model that does not
-/// reason, which its vendor would refuse them for).
-pub fn drop_reasoning(dialect: Dialect, body: &mut serde_json::Map<String, serde_json::Value>) {
+/// Fits a translated request in `dialect`'s shape to what the model takes (its `reasoning`
+/// setting): a model that does not reason gets no reasoning settings (its vendor would refuse
+/// them); a reasoning model on an OpenAI-compatible upstream gets its limit as
+/// `max_completion_tokens` (OpenAI refuses `max_tokens` there). Unset: left as translated.
+pub fn fit_reasoning(
+    dialect: Dialect,
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    reasoning: Option<bool>,
+) {
+    match reasoning {
+        Some(false) => drop_reasoning(dialect, body),
+        Some(true) if dialect == Dialect::OpenAi => {
+            if let Some(n) = body.remove("max_tokens") {
+                body.entry("max_completion_tokens").or_insert(n);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn drop_reasoning(dialect: Dialect, body: &mut serde_json::Map<String, serde_json::Value>) {
     match dialect {
         Dialect::OpenAi => {
             body.remove("reasoning_effort");

@@ -91,8 +91,20 @@ impl Gateway {
         let (endpoint, method_ok) = {
             let req = session.req_header();
             let full = req.uri.path();
-            let cut = crate::protocol::openai::floor_char_boundary(full, 256);
-            ctx.path = Some(full.get(..cut).unwrap_or("").to_string());
+            // Kept only when it says more than the endpoint (`usage::canonical_path`): the
+            // common call allocates nothing for it.
+            if !matches!(
+                full,
+                "/v1/chat/completions"
+                    | "/v1/messages"
+                    | "/v1/responses"
+                    | "/v1/messages/count_tokens"
+                    | "/v1/embeddings"
+                    | "/v1/models"
+            ) {
+                let cut = crate::protocol::openai::floor_char_boundary(full, 256);
+                ctx.path = Some(full.get(..cut).unwrap_or("").to_string());
+            }
             ctx.method = match req.method {
                 http::Method::GET => "GET",
                 http::Method::POST => "POST",
@@ -462,9 +474,7 @@ impl Gateway {
                 }
             };
             let mut translated = translated;
-            if model.reasoning == Some(false) {
-                crate::protocol::drop_reasoning(to, &mut translated);
-            }
+            crate::protocol::fit_reasoning(to, &mut translated, model.reasoning);
             ctx.translations.push((to, translated));
         }
         if !cfg.billing.enabled {

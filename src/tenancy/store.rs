@@ -1361,7 +1361,10 @@ impl Store {
             baseline_cost_nano: r.get(26)?,
             cache_write_tokens: r.get::<_, i64>(27)? as u64,
             uncollected: r.get(28)?,
-            path: r.get(29)?,
+            path: r.get::<_, Option<String>>(29)?.or_else(|| {
+                let endpoint: String = r.get(4).ok()?;
+                crate::billing::usage::canonical_path(&endpoint).map(str::to_owned)
+            }),
             charge_ticket: None,
         })
     }
