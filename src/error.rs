@@ -43,6 +43,10 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A WebSocket upgrade of the Responses API: served over HTTP only (426 makes Codex fall
+    /// back to HTTP at once).
+    #[error("{0}")]
+    UpgradeRequired(String),
     #[error("request body is larger than the configured limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -80,6 +84,7 @@ impl GatewayError {
             GatewayError::BadRequest { .. } => 400,
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::UpgradeRequired(_) => 426,
             GatewayError::LengthRequired(_) => 411,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UpstreamRateLimited { .. } => 429,
@@ -102,6 +107,7 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_)
             | GatewayError::NotFound(_)
             | GatewayError::MethodNotAllowed(_)
+            | GatewayError::UpgradeRequired(_)
             | GatewayError::LengthRequired(_)
             | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
             GatewayError::UpstreamRateLimited { .. } | GatewayError::RateLimited { .. } => {
@@ -130,6 +136,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::UpgradeRequired(_) => "websocket_not_supported",
             GatewayError::LengthRequired(_) => "length_required",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",

@@ -499,3 +499,69 @@ async fn vercel_ai_sdk() {
     let evs = check_events(&gw, "claude-sonnet-4-5", 4, "messages", "anth").await;
     half_streamed("vercel_ai.mjs (anthropic)", &evs);
 }
+
+/// Codex with its built-in `openai` provider pointed at the gateway (`openai_base_url` and
+/// `codex login --with-api-key`, the setup most users try first): it asks for the Responses
+/// API's WebSocket mode first (`GET /v1/responses` with `Upgrade: websocket`); the gateway's
+/// 426 makes it fall back to HTTP at once (a 400 would be fatal, a 404/405 costs ~7 s of
+/// retries), and the call is served and recorded.
+#[tokio::test]
+async fn codex_builtin_provider_falls_back_from_websocket_to_http() {
+    let codex = npm_bin("codex");
+    node();
+    let m = mock().await;
+    let gw = gateway(&m).await;
+    let label = "codex exec (built-in openai provider)";
+    let home = tempfile::tempdir().unwrap();
+    let codex_home = home.path().join("codex");
+    std::fs::create_dir(&codex_home).unwrap();
+    std::fs::write(
+        codex_home.join("config.toml"),
+        format!(
+            "openai_base_url = \"{}\"\ncheck_for_update_on_startup = false\n[analytics]\nenabled = false\n[features]\nplugins = false\n",
+            gw.url("/v1")
+        ),
+    )
+    .unwrap();
+    let mut login = client(&codex, home.path());
+    login
+        .args(["login", "--with-api-key"])
+        .env("CODEX_HOME", &codex_home)
+        .stdin(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(gw.key.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+    }
+    let st = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "codex login: {st}");
+    let mut cmd = client(&codex, home.path());
+    cmd.args(["exec", "--skip-git-repo-check", "say hi"])
+        .env("CODEX_HOME", &codex_home);
+    let out = run(label, cmd, &gw).await;
+    let text = stdout(&out);
+    assert!(
+        text.contains("mock reply"),
+        "{label}: stdout {text:?}\n{}",
+        log_tail(&gw)
+    );
+    let evs = gw.usage_events(2).await;
+    let upgrades: Vec<&Value> = evs.iter().filter(|e| e["status"] == 426).collect();
+    assert!(
+        !upgrades.is_empty(),
+        "{label}: no WebSocket attempt recorded: {evs:?}"
+    );
+    assert!(upgrades.iter().all(|e| e["endpoint"] == "responses"));
+    assert!(
+        upgrades.len() <= 2,
+        "{label}: the 426 is final, not retried: {upgrades:?}"
+    );
+    let served: Vec<&Value> = evs.iter().filter(|e| e["status"] == 200).collect();
+    assert_eq!(served.len(), 1, "{label}: {evs:?}");
+    assert_eq!(served[0]["upstream"], "main/native");
+}

@@ -164,6 +164,15 @@ impl Gateway {
         if !method_ok {
             ctx.key =
                 caller_key(session).and_then(|t| self.app.keys.authenticate(t, unix_now()).ok());
+            let websocket = session
+                .get_header(http::header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            if websocket && ctx.inbound == Dialect::Responses {
+                return Err(GatewayError::UpgradeRequired(
+                    "The Responses API is served over HTTP only on this gateway (no WebSocket mode): send POST /v1/responses.".into(),
+                ));
+            }
             return Err(GatewayError::MethodNotAllowed(format!(
                 "Method {} is not allowed on {}",
                 session.req_header().method,
