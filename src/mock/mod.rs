@@ -240,6 +240,9 @@ pub enum Behavior {
     /// for 529, Google's) with this status (`Content-Length`, keep-alive kept);
     /// `Retry-After: <secs>` header when set. Codes outside `200..=999` are answered as 500.
     Status { code: u16, retry_after: Option<u64> },
+    /// Answer `body` verbatim (as JSON) with this status: a vendor's own error text, e.g. one
+    /// that quotes the key it was given.
+    StatusBody { code: u16, body: String },
     /// Read the whole request, then close the socket (FIN) without writing a byte.
     CloseImmediately,
     /// Stream: write the head, the role chunk and `chunks` content chunks, then close the socket

@@ -307,6 +307,23 @@ pub(crate) async fn pre_behavior(
             .await?;
             Ok(Some(keep_alive))
         }
+        Behavior::StatusBody { code, body } => {
+            let code = if (200..=999).contains(code) {
+                *code
+            } else {
+                500
+            };
+            write_response(
+                conn,
+                code,
+                "application/json",
+                body.as_bytes(),
+                &[],
+                keep_alive,
+            )
+            .await?;
+            Ok(Some(keep_alive))
+        }
         Behavior::CloseImmediately => Ok(Some(false)),
         _ => Ok(None),
     }

@@ -121,6 +121,50 @@ impl TranslateError {
     }
 }
 
+/// A vendor's error body with anything that looks like an API key replaced by `[redacted]`:
+/// vendors quote the key they were given (`Incorrect API key provided: sk-proj-****Qz7X`), and
+/// that is the gateway's key, not the caller's. A word (a run of letters, digits, `-`, `_`, `.`,
+/// `*`) is a key when it starts like one (`sk-`, `sk_`, `AIza`) or holds a masked part (`***`).
+pub fn scrub_secrets(body: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*');
+    let looks_like_key = |w: &[u8]| {
+        (w.len() >= 6 && (w.starts_with(b"sk-") || w.starts_with(b"sk_")))
+            || (w.len() >= 20 && w.starts_with(b"AIza"))
+            || w.windows(3).any(|x| x == b"***")
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    let mut copied = 0;
+    while i < body.len() {
+        if !is_key_char(body[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < body.len() && is_key_char(body[i]) {
+            i += 1;
+        }
+        // A sentence's full stop is not part of the key.
+        let mut end = i;
+        while end > start && body[end - 1] == b'.' {
+            end -= 1;
+        }
+        if looks_like_key(&body[start..end]) {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(body.len()));
+            o.extend_from_slice(&body[copied..start]);
+            o.extend_from_slice(b"[redacted]");
+            copied = end;
+        }
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(body),
+        Some(mut o) => {
+            o.extend_from_slice(&body[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+
 /// Fits a translated request in `dialect`'s shape to what the model takes (its `reasoning`
 /// setting): a model that does not reason gets no reasoning settings (its vendor would refuse
 /// them); a reasoning model on an OpenAI-compatible upstream gets its limit as
@@ -196,5 +240,34 @@ pub fn max_output_tokens(
                 .max(1);
             limit.saturating_add(budget).saturating_mul(candidates)
         }
+    }
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::scrub_secrets;
+
+    #[test]
+    fn key_like_words_are_redacted_and_the_rest_kept() {
+        let cases = [
+            (
+                "Incorrect API key provided: sk-proj-****Qz7X. You can find your API key at https://platform.openai.com.",
+                "Incorrect API key provided: [redacted]. You can find your API key at https://platform.openai.com.",
+            ),
+            ("key sk-ant-api03-abcdefgh is invalid", "key [redacted] is invalid"),
+            ("API key not valid: AIzaSyA1234567890abcdefghij", "API key not valid: [redacted]"),
+            ("masked abc****wxyz here", "masked [redacted] here"),
+            ("the model `gpt-4o` does not exist; task-1 sk- ok", "the model `gpt-4o` does not exist; task-1 sk- ok"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                String::from_utf8_lossy(&scrub_secrets(input.as_bytes())),
+                want
+            );
+        }
+        assert!(matches!(
+            scrub_secrets(b"nothing here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -507,7 +507,7 @@ fn error_parts(body: &[u8]) -> (String, Option<String>) {
 /// Re-renders an upstream error answer (`status`, `body` in `from`'s format) in the caller's
 /// format. Returns the status to answer (Anthropic's 529 "overloaded" is 503 for others).
 pub fn error_to(to: Dialect, status: u16, body: &[u8]) -> (u16, Vec<u8>) {
-    let (message, _) = error_parts(body);
+    let (message, _) = error_parts(&super::scrub_secrets(body));
     match to {
         Dialect::Anthropic => (
             status,

@@ -107,6 +107,8 @@ pub struct RequestCtx {
     pub translator: Option<Box<StreamTranslator>>,
     /// A whole body (answer or error) to convert to the caller's protocol at its end.
     pub translate_whole: bool,
+    /// A vendor error passed through: kept whole and scrubbed of key-like words at its end.
+    pub scrub_error: bool,
     pub upstream_status: u16,
     /// Anthropic headers of the caller, forwarded to Anthropic upstreams.
     pub anthropic_version: Option<String>,
@@ -171,6 +173,7 @@ impl RequestCtx {
             upstream_body_dialect: None,
             translator: None,
             translate_whole: false,
+            scrub_error: false,
             upstream_status: 0,
             anthropic_version: None,
             anthropic_beta: None,

@@ -138,7 +138,7 @@ impl Gateway {
                     let req = session.req_header();
                     return Err(GatewayError::NotFound(format!(
                         "Unknown path `{}`. This gateway serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/messages/count_tokens, /v1/embeddings and /v1/models.",
-                        req.uri.path()
+                        clip(req.uri.path(), 200)
                     )));
                 }
             };
@@ -215,7 +215,8 @@ impl Gateway {
                 Some(n) if !n.is_empty() => {
                     if !key.may_use_channel(&n) {
                         return Err(GatewayError::Forbidden(format!(
-                            "This API key may not use channel `{n}`."
+                            "This API key may not use channel `{}`.",
+                            clip(&n, 200)
                         )));
                     }
                     n
@@ -356,7 +357,8 @@ impl Gateway {
             }
         };
         drop(raw);
-        ctx.model_requested = Some(model_name.clone());
+        // What a client sent is echoed and logged only in part (a 1 MiB model name is not).
+        ctx.model_requested = Some(clip(&model_name, 200).into_owned());
         let mut channel = channel;
         // The router reads OpenAI chat bodies; Anthropic callers name concrete models.
         if endpoint == Endpoint::Chat && ctx.inbound == Dialect::OpenAi {
@@ -384,7 +386,8 @@ impl Gateway {
         }
         let model = cfg.model(&model_name).cloned().ok_or_else(|| {
             GatewayError::ModelNotFound(format!(
-                "The model `{model_name}` does not exist or you do not have access to it."
+                "The model `{}` does not exist or you do not have access to it.",
+                clip(&model_name, 200)
             ))
         })?;
         if model.kind != wanted_kind {
@@ -403,12 +406,14 @@ impl Gateway {
         }
         if !key.may_use_model(&model.name) {
             return Err(GatewayError::ModelNotFound(format!(
-                "The model `{model_name}` does not exist or you do not have access to it."
+                "The model `{}` does not exist or you do not have access to it.",
+                clip(&model_name, 200)
             )));
         }
         if !channel.serves(&model.name) {
             return Err(GatewayError::ModelNotFound(format!(
-                "The model `{model_name}` is not served on channel `{}`.",
+                "The model `{}` is not served on channel `{}`.",
+                clip(&model_name, 200),
                 channel.name
             )));
         }
@@ -717,6 +722,16 @@ fn tree<'a>(
     }
     obj.as_mut()
         .ok_or_else(|| GatewayError::Internal("The request body was not kept.".into()))
+}
+
+/// At most `max` bytes of a client-sent string (cut at a character boundary, marked `...`), for
+/// what is echoed in answers and logs.
+fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let cut = crate::protocol::openai::floor_char_boundary(s, max);
+    std::borrow::Cow::Owned(format!("{}...", s.get(..cut).unwrap_or("")))
 }
 
 /// The caller's key: `Authorization: Bearer <key>`, else `x-api-key` (Anthropic clients).
@@ -1144,6 +1159,43 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         let retryable = status == 429 || status >= 500;
+        // The upstream's own fault though it answered (docs/architecture.md, "Vendor statuses"):
+        // its credential refused (401/403), the model unknown there (404: a wrong model_map),
+        // or it timed out the request (408). Fail over, count it against the upstream's
+        // breaker, and never pass the vendor's words on (they talk about the gateway's key).
+        let refused = matches!(status, 401 | 403 | 408)
+            || (status == 404 && ctx.endpoint != Endpoint::CountTokens);
+        if refused {
+            // A refused credential does not heal on retry: the breaker opens at once (its
+            // half-open probe tries the upstream again later).
+            let credential = matches!(status, 401 | 403);
+            if let (Some(a), Some(ch)) = (ctx.attempt.as_ref(), ctx.channel.as_ref()) {
+                tracing::error!(
+                    upstream = %a.upstream.id,
+                    status,
+                    request_id = %ctx.request_id,
+                    "upstream refused the call: check its credential (api_key_env), its model_map and the vendor account; failing over"
+                );
+                if credential && !a.settled && a.upstream.state.record_failure(&ch.breaker, true) {
+                    METRICS
+                        .breaker_opened
+                        .with_label_values(&[&a.upstream.id])
+                        .inc();
+                    self.app.export_upstream_health();
+                }
+            }
+            self.fail_attempt(
+                ctx,
+                "upstream_refused",
+                                GatewayError::UpstreamFailed(format!(
+                    "The upstream serving this model refused the call (HTTP {status}); no other upstream could serve it."
+                )),
+                !credential,
+            );
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "upstream refused the call");
+            e.set_retry(self.can_retry(ctx));
+            return Err(e);
+        }
         if ctx.endpoint == Endpoint::CountTokens && status == 404 {
             // An Anthropic-compatible vendor without count_tokens: estimate instead (in
             // `fail_to_proxy`), or ask another Anthropic upstream.
@@ -1232,6 +1284,10 @@ impl ProxyHttp for Gateway {
             }
             // The usage chunk may be removed, so the length can change.
             resp.remove_header(&http::header::CONTENT_LENGTH);
+        } else if !translating && status >= 400 {
+            // The vendor's error in the caller's protocol: passed on whole, keys scrubbed.
+            ctx.scrub_error = true;
+            resp.remove_header(&http::header::CONTENT_LENGTH);
         } else if translating {
             // A whole answer or error in another protocol: converted when it is complete.
             ctx.translate_whole = true;
@@ -1309,6 +1365,19 @@ impl ProxyHttp for Gateway {
             }
             if end_of_stream {
                 *body = Some(Bytes::from(self.convert_whole(ctx)));
+            }
+        } else if ctx.scrub_error {
+            if let Some(chunk) = body.take() {
+                if ctx.response.len() + chunk.len() <= MAX_KEPT_RESPONSE {
+                    ctx.response.extend_from_slice(&chunk);
+                } else {
+                    ctx.response_truncated = true;
+                }
+            }
+            if end_of_stream {
+                *body = Some(Bytes::from(
+                    crate::protocol::scrub_secrets(&ctx.response).into_owned(),
+                ));
             }
         } else if let Some(meter) = ctx.meter.as_mut() {
             // Whole events pass through as the same `Bytes` (no copy); a partial trailing

@@ -1,0 +1,184 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Edge hardening (issue 14): upstreams that answer but refuse, vendor errors that quote the
+//! gateway's key, and client fields echoed without bound. Real gateway, mock vendors.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use tollgate::mock::Behavior;
+
+fn hello() -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_the_gateways_key_is_failed_over_and_ejected() {
+    let bad = mock().await;
+    let good = mock().await;
+    // The vendor account behind `bad` no longer takes the gateway's key: 401 on every call.
+    bad.require_key(Some("a-key-the-gateway-does-not-have".into()));
+    let gw = Gateway::start(&[Up::mock("bad", &bad), Up::mock("good", &good)], "", "").await;
+    for i in 0..20 {
+        let r = gw.chat(hello()).send().await.unwrap();
+        assert_eq!(r.status(), 200, "call {i}: {}", r.text().await.unwrap());
+    }
+    assert_eq!(good.stats().completed, 20);
+    // The refusals count against the upstream: its breaker opened, so it stopped drawing
+    // traffic long before 20 calls (the default threshold is a handful of failures).
+    let metrics = gw.metrics().await;
+    let refused = metric_value(
+        &metrics,
+        "tollgate_upstream_attempts_total{outcome=\"upstream_refused\",upstream=\"main/bad\"}",
+    );
+    assert!(
+        (1.0..20.0).contains(&refused),
+        "refused attempts: {refused}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_breaker_opened_total{upstream=\"main/bad\"}"
+        ),
+        1.0
+    );
+    // An operator-facing error is logged (log lines are written in batches: poll).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.log().contains("upstream refused the call") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no operator-facing error logged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // With no other upstream, the caller gets a 502 in its own shape, never the vendor's
+    // words about the gateway's key.
+    let only = mock().await;
+    only.require_key(Some("a-key-the-gateway-does-not-have".into()));
+    let gw = Gateway::start(&[Up::mock("only", &only)], "", "").await;
+    let r = gw.chat(hello()).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+    assert!(
+        !text.contains("Incorrect API key") && !text.contains("****"),
+        "{text}"
+    );
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &gw.key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    // The refusal opened the breaker at once: the next call finds no upstream in rotation.
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error", "Anthropic's shape: {v}");
+}
+
+#[tokio::test]
+async fn a_model_unknown_at_the_vendor_fails_over_to_an_upstream_that_has_it() {
+    let wrong = mock().await;
+    let right = mock().await;
+    // `wrong` answers 404 model_not_found (e.g. a stale model_map): the upstream's fault.
+    wrong.set_behavior(Behavior::StatusBody {
+        code: 404,
+        body: r#"{"error":{"message":"The model `mock-small` does not exist","type":"invalid_request_error","code":"model_not_found"}}"#.into(),
+    });
+    let gw = Gateway::start(
+        &[Up::mock("wrong", &wrong), Up::mock("right", &right)],
+        "",
+        "",
+    )
+    .await;
+    for _ in 0..6 {
+        let r = gw.chat(hello()).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(right.stats().completed, 6);
+}
+
+#[tokio::test]
+async fn vendor_errors_reach_the_caller_without_the_gateways_key() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    // A caller's fault (400) is passed on, with its code, but what looks like a key is not.
+    let body = r#"{"error":{"message":"Request too large for key sk-proj-****Qz7X (org-1). Retry with key sk-abcdefghijklmnop.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+    m.set_behavior(Behavior::StatusBody {
+        code: 400,
+        body: body.into(),
+    });
+    let r = gw.chat(hello()).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{text}");
+    assert_eq!(v["error"]["param"], "messages");
+    assert!(!text.contains("Qz7X") && !text.contains("sk-abc"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    // Translated for an Anthropic caller: same.
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &gw.key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("Qz7X") && text.contains("[redacted]"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn client_fields_are_echoed_and_logged_only_in_part() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let huge = "m".repeat(1 << 20);
+    let r = gw
+        .chat(json!({"model": huge, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 1024, "the 404 body is {} bytes", text.len());
+    let long_path = format!("/v1/{}", "p".repeat(4000));
+    let r = gw
+        .client
+        .get(gw.url(&long_path))
+        .bearer_auth(&gw.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().len() < 1024);
+    // The log lines of both stay small too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = gw.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("\"message\":\"request\""))
+            .collect();
+        if lines.len() >= 2 {
+            for l in lines {
+                assert!(l.len() < 2048, "a log line of {} bytes", l.len());
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no request log lines");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let evs = gw.usage_events(2).await;
+    for e in &evs {
+        assert!(e.to_string().len() < 2048, "{}", e.to_string().len());
+    }
+}
