@@ -24,34 +24,18 @@ const INSTALL: &str = "run scripts/install-clients";
 /// The clients' default model names are aliases: Claude's of `claude-x`, OpenAI's of `gpt-x`;
 /// two more of Codex's catalog ("responses lite") names are aliases of `gpt-chat`/`claude-x`.
 async fn gateway(m: &MockHandle) -> Gateway {
-    let (base, gem) = (m.base_url(), m.gemini_base_url());
+    let ups = protocol_upstreams(
+        m,
+        &ProtocolModels {
+            native: &["gpt-x"],
+            chat: &["gpt-chat"],
+            anthropic: &["claude-x"],
+            gemini: &["gemini-x"],
+        },
+    );
     let extra = format!(
         r#"
-[[channels.upstreams]]
-name = "native"
-base_url = "{base}"
-responses = true
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gpt-x"]
-[[channels.upstreams]]
-name = "chat"
-base_url = "{base}"
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gpt-chat"]
-[[channels.upstreams]]
-name = "anth"
-base_url = "{base}"
-protocol = "anthropic"
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["claude-x"]
-[[channels.upstreams]]
-name = "gem"
-base_url = "{gem}"
-protocol = "gemini"
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gemini-x"]
-
-[[models]]
+{ups}[[models]]
 name = "claude-x"
 vendor = "anthropic"
 aliases = ["claude-opus-5-5", "claude-sonnet-4-6", "claude-sonnet-4-5", "claude-haiku-4-5-20251001", "gpt-6-astra"]

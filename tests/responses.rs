@@ -13,35 +13,23 @@ use tollgate::mock::{Behavior, MockHandle};
 /// Channel `main`: gpt-4o on an upstream that speaks Responses (pass-through), gpt-4o-mini on
 /// a chat-only OpenAI upstream, claude-x on Anthropic, gemini-x on Gemini.
 async fn gateway(m: &MockHandle) -> Gateway {
-    let (base, gem) = (m.base_url(), m.gemini_base_url());
+    let ups = protocol_upstreams(
+        m,
+        &ProtocolModels {
+            native: &["gpt-4o"],
+            chat: &[
+                "gpt-4o-mini",
+                "text-embedding-3-small",
+                "plain-x",
+                "reasoner-x",
+            ],
+            anthropic: &["claude-x"],
+            gemini: &["gemini-x"],
+        },
+    );
     let extra = format!(
         r#"
-[[channels.upstreams]]
-name = "native"
-base_url = "{base}"
-responses = true
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gpt-4o"]
-[[channels.upstreams]]
-name = "chat"
-base_url = "{base}"
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gpt-4o-mini", "text-embedding-3-small", "plain-x", "reasoner-x"]
-model_map = {{ "gpt-4o-mini" = "mock-small" }}
-[[channels.upstreams]]
-name = "anth"
-base_url = "{base}"
-protocol = "anthropic"
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["claude-x"]
-[[channels.upstreams]]
-name = "gem"
-base_url = "{gem}"
-protocol = "gemini"
-api_key_env = "TEST_UPSTREAM_KEY"
-models = ["gemini-x"]
-
-[[models]]
+{ups}[[models]]
 name = "claude-x"
 vendor = "anthropic"
 max_output_tokens = 1000

@@ -20,7 +20,7 @@
 //! Auth: when a key is required, `x-api-key` must carry it (401 `authentication_error`).
 //! `anthropic-version` is required (400 without it), as on the real API.
 
-use super::http::{self, Conn, Head, CHUNKED_END};
+use super::http::{Conn, Head, CHUNKED_END};
 use super::openai::{
     count_tokens_async, js, pre_behavior, reply_pieces, request_id_header,
     write_body_with_behavior, write_response, SseOut, TOOL_ARGUMENTS,
@@ -30,7 +30,6 @@ use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tiktoken_rs::o200k_base_singleton;
 use tokio::io::AsyncWriteExt;
 
@@ -489,36 +488,16 @@ async fn stream_inner(
     sent: &mut u64,
     recorded: &mut bool,
 ) -> io::Result<bool> {
-    let cut = match behavior {
-        Behavior::CutStreamAfter { chunks } => Some(u64::from(*chunks)),
-        _ => None,
-    };
-    let slow = match behavior {
-        Behavior::SlowChunks { ms } => Some(Duration::from_millis(*ms)),
-        _ => None,
-    };
     let no_usage = *behavior == Behavior::NoUsage;
-    let fragmented = state.fragmented.load(Ordering::Relaxed);
-    let head = http::response_head(
-        200,
-        "text/event-stream; charset=utf-8",
-        None,
-        &[
-            ("cache-control", "no-cache".to_string()),
-            ("request-id", format!("req_{}", plan.id)),
-        ],
-        keep_alive,
-    );
-    let mut out = SseOut {
+    let (mut out, cut) = SseOut::start(
         conn,
-        buf: head,
-        fragmented,
-        slow,
-        events: 0,
-    };
-    if fragmented {
-        out.flush().await?;
-    }
+        state,
+        behavior,
+        "text/event-stream; charset=utf-8",
+        vec![("request-id", format!("req_{}", plan.id))],
+        keep_alive,
+    )
+    .await?;
     let start_usage = if no_usage {
         String::new()
     } else {

@@ -24,7 +24,7 @@
 //! Auth: when a key is required, `x-goog-api-key` or `?key=` must carry it (400
 //! `INVALID_ARGUMENT` "API key not valid", 403 `PERMISSION_DENIED` when absent).
 
-use super::http::{self, Conn, Head, CHUNKED_END};
+use super::http::{Conn, Head, CHUNKED_END};
 use super::openai::{
     count_tokens_async, js, pre_behavior, reply_pieces, write_body_with_behavior, SseOut,
     TOOL_ARGUMENTS,
@@ -34,7 +34,6 @@ use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tiktoken_rs::o200k_base_singleton;
 use tokio::io::AsyncWriteExt;
 
@@ -392,33 +391,16 @@ async fn write_stream(
     behavior: &Behavior,
     keep_alive: bool,
 ) -> io::Result<bool> {
-    let cut = match behavior {
-        Behavior::CutStreamAfter { chunks } => Some(u64::from(*chunks)),
-        _ => None,
-    };
-    let slow = match behavior {
-        Behavior::SlowChunks { ms } => Some(Duration::from_millis(*ms)),
-        _ => None,
-    };
     let no_usage = *behavior == Behavior::NoUsage;
-    let head = http::response_head(
-        200,
-        "text/event-stream",
-        None,
-        &[("cache-control", "no-cache".to_string())],
-        keep_alive,
-    );
-    let fragmented = state.fragmented.load(Ordering::Relaxed);
-    let mut out = SseOut {
+    let (mut out, cut) = SseOut::start(
         conn,
-        buf: head,
-        fragmented,
-        slow,
-        events: 0,
-    };
-    if fragmented {
-        out.flush().await?;
-    }
+        state,
+        behavior,
+        "text/event-stream",
+        Vec::new(),
+        keep_alive,
+    )
+    .await?;
     let mut sent = 0u64;
     let partial_usage = || (!no_usage).then(|| plan.usage_json(0, false));
     let mut chunks: Vec<(String, u64)> = Vec::new();

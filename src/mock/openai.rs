@@ -713,7 +713,43 @@ pub(crate) struct SseOut<'a> {
     pub events: usize,
 }
 
-impl SseOut<'_> {
+impl<'a> SseOut<'a> {
+    /// Starts an SSE answer (status 200, `content_type`, `no-cache` and `extra` headers) shaped
+    /// by `behavior`: `SlowChunks` paces the events, fragmented mode writes the head alone.
+    /// Also returns after how many content events a `CutStreamAfter` cuts the stream.
+    pub async fn start(
+        conn: &'a mut Conn,
+        state: &MockState,
+        behavior: &Behavior,
+        content_type: &str,
+        extra: Vec<(&'static str, String)>,
+        keep_alive: bool,
+    ) -> io::Result<(SseOut<'a>, Option<u64>)> {
+        let cut = match behavior {
+            Behavior::CutStreamAfter { chunks } => Some(u64::from(*chunks)),
+            _ => None,
+        };
+        let slow = match behavior {
+            Behavior::SlowChunks { ms } => Some(Duration::from_millis(*ms)),
+            _ => None,
+        };
+        let mut headers = vec![("cache-control", "no-cache".to_string())];
+        headers.extend(extra);
+        let head = http::response_head(200, content_type, None, &headers, keep_alive);
+        let fragmented = state.fragmented.load(Ordering::Relaxed);
+        let mut out = SseOut {
+            conn,
+            buf: head,
+            fragmented,
+            slow,
+            events: 0,
+        };
+        if fragmented {
+            out.flush().await?;
+        }
+        Ok((out, cut))
+    }
+
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.conn.stream.write_all(&self.buf).await?;
@@ -809,15 +845,6 @@ async fn chat_stream_inner(
     sent: &mut u64,
     recorded: &mut bool,
 ) -> io::Result<bool> {
-    let cut = match behavior {
-        Behavior::CutStreamAfter { chunks } => Some(u64::from(*chunks)),
-        _ => None,
-    };
-    let slow = match behavior {
-        Behavior::SlowChunks { ms } => Some(Duration::from_millis(*ms)),
-        _ => None,
-    };
-    let fragmented = state.fragmented.load(Ordering::Relaxed);
     let send_usage = plan.include_usage && *behavior != Behavior::NoUsage;
 
     let prefix = format!(
@@ -839,26 +866,15 @@ async fn chat_stream_inner(
         s
     };
 
-    let head = http::response_head(
-        200,
-        "text/event-stream; charset=utf-8",
-        None,
-        &[
-            ("cache-control", "no-cache".to_string()),
-            ("x-request-id", format!("req_{}", plan.id)),
-        ],
-        keep_alive,
-    );
-    let mut out = SseOut {
+    let (mut out, cut) = SseOut::start(
         conn,
-        buf: head,
-        fragmented,
-        slow,
-        events: 0,
-    };
-    if fragmented {
-        out.flush().await?;
-    }
+        state,
+        behavior,
+        "text/event-stream; charset=utf-8",
+        vec![("x-request-id", format!("req_{}", plan.id))],
+        keep_alive,
+    )
+    .await?;
 
     let (first, pieces, piece_choice): (String, &[String], fn(&str) -> String) = match &plan.reply
     {

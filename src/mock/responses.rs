@@ -8,7 +8,7 @@
 //! agent loops end). Behaviours apply as on chat completions; `CutStreamAfter` closes the
 //! socket after that many deltas, without `response.completed`.
 
-use super::http::{self, Conn, CHUNKED_END};
+use super::http::{Conn, CHUNKED_END};
 use super::openai::{
     count_tokens_async, pre_behavior, reply_pieces, status_error_json, unix_now,
     write_body_with_behavior, SseOut, DEFAULT_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS,
@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tiktoken_rs::o200k_base_singleton;
 
 fn push_text(v: &Value, out: &mut String) {
@@ -281,35 +280,16 @@ async fn write_stream(
     behavior: &Behavior,
     keep_alive: bool,
 ) -> io::Result<bool> {
-    let cut = match behavior {
-        Behavior::CutStreamAfter { chunks } => Some(*chunks as usize),
-        _ => None,
-    };
-    let slow = match behavior {
-        Behavior::SlowChunks { ms } => Some(Duration::from_millis(*ms)),
-        _ => None,
-    };
-    let head = http::response_head(
-        200,
-        "text/event-stream; charset=utf-8",
-        None,
-        &[
-            ("cache-control", "no-cache".to_string()),
-            ("x-request-id", format!("req_{}", plan.id)),
-        ],
-        keep_alive,
-    );
-    let fragmented = state.fragmented.load(Ordering::Relaxed);
-    let mut out = SseOut {
+    let (mut out, cut) = SseOut::start(
         conn,
-        buf: head,
-        fragmented,
-        slow,
-        events: 0,
-    };
-    if fragmented {
-        out.flush().await?;
-    }
+        state,
+        behavior,
+        "text/event-stream; charset=utf-8",
+        vec![("x-request-id", format!("req_{}", plan.id))],
+        keep_alive,
+    )
+    .await?;
+    let cut = cut.map(|c| c as usize);
     let mut seq = 0u64;
     let mut ev = |v: Value| {
         let mut v = v;

@@ -477,3 +477,42 @@ pub async fn fire(
     }
     out
 }
+
+/// The models each protocol's upstream serves in [`protocol_upstreams`].
+pub struct ProtocolModels<'a> {
+    /// OpenAI protocol, `responses = true`: `/v1/responses` passes through.
+    pub native: &'a [&'a str],
+    /// OpenAI chat completions only (gpt-4o-mini mapped to `mock-small` when listed).
+    pub chat: &'a [&'a str],
+    pub anthropic: &'a [&'a str],
+    pub gemini: &'a [&'a str],
+}
+
+/// Channel upstreams named `native`, `chat`, `anth` and `gem`, one per protocol, on mock `m`.
+pub fn protocol_upstreams(m: &MockHandle, models: &ProtocolModels<'_>) -> String {
+    let list = |l: &[&str]| serde_json::to_string(l).unwrap();
+    let up = |name: &str, base: String, protocol: &str, extra: &str, l: &[&str]| {
+        format!(
+            "[[channels.upstreams]]\nname = \"{name}\"\nbase_url = \"{base}\"\nprotocol = \"{protocol}\"\napi_key_env = \"TEST_UPSTREAM_KEY\"\nmodels = {}\n{extra}",
+            list(l)
+        )
+    };
+    let map = if models.chat.contains(&"gpt-4o-mini") {
+        "model_map = { \"gpt-4o-mini\" = \"mock-small\" }\n"
+    } else {
+        ""
+    };
+    [
+        up(
+            "native",
+            m.base_url(),
+            "openai",
+            "responses = true\n",
+            models.native,
+        ),
+        up("chat", m.base_url(), "openai", map, models.chat),
+        up("anth", m.base_url(), "anthropic", "", models.anthropic),
+        up("gem", m.gemini_base_url(), "gemini", "", models.gemini),
+    ]
+    .concat()
+}
