@@ -457,6 +457,39 @@ async fn openai_responses_sdk() {
     }
 }
 
+/// The openai Node SDK's responses.create, plain and streamed, each a function-tool loop, on the
+/// pass-through model and on a Gemini one (translated).
+#[tokio::test]
+async fn openai_node_responses_sdk() {
+    let node = node();
+    let clients = root().join(".clients");
+    assert!(
+        clients.join("node_modules/openai/package.json").exists(),
+        "npm package openai is missing: {INSTALL}"
+    );
+    let m = mock().await;
+    let gw = gateway(&m).await;
+    for (model, upstream) in [("gpt-5.5", "native"), ("gemini-x", "gem")] {
+        let home = tempfile::tempdir().unwrap();
+        let label = format!("responses_node.mjs ({model})");
+        let mut cmd = client(&node, home.path());
+        cmd.arg(root().join("tests/clients/responses_node.mjs"))
+            .env("TOLLGATE_BASE_URL", gw.url("/v1"))
+            .env("TOLLGATE_KEY", &gw.key)
+            .env("TOLLGATE_MODEL", model)
+            .env("TOLLGATE_EXPECT_TOOL", "1")
+            .env("TOLLGATE_CLIENTS_DIR", &clients);
+        let out = run(&label, cmd, &gw).await;
+        assert!(
+            stdout(&out).contains("mock reply"),
+            "{label}: {}",
+            stdout(&out)
+        );
+        let evs = check_events(&gw, model, 4, "responses", upstream).await;
+        half_streamed(&label, &evs);
+    }
+}
+
 /// The Vercel AI SDK: generateText and streamText with a tool through the OpenAI provider's
 /// default (Responses API, default model) and through the Anthropic provider (Messages).
 #[tokio::test]
