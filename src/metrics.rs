@@ -40,6 +40,9 @@ pub struct Metrics {
     pub endpoint_requests: IntCounterVec,
     /// `endpoint_requests{status="200"}` of the generation endpoints, resolved once.
     pub endpoint_ok: [IntCounter; 3],
+    /// Admin API authentications refused: `invalid` (a wrong token), `throttled` (refused
+    /// without a check: too many wrong tokens from that address).
+    pub admin_auth_failures: IntCounterVec,
 }
 
 /// The endpoints whose 200s are pre-resolved in `Metrics::endpoint_ok`, in that order.
@@ -143,6 +146,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(endpoint_requests.clone()))?;
     let endpoint_ok = OK_ENDPOINTS.map(|e| endpoint_requests.with_label_values(&[e, "200"]));
+    let admin_auth_failures = IntCounterVec::new(
+        Opts::new(
+            "tollgate_admin_auth_failures_total",
+            "Admin API authentications refused, by reason (invalid, throttled)",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(admin_auth_failures.clone()))?;
     registry.register(Box::new(attempts.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(ttft.clone()))?;
@@ -205,6 +216,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         requests,
         endpoint_requests,
         endpoint_ok,
+        admin_auth_failures,
         attempts,
         duration,
         ttft,

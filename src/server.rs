@@ -471,7 +471,13 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     );
     gateway.add_tcp(&server_settings.listen);
 
-    let mut admin = Service::new("tollgate admin".to_string(), AdminApi { app: app.clone() });
+    let mut admin = Service::new(
+        "tollgate admin".to_string(),
+        AdminApi {
+            app: app.clone(),
+            auth_throttle: Default::default(),
+        },
+    );
     admin.add_tcp(&admin_listen);
 
     let watcher = background_service(

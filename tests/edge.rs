@@ -182,3 +182,50 @@ async fn client_fields_are_echoed_and_logged_only_in_part() {
         assert!(e.to_string().len() < 2048, "{}", e.to_string().len());
     }
 }
+
+#[tokio::test]
+async fn wrong_admin_tokens_are_throttled_per_address_logged_and_counted() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let get = |token: &str| {
+        gw.client
+            .get(gw.admin_url("/admin/tenants"))
+            .bearer_auth(token)
+            .send()
+    };
+    for i in 0..10 {
+        let r = get(&format!("guess-{i}")).await.unwrap();
+        assert_eq!(r.status(), 401, "guess {i}");
+    }
+    // The eleventh try from this address is refused without a check, even the right token,
+    // until the window ends: guessing gets no answer.
+    let r = get("guess-10").await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "retry-after {wait}");
+    assert_eq!(get(ADMIN_TOKEN).await.unwrap().status(), 429);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_admin_auth_failures_total{reason=\"invalid\"}"
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_admin_auth_failures_total{reason=\"throttled\"}"
+        ),
+        2.0
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.log().contains("invalid admin token") {
+        assert!(std::time::Instant::now() < deadline, "failures are logged");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

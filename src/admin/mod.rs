@@ -17,7 +17,7 @@ use crate::billing::ledger::{BalanceView, EntryKind, LedgerEntry};
 use crate::billing::pricing;
 use crate::config::reload;
 use crate::error::GatewayError;
-use crate::metrics;
+use crate::metrics::{self, METRICS};
 use crate::routing::upstream::BreakerState;
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::store::LimitSubject;
@@ -46,6 +46,52 @@ const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 pub struct AdminApi {
     pub app: Arc<App>,
+    pub auth_throttle: AuthThrottle,
+}
+
+/// Wrong admin tokens from one address within this window...
+const AUTH_WINDOW_MS: u64 = 60_000;
+/// ...beyond this many, and the address is refused (429) until the window ends.
+const AUTH_MAX_FAILURES: u32 = 10;
+/// Addresses remembered at most (the oldest windows are dropped first when full).
+const AUTH_MAX_ADDRESSES: usize = 10_000;
+
+/// Failed admin authentications per source address: a token cannot be guessed at speed
+/// (without it, 300 tries took 0.1 s).
+#[derive(Default)]
+pub struct AuthThrottle {
+    failures: std::sync::Mutex<crate::FastMap<std::net::IpAddr, (u64, u32)>>,
+}
+
+impl AuthThrottle {
+    /// `Err(seconds to wait)` while `ip` is locked out.
+    fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), u64> {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&ip) {
+            Some(&(start, n)) if n >= AUTH_MAX_FAILURES && now_ms < start + AUTH_WINDOW_MS => {
+                Err((start + AUTH_WINDOW_MS - now_ms).div_ceil(1000))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, ip: std::net::IpAddr, now_ms: u64) -> u32 {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= AUTH_MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, (start, _)| now_ms < *start + AUTH_WINDOW_MS);
+            if map.len() >= AUTH_MAX_ADDRESSES {
+                if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let e = map.entry(ip).or_insert((now_ms, 0));
+        if now_ms >= e.0 + AUTH_WINDOW_MS {
+            *e = (now_ms, 0);
+        }
+        e.1 += 1;
+        e.1
+    }
 }
 
 fn reply(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -108,7 +154,13 @@ fn credited_body(
 fn error_reply(e: &GatewayError) -> Response<Vec<u8>> {
     let v: serde_json::Value =
         serde_json::from_slice(&e.openai_body()).unwrap_or(serde_json::Value::Null);
-    reply(e.status(), v)
+    let mut r = reply(e.status(), v);
+    if let Some(s) = e.retry_after() {
+        if let Ok(h) = http::HeaderValue::from_str(&s.to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, h);
+        }
+    }
+    r
 }
 
 fn store_error(e: StoreError) -> GatewayError {
@@ -440,6 +492,38 @@ fn positive_nano(credits: Decimal, field: &str) -> Result<i64, GatewayError> {
 impl AdminApi {
     /// The operator (the configured token) or a tenant user (a user token from the store).
     async fn principal(&self, session: &ServerSession) -> Result<Principal, GatewayError> {
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
+        if let Some(ip) = ip {
+            if let Err(wait) = self.auth_throttle.check(ip, now_ms) {
+                METRICS
+                    .admin_auth_failures
+                    .with_label_values(&["throttled"])
+                    .inc();
+                return Err(GatewayError::RateLimited {
+                    message: format!(
+                        "Too many invalid admin tokens from this address. Retry in {wait} s."
+                    ),
+                    retry_after: wait,
+                });
+            }
+        }
+        let result = self.check_token(session).await;
+        if let (Err(GatewayError::InvalidKey(_)), Some(ip)) = (&result, ip) {
+            let n = self.auth_throttle.failed(ip, now_ms);
+            METRICS
+                .admin_auth_failures
+                .with_label_values(&["invalid"])
+                .inc();
+            tracing::warn!(client = %ip, failures = n, "invalid admin token");
+        }
+        result
+    }
+
+    async fn check_token(&self, session: &ServerSession) -> Result<Principal, GatewayError> {
         let presented = session
             .get_header(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
