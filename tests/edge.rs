@@ -229,3 +229,57 @@ async fn wrong_admin_tokens_are_throttled_per_address_logged_and_counted() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Raw HTTP/1.1 on one socket: what comes back for `request` (read until the server closes or
+/// goes quiet for 1 s).
+fn raw_exchange(port: u16, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_framing_error_closes_the_connection() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let smuggled = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        gw.key
+    );
+    for bad_chunk in [
+        "zz\r\n",
+        "-1\r\n",
+        "5\r\nhello-world\r\n",
+        &format!("{}\r\n", "f".repeat(40)),
+    ] {
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{bad_chunk}{smuggled}",
+            gw.key
+        );
+        let port = gw.port;
+        let out = tokio::task::spawn_blocking(move || raw_exchange(port, req.as_bytes()))
+            .await
+            .unwrap();
+        let answers = out.matches("HTTP/1.1 ").count();
+        assert_eq!(
+            answers, 1,
+            "{bad_chunk:?}: the bytes after a bad chunk are not a request: {out}"
+        );
+        assert!(out.starts_with("HTTP/1.1 400"), "{bad_chunk:?}: {out}");
+        assert!(
+            out.to_ascii_lowercase().contains("connection: close"),
+            "{bad_chunk:?}: {out}"
+        );
+    }
+}

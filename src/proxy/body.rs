@@ -69,10 +69,13 @@ pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, 
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(GatewayError::bad_request(format!(
-                    "The request body could not be read: {:?}",
-                    e.etype()
-                )));
+                return Err(GatewayError::bad_request(match e.etype() {
+                    pingora_error::ErrorType::InvalidHTTPHeader
+                    | pingora_error::ErrorType::Custom(_) => {
+                        "The request body is not valid: its framing (chunked encoding or length) is broken."
+                    }
+                    _ => "The request body could not be read.",
+                }));
             }
         }
     }

@@ -109,6 +109,8 @@ pub struct RequestCtx {
     pub translate_whole: bool,
     /// A vendor error passed through: kept whole and scrubbed of key-like words at its end.
     pub scrub_error: bool,
+    /// The request body could not be read whole: the answer closes the connection.
+    pub close_connection: bool,
     pub upstream_status: u16,
     /// Anthropic headers of the caller, forwarded to Anthropic upstreams.
     pub anthropic_version: Option<String>,
@@ -174,6 +176,7 @@ impl RequestCtx {
             translator: None,
             translate_whole: false,
             scrub_error: false,
+            close_connection: false,
             upstream_status: 0,
             anthropic_version: None,
             anthropic_beta: None,

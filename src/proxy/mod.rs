@@ -249,7 +249,9 @@ impl Gateway {
                 })?;
         }
 
-        let raw = body::read_bounded(session, cfg.server.max_body_bytes).await?;
+        let raw = body::read_bounded(session, cfg.server.max_body_bytes)
+            .await
+            .inspect_err(|_| ctx.close_connection = true)?;
 
         // What the credit hold needs to know of the prompt (`billing::hold`).
         let mut shape = crate::billing::hold::PromptShape {
@@ -924,13 +926,16 @@ impl ProxyHttp for Gateway {
             Ok(Admitted::Answered) => Ok(true),
             Err(e) => {
                 ctx.status = e.status();
+                // A body left partly unread (refused before it was read, or badly framed)
+                // leaves bytes on the socket that must not be read as the next request.
+                let close = ctx.close_connection || !session.as_mut().is_body_done();
                 write_json(
                     session,
                     ctx,
                     e.status(),
                     e.body_for(ctx.inbound),
                     e.retry_after(),
-                    false,
+                    close,
                 )
                 .await;
                 ctx.error = Some(e);
