@@ -462,10 +462,16 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     let mut gateway = Service::new(
         "tollgate gateway".to_string(),
         Draining {
-            inner: Arc::new(pingora_proxy::http_proxy(
-                &server.configuration,
-                Gateway::new(app.clone()),
-            )),
+            inner: Arc::new({
+                let mut proxy =
+                    pingora_proxy::http_proxy(&server.configuration, Gateway::new(app.clone()));
+                let mut options = pingora_core::apps::HttpServerOptions::default();
+                // Pingora counts reuses: the first request plus `limit` more.
+                options.keepalive_request_limit =
+                    Some(server_settings.keepalive_requests.saturating_sub(1));
+                proxy.server_options = Some(options);
+                proxy
+            }),
             settle,
         },
     );

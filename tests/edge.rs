@@ -283,3 +283,82 @@ async fn a_body_framing_error_closes_the_connection() {
         );
     }
 }
+
+#[tokio::test]
+async fn idle_keepalive_connections_are_closed_and_requests_per_connection_capped() {
+    use std::io::{Read, Write};
+    let m = mock().await;
+    let gw = Gateway::start_with_server_extra(
+        &[Up::mock("m", &m)],
+        "",
+        "",
+        "keepalive_timeout_seconds = 1\nkeepalive_requests = 3",
+    )
+    .await;
+    let port = gw.port;
+    let key = gw.key.clone();
+    tokio::task::spawn_blocking(move || {
+        let req =
+            format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n");
+        let read_answer = |s: &mut std::net::TcpStream| {
+            // One whole answer: the head, then Content-Length bytes.
+            let mut got = Vec::new();
+            let mut b = [0u8; 1];
+            while !got.ends_with(b"\r\n\r\n") {
+                assert_eq!(
+                    s.read(&mut b).unwrap(),
+                    1,
+                    "answer cut: {}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.push(b[0]);
+            }
+            let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).unwrap();
+            head
+        };
+        // Idle: the connection is closed about a second after the answer.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        read_answer(&mut s);
+        let t = std::time::Instant::now();
+        let mut b = [0u8; 1];
+        assert_eq!(
+            s.read(&mut b).unwrap_or(0),
+            0,
+            "the idle connection is closed"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "closed after {:?}",
+            t.elapsed()
+        );
+        // Requests per connection: the third answer says close, and the connection ends.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        for i in 1..=3 {
+            s.write_all(req.as_bytes()).unwrap();
+            let head = read_answer(&mut s);
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert_eq!(
+                head.contains("connection: close"),
+                i == 3,
+                "answer {i}: {head}"
+            );
+        }
+        assert_eq!(s.read(&mut b).unwrap_or(0), 0);
+    })
+    .await
+    .unwrap();
+}

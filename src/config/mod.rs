@@ -41,6 +41,9 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     pub pid_file: String,
     pub ca_file: Option<String>,
+    /// Idle time between requests after which a client connection is closed (seconds).
+    pub keepalive_timeout_seconds: u64,
+    pub keepalive_requests: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -733,7 +736,18 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         upgrade_sock,
         pid_file,
         ca_file,
+        keepalive_timeout_seconds,
+        keepalive_requests,
     } = s;
+    if keepalive_timeout_seconds == 0 || keepalive_timeout_seconds > 86_400 {
+        return Err(invalid(
+            "server.keepalive_timeout_seconds",
+            "must be between 1 and 86400",
+        ));
+    }
+    if keepalive_requests == 0 {
+        return Err(invalid("server.keepalive_requests", "must be at least 1"));
+    }
     if listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(invalid(
             "server.listen",
@@ -768,6 +782,8 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         upgrade_sock: upgrade_sock.unwrap_or_else(|| "/tmp/tollgate_upgrade.sock".into()),
         pid_file: pid_file.unwrap_or_else(|| "/tmp/tollgate.pid".into()),
         ca_file,
+        keepalive_timeout_seconds,
+        keepalive_requests,
     })
 }
 

@@ -60,6 +60,22 @@ pub struct ServerSection {
     /// Extra CA certificates (PEM) trusted for upstream TLS, besides the system's.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// A client connection idle between requests this long is closed (nginx
+    /// `keepalive_timeout`: 75 s).
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_seconds: u64,
+    /// Requests served on one client connection before it is closed (nginx
+    /// `keepalive_requests`: 1000); read at start.
+    #[serde(default = "default_keepalive_requests")]
+    pub keepalive_requests: u32,
+}
+
+fn default_keepalive_timeout() -> u64 {
+    75
+}
+
+fn default_keepalive_requests() -> u32 {
+    1000
 }
 
 impl Default for ServerSection {
@@ -73,6 +89,8 @@ impl Default for ServerSection {
             upgrade_sock: None,
             pid_file: None,
             ca_file: None,
+            keepalive_timeout_seconds: default_keepalive_timeout(),
+            keepalive_requests: default_keepalive_requests(),
         }
     }
 }

@@ -87,6 +87,16 @@ impl Gateway {
     ) -> std::result::Result<Admitted, GatewayError> {
         let cfg = self.app.config();
         ctx.config = Some(cfg.clone());
+        // Pingora keeps an idle HTTP/1.1 connection forever; this bounds the wait for the next
+        // request (a `Connection: close` answer overrides it).
+        if session.get_keepalive().is_some() {
+            if session.get_keepalive_reuses_remaining() == Some(0) {
+                // The connection's last request (`keepalive_requests`): say so in the answer.
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(cfg.server.keepalive_timeout_seconds));
+            }
+        }
 
         let (endpoint, method_ok) = {
             let req = session.req_header();
@@ -917,6 +927,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         METRICS.inflight.inc();
         ctx.counted_inflight = true;
+
         let t0 = Instant::now();
         match self.admit(session, ctx).await {
             Ok(Admitted::Proxy) => {
