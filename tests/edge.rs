@@ -362,3 +362,68 @@ async fn idle_keepalive_connections_are_closed_and_requests_per_connection_cappe
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_in_order() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"first"}]}"#;
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.key,
+        body.len()
+    );
+    req.push_str(&format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        gw.key
+    ));
+    req.push_str(&format!(
+        "GET /v1/nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        gw.key
+    ));
+    let port = gw.port;
+    let out = tokio::task::spawn_blocking(move || raw_exchange(port, req.as_bytes()))
+        .await
+        .unwrap();
+    let statuses: Vec<&str> = out
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &out[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "404"], "{out}");
+    assert!(out.find("mock reply").unwrap() < out.find("\"object\":\"list\"").unwrap());
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use std::io::{Read, Write};
+    let m = mock().await;
+    // The answer takes a moment: the FIN arrives while the upstream is working.
+    m.set_behavior(Behavior::Delay { ms: 300 });
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.key,
+        body.len()
+    );
+    let port = gw.port;
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("mock reply"), "{out}");
+    // Served and charged once.
+    let evs = gw.usage_events(1).await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["status"], 200);
+    assert!(evs[0]["cost_nano"].as_i64().unwrap() > 0);
+}

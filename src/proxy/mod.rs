@@ -90,6 +90,12 @@ impl Gateway {
         // Pingora keeps an idle HTTP/1.1 connection forever; this bounds the wait for the next
         // request (a `Connection: close` answer overrides it).
         if session.get_keepalive().is_some() {
+            // Requests sent before the previous answer arrived are served in order (RFC 9112
+            // 9.3.2), not dropped.
+            session.set_pipelining_enabled(true);
+            // A client that half-closes after its request (FIN) still gets the answer (RFC
+            // 9112 9.6); one that is gone shows when the answer's first write fails.
+            session.set_abort_on_close(false);
             if session.get_keepalive_reuses_remaining() == Some(0) {
                 // The connection's last request (`keepalive_requests`): say so in the answer.
                 session.set_keepalive(None);
