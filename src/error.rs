@@ -43,6 +43,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request's headers exceed `server.max_header_bytes` or `server.max_headers`.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// A WebSocket upgrade of the Responses API: served over HTTP only (426 makes Codex fall
     /// back to HTTP at once).
     #[error("{0}")]
@@ -85,6 +88,7 @@ impl GatewayError {
             GatewayError::ModelNotFound(_) | GatewayError::NotFound(_) => 404,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::UpgradeRequired(_) => 426,
+            GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::LengthRequired(_) => 411,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UpstreamRateLimited { .. } => 429,
@@ -108,6 +112,7 @@ impl GatewayError {
             | GatewayError::NotFound(_)
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::UpgradeRequired(_)
+            | GatewayError::HeadersTooLarge(_)
             | GatewayError::LengthRequired(_)
             | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
             GatewayError::UpstreamRateLimited { .. } | GatewayError::RateLimited { .. } => {
@@ -137,6 +142,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::UpgradeRequired(_) => "websocket_not_supported",
+            GatewayError::HeadersTooLarge(_) => "request_header_fields_too_large",
             GatewayError::LengthRequired(_) => "length_required",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",

@@ -427,3 +427,37 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     assert_eq!(evs[0]["status"], 200);
     assert!(evs[0]["cost_nano"].as_i64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_are_a_431_that_closes() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let big = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Big: {}\r\n\r\n",
+        gw.key,
+        "a".repeat(100 * 1024)
+    );
+    let mut many = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
+        gw.key
+    );
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    for req in [big, many] {
+        let port = gw.port;
+        let out = tokio::task::spawn_blocking(move || raw_exchange(port, req.as_bytes()))
+            .await
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 431"),
+            "{}",
+            &out[..out.len().min(300)]
+        );
+        assert!(out.to_ascii_lowercase().contains("connection: close"));
+        assert!(out.contains("request_header_fields_too_large"));
+    }
+    // Ordinary requests are untouched.
+    assert_eq!(gw.chat(hello()).send().await.unwrap().status(), 200);
+}

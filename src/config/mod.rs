@@ -44,6 +44,8 @@ pub struct ServerSettings {
     /// Idle time between requests after which a client connection is closed (seconds).
     pub keepalive_timeout_seconds: u64,
     pub keepalive_requests: u32,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -738,7 +740,21 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         ca_file,
         keepalive_timeout_seconds,
         keepalive_requests,
+        max_header_bytes,
+        max_headers,
     } = s;
+    if !(1024..=1_048_575).contains(&max_header_bytes) {
+        return Err(invalid(
+            "server.max_header_bytes",
+            "must be between 1024 and 1048575 (Pingora reads at most 1 MiB of headers)",
+        ));
+    }
+    if !(8..=256).contains(&max_headers) {
+        return Err(invalid(
+            "server.max_headers",
+            "must be between 8 and 256 (Pingora parses at most 256)",
+        ));
+    }
     if keepalive_timeout_seconds == 0 || keepalive_timeout_seconds > 86_400 {
         return Err(invalid(
             "server.keepalive_timeout_seconds",
@@ -784,6 +800,8 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         ca_file,
         keepalive_timeout_seconds,
         keepalive_requests,
+        max_header_bytes,
+        max_headers,
     })
 }
 

@@ -68,6 +68,21 @@ pub struct ServerSection {
     /// `keepalive_requests`: 1000); read at start.
     #[serde(default = "default_keepalive_requests")]
     pub keepalive_requests: u32,
+    /// Largest request head (request line and headers) accepted, in bytes (431 beyond;
+    /// nginx 32 KiB, Envoy 60 KiB).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (431 beyond; Envoy 100).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
 }
 
 fn default_keepalive_timeout() -> u64 {
@@ -91,6 +106,8 @@ impl Default for ServerSection {
             ca_file: None,
             keepalive_timeout_seconds: default_keepalive_timeout(),
             keepalive_requests: default_keepalive_requests(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
         }
     }
 }

@@ -104,6 +104,31 @@ impl Gateway {
             }
         }
 
+        {
+            let req = session.req_header();
+            let lim = &cfg.server;
+            if req.headers.len() > lim.max_headers {
+                ctx.close_connection = true;
+                return Err(GatewayError::HeadersTooLarge(format!(
+                    "The request has {} headers; at most {} are accepted.",
+                    req.headers.len(),
+                    lim.max_headers
+                )));
+            }
+            let head_bytes = req.uri.path_and_query().map_or(0, |p| p.as_str().len())
+                + req
+                    .headers
+                    .iter()
+                    .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                    .sum::<usize>();
+            if head_bytes > lim.max_header_bytes {
+                ctx.close_connection = true;
+                return Err(GatewayError::HeadersTooLarge(format!(
+                    "The request's headers are {head_bytes} bytes; at most {} are accepted.",
+                    lim.max_header_bytes
+                )));
+            }
+        }
         let (endpoint, method_ok) = {
             let req = session.req_header();
             let full = req.uri.path();
