@@ -43,6 +43,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The gateway is at a resource budget (buffered request bodies): retry shortly.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: u64 },
     /// The request's headers exceed `server.max_header_bytes` or `server.max_headers`.
     #[error("{0}")]
     HeadersTooLarge(String),
@@ -89,6 +92,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::UpgradeRequired(_) => 426,
             GatewayError::HeadersTooLarge(_) => 431,
+            GatewayError::Overloaded { .. } => 503,
             GatewayError::LengthRequired(_) => 411,
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UpstreamRateLimited { .. } => 429,
@@ -120,6 +124,7 @@ impl GatewayError {
             }
             GatewayError::NoUpstream(_)
             | GatewayError::CreditUnavailable(_)
+            | GatewayError::Overloaded { .. }
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::Internal(_) => "api_error",
@@ -148,6 +153,7 @@ impl GatewayError {
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
             GatewayError::NoUpstream(_) => "no_upstream_available",
             GatewayError::CreditUnavailable(_) => "credit_bank_unavailable",
+            GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::Internal(_) => "internal_error",
@@ -158,6 +164,7 @@ impl GatewayError {
         match self {
             GatewayError::UpstreamRateLimited { retry_after, .. } => *retry_after,
             GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            GatewayError::Overloaded { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

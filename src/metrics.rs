@@ -43,6 +43,10 @@ pub struct Metrics {
     /// Admin API authentications refused: `invalid` (a wrong token), `throttled` (refused
     /// without a check: too many wrong tokens from that address).
     pub admin_auth_failures: IntCounterVec,
+    /// Requests refused because the buffered-body budget was spent.
+    pub body_budget_refusals: IntCounter,
+    /// Bytes of request bodies held now (twice each body's length, see `proxy::body`).
+    pub buffered_body_bytes: IntGauge,
 }
 
 /// The endpoints whose 200s are pre-resolved in `Metrics::endpoint_ok`, in that order.
@@ -154,6 +158,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["reason"],
     )?;
     registry.register(Box::new(admin_auth_failures.clone()))?;
+    let body_budget_refusals = IntCounter::new(
+        "tollgate_body_budget_refusals_total",
+        "Requests refused (503) because request bodies held in memory reached server.max_buffered_body_bytes",
+    )?;
+    registry.register(Box::new(body_budget_refusals.clone()))?;
+    let buffered_body_bytes = IntGauge::new(
+        "tollgate_buffered_body_bytes",
+        "Request body bytes held in memory now (bodies over 64 KiB, counted twice)",
+    )?;
+    registry.register(Box::new(buffered_body_bytes.clone()))?;
     registry.register(Box::new(attempts.clone()))?;
     registry.register(Box::new(duration.clone()))?;
     registry.register(Box::new(ttft.clone()))?;
@@ -217,6 +231,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         endpoint_requests,
         endpoint_ok,
         admin_auth_failures,
+        body_budget_refusals,
+        buffered_body_bytes,
         attempts,
         duration,
         ttft,
@@ -290,6 +306,9 @@ pub static METRICS: LazyLock<Metrics> =
 
 /// The text exposition of every metric.
 pub fn render() -> Vec<u8> {
+    METRICS
+        .buffered_body_bytes
+        .set(crate::proxy::body::BodyHold::in_use() as i64);
     let mut buf = Vec::with_capacity(16 * 1024);
     let families = METRICS.registry.gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {

@@ -18,7 +18,12 @@ async fn an_upstream_that_refuses_the_gateways_key_is_failed_over_and_ejected() 
     let good = mock().await;
     // The vendor account behind `bad` no longer takes the gateway's key: 401 on every call.
     bad.require_key(Some("a-key-the-gateway-does-not-have".into()));
-    let gw = Gateway::start(&[Up::mock("bad", &bad), Up::mock("good", &good)], "", "").await;
+    // `bad` draws nearly all traffic while it looks healthy (it answers fast).
+    let heavy = Up {
+        weight: 100,
+        ..Up::mock("bad", &bad)
+    };
+    let gw = Gateway::start(&[heavy, Up::mock("good", &good)], "", "").await;
     for i in 0..20 {
         let r = gw.chat(hello()).send().await.unwrap();
         assert_eq!(r.status(), 200, "call {i}: {}", r.text().await.unwrap());
@@ -459,5 +464,54 @@ async fn oversized_or_too_many_headers_are_a_431_that_closes() {
         assert!(out.contains("request_header_fields_too_large"));
     }
     // Ordinary requests are untouched.
+    assert_eq!(gw.chat(hello()).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn request_bodies_held_in_memory_have_a_global_budget() {
+    let m = mock().await;
+    // One 30 MB body counts 60 MB: a budget of 80 MB holds one at a time.
+    let gw = Gateway::start_with_server_extra(
+        &[Up::mock("m", &m)],
+        "",
+        "",
+        "max_buffered_body_bytes = 80000000",
+    )
+    .await;
+    m.set_behavior(Behavior::Delay { ms: 1500 });
+    let big = |tag: &str| {
+        json!({"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": format!("{tag} {}", "x ".repeat(15_000_000))}]})
+    };
+    let first = {
+        let req = gw.chat(big("first"));
+        tokio::spawn(async move { req.send().await.unwrap().status() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    // A client that asks before sending its body (`Expect: 100-continue`) hears the 503 at
+    // once; one that sends it anyway has its connection closed, as for a 413.
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 30000100\r\nExpect: 100-continue\r\n\r\n",
+        gw.key
+    );
+    let port = gw.port;
+    let out = tokio::task::spawn_blocking(move || raw_exchange(port, req.as_bytes()))
+        .await
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("retry-after: 1"), "{out}");
+    assert!(out.contains("\"code\":\"overloaded\""), "{out}");
+    assert_eq!(first.await.unwrap(), 200);
+    // Given back when the request ended: the next one fits.
+    m.set_behavior(Behavior::Normal);
+    let r = gw.chat(big("third")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "tollgate_body_budget_refusals_total"),
+        1.0
+    );
+    assert_eq!(metric_value(&metrics, "tollgate_buffered_body_bytes"), 0.0);
+    // Small bodies never count.
     assert_eq!(gw.chat(hello()).send().await.unwrap().status(), 200);
 }

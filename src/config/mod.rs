@@ -46,6 +46,7 @@ pub struct ServerSettings {
     pub keepalive_requests: u32,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub max_buffered_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -742,7 +743,14 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         keepalive_requests,
         max_header_bytes,
         max_headers,
+        max_buffered_body_bytes,
     } = s;
+    if max_buffered_body_bytes < max_body_bytes.saturating_mul(2) {
+        return Err(invalid(
+            "server.max_buffered_body_bytes",
+            "must be at least twice server.max_body_bytes (one largest body must fit)",
+        ));
+    }
     if !(1024..=1_048_575).contains(&max_header_bytes) {
         return Err(invalid(
             "server.max_header_bytes",
@@ -802,6 +810,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         keepalive_requests,
         max_header_bytes,
         max_headers,
+        max_buffered_body_bytes,
     })
 }
 

@@ -75,6 +75,14 @@ pub struct ServerSection {
     /// Most request headers accepted (431 beyond; Envoy 100).
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Memory all request bodies over 64 KiB may take at once (each counts twice its length);
+    /// a body that does not fit is answered 503 with Retry-After.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_body_bytes: usize,
+}
+
+fn default_max_buffered() -> usize {
+    256 * 1024 * 1024
 }
 
 fn default_max_header_bytes() -> usize {
@@ -108,6 +116,7 @@ impl Default for ServerSection {
             keepalive_requests: default_keepalive_requests(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            max_buffered_body_bytes: default_max_buffered(),
         }
     }
 }

@@ -19,7 +19,60 @@ use pingora_proxy::Session;
 /// Pingora's retry buffer capacity (`BODY_BUF_LIMIT` in pingora-core).
 pub const RETRY_BUFFER: usize = 64 * 1024;
 
-pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+/// Bytes of request bodies held in memory right now, as counted by [`BodyHold`]s.
+static BUFFERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A request body's share of the global budget (`server.max_buffered_body_bytes`), given back
+/// when the request ends. A body is held about twice while it is sent (the caller's bytes and
+/// the rewritten or translated copy), so it counts twice its length. Bodies up to 64 KiB
+/// (every chunked body, and the common call) are not counted: their memory is bounded by the
+/// connections.
+#[derive(Debug)]
+pub struct BodyHold(usize);
+
+impl BodyHold {
+    fn take(bytes: usize, budget: usize) -> Result<BodyHold, GatewayError> {
+        use std::sync::atomic::Ordering;
+        let mut cur = BUFFERED.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(bytes) > budget {
+                crate::metrics::METRICS.body_budget_refusals.inc();
+                return Err(GatewayError::Overloaded {
+                    message: "The gateway is holding as many request bodies as its memory budget allows; retry shortly.".into(),
+                    retry_after: 1,
+                });
+            }
+            match BUFFERED.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(BodyHold(bytes)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Bytes of request bodies held now (for the gauge).
+    pub fn in_use() -> usize {
+        BUFFERED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Reads the whole body (at most `limit` bytes). A body above 64 KiB first takes its share of
+/// `budget` (503 when the budget is spent), kept in the returned hold until the request ends.
+pub async fn read_bounded(
+    session: &mut Session,
+    limit: usize,
+    budget: usize,
+) -> Result<(Bytes, Option<BodyHold>), GatewayError> {
     let content_length = match session.get_header(http::header::CONTENT_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -32,6 +85,10 @@ pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, 
     if content_length.is_some_and(|cl| cl > limit) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
+    let hold = match content_length {
+        Some(cl) if cl > RETRY_BUFFER => Some(BodyHold::take(cl.saturating_mul(2), budget)?),
+        _ => None,
+    };
     let expects_continue = session
         .get_header(http::header::EXPECT)
         .and_then(|v| v.to_str().ok())
@@ -88,5 +145,5 @@ pub async fn read_bounded(session: &mut Session, limit: usize) -> Result<Bytes, 
     if expects_continue && keepalive.is_some() {
         session.as_mut().set_keepalive(keepalive);
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), hold))
 }

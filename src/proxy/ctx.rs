@@ -111,6 +111,8 @@ pub struct RequestCtx {
     pub scrub_error: bool,
     /// The request body could not be read whole: the answer closes the connection.
     pub close_connection: bool,
+    /// A large body's share of the buffered-body budget, given back when the request ends.
+    pub body_hold: Option<super::body::BodyHold>,
     pub upstream_status: u16,
     /// Anthropic headers of the caller, forwarded to Anthropic upstreams.
     pub anthropic_version: Option<String>,
@@ -177,6 +179,7 @@ impl RequestCtx {
             translate_whole: false,
             scrub_error: false,
             close_connection: false,
+            body_hold: None,
             upstream_status: 0,
             anthropic_version: None,
             anthropic_beta: None,

@@ -290,9 +290,14 @@ impl Gateway {
                 })?;
         }
 
-        let raw = body::read_bounded(session, cfg.server.max_body_bytes)
-            .await
-            .inspect_err(|_| ctx.close_connection = true)?;
+        let (raw, hold) = body::read_bounded(
+            session,
+            cfg.server.max_body_bytes,
+            cfg.server.max_buffered_body_bytes,
+        )
+        .await
+        .inspect_err(|_| ctx.close_connection = true)?;
+        ctx.body_hold = hold;
 
         // What the credit hold needs to know of the prompt (`billing::hold`).
         let mut shape = crate::billing::hold::PromptShape {
