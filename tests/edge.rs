@@ -8,6 +8,13 @@ use common::*;
 use serde_json::{json, Value};
 use tollgate::mock::Behavior;
 
+/// A gateway on one mock upstream `m`, with `server_extra` in its `[server]` section.
+async fn on_one_mock(server_extra: &str) -> (tollgate::mock::MockHandle, Gateway) {
+    let m = mock().await;
+    let gw = Gateway::start_with_server_extra(&[Up::mock("m", &m)], "", "", server_extra).await;
+    (m, gw)
+}
+
 fn hello() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
 }
@@ -109,8 +116,7 @@ async fn a_model_unknown_at_the_vendor_fails_over_to_an_upstream_that_has_it() {
 
 #[tokio::test]
 async fn vendor_errors_reach_the_caller_without_the_gateways_key() {
-    let m = mock().await;
-    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let (m, gw) = on_one_mock("").await;
     // A caller's fault (400) is passed on, with its code, but what looks like a key is not.
     let body = r#"{"error":{"message":"Request too large for key sk-proj-****Qz7X (org-1). Retry with key sk-abcdefghijklmnop.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
     m.set_behavior(Behavior::StatusBody {
@@ -144,8 +150,7 @@ async fn vendor_errors_reach_the_caller_without_the_gateways_key() {
 
 #[tokio::test]
 async fn client_fields_are_echoed_and_logged_only_in_part() {
-    let m = mock().await;
-    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let (_m, gw) = on_one_mock("").await;
     let huge = "m".repeat(1 << 20);
     let r = gw
         .chat(json!({"model": huge, "messages": [{"role": "user", "content": "hi"}]}))
@@ -190,8 +195,7 @@ async fn client_fields_are_echoed_and_logged_only_in_part() {
 
 #[tokio::test]
 async fn wrong_admin_tokens_are_throttled_per_address_logged_and_counted() {
-    let m = mock().await;
-    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let (_m, gw) = on_one_mock("").await;
     let get = |token: &str| {
         gw.client
             .get(gw.admin_url("/admin/tenants"))
@@ -256,8 +260,7 @@ fn raw_exchange(port: u16, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_body_framing_error_closes_the_connection() {
-    let m = mock().await;
-    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let (_m, gw) = on_one_mock("").await;
     let smuggled = format!(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
         gw.key
@@ -292,14 +295,7 @@ async fn a_body_framing_error_closes_the_connection() {
 #[tokio::test]
 async fn idle_keepalive_connections_are_closed_and_requests_per_connection_capped() {
     use std::io::{Read, Write};
-    let m = mock().await;
-    let gw = Gateway::start_with_server_extra(
-        &[Up::mock("m", &m)],
-        "",
-        "",
-        "keepalive_timeout_seconds = 1\nkeepalive_requests = 3",
-    )
-    .await;
+    let (m, gw) = on_one_mock("keepalive_timeout_seconds = 1\nkeepalive_requests = 3").await;
     let port = gw.port;
     let key = gw.key.clone();
     tokio::task::spawn_blocking(move || {
@@ -370,8 +366,7 @@ async fn idle_keepalive_connections_are_closed_and_requests_per_connection_cappe
 
 #[tokio::test]
 async fn pipelined_requests_are_all_answered_in_order() {
-    let m = mock().await;
-    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let (m, gw) = on_one_mock("").await;
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"first"}]}"#;
     let mut req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -435,8 +430,7 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
 
 #[tokio::test]
 async fn oversized_or_too_many_headers_are_a_431_that_closes() {
-    let m = mock().await;
-    let gw = Gateway::start(&[Up::mock("m", &m)], "", "").await;
+    let (m, gw) = on_one_mock("").await;
     let big = format!(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Big: {}\r\n\r\n",
         gw.key,
@@ -469,15 +463,8 @@ async fn oversized_or_too_many_headers_are_a_431_that_closes() {
 
 #[tokio::test]
 async fn request_bodies_held_in_memory_have_a_global_budget() {
-    let m = mock().await;
     // One 30 MB body counts 60 MB: a budget of 80 MB holds one at a time.
-    let gw = Gateway::start_with_server_extra(
-        &[Up::mock("m", &m)],
-        "",
-        "",
-        "max_buffered_body_bytes = 80000000",
-    )
-    .await;
+    let (m, gw) = on_one_mock("max_buffered_body_bytes = 80000000").await;
     m.set_behavior(Behavior::Delay { ms: 1500 });
     let big = |tag: &str| {
         json!({"model": "gpt-4o-mini", "max_tokens": 5,
