@@ -295,7 +295,7 @@ async fn a_body_framing_error_closes_the_connection() {
 #[tokio::test]
 async fn idle_keepalive_connections_are_closed_and_requests_per_connection_capped() {
     use std::io::{Read, Write};
-    let (m, gw) = on_one_mock("keepalive_timeout_seconds = 1\nkeepalive_requests = 3").await;
+    let (_m, gw) = on_one_mock("keepalive_timeout_seconds = 1\nkeepalive_requests = 3").await;
     let port = gw.port;
     let key = gw.key.clone();
     tokio::task::spawn_blocking(move || {
@@ -366,7 +366,7 @@ async fn idle_keepalive_connections_are_closed_and_requests_per_connection_cappe
 
 #[tokio::test]
 async fn pipelined_requests_are_all_answered_in_order() {
-    let (m, gw) = on_one_mock("").await;
+    let (_m, gw) = on_one_mock("").await;
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"first"}]}"#;
     let mut req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -430,7 +430,7 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
 
 #[tokio::test]
 async fn oversized_or_too_many_headers_are_a_431_that_closes() {
-    let (m, gw) = on_one_mock("").await;
+    let (_m, gw) = on_one_mock("").await;
     let big = format!(
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Big: {}\r\n\r\n",
         gw.key,
