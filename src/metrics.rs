@@ -43,6 +43,8 @@ pub struct Metrics {
     /// Admin API authentications refused: `invalid` (a wrong token), `throttled` (refused
     /// without a check: too many wrong tokens from that address).
     pub admin_auth_failures: IntCounterVec,
+    /// Client connections closed because a request head did not arrive whole in time.
+    pub header_timeouts: IntCounter,
     /// Requests refused because the buffered-body budget was spent.
     pub body_budget_refusals: IntCounter,
     /// Bytes of request bodies held now (twice each body's length, see `proxy::body`).
@@ -158,6 +160,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["reason"],
     )?;
     registry.register(Box::new(admin_auth_failures.clone()))?;
+    let header_timeouts = IntCounter::new(
+        "tollgate_client_header_timeouts_total",
+        "Client connections closed because a request head did not arrive whole within server.header_timeout_seconds",
+    )?;
+    registry.register(Box::new(header_timeouts.clone()))?;
     let body_budget_refusals = IntCounter::new(
         "tollgate_body_budget_refusals_total",
         "Requests refused (503) because request bodies held in memory reached server.max_buffered_body_bytes",
@@ -231,6 +238,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         endpoint_requests,
         endpoint_ok,
         admin_auth_failures,
+        header_timeouts,
         body_budget_refusals,
         buffered_body_bytes,
         attempts,

@@ -72,6 +72,8 @@ impl BackgroundService for Recorder {
 struct Draining<A> {
     inner: Arc<A>,
     settle: Duration,
+    /// Request heads must arrive within this (`proxy::conn::HeadDeadline`); read at start.
+    header_timeout: Duration,
 }
 
 #[async_trait::async_trait]
@@ -81,6 +83,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
         session: pingora_core::protocols::Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<pingora_core::protocols::Stream> {
+        let session: pingora_core::protocols::Stream =
+            if session.as_any().is::<crate::proxy::conn::HeadDeadline>() {
+                session
+            } else {
+                Box::new(crate::proxy::conn::HeadDeadline::new(
+                    session,
+                    self.header_timeout,
+                ))
+            };
         self.inner.process_new(session, shutdown).await
     }
 
@@ -473,6 +484,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
                 proxy
             }),
             settle,
+            header_timeout: server_settings.header_timeout,
         },
     );
     gateway.add_tcp(&server_settings.listen);

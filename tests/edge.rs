@@ -239,6 +239,33 @@ async fn wrong_admin_tokens_are_throttled_per_address_logged_and_counted() {
     }
 }
 
+/// One whole answer read from a raw socket: its head (lowercased) and its Content-Length body.
+fn read_http_answer(s: &mut std::net::TcpStream) -> (String, String) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).unwrap_or(0),
+            1,
+            "answer cut: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Raw HTTP/1.1 on one socket: what comes back for `request` (read until the server closes or
 /// goes quiet for 1 s).
 fn raw_exchange(port: u16, request: &[u8]) -> String {
@@ -301,31 +328,7 @@ async fn idle_keepalive_connections_are_closed_and_requests_per_connection_cappe
     tokio::task::spawn_blocking(move || {
         let req =
             format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n");
-        let read_answer = |s: &mut std::net::TcpStream| {
-            // One whole answer: the head, then Content-Length bytes.
-            let mut got = Vec::new();
-            let mut b = [0u8; 1];
-            while !got.ends_with(b"\r\n\r\n") {
-                assert_eq!(
-                    s.read(&mut b).unwrap(),
-                    1,
-                    "answer cut: {}",
-                    String::from_utf8_lossy(&got)
-                );
-                got.push(b[0]);
-            }
-            let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            let mut body = vec![0u8; len];
-            s.read_exact(&mut body).unwrap();
-            head
-        };
+        let read_answer = |s: &mut std::net::TcpStream| read_http_answer(s).0;
         // Idle: the connection is closed about a second after the answer.
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -501,4 +504,68 @@ async fn request_bodies_held_in_memory_have_a_global_budget() {
     assert_eq!(metric_value(&metrics, "tollgate_buffered_body_bytes"), 0.0);
     // Small bodies never count.
     assert_eq!(gw.chat(hello()).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_head_must_arrive_whole_in_time_but_idle_and_slow_bodies_are_fine() {
+    use std::io::{Read, Write};
+    let (_m, gw) = on_one_mock("header_timeout_seconds = 1").await;
+    let port = gw.port;
+    let key = gw.key.clone();
+    tokio::task::spawn_blocking(move || {
+        let connect = || {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            s
+        };
+        let sleep = |ms| std::thread::sleep(std::time::Duration::from_millis(ms));
+        // One header byte every 300 ms: the connection ends about a second in.
+        let mut s = connect();
+        let t = std::time::Instant::now();
+        let head = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n");
+        let mut closed = false;
+        for b in head.as_bytes() {
+            if s.write_all(&[*b]).is_err() {
+                closed = true;
+                break;
+            }
+            sleep(300);
+            if t.elapsed() > std::time::Duration::from_secs(4) {
+                break;
+            }
+        }
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(closed || n == 0, "a trickled head is cut off: {}", String::from_utf8_lossy(&buf[..n]));
+        assert!(t.elapsed() < std::time::Duration::from_secs(4));
+        // Idle between requests longer than the head timeout, and a body sent slowly: served.
+        let mut s = connect();
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"slow"}]}"#;
+        for round in 0..2 {
+            s.write_all(
+                format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            for piece in body.as_bytes().chunks(20) {
+                sleep(400);
+                s.write_all(piece).unwrap();
+            }
+            let (head, answer) = read_http_answer(&mut s);
+            assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+            assert!(answer.contains("mock reply"), "round {round}: {answer}");
+            sleep(1500);
+        }
+    })
+    .await
+    .unwrap();
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "tollgate_client_header_timeouts_total"),
+        1.0
+    );
 }

@@ -47,6 +47,7 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_buffered_body_bytes: usize,
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -744,7 +745,14 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         max_header_bytes,
         max_headers,
         max_buffered_body_bytes,
+        header_timeout_seconds,
     } = s;
+    if header_timeout_seconds == 0 || header_timeout_seconds > 3600 {
+        return Err(invalid(
+            "server.header_timeout_seconds",
+            "must be between 1 and 3600",
+        ));
+    }
     if max_buffered_body_bytes < max_body_bytes.saturating_mul(2) {
         return Err(invalid(
             "server.max_buffered_body_bytes",
@@ -811,6 +819,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         max_header_bytes,
         max_headers,
         max_buffered_body_bytes,
+        header_timeout: Duration::from_secs(header_timeout_seconds),
     })
 }
 

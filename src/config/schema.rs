@@ -79,6 +79,14 @@ pub struct ServerSection {
     /// a body that does not fit is answered 503 with Retry-After.
     #[serde(default = "default_max_buffered")]
     pub max_buffered_body_bytes: usize,
+    /// A request head (line and headers) must arrive whole within this many seconds (nginx
+    /// `client_header_timeout`: 60), from the connection's start or the head's first byte.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+}
+
+fn default_header_timeout() -> u64 {
+    60
 }
 
 fn default_max_buffered() -> usize {
@@ -117,6 +125,7 @@ impl Default for ServerSection {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_buffered_body_bytes: default_max_buffered(),
+            header_timeout_seconds: default_header_timeout(),
         }
     }
 }

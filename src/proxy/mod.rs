@@ -19,6 +19,7 @@
 
 pub mod autoroute;
 pub mod body;
+pub mod conn;
 pub mod ctx;
 mod hold;
 pub mod usage;
