@@ -47,6 +47,10 @@ impl HeadDeadline {
 
 const END: &[u8] = b"\r\n\r\n";
 
+/// The searcher for `END`, built once (building it costs more than a head's search).
+static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(END));
+
 /// Follows the bytes of a head until its blank line (`matched`: how much of "\r\n\r\n" the
 /// bytes so far end with); returns whether it ended.
 fn head_ends(matched: &mut usize, bytes: &[u8]) -> bool {
@@ -58,7 +62,7 @@ fn head_ends(matched: &mut usize, bytes: &[u8]) -> bool {
             return true;
         }
     }
-    if memchr::memmem::find(bytes, END).is_some() {
+    if FINDER.find(bytes).is_some() {
         *matched = 0;
         return true;
     }
