@@ -43,6 +43,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request body came too slowly (`server.min_body_bytes_per_second`).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The gateway is at a resource budget (buffered request bodies): retry shortly.
     #[error("{message}")]
     Overloaded { message: String, retry_after: u64 },
@@ -92,6 +95,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::UpgradeRequired(_) => 426,
             GatewayError::HeadersTooLarge(_) => 431,
+            GatewayError::RequestTimeout(_) => 408,
             GatewayError::Overloaded { .. } => 503,
             GatewayError::LengthRequired(_) => 411,
             GatewayError::PayloadTooLarge { .. } => 413,
@@ -117,6 +121,7 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::UpgradeRequired(_)
             | GatewayError::HeadersTooLarge(_)
+            | GatewayError::RequestTimeout(_)
             | GatewayError::LengthRequired(_)
             | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
             GatewayError::UpstreamRateLimited { .. } | GatewayError::RateLimited { .. } => {
@@ -148,6 +153,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::UpgradeRequired(_) => "websocket_not_supported",
             GatewayError::HeadersTooLarge(_) => "request_header_fields_too_large",
+            GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::LengthRequired(_) => "length_required",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",

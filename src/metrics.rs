@@ -45,6 +45,8 @@ pub struct Metrics {
     pub admin_auth_failures: IntCounterVec,
     /// Client connections closed because a request head did not arrive whole in time.
     pub header_timeouts: IntCounter,
+    /// Requests refused (408) because their body came slower than the minimum rate.
+    pub slow_bodies: IntCounter,
     /// Requests refused because the buffered-body budget was spent.
     pub body_budget_refusals: IntCounter,
     /// Bytes of request bodies held now (twice each body's length, see `proxy::body`).
@@ -165,6 +167,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Client connections closed because a request head did not arrive whole within server.header_timeout_seconds",
     )?;
     registry.register(Box::new(header_timeouts.clone()))?;
+    let slow_bodies = IntCounter::new(
+        "tollgate_slow_body_refusals_total",
+        "Requests refused (408) because their body came slower than server.min_body_bytes_per_second",
+    )?;
+    registry.register(Box::new(slow_bodies.clone()))?;
     let body_budget_refusals = IntCounter::new(
         "tollgate_body_budget_refusals_total",
         "Requests refused (503) because request bodies held in memory reached server.max_buffered_body_bytes",
@@ -239,6 +246,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         endpoint_ok,
         admin_auth_failures,
         header_timeouts,
+        slow_bodies,
         body_budget_refusals,
         buffered_body_bytes,
         attempts,

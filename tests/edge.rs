@@ -569,3 +569,49 @@ async fn a_request_head_must_arrive_whole_in_time_but_idle_and_slow_bodies_are_f
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_body_trickled_in_below_the_minimum_rate_is_refused() {
+    use std::io::Write;
+    let (_m, gw) =
+        on_one_mock("min_body_bytes_per_second = 2000\nbody_rate_grace_seconds = 1").await;
+    let port = gw.port;
+    let key = gw.key.clone();
+    tokio::task::spawn_blocking(move || {
+        let content = "x".repeat(20_000);
+        let body = format!(r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{content}"}}]}}"#);
+        let send = |chunk_ms: u64, piece: usize| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            s.write_all(
+                format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            for p in body.as_bytes().chunks(piece) {
+                if s.write_all(p).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(chunk_ms));
+            }
+            read_http_answer(&mut s).0
+        };
+        // 500 bytes every 500 ms (1,000 B/s, below 2,000): refused after the grace.
+        let head = send(500, 500);
+        assert!(head.starts_with("http/1.1 408"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        // 5,000 bytes every 200 ms (25,000 B/s): served.
+        let head = send(200, 5000);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    })
+    .await
+    .unwrap();
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "tollgate_slow_body_refusals_total"),
+        1.0
+    );
+}

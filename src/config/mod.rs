@@ -48,6 +48,7 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub max_buffered_body_bytes: usize,
     pub header_timeout: Duration,
+    pub min_body_rate: crate::proxy::body::MinRate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -746,7 +747,15 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         max_headers,
         max_buffered_body_bytes,
         header_timeout_seconds,
+        min_body_bytes_per_second,
+        body_rate_grace_seconds,
     } = s;
+    if body_rate_grace_seconds > 3600 {
+        return Err(invalid(
+            "server.body_rate_grace_seconds",
+            "must be at most 3600",
+        ));
+    }
     if header_timeout_seconds == 0 || header_timeout_seconds > 3600 {
         return Err(invalid(
             "server.header_timeout_seconds",
@@ -820,6 +829,10 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         max_headers,
         max_buffered_body_bytes,
         header_timeout: Duration::from_secs(header_timeout_seconds),
+        min_body_rate: crate::proxy::body::MinRate {
+            bytes_per_second: min_body_bytes_per_second,
+            grace: Duration::from_secs(body_rate_grace_seconds),
+        },
     })
 }
 

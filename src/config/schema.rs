@@ -83,6 +83,20 @@ pub struct ServerSection {
     /// `client_header_timeout`: 60), from the connection's start or the head's first byte.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_seconds: u64,
+    /// The slowest a request body may arrive once `body_rate_grace_seconds` have passed (408
+    /// and the connection closed below it).
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_bytes_per_second: u64,
+    #[serde(default = "default_body_grace")]
+    pub body_rate_grace_seconds: u64,
+}
+
+fn default_min_body_rate() -> u64 {
+    1024
+}
+
+fn default_body_grace() -> u64 {
+    10
 }
 
 fn default_header_timeout() -> u64 {
@@ -126,6 +140,8 @@ impl Default for ServerSection {
             max_headers: default_max_headers(),
             max_buffered_body_bytes: default_max_buffered(),
             header_timeout_seconds: default_header_timeout(),
+            min_body_bytes_per_second: default_min_body_rate(),
+            body_rate_grace_seconds: default_body_grace(),
         }
     }
 }

@@ -68,10 +68,18 @@ impl Drop for BodyHold {
 
 /// Reads the whole body (at most `limit` bytes). A body above 64 KiB first takes its share of
 /// `budget` (503 when the budget is spent), kept in the returned hold until the request ends.
+/// The slowest a request body may arrive, after a grace period.
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    pub bytes_per_second: u64,
+    pub grace: std::time::Duration,
+}
+
 pub async fn read_bounded(
     session: &mut Session,
     limit: usize,
     budget: usize,
+    min_rate: MinRate,
 ) -> Result<(Bytes, Option<BodyHold>), GatewayError> {
     let content_length = match session.get_header(http::header::CONTENT_LENGTH) {
         None => None,
@@ -106,6 +114,8 @@ pub async fn read_bounded(
     }
     let mut buf = BytesMut::with_capacity(content_length.unwrap_or(16 * 1024).min(limit));
     let mut buffering = false;
+    let started = std::time::Instant::now();
+    let mut chunks = 0u32;
     loop {
         if !buffering {
             let tail_fits = match content_length {
@@ -123,6 +133,23 @@ pub async fn read_bounded(
                     return Err(GatewayError::PayloadTooLarge { limit });
                 }
                 buf.extend_from_slice(&chunk);
+                // A body trickled in (each read on time, the whole never): refused once it has
+                // had its grace and still comes slower than the minimum rate. The common body
+                // arrives in one chunk and is never timed.
+                chunks += 1;
+                if chunks > 1 {
+                    let elapsed = started.elapsed();
+                    if elapsed > min_rate.grace
+                        && (buf.len() as u64)
+                            < (min_rate.bytes_per_second as f64 * elapsed.as_secs_f64()) as u64
+                    {
+                        crate::metrics::METRICS.slow_bodies.inc();
+                        return Err(GatewayError::RequestTimeout(format!(
+                            "The request body arrived slower than {} bytes a second; send it faster.",
+                            min_rate.bytes_per_second
+                        )));
+                    }
+                }
             }
             Ok(None) => break,
             Err(e) => {

@@ -295,6 +295,7 @@ impl Gateway {
             session,
             cfg.server.max_body_bytes,
             cfg.server.max_buffered_body_bytes,
+            cfg.server.min_body_rate,
         )
         .await
         .inspect_err(|_| ctx.close_connection = true)?;
