@@ -441,20 +441,22 @@ async fn openai_responses_sdk() {
     for (model, upstream) in [("gpt-5.5", "native"), ("claude-x", "anth")] {
         let home = tempfile::tempdir().unwrap();
         let label = format!("responses_sdk.py ({model})");
-        let out = run(
-            &label,
-            py_driver("responses_sdk.py", &gw, home.path(), Some(model)),
-            &gw,
-        )
-        .await;
-        assert!(
-            stdout(&out).contains("mock reply"),
-            "{label}: {}",
-            stdout(&out)
-        );
-        let evs = check_events(&gw, model, 4, "responses", upstream).await;
-        half_streamed(&label, &evs);
+        let cmd = py_driver("responses_sdk.py", &gw, home.path(), Some(model));
+        tool_loop_driver(&label, cmd, &gw, model, upstream).await;
     }
+}
+
+/// Runs a driver that does its tool loop once plainly and once streamed (two calls each) on
+/// `model`, and checks its answer and the four Responses calls `upstream` served.
+async fn tool_loop_driver(label: &str, cmd: Command, gw: &Gateway, model: &str, upstream: &str) {
+    let out = run(label, cmd, gw).await;
+    assert!(
+        stdout(&out).contains("mock reply"),
+        "{label}: {}",
+        stdout(&out)
+    );
+    let evs = check_events(gw, model, 4, "responses", upstream).await;
+    half_streamed(label, &evs);
 }
 
 /// The openai Node SDK's responses.create, plain and streamed, each a function-tool loop, on the
@@ -479,14 +481,7 @@ async fn openai_node_responses_sdk() {
             .env("TOLLGATE_MODEL", model)
             .env("TOLLGATE_EXPECT_TOOL", "1")
             .env("TOLLGATE_CLIENTS_DIR", &clients);
-        let out = run(&label, cmd, &gw).await;
-        assert!(
-            stdout(&out).contains("mock reply"),
-            "{label}: {}",
-            stdout(&out)
-        );
-        let evs = check_events(&gw, model, 4, "responses", upstream).await;
-        half_streamed(&label, &evs);
+        tool_loop_driver(&label, cmd, &gw, model, upstream).await;
     }
 }
 

@@ -15,6 +15,18 @@ async fn on_one_mock(server_extra: &str) -> (tollgate::mock::MockHandle, Gateway
     (m, gw)
 }
 
+/// The same greeting from an Anthropic caller (`/v1/messages`).
+async fn anthropic_hello(gw: &Gateway) -> reqwest::Response {
+    gw.client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &gw.key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 fn hello() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]})
 }
@@ -78,14 +90,7 @@ async fn an_upstream_that_refuses_the_gateways_key_is_failed_over_and_ejected() 
         !text.contains("Incorrect API key") && !text.contains("****"),
         "{text}"
     );
-    let r = gw
-        .client
-        .post(gw.url("/v1/messages"))
-        .header("x-api-key", &gw.key)
-        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = anthropic_hello(&gw).await;
     // The refusal opened the breaker at once: the next call finds no upstream in rotation.
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
@@ -132,14 +137,7 @@ async fn vendor_errors_reach_the_caller_without_the_gateways_key() {
     assert!(!text.contains("Qz7X") && !text.contains("sk-abc"), "{text}");
     assert!(text.contains("[redacted]"), "{text}");
     // Translated for an Anthropic caller: same.
-    let r = gw
-        .client
-        .post(gw.url("/v1/messages"))
-        .header("x-api-key", &gw.key)
-        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = anthropic_hello(&gw).await;
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
     assert!(

@@ -223,7 +223,11 @@ pub(crate) async fn write_plain_error(
     write_json(conn, status, &error_json(message, etype, None), keep_alive).await
 }
 
-async fn bad_request(conn: &mut Conn, message: &str, keep_alive: bool) -> io::Result<bool> {
+pub(crate) async fn bad_request(
+    conn: &mut Conn,
+    message: &str,
+    keep_alive: bool,
+) -> io::Result<bool> {
     write_json(
         conn,
         400,

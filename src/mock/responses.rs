@@ -10,7 +10,7 @@
 
 use super::http::{Conn, CHUNKED_END};
 use super::openai::{
-    count_tokens_async, pre_behavior, reply_pieces, status_error_json, unix_now,
+    bad_request, count_tokens_async, pre_behavior, reply_pieces, status_error_json, unix_now,
     write_body_with_behavior, SseOut, DEFAULT_COMPLETION_TOKENS, MAX_COMPLETION_TOKENS,
     TOOL_ARGUMENTS,
 };
@@ -128,14 +128,15 @@ pub(crate) async fn responses(
         return Ok(keep);
     }
     let Some(Value::Object(req)) = json else {
-        let body = r#"{"error":{"message":"We could not parse the JSON body of your request.","type":"invalid_request_error","param":null,"code":null}}"#;
-        http_json(conn, 400, body, keep_alive).await?;
-        return Ok(keep_alive);
+        return bad_request(
+            conn,
+            "We could not parse the JSON body of your request.",
+            keep_alive,
+        )
+        .await;
     };
     let Some(model) = req.get("model").and_then(Value::as_str).map(str::to_owned) else {
-        let body = r#"{"error":{"message":"Missing required parameter: 'model'.","type":"invalid_request_error","param":"model","code":"missing_required_parameter"}}"#;
-        http_json(conn, 400, body, keep_alive).await?;
-        return Ok(keep_alive);
+        return bad_request(conn, "Missing required parameter: 'model'.", keep_alive).await;
     };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let limit = req.get("max_output_tokens").and_then(Value::as_u64);
@@ -189,18 +190,6 @@ pub(crate) async fn responses(
         )
         .await
     }
-}
-
-async fn http_json(conn: &mut Conn, status: u16, body: &str, keep_alive: bool) -> io::Result<()> {
-    super::openai::write_response(
-        conn,
-        status,
-        "application/json",
-        body.as_bytes(),
-        &[],
-        keep_alive,
-    )
-    .await
 }
 
 struct Plan {

@@ -2263,22 +2263,8 @@ impl Store {
             )?;
             let rows = st.query_map(
                 params![tenant.0, lower, to_ms, after.ts_ms, after.src, after.ord, limit],
-                |r| {
-                    let kind: String = r.get(1)?;
-                    let entry = LedgerEntry {
-                        id: r.get(0)?,
-                        tenant_id: tenant,
-                        kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
-                        amount: r.get(2)?,
-                        key_id: r.get::<_, Option<i64>>(3)?.map(KeyId),
-                        request_id: r.get(4)?,
-                        actor: r.get(5)?,
-                        note: r.get(6)?,
-                        uncollected: r.get(7)?,
-                        created_ms: r.get(8)?,
-                        user_id: r.get::<_, Option<i64>>(9)?.map(UserId),
-                        group_id: r.get::<_, Option<i64>>(10)?.map(GroupId),
-                    };
+                                |r| {
+                    let entry = Store::entry_from_row(tenant, r)?;
                     let pos = StatementPos {
                         ts_ms: entry.created_ms,
                         src: r.get(11)?,
