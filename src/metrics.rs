@@ -45,6 +45,7 @@ pub struct Metrics {
     pub admin_auth_failures: IntCounterVec,
     /// Client connections closed because a request head did not arrive whole in time.
     pub header_timeouts: IntCounter,
+    pub malformed_requests: IntCounter,
     /// Requests refused (408) because their body came slower than the minimum rate.
     pub slow_bodies: IntCounter,
     /// Requests refused because the buffered-body budget was spent.
@@ -167,6 +168,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Client connections closed because a request head did not arrive whole within server.header_timeout_seconds",
     )?;
     registry.register(Box::new(header_timeouts.clone()))?;
+    let malformed_requests = IntCounter::new(
+        "tollgate_malformed_requests_total",
+        "Requests refused by the HTTP layer before the gateway saw them (unparsable head: 400; CONNECT: 405)",
+    )?;
+    registry.register(Box::new(malformed_requests.clone()))?;
     let slow_bodies = IntCounter::new(
         "tollgate_slow_body_refusals_total",
         "Requests refused (408) because their body came slower than server.min_body_bytes_per_second",
@@ -246,6 +252,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         endpoint_ok,
         admin_auth_failures,
         header_timeouts,
+        malformed_requests,
         slow_bodies,
         body_budget_refusals,
         buffered_body_bytes,

@@ -613,3 +613,50 @@ async fn a_body_trickled_in_below_the_minimum_rate_is_refused() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn answers_of_the_http_layer_carry_a_request_id_and_an_error_body() {
+    let (_m, gw) = on_one_mock("").await;
+    let requests: [(&[u8], u16); 4] = [
+        (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n", 400),
+        (b"GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 405),
+    ];
+    let mut ids = Vec::new();
+    for (req, status) in requests {
+        let port = gw.port;
+        let out = tokio::task::spawn_blocking(move || raw_exchange(port, req))
+            .await
+            .unwrap();
+        assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{out}");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("connection: close"), "{out}");
+        assert!(!head.contains("server: pingora"), "{out}");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("no request id: {out}"))
+            .to_string();
+        assert!(id.starts_with("req_"), "{out}");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{out}");
+        ids.push(id);
+    }
+    // Each is logged with its request id and counted.
+    for _ in 0..100 {
+        if ids.iter().all(|id| gw.log().contains(id.as_str())) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let log = gw.log();
+    for id in &ids {
+        assert!(log.contains(id.as_str()), "{id} not logged:\n{log}");
+    }
+    let m = gw.metrics().await;
+    assert_eq!(metric_value(&m, "tollgate_malformed_requests_total"), 4.0);
+    // The connection's next client is served as usual.
+    assert_eq!(gw.chat(hello()).send().await.unwrap().status(), 200);
+}

@@ -10,6 +10,14 @@
 //! The deadline is checked on each read, not by a timer (a timer a request cost ~600
 //! instructions): a client that trickles bytes is cut at its first byte after the deadline,
 //! and one that stops sending is Pingora's per-read timeout's.
+//!
+//! The same wrapper gives the answers that Pingora's HTTP layer writes by itself (a 400 for a
+//! request head it cannot parse, a 405 for CONNECT) what every other answer of the gateway has:
+//! an `x-request-id`, a log line with it, and an OpenAI-shaped error body. Pingora writes them
+//! from a fixed template (`Server: Pingora` right after the status line, `Content-Length: 0`),
+//! which the gateway's own answers never carry (the proxy removes `Server`), so a write that
+//! starts with that template is recognised by its first bytes and replaced; the connection is
+//! closing (Pingora sends `Connection: close`), and whatever Pingora writes after it is dropped.
 
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
@@ -31,6 +39,18 @@ pub struct HeadDeadline {
     matched: usize,
     /// An answer was written since the last head: the next head arms the deadline.
     answered: bool,
+    /// The replacement of one of Pingora's own error answers, while it is being written:
+    /// the bytes, how many are written, and the length of Pingora's write that it stands for.
+    rewrite: Option<Rewrite>,
+    /// A replacement was written: Pingora's further writes are dropped (it closes next).
+    rewritten: bool,
+}
+
+#[derive(Debug)]
+struct Rewrite {
+    bytes: Vec<u8>,
+    written: usize,
+    stands_for: usize,
 }
 
 impl HeadDeadline {
@@ -41,8 +61,102 @@ impl HeadDeadline {
             deadline: Some(Instant::now() + limit),
             matched: 0,
             answered: false,
+            rewrite: None,
+            rewritten: false,
         }
     }
+
+    /// Writes the pending replacement; `Ready(Ok(n))` with the length of the write it stands
+    /// for once it is all out.
+    fn drive_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        while let Some(r) = &mut self.rewrite {
+            if r.written == r.bytes.len() {
+                let n = r.stands_for;
+                self.rewrite = None;
+                self.rewritten = true;
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &r.bytes[r.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => r.written += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
+
+    /// Recognises one of Pingora's own error answers at the start of a write and prepares its
+    /// replacement; whether it did.
+    fn intercept(&mut self, buf: &[u8]) -> bool {
+        let Some(status) = pingora_error_status(buf) else {
+            return false;
+        };
+        let id = crate::proxy::ctx::new_request_id();
+        crate::metrics::METRICS.malformed_requests.inc();
+        tracing::warn!(
+            request_id = %id,
+            status,
+            peer = %self.peer(),
+            "request refused by the HTTP layer (malformed request head or unsupported method)"
+        );
+        self.rewrite = Some(Rewrite {
+            bytes: error_answer(status, &id),
+            written: 0,
+            stands_for: buf.len(),
+        });
+        true
+    }
+
+    fn peer(&self) -> String {
+        self.inner
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().map(|a| a.to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// What starts an error answer written by Pingora itself: after the status line, `Server:
+/// Pingora` (`pingora_core::protocols::http::error_resp::gen_error_response`).
+const PINGORA_SERVER: &[u8] = b"\r\nServer: Pingora\r\n";
+
+/// The status of an error answer written by Pingora's own template, if `buf` starts one.
+fn pingora_error_status(buf: &[u8]) -> Option<u16> {
+    // "HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n"
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    let code = rest.get(..3)?;
+    if !matches!(code[0], b'4' | b'5') {
+        return None;
+    }
+    let line_end = memchr::memchr(b'\r', rest.get(..64.min(rest.len()))?)?;
+    if !rest[line_end..].starts_with(PINGORA_SERVER) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// The gateway's answer in place of Pingora's: same status, an `x-request-id`, an OpenAI-shaped
+/// error (the request could not be read, so its protocol is unknown; OpenAI's is the default).
+fn error_answer(status: u16, request_id: &str) -> Vec<u8> {
+    let (message, code) = match status {
+        405 => ("this method is not supported", "method_not_allowed"),
+        400 => ("malformed HTTP request", "bad_request"),
+        _ => ("the request could not be read", "bad_request"),
+    };
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 const END: &[u8] = b"\r\n\r\n";
@@ -123,6 +237,12 @@ impl AsyncWrite for HeadDeadline {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        if this.rewrite.is_some() || (buf.first() == Some(&b'H') && this.intercept(buf)) {
+            return this.drive_rewrite(cx);
+        }
+        if this.rewritten {
+            return Poll::Ready(Ok(buf.len()));
+        }
         if this.deadline.is_none() {
             this.answered = true;
         }
@@ -143,6 +263,15 @@ impl AsyncWrite for HeadDeadline {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if this.rewrite.is_some()
+            || first.is_some_and(|b| b.first() == Some(&b'H') && this.intercept(b))
+        {
+            return this.drive_rewrite(cx);
+        }
+        if this.rewritten {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         if this.deadline.is_none() {
             this.answered = true;
         }
@@ -241,5 +370,29 @@ mod tests {
             assert!(!head_ends(&mut m, piece), "piece {i}");
         }
         assert!(head_ends(&mut m, b"\n"));
+    }
+
+    #[test]
+    fn only_pingoras_own_error_template_is_recognised() {
+        let pingora = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nDate: x\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(pingora_error_status(pingora), Some(400));
+        let connect = b"HTTP/1.1 405 Method Not Allowed\r\nServer: Pingora\r\n";
+        assert_eq!(pingora_error_status(connect), Some(405));
+        for ours in [
+            &b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nServer: Pingora\r\n",
+            b"HTTP/1.1 400",
+            b"data: HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n",
+            b"",
+        ] {
+            assert_eq!(pingora_error_status(ours), None, "{:?}", String::from_utf8_lossy(ours));
+        }
+        let answer = String::from_utf8(error_answer(400, "req_1")).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(head.contains("x-request-id: req_1"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
     }
 }

@@ -202,7 +202,7 @@ impl Default for RequestCtx {
 
 /// `req_` + the time in milliseconds (12 hex digits) + 80 random bits. Time-ordered, so the
 /// unique indexes on usage and ledger rows grow at their right edge instead of at random pages.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
