@@ -30,7 +30,7 @@ use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tiktoken_rs::o200k_base_singleton;
+use crate::protocol::tokens::split_tokens;
 use tokio::io::AsyncWriteExt;
 
 const DEFAULT_REPLY_TOKENS: u64 = 24;
@@ -303,7 +303,6 @@ pub(crate) async fn route(
         .load(Ordering::Relaxed)
         .min(total - read);
     let n = state.next_id();
-    let bpe = o200k_base_singleton();
 
     let tools = req
         .get("tools")
@@ -349,15 +348,12 @@ pub(crate) async fn route(
         .and_then(Value::as_str)
         == Some("enabled"))
     .then(|| {
-        bpe.split_by_token_ordinary(THINKING_TEXT)
-            .unwrap_or_default()
+        split_tokens(THINKING_TEXT)
     });
     let thinking_tokens = thinking.as_ref().map_or(0, |t| t.len() as u64);
     let (reply, stop_reason, reply_tokens) = match call {
         Some(name) => {
-            let pieces = bpe
-                .split_by_token_ordinary(TOOL_ARGUMENTS)
-                .unwrap_or_else(|_| vec![TOOL_ARGUMENTS.to_string()]);
+            let pieces = split_tokens(TOOL_ARGUMENTS);
             let k = pieces.len() as u64;
             (
                 Reply::Tool {

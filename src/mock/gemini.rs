@@ -34,7 +34,7 @@ use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tiktoken_rs::o200k_base_singleton;
+use crate::protocol::tokens::o200k;
 use tokio::io::AsyncWriteExt;
 
 const DEFAULT_REPLY_TOKENS: u64 = 24;
@@ -285,9 +285,9 @@ pub(crate) async fn route(
         )
         .await;
     }
-    let bpe = o200k_base_singleton();
+    let bpe = o200k();
     let thoughts = if budget > 0 {
-        bpe.count_ordinary(THINKING_TEXT) as u64
+        bpe.count(THINKING_TEXT) as u64
     } else {
         0
     };
@@ -326,7 +326,7 @@ pub(crate) async fn route(
     });
     let n = state.next_id();
     let (reply, output, finish) = match &call {
-        Some(_) => (None, bpe.count_ordinary(TOOL_ARGUMENTS) as u64, "STOP"),
+        Some(_) => (None, bpe.count(TOOL_ARGUMENTS) as u64, "STOP"),
         None => {
             let k = limit
                 .unwrap_or(DEFAULT_REPLY_TOKENS)

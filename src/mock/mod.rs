@@ -23,7 +23,7 @@
 //!   if it is a string, or, if it is an array, the `text` string field of each part that has one
 //!   (in order); anything else (null content, images, `tool_calls`, names, roles) contributes
 //!   nothing. Concatenate all of these pieces with **no separator** and count them with
-//!   `tiktoken_rs::o200k_base_singleton().count_ordinary(..)`. If the concatenated text is
+//!   `tiktoken` o200k_base (`protocol::tokens::o200k().count(..)`). If the concatenated text is
 //!   longer than [`EXACT_COUNT_LIMIT`] bytes (1 MiB) the count is `ceil(bytes / 4)` instead
 //!   (o200k is super-linear on huge single words).
 //! * **prompt_tokens** (embeddings): sum over inputs; a string input counts as above (same

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tiktoken_rs::o200k_base_singleton;
+use crate::protocol::tokens::{o200k, split_tokens};
 use tokio::io::AsyncWriteExt;
 
 /// Texts longer than this many bytes are not tokenised; they count as `ceil(bytes / 4)`.
@@ -42,7 +42,7 @@ pub(crate) fn count_tokens(text: &str) -> u64 {
     if text.len() > EXACT_COUNT_LIMIT {
         (text.len() as u64).div_ceil(4)
     } else {
-        o200k_base_singleton().count_ordinary(text) as u64
+        o200k().count(text) as u64
     }
 }
 
@@ -125,21 +125,21 @@ fn filler_pieces(n: usize) -> Vec<String> {
 /// The reply as o200k token strings: `"This is a mock reply to: <echo>"` then filler words,
 /// exactly `n` tokens (the concatenation re-encodes to exactly `n` tokens).
 pub(crate) fn reply_pieces(user: &str, n: usize) -> Vec<String> {
-    let bpe = o200k_base_singleton();
+    let bpe = o200k();
     let echo = echo_text(user);
     let prefix = if echo.is_empty() {
         "This is a mock reply.".to_string()
     } else {
         format!("This is a mock reply to: {echo}")
     };
-    let mut pieces = bpe.split_by_token_ordinary(&prefix).unwrap_or_default();
+    let mut pieces = split_tokens(&prefix);
     pieces.truncate(n);
     let mut i = 0;
     while pieces.len() < n {
         pieces.push(FILLER[i % FILLER.len()].to_string());
         i += 1;
     }
-    if bpe.count_ordinary(&pieces.concat()) == n {
+    if bpe.count(&pieces.concat()) == n {
         pieces
     } else {
         filler_pieces(n)
@@ -526,9 +526,7 @@ async fn chat(
         Some(name) => Reply::Tool {
             call_id: format!("call_mock_{n}"),
             name,
-            arg_pieces: o200k_base_singleton()
-                .split_by_token_ordinary(TOOL_ARGUMENTS)
-                .unwrap_or_else(|_| vec![TOOL_ARGUMENTS.to_string()]),
+            arg_pieces: split_tokens(TOOL_ARGUMENTS),
         },
         None => Reply::Text(reply_pieces(&user, n_tokens)),
     };

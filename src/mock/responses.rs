@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tiktoken_rs::o200k_base_singleton;
+use crate::protocol::tokens::split_tokens;
 
 fn push_text(v: &Value, out: &mut String) {
     match v {
@@ -153,9 +153,7 @@ pub(crate) async fn responses(
     let id = format!("resp_mock_{n}");
     let call = tool_to_call(&req, &user, ends_on_tool);
     let pieces = match &call {
-        Some(_) => o200k_base_singleton()
-            .split_by_token_ordinary(TOOL_ARGUMENTS)
-            .unwrap_or_else(|_| vec![TOOL_ARGUMENTS.to_string()]),
+        Some(_) => split_tokens(TOOL_ARGUMENTS),
         None => reply_pieces(&user, n_tokens),
     };
     let incomplete = call.is_none() && limit.is_some_and(|l| l <= MAX_COMPLETION_TOKENS);

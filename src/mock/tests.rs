@@ -194,7 +194,7 @@ fn sse_events(body: &str) -> Vec<String> {
 }
 
 fn o200k(s: &str) -> u64 {
-    tiktoken_rs::o200k_base_singleton().count_ordinary(s) as u64
+    crate::protocol::tokens::o200k().count(s) as u64
 }
 
 fn msgs() -> Value {
