@@ -311,6 +311,33 @@ end
 return out
 "#;
 
+// One request for every subject, or none (cluster-wide request limits). ARGV: prefix, ttl,
+// minute, elapsed ms of the minute, then (subject, rpm or 0) pairs. The fleet's sliding-window
+// count of each subject with an RPM (the current minute's requests plus the previous minute's
+// weighted by its overlap, as `tenancy::limits` counts) must leave room for one more; then every
+// subject's current minute counts it. Returns 0 (admitted) or the 1-based index of the subject
+// that refused.
+const ADMIT_LUA: &str = r#"
+local m = tonumber(ARGV[3])
+local elapsed = tonumber(ARGV[4])
+local n = (#ARGV - 4) / 2
+for i = 1, n do
+  local rpm = tonumber(ARGV[4 + 2 * i])
+  if rpm > 0 then
+    local base = ARGV[1] .. 'rl:' .. ARGV[3 + 2 * i] .. ':'
+    local c = tonumber(redis.call('HGET', base .. ARGV[3], 'r') or '0')
+    local p = tonumber(redis.call('HGET', base .. string.format('%d', m - 1), 'r') or '0')
+    if c + math.floor(p * (60000 - elapsed) / 60000) + 1 > rpm then return i end
+  end
+end
+for i = 1, n do
+  local kc = ARGV[1] .. 'rl:' .. ARGV[3 + 2 * i] .. ':' .. ARGV[3]
+  redis.call('HINCRBY', kc, 'r', 1)
+  redis.call('EXPIRE', kc, ARGV[2])
+end
+return 0
+"#;
+
 // All or nothing, once per batch id. Returns {0} applied, {1} replay, {-1, i, lease, amount}
 // charge i exceeds its lease (nothing applied), {-2} id used for another batch.
 const FLUSH_LUA: &str = r#"
@@ -384,6 +411,7 @@ struct Scripts {
     limit: Script,
     cursor: Script,
     rates: Script,
+    admit: Script,
 }
 
 impl Scripts {
@@ -399,6 +427,7 @@ impl Scripts {
             limit: Script::new(LIMIT_LUA),
             cursor: Script::new(CURSOR_LUA),
             rates: Script::new(RATES_LUA),
+            admit: Script::new(ADMIT_LUA),
         }
     }
 }
@@ -925,6 +954,26 @@ impl Bank {
                 cur: (n(c[2]), n(c[3])),
             })
             .collect())
+    }
+
+    /// Admit one request against the fleet's request counts of every subject (all or none; the
+    /// same Redis counters `sync_rates` keeps): `None` when admitted and counted, else the index
+    /// of the subject whose RPM has no room. `subjects`: the Redis name and the RPM (0: none).
+    pub async fn admit_request(
+        &self,
+        now_ms: u64,
+        subjects: &[(String, u64)],
+    ) -> Result<Option<usize>, BankError> {
+        let mut inv = self.scripts.admit.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(180)
+            .arg(now_ms / 60_000)
+            .arg(now_ms % 60_000);
+        for (name, rpm) in subjects {
+            inv.arg(name).arg(*rpm);
+        }
+        let i: i64 = self.run(&inv).await?;
+        Ok(usize::try_from(i).ok().filter(|&i| i > 0).map(|i| i - 1))
     }
 
     /// The tenant's totals, read atomically.

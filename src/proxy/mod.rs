@@ -81,6 +81,58 @@ impl Gateway {
     }
 
     /// Everything `request_filter` decides; an `Err` is answered to the caller.
+    /// Rate limits: on this node's counts (embedded mode), or, in cluster mode when a subject
+    /// has an RPM, first on this node's view of the fleet (a cheap refusal) and then against the
+    /// fleet's counters in Redis in one atomic step, so that N nodes together admit no more than
+    /// the limit. While Redis does not answer, each node decides on what it knows (as its
+    /// periodic sync does).
+    async fn admit_rates(
+        &self,
+        subjects: &[(crate::tenancy::limits::Scope, i64, crate::tenancy::limits::Limits)],
+    ) -> std::result::Result<(), crate::tenancy::limits::Limited> {
+        let limiter = &self.app.limiter;
+        let now = now_ms();
+        let fleet = match self.app.ledger.fleet() {
+            Some(f) if !limiter.is_handed_over() && subjects.iter().any(|s| s.2.rpm.is_some()) => {
+                f
+            }
+            _ => return limiter.admit(now, subjects),
+        };
+        limiter.check(now, subjects)?;
+        let named: Vec<(String, u64)> = subjects
+            .iter()
+            .filter(|s| !s.2.is_unlimited())
+            .map(|(scope, id, l)| {
+                (
+                    crate::tenancy::limits::subject_name(*scope, *id),
+                    l.rpm.map_or(0, u64::from),
+                )
+            })
+            .collect();
+        match fleet.allowances().bank().admit_request(now, &named).await {
+            Ok(None) => {
+                limiter.count(now, subjects, true);
+                Ok(())
+            }
+            Ok(Some(i)) => {
+                let refused = subjects.iter().filter(|s| !s.2.is_unlimited()).nth(i);
+                let (scope, limit) = refused.map_or((subjects[0].0, 0), |s| {
+                    (s.0, s.2.rpm.map_or(0, u64::from))
+                });
+                Err(crate::tenancy::limits::Limited {
+                    scope,
+                    tokens: false,
+                    limit,
+                    retry_after_secs: crate::tenancy::limits::retry_after(now),
+                })
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster rate limit: redis did not answer; deciding on this node's counts");
+                limiter.admit(now, subjects)
+            }
+        }
+    }
+
     async fn admit(
         &self,
         session: &mut Session,
@@ -276,9 +328,8 @@ impl Gateway {
         // Rate limits before the body is read: an over-limit caller costs as little as possible.
         let subjects = key.rate_subjects();
         if !subjects.is_empty() {
-            self.app
-                .limiter
-                .admit(now_ms(), &subjects)
+            self.admit_rates(&subjects)
+                .await
                 .map_err(|l| GatewayError::RateLimited {
                     message: format!(
                         "Rate limit reached for this {}: {} {} per minute. Retry in {} s.",

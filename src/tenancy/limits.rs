@@ -179,9 +179,22 @@ impl RateLimiter {
                 }
             };
         }
+        self.check(now_ms, subjects)?;
+        self.count(now_ms, subjects, false);
+        Ok(())
+    }
+
+    /// Whether admissions are forwarded to the new process of an upgrade.
+    pub fn is_handed_over(&self) -> bool {
+        self.remote.get().is_some()
+    }
+
+    /// Whether one more request fits every subject's limits, as far as this node knows (its
+    /// own counts and the fleet's as of the last sync); nothing is counted.
+    pub fn check(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)]) -> Result<(), Limited> {
         let minute = now_ms / 60_000;
         let elapsed = now_ms % 60_000;
-        let retry = (60_000 - elapsed).div_ceil(1000).max(1);
+        let retry = retry_after(now_ms);
         for (scope, id, limits) in subjects {
             if limits.is_unlimited() {
                 continue;
@@ -213,6 +226,13 @@ impl RateLimiter {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Counts one request against every limited subject. `pushed`: it is already counted in
+    /// the fleet's totals in Redis (admitted there, cluster mode), so a sync does not push it.
+    pub fn count(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)], pushed: bool) {
+        let minute = now_ms / 60_000;
         for (scope, id, limits) in subjects {
             if limits.is_unlimited() {
                 continue;
@@ -220,8 +240,10 @@ impl RateLimiter {
             let mut w = self.windows.entry((*scope, *id)).or_default();
             w.roll(minute);
             w.cur.requests += 1;
+            if pushed {
+                w.cur.pushed_requests += 1;
+            }
         }
-        Ok(())
     }
 
     /// Count the tokens a call really used against every subject with a TPM limit.
@@ -247,6 +269,11 @@ impl RateLimiter {
     }
 }
 
+/// Seconds until the current minute ends (what a refused caller is told to wait).
+pub fn retry_after(now_ms: u64) -> u64 {
+    (60_000 - now_ms % 60_000).div_ceil(1000).max(1)
+}
+
 /// One subject's counts for cluster sync: the minute, then (requests, tokens) not yet pushed
 /// for the previous and the current minute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,13 +295,18 @@ pub struct RateTotals {
 impl RateDelta {
     /// The subject's name in Redis keys.
     pub fn subject(&self) -> String {
-        let s = match self.scope {
-            Scope::Key => 'k',
-            Scope::User => 'u',
-            Scope::Tenant => 't',
-        };
-        format!("{s}{}", self.id)
+        subject_name(self.scope, self.id)
     }
+}
+
+/// A subject's name in Redis keys: `k12`, `u3`, `t1`.
+pub fn subject_name(scope: Scope, id: i64) -> String {
+    let s = match scope {
+        Scope::Key => 'k',
+        Scope::User => 'u',
+        Scope::Tenant => 't',
+    };
+    format!("{s}{id}")
 }
 
 impl RateLimiter {
