@@ -46,6 +46,7 @@ pub struct Metrics {
     /// Client connections closed because a request head did not arrive whole in time.
     pub header_timeouts: IntCounter,
     pub malformed_requests: IntCounter,
+    pub credit_bank_up: IntGauge,
     /// Requests refused (408) because their body came slower than the minimum rate.
     pub slow_bodies: IntCounter,
     /// Requests refused because the buffered-body budget was spent.
@@ -173,6 +174,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Requests refused by the HTTP layer before the gateway saw them (unparsable head: 400; CONNECT: 405)",
     )?;
     registry.register(Box::new(malformed_requests.clone()))?;
+    let credit_bank_up = IntGauge::new(
+        "tollgate_credit_bank_up",
+        "Cluster mode: 1 while the credit bank (Redis) answers its probe (every 500 ms), else 0; /readyz follows it",
+    )?;
+    registry.register(Box::new(credit_bank_up.clone()))?;
     let slow_bodies = IntCounter::new(
         "tollgate_slow_body_refusals_total",
         "Requests refused (408) because their body came slower than server.min_body_bytes_per_second",
@@ -253,6 +259,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         admin_auth_failures,
         header_timeouts,
         malformed_requests,
+        credit_bank_up,
         slow_bodies,
         body_budget_refusals,
         buffered_body_bytes,

@@ -281,6 +281,11 @@ impl BackgroundService for ClusterService {
         }
         self.app.ledger.attach_fleet(fleet.clone());
         tracing::info!(node = %s.node_id, "cluster mode: credit bank connected");
+        tokio::spawn(watch_bank(
+            fleet.allowances().bank().clone(),
+            Duration::from_millis(500),
+            shutdown.clone(),
+        ));
         tokio::spawn(sync_rate_limits(
             self.app.clone(),
             fleet.allowances().bank().clone(),
@@ -292,6 +297,30 @@ impl BackgroundService for ClusterService {
             .await;
         self.stopped
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Cluster mode: asks the credit bank for a PING every `every`, so that readiness (`/readyz`)
+/// and `tollgate_credit_bank_up` follow Redis whether or not calls are flowing: a load balancer
+/// stops sending traffic to a node that can only answer 503.
+async fn watch_bank(
+    bank: Arc<crate::billing::cluster::Bank>,
+    every: Duration,
+    shutdown: ShutdownWatch,
+) {
+    let mut was_up = true;
+    while !*shutdown.borrow() {
+        let up = bank.probe().await;
+        crate::metrics::METRICS.credit_bank_up.set(i64::from(up));
+        if up != was_up {
+            if up {
+                tracing::info!("cluster mode: credit bank reachable again; ready");
+            } else {
+                tracing::error!("cluster mode: credit bank unreachable; not ready (calls get 503)");
+            }
+            was_up = up;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -499,3 +499,74 @@ async fn a_key_rate_limit_holds_across_nodes() {
         assert_eq!(r.status(), 429);
     }
 }
+
+/// `/readyz` follows the credit bank with no traffic at all: a node that can only answer 503
+/// is taken out of a load balancer's rotation, and back in when Redis answers again.
+#[tokio::test]
+async fn readiness_follows_the_credit_bank() {
+    let mut redis = Redis::start();
+    let m = mock().await;
+    let nodes = fleet(&m, &redis).await;
+    let ready = |gw: &Gateway| {
+        let c = gw.client.clone();
+        let url = gw.admin_url("/readyz");
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    async fn until<F, Fut>(what: &str, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f().await {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for gw in &nodes {
+        let (s, body) = ready(gw).await;
+        assert_eq!((s, body["credit_bank"].as_str()), (200, Some("up")), "{body}");
+    }
+    redis.kill();
+    let t0 = std::time::Instant::now();
+    for gw in &nodes {
+        until("not ready while redis is down", || async {
+            let (s, body) = ready(gw).await;
+            s == 503 && body["credit_bank"] == "down"
+        })
+        .await;
+    }
+    let took = t0.elapsed();
+    assert!(
+        metric_value(&nodes[0].metrics().await, "tollgate_credit_bank_up") == 0.0,
+        "gauge"
+    );
+    eprintln!("all nodes unready {took:?} after redis died");
+    redis.restart();
+    for gw in &nodes {
+        until("ready again once redis answers", || async {
+            ready(gw).await.0 == 200
+        })
+        .await;
+    }
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "1"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = nodes[1]
+        .client
+        .post(nodes[1].url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "back"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

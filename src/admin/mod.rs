@@ -842,11 +842,18 @@ impl AdminApi {
         match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => return Ok(reply(200, json!({"status": "ok"}))),
             (&Method::GET, ["readyz"]) => {
-                let ready = self.app.keys.generation() > 0 && self.app.ledger.ready();
-                return Ok(reply(
-                    if ready { 200 } else { 503 },
-                    json!({"ready": ready, "config_generation": self.app.generation()}),
-                ));
+                let bank = self
+                    .app
+                    .ledger
+                    .fleet()
+                    .map(|f| f.allowances().bank().is_reachable());
+                let ready =
+                    self.app.keys.generation() > 0 && self.app.ledger.ready() && bank != Some(false);
+                let mut body = json!({"ready": ready, "config_generation": self.app.generation()});
+                if let Some(up) = bank {
+                    body["credit_bank"] = json!(if up { "up" } else { "down" });
+                }
+                return Ok(reply(if ready { 200 } else { 503 }, body));
             }
             (&Method::GET, ["openapi.json"]) | (&Method::GET, ["admin", "openapi.json"]) => {
                 let body = OPENAPI.as_bytes().to_vec();

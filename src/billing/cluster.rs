@@ -444,6 +444,8 @@ pub struct Bank {
     scripts: Scripts,
     /// Consecutive calls that timed out.
     timeouts: AtomicU32,
+    /// Whether the last probe (`Bank::probe`) got Redis's answer: readiness follows it.
+    reachable: AtomicBool,
 }
 
 impl std::fmt::Debug for Bank {
@@ -567,6 +569,7 @@ impl Bank {
             cfg,
             scripts: Scripts::new(),
             timeouts: AtomicU32::new(0),
+            reachable: AtomicBool::new(true),
         })
     }
 
@@ -637,6 +640,25 @@ impl Bank {
                 })
             }
         }
+    }
+
+    /// Asks Redis for a PING within the operation timeout; remembers and returns whether it
+    /// answered (`is_reachable`).
+    pub async fn probe(&self) -> bool {
+        let mut conn = self.connection();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        let ok = matches!(
+            tokio::time::timeout(self.cfg.op_timeout, ping).await,
+            Ok(Ok(_))
+        );
+        self.reachable.store(ok, Ordering::Relaxed);
+        ok
+    }
+
+    /// Whether Redis answered the last probe.
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
     }
 
     /// Idempotent credit (top-up, grant, redemption, adjustment): `bal += amount` and
