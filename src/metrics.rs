@@ -47,6 +47,7 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     pub malformed_requests: IntCounter,
     pub credit_bank_up: IntGauge,
+    pub credit_bank_unreplicated: IntCounter,
     /// Requests refused (408) because their body came slower than the minimum rate.
     pub slow_bodies: IntCounter,
     /// Requests refused because the buffered-body budget was spent.
@@ -179,6 +180,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Cluster mode: 1 while the credit bank (Redis) answers its probe (every 500 ms), else 0; /readyz follows it",
     )?;
     registry.register(Box::new(credit_bank_up.clone()))?;
+    let credit_bank_unreplicated = IntCounter::new(
+        "tollgate_credit_bank_unreplicated_total",
+        "Sentinel: credit-moving writes no replica confirmed within half the operation timeout (a failover could lose them)",
+    )?;
+    registry.register(Box::new(credit_bank_unreplicated.clone()))?;
     let slow_bodies = IntCounter::new(
         "tollgate_slow_body_refusals_total",
         "Requests refused (408) because their body came slower than server.min_body_bytes_per_second",
@@ -260,6 +266,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         header_timeouts,
         malformed_requests,
         credit_bank_up,
+        credit_bank_unreplicated,
         slow_bodies,
         body_budget_refusals,
         buffered_body_bytes,

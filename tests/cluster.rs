@@ -12,19 +12,26 @@ use std::time::{Duration, Instant};
 use tollgate::mock::Behavior;
 
 fn cluster_extra(redis: &Redis, node: &str) -> String {
+    cluster_extra_url(&redis.url(), node)
+}
+
+fn cluster_extra_url(url: &str, node: &str) -> String {
     format!(
-        "\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n",
-        redis.url()
+        "\n[cluster]\nredis_url = \"{url}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n"
     )
 }
 
 /// Three nodes on one Redis and one SQLite file; tenant `acme` created through node 1.
 async fn fleet(m: &tollgate::mock::MockHandle, redis: &Redis) -> Vec<Gateway> {
+    fleet_on(m, &redis.url()).await
+}
+
+async fn fleet_on(m: &tollgate::mock::MockHandle, url: &str) -> Vec<Gateway> {
     let ups = [Up::mock("a", m)];
-    let n1 = Gateway::spawn(&ups, "", &cluster_extra(redis, "n1"), "", None).await;
+    let n1 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n1"), "", None).await;
     let db = n1.db.clone();
-    let n2 = Gateway::spawn(&ups, "", &cluster_extra(redis, "n2"), "", Some(&db)).await;
-    let n3 = Gateway::spawn(&ups, "", &cluster_extra(redis, "n3"), "", Some(&db)).await;
+    let n2 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n2"), "", Some(&db)).await;
+    let n3 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n3"), "", Some(&db)).await;
     n1.admin_post("/admin/tenants", json!({"name": "acme"}))
         .await;
     vec![n1, n2, n3]
@@ -569,4 +576,59 @@ async fn readiness_follows_the_credit_bank() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Redis behind Sentinel: the primary is killed under load; the Sentinels promote the replica,
+/// every node follows the new master, and the books are exact afterwards (no overspend, Redis and
+/// the SQL ledger agree).
+#[tokio::test]
+async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
+    let mut set = RedisSentinels::start();
+    let m = mock().await;
+    let nodes = fleet_on(&m, &set.url()).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let old = set.master_port();
+    assert_eq!(old, Some(set.primary.port));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = load(&nodes, &key, 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    set.primary.kill();
+    let t0 = Instant::now();
+    while set.master_port() != Some(set.replica.port) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("sentinel failover took {:?}", t0.elapsed());
+    // Calls keep coming for a while on the new master.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = join(tasks).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    for s in &statuses {
+        assert!(*s == 200 || *s == 503, "unexpected status {s}");
+    }
+    eprintln!("{ok} of {} calls served across the failover", statuses.len());
+    // Every node serves on the new master.
+    for gw in &nodes {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let bank = quiesce(&nodes[0], "acme").await;
+    let (charged, n) = sql_charges(&nodes[0], "acme").await;
+    assert_eq!(n, ok + 3, "one charge per successful call");
+    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
+    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
 }

@@ -434,7 +434,11 @@ impl Scripts {
 
 /// The shared credit bank: one Redis, many nodes.
 pub struct Bank {
-    client: redis::Client,
+    /// The Redis the bank talks to: the URL's, or the master Sentinel names (it changes on a
+    /// failover).
+    client: RwLock<redis::Client>,
+    /// `redis+sentinel://` URLs: the Sentinels to ask for the current master.
+    sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
     manager_cfg: ConnectionManagerConfig,
     conn: RwLock<ConnectionManager>,
     node: String,
@@ -446,6 +450,11 @@ pub struct Bank {
     timeouts: AtomicU32,
     /// Whether the last probe (`Bank::probe`) got Redis's answer: readiness follows it.
     reachable: AtomicBool,
+    /// Sentinel: replicas connected to the master at the last probe. While there is one, a
+    /// write that moves credit returns only once a replica has it (`run_durable`).
+    replicas: AtomicU32,
+    /// Writes a replica did not confirm in time (they could be lost by a failover).
+    unreplicated: AtomicU64,
 }
 
 impl std::fmt::Debug for Bank {
@@ -498,6 +507,84 @@ fn fingerprint(charges: &[(i64, i64)]) -> String {
     format!("{}:{h:016x}", charges.len())
 }
 
+/// `redis+sentinel://[user:password@]host:port[,host:port...]/master_name[/db]`: the Sentinels
+/// and the name of the master they watch; the credentials and database are the master's.
+#[derive(Debug, PartialEq)]
+struct SentinelUrl {
+    sentinels: Vec<String>,
+    master: String,
+    db: i64,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl SentinelUrl {
+    fn parse(url: &str) -> Result<Option<SentinelUrl>, BankError> {
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else {
+            return Ok(None);
+        };
+        let bad = |why| BankError::Invalid(why);
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("redis+sentinel:// needs /<master name> after the Sentinels"))?;
+        let sentinels: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{h}"))
+            .collect();
+        if sentinels.is_empty() {
+            return Err(bad("redis+sentinel:// names no Sentinel"));
+        }
+        let mut parts = path.split('/');
+        let master = parts.next().unwrap_or("").to_string();
+        if master.is_empty() {
+            return Err(bad("redis+sentinel:// names no master"));
+        }
+        let db = match parts.next() {
+            None | Some("") => 0,
+            Some(d) => d
+                .parse()
+                .map_err(|_| bad("redis+sentinel:// database must be a number"))?,
+        };
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
+                None => (None, Some(a.to_string())),
+            },
+        };
+        Ok(Some(SentinelUrl {
+            sentinels,
+            master,
+            db,
+            username,
+            password,
+        }))
+    }
+
+    fn client(&self) -> Result<redis::sentinel::SentinelClient, BankError> {
+        let mut info = redis::RedisConnectionInfo::default().set_db(self.db);
+        if let Some(u) = &self.username {
+            info = info.set_username(u);
+        }
+        if let Some(p) = &self.password {
+            info = info.set_password(p);
+        }
+        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(info);
+        Ok(redis::sentinel::SentinelClient::build(
+            self.sentinels.clone(),
+            self.master.clone(),
+            Some(node),
+            redis::sentinel::SentinelServerType::Master,
+        )?)
+    }
+}
+
 impl Bank {
     /// Connect with the default configuration. `prefix` is prepended to every key (e.g. `tg:`).
     pub async fn connect(url: &str, node: &str, prefix: &str) -> Result<Bank, BankError> {
@@ -515,7 +602,17 @@ impl Bank {
                 "node id must be non-empty without whitespace",
             ));
         }
-        let client = redis::Client::open(url)?;
+        let (client, sentinel) = match SentinelUrl::parse(url)? {
+            None => (redis::Client::open(url)?, None),
+            Some(s) => {
+                let mut sc = s.client()?;
+                let ms = cfg.op_timeout.as_millis() as u64;
+                let client = tokio::time::timeout(cfg.op_timeout, sc.async_get_client())
+                    .await
+                    .map_err(|_| BankError::Timeout { ms })??;
+                (client, Some(tokio::sync::Mutex::new(sc)))
+            }
+        };
         // Our own timeout (op_timeout) bounds every call and replaces the connection when it
         // fires, which also covers a silently dead peer (the manager only reconnects on errors).
         let manager_cfg = ConnectionManagerConfig::new()
@@ -553,6 +650,7 @@ impl Bank {
             LIMIT_LUA,
             CURSOR_LUA,
             RATES_LUA,
+            ADMIT_LUA,
         ] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(code);
         }
@@ -560,7 +658,8 @@ impl Bank {
             .await
             .map_err(|_| BankError::Timeout { ms })??;
         Ok(Bank {
-            client,
+            client: RwLock::new(client),
+            sentinel,
             manager_cfg,
             conn: RwLock::new(conn),
             node: node.to_string(),
@@ -570,6 +669,8 @@ impl Bank {
             scripts: Scripts::new(),
             timeouts: AtomicU32::new(0),
             reachable: AtomicBool::new(true),
+            replicas: AtomicU32::new(0),
+            unreplicated: AtomicU64::new(0),
         })
     }
 
@@ -610,14 +711,48 @@ impl Bank {
     }
 
     fn replace_connection(&self) {
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_cfg.clone())
-        {
+        let client = match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        match ConnectionManager::new_lazy_with_config(client, self.manager_cfg.clone()) {
             Ok(fresh) => match self.conn.write() {
                 Ok(mut c) => *c = fresh,
                 Err(p) => *p.into_inner() = fresh,
             },
             Err(e) => tracing::warn!(error = %e, "credit bank: cannot replace redis connection"),
         }
+    }
+
+    /// [`Bank::run`] for a script that moves credit. Behind Sentinel, while the master has a
+    /// replica, the answer is returned only once a replica has the write too (`WAIT 1`): an
+    /// asynchronous replica promoted by a failover would otherwise lack the last charges and
+    /// leases the nodes were told were done, and the tenant's balance would grow back by them.
+    /// A master that dies before the replica confirmed is an error, which each caller already
+    /// treats like a timeout (retried or resolved by its id). A replica that does not confirm
+    /// within the timeout (slow or just gone) is counted and the write stands.
+    async fn run_durable<T: FromRedisValue>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, BankError> {
+        let r = self.run(inv).await?;
+        if self.sentinel.is_some() && self.replicas.load(Ordering::Relaxed) > 0 {
+            let ms = self.cfg.op_timeout.as_millis() as u64;
+            let mut conn = self.connection();
+            let cmd = {
+                let mut c = redis::cmd("WAIT");
+                c.arg(1).arg(ms / 2);
+                c
+            };
+            let acked = tokio::time::timeout(self.cfg.op_timeout, cmd.query_async::<i64>(&mut conn))
+                .await
+                .map_err(|_| BankError::Timeout { ms })??;
+            if acked < 1 {
+                self.unreplicated.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::METRICS.credit_bank_unreplicated.inc();
+            }
+        }
+        Ok(r)
     }
 
     async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, BankError> {
@@ -642,18 +777,79 @@ impl Bank {
         }
     }
 
-    /// Asks Redis for a PING within the operation timeout; remembers and returns whether it
-    /// answered (`is_reachable`).
+    /// Asks Redis whether it answers (PING), and with Sentinel whether it is still the master
+    /// (ROLE), within the operation timeout; with Sentinel, a failed probe asks the Sentinels
+    /// for the current master and moves the connection there. Remembers and returns whether
+    /// the bank is usable (`is_reachable`).
     pub async fn probe(&self) -> bool {
-        let mut conn = self.connection();
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
-        let ok = matches!(
-            tokio::time::timeout(self.cfg.op_timeout, ping).await,
-            Ok(Ok(_))
-        );
+        let mut ok = self.probe_once().await;
+        if !ok && self.sentinel.is_some() && self.follow_master().await {
+            ok = self.probe_once().await;
+        }
         self.reachable.store(ok, Ordering::Relaxed);
         ok
+    }
+
+    async fn probe_once(&self) -> bool {
+        let mut conn = self.connection();
+        if self.sentinel.is_none() {
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            return matches!(
+                tokio::time::timeout(self.cfg.op_timeout, ping).await,
+                Ok(Ok(_))
+            );
+        }
+        let cmd = redis::cmd("ROLE");
+        let role = cmd.query_async::<redis::Value>(&mut conn);
+        match tokio::time::timeout(self.cfg.op_timeout, role).await {
+            Ok(Ok(redis::Value::Array(v))) => {
+                let master = matches!(
+                    v.first(),
+                    Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
+                );
+                // ["master", offset, [[ip, port, offset], ...]]
+                let replicas = match v.get(2) {
+                    Some(redis::Value::Array(r)) if master => r.len() as u32,
+                    _ => 0,
+                };
+                self.replicas.store(replicas, Ordering::Relaxed);
+                master
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes that moved credit and that no replica confirmed within the operation timeout.
+    pub fn unreplicated_writes(&self) -> u64 {
+        self.unreplicated.load(Ordering::Relaxed)
+    }
+
+    /// Sentinel: asks for the current master; when it moved, the bank's connection follows.
+    /// Whether a master was found.
+    async fn follow_master(&self) -> bool {
+        let Some(sentinel) = &self.sentinel else {
+            return false;
+        };
+        let mut sc = sentinel.lock().await;
+        let found = tokio::time::timeout(self.cfg.op_timeout, sc.async_get_client()).await;
+        let Ok(Ok(client)) = found else {
+            return false;
+        };
+        let moved = match self.client.read() {
+            Ok(c) => c.get_connection_info().addr() != client.get_connection_info().addr(),
+            Err(_) => true,
+        };
+        if moved {
+            tracing::warn!(master = %client.get_connection_info().addr(), "credit bank: Sentinel names a new master; following it");
+            match self.client.write() {
+                Ok(mut c) => *c = client,
+                Err(p) => *p.into_inner() = client,
+            }
+        }
+        // A fresh connection either way: the old one may be stuck on a demoted or dead server.
+        self.replace_connection();
+        true
     }
 
     /// Whether Redis answered the last probe.
@@ -697,7 +893,7 @@ impl Bank {
             .arg(ttl_secs(self.cfg.op_marker_ttl))
             .arg(format!("{tenant}:{amount}"))
             .arg(if force { "1" } else { "0" });
-        let v: Vec<i64> = self.run(&inv).await?;
+        let v: Vec<i64> = self.run_durable(&inv).await?;
         match reply_code(&v, "credit")? {
             0 | 1 => reply_at(&v, 1, "credit"),
             -1 => Err(BankError::Insufficient {
@@ -742,7 +938,7 @@ impl Bank {
             .arg(&self.node)
             .arg(tenant)
             .arg(ttl_secs(self.cfg.lease_marker_ttl));
-        let v: Vec<i64> = self.run(&inv).await?;
+        let v: Vec<i64> = self.run_durable(&inv).await?;
         match reply_code(&v, "lease")? {
             0 | 1 => reply_at(&v, 1, "lease"),
             -2 => Err(BankError::IdConflict {
@@ -784,7 +980,7 @@ impl Bank {
         for &(t, a) in &list {
             inv.arg(t).arg(a);
         }
-        let v: Vec<i64> = self.run(&inv).await?;
+        let v: Vec<i64> = self.run_durable(&inv).await?;
         match reply_code(&v, "flush")? {
             0 | 1 => Ok(()),
             -1 => {
@@ -821,7 +1017,7 @@ impl Bank {
             .arg(&self.node)
             .arg(tenant)
             .arg(ttl_secs(self.cfg.op_marker_ttl));
-        let v: Vec<i64> = self.run(&inv).await?;
+        let v: Vec<i64> = self.run_durable(&inv).await?;
         match reply_code(&v, "give_back")? {
             0 | 1 => reply_at(&v, 1, "give_back"),
             -2 => Err(BankError::IdConflict {
@@ -838,7 +1034,7 @@ impl Bank {
     pub async fn reclaim_own_leases(&self) -> Result<Vec<(i64, i64)>, BankError> {
         let mut inv = self.scripts.reclaim.prepare_invoke();
         inv.key(self.held_key()).arg(&self.prefix).arg(&self.node);
-        let v: Vec<String> = self.run(&inv).await?;
+        let v: Vec<String> = self.run_durable(&inv).await?;
         let mut out = Vec::with_capacity(v.len() / 2);
         for pair in v.chunks(2) {
             match pair {
@@ -887,7 +1083,7 @@ impl Bank {
             .arg(credited)
             .arg(spent)
             .arg(cursor);
-        let v: Vec<i64> = self.run(&inv).await?;
+        let v: Vec<i64> = self.run_durable(&inv).await?;
         match reply_code(&v, "seed")? {
             0 | 1 => Ok(true),
             -3 => Ok(false),
@@ -918,7 +1114,7 @@ impl Bank {
             .arg(spent)
             .arg(generation)
             .arg(expire.map_or(0, |d| d.as_secs().max(1)));
-        let v: Vec<i64> = self.run(&inv).await?;
+        let v: Vec<i64> = self.run_durable(&inv).await?;
         Ok(reply_code(&v, "limit")? == 0)
     }
 
@@ -938,7 +1134,7 @@ impl Bank {
     pub async fn advance_cursor(&self, seq: i64) -> Result<i64, BankError> {
         let mut inv = self.scripts.cursor.prepare_invoke();
         inv.key(self.cursor_key()).arg(seq);
-        self.run(&inv).await
+        self.run_durable(&inv).await
     }
 
     /// Push this node's rate-limit counts and read the fleet's totals, all subjects in one

@@ -619,10 +619,13 @@ fn build_cluster(
             ))
         }
     };
-    if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+    if !(redis_url.starts_with("redis://")
+        || redis_url.starts_with("rediss://")
+        || redis_url.starts_with("redis+sentinel://"))
+    {
         return Err(invalid(
             "cluster.redis_url",
-            "must start with redis:// or rediss://",
+            "must start with redis://, rediss:// or redis+sentinel://",
         ));
     }
     let node_id = match node_id {

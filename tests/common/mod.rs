@@ -375,14 +375,21 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// With more redis-server arguments (e.g. `--replicaof host port`).
+    pub fn start_with(extra: &[&str]) -> Redis {
         let mut r = Redis {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.spawn();
         r
@@ -405,6 +412,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -434,6 +442,119 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A primary, a replica and three Sentinels watching them as master `tg` (quorum 2, a master
+/// silent for 1 s is down): Debian's redis-server, started by the test on free ports.
+pub struct RedisSentinels {
+    pub primary: Redis,
+    pub replica: Redis,
+    sentinels: Vec<(u16, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinels {
+    pub fn start() -> RedisSentinels {
+        // No 5 s wait before the first full sync (Redis's default), so the replica is in sync
+        // when the test starts.
+        let primary = Redis::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::Client::open(replica.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced: {info}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor tg 127.0.0.1 {} 2\nsentinel down-after-milliseconds tg 1000\nsentinel failover-timeout tg 10000\n",
+                    primary.port
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (apt-get install -y redis-server)");
+            sentinels.push((port, child));
+        }
+        let s = RedisSentinels {
+            primary,
+            replica,
+            sentinels,
+            _dir: dir,
+        };
+        // Ready when every Sentinel knows the replica (it learns it from the primary).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (port, _) in &s.sentinels {
+            loop {
+                let known = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| {
+                        redis::cmd("SENTINEL")
+                            .arg("REPLICAS")
+                            .arg("tg")
+                            .query::<Vec<redis::Value>>(&mut c)
+                    })
+                    .map(|v| !v.is_empty())
+                    .unwrap_or(false);
+                if known {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "sentinels never saw the replica");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        s
+    }
+
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/tg", hosts.join(","))
+    }
+
+    /// The master the Sentinels name now.
+    pub fn master_port(&self) -> Option<u16> {
+        let (port, _) = self.sentinels.first()?;
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg("tg")
+            .query(&mut c)
+            .ok()?;
+        addr.get(1)?.parse().ok()
+    }
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
