@@ -1984,6 +1984,27 @@ mod tests {
     use super::*;
     use std::process::{Child, Command, Stdio};
 
+    #[test]
+    fn sentinel_urls_are_read_and_bad_ones_refused() {
+        assert_eq!(SentinelUrl::parse("redis://h:1/0").unwrap(), None);
+        let u = SentinelUrl::parse("redis+sentinel://:pw@a:26379,b:26380/tg/2")
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.sentinels, ["redis://a:26379", "redis://b:26380"]);
+        assert_eq!((u.master.as_str(), u.db), ("tg", 2));
+        assert_eq!((u.username, u.password.as_deref()), (None, Some("pw")));
+        let u = SentinelUrl::parse("redis+sentinel://me:p@ss@a:1/m").unwrap().unwrap();
+        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("me"), Some("p@ss")));
+        for bad in [
+            "redis+sentinel://a:1",
+            "redis+sentinel:///m",
+            "redis+sentinel://a:1/",
+            "redis+sentinel://a:1/m/x",
+        ] {
+            assert!(SentinelUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     /// A redis-server of the test's own, on a free port; killed on drop.
     struct Server {
         port: u16,
