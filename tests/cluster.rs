@@ -632,3 +632,59 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
     assert_eq!(bank["spent"].as_i64().unwrap(), charged);
     assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
 }
+
+/// A key revoked through one node is refused by the others within the key refresh interval
+/// (the nodes poll the store's key generation every second).
+#[tokio::test]
+async fn a_key_revoked_on_one_node_is_refused_by_the_others_within_a_second_or_two() {
+    let redis = Redis::start();
+    let m = mock().await;
+    let nodes = fleet(&m, &redis).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "1"}))
+        .await;
+    let created = nodes[0]
+        .admin_post(
+            "/admin/keys",
+            json!({"tenant": "acme", "name": "k", "default_channel": "main"}),
+        )
+        .await;
+    let key = created["key"].as_str().unwrap().to_string();
+    let id = created["record"]["id"].as_i64().unwrap();
+    let call = |gw: &Gateway| {
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    // Every node knows the key.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for gw in &nodes {
+        while call(gw).await.unwrap().status() != 200 {
+            assert!(Instant::now() < deadline, "the key never reached a node");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    nodes[0]
+        .admin_post(&format!("/admin/keys/{id}/revoke"), json!({}))
+        .await;
+    let t0 = Instant::now();
+    assert_eq!(call(&nodes[0]).await.unwrap().status(), 401, "at once where revoked");
+    for gw in &nodes[1..] {
+        loop {
+            let s = call(gw).await.unwrap().status();
+            if s == 401 {
+                break;
+            }
+            assert_eq!(s, 200);
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "a revoked key still served after {:?}",
+                t0.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("revocation reached every node after {:?}", t0.elapsed());
+}
