@@ -28,7 +28,24 @@ import features as F  # noqa: E402
 DATA = os.path.join(ROOT, "..", "shared", "routing", "routellm_labels.jsonl.gz")
 CHAT = os.path.join(HERE, "chat_prompts.jsonl")
 MANY = os.path.join(ROOT, "..", "shared", "routing", "many_model_labels.jsonl.gz")
-MODEL_NAME = "complexity-v2"
+# Open-ended prompts with panel labels (issue 19, v3): built by build_open_labels.py from the
+# AlpacaEval leaderboard data; looked for in shared/routing first, then in .cache/.
+OPEN_CANDIDATES = [
+    os.path.join(ROOT, "..", "shared", "routing", "alpaca_eval_labels.jsonl.gz"),
+    os.path.join(ROOT, ".cache", "alpaca_eval_labels.jsonl.gz"),
+]
+# AlpacaEval's component dataset held out whole (real user prompts of OpenAssistant), and the
+# named pairs its APGR is measured on. Quality = the judge's win probability against the
+# reference answer of gpt-4-1106-preview; the reference against itself is a tie (0.5). The main
+# pair is the arena's (gpt-4-1106-preview vs Mixtral-8x7B-Instruct); the second is two other
+# models of the panel, where the panel difficulty is not the pair's gain (docs/routing.md).
+HELDOUT_OPEN_SUBSET = "oasst"
+OPEN_REFERENCE = "gpt4_1106_preview"
+OPEN_PAIRS = {
+    "alpaca_eval oasst (held-out subset)": ("Mixtral-8x7B-Instruct-v0.1", OPEN_REFERENCE),
+    "alpaca_eval oasst, pair gpt4 / gpt-3.5-turbo-1106": ("gpt-3.5-turbo-1106", "gpt4"),
+}
+MODEL_NAME = "complexity-v3"
 MODEL_OUT = os.path.join(ROOT, "conf", "router", MODEL_NAME + ".json")
 GOLDEN_OUT = os.path.join(ROOT, "tests", "router", "golden.jsonl")
 REPORT_OUT = os.path.join(HERE, "report.md")
@@ -264,7 +281,15 @@ def load_many(path=MANY):
     return [r for r in rows if not (r["source"] == "arena_bench_v1" and r.get("weak_score") is None)]
 
 
-def split(rl, many):
+def load_open(path=None):
+    """AlpacaEval panel labels (build_open_labels.py), or [] when the file is absent."""
+    for p in [path] if path else OPEN_CANDIDATES:
+        if p and os.path.exists(p):
+            return load_rows(p)
+    return []
+
+
+def split(rl, many, open_rows=()):
     """Leave-whole-topics-out split (issue 19).
 
     - MMLU-Pro: N_HELDOUT_SUBSETS of its 14 subjects (seeded) and every item of the origin
@@ -274,6 +299,8 @@ def split(rl, many):
       is on both sides and the questions both files share stay on one side.
     - GSM8K: a seeded HELDOUT_FRACTION of the problems.
     - Chatbot Arena and SimpleQA prompts: never trained on (evaluation only).
+    - AlpacaEval (v3): the component dataset HELDOUT_OPEN_SUBSET is held out whole; the other
+      four train.
     Returns (train rows, dict of held-out sets by name, list of held-out MMLU-Pro subjects)."""
     pro = [r for r in many if r["source"] == "mmlu_pro"]
     subsets = sorted({r["subset"] for r in pro})
@@ -308,6 +335,13 @@ def split(rl, many):
         else:
             train.append(r)
     held["arena open-ended chat"] = [r for r in many if r["source"] == "arena_bench_v1"]
+    if open_rows:
+        for name, pr in OPEN_PAIRS.items():
+            held[name] = [
+                dict(r, pair=pr) for r in open_rows
+                if r["subset"] == HELDOUT_OPEN_SUBSET and all(m in r["per_model_win"] or m == OPEN_REFERENCE for m in pr)
+            ]
+        train += [r for r in open_rows if r["subset"] != HELDOUT_OPEN_SUBSET]
     held["simpleqa factual"] = [r for r in many if r["source"] == "simpleqa250_fastchat"]
     return train, held, sorted(held_sub)
 
@@ -316,12 +350,16 @@ def pair(r):
     """(weak, strong) outcome of the named pair: correctness, or the judge's 1-10 score."""
     if r.get("source") == "arena_bench_v1":
         return float(r["weak_score"]), float(r["strong_score"])
+    if r.get("source") == "alpaca_eval":
+        win = lambda m: 0.5 if m == OPEN_REFERENCE else float(r["per_model_win"][m])  # noqa: E731
+        weak, strong = r.get("pair", OPEN_PAIRS["alpaca_eval oasst (held-out subset)"])
+        return win(weak), win(strong)
     if "strong_correct" in r:
         return float(r["weak_correct"]), float(r["strong_correct"])
     return float(r["weak"]), float(r["strong"])
 
 
-def target(r, pro_target="difficulty"):
+def target(r, pro_target="difficulty", open_target="raw", open_stats=None):
     """Training target in [0, 1], higher = route to the strong model.
 
     MMLU-Pro: the panel's failure rate (`difficulty`, 30+ models): a far less noisy measure of
@@ -336,6 +374,12 @@ def target(r, pro_target="difficulty"):
         if pro_target == "blend":
             return min(1.0, (float(r["difficulty"]) + 2.0 * float(r["gain_irt"])) / 2.0)
         return float(r["difficulty"])
+    if r.get("source") == "alpaca_eval":
+        d = float(r["difficulty"])
+        if open_target == "spread" and open_stats:
+            mu, sd = open_stats
+            return min(1.0, max(0.0, 0.5 + 0.25 * (d - mu) / sd))
+        return d
     w, s = pair(r)
     return (s - w + 1.0) / 2.0
 
@@ -385,8 +429,14 @@ def training_set(rows, chat_train, zh_train, args):
     if args.no_routellm_mmlu:
         rows = [r for r in rows if r.get("source") != "mmlu"]
     reqs = [req_of(r["prompt"]) for r in rows]
-    y = [target(r, args.pro_target) for r in rows]
-    sw = [args.routellm_weight if r.get("source") in ("mmlu", "gsm8k") else 1.0 for r in rows]
+    od = [float(r["difficulty"]) for r in rows if r.get("source") == "alpaca_eval"]
+    stats = (float(np.mean(od)), float(np.std(od))) if od else None
+    y = [target(r, args.pro_target, args.open_target, stats) for r in rows]
+    sw = [
+        args.routellm_weight if r.get("source") in ("mmlu", "gsm8k")
+        else args.open_weight if r.get("source") == "alpaca_eval" else 1.0
+        for r in rows
+    ]
     for c in chat_train:
         reqs.append(c["request"])
         y.append(float(c["hard"]))
@@ -430,6 +480,11 @@ def main():
     ap.add_argument("--routellm-weight", type=float, default=1.0)
     ap.add_argument("--no-routellm-mmlu", action="store_true")
     ap.add_argument("--pro-target", default="difficulty", choices=["difficulty", "gain_irt", "pair", "blend"])
+    ap.add_argument("--open-labels", default=None, help="AlpacaEval labels (build_open_labels.py)")
+    ap.add_argument("--open-weight", type=float, default=5.0)
+    ap.add_argument("--open-target", default="raw", choices=["raw", "spread"])
+    ap.add_argument("--no-open", action="store_true", help="train without the AlpacaEval labels")
+    ap.add_argument("--eval-model", default=None, help="evaluate this model file (no writing)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -437,7 +492,14 @@ def main():
 
     rl = load_rows(DATA)
     many = load_many()
-    train, held, held_subsets = split(rl, many)
+    open_rows = load_open(args.open_labels)
+    if not open_rows:
+        print("no AlpacaEval labels found: run build_open_labels.py (see its docstring)", file=sys.stderr)
+    held_all = split(rl, many, open_rows)[1]
+    train, held, held_subsets = split(rl, many, [] if args.no_open else open_rows)
+    for name in OPEN_PAIRS:
+        if name in held_all:
+            held[name] = held_all[name]
     chat = load_chat()
     chat_train = [c for c in chat if c["split"] == "train"]
     chat_eval = [c for c in chat if c["split"] == "eval"]
@@ -454,7 +516,13 @@ def main():
     meta = {
         "data": "shared/routing/many_model_labels.jsonl.gz (mmlu_pro, target: panel difficulty) + "
         "shared/routing/routellm_labels.jsonl.gz (target: pair gain) + scripts/router/chat_prompts.jsonl "
-        "(split=train) + scripts/router/synth.py Chinese prompts (split=train)",
+        "(split=train) + scripts/router/synth.py Chinese prompts (split=train)"
+        + ("" if args.no_open or not open_rows else
+           " + AlpacaEval panel labels (build_open_labels.py; target: share of the panel losing to "
+           f"gpt-4-1106-preview; subset {HELDOUT_OPEN_SUBSET} held out)"),
+        "open_weight": 0.0 if args.no_open or not open_rows else args.open_weight,
+        "open_target": args.open_target,
+        "heldout_open_subset": HELDOUT_OPEN_SUBSET,
         "seed": SEED,
         "l2_sparse": args.l2,
         "l2_dense": args.l2_dense,
@@ -466,13 +534,16 @@ def main():
         "mmlu_pro_target": args.pro_target,
         "heldout_mmlu_pro_subjects": held_subsets,
         "heldout_mmlu_pro_origin": HELDOUT_ORIGIN,
-        "never_trained_on": ["arena_bench_v1", "simpleqa250_fastchat"],
+        "never_trained_on": ["arena_bench_v1", "simpleqa250_fastchat", "alpaca_eval/" + HELDOUT_OPEN_SUBSET],
         "excluded_subjects": sorted(LABEL_ARTIFACT_SUBJECTS),
         "quantile_reference": "traffic mix " + json.dumps(TRAFFIC_MIX),
     }
 
+    if args.eval_model:
+        args.eval_only = True
+        args.no_write = True
     if args.eval_only:
-        with open(MODEL_OUT, encoding="utf-8") as f:
+        with open(args.eval_model or MODEL_OUT, encoding="utf-8") as f:
             model = json.load(f)
     else:
         reqs, y, sw = training_set(train, chat_train, zh_train, args)
