@@ -99,12 +99,22 @@ class Matrix:
         self.vals = np.asarray(vals, dtype=np.float64)
         self.dense = np.asarray(dense, dtype=np.float64).reshape(self.n, len(F.DENSE_NAMES))
 
+    def csr(self):
+        """The sparse part as scipy CSR matrices (X and its transpose), built once: the same
+        sums as the bincount form, an order of magnitude faster."""
+        if getattr(self, "_x", None) is None:
+            import scipy.sparse as sp
+
+            x = sp.csr_matrix((self.vals, (self.rows, self.cols)), shape=(self.n, self.dim))
+            self._x, self._xt = x, x.T.tocsr()
+        return self._x, self._xt
+
     def logits(self, w, dw, b, mean, scale):
-        z = np.bincount(self.rows, weights=self.vals * w[self.cols], minlength=self.n)
+        z = self.csr()[0] @ w
         return z + ((self.dense - mean) / scale) @ dw + b
 
     def grad_sparse(self, g):
-        return np.bincount(self.cols, weights=self.vals * g[self.rows], minlength=self.dim)
+        return self.csr()[1] @ g
 
 
 def train_lr(X, y, sw, l2_sparse, l2_dense, iters=400, lr=0.05):
@@ -376,6 +386,12 @@ def target(r, pro_target="difficulty", open_target="raw", open_stats=None):
         return float(r["difficulty"])
     if r.get("source") == "alpaca_eval":
         d = float(r["difficulty"])
+        if open_target == "pair":  # gain of gpt-4-1106-preview over Mixtral-8x7B, (gain + 1) / 2
+            w = r["per_model_win"].get("Mixtral-8x7B-Instruct-v0.1")
+            return d if w is None else (0.5 - float(w) + 1.0) / 2.0
+        if open_target == "blend":
+            w = r["per_model_win"].get("Mixtral-8x7B-Instruct-v0.1")
+            return d if w is None else (d + (0.5 - float(w) + 1.0) / 2.0) / 2.0
         if open_target == "spread" and open_stats:
             mu, sd = open_stats
             return min(1.0, max(0.0, 0.5 + 0.25 * (d - mu) / sd))
@@ -392,40 +408,38 @@ class Features:
         self.cache = {}
 
     def of(self, req):
+        """(column indices, values, dense features) of one request, cached."""
         key = json.dumps(req, sort_keys=True, ensure_ascii=False)
         f = self.cache.get(key)
         if f is None:
-            f = F.extract(req, self.spec)
+            wi, ci, d = F.extract(req, self.spec)
+            wd = self.spec["word_dim"]
+            cols = np.asarray(list(wi) + [c + wd for c in ci], dtype=np.int64)
+            vals = np.concatenate([
+                np.full(len(wi), 1.0 / math.sqrt(len(wi)) if wi else 0.0),
+                np.full(len(ci), 1.0 / math.sqrt(len(ci)) if ci else 0.0),
+            ])
+            f = (cols, vals, d)
             self.cache[key] = f
         return f
 
     def matrix(self, reqs):
         m = Matrix.__new__(Matrix)
-        rows, cols, vals, dense = [], [], [], []
-        wd = self.spec["word_dim"]
-        for r, req in enumerate(reqs):
-            wi, ci, d = self.of(req)
-            if wi:
-                rows += [r] * len(wi)
-                cols += wi
-                vals += [1.0 / math.sqrt(len(wi))] * len(wi)
-            if ci:
-                rows += [r] * len(ci)
-                cols += [c + wd for c in ci]
-                vals += [1.0 / math.sqrt(len(ci))] * len(ci)
-            dense.append(d)
+        fs = [self.of(req) for req in reqs]
         m.n = len(reqs)
-        m.dim = wd + self.spec["char_dim"]
-        m.rows = np.asarray(rows, dtype=np.int64)
-        m.cols = np.asarray(cols, dtype=np.int64)
-        m.vals = np.asarray(vals, dtype=np.float64)
-        m.dense = np.asarray(dense, dtype=np.float64).reshape(m.n, len(F.DENSE_NAMES))
+        m.dim = self.spec["word_dim"] + self.spec["char_dim"]
+        m.rows = np.concatenate([np.full(len(f[0]), r, dtype=np.int64) for r, f in enumerate(fs)] or [np.zeros(0, np.int64)])
+        m.cols = np.concatenate([f[0] for f in fs] or [np.zeros(0, np.int64)])
+        m.vals = np.concatenate([f[1] for f in fs] or [np.zeros(0)])
+        m.dense = np.asarray([f[2] for f in fs], dtype=np.float64).reshape(m.n, len(F.DENSE_NAMES))
         return m
 
 
 def training_set(rows, chat_train, zh_train, args):
     """Request bodies, targets and sample weights of a training run."""
     rows = [r for r in rows if r.get("subject") not in LABEL_ARTIFACT_SUBJECTS]
+    if not getattr(args, "open_weight", 0.0):
+        rows = [r for r in rows if r.get("source") != "alpaca_eval"]
     if args.no_routellm_mmlu:
         rows = [r for r in rows if r.get("source") != "mmlu"]
     reqs = [req_of(r["prompt"]) for r in rows]
@@ -481,8 +495,8 @@ def main():
     ap.add_argument("--no-routellm-mmlu", action="store_true")
     ap.add_argument("--pro-target", default="difficulty", choices=["difficulty", "gain_irt", "pair", "blend"])
     ap.add_argument("--open-labels", default=None, help="AlpacaEval labels (build_open_labels.py)")
-    ap.add_argument("--open-weight", type=float, default=5.0)
-    ap.add_argument("--open-target", default="raw", choices=["raw", "spread"])
+    ap.add_argument("--open-weight", type=float, default=20.0)
+    ap.add_argument("--open-target", default="raw", choices=["raw", "spread", "pair", "blend"])
     ap.add_argument("--no-open", action="store_true", help="train without the AlpacaEval labels")
     ap.add_argument("--eval-model", default=None, help="evaluate this model file (no writing)")
     ap.add_argument("--no-write", action="store_true")

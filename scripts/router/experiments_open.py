@@ -1,0 +1,114 @@
+"""Model selection for router v3 on open-ended prompts (issue 19), training split only: the
+held-out AlpacaEval subset (oasst), the Chatbot Arena prompts and every other held-out source
+of train.py are never read here.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_open.py [--only NAME ...]
+
+Folds: each of the four training AlpacaEval subsets (helpful_base, koala, selfinstruct, vicuna)
+in turn is left out; a model is fitted on everything else of train.py's training set (MMLU-Pro,
+MMLU, GSM8K, hand-written chat and Chinese prompts, the other three subsets) and scores the
+left-out subset. Printed per configuration: APGR of the arena-like pair (gpt-4-1106-preview vs
+Mixtral-8x7B, judge's win probability against the gpt-4-1106-preview answer) per left-out
+subset and pooled, the Spearman correlation of the score with the panel difficulty, and the same
+for the prompt length.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+import experiments as E
+import synth
+import train as T
+
+SUBSETS = ["helpful_base", "koala", "selfinstruct", "vicuna"]
+
+CONFIGS = {
+    "no AlpacaEval (v2 recipe)": {"open_weight": 0.0},
+    "weight 2": {"open_weight": 2.0},
+    "weight 5": {"open_weight": 5.0},
+    "weight 10": {"open_weight": 10.0},
+    "weight 20": {"open_weight": 20.0},
+    "weight 5, spread target": {"open_weight": 5.0, "open_target": "spread"},
+    "weight 10, spread target": {"open_weight": 10.0, "open_target": "spread"},
+    "weight 10, chat weight 5": {"open_weight": 10.0, "chat_weight": 5.0},
+    "weight 50": {"open_weight": 50.0},
+    "weight 20, pair target": {"open_weight": 20.0, "open_target": "pair"},
+    "weight 20, difficulty + pair": {"open_weight": 20.0, "open_target": "blend"},
+    "weight 100": {"open_weight": 100.0},
+    "weight 20, L2 3e-5": {"open_weight": 20.0, "l2": 3e-5},
+    "weight 20, L2 3e-6": {"open_weight": 20.0, "l2": 3e-6},
+    "AlpacaEval + chat only": {"open_weight": 1.0, "only_open": True},
+    "AlpacaEval + chat only, L2 1e-4": {"open_weight": 1.0, "only_open": True, "l2": 1e-4},
+}
+
+
+def rank(a):
+    return np.argsort(np.argsort(a))
+
+
+def spearman(a, b):
+    return float(np.corrcoef(rank(a), rank(b))[0, 1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*")
+    opts = ap.parse_args()
+    rl = T.load_rows(T.DATA)
+    many = T.load_many()
+    open_rows = T.load_open()
+    train, _, _ = T.split(rl, many, open_rows)
+    chat = T.load_chat()
+    chat_train = [c for c in chat if c["split"] == "train"]
+    zh_train = [z for z in synth.chinese_set() if z["split"] == "train"]
+    feats = T.Features(dict(T.F.DEFAULT_SPEC))
+    pair = T.OPEN_PAIRS["alpaca_eval oasst (held-out subset)"]
+    print("| configuration | " + " | ".join(SUBSETS) + " | pooled APGR | Spearman with difficulty |")
+    print("|---|" + "---:|" * (len(SUBSETS) + 2))
+    lens_done = False
+    for name, kw in CONFIGS.items():
+        if opts.only and name not in opts.only:
+            continue
+        args = E.Args(**{"open_weight": 5.0, "open_target": "raw", **kw})
+        apgr, sp, all_z, all_rows = [], [], [], []
+        for sub in SUBSETS:
+            rest = [r for r in train if not (r.get("source") == "alpaca_eval" and r["subset"] == sub)]
+            if getattr(args, "only_open", False):
+                rest = [r for r in rest if r.get("source") == "alpaca_eval"]
+            part = [dict(r, pair=pair) for r in train if r.get("source") == "alpaca_eval" and r["subset"] == sub]
+            reqs, y, sw = T.training_set(rest, chat_train, zh_train, args)
+            p = T.train_lr(feats.matrix(reqs), y, sw, args.l2, args.l2_dense, iters=args.iters)
+            z = feats.matrix([T.req_of(r["prompt"]) for r in part]).logits(*p)
+            wk = np.array([T.pair(r)[0] for r in part])
+            st = np.array([T.pair(r)[1] for r in part])
+            apgr.append(T.metrics(z, wk, st)["apgr"])
+            sp.append(spearman(z, [r["difficulty"] for r in part]))
+            all_z += list(z - np.median(z))
+            all_rows += part
+        wk = np.array([T.pair(r)[0] for r in all_rows])
+        st = np.array([T.pair(r)[1] for r in all_rows])
+        pooled = T.metrics(np.array(all_z), wk, st)["apgr"]
+        if not lens_done:
+            ln = T.length_scores([T.req_of(r["prompt"]) for r in all_rows]).astype(float)
+            cells = []
+            for sub in SUBSETS:
+                idx = [i for i, r in enumerate(all_rows) if r["subset"] == sub]
+                cells.append(f"{T.metrics(ln[idx], wk[idx], st[idx])['apgr']:.3f}")
+            d = [r["difficulty"] for r in all_rows]
+            print(f"| prompt length | {' | '.join(cells)} | {T.metrics(ln, wk, st)['apgr']:.3f} | {spearman(ln, d):.3f} |")
+            cells = []
+            for sub in SUBSETS:
+                idx = [i for i, r in enumerate(all_rows) if r["subset"] == sub]
+                cells.append(f"{T.metrics(np.array(d)[idx], wk[idx], st[idx])['apgr']:.3f}")
+            print(f"| panel difficulty (oracle) | {' | '.join(cells)} | {T.metrics(np.array(d), wk, st)['apgr']:.3f} | 1 |")
+            lens_done = True
+        print(
+            f"| {name} | {' | '.join(f'{a:.3f}' for a in apgr)} | {pooled:.3f} | {np.mean(sp):.3f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
