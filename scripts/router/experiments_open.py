@@ -52,9 +52,35 @@ def spearman(a, b):
     return float(np.corrcoef(rank(a), rank(b))[0, 1])
 
 
+def in_domain(train, feats, pair):
+    """10-fold random cross-validation on the training AlpacaEval prompts alone (no other data):
+    how much of the panel difficulty the hashed n-gram model learns in domain."""
+    rows = [dict(r, pair=pair) for r in train if r.get("source") == "alpaca_eval"]
+    rng = np.random.default_rng(T.SEED)
+    fold = rng.permutation(len(rows)) % 10
+    wk = np.array([T.pair(r)[0] for r in rows])
+    st = np.array([T.pair(r)[1] for r in rows])
+    d = np.array([r["difficulty"] for r in rows])
+    print("| in-domain 10-fold (AlpacaEval training prompts only) | APGR | Spearman with difficulty |")
+    print("|---|---:|---:|")
+    ln = T.length_scores([T.req_of(r["prompt"]) for r in rows]).astype(float)
+    print(f"| prompt length | {T.metrics(ln, wk, st)['apgr']:.3f} | {spearman(ln, d):.3f} |")
+    for l2 in (1e-5, 1e-4, 1e-3):
+        z = np.zeros(len(rows))
+        for k in range(10):
+            tr = [r for r, f in zip(rows, fold) if f != k]
+            te = [i for i, f in enumerate(fold) if f == k]
+            X = feats.matrix([T.req_of(r["prompt"]) for r in tr])
+            y = np.array([r["difficulty"] for r in tr])
+            p = T.train_lr(X, y, np.ones(len(tr)), l2, 1e-3, iters=300)
+            z[te] = feats.matrix([T.req_of(rows[i]["prompt"]) for i in te]).logits(*p)
+        print(f"| hashed n-grams + dense, L2 {l2:g} | {T.metrics(z, wk, st)['apgr']:.3f} | {spearman(z, d):.3f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--in-domain", action="store_true")
     opts = ap.parse_args()
     rl = T.load_rows(T.DATA)
     many = T.load_many()
@@ -65,6 +91,8 @@ def main():
     zh_train = [z for z in synth.chinese_set() if z["split"] == "train"]
     feats = T.Features(dict(T.F.DEFAULT_SPEC))
     pair = T.OPEN_PAIRS["alpaca_eval oasst (held-out subset)"]
+    if opts.in_domain:
+        return in_domain(train, feats, pair)
     print("| configuration | " + " | ".join(SUBSETS) + " | pooled APGR | Spearman with difficulty |")
     print("|---|" + "---:|" * (len(SUBSETS) + 2))
     lens_done = False

@@ -45,7 +45,7 @@ OPEN_PAIRS = {
     "alpaca_eval oasst (held-out subset)": ("Mixtral-8x7B-Instruct-v0.1", OPEN_REFERENCE),
     "alpaca_eval oasst, pair gpt4 / gpt-3.5-turbo-1106": ("gpt-3.5-turbo-1106", "gpt4"),
 }
-MODEL_NAME = "complexity-v3"
+MODEL_NAME = "complexity-v2"  # the shipped model; --name writes another file
 MODEL_OUT = os.path.join(ROOT, "conf", "router", MODEL_NAME + ".json")
 GOLDEN_OUT = os.path.join(ROOT, "tests", "router", "golden.jsonl")
 REPORT_OUT = os.path.join(HERE, "report.md")
@@ -238,12 +238,12 @@ def r6(x):
     return float(f"{x:.6g}")
 
 
-def model_json(spec, w, dw, b, mean, scale, ref_scores, meta):
+def model_json(spec, w, dw, b, mean, scale, ref_scores, meta, name=MODEL_NAME):
     wd = spec["word_dim"]
     qs = np.quantile(np.asarray(ref_scores), np.linspace(0, 1, 101))
     return {
         "format": "tollgate-router-complexity",
-        "version": MODEL_NAME,
+        "version": name,
         "feature_version": F.FEATURE_VERSION,
         "features": dict(spec),
         "dense_names": list(F.DENSE_NAMES),
@@ -495,9 +495,10 @@ def main():
     ap.add_argument("--no-routellm-mmlu", action="store_true")
     ap.add_argument("--pro-target", default="difficulty", choices=["difficulty", "gain_irt", "pair", "blend"])
     ap.add_argument("--open-labels", default=None, help="AlpacaEval labels (build_open_labels.py)")
-    ap.add_argument("--open-weight", type=float, default=20.0)
+    ap.add_argument("--open-weight", type=float, default=0.0,
+                    help="weight of the AlpacaEval training rows (0: not trained on, the shipped v2 recipe)")
+    ap.add_argument("--name", default=MODEL_NAME, help="model version; written to conf/router/NAME.json")
     ap.add_argument("--open-target", default="raw", choices=["raw", "spread", "pair", "blend"])
-    ap.add_argument("--no-open", action="store_true", help="train without the AlpacaEval labels")
     ap.add_argument("--eval-model", default=None, help="evaluate this model file (no writing)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -510,7 +511,7 @@ def main():
     if not open_rows:
         print("no AlpacaEval labels found: run build_open_labels.py (see its docstring)", file=sys.stderr)
     held_all = split(rl, many, open_rows)[1]
-    train, held, held_subsets = split(rl, many, [] if args.no_open else open_rows)
+    train, held, held_subsets = split(rl, many, open_rows if args.open_weight else [])
     for name in OPEN_PAIRS:
         if name in held_all:
             held[name] = held_all[name]
@@ -531,12 +532,9 @@ def main():
         "data": "shared/routing/many_model_labels.jsonl.gz (mmlu_pro, target: panel difficulty) + "
         "shared/routing/routellm_labels.jsonl.gz (target: pair gain) + scripts/router/chat_prompts.jsonl "
         "(split=train) + scripts/router/synth.py Chinese prompts (split=train)"
-        + ("" if args.no_open or not open_rows else
+        + ("" if not args.open_weight or not open_rows else
            " + AlpacaEval panel labels (build_open_labels.py; target: share of the panel losing to "
            f"gpt-4-1106-preview; subset {HELDOUT_OPEN_SUBSET} held out)"),
-        "open_weight": 0.0 if args.no_open or not open_rows else args.open_weight,
-        "open_target": args.open_target,
-        "heldout_open_subset": HELDOUT_OPEN_SUBSET,
         "seed": SEED,
         "l2_sparse": args.l2,
         "l2_dense": args.l2_dense,
@@ -548,22 +546,26 @@ def main():
         "mmlu_pro_target": args.pro_target,
         "heldout_mmlu_pro_subjects": held_subsets,
         "heldout_mmlu_pro_origin": HELDOUT_ORIGIN,
-        "never_trained_on": ["arena_bench_v1", "simpleqa250_fastchat", "alpaca_eval/" + HELDOUT_OPEN_SUBSET],
+        "never_trained_on": ["arena_bench_v1", "simpleqa250_fastchat"],
         "excluded_subjects": sorted(LABEL_ARTIFACT_SUBJECTS),
         "quantile_reference": "traffic mix " + json.dumps(TRAFFIC_MIX),
     }
+    if args.open_weight and open_rows:
+        meta["open_weight"] = args.open_weight
+        meta["open_target"] = args.open_target
+        meta["never_trained_on"].append("alpaca_eval/" + HELDOUT_OPEN_SUBSET)
 
     if args.eval_model:
         args.eval_only = True
         args.no_write = True
     if args.eval_only:
-        with open(args.eval_model or MODEL_OUT, encoding="utf-8") as f:
+        with open(args.eval_model or os.path.join(ROOT, "conf", "router", args.name + ".json"), encoding="utf-8") as f:
             model = json.load(f)
     else:
         reqs, y, sw = training_set(train, chat_train, zh_train, args)
         X = feats.matrix(reqs)
         w, dw, b, mean, scale = train_lr(X, y, sw, args.l2, args.l2_dense, iters=args.iters)
-        model = model_json(spec, w, dw, b, mean, scale, [0.0], meta)
+        model = model_json(spec, w, dw, b, mean, scale, [0.0], meta, args.name)
         model = json.loads(json.dumps(model))  # the rounded file is what everything below uses
         # Quantiles on the traffic mix. Benchmark prompts the model trained on (maths, multiple
         # choice) are scored out of fold (2 folds): in-sample scores are too spread out.
@@ -607,8 +609,8 @@ def main():
     with open(REPORT_OUT, "w", encoding="utf-8") as f:
         f.write(report + "\n")
     if not args.eval_only:
-        os.makedirs(os.path.dirname(MODEL_OUT), exist_ok=True)
-        with open(MODEL_OUT, "w", encoding="utf-8") as f:
+        out = os.path.join(ROOT, "conf", "router", args.name + ".json")
+        with open(out, "w", encoding="utf-8") as f:
             json.dump(model, f, separators=(",", ":"))
             f.write("\n")
     write_golden(model, held["mmlu_pro (held-out subjects + theoremQA)"], chat, zh)
