@@ -75,6 +75,18 @@ def in_domain(train, feats, pair):
             p = T.train_lr(X, y, np.ones(len(tr)), l2, 1e-3, iters=300)
             z[te] = feats.matrix([T.req_of(rows[i]["prompt"]) for i in te]).logits(*p)
         print(f"| hashed n-grams + dense, L2 {l2:g} | {T.metrics(z, wk, st)['apgr']:.3f} | {spearman(z, d):.3f} |", flush=True)
+    # Learning curve: the same protocol, each training fold subsampled (L2 1e-3).
+    for frac in (0.25, 0.5):
+        z = np.zeros(len(rows))
+        for k in range(10):
+            tr = [r for r, f in zip(rows, fold) if f != k]
+            tr = [tr[i] for i in sorted(rng.permutation(len(tr))[: int(len(tr) * frac)])]
+            te = [i for i, f in enumerate(fold) if f == k]
+            X = feats.matrix([T.req_of(r["prompt"]) for r in tr])
+            y = np.array([r["difficulty"] for r in tr])
+            p = T.train_lr(X, y, np.ones(len(tr)), 1e-3, 1e-3, iters=300)
+            z[te] = feats.matrix([T.req_of(rows[i]["prompt"]) for i in te]).logits(*p)
+        print(f"| same, L2 0.001, {frac:.0%} of each training fold | {T.metrics(z, wk, st)['apgr']:.3f} | {spearman(z, d):.3f} |", flush=True)
 
 
 def main():
