@@ -75,7 +75,12 @@ def folds(train, mmlu_to_sub):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--rarity", action="store_true", help="add the wordfreq features (experiments_open.py)")
     opts = ap.parse_args()
+    if opts.rarity:
+        import experiments_open
+
+        experiments_open.add_rarity_features()
     rl = T.load_rows(T.DATA)
     many = T.load_many()
     train, _, _ = T.split(rl, many, T.load_open())

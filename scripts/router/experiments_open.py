@@ -24,6 +24,37 @@ import train as T
 
 SUBSETS = ["helpful_base", "koala", "selfinstruct", "vicuna"]
 
+def add_rarity_features():
+    """Experiment only (needs the `wordfreq` package, not in requirements.txt): three more dense
+    features from English Zipf word frequencies (mean, mean of the three rarest words, share of
+    words under Zipf 3) on the last user message. Patches the Python feature extraction of this
+    process; the gateway has no such features."""
+    import math
+    import re
+
+    from wordfreq import get_frequency_dict
+
+    fd = get_frequency_dict("en", wordlist="best")
+    base = T.F.extract
+
+    def rarity(req):
+        msgs = req.get("messages") or []
+        users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+        text = T.F.content_text(users[-1].get("content")) if users else ""
+        toks = re.findall(r"[a-z]+", text.lower())
+        if not toks:
+            return [0.0, 0.0, 0.0]
+        z = np.array([math.log10(fd[t]) + 9 if t in fd else 0.0 for t in toks])
+        return [float(z.mean()) / 7, float(np.sort(z)[:3].mean()) / 7, float((z < 3.0).mean())]
+
+    def extract(req, spec):
+        wi, ci, d = base(req, spec)
+        return wi, ci, list(d) + rarity(req)
+
+    T.F.extract = extract
+    T.F.DENSE_NAMES = list(T.F.DENSE_NAMES) + ["zipf_mean", "zipf_rarest3", "rare_share"]
+
+
 CONFIGS = {
     "no AlpacaEval (v2 recipe)": {"open_weight": 0.0},
     "weight 2": {"open_weight": 2.0},
@@ -93,7 +124,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--in-domain", action="store_true")
+    ap.add_argument("--rarity", action="store_true", help="add the wordfreq features (experiment)")
     opts = ap.parse_args()
+    if opts.rarity:
+        add_rarity_features()
     rl = T.load_rows(T.DATA)
     many = T.load_many()
     open_rows = T.load_open()
