@@ -31,6 +31,9 @@ CONFIGS = {
     "L2 3e-5": {"l2": 3e-5},
     "L2 3e-6": {"l2": 3e-6},
     "chat weight 40": {"chat_weight": 40.0},
+    "v3: AlpacaEval weight 5": {"open_weight": 5.0},
+    "v3: AlpacaEval weight 20": {"open_weight": 20.0},
+    "v3: AlpacaEval weight 50": {"open_weight": 50.0},
 }
 
 
@@ -44,6 +47,8 @@ class Args:
         self.routellm_weight = 1.0
         self.no_routellm_mmlu = False
         self.pro_target = "difficulty"
+        self.open_weight = 0.0
+        self.open_target = "raw"
         for k, v in kw.items():
             setattr(self, k, v)
 
@@ -57,6 +62,8 @@ def folds(train, mmlu_to_sub):
     for r in train:
         if r.get("source") == "mmlu_pro":
             out.append(fold_of_sub[r["subset"]])
+        elif r.get("source") == "alpaca_eval":
+            out.append(-1)  # open-ended: always on the training side here (experiments_open.py)
         elif r.get("source") == "gsm8k":
             out.append(gi % 4)
             gi += 1
@@ -68,10 +75,15 @@ def folds(train, mmlu_to_sub):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--rarity", action="store_true", help="add the wordfreq features (experiments_open.py)")
     opts = ap.parse_args()
+    if opts.rarity:
+        import experiments_open
+
+        experiments_open.add_rarity_features()
     rl = T.load_rows(T.DATA)
     many = T.load_many()
-    train, _, _ = T.split(rl, many)
+    train, _, _ = T.split(rl, many, T.load_open())
     mmlu_to_sub = {"moral_scenarios": "philosophy"}
     for r in many:
         if r["source"] == "mmlu_pro" and r["origin"].startswith("ori_mmlu-"):

@@ -28,7 +28,24 @@ import features as F  # noqa: E402
 DATA = os.path.join(ROOT, "..", "shared", "routing", "routellm_labels.jsonl.gz")
 CHAT = os.path.join(HERE, "chat_prompts.jsonl")
 MANY = os.path.join(ROOT, "..", "shared", "routing", "many_model_labels.jsonl.gz")
-MODEL_NAME = "complexity-v2"
+# Open-ended prompts with panel labels (issue 19, v3): built by build_open_labels.py from the
+# AlpacaEval leaderboard data; looked for in shared/routing first, then in .cache/.
+OPEN_CANDIDATES = [
+    os.path.join(ROOT, "..", "shared", "routing", "alpaca_eval_labels.jsonl.gz"),
+    os.path.join(ROOT, ".cache", "alpaca_eval_labels.jsonl.gz"),
+]
+# AlpacaEval's component dataset held out whole (real user prompts of OpenAssistant), and the
+# named pairs its APGR is measured on. Quality = the judge's win probability against the
+# reference answer of gpt-4-1106-preview; the reference against itself is a tie (0.5). The main
+# pair is the arena's (gpt-4-1106-preview vs Mixtral-8x7B-Instruct); the second is two other
+# models of the panel, where the panel difficulty is not the pair's gain (docs/routing.md).
+HELDOUT_OPEN_SUBSET = "oasst"
+OPEN_REFERENCE = "gpt4_1106_preview"
+OPEN_PAIRS = {
+    "alpaca_eval oasst (held-out subset)": ("Mixtral-8x7B-Instruct-v0.1", OPEN_REFERENCE),
+    "alpaca_eval oasst, pair gpt4 / gpt-3.5-turbo-1106": ("gpt-3.5-turbo-1106", "gpt4"),
+}
+MODEL_NAME = "complexity-v2"  # the shipped model; --name writes another file
 MODEL_OUT = os.path.join(ROOT, "conf", "router", MODEL_NAME + ".json")
 GOLDEN_OUT = os.path.join(ROOT, "tests", "router", "golden.jsonl")
 REPORT_OUT = os.path.join(HERE, "report.md")
@@ -82,12 +99,22 @@ class Matrix:
         self.vals = np.asarray(vals, dtype=np.float64)
         self.dense = np.asarray(dense, dtype=np.float64).reshape(self.n, len(F.DENSE_NAMES))
 
+    def csr(self):
+        """The sparse part as scipy CSR matrices (X and its transpose), built once: the same
+        sums as the bincount form, an order of magnitude faster."""
+        if getattr(self, "_x", None) is None:
+            import scipy.sparse as sp
+
+            x = sp.csr_matrix((self.vals, (self.rows, self.cols)), shape=(self.n, self.dim))
+            self._x, self._xt = x, x.T.tocsr()
+        return self._x, self._xt
+
     def logits(self, w, dw, b, mean, scale):
-        z = np.bincount(self.rows, weights=self.vals * w[self.cols], minlength=self.n)
+        z = self.csr()[0] @ w
         return z + ((self.dense - mean) / scale) @ dw + b
 
     def grad_sparse(self, g):
-        return np.bincount(self.cols, weights=self.vals * g[self.rows], minlength=self.dim)
+        return self.csr()[1] @ g
 
 
 def train_lr(X, y, sw, l2_sparse, l2_dense, iters=400, lr=0.05):
@@ -211,12 +238,12 @@ def r6(x):
     return float(f"{x:.6g}")
 
 
-def model_json(spec, w, dw, b, mean, scale, ref_scores, meta):
+def model_json(spec, w, dw, b, mean, scale, ref_scores, meta, name=MODEL_NAME):
     wd = spec["word_dim"]
     qs = np.quantile(np.asarray(ref_scores), np.linspace(0, 1, 101))
     return {
         "format": "tollgate-router-complexity",
-        "version": MODEL_NAME,
+        "version": name,
         "feature_version": F.FEATURE_VERSION,
         "features": dict(spec),
         "dense_names": list(F.DENSE_NAMES),
@@ -264,7 +291,15 @@ def load_many(path=MANY):
     return [r for r in rows if not (r["source"] == "arena_bench_v1" and r.get("weak_score") is None)]
 
 
-def split(rl, many):
+def load_open(path=None):
+    """AlpacaEval panel labels (build_open_labels.py), or [] when the file is absent."""
+    for p in [path] if path else OPEN_CANDIDATES:
+        if p and os.path.exists(p):
+            return load_rows(p)
+    return []
+
+
+def split(rl, many, open_rows=()):
     """Leave-whole-topics-out split (issue 19).
 
     - MMLU-Pro: N_HELDOUT_SUBSETS of its 14 subjects (seeded) and every item of the origin
@@ -274,6 +309,8 @@ def split(rl, many):
       is on both sides and the questions both files share stay on one side.
     - GSM8K: a seeded HELDOUT_FRACTION of the problems.
     - Chatbot Arena and SimpleQA prompts: never trained on (evaluation only).
+    - AlpacaEval (v3): the component dataset HELDOUT_OPEN_SUBSET is held out whole; the other
+      four train.
     Returns (train rows, dict of held-out sets by name, list of held-out MMLU-Pro subjects)."""
     pro = [r for r in many if r["source"] == "mmlu_pro"]
     subsets = sorted({r["subset"] for r in pro})
@@ -308,6 +345,13 @@ def split(rl, many):
         else:
             train.append(r)
     held["arena open-ended chat"] = [r for r in many if r["source"] == "arena_bench_v1"]
+    if open_rows:
+        for name, pr in OPEN_PAIRS.items():
+            held[name] = [
+                dict(r, pair=pr) for r in open_rows
+                if r["subset"] == HELDOUT_OPEN_SUBSET and all(m in r["per_model_win"] or m == OPEN_REFERENCE for m in pr)
+            ]
+        train += [r for r in open_rows if r["subset"] != HELDOUT_OPEN_SUBSET]
     held["simpleqa factual"] = [r for r in many if r["source"] == "simpleqa250_fastchat"]
     return train, held, sorted(held_sub)
 
@@ -316,12 +360,16 @@ def pair(r):
     """(weak, strong) outcome of the named pair: correctness, or the judge's 1-10 score."""
     if r.get("source") == "arena_bench_v1":
         return float(r["weak_score"]), float(r["strong_score"])
+    if r.get("source") == "alpaca_eval":
+        win = lambda m: 0.5 if m == OPEN_REFERENCE else float(r["per_model_win"][m])  # noqa: E731
+        weak, strong = r.get("pair", OPEN_PAIRS["alpaca_eval oasst (held-out subset)"])
+        return win(weak), win(strong)
     if "strong_correct" in r:
         return float(r["weak_correct"]), float(r["strong_correct"])
     return float(r["weak"]), float(r["strong"])
 
 
-def target(r, pro_target="difficulty"):
+def target(r, pro_target="difficulty", open_target="raw", open_stats=None):
     """Training target in [0, 1], higher = route to the strong model.
 
     MMLU-Pro: the panel's failure rate (`difficulty`, 30+ models): a far less noisy measure of
@@ -336,6 +384,18 @@ def target(r, pro_target="difficulty"):
         if pro_target == "blend":
             return min(1.0, (float(r["difficulty"]) + 2.0 * float(r["gain_irt"])) / 2.0)
         return float(r["difficulty"])
+    if r.get("source") == "alpaca_eval":
+        d = float(r["difficulty"])
+        if open_target == "pair":  # gain of gpt-4-1106-preview over Mixtral-8x7B, (gain + 1) / 2
+            w = r["per_model_win"].get("Mixtral-8x7B-Instruct-v0.1")
+            return d if w is None else (0.5 - float(w) + 1.0) / 2.0
+        if open_target == "blend":
+            w = r["per_model_win"].get("Mixtral-8x7B-Instruct-v0.1")
+            return d if w is None else (d + (0.5 - float(w) + 1.0) / 2.0) / 2.0
+        if open_target == "spread" and open_stats:
+            mu, sd = open_stats
+            return min(1.0, max(0.0, 0.5 + 0.25 * (d - mu) / sd))
+        return d
     w, s = pair(r)
     return (s - w + 1.0) / 2.0
 
@@ -348,45 +408,49 @@ class Features:
         self.cache = {}
 
     def of(self, req):
+        """(column indices, values, dense features) of one request, cached."""
         key = json.dumps(req, sort_keys=True, ensure_ascii=False)
         f = self.cache.get(key)
         if f is None:
-            f = F.extract(req, self.spec)
+            wi, ci, d = F.extract(req, self.spec)
+            wd = self.spec["word_dim"]
+            cols = np.asarray(list(wi) + [c + wd for c in ci], dtype=np.int64)
+            vals = np.concatenate([
+                np.full(len(wi), 1.0 / math.sqrt(len(wi)) if wi else 0.0),
+                np.full(len(ci), 1.0 / math.sqrt(len(ci)) if ci else 0.0),
+            ])
+            f = (cols, vals, d)
             self.cache[key] = f
         return f
 
     def matrix(self, reqs):
         m = Matrix.__new__(Matrix)
-        rows, cols, vals, dense = [], [], [], []
-        wd = self.spec["word_dim"]
-        for r, req in enumerate(reqs):
-            wi, ci, d = self.of(req)
-            if wi:
-                rows += [r] * len(wi)
-                cols += wi
-                vals += [1.0 / math.sqrt(len(wi))] * len(wi)
-            if ci:
-                rows += [r] * len(ci)
-                cols += [c + wd for c in ci]
-                vals += [1.0 / math.sqrt(len(ci))] * len(ci)
-            dense.append(d)
+        fs = [self.of(req) for req in reqs]
         m.n = len(reqs)
-        m.dim = wd + self.spec["char_dim"]
-        m.rows = np.asarray(rows, dtype=np.int64)
-        m.cols = np.asarray(cols, dtype=np.int64)
-        m.vals = np.asarray(vals, dtype=np.float64)
-        m.dense = np.asarray(dense, dtype=np.float64).reshape(m.n, len(F.DENSE_NAMES))
+        m.dim = self.spec["word_dim"] + self.spec["char_dim"]
+        m.rows = np.concatenate([np.full(len(f[0]), r, dtype=np.int64) for r, f in enumerate(fs)] or [np.zeros(0, np.int64)])
+        m.cols = np.concatenate([f[0] for f in fs] or [np.zeros(0, np.int64)])
+        m.vals = np.concatenate([f[1] for f in fs] or [np.zeros(0)])
+        m.dense = np.asarray([f[2] for f in fs], dtype=np.float64).reshape(m.n, len(F.DENSE_NAMES))
         return m
 
 
 def training_set(rows, chat_train, zh_train, args):
     """Request bodies, targets and sample weights of a training run."""
     rows = [r for r in rows if r.get("subject") not in LABEL_ARTIFACT_SUBJECTS]
+    if not getattr(args, "open_weight", 0.0):
+        rows = [r for r in rows if r.get("source") != "alpaca_eval"]
     if args.no_routellm_mmlu:
         rows = [r for r in rows if r.get("source") != "mmlu"]
     reqs = [req_of(r["prompt"]) for r in rows]
-    y = [target(r, args.pro_target) for r in rows]
-    sw = [args.routellm_weight if r.get("source") in ("mmlu", "gsm8k") else 1.0 for r in rows]
+    od = [float(r["difficulty"]) for r in rows if r.get("source") == "alpaca_eval"]
+    stats = (float(np.mean(od)), float(np.std(od))) if od else None
+    y = [target(r, args.pro_target, args.open_target, stats) for r in rows]
+    sw = [
+        args.routellm_weight if r.get("source") in ("mmlu", "gsm8k")
+        else args.open_weight if r.get("source") == "alpaca_eval" else 1.0
+        for r in rows
+    ]
     for c in chat_train:
         reqs.append(c["request"])
         y.append(float(c["hard"]))
@@ -430,6 +494,12 @@ def main():
     ap.add_argument("--routellm-weight", type=float, default=1.0)
     ap.add_argument("--no-routellm-mmlu", action="store_true")
     ap.add_argument("--pro-target", default="difficulty", choices=["difficulty", "gain_irt", "pair", "blend"])
+    ap.add_argument("--open-labels", default=None, help="AlpacaEval labels (build_open_labels.py)")
+    ap.add_argument("--open-weight", type=float, default=0.0,
+                    help="weight of the AlpacaEval training rows (0: not trained on, the shipped v2 recipe)")
+    ap.add_argument("--name", default=MODEL_NAME, help="model version; written to conf/router/NAME.json")
+    ap.add_argument("--open-target", default="raw", choices=["raw", "spread", "pair", "blend"])
+    ap.add_argument("--eval-model", default=None, help="evaluate this model file (no writing)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -437,7 +507,14 @@ def main():
 
     rl = load_rows(DATA)
     many = load_many()
-    train, held, held_subsets = split(rl, many)
+    open_rows = load_open(args.open_labels)
+    if not open_rows:
+        print("no AlpacaEval labels found: run build_open_labels.py (see its docstring)", file=sys.stderr)
+    held_all = split(rl, many, open_rows)[1]
+    train, held, held_subsets = split(rl, many, open_rows if args.open_weight else [])
+    for name in OPEN_PAIRS:
+        if name in held_all:
+            held[name] = held_all[name]
     chat = load_chat()
     chat_train = [c for c in chat if c["split"] == "train"]
     chat_eval = [c for c in chat if c["split"] == "eval"]
@@ -454,7 +531,10 @@ def main():
     meta = {
         "data": "shared/routing/many_model_labels.jsonl.gz (mmlu_pro, target: panel difficulty) + "
         "shared/routing/routellm_labels.jsonl.gz (target: pair gain) + scripts/router/chat_prompts.jsonl "
-        "(split=train) + scripts/router/synth.py Chinese prompts (split=train)",
+        "(split=train) + scripts/router/synth.py Chinese prompts (split=train)"
+        + ("" if not args.open_weight or not open_rows else
+           " + AlpacaEval panel labels (build_open_labels.py; target: share of the panel losing to "
+           f"gpt-4-1106-preview; subset {HELDOUT_OPEN_SUBSET} held out)"),
         "seed": SEED,
         "l2_sparse": args.l2,
         "l2_dense": args.l2_dense,
@@ -470,15 +550,22 @@ def main():
         "excluded_subjects": sorted(LABEL_ARTIFACT_SUBJECTS),
         "quantile_reference": "traffic mix " + json.dumps(TRAFFIC_MIX),
     }
+    if args.open_weight and open_rows:
+        meta["open_weight"] = args.open_weight
+        meta["open_target"] = args.open_target
+        meta["never_trained_on"].append("alpaca_eval/" + HELDOUT_OPEN_SUBSET)
 
+    if args.eval_model:
+        args.eval_only = True
+        args.no_write = True
     if args.eval_only:
-        with open(MODEL_OUT, encoding="utf-8") as f:
+        with open(args.eval_model or os.path.join(ROOT, "conf", "router", args.name + ".json"), encoding="utf-8") as f:
             model = json.load(f)
     else:
         reqs, y, sw = training_set(train, chat_train, zh_train, args)
         X = feats.matrix(reqs)
         w, dw, b, mean, scale = train_lr(X, y, sw, args.l2, args.l2_dense, iters=args.iters)
-        model = model_json(spec, w, dw, b, mean, scale, [0.0], meta)
+        model = model_json(spec, w, dw, b, mean, scale, [0.0], meta, args.name)
         model = json.loads(json.dumps(model))  # the rounded file is what everything below uses
         # Quantiles on the traffic mix. Benchmark prompts the model trained on (maths, multiple
         # choice) are scored out of fold (2 folds): in-sample scores are too spread out.
@@ -522,8 +609,8 @@ def main():
     with open(REPORT_OUT, "w", encoding="utf-8") as f:
         f.write(report + "\n")
     if not args.eval_only:
-        os.makedirs(os.path.dirname(MODEL_OUT), exist_ok=True)
-        with open(MODEL_OUT, "w", encoding="utf-8") as f:
+        out = os.path.join(ROOT, "conf", "router", args.name + ".json")
+        with open(out, "w", encoding="utf-8") as f:
             json.dump(model, f, separators=(",", ":"))
             f.write("\n")
     write_golden(model, held["mmlu_pro (held-out subjects + theoremQA)"], chat, zh)
