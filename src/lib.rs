@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod router;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod tenancy;
 
 /// Hash maps read on every request (models, channels, keys, books, quota accounts): keyed by

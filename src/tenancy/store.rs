@@ -32,6 +32,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("the store lock is poisoned")]
     Poisoned,
+    #[error("database error: {0}")]
+    Postgres(String),
 }
 
 impl StoreError {
@@ -613,10 +615,6 @@ fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
     })
 }
 
-/// (tenant, hour, key, user, group, model, channel) of a usage roll-up row.
-/// (tenant, hour, key, user, group, model, channel) of an hourly roll-up row, borrowing the
-/// batch's strings.
-type RollupKey<'a> = (i64, i64, i64, i64, i64, &'a str, &'a str);
 
 /// (fingerprint, entry ids as JSON, status, body, created_ms) of an idempotency key.
 type IdempotencyRow = (String, String, Option<i64>, Option<String>, i64);
@@ -1012,7 +1010,6 @@ impl Store {
                 ))?;
                 // The roll-up moves with the event in the same transaction, and only for events
                 // that were new, so a replayed batch is counted once.
-                let mut deltas: std::collections::HashMap<RollupKey, [i64; 8]> = std::collections::HashMap::new();
                 let mut roll = tx.prepare_cached(
                     "INSERT INTO usage_hourly (tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors,
                         prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens)
@@ -1062,51 +1059,7 @@ impl Store {
                         fresh.push(inserted == 1);
                     }
                 }
-                for (e, inserted) in events.iter().zip(fresh) {
-                    if let (true, Some(t)) = (inserted, e.tenant_id) {
-                        // Sum the batch per roll-up row first: one upsert per distinct row.
-                        let k = (
-                            t.0,
-                            e.ts_ms.div_euclid(3_600_000),
-                            e.key_id.map_or(0, |k| k.0),
-                            e.user_id.map_or(0, |u| u.0),
-                            e.group_id.map_or(0, |g| g.0),
-                            e.model_requested.as_deref().unwrap_or_default(),
-                            e.channel.as_deref().unwrap_or_default(),
-                        );
-                        let d = deltas.entry(k).or_insert([0i64; 8]);
-                        d[0] += 1;
-                        d[1] += i64::from(!(200..300).contains(&e.status));
-                        d[2] += e.prompt_tokens as i64;
-                        d[3] += e.cached_tokens as i64;
-                        d[4] += e.completion_tokens as i64;
-                        d[5] += e.reasoning_tokens as i64;
-                        d[6] += e.cost_nano;
-                        d[7] += e.cache_write_tokens as i64;
-                    }
-                }
-                // Per-dimension roll-ups (what unfiltered analytics read): hour and day rows for
-                // the tenant total and for each dimension's value.
-                let mut dims: std::collections::HashMap<(i64, i64, i64, i64, String), [i64; 8]> = std::collections::HashMap::new();
-                for ((tenant, hour, key, user, group, model, channel), d) in &deltas {
-                    let values: [(i64, String); 6] = [
-                        (0, String::new()),
-                        (1, user.to_string()),
-                        (2, group.to_string()),
-                        (3, key.to_string()),
-                        (4, model.to_string()),
-                        (5, channel.to_string()),
-                    ];
-                    for period in [3600i64, 86_400] {
-                        let bucket = (hour * 3600).div_euclid(period) * period;
-                        for (dim, value) in &values {
-                            let acc = dims.entry((*tenant, *dim, period, bucket, value.clone())).or_insert([0i64; 8]);
-                            for (a, x) in acc.iter_mut().zip(d.iter()) {
-                                *a += x;
-                            }
-                        }
-                    }
-                }
+                let (deltas, dims) = crate::store::rollup_deltas(events, &fresh);
                 let mut up = tx.prepare_cached(
                     "INSERT INTO usage_rollup (tenant_id, dim, period, bucket, value, requests, errors, prompt_tokens,
                         cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens)

@@ -637,3 +637,141 @@ pub fn protocol_upstreams(m: &MockHandle, models: &ProtocolModels<'_>) -> String
     ]
     .concat()
 }
+
+/// A PostgreSQL server of the test's own (Debian's postgresql package: `initdb` into a temporary
+/// directory, `postgres` on a free port, trust authentication on 127.0.0.1, fsync off), run as
+/// the `postgres` user when the tests run as root (PostgreSQL refuses root); stopped on drop.
+pub struct Postgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    fn bin(name: &str) -> PathBuf {
+        for dir in ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"] {
+            let p = PathBuf::from(dir).join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+        PathBuf::from(name)
+    }
+
+    /// The command, as the `postgres` user when we are root.
+    fn command(name: &str) -> Command {
+        let is_root = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .map(|l| l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+        if is_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(Postgres::bin(name));
+            c
+        } else {
+            Command::new(Postgres::bin(name))
+        }
+    }
+
+    pub fn start() -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-pg")
+            .tempdir()
+            .unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let out = Postgres::command("initdb")
+            .args(["-U", "tollgate", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb must be installed (apt-get install -y postgresql)");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let child = Postgres::command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres must be installed (apt-get install -y postgresql)");
+        let pg = Postgres {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(Postgres::bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "tollgate"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    /// A fresh, empty database on this server.
+    pub fn database(&self, name: &str) -> String {
+        let out = Command::new(Postgres::bin("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "tollgate", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "createdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://tollgate@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`: no shutdown
+    /// checkpoint; the data directory stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Postgres::command("pg_ctl")
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(self.dir.path().join("data"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,173 @@
+//! The record, split by domain, with two implementations of each domain: SQLite (the embedded
+//! default, `tenancy::store::Store`) and PostgreSQL (`pg::PgStore`, the fleet store of issue 15).
+//!
+//! Each domain is a trait with async methods, so that the PostgreSQL driver (sqlx) is used as it
+//! is meant to be and SQLite runs on the blocking pool; the same behaviour tests run against both
+//! (tests/store.rs). Domains so far:
+//!
+//! - [`Directory`]: tenants and API keys, and the key generation the nodes poll to reload their
+//!   key snapshot.
+//! - [`UsageLog`]: the batched write path of usage records (the charges they carry included).
+//!
+//! Still only on SQLite (and so the gateway still runs on SQLite alone): users, groups,
+//! invitations and tokens; the ledger's journal, idempotency keys, statements and balances;
+//! analytics and roll-ups; codes and promotions. docs/architecture.md ("The record") says what
+//! is left and in which order.
+
+pub mod pg;
+
+use crate::billing::usage::UsageEvent;
+use crate::tenancy::keys::KeySnapshot;
+use crate::tenancy::store::{NewKey, Store, StoreError};
+use crate::tenancy::{ApiKey, KeyId, Tenant, TenantId};
+
+/// Tenants and API keys.
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync {
+    /// A new tenant; `Conflict` when the name is taken, `Invalid` when it is empty or too long.
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// A tenant by numeric id or by name.
+    async fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError>;
+    /// A new key and its plaintext (shown once, never stored).
+    async fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError>;
+    async fn get_key(&self, id: KeyId) -> Result<ApiKey, StoreError>;
+    async fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError>;
+    /// Revokes a key (again: no change) and moves the key generation.
+    async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError>;
+    /// Moves with every key change: a node whose snapshot is older reloads it.
+    async fn key_generation(&self) -> Result<i64, StoreError>;
+    /// Every key by hash, revoked ones included.
+    async fn load_key_snapshot(&self) -> Result<KeySnapshot, StoreError>;
+}
+
+/// The usage records' write path.
+#[async_trait::async_trait]
+pub trait UsageLog: Send + Sync {
+    /// Stores a batch of usage records (with the charges they carry) in one transaction,
+    /// idempotent on the request id: a batch written again adds nothing. Returns how many rows
+    /// were new.
+    async fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError>;
+}
+
+/// Runs a SQLite store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| StoreError::Invalid(format!("store task failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl Directory for Store {
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        let name = name.to_string();
+        blocking(self, move |s| s.create_tenant(&name)).await
+    }
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        blocking(self, |s| s.list_tenants()).await
+    }
+    async fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError> {
+        let q = id_or_name.to_string();
+        blocking(self, move |s| s.find_tenant(&q)).await
+    }
+    async fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError> {
+        let new = new.clone();
+        blocking(self, move |s| s.create_key(&new)).await
+    }
+    async fn get_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        blocking(self, move |s| s.get_key(id)).await
+    }
+    async fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError> {
+        blocking(self, move |s| s.list_keys(tenant)).await
+    }
+    async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        blocking(self, move |s| s.revoke_key(id)).await
+    }
+    async fn key_generation(&self) -> Result<i64, StoreError> {
+        blocking(self, |s| s.key_generation()).await
+    }
+    async fn load_key_snapshot(&self) -> Result<KeySnapshot, StoreError> {
+        blocking(self, |s| s.load_key_snapshot()).await
+    }
+}
+
+#[async_trait::async_trait]
+impl UsageLog for Store {
+    async fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
+        let events = events.to_vec();
+        blocking(self, move |s| s.record(&events)).await
+    }
+}
+
+/// (tenant, hour, key, user, group, model, channel) of an hourly roll-up row, borrowing the
+/// batch's strings (0 and "" for none).
+pub(crate) type HourlyKey<'a> = (i64, i64, i64, i64, i64, &'a str, &'a str);
+/// (tenant, dimension, period, bucket, value) of a per-dimension roll-up row.
+pub(crate) type DimKey = (i64, i64, i64, i64, String);
+/// requests, errors, prompt, cached, completion, reasoning tokens, cost, cache writes.
+pub(crate) type Deltas = [i64; 8];
+
+/// What a batch of usage records adds to the roll-ups, counting only the records that were new
+/// (`fresh[i]` for `events[i]`): the hourly rows, summed per distinct row, and from them the
+/// per-dimension hour and day rows (tenant total, user, group, key, model, channel) that
+/// unfiltered analytics read. Both stores apply these in the transaction that stores the
+/// records, so a replayed batch moves nothing.
+pub(crate) fn rollup_deltas<'a>(
+    events: &'a [UsageEvent],
+    fresh: &[bool],
+) -> (
+    std::collections::HashMap<HourlyKey<'a>, Deltas>,
+    std::collections::HashMap<DimKey, Deltas>,
+) {
+    let mut hourly: std::collections::HashMap<HourlyKey<'a>, Deltas> =
+        std::collections::HashMap::new();
+    for (e, inserted) in events.iter().zip(fresh) {
+        if let (true, Some(t)) = (*inserted, e.tenant_id) {
+            let k = (
+                t.0,
+                e.ts_ms.div_euclid(3_600_000),
+                e.key_id.map_or(0, |k| k.0),
+                e.user_id.map_or(0, |u| u.0),
+                e.group_id.map_or(0, |g| g.0),
+                e.model_requested.as_deref().unwrap_or_default(),
+                e.channel.as_deref().unwrap_or_default(),
+            );
+            let d = hourly.entry(k).or_insert([0i64; 8]);
+            d[0] += 1;
+            d[1] += i64::from(!(200..300).contains(&e.status));
+            d[2] += e.prompt_tokens as i64;
+            d[3] += e.cached_tokens as i64;
+            d[4] += e.completion_tokens as i64;
+            d[5] += e.reasoning_tokens as i64;
+            d[6] += e.cost_nano;
+            d[7] += e.cache_write_tokens as i64;
+        }
+    }
+    let mut dims: std::collections::HashMap<DimKey, Deltas> = std::collections::HashMap::new();
+    for ((tenant, hour, key, user, group, model, channel), d) in &hourly {
+        let values: [(i64, String); 6] = [
+            (0, String::new()),
+            (1, user.to_string()),
+            (2, group.to_string()),
+            (3, key.to_string()),
+            (4, model.to_string()),
+            (5, channel.to_string()),
+        ];
+        for period in [3600i64, 86_400] {
+            let bucket = (hour * 3600).div_euclid(period) * period;
+            for (dim, value) in &values {
+                let acc = dims
+                    .entry((*tenant, *dim, period, bucket, value.clone()))
+                    .or_insert([0i64; 8]);
+                for (a, x) in acc.iter_mut().zip(d.iter()) {
+                    *a += x;
+                }
+            }
+        }
+    }
+    (hourly, dims)
+}

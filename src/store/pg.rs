@@ -1,0 +1,496 @@
+//! The record on PostgreSQL (issue 15), through sqlx. The schema is the versioned files in
+//! `migrations/postgres/`, built into the binary and applied by [`PgStore::connect`] under
+//! PostgreSQL's advisory lock (sqlx's migrator takes it), so that nodes starting together
+//! migrate once and the others wait, then find the schema current.
+//!
+//! Statements are written for PostgreSQL (not translated from SQLite's); rows are read by
+//! column name into the same domain types as the SQLite store's.
+
+use super::{Directory, UsageLog};
+use crate::billing::usage::UsageEvent;
+use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
+use crate::tenancy::limits::Limits;
+use crate::tenancy::store::{NewKey, StoreError};
+use crate::tenancy::{
+    unix_now, ApiKey, GroupId, KeyId, QuotaPeriod, Tenant, TenantId, UserId,
+};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use std::sync::Arc;
+
+/// The migrations, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Postgres(format!("migration: {e}"))
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects (`postgres://user:password@host:port/db`) and brings the schema up to date.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The newest migration applied.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn bump_generation(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        sqlx::query("UPDATE meta SET v = v + 1 WHERE k = 'key_generation'")
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The key columns and joins (a macro, so that statements built on it stay literals).
+macro_rules! key_select {
+    () => {
+        "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, k.prefix,
+        k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at,
+        k.revoked_at, k.quota_nano, k.user_id, u.quota_nano AS user_quota_nano, u.group_id,
+        g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit AS user_rpm,
+        u.tpm_limit AS user_tpm, t.rpm_limit AS tenant_rpm, t.tpm_limit AS tenant_tpm,
+        t.quota_period, t.router_override, k.key_hash
+    FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+    LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id"
+    };
+}
+
+fn limits(r: &PgRow, rpm: &str, tpm: &str) -> Result<Limits, sqlx::Error> {
+    Ok(Limits {
+        rpm: r
+            .try_get::<Option<i64>, _>(rpm)?
+            .and_then(|v| u32::try_from(v).ok()),
+        tpm: r
+            .try_get::<Option<i64>, _>(tpm)?
+            .and_then(|v| u64::try_from(v).ok()),
+    })
+}
+
+fn key_from_row(r: &PgRow) -> Result<ApiKey, sqlx::Error> {
+    let channels: String = r.try_get("allowed_channels")?;
+    let models: String = r.try_get("allowed_models")?;
+    Ok(ApiKey {
+        id: KeyId(r.try_get("id")?),
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        tenant_name: r.try_get("tenant_name")?,
+        name: r.try_get("name")?,
+        prefix: r.try_get("prefix")?,
+        default_channel: r.try_get("default_channel")?,
+        allowed_channels: serde_json::from_str(&channels).unwrap_or_default(),
+        allowed_models: serde_json::from_str(&models).unwrap_or_default(),
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        quota_nano: r.try_get("quota_nano")?,
+        user_id: r.try_get::<Option<i64>, _>("user_id")?.map(UserId),
+        user_quota_nano: r.try_get("user_quota_nano")?,
+        group_id: r.try_get::<Option<i64>, _>("group_id")?.map(GroupId),
+        group_budget_nano: r.try_get("budget_nano")?,
+        user_disabled: r.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+        key_limits: limits(r, "rpm_limit", "tpm_limit")?,
+        user_limits: limits(r, "user_rpm", "user_tpm")?,
+        tenant_limits: limits(r, "tenant_rpm", "tenant_tpm")?,
+        quota_period: QuotaPeriod::parse(&r.try_get::<String, _>("quota_period")?)
+            .unwrap_or_default(),
+        // Validated when it was set; a row that no longer parses routes with the defaults.
+        router_override: r
+            .try_get::<Option<String>, _>("router_override")?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .map(Arc::new),
+    })
+}
+
+fn tenant_from_row(r: &PgRow) -> Result<Tenant, sqlx::Error> {
+    Ok(Tenant {
+        id: TenantId(r.try_get("id")?),
+        name: r.try_get("name")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Directory for PgStore {
+    async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(StoreError::Invalid(
+                "tenant name must be 1-128 characters".into(),
+            ));
+        }
+        let now = unix_now();
+        let r = sqlx::query(
+            "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await;
+        match r {
+            Ok(row) => Ok(tenant_from_row(&row)?),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                "tenant `{name}` already exists"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(tenant_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, created_at FROM tenants WHERE name = $1 OR CAST(id AS TEXT) = $1",
+        )
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(tenant_from_row(&r)?),
+            None => Err(StoreError::not_found("tenant", format!("`{id_or_name}`"))),
+        }
+    }
+
+    async fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError> {
+        if new.name.trim().is_empty() || new.name.len() > 128 {
+            return Err(StoreError::Invalid(
+                "key name must be 1-128 characters".into(),
+            ));
+        }
+        let plaintext = generate_key();
+        let hash = hash_key(&plaintext);
+        let allowed_channels = serde_json::to_string(&new.allowed_channels)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let allowed_models = serde_json::to_string(&new.allowed_models)
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+            .bind(new.tenant_id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::not_found("tenant", new.tenant_id.0));
+        }
+        if let Some(u) = new.user_id {
+            let owner: Option<i64> = sqlx::query_scalar("SELECT tenant_id FROM users WHERE id = $1")
+                .bind(u.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if owner != Some(new.tenant_id.0) {
+                return Err(StoreError::not_found("user", u.0));
+            }
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO api_keys (tenant_id, name, key_hash, prefix, default_channel,
+                allowed_channels, allowed_models, created_at, expires_at, quota_nano, user_id,
+                rpm_limit, tpm_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        )
+        .bind(new.tenant_id.0)
+        .bind(new.name.trim())
+        .bind(&hash[..])
+        .bind(display_prefix(&plaintext))
+        .bind(&new.default_channel)
+        .bind(allowed_channels)
+        .bind(allowed_models)
+        .bind(unix_now())
+        .bind(new.expires_at)
+        .bind(new.quota_nano)
+        .bind(new.user_id.map(|u| u.0))
+        .bind(new.limits.rpm.map(i64::from))
+        .bind(new.limits.tpm.and_then(|t| i64::try_from(t).ok()))
+        .fetch_one(&mut *tx)
+        .await?;
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok((self.get_key(KeyId(id)).await?, plaintext))
+    }
+
+    async fn get_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        let row = sqlx::query(concat!(key_select!(), " WHERE k.id = $1"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(key_from_row(&r)?),
+            None => Err(StoreError::not_found("key", id.0)),
+        }
+    }
+
+    async fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query(concat!(
+            key_select!(),
+            " WHERE ($1::BIGINT IS NULL OR k.tenant_id = $1) ORDER BY k.id"
+        ))
+        .bind(tenant.map(|t| t.0))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(key_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::not_found("key", id.0));
+            }
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        self.get_key(id).await
+    }
+
+    async fn key_generation(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT v FROM meta WHERE k = 'key_generation'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn load_key_snapshot(&self) -> Result<KeySnapshot, StoreError> {
+        // One snapshot: the generation and the keys as of the same moment.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let generation: i64 = sqlx::query_scalar("SELECT v FROM meta WHERE k = 'key_generation'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(key_select!()).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut snap = KeySnapshot {
+            by_hash: Default::default(),
+            generation,
+        };
+        for r in &rows {
+            let key = key_from_row(r)?;
+            let hash: Vec<u8> = r.try_get("key_hash")?;
+            if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
+                snap.by_hash.insert(h, Arc::new(key));
+            }
+        }
+        Ok(snap)
+    }
+}
+
+/// `Some(v as i64)` for counters held unsigned.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait::async_trait]
+impl UsageLog for PgStore {
+    async fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        // One statement for the whole batch (a column an array), answering which request ids
+        // were new: a batch written again inserts nothing and moves no roll-up.
+        macro_rules! col {
+            ($f:expr) => {
+                events.iter().map($f).collect::<Vec<_>>()
+            };
+        }
+        let mut tx = self.pool.begin().await?;
+        let new_ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel,
+                upstream, model_requested, model_used, stream, status, error_code, prompt_tokens,
+                cached_tokens, completion_tokens, reasoning_tokens, usage_source, attempts,
+                latency_ms, ttft_ms, cost_nano, user_id, group_id, route_tier, route_reason,
+                route_score, baseline_cost_nano, cache_write_tokens, uncollected, path)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
+                $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BOOLEAN[],
+                $11::INTEGER[], $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[],
+                $16::BIGINT[], $17::TEXT[], $18::INTEGER[], $19::BIGINT[], $20::BIGINT[],
+                $21::BIGINT[], $22::BIGINT[], $23::BIGINT[], $24::TEXT[], $25::TEXT[],
+                $26::DOUBLE PRECISION[], $27::BIGINT[], $28::BIGINT[], $29::BIGINT[], $30::TEXT[])
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING request_id",
+        )
+        .bind(col!(|e| e.request_id.clone()))
+        .bind(col!(|e| e.ts_ms))
+        .bind(col!(|e| e.tenant_id.map(|t| t.0)))
+        .bind(col!(|e| e.key_id.map(|k| k.0)))
+        .bind(col!(|e| e.endpoint.clone()))
+        .bind(col!(|e| e.channel.clone()))
+        .bind(col!(|e| e.upstream.clone()))
+        .bind(col!(|e| e.model_requested.clone()))
+        .bind(col!(|e| e.model_used.clone()))
+        .bind(col!(|e| e.stream))
+        .bind(col!(|e| i32::from(e.status)))
+        .bind(col!(|e| e.error_code.clone()))
+        .bind(col!(|e| int(e.prompt_tokens)))
+        .bind(col!(|e| int(e.cached_tokens)))
+        .bind(col!(|e| int(e.completion_tokens)))
+        .bind(col!(|e| int(e.reasoning_tokens)))
+        .bind(col!(|e| e.usage_source.clone()))
+        .bind(col!(|e| i32::try_from(e.attempts).unwrap_or(i32::MAX)))
+        .bind(col!(|e| int(e.latency_ms)))
+        .bind(col!(|e| e.ttft_ms.map(int)))
+        .bind(col!(|e| e.cost_nano))
+        .bind(col!(|e| e.user_id.map(|u| u.0)))
+        .bind(col!(|e| e.group_id.map(|g| g.0)))
+        .bind(col!(|e| e.route_tier.clone()))
+        .bind(col!(|e| e.route_reason.clone()))
+        .bind(col!(|e| e.route_score.map(f64::from)))
+        .bind(col!(|e| e.baseline_cost_nano))
+        .bind(col!(|e| int(e.cache_write_tokens)))
+        .bind(col!(|e| e.uncollected))
+        .bind(col!(|e| e.path.clone()))
+        .fetch_all(&mut *tx)
+        .await?;
+        let fresh: std::collections::HashSet<&str> = new_ids.iter().map(String::as_str).collect();
+        let flags: Vec<bool> = events
+            .iter()
+            .map(|e| fresh.contains(e.request_id.as_str()))
+            .collect();
+        let (hourly, dims) = super::rollup_deltas(events, &flags);
+        if !hourly.is_empty() {
+            let mut c: [Vec<i64>; 13] = Default::default();
+            let (mut models, mut channels) = (Vec::new(), Vec::new());
+            for ((t, h, k, u, g, m, ch), d) in &hourly {
+                for (col, v) in c.iter_mut().zip([*t, *h, *k, *u, *g].iter().chain(d.iter())) {
+                    col.push(*v);
+                }
+                models.push(m.to_string());
+                channels.push(ch.to_string());
+            }
+            sqlx::query(
+                "INSERT INTO usage_hourly AS h (tenant_id, hour, key_id, user_id, group_id, model,
+                    channel, requests, errors, prompt_tokens, cached_tokens, completion_tokens,
+                    reasoning_tokens, cost_nano, cache_write_tokens)
+                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
+                    $5::BIGINT[], $14::TEXT[], $15::TEXT[], $6::BIGINT[], $7::BIGINT[],
+                    $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
+                    $13::BIGINT[])
+                 ON CONFLICT (tenant_id, hour, key_id, user_id, group_id, model, channel) DO UPDATE SET
+                    requests = h.requests + excluded.requests,
+                    errors = h.errors + excluded.errors,
+                    prompt_tokens = h.prompt_tokens + excluded.prompt_tokens,
+                    cached_tokens = h.cached_tokens + excluded.cached_tokens,
+                    completion_tokens = h.completion_tokens + excluded.completion_tokens,
+                    reasoning_tokens = h.reasoning_tokens + excluded.reasoning_tokens,
+                    cost_nano = h.cost_nano + excluded.cost_nano,
+                    cache_write_tokens = h.cache_write_tokens + excluded.cache_write_tokens",
+            )
+            .bind(&c[0])
+            .bind(&c[1])
+            .bind(&c[2])
+            .bind(&c[3])
+            .bind(&c[4])
+            .bind(&c[5])
+            .bind(&c[6])
+            .bind(&c[7])
+            .bind(&c[8])
+            .bind(&c[9])
+            .bind(&c[10])
+            .bind(&c[11])
+            .bind(&c[12])
+            .bind(models)
+            .bind(channels)
+            .execute(&mut *tx)
+            .await?;
+            let mut c: [Vec<i64>; 12] = Default::default();
+            let mut values = Vec::new();
+            for ((t, dim, period, bucket, value), d) in &dims {
+                for (col, v) in c
+                    .iter_mut()
+                    .zip([*t, *dim, *period, *bucket].iter().chain(d.iter()))
+                {
+                    col.push(*v);
+                }
+                values.push(value.clone());
+            }
+            sqlx::query(
+                "INSERT INTO usage_rollup AS r (tenant_id, dim, period, bucket, value, requests,
+                    errors, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
+                    cost_nano, cache_write_tokens)
+                 SELECT t, d::SMALLINT, p::INTEGER, b, v, r1, r2, r3, r4, r5, r6, r7, r8
+                 FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $13::TEXT[],
+                    $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[],
+                    $10::BIGINT[], $11::BIGINT[], $12::BIGINT[])
+                    AS x(t, d, p, b, v, r1, r2, r3, r4, r5, r6, r7, r8)
+                 ON CONFLICT (tenant_id, dim, period, bucket, value) DO UPDATE SET
+                    requests = r.requests + excluded.requests,
+                    errors = r.errors + excluded.errors,
+                    prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+                    cached_tokens = r.cached_tokens + excluded.cached_tokens,
+                    completion_tokens = r.completion_tokens + excluded.completion_tokens,
+                    reasoning_tokens = r.reasoning_tokens + excluded.reasoning_tokens,
+                    cost_nano = r.cost_nano + excluded.cost_nano,
+                    cache_write_tokens = r.cache_write_tokens + excluded.cache_write_tokens",
+            )
+            .bind(&c[0])
+            .bind(&c[1])
+            .bind(&c[2])
+            .bind(&c[3])
+            .bind(&c[4])
+            .bind(&c[5])
+            .bind(&c[6])
+            .bind(&c[7])
+            .bind(&c[8])
+            .bind(&c[9])
+            .bind(&c[10])
+            .bind(&c[11])
+            .bind(values)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(new_ids.len())
+    }
+}

@@ -1,0 +1,225 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The record's domains behave the same on SQLite and on PostgreSQL (issue 15): each behaviour
+//! test runs against the embedded store and a real PostgreSQL started by the test.
+
+mod common;
+
+use common::Postgres;
+use tollgate::billing::usage::UsageEvent;
+use tollgate::store::pg::PgStore;
+use tollgate::store::{Directory, UsageLog};
+use tollgate::tenancy::limits::Limits;
+use tollgate::tenancy::store::{NewKey, Store, StoreError};
+use tollgate::tenancy::{KeyId, TenantId};
+
+fn sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db")).unwrap();
+    (dir, store)
+}
+
+fn new_key(tenant: TenantId, name: &str) -> NewKey {
+    NewKey {
+        tenant_id: tenant,
+        name: name.into(),
+        default_channel: "main".into(),
+        allowed_channels: vec!["cheap".into()],
+        allowed_models: vec!["gpt-4o-mini".into()],
+        expires_at: None,
+        quota_nano: Some(5_000),
+        user_id: None,
+        limits: Limits {
+            rpm: Some(10),
+            tpm: None,
+        },
+    }
+}
+
+async fn directory_behaviour(s: &dyn Directory, backend: &str) {
+    let acme = s.create_tenant(" acme ").await.unwrap();
+    assert_eq!(acme.name, "acme", "{backend}");
+    assert!(matches!(s.create_tenant("acme").await, Err(StoreError::Conflict(_))), "{backend}");
+    assert!(matches!(s.create_tenant("  ").await, Err(StoreError::Invalid(_))), "{backend}");
+    let globex = s.create_tenant("Globex Corp").await.unwrap();
+    let names: Vec<String> = s.list_tenants().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["acme", "Globex Corp"], "{backend}");
+    assert_eq!(s.find_tenant("Globex Corp").await.unwrap().id, globex.id, "{backend}");
+    assert_eq!(s.find_tenant(&acme.id.0.to_string()).await.unwrap().name, "acme", "{backend}");
+    assert!(matches!(s.find_tenant("nobody").await, Err(StoreError::NotFound { what: "tenant", .. })), "{backend}");
+
+    let g0 = s.key_generation().await.unwrap();
+    let (key, plaintext) = s.create_key(&new_key(acme.id, "ci")).await.unwrap();
+    assert!(plaintext.starts_with(&key.prefix), "{backend}");
+    assert_eq!(key.tenant_name, "acme", "{backend}");
+    assert_eq!(key.allowed_channels, ["cheap"], "{backend}");
+    assert_eq!(key.allowed_models, ["gpt-4o-mini"], "{backend}");
+    assert_eq!((key.quota_nano, key.key_limits.rpm), (Some(5_000), Some(10)), "{backend}");
+    let g1 = s.key_generation().await.unwrap();
+    assert!(g1 > g0, "{backend}: a new key moves the generation");
+    let (other, _) = s.create_key(&new_key(globex.id, "other")).await.unwrap();
+    assert!(matches!(
+        s.create_key(&new_key(TenantId(9_999), "x")).await,
+        Err(StoreError::NotFound { what: "tenant", .. })
+    ), "{backend}");
+    assert!(matches!(s.create_key(&new_key(acme.id, " ")).await, Err(StoreError::Invalid(_))), "{backend}");
+
+    let ids = |v: Vec<tollgate::tenancy::ApiKey>| v.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_keys(Some(acme.id)).await.unwrap()), [key.id], "{backend}");
+    assert_eq!(ids(s.list_keys(None).await.unwrap()), [key.id, other.id], "{backend}");
+
+    let snap = s.load_key_snapshot().await.unwrap();
+    assert_eq!(snap.generation, s.key_generation().await.unwrap(), "{backend}");
+    let found = snap.by_hash.get(&tollgate::tenancy::keys::hash_key(&plaintext)).unwrap();
+    assert_eq!(found.id, key.id, "{backend}");
+    assert!(found.revoked_at.is_none(), "{backend}");
+
+    let g2 = s.key_generation().await.unwrap();
+    let revoked = s.revoke_key(key.id).await.unwrap();
+    assert!(revoked.revoked_at.is_some(), "{backend}");
+    assert!(s.key_generation().await.unwrap() > g2, "{backend}: a revocation moves the generation");
+    let again = s.revoke_key(key.id).await.unwrap();
+    assert_eq!(again.revoked_at, revoked.revoked_at, "{backend}: revoking twice keeps the first time");
+    assert!(matches!(s.revoke_key(KeyId(9_999)).await, Err(StoreError::NotFound { what: "key", .. })), "{backend}");
+    let snap = s.load_key_snapshot().await.unwrap();
+    assert!(snap.by_hash.get(&tollgate::tenancy::keys::hash_key(&plaintext)).unwrap().revoked_at.is_some(), "{backend}");
+    assert!(matches!(s.get_key(KeyId(9_999)).await, Err(StoreError::NotFound { what: "key", .. })), "{backend}");
+}
+
+#[tokio::test]
+async fn the_directory_behaves_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    directory_behaviour(&lite, "sqlite").await;
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("directory"), 4).await.unwrap();
+    directory_behaviour(&store, "postgresql").await;
+}
+
+fn event(i: usize, tenant: TenantId, key: KeyId) -> UsageEvent {
+    UsageEvent {
+        request_id: format!("req_{i:06}"),
+        // Spread over three hours and two days' boundary.
+        ts_ms: 1_790_000_000_000 + (i as i64 % 3) * 3_600_000 + (i as i64 / 50) * 86_400_000,
+        tenant_id: Some(tenant),
+        key_id: Some(key),
+        endpoint: "chat".into(),
+        channel: Some(if i % 2 == 0 { "main" } else { "cheap" }.into()),
+        upstream: Some("main/a".into()),
+        model_requested: Some(if i % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" }.into()),
+        model_used: Some("gpt-4o-mini-2024-07-18".into()),
+        stream: i % 3 == 0,
+        status: if i % 17 == 0 { 502 } else { 200 },
+        prompt_tokens: 100 + i as u64,
+        cached_tokens: (i % 4) as u64 * 10,
+        completion_tokens: 20 + (i % 7) as u64,
+        reasoning_tokens: (i % 2) as u64,
+        cache_write_tokens: (i % 3) as u64,
+        usage_source: "vendor".into(),
+        attempts: 1,
+        latency_ms: 40,
+        ttft_ms: Some(12),
+        cost_nano: 1_000 + i as i64 * 3,
+        uncollected: 0,
+        route_score: Some(0.25),
+        ..Default::default()
+    }
+}
+
+/// The roll-up tables' rows, sorted, as text (same shape from both stores).
+fn lite_rollups(path: &std::path::Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens FROM usage_hourly",
+        "SELECT tenant_id, dim, period, bucket, value, requests, errors, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens FROM usage_rollup",
+    ] {
+        let mut st = c.prepare(sql).unwrap();
+        let n = st.column_count();
+        let rows = st
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap();
+        out.extend(rows.map(|r| r.unwrap()));
+    }
+    out.sort();
+    out
+}
+
+async fn pg_rollups(s: &PgStore) -> Vec<String> {
+    let mut out: Vec<String> = sqlx::query_scalar(
+        "SELECT concat_ws('|', tenant_id, hour, key_id, user_id, group_id, model, channel, requests, errors, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens) FROM usage_hourly
+         UNION ALL
+         SELECT concat_ws('|', tenant_id, dim, period, bucket, value, requests, errors, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens) FROM usage_rollup",
+    )
+    .fetch_all(s.pool())
+    .await
+    .unwrap();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn usage_batches_are_stored_once_and_roll_up_the_same_on_both_stores() {
+    let (dir, lite) = sqlite();
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("usage"), 4).await.unwrap();
+    for (name, s, d) in [
+        ("sqlite", &lite as &dyn UsageLog, &lite as &dyn Directory),
+        ("postgresql", &store as &dyn UsageLog, &store as &dyn Directory),
+    ] {
+        let t = d.create_tenant("acme").await.unwrap();
+        let (k, _) = d.create_key(&new_key(t.id, "k")).await.unwrap();
+        let events: Vec<UsageEvent> = (0..150).map(|i| event(i, t.id, k.id)).collect();
+        assert_eq!(s.record(&events[..100]).await.unwrap(), 100, "{name}");
+        // The same batch again (a retried write) adds nothing; an overlapping one adds the rest.
+        assert_eq!(s.record(&events[..100]).await.unwrap(), 0, "{name}");
+        assert_eq!(s.record(&events[60..]).await.unwrap(), 50, "{name}");
+        assert_eq!(s.record(&[]).await.unwrap(), 0, "{name}");
+    }
+    let a = lite_rollups(&dir.path().join("t.db"));
+    let b = pg_rollups(&store).await;
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "the roll-ups differ between the stores");
+    // Every call once, with its charge.
+    let (n, cost): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), SUM(cost_nano)::BIGINT FROM usage_events")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let want: i64 = (0..150).map(|i| 1_000 + i * 3).sum();
+    assert_eq!((n, cost), (150, want));
+}
+
+#[tokio::test]
+async fn nodes_starting_together_migrate_once() {
+    let pg = Postgres::start();
+    let url = pg.database("fleet");
+    let starts = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PgStore::connect(&url, 2).await })
+    });
+    let stores: Vec<PgStore> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let applied: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(stores[0].pool())
+            .await
+            .unwrap();
+    let files = tollgate::store::pg::MIGRATOR.iter().count();
+    assert_eq!(applied.len(), files, "each migration applied once: {applied:?}");
+    assert!(applied.iter().all(|(_, ok)| *ok));
+    for s in &stores {
+        assert_eq!(s.schema_version().await.unwrap(), applied.last().unwrap().0);
+        assert_eq!(s.key_generation().await.unwrap(), 1);
+    }
+}
