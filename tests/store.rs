@@ -223,3 +223,37 @@ async fn nodes_starting_together_migrate_once() {
         assert_eq!(s.key_generation().await.unwrap(), 1);
     }
 }
+
+/// What one store sustains on the usage write path (the recorder's batches), in events per
+/// second: `cargo test --release --test store -- --ignored --nocapture write_rate`. Results go to
+/// bench/README.md; not a pass/fail test.
+#[tokio::test]
+#[ignore]
+async fn write_rate() {
+    const BATCH: usize = 256;
+    const BATCHES: usize = 200;
+    let (_dir, lite) = sqlite();
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("rate"), 4).await.unwrap();
+    for (name, s, d) in [
+        ("sqlite", &lite as &dyn UsageLog, &lite as &dyn Directory),
+        ("postgresql", &store as &dyn UsageLog, &store as &dyn Directory),
+    ] {
+        let t = d.create_tenant("acme").await.unwrap();
+        let (k, _) = d.create_key(&new_key(t.id, "k")).await.unwrap();
+        let batches: Vec<Vec<UsageEvent>> = (0..BATCHES)
+            .map(|b| (0..BATCH).map(|i| event(b * BATCH + i, t.id, k.id)).collect())
+            .collect();
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        for b in &batches {
+            n += s.record(b).await.unwrap();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(n, BATCH * BATCHES);
+        eprintln!(
+            "{name}: {n} usage records in batches of {BATCH}: {secs:.2} s, {:.0} records/s",
+            n as f64 / secs
+        );
+    }
+}
