@@ -255,5 +255,24 @@ async fn write_rate() {
             "{name}: {n} usage records in batches of {BATCH}: {secs:.2} s, {:.0} records/s",
             n as f64 / secs
         );
+        // The same without roll-ups (records of no tenant move none): the insert alone.
+        let bare: Vec<Vec<UsageEvent>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|e| UsageEvent {
+                        request_id: format!("bare_{}", e.request_id),
+                        tenant_id: None,
+                        ..e.clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let t0 = std::time::Instant::now();
+        for b in &bare {
+            s.record(b).await.unwrap();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("{name}: inserts alone: {:.0} records/s", n as f64 / secs);
     }
 }
