@@ -7,7 +7,7 @@ mod common;
 use common::Postgres;
 use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
-use tollgate::store::{Directory, UsageLog};
+use tollgate::store::{Directory, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
 use tollgate::tenancy::store::{NewKey, Store, StoreError};
 use tollgate::tenancy::{KeyId, TenantId};
@@ -275,4 +275,89 @@ async fn write_rate() {
         let secs = t0.elapsed().as_secs_f64();
         eprintln!("{name}: inserts alone: {:.0} records/s", n as f64 / secs);
     }
+}
+
+async fn members_behaviour(d: &dyn Directory, s: &dyn Members, backend: &str) {
+    use tollgate::tenancy::{GroupId, Role, UserId};
+    let acme = d.create_tenant("acme").await.unwrap();
+    let other = d.create_tenant("other").await.unwrap();
+    let eng = s.create_group(acme.id, " Engineering ", Some(1_000)).await.unwrap();
+    assert_eq!((eng.name.as_str(), eng.budget_nano), ("Engineering", Some(1_000)), "{backend}");
+    assert!(matches!(s.create_group(acme.id, "Engineering", None).await, Err(StoreError::Conflict(_))), "{backend}");
+    let theirs = s.create_group(other.id, "Engineering", None).await.unwrap();
+    assert_eq!(s.list_groups(acme.id).await.unwrap().len(), 1, "{backend}");
+
+    let g0 = d.key_generation().await.unwrap();
+    let ann = s
+        .create_user(acme.id, " Ann@Example.COM ", "Ann", Role::Member, Some(eng.id), Some(500))
+        .await
+        .unwrap();
+    assert_eq!((ann.email.as_str(), ann.group_id), ("ann@example.com", Some(eng.id)), "{backend}");
+    assert!(d.key_generation().await.unwrap() > g0, "{backend}: a user change moves the generation");
+    assert!(matches!(
+        s.create_user(acme.id, "ann@example.com", "Again", Role::Member, None, None).await,
+        Err(StoreError::Conflict(_))
+    ), "{backend}");
+    assert!(matches!(
+        s.create_user(acme.id, "no-at-sign", "X", Role::Member, None, None).await,
+        Err(StoreError::Invalid(_))
+    ), "{backend}");
+    assert!(matches!(
+        s.create_user(acme.id, "op@example.com", "X", Role::Operator, None, None).await,
+        Err(StoreError::Invalid(_))
+    ), "{backend}");
+    // Another tenant's group is as missing as a group that does not exist.
+    assert!(matches!(
+        s.create_user(acme.id, "bob@example.com", "Bob", Role::Member, Some(theirs.id), None).await,
+        Err(StoreError::NotFound { what: "group", .. })
+    ), "{backend}");
+    assert_eq!(s.get_user(ann.id).await.unwrap().name, "Ann", "{backend}");
+    assert!(matches!(s.get_user(UserId(9_999)).await, Err(StoreError::NotFound { what: "user", .. })), "{backend}");
+
+    let token = s.create_user_token(ann.id).await.unwrap();
+    assert!(token.starts_with("tgu-"), "{backend}");
+    let p = s.user_by_token(&token).await.unwrap().unwrap();
+    assert_eq!((p.user.id, p.tenant_name.as_str()), (ann.id, "acme"), "{backend}");
+    assert!(s.user_by_token("tgu-nothing").await.unwrap().is_none(), "{backend}");
+
+    let patch = UserPatch { role: Some(Role::TenantAdmin), group: Some(None), quota_nano: Some(None), disabled: None };
+    let ann2 = s.update_user(ann.id, &patch).await.unwrap();
+    assert_eq!((ann2.role, ann2.group_id, ann2.quota_nano), (Role::TenantAdmin, None, None), "{backend}");
+    let bad = UserPatch { group: Some(Some(GroupId(theirs.id.0))), ..Default::default() };
+    assert!(matches!(s.update_user(ann.id, &bad).await, Err(StoreError::NotFound { what: "group", .. })), "{backend}");
+    // Disabling revokes the user's tokens.
+    let off = UserPatch { disabled: Some(true), ..Default::default() };
+    assert!(s.update_user(ann.id, &off).await.unwrap().disabled_at.is_some(), "{backend}");
+    assert!(s.user_by_token(&token).await.unwrap().is_none(), "{backend}");
+    let on = UserPatch { disabled: Some(false), ..Default::default() };
+    assert!(s.update_user(ann.id, &on).await.unwrap().disabled_at.is_none(), "{backend}");
+    assert!(s.user_by_token(&token).await.unwrap().is_none(), "{backend}: re-enabling does not revive old tokens");
+
+    let invite = s.create_invite(acme.id, "Cy@Example.com", Role::Viewer, Some(eng.id), 3_600).await.unwrap();
+    let (cy, cy_token) = s.accept_invite(&invite, " Cy ").await.unwrap();
+    assert_eq!((cy.email.as_str(), cy.name.as_str(), cy.role, cy.group_id), ("cy@example.com", "Cy", Role::Viewer, Some(eng.id)), "{backend}");
+    assert_eq!(s.user_by_token(&cy_token).await.unwrap().unwrap().user.id, cy.id, "{backend}");
+    assert!(matches!(s.accept_invite(&invite, "Cy").await, Err(StoreError::Conflict(_))), "{backend}");
+    assert!(matches!(s.accept_invite("inv-nothing", "X").await, Err(StoreError::NotFound { .. })), "{backend}");
+    let expired = s.create_invite(acme.id, "dee@example.com", Role::Member, None, -1).await.unwrap();
+    assert!(matches!(s.accept_invite(&expired, "Dee").await, Err(StoreError::Conflict(_))), "{backend}");
+    let names: Vec<String> = s.list_users(acme.id).await.unwrap().into_iter().map(|u| u.email).collect();
+    assert_eq!(names, ["ann@example.com", "cy@example.com"], "{backend}");
+
+    assert_eq!(s.router_override(acme.id).await.unwrap(), None, "{backend}");
+    s.set_router_override(acme.id, Some(r#"{"mode":"cheap"}"#)).await.unwrap();
+    assert_eq!(s.router_override(acme.id).await.unwrap().as_deref(), Some(r#"{"mode":"cheap"}"#), "{backend}");
+    s.set_router_override(acme.id, None).await.unwrap();
+    assert_eq!(s.router_override(acme.id).await.unwrap(), None, "{backend}");
+    assert!(matches!(s.router_override(TenantId(9_999)).await, Err(StoreError::NotFound { .. })), "{backend}");
+    assert!(matches!(s.set_router_override(TenantId(9_999), None).await, Err(StoreError::NotFound { .. })), "{backend}");
+}
+
+#[tokio::test]
+async fn members_behave_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    members_behaviour(&lite, &lite, "sqlite").await;
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("members"), 4).await.unwrap();
+    members_behaviour(&store, &store, "postgresql").await;
 }

@@ -7,10 +7,11 @@
 //!
 //! - [`Directory`]: tenants and API keys, and the key generation the nodes poll to reload their
 //!   key snapshot.
+//! - [`Members`]: departments (groups), users, their admin tokens and invitations, and the
+//!   tenant settings the key snapshot carries.
 //! - [`UsageLog`]: the batched write path of usage records (the charges they carry included).
 //!
-//! Still only on SQLite (and so the gateway still runs on SQLite alone): users, groups,
-//! invitations and tokens; the ledger's journal, idempotency keys, statements and balances;
+//! Still only on SQLite (and so the gateway still runs on SQLite alone): the ledger's journal, idempotency keys, statements and balances;
 //! analytics and roll-ups; codes and promotions. docs/architecture.md ("The record") says what
 //! is left and in which order.
 
@@ -18,8 +19,8 @@ pub mod pg;
 
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::KeySnapshot;
-use crate::tenancy::store::{NewKey, Store, StoreError};
-use crate::tenancy::{ApiKey, KeyId, Tenant, TenantId};
+use crate::tenancy::store::{NewKey, Store, StoreError, UserPrincipal};
+use crate::tenancy::{ApiKey, Group, GroupId, KeyId, Role, Tenant, TenantId, User, UserId};
 
 /// Tenants and API keys.
 #[async_trait::async_trait]
@@ -170,4 +171,170 @@ pub(crate) fn rollup_deltas<'a>(
         }
     }
     (hourly, dims)
+}
+
+/// A name of 1-128 characters once trimmed (tenants, keys, groups).
+pub(crate) fn checked_name<'a>(name: &'a str, what: &str) -> Result<&'a str, StoreError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 {
+        return Err(StoreError::Invalid(format!(
+            "{what} name must be 1-128 characters"
+        )));
+    }
+    Ok(name)
+}
+
+/// An email address, trimmed and lower-cased; `Invalid` without an `@` or beyond 254 bytes.
+pub(crate) fn checked_email(email: &str) -> Result<String, StoreError> {
+    let email = email.trim().to_ascii_lowercase();
+    if !email.contains('@') || email.len() > 254 {
+        return Err(StoreError::Invalid("a valid email is required".into()));
+    }
+    Ok(email)
+}
+
+/// Tenant users have tenant roles; operators are not users of a tenant.
+pub(crate) fn checked_role(role: Role) -> Result<Role, StoreError> {
+    if role == Role::Operator {
+        return Err(StoreError::Invalid(
+            "tenant users cannot be operators".into(),
+        ));
+    }
+    Ok(role)
+}
+
+/// A partial update of a user: `None` leaves a field; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub role: Option<Role>,
+    pub group: Option<Option<GroupId>>,
+    pub quota_nano: Option<Option<i64>>,
+    pub disabled: Option<bool>,
+}
+
+/// A tenant's members: departments (groups), users, their admin-API tokens and invitations,
+/// and the tenant settings the key snapshot carries.
+#[async_trait::async_trait]
+pub trait Members: Send + Sync {
+    async fn create_group(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        budget_nano: Option<i64>,
+    ) -> Result<Group, StoreError>;
+    async fn list_groups(&self, tenant: TenantId) -> Result<Vec<Group>, StoreError>;
+    async fn create_user(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        name: &str,
+        role: Role,
+        group: Option<GroupId>,
+        quota_nano: Option<i64>,
+    ) -> Result<User, StoreError>;
+    async fn get_user(&self, id: UserId) -> Result<User, StoreError>;
+    async fn list_users(&self, tenant: TenantId) -> Result<Vec<User>, StoreError>;
+    /// Disabling a user also revokes the user's admin tokens.
+    async fn update_user(&self, id: UserId, patch: &UserPatch) -> Result<User, StoreError>;
+    /// A new admin-API token; the plaintext is returned once.
+    async fn create_user_token(&self, user: UserId) -> Result<String, StoreError>;
+    /// The enabled user behind a token that is not revoked.
+    async fn user_by_token(&self, token: &str) -> Result<Option<UserPrincipal>, StoreError>;
+    /// A single-use invitation token valid `ttl_secs`.
+    async fn create_invite(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        group: Option<GroupId>,
+        ttl_secs: i64,
+    ) -> Result<String, StoreError>;
+    /// Accepts an invitation once: the new user and an admin token.
+    async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError>;
+    async fn set_router_override(
+        &self,
+        tenant: TenantId,
+        json: Option<&str>,
+    ) -> Result<(), StoreError>;
+    async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl Members for Store {
+    async fn create_group(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        budget_nano: Option<i64>,
+    ) -> Result<Group, StoreError> {
+        let name = name.to_string();
+        blocking(self, move |s| s.create_group(tenant, &name, budget_nano)).await
+    }
+    async fn list_groups(&self, tenant: TenantId) -> Result<Vec<Group>, StoreError> {
+        blocking(self, move |s| s.list_groups(tenant)).await
+    }
+    async fn create_user(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        name: &str,
+        role: Role,
+        group: Option<GroupId>,
+        quota_nano: Option<i64>,
+    ) -> Result<User, StoreError> {
+        let (email, name) = (email.to_string(), name.to_string());
+        blocking(self, move |s| {
+            s.create_user(tenant, &email, &name, role, group, quota_nano)
+        })
+        .await
+    }
+    async fn get_user(&self, id: UserId) -> Result<User, StoreError> {
+        blocking(self, move |s| s.get_user(id)).await
+    }
+    async fn list_users(&self, tenant: TenantId) -> Result<Vec<User>, StoreError> {
+        blocking(self, move |s| s.list_users(tenant)).await
+    }
+    async fn update_user(&self, id: UserId, patch: &UserPatch) -> Result<User, StoreError> {
+        let p = patch.clone();
+        blocking(self, move |s| {
+            s.update_user(id, p.role, p.group, p.quota_nano, p.disabled)
+        })
+        .await
+    }
+    async fn create_user_token(&self, user: UserId) -> Result<String, StoreError> {
+        blocking(self, move |s| s.create_user_token(user)).await
+    }
+    async fn user_by_token(&self, token: &str) -> Result<Option<UserPrincipal>, StoreError> {
+        let token = token.to_string();
+        blocking(self, move |s| s.user_by_token(&token)).await
+    }
+    async fn create_invite(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        group: Option<GroupId>,
+        ttl_secs: i64,
+    ) -> Result<String, StoreError> {
+        let email = email.to_string();
+        blocking(self, move |s| {
+            s.create_invite(tenant, &email, role, group, ttl_secs)
+        })
+        .await
+    }
+    async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError> {
+        let (token, name) = (token.to_string(), name.to_string());
+        blocking(self, move |s| s.accept_invite(&token, &name)).await
+    }
+    async fn set_router_override(
+        &self,
+        tenant: TenantId,
+        json: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let json = json.map(str::to_string);
+        blocking(self, move |s| s.set_router_override(tenant, json.as_deref())).await
+    }
+    async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        blocking(self, move |s| s.router_override(tenant)).await
+    }
 }

@@ -6,13 +6,13 @@
 //! Statements are written for PostgreSQL (not translated from SQLite's); rows are read by
 //! column name into the same domain types as the SQLite store's.
 
-use super::{Directory, UsageLog};
+use super::{checked_email, checked_name, checked_role, Directory, Members, UsageLog, UserPatch};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use crate::tenancy::limits::Limits;
-use crate::tenancy::store::{NewKey, StoreError};
+use crate::tenancy::store::{NewKey, StoreError, UserPrincipal};
 use crate::tenancy::{
-    unix_now, ApiKey, GroupId, KeyId, QuotaPeriod, Tenant, TenantId, UserId,
+    unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
@@ -146,12 +146,7 @@ fn tenant_from_row(r: &PgRow) -> Result<Tenant, sqlx::Error> {
 #[async_trait::async_trait]
 impl Directory for PgStore {
     async fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 128 {
-            return Err(StoreError::Invalid(
-                "tenant name must be 1-128 characters".into(),
-            ));
-        }
+        let name = checked_name(name, "tenant")?;
         let now = unix_now();
         let r = sqlx::query(
             "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
@@ -193,11 +188,7 @@ impl Directory for PgStore {
     }
 
     async fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError> {
-        if new.name.trim().is_empty() || new.name.len() > 128 {
-            return Err(StoreError::Invalid(
-                "key name must be 1-128 characters".into(),
-            ));
-        }
+        let name = checked_name(&new.name, "key")?;
         let plaintext = generate_key();
         let hash = hash_key(&plaintext);
         let allowed_channels = serde_json::to_string(&new.allowed_channels)
@@ -228,7 +219,7 @@ impl Directory for PgStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         )
         .bind(new.tenant_id.0)
-        .bind(new.name.trim())
+        .bind(name)
         .bind(&hash[..])
         .bind(display_prefix(&plaintext))
         .bind(&new.default_channel)
@@ -492,5 +483,363 @@ impl UsageLog for PgStore {
         }
         tx.commit().await?;
         Ok(new_ids.len())
+    }
+}
+
+const USER_COLUMNS: &str =
+    "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at";
+
+fn user_from_row(r: &PgRow) -> Result<User, sqlx::Error> {
+    let role: String = r.try_get("role")?;
+    Ok(User {
+        id: UserId(r.try_get("id")?),
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        email: r.try_get("email")?,
+        name: r.try_get("name")?,
+        role: Role::parse_tenant_role(&role).unwrap_or(Role::Viewer),
+        group_id: r.try_get::<Option<i64>, _>("group_id")?.map(GroupId),
+        quota_nano: r.try_get("quota_nano")?,
+        created_at: r.try_get("created_at")?,
+        disabled_at: r.try_get("disabled_at")?,
+    })
+}
+
+/// `Conflict(what())` for a unique violation, else the error itself.
+fn unique<T>(r: Result<T, sqlx::Error>, what: impl FnOnce() -> String) -> Result<T, StoreError> {
+    match r {
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(what())),
+        other => Ok(other?),
+    }
+}
+
+/// A group of another tenant is as missing as a group that does not exist.
+async fn check_group(
+    c: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    group: Option<GroupId>,
+) -> Result<(), StoreError> {
+    if let Some(g) = group {
+        let owner: Option<i64> = sqlx::query_scalar("SELECT tenant_id FROM groups WHERE id = $1")
+            .bind(g.0)
+            .fetch_optional(c)
+            .await?;
+        if owner != Some(tenant.0) {
+            return Err(StoreError::not_found("group", g.0));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Members for PgStore {
+    async fn create_group(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        budget_nano: Option<i64>,
+    ) -> Result<Group, StoreError> {
+        let name = checked_name(name, "group")?;
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = unique(
+            sqlx::query_scalar(
+                "INSERT INTO groups (tenant_id, name, budget_nano, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(tenant.0)
+            .bind(name)
+            .bind(budget_nano)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await,
+            || format!("group `{name}` already exists"),
+        )?;
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Group {
+            id: GroupId(id),
+            tenant_id: tenant,
+            name: name.to_string(),
+            budget_nano,
+            created_at: now,
+        })
+    }
+
+    async fn list_groups(&self, tenant: TenantId) -> Result<Vec<Group>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, name, budget_nano, created_at FROM groups WHERE tenant_id = $1 ORDER BY id",
+        )
+        .bind(tenant.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Group {
+                    id: GroupId(r.try_get("id")?),
+                    tenant_id: TenantId(r.try_get("tenant_id")?),
+                    name: r.try_get("name")?,
+                    budget_nano: r.try_get("budget_nano")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn create_user(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        name: &str,
+        role: Role,
+        group: Option<GroupId>,
+        quota_nano: Option<i64>,
+    ) -> Result<User, StoreError> {
+        let email = checked_email(email)?;
+        let role = checked_role(role)?;
+        let mut tx = self.pool.begin().await?;
+        check_group(&mut tx, tenant, group).await?;
+        let now = unix_now();
+        let id: i64 = unique(
+            sqlx::query_scalar(
+                "INSERT INTO users (tenant_id, email, name, role, group_id, quota_nano, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(tenant.0)
+            .bind(&email)
+            .bind(name.trim())
+            .bind(role.as_str())
+            .bind(group.map(|g| g.0))
+            .bind(quota_nano)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await,
+            || format!("user `{email}` already exists in this tenant"),
+        )?;
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(User {
+            id: UserId(id),
+            tenant_id: tenant,
+            email,
+            name: name.trim().to_string(),
+            role,
+            group_id: group,
+            quota_nano,
+            created_at: now,
+            disabled_at: None,
+        })
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<User, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(user_from_row(&r)?),
+            None => Err(StoreError::not_found("user", id.0)),
+        }
+    }
+
+    async fn list_users(&self, tenant: TenantId) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users u WHERE u.tenant_id = $1 ORDER BY u.id"
+        )))
+        .bind(tenant.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn update_user(&self, id: UserId, patch: &UserPatch) -> Result<User, StoreError> {
+        let user = self.get_user(id).await?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(r) = patch.role {
+            let r = checked_role(r)?;
+            sqlx::query("UPDATE users SET role = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(r.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(g) = patch.group {
+            check_group(&mut tx, user.tenant_id, g).await?;
+            sqlx::query("UPDATE users SET group_id = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(g.map(|g| g.0))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(q) = patch.quota_nano {
+            sqlx::query("UPDATE users SET quota_nano = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(q)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(d) = patch.disabled {
+            sqlx::query("UPDATE users SET disabled_at = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(d.then(unix_now))
+                .execute(&mut *tx)
+                .await?;
+            if d {
+                sqlx::query(
+                    "UPDATE user_tokens SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id.0)
+                .bind(unix_now())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        self.get_user(id).await
+    }
+
+    async fn create_user_token(&self, user: UserId) -> Result<String, StoreError> {
+        let token = generate_key().replacen("tg-", "tgu-", 1);
+        sqlx::query(
+            "INSERT INTO user_tokens (user_id, token_hash, prefix, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user.0)
+        .bind(&hash_key(&token)[..])
+        .bind(display_prefix(&token))
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    async fn user_by_token(&self, token: &str) -> Result<Option<UserPrincipal>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS}, t.name AS tenant_name FROM user_tokens ut
+               JOIN users u ON u.id = ut.user_id JOIN tenants t ON t.id = u.tenant_id
+             WHERE ut.token_hash = $1 AND ut.revoked_at IS NULL AND u.disabled_at IS NULL"
+        )))
+        .bind(&hash_key(token)[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(UserPrincipal {
+                user: user_from_row(&r)?,
+                tenant_name: r.try_get("tenant_name")?,
+            })),
+        }
+    }
+
+    async fn create_invite(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        group: Option<GroupId>,
+        ttl_secs: i64,
+    ) -> Result<String, StoreError> {
+        let role = checked_role(role)?;
+        let email = checked_email(email)?;
+        let token = generate_key().replacen("tg-", "inv-", 1);
+        let mut tx = self.pool.begin().await?;
+        check_group(&mut tx, tenant, group).await?;
+        sqlx::query(
+            "INSERT INTO invites (tenant_id, email, role, group_id, token_hash, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(tenant.0)
+        .bind(email)
+        .bind(role.as_str())
+        .bind(group.map(|g| g.0))
+        .bind(&hash_key(&token)[..])
+        .bind(unix_now())
+        .bind(unix_now() + ttl_secs)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError> {
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        // Locked: two acceptances of one invitation at once create one user.
+        let row = sqlx::query(
+            "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id
+             FROM invites WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(&hash_key(token.trim())[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = row else {
+            return Err(StoreError::not_found("invitation", ""));
+        };
+        if r.try_get::<Option<i64>, _>("accepted_user_id")?.is_some() {
+            return Err(StoreError::Conflict(
+                "this invitation has already been accepted".into(),
+            ));
+        }
+        if r.try_get::<i64, _>("expires_at")? <= now {
+            return Err(StoreError::Conflict("this invitation has expired".into()));
+        }
+        let invite: i64 = r.try_get("id")?;
+        let email: String = r.try_get("email")?;
+        let role = Role::parse_tenant_role(&r.try_get::<String, _>("role")?).unwrap_or(Role::Member);
+        let uid: i64 = unique(
+            sqlx::query_scalar(
+                "INSERT INTO users (tenant_id, email, name, role, group_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(r.try_get::<i64, _>("tenant_id")?)
+            .bind(&email)
+            .bind(name.trim())
+            .bind(role.as_str())
+            .bind(r.try_get::<Option<i64>, _>("group_id")?)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await,
+            || format!("user `{email}` already exists in this tenant"),
+        )?;
+        sqlx::query("UPDATE invites SET accepted_user_id = $2 WHERE id = $1")
+            .bind(invite)
+            .bind(uid)
+            .execute(&mut *tx)
+            .await?;
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        let user = self.get_user(UserId(uid)).await?;
+        let token = self.create_user_token(user.id).await?;
+        Ok((user, token))
+    }
+
+    async fn set_router_override(
+        &self,
+        tenant: TenantId,
+        json: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE tenants SET router_override = $2 WHERE id = $1")
+            .bind(tenant.0)
+            .bind(json)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("tenant", tenant.0));
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        let row: Option<Option<String>> =
+            sqlx::query_scalar("SELECT router_override FROM tenants WHERE id = $1")
+                .bind(tenant.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.ok_or_else(|| StoreError::not_found("tenant", tenant.0))
     }
 }

@@ -732,12 +732,7 @@ impl Store {
     }
 
     pub fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 128 {
-            return Err(StoreError::Invalid(
-                "tenant name must be 1-128 characters".into(),
-            ));
-        }
+        let name = crate::store::checked_name(name, "tenant")?;
         self.with(|c| {
             let now = unix_now();
             match c.execute(
@@ -802,11 +797,7 @@ impl Store {
 
     /// Create a key; returns its record and the plaintext, which is shown once and never stored.
     pub fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError> {
-        if new.name.trim().is_empty() || new.name.len() > 128 {
-            return Err(StoreError::Invalid(
-                "key name must be 1-128 characters".into(),
-            ));
-        }
+        crate::store::checked_name(&new.name, "key")?;
         let plaintext = generate_key();
         let hash = hash_key(&plaintext);
         let prefix = display_prefix(&plaintext);
@@ -1368,12 +1359,7 @@ impl Store {
         name: &str,
         budget_nano: Option<i64>,
     ) -> Result<Group, StoreError> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 128 {
-            return Err(StoreError::Invalid(
-                "group name must be 1-128 characters".into(),
-            ));
-        }
+        let name = crate::store::checked_name(name, "group")?;
         self.with(|c| {
             let now = unix_now();
             unique(
@@ -1421,15 +1407,8 @@ impl Store {
         group: Option<GroupId>,
         quota_nano: Option<i64>,
     ) -> Result<User, StoreError> {
-        let email = email.trim().to_ascii_lowercase();
-        if !email.contains('@') || email.len() > 254 {
-            return Err(StoreError::Invalid("a valid email is required".into()));
-        }
-        if role == Role::Operator {
-            return Err(StoreError::Invalid(
-                "tenant users cannot be operators".into(),
-            ));
-        }
+        let email = crate::store::checked_email(email)?;
+        let role = crate::store::checked_role(role)?;
         self.with(|c| {
             Store::check_group(c, tenant, group)?;
             let now = unix_now();
@@ -1494,9 +1473,7 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             if let Some(r) = role {
-                if r == Role::Operator {
-                    return Err(StoreError::Invalid("tenant users cannot be operators".into()));
-                }
+                let r = crate::store::checked_role(r)?;
                 tx.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![id.0, r.as_str()])?;
             }
             if let Some(g) = group {
@@ -1564,15 +1541,8 @@ impl Store {
         group: Option<GroupId>,
         ttl_secs: i64,
     ) -> Result<String, StoreError> {
-        if role == Role::Operator {
-            return Err(StoreError::Invalid(
-                "tenant users cannot be operators".into(),
-            ));
-        }
-        let email = email.trim().to_ascii_lowercase();
-        if !email.contains('@') {
-            return Err(StoreError::Invalid("a valid email is required".into()));
-        }
+        let role = crate::store::checked_role(role)?;
+        let email = crate::store::checked_email(email)?;
         let token = generate_key().replacen("tg-", "inv-", 1);
         self.with(|c| {
             Store::check_group(c, tenant, group)?;
