@@ -7,7 +7,7 @@ mod common;
 use common::Postgres;
 use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
-use tollgate::store::{Directory, Members, UsageLog, UserPatch};
+use tollgate::store::{Directory, Ledger, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
 use tollgate::tenancy::store::{NewKey, Store, StoreError};
 use tollgate::tenancy::{KeyId, TenantId};
@@ -360,4 +360,159 @@ async fn members_behave_the_same_on_sqlite_and_postgresql() {
     let pg = Postgres::start();
     let store = PgStore::connect(&pg.database("members"), 4).await.unwrap();
     members_behaviour(&store, &store, "postgresql").await;
+}
+
+async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
+    use tollgate::billing::ledger::{Account, EntryKind};
+    use tollgate::tenancy::limits::LimitsPatch;
+    use tollgate::tenancy::store::{Credited, IdempotencyKey, LimitSubject};
+    use tollgate::tenancy::QuotaPeriod;
+    let acme = s.create_tenant("acme").await.unwrap();
+    let globex = s.create_tenant("globex").await.unwrap();
+    let (k, _) = s.create_key(&new_key(acme.id, "k")).await.unwrap();
+
+    let top = s.credit(acme.id, EntryKind::TopUp, 1_000_000, Some("op"), Some("first"), "topup:1").await.unwrap();
+    assert_eq!((top.amount, top.actor.as_deref()), (1_000_000, Some("op")), "{backend}");
+    assert!(matches!(
+        s.credit(acme.id, EntryKind::TopUp, 5, None, None, "topup:1").await,
+        Err(StoreError::Conflict(_))
+    ), "{backend}: an entry id is used once");
+    assert!(matches!(
+        s.credit(TenantId(9_999), EntryKind::TopUp, 5, None, None, "x").await,
+        Err(StoreError::NotFound { what: "tenant", .. })
+    ), "{backend}");
+    s.credit(globex.id, EntryKind::Grant, 7, None, None, "grant:g").await.unwrap();
+
+    let idem = IdempotencyKey { scope: "topup", key: "abc".into(), fingerprint: "f1".into() };
+    let Credited::Committed(first) = s
+        .credit_idempotent(acme.id, EntryKind::TopUp, 500, None, None, &idem)
+        .await
+        .unwrap()
+    else {
+        panic!("{backend}: first use commits")
+    };
+    match s.credit_idempotent(acme.id, EntryKind::TopUp, 500, None, None, &idem).await.unwrap() {
+        Credited::Replay(r) => {
+            assert_eq!(r.entry_ids, [first[0].id.clone()], "{backend}");
+            assert_eq!(r.fingerprint, "f1", "{backend}");
+        }
+        Credited::Committed(_) => panic!("{backend}: a key used twice commits twice"),
+    }
+    // The same key on another tenant is another key.
+    assert!(matches!(
+        s.credit_idempotent(globex.id, EntryKind::TopUp, 1, None, None, &idem).await.unwrap(),
+        Credited::Committed(_)
+    ), "{backend}");
+    s.answer_idempotent(acme.id, "topup", "abc", 201, "{\"first\":true}").await.unwrap();
+    s.answer_idempotent(acme.id, "topup", "abc", 500, "second").await.unwrap();
+    let rec = s.idempotent_record(acme.id, "topup", "abc").await.unwrap().unwrap();
+    assert_eq!(rec.answer, Some((201, "{\"first\":true}".to_string())), "{backend}: the first answer stays");
+    assert!(s.idempotent_record(acme.id, "topup", "nope").await.unwrap().is_none(), "{backend}");
+
+    let ids = vec![first[0].id.clone(), "missing".to_string(), "topup:1".to_string()];
+    let got: Vec<String> = s.entries_by_id(acme.id, &ids).await.unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(got, [first[0].id.clone(), "topup:1".to_string()], "{backend}");
+    assert!(s.entries_by_id(globex.id, &ids).await.unwrap().is_empty(), "{backend}: another tenant's entries are not found");
+
+    // Charges are usage records; yesterday's do not count against a daily quota period.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut charges = Vec::new();
+    for i in 0..5usize {
+        let mut e = event(i, acme.id, k.id);
+        e.ts_ms = if i == 0 { now - 2 * 86_400_000 } else { now - i as i64 };
+        e.user_id = None;
+        charges.push(e);
+    }
+    s.record(&charges).await.unwrap();
+    let charged: i64 = charges.iter().map(|e| e.cost_nano).sum();
+    let totals = s.ledger_totals().await.unwrap();
+    let t = totals.iter().find(|t| t.tenant_id == acme.id).unwrap();
+    assert_eq!((t.credited, t.charged), (1_000_500, charged), "{backend}");
+    let credits = s.credits_after(0, 10).await.unwrap();
+    assert_eq!(credits.len(), 4, "{backend}");
+    assert!(credits.windows(2).all(|w| w[0].seq < w[1].seq), "{backend}");
+    assert_eq!(s.credits_after(credits[1].seq, 1).await.unwrap()[0].seq, credits[2].seq, "{backend}");
+    assert_eq!(s.tenant_record_upto(acme.id, credits[0].seq).await.unwrap(), (1_000_000, charged), "{backend}");
+    assert_eq!(s.spent_by(acme.id, Account::Key(k.id), 0).await.unwrap(), charged, "{backend}");
+    assert_eq!(s.spent_by(acme.id, Account::Key(k.id), now - 86_400_000).await.unwrap(), charged - charges[0].cost_nano, "{backend}");
+    let spend = |v: Vec<(TenantId, Account, i64)>| v.into_iter().find(|(t, a, _)| *t == acme.id && *a == Account::Key(k.id)).map(|x| x.2);
+    assert_eq!(spend(s.account_spend().await.unwrap()), Some(charged), "{backend}");
+    s.set_quota_period(acme.id, QuotaPeriod::Day).await.unwrap();
+    assert_eq!(spend(s.account_spend().await.unwrap()), Some(charged - charges[0].cost_nano), "{backend}");
+    assert_eq!(s.get_key(k.id).await.unwrap().quota_period, QuotaPeriod::Day, "{backend}");
+    assert!(matches!(s.set_quota_period(TenantId(9_999), QuotaPeriod::Day).await, Err(StoreError::NotFound { .. })), "{backend}");
+
+    // The statement: every entry once, in time order, with the running balance.
+    let st = s.ledger_statement(acme.id).await.unwrap();
+    assert_eq!(st.len(), 2 + 5, "{backend}");
+    assert_eq!(st.last().unwrap().1, 1_000_500 - charged, "{backend}");
+    assert!(st.windows(2).all(|w| w[0].0.created_ms <= w[1].0.created_ms), "{backend}");
+    assert_eq!(st.iter().filter(|(e, _)| e.kind == EntryKind::Charge).count(), 5, "{backend}");
+    assert_eq!(s.balance_before(acme.id, i64::MAX).await.unwrap(), 1_000_500 - charged, "{backend}");
+    assert_eq!(s.balance_before(acme.id, now - 86_400_000).await.unwrap(), -charges[0].cost_nano, "{backend}");
+    // Paged two rows at a time, it is the same statement.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.statement_page(acme.id, 0, i64::MAX, after, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().pos);
+        paged.extend(page);
+    }
+    let paged_ids: Vec<String> = paged.iter().map(|r| r.entry.id.clone()).collect();
+    let all_ids: Vec<String> = st.iter().map(|(e, _)| e.id.clone()).collect();
+    assert_eq!(paged_ids, all_ids, "{backend}");
+    let call = paged.iter().find_map(|r| r.call.clone()).unwrap();
+    assert_eq!(call.model.as_deref(), Some("gpt-4o"), "{backend}");
+
+    // Limits: a patch changes what it names; `Some(None)` clears.
+    let l = s.set_limits(LimitSubject::Key(k.id), LimitsPatch { rpm: Some(Some(7)), tpm: Some(Some(1_000)) }).await.unwrap();
+    assert_eq!((l.rpm, l.tpm), (Some(7), Some(1_000)), "{backend}");
+    let l = s.set_limits(LimitSubject::Key(k.id), LimitsPatch { rpm: Some(None), tpm: None }).await.unwrap();
+    assert_eq!((l.rpm, l.tpm), (None, Some(1_000)), "{backend}");
+    assert_eq!(s.get_key(k.id).await.unwrap().key_limits.tpm, Some(1_000), "{backend}");
+    let t = s.set_limits(LimitSubject::Tenant(acme.id), LimitsPatch { rpm: Some(Some(100)), tpm: None }).await.unwrap();
+    assert_eq!(t.rpm, Some(100), "{backend}");
+    assert!(matches!(
+        s.set_limits(LimitSubject::User(tollgate::tenancy::UserId(9_999)), LimitsPatch::default()).await,
+        Err(StoreError::NotFound { what: "user", .. })
+    ), "{backend}");
+}
+
+/// The domains a ledger test needs, on one store.
+trait LedgerBoth: Directory + Ledger + UsageLog {}
+impl<T: Directory + Ledger + UsageLog> LedgerBoth for T {}
+
+#[tokio::test]
+async fn the_ledger_behaves_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    ledger_behaviour(&lite, "sqlite").await;
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("ledger"), 8).await.unwrap();
+    ledger_behaviour(&store, "postgresql").await;
+}
+
+/// Ten requests with one idempotency key at once, on a pool of connections (as on several
+/// nodes): one commits, the others are replays of it.
+#[tokio::test]
+async fn concurrent_uses_of_one_idempotency_key_commit_once_on_postgresql() {
+    use tollgate::billing::ledger::EntryKind;
+    use tollgate::tenancy::store::{Credited, IdempotencyKey};
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("idem"), 10).await.unwrap();
+    let t = store.create_tenant("acme").await.unwrap();
+    let runs = (0..10).map(|_| {
+        let s = store.clone();
+        tokio::spawn(async move {
+            let idem = IdempotencyKey { scope: "topup", key: "same".into(), fingerprint: "f".into() };
+            s.credit_idempotent(t.id, EntryKind::TopUp, 100, None, None, &idem).await.unwrap()
+        })
+    });
+    let outcomes = futures_util::future::join_all(runs).await;
+    let committed = outcomes.iter().filter(|o| matches!(o.as_ref().unwrap(), Credited::Committed(_))).count();
+    assert_eq!(committed, 1);
+    let totals = store.ledger_totals().await.unwrap();
+    assert_eq!(totals[0].credited, 100);
 }

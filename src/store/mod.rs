@@ -10,8 +10,10 @@
 //! - [`Members`]: departments (groups), users, their admin tokens and invitations, and the
 //!   tenant settings the key snapshot carries.
 //! - [`UsageLog`]: the batched write path of usage records (the charges they carry included).
+//! - [`Ledger`]: money in, idempotency keys, totals, spend per account, statements, and the
+//!   limits and quota periods.
 //!
-//! Still only on SQLite (and so the gateway still runs on SQLite alone): the ledger's journal, idempotency keys, statements and balances;
+//! Still only on SQLite (and so the gateway still runs on SQLite alone):
 //! analytics and roll-ups; codes and promotions. docs/architecture.md ("The record") says what
 //! is left and in which order.
 
@@ -19,8 +21,15 @@ pub mod pg;
 
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::KeySnapshot;
-use crate::tenancy::store::{NewKey, Store, StoreError, UserPrincipal};
-use crate::tenancy::{ApiKey, Group, GroupId, KeyId, Role, Tenant, TenantId, User, UserId};
+use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
+use crate::tenancy::limits::{Limits, LimitsPatch};
+use crate::tenancy::store::{
+    CreditRow, Credited, IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, NewKey,
+    StatementPos, StatementRow, Store, StoreError, UserPrincipal,
+};
+use crate::tenancy::{
+    ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
+};
 
 /// Tenants and API keys.
 #[async_trait::async_trait]
@@ -336,5 +345,199 @@ impl Members for Store {
     }
     async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
         blocking(self, move |s| s.router_override(tenant)).await
+    }
+}
+
+/// The ledger: money in (top-ups, grants, redemptions, adjustments) in the journal, charges on
+/// the usage records, idempotency keys, balances and statements, and the limits and quota
+/// periods that decide what an account may spend.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    async fn set_quota_period(&self, tenant: TenantId, period: QuotaPeriod)
+        -> Result<(), StoreError>;
+    /// Changes a tenant's, user's or key's rate limits; returns those now in force.
+    async fn set_limits(&self, subject: LimitSubject, patch: LimitsPatch)
+        -> Result<Limits, StoreError>;
+    /// Commits a credit-side entry; an id used before is a `Conflict`.
+    async fn credit(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+    ) -> Result<LedgerEntry, StoreError>;
+    /// [`Ledger::credit`] under an idempotency key: a key used before commits nothing.
+    async fn credit_idempotent(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        idem: &IdempotencyKey,
+    ) -> Result<Credited, StoreError>;
+    async fn idempotent_record(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentRecord>, StoreError>;
+    /// Keeps the first answer recorded for a key.
+    async fn answer_idempotent(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError>;
+    async fn entries_by_id(&self, tenant: TenantId, ids: &[String])
+        -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Per tenant: credited (the journal) and charged (the usage records).
+    async fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError>;
+    /// Journal entries after sequence number `after`, in order, at most `limit`.
+    async fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError>;
+    /// A tenant's credits up to sequence number `upto`, and all its charges.
+    async fn tenant_record_upto(&self, tenant: TenantId, upto: i64)
+        -> Result<(i64, i64), StoreError>;
+    /// One key's, user's or group's charges since `since_ms`.
+    async fn spent_by(&self, tenant: TenantId, account: Account, since_ms: i64)
+        -> Result<i64, StoreError>;
+    /// Per key, user and group: their charges (of the current period where the tenant has one).
+    async fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError>;
+    /// Every entry in time order with the running balance after it.
+    async fn ledger_statement(&self, tenant: TenantId)
+        -> Result<Vec<(LedgerEntry, i64)>, StoreError>;
+    /// The balance from everything before `from_ms`.
+    async fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError>;
+    /// One page of the statement in `[from_ms, to_ms)` after `after`, at most `limit` rows.
+    async fn statement_page(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<StatementPos>,
+        limit: u32,
+    ) -> Result<Vec<StatementRow>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl Ledger for Store {
+    async fn set_quota_period(
+        &self,
+        tenant: TenantId,
+        period: QuotaPeriod,
+    ) -> Result<(), StoreError> {
+        blocking(self, move |s| s.set_quota_period(tenant, period)).await
+    }
+    async fn set_limits(
+        &self,
+        subject: LimitSubject,
+        patch: LimitsPatch,
+    ) -> Result<Limits, StoreError> {
+        blocking(self, move |s| s.set_limits(subject, patch)).await
+    }
+    async fn credit(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+    ) -> Result<LedgerEntry, StoreError> {
+        let (actor, note, id) = (actor.map(str::to_string), note.map(str::to_string), id.to_string());
+        blocking(self, move |s| {
+            s.credit(tenant, kind, amount, actor.as_deref(), note.as_deref(), &id)
+        })
+        .await
+    }
+    async fn credit_idempotent(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        idem: &IdempotencyKey,
+    ) -> Result<Credited, StoreError> {
+        let (actor, note, idem) = (actor.map(str::to_string), note.map(str::to_string), idem.clone());
+        blocking(self, move |s| {
+            s.credit_idempotent(tenant, kind, amount, actor.as_deref(), note.as_deref(), &idem)
+        })
+        .await
+    }
+    async fn idempotent_record(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentRecord>, StoreError> {
+        let (scope, key) = (scope.to_string(), key.to_string());
+        blocking(self, move |s| s.idempotent_record(tenant, &scope, &key)).await
+    }
+    async fn answer_idempotent(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let (scope, key, body) = (scope.to_string(), key.to_string(), body.to_string());
+        blocking(self, move |s| s.answer_idempotent(tenant, &scope, &key, status, &body)).await
+    }
+    async fn entries_by_id(
+        &self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let ids = ids.to_vec();
+        blocking(self, move |s| s.entries_by_id(tenant, &ids)).await
+    }
+    async fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError> {
+        blocking(self, |s| s.ledger_totals()).await
+    }
+    async fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError> {
+        blocking(self, move |s| s.credits_after(after, limit)).await
+    }
+    async fn tenant_record_upto(
+        &self,
+        tenant: TenantId,
+        upto: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        blocking(self, move |s| s.tenant_record_upto(tenant, upto)).await
+    }
+    async fn spent_by(
+        &self,
+        tenant: TenantId,
+        account: Account,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        blocking(self, move |s| s.spent_by(tenant, account, since_ms)).await
+    }
+    async fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError> {
+        blocking(self, |s| s.account_spend()).await
+    }
+    async fn ledger_statement(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
+        blocking(self, move |s| s.ledger_statement(tenant)).await
+    }
+    async fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError> {
+        blocking(self, move |s| s.balance_before(tenant, from_ms)).await
+    }
+    async fn statement_page(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<StatementPos>,
+        limit: u32,
+    ) -> Result<Vec<StatementRow>, StoreError> {
+        blocking(self, move |s| s.statement_page(tenant, from_ms, to_ms, after, limit)).await
     }
 }

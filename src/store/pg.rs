@@ -6,7 +6,15 @@
 //! Statements are written for PostgreSQL (not translated from SQLite's); rows are read by
 //! column name into the same domain types as the SQLite store's.
 
-use super::{checked_email, checked_name, checked_role, Directory, Members, UsageLog, UserPatch};
+use super::{
+    checked_email, checked_name, checked_role, Directory, Ledger, Members, UsageLog, UserPatch,
+};
+use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
+use crate::tenancy::limits::LimitsPatch;
+use crate::tenancy::store::{
+    CallDetail, CreditRow, Credited, IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject,
+    StatementPos, StatementRow,
+};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use crate::tenancy::limits::Limits;
@@ -841,5 +849,525 @@ impl Members for PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
         row.ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+    }
+}
+
+/// A journal or statement row: id, kind, amount, key, request, actor, note, uncollected, time,
+/// user, group (columns 0-10), of `tenant`.
+fn entry_from_row(tenant: TenantId, r: &PgRow) -> Result<LedgerEntry, sqlx::Error> {
+    let kind: String = r.try_get(1)?;
+    Ok(LedgerEntry {
+        id: r.try_get(0)?,
+        tenant_id: tenant,
+        kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Adjustment),
+        amount: r.try_get(2)?,
+        key_id: r.try_get::<Option<i64>, _>(3)?.map(KeyId),
+        request_id: r.try_get(4)?,
+        actor: r.try_get(5)?,
+        note: r.try_get(6)?,
+        uncollected: r.try_get(7)?,
+        created_ms: r.try_get(8)?,
+        user_id: r.try_get::<Option<i64>, _>(9)?.map(UserId),
+        group_id: r.try_get::<Option<i64>, _>(10)?.map(GroupId),
+    })
+}
+
+const ENTRY_COLUMNS: &str = "id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id";
+
+async fn require_tenant(c: &mut sqlx::PgConnection, tenant: TenantId) -> Result<(), StoreError> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+        .bind(tenant.0)
+        .fetch_optional(c)
+        .await?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(StoreError::not_found("tenant", tenant.0)),
+    }
+}
+
+/// Inserts a journal entry unless its id is taken; whether it was inserted.
+async fn insert_entry(c: &mut sqlx::PgConnection, e: &LedgerEntry) -> Result<bool, StoreError> {
+    let n = sqlx::query(
+        "INSERT INTO ledger_entries (id, tenant_id, kind, amount, key_id, request_id, actor, note,
+            uncollected, created_ms, user_id, group_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&e.id)
+    .bind(e.tenant_id.0)
+    .bind(e.kind.as_str())
+    .bind(e.amount)
+    .bind(e.key_id.map(|k| k.0))
+    .bind(&e.request_id)
+    .bind(&e.actor)
+    .bind(&e.note)
+    .bind(e.uncollected)
+    .bind(e.created_ms)
+    .bind(e.user_id.map(|u| u.0))
+    .bind(e.group_id.map(|g| g.0))
+    .execute(c)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+async fn read_idempotency(
+    c: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    scope: &str,
+    key: &str,
+) -> Result<Option<IdempotentRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT fingerprint, entry_ids, status, body, created_ms FROM idempotency_keys
+         WHERE tenant_id = $1 AND scope = $2 AND key = $3",
+    )
+    .bind(tenant.0)
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(c)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let ids: String = r.try_get("entry_ids")?;
+    let status: Option<i32> = r.try_get("status")?;
+    let body: Option<String> = r.try_get("body")?;
+    Ok(Some(IdempotentRecord {
+        fingerprint: r.try_get("fingerprint")?,
+        entry_ids: serde_json::from_str(&ids).unwrap_or_default(),
+        answer: status.and_then(|s| u16::try_from(s).ok()).zip(body),
+        created_ms: r.try_get("created_ms")?,
+    }))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The usage-record column that names an account.
+fn account_column(account: Account) -> (&'static str, i64) {
+    match account {
+        Account::Key(k) => ("key_id", k.0),
+        Account::User(u) => ("user_id", u.0),
+        Account::Group(g) => ("group_id", g.0),
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for PgStore {
+    async fn set_quota_period(
+        &self,
+        tenant: TenantId,
+        period: QuotaPeriod,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE tenants SET quota_period = $2 WHERE id = $1")
+            .bind(tenant.0)
+            .bind(period.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("tenant", tenant.0));
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_limits(
+        &self,
+        subject: LimitSubject,
+        patch: LimitsPatch,
+    ) -> Result<Limits, StoreError> {
+        let (table, what, id) = match subject {
+            LimitSubject::Tenant(t) => ("tenants", "tenant", t.0),
+            LimitSubject::User(u) => ("users", "user", u.0),
+            LimitSubject::Key(k) => ("api_keys", "key", k.0),
+        };
+        let tpm = match patch.tpm {
+            Some(Some(t)) => Some(
+                i64::try_from(t)
+                    .map_err(|_| StoreError::Invalid("`tpm_limit` is too large".into()))?,
+            ),
+            _ => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        // `table` is one of three names above, never input.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET rpm_limit = CASE WHEN $2 THEN $3 ELSE rpm_limit END,
+                                tpm_limit = CASE WHEN $4 THEN $5 ELSE tpm_limit END
+             WHERE id = $1 RETURNING rpm_limit, tpm_limit"
+        )))
+        .bind(id)
+        .bind(patch.rpm.is_some())
+        .bind(patch.rpm.flatten().map(i64::from))
+        .bind(patch.tpm.is_some())
+        .bind(tpm)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = row else {
+            return Err(StoreError::not_found(what, id));
+        };
+        let limits = limits(&r, "rpm_limit", "tpm_limit")?;
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(limits)
+    }
+
+    async fn credit(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+    ) -> Result<LedgerEntry, StoreError> {
+        let e = crate::tenancy::store::Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
+        let mut tx = self.pool.begin().await?;
+        require_tenant(&mut tx, tenant).await?;
+        if !insert_entry(&mut tx, &e).await? {
+            return Err(StoreError::Conflict(format!(
+                "ledger entry `{id}` already exists"
+            )));
+        }
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn credit_idempotent(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        idem: &IdempotencyKey,
+    ) -> Result<Credited, StoreError> {
+        let e = crate::tenancy::store::Store::credit_entry(
+            idem.entry_id(tenant),
+            tenant,
+            kind,
+            amount,
+            actor,
+            note,
+        );
+        let mut tx = self.pool.begin().await?;
+        require_tenant(&mut tx, tenant).await?;
+        // The claim is the insert: a concurrent request with the same key waits on it and then
+        // finds it taken, in this node or another.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
+             VALUES ($1, $2, $3, $4, '[]', $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.0)
+        .bind(idem.scope)
+        .bind(&idem.key)
+        .bind(&idem.fingerprint)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            let first = read_idempotency(&mut tx, tenant, idem.scope, &idem.key).await?;
+            return match first {
+                Some(r) => Ok(Credited::Replay(r)),
+                None => Err(StoreError::Conflict("idempotency key in use".into())),
+            };
+        }
+        if !insert_entry(&mut tx, &e).await? {
+            return Err(StoreError::Conflict(format!(
+                "ledger entry `{}` already exists",
+                e.id
+            )));
+        }
+        let ids = serde_json::to_string(&[e.id.as_str()])
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "UPDATE idempotency_keys SET entry_ids = $4 WHERE tenant_id = $1 AND scope = $2 AND key = $3",
+        )
+        .bind(tenant.0)
+        .bind(idem.scope)
+        .bind(&idem.key)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Credited::Committed(vec![e]))
+    }
+
+    async fn idempotent_record(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentRecord>, StoreError> {
+        let mut c = self.pool.acquire().await?;
+        read_idempotency(&mut c, tenant, scope, key).await
+    }
+
+    async fn answer_idempotent(
+        &self,
+        tenant: TenantId,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET status = $4, body = $5
+             WHERE tenant_id = $1 AND scope = $2 AND key = $3 AND body IS NULL",
+        )
+        .bind(tenant.0)
+        .bind(scope)
+        .bind(key)
+        .bind(i32::from(status))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn entries_by_id(
+        &self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE tenant_id = $1 AND id = ANY($2)"
+        )))
+        .bind(tenant.0)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found: std::collections::HashMap<String, LedgerEntry> = rows
+            .iter()
+            .map(|r| entry_from_row(tenant, r).map(|e| (e.id.clone(), e)))
+            .collect::<Result<_, _>>()?;
+        // In the order asked for, as the SQLite store answers.
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    async fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT tenant_id, SUM(credited)::BIGINT, SUM(charged)::BIGINT FROM (
+                SELECT tenant_id, amount AS credited, 0::BIGINT AS charged FROM ledger_entries
+                UNION ALL
+                SELECT tenant_id, 0, cost_nano FROM usage_events
+                WHERE tenant_id IS NOT NULL AND cost_nano <> 0) x
+             GROUP BY tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, credited, charged)| LedgerTotals {
+                tenant_id: TenantId(t),
+                credited,
+                charged,
+            })
+            .collect())
+    }
+
+    async fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError> {
+        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT seq, id, tenant_id, amount FROM ledger_entries
+             WHERE kind <> 'charge' AND seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, id, t, amount)| CreditRow {
+                seq,
+                id,
+                tenant_id: TenantId(t),
+                amount,
+            })
+            .collect())
+    }
+
+    async fn tenant_record_upto(
+        &self,
+        tenant: TenantId,
+        upto: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM ledger_entries
+                     WHERE tenant_id = $1 AND seq <= $2),
+                    (SELECT COALESCE(SUM(cost_nano), 0)::BIGINT FROM usage_events
+                     WHERE tenant_id = $1)",
+        )
+        .bind(tenant.0)
+        .bind(upto)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn spent_by(
+        &self,
+        tenant: TenantId,
+        account: Account,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let (col, id) = account_column(account);
+        // `col` is one of three column names, never input.
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COALESCE(SUM(cost_nano), 0)::BIGINT FROM usage_events
+             WHERE tenant_id = $1 AND ts_ms >= $3 AND {col} = $2"
+        )))
+        .bind(tenant.0)
+        .bind(id)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for col in ["key_id", "user_id", "group_id"] {
+            // Only the current period's charges count for tenants with a quota period (the
+            // same UTC boundaries as `QuotaPeriod::start_ms`).
+            let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT u.tenant_id, u.{col}, SUM(u.cost_nano)::BIGINT FROM usage_events u
+                 JOIN tenants t ON t.id = u.tenant_id
+                 WHERE u.cost_nano <> 0 AND u.{col} IS NOT NULL
+                   AND u.ts_ms >= CASE t.quota_period
+                       WHEN 'month' THEN $1 WHEN 'day' THEN $2 ELSE 0 END
+                 GROUP BY u.tenant_id, u.{col}"
+            )))
+            .bind(QuotaPeriod::Month.start_ms(now))
+            .bind(QuotaPeriod::Day.start_ms(now))
+            .fetch_all(&self.pool)
+            .await?;
+            for (t, v, sum) in rows {
+                let account = match col {
+                    "key_id" => Account::Key(KeyId(v)),
+                    "user_id" => Account::User(UserId(v)),
+                    _ => Account::Group(GroupId(v)),
+                };
+                out.push((TenantId(t), account, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ledger_statement(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
+                    user_id, group_id, 0 AS src, seq AS ord
+             FROM ledger_entries WHERE tenant_id = $1
+             UNION ALL
+             SELECT 'charge:' || request_id, 'charge', -cost_nano, key_id, request_id, NULL, NULL,
+                    uncollected, ts_ms, user_id, group_id, 1, id
+             FROM usage_events WHERE tenant_id = $1 AND (cost_nano <> 0 OR uncollected <> 0)
+             ORDER BY created_ms, src, ord",
+        )
+        .bind(tenant.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut running = 0i64;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let e = entry_from_row(tenant, r)?;
+            running += e.amount;
+            out.push((e, running));
+        }
+        Ok(out)
+    }
+
+    async fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
+                     WHERE tenant_id = $1 AND created_ms < $2)::BIGINT
+                  - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+                     WHERE tenant_id = $1 AND ts_ms < $2)::BIGINT",
+        )
+        .bind(tenant.0)
+        .bind(from_ms)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn statement_page(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<StatementPos>,
+        limit: u32,
+    ) -> Result<Vec<StatementRow>, StoreError> {
+        let after = after.unwrap_or(StatementPos {
+            ts_ms: i64::MIN,
+            src: 0,
+            ord: i64::MIN,
+        });
+        let lower = from_ms.max(after.ts_ms);
+        // Each side walks its own index from the position on, as in the SQLite store.
+        let rows = sqlx::query(
+            "SELECT * FROM (
+                SELECT * FROM (
+                    SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
+                           user_id, group_id, 0::BIGINT AS src, seq AS ord, NULL::TEXT AS model,
+                           NULL::TEXT AS channel, NULL::BIGINT AS pt, NULL::BIGINT AS ct,
+                           NULL::BIGINT AS cw, NULL::BIGINT AS comp, NULL::BIGINT AS rt
+                    FROM ledger_entries
+                    WHERE tenant_id = $1 AND created_ms >= $2 AND created_ms < $3
+                      AND (created_ms > $4 OR (created_ms = $4 AND (0 > $5 OR (0 = $5 AND seq > $6))))
+                    ORDER BY created_ms, seq LIMIT $7) a
+                UNION ALL
+                SELECT * FROM (
+                    SELECT 'charge:' || request_id, 'charge', -cost_nano, key_id, request_id, NULL, NULL,
+                           uncollected, ts_ms, user_id, group_id, 1::BIGINT, id, model_requested, channel,
+                           prompt_tokens, cached_tokens, cache_write_tokens, completion_tokens, reasoning_tokens
+                    FROM usage_events
+                    WHERE tenant_id = $1 AND ts_ms >= $2 AND ts_ms < $3 AND (cost_nano <> 0 OR uncollected <> 0)
+                      AND (ts_ms > $4 OR (ts_ms = $4 AND (1 > $5 OR (1 = $5 AND id > $6))))
+                    ORDER BY ts_ms, id LIMIT $7) b
+             ) s ORDER BY 9, 12, 13 LIMIT $7",
+        )
+        .bind(tenant.0)
+        .bind(lower)
+        .bind(to_ms)
+        .bind(after.ts_ms)
+        .bind(after.src)
+        .bind(after.ord)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let entry = entry_from_row(tenant, r)?;
+                let pos = StatementPos {
+                    ts_ms: entry.created_ms,
+                    src: r.try_get(11)?,
+                    ord: r.try_get(12)?,
+                };
+                let call = match pos.src {
+                    1 => Some(CallDetail {
+                        model: r.try_get(13)?,
+                        channel: r.try_get(14)?,
+                        prompt_tokens: r.try_get(15)?,
+                        cached_tokens: r.try_get(16)?,
+                        cache_write_tokens: r.try_get(17)?,
+                        completion_tokens: r.try_get(18)?,
+                        reasoning_tokens: r.try_get(19)?,
+                    }),
+                    _ => None,
+                };
+                Ok(StatementRow { entry, pos, call })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 }

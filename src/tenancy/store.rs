@@ -1919,7 +1919,7 @@ impl Store {
     }
 
     /// A credit or adjustment entry (money in: no key, user or request).
-    fn credit_entry(
+    pub(crate) fn credit_entry(
         id: String,
         tenant: TenantId,
         kind: EntryKind,
