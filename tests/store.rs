@@ -7,7 +7,7 @@ mod common;
 use common::Postgres;
 use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
-use tollgate::store::{Directory, Ledger, Members, UsageLog, UserPatch};
+use tollgate::store::{Codes, Directory, Ledger, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
 use tollgate::tenancy::store::{NewKey, Store, StoreError};
 use tollgate::tenancy::{KeyId, TenantId};
@@ -515,4 +515,112 @@ async fn concurrent_uses_of_one_idempotency_key_commit_once_on_postgresql() {
     assert_eq!(committed, 1);
     let totals = store.ledger_totals().await.unwrap();
     assert_eq!(totals[0].credited, 100);
+}
+
+trait CodesBoth: Directory + Ledger + Codes {}
+impl<T: Directory + Ledger + Codes> CodesBoth for T {}
+
+async fn codes_behaviour(s: &dyn CodesBoth, backend: &str) {
+    use tollgate::billing::ledger::EntryKind;
+    use tollgate::tenancy::store::{Credited, IdempotencyKey, PromoBonus};
+    let acme = s.create_tenant("acme").await.unwrap();
+    let globex = s.create_tenant("globex").await.unwrap();
+
+    let p = s.create_promo(" spring-25 ", PromoBonus::Percent(2_500), None, Some(1)).await.unwrap();
+    assert_eq!((p.code.as_str(), p.bonus, p.uses), ("SPRING-25", PromoBonus::Percent(2_500), 0), "{backend}");
+    assert!(matches!(s.create_promo("SPRING-25", PromoBonus::Fixed(1), None, None).await, Err(StoreError::Conflict(_))), "{backend}");
+    assert!(matches!(s.create_promo("bad code!", PromoBonus::Fixed(1), None, None).await, Err(StoreError::Invalid(_))), "{backend}");
+    assert!(matches!(s.create_promo("ZERO", PromoBonus::Fixed(0), None, None).await, Err(StoreError::Invalid(_))), "{backend}");
+    s.create_promo("WELCOME", PromoBonus::Fixed(7_000), None, None).await.unwrap();
+    s.create_promo("OLD", PromoBonus::Fixed(1), Some(1), None).await.unwrap();
+
+    // A top-up with a 25% bonus (rounded half away from zero), once per tenant, capped at one use.
+    let Credited::Committed(v) = s
+        .top_up(acme.id, 1_000_002, Some("spring-25"), Some("op"), Some("pay"), "topup:a1", None)
+        .await
+        .unwrap()
+    else {
+        panic!("{backend}")
+    };
+    assert_eq!(v.iter().map(|e| (e.kind, e.amount)).collect::<Vec<_>>(), [(EntryKind::TopUp, 1_000_002), (EntryKind::Promo, 250_001)], "{backend}");
+    assert!(matches!(
+        s.top_up(globex.id, 10, Some("SPRING-25"), None, None, "topup:g1", None).await,
+        Err(StoreError::Conflict(_))
+    ), "{backend}: the campaign's one use is taken");
+    // A failed top-up commits nothing, not even its top-up entry.
+    assert!(s.entries_by_id(globex.id, &["topup:g1".to_string()]).await.unwrap().is_empty(), "{backend}");
+    assert!(matches!(s.claim_fixed_promo(acme.id, "spring-25", None).await, Err(StoreError::Conflict(_) | StoreError::Invalid(_))), "{backend}");
+    let w = s.claim_fixed_promo(acme.id, "welcome", Some("admin")).await.unwrap();
+    assert_eq!((w.kind, w.amount), (EntryKind::Promo, 7_000), "{backend}");
+    assert!(matches!(s.claim_fixed_promo(acme.id, "WELCOME", None).await, Err(StoreError::Conflict(_))), "{backend}: once per tenant");
+    assert_eq!(s.claim_fixed_promo(globex.id, "WELCOME", None).await.unwrap().amount, 7_000, "{backend}");
+    assert!(matches!(s.claim_fixed_promo(acme.id, "OLD", None).await, Err(StoreError::Conflict(_))), "{backend}: expired");
+    assert!(matches!(s.claim_fixed_promo(acme.id, "NOPE", None).await, Err(StoreError::NotFound { .. })), "{backend}");
+    let uses: Vec<(String, i64)> = s.list_promos().await.unwrap().into_iter().map(|p| (p.code, p.uses)).collect();
+    assert_eq!(uses, [("SPRING-25".to_string(), 1), ("WELCOME".to_string(), 2), ("OLD".to_string(), 0)], "{backend}");
+
+    // Idempotent top-ups: a key used twice commits once.
+    let idem = IdempotencyKey { scope: "topup", key: "pay-1".into(), fingerprint: "f".into() };
+    assert!(matches!(s.top_up(globex.id, 50, None, None, None, "unused", Some(&idem)).await.unwrap(), Credited::Committed(_)), "{backend}");
+    assert!(matches!(s.top_up(globex.id, 50, None, None, None, "unused", Some(&idem)).await.unwrap(), Credited::Replay(_)), "{backend}");
+
+    // Redemption codes: each once, whoever asks.
+    let codes = s.create_codes("batch-1", 3_000, 3, None).await.unwrap();
+    assert_eq!(codes.len(), 3, "{backend}");
+    assert!(matches!(s.create_codes("x", 0, 1, None).await, Err(StoreError::Invalid(_))), "{backend}");
+    let r = s.redeem(&codes[0], acme.id, Some("ann")).await.unwrap();
+    assert_eq!((r.kind, r.amount), (EntryKind::Redemption, 3_000), "{backend}");
+    assert!(matches!(s.redeem(&codes[0], globex.id, None).await, Err(StoreError::Conflict(_))), "{backend}");
+    assert!(matches!(s.redeem("RC-nothing", acme.id, None).await, Err(StoreError::NotFound { .. })), "{backend}");
+    let expired = s.create_codes("batch-2", 5, 1, Some(1)).await.unwrap();
+    assert!(matches!(s.redeem(&expired[0], acme.id, None).await, Err(StoreError::Conflict(_))), "{backend}");
+    let states: Vec<&str> = s.list_codes(Some("batch-1")).await.unwrap().into_iter().map(|c| c.state).collect();
+    assert_eq!(states, ["redeemed", "unused", "unused"], "{backend}");
+    assert_eq!(s.list_codes(None).await.unwrap().len(), 4, "{backend}");
+    assert_eq!(s.list_codes(Some("batch-2")).await.unwrap()[0].state, "expired", "{backend}");
+
+    let totals = s.ledger_totals().await.unwrap();
+    let credited = |t: TenantId| totals.iter().find(|x| x.tenant_id == t).map_or(0, |x| x.credited);
+    assert_eq!(credited(acme.id), 1_000_002 + 250_001 + 7_000 + 3_000, "{backend}");
+    assert_eq!(credited(globex.id), 7_000 + 50, "{backend}");
+}
+
+#[tokio::test]
+async fn codes_and_promotions_behave_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    codes_behaviour(&lite, "sqlite").await;
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("codes"), 4).await.unwrap();
+    codes_behaviour(&store, "postgresql").await;
+}
+
+/// Twenty tenants' redemptions of one code at once, and of one capped campaign: once each.
+#[tokio::test]
+async fn concurrent_redemptions_and_claims_credit_once_on_postgresql() {
+    use tollgate::tenancy::store::PromoBonus;
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("race"), 20).await.unwrap();
+    let mut tenants = Vec::new();
+    for i in 0..20 {
+        tenants.push(store.create_tenant(&format!("t{i}")).await.unwrap().id);
+    }
+    let code = store.create_codes("b", 100, 1, None).await.unwrap().remove(0);
+    store.create_promo("CAP3", PromoBonus::Fixed(10), None, Some(3)).await.unwrap();
+    let runs = tenants.iter().map(|t| {
+        let (s, code, t) = (store.clone(), code.clone(), *t);
+        tokio::spawn(async move {
+            let r = s.redeem(&code, t, None).await.is_ok();
+            let c = s.claim_fixed_promo(t, "CAP3", None).await.is_ok();
+            (r, c)
+        })
+    });
+    let outcomes: Vec<(bool, bool)> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| o.0).count(), 1, "one redemption");
+    assert_eq!(outcomes.iter().filter(|o| o.1).count(), 3, "the campaign's cap");
+    let credited: i64 = store.ledger_totals().await.unwrap().iter().map(|t| t.credited).sum();
+    assert_eq!(credited, 100 + 3 * 10);
 }

@@ -13,8 +13,10 @@
 //! - [`Ledger`]: money in, idempotency keys, totals, spend per account, statements, and the
 //!   limits and quota periods.
 //!
-//! Still only on SQLite (and so the gateway still runs on SQLite alone):
-//! analytics and roll-ups; codes and promotions. docs/architecture.md ("The record") says what
+//! - [`Codes`]: promotion campaigns and redemption codes.
+//!
+//! Still only on SQLite (and so the gateway still runs on SQLite alone): analytics (roll-up
+//! reads, savings, usage listings). docs/architecture.md ("The record") says what
 //! is left and in which order.
 
 pub mod pg;
@@ -25,7 +27,8 @@ use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::store::{
     CreditRow, Credited, IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, NewKey,
-    StatementPos, StatementRow, Store, StoreError, UserPrincipal,
+    PromoBonus, PromoCampaign, RedemptionCode, StatementPos, StatementRow, Store, StoreError,
+    UserPrincipal,
 };
 use crate::tenancy::{
     ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
@@ -539,5 +542,238 @@ impl Ledger for Store {
         limit: u32,
     ) -> Result<Vec<StatementRow>, StoreError> {
         blocking(self, move |s| s.statement_page(tenant, from_ms, to_ms, after, limit)).await
+    }
+}
+
+/// A promotion campaign's code (upper-cased) and its bonus as stored (`fixed` nano-credits or
+/// `percent` basis points), checked.
+pub(crate) fn checked_promo(
+    code: &str,
+    bonus: PromoBonus,
+) -> Result<(String, &'static str, i64), StoreError> {
+    let code = code.trim().to_ascii_uppercase();
+    if code.is_empty()
+        || code.len() > 64
+        || !code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(StoreError::Invalid(
+            "a promo code is 1-64 letters, digits, - or _".into(),
+        ));
+    }
+    match bonus {
+        PromoBonus::Fixed(n) if n > 0 => Ok((code, "fixed", n)),
+        PromoBonus::Percent(bp) if bp > 0 && bp <= 100_000 => Ok((code, "percent", bp)),
+        _ => Err(StoreError::Invalid(
+            "the bonus must be positive (percent at most 1000%)".into(),
+        )),
+    }
+}
+
+/// A stored campaign's bonus.
+pub(crate) fn promo_bonus_of(kind: &str, value: i64) -> PromoBonus {
+    if kind == "fixed" {
+        PromoBonus::Fixed(value)
+    } else {
+        PromoBonus::Percent(value)
+    }
+}
+
+/// Whether a campaign can still be claimed, and what it grants on a top-up of `topup` (None: a
+/// claim without a top-up, for fixed bonuses only): basis points of the top-up rounded half
+/// away from zero to the nano-credit.
+pub(crate) fn promo_grant(
+    kind: &str,
+    value: i64,
+    expires_at: Option<i64>,
+    max_uses: Option<i64>,
+    uses: i64,
+    topup: Option<i64>,
+) -> Result<i64, StoreError> {
+    if expires_at.is_some_and(|t| t <= crate::tenancy::unix_now()) {
+        return Err(StoreError::Conflict("this promo code has expired".into()));
+    }
+    if max_uses.is_some_and(|m| uses >= m) {
+        return Err(StoreError::Conflict(
+            "this promo code has been used up".into(),
+        ));
+    }
+    match (kind, topup) {
+        ("fixed", _) => Ok(value),
+        ("percent", Some(amount)) => {
+            let x = i128::from(amount) * i128::from(value);
+            i64::try_from((x + 5_000) / 10_000)
+                .map_err(|_| StoreError::Invalid("bonus too large".into()))
+        }
+        _ => Err(StoreError::Invalid(
+            "a percentage promo code applies to a top-up".into(),
+        )),
+    }
+}
+
+/// A redemption code's state for listings.
+pub(crate) fn code_state(redeemed_by: Option<i64>, expires_at: Option<i64>, now: i64) -> &'static str {
+    if redeemed_by.is_some() {
+        "redeemed"
+    } else if expires_at.is_some_and(|t| t <= now) {
+        "expired"
+    } else {
+        "unused"
+    }
+}
+
+/// A money-in journal entry of `tenant` (no key, user or request), timed now.
+pub(crate) fn money_in(
+    tenant: TenantId,
+    kind: EntryKind,
+    amount: i64,
+    id: String,
+    actor: Option<&str>,
+    note: Option<String>,
+) -> LedgerEntry {
+    LedgerEntry {
+        id,
+        tenant_id: tenant,
+        kind,
+        amount,
+        key_id: None,
+        user_id: None,
+        group_id: None,
+        request_id: None,
+        actor: actor.map(str::to_string),
+        note,
+        uncollected: 0,
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    }
+}
+
+/// Promotion campaigns and redemption codes: money in that tenants claim themselves.
+#[async_trait::async_trait]
+pub trait Codes: Send + Sync {
+    async fn create_promo(
+        &self,
+        code: &str,
+        bonus: PromoBonus,
+        expires_at: Option<i64>,
+        max_uses: Option<i64>,
+    ) -> Result<PromoCampaign, StoreError>;
+    async fn list_promos(&self) -> Result<Vec<PromoCampaign>, StoreError>;
+    /// A top-up and, with a promo code, its bonus, in one transaction; with an idempotency key
+    /// a key used before commits nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn top_up(
+        &self,
+        tenant: TenantId,
+        amount: i64,
+        promo: Option<&str>,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<Credited, StoreError>;
+    /// A fixed-bonus promo code claimed without a top-up (once per tenant).
+    async fn claim_fixed_promo(
+        &self,
+        tenant: TenantId,
+        code: &str,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError>;
+    /// `count` single-use codes worth `amount` each; the plaintexts are returned once.
+    async fn create_codes(
+        &self,
+        batch: &str,
+        amount: i64,
+        count: u32,
+        expires_at: Option<i64>,
+    ) -> Result<Vec<String>, StoreError>;
+    async fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError>;
+    /// Redeems a code once, whatever the concurrency.
+    async fn redeem(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl Codes for Store {
+    async fn create_promo(
+        &self,
+        code: &str,
+        bonus: PromoBonus,
+        expires_at: Option<i64>,
+        max_uses: Option<i64>,
+    ) -> Result<PromoCampaign, StoreError> {
+        let code = code.to_string();
+        blocking(self, move |s| s.create_promo(&code, bonus, expires_at, max_uses)).await
+    }
+    async fn list_promos(&self) -> Result<Vec<PromoCampaign>, StoreError> {
+        blocking(self, |s| s.list_promos()).await
+    }
+    async fn top_up(
+        &self,
+        tenant: TenantId,
+        amount: i64,
+        promo: Option<&str>,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<Credited, StoreError> {
+        let (promo, actor, note) = (
+            promo.map(str::to_string),
+            actor.map(str::to_string),
+            note.map(str::to_string),
+        );
+        let (id, idem) = (id.to_string(), idem.cloned());
+        blocking(self, move |s| {
+            s.top_up(
+                tenant,
+                amount,
+                promo.as_deref(),
+                actor.as_deref(),
+                note.as_deref(),
+                &id,
+                idem.as_ref(),
+            )
+        })
+        .await
+    }
+    async fn claim_fixed_promo(
+        &self,
+        tenant: TenantId,
+        code: &str,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let (code, actor) = (code.to_string(), actor.map(str::to_string));
+        blocking(self, move |s| s.claim_fixed_promo(tenant, &code, actor.as_deref())).await
+    }
+    async fn create_codes(
+        &self,
+        batch: &str,
+        amount: i64,
+        count: u32,
+        expires_at: Option<i64>,
+    ) -> Result<Vec<String>, StoreError> {
+        let batch = batch.to_string();
+        blocking(self, move |s| s.create_codes(&batch, amount, count, expires_at)).await
+    }
+    async fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError> {
+        let batch = batch.map(str::to_string);
+        blocking(self, move |s| s.list_codes(batch.as_deref())).await
+    }
+    async fn redeem(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let (code, actor) = (code.to_string(), actor.map(str::to_string));
+        blocking(self, move |s| s.redeem(&code, tenant, actor.as_deref())).await
     }
 }

@@ -7,13 +7,14 @@
 //! column name into the same domain types as the SQLite store's.
 
 use super::{
-    checked_email, checked_name, checked_role, Directory, Ledger, Members, UsageLog, UserPatch,
+    checked_email, checked_name, checked_promo, checked_role, code_state, money_in,
+    promo_bonus_of, promo_grant, Codes, Directory, Ledger, Members, UsageLog, UserPatch,
 };
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::tenancy::limits::LimitsPatch;
 use crate::tenancy::store::{
     CallDetail, CreditRow, Credited, IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject,
-    StatementPos, StatementRow,
+    PromoBonus, PromoCampaign, RedemptionCode, StatementPos, StatementRow,
 };
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
@@ -1369,5 +1370,309 @@ impl Ledger for PgStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+}
+
+/// Claims a campaign for a tenant inside a transaction (the campaign row locked, so the cap
+/// holds whatever the concurrency): its id and the bonus for a top-up of `topup`.
+async fn claim_promo(
+    tx: &mut sqlx::PgConnection,
+    code: &str,
+    tenant: TenantId,
+    topup: Option<i64>,
+) -> Result<(i64, i64), StoreError> {
+    let code = code.trim().to_ascii_uppercase();
+    let row: Option<(i64, String, i64, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT id, kind, value, expires_at, max_uses, uses FROM promo_campaigns
+         WHERE code = $1 FOR UPDATE",
+    )
+    .bind(&code)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, kind, value, expires_at, max_uses, uses)) = row else {
+        return Err(StoreError::not_found("promo code", ""));
+    };
+    let bonus = promo_grant(&kind, value, expires_at, max_uses, uses, topup)?;
+    let n = sqlx::query(
+        "INSERT INTO promo_uses (campaign_id, tenant_id, used_ms) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(tenant.0)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(StoreError::Conflict(
+            "this tenant has already used this promo code".into(),
+        ));
+    }
+    sqlx::query("UPDATE promo_campaigns SET uses = uses + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok((id, bonus))
+}
+
+fn promo_from_row(r: &PgRow) -> Result<PromoCampaign, sqlx::Error> {
+    let kind: String = r.try_get("kind")?;
+    Ok(PromoCampaign {
+        id: r.try_get("id")?,
+        code: r.try_get("code")?,
+        bonus: promo_bonus_of(&kind, r.try_get("value")?),
+        expires_at: r.try_get("expires_at")?,
+        max_uses: r.try_get("max_uses")?,
+        uses: r.try_get("uses")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl Codes for PgStore {
+    async fn create_promo(
+        &self,
+        code: &str,
+        bonus: PromoBonus,
+        expires_at: Option<i64>,
+        max_uses: Option<i64>,
+    ) -> Result<PromoCampaign, StoreError> {
+        let (code, kind, value) = checked_promo(code, bonus)?;
+        let row = unique(
+            sqlx::query(
+                "INSERT INTO promo_campaigns (code, kind, value, expires_at, max_uses, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 RETURNING id, code, kind, value, expires_at, max_uses, uses, created_at",
+            )
+            .bind(&code)
+            .bind(kind)
+            .bind(value)
+            .bind(expires_at)
+            .bind(max_uses)
+            .bind(unix_now())
+            .fetch_one(&self.pool)
+            .await,
+            || format!("promo code `{code}` already exists"),
+        )?;
+        Ok(promo_from_row(&row)?)
+    }
+
+    async fn list_promos(&self) -> Result<Vec<PromoCampaign>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, code, kind, value, expires_at, max_uses, uses, created_at
+             FROM promo_campaigns ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(promo_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn top_up(
+        &self,
+        tenant: TenantId,
+        amount: i64,
+        promo: Option<&str>,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+        idem: Option<&IdempotencyKey>,
+    ) -> Result<Credited, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        require_tenant(&mut tx, tenant).await?;
+        if let Some(k) = idem {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
+                 VALUES ($1, $2, $3, $4, '[]', $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant.0)
+            .bind(k.scope)
+            .bind(&k.key)
+            .bind(&k.fingerprint)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                return match read_idempotency(&mut tx, tenant, k.scope, &k.key).await? {
+                    Some(r) => Ok(Credited::Replay(r)),
+                    None => Err(StoreError::Conflict("idempotency key in use".into())),
+                };
+            }
+        }
+        let id = idem.map_or_else(|| id.to_string(), |k| k.entry_id(tenant));
+        let mut out = vec![money_in(
+            tenant,
+            EntryKind::TopUp,
+            amount,
+            id.clone(),
+            actor,
+            note.map(str::to_string),
+        )];
+        if !insert_entry(&mut tx, &out[0]).await? {
+            return Err(StoreError::Conflict(format!(
+                "ledger entry `{id}` already exists"
+            )));
+        }
+        if let Some(code) = promo {
+            let (campaign, bonus) = claim_promo(&mut tx, code, tenant, Some(amount)).await?;
+            let e = money_in(
+                tenant,
+                EntryKind::Promo,
+                bonus,
+                format!("promo:{campaign}:{}", tenant.0),
+                actor,
+                Some(format!("promo {}", code.trim().to_ascii_uppercase())),
+            );
+            insert_entry(&mut tx, &e).await?;
+            out.push(e);
+        }
+        if let Some(k) = idem {
+            let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
+            let ids =
+                serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "UPDATE idempotency_keys SET entry_ids = $4 WHERE tenant_id = $1 AND scope = $2 AND key = $3",
+            )
+            .bind(tenant.0)
+            .bind(k.scope)
+            .bind(&k.key)
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Credited::Committed(out))
+    }
+
+    async fn claim_fixed_promo(
+        &self,
+        tenant: TenantId,
+        code: &str,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        require_tenant(&mut tx, tenant).await?;
+        let (campaign, bonus) = claim_promo(&mut tx, code, tenant, None).await?;
+        let e = money_in(
+            tenant,
+            EntryKind::Promo,
+            bonus,
+            format!("promo:{campaign}:{}", tenant.0),
+            actor,
+            Some(format!("promo {}", code.trim().to_ascii_uppercase())),
+        );
+        insert_entry(&mut tx, &e).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn create_codes(
+        &self,
+        batch: &str,
+        amount: i64,
+        count: u32,
+        expires_at: Option<i64>,
+    ) -> Result<Vec<String>, StoreError> {
+        if amount <= 0 || count == 0 || count > 10_000 {
+            return Err(StoreError::Invalid(
+                "amount must be positive and count between 1 and 10000".into(),
+            ));
+        }
+        let codes: Vec<String> = (0..count)
+            .map(|_| generate_key().replacen("tg-", "RC-", 1))
+            .collect();
+        let hashes: Vec<Vec<u8>> = codes.iter().map(|c| hash_key(c).to_vec()).collect();
+        let prefixes: Vec<String> = codes.iter().map(|c| display_prefix(c)).collect();
+        sqlx::query(
+            "INSERT INTO redemption_codes (code_hash, prefix, batch, amount, created_ms, expires_at)
+             SELECT h, p, $3, $4, $5, $6 FROM UNNEST($1::BYTEA[], $2::TEXT[]) AS x(h, p)",
+        )
+        .bind(hashes)
+        .bind(prefixes)
+        .bind(batch)
+        .bind(amount)
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(codes)
+    }
+
+    async fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError> {
+        let rows: Vec<(i64, String, String, i64, i64, Option<i64>, Option<i64>, Option<i64>)> =
+            sqlx::query_as(
+                "SELECT id, prefix, batch, amount, created_ms, expires_at, redeemed_by, redeemed_ms
+                 FROM redemption_codes WHERE ($1::TEXT IS NULL OR batch = $1) ORDER BY id",
+            )
+            .bind(batch)
+            .fetch_all(&self.pool)
+            .await?;
+        let now = unix_now();
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, prefix, batch, amount, created_ms, expires_at, redeemed_by, redeemed_ms)| {
+                    RedemptionCode {
+                        id,
+                        prefix,
+                        batch,
+                        amount_nano: amount,
+                        created_ms,
+                        expires_at,
+                        redeemed_by: redeemed_by.map(TenantId),
+                        redeemed_ms,
+                        state: code_state(redeemed_by, expires_at, now),
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn redeem(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        actor: Option<&str>,
+    ) -> Result<LedgerEntry, StoreError> {
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        require_tenant(&mut tx, tenant).await?;
+        // Locked: two redemptions of one code at once credit once.
+        let row: Option<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT id, amount, expires_at, redeemed_by FROM redemption_codes
+             WHERE code_hash = $1 FOR UPDATE",
+        )
+        .bind(&hash_key(code.trim())[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, amount, expires_at, redeemed_by)) = row else {
+            return Err(StoreError::not_found("redemption code", ""));
+        };
+        if redeemed_by.is_some() {
+            return Err(StoreError::Conflict(
+                "this code has already been redeemed".into(),
+            ));
+        }
+        if expires_at.is_some_and(|t| t <= now) {
+            return Err(StoreError::Conflict("this code has expired".into()));
+        }
+        sqlx::query("UPDATE redemption_codes SET redeemed_by = $2, redeemed_ms = $3 WHERE id = $1")
+            .bind(id)
+            .bind(tenant.0)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let e = money_in(
+            tenant,
+            EntryKind::Redemption,
+            amount,
+            format!("redeem:{id}"),
+            actor,
+            Some(format!("code {}", display_prefix(code.trim()))),
+        );
+        insert_entry(&mut tx, &e).await?;
+        tx.commit().await?;
+        Ok(e)
     }
 }

@@ -1927,20 +1927,7 @@ impl Store {
         actor: Option<&str>,
         note: Option<&str>,
     ) -> LedgerEntry {
-        LedgerEntry {
-            id,
-            tenant_id: tenant,
-            kind,
-            amount,
-            key_id: None,
-            user_id: None,
-            group_id: None,
-            request_id: None,
-            actor: actor.map(str::to_string),
-            note: note.map(str::to_string),
-            uncollected: 0,
-            created_ms: unix_now_ms(),
-        }
+        crate::store::money_in(tenant, kind, amount, id, actor, note.map(str::to_string))
     }
 
     /// Inside a transaction: the tenant exists, else `tenant not found`.
@@ -2223,26 +2210,7 @@ impl Store {
         expires_at: Option<i64>,
         max_uses: Option<i64>,
     ) -> Result<PromoCampaign, StoreError> {
-        let code = code.trim().to_ascii_uppercase();
-        if code.is_empty()
-            || code.len() > 64
-            || !code
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(StoreError::Invalid(
-                "a promo code is 1-64 letters, digits, - or _".into(),
-            ));
-        }
-        let (kind, value) = match bonus {
-            PromoBonus::Fixed(n) if n > 0 => ("fixed", n),
-            PromoBonus::Percent(bp) if bp > 0 && bp <= 100_000 => ("percent", bp),
-            _ => {
-                return Err(StoreError::Invalid(
-                    "the bonus must be positive (percent at most 1000%)".into(),
-                ))
-            }
-        };
+        let (code, kind, value) = crate::store::checked_promo(code, bonus)?;
         self.with(|c| {
             unique(
                 c.execute(
@@ -2269,7 +2237,7 @@ impl Store {
                 Ok(PromoCampaign {
                     id: r.get(0)?,
                     code: r.get(1)?,
-                    bonus: if kind == "fixed" { PromoBonus::Fixed(value) } else { PromoBonus::Percent(value) },
+                    bonus: crate::store::promo_bonus_of(&kind, value),
                     expires_at: r.get(4)?,
                     max_uses: r.get(5)?,
                     uses: r.get(6)?,
@@ -2299,28 +2267,7 @@ impl Store {
         let Some((id, kind, value, expires_at, max_uses, uses)) = row else {
             return Err(StoreError::not_found("promo code", ""));
         };
-        if expires_at.is_some_and(|t| t <= unix_now()) {
-            return Err(StoreError::Conflict("this promo code has expired".into()));
-        }
-        if max_uses.is_some_and(|m| uses >= m) {
-            return Err(StoreError::Conflict(
-                "this promo code has been used up".into(),
-            ));
-        }
-        let bonus = match (kind.as_str(), topup) {
-            ("fixed", _) => value,
-            ("percent", Some(amount)) => {
-                // basis points of the top-up, rounded half away from zero to the nano-credit
-                let x = i128::from(amount) * i128::from(value);
-                i64::try_from((x + 5_000) / 10_000)
-                    .map_err(|_| StoreError::Invalid("bonus too large".into()))?
-            }
-            _ => {
-                return Err(StoreError::Invalid(
-                    "a percentage promo code applies to a top-up".into(),
-                ))
-            }
-        };
+        let bonus = crate::store::promo_grant(&kind, value, expires_at, max_uses, uses, topup)?;
         let n = tx.execute(
             "INSERT OR IGNORE INTO promo_uses (campaign_id, tenant_id, used_ms) VALUES (?1, ?2, ?3)",
             params![id, tenant.0, unix_now_ms()],
@@ -2365,19 +2312,8 @@ impl Store {
                 }
             }
             let id = idem.map_or_else(|| id.to_string(), |k| k.entry_id(tenant));
-            let entry = |kind, amount, id: String, note: Option<String>| LedgerEntry {
-                id,
-                tenant_id: tenant,
-                kind,
-                amount,
-                key_id: None,
-                user_id: None,
-                group_id: None,
-                request_id: None,
-                actor: actor.map(str::to_string),
-                note,
-                uncollected: 0,
-                created_ms: unix_now_ms(),
+            let entry = |kind, amount, id: String, note: Option<String>| {
+                crate::store::money_in(tenant, kind, amount, id, actor, note)
             };
             let mut out = vec![entry(
                 EntryKind::TopUp,
@@ -2419,20 +2355,14 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             let (campaign, bonus) = Store::claim_promo(&tx, code, tenant, None)?;
-            let e = LedgerEntry {
-                id: format!("promo:{campaign}:{}", tenant.0),
-                tenant_id: tenant,
-                kind: EntryKind::Promo,
-                amount: bonus,
-                key_id: None,
-                user_id: None,
-                group_id: None,
-                request_id: None,
-                actor: actor.map(str::to_string),
-                note: Some(format!("promo {}", code.trim().to_ascii_uppercase())),
-                uncollected: 0,
-                created_ms: unix_now_ms(),
-            };
+            let e = crate::store::money_in(
+                tenant,
+                EntryKind::Promo,
+                bonus,
+                format!("promo:{campaign}:{}", tenant.0),
+                actor,
+                Some(format!("promo {}", code.trim().to_ascii_uppercase())),
+            );
             Store::insert_entry(&tx, &e)?;
             tx.commit()?;
             Ok(e)
@@ -2484,13 +2414,7 @@ impl Store {
             let rows = st.query_map(params![batch], |r| {
                 let expires_at: Option<i64> = r.get(5)?;
                 let redeemed_by: Option<i64> = r.get(6)?;
-                let state = if redeemed_by.is_some() {
-                    "redeemed"
-                } else if expires_at.is_some_and(|t| t <= now) {
-                    "expired"
-                } else {
-                    "unused"
-                };
+                let state = crate::store::code_state(redeemed_by, expires_at, now);
                 Ok(RedemptionCode {
                     id: r.get(0)?,
                     prefix: r.get(1)?,
@@ -2542,20 +2466,14 @@ impl Store {
             if n != 1 {
                 return Err(StoreError::Conflict("this code has already been redeemed".into()));
             }
-            let e = LedgerEntry {
-                id: format!("redeem:{id}"),
-                tenant_id: tenant,
-                kind: EntryKind::Redemption,
+            let e = crate::store::money_in(
+                tenant,
+                EntryKind::Redemption,
                 amount,
-                key_id: None,
-                user_id: None,
-                group_id: None,
-                request_id: None,
-                actor: actor.map(str::to_string),
-                note: Some(format!("code {}", display_prefix(code.trim()))),
-                uncollected: 0,
-                created_ms: unix_now_ms(),
-            };
+                format!("redeem:{id}"),
+                actor,
+                Some(format!("code {}", display_prefix(code.trim()))),
+            );
             Store::insert_entry(&tx, &e)?;
             tx.commit()?;
             Ok(e)
