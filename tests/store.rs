@@ -7,7 +7,7 @@ mod common;
 use common::Postgres;
 use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
-use tollgate::store::{Codes, Directory, Ledger, Members, UsageLog, UserPatch};
+use tollgate::store::{Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
 use tollgate::tenancy::store::{NewKey, Store, StoreError};
 use tollgate::tenancy::{KeyId, TenantId};
@@ -623,4 +623,98 @@ async fn concurrent_redemptions_and_claims_credit_once_on_postgresql() {
     assert_eq!(outcomes.iter().filter(|o| o.1).count(), 3, "the campaign's cap");
     let credited: i64 = store.ledger_totals().await.unwrap().iter().map(|t| t.credited).sum();
     assert_eq!(credited, 100 + 3 * 10);
+}
+
+trait AnalyticsBoth: Directory + Members + UsageLog + Analytics {}
+impl<T: Directory + Members + UsageLog + Analytics> AnalyticsBoth for T {}
+
+/// Loads the same month of calls into a store: two keys (one a member's), three models, two
+/// channels, some routed, over 40 days; returns the tenant, the member and a time range.
+async fn load_month(s: &dyn AnalyticsBoth) -> (TenantId, tollgate::tenancy::UserId) {
+    use tollgate::tenancy::Role;
+    let t = s.create_tenant("acme").await.unwrap();
+    let g = s.create_group(t.id, "eng", None).await.unwrap();
+    let u = s.create_user(t.id, "ann@example.com", "Ann", Role::Member, Some(g.id), None).await.unwrap();
+    let (k1, _) = s.create_key(&new_key(t.id, "ops")).await.unwrap();
+    let mut nk = new_key(t.id, "ann");
+    nk.user_id = Some(u.id);
+    let (k2, _) = s.create_key(&nk).await.unwrap();
+    let events: Vec<UsageEvent> = (0..2_000usize)
+        .map(|i| {
+            let mut e = event(i, t.id, if i % 3 == 0 { k2.id } else { k1.id });
+            e.ts_ms = 1_790_000_000_000 + (i as i64) * 1_733_000; // ~40 days
+            if i % 3 == 0 {
+                e.user_id = Some(u.id);
+                e.group_id = Some(g.id);
+            }
+            e.model_requested = Some(["gpt-4o", "gpt-4o-mini", "claude-sonnet-4"][i % 3].into());
+            if i % 4 == 0 {
+                e.route_tier = Some(if i % 8 == 0 { "light" } else { "strong" }.into());
+                e.baseline_cost_nano = Some(e.cost_nano * 3);
+            }
+            e
+        })
+        .collect();
+    for chunk in events.chunks(300) {
+        s.record(chunk).await.unwrap();
+    }
+    (t.id, u.id)
+}
+
+#[tokio::test]
+async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
+    use tollgate::tenancy::store::{AnalyticsQuery, Dimension, Granularity, UsageQuery};
+    let (_dir, lite) = sqlite();
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("analytics"), 4).await.unwrap();
+    let (t, u) = load_month(&lite).await;
+    let (t2, u2) = load_month(&store).await;
+    assert_eq!((t, u), (t2, u2));
+    let start = 1_790_000_000i64;
+    let mut compared = 0;
+    for (from, to) in [(start, start + 41 * 86_400), (start + 7_777, start + 3 * 86_400 + 11), (start + 86_400, start + 86_400 + 3_600)] {
+        for granularity in [Granularity::Hour, Granularity::Day, Granularity::Total] {
+            for group_by in [Dimension::None, Dimension::User, Dimension::Group, Dimension::Key, Dimension::Model, Dimension::Channel] {
+                for user in [None, Some(u)] {
+                    let q = AnalyticsQuery { tenant: t, from, to, granularity, group_by, user };
+                    let a = Analytics::analytics(&lite, &q).await.unwrap();
+                    let b = Analytics::analytics(&store, &q).await.unwrap();
+                    assert!(!a.is_empty() || granularity == Granularity::Hour, "{q:?}");
+                    assert_eq!(a, b, "{q:?}");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 108);
+    let totals = Analytics::analytics(&store, &AnalyticsQuery { tenant: t, from: 0, to: i64::MAX / 2, granularity: Granularity::Total, group_by: Dimension::None, user: None }).await.unwrap();
+    assert_eq!(totals[0].requests, 2_000);
+
+    let a = Analytics::routing_savings(&lite, t, 0, i64::MAX).await.unwrap();
+    let b = Analytics::routing_savings(&store, t, 0, i64::MAX).await.unwrap();
+    assert_eq!(a.iter().map(|r| (r.tier.clone(), r.calls, r.cost_nano, r.baseline_cost_nano)).collect::<Vec<_>>(),
+               b.iter().map(|r| (r.tier.clone(), r.calls, r.cost_nano, r.baseline_cost_nano)).collect::<Vec<_>>());
+    assert_eq!(b.iter().map(|r| r.calls).sum::<i64>(), 500);
+
+    // Pages of 97 records, newest first, filtered by user and model, walk the same records.
+    for (user, model) in [(None, None), (Some(u), None), (None, Some("gpt-4o".to_string())), (Some(u), Some("gpt-4o".to_string()))] {
+        let mut walked = Vec::new();
+        for s in [&lite as &dyn Analytics, &store as &dyn Analytics] {
+            let mut ids = Vec::new();
+            let mut before = None;
+            loop {
+                let q = UsageQuery { tenant: Some(t), user, model: model.clone(), from_ms: 1_790_000_000_000 + 86_400_000, to_ms: i64::MAX, before, limit: 97 };
+                let page = s.usage_page(&q).await.unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                before = Some(page.last().unwrap().0);
+                ids.extend(page.into_iter().map(|(_, e)| (e.request_id, e.ts_ms, e.cost_nano, e.user_id, e.route_tier)));
+            }
+            assert!(ids.windows(2).all(|w| w[0].1 >= w[1].1), "newest first");
+            walked.push(ids);
+        }
+        assert!(!walked[0].is_empty());
+        assert_eq!(walked[0], walked[1], "{user:?} {model:?}");
+    }
 }

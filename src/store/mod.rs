@@ -14,10 +14,10 @@
 //!   limits and quota periods.
 //!
 //! - [`Codes`]: promotion campaigns and redemption codes.
+//! - [`Analytics`]: roll-up reads, routing savings, pages of usage records.
 //!
-//! Still only on SQLite (and so the gateway still runs on SQLite alone): analytics (roll-up
-//! reads, savings, usage listings). docs/architecture.md ("The record") says what
-//! is left and in which order.
+//! The gateway itself still calls the SQLite store directly; docs/architecture.md ("The
+//! record") says what is left and in which order.
 
 pub mod pg;
 
@@ -26,9 +26,10 @@ use crate::tenancy::keys::KeySnapshot;
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::store::{
-    CreditRow, Credited, IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, NewKey,
-    PromoBonus, PromoCampaign, RedemptionCode, StatementPos, StatementRow, Store, StoreError,
-    UserPrincipal,
+    AnalyticsQuery, AnalyticsRow, CreditRow, Credited, Dimension, Granularity, IdempotencyKey,
+    IdempotentRecord, LedgerTotals, LimitSubject, NewKey, PromoBonus, PromoCampaign,
+    RedemptionCode, RoutingRow, StatementPos, StatementRow, Store, StoreError, UsagePos,
+    UsageQuery, UserPrincipal,
 };
 use crate::tenancy::{
     ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
@@ -775,5 +776,85 @@ impl Codes for Store {
     ) -> Result<LedgerEntry, StoreError> {
         let (code, actor) = (code.to_string(), actor.map(str::to_string));
         blocking(self, move |s| s.redeem(&code, tenant, actor.as_deref())).await
+    }
+}
+
+/// Where an unfiltered analytics query reads the per-dimension roll-ups: the dimension's
+/// number, the hour range `[from, to)` (unix seconds, whole hours), and the whole days
+/// `[day_from, day_to)` read from the daily rows (the hours outside them from the hourly rows;
+/// an hourly series reads hour rows only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RollupWindow {
+    pub dim: i64,
+    pub from: i64,
+    pub to: i64,
+    pub day_from: i64,
+    pub day_to: i64,
+}
+
+pub(crate) fn rollup_window(q: &AnalyticsQuery) -> RollupWindow {
+    let dim = match q.group_by {
+        Dimension::None => 0,
+        Dimension::User => 1,
+        Dimension::Group => 2,
+        Dimension::Key => 3,
+        Dimension::Model => 4,
+        Dimension::Channel => 5,
+    };
+    let from = q.from.div_euclid(3600) * 3600;
+    let to = (q.to + 3599).div_euclid(3600) * 3600;
+    let (day_from, day_to) = if q.granularity == Granularity::Hour {
+        (to, to)
+    } else {
+        let a = (from + 86_399).div_euclid(86_400) * 86_400;
+        let b = to.div_euclid(86_400) * 86_400;
+        if a < b {
+            (a, b)
+        } else {
+            (to, to)
+        }
+    };
+    RollupWindow {
+        dim,
+        from,
+        to,
+        day_from,
+        day_to,
+    }
+}
+
+/// Usage analytics and listings: roll-up reads, what routing saved, pages of usage records.
+#[async_trait::async_trait]
+pub trait Analytics: Send + Sync {
+    /// Totals or a series, grouped by one dimension, from the roll-ups (never the raw records).
+    async fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError>;
+    /// Per routing tier: calls, cost, and what the strongest tier would have cost.
+    async fn routing_savings(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RoutingRow>, StoreError>;
+    /// One page of usage records, newest first, each with its position for the next page.
+    async fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl Analytics for Store {
+    async fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        let q = q.clone();
+        blocking(self, move |s| s.analytics(&q)).await
+    }
+    async fn routing_savings(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RoutingRow>, StoreError> {
+        blocking(self, move |s| s.routing_savings(tenant, from_ms, to_ms)).await
+    }
+    async fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError> {
+        let q = q.clone();
+        blocking(self, move |s| s.usage_page(&q)).await
     }
 }

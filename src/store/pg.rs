@@ -8,13 +8,15 @@
 
 use super::{
     checked_email, checked_name, checked_promo, checked_role, code_state, money_in,
-    promo_bonus_of, promo_grant, Codes, Directory, Ledger, Members, UsageLog, UserPatch,
+    promo_bonus_of, promo_grant, rollup_window, Analytics, Codes, Directory, Ledger, Members,
+    UsageLog, UserPatch,
 };
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::tenancy::limits::LimitsPatch;
 use crate::tenancy::store::{
-    CallDetail, CreditRow, Credited, IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject,
-    PromoBonus, PromoCampaign, RedemptionCode, StatementPos, StatementRow,
+    AnalyticsQuery, AnalyticsRow, CallDetail, CreditRow, Credited, Dimension, Granularity,
+    IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign,
+    RedemptionCode, RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
 };
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
@@ -1674,5 +1676,212 @@ impl Codes for PgStore {
         insert_entry(&mut tx, &e).await?;
         tx.commit().await?;
         Ok(e)
+    }
+}
+
+fn analytics_row(r: &PgRow) -> Result<AnalyticsRow, sqlx::Error> {
+    Ok(AnalyticsRow {
+        bucket: r.try_get(0)?,
+        key: r.try_get(1)?,
+        requests: r.try_get(2)?,
+        errors: r.try_get(3)?,
+        prompt_tokens: r.try_get(4)?,
+        cached_tokens: r.try_get(5)?,
+        completion_tokens: r.try_get(6)?,
+        reasoning_tokens: r.try_get(7)?,
+        cost_nano: r.try_get(8)?,
+        cache_write_tokens: r.try_get(9)?,
+    })
+}
+
+/// The sums an analytics row carries, as BIGINT (PostgreSQL sums BIGINT into NUMERIC).
+const ANALYTICS_SUMS: &str = "SUM(requests)::BIGINT, SUM(errors)::BIGINT,
+    SUM(prompt_tokens)::BIGINT, SUM(cached_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+    SUM(reasoning_tokens)::BIGINT, SUM(cost_nano)::BIGINT, SUM(cache_write_tokens)::BIGINT";
+
+const EVENT_SELECT: &str = "SELECT request_id, ts_ms, tenant_id, key_id, endpoint, channel,
+    upstream, model_requested, model_used, stream, status, error_code, prompt_tokens,
+    cached_tokens, completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms,
+    ttft_ms, cost_nano, user_id, group_id, route_tier, route_reason, route_score,
+    baseline_cost_nano, cache_write_tokens, uncollected, path, id FROM usage_events WHERE ";
+
+fn event_from_row(r: &PgRow) -> Result<UsageEvent, sqlx::Error> {
+    let count = |c: &str| -> Result<u64, sqlx::Error> {
+        Ok(u64::try_from(r.try_get::<i64, _>(c)?).unwrap_or(0))
+    };
+    let endpoint: String = r.try_get("endpoint")?;
+    let path: Option<String> = r.try_get("path")?;
+    Ok(UsageEvent {
+        request_id: r.try_get("request_id")?,
+        ts_ms: r.try_get("ts_ms")?,
+        tenant_id: r.try_get::<Option<i64>, _>("tenant_id")?.map(TenantId),
+        key_id: r.try_get::<Option<i64>, _>("key_id")?.map(KeyId),
+        path: path.or_else(|| crate::billing::usage::canonical_path(&endpoint).map(str::to_owned)),
+        endpoint,
+        channel: r.try_get("channel")?,
+        upstream: r.try_get("upstream")?,
+        model_requested: r.try_get("model_requested")?,
+        model_used: r.try_get("model_used")?,
+        stream: r.try_get("stream")?,
+        status: u16::try_from(r.try_get::<i32, _>("status")?).unwrap_or(0),
+        error_code: r.try_get("error_code")?,
+        prompt_tokens: count("prompt_tokens")?,
+        cached_tokens: count("cached_tokens")?,
+        completion_tokens: count("completion_tokens")?,
+        reasoning_tokens: count("reasoning_tokens")?,
+        usage_source: r.try_get("usage_source")?,
+        attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        latency_ms: count("latency_ms")?,
+        ttft_ms: r
+            .try_get::<Option<i64>, _>("ttft_ms")?
+            .map(|v| u64::try_from(v).unwrap_or(0)),
+        cost_nano: r.try_get("cost_nano")?,
+        user_id: r.try_get::<Option<i64>, _>("user_id")?.map(UserId),
+        group_id: r.try_get::<Option<i64>, _>("group_id")?.map(GroupId),
+        route_tier: r.try_get("route_tier")?,
+        route_reason: r.try_get("route_reason")?,
+        route_score: r.try_get::<Option<f64>, _>("route_score")?.map(|v| v as f32),
+        baseline_cost_nano: r.try_get("baseline_cost_nano")?,
+        cache_write_tokens: count("cache_write_tokens")?,
+        uncollected: r.try_get("uncollected")?,
+        charge_ticket: None,
+    })
+}
+
+#[async_trait::async_trait]
+impl Analytics for PgStore {
+    async fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        let rows = if q.user.is_none() {
+            // The per-dimension roll-ups: whole days from the daily rows, the hours at either
+            // end from the hourly rows.
+            let w = rollup_window(q);
+            let bucket = match q.granularity {
+                Granularity::Hour => "bucket",
+                Granularity::Day => "(bucket / 86400) * 86400",
+                Granularity::Total => "0::BIGINT",
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {bucket} AS b, value, {ANALYTICS_SUMS}
+                 FROM usage_rollup
+                 WHERE tenant_id = $1 AND dim = $2 AND (
+                       (period = 86400 AND bucket >= $3 AND bucket < $4)
+                    OR (period = 3600 AND bucket >= $5 AND bucket < $6 AND (bucket < $3 OR bucket >= $4)))
+                 GROUP BY b, value ORDER BY b, value"
+            )))
+            .bind(q.tenant.0)
+            .bind(w.dim as i16)
+            .bind(w.day_from)
+            .bind(w.day_to)
+            .bind(w.from)
+            .bind(w.to)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            // One user's calls: the fine-grained hourly roll-up.
+            let bucket = match q.granularity {
+                Granularity::Hour => "hour * 3600",
+                Granularity::Day => "(hour / 24) * 86400",
+                Granularity::Total => "0::BIGINT",
+            };
+            let dim = match q.group_by {
+                Dimension::None => "''",
+                Dimension::User => "CAST(user_id AS TEXT)",
+                Dimension::Group => "CAST(group_id AS TEXT)",
+                Dimension::Key => "CAST(key_id AS TEXT)",
+                Dimension::Model => "model",
+                Dimension::Channel => "channel",
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {bucket} AS bucket, {dim} AS dim, {ANALYTICS_SUMS}
+                 FROM usage_hourly
+                 WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 AND ($4::BIGINT IS NULL OR user_id = $4)
+                 GROUP BY 1, 2 ORDER BY 1, 2"
+            )))
+            .bind(q.tenant.0)
+            .bind(q.from.div_euclid(3600))
+            .bind((q.to + 3599).div_euclid(3600))
+            .bind(q.user.map(|u| u.0))
+            .fetch_all(&self.pool)
+            .await?
+        };
+        Ok(rows.iter().map(analytics_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn routing_savings(
+        &self,
+        tenant: TenantId,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RoutingRow>, StoreError> {
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT route_tier, COUNT(*), COALESCE(SUM(cost_nano), 0)::BIGINT,
+                    COALESCE(SUM(COALESCE(baseline_cost_nano, cost_nano)), 0)::BIGINT
+             FROM usage_events
+             WHERE tenant_id = $1 AND ts_ms >= $2 AND ts_ms < $3 AND route_tier IS NOT NULL
+             GROUP BY route_tier ORDER BY route_tier",
+        )
+        .bind(tenant.0)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(tier, calls, cost_nano, baseline_cost_nano)| RoutingRow {
+                tier,
+                calls,
+                cost_nano,
+                baseline_cost_nano,
+            })
+            .collect())
+    }
+
+    async fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError> {
+        let (before_ts, before_id) = q.before.map_or((i64::MAX, i64::MAX), |p| (p.ts_ms, p.id));
+        // The upper time bound includes the cursor's, so that the index range starts there.
+        let upper = q.to_ms.min(before_ts.saturating_add(1));
+        let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(EVENT_SELECT);
+        b.push("ts_ms >= ")
+            .push_bind(q.from_ms)
+            .push(" AND ts_ms < ")
+            .push_bind(upper)
+            .push(" AND (ts_ms < ")
+            .push_bind(before_ts)
+            .push(" OR (ts_ms = ")
+            .push_bind(before_ts)
+            .push(" AND id < ")
+            .push_bind(before_id)
+            .push("))");
+        if let Some(t) = q.tenant {
+            b.push(" AND tenant_id = ").push_bind(t.0);
+        }
+        if let Some(u) = q.user {
+            b.push(" AND key_id IN (SELECT id FROM api_keys WHERE user_id = ")
+                .push_bind(u.0)
+                .push(")");
+        }
+        if let Some(m) = &q.model {
+            b.push(" AND (model_requested = ")
+                .push_bind(m.clone())
+                .push(" OR model_used = ")
+                .push_bind(m.clone())
+                .push(")");
+        }
+        b.push(" ORDER BY ts_ms DESC, id DESC LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let e = event_from_row(r)?;
+                Ok((
+                    UsagePos {
+                        ts_ms: e.ts_ms,
+                        id: r.try_get("id")?,
+                    },
+                    e,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 }

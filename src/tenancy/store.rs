@@ -1089,27 +1089,13 @@ impl Store {
     /// Unfiltered queries read the per-dimension roll-ups: whole days from the daily rows, the
     /// partial days at either end from the hourly rows, so a month is ~30 rows per value.
     fn analytics_by_dimension(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
-        let dim = match q.group_by {
-            Dimension::None => 0,
-            Dimension::User => 1,
-            Dimension::Group => 2,
-            Dimension::Key => 3,
-            Dimension::Model => 4,
-            Dimension::Channel => 5,
-        };
-        let from = q.from.div_euclid(3600) * 3600;
-        let to = (q.to + 3599).div_euclid(3600) * 3600;
-        let (day_from, day_to) = if q.granularity == Granularity::Hour {
-            (to, to) // hourly series: hour rows only
-        } else {
-            let a = (from + 86_399).div_euclid(86_400) * 86_400;
-            let b = to.div_euclid(86_400) * 86_400;
-            if a < b {
-                (a, b)
-            } else {
-                (to, to)
-            }
-        };
+        let crate::store::RollupWindow {
+            dim,
+            from,
+            to,
+            day_from,
+            day_to,
+        } = crate::store::rollup_window(q);
         let bucket = match q.granularity {
             Granularity::Hour => "bucket",
             Granularity::Day => "(bucket / 86400) * 86400",
