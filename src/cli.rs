@@ -58,6 +58,11 @@ enum Command {
         #[command(flatten)]
         target: StoreTarget,
     },
+    /// The record's store: move an embedded installation into PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// The complexity router behind `model: "auto"` (docs/routing.md).
     Router {
         #[command(subcommand)]
@@ -154,6 +159,24 @@ enum RouterAction {
         /// Synthetic prompts of 1 to 8 MB added to the input.
         #[arg(long, default_value_t = 16)]
         huge: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy every row of a SQLite store into an empty PostgreSQL database (schema created
+    /// there), in one transaction, then check that both report the same rows and, per tenant,
+    /// the same credited and charged totals. Stop the gateway first.
+    Migrate {
+        /// The SQLite file (`path` or `sqlite://path`).
+        #[arg(long)]
+        from: String,
+        /// `postgres://user:password@host:port/db`.
+        #[arg(long, conflicts_with = "to_env")]
+        to: Option<String>,
+        /// The name of an environment variable holding the PostgreSQL URL (for a password).
+        #[arg(long)]
+        to_env: Option<String>,
     },
 }
 
@@ -258,6 +281,9 @@ pub fn main() -> i32 {
                 Ok(())
             }
         }),
+        Command::Store {
+            action: StoreAction::Migrate { from, to, to_env },
+        } => store_migrate(&from, to, to_env),
         Command::Router { action } => {
             let (config, model, mode) = match &action {
                 RouterAction::Score {
@@ -417,6 +443,62 @@ fn keys(store: &Store, cfg: Option<&Config>, action: KeysAction) -> Result<(), S
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::json!(k));
             Ok(())
+        }
+    }
+}
+
+fn store_migrate(from: &str, to: Option<String>, to_env: Option<String>) -> i32 {
+    let url = match (to, to_env) {
+        (Some(u), _) => u,
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                eprintln!("error: environment variable {var} is not set");
+                return 2;
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give --to postgres://... or --to-env VAR");
+            return 2;
+        }
+    };
+    let path = from.strip_prefix("sqlite://").unwrap_or(from);
+    if !Path::new(path).exists() {
+        eprintln!("error: no SQLite store at {path}");
+        return 2;
+    }
+    let store = match Store::open(Path::new(path)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {path}: {e}");
+            return 1;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        let pg = crate::store::pg::PgStore::connect(&url, 2).await?;
+        crate::store::copy::sqlite_to_postgres(&store, &pg).await
+    });
+    match result {
+        Ok(report) => {
+            for (table, n) in &report.rows {
+                println!("{table:<18} {n:>12} rows");
+            }
+            for (tenant, credited, charged) in &report.totals {
+                println!("tenant {tenant}: credited {credited} nano-credits, charged {charged}: the same in both stores");
+            }
+            println!("migrated {path} into PostgreSQL");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
         }
     }
 }

@@ -718,3 +718,66 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
         assert_eq!(walked[0], walked[1], "{user:?} {model:?}");
     }
 }
+
+/// `tollgate store migrate`: an embedded installation's record moves into PostgreSQL whole
+/// (the real command, on a store filled through the library), and both stores then answer alike.
+#[tokio::test]
+async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
+    use tollgate::billing::ledger::EntryKind;
+    use tollgate::tenancy::store::{AnalyticsQuery, Dimension, Granularity, PromoBonus};
+    let (dir, lite) = sqlite();
+    let (t, u) = load_month(&lite).await;
+    Ledger::credit(&lite, t, EntryKind::TopUp, 9_000_000, Some("op"), None, "topup:m1").await.unwrap();
+    Codes::create_promo(&lite, "WELCOME", PromoBonus::Fixed(5), None, None).await.unwrap();
+    Codes::claim_fixed_promo(&lite, t, "WELCOME", None).await.unwrap();
+    let codes = Codes::create_codes(&lite, "b", 77, 2, None).await.unwrap();
+    Codes::redeem(&lite, &codes[0], t, None).await.unwrap();
+    let token = Members::create_user_token(&lite, u).await.unwrap();
+    let pg = Postgres::start();
+    let url = pg.database("moved");
+    let path = dir.path().join("t.db");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["store", "migrate", "--from"])
+        .arg(&path)
+        .args(["--to", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("usage_events"), "{stdout}");
+    assert!(stdout.contains("the same in both stores"), "{stdout}");
+
+    let store = PgStore::connect(&url, 4).await.unwrap();
+    // Keys still authenticate (their hashes moved), with everything the snapshot carries.
+    let a = Directory::load_key_snapshot(&lite).await.unwrap();
+    let b = Directory::load_key_snapshot(&store).await.unwrap();
+    assert_eq!(a.generation, b.generation);
+    let mut ka: Vec<_> = a.by_hash.iter().map(|(h, k)| (*h, k.id, k.name.clone(), k.user_id, k.key_limits.rpm)).collect();
+    let mut kb: Vec<_> = b.by_hash.iter().map(|(h, k)| (*h, k.id, k.name.clone(), k.user_id, k.key_limits.rpm)).collect();
+    ka.sort();
+    kb.sort();
+    assert_eq!(ka, kb);
+    assert_eq!(Members::user_by_token(&store, &token).await.unwrap().unwrap().user.id, u);
+    // The books: statement, balances, analytics.
+    let sa = Ledger::ledger_statement(&lite, t).await.unwrap();
+    let sb = Ledger::ledger_statement(&store, t).await.unwrap();
+    assert_eq!(sa.len(), sb.len());
+    assert!(sa.iter().zip(&sb).all(|(x, y)| x.0.id == y.0.id && x.1 == y.1));
+    let q = AnalyticsQuery { tenant: t, from: 0, to: i64::MAX / 2, granularity: Granularity::Day, group_by: Dimension::Model, user: None };
+    assert_eq!(Analytics::analytics(&lite, &q).await.unwrap(), Analytics::analytics(&store, &q).await.unwrap());
+    let states: Vec<&str> = Codes::list_codes(&store, Some("b")).await.unwrap().into_iter().map(|c| c.state).collect();
+    assert_eq!(states, ["redeemed", "unused"]);
+    assert!(matches!(Codes::redeem(&store, &codes[0], t, None).await, Err(StoreError::Conflict(_))));
+    // Ids go on after the copied ones.
+    let next = Directory::create_tenant(&store, "after").await.unwrap();
+    assert!(next.id.0 > t.0);
+    // A second run into a database that holds tenants is refused.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["store", "migrate", "--from"])
+        .arg(&path)
+        .args(["--to", &url])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds tenants"));
+}

@@ -935,6 +935,25 @@ impl Store {
         self.get_key(id)
     }
 
+    /// Every row of one of the store's tables, with its column names (`store migrate`).
+    /// `table` is one of the schema's table names, never input.
+    pub(crate) fn dump_table(
+        &self,
+        table: &str,
+    ) -> Result<(Vec<String>, Vec<Vec<rusqlite::types::Value>>), StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!("SELECT * FROM {table}"))?;
+            let columns: Vec<String> = st.column_names().iter().map(|n| n.to_string()).collect();
+            let n = columns.len();
+            let rows = st.query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?;
+            Ok((columns, rows.collect::<Result<Vec<_>, _>>()?))
+        })
+    }
+
     pub fn key_generation(&self) -> Result<i64, StoreError> {
         self.with(|c| {
             Ok(
