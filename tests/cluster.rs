@@ -536,7 +536,11 @@ async fn readiness_follows_the_credit_bank() {
     }
     for gw in &nodes {
         let (s, body) = ready(gw).await;
-        assert_eq!((s, body["credit_bank"].as_str()), (200, Some("up")), "{body}");
+        assert_eq!(
+            (s, body["credit_bank"].as_str()),
+            (200, Some("up")),
+            "{body}"
+        );
     }
     redis.kill();
     let t0 = std::time::Instant::now();
@@ -613,7 +617,10 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
     for s in &statuses {
         assert!(*s == 200 || *s == 503, "unexpected status {s}");
     }
-    eprintln!("{ok} of {} calls served across the failover", statuses.len());
+    eprintln!(
+        "{ok} of {} calls served across the failover",
+        statuses.len()
+    );
     // Every node serves on the new master.
     for gw in &nodes {
         let r = gw
@@ -670,7 +677,11 @@ async fn a_key_revoked_on_one_node_is_refused_by_the_others_within_a_second_or_t
         .admin_post(&format!("/admin/keys/{id}/revoke"), json!({}))
         .await;
     let t0 = Instant::now();
-    assert_eq!(call(&nodes[0]).await.unwrap().status(), 401, "at once where revoked");
+    assert_eq!(
+        call(&nodes[0]).await.unwrap().status(),
+        401,
+        "at once where revoked"
+    );
     for gw in &nodes[1..] {
         loop {
             let s = call(gw).await.unwrap().status();

@@ -618,10 +618,16 @@ async fn a_body_trickled_in_below_the_minimum_rate_is_refused() {
 async fn answers_of_the_http_layer_carry_a_request_id_and_an_error_body() {
     let (_m, gw) = on_one_mock("").await;
     let requests: [(&[u8], u16); 4] = [
-        (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            400,
+        ),
         (b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n", 400),
         (b"GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n", 400),
-        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 405),
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            405,
+        ),
     ];
     let mut ids = Vec::new();
     for (req, status) in requests {

@@ -38,14 +38,40 @@ fn new_key(tenant: TenantId, name: &str) -> NewKey {
 async fn directory_behaviour(s: &dyn Directory, backend: &str) {
     let acme = s.create_tenant(" acme ").await.unwrap();
     assert_eq!(acme.name, "acme", "{backend}");
-    assert!(matches!(s.create_tenant("acme").await, Err(StoreError::Conflict(_))), "{backend}");
-    assert!(matches!(s.create_tenant("  ").await, Err(StoreError::Invalid(_))), "{backend}");
+    assert!(
+        matches!(s.create_tenant("acme").await, Err(StoreError::Conflict(_))),
+        "{backend}"
+    );
+    assert!(
+        matches!(s.create_tenant("  ").await, Err(StoreError::Invalid(_))),
+        "{backend}"
+    );
     let globex = s.create_tenant("Globex Corp").await.unwrap();
-    let names: Vec<String> = s.list_tenants().await.unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<String> = s
+        .list_tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, ["acme", "Globex Corp"], "{backend}");
-    assert_eq!(s.find_tenant("Globex Corp").await.unwrap().id, globex.id, "{backend}");
-    assert_eq!(s.find_tenant(&acme.id.0.to_string()).await.unwrap().name, "acme", "{backend}");
-    assert!(matches!(s.find_tenant("nobody").await, Err(StoreError::NotFound { what: "tenant", .. })), "{backend}");
+    assert_eq!(
+        s.find_tenant("Globex Corp").await.unwrap().id,
+        globex.id,
+        "{backend}"
+    );
+    assert_eq!(
+        s.find_tenant(&acme.id.0.to_string()).await.unwrap().name,
+        "acme",
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.find_tenant("nobody").await,
+            Err(StoreError::NotFound { what: "tenant", .. })
+        ),
+        "{backend}"
+    );
 
     let g0 = s.key_generation().await.unwrap();
     let (key, plaintext) = s.create_key(&new_key(acme.id, "ci")).await.unwrap();
@@ -53,36 +79,89 @@ async fn directory_behaviour(s: &dyn Directory, backend: &str) {
     assert_eq!(key.tenant_name, "acme", "{backend}");
     assert_eq!(key.allowed_channels, ["cheap"], "{backend}");
     assert_eq!(key.allowed_models, ["gpt-4o-mini"], "{backend}");
-    assert_eq!((key.quota_nano, key.key_limits.rpm), (Some(5_000), Some(10)), "{backend}");
+    assert_eq!(
+        (key.quota_nano, key.key_limits.rpm),
+        (Some(5_000), Some(10)),
+        "{backend}"
+    );
     let g1 = s.key_generation().await.unwrap();
     assert!(g1 > g0, "{backend}: a new key moves the generation");
     let (other, _) = s.create_key(&new_key(globex.id, "other")).await.unwrap();
-    assert!(matches!(
-        s.create_key(&new_key(TenantId(9_999), "x")).await,
-        Err(StoreError::NotFound { what: "tenant", .. })
-    ), "{backend}");
-    assert!(matches!(s.create_key(&new_key(acme.id, " ")).await, Err(StoreError::Invalid(_))), "{backend}");
+    assert!(
+        matches!(
+            s.create_key(&new_key(TenantId(9_999), "x")).await,
+            Err(StoreError::NotFound { what: "tenant", .. })
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_key(&new_key(acme.id, " ")).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
 
     let ids = |v: Vec<tollgate::tenancy::ApiKey>| v.into_iter().map(|k| k.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list_keys(Some(acme.id)).await.unwrap()), [key.id], "{backend}");
-    assert_eq!(ids(s.list_keys(None).await.unwrap()), [key.id, other.id], "{backend}");
+    assert_eq!(
+        ids(s.list_keys(Some(acme.id)).await.unwrap()),
+        [key.id],
+        "{backend}"
+    );
+    assert_eq!(
+        ids(s.list_keys(None).await.unwrap()),
+        [key.id, other.id],
+        "{backend}"
+    );
 
     let snap = s.load_key_snapshot().await.unwrap();
-    assert_eq!(snap.generation, s.key_generation().await.unwrap(), "{backend}");
-    let found = snap.by_hash.get(&tollgate::tenancy::keys::hash_key(&plaintext)).unwrap();
+    assert_eq!(
+        snap.generation,
+        s.key_generation().await.unwrap(),
+        "{backend}"
+    );
+    let found = snap
+        .by_hash
+        .get(&tollgate::tenancy::keys::hash_key(&plaintext))
+        .unwrap();
     assert_eq!(found.id, key.id, "{backend}");
     assert!(found.revoked_at.is_none(), "{backend}");
 
     let g2 = s.key_generation().await.unwrap();
     let revoked = s.revoke_key(key.id).await.unwrap();
     assert!(revoked.revoked_at.is_some(), "{backend}");
-    assert!(s.key_generation().await.unwrap() > g2, "{backend}: a revocation moves the generation");
+    assert!(
+        s.key_generation().await.unwrap() > g2,
+        "{backend}: a revocation moves the generation"
+    );
     let again = s.revoke_key(key.id).await.unwrap();
-    assert_eq!(again.revoked_at, revoked.revoked_at, "{backend}: revoking twice keeps the first time");
-    assert!(matches!(s.revoke_key(KeyId(9_999)).await, Err(StoreError::NotFound { what: "key", .. })), "{backend}");
+    assert_eq!(
+        again.revoked_at, revoked.revoked_at,
+        "{backend}: revoking twice keeps the first time"
+    );
+    assert!(
+        matches!(
+            s.revoke_key(KeyId(9_999)).await,
+            Err(StoreError::NotFound { what: "key", .. })
+        ),
+        "{backend}"
+    );
     let snap = s.load_key_snapshot().await.unwrap();
-    assert!(snap.by_hash.get(&tollgate::tenancy::keys::hash_key(&plaintext)).unwrap().revoked_at.is_some(), "{backend}");
-    assert!(matches!(s.get_key(KeyId(9_999)).await, Err(StoreError::NotFound { what: "key", .. })), "{backend}");
+    assert!(
+        snap.by_hash
+            .get(&tollgate::tenancy::keys::hash_key(&plaintext))
+            .unwrap()
+            .revoked_at
+            .is_some(),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.get_key(KeyId(9_999)).await,
+            Err(StoreError::NotFound { what: "key", .. })
+        ),
+        "{backend}"
+    );
 }
 
 #[tokio::test]
@@ -90,7 +169,9 @@ async fn the_directory_behaves_the_same_on_sqlite_and_postgresql() {
     let (_dir, lite) = sqlite();
     directory_behaviour(&lite, "sqlite").await;
     let pg = Postgres::start();
-    let store = PgStore::connect(&pg.database("directory"), 4).await.unwrap();
+    let store = PgStore::connect(&pg.database("directory"), 4)
+        .await
+        .unwrap();
     directory_behaviour(&store, "postgresql").await;
 }
 
@@ -102,12 +183,19 @@ fn event(i: usize, tenant: TenantId, key: KeyId) -> UsageEvent {
         tenant_id: Some(tenant),
         key_id: Some(key),
         endpoint: "chat".into(),
-        channel: Some(if i % 2 == 0 { "main" } else { "cheap" }.into()),
+        channel: Some(if i.is_multiple_of(2) { "main" } else { "cheap" }.into()),
         upstream: Some("main/a".into()),
-        model_requested: Some(if i % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" }.into()),
+        model_requested: Some(
+            if i.is_multiple_of(5) {
+                "gpt-4o"
+            } else {
+                "gpt-4o-mini"
+            }
+            .into(),
+        ),
         model_used: Some("gpt-4o-mini-2024-07-18".into()),
-        stream: i % 3 == 0,
-        status: if i % 17 == 0 { 502 } else { 200 },
+        stream: i.is_multiple_of(3),
+        status: if i.is_multiple_of(17) { 502 } else { 200 },
         prompt_tokens: 100 + i as u64,
         cached_tokens: (i % 4) as u64 * 10,
         completion_tokens: 20 + (i % 7) as u64,
@@ -172,7 +260,11 @@ async fn usage_batches_are_stored_once_and_roll_up_the_same_on_both_stores() {
     let store = PgStore::connect(&pg.database("usage"), 4).await.unwrap();
     for (name, s, d) in [
         ("sqlite", &lite as &dyn UsageLog, &lite as &dyn Directory),
-        ("postgresql", &store as &dyn UsageLog, &store as &dyn Directory),
+        (
+            "postgresql",
+            &store as &dyn UsageLog,
+            &store as &dyn Directory,
+        ),
     ] {
         let t = d.create_tenant("acme").await.unwrap();
         let (k, _) = d.create_key(&new_key(t.id, "k")).await.unwrap();
@@ -216,7 +308,11 @@ async fn nodes_starting_together_migrate_once() {
             .await
             .unwrap();
     let files = tollgate::store::pg::MIGRATOR.iter().count();
-    assert_eq!(applied.len(), files, "each migration applied once: {applied:?}");
+    assert_eq!(
+        applied.len(),
+        files,
+        "each migration applied once: {applied:?}"
+    );
     assert!(applied.iter().all(|(_, ok)| *ok));
     for s in &stores {
         assert_eq!(s.schema_version().await.unwrap(), applied.last().unwrap().0);
@@ -237,12 +333,20 @@ async fn write_rate() {
     let store = PgStore::connect(&pg.database("rate"), 4).await.unwrap();
     for (name, s, d) in [
         ("sqlite", &lite as &dyn UsageLog, &lite as &dyn Directory),
-        ("postgresql", &store as &dyn UsageLog, &store as &dyn Directory),
+        (
+            "postgresql",
+            &store as &dyn UsageLog,
+            &store as &dyn Directory,
+        ),
     ] {
         let t = d.create_tenant("acme").await.unwrap();
         let (k, _) = d.create_key(&new_key(t.id, "k")).await.unwrap();
         let batches: Vec<Vec<UsageEvent>> = (0..BATCHES)
-            .map(|b| (0..BATCH).map(|i| event(b * BATCH + i, t.id, k.id)).collect())
+            .map(|b| {
+                (0..BATCH)
+                    .map(|i| event(b * BATCH + i, t.id, k.id))
+                    .collect()
+            })
             .collect();
         let t0 = std::time::Instant::now();
         let mut n = 0;
@@ -281,76 +385,246 @@ async fn members_behaviour(d: &dyn Directory, s: &dyn Members, backend: &str) {
     use tollgate::tenancy::{GroupId, Role, UserId};
     let acme = d.create_tenant("acme").await.unwrap();
     let other = d.create_tenant("other").await.unwrap();
-    let eng = s.create_group(acme.id, " Engineering ", Some(1_000)).await.unwrap();
-    assert_eq!((eng.name.as_str(), eng.budget_nano), ("Engineering", Some(1_000)), "{backend}");
-    assert!(matches!(s.create_group(acme.id, "Engineering", None).await, Err(StoreError::Conflict(_))), "{backend}");
+    let eng = s
+        .create_group(acme.id, " Engineering ", Some(1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (eng.name.as_str(), eng.budget_nano),
+        ("Engineering", Some(1_000)),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_group(acme.id, "Engineering", None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
     let theirs = s.create_group(other.id, "Engineering", None).await.unwrap();
     assert_eq!(s.list_groups(acme.id).await.unwrap().len(), 1, "{backend}");
 
     let g0 = d.key_generation().await.unwrap();
     let ann = s
-        .create_user(acme.id, " Ann@Example.COM ", "Ann", Role::Member, Some(eng.id), Some(500))
+        .create_user(
+            acme.id,
+            " Ann@Example.COM ",
+            "Ann",
+            Role::Member,
+            Some(eng.id),
+            Some(500),
+        )
         .await
         .unwrap();
-    assert_eq!((ann.email.as_str(), ann.group_id), ("ann@example.com", Some(eng.id)), "{backend}");
-    assert!(d.key_generation().await.unwrap() > g0, "{backend}: a user change moves the generation");
-    assert!(matches!(
-        s.create_user(acme.id, "ann@example.com", "Again", Role::Member, None, None).await,
-        Err(StoreError::Conflict(_))
-    ), "{backend}");
-    assert!(matches!(
-        s.create_user(acme.id, "no-at-sign", "X", Role::Member, None, None).await,
-        Err(StoreError::Invalid(_))
-    ), "{backend}");
-    assert!(matches!(
-        s.create_user(acme.id, "op@example.com", "X", Role::Operator, None, None).await,
-        Err(StoreError::Invalid(_))
-    ), "{backend}");
+    assert_eq!(
+        (ann.email.as_str(), ann.group_id),
+        ("ann@example.com", Some(eng.id)),
+        "{backend}"
+    );
+    assert!(
+        d.key_generation().await.unwrap() > g0,
+        "{backend}: a user change moves the generation"
+    );
+    assert!(
+        matches!(
+            s.create_user(
+                acme.id,
+                "ann@example.com",
+                "Again",
+                Role::Member,
+                None,
+                None
+            )
+            .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_user(acme.id, "no-at-sign", "X", Role::Member, None, None)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_user(acme.id, "op@example.com", "X", Role::Operator, None, None)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
     // Another tenant's group is as missing as a group that does not exist.
-    assert!(matches!(
-        s.create_user(acme.id, "bob@example.com", "Bob", Role::Member, Some(theirs.id), None).await,
-        Err(StoreError::NotFound { what: "group", .. })
-    ), "{backend}");
+    assert!(
+        matches!(
+            s.create_user(
+                acme.id,
+                "bob@example.com",
+                "Bob",
+                Role::Member,
+                Some(theirs.id),
+                None
+            )
+            .await,
+            Err(StoreError::NotFound { what: "group", .. })
+        ),
+        "{backend}"
+    );
     assert_eq!(s.get_user(ann.id).await.unwrap().name, "Ann", "{backend}");
-    assert!(matches!(s.get_user(UserId(9_999)).await, Err(StoreError::NotFound { what: "user", .. })), "{backend}");
+    assert!(
+        matches!(
+            s.get_user(UserId(9_999)).await,
+            Err(StoreError::NotFound { what: "user", .. })
+        ),
+        "{backend}"
+    );
 
     let token = s.create_user_token(ann.id).await.unwrap();
     assert!(token.starts_with("tgu-"), "{backend}");
     let p = s.user_by_token(&token).await.unwrap().unwrap();
-    assert_eq!((p.user.id, p.tenant_name.as_str()), (ann.id, "acme"), "{backend}");
-    assert!(s.user_by_token("tgu-nothing").await.unwrap().is_none(), "{backend}");
+    assert_eq!(
+        (p.user.id, p.tenant_name.as_str()),
+        (ann.id, "acme"),
+        "{backend}"
+    );
+    assert!(
+        s.user_by_token("tgu-nothing").await.unwrap().is_none(),
+        "{backend}"
+    );
 
-    let patch = UserPatch { role: Some(Role::TenantAdmin), group: Some(None), quota_nano: Some(None), disabled: None };
+    let patch = UserPatch {
+        role: Some(Role::TenantAdmin),
+        group: Some(None),
+        quota_nano: Some(None),
+        disabled: None,
+    };
     let ann2 = s.update_user(ann.id, &patch).await.unwrap();
-    assert_eq!((ann2.role, ann2.group_id, ann2.quota_nano), (Role::TenantAdmin, None, None), "{backend}");
-    let bad = UserPatch { group: Some(Some(GroupId(theirs.id.0))), ..Default::default() };
-    assert!(matches!(s.update_user(ann.id, &bad).await, Err(StoreError::NotFound { what: "group", .. })), "{backend}");
+    assert_eq!(
+        (ann2.role, ann2.group_id, ann2.quota_nano),
+        (Role::TenantAdmin, None, None),
+        "{backend}"
+    );
+    let bad = UserPatch {
+        group: Some(Some(GroupId(theirs.id.0))),
+        ..Default::default()
+    };
+    assert!(
+        matches!(
+            s.update_user(ann.id, &bad).await,
+            Err(StoreError::NotFound { what: "group", .. })
+        ),
+        "{backend}"
+    );
     // Disabling revokes the user's tokens.
-    let off = UserPatch { disabled: Some(true), ..Default::default() };
-    assert!(s.update_user(ann.id, &off).await.unwrap().disabled_at.is_some(), "{backend}");
-    assert!(s.user_by_token(&token).await.unwrap().is_none(), "{backend}");
-    let on = UserPatch { disabled: Some(false), ..Default::default() };
-    assert!(s.update_user(ann.id, &on).await.unwrap().disabled_at.is_none(), "{backend}");
-    assert!(s.user_by_token(&token).await.unwrap().is_none(), "{backend}: re-enabling does not revive old tokens");
+    let off = UserPatch {
+        disabled: Some(true),
+        ..Default::default()
+    };
+    assert!(
+        s.update_user(ann.id, &off)
+            .await
+            .unwrap()
+            .disabled_at
+            .is_some(),
+        "{backend}"
+    );
+    assert!(
+        s.user_by_token(&token).await.unwrap().is_none(),
+        "{backend}"
+    );
+    let on = UserPatch {
+        disabled: Some(false),
+        ..Default::default()
+    };
+    assert!(
+        s.update_user(ann.id, &on)
+            .await
+            .unwrap()
+            .disabled_at
+            .is_none(),
+        "{backend}"
+    );
+    assert!(
+        s.user_by_token(&token).await.unwrap().is_none(),
+        "{backend}: re-enabling does not revive old tokens"
+    );
 
-    let invite = s.create_invite(acme.id, "Cy@Example.com", Role::Viewer, Some(eng.id), 3_600).await.unwrap();
+    let invite = s
+        .create_invite(acme.id, "Cy@Example.com", Role::Viewer, Some(eng.id), 3_600)
+        .await
+        .unwrap();
     let (cy, cy_token) = s.accept_invite(&invite, " Cy ").await.unwrap();
-    assert_eq!((cy.email.as_str(), cy.name.as_str(), cy.role, cy.group_id), ("cy@example.com", "Cy", Role::Viewer, Some(eng.id)), "{backend}");
-    assert_eq!(s.user_by_token(&cy_token).await.unwrap().unwrap().user.id, cy.id, "{backend}");
-    assert!(matches!(s.accept_invite(&invite, "Cy").await, Err(StoreError::Conflict(_))), "{backend}");
-    assert!(matches!(s.accept_invite("inv-nothing", "X").await, Err(StoreError::NotFound { .. })), "{backend}");
-    let expired = s.create_invite(acme.id, "dee@example.com", Role::Member, None, -1).await.unwrap();
-    assert!(matches!(s.accept_invite(&expired, "Dee").await, Err(StoreError::Conflict(_))), "{backend}");
-    let names: Vec<String> = s.list_users(acme.id).await.unwrap().into_iter().map(|u| u.email).collect();
+    assert_eq!(
+        (cy.email.as_str(), cy.name.as_str(), cy.role, cy.group_id),
+        ("cy@example.com", "Cy", Role::Viewer, Some(eng.id)),
+        "{backend}"
+    );
+    assert_eq!(
+        s.user_by_token(&cy_token).await.unwrap().unwrap().user.id,
+        cy.id,
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.accept_invite(&invite, "Cy").await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.accept_invite("inv-nothing", "X").await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{backend}"
+    );
+    let expired = s
+        .create_invite(acme.id, "dee@example.com", Role::Member, None, -1)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            s.accept_invite(&expired, "Dee").await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
+    let names: Vec<String> = s
+        .list_users(acme.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.email)
+        .collect();
     assert_eq!(names, ["ann@example.com", "cy@example.com"], "{backend}");
 
     assert_eq!(s.router_override(acme.id).await.unwrap(), None, "{backend}");
-    s.set_router_override(acme.id, Some(r#"{"mode":"cheap"}"#)).await.unwrap();
-    assert_eq!(s.router_override(acme.id).await.unwrap().as_deref(), Some(r#"{"mode":"cheap"}"#), "{backend}");
+    s.set_router_override(acme.id, Some(r#"{"mode":"cheap"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.router_override(acme.id).await.unwrap().as_deref(),
+        Some(r#"{"mode":"cheap"}"#),
+        "{backend}"
+    );
     s.set_router_override(acme.id, None).await.unwrap();
     assert_eq!(s.router_override(acme.id).await.unwrap(), None, "{backend}");
-    assert!(matches!(s.router_override(TenantId(9_999)).await, Err(StoreError::NotFound { .. })), "{backend}");
-    assert!(matches!(s.set_router_override(TenantId(9_999), None).await, Err(StoreError::NotFound { .. })), "{backend}");
+    assert!(
+        matches!(
+            s.router_override(TenantId(9_999)).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.set_router_override(TenantId(9_999), None).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{backend}"
+    );
 }
 
 #[tokio::test]
@@ -371,19 +645,47 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
     let globex = s.create_tenant("globex").await.unwrap();
     let (k, _) = s.create_key(&new_key(acme.id, "k")).await.unwrap();
 
-    let top = s.credit(acme.id, EntryKind::TopUp, 1_000_000, Some("op"), Some("first"), "topup:1").await.unwrap();
-    assert_eq!((top.amount, top.actor.as_deref()), (1_000_000, Some("op")), "{backend}");
-    assert!(matches!(
-        s.credit(acme.id, EntryKind::TopUp, 5, None, None, "topup:1").await,
-        Err(StoreError::Conflict(_))
-    ), "{backend}: an entry id is used once");
-    assert!(matches!(
-        s.credit(TenantId(9_999), EntryKind::TopUp, 5, None, None, "x").await,
-        Err(StoreError::NotFound { what: "tenant", .. })
-    ), "{backend}");
-    s.credit(globex.id, EntryKind::Grant, 7, None, None, "grant:g").await.unwrap();
+    let top = s
+        .credit(
+            acme.id,
+            EntryKind::TopUp,
+            1_000_000,
+            Some("op"),
+            Some("first"),
+            "topup:1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (top.amount, top.actor.as_deref()),
+        (1_000_000, Some("op")),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.credit(acme.id, EntryKind::TopUp, 5, None, None, "topup:1")
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}: an entry id is used once"
+    );
+    assert!(
+        matches!(
+            s.credit(TenantId(9_999), EntryKind::TopUp, 5, None, None, "x")
+                .await,
+            Err(StoreError::NotFound { what: "tenant", .. })
+        ),
+        "{backend}"
+    );
+    s.credit(globex.id, EntryKind::Grant, 7, None, None, "grant:g")
+        .await
+        .unwrap();
 
-    let idem = IdempotencyKey { scope: "topup", key: "abc".into(), fingerprint: "f1".into() };
+    let idem = IdempotencyKey {
+        scope: "topup",
+        key: "abc".into(),
+        fingerprint: "f1".into(),
+    };
     let Credited::Committed(first) = s
         .credit_idempotent(acme.id, EntryKind::TopUp, 500, None, None, &idem)
         .await
@@ -391,7 +693,11 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
     else {
         panic!("{backend}: first use commits")
     };
-    match s.credit_idempotent(acme.id, EntryKind::TopUp, 500, None, None, &idem).await.unwrap() {
+    match s
+        .credit_idempotent(acme.id, EntryKind::TopUp, 500, None, None, &idem)
+        .await
+        .unwrap()
+    {
         Credited::Replay(r) => {
             assert_eq!(r.entry_ids, [first[0].id.clone()], "{backend}");
             assert_eq!(r.fingerprint, "f1", "{backend}");
@@ -399,27 +705,74 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
         Credited::Committed(_) => panic!("{backend}: a key used twice commits twice"),
     }
     // The same key on another tenant is another key.
-    assert!(matches!(
-        s.credit_idempotent(globex.id, EntryKind::TopUp, 1, None, None, &idem).await.unwrap(),
-        Credited::Committed(_)
-    ), "{backend}");
-    s.answer_idempotent(acme.id, "topup", "abc", 201, "{\"first\":true}").await.unwrap();
-    s.answer_idempotent(acme.id, "topup", "abc", 500, "second").await.unwrap();
-    let rec = s.idempotent_record(acme.id, "topup", "abc").await.unwrap().unwrap();
-    assert_eq!(rec.answer, Some((201, "{\"first\":true}".to_string())), "{backend}: the first answer stays");
-    assert!(s.idempotent_record(acme.id, "topup", "nope").await.unwrap().is_none(), "{backend}");
+    assert!(
+        matches!(
+            s.credit_idempotent(globex.id, EntryKind::TopUp, 1, None, None, &idem)
+                .await
+                .unwrap(),
+            Credited::Committed(_)
+        ),
+        "{backend}"
+    );
+    s.answer_idempotent(acme.id, "topup", "abc", 201, "{\"first\":true}")
+        .await
+        .unwrap();
+    s.answer_idempotent(acme.id, "topup", "abc", 500, "second")
+        .await
+        .unwrap();
+    let rec = s
+        .idempotent_record(acme.id, "topup", "abc")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.answer,
+        Some((201, "{\"first\":true}".to_string())),
+        "{backend}: the first answer stays"
+    );
+    assert!(
+        s.idempotent_record(acme.id, "topup", "nope")
+            .await
+            .unwrap()
+            .is_none(),
+        "{backend}"
+    );
 
-    let ids = vec![first[0].id.clone(), "missing".to_string(), "topup:1".to_string()];
-    let got: Vec<String> = s.entries_by_id(acme.id, &ids).await.unwrap().into_iter().map(|e| e.id).collect();
-    assert_eq!(got, [first[0].id.clone(), "topup:1".to_string()], "{backend}");
-    assert!(s.entries_by_id(globex.id, &ids).await.unwrap().is_empty(), "{backend}: another tenant's entries are not found");
+    let ids = vec![
+        first[0].id.clone(),
+        "missing".to_string(),
+        "topup:1".to_string(),
+    ];
+    let got: Vec<String> = s
+        .entries_by_id(acme.id, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        got,
+        [first[0].id.clone(), "topup:1".to_string()],
+        "{backend}"
+    );
+    assert!(
+        s.entries_by_id(globex.id, &ids).await.unwrap().is_empty(),
+        "{backend}: another tenant's entries are not found"
+    );
 
     // Charges are usage records; yesterday's do not count against a daily quota period.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let mut charges = Vec::new();
     for i in 0..5usize {
         let mut e = event(i, acme.id, k.id);
-        e.ts_ms = if i == 0 { now - 2 * 86_400_000 } else { now - i as i64 };
+        e.ts_ms = if i == 0 {
+            now - 2 * 86_400_000
+        } else {
+            now - i as i64
+        };
         e.user_id = None;
         charges.push(e);
     }
@@ -431,30 +784,91 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
     let credits = s.credits_after(0, 10).await.unwrap();
     assert_eq!(credits.len(), 4, "{backend}");
     assert!(credits.windows(2).all(|w| w[0].seq < w[1].seq), "{backend}");
-    assert_eq!(s.credits_after(credits[1].seq, 1).await.unwrap()[0].seq, credits[2].seq, "{backend}");
-    assert_eq!(s.tenant_record_upto(acme.id, credits[0].seq).await.unwrap(), (1_000_000, charged), "{backend}");
-    assert_eq!(s.spent_by(acme.id, Account::Key(k.id), 0).await.unwrap(), charged, "{backend}");
-    assert_eq!(s.spent_by(acme.id, Account::Key(k.id), now - 86_400_000).await.unwrap(), charged - charges[0].cost_nano, "{backend}");
-    let spend = |v: Vec<(TenantId, Account, i64)>| v.into_iter().find(|(t, a, _)| *t == acme.id && *a == Account::Key(k.id)).map(|x| x.2);
-    assert_eq!(spend(s.account_spend().await.unwrap()), Some(charged), "{backend}");
+    assert_eq!(
+        s.credits_after(credits[1].seq, 1).await.unwrap()[0].seq,
+        credits[2].seq,
+        "{backend}"
+    );
+    assert_eq!(
+        s.tenant_record_upto(acme.id, credits[0].seq).await.unwrap(),
+        (1_000_000, charged),
+        "{backend}"
+    );
+    assert_eq!(
+        s.spent_by(acme.id, Account::Key(k.id), 0).await.unwrap(),
+        charged,
+        "{backend}"
+    );
+    assert_eq!(
+        s.spent_by(acme.id, Account::Key(k.id), now - 86_400_000)
+            .await
+            .unwrap(),
+        charged - charges[0].cost_nano,
+        "{backend}"
+    );
+    let spend = |v: Vec<(TenantId, Account, i64)>| {
+        v.into_iter()
+            .find(|(t, a, _)| *t == acme.id && *a == Account::Key(k.id))
+            .map(|x| x.2)
+    };
+    assert_eq!(
+        spend(s.account_spend().await.unwrap()),
+        Some(charged),
+        "{backend}"
+    );
     s.set_quota_period(acme.id, QuotaPeriod::Day).await.unwrap();
-    assert_eq!(spend(s.account_spend().await.unwrap()), Some(charged - charges[0].cost_nano), "{backend}");
-    assert_eq!(s.get_key(k.id).await.unwrap().quota_period, QuotaPeriod::Day, "{backend}");
-    assert!(matches!(s.set_quota_period(TenantId(9_999), QuotaPeriod::Day).await, Err(StoreError::NotFound { .. })), "{backend}");
+    assert_eq!(
+        spend(s.account_spend().await.unwrap()),
+        Some(charged - charges[0].cost_nano),
+        "{backend}"
+    );
+    assert_eq!(
+        s.get_key(k.id).await.unwrap().quota_period,
+        QuotaPeriod::Day,
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.set_quota_period(TenantId(9_999), QuotaPeriod::Day).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{backend}"
+    );
 
     // The statement: every entry once, in time order, with the running balance.
     let st = s.ledger_statement(acme.id).await.unwrap();
     assert_eq!(st.len(), 2 + 5, "{backend}");
     assert_eq!(st.last().unwrap().1, 1_000_500 - charged, "{backend}");
-    assert!(st.windows(2).all(|w| w[0].0.created_ms <= w[1].0.created_ms), "{backend}");
-    assert_eq!(st.iter().filter(|(e, _)| e.kind == EntryKind::Charge).count(), 5, "{backend}");
-    assert_eq!(s.balance_before(acme.id, i64::MAX).await.unwrap(), 1_000_500 - charged, "{backend}");
-    assert_eq!(s.balance_before(acme.id, now - 86_400_000).await.unwrap(), -charges[0].cost_nano, "{backend}");
+    assert!(
+        st.windows(2)
+            .all(|w| w[0].0.created_ms <= w[1].0.created_ms),
+        "{backend}"
+    );
+    assert_eq!(
+        st.iter()
+            .filter(|(e, _)| e.kind == EntryKind::Charge)
+            .count(),
+        5,
+        "{backend}"
+    );
+    assert_eq!(
+        s.balance_before(acme.id, i64::MAX).await.unwrap(),
+        1_000_500 - charged,
+        "{backend}"
+    );
+    assert_eq!(
+        s.balance_before(acme.id, now - 86_400_000).await.unwrap(),
+        -charges[0].cost_nano,
+        "{backend}"
+    );
     // Paged two rows at a time, it is the same statement.
     let mut paged = Vec::new();
     let mut after = None;
     loop {
-        let page = s.statement_page(acme.id, 0, i64::MAX, after, 2).await.unwrap();
+        let page = s
+            .statement_page(acme.id, 0, i64::MAX, after, 2)
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -468,17 +882,55 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
     assert_eq!(call.model.as_deref(), Some("gpt-4o"), "{backend}");
 
     // Limits: a patch changes what it names; `Some(None)` clears.
-    let l = s.set_limits(LimitSubject::Key(k.id), LimitsPatch { rpm: Some(Some(7)), tpm: Some(Some(1_000)) }).await.unwrap();
+    let l = s
+        .set_limits(
+            LimitSubject::Key(k.id),
+            LimitsPatch {
+                rpm: Some(Some(7)),
+                tpm: Some(Some(1_000)),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((l.rpm, l.tpm), (Some(7), Some(1_000)), "{backend}");
-    let l = s.set_limits(LimitSubject::Key(k.id), LimitsPatch { rpm: Some(None), tpm: None }).await.unwrap();
+    let l = s
+        .set_limits(
+            LimitSubject::Key(k.id),
+            LimitsPatch {
+                rpm: Some(None),
+                tpm: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!((l.rpm, l.tpm), (None, Some(1_000)), "{backend}");
-    assert_eq!(s.get_key(k.id).await.unwrap().key_limits.tpm, Some(1_000), "{backend}");
-    let t = s.set_limits(LimitSubject::Tenant(acme.id), LimitsPatch { rpm: Some(Some(100)), tpm: None }).await.unwrap();
+    assert_eq!(
+        s.get_key(k.id).await.unwrap().key_limits.tpm,
+        Some(1_000),
+        "{backend}"
+    );
+    let t = s
+        .set_limits(
+            LimitSubject::Tenant(acme.id),
+            LimitsPatch {
+                rpm: Some(Some(100)),
+                tpm: None,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(t.rpm, Some(100), "{backend}");
-    assert!(matches!(
-        s.set_limits(LimitSubject::User(tollgate::tenancy::UserId(9_999)), LimitsPatch::default()).await,
-        Err(StoreError::NotFound { what: "user", .. })
-    ), "{backend}");
+    assert!(
+        matches!(
+            s.set_limits(
+                LimitSubject::User(tollgate::tenancy::UserId(9_999)),
+                LimitsPatch::default()
+            )
+            .await,
+            Err(StoreError::NotFound { what: "user", .. })
+        ),
+        "{backend}"
+    );
 }
 
 /// The domains a ledger test needs, on one store.
@@ -506,12 +958,21 @@ async fn concurrent_uses_of_one_idempotency_key_commit_once_on_postgresql() {
     let runs = (0..10).map(|_| {
         let s = store.clone();
         tokio::spawn(async move {
-            let idem = IdempotencyKey { scope: "topup", key: "same".into(), fingerprint: "f".into() };
-            s.credit_idempotent(t.id, EntryKind::TopUp, 100, None, None, &idem).await.unwrap()
+            let idem = IdempotencyKey {
+                scope: "topup",
+                key: "same".into(),
+                fingerprint: "f".into(),
+            };
+            s.credit_idempotent(t.id, EntryKind::TopUp, 100, None, None, &idem)
+                .await
+                .unwrap()
         })
     });
     let outcomes = futures_util::future::join_all(runs).await;
-    let committed = outcomes.iter().filter(|o| matches!(o.as_ref().unwrap(), Credited::Committed(_))).count();
+    let committed = outcomes
+        .iter()
+        .filter(|o| matches!(o.as_ref().unwrap(), Credited::Committed(_)))
+        .count();
     assert_eq!(committed, 1);
     let totals = store.ledger_totals().await.unwrap();
     assert_eq!(totals[0].credited, 100);
@@ -526,62 +987,239 @@ async fn codes_behaviour(s: &dyn CodesBoth, backend: &str) {
     let acme = s.create_tenant("acme").await.unwrap();
     let globex = s.create_tenant("globex").await.unwrap();
 
-    let p = s.create_promo(" spring-25 ", PromoBonus::Percent(2_500), None, Some(1)).await.unwrap();
-    assert_eq!((p.code.as_str(), p.bonus, p.uses), ("SPRING-25", PromoBonus::Percent(2_500), 0), "{backend}");
-    assert!(matches!(s.create_promo("SPRING-25", PromoBonus::Fixed(1), None, None).await, Err(StoreError::Conflict(_))), "{backend}");
-    assert!(matches!(s.create_promo("bad code!", PromoBonus::Fixed(1), None, None).await, Err(StoreError::Invalid(_))), "{backend}");
-    assert!(matches!(s.create_promo("ZERO", PromoBonus::Fixed(0), None, None).await, Err(StoreError::Invalid(_))), "{backend}");
-    s.create_promo("WELCOME", PromoBonus::Fixed(7_000), None, None).await.unwrap();
-    s.create_promo("OLD", PromoBonus::Fixed(1), Some(1), None).await.unwrap();
+    let p = s
+        .create_promo(" spring-25 ", PromoBonus::Percent(2_500), None, Some(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.code.as_str(), p.bonus, p.uses),
+        ("SPRING-25", PromoBonus::Percent(2_500), 0),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_promo("SPRING-25", PromoBonus::Fixed(1), None, None)
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_promo("bad code!", PromoBonus::Fixed(1), None, None)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.create_promo("ZERO", PromoBonus::Fixed(0), None, None)
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
+    s.create_promo("WELCOME", PromoBonus::Fixed(7_000), None, None)
+        .await
+        .unwrap();
+    s.create_promo("OLD", PromoBonus::Fixed(1), Some(1), None)
+        .await
+        .unwrap();
 
     // A top-up with a 25% bonus (rounded half away from zero), once per tenant, capped at one use.
     let Credited::Committed(v) = s
-        .top_up(acme.id, 1_000_002, Some("spring-25"), Some("op"), Some("pay"), "topup:a1", None)
+        .top_up(
+            acme.id,
+            1_000_002,
+            Some("spring-25"),
+            Some("op"),
+            Some("pay"),
+            "topup:a1",
+            None,
+        )
         .await
         .unwrap()
     else {
         panic!("{backend}")
     };
-    assert_eq!(v.iter().map(|e| (e.kind, e.amount)).collect::<Vec<_>>(), [(EntryKind::TopUp, 1_000_002), (EntryKind::Promo, 250_001)], "{backend}");
-    assert!(matches!(
-        s.top_up(globex.id, 10, Some("SPRING-25"), None, None, "topup:g1", None).await,
-        Err(StoreError::Conflict(_))
-    ), "{backend}: the campaign's one use is taken");
+    assert_eq!(
+        v.iter().map(|e| (e.kind, e.amount)).collect::<Vec<_>>(),
+        [(EntryKind::TopUp, 1_000_002), (EntryKind::Promo, 250_001)],
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.top_up(
+                globex.id,
+                10,
+                Some("SPRING-25"),
+                None,
+                None,
+                "topup:g1",
+                None
+            )
+            .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}: the campaign's one use is taken"
+    );
     // A failed top-up commits nothing, not even its top-up entry.
-    assert!(s.entries_by_id(globex.id, &["topup:g1".to_string()]).await.unwrap().is_empty(), "{backend}");
-    assert!(matches!(s.claim_fixed_promo(acme.id, "spring-25", None).await, Err(StoreError::Conflict(_) | StoreError::Invalid(_))), "{backend}");
-    let w = s.claim_fixed_promo(acme.id, "welcome", Some("admin")).await.unwrap();
+    assert!(
+        s.entries_by_id(globex.id, &["topup:g1".to_string()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.claim_fixed_promo(acme.id, "spring-25", None).await,
+            Err(StoreError::Conflict(_) | StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
+    let w = s
+        .claim_fixed_promo(acme.id, "welcome", Some("admin"))
+        .await
+        .unwrap();
     assert_eq!((w.kind, w.amount), (EntryKind::Promo, 7_000), "{backend}");
-    assert!(matches!(s.claim_fixed_promo(acme.id, "WELCOME", None).await, Err(StoreError::Conflict(_))), "{backend}: once per tenant");
-    assert_eq!(s.claim_fixed_promo(globex.id, "WELCOME", None).await.unwrap().amount, 7_000, "{backend}");
-    assert!(matches!(s.claim_fixed_promo(acme.id, "OLD", None).await, Err(StoreError::Conflict(_))), "{backend}: expired");
-    assert!(matches!(s.claim_fixed_promo(acme.id, "NOPE", None).await, Err(StoreError::NotFound { .. })), "{backend}");
-    let uses: Vec<(String, i64)> = s.list_promos().await.unwrap().into_iter().map(|p| (p.code, p.uses)).collect();
-    assert_eq!(uses, [("SPRING-25".to_string(), 1), ("WELCOME".to_string(), 2), ("OLD".to_string(), 0)], "{backend}");
+    assert!(
+        matches!(
+            s.claim_fixed_promo(acme.id, "WELCOME", None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}: once per tenant"
+    );
+    assert_eq!(
+        s.claim_fixed_promo(globex.id, "WELCOME", None)
+            .await
+            .unwrap()
+            .amount,
+        7_000,
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.claim_fixed_promo(acme.id, "OLD", None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}: expired"
+    );
+    assert!(
+        matches!(
+            s.claim_fixed_promo(acme.id, "NOPE", None).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{backend}"
+    );
+    let uses: Vec<(String, i64)> = s
+        .list_promos()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.code, p.uses))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            ("SPRING-25".to_string(), 1),
+            ("WELCOME".to_string(), 2),
+            ("OLD".to_string(), 0)
+        ],
+        "{backend}"
+    );
 
     // Idempotent top-ups: a key used twice commits once.
-    let idem = IdempotencyKey { scope: "topup", key: "pay-1".into(), fingerprint: "f".into() };
-    assert!(matches!(s.top_up(globex.id, 50, None, None, None, "unused", Some(&idem)).await.unwrap(), Credited::Committed(_)), "{backend}");
-    assert!(matches!(s.top_up(globex.id, 50, None, None, None, "unused", Some(&idem)).await.unwrap(), Credited::Replay(_)), "{backend}");
+    let idem = IdempotencyKey {
+        scope: "topup",
+        key: "pay-1".into(),
+        fingerprint: "f".into(),
+    };
+    assert!(
+        matches!(
+            s.top_up(globex.id, 50, None, None, None, "unused", Some(&idem))
+                .await
+                .unwrap(),
+            Credited::Committed(_)
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.top_up(globex.id, 50, None, None, None, "unused", Some(&idem))
+                .await
+                .unwrap(),
+            Credited::Replay(_)
+        ),
+        "{backend}"
+    );
 
     // Redemption codes: each once, whoever asks.
     let codes = s.create_codes("batch-1", 3_000, 3, None).await.unwrap();
     assert_eq!(codes.len(), 3, "{backend}");
-    assert!(matches!(s.create_codes("x", 0, 1, None).await, Err(StoreError::Invalid(_))), "{backend}");
+    assert!(
+        matches!(
+            s.create_codes("x", 0, 1, None).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "{backend}"
+    );
     let r = s.redeem(&codes[0], acme.id, Some("ann")).await.unwrap();
-    assert_eq!((r.kind, r.amount), (EntryKind::Redemption, 3_000), "{backend}");
-    assert!(matches!(s.redeem(&codes[0], globex.id, None).await, Err(StoreError::Conflict(_))), "{backend}");
-    assert!(matches!(s.redeem("RC-nothing", acme.id, None).await, Err(StoreError::NotFound { .. })), "{backend}");
+    assert_eq!(
+        (r.kind, r.amount),
+        (EntryKind::Redemption, 3_000),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.redeem(&codes[0], globex.id, None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
+    assert!(
+        matches!(
+            s.redeem("RC-nothing", acme.id, None).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "{backend}"
+    );
     let expired = s.create_codes("batch-2", 5, 1, Some(1)).await.unwrap();
-    assert!(matches!(s.redeem(&expired[0], acme.id, None).await, Err(StoreError::Conflict(_))), "{backend}");
-    let states: Vec<&str> = s.list_codes(Some("batch-1")).await.unwrap().into_iter().map(|c| c.state).collect();
+    assert!(
+        matches!(
+            s.redeem(&expired[0], acme.id, None).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "{backend}"
+    );
+    let states: Vec<&str> = s
+        .list_codes(Some("batch-1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
     assert_eq!(states, ["redeemed", "unused", "unused"], "{backend}");
     assert_eq!(s.list_codes(None).await.unwrap().len(), 4, "{backend}");
-    assert_eq!(s.list_codes(Some("batch-2")).await.unwrap()[0].state, "expired", "{backend}");
+    assert_eq!(
+        s.list_codes(Some("batch-2")).await.unwrap()[0].state,
+        "expired",
+        "{backend}"
+    );
 
     let totals = s.ledger_totals().await.unwrap();
-    let credited = |t: TenantId| totals.iter().find(|x| x.tenant_id == t).map_or(0, |x| x.credited);
-    assert_eq!(credited(acme.id), 1_000_002 + 250_001 + 7_000 + 3_000, "{backend}");
+    let credited = |t: TenantId| {
+        totals
+            .iter()
+            .find(|x| x.tenant_id == t)
+            .map_or(0, |x| x.credited)
+    };
+    assert_eq!(
+        credited(acme.id),
+        1_000_002 + 250_001 + 7_000 + 3_000,
+        "{backend}"
+    );
     assert_eq!(credited(globex.id), 7_000 + 50, "{backend}");
 }
 
@@ -604,8 +1242,15 @@ async fn concurrent_redemptions_and_claims_credit_once_on_postgresql() {
     for i in 0..20 {
         tenants.push(store.create_tenant(&format!("t{i}")).await.unwrap().id);
     }
-    let code = store.create_codes("b", 100, 1, None).await.unwrap().remove(0);
-    store.create_promo("CAP3", PromoBonus::Fixed(10), None, Some(3)).await.unwrap();
+    let code = store
+        .create_codes("b", 100, 1, None)
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .create_promo("CAP3", PromoBonus::Fixed(10), None, Some(3))
+        .await
+        .unwrap();
     let runs = tenants.iter().map(|t| {
         let (s, code, t) = (store.clone(), code.clone(), *t);
         tokio::spawn(async move {
@@ -620,8 +1265,18 @@ async fn concurrent_redemptions_and_claims_credit_once_on_postgresql() {
         .map(|r| r.unwrap())
         .collect();
     assert_eq!(outcomes.iter().filter(|o| o.0).count(), 1, "one redemption");
-    assert_eq!(outcomes.iter().filter(|o| o.1).count(), 3, "the campaign's cap");
-    let credited: i64 = store.ledger_totals().await.unwrap().iter().map(|t| t.credited).sum();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.1).count(),
+        3,
+        "the campaign's cap"
+    );
+    let credited: i64 = store
+        .ledger_totals()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.credited)
+        .sum();
     assert_eq!(credited, 100 + 3 * 10);
 }
 
@@ -634,7 +1289,17 @@ async fn load_month(s: &dyn AnalyticsBoth) -> (TenantId, tollgate::tenancy::User
     use tollgate::tenancy::Role;
     let t = s.create_tenant("acme").await.unwrap();
     let g = s.create_group(t.id, "eng", None).await.unwrap();
-    let u = s.create_user(t.id, "ann@example.com", "Ann", Role::Member, Some(g.id), None).await.unwrap();
+    let u = s
+        .create_user(
+            t.id,
+            "ann@example.com",
+            "Ann",
+            Role::Member,
+            Some(g.id),
+            None,
+        )
+        .await
+        .unwrap();
     let (k1, _) = s.create_key(&new_key(t.id, "ops")).await.unwrap();
     let mut nk = new_key(t.id, "ann");
     nk.user_id = Some(u.id);
@@ -666,17 +1331,37 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
     use tollgate::tenancy::store::{AnalyticsQuery, Dimension, Granularity, UsageQuery};
     let (_dir, lite) = sqlite();
     let pg = Postgres::start();
-    let store = PgStore::connect(&pg.database("analytics"), 4).await.unwrap();
+    let store = PgStore::connect(&pg.database("analytics"), 4)
+        .await
+        .unwrap();
     let (t, u) = load_month(&lite).await;
     let (t2, u2) = load_month(&store).await;
     assert_eq!((t, u), (t2, u2));
     let start = 1_790_000_000i64;
     let mut compared = 0;
-    for (from, to) in [(start, start + 41 * 86_400), (start + 7_777, start + 3 * 86_400 + 11), (start + 86_400, start + 86_400 + 3_600)] {
+    for (from, to) in [
+        (start, start + 41 * 86_400),
+        (start + 7_777, start + 3 * 86_400 + 11),
+        (start + 86_400, start + 86_400 + 3_600),
+    ] {
         for granularity in [Granularity::Hour, Granularity::Day, Granularity::Total] {
-            for group_by in [Dimension::None, Dimension::User, Dimension::Group, Dimension::Key, Dimension::Model, Dimension::Channel] {
+            for group_by in [
+                Dimension::None,
+                Dimension::User,
+                Dimension::Group,
+                Dimension::Key,
+                Dimension::Model,
+                Dimension::Channel,
+            ] {
                 for user in [None, Some(u)] {
-                    let q = AnalyticsQuery { tenant: t, from, to, granularity, group_by, user };
+                    let q = AnalyticsQuery {
+                        tenant: t,
+                        from,
+                        to,
+                        granularity,
+                        group_by,
+                        user,
+                    };
                     let a = Analytics::analytics(&lite, &q).await.unwrap();
                     let b = Analytics::analytics(&store, &q).await.unwrap();
                     assert!(!a.is_empty() || granularity == Granularity::Hour, "{q:?}");
@@ -687,29 +1372,68 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
         }
     }
     assert_eq!(compared, 108);
-    let totals = Analytics::analytics(&store, &AnalyticsQuery { tenant: t, from: 0, to: i64::MAX / 2, granularity: Granularity::Total, group_by: Dimension::None, user: None }).await.unwrap();
+    let totals = Analytics::analytics(
+        &store,
+        &AnalyticsQuery {
+            tenant: t,
+            from: 0,
+            to: i64::MAX / 2,
+            granularity: Granularity::Total,
+            group_by: Dimension::None,
+            user: None,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(totals[0].requests, 2_000);
 
-    let a = Analytics::routing_savings(&lite, t, 0, i64::MAX).await.unwrap();
-    let b = Analytics::routing_savings(&store, t, 0, i64::MAX).await.unwrap();
-    assert_eq!(a.iter().map(|r| (r.tier.clone(), r.calls, r.cost_nano, r.baseline_cost_nano)).collect::<Vec<_>>(),
-               b.iter().map(|r| (r.tier.clone(), r.calls, r.cost_nano, r.baseline_cost_nano)).collect::<Vec<_>>());
+    let a = Analytics::routing_savings(&lite, t, 0, i64::MAX)
+        .await
+        .unwrap();
+    let b = Analytics::routing_savings(&store, t, 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.iter()
+            .map(|r| (r.tier.clone(), r.calls, r.cost_nano, r.baseline_cost_nano))
+            .collect::<Vec<_>>(),
+        b.iter()
+            .map(|r| (r.tier.clone(), r.calls, r.cost_nano, r.baseline_cost_nano))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(b.iter().map(|r| r.calls).sum::<i64>(), 500);
 
     // Pages of 97 records, newest first, filtered by user and model, walk the same records.
-    for (user, model) in [(None, None), (Some(u), None), (None, Some("gpt-4o".to_string())), (Some(u), Some("gpt-4o".to_string()))] {
+    for (user, model) in [
+        (None, None),
+        (Some(u), None),
+        (None, Some("gpt-4o".to_string())),
+        (Some(u), Some("gpt-4o".to_string())),
+    ] {
         let mut walked = Vec::new();
         for s in [&lite as &dyn Analytics, &store as &dyn Analytics] {
             let mut ids = Vec::new();
             let mut before = None;
             loop {
-                let q = UsageQuery { tenant: Some(t), user, model: model.clone(), from_ms: 1_790_000_000_000 + 86_400_000, to_ms: i64::MAX, before, limit: 97 };
+                let q = UsageQuery {
+                    tenant: Some(t),
+                    user,
+                    model: model.clone(),
+                    from_ms: 1_790_000_000_000 + 86_400_000,
+                    to_ms: i64::MAX,
+                    before,
+                    limit: 97,
+                };
                 let page = s.usage_page(&q).await.unwrap();
                 if page.is_empty() {
                     break;
                 }
                 before = Some(page.last().unwrap().0);
-                ids.extend(page.into_iter().map(|(_, e)| (e.request_id, e.ts_ms, e.cost_nano, e.user_id, e.route_tier)));
+                ids.extend(
+                    page.into_iter().map(|(_, e)| {
+                        (e.request_id, e.ts_ms, e.cost_nano, e.user_id, e.route_tier)
+                    }),
+                );
             }
             assert!(ids.windows(2).all(|w| w[0].1 >= w[1].1), "newest first");
             walked.push(ids);
@@ -727,9 +1451,23 @@ async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
     use tollgate::tenancy::store::{AnalyticsQuery, Dimension, Granularity, PromoBonus};
     let (dir, lite) = sqlite();
     let (t, u) = load_month(&lite).await;
-    Ledger::credit(&lite, t, EntryKind::TopUp, 9_000_000, Some("op"), None, "topup:m1").await.unwrap();
-    Codes::create_promo(&lite, "WELCOME", PromoBonus::Fixed(5), None, None).await.unwrap();
-    Codes::claim_fixed_promo(&lite, t, "WELCOME", None).await.unwrap();
+    Ledger::credit(
+        &lite,
+        t,
+        EntryKind::TopUp,
+        9_000_000,
+        Some("op"),
+        None,
+        "topup:m1",
+    )
+    .await
+    .unwrap();
+    Codes::create_promo(&lite, "WELCOME", PromoBonus::Fixed(5), None, None)
+        .await
+        .unwrap();
+    Codes::claim_fixed_promo(&lite, t, "WELCOME", None)
+        .await
+        .unwrap();
     let codes = Codes::create_codes(&lite, "b", 77, 2, None).await.unwrap();
     Codes::redeem(&lite, &codes[0], t, None).await.unwrap();
     let token = Members::create_user_token(&lite, u).await.unwrap();
@@ -743,7 +1481,11 @@ async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("usage_events"), "{stdout}");
     assert!(stdout.contains("the same in both stores"), "{stdout}");
 
@@ -752,22 +1494,59 @@ async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
     let a = Directory::load_key_snapshot(&lite).await.unwrap();
     let b = Directory::load_key_snapshot(&store).await.unwrap();
     assert_eq!(a.generation, b.generation);
-    let mut ka: Vec<_> = a.by_hash.iter().map(|(h, k)| (*h, k.id, k.name.clone(), k.user_id, k.key_limits.rpm)).collect();
-    let mut kb: Vec<_> = b.by_hash.iter().map(|(h, k)| (*h, k.id, k.name.clone(), k.user_id, k.key_limits.rpm)).collect();
+    let mut ka: Vec<_> = a
+        .by_hash
+        .iter()
+        .map(|(h, k)| (*h, k.id, k.name.clone(), k.user_id, k.key_limits.rpm))
+        .collect();
+    let mut kb: Vec<_> = b
+        .by_hash
+        .iter()
+        .map(|(h, k)| (*h, k.id, k.name.clone(), k.user_id, k.key_limits.rpm))
+        .collect();
     ka.sort();
     kb.sort();
     assert_eq!(ka, kb);
-    assert_eq!(Members::user_by_token(&store, &token).await.unwrap().unwrap().user.id, u);
+    assert_eq!(
+        Members::user_by_token(&store, &token)
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .id,
+        u
+    );
     // The books: statement, balances, analytics.
     let sa = Ledger::ledger_statement(&lite, t).await.unwrap();
     let sb = Ledger::ledger_statement(&store, t).await.unwrap();
     assert_eq!(sa.len(), sb.len());
-    assert!(sa.iter().zip(&sb).all(|(x, y)| x.0.id == y.0.id && x.1 == y.1));
-    let q = AnalyticsQuery { tenant: t, from: 0, to: i64::MAX / 2, granularity: Granularity::Day, group_by: Dimension::Model, user: None };
-    assert_eq!(Analytics::analytics(&lite, &q).await.unwrap(), Analytics::analytics(&store, &q).await.unwrap());
-    let states: Vec<&str> = Codes::list_codes(&store, Some("b")).await.unwrap().into_iter().map(|c| c.state).collect();
+    assert!(sa
+        .iter()
+        .zip(&sb)
+        .all(|(x, y)| x.0.id == y.0.id && x.1 == y.1));
+    let q = AnalyticsQuery {
+        tenant: t,
+        from: 0,
+        to: i64::MAX / 2,
+        granularity: Granularity::Day,
+        group_by: Dimension::Model,
+        user: None,
+    };
+    assert_eq!(
+        Analytics::analytics(&lite, &q).await.unwrap(),
+        Analytics::analytics(&store, &q).await.unwrap()
+    );
+    let states: Vec<&str> = Codes::list_codes(&store, Some("b"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
     assert_eq!(states, ["redeemed", "unused"]);
-    assert!(matches!(Codes::redeem(&store, &codes[0], t, None).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        Codes::redeem(&store, &codes[0], t, None).await,
+        Err(StoreError::Conflict(_))
+    ));
     // Ids go on after the copied ones.
     let next = Directory::create_tenant(&store, "after").await.unwrap();
     assert!(next.id.0 > t.0);

@@ -847,8 +847,9 @@ impl AdminApi {
                     .ledger
                     .fleet()
                     .map(|f| f.allowances().bank().is_reachable());
-                let ready =
-                    self.app.keys.generation() > 0 && self.app.ledger.ready() && bank != Some(false);
+                let ready = self.app.keys.generation() > 0
+                    && self.app.ledger.ready()
+                    && bank != Some(false);
                 let mut body = json!({"ready": ready, "config_generation": self.app.generation()});
                 if let Some(up) = bank {
                     body["credit_bank"] = json!(if up { "up" } else { "down" });

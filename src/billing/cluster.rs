@@ -574,8 +574,8 @@ impl SentinelUrl {
         if let Some(p) = &self.password {
             info = info.set_password(p);
         }
-        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
-            .set_redis_connection_info(info);
+        let node =
+            redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
         Ok(redis::sentinel::SentinelClient::build(
             self.sentinels.clone(),
             self.master.clone(),
@@ -744,9 +744,10 @@ impl Bank {
                 c.arg(1).arg(ms / 2);
                 c
             };
-            let acked = tokio::time::timeout(self.cfg.op_timeout, cmd.query_async::<i64>(&mut conn))
-                .await
-                .map_err(|_| BankError::Timeout { ms })??;
+            let acked =
+                tokio::time::timeout(self.cfg.op_timeout, cmd.query_async::<i64>(&mut conn))
+                    .await
+                    .map_err(|_| BankError::Timeout { ms })??;
             if acked < 1 {
                 self.unreplicated.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::METRICS.credit_bank_unreplicated.inc();
@@ -1993,8 +1994,13 @@ mod tests {
         assert_eq!(u.sentinels, ["redis://a:26379", "redis://b:26380"]);
         assert_eq!((u.master.as_str(), u.db), ("tg", 2));
         assert_eq!((u.username, u.password.as_deref()), (None, Some("pw")));
-        let u = SentinelUrl::parse("redis+sentinel://me:p@ss@a:1/m").unwrap().unwrap();
-        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("me"), Some("p@ss")));
+        let u = SentinelUrl::parse("redis+sentinel://me:p@ss@a:1/m")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (Some("me"), Some("p@ss"))
+        );
         for bad in [
             "redis+sentinel://a:1",
             "redis+sentinel:///m",

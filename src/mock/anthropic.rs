@@ -26,11 +26,11 @@ use super::openai::{
     write_body_with_behavior, write_response, SseOut, TOOL_ARGUMENTS,
 };
 use super::{Behavior, MockState, Reported};
+use crate::protocol::tokens::split_tokens;
 use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use crate::protocol::tokens::split_tokens;
 use tokio::io::AsyncWriteExt;
 
 const DEFAULT_REPLY_TOKENS: u64 = 24;
@@ -347,9 +347,7 @@ pub(crate) async fn route(
         .and_then(|t| t.get("type"))
         .and_then(Value::as_str)
         == Some("enabled"))
-    .then(|| {
-        split_tokens(THINKING_TEXT)
-    });
+    .then(|| split_tokens(THINKING_TEXT));
     let thinking_tokens = thinking.as_ref().map_or(0, |t| t.len() as u64);
     let (reply, stop_reason, reply_tokens) = match call {
         Some(name) => {

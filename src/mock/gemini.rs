@@ -30,11 +30,11 @@ use super::openai::{
     TOOL_ARGUMENTS,
 };
 use super::{Behavior, MockState, Reported};
+use crate::protocol::tokens::o200k;
 use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use crate::protocol::tokens::o200k;
 use tokio::io::AsyncWriteExt;
 
 const DEFAULT_REPLY_TOKENS: u64 = 24;

@@ -3,13 +3,13 @@
 
 use super::http::{self, Conn, Head, CHUNKED_END};
 use super::{Behavior, MockState};
+use crate::protocol::tokens::{o200k, split_tokens};
 use bytes::Bytes;
 use serde_json::Value;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::protocol::tokens::{o200k, split_tokens};
 use tokio::io::AsyncWriteExt;
 
 /// Texts longer than this many bytes are not tokenised; they count as `ceil(bytes / 4)`.

@@ -15,11 +15,11 @@ use super::openai::{
     TOOL_ARGUMENTS,
 };
 use super::{Behavior, MockState, Reported};
+use crate::protocol::tokens::split_tokens;
 use serde_json::{json, Value};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use crate::protocol::tokens::split_tokens;
 
 fn push_text(v: &Value, out: &mut String) {
     match v {

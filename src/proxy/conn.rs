@@ -374,7 +374,8 @@ mod tests {
 
     #[test]
     fn only_pingoras_own_error_template_is_recognised() {
-        let pingora = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nDate: x\r\nContent-Length: 0\r\n\r\n";
+        let pingora =
+            b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nDate: x\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(pingora_error_status(pingora), Some(400));
         let connect = b"HTTP/1.1 405 Method Not Allowed\r\nServer: Pingora\r\n";
         assert_eq!(pingora_error_status(connect), Some(405));
@@ -385,7 +386,12 @@ mod tests {
             b"data: HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n",
             b"",
         ] {
-            assert_eq!(pingora_error_status(ours), None, "{:?}", String::from_utf8_lossy(ours));
+            assert_eq!(
+                pingora_error_status(ours),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(ours)
+            );
         }
         let answer = String::from_utf8(error_answer(400, "req_1")).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();

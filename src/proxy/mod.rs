@@ -88,14 +88,16 @@ impl Gateway {
     /// periodic sync does).
     async fn admit_rates(
         &self,
-        subjects: &[(crate::tenancy::limits::Scope, i64, crate::tenancy::limits::Limits)],
+        subjects: &[(
+            crate::tenancy::limits::Scope,
+            i64,
+            crate::tenancy::limits::Limits,
+        )],
     ) -> std::result::Result<(), crate::tenancy::limits::Limited> {
         let limiter = &self.app.limiter;
         let now = now_ms();
         let fleet = match self.app.ledger.fleet() {
-            Some(f) if !limiter.is_handed_over() && subjects.iter().any(|s| s.2.rpm.is_some()) => {
-                f
-            }
+            Some(f) if !limiter.is_handed_over() && subjects.iter().any(|s| s.2.rpm.is_some()) => f,
             _ => return limiter.admit(now, subjects),
         };
         limiter.check(now, subjects)?;
@@ -116,9 +118,8 @@ impl Gateway {
             }
             Ok(Some(i)) => {
                 let refused = subjects.iter().filter(|s| !s.2.is_unlimited()).nth(i);
-                let (scope, limit) = refused.map_or((subjects[0].0, 0), |s| {
-                    (s.0, s.2.rpm.map_or(0, u64::from))
-                });
+                let (scope, limit) =
+                    refused.map_or((subjects[0].0, 0), |s| (s.0, s.2.rpm.map_or(0, u64::from)));
                 Err(crate::tenancy::limits::Limited {
                     scope,
                     tokens: false,

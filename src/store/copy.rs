@@ -90,9 +90,10 @@ pub async fn sqlite_to_postgres(from: &Store, to: &PgStore) -> Result<CopyReport
 
     // The two stores must now tell the same story.
     for (table, n) in &rows {
-        let m: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-            .fetch_one(to.pool())
-            .await?;
+        let m: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(to.pool())
+                .await?;
         if m != *n as i64 {
             return Err(StoreError::Invalid(format!(
                 "{table}: {n} rows read from SQLite, {m} in PostgreSQL"

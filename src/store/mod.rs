@@ -22,9 +22,9 @@
 pub mod copy;
 pub mod pg;
 
+use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::KeySnapshot;
-use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::store::{
     AnalyticsQuery, AnalyticsRow, CreditRow, Credited, Dimension, Granularity, IdempotencyKey,
@@ -346,7 +346,10 @@ impl Members for Store {
         json: Option<&str>,
     ) -> Result<(), StoreError> {
         let json = json.map(str::to_string);
-        blocking(self, move |s| s.set_router_override(tenant, json.as_deref())).await
+        blocking(self, move |s| {
+            s.set_router_override(tenant, json.as_deref())
+        })
+        .await
     }
     async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
         blocking(self, move |s| s.router_override(tenant)).await
@@ -358,11 +361,17 @@ impl Members for Store {
 /// periods that decide what an account may spend.
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync {
-    async fn set_quota_period(&self, tenant: TenantId, period: QuotaPeriod)
-        -> Result<(), StoreError>;
+    async fn set_quota_period(
+        &self,
+        tenant: TenantId,
+        period: QuotaPeriod,
+    ) -> Result<(), StoreError>;
     /// Changes a tenant's, user's or key's rate limits; returns those now in force.
-    async fn set_limits(&self, subject: LimitSubject, patch: LimitsPatch)
-        -> Result<Limits, StoreError>;
+    async fn set_limits(
+        &self,
+        subject: LimitSubject,
+        patch: LimitsPatch,
+    ) -> Result<Limits, StoreError>;
     /// Commits a credit-side entry; an id used before is a `Conflict`.
     async fn credit(
         &self,
@@ -398,23 +407,35 @@ pub trait Ledger: Send + Sync {
         status: u16,
         body: &str,
     ) -> Result<(), StoreError>;
-    async fn entries_by_id(&self, tenant: TenantId, ids: &[String])
-        -> Result<Vec<LedgerEntry>, StoreError>;
+    async fn entries_by_id(
+        &self,
+        tenant: TenantId,
+        ids: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Per tenant: credited (the journal) and charged (the usage records).
     async fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError>;
     /// Journal entries after sequence number `after`, in order, at most `limit`.
     async fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError>;
     /// A tenant's credits up to sequence number `upto`, and all its charges.
-    async fn tenant_record_upto(&self, tenant: TenantId, upto: i64)
-        -> Result<(i64, i64), StoreError>;
+    async fn tenant_record_upto(
+        &self,
+        tenant: TenantId,
+        upto: i64,
+    ) -> Result<(i64, i64), StoreError>;
     /// One key's, user's or group's charges since `since_ms`.
-    async fn spent_by(&self, tenant: TenantId, account: Account, since_ms: i64)
-        -> Result<i64, StoreError>;
+    async fn spent_by(
+        &self,
+        tenant: TenantId,
+        account: Account,
+        since_ms: i64,
+    ) -> Result<i64, StoreError>;
     /// Per key, user and group: their charges (of the current period where the tenant has one).
     async fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError>;
     /// Every entry in time order with the running balance after it.
-    async fn ledger_statement(&self, tenant: TenantId)
-        -> Result<Vec<(LedgerEntry, i64)>, StoreError>;
+    async fn ledger_statement(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<(LedgerEntry, i64)>, StoreError>;
     /// The balance from everything before `from_ms`.
     async fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError>;
     /// One page of the statement in `[from_ms, to_ms)` after `after`, at most `limit` rows.
@@ -453,7 +474,11 @@ impl Ledger for Store {
         note: Option<&str>,
         id: &str,
     ) -> Result<LedgerEntry, StoreError> {
-        let (actor, note, id) = (actor.map(str::to_string), note.map(str::to_string), id.to_string());
+        let (actor, note, id) = (
+            actor.map(str::to_string),
+            note.map(str::to_string),
+            id.to_string(),
+        );
         blocking(self, move |s| {
             s.credit(tenant, kind, amount, actor.as_deref(), note.as_deref(), &id)
         })
@@ -468,9 +493,20 @@ impl Ledger for Store {
         note: Option<&str>,
         idem: &IdempotencyKey,
     ) -> Result<Credited, StoreError> {
-        let (actor, note, idem) = (actor.map(str::to_string), note.map(str::to_string), idem.clone());
+        let (actor, note, idem) = (
+            actor.map(str::to_string),
+            note.map(str::to_string),
+            idem.clone(),
+        );
         blocking(self, move |s| {
-            s.credit_idempotent(tenant, kind, amount, actor.as_deref(), note.as_deref(), &idem)
+            s.credit_idempotent(
+                tenant,
+                kind,
+                amount,
+                actor.as_deref(),
+                note.as_deref(),
+                &idem,
+            )
         })
         .await
     }
@@ -492,7 +528,10 @@ impl Ledger for Store {
         body: &str,
     ) -> Result<(), StoreError> {
         let (scope, key, body) = (scope.to_string(), key.to_string(), body.to_string());
-        blocking(self, move |s| s.answer_idempotent(tenant, &scope, &key, status, &body)).await
+        blocking(self, move |s| {
+            s.answer_idempotent(tenant, &scope, &key, status, &body)
+        })
+        .await
     }
     async fn entries_by_id(
         &self,
@@ -543,7 +582,10 @@ impl Ledger for Store {
         after: Option<StatementPos>,
         limit: u32,
     ) -> Result<Vec<StatementRow>, StoreError> {
-        blocking(self, move |s| s.statement_page(tenant, from_ms, to_ms, after, limit)).await
+        blocking(self, move |s| {
+            s.statement_page(tenant, from_ms, to_ms, after, limit)
+        })
+        .await
     }
 }
 
@@ -615,7 +657,11 @@ pub(crate) fn promo_grant(
 }
 
 /// A redemption code's state for listings.
-pub(crate) fn code_state(redeemed_by: Option<i64>, expires_at: Option<i64>, now: i64) -> &'static str {
+pub(crate) fn code_state(
+    redeemed_by: Option<i64>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> &'static str {
     if redeemed_by.is_some() {
         "redeemed"
     } else if expires_at.is_some_and(|t| t <= now) {
@@ -712,7 +758,10 @@ impl Codes for Store {
         max_uses: Option<i64>,
     ) -> Result<PromoCampaign, StoreError> {
         let code = code.to_string();
-        blocking(self, move |s| s.create_promo(&code, bonus, expires_at, max_uses)).await
+        blocking(self, move |s| {
+            s.create_promo(&code, bonus, expires_at, max_uses)
+        })
+        .await
     }
     async fn list_promos(&self) -> Result<Vec<PromoCampaign>, StoreError> {
         blocking(self, |s| s.list_promos()).await
@@ -753,7 +802,10 @@ impl Codes for Store {
         actor: Option<&str>,
     ) -> Result<LedgerEntry, StoreError> {
         let (code, actor) = (code.to_string(), actor.map(str::to_string));
-        blocking(self, move |s| s.claim_fixed_promo(tenant, &code, actor.as_deref())).await
+        blocking(self, move |s| {
+            s.claim_fixed_promo(tenant, &code, actor.as_deref())
+        })
+        .await
     }
     async fn create_codes(
         &self,
@@ -763,7 +815,10 @@ impl Codes for Store {
         expires_at: Option<i64>,
     ) -> Result<Vec<String>, StoreError> {
         let batch = batch.to_string();
-        blocking(self, move |s| s.create_codes(&batch, amount, count, expires_at)).await
+        blocking(self, move |s| {
+            s.create_codes(&batch, amount, count, expires_at)
+        })
+        .await
     }
     async fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError> {
         let batch = batch.map(str::to_string);

@@ -7,20 +7,19 @@
 //! column name into the same domain types as the SQLite store's.
 
 use super::{
-    checked_email, checked_name, checked_promo, checked_role, code_state, money_in,
-    promo_bonus_of, promo_grant, rollup_window, Analytics, Codes, Directory, Ledger, Members,
-    UsageLog, UserPatch,
+    checked_email, checked_name, checked_promo, checked_role, code_state, money_in, promo_bonus_of,
+    promo_grant, rollup_window, Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch,
 };
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
+use crate::billing::usage::UsageEvent;
+use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
+use crate::tenancy::limits::Limits;
 use crate::tenancy::limits::LimitsPatch;
 use crate::tenancy::store::{
     AnalyticsQuery, AnalyticsRow, CallDetail, CreditRow, Credited, Dimension, Granularity,
     IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign,
     RedemptionCode, RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
 };
-use crate::billing::usage::UsageEvent;
-use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
-use crate::tenancy::limits::Limits;
 use crate::tenancy::store::{NewKey, StoreError, UserPrincipal};
 use crate::tenancy::{
     unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
@@ -179,10 +178,7 @@ impl Directory for PgStore {
         let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
-            .map(tenant_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(tenant_from_row).collect::<Result<_, _>>()?)
     }
 
     async fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError> {
@@ -215,10 +211,11 @@ impl Directory for PgStore {
             return Err(StoreError::not_found("tenant", new.tenant_id.0));
         }
         if let Some(u) = new.user_id {
-            let owner: Option<i64> = sqlx::query_scalar("SELECT tenant_id FROM users WHERE id = $1")
-                .bind(u.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let owner: Option<i64> =
+                sqlx::query_scalar("SELECT tenant_id FROM users WHERE id = $1")
+                    .bind(u.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if owner != Some(new.tenant_id.0) {
                 return Err(StoreError::not_found("user", u.0));
             }
@@ -273,14 +270,13 @@ impl Directory for PgStore {
 
     async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-        )
-        .bind(id.0)
-        .bind(unix_now())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n =
+            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id.0)
+                .bind(unix_now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if n == 0 {
             let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
                 .bind(id.0)
@@ -405,7 +401,10 @@ impl UsageLog for PgStore {
             let mut c: [Vec<i64>; 13] = Default::default();
             let (mut models, mut channels) = (Vec::new(), Vec::new());
             for ((t, h, k, u, g, m, ch), d) in &hourly {
-                for (col, v) in c.iter_mut().zip([*t, *h, *k, *u, *g].iter().chain(d.iter())) {
+                for (col, v) in c
+                    .iter_mut()
+                    .zip([*t, *h, *k, *u, *g].iter().chain(d.iter()))
+                {
                     col.push(*v);
                 }
                 models.push(m.to_string());
@@ -797,7 +796,8 @@ impl Members for PgStore {
         }
         let invite: i64 = r.try_get("id")?;
         let email: String = r.try_get("email")?;
-        let role = Role::parse_tenant_role(&r.try_get::<String, _>("role")?).unwrap_or(Role::Member);
+        let role =
+            Role::parse_tenant_role(&r.try_get::<String, _>("role")?).unwrap_or(Role::Member);
         let uid: i64 = unique(
             sqlx::query_scalar(
                 "INSERT INTO users (tenant_id, email, name, role, group_id, created_at)
@@ -875,7 +875,8 @@ fn entry_from_row(tenant: TenantId, r: &PgRow) -> Result<LedgerEntry, sqlx::Erro
     })
 }
 
-const ENTRY_COLUMNS: &str = "id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id";
+const ENTRY_COLUMNS: &str =
+    "id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id";
 
 async fn require_tenant(c: &mut sqlx::PgConnection, tenant: TenantId) -> Result<(), StoreError> {
     let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
@@ -1029,7 +1030,14 @@ impl Ledger for PgStore {
         note: Option<&str>,
         id: &str,
     ) -> Result<LedgerEntry, StoreError> {
-        let e = crate::tenancy::store::Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
+        let e = crate::tenancy::store::Store::credit_entry(
+            id.to_string(),
+            tenant,
+            kind,
+            amount,
+            actor,
+            note,
+        );
         let mut tx = self.pool.begin().await?;
         require_tenant(&mut tx, tenant).await?;
         if !insert_entry(&mut tx, &e).await? {
@@ -1375,6 +1383,9 @@ impl Ledger for PgStore {
     }
 }
 
+/// (id, kind, value, expires_at, max_uses, uses) of a promotion campaign.
+type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
+
 /// Claims a campaign for a tenant inside a transaction (the campaign row locked, so the cap
 /// holds whatever the concurrency): its id and the bonus for a top-up of `topup`.
 async fn claim_promo(
@@ -1384,7 +1395,7 @@ async fn claim_promo(
     topup: Option<i64>,
 ) -> Result<(i64, i64), StoreError> {
     let code = code.trim().to_ascii_uppercase();
-    let row: Option<(i64, String, i64, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
+    let row: Option<PromoRow> = sqlx::query_as(
         "SELECT id, kind, value, expires_at, max_uses, uses FROM promo_campaigns
          WHERE code = $1 FOR UPDATE",
     )
@@ -1602,14 +1613,22 @@ impl Codes for PgStore {
     }
 
     async fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError> {
-        let rows: Vec<(i64, String, String, i64, i64, Option<i64>, Option<i64>, Option<i64>)> =
-            sqlx::query_as(
-                "SELECT id, prefix, batch, amount, created_ms, expires_at, redeemed_by, redeemed_ms
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        )> = sqlx::query_as(
+            "SELECT id, prefix, batch, amount, created_ms, expires_at, redeemed_by, redeemed_ms
                  FROM redemption_codes WHERE ($1::TEXT IS NULL OR batch = $1) ORDER BY id",
-            )
-            .bind(batch)
-            .fetch_all(&self.pool)
-            .await?;
+        )
+        .bind(batch)
+        .fetch_all(&self.pool)
+        .await?;
         let now = unix_now();
         Ok(rows
             .into_iter()
@@ -1740,7 +1759,9 @@ fn event_from_row(r: &PgRow) -> Result<UsageEvent, sqlx::Error> {
         group_id: r.try_get::<Option<i64>, _>("group_id")?.map(GroupId),
         route_tier: r.try_get("route_tier")?,
         route_reason: r.try_get("route_reason")?,
-        route_score: r.try_get::<Option<f64>, _>("route_score")?.map(|v| v as f32),
+        route_score: r
+            .try_get::<Option<f64>, _>("route_score")?
+            .map(|v| v as f32),
         baseline_cost_nano: r.try_get("baseline_cost_nano")?,
         cache_write_tokens: count("cache_write_tokens")?,
         uncollected: r.try_get("uncollected")?,

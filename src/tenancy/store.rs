@@ -615,7 +615,6 @@ fn limits_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Limits> {
     })
 }
 
-
 /// (fingerprint, entry ids as JSON, status, body, created_ms) of an idempotency key.
 type IdempotencyRow = (String, String, Option<i64>, Option<String>, i64);
 

@@ -469,7 +469,10 @@ impl RedisSentinels {
             if info.contains("master_link_status:up") {
                 break;
             }
-            assert!(Instant::now() < deadline, "the replica never synced: {info}");
+            assert!(
+                Instant::now() < deadline,
+                "the replica never synced: {info}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let dir = tempfile::tempdir().unwrap();
@@ -649,7 +652,11 @@ pub struct Postgres {
 
 impl Postgres {
     fn bin(name: &str) -> PathBuf {
-        for dir in ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"] {
+        for dir in [
+            "/usr/lib/postgresql/17/bin",
+            "/usr/lib/postgresql/16/bin",
+            "/usr/lib/postgresql/15/bin",
+        ] {
             let p = PathBuf::from(dir).join(name);
             if p.exists() {
                 return p;
@@ -688,7 +695,15 @@ impl Postgres {
             .status();
         let data = dir.path().join("data");
         let out = Postgres::command("initdb")
-            .args(["-U", "tollgate", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "tollgate",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data)
             .output()
             .expect("initdb must be installed (apt-get install -y postgresql)");
@@ -704,11 +719,16 @@ impl Postgres {
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path())
             .args([
-                "-c", "listen_addresses=127.0.0.1",
-                "-c", "fsync=off",
-                "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off",
-                "-c", "max_connections=200",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -739,7 +759,15 @@ impl Postgres {
     /// A fresh, empty database on this server.
     pub fn database(&self, name: &str) -> String {
         let out = Command::new(Postgres::bin("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "tollgate", name])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "tollgate",
+                name,
+            ])
             .output()
             .unwrap();
         assert!(
