@@ -410,14 +410,15 @@ impl UsageLog for PgStore {
                 models.push(m.to_string());
                 channels.push(ch.to_string());
             }
-            sqlx::query(
+            // $1 models, $2 channels, then the 13 integer columns in order.
+            let mut up = sqlx::query(
                 "INSERT INTO usage_hourly AS h (tenant_id, hour, key_id, user_id, group_id, model,
                     channel, requests, errors, prompt_tokens, cached_tokens, completion_tokens,
                     reasoning_tokens, cost_nano, cache_write_tokens)
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
-                    $5::BIGINT[], $14::TEXT[], $15::TEXT[], $6::BIGINT[], $7::BIGINT[],
-                    $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
-                    $13::BIGINT[])
+                 SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::BIGINT[],
+                    $7::BIGINT[], $1::TEXT[], $2::TEXT[], $8::BIGINT[], $9::BIGINT[],
+                    $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[],
+                    $15::BIGINT[])
                  ON CONFLICT (tenant_id, hour, key_id, user_id, group_id, model, channel) DO UPDATE SET
                     requests = h.requests + excluded.requests,
                     errors = h.errors + excluded.errors,
@@ -428,23 +429,12 @@ impl UsageLog for PgStore {
                     cost_nano = h.cost_nano + excluded.cost_nano,
                     cache_write_tokens = h.cache_write_tokens + excluded.cache_write_tokens",
             )
-            .bind(&c[0])
-            .bind(&c[1])
-            .bind(&c[2])
-            .bind(&c[3])
-            .bind(&c[4])
-            .bind(&c[5])
-            .bind(&c[6])
-            .bind(&c[7])
-            .bind(&c[8])
-            .bind(&c[9])
-            .bind(&c[10])
-            .bind(&c[11])
-            .bind(&c[12])
             .bind(models)
-            .bind(channels)
-            .execute(&mut *tx)
-            .await?;
+            .bind(channels);
+            for col in &c {
+                up = up.bind(col);
+            }
+            up.execute(&mut *tx).await?;
             let mut c: [Vec<i64>; 12] = Default::default();
             let mut values = Vec::new();
             for ((t, dim, period, bucket, value), d) in &dims {
@@ -456,14 +446,15 @@ impl UsageLog for PgStore {
                 }
                 values.push(value.clone());
             }
-            sqlx::query(
+            // $1 values, then the 12 integer columns in order.
+            let mut up = sqlx::query(
                 "INSERT INTO usage_rollup AS r (tenant_id, dim, period, bucket, value, requests,
                     errors, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens,
                     cost_nano, cache_write_tokens)
                  SELECT t, d::SMALLINT, p::INTEGER, b, v, r1, r2, r3, r4, r5, r6, r7, r8
-                 FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $13::TEXT[],
-                    $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[],
-                    $10::BIGINT[], $11::BIGINT[], $12::BIGINT[])
+                 FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $1::TEXT[],
+                    $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[],
+                    $11::BIGINT[], $12::BIGINT[], $13::BIGINT[])
                     AS x(t, d, p, b, v, r1, r2, r3, r4, r5, r6, r7, r8)
                  ON CONFLICT (tenant_id, dim, period, bucket, value) DO UPDATE SET
                     requests = r.requests + excluded.requests,
@@ -475,21 +466,11 @@ impl UsageLog for PgStore {
                     cost_nano = r.cost_nano + excluded.cost_nano,
                     cache_write_tokens = r.cache_write_tokens + excluded.cache_write_tokens",
             )
-            .bind(&c[0])
-            .bind(&c[1])
-            .bind(&c[2])
-            .bind(&c[3])
-            .bind(&c[4])
-            .bind(&c[5])
-            .bind(&c[6])
-            .bind(&c[7])
-            .bind(&c[8])
-            .bind(&c[9])
-            .bind(&c[10])
-            .bind(&c[11])
-            .bind(values)
-            .execute(&mut *tx)
-            .await?;
+            .bind(values);
+            for col in &c {
+                up = up.bind(col);
+            }
+            up.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(new_ids.len())
