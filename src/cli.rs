@@ -350,7 +350,16 @@ fn with_store(
             return 2;
         }
     };
-    let store = match Store::open(Path::new(&db)) {
+    // The configuration's PostgreSQL record, unless a SQLite file was named.
+    let postgres = match (&target.db, &cfg) {
+        (None, Some(c)) => c.postgres.clone(),
+        _ => None,
+    };
+    let opened = match postgres {
+        Some((url, _)) => Store::open_postgres(&url, 2),
+        None => Store::open(Path::new(&db)),
+    };
+    let store = match opened {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

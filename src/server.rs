@@ -438,7 +438,14 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         tracing::warn!(failure = %f, "DNS");
     }
 
-    let store = Store::open(std::path::Path::new(&config.sqlite_path))?;
+    let store = match &config.postgres {
+        Some((url, connections)) => {
+            let s = Store::open_postgres(url, *connections)?;
+            tracing::info!("store: PostgreSQL");
+            s
+        }
+        None => Store::open(std::path::Path::new(&config.sqlite_path))?,
+    };
     let (sink, usage_rx): (UsageSink, _) = usage::queue();
     let (charge_log, orphans) = open_charge_log(
         &store,

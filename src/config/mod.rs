@@ -346,6 +346,8 @@ pub struct Config {
     pub server: ServerSettings,
     pub admin: AdminSettings,
     pub sqlite_path: String,
+    /// The record in PostgreSQL (`[store] url`), and its pool size.
+    pub postgres: Option<(String, u32)>,
     pub models: Vec<Arc<Model>>,
     model_index: crate::FastMap<String, Arc<Model>>,
     pub channels: Vec<Arc<Channel>>,
@@ -561,6 +563,27 @@ impl Config {
         Ok(Config {
             server,
             admin,
+            postgres: match (store.url, store.url_env) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "store.url",
+                        "set at most one of `url` and `url_env`",
+                    ))
+                }
+                (Some(u), None) => Some(u),
+                (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
+                    invalid("store.url_env", &format!("environment variable {var} is not set"))
+                })?),
+                (None, None) => None,
+            }
+            .map(|u| {
+                if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                    Ok((u, store.max_connections.max(1)))
+                } else {
+                    Err(invalid("store.url", "must start with postgres://"))
+                }
+            })
+            .transpose()?,
             sqlite_path: store.sqlite_path,
             models: model_list,
             model_index,

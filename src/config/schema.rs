@@ -168,15 +168,33 @@ impl Default for AdminSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// SQLite database file.
+    /// SQLite database file. With `url`, the record is in PostgreSQL and this path only names
+    /// where the process keeps its local files (the charge log: `<sqlite_path>.charges/`).
     #[serde(default = "default_db")]
     pub sqlite_path: String,
+    /// The record in PostgreSQL (`postgres://user:password@host:port/db`) instead of SQLite;
+    /// use `url_env` when it carries a password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Name of an environment variable holding the PostgreSQL URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Pooled PostgreSQL connections of this process.
+    #[serde(default = "default_pg_connections")]
+    pub max_connections: u32,
+}
+
+fn default_pg_connections() -> u32 {
+    8
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             sqlite_path: default_db(),
+            url: None,
+            url_env: None,
+            max_connections: default_pg_connections(),
         }
     }
 }

@@ -19,6 +19,7 @@
 //! The gateway itself still calls the SQLite store directly; docs/architecture.md ("The
 //! record") says what is left and in which order.
 
+pub mod backend;
 pub mod copy;
 pub mod pg;
 

@@ -654,9 +654,24 @@ pub struct UserPrincipal {
     pub tenant_name: String,
 }
 
+/// The record: one SQLite file (the embedded default), or PostgreSQL (`Store::open_postgres`),
+/// behind the same synchronous calls. On PostgreSQL every call runs the `store::pg` domain
+/// implementation on the store's own runtime (`store::backend`).
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    conn: Option<Arc<Mutex<Connection>>>,
+    pg: Option<Arc<crate::store::backend::PgBackend>>,
+}
+
+/// On PostgreSQL, answers the call from the `store::pg` implementation: `pg!(self, { owned
+/// copies of the arguments; } s => future on s)`.
+macro_rules! pg {
+    ($self:ident, { $($prep:tt)* } $s:ident => $body:expr) => {
+        if let Some(pg) = &$self.pg {
+            $($prep)*
+            return pg.run(move |$s| Box::pin(async move { $body }));
+        }
+    };
 }
 
 impl std::fmt::Debug for Store {
@@ -683,17 +698,38 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let store = Store {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Some(Arc::new(Mutex::new(conn))),
+            pg: None,
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The record on PostgreSQL (`postgres://...`): connects with `max_connections` pooled
+    /// connections and brings the schema up to date (`store::pg`).
+    pub fn open_postgres(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let backend = crate::store::backend::PgBackend::open(url, max_connections)?;
+        Ok(Store {
+            conn: None,
+            pg: Some(Arc::new(backend)),
+        })
+    }
+
+    /// Whether the record is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
     }
 
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let Some(conn) = &self.conn else {
+            return Err(StoreError::Invalid(
+                "this operation needs the SQLite store".into(),
+            ));
+        };
+        let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
         f(&mut guard)
     }
 
@@ -721,6 +757,7 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
+        pg!(self, {} s => s.schema_version().await);
         self.with(|c| {
             Ok(
                 c.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
@@ -731,6 +768,7 @@ impl Store {
     }
 
     pub fn create_tenant(&self, name: &str) -> Result<Tenant, StoreError> {
+        pg!(self, { let n = name.to_string(); } s => crate::store::Directory::create_tenant(&s, &n).await);
         let name = crate::store::checked_name(name, "tenant")?;
         self.with(|c| {
             let now = unix_now();
@@ -756,6 +794,7 @@ impl Store {
     }
 
     pub fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        pg!(self, {} s => crate::store::Directory::list_tenants(&s).await);
         self.with(|c| {
             let mut st = c.prepare("SELECT id, name, created_at FROM tenants ORDER BY id")?;
             let rows = st.query_map([], |r| {
@@ -771,6 +810,7 @@ impl Store {
 
     /// A tenant by numeric id or by name.
     pub fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError> {
+        pg!(self, { let q = id_or_name.to_string(); } s => crate::store::Directory::find_tenant(&s, &q).await);
         self.with(|c| {
             let row = c
                 .query_row(
@@ -796,6 +836,7 @@ impl Store {
 
     /// Create a key; returns its record and the plaintext, which is shown once and never stored.
     pub fn create_key(&self, new: &NewKey) -> Result<(ApiKey, String), StoreError> {
+        pg!(self, { let new = new.clone(); } s => crate::store::Directory::create_key(&s, &new).await);
         crate::store::checked_name(&new.name, "key")?;
         let plaintext = generate_key();
         let hash = hash_key(&plaintext);
@@ -885,6 +926,7 @@ impl Store {
     }
 
     pub fn get_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        pg!(self, {} s => crate::store::Directory::get_key(&s, id).await);
         self.with(|c| {
             let sql = format!(
                 "SELECT {} FROM {} WHERE k.id = ?1",
@@ -898,6 +940,7 @@ impl Store {
     }
 
     pub fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError> {
+        pg!(self, {} s => crate::store::Directory::list_keys(&s, tenant).await);
         self.with(|c| {
             let sql = format!(
                 "SELECT {} FROM {} WHERE (?1 IS NULL OR k.tenant_id = ?1) ORDER BY k.id",
@@ -911,6 +954,7 @@ impl Store {
     }
 
     pub fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
+        pg!(self, {} s => crate::store::Directory::revoke_key(&s, id).await);
         self.with(|c| {
             let n = c.execute(
                 "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
@@ -954,6 +998,7 @@ impl Store {
     }
 
     pub fn key_generation(&self) -> Result<i64, StoreError> {
+        pg!(self, {} s => crate::store::Directory::key_generation(&s).await);
         self.with(|c| {
             Ok(
                 c.query_row("SELECT v FROM meta WHERE k = 'key_generation'", [], |r| {
@@ -965,6 +1010,7 @@ impl Store {
 
     /// Every key by hash, revoked ones included (so a revoked key gets a precise error).
     pub fn load_key_snapshot(&self) -> Result<KeySnapshot, StoreError> {
+        pg!(self, {} s => crate::store::Directory::load_key_snapshot(&s).await);
         self.with(|c| {
             let generation: i64 =
                 c.query_row("SELECT v FROM meta WHERE k = 'key_generation'", [], |r| {
@@ -1003,6 +1049,7 @@ impl Store {
     /// synced to disk only with a checkpoint, which syncs the WAL first. The charge log keeps a
     /// charge until this has run after its commit.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        pg!(self, {} s => { let _ = s; Ok(()) });
         self.with(|c| {
             c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             Ok(())
@@ -1010,6 +1057,7 @@ impl Store {
     }
 
     pub fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
+        pg!(self, { let events = events.to_vec(); } s => crate::store::UsageLog::record(&s, &events).await);
         self.with(|c| {
             let tx = c.transaction()?;
             let mut n = 0;
@@ -1098,6 +1146,7 @@ impl Store {
     /// Totals or a time series from the hourly roll-ups, grouped by one dimension.
     /// Reads only `usage_hourly`, so its cost grows with hours x dimension values, not calls.
     pub fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
+        pg!(self, { let q = q.clone(); } s => crate::store::Analytics::analytics(&s, &q).await);
         if q.user.is_none() {
             return self.analytics_by_dimension(q);
         }
@@ -1230,6 +1279,7 @@ impl Store {
     /// position for the next page. Pages walk the (tenant, time) index: a page costs its own
     /// rows, however deep into a tenant's history it is.
     pub fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError> {
+        pg!(self, { let q = q.clone(); } s => crate::store::Analytics::usage_page(&s, &q).await);
         let (before_ts, before_id) = q.before.map_or((i64::MAX, i64::MAX), |p| (p.ts_ms, p.id));
         // The upper time bound includes the cursor's, so that the index range starts there.
         let upper = q.to_ms.min(before_ts.saturating_add(1));
@@ -1363,6 +1413,7 @@ impl Store {
         name: &str,
         budget_nano: Option<i64>,
     ) -> Result<Group, StoreError> {
+        pg!(self, { let name = name.to_string(); } s => crate::store::Members::create_group(&s, tenant, &name, budget_nano).await);
         let name = crate::store::checked_name(name, "group")?;
         self.with(|c| {
             let now = unix_now();
@@ -1386,6 +1437,7 @@ impl Store {
     }
 
     pub fn list_groups(&self, tenant: TenantId) -> Result<Vec<Group>, StoreError> {
+        pg!(self, {} s => crate::store::Members::list_groups(&s, tenant).await);
         self.with(|c| {
             let mut st = c.prepare("SELECT id, tenant_id, name, budget_nano, created_at FROM groups WHERE tenant_id = ?1 ORDER BY id")?;
             let rows = st.query_map(params![tenant.0], |r| {
@@ -1411,6 +1463,7 @@ impl Store {
         group: Option<GroupId>,
         quota_nano: Option<i64>,
     ) -> Result<User, StoreError> {
+        pg!(self, { let email = email.to_string(); let name = name.to_string(); } s => crate::store::Members::create_user(&s, tenant, &email, &name, role, group, quota_nano).await);
         let email = crate::store::checked_email(email)?;
         let role = crate::store::checked_role(role)?;
         self.with(|c| {
@@ -1440,6 +1493,7 @@ impl Store {
     }
 
     pub fn get_user(&self, id: UserId) -> Result<User, StoreError> {
+        pg!(self, {} s => crate::store::Members::get_user(&s, id).await);
         self.with(|c| {
             let sql = format!(
                 "SELECT {} FROM users u WHERE u.id = ?1",
@@ -1452,6 +1506,7 @@ impl Store {
     }
 
     pub fn list_users(&self, tenant: TenantId) -> Result<Vec<User>, StoreError> {
+        pg!(self, {} s => crate::store::Members::list_users(&s, tenant).await);
         self.with(|c| {
             let sql = format!(
                 "SELECT {} FROM users u WHERE u.tenant_id = ?1 ORDER BY u.id",
@@ -1473,6 +1528,7 @@ impl Store {
         quota_nano: Option<Option<i64>>,
         disabled: Option<bool>,
     ) -> Result<User, StoreError> {
+        pg!(self, { let patch = crate::store::UserPatch { role, group, quota_nano, disabled }; } s => crate::store::Members::update_user(&s, id, &patch).await);
         let user = self.get_user(id)?;
         self.with(|c| {
             let tx = c.transaction()?;
@@ -1506,6 +1562,7 @@ impl Store {
 
     /// A new admin-API token for a user; the plaintext is returned once.
     pub fn create_user_token(&self, user: UserId) -> Result<String, StoreError> {
+        pg!(self, {} s => crate::store::Members::create_user_token(&s, user).await);
         let token = generate_key().replacen("tg-", "tgu-", 1);
         self.with(|c| {
             c.execute(
@@ -1519,6 +1576,7 @@ impl Store {
 
     /// The enabled user behind an admin-API token.
     pub fn user_by_token(&self, token: &str) -> Result<Option<UserPrincipal>, StoreError> {
+        pg!(self, { let token = token.to_string(); } s => crate::store::Members::user_by_token(&s, &token).await);
         let hash = hash_key(token);
         self.with(|c| {
             let sql = format!(
@@ -1545,6 +1603,7 @@ impl Store {
         group: Option<GroupId>,
         ttl_secs: i64,
     ) -> Result<String, StoreError> {
+        pg!(self, { let email = email.to_string(); } s => crate::store::Members::create_invite(&s, tenant, &email, role, group, ttl_secs).await);
         let role = crate::store::checked_role(role)?;
         let email = crate::store::checked_email(email)?;
         let token = generate_key().replacen("tg-", "inv-", 1);
@@ -1561,6 +1620,7 @@ impl Store {
 
     /// Accept an invitation once: creates the user and returns it with a fresh admin token.
     pub fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError> {
+        pg!(self, { let token = token.to_string(); let name = name.to_string(); } s => crate::store::Members::accept_invite(&s, &token, &name).await);
         let hash = hash_key(token.trim());
         let now = unix_now();
         let user = self.with(|c| {
@@ -1612,6 +1672,7 @@ impl Store {
         tenant: TenantId,
         json: Option<&str>,
     ) -> Result<(), StoreError> {
+        pg!(self, { let json = json.map(str::to_string); } s => crate::store::Members::set_router_override(&s, tenant, json.as_deref()).await);
         self.set_tenant_setting(tenant, "router_override", &json)
     }
 
@@ -1636,6 +1697,7 @@ impl Store {
     }
 
     pub fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        pg!(self, {} s => crate::store::Members::router_override(&s, tenant).await);
         self.with(|c| {
             c.query_row(
                 "SELECT router_override FROM tenants WHERE id = ?1",
@@ -1655,6 +1717,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RoutingRow>, StoreError> {
+        pg!(self, {} s => crate::store::Analytics::routing_savings(&s, tenant, from_ms, to_ms).await);
         self.with(|c| {
             let mut st = c.prepare_cached(
                 "SELECT route_tier, COUNT(*), COALESCE(SUM(cost_nano), 0),
@@ -1681,6 +1744,7 @@ impl Store {
         tenant: TenantId,
         period: QuotaPeriod,
     ) -> Result<(), StoreError> {
+        pg!(self, {} s => crate::store::Ledger::set_quota_period(&s, tenant, period).await);
         self.set_tenant_setting(tenant, "quota_period", &period.as_str())
     }
 
@@ -1691,6 +1755,7 @@ impl Store {
         subject: LimitSubject,
         patch: LimitsPatch,
     ) -> Result<Limits, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::set_limits(&s, subject, patch).await);
         let (table, what, id) = match subject {
             LimitSubject::Tenant(t) => ("tenants", "tenant", t.0),
             LimitSubject::User(u) => ("users", "user", u.0),
@@ -1746,6 +1811,7 @@ impl Store {
         note: Option<&str>,
         id: &str,
     ) -> Result<LedgerEntry, StoreError> {
+        pg!(self, { let actor = actor.map(str::to_string); let note = note.map(str::to_string); let id = id.to_string(); } s => crate::store::Ledger::credit(&s, tenant, kind, amount, actor.as_deref(), note.as_deref(), &id).await);
         let e = Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
         self.with(|c| {
             let tx = c.transaction()?;
@@ -1773,6 +1839,7 @@ impl Store {
         note: Option<&str>,
         idem: &IdempotencyKey,
     ) -> Result<Credited, StoreError> {
+        pg!(self, { let actor = actor.map(str::to_string); let note = note.map(str::to_string); let idem = idem.clone(); } s => crate::store::Ledger::credit_idempotent(&s, tenant, kind, amount, actor.as_deref(), note.as_deref(), &idem).await);
         let e = Store::credit_entry(idem.entry_id(tenant), tenant, kind, amount, actor, note);
         self.with(|c| {
             let tx = c.transaction()?;
@@ -1858,6 +1925,7 @@ impl Store {
         scope: &str,
         key: &str,
     ) -> Result<Option<IdempotentRecord>, StoreError> {
+        pg!(self, { let scope = scope.to_string(); let key = key.to_string(); } s => crate::store::Ledger::idempotent_record(&s, tenant, &scope, &key).await);
         self.with(|c| Store::read_idempotency(c, tenant, scope, key))
     }
 
@@ -1870,6 +1938,7 @@ impl Store {
         status: u16,
         body: &str,
     ) -> Result<(), StoreError> {
+        pg!(self, { let scope = scope.to_string(); let key = key.to_string(); let body = body.to_string(); } s => crate::store::Ledger::answer_idempotent(&s, tenant, &scope, &key, status, &body).await);
         self.with(|c| {
             c.execute(
                 "UPDATE idempotency_keys SET status = ?4, body = ?5
@@ -1886,6 +1955,7 @@ impl Store {
         tenant: TenantId,
         ids: &[String],
     ) -> Result<Vec<LedgerEntry>, StoreError> {
+        pg!(self, { let ids = ids.to_vec(); } s => crate::store::Ledger::entries_by_id(&s, tenant, &ids).await);
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms, user_id, group_id
@@ -1973,6 +2043,7 @@ impl Store {
     /// Per tenant: credited (sum of the journal: money in and adjustments) and charged (sum of
     /// the charges on usage records).
     pub fn ledger_totals(&self) -> Result<Vec<LedgerTotals>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::ledger_totals(&s).await);
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT tenant_id, SUM(credited), SUM(charged) FROM (
@@ -1996,6 +2067,7 @@ impl Store {
     /// Journal entries (money in and adjustments) after sequence number `after`, in order (at
     /// most `limit`).
     pub fn credits_after(&self, after: i64, limit: usize) -> Result<Vec<CreditRow>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::credits_after(&s, after, limit).await);
         self.with(|c| {
             let mut st = c.prepare_cached(
                 "SELECT seq, id, tenant_id, amount FROM ledger_entries
@@ -2019,6 +2091,7 @@ impl Store {
         tenant: TenantId,
         upto: i64,
     ) -> Result<(i64, i64), StoreError> {
+        pg!(self, {} s => crate::store::Ledger::tenant_record_upto(&s, tenant, upto).await);
         self.with(|c| {
             let credited: i64 = c.query_row(
                 "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE tenant_id = ?1 AND seq <= ?2",
@@ -2041,6 +2114,7 @@ impl Store {
         account: Account,
         since_ms: i64,
     ) -> Result<i64, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::spent_by(&s, tenant, account, since_ms).await);
         let (col, id) = match account {
             Account::Key(k) => ("key_id", k.0),
             Account::User(u) => ("user_id", u.0),
@@ -2055,6 +2129,7 @@ impl Store {
 
     /// Per key, user and group: the sum of their charges.
     pub fn account_spend(&self) -> Result<Vec<(TenantId, Account, i64)>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::account_spend(&s).await);
         self.with(|c| {
             let mut out = Vec::new();
             let kinds: [(&str, MakeAccount); 3] = [
@@ -2097,6 +2172,7 @@ impl Store {
         &self,
         tenant: TenantId,
     ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::ledger_statement(&s, tenant).await);
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
@@ -2123,6 +2199,7 @@ impl Store {
     /// A tenant's balance from everything before `from_ms`: where a statement starting there
     /// opens.
     pub fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::balance_before(&s, tenant, from_ms).await);
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
@@ -2148,6 +2225,7 @@ impl Store {
         after: Option<StatementPos>,
         limit: u32,
     ) -> Result<Vec<StatementRow>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::statement_page(&s, tenant, from_ms, to_ms, after, limit).await);
         let after = after.unwrap_or(StatementPos {
             ts_ms: i64::MIN,
             src: 0,
@@ -2214,6 +2292,7 @@ impl Store {
         expires_at: Option<i64>,
         max_uses: Option<i64>,
     ) -> Result<PromoCampaign, StoreError> {
+        pg!(self, { let code = code.to_string(); } s => crate::store::Codes::create_promo(&s, &code, bonus, expires_at, max_uses).await);
         let (code, kind, value) = crate::store::checked_promo(code, bonus)?;
         self.with(|c| {
             unique(
@@ -2233,6 +2312,7 @@ impl Store {
     }
 
     pub fn list_promos(&self) -> Result<Vec<PromoCampaign>, StoreError> {
+        pg!(self, {} s => crate::store::Codes::list_promos(&s).await);
         self.with(|c| {
             let mut st = c.prepare("SELECT id, code, kind, value, expires_at, max_uses, uses, created_at FROM promo_campaigns ORDER BY id")?;
             let rows = st.query_map([], |r| {
@@ -2307,6 +2387,7 @@ impl Store {
         id: &str,
         idem: Option<&IdempotencyKey>,
     ) -> Result<Credited, StoreError> {
+        pg!(self, { let promo = promo.map(str::to_string); let actor = actor.map(str::to_string); let note = note.map(str::to_string); let id = id.to_string(); let idem = idem.cloned(); } s => crate::store::Codes::top_up(&s, tenant, amount, promo.as_deref(), actor.as_deref(), note.as_deref(), &id, idem.as_ref()).await);
         self.with(|c| {
             let tx = c.transaction()?;
             Store::require_tenant(&tx, tenant)?;
@@ -2356,6 +2437,7 @@ impl Store {
         code: &str,
         actor: Option<&str>,
     ) -> Result<LedgerEntry, StoreError> {
+        pg!(self, { let code = code.to_string(); let actor = actor.map(str::to_string); } s => crate::store::Codes::claim_fixed_promo(&s, tenant, &code, actor.as_deref()).await);
         self.with(|c| {
             let tx = c.transaction()?;
             let (campaign, bonus) = Store::claim_promo(&tx, code, tenant, None)?;
@@ -2384,6 +2466,7 @@ impl Store {
         count: u32,
         expires_at: Option<i64>,
     ) -> Result<Vec<String>, StoreError> {
+        pg!(self, { let batch = batch.to_string(); } s => crate::store::Codes::create_codes(&s, &batch, amount, count, expires_at).await);
         if amount <= 0 || count == 0 || count > 10_000 {
             return Err(StoreError::Invalid(
                 "amount must be positive and count between 1 and 10000".into(),
@@ -2409,6 +2492,7 @@ impl Store {
     }
 
     pub fn list_codes(&self, batch: Option<&str>) -> Result<Vec<RedemptionCode>, StoreError> {
+        pg!(self, { let batch = batch.map(str::to_string); } s => crate::store::Codes::list_codes(&s, batch.as_deref()).await);
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, prefix, batch, amount, created_ms, expires_at, redeemed_by, redeemed_ms
@@ -2443,6 +2527,7 @@ impl Store {
         tenant: TenantId,
         actor: Option<&str>,
     ) -> Result<LedgerEntry, StoreError> {
+        pg!(self, { let code = code.to_string(); let actor = actor.map(str::to_string); } s => crate::store::Codes::redeem(&s, &code, tenant, actor.as_deref()).await);
         let hash = hash_key(code.trim());
         let now = unix_now();
         self.with(|c| {

@@ -57,6 +57,12 @@ pub fn config_text(
     extra: &str,
     server_extra: &str,
 ) -> String {
+    // A `postgres://` db puts the record in PostgreSQL (local files stay in the directory).
+    let store = if db.starts_with("postgres://") {
+        format!("url = \"{db}\"\nsqlite_path = \"{dir}/tollgate.db\"")
+    } else {
+        format!("sqlite_path = \"{db}\"")
+    };
     let grace = if server_extra.contains("graceful_shutdown_seconds") {
         ""
     } else {
@@ -78,7 +84,7 @@ listen = "127.0.0.1:{admin}"
 token_env = "TOLLGATE_TEST_ADMIN_TOKEN"
 
 [store]
-sqlite_path = "{db}"
+{store}
 
 [[models]]
 name = "gpt-4o-mini"

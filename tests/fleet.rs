@@ -1,0 +1,174 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The gateway on PostgreSQL (issue 15): one node with its record in a real PostgreSQL, and a
+//! fleet of three nodes with separate working directories (nothing shared on disk) on one
+//! PostgreSQL and one Redis.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn hello(i: usize) -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": format!("hello {i}")}]})
+}
+
+async fn call(gw: &Gateway, key: &str, i: usize) -> u16 {
+    gw.client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&hello(i))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Sum and count of the charges in the ledger (nano-credits).
+async fn charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
+    let v = gw.admin_get(&format!("/admin/tenants/{tenant}/ledger")).await;
+    let c: Vec<i64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entry"]["kind"] == "charge")
+        .map(|e| -e["entry"]["amount"].as_i64().unwrap())
+        .collect();
+    (c.iter().sum(), c.len())
+}
+
+#[tokio::test]
+async fn one_node_keeps_its_record_in_postgresql() {
+    let pg = Postgres::start();
+    let url = pg.database("one");
+    let m = mock().await;
+    let mut gw = Gateway::spawn(&[Up::mock("a", &m)], "", "", "", Some(&url)).await;
+    gw.admin_post("/admin/tenants", json!({"name": "acme"})).await;
+    gw.admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"})).await;
+    let key = gw
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    for i in 0..20 {
+        assert_eq!(call(&gw, &key, i).await, 200);
+    }
+    // The usage records and charges land in PostgreSQL (batched): wait for all 20.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if charges(&gw, "acme").await.1 == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "charges never reached the store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (charged, _) = charges(&gw, "acme").await;
+    let before = gw.admin_get("/admin/tenants/acme/balance").await;
+    assert_eq!(before["nano"]["charged"].as_i64().unwrap(), charged, "{before}");
+    let usage = gw.admin_get("/admin/usage?tenant=acme&limit=100").await;
+    assert_eq!(usage["data"].as_array().unwrap().len(), 20, "{usage}");
+    let analytics = gw.admin_get("/admin/tenants/acme/analytics?group_by=model").await;
+    assert!(analytics.to_string().contains("gpt-4o-mini"), "{analytics}");
+
+    // A restart (SIGKILL) recovers the books from PostgreSQL, and the key still works.
+    gw.kill_and_restart().await;
+    let after = gw.admin_get("/admin/tenants/acme/balance").await;
+    assert_eq!(after["nano"], before["nano"], "books after the restart");
+    assert_eq!(call(&gw, &key, 99).await, 200);
+    // Nothing of the record is in the node's directory: no SQLite file was made.
+    assert!(!gw.dir.path().join("tollgate.db").exists());
+}
+
+fn cluster_extra(redis: &Redis, node: &str) -> String {
+    format!(
+        "\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n",
+        redis.url()
+    )
+}
+
+#[tokio::test]
+async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
+    let pg = Postgres::start();
+    let url = pg.database("fleet");
+    let redis = Redis::start();
+    let m = mock().await;
+    let ups = [Up::mock("a", &m)];
+    let mut nodes = Vec::new();
+    for n in ["n1", "n2", "n3"] {
+        // Each node its own directory; the record is the one PostgreSQL.
+        nodes.push(Gateway::spawn(&ups, "", &cluster_extra(&redis, n), "", Some(&url)).await);
+    }
+    nodes[0].admin_post("/admin/tenants", json!({"name": "acme"})).await;
+    // A small balance: about 60 calls' worth.
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "0.02"}))
+        .await;
+    let created = nodes[0]
+        .admin_post(
+            "/admin/keys",
+            json!({"tenant": "acme", "name": "k", "default_channel": "main"}),
+        )
+        .await;
+    let key = created["key"].as_str().unwrap().to_string();
+    let id = created["record"]["id"].as_i64().unwrap();
+    // Every node learns the key from PostgreSQL.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for gw in &nodes {
+        while call(gw, &key, 0).await != 200 {
+            assert!(Instant::now() < deadline, "a node never learnt the key");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // 300 calls at once over the three nodes, far beyond the balance.
+    let mut tasks = Vec::new();
+    for i in 0..300usize {
+        let (c, url, key) = (
+            nodes[i % 3].client.clone(),
+            nodes[i % 3].url("/v1/chat/completions"),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            c.post(url).bearer_auth(key).json(&hello(i)).send().await.unwrap().status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            402 | 429 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(ok > 10 && ok < 300, "{ok} served");
+    // Conservation: the bank's spend, the PostgreSQL ledger's charges and the calls served agree.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
+        let bank = &b["bank"];
+        let (charged, n) = charges(&nodes[2], "acme").await;
+        if bank["leases"] == 0 && bank["spent"].as_i64() == Some(charged) && n == ok + 3 {
+            assert!(charged <= bank["credited"].as_i64().unwrap(), "overspent: {b}");
+            assert_eq!(bank["credited"].as_i64().unwrap(), 20_000_000, "{b}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: bank {b}, ledger {charged} in {n} charges, {ok} + 3 served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A key revoked through one node is refused by the others within the refresh interval.
+    nodes[0].admin_post(&format!("/admin/keys/{id}/revoke"), json!({})).await;
+    let t0 = Instant::now();
+    for gw in &nodes[1..] {
+        while call(gw, &key, 1).await != 401 {
+            assert!(t0.elapsed() < Duration::from_secs(3), "revocation too slow");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("{ok} calls served; revocation reached every node after {:?}", t0.elapsed());
+    // Node SIGKILL and restart: the books stay exact.
+    nodes[1].kill_and_restart().await;
+    let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
+    let (charged, _) = charges(&nodes[1], "acme").await;
+    assert_eq!(b["bank"]["spent"].as_i64(), Some(charged), "{b}");
+}
