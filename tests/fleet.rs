@@ -27,7 +27,9 @@ async fn call(gw: &Gateway, key: &str, i: usize) -> u16 {
 
 /// Sum and count of the charges in the ledger (nano-credits).
 async fn charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
-    let v = gw.admin_get(&format!("/admin/tenants/{tenant}/ledger")).await;
+    let v = gw
+        .admin_get(&format!("/admin/tenants/{tenant}/ledger"))
+        .await;
     let c: Vec<i64> = v["data"]
         .as_array()
         .unwrap()
@@ -44,8 +46,10 @@ async fn one_node_keeps_its_record_in_postgresql() {
     let url = pg.database("one");
     let m = mock().await;
     let mut gw = Gateway::spawn(&[Up::mock("a", &m)], "", "", "", Some(&url)).await;
-    gw.admin_post("/admin/tenants", json!({"name": "acme"})).await;
-    gw.admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"})).await;
+    gw.admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
+    gw.admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"}))
+        .await;
     let key = gw
         .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
         .await;
@@ -63,10 +67,16 @@ async fn one_node_keeps_its_record_in_postgresql() {
     }
     let (charged, _) = charges(&gw, "acme").await;
     let before = gw.admin_get("/admin/tenants/acme/balance").await;
-    assert_eq!(before["nano"]["charged"].as_i64().unwrap(), charged, "{before}");
+    assert_eq!(
+        before["nano"]["charged"].as_i64().unwrap(),
+        charged,
+        "{before}"
+    );
     let usage = gw.admin_get("/admin/usage?tenant=acme&limit=100").await;
     assert_eq!(usage["data"].as_array().unwrap().len(), 20, "{usage}");
-    let analytics = gw.admin_get("/admin/tenants/acme/analytics?group_by=model").await;
+    let analytics = gw
+        .admin_get("/admin/tenants/acme/analytics?group_by=model")
+        .await;
     assert!(analytics.to_string().contains("gpt-4o-mini"), "{analytics}");
 
     // A restart (SIGKILL) recovers the books from PostgreSQL, and the key still works.
@@ -97,7 +107,9 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
         // Each node its own directory; the record is the one PostgreSQL.
         nodes.push(Gateway::spawn(&ups, "", &cluster_extra(&redis, n), "", Some(&url)).await);
     }
-    nodes[0].admin_post("/admin/tenants", json!({"name": "acme"})).await;
+    nodes[0]
+        .admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
     // A small balance: about 60 calls' worth.
     nodes[0]
         .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "0.02"}))
@@ -127,7 +139,14 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
             key.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            c.post(url).bearer_auth(key).json(&hello(i)).send().await.unwrap().status().as_u16()
+            c.post(url)
+                .bearer_auth(key)
+                .json(&hello(i))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }));
     }
     let mut ok = 0;
@@ -146,7 +165,10 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
         let bank = &b["bank"];
         let (charged, n) = charges(&nodes[2], "acme").await;
         if bank["leases"] == 0 && bank["spent"].as_i64() == Some(charged) && n == ok + 3 {
-            assert!(charged <= bank["credited"].as_i64().unwrap(), "overspent: {b}");
+            assert!(
+                charged <= bank["credited"].as_i64().unwrap(),
+                "overspent: {b}"
+            );
             assert_eq!(bank["credited"].as_i64().unwrap(), 20_000_000, "{b}");
             break;
         }
@@ -157,7 +179,9 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A key revoked through one node is refused by the others within the refresh interval.
-    nodes[0].admin_post(&format!("/admin/keys/{id}/revoke"), json!({})).await;
+    nodes[0]
+        .admin_post(&format!("/admin/keys/{id}/revoke"), json!({}))
+        .await;
     let t0 = Instant::now();
     for gw in &nodes[1..] {
         while call(gw, &key, 1).await != 401 {
@@ -165,10 +189,69 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    eprintln!("{ok} calls served; revocation reached every node after {:?}", t0.elapsed());
+    eprintln!(
+        "{ok} calls served; revocation reached every node after {:?}",
+        t0.elapsed()
+    );
     // Node SIGKILL and restart: the books stay exact.
     nodes[1].kill_and_restart().await;
     let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
     let (charged, _) = charges(&nodes[1], "acme").await;
     assert_eq!(b["bank"]["spent"].as_i64(), Some(charged), "{b}");
+}
+
+/// PostgreSQL stopped (as by a crash) under load and started again: the node keeps serving
+/// from what it holds (keys, balances), its usage records and charges wait and are written
+/// when PostgreSQL is back, each once.
+#[tokio::test]
+async fn a_postgresql_restart_under_load_loses_and_doubles_nothing() {
+    let mut pg = Postgres::start();
+    let url = pg.database("restart");
+    let m = mock().await;
+    let gw = Gateway::spawn(&[Up::mock("a", &m)], "", "", "", Some(&url)).await;
+    gw.admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
+    gw.admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"}))
+        .await;
+    let key = gw
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    let mut served = 0usize;
+    let mut i = 0usize;
+    let run_for = |d: Duration| {
+        let (gw, key) = (&gw, key.clone());
+        let until = Instant::now() + d;
+        async move {
+            let mut n = 0;
+            while Instant::now() < until {
+                assert_eq!(
+                    call(gw, &key, n).await,
+                    200,
+                    "a call failed while PostgreSQL was away"
+                );
+                n += 1;
+            }
+            n
+        }
+    };
+    served += run_for(Duration::from_millis(800)).await;
+    pg.kill();
+    served += run_for(Duration::from_millis(1500)).await;
+    pg.restart();
+    served += run_for(Duration::from_millis(800)).await;
+    i += served;
+    // Every call charged once in PostgreSQL, once it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (charged, n) = charges(&gw, "acme").await;
+        if n == i {
+            let b = gw.admin_get("/admin/tenants/acme/balance").await;
+            assert_eq!(b["nano"]["charged"].as_i64().unwrap(), charged, "{b}");
+            break;
+        }
+        assert!(n < i, "{n} charges for {i} calls: doubled");
+        assert!(Instant::now() < deadline, "{n} of {i} charges stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("{i} calls served across a PostgreSQL restart, each charged once");
 }

@@ -572,7 +572,10 @@ impl Config {
                 }
                 (Some(u), None) => Some(u),
                 (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
-                    invalid("store.url_env", &format!("environment variable {var} is not set"))
+                    invalid(
+                        "store.url_env",
+                        &format!("environment variable {var} is not set"),
+                    )
                 })?),
                 (None, None) => None,
             }

@@ -32,9 +32,10 @@ impl PgBackend {
             .build()
             .map_err(|e| StoreError::Postgres(format!("store runtime: {e}")))?;
         let url = url.to_string();
-        let store = wait(&rt, Box::pin(async move {
-            PgStore::connect(&url, max_connections).await
-        }))?;
+        let store = wait(
+            &rt,
+            Box::pin(async move { PgStore::connect(&url, max_connections).await }),
+        )?;
         Ok(PgBackend {
             rt: Some(rt),
             store,

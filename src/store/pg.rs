@@ -59,6 +59,17 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
+            // A commit must be durable when it returns, whatever the server's default: the
+            // recorder lets the charge log forget a charge once its commit returned, so an
+            // asynchronous commit lost in a server crash would lose that charge.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET synchronous_commit TO on")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;

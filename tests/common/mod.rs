@@ -719,11 +719,22 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        let mut pg = Postgres {
+            port,
+            dir,
+            child: None,
+        };
+        pg.spawn();
+        pg
+    }
+
+    fn spawn(&mut self) {
+        let (port, dir) = (self.port, self.dir.path());
         let child = Postgres::command("postgres")
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
+            .arg(dir)
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
@@ -740,11 +751,7 @@ impl Postgres {
             .stderr(Stdio::null())
             .spawn()
             .expect("postgres must be installed (apt-get install -y postgresql)");
-        let pg = Postgres {
-            port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = Command::new(Postgres::bin("pg_isready"))
@@ -759,7 +766,12 @@ impl Postgres {
             assert!(Instant::now() < deadline, "postgres did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        pg
+    }
+
+    /// Stop at once (as a crash would) and start again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 
     /// A fresh, empty database on this server.
