@@ -574,7 +574,7 @@ impl Config {
                 (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
                     invalid(
                         "store.url_env",
-                        &format!("environment variable {var} is not set"),
+                        format!("environment variable {var} is not set"),
                     )
                 })?),
                 (None, None) => None,
