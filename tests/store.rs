@@ -326,8 +326,8 @@ async fn nodes_starting_together_migrate_once() {
 #[tokio::test]
 #[ignore]
 async fn write_rate() {
-    const BATCH: usize = 256;
-    const BATCHES: usize = 200;
+    let batch_size: usize = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let batches_n: usize = 51_200 / batch_size;
     let (_dir, lite) = sqlite();
     let pg = Postgres::start();
     let store = PgStore::connect(&pg.database("rate"), 4).await.unwrap();
@@ -341,10 +341,10 @@ async fn write_rate() {
     ] {
         let t = d.create_tenant("acme").await.unwrap();
         let (k, _) = d.create_key(&new_key(t.id, "k")).await.unwrap();
-        let batches: Vec<Vec<UsageEvent>> = (0..BATCHES)
+        let batches: Vec<Vec<UsageEvent>> = (0..batches_n)
             .map(|b| {
-                (0..BATCH)
-                    .map(|i| event(b * BATCH + i, t.id, k.id))
+                (0..batch_size)
+                    .map(|i| event(b * batch_size + i, t.id, k.id))
                     .collect()
             })
             .collect();
@@ -354,9 +354,9 @@ async fn write_rate() {
             n += s.record(b).await.unwrap();
         }
         let secs = t0.elapsed().as_secs_f64();
-        assert_eq!(n, BATCH * BATCHES);
+        assert_eq!(n, batch_size * batches_n);
         eprintln!(
-            "{name}: {n} usage records in batches of {BATCH}: {secs:.2} s, {:.0} records/s",
+            "{name}: {n} usage records in batches of {batch_size}: {secs:.2} s, {:.0} records/s",
             n as f64 / secs
         );
         // The same without roll-ups (records of no tenant move none): the insert alone.
