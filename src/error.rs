@@ -36,6 +36,10 @@ pub enum GatewayError {
     /// allowance for the call (fail closed).
     #[error("{0}")]
     CreditUnavailable(String),
+    /// Too many charged records wait for the store (it does not answer): calls are refused
+    /// until it catches up (`billing.max_unstored_charges`).
+    #[error("{0}")]
+    StoreBacklog(String),
     /// A request or token rate limit (RPM/TPM) of the key, user or tenant.
     #[error("{message}")]
     RateLimited { message: String, retry_after: u64 },
@@ -101,7 +105,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => 413,
             GatewayError::UpstreamRateLimited { .. } => 429,
             GatewayError::UpstreamFailed(_) => 502,
-            GatewayError::NoUpstream(_) | GatewayError::CreditUnavailable(_) => 503,
+            GatewayError::NoUpstream(_)
+            | GatewayError::CreditUnavailable(_)
+            | GatewayError::StoreBacklog(_) => 503,
             GatewayError::UpstreamTimeout(_) => 504,
             GatewayError::Internal(_) => 500,
         }
@@ -129,6 +135,7 @@ impl GatewayError {
             }
             GatewayError::NoUpstream(_)
             | GatewayError::CreditUnavailable(_)
+            | GatewayError::StoreBacklog(_)
             | GatewayError::Overloaded { .. }
             | GatewayError::UpstreamFailed(_)
             | GatewayError::UpstreamTimeout(_)
@@ -159,6 +166,7 @@ impl GatewayError {
             GatewayError::UpstreamRateLimited { .. } => "upstream_rate_limited",
             GatewayError::NoUpstream(_) => "no_upstream_available",
             GatewayError::CreditUnavailable(_) => "credit_bank_unavailable",
+            GatewayError::StoreBacklog(_) => "store_unavailable",
             GatewayError::Overloaded { .. } => "overloaded",
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",

@@ -454,6 +454,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         config.billing.charge_log_sync,
     )?;
     let (ledger, journal) = Ledger::recover_with_log(&store, Some(charge_log.clone()))?;
+    ledger.set_max_unstored(config.billing.max_unstored_charges);
     let journal_flush = config.billing.journal_flush;
     let cluster = config.cluster.clone();
     if cluster.is_some() {

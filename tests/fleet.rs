@@ -255,3 +255,75 @@ async fn a_postgresql_restart_under_load_loses_and_doubles_nothing() {
     }
     eprintln!("{i} calls served across a PostgreSQL restart, each charged once");
 }
+
+/// The charged records that wait for a store that does not answer are bounded
+/// (`billing.max_unstored_charges`): beyond it calls are refused (503 `store_unavailable`) and
+/// `/readyz` says so, until the store is back; nothing served is lost.
+#[tokio::test]
+async fn records_waiting_for_postgresql_are_bounded_and_calls_fail_closed_beyond() {
+    let mut pg = Postgres::start();
+    let url = pg.database("bounded");
+    let m = mock().await;
+    let gw = Gateway::spawn(
+        &[Up::mock("a", &m)],
+        "",
+        "\n[billing]\nmax_unstored_charges = 30\n",
+        "",
+        Some(&url),
+    )
+    .await;
+    gw.admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
+    gw.admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "10"}))
+        .await;
+    let key = gw
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    let mut served = 0;
+    for i in 0..5 {
+        assert_eq!(call(&gw, &key, i).await, 200);
+        served += 1;
+    }
+    pg.kill();
+    let mut refused = None;
+    for i in 0..200 {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&hello(i))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            served += 1;
+            continue;
+        }
+        assert_eq!(r.status(), 503);
+        refused = Some(r.json::<Value>().await.unwrap());
+        break;
+    }
+    let body = refused.expect("never refused while PostgreSQL was away");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert!(served <= 5 + 30 + 1, "{served} served past the bound");
+    let ready = gw.client.get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.json::<Value>().await.unwrap()["store"], "backlogged");
+    pg.restart();
+    // Back: the waiting records are stored, calls are served again, each charged once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call(&gw, &key, 999).await != 200 {
+        assert!(Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    served += 1;
+    loop {
+        let (_, n) = charges(&gw, "acme").await;
+        if n == served {
+            break;
+        }
+        assert!(n < served, "{n} charges for {served} calls");
+        assert!(Instant::now() < deadline, "{n} of {served} charges stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

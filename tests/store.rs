@@ -326,7 +326,10 @@ async fn nodes_starting_together_migrate_once() {
 #[tokio::test]
 #[ignore]
 async fn write_rate() {
-    let batch_size: usize = std::env::var("BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let batch_size: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let batches_n: usize = 51_200 / batch_size;
     let (_dir, lite) = sqlite();
     let pg = Postgres::start();

@@ -847,12 +847,17 @@ impl AdminApi {
                     .ledger
                     .fleet()
                     .map(|f| f.allowances().bank().is_reachable());
+                let backlogged = self.app.ledger.backlogged();
                 let ready = self.app.keys.generation() > 0
                     && self.app.ledger.ready()
-                    && bank != Some(false);
+                    && bank != Some(false)
+                    && !backlogged;
                 let mut body = json!({"ready": ready, "config_generation": self.app.generation()});
                 if let Some(up) = bank {
                     body["credit_bank"] = json!(if up { "up" } else { "down" });
+                }
+                if backlogged {
+                    body["store"] = json!("backlogged");
                 }
                 return Ok(reply(if ready { 200 } else { 503 }, body));
             }

@@ -100,6 +100,7 @@ pub(crate) enum RefusalWire {
         needed: i64,
     },
     Unavailable,
+    Backlog,
 }
 
 impl From<Refusal> for RefusalWire {
@@ -116,6 +117,7 @@ impl From<Refusal> for RefusalWire {
                 needed,
             },
             Refusal::Unavailable => RefusalWire::Unavailable,
+            Refusal::Backlog => RefusalWire::Backlog,
         }
     }
 }
@@ -134,6 +136,7 @@ impl From<RefusalWire> for Refusal {
                 needed,
             },
             RefusalWire::Unavailable => Refusal::Unavailable,
+            RefusalWire::Backlog => Refusal::Backlog,
         }
     }
 }

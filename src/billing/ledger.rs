@@ -236,6 +236,8 @@ pub enum Refusal {
     },
     /// Cluster mode: Redis is unreachable and this node holds no allowance for the call.
     Unavailable,
+    /// Too many charged records wait for the store (it does not answer): fail closed.
+    Backlog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
@@ -258,6 +260,11 @@ pub struct Ledger {
     /// Records handed to the journal queue, and records the recorder stored (both queues).
     journaled: std::sync::atomic::AtomicU64,
     stored: Arc<std::sync::atomic::AtomicU64>,
+    /// Charged calls' records handed to the recorder and not yet stored (they wait in memory
+    /// and in the charge log while the store does not answer), and the most allowed: beyond it
+    /// new calls are refused (503) until the store catches up (`billing.max_unstored_charges`).
+    unstored: Arc<std::sync::atomic::AtomicU64>,
+    max_unstored: std::sync::atomic::AtomicU64,
     /// Upgrade hand-over (`handover`), old side: once set, the books live in the new process
     /// and every operation is forwarded there. The gate orders the switch against operations
     /// in progress (read: one book operation; write: the switch).
@@ -298,11 +305,14 @@ impl Ledger {
             cluster_pending: std::sync::atomic::AtomicBool::new(false),
             charge_log: charge_log.clone(),
             journaled: Default::default(),
+            unstored: Default::default(),
+            max_unstored: std::sync::atomic::AtomicU64::new(u64::MAX),
             stored: Default::default(),
             remote: OnceLock::new(),
             gate: Default::default(),
         };
         let stored = ledger.stored.clone();
+        let unstored = ledger.unstored.clone();
         for t in store.ledger_totals()? {
             let book = ledger.book(t.tenant_id);
             let mut b = book.lock().map_err(|_| StoreError::Poisoned)?;
@@ -322,6 +332,7 @@ impl Ledger {
                 rx,
                 charge_log,
                 stored,
+                unstored,
             },
         ))
     }
@@ -405,6 +416,9 @@ impl Ledger {
         amount: i64,
         generation: i64,
     ) -> Result<Reservation, Refusal> {
+        if self.backlogged() {
+            return Err(Refusal::Backlog);
+        }
         let Some(fleet) = self.fleet.get() else {
             if !self.ready() {
                 return Err(Refusal::Unavailable);
@@ -525,12 +539,26 @@ impl Ledger {
         }
     }
 
+    /// The most charged records allowed to wait for the store before calls are refused.
+    pub fn set_max_unstored(&self, n: u64) {
+        self.max_unstored
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the charged records waiting for the store reached their bound.
+    pub fn backlogged(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.unstored.load(Relaxed) >= self.max_unstored.load(Relaxed)
+    }
+
     /// Hand a charged call's usage record (`cost_nano` = charged, `uncollected`) to the recorder.
     /// Never dropped: the queue is unbounded and a failed commit is retried.
     pub fn journal_call(&self, e: UsageEvent) {
         if self.journal.send(e).is_ok() {
             self.journaled
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.unstored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
             // Only when the recorder has stopped (shutdown): nothing can be written any more.
             tracing::error!("recorder stopped; a charge could not be journaled");
@@ -675,6 +703,7 @@ pub struct JournalWriter {
     rx: mpsc::UnboundedReceiver<UsageEvent>,
     charge_log: Option<Arc<ChargeLog>>,
     stored: Arc<std::sync::atomic::AtomicU64>,
+    unstored: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl JournalWriter {
@@ -762,6 +791,8 @@ impl JournalWriter {
                         .inc_by(n as u64);
                     self.stored
                         .fetch_add(n as u64, std::sync::atomic::Ordering::AcqRel);
+                    self.unstored
+                        .fetch_sub(charged as u64, std::sync::atomic::Ordering::Relaxed);
                     back.clear();
                     *events = back; // keep the allocation
                     return;

@@ -72,6 +72,8 @@ pub struct BillingSettings {
     pub image_token_bound: u64,
     pub attachment_token_bound: u64,
     pub charge_log_sync: Duration,
+    /// Charged records that may wait for the store before calls are refused.
+    pub max_unstored_charges: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -710,6 +712,7 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
         image_token_bound,
         attachment_token_bound,
         charge_log_sync_ms,
+        max_unstored_charges,
     } = b;
     if credits_per_rmb <= Decimal::ZERO {
         return Err(invalid("billing.credits_per_rmb", "must be positive"));
@@ -744,6 +747,7 @@ fn build_billing(b: BillingSection) -> Result<BillingSettings, ConfigError> {
         image_token_bound,
         attachment_token_bound,
         charge_log_sync: Duration::from_millis(charge_log_sync_ms.clamp(1, 60_000)),
+        max_unstored_charges: max_unstored_charges.max(1),
     })
 }
 

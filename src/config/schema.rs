@@ -279,6 +279,10 @@ pub struct BillingSection {
     /// How often settled charges are committed to the journal (group commit).
     #[serde(default = "d_journal_flush")]
     pub journal_flush_ms: u64,
+    /// Charged calls' records that may wait for the store (while it does not answer) before
+    /// new calls are refused with 503 `store_unavailable` (~0.5 KB of memory each).
+    #[serde(default = "d_max_unstored")]
+    pub max_unstored_charges: u64,
     /// Prompt tokens held per attached image when the model sets no `image_tokens`: the most
     /// any documented vendor counts for one image (docs/billing.md, "Holds").
     #[serde(default = "d_image_token_bound")]
@@ -321,6 +325,10 @@ pub struct ClusterSection {
     pub op_timeout_ms: u64,
 }
 
+fn d_max_unstored() -> u64 {
+    1_000_000
+}
+
 fn d_key_prefix() -> String {
     "tg:".to_string()
 }
@@ -344,6 +352,7 @@ impl Default for BillingSection {
             credits_per_rmb: one(),
             default_max_output_tokens: d_default_max_output(),
             journal_flush_ms: d_journal_flush(),
+            max_unstored_charges: d_max_unstored(),
             image_token_bound: d_image_token_bound(),
             attachment_token_bound: d_attachment_token_bound(),
             charge_log_sync_ms: d_charge_log_sync(),

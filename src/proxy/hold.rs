@@ -111,5 +111,8 @@ fn refused(r: Refusal, prompt: u64, output: u64) -> GatewayError {
         Refusal::Unavailable => GatewayError::CreditUnavailable(
             "The credit service is temporarily unavailable; retry shortly.".into(),
         ),
+        Refusal::Backlog => GatewayError::StoreBacklog(
+            "The usage store is not keeping up; retry shortly.".into(),
+        ),
     }
 }
