@@ -6,6 +6,8 @@
 #   A=/tmp/tollgate-before B=target/release/tollgate bench/ab.sh
 #   REPS=5 DURATION=10 STREAM=0 A=... B=... bench/ab.sh
 #   B_STORE_URL=postgres://...   B's record in PostgreSQL (A on SQLite): bench/pg.sh sets it
+#   A_THREADS=1 B_THREADS=2 PROXY_CPUS=0,1   worker threads per binary, and the gateway's CPUs
+#                                (scaling: the same binary with 1 and 2 threads on both cores)
 #
 # Each binary serves chat completions (non-streamed, and streamed with STREAM=1) at saturation
 # (wrk -t1 -c32) pinned to CPU 1 with one worker thread (mock and wrk on CPU 0), billing on in
@@ -57,16 +59,18 @@ export TOLLGATE_ADMIN_TOKEN="bench-admin-$RANDOM$RANDOM"
 export BENCH_UPSTREAM_KEY="bench-upstream-secret"
 
 start() {
-  local name=$1 bin=$2 dir=$WORK/$1
+  local name=$1 bin=$2 dir=$WORK/$1 threads=1
+  [[ $name == A ]] && threads=${A_THREADS:-1}
+  [[ $name == B ]] && threads=${B_THREADS:-1}
   rm -rf "$dir"; mkdir -p "$dir"
   sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_PORT|g" \
-      -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|1|g" -e "s|@BREAKER_THRESHOLD@|5|g" \
+      -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|$threads|g" -e "s|@BREAKER_THRESHOLD@|5|g" \
       "$BENCH_DIR/tollgate.toml.in" >"$dir/tollgate.toml"
   # B_STORE_URL: B keeps its record in that PostgreSQL (bench/pg.sh) instead of SQLite.
   if [[ $name == B && -n ${B_STORE_URL:-} ]]; then
     sed -i "s|^sqlite_path = .*|&\nurl = \"$B_STORE_URL\"|" "$dir/tollgate.toml"
   fi
-  taskset -c 1 "$bin" run --config "$dir/tollgate.toml" >>"$dir/tollgate.log" 2>&1 &
+  taskset -c "${PROXY_CPUS:-1}" "$bin" run --config "$dir/tollgate.toml" >>"$dir/tollgate.log" 2>&1 &
   TG_PID=$!
   wait_http "http://127.0.0.1:$TG_ADMIN_PORT/readyz" "tollgate ($name)"
   local a="http://127.0.0.1:$TG_ADMIN_PORT" h="Authorization: Bearer $TOLLGATE_ADMIN_TOKEN"
