@@ -455,6 +455,13 @@ pub struct Bank {
     replicas: AtomicU32,
     /// Writes a replica did not confirm in time (they could be lost by a failover).
     unreplicated: AtomicU64,
+    /// The bank's identity (`<prefix>bank`, set by the first node that connected): when the
+    /// probe finds it gone or changed, Redis lost its state (restarted empty, or a replica
+    /// promoted before its first sync).
+    marker: String,
+    /// Redis lost its state since this node connected: it refuses to move credit (fail
+    /// closed). Rebuilding the bank from the SQL record is not automated yet.
+    lost: AtomicBool,
 }
 
 impl std::fmt::Debug for Bank {
@@ -636,6 +643,22 @@ impl Bank {
         )
         .await
         .map_err(|_| BankError::Timeout { ms })??;
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        let marker: String = tokio::time::timeout(
+            cfg.op_timeout,
+            redis::pipe()
+                .cmd("SET")
+                .arg(format!("{prefix}bank"))
+                .arg(&fresh)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(format!("{prefix}bank"))
+                .query_async::<(String,)>(&mut conn),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??
+        .0;
         // Load the scripts up front (one round trip), so a first call whose answer is lost is
         // not a NOSCRIPT that never got retried.
         let mut pipe = redis::pipe();
@@ -671,6 +694,8 @@ impl Bank {
             reachable: AtomicBool::new(true),
             replicas: AtomicU32::new(0),
             unreplicated: AtomicU64::new(0),
+            marker,
+            lost: AtomicBool::new(false),
         })
     }
 
@@ -787,8 +812,35 @@ impl Bank {
         if !ok && self.sentinel.is_some() && self.follow_master().await {
             ok = self.probe_once().await;
         }
+        if ok && !self.lost.load(Ordering::Relaxed) {
+            let mut conn = self.connection();
+            let cmd = {
+                let mut c = redis::cmd("GET");
+                c.arg(format!("{}bank", self.prefix));
+                c
+            };
+            if let Ok(Ok(v)) = tokio::time::timeout(
+                self.cfg.op_timeout,
+                cmd.query_async::<Option<String>>(&mut conn),
+            )
+            .await
+            {
+                if v.as_deref() != Some(self.marker.as_str()) {
+                    self.lost.store(true, Ordering::Relaxed);
+                    tracing::error!(
+                        "credit bank: Redis lost its state (restarted empty or an unsynced replica promoted); this node refuses calls: the bank must be rebuilt from the ledger before the fleet serves again (docs/billing.md)"
+                    );
+                }
+            }
+        }
+        let ok = ok && !self.lost.load(Ordering::Relaxed);
         self.reachable.store(ok, Ordering::Relaxed);
         ok
+    }
+
+    /// Whether Redis lost its state since this node connected (see `Bank::probe`).
+    pub fn state_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
     async fn probe_once(&self) -> bool {
@@ -1506,7 +1558,7 @@ impl Allowances {
         if amount <= 0 {
             return Ok(());
         }
-        if self.closed.load(Ordering::Relaxed) {
+        if self.closed.load(Ordering::Relaxed) || self.bank.state_lost() {
             return Err(BankError::Unavailable);
         }
         let slot = self.slot(tenant);
