@@ -95,24 +95,24 @@ fn cluster_extra(redis: &Redis, node: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
-    let pg = Postgres::start();
-    let url = pg.database("fleet");
-    let redis = Redis::start();
-    let m = mock().await;
-    let ups = [Up::mock("a", &m)];
+/// Three nodes, each with its own directory, on one PostgreSQL (`url`) and one Redis; tenant
+/// `acme` topped up with `rmb`; a key every node has learnt. Returns the nodes, the key and its id.
+async fn pg_fleet(
+    m: &tollgate::mock::MockHandle,
+    url: &str,
+    redis: &Redis,
+    rmb: &str,
+) -> (Vec<Gateway>, String, i64) {
+    let ups = [Up::mock("a", m)];
     let mut nodes = Vec::new();
     for n in ["n1", "n2", "n3"] {
-        // Each node its own directory; the record is the one PostgreSQL.
-        nodes.push(Gateway::spawn(&ups, "", &cluster_extra(&redis, n), "", Some(&url)).await);
+        nodes.push(Gateway::spawn(&ups, "", &cluster_extra(redis, n), "", Some(url)).await);
     }
     nodes[0]
         .admin_post("/admin/tenants", json!({"name": "acme"}))
         .await;
-    // A small balance: about 60 calls' worth.
     nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "0.02"}))
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": rmb}))
         .await;
     let created = nodes[0]
         .admin_post(
@@ -130,6 +130,17 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    (nodes, key, id)
+}
+
+#[tokio::test]
+async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
+    let pg = Postgres::start();
+    let url = pg.database("fleet");
+    let redis = Redis::start();
+    let m = mock().await;
+    // A small balance: about 60 calls' worth.
+    let (mut nodes, key, id) = pg_fleet(&m, &url, &redis, "0.02").await;
     // 300 calls at once over the three nodes, far beyond the balance.
     let mut tasks = Vec::new();
     for i in 0..300usize {
@@ -337,27 +348,7 @@ async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
     let url = pg.database("restarts");
     let mut redis = Redis::start();
     let m = mock().await;
-    let ups = [Up::mock("a", &m)];
-    let mut nodes = Vec::new();
-    for n in ["n1", "n2", "n3"] {
-        nodes.push(Gateway::spawn(&ups, "", &cluster_extra(&redis, n), "", Some(&url)).await);
-    }
-    nodes[0]
-        .admin_post("/admin/tenants", json!({"name": "acme"}))
-        .await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for gw in &nodes {
-        while call(gw, &key, 0).await != 200 {
-            assert!(Instant::now() < deadline, "a node never learnt the key");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let (nodes, key, _) = pg_fleet(&m, &url, &redis, "50").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..6usize {
