@@ -37,19 +37,26 @@ async fn fleet_on(m: &tollgate::mock::MockHandle, url: &str) -> Vec<Gateway> {
     vec![n1, n2, n3]
 }
 
-/// Sum of the charges in the SQL ledger (positive nano-credits) and their count.
-async fn sql_charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
-    let v = gw
-        .admin_get(&format!("/admin/tenants/{tenant}/ledger"))
-        .await;
-    let charges: Vec<i64> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["entry"]["kind"] == "charge")
-        .map(|e| -e["entry"]["amount"].as_i64().unwrap())
-        .collect();
-    (charges.iter().sum(), charges.len())
+/// After an outage: every node serves `key` again, and the books are exact: the `ok` calls
+/// served plus this one on each of the three nodes, each charged once, Redis equal to the
+/// ledger, the 50 RMB top-up credited.
+async fn serve_again_with_exact_books(nodes: &[Gateway], key: &str, ok: usize) {
+    for gw in nodes {
+        let r = gw
+            .chat_with_key(
+                key,
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let bank = quiesce(&nodes[0], "acme").await;
+    let (charged, n) = sql_charges(&nodes[0], "acme").await;
+    assert_eq!(n, ok + 3, "one charge per successful call");
+    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
+    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
 }
 
 fn check_bank(bank: &Value) {
@@ -231,22 +238,7 @@ async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
     }
     assert!(ok > 20, "only {ok} calls succeeded");
     // After the restart every node serves again.
-    for gw in &nodes {
-        let r = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    let bank = quiesce(&nodes[0], "acme").await;
-    let (charged, n) = sql_charges(&nodes[0], "acme").await;
-    assert_eq!(n, ok + 3, "one charge per successful call");
-    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
-    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
+    serve_again_with_exact_books(&nodes, &key, ok).await;
 }
 
 #[tokio::test]
@@ -471,11 +463,7 @@ async fn a_key_rate_limit_holds_across_nodes() {
         let gw = &nodes[i % 3];
         let key = key.clone();
         async move {
-            let r = gw
-                .client
-                .post(gw.url("/v1/chat/completions"))
-                .bearer_auth(&key)
-                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            let r = gw.chat_with_key(&key, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
                 .send()
                 .await
                 .unwrap();
@@ -496,10 +484,10 @@ async fn a_key_rate_limit_holds_across_nodes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     for gw in &nodes {
         let r = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .chat_with_key(
+                &key,
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+            )
             .send()
             .await
             .unwrap();
@@ -572,10 +560,10 @@ async fn readiness_follows_the_credit_bank() {
         .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = nodes[1]
-        .client
-        .post(nodes[1].url("/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "back"}]}))
+        .chat_with_key(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "back"}]}),
+        )
         .send()
         .await
         .unwrap();
@@ -622,22 +610,7 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
         statuses.len()
     );
     // Every node serves on the new master.
-    for gw in &nodes {
-        let r = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    let bank = quiesce(&nodes[0], "acme").await;
-    let (charged, n) = sql_charges(&nodes[0], "acme").await;
-    assert_eq!(n, ok + 3, "one charge per successful call");
-    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
-    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
+    serve_again_with_exact_books(&nodes, &key, ok).await;
 }
 
 /// A key revoked through one node is refused by the others within the key refresh interval
@@ -659,11 +632,11 @@ async fn a_key_revoked_on_one_node_is_refused_by_the_others_within_a_second_or_t
     let key = created["key"].as_str().unwrap().to_string();
     let id = created["record"]["id"].as_i64().unwrap();
     let call = |gw: &Gateway| {
-        gw.client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
+        gw.chat_with_key(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
     };
     // Every node knows the key.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -717,11 +690,11 @@ async fn a_redis_that_lost_its_state_fails_closed() {
         .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let call = |gw: &Gateway| {
-        gw.client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(&key)
-            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
+        gw.chat_with_key(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
     };
     for i in 0..9 {
         assert_eq!(call(&nodes[i % 3]).await.unwrap().status(), 200);

@@ -14,30 +14,12 @@ fn hello(i: usize) -> Value {
 }
 
 async fn call(gw: &Gateway, key: &str, i: usize) -> u16 {
-    gw.client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&hello(i))
+    gw.chat_with_key(key, hello(i))
         .send()
         .await
         .unwrap()
         .status()
         .as_u16()
-}
-
-/// Sum and count of the charges in the ledger (nano-credits).
-async fn charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
-    let v = gw
-        .admin_get(&format!("/admin/tenants/{tenant}/ledger"))
-        .await;
-    let c: Vec<i64> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["entry"]["kind"] == "charge")
-        .map(|e| -e["entry"]["amount"].as_i64().unwrap())
-        .collect();
-    (c.iter().sum(), c.len())
 }
 
 #[tokio::test]
@@ -59,13 +41,13 @@ async fn one_node_keeps_its_record_in_postgresql() {
     // The usage records and charges land in PostgreSQL (batched): wait for all 20.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if charges(&gw, "acme").await.1 == 20 {
+        if sql_charges(&gw, "acme").await.1 == 20 {
             break;
         }
         assert!(Instant::now() < deadline, "charges never reached the store");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (charged, _) = charges(&gw, "acme").await;
+    let (charged, _) = sql_charges(&gw, "acme").await;
     let before = gw.admin_get("/admin/tenants/acme/balance").await;
     assert_eq!(
         before["nano"]["charged"].as_i64().unwrap(),
@@ -174,7 +156,7 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
     loop {
         let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
         let bank = &b["bank"];
-        let (charged, n) = charges(&nodes[2], "acme").await;
+        let (charged, n) = sql_charges(&nodes[2], "acme").await;
         if bank["leases"] == 0 && bank["spent"].as_i64() == Some(charged) && n == ok + 3 {
             assert!(
                 charged <= bank["credited"].as_i64().unwrap(),
@@ -207,7 +189,7 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
     // Node SIGKILL and restart: the books stay exact.
     nodes[1].kill_and_restart().await;
     let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
-    let (charged, _) = charges(&nodes[1], "acme").await;
+    let (charged, _) = sql_charges(&nodes[1], "acme").await;
     assert_eq!(b["bank"]["spent"].as_i64(), Some(charged), "{b}");
 }
 
@@ -254,7 +236,7 @@ async fn a_postgresql_restart_under_load_loses_and_doubles_nothing() {
     // Every call charged once in PostgreSQL, once it is back.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (charged, n) = charges(&gw, "acme").await;
+        let (charged, n) = sql_charges(&gw, "acme").await;
         if n == i {
             let b = gw.admin_get("/admin/tenants/acme/balance").await;
             assert_eq!(b["nano"]["charged"].as_i64().unwrap(), charged, "{b}");
@@ -329,7 +311,7 @@ async fn records_waiting_for_postgresql_are_bounded_and_calls_fail_closed_beyond
     }
     served += 1;
     loop {
-        let (_, n) = charges(&gw, "acme").await;
+        let (_, n) = sql_charges(&gw, "acme").await;
         if n == served {
             break;
         }
@@ -397,7 +379,7 @@ async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let b = nodes[0].admin_get("/admin/tenants/acme/balance").await;
-        let (charged, n) = charges(&nodes[1], "acme").await;
+        let (charged, n) = sql_charges(&nodes[1], "acme").await;
         if b["bank"]["leases"] == 0 && n == ok + 3 && b["bank"]["spent"].as_i64() == Some(charged) {
             assert_eq!(b["bank"]["credited"].as_i64(), Some(50_000_000_000), "{b}");
             break;

@@ -693,10 +693,7 @@ pub(crate) fn money_in(
         actor: actor.map(str::to_string),
         note,
         uncollected: 0,
-        created_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
+        created_ms: crate::tenancy::store::unix_now_ms(),
     }
 }
 

@@ -935,11 +935,57 @@ async fn read_idempotency(
     }))
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+use crate::tenancy::store::unix_now_ms as now_ms;
+
+/// Claims `k` for a request about to commit in `tx`; when it was claimed before, what it
+/// recorded. The claim is the insert: a concurrent request with the same key waits on it and
+/// then finds it taken, in this node or another.
+async fn claim_idempotency(
+    tx: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    k: &IdempotencyKey,
+) -> Result<Option<IdempotentRecord>, StoreError> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
+         VALUES ($1, $2, $3, $4, '[]', $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant.0)
+    .bind(k.scope)
+    .bind(&k.key)
+    .bind(&k.fingerprint)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    match read_idempotency(tx, tenant, k.scope, &k.key).await? {
+        Some(r) => Ok(Some(r)),
+        None => Err(StoreError::Conflict("idempotency key in use".into())),
+    }
+}
+
+/// The entries a claimed key committed, for its replays.
+async fn record_idempotent_entries(
+    tx: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    k: &IdempotencyKey,
+    entries: &[LedgerEntry],
+) -> Result<(), StoreError> {
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET entry_ids = $4 WHERE tenant_id = $1 AND scope = $2 AND key = $3",
+    )
+    .bind(tenant.0)
+    .bind(k.scope)
+    .bind(&k.key)
+    .bind(ids)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// The usage-record column that names an account.
@@ -1060,27 +1106,8 @@ impl Ledger for PgStore {
         );
         let mut tx = self.pool.begin().await?;
         require_tenant(&mut tx, tenant).await?;
-        // The claim is the insert: a concurrent request with the same key waits on it and then
-        // finds it taken, in this node or another.
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
-             VALUES ($1, $2, $3, $4, '[]', $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant.0)
-        .bind(idem.scope)
-        .bind(&idem.key)
-        .bind(&idem.fingerprint)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            let first = read_idempotency(&mut tx, tenant, idem.scope, &idem.key).await?;
-            return match first {
-                Some(r) => Ok(Credited::Replay(r)),
-                None => Err(StoreError::Conflict("idempotency key in use".into())),
-            };
+        if let Some(first) = claim_idempotency(&mut tx, tenant, idem).await? {
+            return Ok(Credited::Replay(first));
         }
         if !insert_entry(&mut tx, &e).await? {
             return Err(StoreError::Conflict(format!(
@@ -1088,19 +1115,10 @@ impl Ledger for PgStore {
                 e.id
             )));
         }
-        let ids = serde_json::to_string(&[e.id.as_str()])
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
-            "UPDATE idempotency_keys SET entry_ids = $4 WHERE tenant_id = $1 AND scope = $2 AND key = $3",
-        )
-        .bind(tenant.0)
-        .bind(idem.scope)
-        .bind(&idem.key)
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
+        let out = vec![e];
+        record_idempotent_entries(&mut tx, tenant, idem, &out).await?;
         tx.commit().await?;
-        Ok(Credited::Committed(vec![e]))
+        Ok(Credited::Committed(out))
     }
 
     async fn idempotent_record(
@@ -1485,24 +1503,8 @@ impl Codes for PgStore {
         let mut tx = self.pool.begin().await?;
         require_tenant(&mut tx, tenant).await?;
         if let Some(k) = idem {
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency_keys (tenant_id, scope, key, fingerprint, entry_ids, created_ms)
-                 VALUES ($1, $2, $3, $4, '[]', $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(tenant.0)
-            .bind(k.scope)
-            .bind(&k.key)
-            .bind(&k.fingerprint)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                return match read_idempotency(&mut tx, tenant, k.scope, &k.key).await? {
-                    Some(r) => Ok(Credited::Replay(r)),
-                    None => Err(StoreError::Conflict("idempotency key in use".into())),
-                };
+            if let Some(first) = claim_idempotency(&mut tx, tenant, k).await? {
+                return Ok(Credited::Replay(first));
             }
         }
         let id = idem.map_or_else(|| id.to_string(), |k| k.entry_id(tenant));
@@ -1533,18 +1535,7 @@ impl Codes for PgStore {
             out.push(e);
         }
         if let Some(k) = idem {
-            let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
-            let ids =
-                serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            sqlx::query(
-                "UPDATE idempotency_keys SET entry_ids = $4 WHERE tenant_id = $1 AND scope = $2 AND key = $3",
-            )
-            .bind(tenant.0)
-            .bind(k.scope)
-            .bind(&k.key)
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
+            record_idempotent_entries(&mut tx, tenant, k, &out).await?;
         }
         tx.commit().await?;
         Ok(Credited::Committed(out))

@@ -625,7 +625,7 @@ type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 type InviteRow = (i64, i64, String, String, Option<i64>, i64, Option<i64>);
 type MakeAccount = fn(i64) -> Account;
 
-fn unix_now_ms() -> i64 {
+pub(crate) fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

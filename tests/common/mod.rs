@@ -316,6 +316,14 @@ impl Gateway {
         v["key"].as_str().unwrap().to_string()
     }
 
+    /// A chat completion with another key than the gateway's own.
+    pub fn chat_with_key(&self, key: &str, body: serde_json::Value) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+    }
+
     pub fn chat(&self, body: serde_json::Value) -> reqwest::RequestBuilder {
         self.client
             .post(self.url("/v1/chat/completions"))
@@ -820,4 +828,19 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sum of the charges in the SQL ledger (positive nano-credits) and their count.
+pub async fn sql_charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
+    let v = gw
+        .admin_get(&format!("/admin/tenants/{tenant}/ledger"))
+        .await;
+    let charges: Vec<i64> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entry"]["kind"] == "charge")
+        .map(|e| -e["entry"]["amount"].as_i64().unwrap())
+        .collect();
+    (charges.iter().sum(), charges.len())
 }
