@@ -178,6 +178,22 @@ enum StoreAction {
         #[arg(long)]
         to_env: Option<String>,
     },
+    /// One retention pass now (the gateway runs one every `store.prune_every_minutes`): raw
+    /// usage records older than the kept days are archived (zstd JSON lines), their charges
+    /// kept as day summaries, and removed. Prints what was done as JSON.
+    Prune {
+        #[command(flatten)]
+        target: StoreTarget,
+        /// Days kept, today included (default: `store.raw_usage_days` of the configuration).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Archive directory (default: `store.archive_dir` of the configuration, else
+        /// `<db>.archive`); `--no-archive` removes without one.
+        #[arg(long, conflicts_with = "no_archive")]
+        archive_dir: Option<PathBuf>,
+        #[arg(long)]
+        no_archive: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -284,6 +300,61 @@ pub fn main() -> i32 {
         Command::Store {
             action: StoreAction::Migrate { from, to, to_env },
         } => store_migrate(&from, to, to_env),
+        Command::Store {
+            action:
+                StoreAction::Prune {
+                    target,
+                    days,
+                    archive_dir,
+                    no_archive,
+                },
+        } => {
+            let db = target.db.clone();
+            with_store(&target, |store, cfg| {
+                let days = days.or(cfg.map(|c| c.retention.raw_days)).unwrap_or(90);
+                if days < 2 {
+                    return Err("keep at least 2 days (today and yesterday)".into());
+                }
+                let archive = if no_archive {
+                    None
+                } else if let Some(d) = archive_dir {
+                    Some(d)
+                } else {
+                    match (&db, cfg) {
+                        (Some(db), _) => Some(PathBuf::from(format!("{}.archive", db.display()))),
+                        (None, Some(c)) => c.retention.archive.clone(),
+                        (None, None) => None,
+                    }
+                };
+                let now = crate::tenancy::store::unix_now_ms();
+                let cutoff = crate::store::retention::cutoff(now, days);
+                let mut total = crate::store::retention::PruneReport::default();
+                loop {
+                    let r = store
+                        .prune_usage(cutoff, archive.as_deref(), "cli", 1_000_000)
+                        .map_err(|e| e.to_string())?;
+                    total.skipped |= r.skipped;
+                    total.files.extend(r.files);
+                    total.days.extend(r.days);
+                    total.rows += r.rows;
+                    if r.rows < 1_000_000 {
+                        break;
+                    }
+                }
+                total.days.sort_unstable();
+                total.days.dedup();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "rows": total.rows,
+                        "days": total.days.iter().map(|d| crate::store::retention::day_name(*d)).collect::<Vec<_>>(),
+                        "files": total.files,
+                        "skipped": total.skipped,
+                    })
+                );
+                Ok(())
+            })
+        }
         Command::Router { action } => {
             let (config, model, mode) = match &action {
                 RouterAction::Score {

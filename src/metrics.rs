@@ -24,6 +24,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub usage_events_written: IntCounter,
     pub usage_events_dropped: IntCounter,
+    pub usage_events_pruned: IntCounter,
+    pub retention_failures: IntCounter,
     pub stream_errors: IntCounterVec,
     pub gateway_overhead: Histogram,
     pub ledger_entries_written: IntCounter,
@@ -131,6 +133,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "tollgate_usage_events_dropped_total",
         "Usage events lost (queue full)",
     )?;
+    let usage_events_pruned = IntCounter::new(
+        "tollgate_usage_events_pruned_total",
+        "Raw usage records removed by retention (archived first when an archive directory is set)",
+    )?;
+    let retention_failures = IntCounter::new(
+        "tollgate_retention_failures_total",
+        "Retention passes that failed (the records stay; retried at the next pass)",
+    )?;
     let stream_errors = IntCounterVec::new(
         Opts::new(
             "tollgate_stream_errors_total",
@@ -211,6 +221,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(config_generation.clone()))?;
     registry.register(Box::new(usage_events_written.clone()))?;
     registry.register(Box::new(usage_events_dropped.clone()))?;
+    registry.register(Box::new(usage_events_pruned.clone()))?;
+    registry.register(Box::new(retention_failures.clone()))?;
     registry.register(Box::new(stream_errors.clone()))?;
     registry.register(Box::new(gateway_overhead.clone()))?;
     let ledger_entries_written = IntCounter::new(
@@ -281,6 +293,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         config_generation,
         usage_events_written,
         usage_events_dropped,
+        usage_events_pruned,
+        retention_failures,
         stream_errors,
         gateway_overhead,
         ledger_entries_written,

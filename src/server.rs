@@ -198,6 +198,74 @@ impl BackgroundService for Exit {
     }
 }
 
+/// Retention of raw usage records (`store::retention`): a pass shortly after start-up, then
+/// every `store.prune_every_minutes`, on the blocking pool (the SQLite store's batches hold its
+/// lock for a few milliseconds each; PostgreSQL passes run on one node at a time).
+struct RetentionService {
+    app: Arc<App>,
+    retention: crate::config::Retention,
+    node: String,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for RetentionService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use crate::metrics::METRICS;
+        use crate::store::retention::{cutoff, day_name};
+        const MAX_ROWS: u64 = 1_000_000;
+        if self.retention.raw_days == 0 {
+            return;
+        }
+        let mut wait = Duration::from_secs(5);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let store = self.app.store.clone();
+            let archive = self.retention.archive.clone();
+            let node = self.node.clone();
+            let cut = cutoff(
+                crate::tenancy::store::unix_now_ms(),
+                self.retention.raw_days,
+            );
+            let pass = tokio::task::spawn_blocking(move || {
+                store.prune_usage(cut, archive.as_deref(), &node, MAX_ROWS)
+            })
+            .await;
+            wait = self.retention.every;
+            match pass {
+                Ok(Ok(r)) => {
+                    METRICS.usage_events_pruned.inc_by(r.rows);
+                    if r.rows > 0 {
+                        tracing::info!(
+                            rows = r.rows,
+                            days = ?r.days.iter().map(|d| day_name(*d)).collect::<Vec<_>>(),
+                            files = ?r.files,
+                            "retention: raw usage records archived and pruned"
+                        );
+                    }
+                    if r.rows >= MAX_ROWS {
+                        // More is waiting: go on soon, leaving room to the request path.
+                        wait = Duration::from_secs(1);
+                    }
+                }
+                Ok(Err(e)) => {
+                    METRICS.retention_failures.inc();
+                    tracing::error!(error = %e, "retention: pass failed; records kept, retried at the next pass");
+                }
+                Err(e) => {
+                    METRICS.retention_failures.inc();
+                    tracing::error!(error = %e, "retention: pass did not finish");
+                }
+            }
+        }
+    }
+}
+
 /// Cluster mode: connects to Redis (retrying until it answers), gives back the leases a
 /// previous run of this node left (not after a graceful upgrade: the old process is still
 /// draining and returns its own), attaches the fleet to the ledger, then runs the credit
@@ -461,6 +529,11 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
         ledger.expect_fleet();
     }
     let server_settings = config.server.clone();
+    let retention = config.retention.clone();
+    let node = match &config.cluster {
+        Some(c) => c.node_id.clone(),
+        None => config.server.listen.clone(),
+    };
     let admin_listen = config.admin.listen.clone();
     let app = App::new(
         config,
@@ -561,6 +634,14 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     server.add_service(watcher);
     server.add_service(keys);
     server.add_service(journal);
+    server.add_service(background_service(
+        "retention",
+        RetentionService {
+            app: app.clone(),
+            retention,
+            node,
+        },
+    ));
     let cluster_stopped = cluster
         .as_ref()
         .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)));

@@ -1563,3 +1563,373 @@ async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds tenants"));
 }
+
+/// What the books say about a tenant, everything retention must leave unchanged.
+async fn books(
+    s: &dyn LedgerBoth,
+    t: TenantId,
+    k: KeyId,
+) -> (i64, i64, i64, i64, Vec<(i64, String, i64)>, i64, i64) {
+    use tollgate::billing::ledger::Account;
+    use tollgate::tenancy::{GroupId, UserId};
+    let charged = Ledger::ledger_totals(s)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|x| x.tenant_id == t)
+        .unwrap()
+        .charged;
+    let by_key = Ledger::spent_by(s, t, Account::Key(k), 0).await.unwrap();
+    let by_user = Ledger::spent_by(s, t, Account::User(UserId(7)), 0)
+        .await
+        .unwrap();
+    let by_group = Ledger::spent_by(s, t, Account::Group(GroupId(3)), 0)
+        .await
+        .unwrap();
+    let mut accounts: Vec<(i64, String, i64)> = Ledger::account_spend(s)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(t, a, v)| (t.0, format!("{a:?}"), v))
+        .collect();
+    accounts.sort();
+    let statement = Ledger::ledger_statement(s, t).await.unwrap();
+    let closing = statement.last().unwrap().1;
+    // The statement read in pages ends at the same balance.
+    let mut paged = Ledger::balance_before(s, t, 0).await.unwrap();
+    let mut after = None;
+    loop {
+        let page = Ledger::statement_page(s, t, 0, i64::MAX, after, 7)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.pos);
+        paged += page.iter().map(|r| r.entry.amount).sum::<i64>();
+    }
+    assert_eq!(paged, closing);
+    (charged, by_key, by_user, by_group, accounts, closing, paged)
+}
+
+#[tokio::test]
+async fn pruned_usage_is_archived_and_the_books_do_not_move() {
+    use tollgate::billing::ledger::EntryKind;
+    use tollgate::store::retention::{day_of, read_archive};
+    use tollgate::tenancy::{GroupId, UserId};
+    let (dir, lite) = sqlite();
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("retention"), 4)
+        .await
+        .unwrap();
+    for (name, s) in [
+        ("sqlite", &lite as &dyn LedgerBoth),
+        ("postgresql", &store as &dyn LedgerBoth),
+    ] {
+        let t = Directory::create_tenant(s, "acme").await.unwrap();
+        let (k, _) = Directory::create_key(s, &new_key(t.id, "k")).await.unwrap();
+        Ledger::credit(
+            s,
+            t.id,
+            EntryKind::TopUp,
+            10_000_000,
+            Some("op"),
+            None,
+            "topup:r1",
+        )
+        .await
+        .unwrap();
+        // 150 calls over three days (50 a day); some with a user and a department, one with an
+        // uncollected remainder.
+        let events: Vec<UsageEvent> = (0..150)
+            .map(|i| {
+                let mut e = event(i, t.id, k.id);
+                e.user_id = i.is_multiple_of(2).then_some(UserId(7));
+                e.group_id = i.is_multiple_of(3).then_some(GroupId(3));
+                if i == 10 {
+                    e.uncollected = 77;
+                }
+                e
+            })
+            .collect();
+        assert_eq!(UsageLog::record(s, &events).await.unwrap(), 150, "{name}");
+        let last_day = day_of(events[149].ts_ms);
+        let old = events.iter().filter(|e| e.ts_ms < last_day).count() as u64;
+        assert_eq!(old, 100, "{name}");
+        let before = books(s, t.id, k.id).await;
+        let statement_rows = Ledger::ledger_statement(s, t.id).await.unwrap().len();
+        let archive = dir.path().join(format!("archive-{name}"));
+
+        let report = if name == "sqlite" {
+            lite.prune_usage(last_day, Some(&archive), "test", 1_000_000)
+                .unwrap()
+        } else {
+            store
+                .prune_usage(last_day, Some(&archive), "test")
+                .await
+                .unwrap()
+        };
+        assert_eq!(report.rows, old, "{name}: {report:?}");
+        assert_eq!(report.days.len(), 2, "{name}: {report:?}");
+        assert_eq!(report.files.len(), 2, "{name}: {report:?}");
+        // The archives hold every pruned record, with every column.
+        let mut archived: Vec<serde_json::Value> = report
+            .files
+            .iter()
+            .flat_map(|f| read_archive(std::path::Path::new(f)).unwrap())
+            .collect();
+        archived.sort_by_key(|v| v["request_id"].as_str().unwrap().to_string());
+        assert_eq!(archived.len() as u64, old, "{name}");
+        assert_eq!(archived[0]["request_id"], "req_000000", "{name}");
+        assert_eq!(archived[0]["cost_nano"], 1_000, "{name}");
+        assert_eq!(archived[0]["prompt_tokens"], 100, "{name}");
+        assert_eq!(archived[0]["model_requested"], "gpt-4o", "{name}");
+        let archived_cost: i64 = archived
+            .iter()
+            .map(|v| v["cost_nano"].as_i64().unwrap())
+            .sum();
+        let old_cost: i64 = events
+            .iter()
+            .filter(|e| e.ts_ms < last_day)
+            .map(|e| e.cost_nano)
+            .sum();
+        assert_eq!(archived_cost, old_cost, "{name}");
+
+        // Balances, quotas' spend, statements: the same numbers.
+        assert_eq!(books(s, t.id, k.id).await, before, "{name}");
+        let statement = Ledger::ledger_statement(s, t.id).await.unwrap();
+        assert!(statement.len() < statement_rows, "{name}");
+        let summaries: Vec<_> = statement
+            .iter()
+            .filter(|(e, _)| e.id.starts_with("charges:"))
+            .collect();
+        // Per day: (user 7 or none) x (group 3 or none) summaries.
+        assert!(!summaries.is_empty(), "{name}");
+        assert_eq!(
+            summaries.iter().map(|(e, _)| e.uncollected).sum::<i64>(),
+            77,
+            "{name}"
+        );
+        assert!(
+            summaries.iter().all(|(e, _)| e
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("raw records pruned")),
+            "{name}"
+        );
+
+        // Nothing left to prune; the kept day's batch written again still adds nothing.
+        let again = if name == "sqlite" {
+            lite.prune_usage(last_day, Some(&archive), "test", 1_000_000)
+                .unwrap()
+        } else {
+            store
+                .prune_usage(last_day, Some(&archive), "test")
+                .await
+                .unwrap()
+        };
+        assert_eq!(again.rows, 0, "{name}");
+        assert_eq!(
+            UsageLog::record(s, &events[100..]).await.unwrap(),
+            0,
+            "{name}"
+        );
+        assert_eq!(books(s, t.id, k.id).await, before, "{name}");
+    }
+    // PostgreSQL dropped the two days' partitions whole.
+    let parts: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        !parts.iter().any(|p| p.as_str() < "usage_events_p20260923"),
+        "{parts:?}"
+    );
+    assert!(
+        parts.iter().any(|p| p == "usage_events_p20260923"),
+        "{parts:?}"
+    );
+    let archives: i64 = sqlx::query_scalar("SELECT SUM(rows)::BIGINT FROM usage_archives")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(archives, 100);
+}
+
+#[tokio::test]
+async fn the_gateway_prunes_old_usage_on_its_own_and_the_balance_stays() {
+    use common::{metric_value, mock, Gateway, Up};
+    use tollgate::billing::ledger::EntryKind;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("books.db");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    {
+        let s = Store::open(&db).unwrap();
+        let t = Directory::create_tenant(&s, "acme").await.unwrap();
+        let (k, _) = Directory::create_key(&s, &new_key(t.id, "k"))
+            .await
+            .unwrap();
+        Ledger::credit(
+            &s,
+            t.id,
+            EntryKind::TopUp,
+            1_000_000,
+            Some("op"),
+            None,
+            "topup:g1",
+        )
+        .await
+        .unwrap();
+        // 30 calls 100 days ago (past the default 90 days), 10 yesterday.
+        let events: Vec<UsageEvent> = (0..40)
+            .map(|i| {
+                let mut e = event(i, t.id, k.id);
+                e.ts_ms = if i < 30 {
+                    now - 100 * 86_400_000
+                } else {
+                    now - 86_400_000
+                } + i as i64;
+                e.cost_nano = 1_000;
+                e
+            })
+            .collect();
+        assert_eq!(UsageLog::record(&s, &events).await.unwrap(), 40);
+    }
+    let m = mock().await;
+    let gw = Gateway::spawn(
+        &[Up::mock("a", &m)],
+        "",
+        "",
+        "",
+        Some(&db.display().to_string()),
+    )
+    .await;
+    let before = gw.balance("acme").await;
+    let mut pruned = 0.0;
+    for _ in 0..100 {
+        pruned = metric_value(&gw.metrics().await, "tollgate_usage_events_pruned_total");
+        if pruned > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(pruned, 30.0, "{}", gw.log());
+    assert_eq!(gw.balance("acme").await, before);
+    assert_eq!(before["available"], 960_000, "{before}");
+    // The default archive directory, next to the store.
+    let archive = dir.path().join("books.db.archive");
+    let files: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        tollgate::store::retention::read_archive(&files[0])
+            .unwrap()
+            .len(),
+        30
+    );
+    assert!(gw
+        .log()
+        .contains("retention: raw usage records archived and pruned"));
+}
+
+/// Disk used per million calls: raw usage records (with their indexes and roll-ups) in SQLite
+/// and in PostgreSQL, and the compressed archive of the same records:
+/// `N=200000 cargo test --release --test store -- --ignored --nocapture disk_per_million_calls`.
+/// Results go to docs/operations.md; not a pass/fail test.
+#[tokio::test]
+#[ignore]
+async fn disk_per_million_calls() {
+    use tollgate::store::retention::day_of;
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let per_million = |bytes: u64| bytes as f64 * 1e6 / n as f64 / 1e6;
+    let gen = |t: TenantId, k: KeyId| -> Vec<UsageEvent> {
+        (0..n)
+            .map(|i| {
+                let mut e = event(i, t, k);
+                // One day, realistic ids and spread.
+                e.request_id = format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                e.ts_ms = 1_790_000_000_000 + i as i64 * 40;
+                e.latency_ms = 200 + (i as u64 * 7919) % 3000;
+                e.user_id = Some(tollgate::tenancy::UserId(1 + (i as i64 % 40)));
+                e
+            })
+            .collect()
+    };
+    // SQLite
+    let (dir, lite) = sqlite();
+    let t = Directory::create_tenant(&lite, "acme").await.unwrap();
+    let (k, _) = Directory::create_key(&lite, &new_key(t.id, "k"))
+        .await
+        .unwrap();
+    let events = gen(t.id, k.id);
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let db = dir.path().join("t.db");
+    let empty = size(&db) + size(&dir.path().join("t.db-wal"));
+    for chunk in events.chunks(500) {
+        UsageLog::record(&lite, chunk).await.unwrap();
+    }
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+        .unwrap();
+    let full = size(&db);
+    let archive = dir.path().join("archive");
+    let cutoff = day_of(events[n - 1].ts_ms) + 86_400_000;
+    let r = lite
+        .prune_usage(cutoff, Some(&archive), "bench", u64::MAX)
+        .unwrap();
+    assert_eq!(r.rows as usize, n);
+    c.execute_batch("VACUUM;").unwrap();
+    let pruned = size(&db);
+    let zst: u64 = r.files.iter().map(|f| size(std::path::Path::new(f))).sum();
+    println!(
+        "sqlite: {:.0} MB per million calls in the store ({} calls), {:.0} MB left after pruning them (roll-ups, summaries), archive {:.1} MB per million",
+        per_million(full - empty),
+        n,
+        per_million(pruned),
+        per_million(zst)
+    );
+    // PostgreSQL
+    let pg = Postgres::start();
+    let store = PgStore::connect(&pg.database("disk"), 4).await.unwrap();
+    let t = Directory::create_tenant(&store, "acme").await.unwrap();
+    let (k, _) = Directory::create_key(&store, &new_key(t.id, "k"))
+        .await
+        .unwrap();
+    let events = gen(t.id, k.id);
+    let db_size = || async {
+        sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())")
+            .fetch_one(store.pool())
+            .await
+            .unwrap() as u64
+    };
+    let empty = db_size().await;
+    for chunk in events.chunks(500) {
+        UsageLog::record(&store, chunk).await.unwrap();
+    }
+    sqlx::query("CHECKPOINT")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let full = db_size().await;
+    let r = store
+        .prune_usage(cutoff, Some(&archive), "bench")
+        .await
+        .unwrap();
+    assert_eq!(r.rows as usize, n);
+    let pruned = db_size().await;
+    println!(
+        "postgresql: {:.0} MB per million calls in the database, {:.0} MB given back by dropping the day",
+        per_million(full - empty),
+        per_million(full.saturating_sub(pruned)),
+    );
+}

@@ -342,6 +342,17 @@ impl Channel {
     }
 }
 
+/// Retention of raw usage records (`store::retention`).
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Days kept, today included; 0: forever.
+    pub raw_days: u32,
+    /// Where pruned days are archived; `None`: removed without an archive.
+    pub archive: Option<std::path::PathBuf>,
+    /// Time between passes.
+    pub every: Duration,
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -350,6 +361,8 @@ pub struct Config {
     pub sqlite_path: String,
     /// The record in PostgreSQL (`[store] url`), and its pool size.
     pub postgres: Option<(String, u32)>,
+    /// Retention of raw usage records (`[store] raw_usage_days`, `archive_dir`).
+    pub retention: Retention,
     pub models: Vec<Arc<Model>>,
     model_index: crate::FastMap<String, Arc<Model>>,
     pub channels: Vec<Arc<Channel>>,
@@ -589,6 +602,26 @@ impl Config {
                 }
             })
             .transpose()?,
+            retention: Retention {
+                raw_days: match store.raw_usage_days {
+                    1 => {
+                        return Err(invalid(
+                            "store.raw_usage_days",
+                            "keep at least 2 days (today and yesterday), or 0 for forever",
+                        ))
+                    }
+                    d => d,
+                },
+                archive: match store.archive_dir.as_deref() {
+                    None => Some(std::path::PathBuf::from(format!(
+                        "{}.archive",
+                        store.sqlite_path
+                    ))),
+                    Some("") => None,
+                    Some(d) => Some(std::path::PathBuf::from(d)),
+                },
+                every: Duration::from_secs(store.prune_every_minutes.max(1) * 60),
+            },
             sqlite_path: store.sqlite_path,
             models: model_list,
             model_index,

@@ -182,6 +182,26 @@ pub struct StoreSection {
     /// Pooled PostgreSQL connections of this process.
     #[serde(default = "default_pg_connections")]
     pub max_connections: u32,
+    /// Days raw usage records are kept (today included; at least 2); 0 keeps them forever.
+    /// Roll-ups and the ledger (a pruned day's charges as day summaries) are kept forever.
+    #[serde(default = "default_raw_usage_days")]
+    pub raw_usage_days: u32,
+    /// Where pruned days are archived (zstd JSON lines) before they are removed; relative paths
+    /// are relative to the working directory; "" removes without archiving. Default:
+    /// `<sqlite_path>.archive/`.
+    #[serde(default)]
+    pub archive_dir: Option<String>,
+    /// Minutes between retention passes of this node.
+    #[serde(default = "default_prune_minutes")]
+    pub prune_every_minutes: u64,
+}
+
+fn default_raw_usage_days() -> u32 {
+    90
+}
+
+fn default_prune_minutes() -> u64 {
+    60
 }
 
 fn default_pg_connections() -> u32 {
@@ -195,6 +215,9 @@ impl Default for StoreSection {
             url: None,
             url_env: None,
             max_connections: default_pg_connections(),
+            raw_usage_days: default_raw_usage_days(),
+            archive_dir: None,
+            prune_every_minutes: default_prune_minutes(),
         }
     }
 }

@@ -30,6 +30,8 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("usage_events", Some("id")),
     ("usage_hourly", None),
     ("usage_rollup", None),
+    ("charge_days", Some("id")),
+    ("usage_archives", Some("id")),
 ];
 
 /// Rows per INSERT (PostgreSQL takes at most 65,535 parameters a statement).
@@ -64,6 +66,23 @@ pub async fn sqlite_to_postgres(from: &Store, to: &PgStore) -> Result<CopyReport
                 return Err(StoreError::Invalid(format!(
                     "column {table}.{c} has no place in the PostgreSQL schema"
                 )));
+            }
+        }
+        if *table == "usage_events" {
+            // Each record goes to its day's partition: create them first.
+            let ts = columns.iter().position(|c| c == "ts_ms");
+            let days: std::collections::BTreeSet<i64> = data
+                .iter()
+                .filter_map(|row| match ts.map(|i| &row[i]) {
+                    Some(Value::Integer(t)) => Some(super::retention::day_of(*t)),
+                    _ => None,
+                })
+                .collect();
+            for day in days {
+                sqlx::query("SELECT tollgate_usage_partition($1)")
+                    .bind(day)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         if *table == "meta" {

@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod copy;
 pub mod pg;
+pub mod retention;
 
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;

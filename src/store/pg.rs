@@ -6,6 +6,7 @@
 //! Statements are written for PostgreSQL (not translated from SQLite's); rows are read by
 //! column name into the same domain types as the SQLite store's.
 
+use super::retention::{day_name, day_of, ArchiveWriter, PruneReport, DAY_MS};
 use super::{
     checked_email, checked_name, checked_promo, checked_role, code_state, money_in, promo_bonus_of,
     promo_grant, rollup_window, Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch,
@@ -51,6 +52,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Day partitions of `usage_events` known to exist (see `ensure_partitions`).
+    days: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl PgStore {
@@ -73,11 +76,177 @@ impl PgStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            days: Arc::default(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Creates the day partitions of `usage_events` that hold `days` (UTC midnights) unless
+    /// already seen by this process.
+    async fn ensure_partitions(&self, days: impl Iterator<Item = i64>) -> Result<(), StoreError> {
+        let missing: std::collections::BTreeSet<i64> = {
+            let known = self.days.lock().unwrap_or_else(|e| e.into_inner());
+            days.filter(|d| !known.contains(d)).collect()
+        };
+        for day in missing {
+            sqlx::query("SELECT tollgate_usage_partition($1)")
+                .bind(day)
+                .execute(&self.pool)
+                .await?;
+            self.days
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(day);
+        }
+        Ok(())
+    }
+
+    fn forget_partitions(&self) {
+        self.days.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// One retention pass (`store::retention`): every day partition that ends at or before
+    /// `cutoff_ms` is archived into `archive` (when set), its charges are added to the day
+    /// summaries and it is dropped, in one transaction that first locks the partition and checks
+    /// that it holds exactly what was archived. One node at a time (an advisory lock); the
+    /// others skip the pass.
+    pub async fn prune_usage(
+        &self,
+        cutoff_ms: i64,
+        archive: Option<&std::path::Path>,
+        node: &str,
+    ) -> Result<PruneReport, StoreError> {
+        let mut lock = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7461626, 2)")
+            .fetch_one(&mut *lock)
+            .await?;
+        if !got {
+            return Ok(PruneReport {
+                skipped: true,
+                ..PruneReport::default()
+            });
+        }
+        let out = self.prune_locked(&mut lock, cutoff_ms, archive, node).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(7461626, 2)")
+            .execute(&mut *lock)
+            .await;
+        out
+    }
+
+    async fn prune_locked(
+        &self,
+        lock: &mut sqlx::PgConnection,
+        cutoff_ms: i64,
+        archive: Option<&std::path::Path>,
+        node: &str,
+    ) -> Result<PruneReport, StoreError> {
+        // Today's and tomorrow's partitions exist before anyone needs them.
+        let today = day_of(now_ms());
+        self.ensure_partitions([today, today + DAY_MS].into_iter())
+            .await?;
+        let parts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT c.relname::TEXT,
+                    (extract(epoch FROM to_date(substr(c.relname, 15), 'YYYYMMDD')) * 1000)::BIGINT
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'usage_events'::regclass AND c.relname ~ '^usage_events_p[0-9]{8}$'
+             ORDER BY 2",
+        )
+        .fetch_all(&mut *lock)
+        .await?;
+        let mut report = PruneReport::default();
+        for (part, day) in parts {
+            if day + DAY_MS > cutoff_ms {
+                break;
+            }
+            // `part` is a partition name matched above, never input.
+            let archived = match archive {
+                Some(dir) => {
+                    let mut w = ArchiveWriter::create(dir, day)?;
+                    let mut after = i64::MIN;
+                    loop {
+                        let page: Vec<(String, i64)> =
+                            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                                "SELECT row_to_json(u)::TEXT, u.id FROM {part} u
+                             WHERE u.id > $1 ORDER BY u.id LIMIT 5000"
+                            )))
+                            .bind(after)
+                            .fetch_all(&self.pool)
+                            .await?;
+                        let Some((_, last)) = page.last() else { break };
+                        after = *last;
+                        for (line, _) in &page {
+                            w.line(line)?;
+                        }
+                    }
+                    Some(w.finish()?)
+                }
+                None => None,
+            };
+            let mut tx = sqlx::Connection::begin(&mut *lock).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            let rows: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {part}")))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if let Some((path, n)) = &archived {
+                if *n != rows as u64 {
+                    // Written to while it was archived: leave the day for the next pass.
+                    tx.rollback().await?;
+                    let _ = std::fs::remove_file(path);
+                    tracing::warn!(day = %day_name(day), "retention: records arrived while the day was archived; retrying later");
+                    continue;
+                }
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO charge_days (tenant_id, day_ms, key_id, user_id, group_id, calls,
+                    cost_nano, uncollected)
+                 SELECT tenant_id, $1, COALESCE(key_id, 0), COALESCE(user_id, 0),
+                        COALESCE(group_id, 0), COUNT(*), SUM(cost_nano), SUM(uncollected)
+                 FROM {part}
+                 WHERE tenant_id IS NOT NULL AND (cost_nano <> 0 OR uncollected <> 0)
+                 GROUP BY tenant_id, COALESCE(key_id, 0), COALESCE(user_id, 0), COALESCE(group_id, 0)
+                 ON CONFLICT (tenant_id, day_ms, key_id, user_id, group_id) DO UPDATE SET
+                    calls = charge_days.calls + EXCLUDED.calls,
+                    cost_nano = charge_days.cost_nano + EXCLUDED.cost_nano,
+                    uncollected = charge_days.uncollected + EXCLUDED.uncollected"
+            )))
+            .bind(day)
+            .execute(&mut *tx)
+            .await?;
+            let file = archived.as_ref().map(|(p, _)| p.display().to_string());
+            sqlx::query(
+                "INSERT INTO usage_archives (day_ms, rows, file, node, created_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(day)
+            .bind(rows)
+            .bind(&file)
+            .bind(node)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {part}")))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            self.days
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&day);
+            report.rows += rows as u64;
+            report.days.push(day);
+            report.files.extend(file);
+        }
+        Ok(report)
     }
 
     /// The newest migration applied.
@@ -354,8 +523,10 @@ impl UsageLog for PgStore {
                 events.iter().map($f).collect::<Vec<_>>()
             };
         }
+        self.ensure_partitions(events.iter().map(|e| day_of(e.ts_ms)))
+            .await?;
         let mut tx = self.pool.begin().await?;
-        let new_ids: Vec<String> = sqlx::query_scalar(
+        let inserted = sqlx::query_scalar(
             "INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel,
                 upstream, model_requested, model_used, stream, status, error_code, prompt_tokens,
                 cached_tokens, completion_tokens, reasoning_tokens, usage_source, attempts,
@@ -367,7 +538,7 @@ impl UsageLog for PgStore {
                 $16::BIGINT[], $17::TEXT[], $18::INTEGER[], $19::BIGINT[], $20::BIGINT[],
                 $21::BIGINT[], $22::BIGINT[], $23::BIGINT[], $24::TEXT[], $25::TEXT[],
                 $26::DOUBLE PRECISION[], $27::BIGINT[], $28::BIGINT[], $29::BIGINT[], $30::TEXT[])
-             ON CONFLICT (request_id) DO NOTHING
+             ON CONFLICT (request_id, ts_ms) DO NOTHING
              RETURNING request_id",
         )
         .bind(col!(|e| e.request_id.clone()))
@@ -401,7 +572,16 @@ impl UsageLog for PgStore {
         .bind(col!(|e| e.uncollected))
         .bind(col!(|e| e.path.clone()))
         .fetch_all(&mut *tx)
-        .await?;
+        .await;
+        let new_ids: Vec<String> = match inserted {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Perhaps a day partition was dropped by a pruning pass since it was seen: the
+                // retried batch creates it again.
+                self.forget_partitions();
+                return Err(e.into());
+            }
+        };
         let fresh: std::collections::HashSet<&str> = new_ids.iter().map(String::as_str).collect();
         let flags: Vec<bool> = events
             .iter()
@@ -1179,7 +1359,9 @@ impl Ledger for PgStore {
                 SELECT tenant_id, amount AS credited, 0::BIGINT AS charged FROM ledger_entries
                 UNION ALL
                 SELECT tenant_id, 0, cost_nano FROM usage_events
-                WHERE tenant_id IS NOT NULL AND cost_nano <> 0) x
+                WHERE tenant_id IS NOT NULL AND cost_nano <> 0
+                UNION ALL
+                SELECT tenant_id, 0, cost_nano FROM charge_days) x
              GROUP BY tenant_id",
         )
         .fetch_all(&self.pool)
@@ -1222,8 +1404,8 @@ impl Ledger for PgStore {
         Ok(sqlx::query_as(
             "SELECT (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM ledger_entries
                      WHERE tenant_id = $1 AND seq <= $2),
-                    (SELECT COALESCE(SUM(cost_nano), 0)::BIGINT FROM usage_events
-                     WHERE tenant_id = $1)",
+                    (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events WHERE tenant_id = $1)::BIGINT
+                    + (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days WHERE tenant_id = $1)::BIGINT",
         )
         .bind(tenant.0)
         .bind(upto)
@@ -1240,8 +1422,10 @@ impl Ledger for PgStore {
         let (col, id) = account_column(account);
         // `col` is one of three column names, never input.
         Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT COALESCE(SUM(cost_nano), 0)::BIGINT FROM usage_events
-             WHERE tenant_id = $1 AND ts_ms >= $3 AND {col} = $2"
+            "SELECT (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+                     WHERE tenant_id = $1 AND ts_ms >= $3 AND {col} = $2)::BIGINT
+                  + (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
+                     WHERE tenant_id = $1 AND day_ms >= $3 AND {col} = $2)::BIGINT"
         )))
         .bind(tenant.0)
         .bind(id)
@@ -1257,12 +1441,16 @@ impl Ledger for PgStore {
             // Only the current period's charges count for tenants with a quota period (the
             // same UTC boundaries as `QuotaPeriod::start_ms`).
             let rows: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT u.tenant_id, u.{col}, SUM(u.cost_nano)::BIGINT FROM usage_events u
-                 JOIN tenants t ON t.id = u.tenant_id
-                 WHERE u.cost_nano <> 0 AND u.{col} IS NOT NULL
-                   AND u.ts_ms >= CASE t.quota_period
+                "SELECT x.tenant_id, x.acct, SUM(x.cost)::BIGINT FROM (
+                    SELECT tenant_id, {col} AS acct, cost_nano AS cost, ts_ms AS ts
+                    FROM usage_events WHERE cost_nano <> 0 AND {col} IS NOT NULL
+                    UNION ALL
+                    SELECT tenant_id, {col}, cost_nano, day_ms
+                    FROM charge_days WHERE cost_nano <> 0 AND {col} <> 0) x
+                 JOIN tenants t ON t.id = x.tenant_id
+                 WHERE x.ts >= CASE t.quota_period
                        WHEN 'month' THEN $1 WHEN 'day' THEN $2 ELSE 0 END
-                 GROUP BY u.tenant_id, u.{col}"
+                 GROUP BY x.tenant_id, x.acct"
             )))
             .bind(QuotaPeriod::Month.start_ms(now))
             .bind(QuotaPeriod::Day.start_ms(now))
@@ -1292,6 +1480,12 @@ impl Ledger for PgStore {
              SELECT 'charge:' || request_id, 'charge', -cost_nano, key_id, request_id, NULL, NULL,
                     uncollected, ts_ms, user_id, group_id, 1, id
              FROM usage_events WHERE tenant_id = $1 AND (cost_nano <> 0 OR uncollected <> 0)
+             UNION ALL
+             SELECT 'charges:' || to_char(to_timestamp(day_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                        || ':' || id, 'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
+                    calls::TEXT || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
+                    NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id
+             FROM charge_days WHERE tenant_id = $1
              ORDER BY created_ms, src, ord",
         )
         .bind(tenant.0)
@@ -1312,7 +1506,9 @@ impl Ledger for PgStore {
             "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
                      WHERE tenant_id = $1 AND created_ms < $2)::BIGINT
                   - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
-                     WHERE tenant_id = $1 AND ts_ms < $2)::BIGINT",
+                     WHERE tenant_id = $1 AND ts_ms < $2)::BIGINT
+                  - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
+                     WHERE tenant_id = $1 AND day_ms < $2 - 86399999)::BIGINT",
         )
         .bind(tenant.0)
         .bind(from_ms)
@@ -1355,6 +1551,19 @@ impl Ledger for PgStore {
                     WHERE tenant_id = $1 AND ts_ms >= $2 AND ts_ms < $3 AND (cost_nano <> 0 OR uncollected <> 0)
                       AND (ts_ms > $4 OR (ts_ms = $4 AND (1 > $5 OR (1 = $5 AND id > $6))))
                     ORDER BY ts_ms, id LIMIT $7) b
+                UNION ALL
+                SELECT * FROM (
+                    SELECT 'charges:' || to_char(to_timestamp(day_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+                               || ':' || id, 'charge', -cost_nano, NULLIF(key_id, 0), NULL::TEXT, NULL::TEXT,
+                           calls::TEXT || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
+                           NULLIF(user_id, 0), NULLIF(group_id, 0), 2::BIGINT, id, NULL::TEXT,
+                           NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
+                           NULL::BIGINT
+                    FROM charge_days
+                    WHERE tenant_id = $1 AND day_ms >= $2 - 86399999 AND day_ms < $3 - 86399999
+                      AND (day_ms + 86399999 > $4
+                           OR (day_ms + 86399999 = $4 AND (2 > $5 OR (2 = $5 AND id > $6))))
+                    ORDER BY day_ms, id LIMIT $7) c
              ) s ORDER BY 9, 12, 13 LIMIT $7",
         )
         .bind(tenant.0)

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
+use crate::store::retention::{day_of, ArchiveWriter, PruneReport};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -311,6 +312,28 @@ const MIGRATIONS: &[&str] = &[
         FROM ledger_entries WHERE kind = 'adjustment' AND id LIKE 'adjust:%';",
     // 15: the request path of a usage record (unknown paths are recorded too)
     "ALTER TABLE usage_events ADD COLUMN path TEXT;",
+    // 16: retention (`store::retention`): a pruned day's charges per tenant, key, user and
+    // group (0: none), and the archives written before raw records were removed
+    "CREATE TABLE charge_days (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL,
+        day_ms INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        group_id INTEGER NOT NULL,
+        calls INTEGER NOT NULL,
+        cost_nano INTEGER NOT NULL,
+        uncollected INTEGER NOT NULL,
+        UNIQUE (tenant_id, day_ms, key_id, user_id, group_id)
+     );
+     CREATE TABLE usage_archives (
+        id INTEGER PRIMARY KEY,
+        day_ms INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        file TEXT,
+        node TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+     );",
 ];
 
 /// The columns of a usage record as the recorder writes them, and one row's placeholders.
@@ -713,6 +736,150 @@ impl Store {
             conn: None,
             pg: Some(Arc::new(backend)),
         })
+    }
+
+    /// One retention pass (`store::retention`): raw usage records of the days before
+    /// `cutoff_ms` (a UTC midnight) are written to `archive` (when set), then removed in bounded
+    /// batches, each batch adding its charges to the day summaries in the same transaction. At
+    /// most `max_rows` records per pass; the rest waits for the next one. Records are taken in
+    /// insertion order up to the first batch with nothing old in it, so a record stored late
+    /// for an old day goes with a later pass.
+    pub fn prune_usage(
+        &self,
+        cutoff_ms: i64,
+        archive: Option<&Path>,
+        node: &str,
+        max_rows: u64,
+    ) -> Result<PruneReport, StoreError> {
+        pg!(self, {
+            let archive = archive.map(Path::to_path_buf);
+            let node = node.to_string();
+        } s => s.prune_usage(cutoff_ms, archive.as_deref(), &node).await);
+        const READ_BATCH: i64 = 5_000;
+        const DELETE_BATCH: usize = 2_000;
+        let json = format!(
+            "json_object({})",
+            EVENT_COLUMNS
+                .split(',')
+                .map(str::trim)
+                .chain(["id"])
+                .map(|c| format!("'{c}', {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // A record is turned into JSON only when it is old and an archive is written.
+        let read = format!(
+            "SELECT CASE WHEN ts_ms < ?2 AND ?3 THEN {json} END, id, ts_ms FROM usage_events
+             WHERE id > ?1 ORDER BY id LIMIT {READ_BATCH}"
+        );
+        let mut writers: std::collections::BTreeMap<i64, ArchiveWriter> = Default::default();
+        let mut old: Vec<i64> = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let page: Vec<(Option<String>, i64, i64)> = self.with(|c| {
+                let mut st = c.prepare_cached(&read)?;
+                let rows = st.query_map(params![after, cutoff_ms, archive.is_some()], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })?;
+            let Some(&(_, last, _)) = page.last() else {
+                break;
+            };
+            after = last;
+            let before = old.len();
+            for (line, id, ts) in &page {
+                if *ts >= cutoff_ms {
+                    continue;
+                }
+                if let Some(dir) = archive {
+                    let day = day_of(*ts);
+                    let w = match writers.entry(day) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(ArchiveWriter::create(dir, day)?)
+                        }
+                    };
+                    w.line(line.as_deref().unwrap_or("{}"))?;
+                }
+                old.push(*id);
+            }
+            if old.len() == before || old.len() as u64 >= max_rows {
+                break;
+            }
+        }
+        let mut report = PruneReport::default();
+        if old.is_empty() {
+            return Ok(report);
+        }
+        // The archives are durable before anything is removed.
+        let now = unix_now_ms();
+        for (day, w) in writers {
+            let (path, rows) = w.finish()?;
+            let file = path.display().to_string();
+            self.with(|c| {
+                c.execute(
+                    "INSERT INTO usage_archives (day_ms, rows, file, node, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![day, rows as i64, file, node, now],
+                )?;
+                Ok(())
+            })?;
+            report.files.push(file);
+        }
+        let mut days = std::collections::BTreeSet::new();
+        for chunk in old.chunks(DELETE_BATCH) {
+            let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
+            let gone = self.with(|c| {
+                let tx = c.transaction()?;
+                {
+                    let mut st = tx.prepare_cached(
+                        "SELECT DISTINCT ts_ms - ts_ms % 86400000 FROM usage_events
+                         WHERE id BETWEEN ?1 AND ?2 AND ts_ms < ?3",
+                    )?;
+                    for d in st.query_map(params![lo, hi, cutoff_ms], |r| r.get::<_, i64>(0))? {
+                        days.insert(d?);
+                    }
+                }
+                tx.execute(
+                    "INSERT INTO charge_days (tenant_id, day_ms, key_id, user_id, group_id, calls,
+                        cost_nano, uncollected)
+                     SELECT tenant_id, ts_ms - ts_ms % 86400000, COALESCE(key_id, 0),
+                            COALESCE(user_id, 0), COALESCE(group_id, 0), COUNT(*), SUM(cost_nano),
+                            SUM(uncollected)
+                     FROM usage_events
+                     WHERE id BETWEEN ?1 AND ?2 AND ts_ms < ?3 AND tenant_id IS NOT NULL
+                       AND (cost_nano != 0 OR uncollected != 0)
+                     GROUP BY 1, 2, 3, 4, 5
+                     ON CONFLICT (tenant_id, day_ms, key_id, user_id, group_id) DO UPDATE SET
+                        calls = calls + excluded.calls,
+                        cost_nano = cost_nano + excluded.cost_nano,
+                        uncollected = uncollected + excluded.uncollected",
+                    params![lo, hi, cutoff_ms],
+                )?;
+                let n = tx.execute(
+                    "DELETE FROM usage_events WHERE id BETWEEN ?1 AND ?2 AND ts_ms < ?3",
+                    params![lo, hi, cutoff_ms],
+                )?;
+                if n != chunk.len() {
+                    // Someone else pruned these (another process on the same file): leave them.
+                    return Ok(None);
+                }
+                tx.commit()?;
+                Ok(Some(n))
+            })?;
+            match gone {
+                Some(n) => report.rows += n as u64,
+                None => {
+                    tracing::warn!(
+                        "retention: records changed while they were pruned; stopping this pass"
+                    );
+                    break;
+                }
+            }
+        }
+        report.days = days.into_iter().collect();
+        Ok(report)
     }
 
     /// Whether the record is on PostgreSQL.
@@ -2050,7 +2217,9 @@ impl Store {
                     SELECT tenant_id, amount AS credited, 0 AS charged FROM ledger_entries
                     UNION ALL
                     SELECT tenant_id, 0, cost_nano FROM usage_events
-                    WHERE tenant_id IS NOT NULL AND cost_nano != 0)
+                    WHERE tenant_id IS NOT NULL AND cost_nano != 0
+                    UNION ALL
+                    SELECT tenant_id, 0, cost_nano FROM charge_days)
                  GROUP BY tenant_id",
             )?;
             let rows = st.query_map([], |r| {
@@ -2099,7 +2268,8 @@ impl Store {
                 |r| r.get(0),
             )?;
             let charged: i64 = c.query_row(
-                "SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events WHERE tenant_id = ?1",
+                "SELECT (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events WHERE tenant_id = ?1)
+                      + (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days WHERE tenant_id = ?1)",
                 params![tenant.0],
                 |r| r.get(0),
             )?;
@@ -2121,8 +2291,10 @@ impl Store {
             Account::Group(g) => ("group_id", g.0),
         };
         let sql = format!(
-            "SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
-             WHERE tenant_id = ?1 AND ts_ms >= ?3 AND {col} = ?2"
+            "SELECT (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+                     WHERE tenant_id = ?1 AND ts_ms >= ?3 AND {col} = ?2)
+                  + (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
+                     WHERE tenant_id = ?1 AND day_ms >= ?3 AND {col} = ?2)"
         );
         self.with(|c| Ok(c.query_row(&sql, params![tenant.0, id, since_ms], |r| r.get(0))?))
     }
@@ -2140,13 +2312,18 @@ impl Store {
             for (col, make) in kinds {
                 // Only the current period's charges count for tenants with a quota period
                 // (the same UTC boundaries as `QuotaPeriod::start_ms`).
+                // A pruned day's charges count from their day's summary.
                 let sql = format!(
-                    "SELECT u.tenant_id, u.{col}, SUM(u.cost_nano) FROM usage_events u
-                     JOIN tenants t ON t.id = u.tenant_id
-                     WHERE u.cost_nano != 0 AND u.{col} IS NOT NULL
-                       AND u.ts_ms >= CASE t.quota_period
+                    "SELECT x.tenant_id, x.acct, SUM(x.cost) FROM (
+                        SELECT tenant_id, {col} AS acct, cost_nano AS cost, ts_ms AS ts
+                        FROM usage_events WHERE cost_nano != 0 AND {col} IS NOT NULL
+                        UNION ALL
+                        SELECT tenant_id, {col}, cost_nano, day_ms
+                        FROM charge_days WHERE cost_nano != 0 AND {col} != 0) x
+                     JOIN tenants t ON t.id = x.tenant_id
+                     WHERE x.ts >= CASE t.quota_period
                            WHEN 'month' THEN ?1 WHEN 'day' THEN ?2 ELSE 0 END
-                     GROUP BY u.tenant_id, u.{col}"
+                     GROUP BY x.tenant_id, x.acct"
                 );
                 let mut st = c.prepare(&sql)?;
                 let now = unix_now_ms();
@@ -2182,6 +2359,12 @@ impl Store {
                  SELECT 'charge:' || request_id, 'charge', -cost_nano, key_id, request_id, NULL, NULL,
                         uncollected, ts_ms, user_id, group_id, 1, id
                  FROM usage_events WHERE tenant_id = ?1 AND (cost_nano != 0 OR uncollected != 0)
+                 UNION ALL
+                 SELECT 'charges:' || strftime('%Y-%m-%d', day_ms / 1000, 'unixepoch') || ':' || id,
+                        'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
+                        calls || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
+                        NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id
+                 FROM charge_days WHERE tenant_id = ?1
                  ORDER BY created_ms, src, ord",
             )?;
             let rows = st.query_map(params![tenant.0], |r| Store::entry_from_row(tenant, r))?;
@@ -2205,7 +2388,9 @@ impl Store {
                 "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
                          WHERE tenant_id = ?1 AND created_ms < ?2)
                       - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
-                         WHERE tenant_id = ?1 AND ts_ms < ?2)",
+                         WHERE tenant_id = ?1 AND ts_ms < ?2)
+                      - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
+                         WHERE tenant_id = ?1 AND day_ms < ?2 - 86399999)",
                 params![tenant.0, from_ms],
                 |r| r.get(0),
             )?)
@@ -2251,6 +2436,18 @@ impl Store {
                     WHERE tenant_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND (cost_nano != 0 OR uncollected != 0)
                       AND (ts_ms > ?4 OR (ts_ms = ?4 AND (1 > ?5 OR (1 = ?5 AND id > ?6))))
                     ORDER BY ts_ms, id LIMIT ?7)
+                 UNION ALL
+                 SELECT * FROM (
+                    SELECT 'charges:' || strftime('%Y-%m-%d', day_ms / 1000, 'unixepoch') || ':' || id,
+                           'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
+                           calls || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
+                           NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id, NULL, NULL,
+                           NULL, NULL, NULL, NULL, NULL
+                    FROM charge_days
+                    WHERE tenant_id = ?1 AND day_ms >= ?2 - 86399999 AND day_ms < ?3 - 86399999
+                      AND (day_ms + 86399999 > ?4
+                           OR (day_ms + 86399999 = ?4 AND (2 > ?5 OR (2 = ?5 AND id > ?6))))
+                    ORDER BY day_ms, id LIMIT ?7)
                  ORDER BY 9, 12, 13 LIMIT ?7",
             )?;
             let rows = st.query_map(
