@@ -1879,7 +1879,7 @@ async fn disk_per_million_calls() {
         UsageLog::record(&lite, chunk).await.unwrap();
     }
     let c = rusqlite::Connection::open(&db).unwrap();
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+    c.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
         .unwrap();
     let full = size(&db);
     let archive = dir.path().join("archive");
@@ -1888,7 +1888,7 @@ async fn disk_per_million_calls() {
         .prune_usage(cutoff, Some(&archive), "bench", u64::MAX)
         .unwrap();
     assert_eq!(r.rows as usize, n);
-    c.execute_batch("VACUUM;").unwrap();
+    c.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
     let pruned = size(&db);
     let zst: u64 = r.files.iter().map(|f| size(std::path::Path::new(f))).sum();
     println!(
