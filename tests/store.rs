@@ -1888,7 +1888,8 @@ async fn disk_per_million_calls() {
         .prune_usage(cutoff, Some(&archive), "bench", u64::MAX)
         .unwrap();
     assert_eq!(r.rows as usize, n);
-    c.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    c.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     let pruned = size(&db);
     let zst: u64 = r.files.iter().map(|f| size(std::path::Path::new(f))).sum();
     println!(

@@ -27,8 +27,13 @@
 //! whose outcome was lost (timeouts), so every charge is applied exactly once.
 //!
 //! All scripts touch keys of many tenants (flush) or build key names inside Lua (snapshot,
-//! reclaim): this targets a standalone Redis (or one primary with replicas / Sentinel). In a Redis
-//! Cluster, put a hash tag in the prefix (e.g. `{tg}:`) so every key lands in one slot.
+//! reclaim, rates): every key of the bank must be on one Redis. That is a standalone Redis, one
+//! primary with replicas behind Sentinel (`redis+sentinel://`), or one slot of a Redis Cluster
+//! (`redis+cluster://`): there the prefix carries a hash tag (`{tg}:`; a prefix without one is
+//! wrapped into one), so every key hashes to the same slot and each script's keys share it; the
+//! commands without a key (PING, ROLE, WAIT, SCRIPT LOAD) are sent to that slot's primary. The
+//! cluster gives the bank its failover (a replica of that slot's primary is promoted), not
+//! sharding: the bank is one slot.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
@@ -37,6 +42,94 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
+
+/// The bank's connection: one Redis (the URL's, or the master Sentinel names), or a Redis Cluster
+/// whose slot of the bank's hash tag holds every key.
+#[derive(Clone)]
+enum Conn {
+    One(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Routing to the primary of the bank's slot.
+fn on_slot(route: &redis::cluster_routing::Route) -> redis::cluster_routing::RoutingInfo {
+    redis::cluster_routing::RoutingInfo::SingleNode(
+        redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(*route),
+    )
+}
+
+/// `redis+cluster://[user:password@]host:port[,host:port...][/]`: some nodes of a Redis Cluster
+/// (the client learns the others from them), as `redis://` URLs.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, BankError> {
+    let Some(rest) = url.strip_prefix("redis+cluster://") else {
+        return Ok(None);
+    };
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    if hosts.contains('/') {
+        return Err(BankError::Invalid(
+            "redis+cluster:// takes no database (a cluster has only database 0)",
+        ));
+    }
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{auth}{h}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(BankError::Invalid("redis+cluster:// names no node"));
+    }
+    Ok(Some(nodes))
+}
+
+/// The key prefix a Redis Cluster needs: one with a hash tag (`{...}`) keeps every key of the
+/// bank in one slot; a prefix without one (`tg:`) becomes `{tg}:`.
+pub fn cluster_prefix(prefix: &str) -> String {
+    let tagged = prefix
+        .find('{')
+        .and_then(|i| prefix[i + 1..].find('}'))
+        .is_some_and(|len| len > 0);
+    if tagged {
+        prefix.to_string()
+    } else {
+        let name = prefix.trim_end_matches(':');
+        format!("{{{}}}:", if name.is_empty() { "tg" } else { name })
+    }
+}
 
 /// Largest amount one call accepts (2^53): Lua numbers are doubles, exact up to here.
 pub const MAX_AMOUNT: i64 = 1 << 53;
@@ -284,7 +377,7 @@ end
 return cur
 "#;
 
-// Rate-limit sync. ARGV: prefix, ttl, then six per subject: subject, minute, and the counts
+// Rate-limit sync. KEYS: the bank's marker (for routing only). ARGV: prefix, ttl, then six per subject: subject, minute, and the counts
 // (requests, tokens) to add to the previous and the current minute. Returns four totals per
 // subject: previous requests, previous tokens, current requests, current tokens.
 const RATES_LUA: &str = r#"
@@ -311,7 +404,8 @@ end
 return out
 "#;
 
-// One request for every subject, or none (cluster-wide request limits). ARGV: prefix, ttl,
+// One request for every subject, or none (cluster-wide request limits). KEYS: the bank's marker
+// (for routing only). ARGV: prefix, ttl,
 // minute, elapsed ms of the minute, then (subject, rpm or 0) pairs. The fleet's sliding-window
 // count of each subject with an RPM (the current minute's requests plus the previous minute's
 // weighted by its overlap, as `tenancy::limits` counts) must leave room for one more; then every
@@ -436,11 +530,14 @@ impl Scripts {
 pub struct Bank {
     /// The Redis the bank talks to: the URL's, or the master Sentinel names (it changes on a
     /// failover).
-    client: RwLock<redis::Client>,
+    client: RwLock<Option<redis::Client>>,
     /// `redis+sentinel://` URLs: the Sentinels to ask for the current master.
     sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
     manager_cfg: ConnectionManagerConfig,
-    conn: RwLock<ConnectionManager>,
+    conn: RwLock<Conn>,
+    /// Redis Cluster: the slot every key of the bank hashes to (its primary answers the
+    /// commands that carry no key).
+    slot: Option<redis::cluster_routing::Route>,
     node: String,
     prefix: String,
     epoch: u64,
@@ -609,6 +706,9 @@ impl Bank {
                 "node id must be non-empty without whitespace",
             ));
         }
+        if let Some(nodes) = cluster_nodes(url)? {
+            return Bank::connect_cluster(&nodes, node, &cluster_prefix(prefix), cfg).await;
+        }
         let (client, sentinel) = match SentinelUrl::parse(url)? {
             None => (redis::Client::open(url)?, None),
             Some(s) => {
@@ -629,12 +729,74 @@ impl Bank {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
         let ms = cfg.op_timeout.as_millis() as u64;
-        let mut conn = tokio::time::timeout(
+        let conn = tokio::time::timeout(
             cfg.op_timeout,
             ConnectionManager::new_with_config(client.clone(), manager_cfg.clone()),
         )
         .await
         .map_err(|_| BankError::Timeout { ms })??;
+        Bank::start(
+            Conn::One(conn),
+            Some(client),
+            sentinel,
+            manager_cfg,
+            None,
+            node,
+            prefix,
+            cfg,
+        )
+        .await
+    }
+
+    /// Redis Cluster: connects through `nodes` and keeps every key in the slot of `prefix`'s
+    /// hash tag.
+    async fn connect_cluster(
+        nodes: &[String],
+        node: &str,
+        prefix: &str,
+        cfg: BankConfig,
+    ) -> Result<Bank, BankError> {
+        let ms = cfg.op_timeout.as_millis() as u64;
+        // Our own timeout (op_timeout) bounds every call; the client's own bounds each
+        // request it sends, so a silent node errors out and the slot map is refreshed.
+        let client = redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(cfg.connect_timeout)
+            .response_timeout(cfg.op_timeout)
+            .retries(2)
+            .build()?;
+        let conn = tokio::time::timeout(cfg.op_timeout * 4, client.get_async_connection())
+            .await
+            .map_err(|_| BankError::Timeout { ms })??;
+        let slot = redis::cluster_routing::Route::with_slot(
+            redis::cluster_routing::Slot::for_key(format!("{prefix}bank")),
+            redis::cluster_routing::SlotAddr::Master,
+        );
+        Bank::start(
+            Conn::Cluster(conn),
+            None,
+            None,
+            ConnectionManagerConfig::new(),
+            Some(slot),
+            node,
+            prefix,
+            cfg,
+        )
+        .await
+    }
+
+    /// The connection is up: the node's epoch, the bank's identity and the scripts.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        mut conn: Conn,
+        client: Option<redis::Client>,
+        sentinel: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        manager_cfg: ConnectionManagerConfig,
+        slot: Option<redis::cluster_routing::Route>,
+        node: &str,
+        prefix: &str,
+        cfg: BankConfig,
+    ) -> Result<Bank, BankError> {
+        let ms = cfg.op_timeout.as_millis() as u64;
         let epoch: u64 = tokio::time::timeout(
             cfg.op_timeout,
             redis::cmd("INCR")
@@ -660,9 +822,9 @@ impl Bank {
         .map_err(|_| BankError::Timeout { ms })??
         .0;
         // Load the scripts up front (one round trip), so a first call whose answer is lost is
-        // not a NOSCRIPT that never got retried.
+        // not a NOSCRIPT that never got retried. In a cluster, on the bank slot's primary.
         let mut pipe = redis::pipe();
-        for code in [
+        let codes = [
             CREDIT_LUA,
             LEASE_LUA,
             GIVE_BACK_LUA,
@@ -674,17 +836,33 @@ impl Bank {
             CURSOR_LUA,
             RATES_LUA,
             ADMIT_LUA,
-        ] {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+        ];
+        match (&mut conn, &slot) {
+            (Conn::Cluster(c), Some(route)) => {
+                for code in codes {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(code);
+                    tokio::time::timeout(cfg.op_timeout, c.route_command(load, on_slot(route)))
+                        .await
+                        .map_err(|_| BankError::Timeout { ms })??;
+                }
+            }
+            _ => {
+                for code in codes {
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+                }
+                let _: Vec<String> =
+                    tokio::time::timeout(cfg.op_timeout, pipe.query_async(&mut conn))
+                        .await
+                        .map_err(|_| BankError::Timeout { ms })??;
+            }
         }
-        let _: Vec<String> = tokio::time::timeout(cfg.op_timeout, pipe.query_async(&mut conn))
-            .await
-            .map_err(|_| BankError::Timeout { ms })??;
         Ok(Bank {
             client: RwLock::new(client),
             sentinel,
             manager_cfg,
             conn: RwLock::new(conn),
+            slot,
             node: node.to_string(),
             prefix: prefix.to_string(),
             epoch,
@@ -728,22 +906,25 @@ impl Bank {
         format!("{}op:{kind}:{id}", self.prefix)
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> Conn {
         match self.conn.read() {
             Ok(c) => c.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
+    /// A fresh connection to one Redis. A cluster connection is never replaced: it reconnects
+    /// and follows the slot map itself, and its response timeout turns silence into errors.
     fn replace_connection(&self) {
         let client = match self.client.read() {
             Ok(c) => c.clone(),
             Err(p) => p.into_inner().clone(),
         };
+        let Some(client) = client else { return };
         match ConnectionManager::new_lazy_with_config(client, self.manager_cfg.clone()) {
             Ok(fresh) => match self.conn.write() {
-                Ok(mut c) => *c = fresh,
-                Err(p) => *p.into_inner() = fresh,
+                Ok(mut c) => *c = Conn::One(fresh),
+                Err(p) => *p.into_inner() = Conn::One(fresh),
             },
             Err(e) => tracing::warn!(error = %e, "credit bank: cannot replace redis connection"),
         }
@@ -761,24 +942,39 @@ impl Bank {
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, BankError> {
         let r = self.run(inv).await?;
-        if self.sentinel.is_some() && self.replicas.load(Ordering::Relaxed) > 0 {
+        if (self.sentinel.is_some() || self.slot.is_some())
+            && self.replicas.load(Ordering::Relaxed) > 0
+        {
             let ms = self.cfg.op_timeout.as_millis() as u64;
-            let mut conn = self.connection();
-            let cmd = {
-                let mut c = redis::cmd("WAIT");
-                c.arg(1).arg(ms / 2);
-                c
-            };
-            let acked =
-                tokio::time::timeout(self.cfg.op_timeout, cmd.query_async::<i64>(&mut conn))
-                    .await
-                    .map_err(|_| BankError::Timeout { ms })??;
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(1).arg(ms / 2);
+            let acked: i64 = self.keyless(cmd).await?;
             if acked < 1 {
                 self.unreplicated.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::METRICS.credit_bank_unreplicated.inc();
             }
         }
         Ok(r)
+    }
+
+    /// A command without a key, on the Redis that holds the bank (in a cluster: the primary of
+    /// the bank's slot, not whichever node the client would pick), within the operation timeout.
+    async fn keyless<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BankError> {
+        let ms = self.cfg.op_timeout.as_millis() as u64;
+        let mut conn = self.connection();
+        let answer = async {
+            match (&mut conn, &self.slot) {
+                (Conn::Cluster(c), Some(route)) => {
+                    let v = c.route_command(cmd, on_slot(route)).await?;
+                    Ok(T::from_redis_value(v).map_err(redis::RedisError::from)?)
+                }
+                _ => cmd.query_async::<T>(&mut conn).await,
+            }
+        };
+        tokio::time::timeout(self.cfg.op_timeout, answer)
+            .await
+            .map_err(|_| BankError::Timeout { ms })?
+            .map_err(BankError::from)
     }
 
     async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, BankError> {
@@ -844,19 +1040,11 @@ impl Bank {
     }
 
     async fn probe_once(&self) -> bool {
-        let mut conn = self.connection();
-        if self.sentinel.is_none() {
-            let cmd = redis::cmd("PING");
-            let ping = cmd.query_async::<String>(&mut conn);
-            return matches!(
-                tokio::time::timeout(self.cfg.op_timeout, ping).await,
-                Ok(Ok(_))
-            );
+        if self.sentinel.is_none() && self.slot.is_none() {
+            return self.keyless::<String>(redis::cmd("PING")).await.is_ok();
         }
-        let cmd = redis::cmd("ROLE");
-        let role = cmd.query_async::<redis::Value>(&mut conn);
-        match tokio::time::timeout(self.cfg.op_timeout, role).await {
-            Ok(Ok(redis::Value::Array(v))) => {
+        match self.keyless::<redis::Value>(redis::cmd("ROLE")).await {
+            Ok(redis::Value::Array(v)) => {
                 let master = matches!(
                     v.first(),
                     Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
@@ -890,14 +1078,16 @@ impl Bank {
             return false;
         };
         let moved = match self.client.read() {
-            Ok(c) => c.get_connection_info().addr() != client.get_connection_info().addr(),
+            Ok(c) => c.as_ref().is_none_or(|c| {
+                c.get_connection_info().addr() != client.get_connection_info().addr()
+            }),
             Err(_) => true,
         };
         if moved {
             tracing::warn!(master = %client.get_connection_info().addr(), "credit bank: Sentinel names a new master; following it");
             match self.client.write() {
-                Ok(mut c) => *c = client,
-                Err(p) => *p.into_inner() = client,
+                Ok(mut c) => *c = Some(client),
+                Err(p) => *p.into_inner() = Some(client),
             }
         }
         // A fresh connection either way: the old one may be stuck on a demoted or dead server.
@@ -1201,6 +1391,8 @@ impl Bank {
             return Ok(Vec::new());
         }
         let mut inv = self.scripts.rates.prepare_invoke();
+        // The script names its keys itself; the bank's key only routes it (in a cluster).
+        inv.key(format!("{}bank", self.prefix));
         inv.arg(&self.prefix).arg(180);
         for d in deltas {
             inv.arg(d.subject())
@@ -1236,6 +1428,7 @@ impl Bank {
         subjects: &[(String, u64)],
     ) -> Result<Option<usize>, BankError> {
         let mut inv = self.scripts.admit.prepare_invoke();
+        inv.key(format!("{}bank", self.prefix));
         inv.arg(&self.prefix)
             .arg(180)
             .arg(now_ms / 60_000)
@@ -2036,6 +2229,31 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use std::process::{Child, Command, Stdio};
+
+    #[test]
+    fn cluster_urls_and_prefixes() {
+        assert_eq!(cluster_nodes("redis://h:1/").unwrap(), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://a:7000,b:7001/").unwrap(),
+            Some(vec!["redis://a:7000".to_string(), "redis://b:7001".into()])
+        );
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p@w@a:1").unwrap(),
+            Some(vec!["redis://u:p@w@a:1".to_string()])
+        );
+        assert!(cluster_nodes("redis+cluster://").is_err());
+        assert!(cluster_nodes("redis+cluster://a:1/2").is_err());
+        assert_eq!(cluster_prefix("tg:"), "{tg}:");
+        assert_eq!(cluster_prefix(""), "{tg}:");
+        assert_eq!(cluster_prefix("{acme}:"), "{acme}:");
+        assert_eq!(cluster_prefix("gw{x}:"), "gw{x}:");
+        // An empty tag hashes the whole key: not a tag.
+        assert_eq!(cluster_prefix("{}:"), "{{}}:");
+        assert_eq!(
+            redis::cluster_routing::Slot::for_key("{tg}:bal:1"),
+            redis::cluster_routing::Slot::for_key("{tg}:lease:n1:99")
+        );
+    }
 
     #[test]
     fn sentinel_urls_are_read_and_bad_ones_refused() {

@@ -682,11 +682,12 @@ fn build_cluster(
     };
     if !(redis_url.starts_with("redis://")
         || redis_url.starts_with("rediss://")
-        || redis_url.starts_with("redis+sentinel://"))
+        || redis_url.starts_with("redis+sentinel://")
+        || redis_url.starts_with("redis+cluster://"))
     {
         return Err(invalid(
             "cluster.redis_url",
-            "must start with redis://, rediss:// or redis+sentinel://",
+            "must start with redis://, rediss://, redis+sentinel:// or redis+cluster://",
         ));
     }
     let node_id = match node_id {
@@ -701,6 +702,12 @@ fn build_cluster(
         }
     };
     check_name(&node_id, "cluster.node_id")?;
+    // A Redis Cluster keeps the bank in the slot of the prefix's hash tag.
+    let key_prefix = if redis_url.starts_with("redis+cluster://") {
+        crate::billing::cluster::cluster_prefix(&key_prefix)
+    } else {
+        key_prefix
+    };
     if key_prefix.chars().any(char::is_whitespace) || key_prefix.len() > 64 {
         return Err(invalid(
             "cluster.key_prefix",

@@ -459,6 +459,124 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three primaries, each with one replica (a silent node is failed over after
+/// 1 s): Debian's redis-server, six processes on free ports (cluster bus ports too).
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6)
+            .map(|_| {
+                let bus = free_port().to_string();
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+            })
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (apt-get install -y redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        // Ready when every node sees the cluster whole and every replica is in sync.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &c.nodes {
+            loop {
+                let ask = |what: &str, arg: &str| -> String {
+                    redis::Client::open(n.url())
+                        .and_then(|cl| cl.get_connection())
+                        .and_then(|mut cn| redis::cmd(what).arg(arg).query(&mut cn))
+                        .unwrap_or_default()
+                };
+                let info = ask("CLUSTER", "INFO");
+                let repl = ask("INFO", "replication");
+                if info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster never formed: {info}\n{repl}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        c
+    }
+
+    /// Three of the nodes: the client learns the rest from them.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes[..3]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The index of the node that is now the primary of `key`'s slot, asked of a live node.
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        for n in &self.nodes {
+            let Ok(mut c) = redis::Client::open(n.url()).and_then(|c| c.get_connection()) else {
+                continue;
+            };
+            let Ok(slot) = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query::<i64>(&mut c)
+            else {
+                continue;
+            };
+            // CLUSTER SLOTS: [[start, end, [ip, port, id, ...], replicas...], ...]
+            let Ok(redis::Value::Array(ranges)) = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<redis::Value>(&mut c)
+            else {
+                continue;
+            };
+            let int = |v: Option<&redis::Value>| match v {
+                Some(redis::Value::Int(i)) => Some(*i),
+                _ => None,
+            };
+            for r in &ranges {
+                let redis::Value::Array(r) = r else { continue };
+                let (Some(a), Some(b)) = (int(r.first()), int(r.get(1))) else {
+                    continue;
+                };
+                if !(a..=b).contains(&slot) {
+                    continue;
+                }
+                let Some(redis::Value::Array(primary)) = r.get(2) else {
+                    return None;
+                };
+                let port = int(primary.get(1))?;
+                return self.nodes.iter().position(|n| i64::from(n.port) == port);
+            }
+            return None;
+        }
+        None
+    }
+}
+
 /// A primary, a replica and three Sentinels watching them as master `tg` (quorum 2, a master
 /// silent for 1 s is down): Debian's redis-server, started by the test on free ports.
 pub struct RedisSentinels {
