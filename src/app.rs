@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::metrics::METRICS;
 use crate::routing::upstream::{BreakerState, UpstreamStates};
 use crate::tenancy::keys::KeyRing;
-use crate::tenancy::store::Store;
+use crate::store::sqlite::Store;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,7 +111,7 @@ impl App {
     }
 
     /// Reload the key snapshot from the store when its generation moved.
-    pub fn refresh_keys(&self) -> Result<bool, crate::tenancy::store::StoreError> {
+    pub fn refresh_keys(&self) -> Result<bool, crate::store::sqlite::StoreError> {
         let generation = self.store.key_generation()?;
         if generation == self.keys.generation() {
             return Ok(false);

@@ -3,7 +3,7 @@
 use crate::config::{Config, LogFormat};
 use crate::routing::upstream::UpstreamStates;
 use crate::server::{self, Launch};
-use crate::tenancy::store::{NewKey, Store};
+use crate::store::sqlite::{NewKey, Store};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -326,7 +326,7 @@ pub fn main() -> i32 {
                         (None, None) => None,
                     }
                 };
-                let now = crate::tenancy::store::unix_now_ms();
+                let now = crate::store::sqlite::unix_now_ms();
                 let cutoff = crate::store::retention::cutoff(now, days);
                 let mut total = crate::store::retention::PruneReport::default();
                 loop {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::routing::upstream::UpstreamStates;
 use crate::server::{self, Launch};
-use crate::tenancy::store::{NewKey, Store};
+use crate::store::sqlite::{NewKey, Store};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 

@@ -9,7 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::proxy::Gateway;
 use crate::routing::resolver;
 use crate::routing::upstream::UpstreamStates;
-use crate::tenancy::store::Store;
+use crate::store::sqlite::Store;
 use pingora_core::apps::ServerApp;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
@@ -26,7 +26,7 @@ pub enum StartError {
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
     #[error("store: {0}")]
-    Store(#[from] crate::tenancy::store::StoreError),
+    Store(#[from] crate::store::sqlite::StoreError),
     #[error("{0}")]
     Other(String),
 }
@@ -229,7 +229,7 @@ impl BackgroundService for RetentionService {
             let archive = self.retention.archive.clone();
             let node = self.node.clone();
             let cut = cutoff(
-                crate::tenancy::store::unix_now_ms(),
+                crate::store::sqlite::unix_now_ms(),
                 self.retention.raw_days,
             );
             let pass = tokio::task::spawn_blocking(move || {

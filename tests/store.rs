@@ -9,7 +9,7 @@ use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
 use tollgate::store::{Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
-use tollgate::tenancy::store::{NewKey, Store, StoreError};
+use tollgate::store::sqlite::{NewKey, Store, StoreError};
 use tollgate::tenancy::{KeyId, TenantId};
 
 fn sqlite() -> (tempfile::TempDir, Store) {
@@ -642,7 +642,7 @@ async fn members_behave_the_same_on_sqlite_and_postgresql() {
 async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
     use tollgate::billing::ledger::{Account, EntryKind};
     use tollgate::tenancy::limits::LimitsPatch;
-    use tollgate::tenancy::store::{Credited, IdempotencyKey, LimitSubject};
+    use tollgate::store::sqlite::{Credited, IdempotencyKey, LimitSubject};
     use tollgate::tenancy::QuotaPeriod;
     let acme = s.create_tenant("acme").await.unwrap();
     let globex = s.create_tenant("globex").await.unwrap();
@@ -954,7 +954,7 @@ async fn the_ledger_behaves_the_same_on_sqlite_and_postgresql() {
 #[tokio::test]
 async fn concurrent_uses_of_one_idempotency_key_commit_once_on_postgresql() {
     use tollgate::billing::ledger::EntryKind;
-    use tollgate::tenancy::store::{Credited, IdempotencyKey};
+    use tollgate::store::sqlite::{Credited, IdempotencyKey};
     let pg = Postgres::start();
     let store = PgStore::connect(&pg.database("idem"), 10).await.unwrap();
     let t = store.create_tenant("acme").await.unwrap();
@@ -986,7 +986,7 @@ impl<T: Directory + Ledger + Codes> CodesBoth for T {}
 
 async fn codes_behaviour(s: &dyn CodesBoth, backend: &str) {
     use tollgate::billing::ledger::EntryKind;
-    use tollgate::tenancy::store::{Credited, IdempotencyKey, PromoBonus};
+    use tollgate::store::sqlite::{Credited, IdempotencyKey, PromoBonus};
     let acme = s.create_tenant("acme").await.unwrap();
     let globex = s.create_tenant("globex").await.unwrap();
 
@@ -1238,7 +1238,7 @@ async fn codes_and_promotions_behave_the_same_on_sqlite_and_postgresql() {
 /// Twenty tenants' redemptions of one code at once, and of one capped campaign: once each.
 #[tokio::test]
 async fn concurrent_redemptions_and_claims_credit_once_on_postgresql() {
-    use tollgate::tenancy::store::PromoBonus;
+    use tollgate::store::sqlite::PromoBonus;
     let pg = Postgres::start();
     let store = PgStore::connect(&pg.database("race"), 20).await.unwrap();
     let mut tenants = Vec::new();
@@ -1331,7 +1331,7 @@ async fn load_month(s: &dyn AnalyticsBoth) -> (TenantId, tollgate::tenancy::User
 
 #[tokio::test]
 async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
-    use tollgate::tenancy::store::{AnalyticsQuery, Dimension, Granularity, UsageQuery};
+    use tollgate::store::sqlite::{AnalyticsQuery, Dimension, Granularity, UsageQuery};
     let (_dir, lite) = sqlite();
     let pg = Postgres::start();
     let store = PgStore::connect(&pg.database("analytics"), 4)
@@ -1451,7 +1451,7 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
 #[tokio::test]
 async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
     use tollgate::billing::ledger::EntryKind;
-    use tollgate::tenancy::store::{AnalyticsQuery, Dimension, Granularity, PromoBonus};
+    use tollgate::store::sqlite::{AnalyticsQuery, Dimension, Granularity, PromoBonus};
     let (dir, lite) = sqlite();
     let (t, u) = load_month(&lite).await;
     Ledger::credit(

@@ -12,7 +12,7 @@
 use crate::app::App;
 use crate::billing::pricing;
 use crate::error::GatewayError;
-use crate::tenancy::store::{StatementPos, StatementRow, UsagePos, UsageQuery};
+use crate::store::sqlite::{StatementPos, StatementRow, UsagePos, UsageQuery};
 use crate::tenancy::TenantId;
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
@@ -383,7 +383,7 @@ impl Export {
 
 async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
-    f: impl FnOnce(&App) -> Result<T, crate::tenancy::store::StoreError> + Send + 'static,
+    f: impl FnOnce(&App) -> Result<T, crate::store::sqlite::StoreError> + Send + 'static,
 ) -> Result<T, GatewayError> {
     let app = app.clone();
     match tokio::task::spawn_blocking(move || f(&app)).await {

@@ -20,8 +20,8 @@ use crate::error::GatewayError;
 use crate::metrics::{self, METRICS};
 use crate::routing::upstream::BreakerState;
 use crate::tenancy::limits::{Limits, LimitsPatch};
-use crate::tenancy::store::LimitSubject;
-use crate::tenancy::store::{
+use crate::store::sqlite::LimitSubject;
+use crate::store::sqlite::{
     AnalyticsQuery, Credited, Dimension, Granularity, IdempotencyKey, IdempotentRecord, NewKey,
     PromoBonus, StoreError, UsageQuery, UserPrincipal,
 };

@@ -31,7 +31,7 @@
 
 use super::cluster::{Allowances, BankError, TenantTotals};
 use super::ledger::{Account, Refusal};
-use crate::tenancy::store::{Store, StoreError};
+use crate::store::sqlite::{Store, StoreError};
 use crate::tenancy::{ApiKey, QuotaPeriod, TenantId};
 use dashmap::DashMap;
 use std::sync::Arc;

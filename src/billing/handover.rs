@@ -141,6 +141,33 @@ impl From<RefusalWire> for Refusal {
     }
 }
 
+impl crate::tenancy::limits::Forward for Remote {
+    fn admit(
+        &self,
+        now_ms: u64,
+        subjects: &[(Scope, i64, Limits)],
+    ) -> Option<Result<(), Limited>> {
+        match self.call(&Request::Admit {
+            now_ms,
+            subjects: subjects.to_vec(),
+        }) {
+            Ok(Reply::Admitted(r)) => Some(r),
+            other => {
+                tracing::warn!(result = ?other, "upgrade: rate-limit hand-over unreachable");
+                None
+            }
+        }
+    }
+
+    fn tokens(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)], tokens: u64) {
+        let _ = self.call(&Request::Tokens {
+            now_ms,
+            subjects: subjects.to_vec(),
+            tokens,
+        });
+    }
+}
+
 /// The old process's end: every operation is one request and one reply, in turn.
 #[derive(Debug)]
 pub struct Remote {
@@ -215,9 +242,11 @@ pub fn give(app: &crate::app::App, upgrade_sock: &str) -> bool {
     };
     let remote = Arc::new(remote);
     let result = app.ledger.freeze(remote.clone(), |books| {
-        app.limiter.freeze(remote.clone(), |windows| {
-            remote.call(&Request::Books(books, windows))
-        })
+        app.limiter.freeze(
+            remote.clone(),
+            |windows| remote.call(&Request::Books(books, windows)),
+            |r| matches!(r, Ok(Reply::Done)),
+        )
     });
     match result {
         Ok(Reply::Done) => {

@@ -25,7 +25,7 @@ use crate::billing::chargelog::ChargeLog;
 use crate::billing::fleet::Fleet;
 use crate::billing::handover::{Remote, Reply, Request};
 use crate::billing::usage::UsageEvent;
-use crate::tenancy::store::{Store, StoreError};
+use crate::store::sqlite::{Store, StoreError};
 use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
 use dashmap::DashMap;
 use serde::Serialize;
@@ -33,91 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EntryKind {
-    TopUp,
-    Grant,
-    Redemption,
-    Promo,
-    Adjustment,
-    Charge,
-}
-
-impl EntryKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::TopUp => "top_up",
-            EntryKind::Grant => "grant",
-            EntryKind::Redemption => "redemption",
-            EntryKind::Promo => "promo",
-            EntryKind::Adjustment => "adjustment",
-            EntryKind::Charge => "charge",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EntryKind> {
-        Some(match s {
-            "top_up" => EntryKind::TopUp,
-            "grant" => EntryKind::Grant,
-            "redemption" => EntryKind::Redemption,
-            "promo" => EntryKind::Promo,
-            "adjustment" => EntryKind::Adjustment,
-            "charge" => EntryKind::Charge,
-            _ => return None,
-        })
-    }
-}
-
-/// One journal line. `amount` is signed nano-credits: credits positive, charges negative.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LedgerEntry {
-    /// Idempotency id, unique in the journal.
-    pub id: String,
-    pub tenant_id: TenantId,
-    pub kind: EntryKind,
-    pub amount: i64,
-    pub key_id: Option<KeyId>,
-    pub user_id: Option<UserId>,
-    pub group_id: Option<GroupId>,
-    pub request_id: Option<String>,
-    pub actor: Option<String>,
-    pub note: Option<String>,
-    /// Part of a charge the accounts could not cover (never taken from the balance).
-    pub uncollected: i64,
-    pub created_ms: i64,
-}
-
-/// A spending limit inside a tenant: a key's quota, a user's quota or a group's budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-pub enum Account {
-    Key(KeyId),
-    User(UserId),
-    Group(GroupId),
-}
-
-impl Account {
-    pub(crate) fn what(self) -> &'static str {
-        match self {
-            Account::Key(_) => "API key quota",
-            Account::User(_) => "user quota",
-            Account::Group(_) => "department/project budget",
-        }
-    }
-
-    /// The static name of [`Account::what`] for a name read back (the upgrade hand-over).
-    pub(crate) fn describe(what: &str) -> &'static str {
-        [
-            Account::Key(KeyId(0)),
-            Account::User(UserId(0)),
-            Account::Group(GroupId(0)),
-        ]
-        .into_iter()
-        .map(Account::what)
-        .find(|w| *w == what)
-        .unwrap_or("quota")
-    }
-}
+pub use super::entry::{Account, EntryKind, LedgerEntry};
 
 #[derive(Debug, Default, Clone, Copy, Serialize, serde::Deserialize)]
 struct Spend {
@@ -819,7 +735,7 @@ impl JournalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenancy::store::NewKey;
+    use crate::store::sqlite::NewKey;
 
     fn setup(credit: i64, quota: Option<i64>) -> (Store, Arc<Ledger>, ApiKey) {
         let (store, l, key, _writer) = setup_with_writer(credit, quota);

@@ -3,6 +3,7 @@
 
 pub mod chargelog;
 pub mod cluster;
+pub mod entry;
 pub mod fleet;
 pub mod handover;
 pub mod hold;

@@ -1,10 +1,10 @@
-//! The PostgreSQL store behind the synchronous `tenancy::store::Store` the gateway calls: the
+//! The PostgreSQL store behind the synchronous `store::sqlite::Store` the gateway calls: the
 //! store's futures run on a small runtime of their own, and the caller waits on a channel. That
 //! works from any thread (an admin handler, the recorder thread, the blocking pool, the CLI),
 //! as a SQLite call does, without nesting one tokio runtime in another.
 
 use super::pg::PgStore;
-use crate::tenancy::store::StoreError;
+use crate::store::sqlite::StoreError;
 use std::future::Future;
 use std::pin::Pin;
 

@@ -8,7 +8,7 @@
 
 use super::pg::PgStore;
 use super::Ledger;
-use crate::tenancy::store::{Store, StoreError};
+use crate::store::sqlite::{Store, StoreError};
 use rusqlite::types::Value;
 use sqlx::Row;
 
@@ -119,7 +119,7 @@ pub async fn sqlite_to_postgres(from: &Store, to: &PgStore) -> Result<CopyReport
             )));
         }
     }
-    let totals = |v: Vec<crate::tenancy::store::LedgerTotals>| {
+    let totals = |v: Vec<crate::store::sqlite::LedgerTotals>| {
         let mut v: Vec<(i64, i64, i64)> = v
             .into_iter()
             .map(|t| (t.tenant_id.0, t.credited, t.charged))

@@ -1,5 +1,5 @@
 //! The record, split by domain, with two implementations of each domain: SQLite (the embedded
-//! default, `tenancy::store::Store`) and PostgreSQL (`pg::PgStore`, the fleet store of issue 15).
+//! default, `store::sqlite::Store`) and PostgreSQL (`pg::PgStore`, the fleet store of issue 15).
 //!
 //! Each domain is a trait with async methods, so that the PostgreSQL driver (sqlx) is used as it
 //! is meant to be and SQLite runs on the blocking pool; the same behaviour tests run against both
@@ -23,12 +23,13 @@ pub mod backend;
 pub mod copy;
 pub mod pg;
 pub mod retention;
+pub mod sqlite;
 
-use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
+use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::KeySnapshot;
 use crate::tenancy::limits::{Limits, LimitsPatch};
-use crate::tenancy::store::{
+use crate::store::sqlite::{
     AnalyticsQuery, AnalyticsRow, CreditRow, Credited, Dimension, Granularity, IdempotencyKey,
     IdempotentRecord, LedgerTotals, LimitSubject, NewKey, PromoBonus, PromoCampaign,
     RedemptionCode, RoutingRow, StatementPos, StatementRow, Store, StoreError, UsagePos,
@@ -694,7 +695,7 @@ pub(crate) fn money_in(
         actor: actor.map(str::to_string),
         note,
         uncollected: 0,
-        created_ms: crate::tenancy::store::unix_now_ms(),
+        created_ms: crate::store::sqlite::unix_now_ms(),
     }
 }
 

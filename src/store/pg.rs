@@ -11,17 +11,17 @@ use super::{
     checked_email, checked_name, checked_promo, checked_role, code_state, money_in, promo_bonus_of,
     promo_grant, rollup_window, Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch,
 };
-use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
+use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use crate::tenancy::limits::Limits;
 use crate::tenancy::limits::LimitsPatch;
-use crate::tenancy::store::{
+use crate::store::sqlite::{
     AnalyticsQuery, AnalyticsRow, CallDetail, CreditRow, Credited, Dimension, Granularity,
     IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign,
     RedemptionCode, RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
 };
-use crate::tenancy::store::{NewKey, StoreError, UserPrincipal};
+use crate::store::sqlite::{NewKey, StoreError, UserPrincipal};
 use crate::tenancy::{
     unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };
@@ -1115,7 +1115,7 @@ async fn read_idempotency(
     }))
 }
 
-use crate::tenancy::store::unix_now_ms as now_ms;
+use crate::store::sqlite::unix_now_ms as now_ms;
 
 /// Claims `k` for a request about to commit in `tx`; when it was claimed before, what it
 /// recorded. The claim is the insert: a concurrent request with the same key waits on it and
@@ -1248,7 +1248,7 @@ impl Ledger for PgStore {
         note: Option<&str>,
         id: &str,
     ) -> Result<LedgerEntry, StoreError> {
-        let e = crate::tenancy::store::Store::credit_entry(
+        let e = crate::store::sqlite::Store::credit_entry(
             id.to_string(),
             tenant,
             kind,
@@ -1276,7 +1276,7 @@ impl Ledger for PgStore {
         note: Option<&str>,
         idem: &IdempotencyKey,
     ) -> Result<Credited, StoreError> {
-        let e = crate::tenancy::store::Store::credit_entry(
+        let e = crate::store::sqlite::Store::credit_entry(
             idem.entry_id(tenant),
             tenant,
             kind,

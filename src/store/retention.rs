@@ -15,7 +15,7 @@
 //! SQLite deletes in bounded batches off the request path. Both are run by the gateway's
 //! retention service (`server.rs`) and by `tollgate store prune`.
 
-use crate::tenancy::store::StoreError;
+use crate::store::sqlite::StoreError;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -118,21 +118,31 @@ pub struct RateLimiter {
     /// Upgrade hand-over (`billing::handover`): once set, this process's counts live in the new
     /// process and every admission is asked there. The gate orders the switch against
     /// admissions in progress (read: an admission; write: the switch).
-    remote: std::sync::OnceLock<std::sync::Arc<crate::billing::handover::Remote>>,
+    remote: std::sync::OnceLock<std::sync::Arc<dyn Forward>>,
     gate: std::sync::RwLock<()>,
+}
+
+/// Where a limiter sends its admissions once its counts went to the new process of an upgrade
+/// (implemented by `billing::handover`'s connection to it).
+pub trait Forward: Send + Sync + std::fmt::Debug {
+    /// The new process's answer; `None` when it did not give one.
+    fn admit(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)]) -> Option<Result<(), Limited>>;
+    /// Count the tokens a call used, there.
+    fn tokens(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)], tokens: u64);
 }
 
 /// A limiter's windows, handed over during an upgrade.
 pub type WindowsState = Vec<((Scope, i64), Window)>;
 
 impl RateLimiter {
-    /// Upgrade, old side: with admissions stopped, hand the windows to `send`; when it answers
-    /// `Done`, forward every later admission to `remote`.
-    pub(crate) fn freeze<T>(
+    /// Upgrade, old side: with admissions stopped, hand the windows to `send`; when its answer
+    /// is `taken`, forward every later admission to `remote`.
+    pub(crate) fn freeze<R>(
         &self,
-        remote: std::sync::Arc<crate::billing::handover::Remote>,
-        send: impl FnOnce(WindowsState) -> Result<crate::billing::handover::Reply, T>,
-    ) -> Result<crate::billing::handover::Reply, T> {
+        remote: std::sync::Arc<dyn Forward>,
+        send: impl FnOnce(WindowsState) -> R,
+        taken: impl FnOnce(&R) -> bool,
+    ) -> R {
         let _stop = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let state: WindowsState = self
             .windows
@@ -140,7 +150,7 @@ impl RateLimiter {
             .map(|e| (*e.key(), *e.value()))
             .collect();
         let r = send(state);
-        if matches!(r, Ok(crate::billing::handover::Reply::Done)) {
+        if taken(&r) {
             let _ = self.remote.set(remote);
         }
         r
@@ -166,18 +176,8 @@ impl RateLimiter {
     pub fn admit(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)]) -> Result<(), Limited> {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(remote) = self.remote.get() {
-            use crate::billing::handover::{Reply, Request};
-            return match remote.call(&Request::Admit {
-                now_ms,
-                subjects: subjects.to_vec(),
-            }) {
-                Ok(Reply::Admitted(r)) => r,
-                // The new process is gone: nothing to count against; admit.
-                other => {
-                    tracing::warn!(result = ?other, "upgrade: rate-limit hand-over unreachable");
-                    Ok(())
-                }
-            };
+            // The new process gone: nothing to count against; admit.
+            return remote.admit(now_ms, subjects).unwrap_or(Ok(()));
         }
         self.check(now_ms, subjects)?;
         self.count(now_ms, subjects, false);
@@ -250,11 +250,7 @@ impl RateLimiter {
     pub fn record_tokens(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)], tokens: u64) {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(remote) = self.remote.get() {
-            let _ = remote.call(&crate::billing::handover::Request::Tokens {
-                now_ms,
-                subjects: subjects.to_vec(),
-                tokens,
-            });
+            remote.tokens(now_ms, subjects, tokens);
             return;
         }
         let minute = now_ms / 60_000;

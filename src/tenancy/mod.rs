@@ -3,7 +3,6 @@
 
 pub mod keys;
 pub mod limits;
-pub mod store;
 
 use std::sync::Arc;
 

@@ -1,16 +1,16 @@
-//! The SQL store. SQLite (one file, WAL) is the embedded default; every statement the gateway
-//! runs lives in this module so that a PostgreSQL backend is a second implementation of the
-//! same functions, not a hunt through the code base.
+//! The record on SQLite (one file, WAL), the embedded default, and `Store`, the synchronous
+//! face of the record the gateway calls: each method answers from SQLite or, with `[store] url`,
+//! from the PostgreSQL implementation (`store::pg`) of the same domain.
 //!
 //! The store is only touched off the request path: by the admin API, the CLI, the key snapshot
 //! refresher and the batched usage writer.
 
-use super::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
-use super::limits::{Limits, LimitsPatch};
-use super::{
+use crate::billing::entry::{Account, EntryKind, LedgerEntry};
+use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
+use crate::tenancy::limits::{Limits, LimitsPatch};
+use crate::tenancy::{
     unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };
-use crate::billing::ledger::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use crate::store::retention::{day_of, ArchiveWriter, PruneReport};
 use rusqlite::{params, Connection, OptionalExtension};
