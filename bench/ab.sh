@@ -6,6 +6,7 @@
 #   A=/tmp/tollgate-before B=target/release/tollgate bench/ab.sh
 #   REPS=5 DURATION=10 STREAM=0 A=... B=... bench/ab.sh
 #   B_STORE_URL=postgres://...   B's record in PostgreSQL (A on SQLite): bench/pg.sh sets it
+#   A_STORE_URL=postgres://...   A's record in PostgreSQL too (bench/pg.sh with A_ON_PG=1)
 #   A_THREADS=1 B_THREADS=2 PROXY_CPUS=0,1   worker threads per binary, and the gateway's CPUs
 #                                (scaling: the same binary with 1 and 2 threads on both cores)
 #
@@ -66,9 +67,13 @@ start() {
   sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_PORT|g" \
       -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|$threads|g" -e "s|@BREAKER_THRESHOLD@|5|g" \
       "$BENCH_DIR/tollgate.toml.in" >"$dir/tollgate.toml"
-  # B_STORE_URL: B keeps its record in that PostgreSQL (bench/pg.sh) instead of SQLite.
-  if [[ $name == B && -n ${B_STORE_URL:-} ]]; then
-    sed -i "s|^sqlite_path = .*|&\nurl = \"$B_STORE_URL\"|" "$dir/tollgate.toml"
+  # B_STORE_URL (A_STORE_URL): B (A) keeps its record in that PostgreSQL (bench/pg.sh) instead
+  # of SQLite.
+  local store_url=""
+  [[ $name == A ]] && store_url=${A_STORE_URL:-}
+  [[ $name == B ]] && store_url=${B_STORE_URL:-}
+  if [[ -n $store_url ]]; then
+    sed -i "s|^sqlite_path = .*|&\nurl = \"$store_url\"|" "$dir/tollgate.toml"
   fi
   taskset -c "${PROXY_CPUS:-1}" "$bin" run --config "$dir/tollgate.toml" >>"$dir/tollgate.log" 2>&1 &
   TG_PID=$!

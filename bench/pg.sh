@@ -5,6 +5,7 @@
 # `postgres` user when run as root) on a free port, pinned with the mock and wrk to CPU 0.
 #
 #   BIN=target/release/tollgate REPS=5 DURATION=8 bench/pg.sh
+#   A=old B=new A_ON_PG=1 bench/pg.sh        two builds, both on PostgreSQL
 set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${BIN:-$BENCH_DIR/../target/release/tollgate}
@@ -20,9 +21,15 @@ trap 'as_pg "$PGBIN/pg_ctl" stop -m fast -D "$W/data" >/dev/null 2>&1 || true; r
 for _ in $(seq 100); do "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PORT" -U tollgate >/dev/null 2>&1 && break; sleep 0.2; done
 "$PGBIN/createdb" -h 127.0.0.1 -p "$PORT" -U tollgate bench
 URL="postgres://tollgate@127.0.0.1:$PORT/bench"
+# A_ON_PG=1: A keeps its record in PostgreSQL too (its own database: two versions of the schema
+# side by side), to compare two builds on PostgreSQL (A=old B=new).
+if [[ -n ${A_ON_PG:-} ]]; then
+  "$PGBIN/createdb" -h 127.0.0.1 -p "$PORT" -U tollgate bench_a
+  export A_STORE_URL="postgres://tollgate@127.0.0.1:$PORT/bench_a"
+fi
 stat() { psql -qtA "$URL" -c "SELECT xact_commit, tup_inserted FROM pg_stat_database WHERE datname = 'bench'"; }
 before=$(stat 2>/dev/null || echo "0|0")
-A=$BIN B=$BIN B_STORE_URL=$URL "$BENCH_DIR/ab.sh"
+A=${A:-$BIN} B=${B:-$BIN} B_STORE_URL=$URL "$BENCH_DIR/ab.sh"
 after=$(stat)
 calls=$(psql -qtA "$URL" -c "SELECT COUNT(*) FROM usage_events")
 echo "PostgreSQL: $calls usage records; commits $(( ${after%|*} - ${before%|*} )), rows inserted $(( ${after#*|} - ${before#*|} ))"

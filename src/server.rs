@@ -228,10 +228,7 @@ impl BackgroundService for RetentionService {
             let store = self.app.store.clone();
             let archive = self.retention.archive.clone();
             let node = self.node.clone();
-            let cut = cutoff(
-                crate::store::sqlite::unix_now_ms(),
-                self.retention.raw_days,
-            );
+            let cut = cutoff(crate::store::sqlite::unix_now_ms(), self.retention.raw_days);
             let pass = tokio::task::spawn_blocking(move || {
                 store.prune_usage(cut, archive.as_deref(), &node, MAX_ROWS)
             })

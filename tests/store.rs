@@ -7,9 +7,9 @@ mod common;
 use common::Postgres;
 use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
+use tollgate::store::sqlite::{NewKey, Store, StoreError};
 use tollgate::store::{Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
-use tollgate::store::sqlite::{NewKey, Store, StoreError};
 use tollgate::tenancy::{KeyId, TenantId};
 
 fn sqlite() -> (tempfile::TempDir, Store) {
@@ -641,8 +641,8 @@ async fn members_behave_the_same_on_sqlite_and_postgresql() {
 
 async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
     use tollgate::billing::ledger::{Account, EntryKind};
-    use tollgate::tenancy::limits::LimitsPatch;
     use tollgate::store::sqlite::{Credited, IdempotencyKey, LimitSubject};
+    use tollgate::tenancy::limits::LimitsPatch;
     use tollgate::tenancy::QuotaPeriod;
     let acme = s.create_tenant("acme").await.unwrap();
     let globex = s.create_tenant("globex").await.unwrap();

@@ -19,12 +19,12 @@ use crate::config::reload;
 use crate::error::GatewayError;
 use crate::metrics::{self, METRICS};
 use crate::routing::upstream::BreakerState;
-use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::store::sqlite::LimitSubject;
 use crate::store::sqlite::{
     AnalyticsQuery, Credited, Dimension, Granularity, IdempotencyKey, IdempotentRecord, NewKey,
     PromoBonus, StoreError, UsageQuery, UserPrincipal,
 };
+use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::{ApiKey, GroupId, KeyId, Role, TenantId, User, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;

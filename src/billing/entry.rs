@@ -91,4 +91,3 @@ impl Account {
         .unwrap_or("quota")
     }
 }
-

@@ -142,11 +142,7 @@ impl From<RefusalWire> for Refusal {
 }
 
 impl crate::tenancy::limits::Forward for Remote {
-    fn admit(
-        &self,
-        now_ms: u64,
-        subjects: &[(Scope, i64, Limits)],
-    ) -> Option<Result<(), Limited>> {
+    fn admit(&self, now_ms: u64, subjects: &[(Scope, i64, Limits)]) -> Option<Result<(), Limited>> {
         match self.call(&Request::Admit {
             now_ms,
             subjects: subjects.to_vec(),

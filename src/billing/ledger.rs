@@ -26,7 +26,7 @@ use crate::billing::fleet::Fleet;
 use crate::billing::handover::{Remote, Reply, Request};
 use crate::billing::usage::UsageEvent;
 use crate::store::sqlite::{Store, StoreError};
-use crate::tenancy::{ApiKey, GroupId, KeyId, TenantId, UserId};
+use crate::tenancy::{ApiKey, TenantId};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::sync::{Arc, Mutex, OnceLock};

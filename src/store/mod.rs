@@ -27,14 +27,14 @@ pub mod sqlite;
 
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
-use crate::tenancy::keys::KeySnapshot;
-use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::store::sqlite::{
     AnalyticsQuery, AnalyticsRow, CreditRow, Credited, Dimension, Granularity, IdempotencyKey,
     IdempotentRecord, LedgerTotals, LimitSubject, NewKey, PromoBonus, PromoCampaign,
     RedemptionCode, RoutingRow, StatementPos, StatementRow, Store, StoreError, UsagePos,
     UsageQuery, UserPrincipal,
 };
+use crate::tenancy::keys::KeySnapshot;
+use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::{
     ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };

@@ -13,15 +13,15 @@ use super::{
 };
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
-use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
-use crate::tenancy::limits::Limits;
-use crate::tenancy::limits::LimitsPatch;
 use crate::store::sqlite::{
     AnalyticsQuery, AnalyticsRow, CallDetail, CreditRow, Credited, Dimension, Granularity,
     IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign,
     RedemptionCode, RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
 };
 use crate::store::sqlite::{NewKey, StoreError, UserPrincipal};
+use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
+use crate::tenancy::limits::Limits;
+use crate::tenancy::limits::LimitsPatch;
 use crate::tenancy::{
     unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };

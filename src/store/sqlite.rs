@@ -6,13 +6,13 @@
 //! refresher and the batched usage writer.
 
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
+use crate::billing::usage::UsageEvent;
+use crate::store::retention::{day_of, ArchiveWriter, PruneReport};
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::{
     unix_now, ApiKey, Group, GroupId, KeyId, QuotaPeriod, Role, Tenant, TenantId, User, UserId,
 };
-use crate::billing::usage::UsageEvent;
-use crate::store::retention::{day_of, ArchiveWriter, PruneReport};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
