@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # User-space instructions per request of a tollgate binary (callgrind, deterministic):
 #   N=1500 bench/callgrind.sh target/release/tollgate   # prints the total and the three busiest threads
+#   STORE_URL=postgres://... N=1500 bench/callgrind.sh BIN   # the record in PostgreSQL
 set -euo pipefail
 BIN=$1; N=${N:-1500}; BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=${WORK:-$BENCH_DIR/results/callgrind-$(basename "$BIN")}; rm -rf "$WORK"; mkdir -p "$WORK"
@@ -14,6 +15,10 @@ export TOLLGATE_ADMIN_TOKEN=t BENCH_UPSTREAM_KEY=bench-upstream-secret
 sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_PORT|g" \
       -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|1|g" -e "s|@BREAKER_THRESHOLD@|5|g" \
       "$BENCH_DIR/tollgate.toml.in" >"$WORK/tollgate.toml"
+# STORE_URL=postgres://...: the record in that PostgreSQL (an empty database) instead of SQLite.
+if [[ -n ${STORE_URL:-} ]]; then
+  sed -i "s|^sqlite_path = .*|&\nurl = \"$STORE_URL\"|" "$WORK/tollgate.toml"
+fi
 valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no --callgrind-out-file=$WORK/cg.out $BIN run --config $WORK/tollgate.toml >$WORK/tg.log 2>&1 & TP=$!
 for i in $(seq 600); do curl -sf -o /dev/null http://127.0.0.1:$TG_ADMIN_PORT/readyz && break; sleep 0.2; done
 a="http://127.0.0.1:$TG_ADMIN_PORT"; h="Authorization: Bearer t"

@@ -1801,11 +1801,12 @@ async fn the_gateway_prunes_old_usage_on_its_own_and_the_balance_stays() {
         assert_eq!(UsageLog::record(&s, &events).await.unwrap(), 40);
     }
     let m = mock().await;
+    // The default retention (90 days), as a user gets it.
     let gw = Gateway::spawn(
         &[Up::mock("a", &m)],
         "",
         "",
-        "",
+        "store.raw_usage_days = 90",
         Some(&db.display().to_string()),
     )
     .await;

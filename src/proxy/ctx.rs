@@ -131,6 +131,10 @@ pub struct RequestCtx {
     pub final_usage: Option<Box<(crate::protocol::openai::Usage, &'static str, i64)>>,
     /// Where the charge went in the charge log (`billing::chargelog`).
     pub charge_ticket: Option<crate::billing::chargelog::Ticket>,
+    /// The time written to the charge log, which the usage record then carries too: a record
+    /// rebuilt from the log after a crash is then the same (request id, time) as the one the
+    /// recorder may already have stored, and is applied once (PostgreSQL's unique key).
+    pub charge_ts_ms: Option<i64>,
     pub cost_nano: i64,
     /// What the complexity router decided, for `model: "auto"` requests.
     pub route: Option<Box<super::autoroute::RouteNote>>,
@@ -154,6 +158,7 @@ impl RequestCtx {
             token_count: None,
             final_usage: None,
             charge_ticket: None,
+            charge_ts_ms: None,
             model: None,
             channel: None,
             stream: false,

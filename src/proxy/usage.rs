@@ -161,9 +161,11 @@ pub(super) fn log_charge(app: &App, ctx: &mut RequestCtx) {
     )
     .unwrap_or(0);
     if cost > 0 {
+        let ts_ms = unix_ms();
+        ctx.charge_ts_ms = Some(ts_ms);
         ctx.charge_ticket = log.append(&crate::billing::chargelog::Charge {
             request_id: &ctx.request_id,
-            ts_ms: unix_ms(),
+            ts_ms,
             tenant: key.tenant_id,
             key: key.id,
             user: key.user_id,
@@ -342,7 +344,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
     let Some(key) = ctx.key.as_ref() else { return };
     let event = UsageEvent {
         request_id: ctx.request_id.clone(),
-        ts_ms: unix_ms(),
+        ts_ms: ctx.charge_ts_ms.unwrap_or_else(unix_ms),
         tenant_id: Some(key.tenant_id),
         key_id: Some(key.id),
         user_id: key.user_id,

@@ -1508,10 +1508,12 @@ impl Ledger for PgStore {
                   - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
                      WHERE tenant_id = $1 AND ts_ms < $2)::BIGINT
                   - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
-                     WHERE tenant_id = $1 AND day_ms < $2 - 86399999)::BIGINT",
+                     WHERE tenant_id = $1 AND day_ms < $3)::BIGINT",
         )
         .bind(tenant.0)
         .bind(from_ms)
+        // A pruned day's summary counts at its day's last millisecond.
+        .bind(from_ms.saturating_sub(86_399_999))
         .fetch_one(&self.pool)
         .await?)
     }
@@ -1560,7 +1562,7 @@ impl Ledger for PgStore {
                            NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
                            NULL::BIGINT
                     FROM charge_days
-                    WHERE tenant_id = $1 AND day_ms >= $2 - 86399999 AND day_ms < $3 - 86399999
+                    WHERE tenant_id = $1 AND day_ms >= $8 AND day_ms < $9
                       AND (day_ms + 86399999 > $4
                            OR (day_ms + 86399999 = $4 AND (2 > $5 OR (2 = $5 AND id > $6))))
                     ORDER BY day_ms, id LIMIT $7) c
@@ -1573,6 +1575,9 @@ impl Ledger for PgStore {
         .bind(after.src)
         .bind(after.ord)
         .bind(i64::from(limit))
+        // The days whose summaries (at their last millisecond) fall in the range.
+        .bind(lower.saturating_sub(86_399_999))
+        .bind(to_ms.saturating_sub(86_399_999))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -713,13 +713,18 @@ impl Store {
         Store::init(Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Store, StoreError> {
+    fn init(mut conn: Connection) -> Result<Store, StoreError> {
         // WAL lets the CLI and the gateway use the file at once; busy_timeout rides out the
         // short write locks of batched inserts.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Transactions take the write lock when they begin (BEGIN IMMEDIATE), where the busy
+        // timeout applies. A deferred one that reads first fails at once with "database is
+        // locked" when it then writes after another process (a cluster node on the same file)
+        // committed in between, whatever the timeout.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let store = Store {
             conn: Some(Arc::new(Mutex::new(conn))),
             pg: None,
@@ -2390,8 +2395,9 @@ impl Store {
                       - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
                          WHERE tenant_id = ?1 AND ts_ms < ?2)
                       - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
-                         WHERE tenant_id = ?1 AND day_ms < ?2 - 86399999)",
-                params![tenant.0, from_ms],
+                         WHERE tenant_id = ?1 AND day_ms < ?3)",
+                // A pruned day's summary counts at its day's last millisecond.
+                params![tenant.0, from_ms, from_ms.saturating_sub(86_399_999)],
                 |r| r.get(0),
             )?)
         })
@@ -2444,14 +2450,25 @@ impl Store {
                            NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id, NULL, NULL,
                            NULL, NULL, NULL, NULL, NULL
                     FROM charge_days
-                    WHERE tenant_id = ?1 AND day_ms >= ?2 - 86399999 AND day_ms < ?3 - 86399999
+                    WHERE tenant_id = ?1 AND day_ms >= ?8 AND day_ms < ?9
                       AND (day_ms + 86399999 > ?4
                            OR (day_ms + 86399999 = ?4 AND (2 > ?5 OR (2 = ?5 AND id > ?6))))
                     ORDER BY day_ms, id LIMIT ?7)
                  ORDER BY 9, 12, 13 LIMIT ?7",
             )?;
             let rows = st.query_map(
-                params![tenant.0, lower, to_ms, after.ts_ms, after.src, after.ord, limit],
+                params![
+                    tenant.0,
+                    lower,
+                    to_ms,
+                    after.ts_ms,
+                    after.src,
+                    after.ord,
+                    limit,
+                    // The days whose summaries (at their last millisecond) fall in the range.
+                    lower.saturating_sub(86_399_999),
+                    to_ms.saturating_sub(86_399_999)
+                ],
                                 |r| {
                     let entry = Store::entry_from_row(tenant, r)?;
                     let pos = StatementPos {

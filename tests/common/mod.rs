@@ -58,11 +58,25 @@ pub fn config_text(
     server_extra: &str,
 ) -> String {
     // A `postgres://` db puts the record in PostgreSQL (local files stay in the directory).
-    let store = if db.starts_with("postgres://") {
+    let mut store = if db.starts_with("postgres://") {
         format!("url = \"{db}\"\nsqlite_path = \"{dir}/tollgate.db\"")
     } else {
         format!("sqlite_path = \"{db}\"")
     };
+    // Lines of `server_extra` starting with `store.` go to `[store]`. Tests write records with
+    // old timestamps straight into the store, so raw records are kept unless a test asks for
+    // retention (`store.raw_usage_days = N`).
+    let (store_lines, server_lines): (Vec<&str>, Vec<&str>) = server_extra
+        .lines()
+        .partition(|l| l.trim_start().starts_with("store."));
+    let server_extra = server_lines.join("\n");
+    if store_lines.is_empty() {
+        store.push_str("\nraw_usage_days = 0");
+    }
+    for l in store_lines {
+        store.push('\n');
+        store.push_str(l.trim_start().trim_start_matches("store."));
+    }
     let grace = if server_extra.contains("graceful_shutdown_seconds") {
         ""
     } else {
