@@ -11,6 +11,7 @@ s = [socket.socket() for _ in range(3)]
 [x.bind(("127.0.0.1", 0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
 $BIN mock-vendor --listen "127.0.0.1:$MOCK_PORT" >$WORK/mock.log 2>&1 & MP=$!
+for i in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$MOCK_PORT/_mock/stats && break; sleep 0.1; done
 export TOLLGATE_ADMIN_TOKEN=t BENCH_UPSTREAM_KEY=bench-upstream-secret
 sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_PORT|g" \
       -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|1|g" -e "s|@BREAKER_THRESHOLD@|5|g" \

@@ -83,7 +83,8 @@ CREATE TABLE usage_events (
     uncollected BIGINT NOT NULL DEFAULT 0,
     path TEXT,
     PRIMARY KEY (id, ts_ms),
-    -- A record's time is fixed when the call starts, so a batch written again meets its rows here.
+    -- A record's time is fixed once (a charged call's is the time in the charge log), so a batch
+    -- written again, or a record rebuilt from the charge log after a crash, meets its row here.
     UNIQUE (request_id, ts_ms)
 ) PARTITION BY RANGE (ts_ms);
 ALTER SEQUENCE usage_events_id_seq_p OWNED BY usage_events.id;
