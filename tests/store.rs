@@ -344,10 +344,17 @@ async fn write_rate() {
     ] {
         let t = d.create_tenant("acme").await.unwrap();
         let (k, _) = d.create_key(&new_key(t.id, "k")).await.unwrap();
+        // As a node writes them: the calls of the last minutes (one day partition), not the
+        // 1,000 days `event` spreads its records over.
         let batches: Vec<Vec<UsageEvent>> = (0..batches_n)
             .map(|b| {
                 (0..batch_size)
-                    .map(|i| event(b * batch_size + i, t.id, k.id))
+                    .map(|i| {
+                        let n = b * batch_size + i;
+                        let mut e = event(n, t.id, k.id);
+                        e.ts_ms = 1_790_000_000_000 + n as i64 * 20;
+                        e
+                    })
                     .collect()
             })
             .collect();
