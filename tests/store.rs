@@ -1942,3 +1942,45 @@ async fn disk_per_million_calls() {
         per_million(full.saturating_sub(pruned)),
     );
 }
+
+/// Processes sharing one SQLite file (cluster mode on one host) prune one at a time, so that a
+/// record is archived once; a lease left by a crashed pruner expires.
+#[tokio::test]
+async fn one_pruner_at_a_time_on_a_shared_sqlite_file() {
+    let (dir, lite) = sqlite();
+    let t = Directory::create_tenant(&lite, "acme").await.unwrap();
+    let (k, _) = Directory::create_key(&lite, &new_key(t.id, "k"))
+        .await
+        .unwrap();
+    let events: Vec<UsageEvent> = (0..10).map(|i| event(i, t.id, k.id)).collect();
+    UsageLog::record(&lite, &events).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let other = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+    let hold = |until: i64| {
+        other
+            .execute(
+                "INSERT INTO meta (k, v) VALUES ('prune_lease', ?1)
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                [until],
+            )
+            .unwrap();
+    };
+    let archive = dir.path().join("archive");
+    // Another process holds the lease: this one skips its pass.
+    hold(now + 600_000);
+    let r = lite.prune_usage(now, Some(&archive), "b", 1_000).unwrap();
+    assert!(r.skipped && r.rows == 0, "{r:?}");
+    // Its lease expired (it crashed): this one takes over, and gives the lease back after.
+    hold(now - 1);
+    let r = lite.prune_usage(now, Some(&archive), "b", 1_000).unwrap();
+    assert_eq!((r.skipped, r.rows), (false, 10), "{r:?}");
+    let v: i64 = other
+        .query_row("SELECT v FROM meta WHERE k = 'prune_lease'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(v, 0);
+}

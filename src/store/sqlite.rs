@@ -760,6 +760,40 @@ impl Store {
             let archive = archive.map(Path::to_path_buf);
             let node = node.to_string();
         } s => s.prune_usage(cutoff_ms, archive.as_deref(), &node).await);
+        // Processes sharing the file (cluster mode on one host) prune one at a time, so that a
+        // record is archived once: a lease in `meta` (its expiry), taken when free or expired.
+        let lease = unix_now_ms() + 3_600_000;
+        let got = self.with(|c| {
+            Ok(c.execute(
+                "INSERT INTO meta (k, v) VALUES ('prune_lease', ?1)
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v WHERE meta.v < ?2",
+                params![lease, unix_now_ms()],
+            )? == 1)
+        })?;
+        if !got {
+            return Ok(PruneReport {
+                skipped: true,
+                ..PruneReport::default()
+            });
+        }
+        let out = self.prune_usage_leased(cutoff_ms, archive, node, max_rows);
+        let _ = self.with(|c| {
+            c.execute(
+                "UPDATE meta SET v = 0 WHERE k = 'prune_lease' AND v = ?1",
+                params![lease],
+            )?;
+            Ok(())
+        });
+        out
+    }
+
+    fn prune_usage_leased(
+        &self,
+        cutoff_ms: i64,
+        archive: Option<&Path>,
+        node: &str,
+        max_rows: u64,
+    ) -> Result<PruneReport, StoreError> {
         const READ_BATCH: i64 = 5_000;
         const DELETE_BATCH: usize = 2_000;
         let json = format!(
