@@ -6,95 +6,11 @@
 
 mod common;
 
+use common::fleet::*;
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tollgate::mock::Behavior;
-
-fn cluster_extra(redis: &Redis, node: &str) -> String {
-    cluster_extra_url(&redis.url(), node)
-}
-
-fn cluster_extra_url(url: &str, node: &str) -> String {
-    format!(
-        "\n[cluster]\nredis_url = \"{url}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n"
-    )
-}
-
-/// Three nodes on one Redis and one SQLite file; tenant `acme` created through node 1.
-async fn fleet(m: &tollgate::mock::MockHandle, redis: &Redis) -> Vec<Gateway> {
-    fleet_on(m, &redis.url()).await
-}
-
-async fn fleet_on(m: &tollgate::mock::MockHandle, url: &str) -> Vec<Gateway> {
-    let ups = [Up::mock("a", m)];
-    let n1 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n1"), "", None).await;
-    let db = n1.db.clone();
-    let n2 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n2"), "", Some(&db)).await;
-    let n3 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n3"), "", Some(&db)).await;
-    n1.admin_post("/admin/tenants", json!({"name": "acme"}))
-        .await;
-    vec![n1, n2, n3]
-}
-
-/// After an outage: every node serves `key` again, and the books are exact: the `ok` calls
-/// served plus this one on each of the three nodes, each charged once, Redis equal to the
-/// ledger, the 50 RMB top-up credited.
-async fn serve_again_with_exact_books(nodes: &[Gateway], key: &str, ok: usize) {
-    for gw in nodes {
-        let r = gw
-            .chat_with_key(
-                key,
-                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-    }
-    let bank = quiesce(&nodes[0], "acme").await;
-    let (charged, n) = sql_charges(&nodes[0], "acme").await;
-    assert_eq!(n, ok + 3, "one charge per successful call");
-    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
-    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
-}
-
-fn check_bank(bank: &Value) {
-    let (bal, leases, spent, credited) = (
-        bank["bal"].as_i64().unwrap(),
-        bank["leases"].as_i64().unwrap(),
-        bank["spent"].as_i64().unwrap(),
-        bank["credited"].as_i64().unwrap(),
-    );
-    assert_eq!(
-        bal + leases + spent,
-        credited,
-        "conservation in redis: {bank}"
-    );
-    assert!(spent <= credited, "overspent: {bank}");
-}
-
-/// Wait until every node gave its allowance back and Redis recorded exactly the charges of
-/// the SQL ledger; returns the bank's totals.
-async fn quiesce(gw: &Gateway, tenant: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let b = gw
-            .admin_get(&format!("/admin/tenants/{tenant}/balance"))
-            .await;
-        let bank = b["bank"].clone();
-        check_bank(&bank);
-        let (charged, _) = sql_charges(gw, tenant).await;
-        if bank["leases"] == 0 && bank["spent"].as_i64().unwrap() == charged {
-            return bank;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never settled: bank {bank}, SQL charges {charged}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// How many calls were admitted; every other one must be an `insufficient_quota` refusal
 /// with status `refused`.
@@ -162,53 +78,6 @@ async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
         100_300_000_000,
         "both top-ups replayed into redis once"
     );
-}
-
-/// Keep `workers` clients calling round-robin over the nodes until `stop`; count statuses.
-fn load(
-    nodes: &[Gateway],
-    key: &str,
-    workers: usize,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Vec<u16>>> {
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|g| g.url("/v1/chat/completions"))
-        .collect();
-    (0..workers)
-        .map(|w| {
-            let (urls, key, stop) = (urls.clone(), key.to_string(), stop.clone());
-            tokio::spawn(async move {
-                let c = reqwest::Client::new();
-                let mut seen = Vec::new();
-                let mut i = w;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let req = json!({"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": format!("hello {i}")}]});
-                    let status = match c.post(&urls[i % urls.len()]).bearer_auth(&key).json(&req).send().await {
-                        Ok(r) => {
-                            let s = r.status().as_u16();
-                            if s != 200 {
-                                eprintln!("status {s}: {}", r.text().await.unwrap_or_default());
-                            }
-                            s
-                        }
-                        Err(_) => 0, // the node itself was killed
-                    };
-                    seen.push(status);
-                    i += 1;
-                }
-                seen
-            })
-        })
-        .collect()
-}
-
-async fn join(tasks: Vec<tokio::task::JoinHandle<Vec<u16>>>) -> Vec<u16> {
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
 }
 
 #[tokio::test]
@@ -568,103 +437,6 @@ async fn readiness_follows_the_credit_bank() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-}
-
-/// Redis behind Sentinel: the primary is killed under load; the Sentinels promote the replica,
-/// every node follows the new master, and the books are exact afterwards (no overspend, Redis and
-/// the SQL ledger agree).
-#[tokio::test]
-async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
-    let mut set = RedisSentinels::start();
-    let m = mock().await;
-    let nodes = fleet_on(&m, &set.url()).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let old = set.master_port();
-    assert_eq!(old, Some(set.primary.port));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = load(&nodes, &key, 6, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    set.primary.kill();
-    let t0 = Instant::now();
-    while set.master_port() != Some(set.replica.port) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("sentinel failover took {:?}", t0.elapsed());
-    // Calls keep coming for a while on the new master.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let statuses = join(tasks).await;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    for s in &statuses {
-        assert!(*s == 200 || *s == 503, "unexpected status {s}");
-    }
-    eprintln!(
-        "{ok} of {} calls served across the failover",
-        statuses.len()
-    );
-    // Every node serves on the new master.
-    serve_again_with_exact_books(&nodes, &key, ok).await;
-}
-
-/// Redis Cluster: the bank lives in the slot of the prefix's hash tag (`tg:` becomes `{tg}:`);
-/// the primary of that slot is killed under load, the cluster promotes its replica, every node
-/// follows, and the books are exact afterwards (no overspend, Redis and the SQL ledger agree).
-#[tokio::test]
-async fn a_redis_cluster_failover_under_load_keeps_serving_with_exact_books() {
-    let mut rc = RedisCluster::start();
-    let m = mock().await;
-    let nodes = fleet_on(&m, &rc.url()).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let primary = rc.primary_of("{tg}:bank").unwrap();
-    // Every key of the bank is on that primary (one slot).
-    let mut c = redis::Client::open(rc.nodes[primary].url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-    assert!(keys.iter().any(|k| k.starts_with("{tg}:bal:")), "{keys:?}");
-    assert!(keys.iter().all(|k| k.starts_with("{tg}:")), "{keys:?}");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Three callers: lighter than the other failover tests, as it runs beside them on two cores.
-    let tasks = load(&nodes, &key, 3, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    rc.nodes[primary].kill();
-    let t0 = Instant::now();
-    loop {
-        match rc.primary_of("{tg}:bank") {
-            Some(p) if p != primary => break,
-            _ => {}
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "no failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("cluster failover took {:?}", t0.elapsed());
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let statuses = join(tasks).await;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    for s in &statuses {
-        assert!(*s == 200 || *s == 503, "unexpected status {s}");
-    }
-    eprintln!(
-        "{ok} of {} calls served across the failover",
-        statuses.len()
-    );
-    assert!(ok > 20, "only {ok} calls succeeded");
-    serve_again_with_exact_books(&nodes, &key, ok).await;
 }
 
 /// A key revoked through one node is refused by the others within the key refresh interval

@@ -538,6 +538,9 @@ pub struct Bank {
     /// Redis Cluster: the slot every key of the bank hashes to (its primary answers the
     /// commands that carry no key).
     slot: Option<redis::cluster_routing::Route>,
+    /// Redis Cluster: the client, to open a fresh connection when the bank's slot stops
+    /// answering (see `Bank::probe`).
+    cluster_client: Option<redis::cluster::ClusterClient>,
     node: String,
     prefix: String,
     epoch: u64,
@@ -771,7 +774,7 @@ impl Bank {
             redis::cluster_routing::Slot::for_key(format!("{prefix}bank")),
             redis::cluster_routing::SlotAddr::Master,
         );
-        Bank::start(
+        let mut bank = Bank::start(
             Conn::Cluster(conn),
             None,
             None,
@@ -781,7 +784,9 @@ impl Bank {
             prefix,
             cfg,
         )
-        .await
+        .await?;
+        bank.cluster_client = Some(client);
+        Ok(bank)
     }
 
     /// The connection is up: the node's epoch, the bank's identity and the scripts.
@@ -863,6 +868,7 @@ impl Bank {
             manager_cfg,
             conn: RwLock::new(conn),
             slot,
+            cluster_client: None,
             node: node.to_string(),
             prefix: prefix.to_string(),
             epoch,
@@ -1008,6 +1014,9 @@ impl Bank {
         if !ok && self.sentinel.is_some() && self.follow_master().await {
             ok = self.probe_once().await;
         }
+        if !ok && self.reconnect_cluster().await {
+            ok = self.probe_once().await;
+        }
         if ok && !self.lost.load(Ordering::Relaxed) {
             let mut conn = self.connection();
             let cmd = {
@@ -1093,6 +1102,25 @@ impl Bank {
         // A fresh connection either way: the old one may be stuck on a demoted or dead server.
         self.replace_connection();
         true
+    }
+
+    /// Redis Cluster: a fresh connection (it reads the slot map anew), in place of one that
+    /// keeps failing on the bank's slot, e.g. still aimed at a primary that died before its
+    /// replica was promoted. Whether one was made.
+    async fn reconnect_cluster(&self) -> bool {
+        let Some(client) = &self.cluster_client else {
+            return false;
+        };
+        match tokio::time::timeout(self.cfg.op_timeout * 4, client.get_async_connection()).await {
+            Ok(Ok(fresh)) => {
+                match self.conn.write() {
+                    Ok(mut c) => *c = Conn::Cluster(fresh),
+                    Err(p) => *p.into_inner() = Conn::Cluster(fresh),
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether Redis answered the last probe.

@@ -3,6 +3,8 @@
 //! and a fresh SQLite file; keys are created through the real admin API.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fleet;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

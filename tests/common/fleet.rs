@@ -1,0 +1,139 @@
+//! Cluster-mode helpers shared by tests/cluster.rs and tests/failover.rs: a fleet of gateway
+//! processes on one Redis (or Sentinel, or Redis Cluster), load in a loop, and the checks that
+//! the books are exact afterwards.
+
+use super::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub fn cluster_extra(redis: &Redis, node: &str) -> String {
+    cluster_extra_url(&redis.url(), node)
+}
+
+pub fn cluster_extra_url(url: &str, node: &str) -> String {
+    format!(
+        "\n[cluster]\nredis_url = \"{url}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n"
+    )
+}
+
+/// Three nodes on one Redis and one SQLite file; tenant `acme` created through node 1.
+pub async fn fleet(m: &tollgate::mock::MockHandle, redis: &Redis) -> Vec<Gateway> {
+    fleet_on(m, &redis.url()).await
+}
+
+pub async fn fleet_on(m: &tollgate::mock::MockHandle, url: &str) -> Vec<Gateway> {
+    let ups = [Up::mock("a", m)];
+    let n1 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n1"), "", None).await;
+    let db = n1.db.clone();
+    let n2 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n2"), "", Some(&db)).await;
+    let n3 = Gateway::spawn(&ups, "", &cluster_extra_url(url, "n3"), "", Some(&db)).await;
+    n1.admin_post("/admin/tenants", json!({"name": "acme"}))
+        .await;
+    vec![n1, n2, n3]
+}
+
+/// After an outage: every node serves `key` again, and the books are exact: the `ok` calls
+/// served plus this one on each of the three nodes, each charged once, Redis equal to the
+/// ledger, the 50 RMB top-up credited.
+pub async fn serve_again_with_exact_books(nodes: &[Gateway], key: &str, ok: usize) {
+    for gw in nodes {
+        let r = gw
+            .chat_with_key(
+                key,
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let bank = quiesce(&nodes[0], "acme").await;
+    let (charged, n) = sql_charges(&nodes[0], "acme").await;
+    assert_eq!(n, ok + 3, "one charge per successful call");
+    assert_eq!(bank["spent"].as_i64().unwrap(), charged);
+    assert_eq!(bank["credited"].as_i64().unwrap(), 50_000_000_000);
+}
+
+pub fn check_bank(bank: &Value) {
+    let (bal, leases, spent, credited) = (
+        bank["bal"].as_i64().unwrap(),
+        bank["leases"].as_i64().unwrap(),
+        bank["spent"].as_i64().unwrap(),
+        bank["credited"].as_i64().unwrap(),
+    );
+    assert_eq!(
+        bal + leases + spent,
+        credited,
+        "conservation in redis: {bank}"
+    );
+    assert!(spent <= credited, "overspent: {bank}");
+}
+
+/// Wait until every node gave its allowance back and Redis recorded exactly the charges of
+/// the SQL ledger; returns the bank's totals.
+pub async fn quiesce(gw: &Gateway, tenant: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = gw
+            .admin_get(&format!("/admin/tenants/{tenant}/balance"))
+            .await;
+        let bank = b["bank"].clone();
+        check_bank(&bank);
+        let (charged, _) = sql_charges(gw, tenant).await;
+        if bank["leases"] == 0 && bank["spent"].as_i64().unwrap() == charged {
+            return bank;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never settled: bank {bank}, SQL charges {charged}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Keep `workers` clients calling round-robin over the nodes until `stop`; count statuses.
+pub fn load(
+    nodes: &[Gateway],
+    key: &str,
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<u16>>> {
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|g| g.url("/v1/chat/completions"))
+        .collect();
+    (0..workers)
+        .map(|w| {
+            let (urls, key, stop) = (urls.clone(), key.to_string(), stop.clone());
+            tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let mut seen = Vec::new();
+                let mut i = w;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let req = json!({"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": format!("hello {i}")}]});
+                    let status = match c.post(&urls[i % urls.len()]).bearer_auth(&key).json(&req).send().await {
+                        Ok(r) => {
+                            let s = r.status().as_u16();
+                            if s != 200 {
+                                eprintln!("status {s}: {}", r.text().await.unwrap_or_default());
+                            }
+                            s
+                        }
+                        Err(_) => 0, // the node itself was killed
+                    };
+                    seen.push(status);
+                    i += 1;
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+pub async fn join(tasks: Vec<tokio::task::JoinHandle<Vec<u16>>>) -> Vec<u16> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}

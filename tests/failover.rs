@@ -1,0 +1,109 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Failover of the credit bank under load, in a test binary of its own (the binaries run one
+//! after another, so these heavy tests do not starve the timing-sensitive ones of
+//! tests/cluster.rs): Redis behind Sentinel and Redis Cluster, each primary killed while three
+//! gateway nodes serve; afterwards every node serves and the books are exact.
+
+mod common;
+
+use common::fleet::*;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Redis behind Sentinel: the primary is killed under load; the Sentinels promote the replica,
+/// every node follows the new master, and the books are exact afterwards (no overspend, Redis and
+/// the SQL ledger agree).
+#[tokio::test]
+async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
+    let mut set = RedisSentinels::start();
+    let m = mock().await;
+    let nodes = fleet_on(&m, &set.url()).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let old = set.master_port();
+    assert_eq!(old, Some(set.primary.port));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = load(&nodes, &key, 6, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    set.primary.kill();
+    let t0 = Instant::now();
+    while set.master_port() != Some(set.replica.port) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("sentinel failover took {:?}", t0.elapsed());
+    // Calls keep coming for a while on the new master.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = join(tasks).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    for s in &statuses {
+        assert!(*s == 200 || *s == 503, "unexpected status {s}");
+    }
+    eprintln!(
+        "{ok} of {} calls served across the failover",
+        statuses.len()
+    );
+    // Every node serves on the new master.
+    serve_again_with_exact_books(&nodes, &key, ok).await;
+}
+
+/// Redis Cluster: the bank lives in the slot of the prefix's hash tag (`tg:` becomes `{tg}:`);
+/// the primary of that slot is killed under load, the cluster promotes its replica, every node
+/// follows, and the books are exact afterwards (no overspend, Redis and the SQL ledger agree).
+#[tokio::test]
+async fn a_redis_cluster_failover_under_load_keeps_serving_with_exact_books() {
+    let mut rc = RedisCluster::start();
+    let m = mock().await;
+    let nodes = fleet_on(&m, &rc.url()).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let primary = rc.primary_of("{tg}:bank").unwrap();
+    // Every key of the bank is on that primary (one slot).
+    let mut c = redis::Client::open(rc.nodes[primary].url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert!(keys.iter().any(|k| k.starts_with("{tg}:bal:")), "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("{tg}:")), "{keys:?}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Three callers: lighter than the other failover tests, as it runs beside them on two cores.
+    let tasks = load(&nodes, &key, 3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    rc.nodes[primary].kill();
+    let t0 = Instant::now();
+    loop {
+        match rc.primary_of("{tg}:bank") {
+            Some(p) if p != primary => break,
+            _ => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("cluster failover took {:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = join(tasks).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    for s in &statuses {
+        assert!(*s == 200 || *s == 503, "unexpected status {s}");
+    }
+    eprintln!(
+        "{ok} of {} calls served across the failover",
+        statuses.len()
+    );
+    assert!(ok > 20, "only {ok} calls succeeded");
+    serve_again_with_exact_books(&nodes, &key, ok).await;
+}
