@@ -84,14 +84,7 @@ async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
 async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
     let mut redis = Redis::start();
     let m = mock().await;
-    let nodes = fleet(&m, &redis).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (nodes, key) = funded_fleet(&m, &redis.url()).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = load(&nodes, &key, 6, stop.clone());
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -99,12 +92,7 @@ async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.restart();
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let statuses = join(tasks).await;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    for s in &statuses {
-        assert!(*s == 200 || *s == 503, "unexpected status {s}");
-    }
+    let ok = stop_load(&stop, tasks).await;
     assert!(ok > 20, "only {ok} calls succeeded");
     // After the restart every node serves again.
     serve_again_with_exact_books(&nodes, &key, ok).await;

@@ -8,7 +8,6 @@ mod common;
 
 use common::fleet::*;
 use common::*;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Redis behind Sentinel: the primary is killed under load; the Sentinels promote the replica,
@@ -18,14 +17,7 @@ use std::time::{Duration, Instant};
 async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
     let mut set = RedisSentinels::start();
     let m = mock().await;
-    let nodes = fleet_on(&m, &set.url()).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (nodes, key) = funded_fleet(&m, &set.url()).await;
     let old = set.master_port();
     assert_eq!(old, Some(set.primary.port));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -40,16 +32,7 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
     eprintln!("sentinel failover took {:?}", t0.elapsed());
     // Calls keep coming for a while on the new master.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let statuses = join(tasks).await;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    for s in &statuses {
-        assert!(*s == 200 || *s == 503, "unexpected status {s}");
-    }
-    eprintln!(
-        "{ok} of {} calls served across the failover",
-        statuses.len()
-    );
+    let ok = stop_load(&stop, tasks).await;
     // Every node serves on the new master.
     serve_again_with_exact_books(&nodes, &key, ok).await;
 }
@@ -61,14 +44,7 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
 async fn a_redis_cluster_failover_under_load_keeps_serving_with_exact_books() {
     let mut rc = RedisCluster::start();
     let m = mock().await;
-    let nodes = fleet_on(&m, &rc.url()).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (nodes, key) = funded_fleet(&m, &rc.url()).await;
     let primary = rc.primary_of("{tg}:bank").unwrap();
     // Every key of the bank is on that primary (one slot).
     let mut c = redis::Client::open(rc.nodes[primary].url())
@@ -94,16 +70,7 @@ async fn a_redis_cluster_failover_under_load_keeps_serving_with_exact_books() {
     }
     eprintln!("cluster failover took {:?}", t0.elapsed());
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let statuses = join(tasks).await;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    for s in &statuses {
-        assert!(*s == 200 || *s == 503, "unexpected status {s}");
-    }
-    eprintln!(
-        "{ok} of {} calls served across the failover",
-        statuses.len()
-    );
+    let ok = stop_load(&stop, tasks).await;
     assert!(ok > 20, "only {ok} calls succeeded");
     serve_again_with_exact_books(&nodes, &key, ok).await;
 }

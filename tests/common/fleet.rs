@@ -137,3 +137,31 @@ pub async fn join(tasks: Vec<tokio::task::JoinHandle<Vec<u16>>>) -> Vec<u16> {
     }
     all
 }
+
+/// The fleet on `url` with a 50 RMB top-up on `acme` and a key every node knows.
+pub async fn funded_fleet(m: &tollgate::mock::MockHandle, url: &str) -> (Vec<Gateway>, String) {
+    let nodes = fleet_on(m, url).await;
+    nodes[0]
+        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
+        .await;
+    let key = nodes[0]
+        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    (nodes, key)
+}
+
+/// Stops the load of `load`: every call got 200 or 503 (failed closed); how many were served.
+pub async fn stop_load(
+    stop: &std::sync::atomic::AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<Vec<u16>>>,
+) -> usize {
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = join(tasks).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    for s in &statuses {
+        assert!(*s == 200 || *s == 503, "unexpected status {s}");
+    }
+    eprintln!("{ok} of {} calls served", statuses.len());
+    ok
+}
