@@ -10,11 +10,15 @@ use common::fleet::*;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// The two failovers run one after the other: each loads two cores by itself.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Redis behind Sentinel: the primary is killed under load; the Sentinels promote the replica,
 /// every node follows the new master, and the books are exact afterwards (no overspend, Redis and
 /// the SQL ledger agree).
 #[tokio::test]
 async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut set = RedisSentinels::start();
     let m = mock().await;
     let (nodes, key) = funded_fleet(&m, &set.url()).await;
@@ -42,6 +46,7 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
 /// follows, and the books are exact afterwards (no overspend, Redis and the SQL ledger agree).
 #[tokio::test]
 async fn a_redis_cluster_failover_under_load_keeps_serving_with_exact_books() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut rc = RedisCluster::start();
     let m = mock().await;
     let (nodes, key) = funded_fleet(&m, &rc.url()).await;
