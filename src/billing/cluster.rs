@@ -2778,7 +2778,21 @@ mod tests {
     async fn redis_restart_fails_closed_then_recovers() {
         const T: i64 = 9;
         let mut s = Server::start_persistent();
-        let b = bank(&s, "n1").await;
+        // A restarted server fsyncs every write of its append-only file: on a loaded test
+        // machine a call can take longer than `fast()`'s 400 ms.
+        let b = Arc::new(
+            Bank::connect_with(
+                &s.url(),
+                "n1",
+                "tg:",
+                BankConfig {
+                    op_timeout: Duration::from_millis(1500),
+                    ..fast()
+                },
+            )
+            .await
+            .unwrap(),
+        );
         b.credit(T, 1_000_000, "topup").await.unwrap();
         let cfg = AllowanceConfig {
             down_backoff: Duration::from_millis(50),
