@@ -331,13 +331,18 @@ pub fn main() -> i32 {
                 let mut total = crate::store::retention::PruneReport::default();
                 loop {
                     let r = store
-                        .prune_usage(cutoff, archive.as_deref(), "cli", 1_000_000)
+                        .prune_usage(
+                            cutoff,
+                            archive.as_deref(),
+                            "cli",
+                            crate::store::retention::PASS_ROWS,
+                        )
                         .map_err(|e| e.to_string())?;
                     total.skipped |= r.skipped;
                     total.files.extend(r.files);
                     total.days.extend(r.days);
                     total.rows += r.rows;
-                    if r.rows < 1_000_000 {
+                    if r.rows < crate::store::retention::PASS_ROWS {
                         break;
                     }
                 }

@@ -211,8 +211,7 @@ struct RetentionService {
 impl BackgroundService for RetentionService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use crate::metrics::METRICS;
-        use crate::store::retention::{cutoff, day_name};
-        const MAX_ROWS: u64 = 1_000_000;
+        use crate::store::retention::{cutoff, day_name, PASS_ROWS};
         if self.retention.raw_days == 0 {
             return;
         }
@@ -230,7 +229,7 @@ impl BackgroundService for RetentionService {
             let node = self.node.clone();
             let cut = cutoff(crate::store::sqlite::unix_now_ms(), self.retention.raw_days);
             let pass = tokio::task::spawn_blocking(move || {
-                store.prune_usage(cut, archive.as_deref(), &node, MAX_ROWS)
+                store.prune_usage(cut, archive.as_deref(), &node, PASS_ROWS)
             })
             .await;
             wait = self.retention.every;
@@ -245,7 +244,7 @@ impl BackgroundService for RetentionService {
                             "retention: raw usage records archived and pruned"
                         );
                     }
-                    if r.rows >= MAX_ROWS {
+                    if r.rows >= PASS_ROWS {
                         // More is waiting: go on soon, leaving room to the request path.
                         wait = Duration::from_secs(1);
                     }

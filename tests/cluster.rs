@@ -84,7 +84,7 @@ async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
 async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
     let mut redis = Redis::start();
     let m = mock().await;
-    let (nodes, key) = funded_fleet(&m, &redis.url()).await;
+    let (nodes, key) = funded_fleet(&m, &redis.url(), "50").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = load(&nodes, &key, 6, stop.clone());
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -102,14 +102,7 @@ async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
 async fn a_node_killed_mid_run_restarts_and_its_leases_come_back() {
     let redis = Redis::start();
     let m = mock().await;
-    let mut nodes = fleet(&m, &redis).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "50"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (mut nodes, key) = funded_fleet(&m, &redis.url(), "50").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tasks = load(&nodes, &key, 6, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -495,14 +488,7 @@ async fn a_key_revoked_on_one_node_is_refused_by_the_others_within_a_second_or_t
 async fn a_redis_that_lost_its_state_fails_closed() {
     let redis = Redis::start();
     let m = mock().await;
-    let nodes = fleet(&m, &redis).await;
-    nodes[0]
-        .admin_post("/admin/tenants/acme/topups", json!({"amount_rmb": "1"}))
-        .await;
-    let key = nodes[0]
-        .create_key(json!({"tenant": "acme", "name": "k", "default_channel": "main"}))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (nodes, key) = funded_fleet(&m, &redis.url(), "1").await;
     let call = |gw: &Gateway| {
         gw.chat_with_key(
             &key,

@@ -21,7 +21,7 @@ async fn a_sentinel_failover_under_load_keeps_serving_with_exact_books() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut set = RedisSentinels::start();
     let m = mock().await;
-    let (nodes, key) = funded_fleet(&m, &set.url()).await;
+    let (nodes, key) = funded_fleet(&m, &set.url(), "50").await;
     let old = set.master_port();
     assert_eq!(old, Some(set.primary.port));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -49,7 +49,7 @@ async fn a_redis_cluster_failover_under_load_keeps_serving_with_exact_books() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut rc = RedisCluster::start();
     let m = mock().await;
-    let (nodes, key) = funded_fleet(&m, &rc.url()).await;
+    let (nodes, key) = funded_fleet(&m, &rc.url(), "50").await;
     let primary = rc.primary_of("{tg}:bank").unwrap();
     // Every key of the bank is on that primary (one slot).
     let mut c = redis::Client::open(rc.nodes[primary].url())

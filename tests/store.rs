@@ -1617,6 +1617,22 @@ async fn books(
     (charged, by_key, by_user, by_group, accounts, closing, paged)
 }
 
+/// One retention pass on the named store, archiving into `archive`.
+async fn prune(
+    lite: &Store,
+    pg: &PgStore,
+    name: &str,
+    cutoff: i64,
+    archive: &std::path::Path,
+) -> tollgate::store::retention::PruneReport {
+    if name == "sqlite" {
+        lite.prune_usage(cutoff, Some(archive), "test", 1_000_000)
+            .unwrap()
+    } else {
+        pg.prune_usage(cutoff, Some(archive), "test").await.unwrap()
+    }
+}
+
 #[tokio::test]
 async fn pruned_usage_is_archived_and_the_books_do_not_move() {
     use tollgate::billing::ledger::EntryKind;
@@ -1665,15 +1681,7 @@ async fn pruned_usage_is_archived_and_the_books_do_not_move() {
         let statement_rows = Ledger::ledger_statement(s, t.id).await.unwrap().len();
         let archive = dir.path().join(format!("archive-{name}"));
 
-        let report = if name == "sqlite" {
-            lite.prune_usage(last_day, Some(&archive), "test", 1_000_000)
-                .unwrap()
-        } else {
-            store
-                .prune_usage(last_day, Some(&archive), "test")
-                .await
-                .unwrap()
-        };
+        let report = prune(&lite, &store, name, last_day, &archive).await;
         assert_eq!(report.rows, old, "{name}: {report:?}");
         assert_eq!(report.days.len(), 2, "{name}: {report:?}");
         assert_eq!(report.files.len(), 2, "{name}: {report:?}");
@@ -1725,15 +1733,7 @@ async fn pruned_usage_is_archived_and_the_books_do_not_move() {
         );
 
         // Nothing left to prune; the kept day's batch written again still adds nothing.
-        let again = if name == "sqlite" {
-            lite.prune_usage(last_day, Some(&archive), "test", 1_000_000)
-                .unwrap()
-        } else {
-            store
-                .prune_usage(last_day, Some(&archive), "test")
-                .await
-                .unwrap()
-        };
+        let again = prune(&lite, &store, name, last_day, &archive).await;
         assert_eq!(again.rows, 0, "{name}");
         assert_eq!(
             UsageLog::record(s, &events[100..]).await.unwrap(),

@@ -190,6 +190,12 @@ pub(crate) fn rollup_deltas<'a>(
     (hourly, dims)
 }
 
+/// The ids of the entries an idempotency key committed, as stored with the key (a JSON array).
+pub(crate) fn entry_ids_json(entries: &[LedgerEntry]) -> Result<String, StoreError> {
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
 /// A name of 1-128 characters once trimmed (tenants, keys, groups).
 pub(crate) fn checked_name<'a>(name: &'a str, what: &str) -> Result<&'a str, StoreError> {
     let name = name.trim();

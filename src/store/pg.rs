@@ -48,6 +48,18 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// A pruned day's charge summary (`charge_days`) as a statement entry: the columns
+/// `entry_from_row` reads, then its position (source 2, ordered by the summary's id); it counts
+/// at its day's last millisecond.
+macro_rules! charge_day_entry {
+    () => {
+        "'charges:' || to_char(to_timestamp(day_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
+            || ':' || id, 'charge', -cost_nano, NULLIF(key_id, 0), NULL::TEXT, NULL::TEXT,
+         calls::TEXT || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
+         NULLIF(user_id, 0), NULLIF(group_id, 0), 2::BIGINT, id"
+    };
+}
+
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -1154,8 +1166,7 @@ async fn record_idempotent_entries(
     k: &IdempotencyKey,
     entries: &[LedgerEntry],
 ) -> Result<(), StoreError> {
-    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let ids = crate::store::entry_ids_json(entries)?;
     sqlx::query(
         "UPDATE idempotency_keys SET entry_ids = $4 WHERE tenant_id = $1 AND scope = $2 AND key = $3",
     )
@@ -1472,7 +1483,7 @@ impl Ledger for PgStore {
         &self,
         tenant: TenantId,
     ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
                     user_id, group_id, 0 AS src, seq AS ord
              FROM ledger_entries WHERE tenant_id = $1
@@ -1481,13 +1492,12 @@ impl Ledger for PgStore {
                     uncollected, ts_ms, user_id, group_id, 1, id
              FROM usage_events WHERE tenant_id = $1 AND (cost_nano <> 0 OR uncollected <> 0)
              UNION ALL
-             SELECT 'charges:' || to_char(to_timestamp(day_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
-                        || ':' || id, 'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
-                    calls::TEXT || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
-                    NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id
+             SELECT ",
+            charge_day_entry!(),
+            "
              FROM charge_days WHERE tenant_id = $1
-             ORDER BY created_ms, src, ord",
-        )
+             ORDER BY created_ms, src, ord"
+        ))
         .bind(tenant.0)
         .fetch_all(&self.pool)
         .await?;
@@ -1533,7 +1543,7 @@ impl Ledger for PgStore {
         });
         let lower = from_ms.max(after.ts_ms);
         // Each side walks its own index from the position on, as in the SQLite store.
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT * FROM (
                 SELECT * FROM (
                     SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
@@ -1555,19 +1565,17 @@ impl Ledger for PgStore {
                     ORDER BY ts_ms, id LIMIT $7) b
                 UNION ALL
                 SELECT * FROM (
-                    SELECT 'charges:' || to_char(to_timestamp(day_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')
-                               || ':' || id, 'charge', -cost_nano, NULLIF(key_id, 0), NULL::TEXT, NULL::TEXT,
-                           calls::TEXT || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
-                           NULLIF(user_id, 0), NULLIF(group_id, 0), 2::BIGINT, id, NULL::TEXT,
-                           NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
+                    SELECT ",
+            charge_day_entry!(),
+            ", NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT, NULL::BIGINT,
                            NULL::BIGINT
                     FROM charge_days
                     WHERE tenant_id = $1 AND day_ms >= $8 AND day_ms < $9
                       AND (day_ms + 86399999 > $4
                            OR (day_ms + 86399999 = $4 AND (2 > $5 OR (2 = $5 AND id > $6))))
                     ORDER BY day_ms, id LIMIT $7) c
-             ) s ORDER BY 9, 12, 13 LIMIT $7",
-        )
+             ) s ORDER BY 9, 12, 13 LIMIT $7"
+        ))
         .bind(tenant.0)
         .bind(lower)
         .bind(to_ms)

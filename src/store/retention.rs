@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 pub const DAY_MS: i64 = 86_400_000;
 
+/// Raw records one pass removes at most (the rest waits for the next pass).
+pub const PASS_ROWS: u64 = 1_000_000;
+
 /// The UTC midnight (ms) of the day holding `ms`.
 pub fn day_of(ms: i64) -> i64 {
     ms - ms.rem_euclid(DAY_MS)

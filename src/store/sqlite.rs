@@ -336,6 +336,18 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// A pruned day's charge summary (`charge_days`) as a statement entry: the columns
+/// `Store::entry_from_row` reads, then its position (source 2, ordered by the summary's id); it
+/// counts at its day's last millisecond.
+macro_rules! charge_day_entry {
+    () => {
+        "'charges:' || strftime('%Y-%m-%d', day_ms / 1000, 'unixepoch') || ':' || id,
+         'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
+         calls || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
+         NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id"
+    };
+}
+
 /// The columns of a usage record as the recorder writes them, and one row's placeholders.
 const EVENT_COLUMNS: &str = "request_id, ts_ms, tenant_id, key_id, endpoint, channel, upstream,
     model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
@@ -812,7 +824,8 @@ impl Store {
              WHERE id > ?1 ORDER BY id LIMIT {READ_BATCH}"
         );
         let mut writers: std::collections::BTreeMap<i64, ArchiveWriter> = Default::default();
-        let mut old: Vec<i64> = Vec::new();
+        // The old records: (id, day).
+        let mut old: Vec<(i64, i64)> = Vec::new();
         let mut after = 0i64;
         loop {
             let page: Vec<(Option<String>, i64, i64)> = self.with(|c| {
@@ -841,7 +854,7 @@ impl Store {
                     };
                     w.line(line.as_deref().unwrap_or("{}"))?;
                 }
-                old.push(*id);
+                old.push((*id, day_of(*ts)));
             }
             if old.len() == before || old.len() as u64 >= max_rows {
                 break;
@@ -868,18 +881,9 @@ impl Store {
         }
         let mut days = std::collections::BTreeSet::new();
         for chunk in old.chunks(DELETE_BATCH) {
-            let (lo, hi) = (chunk[0], chunk[chunk.len() - 1]);
+            let (lo, hi) = (chunk[0].0, chunk[chunk.len() - 1].0);
             let gone = self.with(|c| {
                 let tx = c.transaction()?;
-                {
-                    let mut st = tx.prepare_cached(
-                        "SELECT DISTINCT ts_ms - ts_ms % 86400000 FROM usage_events
-                         WHERE id BETWEEN ?1 AND ?2 AND ts_ms < ?3",
-                    )?;
-                    for d in st.query_map(params![lo, hi, cutoff_ms], |r| r.get::<_, i64>(0))? {
-                        days.insert(d?);
-                    }
-                }
                 tx.execute(
                     "INSERT INTO charge_days (tenant_id, day_ms, key_id, user_id, group_id, calls,
                         cost_nano, uncollected)
@@ -908,7 +912,10 @@ impl Store {
                 Ok(Some(n))
             })?;
             match gone {
-                Some(n) => report.rows += n as u64,
+                Some(n) => {
+                    report.rows += n as u64;
+                    days.extend(chunk.iter().map(|(_, day)| *day));
+                }
                 None => {
                     tracing::warn!(
                         "retention: records changed while they were pruned; stopping this pass"
@@ -2091,8 +2098,7 @@ impl Store {
         k: &IdempotencyKey,
         entries: &[LedgerEntry],
     ) -> Result<(), StoreError> {
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-        let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let ids = crate::store::entry_ids_json(entries)?;
         tx.execute(
             "UPDATE idempotency_keys SET entry_ids = ?4 WHERE tenant_id = ?1 AND scope = ?2 AND key = ?3",
             params![tenant.0, k.scope, k.key, ids],
@@ -2390,7 +2396,7 @@ impl Store {
     ) -> Result<Vec<(LedgerEntry, i64)>, StoreError> {
         pg!(self, {} s => crate::store::Ledger::ledger_statement(&s, tenant).await);
         self.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare(concat!(
                 "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
                         user_id, group_id, 0 AS src, seq AS ord
                  FROM ledger_entries WHERE tenant_id = ?1
@@ -2399,12 +2405,12 @@ impl Store {
                         uncollected, ts_ms, user_id, group_id, 1, id
                  FROM usage_events WHERE tenant_id = ?1 AND (cost_nano != 0 OR uncollected != 0)
                  UNION ALL
-                 SELECT 'charges:' || strftime('%Y-%m-%d', day_ms / 1000, 'unixepoch') || ':' || id,
-                        'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
-                        calls || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
-                        NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id
+                 SELECT ",
+                charge_day_entry!(),
+                "
                  FROM charge_days WHERE tenant_id = ?1
-                 ORDER BY created_ms, src, ord",
+                 ORDER BY created_ms, src, ord"
+            ),
             )?;
             let rows = st.query_map(params![tenant.0], |r| Store::entry_from_row(tenant, r))?;
             let mut running = 0i64;
@@ -2458,7 +2464,7 @@ impl Store {
         });
         let lower = from_ms.max(after.ts_ms);
         self.with(|c| {
-            let mut st = c.prepare_cached(
+            let mut st = c.prepare_cached(concat!(
                 "SELECT * FROM (
                     SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
                            user_id, group_id, 0 AS src, seq AS ord, NULL AS model, NULL AS channel,
@@ -2478,18 +2484,16 @@ impl Store {
                     ORDER BY ts_ms, id LIMIT ?7)
                  UNION ALL
                  SELECT * FROM (
-                    SELECT 'charges:' || strftime('%Y-%m-%d', day_ms / 1000, 'unixepoch') || ':' || id,
-                           'charge', -cost_nano, NULLIF(key_id, 0), NULL, NULL,
-                           calls || ' calls (raw records pruned)', uncollected, day_ms + 86399999,
-                           NULLIF(user_id, 0), NULLIF(group_id, 0), 2, id, NULL, NULL,
-                           NULL, NULL, NULL, NULL, NULL
+                    SELECT ",
+                charge_day_entry!(),
+                ", NULL, NULL, NULL, NULL, NULL, NULL, NULL
                     FROM charge_days
                     WHERE tenant_id = ?1 AND day_ms >= ?8 AND day_ms < ?9
                       AND (day_ms + 86399999 > ?4
                            OR (day_ms + 86399999 = ?4 AND (2 > ?5 OR (2 = ?5 AND id > ?6))))
                     ORDER BY day_ms, id LIMIT ?7)
-                 ORDER BY 9, 12, 13 LIMIT ?7",
-            )?;
+                 ORDER BY 9, 12, 13 LIMIT ?7"
+            ))?;
             let rows = st.query_map(
                 params![
                     tenant.0,
