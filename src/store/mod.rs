@@ -53,6 +53,13 @@ pub trait Directory: Send + Sync {
     async fn list_keys(&self, tenant: Option<TenantId>) -> Result<Vec<ApiKey>, StoreError>;
     /// Revokes a key (again: no change) and moves the key generation.
     async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError>;
+    /// Changes a key's settings (the caller checked channels and models); moves the key
+    /// generation. `Conflict` for a revoked key.
+    async fn update_key(&self, id: KeyId, patch: &KeyPatch) -> Result<ApiKey, StoreError>;
+    /// A new secret for a key that is not revoked (its id, settings and spend stay): the old
+    /// secret stops working when the nodes reload their key snapshot. The plaintext is returned
+    /// once.
+    async fn rotate_key(&self, id: KeyId) -> Result<(ApiKey, String), StoreError>;
     /// Moves with every key change: a node whose snapshot is older reloads it.
     async fn key_generation(&self) -> Result<i64, StoreError>;
     /// Every key by hash, revoked ones included.
@@ -104,6 +111,13 @@ impl Directory for Store {
     }
     async fn revoke_key(&self, id: KeyId) -> Result<ApiKey, StoreError> {
         blocking(self, move |s| s.revoke_key(id)).await
+    }
+    async fn update_key(&self, id: KeyId, patch: &KeyPatch) -> Result<ApiKey, StoreError> {
+        let patch = patch.clone();
+        blocking(self, move |s| s.update_key(id, &patch)).await
+    }
+    async fn rotate_key(&self, id: KeyId) -> Result<(ApiKey, String), StoreError> {
+        blocking(self, move |s| s.rotate_key(id)).await
     }
     async fn key_generation(&self) -> Result<i64, StoreError> {
         blocking(self, |s| s.key_generation()).await
@@ -235,6 +249,57 @@ pub struct UserPatch {
     pub disabled: Option<bool>,
 }
 
+/// A partial update of a key: `None` leaves a field; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub default_channel: Option<String>,
+    pub allowed_channels: Option<Vec<String>>,
+    pub allowed_models: Option<Vec<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub quota_nano: Option<Option<i64>>,
+}
+
+/// An invitation, never its token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invite {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    pub email: String,
+    pub role: Role,
+    pub group_id: Option<GroupId>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub accepted_user_id: Option<UserId>,
+    pub revoked_at: Option<i64>,
+}
+
+impl Invite {
+    /// `accepted`, `revoked`, `expired` (at `now`, unix seconds) or `pending`.
+    pub fn state(&self, now: i64) -> &'static str {
+        if self.accepted_user_id.is_some() {
+            "accepted"
+        } else if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at <= now {
+            "expired"
+        } else {
+            "pending"
+        }
+    }
+}
+
+/// One of a user's admin-API tokens, never the token itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserToken {
+    pub id: i64,
+    pub user_id: UserId,
+    /// First characters of the token, for display.
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
 /// A tenant's members: departments (groups), users, their admin-API tokens and invitations,
 /// and the tenant settings the key snapshot carries.
 #[async_trait::async_trait]
@@ -274,6 +339,14 @@ pub trait Members: Send + Sync {
     ) -> Result<String, StoreError>;
     /// Accepts an invitation once: the new user and an admin token.
     async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError>;
+    /// A tenant's invitations, newest first.
+    async fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError>;
+    /// Revokes a pending invitation of `tenant` (one accepted or revoked: `Conflict`).
+    async fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError>;
+    /// A user's admin-API tokens, oldest first.
+    async fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError>;
+    /// Revokes one of the user's tokens (again: no change).
+    async fn revoke_user_token(&self, user: UserId, id: i64) -> Result<UserToken, StoreError>;
     async fn set_router_override(
         &self,
         tenant: TenantId,
@@ -348,6 +421,18 @@ impl Members for Store {
     async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError> {
         let (token, name) = (token.to_string(), name.to_string());
         blocking(self, move |s| s.accept_invite(&token, &name)).await
+    }
+    async fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError> {
+        blocking(self, move |s| s.list_invites(tenant)).await
+    }
+    async fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError> {
+        blocking(self, move |s| s.revoke_invite(tenant, id)).await
+    }
+    async fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        blocking(self, move |s| s.list_user_tokens(user)).await
+    }
+    async fn revoke_user_token(&self, user: UserId, id: i64) -> Result<UserToken, StoreError> {
+        blocking(self, move |s| s.revoke_user_token(user, id)).await
     }
     async fn set_router_override(
         &self,

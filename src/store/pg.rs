@@ -9,7 +9,7 @@
 use super::retention::{day_name, day_of, ArchiveWriter, PruneReport, DAY_MS};
 use super::{
     checked_email, checked_name, checked_promo, checked_role, code_state, money_in, promo_bonus_of,
-    promo_grant, rollup_window, Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch,
+    promo_grant, rollup_window, Analytics, Codes, Directory, Invite, KeyPatch, Ledger, Members, UsageLog, UserPatch, UserToken,
 };
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
@@ -483,6 +483,83 @@ impl Directory for PgStore {
         self.get_key(id).await
     }
 
+    async fn update_key(&self, id: KeyId, patch: &KeyPatch) -> Result<ApiKey, StoreError> {
+        if let Some(name) = &patch.name {
+            checked_name(name, "key")?;
+        }
+        let json = |v: &Option<Vec<String>>| -> Result<Option<String>, StoreError> {
+            v.as_ref()
+                .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string())))
+                .transpose()
+        };
+        let mut tx = self.pool.begin().await?;
+        let revoked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM api_keys WHERE id = $1 FOR UPDATE")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match revoked {
+            None => return Err(StoreError::not_found("key", id.0)),
+            Some(Some(_)) => {
+                return Err(StoreError::Conflict(
+                    "a revoked key cannot be changed".into(),
+                ))
+            }
+            Some(None) => {}
+        }
+        sqlx::query(
+            "UPDATE api_keys SET
+                name = COALESCE($2, name),
+                default_channel = COALESCE($3, default_channel),
+                allowed_channels = COALESCE($4, allowed_channels),
+                allowed_models = COALESCE($5, allowed_models),
+                expires_at = CASE WHEN $6 THEN $7 ELSE expires_at END,
+                quota_nano = CASE WHEN $8 THEN $9 ELSE quota_nano END
+             WHERE id = $1",
+        )
+        .bind(id.0)
+        .bind(patch.name.as_deref().map(str::trim))
+        .bind(patch.default_channel.as_deref())
+        .bind(json(&patch.allowed_channels)?)
+        .bind(json(&patch.allowed_models)?)
+        .bind(patch.expires_at.is_some())
+        .bind(patch.expires_at.flatten())
+        .bind(patch.quota_nano.is_some())
+        .bind(patch.quota_nano.flatten())
+        .execute(&mut *tx)
+        .await?;
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        self.get_key(id).await
+    }
+
+    async fn rotate_key(&self, id: KeyId) -> Result<(ApiKey, String), StoreError> {
+        let plaintext = generate_key();
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE api_keys SET key_hash = $2, prefix = $3 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id.0)
+        .bind(&hash_key(&plaintext)[..])
+        .bind(display_prefix(&plaintext))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                None => StoreError::not_found("key", id.0),
+                Some(_) => StoreError::Conflict("a revoked key cannot be rotated".into()),
+            });
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok((self.get_key(id).await?, plaintext))
+    }
+
     async fn key_generation(&self) -> Result<i64, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT v FROM meta WHERE k = 'key_generation'")
@@ -724,6 +801,38 @@ async fn check_group(
     Ok(())
 }
 
+/// The invitation columns (a macro, so that statements built on it stay literals).
+macro_rules! invite_select {
+    () => {
+        "SELECT id, tenant_id, email, role, group_id, created_at, expires_at, accepted_user_id,
+         revoked_at FROM invites"
+    };
+}
+
+fn invite_from_row(r: &PgRow) -> Result<Invite, sqlx::Error> {
+    Ok(Invite {
+        id: r.try_get("id")?,
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        email: r.try_get("email")?,
+        role: Role::parse_tenant_role(&r.try_get::<String, _>("role")?).unwrap_or(Role::Member),
+        group_id: r.try_get::<Option<i64>, _>("group_id")?.map(GroupId),
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        accepted_user_id: r.try_get::<Option<i64>, _>("accepted_user_id")?.map(UserId),
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+fn token_from_row(r: &PgRow) -> Result<UserToken, sqlx::Error> {
+    Ok(UserToken {
+        id: r.try_get("id")?,
+        user_id: UserId(r.try_get("user_id")?),
+        prefix: r.try_get("prefix")?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
 #[async_trait::async_trait]
 impl Members for PgStore {
     async fn create_group(
@@ -961,7 +1070,7 @@ impl Members for PgStore {
         let mut tx = self.pool.begin().await?;
         // Locked: two acceptances of one invitation at once create one user.
         let row = sqlx::query(
-            "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id
+            "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id, revoked_at
              FROM invites WHERE token_hash = $1 FOR UPDATE",
         )
         .bind(&hash_key(token.trim())[..])
@@ -974,6 +1083,9 @@ impl Members for PgStore {
             return Err(StoreError::Conflict(
                 "this invitation has already been accepted".into(),
             ));
+        }
+        if r.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+            return Err(StoreError::Conflict("this invitation has been revoked".into()));
         }
         if r.try_get::<i64, _>("expires_at")? <= now {
             return Err(StoreError::Conflict("this invitation has expired".into()));
@@ -1007,6 +1119,81 @@ impl Members for PgStore {
         let user = self.get_user(UserId(uid)).await?;
         let token = self.create_user_token(user.id).await?;
         Ok((user, token))
+    }
+
+    async fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError> {
+        let rows = sqlx::query(concat!(invite_select!(), " WHERE tenant_id = $1 ORDER BY id DESC"))
+            .bind(tenant.0)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(invite_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(concat!(
+            invite_select!(),
+            " WHERE id = $1 AND tenant_id = $2 FOR UPDATE"
+        ))
+        .bind(id)
+        .bind(tenant.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::not_found("invitation", id));
+        };
+        let invite = invite_from_row(&row)?;
+        if invite.accepted_user_id.is_some() {
+            return Err(StoreError::Conflict(
+                "this invitation has already been accepted".into(),
+            ));
+        }
+        if invite.revoked_at.is_some() {
+            return Ok(invite);
+        }
+        let now = unix_now();
+        sqlx::query("UPDATE invites SET revoked_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Invite {
+            revoked_at: Some(now),
+            ..invite
+        })
+    }
+
+    async fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, user_id, prefix, created_at, revoked_at FROM user_tokens WHERE user_id = $1 ORDER BY id",
+        )
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(token_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn revoke_user_token(&self, user: UserId, id: i64) -> Result<UserToken, StoreError> {
+        sqlx::query(
+            "UPDATE user_tokens SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(user.0)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT id, user_id, prefix, created_at, revoked_at FROM user_tokens WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(token_from_row(&r)?),
+            None => Err(StoreError::not_found("token", id)),
+        }
     }
 
     async fn set_router_override(

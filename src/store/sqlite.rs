@@ -8,6 +8,7 @@
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use crate::store::retention::{day_of, ArchiveWriter, PruneReport};
+use crate::store::{Invite, KeyPatch, UserToken};
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use crate::tenancy::limits::{Limits, LimitsPatch};
 use crate::tenancy::{
@@ -334,6 +335,19 @@ const MIGRATIONS: &[&str] = &[
         node TEXT NOT NULL,
         created_ms INTEGER NOT NULL
      );",
+    // 17: the console and admin API v2 (migrations/postgres/0003_console.sql says why)
+    "ALTER TABLE invites ADD COLUMN revoked_at INTEGER;
+     ALTER TABLE users ADD COLUMN password_hash TEXT;
+     ALTER TABLE users ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE users ADD COLUMN locked_until INTEGER;
+     CREATE TABLE console_sessions (
+        token_hash BLOB PRIMARY KEY,
+        user_id INTEGER REFERENCES users(id),
+        csrf TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX console_sessions_user ON console_sessions(user_id);",
 ];
 
 /// A pruned day's charge summary (`charge_days`) as a statement entry: the columns
@@ -657,7 +671,7 @@ type IdempotencyRow = (String, String, Option<i64>, Option<String>, i64);
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 
 /// (id, tenant, email, role, group, expires_at, accepted_user_id) of an invitation.
-type InviteRow = (i64, i64, String, String, Option<i64>, i64, Option<i64>);
+type InviteRow = (i64, i64, String, String, Option<i64>, i64, Option<i64>, Option<i64>);
 type MakeAccount = fn(i64) -> Account;
 
 pub(crate) fn unix_now_ms() -> i64 {
@@ -1189,6 +1203,80 @@ impl Store {
             Ok(())
         })?;
         self.get_key(id)
+    }
+
+    pub fn update_key(&self, id: KeyId, patch: &KeyPatch) -> Result<ApiKey, StoreError> {
+        pg!(self, { let patch = patch.clone(); } s => crate::store::Directory::update_key(&s, id, &patch).await);
+        if let Some(name) = &patch.name {
+            crate::store::checked_name(name, "key")?;
+        }
+        let json = |v: &Option<Vec<String>>| -> Result<Option<String>, StoreError> {
+            v.as_ref()
+                .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string())))
+                .transpose()
+        };
+        let (channels, models) = (json(&patch.allowed_channels)?, json(&patch.allowed_models)?);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let revoked: Option<Option<i64>> = tx
+                .query_row("SELECT revoked_at FROM api_keys WHERE id = ?1", params![id.0], |r| r.get(0))
+                .optional()?;
+            match revoked {
+                None => return Err(StoreError::not_found("key", id.0)),
+                Some(Some(_)) => return Err(StoreError::Conflict("a revoked key cannot be changed".into())),
+                Some(None) => {}
+            }
+            tx.execute(
+                "UPDATE api_keys SET
+                    name = COALESCE(?2, name),
+                    default_channel = COALESCE(?3, default_channel),
+                    allowed_channels = COALESCE(?4, allowed_channels),
+                    allowed_models = COALESCE(?5, allowed_models),
+                    expires_at = CASE WHEN ?6 THEN ?7 ELSE expires_at END,
+                    quota_nano = CASE WHEN ?8 THEN ?9 ELSE quota_nano END
+                 WHERE id = ?1",
+                params![
+                    id.0,
+                    patch.name.as_deref().map(str::trim),
+                    patch.default_channel,
+                    channels,
+                    models,
+                    patch.expires_at.is_some(),
+                    patch.expires_at.flatten(),
+                    patch.quota_nano.is_some(),
+                    patch.quota_nano.flatten()
+                ],
+            )?;
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.get_key(id)
+    }
+
+    pub fn rotate_key(&self, id: KeyId) -> Result<(ApiKey, String), StoreError> {
+        pg!(self, {} s => crate::store::Directory::rotate_key(&s, id).await);
+        let plaintext = generate_key();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE api_keys SET key_hash = ?2, prefix = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.0, &hash_key(&plaintext)[..], display_prefix(&plaintext)],
+            )?;
+            if n == 0 {
+                let exists: Option<i64> = tx
+                    .query_row("SELECT id FROM api_keys WHERE id = ?1", params![id.0], |r| r.get(0))
+                    .optional()?;
+                return Err(match exists {
+                    None => StoreError::not_found("key", id.0),
+                    Some(_) => StoreError::Conflict("a revoked key cannot be rotated".into()),
+                });
+            }
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok((self.get_key(id)?, plaintext))
     }
 
     /// Every row of one of the store's tables, with its column names (`store migrate`).
@@ -1840,16 +1928,19 @@ impl Store {
             let tx = c.transaction()?;
             let row: Option<InviteRow> = tx
                 .query_row(
-                    "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id FROM invites WHERE token_hash = ?1",
+                    "SELECT id, tenant_id, email, role, group_id, expires_at, accepted_user_id, revoked_at FROM invites WHERE token_hash = ?1",
                     params![&hash[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
                 )
                 .optional()?;
-            let Some((id, tenant, email, role, group, expires_at, accepted)) = row else {
+            let Some((id, tenant, email, role, group, expires_at, accepted, revoked)) = row else {
                 return Err(StoreError::not_found("invitation", ""));
             };
             if accepted.is_some() {
                 return Err(StoreError::Conflict("this invitation has already been accepted".into()));
+            }
+            if revoked.is_some() {
+                return Err(StoreError::Conflict("this invitation has been revoked".into()));
             }
             if expires_at <= now {
                 return Err(StoreError::Conflict("this invitation has expired".into()));
@@ -1877,6 +1968,104 @@ impl Store {
         let user = self.get_user(user)?;
         let token = self.create_user_token(user.id)?;
         Ok((user, token))
+    }
+
+    fn invite_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Invite> {
+        Ok(Invite {
+            id: r.get(0)?,
+            tenant_id: TenantId(r.get(1)?),
+            email: r.get(2)?,
+            role: Role::parse_tenant_role(&r.get::<_, String>(3)?).unwrap_or(Role::Member),
+            group_id: r.get::<_, Option<i64>>(4)?.map(GroupId),
+            created_at: r.get(5)?,
+            expires_at: r.get(6)?,
+            accepted_user_id: r.get::<_, Option<i64>>(7)?.map(UserId),
+            revoked_at: r.get(8)?,
+        })
+    }
+
+    const INVITE_COLUMNS: &'static str =
+        "id, tenant_id, email, role, group_id, created_at, expires_at, accepted_user_id, revoked_at";
+
+    pub fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError> {
+        pg!(self, {} s => crate::store::Members::list_invites(&s, tenant).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM invites WHERE tenant_id = ?1 ORDER BY id DESC",
+                Store::INVITE_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![tenant.0], Store::invite_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError> {
+        pg!(self, {} s => crate::store::Members::revoke_invite(&s, tenant, id).await);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let sql = format!(
+                "SELECT {} FROM invites WHERE id = ?1 AND tenant_id = ?2",
+                Store::INVITE_COLUMNS
+            );
+            let Some(invite) = tx
+                .query_row(&sql, params![id, tenant.0], Store::invite_from_row)
+                .optional()?
+            else {
+                return Err(StoreError::not_found("invitation", id));
+            };
+            if invite.accepted_user_id.is_some() {
+                return Err(StoreError::Conflict("this invitation has already been accepted".into()));
+            }
+            if invite.revoked_at.is_some() {
+                return Ok(invite);
+            }
+            let now = unix_now();
+            tx.execute("UPDATE invites SET revoked_at = ?2 WHERE id = ?1", params![id, now])?;
+            tx.commit()?;
+            Ok(Invite {
+                revoked_at: Some(now),
+                ..invite
+            })
+        })
+    }
+
+    fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserToken> {
+        Ok(UserToken {
+            id: r.get(0)?,
+            user_id: UserId(r.get(1)?),
+            prefix: r.get(2)?,
+            created_at: r.get(3)?,
+            revoked_at: r.get(4)?,
+        })
+    }
+
+    pub fn list_user_tokens(&self, user: UserId) -> Result<Vec<UserToken>, StoreError> {
+        pg!(self, {} s => crate::store::Members::list_user_tokens(&s, user).await);
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, user_id, prefix, created_at, revoked_at FROM user_tokens WHERE user_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![user.0], Store::token_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn revoke_user_token(&self, user: UserId, id: i64) -> Result<UserToken, StoreError> {
+        pg!(self, {} s => crate::store::Members::revoke_user_token(&s, user, id).await);
+        self.with(|c| {
+            c.execute(
+                "UPDATE user_tokens SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+                params![id, user.0, unix_now()],
+            )?;
+            c.query_row(
+                "SELECT id, user_id, prefix, created_at, revoked_at FROM user_tokens WHERE id = ?1 AND user_id = ?2",
+                params![id, user.0],
+                Store::token_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("token", id))
+        })
     }
 
     /// Store (or clear) the tenant's router override (JSON, validated by the caller).
