@@ -595,13 +595,7 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
     );
     gateway.add_tcp(&server_settings.listen);
 
-    let mut admin = Service::new(
-        "tollgate admin".to_string(),
-        AdminApi {
-            app: app.clone(),
-            auth_throttle: Default::default(),
-        },
-    );
+    let mut admin = Service::new("tollgate admin".to_string(), AdminApi::new(app.clone()));
     admin.add_tcp(&admin_listen);
 
     let watcher = background_service(

@@ -1,136 +1,59 @@
-//! Listings of the admin API: query parameters, time ranges, cursor pagination, and CSV
-//! exports written page by page as the store yields them.
+//! Statement and usage listings of the admin API: keyset cursors, and CSV exports written page
+//! by page as the store yields them.
 //!
-//! Every listing takes `from`/`to` (unix seconds or RFC 3339; `from` inclusive, `to`
-//! exclusive), `limit` (rows per page) and `cursor` (the `next_cursor` of the previous page,
-//! opaque to clients). Pages are keyset pages over the store's time indexes, so a page costs its
-//! own rows however deep into a history it is. `format=csv` streams the whole range (from the
-//! cursor on, if one is given) as chunked CSV: the store is read `EXPORT_PAGE` rows at a time
-//! and each page is written out before the next is read, so an export's memory is one page,
-//! whatever its length.
+//! Listings take `from`/`to` (RFC 3339 or unix seconds; `from` inclusive, `to` exclusive),
+//! `limit` (rows per page) and `cursor` (the `next_cursor` of the previous page, opaque to
+//! clients). Statement and usage pages are keyset pages over the store's time indexes, so a
+//! page costs its own rows however deep into a history it is. `format=csv` streams the whole
+//! range (from the cursor on, if one is given) as chunked CSV: the store is read `EXPORT_PAGE`
+//! rows at a time and each page is sent before the next is read, so an export's memory is one
+//! page, whatever its length.
 
-use crate::app::App;
-use crate::billing::pricing;
+use super::wire::{bad_param, credits, time_ms, Names};
+use super::Admin;
 use crate::error::GatewayError;
 use crate::store::sqlite::{StatementPos, StatementRow, UsagePos, UsageQuery};
 use crate::tenancy::TenantId;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use pingora_core::protocols::http::ServerSession;
-use pingora_http::ResponseHeader;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
 
-/// Rows per page of a JSON listing when `limit` is not given, and the most a page may hold.
-pub(super) const MAX_PAGE: u32 = 10_000;
 /// Rows read from the store per chunk of a CSV export.
 const EXPORT_PAGE: u32 = 1_000;
 
-/// The query string's parameters, percent-decoded.
-pub(super) struct Params(Vec<(String, String)>);
-
-impl Params {
-    pub(super) fn parse(query: Option<&str>) -> Params {
-        Params(
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
-    }
-
-    pub(super) fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub(super) fn is_csv(&self) -> bool {
-        self.get("format") == Some("csv")
-    }
-
-    /// `limit`: rows per page, 1 to `MAX_PAGE` (`default` when not given).
-    pub(super) fn limit(&self, default: u32) -> Result<u32, GatewayError> {
-        match self.get("limit") {
-            None => Ok(default),
-            Some(v) => match v.parse::<u32>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-                _ => Err(bad_param(
-                    "limit",
-                    format!("`limit` must be a number from 1 to {MAX_PAGE}"),
-                )),
-            },
-        }
-    }
-
-    /// `from` and `to` in unix milliseconds; `defaults` (ms) for the ones not given.
-    pub(super) fn time_range_ms(&self, defaults: (i64, i64)) -> Result<(i64, i64), GatewayError> {
-        let from = self.instant_ms("from")?.unwrap_or(defaults.0);
-        let to = self.instant_ms("to")?.unwrap_or(defaults.1);
-        if to <= from {
-            return Err(bad_param("to", "`to` must be after `from`"));
-        }
-        Ok((from, to))
-    }
-
-    /// An instant: unix seconds (`1735689600`) or RFC 3339 (`2025-01-01T00:00:00Z`, any
-    /// offset, fractions of a second kept to the millisecond).
-    fn instant_ms(&self, name: &str) -> Result<Option<i64>, GatewayError> {
-        let Some(v) = self.get(name) else {
-            return Ok(None);
-        };
-        let ms = match v.parse::<i64>() {
-            Ok(secs) => secs.checked_mul(1000),
-            Err(_) => chrono::DateTime::parse_from_rfc3339(v)
-                .ok()
-                .map(|t| t.timestamp_millis()),
-        };
-        ms.map(Some).ok_or_else(|| {
-            bad_param(
-                name,
-                format!("`{name}` must be unix seconds or an RFC 3339 time"),
-            )
-        })
-    }
-
-    /// The `cursor` parameter, as `n` integers.
-    fn cursor(&self, kind: &str, n: usize) -> Result<Option<Vec<i64>>, GatewayError> {
-        let Some(c) = self.get("cursor") else {
-            return Ok(None);
-        };
-        decode_cursor(c, kind, n)
-            .map(Some)
-            .ok_or_else(|| bad_param("cursor", "`cursor` is not a cursor of this listing"))
-    }
-
-    pub(super) fn usage_cursor(&self) -> Result<Option<UsagePos>, GatewayError> {
-        Ok(self.cursor("u", 2)?.map(|v| UsagePos {
+/// The statement cursor of a `cursor` parameter.
+pub(super) fn statement_cursor(c: Option<&str>) -> Result<Option<StatementCursor>, GatewayError> {
+    let Some(c) = c else { return Ok(None) };
+    let v = decode_cursor(c, "l", 5)
+        .ok_or_else(|| bad_param("cursor", "`cursor` is not a cursor of this listing"))?;
+    Ok(Some(StatementCursor {
+        pos: StatementPos {
             ts_ms: v[0],
-            id: v[1],
-        }))
-    }
-
-    pub(super) fn statement_cursor(&self) -> Result<Option<StatementCursor>, GatewayError> {
-        Ok(self.cursor("l", 5)?.map(|v| StatementCursor {
-            pos: StatementPos {
-                ts_ms: v[0],
-                src: v[1],
-                ord: v[2],
-            },
-            running: v[3],
-            row: v[4],
-        }))
-    }
+            src: v[1],
+            ord: v[2],
+        },
+        running: v[3],
+        row: v[4],
+    }))
 }
 
-fn bad_param(name: &str, message: impl Into<String>) -> GatewayError {
-    GatewayError::BadRequest {
-        message: message.into(),
-        param: Some(name.into()),
-    }
+/// The usage cursor of a `cursor` parameter.
+pub(super) fn usage_cursor(c: Option<&str>) -> Result<Option<UsagePos>, GatewayError> {
+    let Some(c) = c else { return Ok(None) };
+    let v = decode_cursor(c, "u", 2)
+        .ok_or_else(|| bad_param("cursor", "`cursor` is not a cursor of this listing"))?;
+    Ok(Some(UsagePos {
+        ts_ms: v[0],
+        id: v[1],
+    }))
 }
 
 /// A cursor: the listing's kind and the position's integers, hex-encoded so that clients treat
 /// it as the opaque token it is (its layout may change between versions).
-fn encode_cursor(kind: &str, parts: &[i64]) -> String {
+pub(super) fn encode_cursor(kind: &str, parts: &[i64]) -> String {
     let text = std::iter::once(kind.to_string())
         .chain(parts.iter().map(i64::to_string))
         .collect::<Vec<_>>()
@@ -138,7 +61,7 @@ fn encode_cursor(kind: &str, parts: &[i64]) -> String {
     hex::encode(text)
 }
 
-fn decode_cursor(c: &str, kind: &str, n: usize) -> Option<Vec<i64>> {
+pub(super) fn decode_cursor(c: &str, kind: &str, n: usize) -> Option<Vec<i64>> {
     let text = String::from_utf8(hex::decode(c).ok()?).ok()?;
     let mut it = text.split(':');
     if it.next()? != kind {
@@ -176,17 +99,13 @@ impl StatementCursor {
     }
 }
 
-fn credits(nano: i64) -> String {
-    pricing::to_credits(nano).normalize().to_string()
-}
-
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-const STATEMENT_HEADER: [&str; 20] = [
+const STATEMENT_HEADER: [&str; 23] = [
     "seq",
-    "created_ms",
+    "created_at",
     "id",
     "kind",
     "amount_credits",
@@ -200,6 +119,9 @@ const STATEMENT_HEADER: [&str; 20] = [
     "group_id",
     "model",
     "channel",
+    "key_name",
+    "user_email",
+    "group_name",
     "prompt_tokens",
     "cached_tokens",
     "cache_write_tokens",
@@ -208,12 +130,12 @@ const STATEMENT_HEADER: [&str; 20] = [
 ];
 
 /// A statement row's CSV fields; `row` and `running` are its number and the balance after it.
-fn statement_record(r: &StatementRow, row: i64, running: i64) -> [String; 20] {
+fn statement_record(r: &StatementRow, row: i64, running: i64, names: &Names) -> [String; 23] {
     let e = &r.entry;
     let call = r.call.as_ref();
     [
         row.to_string(),
-        e.created_ms.to_string(),
+        time_ms(e.created_ms),
         e.id.clone(),
         e.kind.as_str().to_string(),
         credits(e.amount),
@@ -227,6 +149,9 @@ fn statement_record(r: &StatementRow, row: i64, running: i64) -> [String; 20] {
         opt(e.group_id.map(|g| g.0)),
         opt(call.and_then(|c| c.model.clone())),
         opt(call.and_then(|c| c.channel.clone())),
+        opt(names.key(e.key_id.map(|k| k.0))),
+        opt(names.user_email(e.user_id.map(|u| u.0))),
+        opt(names.group(e.group_id.map(|g| g.0))),
         opt(call.map(|c| c.prompt_tokens)),
         opt(call.map(|c| c.cached_tokens)),
         opt(call.map(|c| c.cache_write_tokens)),
@@ -235,13 +160,17 @@ fn statement_record(r: &StatementRow, row: i64, running: i64) -> [String; 20] {
     ]
 }
 
-const USAGE_HEADER: [&str; 26] = [
+const USAGE_HEADER: [&str; 30] = [
     "request_id",
-    "ts_ms",
+    "time",
     "tenant_id",
+    "tenant_name",
     "key_id",
+    "key_name",
     "user_id",
+    "user_email",
     "group_id",
+    "group_name",
     "endpoint",
     "channel",
     "upstream",
@@ -264,14 +193,24 @@ const USAGE_HEADER: [&str; 26] = [
     "route_tier",
 ];
 
-fn usage_record(e: &crate::billing::usage::UsageEvent) -> [String; 26] {
+fn usage_record(e: &crate::billing::usage::UsageEvent, names: &Names) -> [String; 30] {
+    let (t, k, u, g) = (
+        e.tenant_id.map(|t| t.0),
+        e.key_id.map(|k| k.0),
+        e.user_id.map(|u| u.0),
+        e.group_id.map(|g| g.0),
+    );
     [
         e.request_id.clone(),
-        e.ts_ms.to_string(),
-        opt(e.tenant_id.map(|t| t.0)),
-        opt(e.key_id.map(|k| k.0)),
-        opt(e.user_id.map(|u| u.0)),
-        opt(e.group_id.map(|g| g.0)),
+        time_ms(e.ts_ms),
+        opt(t),
+        opt(names.tenant(t)),
+        opt(k),
+        opt(names.key(k)),
+        opt(u),
+        opt(names.user_email(u)),
+        opt(g),
+        opt(names.group(g)),
         e.endpoint.clone(),
         opt(e.channel.clone()),
         opt(e.upstream.clone()),
@@ -325,6 +264,23 @@ pub(super) enum Export {
     Usage(UsageQuery),
 }
 
+/// A response body fed by a task: each message is a chunk; an error ends the body midway.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, GatewayError>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = GatewayError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, GatewayError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|r| r.map(http_body::Frame::data)))
+    }
+}
+
 impl Export {
     fn filename(&self) -> &'static str {
         match self {
@@ -333,75 +289,54 @@ impl Export {
         }
     }
 
-    /// Write the export as a chunked `text/csv` response. Returns whether it was written to
-    /// its end; an export that fails midway stops without its last chunk, so the client sees a
-    /// truncated transfer rather than a short file that looks complete.
-    pub(super) async fn stream(self, app: &Arc<App>, session: &mut ServerSession) -> bool {
-        let mut header = ResponseHeader::build(200, Some(4)).ok();
-        if let Some(h) = header.as_mut() {
-            let disposition = format!("attachment; filename=\"{}\"", self.filename());
-            let ok = h
-                .insert_header(http::header::CONTENT_TYPE, "text/csv; charset=utf-8")
-                .and_then(|_| h.insert_header(http::header::TRANSFER_ENCODING, "chunked"))
-                .and_then(|_| h.insert_header(http::header::CONTENT_DISPOSITION, disposition))
-                .and_then(|_| h.insert_header(http::header::CACHE_CONTROL, "no-store"));
-            if ok.is_err() {
-                header = None;
-            }
-        }
-        let Some(header) = header else {
-            return false;
-        };
-        if session
-            .write_response_header(Box::new(header))
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        let result = match self {
-            Export::Statement {
-                tenant,
-                from_ms,
-                to_ms,
-                start,
-            } => stream_statement(app, session, tenant, from_ms, to_ms, start).await,
-            Export::Usage(q) => stream_usage(app, session, q).await,
-        };
-        match result {
-            Ok(()) => session
-                .write_response_body(Bytes::new(), true)
-                .await
-                .is_ok(),
-            Err(e) => {
+    /// The export as a chunked `text/csv` response, read from the store page by page while it
+    /// is written (at most two pages wait in memory). An export that fails midway stops without
+    /// its last chunk, so the client sees a truncated transfer rather than a short file that
+    /// looks complete; a client that goes away stops the reading.
+    pub(super) fn response(self, admin: Arc<Admin>) -> Response {
+        let disposition = format!("attachment; filename=\"{}\"", self.filename());
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let result = match self {
+                Export::Statement {
+                    tenant,
+                    from_ms,
+                    to_ms,
+                    start,
+                } => stream_statement(&admin, &tx, tenant, from_ms, to_ms, start).await,
+                Export::Usage(q) => stream_usage(&admin, &tx, q).await,
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "a CSV export stopped midway");
-                false
+                let _ = tx.send(Err(e)).await;
             }
-        }
+        });
+        (
+            [
+                (
+                    http::header::CONTENT_TYPE,
+                    "text/csv; charset=utf-8".to_string(),
+                ),
+                (http::header::CONTENT_DISPOSITION, disposition),
+                (http::header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+            axum::body::Body::new(ChannelBody(rx)),
+        )
+            .into_response()
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    app: &Arc<App>,
-    f: impl FnOnce(&App) -> Result<T, crate::store::sqlite::StoreError> + Send + 'static,
-) -> Result<T, GatewayError> {
-    let app = app.clone();
-    match tokio::task::spawn_blocking(move || f(&app)).await {
-        Ok(r) => r.map_err(|e| GatewayError::Internal(e.to_string())),
-        Err(e) => Err(GatewayError::Internal(e.to_string())),
-    }
-}
+type Chunks = mpsc::Sender<Result<Bytes, GatewayError>>;
 
-async fn send(session: &mut ServerSession, chunk: Vec<u8>) -> Result<(), GatewayError> {
-    session
-        .write_response_body(Bytes::from(chunk), false)
+async fn send(tx: &Chunks, chunk: Vec<u8>) -> Result<(), GatewayError> {
+    tx.send(Ok(Bytes::from(chunk)))
         .await
-        .map_err(|e| GatewayError::Internal(format!("client went away: {e}")))
+        .map_err(|_| GatewayError::Internal("the client went away".into()))
 }
 
 /// Where a statement starting at `from_ms` (or at `start`) opens.
 pub(super) async fn statement_start(
-    app: &Arc<App>,
+    admin: &Admin,
     tenant: TenantId,
     from_ms: i64,
     start: Option<StatementCursor>,
@@ -410,32 +345,32 @@ pub(super) async fn statement_start(
         Some(c) => Ok((Some(c.pos), c.running, c.row)),
         None if from_ms == i64::MIN => Ok((None, 0, 0)),
         None => {
-            let opening = blocking(app, move |a| a.store.balance_before(tenant, from_ms)).await?;
+            let opening = admin
+                .blocking(move |a| a.store.balance_before(tenant, from_ms))
+                .await?;
             Ok((None, opening, 0))
         }
     }
 }
 
 async fn stream_statement(
-    app: &Arc<App>,
-    session: &mut ServerSession,
+    admin: &Admin,
+    tx: &Chunks,
     tenant: TenantId,
     from_ms: i64,
     to_ms: i64,
     start: Option<StatementCursor>,
 ) -> Result<(), GatewayError> {
-    let (mut after, mut running, mut row) = statement_start(app, tenant, from_ms, start).await?;
-    send(
-        session,
-        csv_chunk(Some(&STATEMENT_HEADER), std::iter::empty())?,
-    )
-    .await?;
+    let (mut after, mut running, mut row) = statement_start(admin, tenant, from_ms, start).await?;
+    let names = admin.names(&[tenant]).await?;
+    send(tx, csv_chunk(Some(&STATEMENT_HEADER), std::iter::empty())?).await?;
     loop {
-        let page = blocking(app, move |a| {
-            a.store
-                .statement_page(tenant, from_ms, to_ms, after, EXPORT_PAGE)
-        })
-        .await?;
+        let page = admin
+            .blocking(move |a| {
+                a.store
+                    .statement_page(tenant, from_ms, to_ms, after, EXPORT_PAGE)
+            })
+            .await?;
         let full = page.len() == EXPORT_PAGE as usize;
         let Some(last) = page.last() else {
             return Ok(());
@@ -444,33 +379,39 @@ async fn stream_statement(
         let records = page.iter().map(|r| {
             running += r.entry.amount;
             row += 1;
-            statement_record(r, row, running)
+            statement_record(r, row, running, &names)
         });
-        send(session, csv_chunk(None, records)?).await?;
+        send(tx, csv_chunk(None, records)?).await?;
         if !full {
             return Ok(());
         }
     }
 }
 
-async fn stream_usage(
-    app: &Arc<App>,
-    session: &mut ServerSession,
-    mut q: UsageQuery,
-) -> Result<(), GatewayError> {
-    send(session, csv_chunk(Some(&USAGE_HEADER), std::iter::empty())?).await?;
+async fn stream_usage(admin: &Admin, tx: &Chunks, mut q: UsageQuery) -> Result<(), GatewayError> {
+    send(tx, csv_chunk(Some(&USAGE_HEADER), std::iter::empty())?).await?;
     q.limit = EXPORT_PAGE;
+    let mut names = Names::default();
+    let mut known: std::collections::HashSet<i64> = Default::default();
     loop {
         let query = q.clone();
-        let page = blocking(app, move |a| a.store.usage_page(&query)).await?;
+        let page = admin.blocking(move |a| a.store.usage_page(&query)).await?;
         let full = page.len() == EXPORT_PAGE as usize;
         let Some((last, _)) = page.last() else {
             return Ok(());
         };
         q.before = Some(*last);
+        let new: Vec<TenantId> = page
+            .iter()
+            .filter_map(|(_, e)| e.tenant_id)
+            .filter(|t| known.insert(t.0))
+            .collect();
+        if !new.is_empty() {
+            names.merge(admin.names(&new).await?);
+        }
         send(
-            session,
-            csv_chunk(None, page.iter().map(|(_, e)| usage_record(e)))?,
+            tx,
+            csv_chunk(None, page.iter().map(|(_, e)| usage_record(e, &names)))?,
         )
         .await?;
         if !full {
@@ -486,20 +427,21 @@ mod tests {
     #[test]
     fn instants_are_unix_seconds_or_rfc3339() {
         let cases = [
-            ("from=1735689600", Some(1_735_689_600_000)),
-            ("from=2025-01-01T00:00:00Z", Some(1_735_689_600_000)),
-            ("from=2025-01-01T08:00:00%2B08:00", Some(1_735_689_600_000)),
-            ("from=2025-01-01T00:00:00.250Z", Some(1_735_689_600_250)),
-            ("from=yesterday", None),
-            ("from=2025-01-01", None),
+            ("1735689600", Some(1_735_689_600_000)),
+            ("2025-01-01T00:00:00Z", Some(1_735_689_600_000)),
+            ("2025-01-01T08:00:00+08:00", Some(1_735_689_600_000)),
+            ("2025-01-01T00:00:00.250Z", Some(1_735_689_600_250)),
+            ("yesterday", None),
+            ("2025-01-01", None),
         ];
-        for (q, want) in cases {
-            let got = Params::parse(Some(q)).instant_ms("from").ok().flatten();
-            assert_eq!(got, want, "{q}");
+        for (v, want) in cases {
+            assert_eq!(
+                super::super::wire::parse_instant_ms("from", v).ok(),
+                want,
+                "{v}"
+            );
         }
-        assert!(Params::parse(Some("from=10&to=5"))
-            .time_range_ms((0, 1))
-            .is_err());
+        assert!(super::super::wire::range_ms(Some("10"), Some("5"), (0, 1)).is_err());
     }
 
     #[test]
@@ -513,12 +455,11 @@ mod tests {
             running: -42,
             row: 7,
         };
-        let p = Params::parse(Some(format!("cursor={}", c.encode()).as_str()));
-        assert_eq!(p.statement_cursor().ok().flatten(), Some(c));
-        assert!(p.usage_cursor().is_err());
+        let text = c.encode();
+        assert_eq!(statement_cursor(Some(&text)).ok().flatten(), Some(c));
+        assert!(usage_cursor(Some(&text)).is_err());
         for bad in ["zz", "", "6c3a31"] {
-            let p = Params::parse(Some(format!("cursor={bad}").as_str()));
-            assert!(p.statement_cursor().is_err(), "{bad}");
+            assert!(statement_cursor(Some(bad)).is_err(), "{bad}");
         }
     }
 

@@ -533,7 +533,7 @@ pub struct RouterSection {
     pub tiers: Vec<TierSection>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierSection {
     pub name: String,

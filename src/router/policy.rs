@@ -105,7 +105,7 @@ impl RoutePolicy {
 ///            {"name": "strong", "model": "gpt-4o", "channel": "official"}],
 ///  "default_mode": "quality", "allow_hints": true}
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantRouterOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,8 @@
 use super::retention::{day_name, day_of, ArchiveWriter, PruneReport, DAY_MS};
 use super::{
     checked_email, checked_name, checked_promo, checked_role, code_state, money_in, promo_bonus_of,
-    promo_grant, rollup_window, Analytics, Codes, Directory, Invite, KeyPatch, Ledger, Members, UsageLog, UserPatch, UserToken,
+    promo_grant, rollup_window, Analytics, Codes, Directory, Invite, KeyPatch, Ledger, Members,
+    UsageLog, UserPatch, UserToken,
 };
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
@@ -1085,7 +1086,9 @@ impl Members for PgStore {
             ));
         }
         if r.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
-            return Err(StoreError::Conflict("this invitation has been revoked".into()));
+            return Err(StoreError::Conflict(
+                "this invitation has been revoked".into(),
+            ));
         }
         if r.try_get::<i64, _>("expires_at")? <= now {
             return Err(StoreError::Conflict("this invitation has expired".into()));
@@ -1122,10 +1125,13 @@ impl Members for PgStore {
     }
 
     async fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError> {
-        let rows = sqlx::query(concat!(invite_select!(), " WHERE tenant_id = $1 ORDER BY id DESC"))
-            .bind(tenant.0)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            invite_select!(),
+            " WHERE tenant_id = $1 ORDER BY id DESC"
+        ))
+        .bind(tenant.0)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(invite_from_row).collect::<Result<_, _>>()?)
     }
 

@@ -671,7 +671,16 @@ type IdempotencyRow = (String, String, Option<i64>, Option<String>, i64);
 type PromoRow = (i64, String, i64, Option<i64>, Option<i64>, i64);
 
 /// (id, tenant, email, role, group, expires_at, accepted_user_id) of an invitation.
-type InviteRow = (i64, i64, String, String, Option<i64>, i64, Option<i64>, Option<i64>);
+type InviteRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 type MakeAccount = fn(i64) -> Account;
 
 pub(crate) fn unix_now_ms() -> i64 {
@@ -1219,11 +1228,19 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             let revoked: Option<Option<i64>> = tx
-                .query_row("SELECT revoked_at FROM api_keys WHERE id = ?1", params![id.0], |r| r.get(0))
+                .query_row(
+                    "SELECT revoked_at FROM api_keys WHERE id = ?1",
+                    params![id.0],
+                    |r| r.get(0),
+                )
                 .optional()?;
             match revoked {
                 None => return Err(StoreError::not_found("key", id.0)),
-                Some(Some(_)) => return Err(StoreError::Conflict("a revoked key cannot be changed".into())),
+                Some(Some(_)) => {
+                    return Err(StoreError::Conflict(
+                        "a revoked key cannot be changed".into(),
+                    ))
+                }
                 Some(None) => {}
             }
             tx.execute(
@@ -2015,13 +2032,18 @@ impl Store {
                 return Err(StoreError::not_found("invitation", id));
             };
             if invite.accepted_user_id.is_some() {
-                return Err(StoreError::Conflict("this invitation has already been accepted".into()));
+                return Err(StoreError::Conflict(
+                    "this invitation has already been accepted".into(),
+                ));
             }
             if invite.revoked_at.is_some() {
                 return Ok(invite);
             }
             let now = unix_now();
-            tx.execute("UPDATE invites SET revoked_at = ?2 WHERE id = ?1", params![id, now])?;
+            tx.execute(
+                "UPDATE invites SET revoked_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
             tx.commit()?;
             Ok(Invite {
                 revoked_at: Some(now),

@@ -15,6 +15,35 @@ pub const ADMIN_TOKEN: &str = "test-operator-token";
 /// The credential the gateway must present to upstreams (never the caller's key).
 pub const UPSTREAM_KEY: &str = "upstream-secret";
 
+/// Credits in the admin API are decimal strings ("12.5"); tests compare them exactly in
+/// nano-credits (10^-9 credit), the ledger's own unit.
+pub trait Credits {
+    /// The value in nano-credits; panics unless it is a decimal string with at most 9 places.
+    fn nano(&self) -> i64;
+    /// `None` when the field is absent or null.
+    fn nano_opt(&self) -> Option<i64>;
+}
+
+impl Credits for serde_json::Value {
+    fn nano(&self) -> i64 {
+        let text = self
+            .as_str()
+            .unwrap_or_else(|| panic!("credits must be a decimal string, got {self}"));
+        let d: rust_decimal::Decimal = text
+            .parse()
+            .unwrap_or_else(|e| panic!("credits {text:?}: {e}"));
+        let n = d * rust_decimal::Decimal::from(1_000_000_000i64);
+        assert!(
+            n.fract().is_zero(),
+            "credits {text:?} finer than a nano-credit"
+        );
+        i64::try_from(n.trunc().mantissa() / 10i128.pow(n.trunc().scale())).unwrap()
+    }
+    fn nano_opt(&self) -> Option<i64> {
+        (!self.is_null()).then(|| self.nano())
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -266,8 +295,7 @@ impl Gateway {
 
     pub async fn balance(&self, tenant: &str) -> serde_json::Value {
         self.admin_get(&format!("/admin/tenants/{tenant}/balance"))
-            .await["nano"]
-            .clone()
+            .await
     }
 
     pub async fn wait_ready(&mut self) {
@@ -966,15 +994,26 @@ impl Drop for Postgres {
 
 /// Sum of the charges in the SQL ledger (positive nano-credits) and their count.
 pub async fn sql_charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
-    let v = gw
-        .admin_get(&format!("/admin/tenants/{tenant}/ledger"))
-        .await;
-    let charges: Vec<i64> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["entry"]["kind"] == "charge")
-        .map(|e| -e["entry"]["amount"].as_i64().unwrap())
-        .collect();
+    let mut charges: Vec<i64> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match &cursor {
+            Some(c) => format!("/admin/tenants/{tenant}/ledger?limit=1000&cursor={c}"),
+            None => format!("/admin/tenants/{tenant}/ledger?limit=1000"),
+        };
+        let v = gw.admin_get(&page).await;
+        charges.extend(
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["entry"]["kind"] == "charge")
+                .map(|e| -e["entry"]["amount"].nano()),
+        );
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
     (charges.iter().sum(), charges.len())
 }

@@ -1,0 +1,185 @@
+//! Who is calling the admin API: the operator (the configured token) or a tenant user (a user
+//! token), and what each may do. Every handler takes a [`Principal`] and checks role and tenant;
+//! another tenant's resources answer 404 exactly like missing ones.
+
+use super::wire::{forbidden, not_found, ApiError};
+use super::Admin;
+use crate::error::GatewayError;
+use crate::metrics::METRICS;
+use crate::store::sqlite::UserPrincipal;
+use crate::tenancy::{Role, TenantId};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use std::sync::Arc;
+
+/// The client's address, put in each request's extensions by the host.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+/// Wrong admin tokens from one address within this window...
+const AUTH_WINDOW_MS: u64 = 60_000;
+/// ...beyond this many, and the address is refused (429) until the window ends.
+const AUTH_MAX_FAILURES: u32 = 10;
+/// Addresses remembered at most (the oldest windows are dropped first when full).
+const AUTH_MAX_ADDRESSES: usize = 10_000;
+
+/// Failed admin authentications per source address: a token cannot be guessed at speed
+/// (without it, 300 tries took 0.1 s).
+#[derive(Default)]
+pub struct AuthThrottle {
+    failures: std::sync::Mutex<crate::FastMap<std::net::IpAddr, (u64, u32)>>,
+}
+
+impl AuthThrottle {
+    /// `Err(seconds to wait)` while `ip` is locked out.
+    pub fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), u64> {
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&ip) {
+            Some(&(start, n)) if n >= AUTH_MAX_FAILURES && now_ms < start + AUTH_WINDOW_MS => {
+                Err((start + AUTH_WINDOW_MS - now_ms).div_ceil(1000))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn failed(&self, ip: std::net::IpAddr, now_ms: u64) -> u32 {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= AUTH_MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, (start, _)| now_ms < *start + AUTH_WINDOW_MS);
+            if map.len() >= AUTH_MAX_ADDRESSES {
+                if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let e = map.entry(ip).or_insert((now_ms, 0));
+        if now_ms >= e.0 + AUTH_WINDOW_MS {
+            *e = (now_ms, 0);
+        }
+        e.1 += 1;
+        e.1
+    }
+}
+
+/// Who is calling.
+pub enum Principal {
+    Operator,
+    User(UserPrincipal),
+}
+
+impl Principal {
+    pub fn require_operator(&self) -> Result<(), GatewayError> {
+        match self {
+            Principal::Operator => Ok(()),
+            Principal::User(_) => Err(forbidden("Only platform operators may do this.")),
+        }
+    }
+
+    /// The caller's role for `tenant`: Operator everywhere; a user only in their own tenant
+    /// (any other tenant is "not found").
+    pub fn role_in(&self, tenant: TenantId) -> Result<Role, GatewayError> {
+        match self {
+            Principal::Operator => Ok(Role::Operator),
+            Principal::User(u) if u.user.tenant_id == tenant => Ok(u.user.role),
+            Principal::User(_) => Err(not_found("tenant")),
+        }
+    }
+
+    /// Operator, or a user of `tenant` holding one of `roles`.
+    pub fn require(&self, tenant: TenantId, roles: &[Role]) -> Result<Role, GatewayError> {
+        let role = self.role_in(tenant)?;
+        if role == Role::Operator || roles.contains(&role) {
+            Ok(role)
+        } else {
+            Err(forbidden(&format!(
+                "The {} role may not do this.",
+                role.as_str()
+            )))
+        }
+    }
+
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Operator => "operator".into(),
+            Principal::User(u) => format!("user:{}", u.user.id.0),
+        }
+    }
+
+    /// The calling user, if not the operator.
+    pub fn user(&self) -> Option<&UserPrincipal> {
+        match self {
+            Principal::Operator => None,
+            Principal::User(u) => Some(u),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Admin>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> Result<Self, ApiError> {
+        let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+        let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
+        if let Some(ip) = ip {
+            if let Err(wait) = admin.auth_throttle.check(ip, now_ms) {
+                METRICS
+                    .admin_auth_failures
+                    .with_label_values(&["throttled"])
+                    .inc();
+                return Err(ApiError(GatewayError::RateLimited {
+                    message: format!(
+                        "Too many invalid admin tokens from this address. Retry in {wait} s."
+                    ),
+                    retry_after: wait,
+                }));
+            }
+        }
+        let result = check_token(admin, parts).await;
+        if let (Err(GatewayError::InvalidKey(_)), Some(ip)) = (&result, ip) {
+            let n = admin.auth_throttle.failed(ip, now_ms);
+            METRICS
+                .admin_auth_failures
+                .with_label_values(&["invalid"])
+                .inc();
+            tracing::warn!(client = %ip, failures = n, "invalid admin token");
+        }
+        result.map_err(ApiError)
+    }
+}
+
+/// Constant-time equality of two secrets (of their digests, so lengths leak nothing either).
+pub fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+async fn check_token(admin: &Arc<Admin>, parts: &Parts) -> Result<Principal, GatewayError> {
+    let presented = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            GatewayError::MissingKey(
+                "The admin API needs `Authorization: Bearer <token>`: the operator token or a user token.".into(),
+            )
+        })?;
+    if let Some(expected) = admin.app.admin_token.as_deref() {
+        if same_secret(&presented, expected) {
+            return Ok(Principal::Operator);
+        }
+    }
+    match admin
+        .blocking(move |a| a.store.user_by_token(&presented))
+        .await?
+    {
+        Some(u) => Ok(Principal::User(u)),
+        None => Err(GatewayError::InvalidKey("Invalid admin token.".into())),
+    }
+}
