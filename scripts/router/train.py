@@ -446,6 +446,20 @@ def training_set(rows, chat_train, zh_train, args):
     od = [float(r["difficulty"]) for r in rows if r.get("source") == "alpaca_eval"]
     stats = (float(np.mean(od)), float(np.std(od))) if od else None
     y = [target(r, args.pro_target, args.open_target, stats) for r in rows]
+    if getattr(args, "center_subjects", False):
+        # Third round (experiment): each subject's (MMLU-Pro subset, MMLU subject, AlpacaEval
+        # subset) mean target replaced by its source's mean, so only the within-subject
+        # differences remain to be learnt (subject words do not transfer to unseen subjects).
+        def group(r):
+            return (r.get("source"), r.get("subset") if r.get("source") in ("mmlu_pro", "alpaca_eval") else r.get("subject"))
+
+        by_g, by_s = {}, {}
+        for r, t in zip(rows, y):
+            by_g.setdefault(group(r), []).append(t)
+            by_s.setdefault(r.get("source"), []).append(t)
+        mg = {g: float(np.mean(v)) for g, v in by_g.items()}
+        ms = {g: float(np.mean(v)) for g, v in by_s.items()}
+        y = [min(1.0, max(0.0, t - mg[group(r)] + ms[r.get("source")])) for r, t in zip(rows, y)]
     sw = [
         args.routellm_weight if r.get("source") in ("mmlu", "gsm8k")
         else args.open_weight if r.get("source") == "alpaca_eval" else 1.0
