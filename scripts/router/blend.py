@@ -152,6 +152,10 @@ def main():
                   center_subjects=opts.center_subjects)
     groups, (ce, ce_lb, ce_y) = oof(args, opts.tag)
     length = family_apgr(groups, lambda z, lb, opt: lb)
+    per = {f: [] for f in FAMILIES}
+    for fam, z, lb, opt, wk, st in groups:
+        per[fam].append(T.metrics(z, wk, st)["apgr"])
+    print("a = 0 per fold: " + "; ".join(f"{f} " + " ".join(f"{x:.3f}" for x in per[f]) for f in FAMILIES))
     print("| a | " + " | ".join(FAMILIES) + " | min margin over length | mean | chat-eval AUC |")
     print("|---|" + "---:|" * (len(FAMILIES) + 3))
     print("| length | " + " | ".join(f"{length[f]:.3f}" for f in FAMILIES) + " | 0 | "
@@ -171,6 +175,12 @@ def main():
             print(f"| {a:+.2f}{' (chosen)' if a == best[1] else ''} | " + " | ".join(f"{r[f]:.3f}" for f in FAMILIES)
                   + f" | {margin:+.3f} | {np.mean(list(r.values())):.3f} | {T.auc(ce + a * ce_lb, ce_y):.3f} |")
     print(f"\nchosen a = {best[1]:+.2f} (rule: max over a of the min margin over the families)")
+    means = {a: float(np.mean(list(rows[a][0].values()))) for a in GRID}
+    a_mean = max(GRID, key=lambda a: (round(means[a], 6), -abs(a)))
+    print(f"max mean APGR over the families: a = {a_mean:+.2f} ({means[a_mean]:.4f}; a = 0: {means[0.0]:.4f})")
+    oracle = {f: max(rows[a][0][f] for a in GRID) for f in FAMILIES}
+    print("best a per family (optimistic, each family's own best): "
+          + ", ".join(f"{f} {oracle[f]:.3f} (length {length[f]:.3f})" for f in FAMILIES))
     # Per task type: a_mc for prompts with option lines, a_other for the rest.
     best2 = None
     coarse = np.round(np.arange(-2.0, 2.0001, 0.1), 2)
