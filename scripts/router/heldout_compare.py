@@ -23,8 +23,26 @@ import train as T
 REPS = 200
 
 
+def typed_scorer(model, avec):
+    """complexity-v2's logit + a[task type] x standardised log_bytes (blend.py's three types)."""
+    import blend
+
+    m0, s0 = model["dense_mean"][0], model["dense_scale"][0]
+
+    def score(reqs):
+        p = np.clip(T.model_scores(model, reqs), 1e-12, 1 - 1e-12)
+        z = np.log(p / (1 - p))
+        dense = np.array([T.F.extract(r, model["features"])[2] for r in reqs])
+        return z + np.asarray(avec)[blend.task_type(dense)] * (dense[:, 0] - m0) / s0
+
+    return score
+
+
 def load(spec):
     name, _, path = spec.partition("=")
+    if path.startswith("typed:"):
+        with open(os.path.join(T.ROOT, "conf", "router", "complexity-v2.json"), encoding="utf-8") as f:
+            return name, typed_scorer(json.load(f), [float(x) for x in path[len("typed:"):].split(",")])
     blend = 0.0
     if "+" in os.path.basename(path):
         path, _, b = path.rpartition("+")
@@ -55,7 +73,7 @@ def main():
         reqs = [T.req_of(r["prompt"]) for r in part]
         wk = np.array([T.pair(r)[0] for r in part])
         st = np.array([T.pair(r)[1] for r in part])
-        scorers = [T.model_scores(base[1], reqs)] + [T.model_scores(m, reqs) for _, m in cands]
+        scorers = [T.model_scores(base[1], reqs)] + [m(reqs) if callable(m) else T.model_scores(m, reqs) for _, m in cands]
         ln = T.length_scores(reqs).astype(float)
         rng = np.random.default_rng(T.SEED)
         boot = np.zeros((REPS, len(scorers) + 1))

@@ -466,7 +466,9 @@ def training_set(rows, chat_train, zh_train, args):
         mg = {g: float(np.mean(v)) for g, v in by_g.items()}
         ms = {g: float(np.mean(v)) for g, v in by_s.items()}
         y = [min(1.0, max(0.0, t - mg[group(r)] + ms[r.get("source")])) for r, t in zip(rows, y)]
+    fw = getattr(args, "family_weights", None)  # third round (experiment): per-source weights
     sw = [
+        fw.get(r.get("source"), 1.0) if fw else
         args.routellm_weight if r.get("source") in ("mmlu", "gsm8k")
         else args.open_weight if r.get("source") == "alpaca_eval" else 1.0
         for r in rows
