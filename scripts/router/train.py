@@ -381,6 +381,12 @@ def target(r, pro_target="difficulty", open_target="raw", open_stats=None):
             return float(r["gain_irt"])
         if pro_target == "pair":
             return (r["strong_correct"] - r["weak_correct"] + 1.0) / 2.0
+        if pro_target == "spread":  # third round: the panel's disagreement, 4 d (1 - d)
+            d = float(r["difficulty"])
+            return 4.0 * d * (1.0 - d)
+        if pro_target == "difficulty+spread":  # third round: mean of the two
+            d = float(r["difficulty"])
+            return (d + 4.0 * d * (1.0 - d)) / 2.0
         if pro_target == "blend":
             return min(1.0, (float(r["difficulty"]) + 2.0 * float(r["gain_irt"])) / 2.0)
         return float(r["difficulty"])
@@ -446,7 +452,23 @@ def training_set(rows, chat_train, zh_train, args):
     od = [float(r["difficulty"]) for r in rows if r.get("source") == "alpaca_eval"]
     stats = (float(np.mean(od)), float(np.std(od))) if od else None
     y = [target(r, args.pro_target, args.open_target, stats) for r in rows]
+    if getattr(args, "center_subjects", False):
+        # Third round (experiment): each subject's (MMLU-Pro subset, MMLU subject, AlpacaEval
+        # subset) mean target replaced by its source's mean, so only the within-subject
+        # differences remain to be learnt (subject words do not transfer to unseen subjects).
+        def group(r):
+            return (r.get("source"), r.get("subset") if r.get("source") in ("mmlu_pro", "alpaca_eval") else r.get("subject"))
+
+        by_g, by_s = {}, {}
+        for r, t in zip(rows, y):
+            by_g.setdefault(group(r), []).append(t)
+            by_s.setdefault(r.get("source"), []).append(t)
+        mg = {g: float(np.mean(v)) for g, v in by_g.items()}
+        ms = {g: float(np.mean(v)) for g, v in by_s.items()}
+        y = [min(1.0, max(0.0, t - mg[group(r)] + ms[r.get("source")])) for r, t in zip(rows, y)]
+    fw = getattr(args, "family_weights", None)  # third round (experiment): per-source weights
     sw = [
+        fw.get(r.get("source"), 1.0) if fw else
         args.routellm_weight if r.get("source") in ("mmlu", "gsm8k")
         else args.open_weight if r.get("source") == "alpaca_eval" else 1.0
         for r in rows
@@ -493,7 +515,7 @@ def main():
     ap.add_argument("--zh-weight", type=float, default=5.0)
     ap.add_argument("--routellm-weight", type=float, default=1.0)
     ap.add_argument("--no-routellm-mmlu", action="store_true")
-    ap.add_argument("--pro-target", default="difficulty", choices=["difficulty", "gain_irt", "pair", "blend"])
+    ap.add_argument("--pro-target", default="difficulty", choices=["difficulty", "gain_irt", "pair", "blend", "spread", "difficulty+spread"])
     ap.add_argument("--open-labels", default=None, help="AlpacaEval labels (build_open_labels.py)")
     ap.add_argument("--open-weight", type=float, default=0.0,
                     help="weight of the AlpacaEval training rows (0: not trained on, the shipped v2 recipe)")
@@ -501,6 +523,10 @@ def main():
     ap.add_argument("--open-target", default="raw", choices=["raw", "spread", "pair", "blend"])
     ap.add_argument("--eval-model", default=None, help="evaluate this model file (no writing)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--length-blend", type=float, default=0.0,
+                    help="add this to the log_bytes dense weight after training (blend.py; third round); "
+                    "with --eval-only / --eval-model, to the loaded file's (the mode shares then use its quantiles)")
+    ap.add_argument("--model-out", default=None, help="also write the model to this path (experiments)")
     args = ap.parse_args()
 
     import synth
@@ -550,6 +576,8 @@ def main():
         "excluded_subjects": sorted(LABEL_ARTIFACT_SUBJECTS),
         "quantile_reference": "traffic mix " + json.dumps(TRAFFIC_MIX),
     }
+    if args.length_blend:
+        meta["length_blend"] = args.length_blend
     if args.open_weight and open_rows:
         meta["open_weight"] = args.open_weight
         meta["open_target"] = args.open_target
@@ -561,10 +589,14 @@ def main():
     if args.eval_only:
         with open(args.eval_model or os.path.join(ROOT, "conf", "router", args.name + ".json"), encoding="utf-8") as f:
             model = json.load(f)
+        if args.length_blend:
+            model["dense_weights"][0] = r6(model["dense_weights"][0] + args.length_blend)
+            model["version"] += f" + {args.length_blend:g} x log_bytes"
     else:
         reqs, y, sw = training_set(train, chat_train, zh_train, args)
         X = feats.matrix(reqs)
         w, dw, b, mean, scale = train_lr(X, y, sw, args.l2, args.l2_dense, iters=args.iters)
+        dw[0] += args.length_blend  # blend.py (third round): the log_bytes weight, 0 by default
         model = model_json(spec, w, dw, b, mean, scale, [0.0], meta, args.name)
         model = json.loads(json.dumps(model))  # the rounded file is what everything below uses
         # Quantiles on the traffic mix. Benchmark prompts the model trained on (maths, multiple
@@ -580,6 +612,7 @@ def main():
             rest = [r for r in train if r["id"] not in fold_ids]
             rq, yk, swk = training_set(rest, chat_train, zh_train, args)
             pk = train_lr(feats.matrix(rq), yk, swk, args.l2, args.l2_dense, iters=args.iters)
+            pk[1][0] += args.length_blend
             part = (mc + gsm)[k::2]
             z = feats.matrix([req_of(r["prompt"]) for r in part]).logits(*pk)
             for r, zz in zip(part, z):
@@ -604,6 +637,10 @@ def main():
 
     report = evaluate(model, held, chat_eval, chat_train, zh_eval, zh_train)
     print(report)
+    if args.model_out:
+        with open(args.model_out, "w", encoding="utf-8") as f:
+            json.dump(model, f, separators=(",", ":"))
+            f.write("\n")
     if args.no_write:
         return
     with open(REPORT_OUT, "w", encoding="utf-8") as f:
