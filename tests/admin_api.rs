@@ -53,6 +53,10 @@ async fn a_tenant_named_with_a_space_is_reachable_by_its_encoded_name() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["id"], t["id"]);
     assert_eq!(v["name"], "Acme Corp");
+    assert_eq!(
+        (v["rpm_limit"].clone(), v["tpm_limit"].clone()),
+        (Value::Null, Value::Null)
+    );
     let (s, v) = send(
         &gw,
         reqwest::Method::GET,

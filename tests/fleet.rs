@@ -48,7 +48,7 @@ async fn one_node_keeps_its_record_in_postgresql() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (charged, _) = sql_charges(&gw, "acme").await;
-    let before = gw.admin_get("/admin/tenants/acme/balance").await;
+    let before = gw.balance("acme").await;
     assert_eq!(before["charged"].nano(), charged, "{before}");
     let usage = gw.admin_get("/admin/usage?tenant=acme&limit=100").await;
     assert_eq!(usage["data"].as_array().unwrap().len(), 20, "{usage}");
@@ -59,7 +59,7 @@ async fn one_node_keeps_its_record_in_postgresql() {
 
     // A restart (SIGKILL) recovers the books from PostgreSQL, and the key still works.
     gw.kill_and_restart().await;
-    let after = gw.admin_get("/admin/tenants/acme/balance").await;
+    let after = gw.balance("acme").await;
     for field in ["available", "reserved", "charged", "credited"] {
         assert_eq!(
             after[field], before[field],
@@ -155,7 +155,7 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
     // Conservation: the bank's spend, the PostgreSQL ledger's charges and the calls served agree.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
+        let b = nodes[1].balance("acme").await;
         let bank = &b["bank"];
         let (charged, n) = sql_charges(&nodes[2], "acme").await;
         if bank["leases"] == "0" && bank["spent"].nano_opt() == Some(charged) && n == ok + 3 {
@@ -186,7 +186,7 @@ async fn three_nodes_on_one_postgresql_and_one_redis_never_overspend() {
     );
     // Node SIGKILL and restart: the books stay exact.
     nodes[1].kill_and_restart().await;
-    let b = nodes[1].admin_get("/admin/tenants/acme/balance").await;
+    let b = nodes[1].balance("acme").await;
     let (charged, _) = sql_charges(&nodes[1], "acme").await;
     assert_eq!(b["bank"]["spent"].nano_opt(), Some(charged), "{b}");
 }
@@ -236,7 +236,7 @@ async fn a_postgresql_restart_under_load_loses_and_doubles_nothing() {
     loop {
         let (charged, n) = sql_charges(&gw, "acme").await;
         if n == i {
-            let b = gw.admin_get("/admin/tenants/acme/balance").await;
+            let b = gw.balance("acme").await;
             assert_eq!(b["charged"].nano(), charged, "{b}");
             break;
         }
@@ -376,7 +376,7 @@ async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
     // 3 warm-up calls and `ok` calls: each charged once, and Redis agrees with the ledger.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let b = nodes[0].admin_get("/admin/tenants/acme/balance").await;
+        let b = nodes[0].balance("acme").await;
         let (charged, n) = sql_charges(&nodes[1], "acme").await;
         if b["bank"]["leases"] == "0"
             && n == ok + 3

@@ -390,7 +390,7 @@ async fn an_upgrade_in_cluster_mode_spends_no_credit_twice() {
     // Allowance comes back when idle; then Redis and SQL must agree exactly.
     let deadline = Instant::now() + Duration::from_secs(20);
     let bank = loop {
-        let b = gw.admin_get("/admin/tenants/tight/balance").await["bank"].clone();
+        let b = gw.balance("tight").await["bank"].clone();
         let (bal, leases, spent, cred) = (
             b["unleased"].nano(),
             b["leases"].nano(),

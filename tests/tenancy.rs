@@ -973,6 +973,12 @@ async fn limit_updates_change_only_the_fields_sent() {
     }
     // What the gateway enforces is what was answered.
     assert_eq!(key_limits().await, json!({"rpm": 7, "tpm": null}));
+    let t = gw.admin_get("/admin/tenants/acme").await;
+    assert_eq!(
+        json!([t["rpm_limit"], t["tpm_limit"]]),
+        json!([200, null]),
+        "{t}"
+    );
     // A wrong type is refused and changes nothing.
     let (s, _) = op
         .send(

@@ -406,6 +406,10 @@ pub struct TenantOut {
     pub id: i64,
     pub name: String,
     pub created_at: String,
+    /// The tenant's requests per minute (all its keys together); `null`: unlimited.
+    pub rpm_limit: Option<u32>,
+    /// The tenant's tokens per minute; `null`: unlimited.
+    pub tpm_limit: Option<u64>,
 }
 
 impl TenantOut {
@@ -414,6 +418,8 @@ impl TenantOut {
             id: t.id.0,
             name: t.name.clone(),
             created_at: time(t.created_at),
+            rpm_limit: t.limits.rpm,
+            tpm_limit: t.limits.tpm,
         }
     }
 }

@@ -343,6 +343,7 @@ fn tenant_from_row(r: &PgRow) -> Result<Tenant, sqlx::Error> {
         id: TenantId(r.try_get("id")?),
         name: r.try_get("name")?,
         created_at: r.try_get("created_at")?,
+        limits: limits(r, "rpm_limit", "tpm_limit")?,
     })
 }
 
@@ -352,7 +353,7 @@ impl Directory for PgStore {
         let name = checked_name(name, "tenant")?;
         let now = unix_now();
         let r = sqlx::query(
-            "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at",
+            "INSERT INTO tenants (name, created_at) VALUES ($1, $2) RETURNING id, name, created_at, rpm_limit, tpm_limit",
         )
         .bind(name)
         .bind(now)
@@ -368,15 +369,17 @@ impl Directory for PgStore {
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, created_at, rpm_limit, tpm_limit FROM tenants ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(tenant_from_row).collect::<Result<_, _>>()?)
     }
 
     async fn find_tenant(&self, id_or_name: &str) -> Result<Tenant, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, created_at FROM tenants WHERE name = $1 OR CAST(id AS TEXT) = $1",
+            "SELECT id, name, created_at, rpm_limit, tpm_limit FROM tenants WHERE name = $1 OR CAST(id AS TEXT) = $1",
         )
         .bind(id_or_name)
         .fetch_optional(&self.pool)

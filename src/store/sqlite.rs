@@ -1016,6 +1016,7 @@ impl Store {
                     id: TenantId(c.last_insert_rowid()),
                     name: name.to_string(),
                     created_at: now,
+                    limits: Limits::default(),
                 }),
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -1032,12 +1033,15 @@ impl Store {
     pub fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         pg!(self, {} s => crate::store::Directory::list_tenants(&s).await);
         self.with(|c| {
-            let mut st = c.prepare("SELECT id, name, created_at FROM tenants ORDER BY id")?;
+            let mut st = c.prepare(
+                "SELECT id, name, created_at, rpm_limit, tpm_limit FROM tenants ORDER BY id",
+            )?;
             let rows = st.query_map([], |r| {
                 Ok(Tenant {
                     id: TenantId(r.get(0)?),
                     name: r.get(1)?,
                     created_at: r.get(2)?,
+                    limits: limits_at(r, 3)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1050,13 +1054,14 @@ impl Store {
         self.with(|c| {
             let row = c
                 .query_row(
-                    "SELECT id, name, created_at FROM tenants WHERE name = ?1 OR CAST(id AS TEXT) = ?1",
+                    "SELECT id, name, created_at, rpm_limit, tpm_limit FROM tenants WHERE name = ?1 OR CAST(id AS TEXT) = ?1",
                     params![id_or_name],
                     |r| {
                         Ok(Tenant {
                             id: TenantId(r.get(0)?),
                             name: r.get(1)?,
                             created_at: r.get(2)?,
+                            limits: limits_at(r, 3)?,
                         })
                     },
                 )

@@ -95,6 +95,8 @@ pub struct Tenant {
     pub id: TenantId,
     pub name: String,
     pub created_at: i64,
+    /// The tenant's own rate limits (every key of the tenant together).
+    pub limits: limits::Limits,
 }
 
 /// An API key as the gateway sees it: who it belongs to and what it may use. Never the secret.

@@ -85,14 +85,31 @@ pub fn check_bank(bank: &Value) {
 
 /// Wait until every node gave its allowance back and Redis recorded exactly the charges of
 /// the SQL ledger; returns the bank's totals.
+/// A node's view of the tenant's bank, or `Null` while the node cannot read it (the balance
+/// answers 503 then, e.g. just after a failover or a restart).
+pub async fn bank_of(gw: &Gateway, tenant: &str) -> Value {
+    let r = gw
+        .client
+        .get(gw.admin_url(&format!("/admin/tenants/{tenant}/balance")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    match r.status().as_u16() {
+        200 => r.json::<Value>().await.unwrap()["bank"].clone(),
+        503 => Value::Null,
+        s => panic!(
+            "balance of {tenant}: {s} {}",
+            r.text().await.unwrap_or_default()
+        ),
+    }
+}
+
 pub async fn quiesce(gw: &Gateway, tenant: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let b = gw
-            .admin_get(&format!("/admin/tenants/{tenant}/balance"))
-            .await;
-        let bank = b["bank"].clone();
-        // Just after a failover the node may not read the bank yet (no totals): ask again.
+        let bank = bank_of(gw, tenant).await;
+        // Just after a failover the node may not read the bank yet: ask again.
         let read = bank["unleased"].is_string();
         if read {
             check_bank(&bank);

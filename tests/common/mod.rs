@@ -293,9 +293,25 @@ impl Gateway {
         self.wait_ready().await;
     }
 
+    /// The tenant's balance. In cluster mode a node that cannot read the credit bank answers
+    /// 503 (just after a failover or a restart): this asks again for up to 20 s.
     pub async fn balance(&self, tenant: &str) -> serde_json::Value {
-        self.admin_get(&format!("/admin/tenants/{tenant}/balance"))
-            .await
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self
+                .client
+                .get(self.admin_url(&format!("/admin/tenants/{tenant}/balance")))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            if status != 503 || Instant::now() > deadline {
+                assert_eq!(status, 200, "balance of {tenant}");
+                return r.json().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn wait_ready(&mut self) {
