@@ -559,9 +559,13 @@ async fn every_authenticated_request_is_recorded_with_endpoint_path_and_model() 
         ),
         1.0
     );
-    let log = gw.log();
-    assert!(
-        log.contains("/v1/assistants"),
-        "the request log names the path"
-    );
+    // The request log line is written after the answer (and the log is buffered): wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.log().contains("/v1/assistants") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request log names the path"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
