@@ -338,6 +338,18 @@ fn key_from_row(r: &PgRow) -> Result<ApiKey, sqlx::Error> {
     })
 }
 
+/// Whether a key with this id exists (revoked or not).
+async fn key_exists(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: KeyId,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
+        .bind(id.0)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(found.is_some())
+}
+
 fn tenant_from_row(r: &PgRow) -> Result<Tenant, sqlx::Error> {
     Ok(Tenant {
         id: TenantId(r.try_get("id")?),
@@ -473,14 +485,8 @@ impl Directory for PgStore {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        if n == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if exists.is_none() {
-                return Err(StoreError::not_found("key", id.0));
-            }
+        if n == 0 && !key_exists(&mut tx, id).await? {
+            return Err(StoreError::not_found("key", id.0));
         }
         PgStore::bump_generation(&mut tx).await?;
         tx.commit().await?;
@@ -550,13 +556,10 @@ impl Directory for PgStore {
         .await?
         .rows_affected();
         if n == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-            return Err(match exists {
-                None => StoreError::not_found("key", id.0),
-                Some(_) => StoreError::Conflict("a revoked key cannot be rotated".into()),
+            return Err(if key_exists(&mut tx, id).await? {
+                StoreError::Conflict("a revoked key cannot be rotated".into())
+            } else {
+                StoreError::not_found("key", id.0)
             });
         }
         PgStore::bump_generation(&mut tx).await?;
