@@ -157,14 +157,18 @@ pub fn same_secret(a: &str, b: &str) -> bool {
         == 0
 }
 
-async fn check_token(admin: &Arc<Admin>, parts: &Parts) -> Result<Principal, GatewayError> {
-    let presented = parts
-        .headers
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
+}
+
+async fn check_token(admin: &Arc<Admin>, parts: &mut Parts) -> Result<Principal, GatewayError> {
+    let presented = bearer(&parts.headers)
         .ok_or_else(|| {
             GatewayError::MissingKey(
                 "The admin API needs `Authorization: Bearer <token>`: the operator token or a user token.".into(),
@@ -174,6 +178,25 @@ async fn check_token(admin: &Arc<Admin>, parts: &Parts) -> Result<Principal, Gat
         if same_secret(&presented, expected) {
             return Ok(Principal::Operator);
         }
+    }
+    if presented.starts_with("tgs-") {
+        // A console session (admin/sessions.rs): the operator's ends with the operator token.
+        let session = admin
+            .blocking(move |a| a.store.session(&presented))
+            .await?
+            .ok_or_else(|| {
+                GatewayError::InvalidKey("The session has ended; sign in again.".into())
+            })?;
+        parts
+            .extensions
+            .insert(super::sessions::SessionCsrf(session.csrf));
+        return match session.user {
+            Some(u) => Ok(Principal::User(u)),
+            None if admin.app.admin_token.is_some() => Ok(Principal::Operator),
+            None => Err(GatewayError::InvalidKey(
+                "The session has ended; sign in again.".into(),
+            )),
+        };
     }
     match admin
         .blocking(move |a| a.store.user_by_token(&presented))

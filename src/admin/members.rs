@@ -486,6 +486,30 @@ pub struct NewInvite {
     pub invite_token: String,
     /// Where the invitee sets a password and signs in (the console).
     pub accept_path: String,
+    /// The same as a full link (`admin.public_url`, else the address this request came to).
+    pub accept_url: String,
+    /// Whether the invitation was emailed (`[smtp]` is configured and the relay took it).
+    pub emailed: bool,
+    /// Why it was not emailed, when `[smtp]` is configured but sending failed.
+    pub email_error: Option<String>,
+}
+
+/// The console's base address for links: `admin.public_url`, else the request's `Host`.
+pub fn console_base(admin: &Admin, headers: &axum::http::HeaderMap) -> String {
+    if let Some(u) = &admin.app.config().admin.public_url {
+        return u.clone();
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| admin.app.config().admin.listen.clone());
+    format!("http://{host}")
 }
 
 /// Invite someone by email (tenant admin).
@@ -495,19 +519,44 @@ pub struct NewInvite {
 pub async fn create_invite(
     State(admin): State<Arc<Admin>>,
     who: Principal,
+    headers: axum::http::HeaderMap,
     PathParams(t): PathParams<String>,
     JsonBody(req): JsonBody<CreateInvite>,
 ) -> ApiResult<(StatusCode, Json<NewInvite>)> {
-    let tenant = admin.tenant(&t).await?.id;
-    who.require(tenant, &[Role::TenantAdmin])?;
-    let (token, invite) = invite(&admin, tenant, req).await?;
-    let names = admin.names(&[tenant]).await?;
+    let tenant = admin.tenant(&t).await?;
+    who.require(tenant.id, &[Role::TenantAdmin])?;
+    let (token, invite) = invite(&admin, tenant.id, req).await?;
+    let names = admin.names(&[tenant.id]).await?;
+    let accept_path = format!("/console/invite/{token}");
+    let accept_url = format!("{}{accept_path}", console_base(&admin, &headers));
+    let (mut emailed, mut email_error) = (false, None);
+    if let Some(smtp) = admin.app.config().smtp.clone() {
+        let body = format!(
+            "You are invited to {tenant} on the tollgate LLM gateway as {role}.\n\n\
+             Set your password and sign in here (the link works once, until {expires}):\n\n{accept_url}\n\n\
+             你被邀请加入 {tenant}（tollgate 大模型网关），角色：{role}。请打开上面的链接设置密码并登录。\n",
+            tenant = tenant.name,
+            role = invite.role.as_str(),
+            expires = super::wire::time(invite.expires_at),
+        );
+        let subject = format!("Invitation to {} on tollgate", tenant.name);
+        match crate::mail::send(&smtp, &invite.email, &subject, body).await {
+            Ok(()) => emailed = true,
+            Err(e) => {
+                tracing::warn!(error = %e, invite = invite.id, "the invitation email was not sent");
+                email_error = Some(e);
+            }
+        }
+    }
     Ok((
         StatusCode::CREATED,
         Json(NewInvite {
             invite: InviteOut::from(&invite, &names, crate::tenancy::unix_now()),
-            accept_path: format!("/console/invite/{token}"),
+            accept_path,
+            accept_url,
             invite_token: token,
+            emailed,
+            email_error,
         }),
     ))
 }
@@ -565,10 +614,14 @@ pub struct AcceptInvite {
     pub token: String,
     #[serde(default)]
     pub name: String,
+    /// The console password to set (10 to 256 characters); absent: API token only.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// Accept an invitation (no account needed: the invitation token is the credential). Returns
-/// the new user and an admin-API token.
+/// the new user and an admin-API token; with `password`, the user can also sign in to the
+/// console.
 #[utoipa::path(post, path = "/admin/invites/accept", tag = "members",
     request_body = AcceptInvite,
     responses((status = 201, body = UserWithToken), (status = 400, body = ErrorBody, description = "Expired, revoked or already accepted"), (status = 404, body = ErrorBody)))]
@@ -576,9 +629,16 @@ pub async fn accept_invite(
     State(admin): State<Arc<Admin>>,
     JsonBody(req): JsonBody<AcceptInvite>,
 ) -> ApiResult<(StatusCode, Json<UserWithToken>)> {
+    if let Some(p) = &req.password {
+        super::sessions::check_password("password", p)?;
+    }
+    let password = req.password;
     let (user, token) = admin
         .blocking(move |a| a.store.accept_invite(&req.token, &req.name))
         .await?;
+    if let Some(p) = password {
+        super::sessions::set_password_hashed(&admin, user.id, p).await?;
+    }
     let _ = admin.blocking(|a| a.refresh_keys()).await;
     let names = admin.names(&[user.tenant_id]).await?;
     Ok((

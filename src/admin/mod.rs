@@ -21,11 +21,13 @@ mod keys;
 mod listing;
 mod members;
 mod ops;
+mod sessions;
 mod tenants;
 mod usage;
 mod wire;
 
-pub use auth::AuthThrottle;
+pub use auth::{same_secret, AuthThrottle, ClientIp};
+pub use sessions::MIN_PASSWORD;
 pub use host::AdminApi;
 
 use crate::app::App;
@@ -143,6 +145,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(ops::openapi))
         .routes(routes!(ops::me))
         .routes(routes!(ops::channels))
+        .routes(routes!(ops::prices))
         .routes(routes!(ops::reload))
         .routes(routes!(ops::config_status))
         .routes(routes!(tenants::list_tenants, tenants::create_tenant))
@@ -169,6 +172,9 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(members::list_invites, members::create_invite))
         .routes(routes!(members::revoke_invite))
         .routes(routes!(members::accept_invite))
+        .routes(routes!(sessions::sign_in))
+        .routes(routes!(sessions::sign_out))
+        .routes(routes!(sessions::change_password))
         .routes(routes!(keys::list_keys, keys::create_key))
         .routes(routes!(keys::get_key, keys::update_key, keys::delete_key))
         .routes(routes!(keys::revoke_key))
@@ -233,10 +239,12 @@ fn router(app: Arc<App>) -> axum::Router {
         auth_throttle: AuthThrottle::default(),
         openapi: doc.to_pretty_json().unwrap_or_default().into_bytes(),
     });
-    router
+    let api = router
         .fallback(ops::unknown_path)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        .with_state(admin)
+        .with_state(admin.clone());
+    // The console's pages call the API in process (crate::console): it is their only back end.
+    api.clone().merge(crate::console::router(api, admin))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Health, metrics, the API description, who am I, channels, configuration reload and status.
 
 use super::auth::Principal;
-use super::wire::{ApiError, ApiResult, ErrorBody, UserOut};
+use super::wire::{ApiError, ApiResult, ErrorBody, PathParams, UserOut};
 use super::Admin;
 use crate::config::reload;
 use crate::error::GatewayError;
@@ -99,18 +99,26 @@ pub struct Me {
     pub user: Option<UserOut>,
     pub tenant_id: Option<i64>,
     pub tenant_name: Option<String>,
+    /// The CSRF token of the console session the request came with (session tokens only).
+    pub csrf: Option<String>,
 }
 
 /// Who the token belongs to.
 #[utoipa::path(get, path = "/admin/me", tag = "operations", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
-pub async fn me(State(admin): State<Arc<Admin>>, who: Principal) -> ApiResult<Json<Me>> {
+pub async fn me(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    csrf: Option<axum::Extension<super::sessions::SessionCsrf>>,
+) -> ApiResult<Json<Me>> {
+    let csrf = csrf.map(|axum::Extension(c)| c.0);
     Ok(Json(match &who {
         Principal::Operator => Me {
             role: "operator".into(),
             user: None,
             tenant_id: None,
             tenant_name: None,
+            csrf,
         },
         Principal::User(u) => {
             let t = u.user.tenant_id;
@@ -121,6 +129,7 @@ pub async fn me(State(admin): State<Arc<Admin>>, who: Principal) -> ApiResult<Js
                 user: Some(UserOut::from(&u.user, &names, spend)),
                 tenant_id: Some(t.0),
                 tenant_name: Some(u.tenant_name.clone()),
+                csrf,
             }
         }
     }))
@@ -266,4 +275,96 @@ pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         "`{method}` is not allowed on `{}`.",
         uri.path()
     )))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelPrice {
+    pub model: String,
+    pub vendor: String,
+    /// Credits per million input tokens on this channel.
+    pub input: String,
+    /// Credits per million cached input tokens.
+    pub cached_input: String,
+    /// Credits per million output tokens.
+    pub output: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ChannelPrices {
+    pub name: String,
+    pub description: String,
+    pub multiplier: String,
+    /// Priced models this channel serves, with what they cost here.
+    pub models: Vec<ModelPrice>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PriceList {
+    /// Credits one RMB buys.
+    pub credits_per_rmb: String,
+    pub channels: Vec<ChannelPrices>,
+}
+
+/// The channels and what each model costs on them, in credits per million tokens (any role of
+/// the tenant).
+#[utoipa::path(get, path = "/admin/tenants/{t}/prices", tag = "credits", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name")),
+    responses((status = 200, body = PriceList), (status = 404, body = ErrorBody)))]
+pub async fn prices(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+) -> ApiResult<Json<PriceList>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.role_in(tenant)?;
+    let cfg = admin.app.config();
+    let per_rmb = cfg.billing.credits_per_rmb;
+    let million = crate::billing::pricing::TokenCounts {
+        input: 1_000_000,
+        ..Default::default()
+    };
+    let cost = |m: &crate::config::Model, c: &crate::config::Channel, t: crate::billing::pricing::TokenCounts| {
+        crate::billing::pricing::cost_credits(m, c, per_rmb, &t)
+            .map(|d| d.round_dp(6).normalize().to_string())
+            .unwrap_or_default()
+    };
+    let channels = cfg
+        .channels
+        .iter()
+        .map(|c| ChannelPrices {
+            name: c.name.clone(),
+            description: c.description.clone(),
+            multiplier: c.multiplier.to_string(),
+            models: cfg
+                .models
+                .iter()
+                .filter(|m| m.price.is_some() && c.serves(&m.name))
+                .map(|m| ModelPrice {
+                    model: m.name.clone(),
+                    vendor: m.vendor.clone(),
+                    input: cost(m, c, million),
+                    cached_input: cost(
+                        m,
+                        c,
+                        crate::billing::pricing::TokenCounts {
+                            cached_input: 1_000_000,
+                            ..Default::default()
+                        },
+                    ),
+                    output: cost(
+                        m,
+                        c,
+                        crate::billing::pricing::TokenCounts {
+                            output: 1_000_000,
+                            ..Default::default()
+                        },
+                    ),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(PriceList {
+        credits_per_rmb: per_rmb.to_string(),
+        channels,
+    }))
 }

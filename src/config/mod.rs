@@ -61,6 +61,28 @@ pub enum LogFormat {
 pub struct AdminSettings {
     pub listen: String,
     pub token_env: String,
+    pub session_hours: u32,
+    pub public_url: Option<String>,
+    pub secure_cookies: bool,
+}
+
+/// Outgoing mail (`[smtp]`).
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    pub username: Option<String>,
+    /// Read from `password_env` at load time.
+    pub password: Option<String>,
+    pub tls: SmtpTls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    StartTls,
+    Tls,
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +394,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// The complexity router (`model: "auto"`), when the file has a `[router]` section.
     pub router: Option<Arc<crate::router::RouterSettings>>,
+    /// Outgoing mail for console invitations.
+    pub smtp: Option<SmtpSettings>,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -431,6 +455,7 @@ impl Config {
             models,
             channels,
             router,
+            smtp,
         } = file;
         let mut warnings = Vec::new();
 
@@ -447,9 +472,66 @@ impl Config {
                 "must be an address like 127.0.0.1:8081",
             ));
         }
+        if !(1..=24 * 90).contains(&admin.session_hours) {
+            return Err(invalid("admin.session_hours", "must be 1 to 2160"));
+        }
+        if let Some(u) = &admin.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid(
+                    "admin.public_url",
+                    "must be an http:// or https:// address",
+                ));
+            }
+        }
         let admin = AdminSettings {
             listen: admin.listen,
             token_env: admin.token_env,
+            session_hours: admin.session_hours,
+            public_url: admin
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string()),
+            secure_cookies: admin.secure_cookies,
+        };
+        let smtp = match smtp {
+            None => None,
+            Some(m) => {
+                let tls = match m.tls.as_deref().unwrap_or("starttls") {
+                    "starttls" => SmtpTls::StartTls,
+                    "tls" => SmtpTls::Tls,
+                    "none" => SmtpTls::None,
+                    _ => return Err(invalid("smtp.tls", "must be starttls, tls or none")),
+                };
+                if m.host.trim().is_empty() || !m.from.contains('@') {
+                    return Err(invalid(
+                        "smtp",
+                        "needs `host` and a `from` address",
+                    ));
+                }
+                let password = match &m.password_env {
+                    Some(var) => match env(var) {
+                        Some(p) => Some(p),
+                        None => {
+                            warnings.push(format!(
+                                "smtp.password_env: ${var} is not set; mail is sent without a password"
+                            ));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                Some(SmtpSettings {
+                    host: m.host,
+                    port: m.port.unwrap_or(match tls {
+                        SmtpTls::StartTls => 587,
+                        SmtpTls::Tls => 465,
+                        SmtpTls::None => 25,
+                    }),
+                    from: m.from,
+                    username: m.username,
+                    password,
+                    tls,
+                })
+            }
         };
         let default_timeouts = build_timeouts(timeouts, "timeouts")?;
         let default_retry = build_retry(retry, "retry")?;
@@ -633,6 +715,7 @@ impl Config {
                 None => None,
             },
             router,
+            smtp,
             warnings,
         })
     }

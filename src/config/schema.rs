@@ -33,6 +33,9 @@ pub struct FileConfig {
     /// The complexity router behind `model: "auto"` (docs/routing.md); absent: no `auto`.
     #[serde(default)]
     pub router: Option<RouterSection>,
+    /// Outgoing mail (console invitations); absent: the console shows links to copy.
+    #[serde(default)]
+    pub smtp: Option<SmtpSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +157,17 @@ pub struct AdminSection {
     /// Environment variable holding the operator token for the admin API.
     #[serde(default = "default_admin_token_env")]
     pub token_env: String,
+    /// How long a console sign-in lasts (hours).
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u32,
+    /// The console's address as users reach it (e.g. `https://llm.example.com`), for links in
+    /// invitation emails; absent: the address the request came to.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Mark console cookies `Secure` (set when the console is reached over HTTPS through a
+    /// proxy that terminates TLS).
+    #[serde(default)]
+    pub secure_cookies: bool,
 }
 
 impl Default for AdminSection {
@@ -161,8 +175,35 @@ impl Default for AdminSection {
         AdminSection {
             listen: default_admin_listen(),
             token_env: default_admin_token_env(),
+            session_hours: default_session_hours(),
+            public_url: None,
+            secure_cookies: false,
         }
     }
+}
+
+fn default_session_hours() -> u32 {
+    12
+}
+
+/// Outgoing mail for invitations (the console): an SMTP relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    pub host: String,
+    /// Default: 587 with STARTTLS, 465 with TLS, 25 without.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The sender, e.g. `Tollgate <llm-gateway@example.com>`.
+    pub from: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the SMTP password (never the password itself).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// `starttls` (default), `tls` or `none` (a relay on the local network only).
+    #[serde(default)]
+    pub tls: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

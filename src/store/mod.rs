@@ -355,6 +355,32 @@ pub trait Members: Send + Sync {
     async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError>;
 }
 
+/// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls
+/// on `sqlite::Store`.
+#[async_trait::async_trait]
+pub trait Sessions: Send + Sync {
+    async fn login_account(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<sqlite::LoginAccount>, StoreError>;
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError>;
+    async fn login_failed(
+        &self,
+        user: UserId,
+        lock_after: i64,
+        lock_until: i64,
+    ) -> Result<i64, StoreError>;
+    async fn login_succeeded(&self, user: UserId) -> Result<(), StoreError>;
+    async fn create_session(
+        &self,
+        user: Option<UserId>,
+        ttl_secs: i64,
+    ) -> Result<sqlite::NewSession, StoreError>;
+    async fn session(&self, token: &str) -> Result<Option<sqlite::Session>, StoreError>;
+    async fn end_session(&self, token: &str) -> Result<(), StoreError>;
+}
+
 #[async_trait::async_trait]
 impl Members for Store {
     async fn create_group(

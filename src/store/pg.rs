@@ -1003,6 +1003,10 @@ impl Members for PgStore {
                 .bind(unix_now())
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         PgStore::bump_generation(&mut tx).await?;
@@ -2308,5 +2312,151 @@ impl Analytics for PgStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Sessions for PgStore {
+    async fn login_account(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<super::sqlite::LoginAccount>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS}, t.name AS tenant_name, u.password_hash, u.failed_logins, u.locked_until
+               FROM users u JOIN tenants t ON t.id = u.tenant_id
+              WHERE (t.name = $1 OR t.id::text = $1) AND u.email = $2"
+        )))
+        .bind(tenant.trim())
+        .bind(email.trim().to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(super::sqlite::LoginAccount {
+                principal: UserPrincipal {
+                    user: user_from_row(&r)?,
+                    tenant_name: r.try_get("tenant_name")?,
+                },
+                password_hash: r.try_get("password_hash")?,
+                failed_logins: r.try_get("failed_logins")?,
+                locked_until: r.try_get("locked_until")?,
+            })),
+        }
+    }
+
+    async fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        let n = sqlx::query(
+            "UPDATE users SET password_hash = $2, failed_logins = 0, locked_until = NULL WHERE id = $1",
+        )
+        .bind(user.0)
+        .bind(hash)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("user", user.0));
+        }
+        Ok(())
+    }
+
+    async fn login_failed(
+        &self,
+        user: UserId,
+        lock_after: i64,
+        lock_until: i64,
+    ) -> Result<i64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+        )
+        .bind(user.0)
+        .fetch_one(&self.pool)
+        .await?;
+        if n >= lock_after {
+            sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $2 WHERE id = $1")
+                .bind(user.0)
+                .bind(lock_until)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(n)
+    }
+
+    async fn login_succeeded(&self, user: UserId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(user.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        user: Option<UserId>,
+        ttl_secs: i64,
+    ) -> Result<super::sqlite::NewSession, StoreError> {
+        let new = super::sqlite::NewSession::generate(ttl_secs);
+        let now = unix_now();
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (token_hash, user_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&hash_key(&new.token)[..])
+        .bind(user.map(|u| u.0))
+        .bind(&new.csrf)
+        .bind(now)
+        .bind(new.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(new)
+    }
+
+    async fn session(&self, token: &str) -> Result<Option<super::sqlite::Session>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id, csrf, expires_at FROM console_sessions WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(&hash_key(token)[..])
+        .bind(unix_now())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let user_id: Option<i64> = r.try_get("user_id")?;
+        let csrf: String = r.try_get("csrf")?;
+        let expires_at: i64 = r.try_get("expires_at")?;
+        let user = match user_id {
+            None => None,
+            Some(id) => {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {USER_COLUMNS}, t.name AS tenant_name FROM users u JOIN tenants t ON t.id = u.tenant_id
+                      WHERE u.id = $1 AND u.disabled_at IS NULL"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    None => return Ok(None),
+                    Some(r) => Some(UserPrincipal {
+                        user: user_from_row(&r)?,
+                        tenant_name: r.try_get("tenant_name")?,
+                    }),
+                }
+            }
+        };
+        Ok(Some(super::sqlite::Session {
+            user,
+            csrf,
+            expires_at,
+        }))
+    }
+
+    async fn end_session(&self, token: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
+            .bind(&hash_key(token)[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

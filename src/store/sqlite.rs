@@ -705,6 +705,44 @@ pub struct NewKey {
     pub limits: Limits,
 }
 
+/// A console sign-in's account (`Store::login_account`).
+#[derive(Debug, Clone)]
+pub struct LoginAccount {
+    pub principal: UserPrincipal,
+    /// argon2id PHC string; `None` until the user sets a password.
+    pub password_hash: Option<String>,
+    pub failed_logins: i64,
+    /// Unix seconds until which sign-in is refused.
+    pub locked_until: Option<i64>,
+}
+
+/// A console session just created: the token (the cookie's value, stored hashed) and the CSRF
+/// token every form of the session carries.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub token: String,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+impl NewSession {
+    pub fn generate(ttl_secs: i64) -> NewSession {
+        NewSession {
+            token: generate_key().replacen("tg-", "tgs-", 1),
+            csrf: generate_key().replacen("tg-", "", 1),
+            expires_at: unix_now() + ttl_secs,
+        }
+    }
+}
+
+/// A live console session (`Store::session`): its user (`None`: the operator).
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: Option<UserPrincipal>,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
 /// Who is calling the admin API.
 #[derive(Debug, Clone)]
 pub struct UserPrincipal {
@@ -1874,6 +1912,7 @@ impl Store {
                         "UPDATE user_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
                         params![id.0, unix_now()],
                     )?;
+                    tx.execute("DELETE FROM console_sessions WHERE user_id = ?1", params![id.0])?;
                 }
             }
             Store::bump_generation(&tx)?;
@@ -2092,6 +2131,143 @@ impl Store {
             )
             .optional()?
             .ok_or_else(|| StoreError::not_found("token", id))
+        })
+    }
+
+    /// The account behind a console sign-in: tenant (id or name) and email, enabled or not.
+    pub fn login_account(&self, tenant: &str, email: &str) -> Result<Option<LoginAccount>, StoreError> {
+        pg!(self, { let tenant = tenant.to_string(); let email = email.to_string(); } s => crate::store::Sessions::login_account(&s, &tenant, &email).await);
+        let email = email.trim().to_ascii_lowercase();
+        let tenant = tenant.trim().to_string();
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {}, t.name, u.password_hash, u.failed_logins, u.locked_until
+                   FROM users u JOIN tenants t ON t.id = u.tenant_id
+                  WHERE (t.name = ?1 OR CAST(t.id AS TEXT) = ?1) AND u.email = ?2",
+                Store::USER_COLUMNS
+            );
+            Ok(c.query_row(&sql, params![tenant, email], |r| {
+                Ok(LoginAccount {
+                    principal: UserPrincipal {
+                        user: Store::user_from_row(r)?,
+                        tenant_name: r.get(9)?,
+                    },
+                    password_hash: r.get(10)?,
+                    failed_logins: r.get(11)?,
+                    locked_until: r.get(12)?,
+                })
+            })
+            .optional()?)
+        })
+    }
+
+    /// Sets a user's password (an argon2id PHC string) and clears any lockout.
+    pub fn set_password(&self, user: UserId, hash: &str) -> Result<(), StoreError> {
+        pg!(self, { let hash = hash.to_string(); } s => crate::store::Sessions::set_password(&s, user, &hash).await);
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE users SET password_hash = ?2, failed_logins = 0, locked_until = NULL WHERE id = ?1",
+                params![user.0, hash],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found("user", user.0));
+            }
+            Ok(())
+        })
+    }
+
+    /// Counts a failed sign-in; the `lock_after`-th in a row locks the account until
+    /// `lock_until` (and starts the count again). Returns the failures counted so far.
+    pub fn login_failed(&self, user: UserId, lock_after: i64, lock_until: i64) -> Result<i64, StoreError> {
+        pg!(self, {} s => crate::store::Sessions::login_failed(&s, user, lock_after, lock_until).await);
+        self.with(|c| {
+            let n: i64 = c.query_row(
+                "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1 RETURNING failed_logins",
+                params![user.0],
+                |r| r.get(0),
+            )?;
+            if n >= lock_after {
+                c.execute(
+                    "UPDATE users SET failed_logins = 0, locked_until = ?2 WHERE id = ?1",
+                    params![user.0, lock_until],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// A successful sign-in: the failure count starts again.
+    pub fn login_succeeded(&self, user: UserId) -> Result<(), StoreError> {
+        pg!(self, {} s => crate::store::Sessions::login_succeeded(&s, user).await);
+        self.with(|c| {
+            c.execute(
+                "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?1",
+                params![user.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A new console session for a user (`None`: the operator), valid `ttl_secs`.
+    pub fn create_session(&self, user: Option<UserId>, ttl_secs: i64) -> Result<NewSession, StoreError> {
+        pg!(self, {} s => crate::store::Sessions::create_session(&s, user, ttl_secs).await);
+        let new = NewSession::generate(ttl_secs);
+        self.with(|c| {
+            let now = unix_now();
+            c.execute("DELETE FROM console_sessions WHERE expires_at <= ?1", params![now])?;
+            c.execute(
+                "INSERT INTO console_sessions (token_hash, user_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&hash_key(&new.token)[..], user.map(|u| u.0), new.csrf, now, new.expires_at],
+            )?;
+            Ok(())
+        })?;
+        Ok(new)
+    }
+
+    /// The live session behind a token: who (`None` user: the operator) and its CSRF token.
+    /// Expired sessions and those of disabled users are not found.
+    pub fn session(&self, token: &str) -> Result<Option<Session>, StoreError> {
+        pg!(self, { let token = token.to_string(); } s => crate::store::Sessions::session(&s, &token).await);
+        let hash = hash_key(token);
+        self.with(|c| {
+            let Some((user_id, csrf, expires_at)) = c
+                .query_row(
+                    "SELECT user_id, csrf, expires_at FROM console_sessions WHERE token_hash = ?1 AND expires_at > ?2",
+                    params![&hash[..], unix_now()],
+                    |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let user = match user_id {
+                None => None,
+                Some(id) => {
+                    let sql = format!(
+                        "SELECT {}, t.name FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE u.id = ?1 AND u.disabled_at IS NULL",
+                        Store::USER_COLUMNS
+                    );
+                    let found = c
+                        .query_row(&sql, params![id], |r| {
+                            Ok(UserPrincipal { user: Store::user_from_row(r)?, tenant_name: r.get(9)? })
+                        })
+                        .optional()?;
+                    match found {
+                        Some(u) => Some(u),
+                        None => return Ok(None),
+                    }
+                }
+            };
+            Ok(Some(Session { user, csrf, expires_at }))
+        })
+    }
+
+    /// Ends a session (signed out); an unknown token is no error.
+    pub fn end_session(&self, token: &str) -> Result<(), StoreError> {
+        pg!(self, { let token = token.to_string(); } s => crate::store::Sessions::end_session(&s, &token).await);
+        self.with(|c| {
+            c.execute("DELETE FROM console_sessions WHERE token_hash = ?1", params![&hash_key(token)[..]])?;
+            Ok(())
         })
     }
 

@@ -1,0 +1,1319 @@
+//! The console's pages: one GET handler per page and one POST handler per form. Each renders
+//! from admin API answers (`Console::call`) with the signed-in session's token.
+
+use super::{charts, i18n, Console, Ctx, Failure, LANG_COOKIE, SESSION_COOKIE};
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, Response, StatusCode};
+use axum::routing::{get, post};
+use minijinja::value::Value as MjValue;
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+type C = State<Arc<Console>>;
+type Page = Response<Body>;
+
+/// Every template, compiled into the binary.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("macros.html", include_str!("templates/macros.html")),
+    ("login.html", include_str!("templates/login.html")),
+    ("invite.html", include_str!("templates/invite.html")),
+    ("error.html", include_str!("templates/error.html")),
+    ("overview.html", include_str!("templates/overview.html")),
+    ("members.html", include_str!("templates/members.html")),
+    ("departments.html", include_str!("templates/departments.html")),
+    ("keys.html", include_str!("templates/keys.html")),
+    ("usage.html", include_str!("templates/usage.html")),
+    ("records.html", include_str!("templates/records.html")),
+    ("redeem.html", include_str!("templates/redeem.html")),
+    ("prices.html", include_str!("templates/prices.html")),
+    ("routing.html", include_str!("templates/routing.html")),
+    ("account.html", include_str!("templates/account.html")),
+    ("op_tenants.html", include_str!("templates/op_tenants.html")),
+    ("op_codes.html", include_str!("templates/op_codes.html")),
+    ("op_promos.html", include_str!("templates/op_promos.html")),
+    ("op_health.html", include_str!("templates/op_health.html")),
+];
+
+const APP_CSS: &str = include_str!("static/app.css");
+const APP_JS: &str = include_str!("static/app.js");
+
+pub fn routes() -> axum::Router<Arc<Console>> {
+    axum::Router::new()
+        .route("/console", get(home))
+        .route("/console/", get(home))
+        .route("/console/login", get(login_page).post(login_user))
+        .route("/console/login/operator", post(login_operator))
+        .route("/console/logout", post(logout))
+        .route("/console/lang/{lang}", get(set_lang))
+        .route("/console/invite/{token}", get(invite_page).post(invite_accept))
+        .route("/console/static/{file}", get(static_file))
+        .route("/console/account", get(account_page).post(account_post))
+        .route("/console/t/{t}", get(overview))
+        .route("/console/t/{t}/members", get(members_page).post(members_invite))
+        .route("/console/t/{t}/members/{id}", post(members_update))
+        .route("/console/t/{t}/invites/{id}/revoke", post(invite_revoke))
+        .route(
+            "/console/t/{t}/departments",
+            get(departments_page).post(departments_create),
+        )
+        .route("/console/t/{t}/keys", get(keys_page).post(keys_create))
+        .route("/console/t/{t}/keys/{id}/{action}", post(keys_action))
+        .route("/console/t/{t}/usage", get(usage_page))
+        .route("/console/t/{t}/usage.csv", get(usage_csv))
+        .route("/console/t/{t}/records", get(records_page))
+        .route("/console/t/{t}/records.csv", get(records_csv))
+        .route("/console/t/{t}/redeem", get(redeem_page).post(redeem_post))
+        .route("/console/t/{t}/prices", get(prices_page))
+        .route("/console/t/{t}/routing", get(routing_page))
+        .route("/console/op/tenants", get(op_tenants).post(op_tenant_create))
+        .route("/console/op/tenants/{t}/topup", post(op_topup))
+        .route("/console/op/codes", get(op_codes).post(op_codes_create))
+        .route("/console/op/promos", get(op_promos).post(op_promos_create))
+        .route("/console/op/health", get(op_health))
+        .route("/console/op/reload", post(op_reload))
+        .route("/console/{*rest}", get(not_found).post(not_found))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates and formatting
+
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+    for (name, text) in TEMPLATES {
+        if let Err(e) = env.add_template(name, text) {
+            tracing::error!(template = name, error = %e, "console template does not compile");
+        }
+    }
+    env.add_filter("cr", |v: MjValue| credits_text(&v, 2));
+    env.add_filter("cr4", |v: MjValue| credits_text(&v, 4));
+    env.add_filter("rmb", |state: &minijinja::State, v: MjValue| {
+        let rate = state
+            .lookup("rate")
+            .and_then(|r| f64::try_from(r).ok())
+            .filter(|r| *r > 0.0)
+            .unwrap_or(1.0);
+        format!("¥{}", group_digits(number(&v) / rate, 2))
+    });
+    env.add_filter("num", |v: MjValue| group_digits(number(&v), 0));
+    env.add_filter("pct", |v: MjValue| format!("{:.1}%", number(&v) * 100.0));
+    env.add_filter("lt", |state: &minijinja::State, v: MjValue| {
+        let tz = state
+            .lookup("tz")
+            .and_then(|r| i64::try_from(r).ok())
+            .unwrap_or(0);
+        local_time(v.as_str().unwrap_or(""), tz as i32)
+    });
+    env
+}
+
+fn number(v: &MjValue) -> f64 {
+    if let Some(s) = v.as_str() {
+        return s.trim().parse().unwrap_or(0.0);
+    }
+    f64::try_from(v.clone()).unwrap_or(0.0)
+}
+
+fn credits_text(v: &MjValue, decimals: usize) -> String {
+    if v.is_none() || v.is_undefined() {
+        return "—".into();
+    }
+    let n = number(v);
+    if n != 0.0 && n.abs() < 0.01 {
+        return group_digits(n, 6);
+    }
+    group_digits(n, decimals)
+}
+
+/// `1234567.891` -> `1,234,567.89`.
+pub fn group_digits(n: f64, decimals: usize) -> String {
+    let s = format!("{:.*}", decimals, n.abs());
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i.to_string(), Some(f.to_string())),
+        None => (s.clone(), None),
+    };
+    let mut out = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if let Some(f) = frac {
+        out.push('.');
+        out.push_str(&f);
+    }
+    if n < 0.0 && out.chars().any(|c| c.is_ascii_digit() && c != '0') {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// An RFC 3339 time in the viewer's zone (`tz` minutes east of UTC): `2026-12-03 09:41`.
+pub fn local_time(rfc3339: &str, tz: i32) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
+        return rfc3339.to_string();
+    };
+    t.with_timezone(&zone(tz)).format("%Y-%m-%d %H:%M").to_string()
+}
+
+fn tz_label(tz: i32) -> String {
+    let sign = if tz < 0 { '-' } else { '+' };
+    format!("UTC{sign}{:02}:{:02}", tz.abs() / 60, tz.abs() % 60)
+}
+
+/// Local midnight (in the viewer's zone) `days_ago` days before today, as RFC 3339.
+fn local_midnight(tz: i32, days_ago: i64) -> String {
+    let now = now_utc();
+    let offset = zone(tz);
+    let local = now.with_timezone(&offset).date_naive() - chrono::Duration::days(days_ago);
+    format!("{}T00:00:00{}", local.format("%Y-%m-%d"), offset_text(tz))
+}
+
+fn now_utc() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(crate::tenancy::unix_now(), 0).unwrap_or_default()
+}
+
+/// The viewer's offset from UTC (UTC itself for an impossible value).
+fn zone(tz: i32) -> chrono::FixedOffset {
+    use chrono::Offset;
+    chrono::FixedOffset::east_opt(tz * 60).unwrap_or_else(|| chrono::Utc.fix())
+}
+
+fn offset_text(tz: i32) -> String {
+    let sign = if tz < 0 { '-' } else { '+' };
+    format!("{sign}{:02}:{:02}", tz.abs() / 60, tz.abs() % 60)
+}
+
+/// The first day of the viewer's current month, local midnight, as RFC 3339.
+fn local_month_start(tz: i32) -> String {
+    let now = now_utc();
+    let offset = zone(tz);
+    let d = now.with_timezone(&offset).date_naive();
+    format!("{}-01T00:00:00{}", d.format("%Y-%m"), offset_text(tz))
+}
+
+/// A `YYYY-MM-DD` from a form (local day) as RFC 3339 at local midnight, `plus_days` later.
+fn day_to_rfc3339(day: &str, tz: i32, plus_days: i64) -> Option<String> {
+    let d = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").ok()? + chrono::Duration::days(plus_days);
+    Some(format!("{}T00:00:00{}", d.format("%Y-%m-%d"), offset_text(tz)))
+}
+
+fn local_day(tz: i32, days_ago: i64) -> String {
+    let now = now_utc();
+    let offset = zone(tz);
+    (now.with_timezone(&offset).date_naive() - chrono::Duration::days(days_ago))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Percent-encodes a query value.
+fn q(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering, sessions and forms
+
+/// A message shown above a page's content.
+#[derive(Default)]
+struct Flash {
+    ok: Option<String>,
+    err: Option<String>,
+    /// Shown once (a new key's secret, an invitation link, new codes).
+    extra: Value,
+}
+
+impl Flash {
+    fn err(f: &Failure) -> Flash {
+        Flash {
+            err: Some(f.message.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+impl Console {
+    fn render(&self, cx: &Ctx, me: &Value, name: &str, status: StatusCode, mut vars: Map<String, Value>) -> Page {
+        let rate = self
+            .admin()
+            .app
+            .config()
+            .billing
+            .credits_per_rmb
+            .to_string()
+            .parse::<f64>()
+            .unwrap_or(1.0);
+        let role = me["role"].as_str().unwrap_or("").to_string();
+        vars.insert("lang".into(), json!(cx.lang.code()));
+        vars.insert("lang_html".into(), json!(cx.lang.html()));
+        vars.insert("me".into(), me.clone());
+        vars.insert("role".into(), json!(role));
+        vars.insert("is_operator".into(), json!(role == "operator"));
+        vars.insert("can_manage".into(), json!(role == "operator" || role == "tenant_admin"));
+        vars.insert("can_see_tenant".into(), json!(role != "member"));
+        vars.insert("csrf".into(), me["csrf"].clone());
+        vars.insert("rate".into(), json!(rate));
+        vars.insert("tz".into(), json!(cx.tz));
+        vars.insert("tz_label".into(), json!(tz_label(cx.tz)));
+        vars.insert("path".into(), json!(cx.path));
+        vars.insert("here".into(), json!(here(cx)));
+        let tr = i18n::table(cx.lang);
+        let ctx = minijinja::context! { tr => MjValue::from_serialize(tr), ..MjValue::from_serialize(&vars) };
+        let html = self
+            .env
+            .get_template(name)
+            .and_then(|t| t.render(ctx));
+        match html {
+            Ok(html) => {
+                let mut r = Response::new(Body::from(html));
+                *r.status_mut() = status;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                r
+            }
+            Err(e) => {
+                tracing::error!(template = name, error = %e, "console page failed to render");
+                let mut r = Response::new(Body::from("The page could not be drawn."));
+                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
+        }
+    }
+
+    /// The error page (for a failed API call the page depends on: 404 looks like any missing page).
+    fn failure(&self, cx: &Ctx, me: &Value, f: &Failure) -> Page {
+        let mut vars = Map::new();
+        vars.insert("status".into(), json!(f.status.as_u16()));
+        vars.insert("message".into(), json!(f.message));
+        self.render(cx, me, "error.html", f.status, vars)
+    }
+
+    /// The signed-in user (`GET /admin/me`), or the answer that sends the browser to sign in.
+    async fn session(&self, cx: &Ctx) -> Result<Value, Page> {
+        if cx.token.is_none() {
+            return Err(to_login(cx));
+        }
+        match self.call(cx, Method::GET, "/admin/me", None).await {
+            Ok(me) => Ok(me),
+            Err(f) if f.status == StatusCode::UNAUTHORIZED => {
+                let mut r = to_login(cx);
+                clear_session_cookie(&mut r);
+                Err(r)
+            }
+            Err(f) => Err(self.failure(cx, &Value::Null, &f)),
+        }
+    }
+
+    /// A form's CSRF token must be the session's.
+    fn check_csrf(&self, cx: &Ctx, me: &Value, form: &Form) -> Result<(), Page> {
+        let sent = form.get("_csrf");
+        let expected = me["csrf"].as_str().unwrap_or("");
+        if expected.is_empty() || !crate::admin::same_secret(sent, expected) {
+            return Err(self.failure(
+                cx,
+                me,
+                &Failure {
+                    status: StatusCode::FORBIDDEN,
+                    message: "This form has expired or did not come from the console. Reload the page and try again.".into(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, cx: &Ctx, path: &str) -> Result<Value, Failure> {
+        self.call(cx, Method::GET, path, None).await
+    }
+}
+
+/// The page's path and query, for links that come back to it.
+fn here(cx: &Ctx) -> String {
+    if cx.query.is_empty() {
+        cx.path.clone()
+    } else {
+        format!("{}?{}", cx.path, cx.query)
+    }
+}
+
+fn to_login(cx: &Ctx) -> Page {
+    let next = here(cx);
+    let target = if next.starts_with("/console/t/") || next.starts_with("/console/op/") || next.starts_with("/console/account") {
+        format!("/console/login?next={}", q(&next))
+    } else {
+        "/console/login".into()
+    };
+    redirect(&target)
+}
+
+fn redirect(to: &str) -> Page {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn cookie_attrs(secure: bool) -> &'static str {
+    if secure {
+        "; Path=/console; HttpOnly; SameSite=Strict; Secure"
+    } else {
+        "; Path=/console; HttpOnly; SameSite=Strict"
+    }
+}
+
+fn clear_session_cookie(r: &mut Page) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Max-Age=0; Path=/console; HttpOnly; SameSite=Strict")) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// A posted form's fields (repeated names kept in order).
+#[derive(Default)]
+struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .unwrap_or("")
+    }
+    fn opt(&self, name: &str) -> Option<String> {
+        Some(self.get(name)).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+    fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, v)| k == name && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+async fn read_form(req: Request) -> (Ctx, Form) {
+    let (parts, body) = req.into_parts();
+    let cx = Ctx::new(&parts.headers, &parts.uri, &parts.extensions);
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let fields = form_urlencoded::parse(&bytes)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    (cx, Form(fields))
+}
+
+fn ctx_of(req: &Request) -> Ctx {
+    Ctx::new(req.headers(), req.uri(), req.extensions())
+}
+
+/// Query parameters of the page's own URL.
+fn params(cx: &Ctx) -> Form {
+    Form(
+        form_urlencoded::parse(cx.query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    )
+}
+
+/// Numbers typed in forms: empty is absent; anything else must parse.
+fn num_field(form: &Form, name: &str) -> Result<Option<Value>, Failure> {
+    match form.opt(name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) => Ok(Some(json!(n))),
+            Err(_) => Err(Failure {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("`{name}` must be a whole number."),
+            }),
+        },
+    }
+}
+
+macro_rules! signed_in {
+    ($c:expr, $cx:expr) => {
+        match $c.session(&$cx).await {
+            Ok(me) => me,
+            Err(page) => return page,
+        }
+    };
+}
+
+macro_rules! try_api {
+    ($c:expr, $cx:expr, $me:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(f) => return $c.failure(&$cx, &$me, &f),
+        }
+    };
+}
+
+/// Tenant path values are ids or names; they go to the API percent-encoded.
+fn tp(t: &str) -> String {
+    q(t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign-in, sign-out, language, invitations, static files
+
+async fn home(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    match me["tenant_id"].as_i64() {
+        Some(t) => redirect(&format!("/console/t/{t}")),
+        None => redirect("/console/op/tenants"),
+    }
+}
+
+async fn login_page(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let p = params(&cx);
+    let mut vars = Map::new();
+    vars.insert("next".into(), json!(safe_next(p.get("next"))));
+    vars.insert("tenant".into(), json!(p.get("tenant")));
+    vars.insert("error".into(), Value::Null);
+    c.render(&cx, &Value::Null, "login.html", StatusCode::OK, vars)
+}
+
+/// Only console paths are followed after sign-in (no open redirect).
+fn safe_next(next: &str) -> String {
+    if next.starts_with("/console/") && !next.starts_with("//") && !next.contains("://") && !next.contains('\\') {
+        next.to_string()
+    } else {
+        "/console".into()
+    }
+}
+
+async fn signed_in_answer(c: &Console, cx: &Ctx, form: &Form, body: Value) -> Page {
+    match c.call(cx, Method::POST, "/admin/sessions", Some(body)).await {
+        Ok(s) => {
+            let token = s["token"].as_str().unwrap_or_default();
+            let secure = c.admin().app.config().admin.secure_cookies;
+            let hours = c.admin().app.config().admin.session_hours as u64;
+            let mut r = redirect(&safe_next(form.get("next")));
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}={token}; Max-Age={}{}",
+                hours * 3600,
+                cookie_attrs(secure)
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(f) => {
+            let mut vars = Map::new();
+            vars.insert("next".into(), json!(safe_next(form.get("next"))));
+            vars.insert("tenant".into(), json!(form.get("tenant")));
+            vars.insert("email".into(), json!(form.get("email")));
+            vars.insert("error".into(), json!(f.message));
+            c.render(cx, &Value::Null, "login.html", f.status, vars)
+        }
+    }
+}
+
+async fn login_user(State(c): C, req: Request) -> Page {
+    let (mut cx, form) = read_form(req).await;
+    cx.token = None;
+    let body = json!({"tenant": form.get("tenant"), "email": form.get("email"), "password": form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.as_str()).unwrap_or("")});
+    signed_in_answer(&c, &cx, &form, body).await
+}
+
+async fn login_operator(State(c): C, req: Request) -> Page {
+    let (mut cx, form) = read_form(req).await;
+    cx.token = None;
+    let body = json!({"operator_token": form.get("operator_token")});
+    signed_in_answer(&c, &cx, &form, body).await
+}
+
+async fn logout(State(c): C, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    if let Ok(me) = c.session(&cx).await {
+        if c.check_csrf(&cx, &me, &form).is_ok() {
+            let _ = c.call(&cx, Method::DELETE, "/admin/sessions/current", None).await;
+        }
+    }
+    let mut r = redirect("/console/login");
+    clear_session_cookie(&mut r);
+    r
+}
+
+async fn set_lang(Path(lang): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let lang = i18n::Lang::parse(&lang).unwrap_or(i18n::Lang::En);
+    let back = safe_next(params(&cx).get("back"));
+    let mut r = redirect(&back);
+    if let Ok(v) = HeaderValue::from_str(&format!("{LANG_COOKIE}={}; Max-Age=31536000; Path=/console; SameSite=Lax", lang.code())) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn invite_page(State(c): C, Path(token): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let mut vars = Map::new();
+    vars.insert("token".into(), json!(token));
+    vars.insert("error".into(), Value::Null);
+    vars.insert("min".into(), json!(crate::admin::MIN_PASSWORD));
+    c.render(&cx, &Value::Null, "invite.html", StatusCode::OK, vars)
+}
+
+async fn invite_accept(State(c): C, Path(token): Path<String>, req: Request) -> Page {
+    let (mut cx, form) = read_form(req).await;
+    cx.token = None;
+    let password = form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.clone()).unwrap_or_default();
+    let confirm = form.0.iter().find(|(k, _)| k == "confirm").map(|(_, v)| v.clone()).unwrap_or_default();
+    let fail = |msg: String, status: StatusCode| {
+        let mut vars = Map::new();
+        vars.insert("token".into(), json!(token));
+        vars.insert("error".into(), json!(msg));
+        vars.insert("min".into(), json!(crate::admin::MIN_PASSWORD));
+        vars.insert("name".into(), json!(form.get("name")));
+        c.render(&cx, &Value::Null, "invite.html", status, vars)
+    };
+    if password != confirm {
+        let msg = i18n::table(cx.lang).get("passwords_differ").cloned().unwrap_or_default();
+        return fail(msg, StatusCode::BAD_REQUEST);
+    }
+    let body = json!({"token": token, "name": form.get("name"), "password": password});
+    match c.call(&cx, Method::POST, "/admin/invites/accept", Some(body)).await {
+        Ok(v) => {
+            let user = &v["user"];
+            let tenant = user["tenant_id"].as_i64().unwrap_or(0);
+            let sign_in = json!({"tenant": tenant.to_string(), "email": user["email"], "password": password});
+            let f = Form(vec![("next".into(), format!("/console/t/{tenant}"))]);
+            signed_in_answer(&c, &cx, &f, sign_in).await
+        }
+        Err(f) => fail(f.message, f.status),
+    }
+}
+
+async fn static_file(Path(file): Path<String>) -> Page {
+    let (body, kind) = match file.as_str() {
+        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
+        "app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        _ => return plain_not_found(),
+    };
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    r
+}
+
+fn plain_not_found() -> Page {
+    let mut r = Response::new(Body::from("Not found"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+async fn not_found(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = c.session(&cx).await.unwrap_or(Value::Null);
+    c.failure(&cx, &me, &Failure { status: StatusCode::NOT_FOUND, message: "page not found".into() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Account
+
+async fn account_page(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    account_render(&c, &cx, &me, Flash::default(), StatusCode::OK)
+}
+
+fn account_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = Map::new();
+    vars.insert("ok".into(), json!(flash.ok));
+    vars.insert("err".into(), json!(flash.err));
+    vars.insert("min".into(), json!(crate::admin::MIN_PASSWORD));
+    c.render(cx, me, "account.html", status, vars)
+}
+
+async fn account_post(State(c): C, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let raw = |n: &str| form.0.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap_or_default();
+    if raw("new_password") != raw("confirm") {
+        let msg = i18n::table(cx.lang).get("passwords_differ").cloned();
+        return account_render(&c, &cx, &me, Flash { err: msg, ..Default::default() }, StatusCode::BAD_REQUEST);
+    }
+    let body = json!({"current_password": raw("current_password"), "new_password": raw("new_password")});
+    match c.call(&cx, Method::PUT, "/admin/me/password", Some(body)).await {
+        Ok(_) => account_render(&c, &cx, &me, Flash { ok: Some("password_changed".into()), ..Default::default() }, StatusCode::OK),
+        Err(f) => account_render(&c, &cx, &me, Flash::err(&f), f.status),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenant pages
+
+/// Variables every tenant page has: the tenant's record and id for links.
+async fn tenant_vars(c: &Console, cx: &Ctx, t: &str) -> Result<Map<String, Value>, Failure> {
+    let tenant = c.get(cx, &format!("/admin/tenants/{}", tp(t))).await?;
+    let mut vars = Map::new();
+    vars.insert("t".into(), tenant["id"].clone());
+    vars.insert("tenant".into(), tenant);
+    vars.insert("ok".into(), Value::Null);
+    vars.insert("err".into(), Value::Null);
+    vars.insert("extra".into(), Value::Null);
+    Ok(vars)
+}
+
+fn apply_flash(vars: &mut Map<String, Value>, cx: &Ctx, flash: Flash) {
+    let done = params(cx).opt("done");
+    vars.insert("ok".into(), json!(flash.ok.or(done)));
+    vars.insert("err".into(), json!(flash.err));
+    vars.insert("extra".into(), flash.extra);
+}
+
+/// Sorted by credits, largest first, at most `n`.
+fn top(rows: &Value, n: usize) -> Value {
+    let mut v: Vec<Value> = rows["data"].as_array().cloned().unwrap_or_default();
+    v.sort_by(|a, b| {
+        let f = |x: &Value| x["credits"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        f(b).partial_cmp(&f(a)).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    v.truncate(n);
+    Value::Array(v)
+}
+
+fn series_chart(rows: &Value, tz: i32, hourly: bool) -> charts::BarChart {
+    let points: Vec<(String, f64)> = rows["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    let label = local_time(r["bucket"].as_str().unwrap_or(""), tz);
+                    let label = if hourly { label } else { label.chars().take(10).collect() };
+                    let v = r["credits"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+                    (label, v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    charts::bars(&points, |v| group_digits(v, if v != 0.0 && v.abs() < 10.0 { 2 } else { 0 }))
+}
+
+fn sum_credits(rows: &Value) -> f64 {
+    rows["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["credits"].as_str()?.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0)
+}
+
+async fn overview(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
+    apply_flash(&mut vars, &cx, Flash::default());
+    let tid = vars["t"].to_string();
+    let base = format!("/admin/tenants/{tid}/analytics");
+    let month = local_month_start(cx.tz);
+    let thirty = local_midnight(cx.tz, 29);
+    let today = local_midnight(cx.tz, 0);
+    let daily = try_api!(c, cx, me, c.get(&cx, &format!("{base}?granularity=day&from={}", q(&thirty))).await);
+    let month_models = try_api!(c, cx, me, c.get(&cx, &format!("{base}?group_by=model&from={}", q(&month))).await);
+    let today_total = try_api!(c, cx, me, c.get(&cx, &format!("{base}?from={}", q(&today))).await);
+    let member = me["role"] == "member";
+    if !member {
+        let balance = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{tid}/balance")).await);
+        let users = try_api!(c, cx, me, c.get(&cx, &format!("{base}?group_by=user&from={}", q(&month))).await);
+        let keys = try_api!(c, cx, me, c.get(&cx, &format!("{base}?group_by=key&from={}", q(&month))).await);
+        let avg_daily = sum_credits(&daily) / 30.0;
+        let available = balance["available"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let low = available <= 0.0 || (avg_daily > 0.0 && available < 7.0 * avg_daily);
+        vars.insert("balance".into(), balance);
+        vars.insert("top_users".into(), top(&users, 5));
+        vars.insert("top_keys".into(), top(&keys, 5));
+        vars.insert("low_balance".into(), json!(low));
+        vars.insert("days_left".into(), json!(if avg_daily > 0.0 { (available / avg_daily).floor().max(0.0) } else { -1.0 }));
+    }
+    vars.insert("top_models".into(), top(&month_models, 5));
+    vars.insert("month_credits".into(), json!(sum_credits(&month_models).to_string()));
+    vars.insert("month_requests".into(), json!(month_models["data"].as_array().map(|a| a.iter().filter_map(|r| r["requests"].as_i64()).sum::<i64>()).unwrap_or(0)));
+    vars.insert("today".into(), today_total["data"].get(0).cloned().unwrap_or(Value::Null));
+    vars.insert("chart".into(), json!(series_chart(&daily, cx.tz, false)));
+    c.render(&cx, &me, "overview.html", StatusCode::OK, vars)
+}
+
+async fn members_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    members_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn members_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    let tid = vars["t"].to_string();
+    let users = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/users?limit=500")).await);
+    let groups = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500")).await);
+    let invites = if me["role"] == "operator" || me["role"] == "tenant_admin" {
+        try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/invites?limit=100")).await)
+    } else {
+        json!({"data": []})
+    };
+    vars.insert("users".into(), users["data"].clone());
+    vars.insert("groups".into(), groups["data"].clone());
+    vars.insert("invites".into(), invites["data"].clone());
+    c.render(cx, me, "members.html", status, vars)
+}
+
+async fn members_invite(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let mut body = json!({"email": form.get("email"), "role": form.get("role")});
+    if let Some(g) = form.opt("group_id").and_then(|g| g.parse::<i64>().ok()) {
+        body["group_id"] = json!(g);
+    }
+    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/invites", tp(&t)), Some(body)).await {
+        Ok(v) => {
+            let flash = Flash { ok: Some("invite_created".into()), extra: json!({"invite_url": v["accept_url"], "emailed": v["emailed"], "email": v["invite"]["email"], "email_error": v["email_error"]}), ..Default::default() };
+            members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+        }
+        Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let mut body = json!({
+        "role": form.get("role"),
+        "disabled": form.get("disabled") == "on",
+        "group_id": form.opt("group_id").and_then(|g| g.parse::<i64>().ok()),
+    });
+    body["quota_credits"] = match form.opt("quota") {
+        Some(q) => json!(q),
+        None => Value::Null,
+    };
+    let path = format!("/admin/users/{id}");
+    let mut result = c.call(&cx, Method::PATCH, &path, Some(body)).await;
+    if result.is_ok() {
+        let limits = (num_field(&form, "rpm_limit"), num_field(&form, "tpm_limit"));
+        result = match limits {
+            (Ok(rpm), Ok(tpm)) => {
+                let body = json!({"rpm_limit": rpm, "tpm_limit": tpm});
+                c.call(&cx, Method::PUT, &format!("{path}/limits"), Some(body)).await
+            }
+            (Err(f), _) | (_, Err(f)) => Err(f),
+        };
+    }
+    match result {
+        Ok(_) => redirect(&format!("/console/t/{}/members?done=saved", tp(&t))),
+        Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn invite_revoke(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    match c.call(&cx, Method::DELETE, &format!("/admin/tenants/{}/invites/{id}", tp(&t)), None).await {
+        Ok(_) => redirect(&format!("/console/t/{}/members?done=invite_was_revoked", tp(&t))),
+        Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn departments_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    departments_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn departments_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    let tid = vars["t"].to_string();
+    let groups = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500")).await);
+    vars.insert("groups".into(), groups["data"].clone());
+    c.render(cx, me, "departments.html", status, vars)
+}
+
+async fn departments_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let body = json!({"name": form.get("name"), "budget_credits": form.opt("budget")});
+    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/groups", tp(&t)), Some(body)).await {
+        Ok(_) => redirect(&format!("/console/t/{}/departments?done=saved", tp(&t))),
+        Err(f) => departments_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn keys_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    keys_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn keys_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    let tid = vars["t"].to_string();
+    let keys = try_api!(c, cx, me, c.get(cx, &format!("/admin/keys?tenant={tid}&limit=500")).await);
+    let prices = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/prices")).await);
+    let users = if me["role"] == "operator" || me["role"] == "tenant_admin" {
+        try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/users?limit=500")).await)["data"].clone()
+    } else {
+        json!([])
+    };
+    vars.insert("keys".into(), keys["data"].clone());
+    vars.insert("channels".into(), prices["channels"].clone());
+    vars.insert("users".into(), users);
+    vars.insert("can_create".into(), json!(me["role"] != "viewer"));
+    c.render(cx, me, "keys.html", status, vars)
+}
+
+async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let models: Vec<String> = form.get("allowed_models").split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let (rpm, tpm) = match (num_field(&form, "rpm_limit"), num_field(&form, "tpm_limit")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(f), _) | (_, Err(f)) => return keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    };
+    let expires = form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1));
+    let body = json!({
+        "tenant": t,
+        "name": form.get("name"),
+        "user_id": form.opt("user_id").and_then(|u| u.parse::<i64>().ok()),
+        "default_channel": form.get("default_channel"),
+        "allowed_channels": form.all("allowed_channels"),
+        "allowed_models": models,
+        "quota_credits": form.opt("quota"),
+        "rpm_limit": rpm,
+        "tpm_limit": tpm,
+        "expires_at": expires,
+    });
+    match c.call(&cx, Method::POST, "/admin/keys", Some(body)).await {
+        Ok(v) => {
+            let flash = Flash { ok: Some("key_created".into()), extra: json!({"secret": v["key"], "name": v["record"]["name"]}), ..Default::default() };
+            keys_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+        }
+        Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn keys_action(State(c): C, Path((t, id, action)): Path<(String, i64, String)>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    // The key must be this tenant's: the API checks the caller may touch it; the console
+    // checks it is the tenant in the URL, so that a page never acts on another tenant's key.
+    let key = match c.get(&cx, &format!("/admin/keys/{id}")).await {
+        Ok(k) => k,
+        Err(f) => return c.failure(&cx, &me, &f),
+    };
+    let tenant = match tenant_vars(&c, &cx, &t).await {
+        Ok(v) => v,
+        Err(f) => return c.failure(&cx, &me, &f),
+    };
+    if key["tenant_id"] != tenant["t"] {
+        return c.failure(&cx, &me, &Failure { status: StatusCode::NOT_FOUND, message: "key not found".into() });
+    }
+    match action.as_str() {
+        "rotate" => match c.call(&cx, Method::POST, &format!("/admin/keys/{id}/rotate"), None).await {
+            Ok(v) => {
+                let flash = Flash { ok: Some("key_rotated".into()), extra: json!({"secret": v["key"], "name": key["name"]}), ..Default::default() };
+                keys_render(&c, &cx, &me, &t, flash, StatusCode::OK).await
+            }
+            Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        },
+        "revoke" => match c.call(&cx, Method::POST, &format!("/admin/keys/{id}/revoke"), None).await {
+            Ok(_) => redirect(&format!("/console/t/{}/keys?done=key_was_revoked", tp(&t))),
+            Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        },
+        _ => c.failure(&cx, &me, &Failure { status: StatusCode::NOT_FOUND, message: "page not found".into() }),
+    }
+}
+
+/// The usage page's filters, from its query (local days, dimension, granularity).
+struct UsageFilter {
+    from_day: String,
+    to_day: String,
+    group_by: String,
+    granularity: String,
+}
+
+impl UsageFilter {
+    fn of(cx: &Ctx) -> UsageFilter {
+        let p = params(cx);
+        let pick = |v: &str, allowed: &[&str], default: &str| {
+            if allowed.contains(&v) { v.to_string() } else { default.to_string() }
+        };
+        let valid_day = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok();
+        UsageFilter {
+            from_day: Some(p.get("from")).filter(|d| valid_day(d)).map(str::to_string).unwrap_or_else(|| local_day(cx.tz, 29)),
+            to_day: Some(p.get("to")).filter(|d| valid_day(d)).map(str::to_string).unwrap_or_else(|| local_day(cx.tz, 0)),
+            group_by: pick(p.get("group_by"), &["user", "group", "key", "model", "channel"], "model"),
+            granularity: pick(p.get("granularity"), &["day", "hour"], "day"),
+        }
+    }
+
+    /// The API query for this range (`to` day inclusive).
+    fn range(&self, tz: i32) -> String {
+        let from = day_to_rfc3339(&self.from_day, tz, 0).unwrap_or_default();
+        let to = day_to_rfc3339(&self.to_day, tz, 1).unwrap_or_default();
+        format!("from={}&to={}", q(&from), q(&to))
+    }
+}
+
+async fn usage_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
+    apply_flash(&mut vars, &cx, Flash::default());
+    let tid = vars["t"].to_string();
+    let f = UsageFilter::of(&cx);
+    let range = f.range(cx.tz);
+    let base = format!("/admin/tenants/{tid}/analytics?{range}");
+    let series = try_api!(c, cx, me, c.get(&cx, &format!("{base}&granularity={}", f.granularity)).await);
+    let grouped = try_api!(c, cx, me, c.get(&cx, &format!("{base}&group_by={}", f.group_by)).await);
+    let total = try_api!(c, cx, me, c.get(&cx, &base).await);
+    vars.insert("chart".into(), json!(series_chart(&series, cx.tz, f.granularity == "hour")));
+    vars.insert("rows".into(), top(&grouped, usize::MAX));
+    vars.insert("total".into(), total["data"].get(0).cloned().unwrap_or(Value::Null));
+    vars.insert("from".into(), json!(f.from_day));
+    vars.insert("to".into(), json!(f.to_day));
+    vars.insert("group_by".into(), json!(f.group_by));
+    vars.insert("granularity".into(), json!(f.granularity));
+    vars.insert("query".into(), json!(cx.query));
+    c.render(&cx, &me, "usage.html", StatusCode::OK, vars)
+}
+
+fn csv_answer(name: &str, body: String) -> Page {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+/// The usage page's table as CSV: one row per bucket and dimension value, the API's numbers.
+async fn usage_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let f = UsageFilter::of(&cx);
+    let tenant = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await);
+    let path = format!("/admin/tenants/{}/analytics?{}&granularity={}&group_by={}", tenant["id"], f.range(cx.tz), f.granularity, f.group_by);
+    let rows = try_api!(c, cx, me, c.get(&cx, &path).await);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(["bucket", "dimension", "key", "name", "requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "credits"]);
+    for r in rows["data"].as_array().into_iter().flatten() {
+        let s = |k: &str| match &r[k] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            v => v.to_string(),
+        };
+        let _ = w.write_record([s("bucket"), f.group_by.clone(), s("key"), s("name"), s("requests"), s("errors"), s("prompt_tokens"), s("cached_tokens"), s("completion_tokens"), s("reasoning_tokens"), s("credits")]);
+    }
+    let body = String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default();
+    csv_answer(&format!("usage-{}-{}-{}.csv", tenant["id"], f.from_day, f.to_day), body)
+}
+
+async fn records_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
+    apply_flash(&mut vars, &cx, Flash::default());
+    let tid = vars["t"].to_string();
+    let f = UsageFilter::of(&cx);
+    let cursor = params(&cx).opt("cursor");
+    let mut path = format!("/admin/tenants/{tid}/ledger?{}&limit=100", f.range(cx.tz));
+    if let Some(cur) = &cursor {
+        path.push_str(&format!("&cursor={}", q(cur)));
+    }
+    let page = try_api!(c, cx, me, c.get(&cx, &path).await);
+    vars.insert("lines".into(), page["data"].clone());
+    vars.insert("next_cursor".into(), page["next_cursor"].clone());
+    vars.insert("from".into(), json!(f.from_day));
+    vars.insert("to".into(), json!(f.to_day));
+    c.render(&cx, &me, "records.html", StatusCode::OK, vars)
+}
+
+/// The statement CSV, straight from the API (streamed).
+async fn records_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let f = UsageFilter::of(&cx);
+    let tenant = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await);
+    let path = format!("/admin/tenants/{}/ledger?{}&format=csv", tenant["id"], f.range(cx.tz));
+    let r = c.raw(&cx, Method::GET, &path, None).await;
+    if !r.status().is_success() {
+        let status = r.status();
+        return c.failure(&cx, &me, &Failure { status, message: "The statement could not be exported.".into() });
+    }
+    let (mut parts, body) = r.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"statement-{}-{}-{}.csv\"", tenant["id"], f.from_day, f.to_day)) {
+        parts.headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Response::from_parts(parts, body)
+}
+
+async fn redeem_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    redeem_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn redeem_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    c.render(cx, me, "redeem.html", status, vars)
+}
+
+async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let kind = if form.get("kind") == "promo" { "promo" } else { "redeem" };
+    let body = json!({"code": form.get("code")});
+    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/{kind}", tp(&t)), Some(body)).await {
+        Ok(v) => {
+            let flash = Flash { ok: Some("redeemed".into()), extra: json!({"amount": v["entry"]["amount"], "available": v["balance"]["available"]}), ..Default::default() };
+            redeem_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+        }
+        Err(f) => redeem_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn prices_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
+    let tid = vars["t"].to_string();
+    let prices = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{tid}/prices")).await);
+    vars.insert("prices".into(), prices);
+    c.render(&cx, &me, "prices.html", StatusCode::OK, vars)
+}
+
+async fn routing_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
+    let tid = vars["t"].to_string();
+    let f = UsageFilter::of(&cx);
+    let routing = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{tid}/routing?{}", f.range(cx.tz))).await);
+    vars.insert("routing".into(), routing);
+    vars.insert("from".into(), json!(f.from_day));
+    vars.insert("to".into(), json!(f.to_day));
+    c.render(&cx, &me, "routing.html", StatusCode::OK, vars)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator pages
+
+fn op_vars(cx: &Ctx, flash: Flash) -> Map<String, Value> {
+    let mut vars = Map::new();
+    apply_flash(&mut vars, cx, flash);
+    vars
+}
+
+async fn op_tenants(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    op_tenants_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
+}
+
+async fn op_tenants_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = op_vars(cx, flash);
+    let cursor = params(cx).opt("cursor");
+    let mut path = "/admin/tenants?limit=50".to_string();
+    if let Some(cur) = &cursor {
+        path.push_str(&format!("&cursor={}", q(cur)));
+    }
+    let page = try_api!(c, cx, me, c.get(cx, &path).await);
+    let mut tenants = Vec::new();
+    for t in page["data"].as_array().into_iter().flatten() {
+        let balance = c.get(cx, &format!("/admin/tenants/{}/balance", t["id"])).await.unwrap_or(Value::Null);
+        tenants.push(json!({"tenant": t, "balance": balance}));
+    }
+    vars.insert("tenants".into(), Value::Array(tenants));
+    vars.insert("next_cursor".into(), page["next_cursor"].clone());
+    vars.insert("idempotency".into(), json!(crate::tenancy::keys::generate_key().replacen("tg-", "console-", 1)));
+    c.render(cx, me, "op_tenants.html", status, vars)
+}
+
+async fn op_tenant_create(State(c): C, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    match c.call(&cx, Method::POST, "/admin/tenants", Some(json!({"name": form.get("name")}))).await {
+        Ok(_) => redirect("/console/op/tenants?done=saved"),
+        Err(f) => op_tenants_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn op_topup(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let body = json!({
+        "amount_rmb": form.get("amount_rmb"),
+        "note": form.opt("note"),
+        "promo_code": form.opt("promo_code"),
+        "idempotency_key": form.opt("idempotency_key"),
+    });
+    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/topups", tp(&t)), Some(body)).await {
+        Ok(_) => redirect("/console/op/tenants?done=topped_up"),
+        Err(f) => op_tenants_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn op_codes(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    op_codes_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
+}
+
+async fn op_codes_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = op_vars(cx, flash);
+    let codes = try_api!(c, cx, me, c.get(cx, "/admin/codes?limit=200").await);
+    vars.insert("codes".into(), codes["data"].clone());
+    c.render(cx, me, "op_codes.html", status, vars)
+}
+
+async fn op_codes_create(State(c): C, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let count = match num_field(&form, "count") {
+        Ok(n) => n.unwrap_or(json!(1)),
+        Err(f) => return op_codes_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    };
+    let body = json!({
+        "credits": form.get("credits"),
+        "count": count,
+        "batch": form.opt("batch"),
+        "expires_at": form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1)),
+    });
+    match c.call(&cx, Method::POST, "/admin/codes", Some(body)).await {
+        Ok(v) => {
+            let flash = Flash { ok: Some("codes_created".into()), extra: json!({"codes": v["codes"], "batch": v["batch"]}), ..Default::default() };
+            op_codes_render(&c, &cx, &me, flash, StatusCode::CREATED).await
+        }
+        Err(f) => op_codes_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn op_promos(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    op_promos_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
+}
+
+async fn op_promos_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = op_vars(cx, flash);
+    let promos = try_api!(c, cx, me, c.get(cx, "/admin/promos?limit=200").await);
+    vars.insert("promos".into(), promos["data"].clone());
+    c.render(cx, me, "op_promos.html", status, vars)
+}
+
+async fn op_promos_create(State(c): C, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let max_uses = match num_field(&form, "max_uses") {
+        Ok(n) => n,
+        Err(f) => return op_promos_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    };
+    let body = json!({
+        "code": form.get("code"),
+        "credits": form.opt("credits"),
+        "percent": form.opt("percent"),
+        "max_uses": max_uses,
+        "expires_at": form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1)),
+    });
+    match c.call(&cx, Method::POST, "/admin/promos", Some(body)).await {
+        Ok(_) => redirect("/console/op/promos?done=saved"),
+        Err(f) => op_promos_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn op_health(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    op_health_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
+}
+
+async fn op_health_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+    let mut vars = op_vars(cx, flash);
+    let channels = try_api!(c, cx, me, c.get(cx, "/admin/channels").await);
+    let config = try_api!(c, cx, me, c.get(cx, "/admin/config/status").await);
+    vars.insert("channels".into(), channels["data"].clone());
+    vars.insert("config".into(), config);
+    c.render(cx, me, "op_health.html", status, vars)
+}
+
+async fn op_reload(State(c): C, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    match c.call(&cx, Method::POST, "/admin/reload", None).await {
+        Ok(_) => redirect("/console/op/health?done=reloaded"),
+        Err(f) => op_health_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_grouped_and_times_shown_in_the_viewers_zone() {
+        assert_eq!(group_digits(1234567.891, 2), "1,234,567.89");
+        assert_eq!(group_digits(-0.5, 2), "-0.50");
+        assert_eq!(group_digits(0.0, 2), "0.00");
+        assert_eq!(group_digits(999.0, 0), "999");
+        assert_eq!(local_time("2026-12-03T01:30:00Z", 480), "2026-12-03 09:30");
+        assert_eq!(local_time("2026-12-03T01:30:00Z", -300), "2026-12-02 20:30");
+        assert_eq!(safe_next("//evil.example/x"), "/console");
+        assert_eq!(safe_next("https://evil.example"), "/console");
+        assert_eq!(safe_next("/console/t/3/keys"), "/console/t/3/keys");
+        assert_eq!(day_to_rfc3339("2026-12-03", 480, 1).as_deref(), Some("2026-12-04T00:00:00+08:00"));
+    }
+
+    #[test]
+    fn every_template_compiles() {
+        let env = environment();
+        for (name, _) in TEMPLATES {
+            assert!(env.get_template(name).is_ok(), "{name}");
+        }
+    }
+}
