@@ -41,6 +41,9 @@ enum Command {
         /// SQLite file of the demo.
         #[arg(long, default_value = "tollgate-demo.db")]
         db: PathBuf,
+        /// Calls of generated history (over the last 30 days) a new demo database starts with.
+        #[arg(long, default_value_t = 6000)]
+        history_calls: u64,
     },
     /// Validate a configuration file and exit (non-zero with the bad field on error).
     CheckConfig { file: PathBuf },
@@ -258,7 +261,8 @@ pub fn main() -> i32 {
             port,
             admin_port,
             db,
-        } => crate::demo::run(port, admin_port, db),
+            history_calls,
+        } => crate::demo::run(port, admin_port, db, history_calls),
         Command::CheckConfig { file } => {
             let states = UpstreamStates::default();
             match Config::load(&file, &states) {

@@ -99,6 +99,166 @@ name = "strong"
 model = "gpt-4o"
 "#;
 
+/// The demo's console sign-ins (tenant `demo`).
+pub const DEMO_ADMIN_EMAIL: &str = "admin@demo.example";
+pub const DEMO_VIEWER_EMAIL: &str = "finance@demo.example";
+pub const DEMO_PASSWORD: &str = "demo-password";
+
+/// A new demo tenant's people and a month of calls: two departments, an admin, a finance
+/// viewer and three members with a key each, and `calls` calls over the last 30 days
+/// written as usage records, which are the calls' charges (so balance, statement and analytics
+/// agree, as they would after real traffic).
+fn seed_month(
+    store: &Store,
+    config: &Config,
+    tenant: &crate::tenancy::Tenant,
+    calls: u64,
+) -> Result<(), String> {
+    use crate::tenancy::Role;
+    use rand::{Rng, SeedableRng};
+    let e = |e: crate::store::sqlite::StoreError| e.to_string();
+    let research = store
+        .create_group(
+            tenant.id,
+            "Research",
+            Some(400 * crate::billing::pricing::NANO),
+        )
+        .map_err(e)?;
+    let support = store
+        .create_group(
+            tenant.id,
+            "Support",
+            Some(200 * crate::billing::pricing::NANO),
+        )
+        .map_err(e)?;
+    let hash = crate::admin::hash_password(DEMO_PASSWORD).map_err(|e| e.to_string())?;
+    let admin = store
+        .create_user(
+            tenant.id,
+            DEMO_ADMIN_EMAIL,
+            "Avery Admin",
+            Role::TenantAdmin,
+            None,
+            None,
+        )
+        .map_err(e)?;
+    let viewer = store
+        .create_user(
+            tenant.id,
+            DEMO_VIEWER_EMAIL,
+            "Fei Finance",
+            Role::Viewer,
+            None,
+            None,
+        )
+        .map_err(e)?;
+    store.set_password(admin.id, &hash).map_err(e)?;
+    store.set_password(viewer.id, &hash).map_err(e)?;
+    let mut people = Vec::new();
+    for (email, name, group, quota) in [
+        ("li.wei@demo.example", "Li Wei", research.id, Some(150)),
+        ("sam.ortiz@demo.example", "Sam Ortiz", research.id, None),
+        ("zhang.min@demo.example", "Zhang Min", support.id, Some(80)),
+    ] {
+        let u = store
+            .create_user(
+                tenant.id,
+                email,
+                name,
+                Role::Member,
+                Some(group),
+                quota.map(|q| q * crate::billing::pricing::NANO),
+            )
+            .map_err(e)?;
+        store.set_password(u.id, &hash).map_err(e)?;
+        let (key, _) = store
+            .create_key(&NewKey {
+                tenant_id: tenant.id,
+                name: format!("{}-laptop", email.split('@').next().unwrap_or("member")),
+                default_channel: "standard".into(),
+                allowed_channels: vec![],
+                allowed_models: vec![],
+                expires_at: None,
+                quota_nano: None,
+                user_id: Some(u.id),
+                limits: Default::default(),
+            })
+            .map_err(e)?;
+        people.push((u, key));
+    }
+    let Some(channel) = config.channel("standard") else {
+        return Err("the demo channel is missing".into());
+    };
+    let models: Vec<_> = [
+        "gpt-4o-mini",
+        "gpt-4o",
+        "claude-sonnet-4",
+        "gemini-2.5-flash",
+    ]
+    .iter()
+    .filter_map(|m| config.model(m).cloned())
+    .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(tenant.id.0 as u64);
+    let now_ms = crate::tenancy::unix_now() * 1000;
+    let per_day = (calls / 30) as i64;
+    let mut events = Vec::new();
+    for day in (1..=30).rev() {
+        // Weekdays busier than weekends, and a slow ramp-up over the month.
+        let calls = per_day * (85 + (30 - day)) / 100 + if day % 7 < 2 { 0 } else { per_day / 4 };
+        for i in 0..calls {
+            let (user, key) = &people[rng.random_range(0..people.len())];
+            let model = &models[rng.random_range(0..models.len())];
+            let prompt = rng.random_range(200..4000u64);
+            let cached = if rng.random_bool(0.3) { prompt / 2 } else { 0 };
+            let output = rng.random_range(50..1200u64);
+            let t = crate::billing::pricing::TokenCounts {
+                input: prompt - cached,
+                cached_input: cached,
+                cache_write: 0,
+                output,
+            };
+            let cost = crate::billing::pricing::cost_nano(
+                model,
+                channel,
+                config.billing.credits_per_rmb,
+                &t,
+            )
+            .map_err(|e| e.to_string())?;
+            let ts_ms = now_ms - day * 86_400_000 + rng.random_range(8 * 3_600_000..20 * 3_600_000);
+            let failed = rng.random_bool(0.01);
+            events.push(crate::billing::usage::UsageEvent {
+                request_id: format!("demo-{day}-{i}"),
+                ts_ms,
+                tenant_id: Some(tenant.id),
+                key_id: Some(key.id),
+                user_id: Some(user.id),
+                group_id: user.group_id,
+                endpoint: "chat".into(),
+                path: Some("/v1/chat/completions".into()),
+                channel: Some("standard".into()),
+                upstream: Some("standard/mock-a".into()),
+                model_requested: Some(model.name.clone()),
+                model_used: Some(model.name.clone()),
+                status: if failed { 502 } else { 200 },
+                prompt_tokens: if failed { 0 } else { prompt },
+                cached_tokens: if failed { 0 } else { cached },
+                completion_tokens: if failed { 0 } else { output },
+                usage_source: "vendor".into(),
+                attempts: 1,
+                latency_ms: rng.random_range(300..4000),
+                cost_nano: if failed { 0 } else { cost },
+                ..Default::default()
+            });
+            if events.len() >= 20_000 {
+                store.record(&events).map_err(e)?;
+                events.clear();
+            }
+        }
+    }
+    store.record(&events).map_err(e)?;
+    Ok(())
+}
+
 /// The router model shipped in the repository, embedded so the demo runs from any directory.
 const ROUTER_MODEL: &str = include_str!("../conf/router/complexity-v2.json");
 
@@ -161,8 +321,8 @@ fn start_mock() -> Result<SocketAddr, String> {
     rx.recv().map_err(|e| e.to_string())?
 }
 
-pub fn run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> i32 {
-    match try_run(port, admin_port, db) {
+pub fn run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf, history_calls: u64) -> i32 {
+    match try_run(port, admin_port, db, history_calls) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -171,7 +331,12 @@ pub fn run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> i32 {
     }
 }
 
-fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<(), String> {
+fn try_run(
+    port: Option<u16>,
+    admin_port: Option<u16>,
+    db: PathBuf,
+    history_calls: u64,
+) -> Result<(), String> {
     let mock = start_mock()?;
     let port = choose(port, 8080).ok_or("no free port for the gateway")?;
     let admin_port = choose(admin_port, 8081)
@@ -199,17 +364,19 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
         Ok(t) => t,
         Err(_) => {
             let t = store.create_tenant("demo").map_err(|e| e.to_string())?;
-            // A starting grant so the demo key can spend: 100 credits, once per database.
+            // A starting grant so the demo key can spend: 1,000 credits, once per database.
             store
                 .credit(
                     t.id,
                     crate::billing::ledger::EntryKind::Grant,
-                    100 * crate::billing::pricing::NANO,
+                    1000 * crate::billing::pricing::NANO,
                     Some("demo"),
                     Some("demo starting credit"),
                     &format!("demo-grant:{}", t.id.0),
                 )
                 .map_err(|e| e.to_string())?;
+            seed_month(&store, &config, &t, history_calls)
+                .map_err(|e| format!("demo data: {e}"))?;
             t
         }
     };
@@ -230,6 +397,13 @@ fn try_run(port: Option<u16>, admin_port: Option<u16>, db: PathBuf) -> Result<()
     let admin_token = crate::tenancy::keys::generate_key().replacen("tg-", "adm-", 1);
 
     println!("tollgate demo: gateway on 127.0.0.1:{port}, admin API on 127.0.0.1:{admin_port}, mock vendor on {mock}");
+    println!();
+    println!(
+        "Console: http://127.0.0.1:{admin_port}/console  (a month of generated usage is in it)"
+    );
+    println!("  tenant admin:   tenant demo, email {DEMO_ADMIN_EMAIL}, password {DEMO_PASSWORD}");
+    println!("  finance viewer: tenant demo, email {DEMO_VIEWER_EMAIL}, password {DEMO_PASSWORD}");
+    println!("  operator:       \"Platform operator sign-in\" with the token {admin_token}");
     println!();
     println!("Paste these into another shell (the OpenAI SDKs read them):");
     println!("  export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1");

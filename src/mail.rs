@@ -13,10 +13,7 @@ pub async fn send(
     subject: &str,
     body: String,
 ) -> Result<(), String> {
-    let from: Mailbox = smtp
-        .from
-        .parse()
-        .map_err(|e| format!("smtp.from: {e}"))?;
+    let from: Mailbox = smtp.from.parse().map_err(|e| format!("smtp.from: {e}"))?;
     let to: Mailbox = to.parse().map_err(|e| format!("recipient: {e}"))?;
     let message = Message::builder()
         .from(from)
@@ -28,8 +25,9 @@ pub async fn send(
     let builder = match smtp.tls {
         SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
             .map_err(|e| e.to_string())?,
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-            .map_err(|e| e.to_string())?,
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host).map_err(|e| e.to_string())?
+        }
         SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
     };
     let mut builder = builder

@@ -1984,3 +1984,195 @@ async fn one_pruner_at_a_time_on_a_shared_sqlite_file() {
         .unwrap();
     assert_eq!(v, 0);
 }
+
+/// Console sign-in state: passwords, lockout counting, sessions that end at sign-out, on
+/// expiry and when their user is disabled.
+fn sessions_behaviour(s: &Store, backend: &str) {
+    use tollgate::tenancy::Role;
+    let t = s.create_tenant("Session Co").unwrap();
+    let u = s
+        .create_user(t.id, "Pat@Session.test", "Pat", Role::Member, None, None)
+        .unwrap();
+    let acct = s
+        .login_account("Session Co", "pat@session.test")
+        .unwrap()
+        .unwrap();
+    assert_eq!(acct.principal.user.id, u.id, "{backend}");
+    assert!(acct.password_hash.is_none(), "{backend}");
+    assert!(
+        s.login_account(&t.id.0.to_string(), "PAT@session.test")
+            .unwrap()
+            .is_some(),
+        "{backend}: by id, any case"
+    );
+    assert!(
+        s.login_account("Other", "pat@session.test")
+            .unwrap()
+            .is_none(),
+        "{backend}"
+    );
+    s.set_password(u.id, "$argon2id$fake").unwrap();
+    assert_eq!(s.login_failed(u.id, 3, 999).unwrap(), 1, "{backend}");
+    assert_eq!(s.login_failed(u.id, 3, 999).unwrap(), 2, "{backend}");
+    assert_eq!(s.login_failed(u.id, 3, 999).unwrap(), 3, "{backend}");
+    let acct = s
+        .login_account("Session Co", "pat@session.test")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (acct.failed_logins, acct.locked_until),
+        (0, Some(999)),
+        "{backend}: locked, count restarted"
+    );
+    s.login_succeeded(u.id).unwrap();
+    let acct = s
+        .login_account("Session Co", "pat@session.test")
+        .unwrap()
+        .unwrap();
+    assert_eq!(acct.locked_until, None, "{backend}");
+    assert_eq!(
+        acct.password_hash.as_deref(),
+        Some("$argon2id$fake"),
+        "{backend}"
+    );
+
+    let op = s.create_session(None, 3600).unwrap();
+    let live = s.session(&op.token).unwrap().unwrap();
+    assert!(
+        live.user.is_none() && live.csrf == op.csrf,
+        "{backend}: operator session"
+    );
+    let mine = s.create_session(Some(u.id), 3600).unwrap();
+    assert_eq!(
+        s.session(&mine.token)
+            .unwrap()
+            .unwrap()
+            .user
+            .unwrap()
+            .user
+            .id,
+        u.id,
+        "{backend}"
+    );
+    s.end_session(&mine.token).unwrap();
+    assert!(
+        s.session(&mine.token).unwrap().is_none(),
+        "{backend}: signed out"
+    );
+    let expired = s.create_session(Some(u.id), -1).unwrap();
+    assert!(
+        s.session(&expired.token).unwrap().is_none(),
+        "{backend}: expired"
+    );
+    let again = s.create_session(Some(u.id), 3600).unwrap();
+    s.update_user(u.id, None, None, None, Some(true)).unwrap();
+    assert!(
+        s.session(&again.token).unwrap().is_none(),
+        "{backend}: disabled user"
+    );
+    assert!(s.session("tgs-unknown").unwrap().is_none(), "{backend}");
+}
+
+#[test]
+fn console_sessions_behave_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    sessions_behaviour(&lite, "sqlite");
+    let pg = Postgres::start();
+    let store = Store::open_postgres(&pg.database("sessions"), 4).unwrap();
+    sessions_behaviour(&store, "postgresql");
+}
+
+/// `balance_before` (the statement's opening balance) reads whole hours from the roll-ups; it
+/// must equal its definition, the journal before the time less every charge before it, where
+/// a pruned day's charges count at the day's last millisecond, for times inside hours, at hour
+/// and day starts, and inside pruned and half-pruned days.
+fn opening_balances_behaviour(s: &Store, backend: &str) {
+    const DAY: i64 = 86_400_000;
+    let t = s.create_tenant("Opening Co").unwrap();
+    let (k, _) = s.create_key(&new_key(t.id, "k")).unwrap();
+    let top_up = s
+        .credit(
+            t.id,
+            tollgate::billing::ledger::EntryKind::TopUp,
+            5_000_000,
+            None,
+            None,
+            "open-1",
+        )
+        .unwrap();
+    let day0 = (1_790_000_000_000i64 / DAY) * DAY;
+    // Four days, calls every 37 minutes, each costing its own amount.
+    let events: Vec<UsageEvent> = (0..4 * 39)
+        .map(|i| UsageEvent {
+            ts_ms: day0 + i as i64 * 37 * 60_000 + 1_234,
+            cost_nano: 100 + i as i64,
+            ..event(i, t.id, k.id)
+        })
+        .collect();
+    s.record(&events).unwrap();
+    // The first day is pruned whole; the second in part (a bounded batch of a pruner run).
+    s.prune_usage(day0 + DAY, None, "n1", 1_000_000).unwrap();
+    s.prune_usage(day0 + 2 * DAY, None, "n1", 10).unwrap();
+    // What the statement holds now: raw charges at their times, pruned days' summaries at
+    // their days' last millisecond. The opening balance before any time must agree with it.
+    let rows = s.statement_page(t.id, 0, i64::MAX, None, 100_000).unwrap();
+    let summaries = rows
+        .iter()
+        .filter(|r| r.entry.id.starts_with("charges:"))
+        .count();
+    let raw_left = rows
+        .iter()
+        .filter(|r| r.entry.id.starts_with("charge:"))
+        .count();
+    assert!(
+        summaries >= 2 && raw_left < events.len() - 39,
+        "{backend}: {summaries} summaries, {raw_left} raw"
+    );
+    let journal_before = |from: i64| {
+        if top_up.created_ms < from {
+            5_000_000
+        } else {
+            0
+        }
+    };
+    let expected = |from: i64| {
+        let charged: i64 = rows
+            .iter()
+            .filter(|r| {
+                r.entry.kind == tollgate::billing::ledger::EntryKind::Charge
+                    && r.entry.created_ms < from
+            })
+            .map(|r| r.entry.amount)
+            .sum();
+        journal_before(from) + charged
+    };
+    for from in [
+        day0,
+        day0 + 1,
+        day0 + 3 * 3_600_000 + 5,
+        day0 + DAY - 1,
+        day0 + DAY,
+        day0 + DAY + 7 * 3_600_000 + 999,
+        day0 + 2 * DAY - 1,
+        day0 + 2 * DAY,
+        day0 + 2 * DAY + 3_600_000,
+        day0 + 3 * DAY + 11 * 3_600_000 + 17,
+        day0 + 5 * DAY,
+        top_up.created_ms + 1,
+    ] {
+        assert_eq!(
+            s.balance_before(t.id, from).unwrap(),
+            expected(from),
+            "{backend}: before {from}"
+        );
+    }
+}
+
+#[test]
+fn opening_balances_agree_with_the_records_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    opening_balances_behaviour(&lite, "sqlite");
+    let pg = Postgres::start();
+    let store = Store::open_postgres(&pg.database("opening"), 4).unwrap();
+    opening_balances_behaviour(&store, "postgresql");
+}

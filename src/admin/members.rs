@@ -400,6 +400,56 @@ pub async fn create_group(
     ))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroup {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Budget per quota period, in credits; `null` removes it.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>, example = "500")]
+    pub budget_credits: Option<Option<Decimal>>,
+}
+
+/// Rename a department/project or change its budget (tenant admin).
+#[utoipa::path(patch, path = "/admin/tenants/{t}/groups/{id}", tag = "members", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name"), ("id" = i64, Path, description = "Group id")),
+    request_body = UpdateGroup,
+    responses((status = 200, body = GroupOut), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_group(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams((t, id)): PathParams<(String, i64)>,
+    JsonBody(req): JsonBody<UpdateGroup>,
+) -> ApiResult<Json<GroupOut>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin])?;
+    let budget = match req.budget_credits {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(b)) => Some(Some(positive_nano(b, "budget_credits")?)),
+    };
+    let (g, members) = admin
+        .blocking(move |a| {
+            let g = a
+                .store
+                .update_group(tenant, GroupId(id), req.name.as_deref(), budget)?;
+            let members = a
+                .store
+                .list_users(tenant)?
+                .iter()
+                .filter(|u| u.group_id == Some(g.id))
+                .count();
+            Ok((g, members))
+        })
+        .await?;
+    Ok(Json(GroupOut::from(
+        &g,
+        admin.spend(tenant, Account::Group(g.id)),
+        members,
+    )))
+}
+
 /// An invitation, never its token.
 #[derive(Serialize, ToSchema)]
 pub struct InviteOut {

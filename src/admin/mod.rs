@@ -27,8 +27,8 @@ mod usage;
 mod wire;
 
 pub use auth::{same_secret, AuthThrottle, ClientIp};
-pub use sessions::MIN_PASSWORD;
 pub use host::AdminApi;
+pub use sessions::{hash_password, MIN_PASSWORD};
 
 use crate::app::App;
 use crate::billing::entry::Account;
@@ -169,12 +169,16 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(members::list_tokens, members::create_token))
         .routes(routes!(members::revoke_token))
         .routes(routes!(members::list_groups, members::create_group))
+        .routes(routes!(members::update_group))
         .routes(routes!(members::list_invites, members::create_invite))
         .routes(routes!(members::revoke_invite))
         .routes(routes!(members::accept_invite))
         .routes(routes!(sessions::sign_in))
         .routes(routes!(sessions::sign_out))
         .routes(routes!(sessions::change_password))
+        .routes(routes!(sessions::request_reset))
+        .routes(routes!(sessions::use_reset))
+        .routes(routes!(sessions::admin_reset))
         .routes(routes!(keys::list_keys, keys::create_key))
         .routes(routes!(keys::get_key, keys::update_key, keys::delete_key))
         .routes(routes!(keys::revoke_key))

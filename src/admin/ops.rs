@@ -323,7 +323,9 @@ pub async fn prices(
         input: 1_000_000,
         ..Default::default()
     };
-    let cost = |m: &crate::config::Model, c: &crate::config::Channel, t: crate::billing::pricing::TokenCounts| {
+    let cost = |m: &crate::config::Model,
+                c: &crate::config::Channel,
+                t: crate::billing::pricing::TokenCounts| {
         crate::billing::pricing::cost_credits(m, c, per_rmb, &t)
             .map(|d| d.round_dp(6).normalize().to_string())
             .unwrap_or_default()

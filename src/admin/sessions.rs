@@ -166,8 +166,7 @@ async fn sign_in_checked(
             user: None,
         });
     }
-    let (Some(tenant), Some(email), Some(password)) = (req.tenant, req.email, req.password)
-    else {
+    let (Some(tenant), Some(email), Some(password)) = (req.tenant, req.email, req.password) else {
         return Err(GatewayError::bad_request(
             "Sign in with `tenant`, `email` and `password`, or with `operator_token`.",
         ));
@@ -260,7 +259,10 @@ pub async fn change_password(
     JsonBody(req): JsonBody<ChangePassword>,
 ) -> ApiResult<StatusCode> {
     let Some(u) = who.user() else {
-        return Err(super::wire::forbidden("The operator has no password; it signs in with the operator token.").into());
+        return Err(super::wire::forbidden(
+            "The operator has no password; it signs in with the operator token.",
+        )
+        .into());
     };
     check_password("new_password", &req.new_password)?;
     let (tenant, email, uid) = (
@@ -304,4 +306,187 @@ pub async fn set_password_hashed(
     admin
         .blocking(move |a| a.store.set_password(user, &hash))
         .await
+}
+
+/// A password-reset link is valid this long when a user asks for it...
+const RESET_SELF_SECS: i64 = 3600;
+/// ...and this long when a tenant admin makes it for a member.
+const RESET_ADMIN_SECS: i64 = 24 * 3600;
+
+/// Emails a password-reset link; `Ok(false)` without `[smtp]`.
+async fn mail_reset(admin: &Admin, to: &str, tenant: &str, url: &str) -> Result<bool, String> {
+    let Some(smtp) = admin.app.config().smtp.clone() else {
+        return Ok(false);
+    };
+    let body = format!(
+        "Someone asked to reset your password for {tenant} on the tollgate LLM gateway.\n\n\
+         Set a new password here (the link works once, for a limited time):\n\n{url}\n\n\
+         If it was not you, ignore this mail: your password stays as it is.\n\n\
+         有人请求重置你在 {tenant}（tollgate 大模型网关）的密码。请打开上面的链接设置新密码；如非本人操作，请忽略此邮件。\n"
+    );
+    crate::mail::send(&smtp, to, "Reset your tollgate password", body)
+        .await
+        .map(|()| true)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// Tenant id or name.
+    pub tenant: String,
+    pub email: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ResetRequested {
+    /// Always true: whether the account exists is not told.
+    pub accepted: bool,
+}
+
+/// Ask for a password-reset link by email (no account needed). The answer is the same whether
+/// or not the account exists; requests count against the address's sign-in throttle.
+#[utoipa::path(post, path = "/admin/password-resets", tag = "members", request_body = ResetRequest,
+    responses((status = 202, body = ResetRequested), (status = 429, body = ErrorBody)))]
+pub async fn request_reset(
+    State(admin): State<Arc<Admin>>,
+    ip: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ResetRequest>,
+) -> ApiResult<(StatusCode, Json<ResetRequested>)> {
+    let ip = ip.and_then(|Extension(c)| c.0);
+    let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
+    if let Some(ip) = ip {
+        if let Err(wait) = admin.auth_throttle.check(ip, now_ms) {
+            return Err(ApiError(GatewayError::RateLimited {
+                message: format!("Too many requests from this address. Retry in {wait} s."),
+                retry_after: wait,
+            }));
+        }
+        admin.auth_throttle.failed(ip, now_ms);
+    }
+    let account = admin
+        .blocking(move |a| a.store.login_account(&req.tenant, &req.email))
+        .await?;
+    if let Some(acct) = account.filter(|a| a.principal.user.disabled_at.is_none()) {
+        let uid = acct.principal.user.id;
+        let token = admin
+            .blocking(move |a| a.store.create_password_reset(uid, RESET_SELF_SECS))
+            .await?;
+        let url = format!(
+            "{}/console/reset/{token}",
+            super::members::console_base(&admin, &headers)
+        );
+        match mail_reset(
+            &admin,
+            &acct.principal.user.email,
+            &acct.principal.tenant_name,
+            &url,
+        )
+        .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                user = uid.0,
+                "password reset asked for, but no [smtp] is configured to send it"
+            ),
+            Err(e) => {
+                tracing::warn!(user = uid.0, error = %e, "the password-reset mail was not sent")
+            }
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ResetRequested { accepted: true }),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ResetLink {
+    /// The single-use link (valid 24 h); give it to the user when it was not emailed.
+    pub reset_url: String,
+    pub expires_at: String,
+    pub emailed: bool,
+    pub email_error: Option<String>,
+}
+
+/// Make a password-reset link for a member (tenant admin): emailed to them when `[smtp]` is
+/// configured, and answered so that it can be passed on otherwise.
+#[utoipa::path(post, path = "/admin/users/{id}/password-reset", tag = "members", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "User id")),
+    responses((status = 201, body = ResetLink), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn admin_reset(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    headers: HeaderMap,
+    super::wire::PathParams(id): super::wire::PathParams<i64>,
+) -> ApiResult<(StatusCode, Json<ResetLink>)> {
+    let uid = crate::tenancy::UserId(id);
+    let user = admin
+        .blocking(move |a| a.store.get_user(uid))
+        .await
+        .map_err(|_| super::wire::not_found("user"))?;
+    who.role_in(user.tenant_id)
+        .map_err(|_| super::wire::not_found("user"))?;
+    who.require(user.tenant_id, &[crate::tenancy::Role::TenantAdmin])?;
+    let token = admin
+        .blocking(move |a| a.store.create_password_reset(uid, RESET_ADMIN_SECS))
+        .await?;
+    let tenant = admin.tenant(&user.tenant_id.0.to_string()).await?;
+    let url = format!(
+        "{}/console/reset/{token}",
+        super::members::console_base(&admin, &headers)
+    );
+    let (emailed, email_error) = match mail_reset(&admin, &user.email, &tenant.name, &url).await {
+        Ok(sent) => (sent, None),
+        Err(e) => (false, Some(e)),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(ResetLink {
+            reset_url: url,
+            expires_at: time(crate::tenancy::unix_now() + RESET_ADMIN_SECS),
+            emailed,
+            email_error,
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UseReset {
+    pub token: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ResetDone {
+    pub user_id: i64,
+    pub tenant_id: i64,
+    pub email: String,
+}
+
+/// Set a new password with a reset link's token (once; it ends the user's console sessions).
+#[utoipa::path(post, path = "/admin/password-resets/accept", tag = "members", request_body = UseReset,
+    responses((status = 200, body = ResetDone), (status = 400, body = ErrorBody, description = "Used or expired"), (status = 404, body = ErrorBody)))]
+pub async fn use_reset(
+    State(admin): State<Arc<Admin>>,
+    JsonBody(req): JsonBody<UseReset>,
+) -> ApiResult<Json<ResetDone>> {
+    check_password("password", &req.password)?;
+    let password = req.password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))??;
+    let token = req.token;
+    let user = admin
+        .blocking(move |a| {
+            let id = a.store.use_password_reset(&token, &hash)?;
+            a.store.get_user(id)
+        })
+        .await?;
+    Ok(Json(ResetDone {
+        user_id: user.id.0,
+        tenant_id: user.tenant_id.0,
+        email: user.email,
+    }))
 }

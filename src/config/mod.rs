@@ -502,10 +502,7 @@ impl Config {
                     _ => return Err(invalid("smtp.tls", "must be starttls, tls or none")),
                 };
                 if m.host.trim().is_empty() || !m.from.contains('@') {
-                    return Err(invalid(
-                        "smtp",
-                        "needs `host` and a `from` address",
-                    ));
+                    return Err(invalid("smtp", "needs `host` and a `from` address"));
                 }
                 let password = match &m.password_env {
                     Some(var) => match env(var) {

@@ -114,7 +114,12 @@ mod tests {
         assert_eq!(c.bars.len(), 30);
         assert_eq!(c.ticks.last().map(|t| t.label.as_str()), Some("100"));
         for b in &c.bars {
-            assert!(b.y >= TOP - 0.1 && b.y + b.h <= c.base + 0.1, "{} {}", b.y, b.h);
+            assert!(
+                b.y >= TOP - 0.1 && b.y + b.h <= c.base + 0.1,
+                "{} {}",
+                b.y,
+                b.h
+            );
             assert!(b.x >= LEFT && b.x + b.w <= WIDTH);
         }
         assert!(c.bars.iter().filter(|b| b.show_label).count() <= 8);

@@ -108,7 +108,10 @@ mod tests {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                assert!(en.contains_key(&key), "{name}: tr.{key} is not in i18n.toml");
+                assert!(
+                    en.contains_key(&key),
+                    "{name}: tr.{key} is not in i18n.toml"
+                );
             }
         }
     }

@@ -20,10 +20,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("macros.html", include_str!("templates/macros.html")),
     ("login.html", include_str!("templates/login.html")),
     ("invite.html", include_str!("templates/invite.html")),
+    ("reset.html", include_str!("templates/reset.html")),
     ("error.html", include_str!("templates/error.html")),
     ("overview.html", include_str!("templates/overview.html")),
     ("members.html", include_str!("templates/members.html")),
-    ("departments.html", include_str!("templates/departments.html")),
+    (
+        "departments.html",
+        include_str!("templates/departments.html"),
+    ),
     ("keys.html", include_str!("templates/keys.html")),
     ("usage.html", include_str!("templates/usage.html")),
     ("records.html", include_str!("templates/records.html")),
@@ -48,17 +52,30 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/login/operator", post(login_operator))
         .route("/console/logout", post(logout))
         .route("/console/lang/{lang}", get(set_lang))
-        .route("/console/invite/{token}", get(invite_page).post(invite_accept))
+        .route(
+            "/console/invite/{token}",
+            get(invite_page).post(invite_accept),
+        )
+        .route(
+            "/console/reset",
+            get(reset_request_page).post(reset_request),
+        )
+        .route("/console/reset/{token}", get(reset_page).post(reset_use))
         .route("/console/static/{file}", get(static_file))
         .route("/console/account", get(account_page).post(account_post))
         .route("/console/t/{t}", get(overview))
-        .route("/console/t/{t}/members", get(members_page).post(members_invite))
+        .route(
+            "/console/t/{t}/members",
+            get(members_page).post(members_invite),
+        )
         .route("/console/t/{t}/members/{id}", post(members_update))
+        .route("/console/t/{t}/members/{id}/reset", post(members_reset))
         .route("/console/t/{t}/invites/{id}/revoke", post(invite_revoke))
         .route(
             "/console/t/{t}/departments",
             get(departments_page).post(departments_create),
         )
+        .route("/console/t/{t}/departments/{id}", post(departments_update))
         .route("/console/t/{t}/keys", get(keys_page).post(keys_create))
         .route("/console/t/{t}/keys/{id}/{action}", post(keys_action))
         .route("/console/t/{t}/usage", get(usage_page))
@@ -68,7 +85,10 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/t/{t}/redeem", get(redeem_page).post(redeem_post))
         .route("/console/t/{t}/prices", get(prices_page))
         .route("/console/t/{t}/routing", get(routing_page))
-        .route("/console/op/tenants", get(op_tenants).post(op_tenant_create))
+        .route(
+            "/console/op/tenants",
+            get(op_tenants).post(op_tenant_create),
+        )
         .route("/console/op/tenants/{t}/topup", post(op_topup))
         .route("/console/op/codes", get(op_codes).post(op_codes_create))
         .route("/console/op/promos", get(op_promos).post(op_promos_create))
@@ -157,7 +177,9 @@ pub fn local_time(rfc3339: &str, tz: i32) -> String {
     let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
         return rfc3339.to_string();
     };
-    t.with_timezone(&zone(tz)).format("%Y-%m-%d %H:%M").to_string()
+    t.with_timezone(&zone(tz))
+        .format("%Y-%m-%d %H:%M")
+        .to_string()
 }
 
 fn tz_label(tz: i32) -> String {
@@ -198,8 +220,13 @@ fn local_month_start(tz: i32) -> String {
 
 /// A `YYYY-MM-DD` from a form (local day) as RFC 3339 at local midnight, `plus_days` later.
 fn day_to_rfc3339(day: &str, tz: i32, plus_days: i64) -> Option<String> {
-    let d = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").ok()? + chrono::Duration::days(plus_days);
-    Some(format!("{}T00:00:00{}", d.format("%Y-%m-%d"), offset_text(tz)))
+    let d = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").ok()?
+        + chrono::Duration::days(plus_days);
+    Some(format!(
+        "{}T00:00:00{}",
+        d.format("%Y-%m-%d"),
+        offset_text(tz)
+    ))
 }
 
 fn local_day(tz: i32, days_ago: i64) -> String {
@@ -237,7 +264,14 @@ impl Flash {
 }
 
 impl Console {
-    fn render(&self, cx: &Ctx, me: &Value, name: &str, status: StatusCode, mut vars: Map<String, Value>) -> Page {
+    fn render(
+        &self,
+        cx: &Ctx,
+        me: &Value,
+        name: &str,
+        status: StatusCode,
+        mut vars: Map<String, Value>,
+    ) -> Page {
         let rate = self
             .admin()
             .app
@@ -253,7 +287,10 @@ impl Console {
         vars.insert("me".into(), me.clone());
         vars.insert("role".into(), json!(role));
         vars.insert("is_operator".into(), json!(role == "operator"));
-        vars.insert("can_manage".into(), json!(role == "operator" || role == "tenant_admin"));
+        vars.insert(
+            "can_manage".into(),
+            json!(role == "operator" || role == "tenant_admin"),
+        );
         vars.insert("can_see_tenant".into(), json!(role != "member"));
         vars.insert("csrf".into(), me["csrf"].clone());
         vars.insert("rate".into(), json!(rate));
@@ -263,10 +300,7 @@ impl Console {
         vars.insert("here".into(), json!(here(cx)));
         let tr = i18n::table(cx.lang);
         let ctx = minijinja::context! { tr => MjValue::from_serialize(tr), ..MjValue::from_serialize(&vars) };
-        let html = self
-            .env
-            .get_template(name)
-            .and_then(|t| t.render(ctx));
+        let html = self.env.get_template(name).and_then(|t| t.render(ctx));
         match html {
             Ok(html) => {
                 let mut r = Response::new(Body::from(html));
@@ -343,7 +377,10 @@ fn here(cx: &Ctx) -> String {
 
 fn to_login(cx: &Ctx) -> Page {
     let next = here(cx);
-    let target = if next.starts_with("/console/t/") || next.starts_with("/console/op/") || next.starts_with("/console/account") {
+    let target = if next.starts_with("/console/t/")
+        || next.starts_with("/console/op/")
+        || next.starts_with("/console/account")
+    {
         format!("/console/login?next={}", q(&next))
     } else {
         "/console/login".into()
@@ -369,7 +406,9 @@ fn cookie_attrs(secure: bool) -> &'static str {
 }
 
 fn clear_session_cookie(r: &mut Page) {
-    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Max-Age=0; Path=/console; HttpOnly; SameSite=Strict")) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}=; Max-Age=0; Path=/console; HttpOnly; SameSite=Strict"
+    )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
 }
@@ -387,7 +426,9 @@ impl Form {
             .unwrap_or("")
     }
     fn opt(&self, name: &str) -> Option<String> {
-        Some(self.get(name)).filter(|v| !v.is_empty()).map(str::to_string)
+        Some(self.get(name))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
     }
     fn all(&self, name: &str) -> Vec<String> {
         self.0
@@ -401,7 +442,9 @@ impl Form {
 async fn read_form(req: Request) -> (Ctx, Form) {
     let (parts, body) = req.into_parts();
     let cx = Ctx::new(&parts.headers, &parts.uri, &parts.extensions);
-    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     let fields = form_urlencoded::parse(&bytes)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -444,6 +487,24 @@ macro_rules! signed_in {
     };
 }
 
+/// Operator pages answer like missing pages to anyone else.
+macro_rules! operator_only {
+    ($c:expr, $cx:expr) => {{
+        let me = signed_in!($c, $cx);
+        if me["role"] != "operator" {
+            return $c.failure(
+                &$cx,
+                &me,
+                &Failure {
+                    status: StatusCode::NOT_FOUND,
+                    message: "page not found".into(),
+                },
+            );
+        }
+        me
+    }};
+}
+
 macro_rules! try_api {
     ($c:expr, $cx:expr, $me:expr, $e:expr) => {
         match $e {
@@ -482,7 +543,11 @@ async fn login_page(State(c): C, req: Request) -> Page {
 
 /// Only console paths are followed after sign-in (no open redirect).
 fn safe_next(next: &str) -> String {
-    if next.starts_with("/console/") && !next.starts_with("//") && !next.contains("://") && !next.contains('\\') {
+    if next.starts_with("/console/")
+        && !next.starts_with("//")
+        && !next.contains("://")
+        && !next.contains('\\')
+    {
         next.to_string()
     } else {
         "/console".into()
@@ -490,7 +555,10 @@ fn safe_next(next: &str) -> String {
 }
 
 async fn signed_in_answer(c: &Console, cx: &Ctx, form: &Form, body: Value) -> Page {
-    match c.call(cx, Method::POST, "/admin/sessions", Some(body)).await {
+    match c
+        .call(cx, Method::POST, "/admin/sessions", Some(body))
+        .await
+    {
         Ok(s) => {
             let token = s["token"].as_str().unwrap_or_default();
             let secure = c.admin().app.config().admin.secure_cookies;
@@ -534,7 +602,9 @@ async fn logout(State(c): C, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
     if let Ok(me) = c.session(&cx).await {
         if c.check_csrf(&cx, &me, &form).is_ok() {
-            let _ = c.call(&cx, Method::DELETE, "/admin/sessions/current", None).await;
+            let _ = c
+                .call(&cx, Method::DELETE, "/admin/sessions/current", None)
+                .await;
         }
     }
     let mut r = redirect("/console/login");
@@ -547,7 +617,10 @@ async fn set_lang(Path(lang): Path<String>, req: Request) -> Page {
     let lang = i18n::Lang::parse(&lang).unwrap_or(i18n::Lang::En);
     let back = safe_next(params(&cx).get("back"));
     let mut r = redirect(&back);
-    if let Ok(v) = HeaderValue::from_str(&format!("{LANG_COOKIE}={}; Max-Age=31536000; Path=/console; SameSite=Lax", lang.code())) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{LANG_COOKIE}={}; Max-Age=31536000; Path=/console; SameSite=Lax",
+        lang.code()
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -565,8 +638,18 @@ async fn invite_page(State(c): C, Path(token): Path<String>, req: Request) -> Pa
 async fn invite_accept(State(c): C, Path(token): Path<String>, req: Request) -> Page {
     let (mut cx, form) = read_form(req).await;
     cx.token = None;
-    let password = form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.clone()).unwrap_or_default();
-    let confirm = form.0.iter().find(|(k, _)| k == "confirm").map(|(_, v)| v.clone()).unwrap_or_default();
+    let password = form
+        .0
+        .iter()
+        .find(|(k, _)| k == "password")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let confirm = form
+        .0
+        .iter()
+        .find(|(k, _)| k == "confirm")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let fail = |msg: String, status: StatusCode| {
         let mut vars = Map::new();
         vars.insert("token".into(), json!(token));
@@ -576,19 +659,130 @@ async fn invite_accept(State(c): C, Path(token): Path<String>, req: Request) -> 
         c.render(&cx, &Value::Null, "invite.html", status, vars)
     };
     if password != confirm {
-        let msg = i18n::table(cx.lang).get("passwords_differ").cloned().unwrap_or_default();
+        let msg = i18n::table(cx.lang)
+            .get("passwords_differ")
+            .cloned()
+            .unwrap_or_default();
         return fail(msg, StatusCode::BAD_REQUEST);
     }
     let body = json!({"token": token, "name": form.get("name"), "password": password});
-    match c.call(&cx, Method::POST, "/admin/invites/accept", Some(body)).await {
+    match c
+        .call(&cx, Method::POST, "/admin/invites/accept", Some(body))
+        .await
+    {
         Ok(v) => {
             let user = &v["user"];
             let tenant = user["tenant_id"].as_i64().unwrap_or(0);
-            let sign_in = json!({"tenant": tenant.to_string(), "email": user["email"], "password": password});
+            let sign_in =
+                json!({"tenant": tenant.to_string(), "email": user["email"], "password": password});
             let f = Form(vec![("next".into(), format!("/console/t/{tenant}"))]);
             signed_in_answer(&c, &cx, &f, sign_in).await
         }
         Err(f) => fail(f.message, f.status),
+    }
+}
+
+fn reset_vars(token: Option<&str>, sent: bool, error: Option<String>) -> Map<String, Value> {
+    let mut vars = Map::new();
+    vars.insert("token".into(), json!(token));
+    vars.insert("sent".into(), json!(sent));
+    vars.insert("error".into(), json!(error));
+    vars.insert("min".into(), json!(crate::admin::MIN_PASSWORD));
+    vars
+}
+
+async fn reset_request_page(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    c.render(
+        &cx,
+        &Value::Null,
+        "reset.html",
+        StatusCode::OK,
+        reset_vars(None, false, None),
+    )
+}
+
+async fn reset_request(State(c): C, req: Request) -> Page {
+    let (mut cx, form) = read_form(req).await;
+    cx.token = None;
+    let body = json!({"tenant": form.get("tenant"), "email": form.get("email")});
+    match c
+        .call(&cx, Method::POST, "/admin/password-resets", Some(body))
+        .await
+    {
+        Ok(_) => c.render(
+            &cx,
+            &Value::Null,
+            "reset.html",
+            StatusCode::OK,
+            reset_vars(None, true, None),
+        ),
+        Err(f) => c.render(
+            &cx,
+            &Value::Null,
+            "reset.html",
+            f.status,
+            reset_vars(None, false, Some(f.message)),
+        ),
+    }
+}
+
+async fn reset_page(State(c): C, Path(token): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    c.render(
+        &cx,
+        &Value::Null,
+        "reset.html",
+        StatusCode::OK,
+        reset_vars(Some(&token), false, None),
+    )
+}
+
+async fn reset_use(State(c): C, Path(token): Path<String>, req: Request) -> Page {
+    let (mut cx, form) = read_form(req).await;
+    cx.token = None;
+    let raw = |n: &str| {
+        form.0
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (password, confirm) = (raw("password"), raw("confirm"));
+    if password != confirm {
+        let msg = i18n::table(cx.lang).get("passwords_differ").cloned();
+        return c.render(
+            &cx,
+            &Value::Null,
+            "reset.html",
+            StatusCode::BAD_REQUEST,
+            reset_vars(Some(&token), false, msg),
+        );
+    }
+    let body = json!({"token": token, "password": password});
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            "/admin/password-resets/accept",
+            Some(body),
+        )
+        .await
+    {
+        Ok(v) => {
+            let tenant = v["tenant_id"].as_i64().unwrap_or(0);
+            let sign_in =
+                json!({"tenant": tenant.to_string(), "email": v["email"], "password": password});
+            let f = Form(vec![("next".into(), format!("/console/t/{tenant}"))]);
+            signed_in_answer(&c, &cx, &f, sign_in).await
+        }
+        Err(f) => c.render(
+            &cx,
+            &Value::Null,
+            "reset.html",
+            f.status,
+            reset_vars(Some(&token), false, Some(f.message)),
+        ),
     }
 }
 
@@ -599,8 +793,12 @@ async fn static_file(Path(file): Path<String>) -> Page {
         _ => return plain_not_found(),
     };
     let mut r = Response::new(Body::from(body));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
     r
 }
 
@@ -613,7 +811,14 @@ fn plain_not_found() -> Page {
 async fn not_found(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = c.session(&cx).await.unwrap_or(Value::Null);
-    c.failure(&cx, &me, &Failure { status: StatusCode::NOT_FOUND, message: "page not found".into() })
+    c.failure(
+        &cx,
+        &me,
+        &Failure {
+            status: StatusCode::NOT_FOUND,
+            message: "page not found".into(),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,14 +844,42 @@ async fn account_post(State(c): C, req: Request) -> Page {
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
-    let raw = |n: &str| form.0.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()).unwrap_or_default();
+    let raw = |n: &str| {
+        form.0
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     if raw("new_password") != raw("confirm") {
         let msg = i18n::table(cx.lang).get("passwords_differ").cloned();
-        return account_render(&c, &cx, &me, Flash { err: msg, ..Default::default() }, StatusCode::BAD_REQUEST);
+        return account_render(
+            &c,
+            &cx,
+            &me,
+            Flash {
+                err: msg,
+                ..Default::default()
+            },
+            StatusCode::BAD_REQUEST,
+        );
     }
-    let body = json!({"current_password": raw("current_password"), "new_password": raw("new_password")});
-    match c.call(&cx, Method::PUT, "/admin/me/password", Some(body)).await {
-        Ok(_) => account_render(&c, &cx, &me, Flash { ok: Some("password_changed".into()), ..Default::default() }, StatusCode::OK),
+    let body =
+        json!({"current_password": raw("current_password"), "new_password": raw("new_password")});
+    match c
+        .call(&cx, Method::PUT, "/admin/me/password", Some(body))
+        .await
+    {
+        Ok(_) => account_render(
+            &c,
+            &cx,
+            &me,
+            Flash {
+                ok: Some("password_changed".into()),
+                ..Default::default()
+            },
+            StatusCode::OK,
+        ),
         Err(f) => account_render(&c, &cx, &me, Flash::err(&f), f.status),
     }
 }
@@ -677,7 +910,12 @@ fn apply_flash(vars: &mut Map<String, Value>, cx: &Ctx, flash: Flash) {
 fn top(rows: &Value, n: usize) -> Value {
     let mut v: Vec<Value> = rows["data"].as_array().cloned().unwrap_or_default();
     v.sort_by(|a, b| {
-        let f = |x: &Value| x["credits"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let f = |x: &Value| {
+            x["credits"]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         f(b).partial_cmp(&f(a)).unwrap_or(std::cmp::Ordering::Equal)
     });
     v.truncate(n);
@@ -691,20 +929,43 @@ fn series_chart(rows: &Value, tz: i32, hourly: bool) -> charts::BarChart {
             a.iter()
                 .map(|r| {
                     let label = local_time(r["bucket"].as_str().unwrap_or(""), tz);
-                    let label = if hourly { label } else { label.chars().take(10).collect() };
-                    let v = r["credits"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+                    let label = if hourly {
+                        label
+                    } else {
+                        label.chars().take(10).collect()
+                    };
+                    let v = r["credits"]
+                        .as_str()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .unwrap_or(0.0);
                     (label, v)
                 })
                 .collect()
         })
         .unwrap_or_default();
-    charts::bars(&points, |v| group_digits(v, if v != 0.0 && v.abs() < 10.0 { 2 } else { 0 }))
+    charts::bars(&points, axis_number)
+}
+
+/// An axis label: whole numbers plain, small ones with enough decimals to differ.
+fn axis_number(v: f64) -> String {
+    if v == 0.0 || v.fract() == 0.0 {
+        group_digits(v, 0)
+    } else if v.abs() >= 1.0 {
+        group_digits(v, 2)
+    } else {
+        let decimals = (-v.abs().log10()).ceil() as usize + 1;
+        group_digits(v, decimals.min(9))
+    }
 }
 
 fn sum_credits(rows: &Value) -> f64 {
     rows["data"]
         .as_array()
-        .map(|a| a.iter().filter_map(|r| r["credits"].as_str()?.parse::<f64>().ok()).sum())
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["credits"].as_str()?.parse::<f64>().ok())
+                .sum()
+        })
         .unwrap_or(0.0)
 }
 
@@ -718,27 +979,83 @@ async fn overview(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let month = local_month_start(cx.tz);
     let thirty = local_midnight(cx.tz, 29);
     let today = local_midnight(cx.tz, 0);
-    let daily = try_api!(c, cx, me, c.get(&cx, &format!("{base}?granularity=day&from={}", q(&thirty))).await);
-    let month_models = try_api!(c, cx, me, c.get(&cx, &format!("{base}?group_by=model&from={}", q(&month))).await);
-    let today_total = try_api!(c, cx, me, c.get(&cx, &format!("{base}?from={}", q(&today))).await);
+    let daily = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("{base}?granularity=day&from={}", q(&thirty)))
+            .await
+    );
+    let month_models = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("{base}?group_by=model&from={}", q(&month)))
+            .await
+    );
+    let today_total = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("{base}?from={}", q(&today))).await
+    );
     let member = me["role"] == "member";
     if !member {
-        let balance = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{tid}/balance")).await);
-        let users = try_api!(c, cx, me, c.get(&cx, &format!("{base}?group_by=user&from={}", q(&month))).await);
-        let keys = try_api!(c, cx, me, c.get(&cx, &format!("{base}?group_by=key&from={}", q(&month))).await);
+        let balance = try_api!(
+            c,
+            cx,
+            me,
+            c.get(&cx, &format!("/admin/tenants/{tid}/balance")).await
+        );
+        let users = try_api!(
+            c,
+            cx,
+            me,
+            c.get(&cx, &format!("{base}?group_by=user&from={}", q(&month)))
+                .await
+        );
+        let keys = try_api!(
+            c,
+            cx,
+            me,
+            c.get(&cx, &format!("{base}?group_by=key&from={}", q(&month)))
+                .await
+        );
         let avg_daily = sum_credits(&daily) / 30.0;
-        let available = balance["available"].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let available = balance["available"]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
         let low = available <= 0.0 || (avg_daily > 0.0 && available < 7.0 * avg_daily);
         vars.insert("balance".into(), balance);
         vars.insert("top_users".into(), top(&users, 5));
         vars.insert("top_keys".into(), top(&keys, 5));
         vars.insert("low_balance".into(), json!(low));
-        vars.insert("days_left".into(), json!(if avg_daily > 0.0 { (available / avg_daily).floor().max(0.0) } else { -1.0 }));
+        vars.insert(
+            "days_left".into(),
+            json!(if avg_daily > 0.0 {
+                (available / avg_daily).floor().max(0.0)
+            } else {
+                -1.0
+            }),
+        );
     }
     vars.insert("top_models".into(), top(&month_models, 5));
-    vars.insert("month_credits".into(), json!(sum_credits(&month_models).to_string()));
-    vars.insert("month_requests".into(), json!(month_models["data"].as_array().map(|a| a.iter().filter_map(|r| r["requests"].as_i64()).sum::<i64>()).unwrap_or(0)));
-    vars.insert("today".into(), today_total["data"].get(0).cloned().unwrap_or(Value::Null));
+    vars.insert(
+        "month_credits".into(),
+        json!(sum_credits(&month_models).to_string()),
+    );
+    vars.insert(
+        "month_requests".into(),
+        json!(month_models["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["requests"].as_i64()).sum::<i64>())
+            .unwrap_or(0)),
+    );
+    vars.insert(
+        "today".into(),
+        today_total["data"].get(0).cloned().unwrap_or(Value::Null),
+    );
     vars.insert("chart".into(), json!(series_chart(&daily, cx.tz, false)));
     c.render(&cx, &me, "overview.html", StatusCode::OK, vars)
 }
@@ -749,14 +1066,39 @@ async fn members_page(State(c): C, Path(t): Path<String>, req: Request) -> Page 
     members_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
 }
 
-async fn members_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+async fn members_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
     apply_flash(&mut vars, cx, flash);
     let tid = vars["t"].to_string();
-    let users = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/users?limit=500")).await);
-    let groups = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500")).await);
+    let users = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/tenants/{tid}/users?limit=500"))
+            .await
+    );
+    let groups = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500"))
+            .await
+    );
     let invites = if me["role"] == "operator" || me["role"] == "tenant_admin" {
-        try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/invites?limit=100")).await)
+        try_api!(
+            c,
+            cx,
+            me,
+            c.get(cx, &format!("/admin/tenants/{tid}/invites?limit=100"))
+                .await
+        )
     } else {
         json!({"data": []})
     };
@@ -776,9 +1118,21 @@ async fn members_invite(State(c): C, Path(t): Path<String>, req: Request) -> Pag
     if let Some(g) = form.opt("group_id").and_then(|g| g.parse::<i64>().ok()) {
         body["group_id"] = json!(g);
     }
-    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/invites", tp(&t)), Some(body)).await {
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/tenants/{}/invites", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
         Ok(v) => {
-            let flash = Flash { ok: Some("invite_created".into()), extra: json!({"invite_url": v["accept_url"], "emailed": v["emailed"], "email": v["invite"]["email"], "email_error": v["email_error"]}), ..Default::default() };
+            let flash = Flash {
+                ok: Some("invite_created".into()),
+                extra: json!({"invite_url": v["accept_url"], "emailed": v["emailed"], "email": v["invite"]["email"], "email_error": v["email_error"]}),
+                ..Default::default()
+            };
             members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
         }
         Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
@@ -807,7 +1161,8 @@ async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Re
         result = match limits {
             (Ok(rpm), Ok(tpm)) => {
                 let body = json!({"rpm_limit": rpm, "tpm_limit": tpm});
-                c.call(&cx, Method::PUT, &format!("{path}/limits"), Some(body)).await
+                c.call(&cx, Method::PUT, &format!("{path}/limits"), Some(body))
+                    .await
             }
             (Err(f), _) | (_, Err(f)) => Err(f),
         };
@@ -818,14 +1173,71 @@ async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Re
     }
 }
 
+async fn members_reset(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    // The user must be this tenant's (the API checks the caller may act on them).
+    let user = match c.get(&cx, &format!("/admin/users/{id}")).await {
+        Ok(u) => u,
+        Err(f) => return c.failure(&cx, &me, &f),
+    };
+    let tenant = match tenant_vars(&c, &cx, &t).await {
+        Ok(v) => v,
+        Err(f) => return c.failure(&cx, &me, &f),
+    };
+    if user["tenant_id"] != tenant["t"] {
+        return c.failure(
+            &cx,
+            &me,
+            &Failure {
+                status: StatusCode::NOT_FOUND,
+                message: "user not found".into(),
+            },
+        );
+    }
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/users/{id}/password-reset"),
+            None,
+        )
+        .await
+    {
+        Ok(v) => {
+            let flash = Flash {
+                ok: Some("reset_created".into()),
+                extra: json!({"reset_url": v["reset_url"], "emailed": v["emailed"], "email": user["email"], "email_error": v["email_error"]}),
+                ..Default::default()
+            };
+            members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+        }
+        Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
 async fn invite_revoke(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
     let me = signed_in!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
-    match c.call(&cx, Method::DELETE, &format!("/admin/tenants/{}/invites/{id}", tp(&t)), None).await {
-        Ok(_) => redirect(&format!("/console/t/{}/members?done=invite_was_revoked", tp(&t))),
+    match c
+        .call(
+            &cx,
+            Method::DELETE,
+            &format!("/admin/tenants/{}/invites/{id}", tp(&t)),
+            None,
+        )
+        .await
+    {
+        Ok(_) => redirect(&format!(
+            "/console/t/{}/members?done=invite_was_revoked",
+            tp(&t)
+        )),
         Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
 }
@@ -836,11 +1248,24 @@ async fn departments_page(State(c): C, Path(t): Path<String>, req: Request) -> P
     departments_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
 }
 
-async fn departments_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+async fn departments_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
     apply_flash(&mut vars, cx, flash);
     let tid = vars["t"].to_string();
-    let groups = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500")).await);
+    let groups = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500"))
+            .await
+    );
     vars.insert("groups".into(), groups["data"].clone());
     c.render(cx, me, "departments.html", status, vars)
 }
@@ -852,7 +1277,36 @@ async fn departments_create(State(c): C, Path(t): Path<String>, req: Request) ->
         return p;
     }
     let body = json!({"name": form.get("name"), "budget_credits": form.opt("budget")});
-    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/groups", tp(&t)), Some(body)).await {
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/tenants/{}/groups", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
+        Ok(_) => redirect(&format!("/console/t/{}/departments?done=saved", tp(&t))),
+        Err(f) => departments_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn departments_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
+    let (cx, form) = read_form(req).await;
+    let me = signed_in!(c, cx);
+    if let Err(p) = c.check_csrf(&cx, &me, &form) {
+        return p;
+    }
+    let body = json!({"name": form.opt("name"), "budget_credits": form.opt("budget")});
+    match c
+        .call(
+            &cx,
+            Method::PATCH,
+            &format!("/admin/tenants/{}/groups/{id}", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
         Ok(_) => redirect(&format!("/console/t/{}/departments?done=saved", tp(&t))),
         Err(f) => departments_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
@@ -864,14 +1318,39 @@ async fn keys_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     keys_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
 }
 
-async fn keys_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+async fn keys_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
     apply_flash(&mut vars, cx, flash);
     let tid = vars["t"].to_string();
-    let keys = try_api!(c, cx, me, c.get(cx, &format!("/admin/keys?tenant={tid}&limit=500")).await);
-    let prices = try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/prices")).await);
+    let keys = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/keys?tenant={tid}&limit=500"))
+            .await
+    );
+    let prices = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/tenants/{tid}/prices")).await
+    );
     let users = if me["role"] == "operator" || me["role"] == "tenant_admin" {
-        try_api!(c, cx, me, c.get(cx, &format!("/admin/tenants/{tid}/users?limit=500")).await)["data"].clone()
+        try_api!(
+            c,
+            cx,
+            me,
+            c.get(cx, &format!("/admin/tenants/{tid}/users?limit=500"))
+                .await
+        )["data"]
+            .clone()
     } else {
         json!([])
     };
@@ -888,12 +1367,22 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
-    let models: Vec<String> = form.get("allowed_models").split([',', ' ', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let models: Vec<String> = form
+        .get("allowed_models")
+        .split([',', ' ', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let (rpm, tpm) = match (num_field(&form, "rpm_limit"), num_field(&form, "tpm_limit")) {
         (Ok(a), Ok(b)) => (a, b),
-        (Err(f), _) | (_, Err(f)) => return keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        (Err(f), _) | (_, Err(f)) => {
+            return keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await
+        }
     };
-    let expires = form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1));
+    let expires = form
+        .opt("expires")
+        .and_then(|d| day_to_rfc3339(&d, cx.tz, 1));
     let body = json!({
         "tenant": t,
         "name": form.get("name"),
@@ -908,14 +1397,22 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     });
     match c.call(&cx, Method::POST, "/admin/keys", Some(body)).await {
         Ok(v) => {
-            let flash = Flash { ok: Some("key_created".into()), extra: json!({"secret": v["key"], "name": v["record"]["name"]}), ..Default::default() };
+            let flash = Flash {
+                ok: Some("key_created".into()),
+                extra: json!({"secret": v["key"], "name": v["record"]["name"]}),
+                ..Default::default()
+            };
             keys_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
         }
         Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
 }
 
-async fn keys_action(State(c): C, Path((t, id, action)): Path<(String, i64, String)>, req: Request) -> Page {
+async fn keys_action(
+    State(c): C,
+    Path((t, id, action)): Path<(String, i64, String)>,
+    req: Request,
+) -> Page {
     let (cx, form) = read_form(req).await;
     let me = signed_in!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
@@ -932,21 +1429,45 @@ async fn keys_action(State(c): C, Path((t, id, action)): Path<(String, i64, Stri
         Err(f) => return c.failure(&cx, &me, &f),
     };
     if key["tenant_id"] != tenant["t"] {
-        return c.failure(&cx, &me, &Failure { status: StatusCode::NOT_FOUND, message: "key not found".into() });
+        return c.failure(
+            &cx,
+            &me,
+            &Failure {
+                status: StatusCode::NOT_FOUND,
+                message: "key not found".into(),
+            },
+        );
     }
     match action.as_str() {
-        "rotate" => match c.call(&cx, Method::POST, &format!("/admin/keys/{id}/rotate"), None).await {
+        "rotate" => match c
+            .call(&cx, Method::POST, &format!("/admin/keys/{id}/rotate"), None)
+            .await
+        {
             Ok(v) => {
-                let flash = Flash { ok: Some("key_rotated".into()), extra: json!({"secret": v["key"], "name": key["name"]}), ..Default::default() };
+                let flash = Flash {
+                    ok: Some("key_rotated".into()),
+                    extra: json!({"secret": v["key"], "name": key["name"]}),
+                    ..Default::default()
+                };
                 keys_render(&c, &cx, &me, &t, flash, StatusCode::OK).await
             }
             Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
         },
-        "revoke" => match c.call(&cx, Method::POST, &format!("/admin/keys/{id}/revoke"), None).await {
+        "revoke" => match c
+            .call(&cx, Method::POST, &format!("/admin/keys/{id}/revoke"), None)
+            .await
+        {
             Ok(_) => redirect(&format!("/console/t/{}/keys?done=key_was_revoked", tp(&t))),
             Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
         },
-        _ => c.failure(&cx, &me, &Failure { status: StatusCode::NOT_FOUND, message: "page not found".into() }),
+        _ => c.failure(
+            &cx,
+            &me,
+            &Failure {
+                status: StatusCode::NOT_FOUND,
+                message: "page not found".into(),
+            },
+        ),
     }
 }
 
@@ -962,13 +1483,27 @@ impl UsageFilter {
     fn of(cx: &Ctx) -> UsageFilter {
         let p = params(cx);
         let pick = |v: &str, allowed: &[&str], default: &str| {
-            if allowed.contains(&v) { v.to_string() } else { default.to_string() }
+            if allowed.contains(&v) {
+                v.to_string()
+            } else {
+                default.to_string()
+            }
         };
         let valid_day = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok();
         UsageFilter {
-            from_day: Some(p.get("from")).filter(|d| valid_day(d)).map(str::to_string).unwrap_or_else(|| local_day(cx.tz, 29)),
-            to_day: Some(p.get("to")).filter(|d| valid_day(d)).map(str::to_string).unwrap_or_else(|| local_day(cx.tz, 0)),
-            group_by: pick(p.get("group_by"), &["user", "group", "key", "model", "channel"], "model"),
+            from_day: Some(p.get("from"))
+                .filter(|d| valid_day(d))
+                .map(str::to_string)
+                .unwrap_or_else(|| local_day(cx.tz, 29)),
+            to_day: Some(p.get("to"))
+                .filter(|d| valid_day(d))
+                .map(str::to_string)
+                .unwrap_or_else(|| local_day(cx.tz, 0)),
+            group_by: pick(
+                p.get("group_by"),
+                &["user", "group", "key", "model", "channel"],
+                "model",
+            ),
             granularity: pick(p.get("granularity"), &["day", "hour"], "day"),
         }
     }
@@ -990,12 +1525,29 @@ async fn usage_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let f = UsageFilter::of(&cx);
     let range = f.range(cx.tz);
     let base = format!("/admin/tenants/{tid}/analytics?{range}");
-    let series = try_api!(c, cx, me, c.get(&cx, &format!("{base}&granularity={}", f.granularity)).await);
-    let grouped = try_api!(c, cx, me, c.get(&cx, &format!("{base}&group_by={}", f.group_by)).await);
+    let series = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("{base}&granularity={}", f.granularity))
+            .await
+    );
+    let grouped = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("{base}&group_by={}", f.group_by)).await
+    );
     let total = try_api!(c, cx, me, c.get(&cx, &base).await);
-    vars.insert("chart".into(), json!(series_chart(&series, cx.tz, f.granularity == "hour")));
+    vars.insert(
+        "chart".into(),
+        json!(series_chart(&series, cx.tz, f.granularity == "hour")),
+    );
     vars.insert("rows".into(), top(&grouped, usize::MAX));
-    vars.insert("total".into(), total["data"].get(0).cloned().unwrap_or(Value::Null));
+    vars.insert(
+        "total".into(),
+        total["data"].get(0).cloned().unwrap_or(Value::Null),
+    );
     vars.insert("from".into(), json!(f.from_day));
     vars.insert("to".into(), json!(f.to_day));
     vars.insert("group_by".into(), json!(f.group_by));
@@ -1006,7 +1558,10 @@ async fn usage_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
 
 fn csv_answer(name: &str, body: String) -> Page {
     let mut r = Response::new(Body::from(body));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
         r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -1018,21 +1573,59 @@ async fn usage_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = signed_in!(c, cx);
     let f = UsageFilter::of(&cx);
-    let tenant = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await);
-    let path = format!("/admin/tenants/{}/analytics?{}&granularity={}&group_by={}", tenant["id"], f.range(cx.tz), f.granularity, f.group_by);
+    let tenant = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await
+    );
+    let path = format!(
+        "/admin/tenants/{}/analytics?{}&granularity={}&group_by={}",
+        tenant["id"],
+        f.range(cx.tz),
+        f.granularity,
+        f.group_by
+    );
     let rows = try_api!(c, cx, me, c.get(&cx, &path).await);
     let mut w = csv::Writer::from_writer(Vec::new());
-    let _ = w.write_record(["bucket", "dimension", "key", "name", "requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "credits"]);
+    let _ = w.write_record([
+        "bucket",
+        "dimension",
+        "key",
+        "name",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "reasoning_tokens",
+        "credits",
+    ]);
     for r in rows["data"].as_array().into_iter().flatten() {
         let s = |k: &str| match &r[k] {
             Value::String(s) => s.clone(),
             Value::Null => String::new(),
             v => v.to_string(),
         };
-        let _ = w.write_record([s("bucket"), f.group_by.clone(), s("key"), s("name"), s("requests"), s("errors"), s("prompt_tokens"), s("cached_tokens"), s("completion_tokens"), s("reasoning_tokens"), s("credits")]);
+        let _ = w.write_record([
+            s("bucket"),
+            f.group_by.clone(),
+            s("key"),
+            s("name"),
+            s("requests"),
+            s("errors"),
+            s("prompt_tokens"),
+            s("cached_tokens"),
+            s("completion_tokens"),
+            s("reasoning_tokens"),
+            s("credits"),
+        ]);
     }
     let body = String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default();
-    csv_answer(&format!("usage-{}-{}-{}.csv", tenant["id"], f.from_day, f.to_day), body)
+    csv_answer(
+        &format!("usage-{}-{}-{}.csv", tenant["id"], f.from_day, f.to_day),
+        body,
+    )
 }
 
 async fn records_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
@@ -1060,15 +1653,34 @@ async fn records_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = signed_in!(c, cx);
     let f = UsageFilter::of(&cx);
-    let tenant = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await);
-    let path = format!("/admin/tenants/{}/ledger?{}&format=csv", tenant["id"], f.range(cx.tz));
+    let tenant = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await
+    );
+    let path = format!(
+        "/admin/tenants/{}/ledger?{}&format=csv",
+        tenant["id"],
+        f.range(cx.tz)
+    );
     let r = c.raw(&cx, Method::GET, &path, None).await;
     if !r.status().is_success() {
         let status = r.status();
-        return c.failure(&cx, &me, &Failure { status, message: "The statement could not be exported.".into() });
+        return c.failure(
+            &cx,
+            &me,
+            &Failure {
+                status,
+                message: "The statement could not be exported.".into(),
+            },
+        );
     }
     let (mut parts, body) = r.into_parts();
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"statement-{}-{}-{}.csv\"", tenant["id"], f.from_day, f.to_day)) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"statement-{}-{}-{}.csv\"",
+        tenant["id"], f.from_day, f.to_day
+    )) {
         parts.headers.insert(header::CONTENT_DISPOSITION, v);
     }
     Response::from_parts(parts, body)
@@ -1080,7 +1692,14 @@ async fn redeem_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     redeem_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
 }
 
-async fn redeem_render(c: &Console, cx: &Ctx, me: &Value, t: &str, flash: Flash, status: StatusCode) -> Page {
+async fn redeem_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
     apply_flash(&mut vars, cx, flash);
     c.render(cx, me, "redeem.html", status, vars)
@@ -1092,11 +1711,27 @@ async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
-    let kind = if form.get("kind") == "promo" { "promo" } else { "redeem" };
+    let kind = if form.get("kind") == "promo" {
+        "promo"
+    } else {
+        "redeem"
+    };
     let body = json!({"code": form.get("code")});
-    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/{kind}", tp(&t)), Some(body)).await {
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/tenants/{}/{kind}", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
         Ok(v) => {
-            let flash = Flash { ok: Some("redeemed".into()), extra: json!({"amount": v["entry"]["amount"], "available": v["balance"]["available"]}), ..Default::default() };
+            let flash = Flash {
+                ok: Some("redeemed".into()),
+                extra: json!({"amount": v["entry"]["amount"], "available": v["balance"]["available"]}),
+                ..Default::default()
+            };
             redeem_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
         }
         Err(f) => redeem_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
@@ -1108,7 +1743,12 @@ async fn prices_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let me = signed_in!(c, cx);
     let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
     let tid = vars["t"].to_string();
-    let prices = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{tid}/prices")).await);
+    let prices = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("/admin/tenants/{tid}/prices")).await
+    );
     vars.insert("prices".into(), prices);
     c.render(&cx, &me, "prices.html", StatusCode::OK, vars)
 }
@@ -1119,7 +1759,16 @@ async fn routing_page(State(c): C, Path(t): Path<String>, req: Request) -> Page 
     let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
     let tid = vars["t"].to_string();
     let f = UsageFilter::of(&cx);
-    let routing = try_api!(c, cx, me, c.get(&cx, &format!("/admin/tenants/{tid}/routing?{}", f.range(cx.tz))).await);
+    let routing = try_api!(
+        c,
+        cx,
+        me,
+        c.get(
+            &cx,
+            &format!("/admin/tenants/{tid}/routing?{}", f.range(cx.tz))
+        )
+        .await
+    );
     vars.insert("routing".into(), routing);
     vars.insert("from".into(), json!(f.from_day));
     vars.insert("to".into(), json!(f.to_day));
@@ -1137,11 +1786,17 @@ fn op_vars(cx: &Ctx, flash: Flash) -> Map<String, Value> {
 
 async fn op_tenants(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     op_tenants_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
 }
 
-async fn op_tenants_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+async fn op_tenants_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = op_vars(cx, flash);
     let cursor = params(cx).opt("cursor");
     let mut path = "/admin/tenants?limit=50".to_string();
@@ -1151,22 +1806,36 @@ async fn op_tenants_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, stat
     let page = try_api!(c, cx, me, c.get(cx, &path).await);
     let mut tenants = Vec::new();
     for t in page["data"].as_array().into_iter().flatten() {
-        let balance = c.get(cx, &format!("/admin/tenants/{}/balance", t["id"])).await.unwrap_or(Value::Null);
+        let balance = c
+            .get(cx, &format!("/admin/tenants/{}/balance", t["id"]))
+            .await
+            .unwrap_or(Value::Null);
         tenants.push(json!({"tenant": t, "balance": balance}));
     }
     vars.insert("tenants".into(), Value::Array(tenants));
     vars.insert("next_cursor".into(), page["next_cursor"].clone());
-    vars.insert("idempotency".into(), json!(crate::tenancy::keys::generate_key().replacen("tg-", "console-", 1)));
+    vars.insert(
+        "idempotency".into(),
+        json!(crate::tenancy::keys::generate_key().replacen("tg-", "console-", 1)),
+    );
     c.render(cx, me, "op_tenants.html", status, vars)
 }
 
 async fn op_tenant_create(State(c): C, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
-    match c.call(&cx, Method::POST, "/admin/tenants", Some(json!({"name": form.get("name")}))).await {
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            "/admin/tenants",
+            Some(json!({"name": form.get("name")})),
+        )
+        .await
+    {
         Ok(_) => redirect("/console/op/tenants?done=saved"),
         Err(f) => op_tenants_render(&c, &cx, &me, Flash::err(&f), f.status).await,
     }
@@ -1174,7 +1843,7 @@ async fn op_tenant_create(State(c): C, req: Request) -> Page {
 
 async fn op_topup(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
@@ -1184,7 +1853,15 @@ async fn op_topup(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         "promo_code": form.opt("promo_code"),
         "idempotency_key": form.opt("idempotency_key"),
     });
-    match c.call(&cx, Method::POST, &format!("/admin/tenants/{}/topups", tp(&t)), Some(body)).await {
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/tenants/{}/topups", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
         Ok(_) => redirect("/console/op/tenants?done=topped_up"),
         Err(f) => op_tenants_render(&c, &cx, &me, Flash::err(&f), f.status).await,
     }
@@ -1192,11 +1869,17 @@ async fn op_topup(State(c): C, Path(t): Path<String>, req: Request) -> Page {
 
 async fn op_codes(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     op_codes_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
 }
 
-async fn op_codes_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+async fn op_codes_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = op_vars(cx, flash);
     let codes = try_api!(c, cx, me, c.get(cx, "/admin/codes?limit=200").await);
     vars.insert("codes".into(), codes["data"].clone());
@@ -1205,7 +1888,7 @@ async fn op_codes_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status
 
 async fn op_codes_create(State(c): C, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
@@ -1221,7 +1904,11 @@ async fn op_codes_create(State(c): C, req: Request) -> Page {
     });
     match c.call(&cx, Method::POST, "/admin/codes", Some(body)).await {
         Ok(v) => {
-            let flash = Flash { ok: Some("codes_created".into()), extra: json!({"codes": v["codes"], "batch": v["batch"]}), ..Default::default() };
+            let flash = Flash {
+                ok: Some("codes_created".into()),
+                extra: json!({"codes": v["codes"], "batch": v["batch"]}),
+                ..Default::default()
+            };
             op_codes_render(&c, &cx, &me, flash, StatusCode::CREATED).await
         }
         Err(f) => op_codes_render(&c, &cx, &me, Flash::err(&f), f.status).await,
@@ -1230,11 +1917,17 @@ async fn op_codes_create(State(c): C, req: Request) -> Page {
 
 async fn op_promos(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     op_promos_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
 }
 
-async fn op_promos_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+async fn op_promos_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = op_vars(cx, flash);
     let promos = try_api!(c, cx, me, c.get(cx, "/admin/promos?limit=200").await);
     vars.insert("promos".into(), promos["data"].clone());
@@ -1243,7 +1936,7 @@ async fn op_promos_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, statu
 
 async fn op_promos_create(State(c): C, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
@@ -1266,11 +1959,17 @@ async fn op_promos_create(State(c): C, req: Request) -> Page {
 
 async fn op_health(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     op_health_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
 }
 
-async fn op_health_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: StatusCode) -> Page {
+async fn op_health_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let mut vars = op_vars(cx, flash);
     let channels = try_api!(c, cx, me, c.get(cx, "/admin/channels").await);
     let config = try_api!(c, cx, me, c.get(cx, "/admin/config/status").await);
@@ -1281,7 +1980,7 @@ async fn op_health_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, statu
 
 async fn op_reload(State(c): C, req: Request) -> Page {
     let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
+    let me = operator_only!(c, cx);
     if let Err(p) = c.check_csrf(&cx, &me, &form) {
         return p;
     }
@@ -1306,7 +2005,10 @@ mod tests {
         assert_eq!(safe_next("//evil.example/x"), "/console");
         assert_eq!(safe_next("https://evil.example"), "/console");
         assert_eq!(safe_next("/console/t/3/keys"), "/console/t/3/keys");
-        assert_eq!(day_to_rfc3339("2026-12-03", 480, 1).as_deref(), Some("2026-12-04T00:00:00+08:00"));
+        assert_eq!(
+            day_to_rfc3339("2026-12-03", 480, 1).as_deref(),
+            Some("2026-12-04T00:00:00+08:00")
+        );
     }
 
     #[test]

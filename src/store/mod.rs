@@ -379,6 +379,19 @@ pub trait Sessions: Send + Sync {
     ) -> Result<sqlite::NewSession, StoreError>;
     async fn session(&self, token: &str) -> Result<Option<sqlite::Session>, StoreError>;
     async fn end_session(&self, token: &str) -> Result<(), StoreError>;
+    async fn update_group(
+        &self,
+        tenant: TenantId,
+        id: GroupId,
+        name: Option<&str>,
+        budget_nano: Option<Option<i64>>,
+    ) -> Result<Group, StoreError>;
+    async fn create_password_reset(
+        &self,
+        user: UserId,
+        ttl_secs: i64,
+    ) -> Result<String, StoreError>;
+    async fn use_password_reset(&self, token: &str, hash: &str) -> Result<UserId, StoreError>;
 }
 
 #[async_trait::async_trait]

@@ -1715,18 +1715,19 @@ impl Ledger for PgStore {
     }
 
     async fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
+        // As on SQLite: whole hours from the roll-ups (`charges_before!`).
+        let hour = from_ms.div_euclid(3_600_000);
+        Ok(sqlx::query_scalar(concat!(
             "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
-                     WHERE tenant_id = $1 AND created_ms < $2)::BIGINT
-                  - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
-                     WHERE tenant_id = $1 AND ts_ms < $2)::BIGINT
-                  - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
-                     WHERE tenant_id = $1 AND day_ms < $3)::BIGINT",
-        )
+                     WHERE tenant_id = $1 AND created_ms < $2)::BIGINT",
+            crate::store::sqlite::charges_before!("$"),
+        ))
         .bind(tenant.0)
         .bind(from_ms)
         // A pruned day's summary counts at its day's last millisecond.
         .bind(from_ms.saturating_sub(86_399_999))
+        .bind(hour)
+        .bind(hour * 3_600_000)
         .fetch_one(&self.pool)
         .await?)
     }
@@ -2450,6 +2451,113 @@ impl super::Sessions for PgStore {
             csrf,
             expires_at,
         }))
+    }
+
+    async fn update_group(
+        &self,
+        tenant: TenantId,
+        id: GroupId,
+        name: Option<&str>,
+        budget_nano: Option<Option<i64>>,
+    ) -> Result<Group, StoreError> {
+        let name = name.map(|n| checked_name(n, "group")).transpose()?;
+        let mut tx = self.pool.begin().await?;
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM groups WHERE id = $1 AND tenant_id = $2")
+                .bind(id.0)
+                .bind(tenant.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Err(StoreError::not_found("group", id.0));
+        }
+        if let Some(n) = name {
+            unique(
+                sqlx::query("UPDATE groups SET name = $2 WHERE id = $1")
+                    .bind(id.0)
+                    .bind(n)
+                    .execute(&mut *tx)
+                    .await,
+                || format!("group `{n}` already exists"),
+            )?;
+        }
+        if let Some(b) = budget_nano {
+            sqlx::query("UPDATE groups SET budget_nano = $2 WHERE id = $1")
+                .bind(id.0)
+                .bind(b)
+                .execute(&mut *tx)
+                .await?;
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        crate::store::Members::list_groups(self, tenant)
+            .await?
+            .into_iter()
+            .find(|g| g.id == id)
+            .ok_or_else(|| StoreError::not_found("group", id.0))
+    }
+
+    async fn create_password_reset(
+        &self,
+        user: UserId,
+        ttl_secs: i64,
+    ) -> Result<String, StoreError> {
+        let token = generate_key().replacen("tg-", "pwr-", 1);
+        let now = unix_now();
+        sqlx::query(
+            "INSERT INTO password_resets (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&hash_key(&token)[..])
+        .bind(user.0)
+        .bind(now)
+        .bind(now + ttl_secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    async fn use_password_reset(&self, token: &str, hash: &str) -> Result<UserId, StoreError> {
+        let th = hash_key(token.trim());
+        let now = unix_now();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT user_id, expires_at, used_at FROM password_resets WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(&th[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = row else {
+            return Err(StoreError::not_found("password reset", ""));
+        };
+        let user: i64 = r.try_get("user_id")?;
+        let expires_at: i64 = r.try_get("expires_at")?;
+        let used_at: Option<i64> = r.try_get("used_at")?;
+        if used_at.is_some() {
+            return Err(StoreError::Conflict(
+                "this link has already been used".into(),
+            ));
+        }
+        if expires_at <= now {
+            return Err(StoreError::Conflict("this link has expired".into()));
+        }
+        sqlx::query("UPDATE password_resets SET used_at = $2 WHERE token_hash = $1")
+            .bind(&th[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE users SET password_hash = $2, failed_logins = 0, locked_until = NULL WHERE id = $1",
+        )
+        .bind(user)
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(UserId(user))
     }
 
     async fn end_session(&self, token: &str) -> Result<(), StoreError> {

@@ -348,7 +348,56 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
      );
      CREATE INDEX console_sessions_user ON console_sessions(user_id);",
+    // 18: password resets; routed calls indexed for the routing-savings page
+    // (migrations/postgres/0004_password_resets.sql)
+    "CREATE TABLE password_resets (
+        token_hash BLOB PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+     );
+     CREATE INDEX password_resets_user ON password_resets(user_id);
+     CREATE INDEX usage_events_routed ON usage_events(tenant_id, ts_ms) WHERE route_tier IS NOT NULL;",
 ];
+
+/// Minus the charges before a time (the part of `balance_before` after the journal), with
+/// placeholders 1 tenant, 2 the time (ms), 3 the time less a day (a pruned day's summary counts
+/// at its day's last millisecond), 4 the hour the time falls in, 5 that hour's start (ms).
+/// Equal to summing the raw records before the time plus the summaries of pruned days: whole
+/// hours of days not pruned come from `usage_hourly` (which holds exactly their records), the
+/// rest from the raw records that remain.
+macro_rules! charges_before {
+    ("?") => {
+        " - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_hourly
+              WHERE tenant_id = ?1 AND hour < ?4
+                AND (hour * 3600000 / 86400000) * 86400000 NOT IN
+                    (SELECT day_ms FROM charge_days WHERE tenant_id = ?1))
+          - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+              WHERE tenant_id = ?1 AND ts_ms >= ?5 AND ts_ms < ?2)
+          - (SELECT COALESCE(SUM(e.cost_nano), 0)
+              FROM (SELECT DISTINCT day_ms FROM charge_days WHERE tenant_id = ?1 AND day_ms < ?5) d
+              JOIN usage_events e ON e.tenant_id = ?1 AND e.ts_ms >= d.day_ms
+                AND e.ts_ms < MIN(d.day_ms + 86400000, ?5))
+          - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
+              WHERE tenant_id = ?1 AND day_ms < ?3)"
+    };
+    ("$") => {
+        " - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_hourly
+              WHERE tenant_id = $1 AND hour < $4
+                AND (hour * 3600000 / 86400000) * 86400000 NOT IN
+                    (SELECT day_ms FROM charge_days WHERE tenant_id = $1))::BIGINT
+          - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
+              WHERE tenant_id = $1 AND ts_ms >= $5 AND ts_ms < $2)::BIGINT
+          - (SELECT COALESCE(SUM(e.cost_nano), 0)
+              FROM (SELECT DISTINCT day_ms FROM charge_days WHERE tenant_id = $1 AND day_ms < $5) d
+              JOIN usage_events e ON e.tenant_id = $1 AND e.ts_ms >= d.day_ms
+                AND e.ts_ms < LEAST(d.day_ms + 86400000, $5))::BIGINT
+          - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
+              WHERE tenant_id = $1 AND day_ms < $3)::BIGINT"
+    };
+}
+pub(crate) use charges_before;
 
 /// A pruned day's charge summary (`charge_days`) as a statement entry: the columns
 /// `Store::entry_from_row` reads, then its position (source 2, ordered by the summary's id); it
@@ -1814,6 +1863,111 @@ impl Store {
         })
     }
 
+    /// Renames a tenant's group or changes its budget (`Some(None)` removes it).
+    pub fn update_group(
+        &self,
+        tenant: TenantId,
+        id: GroupId,
+        name: Option<&str>,
+        budget_nano: Option<Option<i64>>,
+    ) -> Result<Group, StoreError> {
+        pg!(self, { let name = name.map(str::to_string); } s => crate::store::Sessions::update_group(&s, tenant, id, name.as_deref(), budget_nano).await);
+        let name = name
+            .map(|n| crate::store::checked_name(n, "group"))
+            .transpose()?;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let found: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM groups WHERE id = ?1 AND tenant_id = ?2",
+                    params![id.0, tenant.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if found.is_none() {
+                return Err(StoreError::not_found("group", id.0));
+            }
+            if let Some(n) = name {
+                unique(
+                    tx.execute(
+                        "UPDATE groups SET name = ?2 WHERE id = ?1",
+                        params![id.0, n],
+                    ),
+                    || format!("group `{n}` already exists"),
+                )?;
+            }
+            if let Some(b) = budget_nano {
+                tx.execute(
+                    "UPDATE groups SET budget_nano = ?2 WHERE id = ?1",
+                    params![id.0, b],
+                )?;
+            }
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.list_groups(tenant)?
+            .into_iter()
+            .find(|g| g.id == id)
+            .ok_or_else(|| StoreError::not_found("group", id.0))
+    }
+
+    /// A single-use password-reset token for a user, valid `ttl_secs`.
+    pub fn create_password_reset(&self, user: UserId, ttl_secs: i64) -> Result<String, StoreError> {
+        pg!(self, {} s => crate::store::Sessions::create_password_reset(&s, user, ttl_secs).await);
+        let token = generate_key().replacen("tg-", "pwr-", 1);
+        self.with(|c| {
+            let now = unix_now();
+            c.execute(
+                "INSERT INTO password_resets (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&hash_key(&token)[..], user.0, now, now + ttl_secs],
+            )?;
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Uses a password-reset token once: sets the password (an argon2id PHC string), clears a
+    /// lockout and ends the user's console sessions. Returns the user.
+    pub fn use_password_reset(&self, token: &str, hash: &str) -> Result<UserId, StoreError> {
+        pg!(self, { let token = token.to_string(); let hash = hash.to_string(); } s => crate::store::Sessions::use_password_reset(&s, &token, &hash).await);
+        let th = hash_key(token.trim());
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let now = unix_now();
+            let row: Option<(i64, i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT user_id, expires_at, used_at FROM password_resets WHERE token_hash = ?1",
+                    params![&th[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((user, expires_at, used_at)) = row else {
+                return Err(StoreError::not_found("password reset", ""));
+            };
+            if used_at.is_some() {
+                return Err(StoreError::Conflict("this link has already been used".into()));
+            }
+            if expires_at <= now {
+                return Err(StoreError::Conflict("this link has expired".into()));
+            }
+            let n = tx.execute(
+                "UPDATE password_resets SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL",
+                params![&th[..], now],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict("this link has already been used".into()));
+            }
+            tx.execute(
+                "UPDATE users SET password_hash = ?2, failed_logins = 0, locked_until = NULL WHERE id = ?1",
+                params![user, hash],
+            )?;
+            tx.execute("DELETE FROM console_sessions WHERE user_id = ?1", params![user])?;
+            tx.commit()?;
+            Ok(UserId(user))
+        })
+    }
+
     /// Create a user of a tenant (operators and tenant admins do this; invitations too).
     pub fn create_user(
         &self,
@@ -2135,7 +2289,11 @@ impl Store {
     }
 
     /// The account behind a console sign-in: tenant (id or name) and email, enabled or not.
-    pub fn login_account(&self, tenant: &str, email: &str) -> Result<Option<LoginAccount>, StoreError> {
+    pub fn login_account(
+        &self,
+        tenant: &str,
+        email: &str,
+    ) -> Result<Option<LoginAccount>, StoreError> {
         pg!(self, { let tenant = tenant.to_string(); let email = email.to_string(); } s => crate::store::Sessions::login_account(&s, &tenant, &email).await);
         let email = email.trim().to_ascii_lowercase();
         let tenant = tenant.trim().to_string();
@@ -2178,7 +2336,12 @@ impl Store {
 
     /// Counts a failed sign-in; the `lock_after`-th in a row locks the account until
     /// `lock_until` (and starts the count again). Returns the failures counted so far.
-    pub fn login_failed(&self, user: UserId, lock_after: i64, lock_until: i64) -> Result<i64, StoreError> {
+    pub fn login_failed(
+        &self,
+        user: UserId,
+        lock_after: i64,
+        lock_until: i64,
+    ) -> Result<i64, StoreError> {
         pg!(self, {} s => crate::store::Sessions::login_failed(&s, user, lock_after, lock_until).await);
         self.with(|c| {
             let n: i64 = c.query_row(
@@ -2209,7 +2372,11 @@ impl Store {
     }
 
     /// A new console session for a user (`None`: the operator), valid `ttl_secs`.
-    pub fn create_session(&self, user: Option<UserId>, ttl_secs: i64) -> Result<NewSession, StoreError> {
+    pub fn create_session(
+        &self,
+        user: Option<UserId>,
+        ttl_secs: i64,
+    ) -> Result<NewSession, StoreError> {
         pg!(self, {} s => crate::store::Sessions::create_session(&s, user, ttl_secs).await);
         let new = NewSession::generate(ttl_secs);
         self.with(|c| {
@@ -2266,7 +2433,10 @@ impl Store {
     pub fn end_session(&self, token: &str) -> Result<(), StoreError> {
         pg!(self, { let token = token.to_string(); } s => crate::store::Sessions::end_session(&s, &token).await);
         self.with(|c| {
-            c.execute("DELETE FROM console_sessions WHERE token_hash = ?1", params![&hash_key(token)[..]])?;
+            c.execute(
+                "DELETE FROM console_sessions WHERE token_hash = ?1",
+                params![&hash_key(token)[..]],
+            )?;
             Ok(())
         })
     }
@@ -2820,16 +2990,25 @@ impl Store {
     /// opens.
     pub fn balance_before(&self, tenant: TenantId, from_ms: i64) -> Result<i64, StoreError> {
         pg!(self, {} s => crate::store::Ledger::balance_before(&s, tenant, from_ms).await);
+        // Charges before `from_ms` are read from the hourly roll-ups for whole hours, and from
+        // the raw records only for the hour `from_ms` falls in (and for days whose raw records
+        // are being pruned), so that the balance before a date costs the same on a tenant with
+        // a million calls as on a new one (summing the raw records took seconds).
+        let hour = from_ms.div_euclid(3_600_000);
         self.with(|c| {
             Ok(c.query_row(
-                "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
-                         WHERE tenant_id = ?1 AND created_ms < ?2)
-                      - (SELECT COALESCE(SUM(cost_nano), 0) FROM usage_events
-                         WHERE tenant_id = ?1 AND ts_ms < ?2)
-                      - (SELECT COALESCE(SUM(cost_nano), 0) FROM charge_days
-                         WHERE tenant_id = ?1 AND day_ms < ?3)",
-                // A pruned day's summary counts at its day's last millisecond.
-                params![tenant.0, from_ms, from_ms.saturating_sub(86_399_999)],
+                concat!(
+                    "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries
+                         WHERE tenant_id = ?1 AND created_ms < ?2)",
+                    charges_before!("?"),
+                ),
+                params![
+                    tenant.0,
+                    from_ms,
+                    from_ms.saturating_sub(86_399_999),
+                    hour,
+                    hour * 3_600_000
+                ],
                 |r| r.get(0),
             )?)
         })

@@ -1,0 +1,368 @@
+"""The console in a real browser (Chromium from Debian, driven by Playwright), against a real
+`tollgate run` with the mock vendor and a local SMTP sink. Run by tests/console.rs, which
+passes: CONSOLE (http://host:port), GATEWAY (data plane), OPERATOR_TOKEN, MAIL_DIR, SHOTS (where
+screenshots go), CHROMIUM (the browser binary).
+
+Any browser console error or uncaught page error fails the run."""
+import csv, email, io, json, os, re, sys, time, urllib.request, urllib.error
+from decimal import Decimal
+from email import policy
+from playwright.sync_api import sync_playwright
+
+CONSOLE = os.environ["CONSOLE"]
+GATEWAY = os.environ["GATEWAY"]
+OPERATOR = os.environ["OPERATOR_TOKEN"]
+MAIL_DIR = os.environ["MAIL_DIR"]
+SHOTS = os.environ["SHOTS"]
+errors = []
+
+
+def api(method, path, token=OPERATOR, body=None):
+    req = urllib.request.Request(CONSOLE + path, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                                 data=json.dumps(body).encode() if body is not None else None)
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read() or b"null")
+
+
+def watch(page):
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text} @ {page.url}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e} @ {page.url}"))
+
+
+class expected_refusals:
+    """Within it, the browser's "Failed to load resource: ... status of 4xx" lines are expected:
+    the step answers a page with a refusal status on purpose (a wrong password, a used code)."""
+
+    def __enter__(self):
+        self.n = len(errors)
+
+    def __exit__(self, *exc):
+        errors[self.n:] = [e for e in errors[self.n:]
+                           if "Failed to load resource: the server responded with a status of 4" not in e]
+        return False
+
+
+def shot(page, name):
+    page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def mail_to(address, kind="invite", timeout=20):
+    """The newest message to `address` in the sink with a console `kind` link, and that link."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for name in sorted(os.listdir(MAIL_DIR), reverse=True):
+            msg = email.message_from_bytes(open(os.path.join(MAIL_DIR, name), "rb").read(), policy=policy.default)
+            if address in str(msg["To"]):
+                body = msg.get_body(preferencelist=("plain",)).get_content()
+                link = re.search(r"https?://\S+/console/" + kind + r"/\S+", body)
+                if link:
+                    return msg, link.group(0)
+        time.sleep(0.2)
+    raise AssertionError(f"no mail to {address} arrived")
+
+
+def sign_in(page, tenant, mail, password):
+    page.goto(CONSOLE + "/console/login")
+    page.fill("input[name=tenant]", tenant)
+    page.fill("input[name=email]", mail)
+    page.fill("input[name=password]", password)
+    page.click("#sign-in")
+    page.wait_for_load_state()
+
+
+def accept(page, link, name, password):
+    page.goto(link)
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", password)
+    page.fill("input[name=confirm]", password)
+    page.click("#accept")
+    page.wait_for_load_state()
+
+
+def csrf_of(page):
+    return page.locator("input[name=_csrf]").first.get_attribute("value")
+
+
+def set_lang(page, lang):
+    page.click(f"nav.lang a[href^='/console/lang/{lang}']")
+    page.wait_for_load_state()
+
+
+def main():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=os.environ["CHROMIUM"], args=["--no-sandbox"])
+        new = lambda: browser.new_context(viewport={"width": 1280, "height": 860}, timezone_id="Asia/Shanghai", locale="en-US")
+
+        # --- Operator: sign in, create two tenants, top one up.
+        op_ctx = new()
+        op = op_ctx.new_page()
+        watch(op)
+        op.goto(CONSOLE + "/console")
+        check("/console/login" in op.url, f"not sent to sign in: {op.url}")
+        shot(op, "login-en")
+        op.click("details summary")
+        op.fill("input[name=operator_token]", "wrong-token")
+        with expected_refusals():
+            op.click("#operator-sign-in")
+            op.wait_for_load_state()
+        check(op.locator(".flash.err").count() == 1, "a wrong operator token was not refused")
+        op.click("details summary")
+        op.fill("input[name=operator_token]", OPERATOR)
+        op.click("#operator-sign-in")
+        op.wait_for_url("**/console/op/tenants")
+        for name in ["Browser Co", "Other Co"]:
+            op.fill("#tenant-form input[name=name]", name)
+            op.click("#tenant-form button")
+            op.wait_for_load_state()
+        tenants = {t["name"]: t["id"] for t in api("GET", "/admin/tenants")["data"]}
+        tid, other = tenants["Browser Co"], tenants["Other Co"]
+        row = op.locator(f"#tenant-{tid}")
+        row.locator("input[name=amount_rmb]").fill("500")
+        row.locator("input[name=note]").fill("first top-up")
+        row.locator("button").click()
+        op.wait_for_load_state()
+        check(op.locator(".flash.ok").count() == 1, "top-up not confirmed")
+        balance = api("GET", f"/admin/tenants/{tid}/balance")
+        check(Decimal(balance["available"]) > 0, f"top-up did not arrive: {balance}")
+        shot(op, "op-tenants-en")
+
+        # The operator invites the tenant's admin: the invitation is emailed.
+        op.goto(f"{CONSOLE}/console/t/{tid}/members")
+        op.fill("#invite-form input[name=email]", "admin@browser.test")
+        op.select_option("#invite-form select[name=role]", "tenant_admin")
+        op.click("#invite-form button")
+        op.wait_for_load_state()
+        _, admin_link = mail_to("admin@browser.test")
+
+        # --- Tenant admin: accept the emailed invitation, set a password.
+        ad_ctx = new()
+        ad_ctx.grant_permissions(["clipboard-read", "clipboard-write"])
+        ad = ad_ctx.new_page()
+        watch(ad)
+        ad.goto(admin_link)
+        shot(ad, "invite-en")
+        accept(ad, admin_link, "Ada Admin", "correct horse battery")
+        check(ad.url.rstrip("/").endswith(f"/console/t/{tid}"), f"admin not on the overview: {ad.url}")
+
+        # Invite a member and a finance viewer; create a department with a budget.
+        for mail, role in [("member@browser.test", "member"), ("viewer@browser.test", "viewer")]:
+            ad.goto(f"{CONSOLE}/console/t/{tid}/members")
+            ad.fill("#invite-form input[name=email]", mail)
+            ad.select_option("#invite-form select[name=role]", role)
+            ad.click("#invite-form button")
+            ad.wait_for_load_state()
+            check(ad.locator("#invite-link").count() == 1, "the invitation link is not shown")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/departments")
+        ad.fill("#department-form input[name=name]", "Research")
+        ad.fill("#department-form input[name=budget]", "100")
+        ad.click("#department-form button")
+        ad.wait_for_load_state()
+        check(ad.locator("#department-form ~ table td", has_text="Research").count() >= 1, "department not listed")
+        group_row = ad.locator("tr[id^=group-]").first
+        group_row.locator("input[name=budget]").fill("150")
+        group_row.locator("button").click()
+        ad.wait_for_load_state()
+        check("150.00" in ad.locator("tr[id^=group-]").first.inner_text(), "the budget was not changed")
+
+        # Create a key; the secret is shown once and copies to the clipboard.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/keys")
+        ad.click("#create-key summary")
+        ad.fill("#create-key input[name=name]", "ci-key")
+        ad.fill("#create-key input[name=quota]", "50")
+        ad.click("#create-key-submit")
+        ad.wait_for_load_state()
+        secret = ad.locator("#new-secret").inner_text().strip()
+        check(secret.startswith("tg-"), f"no secret shown: {secret!r}")
+        ad.click("#copy-secret")
+        copied = ad.evaluate("navigator.clipboard.readText()")
+        check(copied == secret, "the copy button did not copy the secret")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/keys")
+        check(secret not in ad.content(), "the secret is shown again")
+
+        # The key works on the data plane, and the call shows in the overview and usage.
+        req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
+                                     headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+                                     data=json.dumps({"model": "gpt-4o-mini", "max_tokens": 20,
+                                                      "messages": [{"role": "user", "content": "hello from the browser test"}]}).encode())
+        with urllib.request.urlopen(req) as r:
+            check(r.status == 200, "data-plane call failed")
+        deadline = time.time() + 20
+        while True:
+            ad.goto(f"{CONSOLE}/console/t/{tid}/usage")
+            if ad.locator("#total-requests").inner_text().strip() != "0" or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        check(ad.locator("#total-requests").inner_text().strip() == "1", "the call is not in the usage page")
+        check(ad.locator("#usage-table td", has_text="gpt-4o-mini").count() == 1, "the model is not in the usage table")
+        ad.goto(f"{CONSOLE}/console/t/{tid}")
+        check(ad.locator("#spend-today").inner_text().strip() not in ("0.00", "—"), "today's spend is empty")
+        check(ad.locator("svg rect.bar").count() >= 1, "no chart bars")
+
+        # A code from the operator is redeemed by the tenant admin.
+        op.goto(CONSOLE + "/console/op/codes")
+        op.fill("#codes-form input[name=credits]", "25")
+        op.fill("#codes-form input[name=count]", "2")
+        op.fill("#codes-form input[name=batch]", "browser")
+        op.click("#codes-form button")
+        op.wait_for_load_state()
+        code = op.locator("#new-codes").inner_text().split()[0]
+        shot(op, "op-codes-en")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/redeem")
+        ad.fill("#redeem-form input[name=code]", code)
+        ad.click("#redeem-form button")
+        ad.wait_for_load_state()
+        check(ad.locator("#redeemed").count() == 1, "the code was not redeemed")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/redeem")
+        ad.fill("#redeem-form input[name=code]", code)
+        with expected_refusals():
+            ad.click("#redeem-form button")
+            ad.wait_for_load_state()
+        check(ad.locator(".flash.err").count() == 1, "a used code was accepted twice")
+
+        # CSV downloads match the API's totals.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/usage")
+        with ad.expect_download() as d:
+            ad.click("#usage-csv")
+        rows = list(csv.DictReader(io.StringIO(open(d.value.path(), encoding="utf-8").read())))
+        csv_credits = sum(Decimal(r["credits"]) for r in rows)
+        csv_requests = sum(int(r["requests"]) for r in rows)
+        total = api("GET", f"/admin/tenants/{tid}/analytics")["data"][0]
+        check(csv_requests == total["requests"] and csv_credits == Decimal(total["credits"]),
+              f"usage CSV {csv_requests}/{csv_credits} vs API {total}")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/records")
+        with ad.expect_download() as d:
+            ad.click("#records-csv")
+        lines = list(csv.reader(io.StringIO(open(d.value.path(), encoding="utf-8").read())))
+        header, last = lines[0], lines[-1]
+        running = Decimal(last[header.index("running_balance_credits")])
+        bal = api("GET", f"/admin/tenants/{tid}/balance")
+        check(running == Decimal(bal["credited"]) - Decimal(bal["charged"]),
+              f"statement CSV ends at {running}, balance {bal}")
+
+        # Screenshots of every tenant page in both languages.
+        pages = ["", "/members", "/departments", "/keys", "/usage", "/records", "/redeem", "/prices", "/routing"]
+        for lang in ["en", "zh"]:
+            ad.goto(f"{CONSOLE}/console/t/{tid}")
+            set_lang(ad, lang)
+            for pth in pages:
+                ad.goto(f"{CONSOLE}/console/t/{tid}{pth}")
+                shot(ad, f"tenant{pth.replace('/', '-') or '-overview'}-{lang}")
+            ad.goto(CONSOLE + "/console/account")
+            shot(ad, f"account-{lang}")
+        ad.goto(f"{CONSOLE}/console/t/{tid}")
+        check("概览" in ad.content(), "the Chinese overview has no 概览")
+        set_lang(ad, "en")
+        check("Overview" in ad.content(), "switching back to English failed")
+
+        # Another tenant's ids in URLs answer like missing pages.
+        missing = ad_ctx.request.get(f"{CONSOLE}/console/t/999999/keys")
+        foreign = ad_ctx.request.get(f"{CONSOLE}/console/t/{other}/keys")
+        check(missing.status == 404 and foreign.status == 404, f"{missing.status} {foreign.status}")
+        with expected_refusals():
+            ad.goto(f"{CONSOLE}/console/t/{other}/usage")
+            h1_foreign = ad.locator("h1").inner_text()
+            ad.goto(f"{CONSOLE}/console/t/999999/usage")
+        check(ad.locator("h1").inner_text() == h1_foreign, "a foreign tenant looks different from a missing one")
+        check(ad_ctx.request.get(f"{CONSOLE}/console/op/tenants").status == 404, "operator pages open to a tenant admin")
+
+        # --- Finance viewer: read-only. No create button; a forged POST is refused.
+        _, viewer_link = mail_to("viewer@browser.test")
+        vw_ctx = new()
+        vw = vw_ctx.new_page()
+        watch(vw)
+        accept(vw, viewer_link, "Vic Viewer", "viewer password 1")
+        vw.goto(f"{CONSOLE}/console/t/{tid}/keys")
+        check(vw.locator("#create-key").count() == 0, "a viewer sees the create-key form")
+        check(vw.locator("button", has_text="Revoke").count() == 0, "a viewer sees revoke buttons")
+        token = csrf_of(vw)
+        forged = vw_ctx.request.post(f"{CONSOLE}/console/t/{tid}/keys",
+                                     form={"_csrf": token, "name": "sneaky", "default_channel": "main"})
+        check(forged.status == 403, f"a viewer's key creation answered {forged.status}")
+        check(all(k["name"] != "sneaky" for k in api("GET", f"/admin/keys?tenant={tid}")["data"]), "the viewer created a key")
+        vw.goto(f"{CONSOLE}/console/t/{tid}/records")
+        check(vw.locator("#records-table tbody tr").count() >= 2, "the viewer cannot read the records")
+        # Without the session's CSRF token, a form is refused even with the cookie.
+        no_csrf = vw_ctx.request.post(f"{CONSOLE}/console/account", form={"current_password": "x", "new_password": "y" * 12, "confirm": "y" * 12})
+        check(no_csrf.status == 403, f"a form without CSRF answered {no_csrf.status}")
+
+        # --- Member: sees their own usage only, not the members list.
+        _, member_link = mail_to("member@browser.test")
+        mb_ctx = new()
+        mb = mb_ctx.new_page()
+        watch(mb)
+        accept(mb, member_link, "Mo Member", "member password 1")
+        mb.goto(f"{CONSOLE}/console/t/{tid}/usage")
+        check(mb.locator("#total-requests").inner_text().strip() == "0", "a member sees another member's usage")
+        check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/members").status in (403, 404), "a member lists members")
+        check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/records").status in (403, 404), "a member reads the tenant's records")
+
+        # --- Sign-out ends the session; wrong passwords lock the account.
+        mb.click("button.link")
+        mb.wait_for_load_state()
+        check("/console/login" in mb.url, "sign-out did not go to the login page")
+        check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/usage", max_redirects=0).status == 303, "the session survived sign-out")
+        with expected_refusals():
+            for _ in range(5):
+                sign_in(mb, "Browser Co", "member@browser.test", "not the password")
+            sign_in(mb, "Browser Co", "member@browser.test", "member password 1")
+        check("/console/login" in mb.url and "locked" in mb.content(), "five wrong passwords did not lock the account")
+        # Forgot password: the emailed link sets a new one (and lifts the lock).
+        mb.goto(CONSOLE + "/console/login")
+        mb.click("#forgot")
+        mb.fill("input[name=tenant]", "Browser Co")
+        mb.fill("input[name=email]", "member@browser.test")
+        mb.click("#send-reset")
+        mb.wait_for_load_state()
+        check(mb.locator("#reset-sent").count() == 1, "no confirmation after asking for a reset")
+        _, reset_link = mail_to("member@browser.test", kind="reset")
+        shot(mb, "reset-en")
+        mb.goto(reset_link)
+        mb.fill("input[name=password]", "a brand new password")
+        mb.fill("input[name=confirm]", "a brand new password")
+        mb.click("#set-password")
+        mb.wait_for_load_state()
+        check(mb.url.rstrip("/").endswith(f"/console/t/{tid}"), f"not signed in after the reset: {mb.url}")
+        with expected_refusals():
+            mb.goto(reset_link)
+            mb.fill("input[name=password]", "another new password")
+            mb.fill("input[name=confirm]", "another new password")
+            mb.click("#set-password")
+            mb.wait_for_load_state()
+        check(mb.locator(".flash.err").count() == 1, "a reset link worked twice")
+        # A tenant admin makes a reset link for a member (emailed too).
+        ad.goto(f"{CONSOLE}/console/t/{tid}/members")
+        ad.locator("tr", has_text="member@browser.test").locator("button", has_text="Reset password").click()
+        ad.wait_for_load_state()
+        check(ad.locator("#reset-link").count() == 1, "the admin's reset link is not shown")
+
+        # --- Operator pages, screenshots in both languages.
+        for lang in ["en", "zh"]:
+            op.goto(CONSOLE + "/console/op/tenants")
+            set_lang(op, lang)
+            for pth in ["tenants", "codes", "promos", "health"]:
+                op.goto(f"{CONSOLE}/console/op/{pth}")
+                shot(op, f"op-{pth}-{lang}")
+        login_ctx = browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN")
+        lp = login_ctx.new_page()
+        watch(lp)
+        lp.goto(CONSOLE + "/console/login")
+        check("登录" in lp.content(), "a Chinese browser does not get the Chinese login page")
+        shot(lp, "login-zh")
+        browser.close()
+    if errors:
+        raise AssertionError("browser errors:\n" + "\n".join(errors))
+    print("console browser test passed")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:
+        print(f"FAILED: {e}\n" + "\n".join(errors), file=sys.stderr)
+        raise
