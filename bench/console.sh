@@ -24,7 +24,8 @@ for _ in $(seq 1 60); do curl -sf -o /dev/null "$url/healthz" && break; sleep 0.
 echo "seeded $CALLS calls and started in $(( $(date +%s) - start )) s; console at $url"
 curl -s -c "$dir/cj" -o /dev/null -d "tenant=demo&email=admin@demo.example&password=demo-password" "$url/console/login"
 printf "%-28s %10s %10s\n" page median_ms p95_ms
-for p in "" /members /departments /keys /usage "/usage?group_by=user" "/usage?granularity=hour" /records /prices /routing /usage.csv; do
+recent=$(date -u -d '2 days ago' +%F)
+for p in "" /members /departments /keys /usage "/usage?group_by=user" "/usage?granularity=hour" /records "/records?from=$recent" /prices /routing /usage.csv; do
     times=()
     for _ in $(seq 1 "$ROUNDS"); do
         t=$(curl -s -b "$dir/cj" -o /dev/null -w "%{http_code} %{time_total}" "$url/console/t/1$p")

@@ -198,6 +198,12 @@ fn seed_month(
     .iter()
     .filter_map(|m| config.model(m).cloned())
     .collect();
+    let (Some(light), Some(strong)) = (
+        config.model("gpt-4o-mini").cloned(),
+        config.model("gpt-4o").cloned(),
+    ) else {
+        return Err("the demo's router models are missing".into());
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(tenant.id.0 as u64);
     let now_ms = crate::tenancy::unix_now() * 1000;
     let per_day = (calls / 30) as i64;
@@ -217,13 +223,19 @@ fn seed_month(
                 cache_write: 0,
                 output,
             };
-            let cost = crate::billing::pricing::cost_nano(
-                model,
-                channel,
-                config.billing.credits_per_rmb,
-                &t,
-            )
-            .map_err(|e| e.to_string())?;
+            // A third of the calls say `model: "auto"`: the router sent them to the light or
+            // the strong tier, and the routing-savings page compares with the strong tier.
+            let routed = rng.random_bool(0.3);
+            let model = match (routed, rng.random_bool(0.7)) {
+                (true, true) => &light,
+                (true, false) => &strong,
+                (false, _) => model,
+            };
+            let per_rmb = config.billing.credits_per_rmb;
+            let cost = crate::billing::pricing::cost_nano(model, channel, per_rmb, &t)
+                .map_err(|e| e.to_string())?;
+            let baseline = crate::billing::pricing::cost_nano(&strong, channel, per_rmb, &t)
+                .map_err(|e| e.to_string())?;
             let ts_ms = now_ms - day * 86_400_000 + rng.random_range(8 * 3_600_000..20 * 3_600_000);
             let failed = rng.random_bool(0.01);
             events.push(crate::billing::usage::UsageEvent {
@@ -237,7 +249,11 @@ fn seed_month(
                 path: Some("/v1/chat/completions".into()),
                 channel: Some("standard".into()),
                 upstream: Some("standard/mock-a".into()),
-                model_requested: Some(model.name.clone()),
+                model_requested: Some(if routed {
+                    "auto".into()
+                } else {
+                    model.name.clone()
+                }),
                 model_used: Some(model.name.clone()),
                 status: if failed { 502 } else { 200 },
                 prompt_tokens: if failed { 0 } else { prompt },
@@ -247,6 +263,16 @@ fn seed_month(
                 attempts: 1,
                 latency_ms: rng.random_range(300..4000),
                 cost_nano: if failed { 0 } else { cost },
+                route_tier: routed.then(|| {
+                    if model.name == light.name {
+                        "light"
+                    } else {
+                        "strong"
+                    }
+                    .to_string()
+                }),
+                route_reason: routed.then(|| "complexity".to_string()),
+                baseline_cost_nano: (routed && !failed).then_some(baseline),
                 ..Default::default()
             });
             if events.len() >= 20_000 {

@@ -206,7 +206,41 @@ pub fn router(api: axum::Router, admin: Arc<Admin>) -> axum::Router {
     let console = Arc::new(Console::new(api, admin));
     pages::routes()
         .with_state(console)
+        .layer(axum::middleware::from_fn(same_origin_posts))
         .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Forms are only taken from the console's own pages: a POST that the browser says comes from
+/// another site (`Sec-Fetch-Site`, or an `Origin` naming another host) is refused before
+/// anything runs. This covers the sign-in forms too, which have no session (and so no CSRF
+/// token) yet: no other site can sign a browser into an account of its choosing.
+async fn same_origin_posts(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    if req.method() == Method::POST && !same_origin(req.headers()) {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "This form did not come from the console.",
+        );
+    }
+    next.run(req).await
+}
+
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if !matches!(site, "same-origin" | "none") {
+            return false;
+        }
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+            !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+        }
+    }
 }
 
 async fn security_headers(mut r: Response<Body>) -> Response<Body> {
@@ -228,4 +262,41 @@ async fn security_headers(mut r: Response<Body>) -> Response<Body> {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posts_from_other_sites_are_told_apart() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(
+                    axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::ACCEPT),
+                    HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+                );
+            }
+            m
+        };
+        assert!(
+            same_origin(&h(&[("host", "gw:8081")])),
+            "no Origin: curl, old browsers"
+        );
+        assert!(same_origin(&h(&[
+            ("host", "gw:8081"),
+            ("origin", "http://gw:8081"),
+            ("sec-fetch-site", "same-origin")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "gw:8081"),
+            ("origin", "https://evil.example")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "gw:8081"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(!same_origin(&h(&[("host", "gw:8081"), ("origin", "null")])));
+    }
 }

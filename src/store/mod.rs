@@ -180,6 +180,27 @@ pub(crate) fn rollup_deltas<'a>(
         }
     }
     let mut dims: std::collections::HashMap<DimKey, Deltas> = std::collections::HashMap::new();
+    // Routed calls (`model: "auto"`) by tier: dimension 6 holds what they were charged,
+    // dimension 7 what they would have cost on the strongest tier (`ROUTE_TIER_DIMS`).
+    for (e, inserted) in events.iter().zip(fresh) {
+        if let (true, Some(t), Some(tier)) = (*inserted, e.tenant_id, e.route_tier.as_deref()) {
+            let hour = e.ts_ms.div_euclid(3_600_000);
+            let baseline = e.baseline_cost_nano.unwrap_or(e.cost_nano);
+            for (dim, cost) in [
+                (ROUTE_TIER_DIMS.0, e.cost_nano),
+                (ROUTE_TIER_DIMS.1, baseline),
+            ] {
+                for period in [3600i64, 86_400] {
+                    let bucket = (hour * 3600).div_euclid(period) * period;
+                    let acc = dims
+                        .entry((t.0, dim, period, bucket, tier.to_string()))
+                        .or_insert([0i64; 8]);
+                    acc[0] += 1;
+                    acc[6] += cost;
+                }
+            }
+        }
+    }
     for ((tenant, hour, key, user, group, model, channel), d) in &hourly {
         let values: [(i64, String); 6] = [
             (0, String::new()),
@@ -976,6 +997,49 @@ pub(crate) struct RollupWindow {
     pub to: i64,
     pub day_from: i64,
     pub day_to: i64,
+}
+
+/// The `usage_rollup` dimensions of routed calls by tier: what they were charged, and what the
+/// strongest tier would have cost (only requests and cost are kept in these rows).
+pub(crate) const ROUTE_TIER_DIMS: (i64, i64) = (6, 7);
+
+/// The routing savings of a tenant from `ROUTE_TIER_DIMS` rows (`tier, dimension, calls, cost`).
+pub(crate) fn routing_rows(rows: Vec<(String, i64, i64, i64)>) -> Vec<RoutingRow> {
+    let mut out: Vec<RoutingRow> = Vec::new();
+    for (tier, dim, calls, cost) in rows {
+        let i = match out.iter().position(|r| r.tier == tier) {
+            Some(i) => i,
+            None => {
+                out.push(RoutingRow {
+                    tier,
+                    calls: 0,
+                    cost_nano: 0,
+                    baseline_cost_nano: 0,
+                });
+                out.len() - 1
+            }
+        };
+        if dim == ROUTE_TIER_DIMS.0 {
+            out[i].calls = calls;
+            out[i].cost_nano = cost;
+        } else {
+            out[i].baseline_cost_nano = cost;
+        }
+    }
+    out.sort_by(|a, b| a.tier.cmp(&b.tier));
+    out
+}
+
+/// The roll-up window of a routing-savings query: whole hours, like analytics.
+pub(crate) fn routing_window(tenant: TenantId, from_ms: i64, to_ms: i64) -> RollupWindow {
+    rollup_window(&AnalyticsQuery {
+        tenant,
+        from: from_ms.div_euclid(1000),
+        to: to_ms.saturating_add(999).div_euclid(1000),
+        granularity: Granularity::Total,
+        group_by: Dimension::None,
+        user: None,
+    })
 }
 
 pub(crate) fn rollup_window(q: &AnalyticsQuery) -> RollupWindow {

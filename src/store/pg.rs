@@ -2243,27 +2243,31 @@ impl Analytics for PgStore {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RoutingRow>, StoreError> {
-        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT route_tier, COUNT(*), COALESCE(SUM(cost_nano), 0)::BIGINT,
-                    COALESCE(SUM(COALESCE(baseline_cost_nano, cost_nano)), 0)::BIGINT
-             FROM usage_events
-             WHERE tenant_id = $1 AND ts_ms >= $2 AND ts_ms < $3 AND route_tier IS NOT NULL
-             GROUP BY route_tier ORDER BY route_tier",
+        // From the roll-ups, as on SQLite.
+        let w = crate::store::routing_window(tenant, from_ms, to_ms);
+        let (d0, d1) = crate::store::ROUTE_TIER_DIMS;
+        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
+            "SELECT value, dim, SUM(requests)::BIGINT, SUM(cost_nano)::BIGINT
+             FROM usage_rollup
+             WHERE tenant_id = $1 AND dim IN ($2, $3) AND (
+                   (period = 86400 AND bucket >= $4 AND bucket < $5)
+                OR (period = 3600 AND bucket >= $6 AND bucket < $7 AND (bucket < $4 OR bucket >= $5)))
+             GROUP BY value, dim",
         )
         .bind(tenant.0)
-        .bind(from_ms)
-        .bind(to_ms)
+        .bind(d0 as i16)
+        .bind(d1 as i16)
+        .bind(w.day_from)
+        .bind(w.day_to)
+        .bind(w.from)
+        .bind(w.to)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(tier, calls, cost_nano, baseline_cost_nano)| RoutingRow {
-                tier,
-                calls,
-                cost_nano,
-                baseline_cost_nano,
-            })
-            .collect())
+        Ok(crate::store::routing_rows(
+            rows.into_iter()
+                .map(|(t, d, n, c)| (t, i64::from(d), n, c))
+                .collect(),
+        ))
     }
 
     async fn usage_page(&self, q: &UsageQuery) -> Result<Vec<(UsagePos, UsageEvent)>, StoreError> {

@@ -348,7 +348,8 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
      );
      CREATE INDEX console_sessions_user ON console_sessions(user_id);",
-    // 18: password resets; routed calls indexed for the routing-savings page
+    // 18: password resets; routed calls by tier in the roll-ups (dimensions 6 and 7) for the
+    // routing-savings page
     // (migrations/postgres/0004_password_resets.sql)
     "CREATE TABLE password_resets (
         token_hash BLOB PRIMARY KEY,
@@ -358,7 +359,13 @@ const MIGRATIONS: &[&str] = &[
         used_at INTEGER
      );
      CREATE INDEX password_resets_user ON password_resets(user_id);
-     CREATE INDEX usage_events_routed ON usage_events(tenant_id, ts_ms) WHERE route_tier IS NOT NULL;",
+     INSERT INTO usage_rollup (tenant_id, dim, period, bucket, value, requests, errors, prompt_tokens,
+            cached_tokens, completion_tokens, reasoning_tokens, cost_nano, cache_write_tokens)
+        SELECT tenant_id, d.dim, p.period, (ts_ms / 1000 / p.period) * p.period, route_tier, COUNT(*), 0, 0, 0, 0, 0,
+               SUM(CASE d.dim WHEN 6 THEN cost_nano ELSE COALESCE(baseline_cost_nano, cost_nano) END), 0
+        FROM usage_events, (SELECT 6 AS dim UNION ALL SELECT 7) d, (SELECT 3600 AS period UNION ALL SELECT 86400) p
+        WHERE route_tier IS NOT NULL AND tenant_id IS NOT NULL
+        GROUP BY tenant_id, d.dim, p.period, 4, route_tier;",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -487,7 +494,7 @@ impl EventValues {
 }
 
 /// One tier's share of routed calls (see `Store::routing_savings`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RoutingRow {
     pub tier: String,
     pub calls: i64,
@@ -2493,23 +2500,24 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<RoutingRow>, StoreError> {
         pg!(self, {} s => crate::store::Analytics::routing_savings(&s, tenant, from_ms, to_ms).await);
+        // From the roll-ups (whole hours, like analytics): a month of a busy tenant is a few
+        // dozen rows, where the raw records were hundreds of thousands.
+        let w = crate::store::routing_window(tenant, from_ms, to_ms);
         self.with(|c| {
             let mut st = c.prepare_cached(
-                "SELECT route_tier, COUNT(*), COALESCE(SUM(cost_nano), 0),
-                        COALESCE(SUM(COALESCE(baseline_cost_nano, cost_nano)), 0)
-                 FROM usage_events
-                 WHERE tenant_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND route_tier IS NOT NULL
-                 GROUP BY route_tier ORDER BY route_tier",
+                "SELECT value, dim, SUM(requests), SUM(cost_nano)
+                 FROM usage_rollup
+                 WHERE tenant_id = ?1 AND dim IN (?2, ?3) AND (
+                       (period = 86400 AND bucket >= ?4 AND bucket < ?5)
+                    OR (period = 3600 AND bucket >= ?6 AND bucket < ?7 AND (bucket < ?4 OR bucket >= ?5)))
+                 GROUP BY value, dim",
             )?;
-            let rows = st.query_map(params![tenant.0, from_ms, to_ms], |r| {
-                Ok(RoutingRow {
-                    tier: r.get(0)?,
-                    calls: r.get(1)?,
-                    cost_nano: r.get(2)?,
-                    baseline_cost_nano: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let (d0, d1) = crate::store::ROUTE_TIER_DIMS;
+            let rows = st.query_map(
+                params![tenant.0, d0, d1, w.day_from, w.day_to, w.from, w.to],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            Ok(crate::store::routing_rows(rows.collect::<Result<Vec<_>, _>>()?))
         })
     }
 
@@ -3890,6 +3898,72 @@ mod tests {
             .analytics(&q(Granularity::Total, Dimension::None, Some(UserId(7))))
             .unwrap();
         assert_eq!(mine[0].cache_write_tokens, 2);
+    }
+
+    /// Routed calls recorded before schema 18 get into the routing roll-ups when it runs, so
+    /// the routing-savings page (read from the roll-ups since) still shows them.
+    #[test]
+    fn migration_18_rolls_up_routed_calls_already_recorded() {
+        let c = at_schema(17);
+        let hour = 1_700_000_000_000i64 / 3_600_000;
+        for (id, at, tier, cost, baseline) in [
+            ("a", hour, Some("light"), 10i64, Some(40i64)),
+            ("b", hour, Some("light"), 5, None),
+            ("c", hour + 30, Some("strong"), 40, Some(40)),
+            ("d", hour + 30, None, 99, None),
+        ] {
+            c.execute(
+                "INSERT INTO usage_events (request_id, ts_ms, tenant_id, key_id, endpoint, channel, model_requested,
+                    stream, status, prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens, usage_source,
+                    attempts, latency_ms, cost_nano, route_tier, baseline_cost_nano)
+                 VALUES (?1, ?2, 1, 3, 'chat', 'main', 'auto', 0, 200, 20, 0, 4, 0, 'vendor', 1, 5, ?3, ?4, ?5)",
+                params![id, at * 3_600_000 + 1_000, cost, tier, baseline],
+            )
+            .unwrap();
+        }
+        let s = Store::init(c).unwrap();
+        let rows = s
+            .routing_savings(TenantId(1), (hour - 1) * 3_600_000, (hour + 48) * 3_600_000)
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                RoutingRow {
+                    tier: "light".into(),
+                    calls: 2,
+                    cost_nano: 15,
+                    baseline_cost_nano: 45
+                },
+                RoutingRow {
+                    tier: "strong".into(),
+                    calls: 1,
+                    cost_nano: 40,
+                    baseline_cost_nano: 40
+                },
+            ]
+        );
+        // And calls recorded from then on add to them.
+        let mut e = crate::billing::usage::UsageEvent {
+            request_id: "e".into(),
+            ts_ms: (hour + 31) * 3_600_000,
+            tenant_id: Some(TenantId(1)),
+            cost_nano: 7,
+            baseline_cost_nano: Some(9),
+            route_tier: Some("light".into()),
+            ..Default::default()
+        };
+        s.record(std::slice::from_ref(&e)).unwrap();
+        e.request_id = "e".into();
+        s.record(&[e]).unwrap();
+        let light = s
+            .routing_savings(TenantId(1), (hour - 1) * 3_600_000, (hour + 48) * 3_600_000)
+            .unwrap()
+            .remove(0);
+        assert_eq!(
+            (light.calls, light.cost_nano, light.baseline_cost_nano),
+            (3, 22, 54),
+            "a replayed record counts once"
+        );
     }
 
     /// `cargo test --release --lib analytics_over_a_million_calls -- --ignored --nocapture`

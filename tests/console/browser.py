@@ -291,6 +291,12 @@ def main():
         no_csrf = vw_ctx.request.post(f"{CONSOLE}/console/account", form={"current_password": "x", "new_password": "y" * 12, "confirm": "y" * 12})
         check(no_csrf.status == 403, f"a form without CSRF answered {no_csrf.status}")
 
+        # A form posted from another site is refused, sign-in included (no login CSRF).
+        evil = vw_ctx.request.post(f"{CONSOLE}/console/login", headers={"Origin": "https://evil.example"},
+                                   form={"tenant": "Browser Co", "email": "viewer@browser.test", "password": "viewer password 1"},
+                                   max_redirects=0)
+        check(evil.status == 403, f"a cross-site sign-in answered {evil.status}")
+
         # --- Member: sees their own usage only, not the members list.
         _, member_link = mail_to("member@browser.test")
         mb_ctx = new()
