@@ -3042,6 +3042,18 @@ impl Store {
             ord: i64::MIN,
         });
         let lower = from_ms.max(after.ts_ms);
+        // One lower bound on time for the planner: a cursor before the range start becomes
+        // "everything from the start" (else SQLite walked the index from the cursor's time, not
+        // the range's: 100 ms for a range starting a month into a million calls).
+        let after = if after.ts_ms < lower {
+            StatementPos {
+                ts_ms: lower,
+                src: -1,
+                ord: i64::MIN,
+            }
+        } else {
+            after
+        };
         self.with(|c| {
             let mut st = c.prepare_cached(concat!(
                 "SELECT * FROM (
