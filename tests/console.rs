@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The management console in a real browser: Chromium (Debian's package) driven by Playwright
 //! (PyPI) through tests/console/browser.py, against a real `tollgate run` with the mock vendor
 //! and a local SMTP sink (aiosmtpd). Screenshots of every page in both languages go to

@@ -1,5 +1,8 @@
 //! The console's pages: one GET handler per page and one POST handler per form. Each renders
 //! from admin API answers (`Console::call`) with the signed-in session's token.
+// A refused request's answer is a whole page, returned as the `Err` of the checks (sign-in,
+// CSRF) that refuse it; boxing it would only add an allocation to every refusal.
+#![allow(clippy::result_large_err)]
 
 use super::{charts, i18n, Console, Ctx, Failure, LANG_COOKIE, SESSION_COOKIE};
 use axum::body::Body;
@@ -364,6 +367,24 @@ impl Console {
     async fn get(&self, cx: &Ctx, path: &str) -> Result<Value, Failure> {
         self.call(cx, Method::GET, path, None).await
     }
+
+    /// A page that lists one API listing's `data` as `name`.
+    async fn list_page(
+        &self,
+        cx: &Ctx,
+        me: &Value,
+        mut vars: Map<String, Value>,
+        (template, status): (&str, StatusCode),
+        path: &str,
+        name: &str,
+    ) -> Page {
+        let page = match self.get(cx, path).await {
+            Ok(p) => p,
+            Err(f) => return self.failure(cx, me, &f),
+        };
+        vars.insert(name.into(), page["data"].clone());
+        self.render(cx, me, template, status, vars)
+    }
 }
 
 /// The page's path and query, for links that come back to it.
@@ -505,6 +526,19 @@ macro_rules! operator_only {
     }};
 }
 
+/// A posted form of a signed-in user (`signed_in`) or the operator (`operator_only`), with
+/// the session's CSRF token checked: `(ctx, form, me)`, or the page that refuses it.
+macro_rules! posted {
+    ($c:expr, $req:expr, $who:ident) => {{
+        let (cx, form) = read_form($req).await;
+        let me = $who!($c, cx);
+        if let Err(p) = $c.check_csrf(&cx, &me, &form) {
+            return p;
+        }
+        (cx, form, me)
+    }};
+}
+
 macro_rules! try_api {
     ($c:expr, $cx:expr, $me:expr, $e:expr) => {
         match $e {
@@ -514,9 +548,18 @@ macro_rules! try_api {
     };
 }
 
-/// Tenant path values are ids or names; they go to the API percent-encoded.
+/// Tenant path values are ids or names; they go to the API as one percent-encoded path
+/// segment (a name with a space is `Acme%20Corp`, not the query form's `Acme+Corp`).
 fn tp(t: &str) -> String {
-    q(t)
+    let mut out = String::with_capacity(t.len());
+    for b in t.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -839,11 +882,7 @@ fn account_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: Statu
 }
 
 async fn account_post(State(c): C, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let raw = |n: &str| {
         form.0
             .iter()
@@ -1109,11 +1148,7 @@ async fn members_render(
 }
 
 async fn members_invite(State(c): C, Path(t): Path<String>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let mut body = json!({"email": form.get("email"), "role": form.get("role")});
     if let Some(g) = form.opt("group_id").and_then(|g| g.parse::<i64>().ok()) {
         body["group_id"] = json!(g);
@@ -1140,11 +1175,7 @@ async fn members_invite(State(c): C, Path(t): Path<String>, req: Request) -> Pag
 }
 
 async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let mut body = json!({
         "role": form.get("role"),
         "disabled": form.get("disabled") == "on",
@@ -1174,11 +1205,7 @@ async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Re
 }
 
 async fn members_reset(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, _form, me) = posted!(c, req, signed_in);
     // The user must be this tenant's (the API checks the caller may act on them).
     let user = match c.get(&cx, &format!("/admin/users/{id}")).await {
         Ok(u) => u,
@@ -1220,11 +1247,7 @@ async fn members_reset(State(c): C, Path((t, id)): Path<(String, i64)>, req: Req
 }
 
 async fn invite_revoke(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, _form, me) = posted!(c, req, signed_in);
     match c
         .call(
             &cx,
@@ -1258,24 +1281,13 @@ async fn departments_render(
 ) -> Page {
     let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
     apply_flash(&mut vars, cx, flash);
-    let tid = vars["t"].to_string();
-    let groups = try_api!(
-        c,
-        cx,
-        me,
-        c.get(cx, &format!("/admin/tenants/{tid}/groups?limit=500"))
-            .await
-    );
-    vars.insert("groups".into(), groups["data"].clone());
-    c.render(cx, me, "departments.html", status, vars)
+    let path = format!("/admin/tenants/{}/groups?limit=500", vars["t"]);
+    c.list_page(cx, me, vars, ("departments.html", status), &path, "groups")
+        .await
 }
 
 async fn departments_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let body = json!({"name": form.get("name"), "budget_credits": form.opt("budget")});
     match c
         .call(
@@ -1292,11 +1304,7 @@ async fn departments_create(State(c): C, Path(t): Path<String>, req: Request) ->
 }
 
 async fn departments_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let body = json!({"name": form.opt("name"), "budget_credits": form.opt("budget")});
     match c
         .call(
@@ -1362,11 +1370,7 @@ async fn keys_render(
 }
 
 async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let models: Vec<String> = form
         .get("allowed_models")
         .split([',', ' ', '\n'])
@@ -1413,11 +1417,7 @@ async fn keys_action(
     Path((t, id, action)): Path<(String, i64, String)>,
     req: Request,
 ) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, _form, me) = posted!(c, req, signed_in);
     // The key must be this tenant's: the API checks the caller may touch it; the console
     // checks it is the tenant in the URL, so that a page never acts on another tenant's key.
     let key = match c.get(&cx, &format!("/admin/keys/{id}")).await {
@@ -1706,11 +1706,7 @@ async fn redeem_render(
 }
 
 async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = signed_in!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, signed_in);
     let kind = if form.get("kind") == "promo" {
         "promo"
     } else {
@@ -1822,11 +1818,7 @@ async fn op_tenants_render(
 }
 
 async fn op_tenant_create(State(c): C, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = operator_only!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, operator_only);
     match c
         .call(
             &cx,
@@ -1842,11 +1834,7 @@ async fn op_tenant_create(State(c): C, req: Request) -> Page {
 }
 
 async fn op_topup(State(c): C, Path(t): Path<String>, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = operator_only!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, operator_only);
     let body = json!({
         "amount_rmb": form.get("amount_rmb"),
         "note": form.opt("note"),
@@ -1880,18 +1868,19 @@ async fn op_codes_render(
     flash: Flash,
     status: StatusCode,
 ) -> Page {
-    let mut vars = op_vars(cx, flash);
-    let codes = try_api!(c, cx, me, c.get(cx, "/admin/codes?limit=200").await);
-    vars.insert("codes".into(), codes["data"].clone());
-    c.render(cx, me, "op_codes.html", status, vars)
+    c.list_page(
+        cx,
+        me,
+        op_vars(cx, flash),
+        ("op_codes.html", status),
+        "/admin/codes?limit=200",
+        "codes",
+    )
+    .await
 }
 
 async fn op_codes_create(State(c): C, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = operator_only!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, operator_only);
     let count = match num_field(&form, "count") {
         Ok(n) => n.unwrap_or(json!(1)),
         Err(f) => return op_codes_render(&c, &cx, &me, Flash::err(&f), f.status).await,
@@ -1928,18 +1917,19 @@ async fn op_promos_render(
     flash: Flash,
     status: StatusCode,
 ) -> Page {
-    let mut vars = op_vars(cx, flash);
-    let promos = try_api!(c, cx, me, c.get(cx, "/admin/promos?limit=200").await);
-    vars.insert("promos".into(), promos["data"].clone());
-    c.render(cx, me, "op_promos.html", status, vars)
+    c.list_page(
+        cx,
+        me,
+        op_vars(cx, flash),
+        ("op_promos.html", status),
+        "/admin/promos?limit=200",
+        "promos",
+    )
+    .await
 }
 
 async fn op_promos_create(State(c): C, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = operator_only!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, form, me) = posted!(c, req, operator_only);
     let max_uses = match num_field(&form, "max_uses") {
         Ok(n) => n,
         Err(f) => return op_promos_render(&c, &cx, &me, Flash::err(&f), f.status).await,
@@ -1979,11 +1969,7 @@ async fn op_health_render(
 }
 
 async fn op_reload(State(c): C, req: Request) -> Page {
-    let (cx, form) = read_form(req).await;
-    let me = operator_only!(c, cx);
-    if let Err(p) = c.check_csrf(&cx, &me, &form) {
-        return p;
-    }
+    let (cx, _form, me) = posted!(c, req, operator_only);
     match c.call(&cx, Method::POST, "/admin/reload", None).await {
         Ok(_) => redirect("/console/op/health?done=reloaded"),
         Err(f) => op_health_render(&c, &cx, &me, Flash::err(&f), f.status).await,

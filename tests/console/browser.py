@@ -72,8 +72,7 @@ def sign_in(page, tenant, mail, password):
     page.fill("input[name=tenant]", tenant)
     page.fill("input[name=email]", mail)
     page.fill("input[name=password]", password)
-    page.click("#sign-in")
-    page.wait_for_load_state()
+    submit(page, "#sign-in")
 
 
 def accept(page, link, name, password):
@@ -81,8 +80,13 @@ def accept(page, link, name, password):
     page.fill("input[name=name]", name)
     page.fill("input[name=password]", password)
     page.fill("input[name=confirm]", password)
-    page.click("#accept")
-    page.wait_for_load_state()
+    submit(page, "#accept")
+
+
+def submit(page, selector):
+    """Clicks a submit button and waits for the page it leads to (not the one still shown)."""
+    with page.expect_navigation():
+        page.click(selector)
 
 
 def csrf_of(page):
@@ -90,8 +94,7 @@ def csrf_of(page):
 
 
 def set_lang(page, lang):
-    page.click(f"nav.lang a[href^='/console/lang/{lang}']")
-    page.wait_for_load_state()
+    submit(page, f"nav.lang a[href^='/console/lang/{lang}']")
 
 
 def main():
@@ -109,24 +112,22 @@ def main():
         op.click("details summary")
         op.fill("input[name=operator_token]", "wrong-token")
         with expected_refusals():
-            op.click("#operator-sign-in")
-            op.wait_for_load_state()
+            submit(op, "#operator-sign-in")
         check(op.locator(".flash.err").count() == 1, "a wrong operator token was not refused")
         op.click("details summary")
         op.fill("input[name=operator_token]", OPERATOR)
-        op.click("#operator-sign-in")
+        submit(op, "#operator-sign-in")
         op.wait_for_url("**/console/op/tenants")
         for name in ["Browser Co", "Other Co"]:
             op.fill("#tenant-form input[name=name]", name)
-            op.click("#tenant-form button")
-            op.wait_for_load_state()
+            submit(op, "#tenant-form button")
         tenants = {t["name"]: t["id"] for t in api("GET", "/admin/tenants")["data"]}
         tid, other = tenants["Browser Co"], tenants["Other Co"]
         row = op.locator(f"#tenant-{tid}")
         row.locator("input[name=amount_rmb]").fill("500")
         row.locator("input[name=note]").fill("first top-up")
-        row.locator("button").click()
-        op.wait_for_load_state()
+        with op.expect_navigation():
+            row.locator("button").click()
         check(op.locator(".flash.ok").count() == 1, "top-up not confirmed")
         balance = api("GET", f"/admin/tenants/{tid}/balance")
         check(Decimal(balance["available"]) > 0, f"top-up did not arrive: {balance}")
@@ -136,8 +137,7 @@ def main():
         op.goto(f"{CONSOLE}/console/t/{tid}/members")
         op.fill("#invite-form input[name=email]", "admin@browser.test")
         op.select_option("#invite-form select[name=role]", "tenant_admin")
-        op.click("#invite-form button")
-        op.wait_for_load_state()
+        submit(op, "#invite-form button")
         _, admin_link = mail_to("admin@browser.test")
 
         # --- Tenant admin: accept the emailed invitation, set a password.
@@ -155,19 +155,17 @@ def main():
             ad.goto(f"{CONSOLE}/console/t/{tid}/members")
             ad.fill("#invite-form input[name=email]", mail)
             ad.select_option("#invite-form select[name=role]", role)
-            ad.click("#invite-form button")
-            ad.wait_for_load_state()
+            submit(ad, "#invite-form button")
             check(ad.locator("#invite-link").count() == 1, "the invitation link is not shown")
         ad.goto(f"{CONSOLE}/console/t/{tid}/departments")
         ad.fill("#department-form input[name=name]", "Research")
         ad.fill("#department-form input[name=budget]", "100")
-        ad.click("#department-form button")
-        ad.wait_for_load_state()
+        submit(ad, "#department-form button")
         check(ad.locator("#department-form ~ table td", has_text="Research").count() >= 1, "department not listed")
         group_row = ad.locator("tr[id^=group-]").first
         group_row.locator("input[name=budget]").fill("150")
-        group_row.locator("button").click()
-        ad.wait_for_load_state()
+        with ad.expect_navigation():
+            group_row.locator("button").click()
         check("150.00" in ad.locator("tr[id^=group-]").first.inner_text(), "the budget was not changed")
 
         # Create a key; the secret is shown once and copies to the clipboard.
@@ -175,8 +173,7 @@ def main():
         ad.click("#create-key summary")
         ad.fill("#create-key input[name=name]", "ci-key")
         ad.fill("#create-key input[name=quota]", "50")
-        ad.click("#create-key-submit")
-        ad.wait_for_load_state()
+        submit(ad, "#create-key-submit")
         secret = ad.locator("#new-secret").inner_text().strip()
         check(secret.startswith("tg-"), f"no secret shown: {secret!r}")
         ad.click("#copy-secret")
@@ -209,20 +206,17 @@ def main():
         op.fill("#codes-form input[name=credits]", "25")
         op.fill("#codes-form input[name=count]", "2")
         op.fill("#codes-form input[name=batch]", "browser")
-        op.click("#codes-form button")
-        op.wait_for_load_state()
+        submit(op, "#codes-form button")
         code = op.locator("#new-codes").inner_text().split()[0]
         shot(op, "op-codes-en")
         ad.goto(f"{CONSOLE}/console/t/{tid}/redeem")
         ad.fill("#redeem-form input[name=code]", code)
-        ad.click("#redeem-form button")
-        ad.wait_for_load_state()
+        submit(ad, "#redeem-form button")
         check(ad.locator("#redeemed").count() == 1, "the code was not redeemed")
         ad.goto(f"{CONSOLE}/console/t/{tid}/redeem")
         ad.fill("#redeem-form input[name=code]", code)
         with expected_refusals():
-            ad.click("#redeem-form button")
-            ad.wait_for_load_state()
+            submit(ad, "#redeem-form button")
         check(ad.locator(".flash.err").count() == 1, "a used code was accepted twice")
 
         # CSV downloads match the API's totals.
@@ -270,6 +264,8 @@ def main():
             ad.goto(f"{CONSOLE}/console/t/999999/usage")
         check(ad.locator("h1").inner_text() == h1_foreign, "a foreign tenant looks different from a missing one")
         check(ad_ctx.request.get(f"{CONSOLE}/console/op/tenants").status == 404, "operator pages open to a tenant admin")
+        by_name = ad_ctx.request.get(f"{CONSOLE}/console/t/Browser%20Co/keys")
+        check(by_name.status == 200 and "ci-key" in by_name.text(), f"the tenant by its name answered {by_name.status}")
 
         # --- Finance viewer: read-only. No create button; a forged POST is refused.
         _, viewer_link = mail_to("viewer@browser.test")
@@ -309,8 +305,7 @@ def main():
         check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/records").status in (403, 404), "a member reads the tenant's records")
 
         # --- Sign-out ends the session; wrong passwords lock the account.
-        mb.click("button.link")
-        mb.wait_for_load_state()
+        submit(mb, "button.link")
         check("/console/login" in mb.url, "sign-out did not go to the login page")
         check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/usage", max_redirects=0).status == 303, "the session survived sign-out")
         with expected_refusals():
@@ -320,31 +315,29 @@ def main():
         check("/console/login" in mb.url and "locked" in mb.content(), "five wrong passwords did not lock the account")
         # Forgot password: the emailed link sets a new one (and lifts the lock).
         mb.goto(CONSOLE + "/console/login")
-        mb.click("#forgot")
+        with mb.expect_navigation():
+            mb.click("#forgot")
         mb.fill("input[name=tenant]", "Browser Co")
         mb.fill("input[name=email]", "member@browser.test")
-        mb.click("#send-reset")
-        mb.wait_for_load_state()
+        submit(mb, "#send-reset")
         check(mb.locator("#reset-sent").count() == 1, "no confirmation after asking for a reset")
         _, reset_link = mail_to("member@browser.test", kind="reset")
         shot(mb, "reset-en")
         mb.goto(reset_link)
         mb.fill("input[name=password]", "a brand new password")
         mb.fill("input[name=confirm]", "a brand new password")
-        mb.click("#set-password")
-        mb.wait_for_load_state()
+        submit(mb, "#set-password")
         check(mb.url.rstrip("/").endswith(f"/console/t/{tid}"), f"not signed in after the reset: {mb.url}")
         with expected_refusals():
             mb.goto(reset_link)
             mb.fill("input[name=password]", "another new password")
             mb.fill("input[name=confirm]", "another new password")
-            mb.click("#set-password")
-            mb.wait_for_load_state()
+            submit(mb, "#set-password")
         check(mb.locator(".flash.err").count() == 1, "a reset link worked twice")
         # A tenant admin makes a reset link for a member (emailed too).
         ad.goto(f"{CONSOLE}/console/t/{tid}/members")
-        ad.locator("tr", has_text="member@browser.test").locator("button", has_text="Reset password").click()
-        ad.wait_for_load_state()
+        with ad.expect_navigation():
+            ad.locator("tr", has_text="member@browser.test").locator("button", has_text="Reset password").click()
         check(ad.locator("#reset-link").count() == 1, "the admin's reset link is not shown")
 
         # --- Operator pages, screenshots in both languages.
