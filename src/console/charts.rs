@@ -6,7 +6,7 @@ use serde::Serialize;
 /// Drawing area (SVG user units); the SVG scales to its container.
 pub const WIDTH: f64 = 720.0;
 pub const HEIGHT: f64 = 220.0;
-const LEFT: f64 = 56.0;
+const LEFT: f64 = 76.0;
 const BOTTOM: f64 = 24.0;
 const TOP: f64 = 8.0;
 

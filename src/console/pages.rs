@@ -119,7 +119,13 @@ pub fn environment() -> Environment<'static> {
             .and_then(|r| f64::try_from(r).ok())
             .filter(|r| *r > 0.0)
             .unwrap_or(1.0);
-        format!("¥{}", group_digits(number(&v) / rate, 2))
+        let yuan = number(&v) / rate;
+        let decimals = if yuan != 0.0 && yuan.abs() < 0.01 {
+            6
+        } else {
+            2
+        };
+        format!("¥{}", group_digits(yuan, decimals))
     });
     env.add_filter("num", |v: MjValue| group_digits(number(&v), 0));
     env.add_filter("pct", |v: MjValue| format!("{:.1}%", number(&v) * 100.0));
