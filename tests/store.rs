@@ -2176,3 +2176,90 @@ fn opening_balances_agree_with_the_records_on_sqlite_and_postgresql() {
     let store = Store::open_postgres(&pg.database("opening"), 4).unwrap();
     opening_balances_behaviour(&store, "postgresql");
 }
+
+/// Payment orders: created, pending with the provider's id, paid once (a second "paid" changes
+/// nothing), closed only while unpaid; listed per tenant, newest first.
+fn orders_behaviour(s: &Store, backend: &str) {
+    let t = s.create_tenant("Pay Co").unwrap();
+    let other = s.create_tenant("Other Pay Co").unwrap();
+    let o = s
+        .create_order(
+            t.id,
+            "stripe",
+            10_000,
+            "cny",
+            Some("WELCOME"),
+            Some("user:1"),
+            1800,
+        )
+        .unwrap();
+    assert_eq!(
+        (o.state.as_str(), o.amount_minor, o.late),
+        ("created", 10_000, false),
+        "{backend}"
+    );
+    assert_eq!(o.expires_at - o.created_at, 1800, "{backend}");
+    let o = s.order_pending(o.id, "cs_test_1").unwrap();
+    assert_eq!(
+        (o.state.as_str(), o.provider_ref.as_deref()),
+        ("pending", Some("cs_test_1")),
+        "{backend}"
+    );
+    let paid = s.order_paid(o.id, "order:1:1", true).unwrap();
+    assert_eq!(
+        (paid.state.as_str(), paid.late, paid.entry_id.as_deref()),
+        ("paid", true, Some("order:1:1")),
+        "{backend}"
+    );
+    let again = s.order_paid(o.id, "order:other", false).unwrap();
+    assert_eq!(again, paid, "{backend}: paid once");
+    assert_eq!(
+        s.order_closed(o.id, "expired").unwrap().state,
+        "paid",
+        "{backend}: a paid order stays paid"
+    );
+    let second = s
+        .create_order(t.id, "stripe", 500, "cny", None, None, 60)
+        .unwrap();
+    assert_eq!(
+        s.order_closed(second.id, "expired").unwrap().state,
+        "expired",
+        "{backend}"
+    );
+    s.create_order(other.id, "stripe", 700, "cny", None, None, 60)
+        .unwrap();
+    let mine: Vec<i64> = s
+        .list_orders(Some(t.id), 10)
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(mine, vec![second.id, o.id], "{backend}");
+    assert_eq!(s.list_orders(None, 10).unwrap().len(), 3, "{backend}");
+    assert!(
+        matches!(s.order(999_999), Err(StoreError::NotFound { .. })),
+        "{backend}"
+    );
+    assert!(
+        s.create_order(
+            tollgate::tenancy::TenantId(999_999),
+            "stripe",
+            1,
+            "cny",
+            None,
+            None,
+            60
+        )
+        .is_err(),
+        "{backend}"
+    );
+}
+
+#[test]
+fn payment_orders_behave_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    orders_behaviour(&lite, "sqlite");
+    let pg = Postgres::start();
+    let store = Store::open_postgres(&pg.database("orders"), 4).unwrap();
+    orders_behaviour(&store, "postgresql");
+}

@@ -32,6 +32,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("usage_rollup", None),
     ("charge_days", Some("id")),
     ("usage_archives", Some("id")),
+    ("payment_orders", Some("id")),
 ];
 
 /// Rows per INSERT (PostgreSQL takes at most 65,535 parameters a statement).

@@ -376,6 +376,41 @@ pub trait Members: Send + Sync {
     async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError>;
 }
 
+/// Online payment orders (`payment_orders`): the PostgreSQL side of the same calls on
+/// `sqlite::Store`.
+#[async_trait::async_trait]
+pub trait Orders: Send + Sync {
+    #[allow(clippy::too_many_arguments)]
+    async fn create_order(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        amount_minor: i64,
+        currency: &str,
+        promo_code: Option<&str>,
+        created_by: Option<&str>,
+        ttl_secs: i64,
+    ) -> Result<sqlite::PaymentOrder, StoreError>;
+    async fn order(&self, id: i64) -> Result<sqlite::PaymentOrder, StoreError>;
+    async fn list_orders(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<sqlite::PaymentOrder>, StoreError>;
+    async fn order_pending(
+        &self,
+        id: i64,
+        provider_ref: &str,
+    ) -> Result<sqlite::PaymentOrder, StoreError>;
+    async fn order_closed(&self, id: i64, state: &str) -> Result<sqlite::PaymentOrder, StoreError>;
+    async fn order_paid(
+        &self,
+        id: i64,
+        entry_id: &str,
+        late: bool,
+    ) -> Result<sqlite::PaymentOrder, StoreError>;
+}
+
 /// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls
 /// on `sqlite::Store`.
 #[async_trait::async_trait]

@@ -2584,3 +2584,145 @@ impl super::Sessions for PgStore {
         Ok(())
     }
 }
+
+fn order_from_pg(r: &PgRow) -> Result<super::sqlite::PaymentOrder, sqlx::Error> {
+    Ok(super::sqlite::PaymentOrder {
+        id: r.try_get("id")?,
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        provider: r.try_get("provider")?,
+        amount_minor: r.try_get("amount_minor")?,
+        currency: r.try_get("currency")?,
+        promo_code: r.try_get("promo_code")?,
+        state: r.try_get("state")?,
+        provider_ref: r.try_get("provider_ref")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        paid_at: r.try_get("paid_at")?,
+        late: r.try_get::<i64, _>("late")? != 0,
+        entry_id: r.try_get("entry_id")?,
+    })
+}
+
+const ORDER_COLUMNS: &str =
+    "id, tenant_id, provider, amount_minor, currency, promo_code, state, provider_ref,
+     created_by, created_at, expires_at, paid_at, late, entry_id";
+
+#[async_trait::async_trait]
+impl super::Orders for PgStore {
+    async fn create_order(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        amount_minor: i64,
+        currency: &str,
+        promo_code: Option<&str>,
+        created_by: Option<&str>,
+        ttl_secs: i64,
+    ) -> Result<super::sqlite::PaymentOrder, StoreError> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+            .bind(tenant.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::not_found("tenant", tenant.0));
+        }
+        let now = unix_now();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO payment_orders (tenant_id, provider, amount_minor, currency, promo_code, state, created_by, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, 'created', $6, $7, $8) RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(tenant.0)
+        .bind(provider)
+        .bind(amount_minor)
+        .bind(currency)
+        .bind(promo_code)
+        .bind(created_by)
+        .bind(now)
+        .bind(now + ttl_secs)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(order_from_pg(&row)?)
+    }
+
+    async fn order(&self, id: i64) -> Result<super::sqlite::PaymentOrder, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM payment_orders WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(order_from_pg(&r)?),
+            None => Err(StoreError::not_found("order", id)),
+        }
+    }
+
+    async fn list_orders(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<super::sqlite::PaymentOrder>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM payment_orders WHERE ($1::BIGINT IS NULL OR tenant_id = $1)
+             ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(tenant.map(|t| t.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(order_from_pg)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn order_pending(
+        &self,
+        id: i64,
+        provider_ref: &str,
+    ) -> Result<super::sqlite::PaymentOrder, StoreError> {
+        sqlx::query(
+            "UPDATE payment_orders SET state = 'pending', provider_ref = $2 WHERE id = $1 AND state = 'created'",
+        )
+        .bind(id)
+        .bind(provider_ref)
+        .execute(&self.pool)
+        .await?;
+        super::Orders::order(self, id).await
+    }
+
+    async fn order_closed(
+        &self,
+        id: i64,
+        state: &str,
+    ) -> Result<super::sqlite::PaymentOrder, StoreError> {
+        sqlx::query(
+            "UPDATE payment_orders SET state = $2 WHERE id = $1 AND state IN ('created', 'pending')",
+        )
+        .bind(id)
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        super::Orders::order(self, id).await
+    }
+
+    async fn order_paid(
+        &self,
+        id: i64,
+        entry_id: &str,
+        late: bool,
+    ) -> Result<super::sqlite::PaymentOrder, StoreError> {
+        sqlx::query(
+            "UPDATE payment_orders SET state = 'paid', paid_at = $2, entry_id = $3, late = $4
+             WHERE id = $1 AND state != 'paid' AND state != 'refunded'",
+        )
+        .bind(id)
+        .bind(unix_now())
+        .bind(entry_id)
+        .bind(late as i64)
+        .execute(&self.pool)
+        .await?;
+        super::Orders::order(self, id).await
+    }
+}

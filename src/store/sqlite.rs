@@ -366,6 +366,25 @@ const MIGRATIONS: &[&str] = &[
         FROM usage_events, (SELECT 6 AS dim UNION ALL SELECT 7) d, (SELECT 3600 AS period UNION ALL SELECT 86400) p
         WHERE route_tier IS NOT NULL AND tenant_id IS NOT NULL
         GROUP BY tenant_id, d.dim, p.period, 4, route_tier;",
+    // 19: online payment orders (issue 17; migrations/postgres/0005_payment_orders.sql)
+    "CREATE TABLE payment_orders (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        provider TEXT NOT NULL,
+        amount_minor INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        promo_code TEXT,
+        state TEXT NOT NULL,
+        provider_ref TEXT,
+        created_by TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        paid_at INTEGER,
+        late INTEGER NOT NULL DEFAULT 0,
+        entry_id TEXT
+     );
+     CREATE INDEX payment_orders_tenant ON payment_orders(tenant_id, id);
+     CREATE UNIQUE INDEX payment_orders_ref ON payment_orders(provider, provider_ref);",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -759,6 +778,32 @@ pub struct NewKey {
     /// The member who owns the key, if any.
     pub user_id: Option<UserId>,
     pub limits: Limits,
+}
+
+/// An online payment order (`Store::create_order`): money a tenant admin is paying through a
+/// provider, credited once when the provider says it is paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PaymentOrder {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    /// `stripe`, `alipay` or `wechat`.
+    pub provider: String,
+    /// In the currency's minor unit (fen for CNY).
+    pub amount_minor: i64,
+    pub currency: String,
+    pub promo_code: Option<String>,
+    /// `created`, `pending`, `paid`, `expired`, `failed` or `refunded`.
+    pub state: String,
+    /// The provider's id for it (a Checkout Session, a trade number).
+    pub provider_ref: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub paid_at: Option<i64>,
+    /// Paid after it had expired (credited all the same, and flagged).
+    pub late: bool,
+    /// The top-up entry it was credited with.
+    pub entry_id: Option<String>,
 }
 
 /// A console sign-in's account (`Store::login_account`).
@@ -1868,6 +1913,135 @@ impl Store {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    const ORDER_COLUMNS: &'static str =
+        "id, tenant_id, provider, amount_minor, currency, promo_code, state, provider_ref,
+         created_by, created_at, expires_at, paid_at, late, entry_id";
+
+    fn order_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentOrder> {
+        Ok(PaymentOrder {
+            id: r.get(0)?,
+            tenant_id: TenantId(r.get(1)?),
+            provider: r.get(2)?,
+            amount_minor: r.get(3)?,
+            currency: r.get(4)?,
+            promo_code: r.get(5)?,
+            state: r.get(6)?,
+            provider_ref: r.get(7)?,
+            created_by: r.get(8)?,
+            created_at: r.get(9)?,
+            expires_at: r.get(10)?,
+            paid_at: r.get(11)?,
+            late: r.get::<_, i64>(12)? != 0,
+            entry_id: r.get(13)?,
+        })
+    }
+
+    /// A new payment order in state `created`, valid `ttl_secs`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_order(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        amount_minor: i64,
+        currency: &str,
+        promo_code: Option<&str>,
+        created_by: Option<&str>,
+        ttl_secs: i64,
+    ) -> Result<PaymentOrder, StoreError> {
+        pg!(self, { let provider = provider.to_string(); let currency = currency.to_string(); let promo_code = promo_code.map(str::to_string); let created_by = created_by.map(str::to_string); } s => crate::store::Orders::create_order(&s, tenant, &provider, amount_minor, &currency, promo_code.as_deref(), created_by.as_deref(), ttl_secs).await);
+        let id = self.with(|c| {
+            let tx = c.transaction()?;
+            Store::require_tenant(&tx, tenant)?;
+            let now = unix_now();
+            tx.execute(
+                "INSERT INTO payment_orders (tenant_id, provider, amount_minor, currency, promo_code, state, created_by, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'created', ?6, ?7, ?8)",
+                params![tenant.0, provider, amount_minor, currency, promo_code, created_by, now, now + ttl_secs],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id)
+        })?;
+        self.order(id)
+    }
+
+    pub fn order(&self, id: i64) -> Result<PaymentOrder, StoreError> {
+        pg!(self, {} s => crate::store::Orders::order(&s, id).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM payment_orders WHERE id = ?1",
+                Store::ORDER_COLUMNS
+            );
+            c.query_row(&sql, params![id], Store::order_from_row)
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("order", id))
+        })
+    }
+
+    /// A tenant's orders (all tenants': `None`), newest first, at most `limit`.
+    pub fn list_orders(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<PaymentOrder>, StoreError> {
+        pg!(self, {} s => crate::store::Orders::list_orders(&s, tenant, limit).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM payment_orders WHERE (?1 IS NULL OR tenant_id = ?1) ORDER BY id DESC LIMIT ?2",
+                Store::ORDER_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![tenant.map(|t| t.0), limit], Store::order_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The provider has the order (its id for it): `created` becomes `pending`.
+    pub fn order_pending(&self, id: i64, provider_ref: &str) -> Result<PaymentOrder, StoreError> {
+        pg!(self, { let provider_ref = provider_ref.to_string(); } s => crate::store::Orders::order_pending(&s, id, &provider_ref).await);
+        self.with(|c| {
+            c.execute(
+                "UPDATE payment_orders SET state = 'pending', provider_ref = ?2 WHERE id = ?1 AND state = 'created'",
+                params![id, provider_ref],
+            )?;
+            Ok(())
+        })?;
+        self.order(id)
+    }
+
+    /// Moves an order that is not paid to `expired` or `failed` (a paid one stays paid).
+    pub fn order_closed(&self, id: i64, state: &str) -> Result<PaymentOrder, StoreError> {
+        pg!(self, { let state = state.to_string(); } s => crate::store::Orders::order_closed(&s, id, &state).await);
+        self.with(|c| {
+            c.execute(
+                "UPDATE payment_orders SET state = ?2 WHERE id = ?1 AND state IN ('created', 'pending')",
+                params![id, state],
+            )?;
+            Ok(())
+        })?;
+        self.order(id)
+    }
+
+    /// Records that an order was paid and credited with `entry_id` (once: a second call
+    /// changes nothing). `late`: the payment came after the order expired.
+    pub fn order_paid(
+        &self,
+        id: i64,
+        entry_id: &str,
+        late: bool,
+    ) -> Result<PaymentOrder, StoreError> {
+        pg!(self, { let entry_id = entry_id.to_string(); } s => crate::store::Orders::order_paid(&s, id, &entry_id, late).await);
+        self.with(|c| {
+            c.execute(
+                "UPDATE payment_orders SET state = 'paid', paid_at = ?2, entry_id = ?3, late = ?4
+                 WHERE id = ?1 AND state != 'paid' AND state != 'refunded'",
+                params![id, unix_now(), entry_id, late as i64],
+            )?;
+            Ok(())
+        })?;
+        self.order(id)
     }
 
     /// Renames a tenant's group or changes its budget (`Some(None)` removes it).
