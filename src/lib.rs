@@ -20,6 +20,7 @@ pub mod mail;
 pub mod metrics;
 pub mod mock;
 pub mod passthrough;
+pub mod payments;
 pub mod protocol;
 pub mod proxy;
 pub mod router;

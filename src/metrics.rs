@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Admin API authentications refused: `invalid` (a wrong token), `throttled` (refused
     /// without a check: too many wrong tokens from that address).
     pub admin_auth_failures: IntCounterVec,
+    /// Payment notifications by provider and outcome (`credited`, `duplicate`, `ignored`,
+    /// `bad_signature`, `unknown_order`, `mismatch`, `error`).
+    pub payment_notifications: IntCounterVec,
     /// Client connections closed because a request head did not arrive whole in time.
     pub header_timeouts: IntCounter,
     pub malformed_requests: IntCounter,
@@ -175,6 +178,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["reason"],
     )?;
     registry.register(Box::new(admin_auth_failures.clone()))?;
+    let payment_notifications = IntCounterVec::new(
+        Opts::new(
+            "tollgate_payment_notifications_total",
+            "Payment provider notifications, by provider and outcome (credited, duplicate, ignored, bad_signature, unknown_order, mismatch, error)",
+        ),
+        &["provider", "outcome"],
+    )?;
+    registry.register(Box::new(payment_notifications.clone()))?;
     let header_timeouts = IntCounter::new(
         "tollgate_client_header_timeouts_total",
         "Client connections closed because a request head did not arrive whole within server.header_timeout_seconds",
@@ -275,6 +286,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         endpoint_requests,
         endpoint_ok,
         admin_auth_failures,
+        payment_notifications,
         header_timeouts,
         malformed_requests,
         credit_bank_up,

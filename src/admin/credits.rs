@@ -90,7 +90,7 @@ pub async fn balance(
 }
 
 /// Applies committed credit entries to the live books.
-async fn apply_credits(admin: &Admin, entries: &[LedgerEntry]) {
+pub(super) async fn apply_credits(admin: &Admin, entries: &[LedgerEntry]) {
     for e in entries {
         admin.app.ledger.apply_committed(e);
     }

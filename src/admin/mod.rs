@@ -21,6 +21,7 @@ mod keys;
 mod listing;
 mod members;
 mod ops;
+mod payments;
 mod sessions;
 mod tenants;
 mod usage;
@@ -190,6 +191,9 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(credits::statement))
         .routes(routes!(credits::redeem))
         .routes(routes!(credits::claim_promo))
+        .routes(routes!(payments::create_order, payments::list_orders))
+        .routes(routes!(payments::all_orders))
+        .routes(routes!(payments::stripe_webhook))
         .routes(routes!(credits::list_codes, credits::create_codes))
         .routes(routes!(credits::list_promos, credits::create_promo))
         .routes(routes!(usage::list_usage))

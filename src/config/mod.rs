@@ -66,6 +66,16 @@ pub struct AdminSettings {
     pub secure_cookies: bool,
 }
 
+/// Online payment (`[payments]`).
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    pub min_rmb: Decimal,
+    pub max_rmb: Decimal,
+    pub order_secs: i64,
+    /// Stripe, when configured and its secrets are set.
+    pub stripe: Option<crate::payments::stripe::Stripe>,
+}
+
 /// Outgoing mail (`[smtp]`).
 #[derive(Debug, Clone)]
 pub struct SmtpSettings {
@@ -396,6 +406,8 @@ pub struct Config {
     pub router: Option<Arc<crate::router::RouterSettings>>,
     /// Outgoing mail for console invitations.
     pub smtp: Option<SmtpSettings>,
+    /// Online payment.
+    pub payments: Option<PaymentSettings>,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -456,6 +468,7 @@ impl Config {
             channels,
             router,
             smtp,
+            payments,
         } = file;
         let mut warnings = Vec::new();
 
@@ -491,6 +504,42 @@ impl Config {
                 .public_url
                 .map(|u| u.trim_end_matches('/').to_string()),
             secure_cookies: admin.secure_cookies,
+        };
+        let payments = match payments {
+            None => None,
+            Some(p) => {
+                if p.min_rmb <= Decimal::ZERO || p.max_rmb < p.min_rmb {
+                    return Err(invalid("payments", "needs 0 < min_rmb <= max_rmb"));
+                }
+                if !(1..=1440).contains(&p.order_minutes) {
+                    return Err(invalid("payments.order_minutes", "must be 1 to 1440"));
+                }
+                let stripe = match p.stripe {
+                    None => None,
+                    Some(s) => match (env(&s.secret_key_env), env(&s.webhook_secret_env)) {
+                        (Some(secret_key), Some(webhook_secret)) => {
+                            Some(crate::payments::stripe::Stripe {
+                                secret_key,
+                                webhook_secret,
+                                api_base: s.api_base,
+                            })
+                        }
+                        _ => {
+                            warnings.push(format!(
+                                "payments.stripe: ${} or ${} is not set; Stripe is off",
+                                s.secret_key_env, s.webhook_secret_env
+                            ));
+                            None
+                        }
+                    },
+                };
+                Some(PaymentSettings {
+                    min_rmb: p.min_rmb,
+                    max_rmb: p.max_rmb,
+                    order_secs: i64::from(p.order_minutes) * 60,
+                    stripe,
+                })
+            }
         };
         let smtp = match smtp {
             None => None,
@@ -713,6 +762,7 @@ impl Config {
             },
             router,
             smtp,
+            payments,
             warnings,
         })
     }

@@ -36,6 +36,49 @@ pub struct FileConfig {
     /// Outgoing mail (console invitations); absent: the console shows links to copy.
     #[serde(default)]
     pub smtp: Option<SmtpSection>,
+    /// Online payment (docs/payments.md); absent: only operators credit tenants.
+    #[serde(default)]
+    pub payments: Option<PaymentsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsSection {
+    /// Smallest and largest order, in RMB.
+    #[serde(default = "default_min_rmb")]
+    pub min_rmb: Decimal,
+    #[serde(default = "default_max_rmb")]
+    pub max_rmb: Decimal,
+    /// How long an order can be paid (minutes; Stripe needs 30 to 1440).
+    #[serde(default = "default_order_minutes")]
+    pub order_minutes: u32,
+    #[serde(default)]
+    pub stripe: Option<StripeSection>,
+}
+
+fn default_min_rmb() -> Decimal {
+    Decimal::from(10)
+}
+fn default_max_rmb() -> Decimal {
+    Decimal::from(100_000)
+}
+fn default_order_minutes() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSection {
+    /// Environment variable holding the secret API key (`sk_live_...`).
+    pub secret_key_env: String,
+    /// Environment variable holding the webhook endpoint's signing secret (`whsec_...`).
+    pub webhook_secret_env: String,
+    #[serde(default = "default_stripe_api")]
+    pub api_base: String,
+}
+
+fn default_stripe_api() -> String {
+    "https://api.stripe.com".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,103 @@
+//! Online payment (issue 17): tenants pay through a provider, and credit is granted only from
+//! the provider's verified notification, once per order (the order's id is the top-up's
+//! idempotency key, so a notification delivered five times, concurrently or after a crash
+//! between crediting and marking the order, credits once).
+//!
+//! Providers speak their own protocols: `stripe` (Checkout Sessions, `Stripe-Signature`
+//! webhooks) is here; Alipay and WeChat Pay are not yet (docs/payments.md).
+
+pub mod stripe;
+
+/// What a provider answers when an order is placed: its id for the payment and where to send
+/// the payer.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub provider_ref: String,
+    pub pay_url: String,
+}
+
+/// An HTTP(S) answer of a provider's API.
+pub struct Answer {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+/// POSTs a form to a provider's API (`url`: `https://host[:port]/path` or `http://` for a
+/// local mock) with Pingora's client (its TLS, its connection code: no second HTTP stack).
+pub async fn post_form(
+    url: &str,
+    headers: &[(&str, String)],
+    form: &[(&str, String)],
+) -> Result<Answer, String> {
+    use pingora::connectors::http::Connector;
+    use pingora::upstreams::peer::HttpPeer;
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!("`{url}` is not an http(s) address"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("bad port in `{url}`"))?,
+        ),
+        _ => (authority, if tls { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    let err = |e: Box<pingora::Error>| e.to_string();
+    let peer = HttpPeer::new(addr, tls, host.to_string());
+    let connector = Connector::new(None);
+    let (mut session, _) = connector.get_http_session(&peer).await.map_err(err)?;
+    let mut req = pingora_http::RequestHeader::build("POST", path.as_bytes(), None).map_err(err)?;
+    req.insert_header("Host", authority).map_err(err)?;
+    req.insert_header("Content-Type", "application/x-www-form-urlencoded")
+        .map_err(err)?;
+    req.insert_header("Content-Length", body.len().to_string())
+        .map_err(err)?;
+    req.insert_header("Accept", "application/json")
+        .map_err(err)?;
+    for (k, v) in headers {
+        req.insert_header(k.to_string(), v.as_str()).map_err(err)?;
+    }
+    let exchange = async {
+        session.write_request_header(Box::new(req)).await?;
+        session
+            .write_request_body(bytes::Bytes::from(body), true)
+            .await?;
+        session.finish_request_body().await?;
+        session.read_response_header().await?;
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = session.read_response_body().await? {
+            if out.len() + chunk.len() > 1 << 20 {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok::<_, Box<pingora::Error>>(Answer {
+            status,
+            body: out.freeze(),
+        })
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), exchange)
+        .await
+        .map_err(|_| "the provider did not answer within 20 s".to_string())?
+        .map_err(err)?;
+    session.shutdown().await;
+    Ok(answer)
+}
