@@ -56,7 +56,11 @@ async fn the_console_works_in_a_real_browser() {
     let smtp = format!(
         "\n[smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nfrom = \"tollgate <gateway@test.example>\"\ntls = \"none\"\n"
     );
-    let gw = Gateway::spawn(&[Up::mock("a", &m)], "", &smtp, "", None).await;
+    // Online payment through our mock Stripe (tests/common/stripe.rs).
+    let (stripe_api, stripe_mock) = common::stripe::start().await;
+    let extra = format!("{smtp}{}", common::stripe::config(&stripe_api));
+    let gw = Gateway::spawn(&[Up::mock("a", &m)], "", &extra, "", None).await;
+    *stripe_mock.webhook.lock().unwrap() = Some(gw.admin_url("/payments/stripe/webhook"));
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console");
     std::fs::create_dir_all(shots).unwrap();
     let out = tokio::task::spawn_blocking({

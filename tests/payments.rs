@@ -6,113 +6,10 @@
 
 mod common;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use common::stripe::{event, WEBHOOK_SECRET};
 use common::*;
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use tollgate::payments::stripe;
-
-const SECRET_KEY: &str = "sk_test_made_up_for_the_test";
-const WEBHOOK_SECRET: &str = "whsec_made_up_for_the_test";
-
-/// The sessions the mock Stripe was asked for (form fields as sent).
-#[derive(Default)]
-struct MockStripe {
-    sessions: Mutex<Vec<Vec<(String, String)>>>,
-}
-
-async fn create_session(
-    State(m): State<Arc<MockStripe>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, axum::Json<Value>) {
-    if headers.get("authorization").and_then(|v| v.to_str().ok())
-        != Some(&format!("Bearer {SECRET_KEY}"))
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(
-                json!({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}}),
-            ),
-        );
-    }
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    if get("mode").as_deref() != Some("payment")
-        || get("line_items[0][price_data][unit_amount]").is_none()
-    {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"error": {"type": "invalid_request_error", "message": "Missing required param"}}),
-            ),
-        );
-    }
-    let mut sessions = m.sessions.lock().unwrap();
-    sessions.push(form.clone());
-    let id = format!("cs_test_{}", sessions.len());
-    (
-        StatusCode::OK,
-        axum::Json(json!({
-            "id": id,
-            "object": "checkout.session",
-            "url": format!("https://checkout.stripe.test/c/pay/{id}"),
-            "amount_total": get("line_items[0][price_data][unit_amount]").unwrap().parse::<i64>().unwrap(),
-            "currency": get("line_items[0][price_data][currency]"),
-            "payment_status": "unpaid",
-            "client_reference_id": get("client_reference_id"),
-        })),
-    )
-}
-
-async fn start_mock_stripe() -> (String, Arc<MockStripe>) {
-    let m = Arc::new(MockStripe::default());
-    let app = axum::Router::new()
-        .route("/v1/checkout/sessions", axum::routing::post(create_session))
-        .with_state(m.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), m)
-}
-
-/// A Stripe event about an order's Checkout Session.
-fn event(
-    kind: &str,
-    session: &str,
-    order: i64,
-    amount: i64,
-    currency: &str,
-    status: &str,
-) -> Vec<u8> {
-    json!({
-        "id": format!("evt_{}", rand_suffix()),
-        "object": "event",
-        "type": kind,
-        "data": {"object": {
-            "id": session,
-            "object": "checkout.session",
-            "amount_total": amount,
-            "currency": currency,
-            "payment_status": status,
-            "client_reference_id": order.to_string(),
-            "metadata": {"order_id": order.to_string()},
-        }},
-    })
-    .to_string()
-    .into_bytes()
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
 
 fn now() -> i64 {
     tollgate::tenancy::unix_now()
@@ -157,14 +54,10 @@ async fn order(gw: &Gateway, amount: &str) -> (i64, String, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stripe_payments_credit_each_paid_order_exactly_once() {
-    let (api, stripe_mock) = start_mock_stripe().await;
-    // The gateway reads its Stripe secrets from the environment it inherits.
-    std::env::set_var("TEST_STRIPE_KEY", SECRET_KEY);
-    std::env::set_var("TEST_STRIPE_WHSEC", WEBHOOK_SECRET);
+    let (api, stripe_mock) = common::stripe::start().await;
     let m = mock().await;
-    let extra = format!(
-        "\n[payments]\nmin_rmb = \"1\"\nmax_rmb = \"5000\"\n[payments.stripe]\nsecret_key_env = \"TEST_STRIPE_KEY\"\nwebhook_secret_env = \"TEST_STRIPE_WHSEC\"\napi_base = \"{api}\"\n"
-    );
+    // The gateway reads its Stripe secrets from the environment it inherits.
+    let extra = common::stripe::config(&api);
     // 1 credit per RMB in the test configuration.
     let gw = Gateway::start(&[Up::mock("a", &m)], "", &extra).await;
     let start = credited(&gw).await;
@@ -175,7 +68,7 @@ async fn stripe_payments_credit_each_paid_order_exactly_once() {
     assert!(placed["pay_url"]
         .as_str()
         .unwrap()
-        .starts_with("https://checkout.stripe.test/"));
+        .contains("/c/pay/cs_test_"));
     {
         let sessions = stripe_mock.sessions.lock().unwrap();
         let form = sessions.last().unwrap();

@@ -27,13 +27,14 @@ use serde_json::Value;
 use std::sync::Arc;
 use tower::ServiceExt;
 
-/// The session cookie (HttpOnly, SameSite=Strict, path /console).
+/// The session cookie (HttpOnly, SameSite=Lax, path /console).
 pub const SESSION_COOKIE: &str = "tg_session";
 const LANG_COOKIE: &str = "tg_lang";
 const TZ_COOKIE: &str = "tg_tz";
 
 /// Every console answer carries these: no framing, no inline script, no third-party origin.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub(crate) const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What the console's handlers share.
@@ -245,10 +246,14 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 async fn security_headers(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A page may widen `form-action` for its own answer (a form redirected to a payment
+    // provider's page, `pages::topup_post`); every other answer gets the console's policy.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,

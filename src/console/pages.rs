@@ -35,6 +35,8 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("usage.html", include_str!("templates/usage.html")),
     ("records.html", include_str!("templates/records.html")),
     ("redeem.html", include_str!("templates/redeem.html")),
+    ("topup.html", include_str!("templates/topup.html")),
+    ("op_orders.html", include_str!("templates/op_orders.html")),
     ("prices.html", include_str!("templates/prices.html")),
     ("routing.html", include_str!("templates/routing.html")),
     ("account.html", include_str!("templates/account.html")),
@@ -86,6 +88,7 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/t/{t}/records", get(records_page))
         .route("/console/t/{t}/records.csv", get(records_csv))
         .route("/console/t/{t}/redeem", get(redeem_page).post(redeem_post))
+        .route("/console/t/{t}/topup", get(topup_page).post(topup_post))
         .route("/console/t/{t}/prices", get(prices_page))
         .route("/console/t/{t}/routing", get(routing_page))
         .route(
@@ -96,6 +99,7 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/op/codes", get(op_codes).post(op_codes_create))
         .route("/console/op/promos", get(op_promos).post(op_promos_create))
         .route("/console/op/health", get(op_health))
+        .route("/console/op/orders", get(op_orders))
         .route("/console/op/reload", post(op_reload))
         .route("/console/{*rest}", get(not_found).post(not_found))
 }
@@ -426,15 +430,15 @@ fn redirect(to: &str) -> Page {
 
 fn cookie_attrs(secure: bool) -> &'static str {
     if secure {
-        "; Path=/console; HttpOnly; SameSite=Strict; Secure"
+        "; Path=/console; HttpOnly; SameSite=Lax; Secure"
     } else {
-        "; Path=/console; HttpOnly; SameSite=Strict"
+        "; Path=/console; HttpOnly; SameSite=Lax"
     }
 }
 
 fn clear_session_cookie(r: &mut Page) {
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}=; Max-Age=0; Path=/console; HttpOnly; SameSite=Strict"
+        "{SESSION_COOKIE}=; Max-Age=0; Path=/console; HttpOnly; SameSite=Lax"
     )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -1738,6 +1742,114 @@ async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         }
         Err(f) => redeem_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
+}
+
+async fn topup_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    topup_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn topup_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    let payments = c.admin().app.config().payments.clone();
+    vars.insert(
+        "payments".into(),
+        match payments {
+            Some(p) => json!({
+                "min_rmb": p.min_rmb.to_string(),
+                "max_rmb": p.max_rmb.to_string(),
+                "stripe": p.stripe.is_some(),
+            }),
+            None => Value::Null,
+        },
+    );
+    let path = format!("/admin/tenants/{}/orders", vars["t"]);
+    // The order the provider sent the payer back about, if any.
+    vars.insert("returned".into(), json!(params(cx).opt("order")));
+    let mut page = c
+        .list_page(cx, me, vars, ("topup.html", status), &path, "orders")
+        .await;
+    // The form's answer redirects to the provider's payment page, and CSP's `form-action`
+    // covers a submitted form's redirects: this page allows the provider's origins.
+    let origins = provider_origins(c);
+    let csp = super::CSP.replace(
+        "form-action 'self'",
+        &format!("form-action 'self' {origins}"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        page.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    page
+}
+
+/// Where payers are sent: Stripe Checkout, and the configured API's own origin (a sandbox or
+/// a test's mock serves both).
+fn provider_origins(c: &Console) -> String {
+    let mut out = vec!["https://checkout.stripe.com".to_string()];
+    if let Some(stripe) = c
+        .admin()
+        .app
+        .config()
+        .payments
+        .as_ref()
+        .and_then(|p| p.stripe.as_ref())
+    {
+        let origin = stripe
+            .api_base
+            .splitn(4, '/')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("/");
+        if !origin.is_empty() && !origin.contains(['\'', ';', ' ']) && !out.contains(&origin) {
+            out.push(origin);
+        }
+    }
+    out.join(" ")
+}
+
+/// Places an order and sends the browser to the provider's payment page.
+async fn topup_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form, me) = posted!(c, req, signed_in);
+    let body = json!({"amount_rmb": form.get("amount_rmb"), "promo_code": form.opt("promo_code")});
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/tenants/{}/orders", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
+        Ok(v) => match v["pay_url"].as_str() {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => redirect(url),
+            _ => topup_render(&c, &cx, &me, &t, Flash::default(), StatusCode::BAD_GATEWAY).await,
+        },
+        Err(f) => topup_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn op_orders(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = operator_only!(c, cx);
+    c.list_page(
+        &cx,
+        &me,
+        op_vars(&cx, Flash::default()),
+        ("op_orders.html", StatusCode::OK),
+        "/admin/orders",
+        "orders",
+    )
+    .await
 }
 
 async fn prices_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fleet;
+pub mod stripe;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

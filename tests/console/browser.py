@@ -219,6 +219,20 @@ def main():
             submit(ad, "#redeem-form button")
         check(ad.locator(".flash.err").count() == 1, "a used code was accepted twice")
 
+        # Top up online: the console sends the admin to (mock) Stripe's page, the payment's signed
+        # webhook credits the order once, and the admin comes back to the order, paid.
+        before = Decimal(api("GET", f"/admin/tenants/{tid}/balance")["credited"])
+        ad.goto(f"{CONSOLE}/console/t/{tid}/topup")
+        ad.fill("#topup-form input[name=amount_rmb]", "20")
+        submit(ad, "#pay")
+        check("/c/pay/cs_test_" in ad.url, f"not sent to the payment page: {ad.url}")
+        submit(ad, "#stripe-pay")
+        check(f"/console/t/{tid}/topup" in ad.url and ad.locator("#returned").count() == 1,
+              f"not back on the top-up page: {ad.url}")
+        check("Paid" in ad.locator("#orders-table tbody tr").first.inner_text(), "the order is not paid")
+        after = Decimal(api("GET", f"/admin/tenants/{tid}/balance")["credited"])
+        check(after - before == Decimal(20), f"credited {after - before} for a 20 RMB payment")
+
         # CSV downloads match the API's totals.
         ad.goto(f"{CONSOLE}/console/t/{tid}/usage")
         with ad.expect_download() as d:
@@ -240,7 +254,7 @@ def main():
               f"statement CSV ends at {running}, balance {bal}")
 
         # Screenshots of every tenant page in both languages.
-        pages = ["", "/members", "/departments", "/keys", "/usage", "/records", "/redeem", "/prices", "/routing"]
+        pages = ["", "/members", "/departments", "/keys", "/usage", "/records", "/topup", "/redeem", "/prices", "/routing"]
         for lang in ["en", "zh"]:
             ad.goto(f"{CONSOLE}/console/t/{tid}")
             set_lang(ad, lang)
@@ -344,7 +358,7 @@ def main():
         for lang in ["en", "zh"]:
             op.goto(CONSOLE + "/console/op/tenants")
             set_lang(op, lang)
-            for pth in ["tenants", "codes", "promos", "health"]:
+            for pth in ["tenants", "codes", "promos", "orders", "health"]:
                 op.goto(f"{CONSOLE}/console/op/{pth}")
                 shot(op, f"op-{pth}-{lang}")
         login_ctx = browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN")
