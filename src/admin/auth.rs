@@ -42,6 +42,39 @@ impl AuthThrottle {
         }
     }
 
+    /// The 429 to answer an address locked out for failed credentials (`what`: "admin tokens",
+    /// "sign-ins"), counted; `Ok` for any other (or no known) address.
+    pub fn admit(
+        &self,
+        ip: Option<std::net::IpAddr>,
+        now_ms: u64,
+        what: &str,
+    ) -> Result<(), GatewayError> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.check(ip, now_ms).map_err(|wait| {
+            METRICS
+                .admin_auth_failures
+                .with_label_values(&["throttled"])
+                .inc();
+            GatewayError::RateLimited {
+                message: format!("Too many failed {what} from this address. Retry in {wait} s."),
+                retry_after: wait,
+            }
+        })
+    }
+
+    /// Counts a refused credential of an address, and logs it.
+    pub fn refused(&self, ip: Option<std::net::IpAddr>, now_ms: u64, what: &str) {
+        if let Some(ip) = ip {
+            let n = self.failed(ip, now_ms);
+            METRICS
+                .admin_auth_failures
+                .with_label_values(&["invalid"])
+                .inc();
+            tracing::warn!(client = %ip, failures = n, "refused {what}");
+        }
+    }
+
     pub fn failed(&self, ip: std::net::IpAddr, now_ms: u64) -> u32 {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= AUTH_MAX_ADDRESSES && !map.contains_key(&ip) {
@@ -120,28 +153,10 @@ impl FromRequestParts<Arc<Admin>> for Principal {
     async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> Result<Self, ApiError> {
         let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
         let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
-        if let Some(ip) = ip {
-            if let Err(wait) = admin.auth_throttle.check(ip, now_ms) {
-                METRICS
-                    .admin_auth_failures
-                    .with_label_values(&["throttled"])
-                    .inc();
-                return Err(ApiError(GatewayError::RateLimited {
-                    message: format!(
-                        "Too many invalid admin tokens from this address. Retry in {wait} s."
-                    ),
-                    retry_after: wait,
-                }));
-            }
-        }
+        admin.auth_throttle.admit(ip, now_ms, "admin tokens")?;
         let result = check_token(admin, parts).await;
-        if let (Err(GatewayError::InvalidKey(_)), Some(ip)) = (&result, ip) {
-            let n = admin.auth_throttle.failed(ip, now_ms);
-            METRICS
-                .admin_auth_failures
-                .with_label_values(&["invalid"])
-                .inc();
-            tracing::warn!(client = %ip, failures = n, "invalid admin token");
+        if let Err(GatewayError::InvalidKey(_)) = &result {
+            admin.auth_throttle.refused(ip, now_ms, "admin token");
         }
         result.map_err(ApiError)
     }

@@ -9,10 +9,9 @@
 //! admin credential has.
 
 use super::auth::{same_secret, ClientIp, Principal};
-use super::wire::{time, ApiError, ApiResult, ErrorBody, JsonBody, UserOut};
+use super::wire::{time, ApiResult, ErrorBody, JsonBody, UserOut};
 use super::Admin;
 use crate::error::GatewayError;
-use crate::metrics::METRICS;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
@@ -118,22 +117,10 @@ pub async fn sign_in(
     let ip = ip.and_then(|Extension(c)| c.0);
     let now = crate::tenancy::unix_now();
     let now_ms = now.max(0) as u64 * 1000;
-    if let Some(ip) = ip {
-        if let Err(wait) = admin.auth_throttle.check(ip, now_ms) {
-            return Err(ApiError(GatewayError::RateLimited {
-                message: format!("Too many failed sign-ins from this address. Retry in {wait} s."),
-                retry_after: wait,
-            }));
-        }
-    }
+    admin.auth_throttle.admit(ip, now_ms, "sign-ins")?;
     let result = sign_in_checked(&admin, req, now).await;
-    if let (Err(GatewayError::InvalidKey(_)), Some(ip)) = (&result, ip) {
-        let n = admin.auth_throttle.failed(ip, now_ms);
-        METRICS
-            .admin_auth_failures
-            .with_label_values(&["invalid"])
-            .inc();
-        tracing::warn!(client = %ip, failures = n, "failed console sign-in");
+    if let Err(GatewayError::InvalidKey(_)) = &result {
+        admin.auth_throttle.refused(ip, now_ms, "console sign-in");
     }
     Ok((StatusCode::CREATED, Json(result?)))
 }
@@ -355,13 +342,9 @@ pub async fn request_reset(
 ) -> ApiResult<(StatusCode, Json<ResetRequested>)> {
     let ip = ip.and_then(|Extension(c)| c.0);
     let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
+    // Every request counts, so that nobody can mail-bomb an address through this form.
+    admin.auth_throttle.admit(ip, now_ms, "sign-ins")?;
     if let Some(ip) = ip {
-        if let Err(wait) = admin.auth_throttle.check(ip, now_ms) {
-            return Err(ApiError(GatewayError::RateLimited {
-                message: format!("Too many requests from this address. Retry in {wait} s."),
-                retry_after: wait,
-            }));
-        }
         admin.auth_throttle.failed(ip, now_ms);
     }
     let account = admin
