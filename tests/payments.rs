@@ -274,6 +274,37 @@ async fn stripe_payments_credit_each_paid_order_exactly_once() {
         .filter(|l| l["entry"]["actor"] == "payment:stripe")
         .count();
     assert_eq!(from_payments, 3);
+
+    // The day's reconciliation: three orders paid, each with its top-up, nothing amiss.
+    let today = chrono::DateTime::from_timestamp(now(), 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
+    let report = gw
+        .admin_get(&format!("/admin/payments/reconciliation?day={today}"))
+        .await;
+    assert_eq!(report["paid_orders"], 3, "{report}");
+    assert_eq!(report["paid_rmb"], "160", "{report}");
+    assert_eq!(report["mismatches"], 0, "{report}");
+    assert!(report["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["status"] == "ok"));
+    let csv = gw
+        .client
+        .get(gw.admin_url(&format!(
+            "/admin/payments/reconciliation?day={today}&format=csv"
+        )))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(csv.lines().skip(1).all(|l| l.contains(",ok,")), "{csv}");
 }
 
 fn sig_for(body: &[u8]) -> String {

@@ -193,6 +193,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(credits::claim_promo))
         .routes(routes!(payments::create_order, payments::list_orders))
         .routes(routes!(payments::all_orders))
+        .routes(routes!(payments::reconciliation))
         .routes(routes!(payments::stripe_webhook))
         .routes(routes!(credits::list_codes, credits::create_codes))
         .routes(routes!(credits::list_promos, credits::create_promo))

@@ -442,3 +442,185 @@ async fn credit_order(admin: &Admin, order: PaymentOrder) -> Result<Notification
         order_id: Some(oid),
     })
 }
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReconcileQuery {
+    /// The UTC day, `YYYY-MM-DD` (default: yesterday).
+    pub day: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReconcileLine {
+    pub order_id: i64,
+    pub tenant_id: i64,
+    pub provider: String,
+    pub state: String,
+    pub amount_rmb: String,
+    /// The credits the order should have brought (amount × credits per RMB).
+    pub expected_credits: String,
+    /// What its top-up entry holds; absent: no entry.
+    pub credited: Option<String>,
+    /// `ok`, `paid_not_credited`, `credited_not_paid` or `amount_differs`.
+    pub status: String,
+    pub late: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Reconciliation {
+    pub day: String,
+    /// Orders paid that day, and orders of that day credited but not marked paid.
+    pub orders: Vec<ReconcileLine>,
+    pub paid_orders: usize,
+    pub paid_rmb: String,
+    pub credited_credits: String,
+    /// Lines whose status is not `ok`.
+    pub mismatches: usize,
+}
+
+/// The day's payments against the ledger (operator): every order paid that day with the
+/// top-up it brought, and every order of that day the ledger credited but the order does not
+/// say paid (a crash between the two). `format=csv` downloads the lines.
+#[utoipa::path(get, path = "/admin/payments/reconciliation", tag = "credits", security(("bearer" = [])),
+    params(ReconcileQuery),
+    responses((status = 200, body = Reconciliation, description = "JSON, or the lines as text/csv"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn reconciliation(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    super::wire::QueryParams(q): super::wire::QueryParams<ReconcileQuery>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    who.require_operator()?;
+    let day = match q.day.as_deref() {
+        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|_| bad_param("day", "`day` is YYYY-MM-DD"))?,
+        None => {
+            let today = crate::tenancy::unix_now().div_euclid(86_400);
+            chrono::DateTime::from_timestamp((today - 1) * 86_400, 0)
+                .map(|t| t.date_naive())
+                .unwrap_or_default()
+        }
+    };
+    let start = day
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp())
+        .unwrap_or_default();
+    let end = start + 86_400;
+    let per_rmb = admin.app.config().billing.credits_per_rmb;
+    let lines = admin
+        .blocking(move |a| {
+            let mut out = Vec::new();
+            for o in a.store.list_orders(None, 100_000)? {
+                let paid_today = o.paid_at.is_some_and(|p| p >= start && p < end);
+                let made_today = o.created_at >= start && o.created_at < end;
+                // Paid that day, or placed that day and not (yet) paid.
+                let unpaid_of_the_day = made_today && o.state != "paid";
+                if !(paid_today || unpaid_of_the_day) {
+                    continue;
+                }
+                let entry_id = format!("order:{}:{}", o.tenant_id.0, o.id);
+                let entry = a
+                    .store
+                    .entries_by_id(o.tenant_id, std::slice::from_ref(&entry_id))?
+                    .into_iter()
+                    .next();
+                if !paid_today && entry.is_none() {
+                    continue;
+                }
+                out.push((o, entry));
+            }
+            Ok(out)
+        })
+        .await?;
+    let mut orders = Vec::new();
+    let (mut paid_minor, mut credited_nano, mut mismatches) = (0i64, 0i64, 0usize);
+    for (o, entry) in lines {
+        let expected = Decimal::from(o.amount_minor) / Decimal::from(100) * per_rmb;
+        let expected_nano = crate::billing::pricing::to_nano(expected).unwrap_or(i64::MAX);
+        let status = match (&entry, o.state.as_str()) {
+            (None, _) => "paid_not_credited",
+            (Some(_), s) if s != "paid" => "credited_not_paid",
+            (Some(e), _) if e.amount != expected_nano => "amount_differs",
+            _ => "ok",
+        };
+        if o.state == "paid" {
+            paid_minor += o.amount_minor;
+        }
+        if let Some(e) = &entry {
+            credited_nano += e.amount;
+        }
+        if status != "ok" {
+            mismatches += 1;
+        }
+        orders.push(ReconcileLine {
+            order_id: o.id,
+            tenant_id: o.tenant_id.0,
+            provider: o.provider.clone(),
+            state: o.state.clone(),
+            amount_rmb: (Decimal::from(o.amount_minor) / Decimal::from(100))
+                .normalize()
+                .to_string(),
+            expected_credits: expected.normalize().to_string(),
+            credited: entry.map(|e| super::wire::credits(e.amount)),
+            status: status.into(),
+            late: o.late,
+        });
+    }
+    let report = Reconciliation {
+        day: day.format("%Y-%m-%d").to_string(),
+        paid_orders: orders.iter().filter(|l| l.state == "paid").count(),
+        paid_rmb: (Decimal::from(paid_minor) / Decimal::from(100))
+            .normalize()
+            .to_string(),
+        credited_credits: super::wire::credits(credited_nano),
+        mismatches,
+        orders,
+    };
+    if q.format.as_deref() == Some("csv") {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record([
+            "day",
+            "order_id",
+            "tenant_id",
+            "provider",
+            "state",
+            "amount_rmb",
+            "expected_credits",
+            "credited",
+            "status",
+            "late",
+        ]);
+        for l in &report.orders {
+            let _ = w.write_record([
+                report.day.clone(),
+                l.order_id.to_string(),
+                l.tenant_id.to_string(),
+                l.provider.clone(),
+                l.state.clone(),
+                l.amount_rmb.clone(),
+                l.expected_credits.clone(),
+                l.credited.clone().unwrap_or_default(),
+                l.status.clone(),
+                l.late.to_string(),
+            ]);
+        }
+        let body = w.into_inner().unwrap_or_default();
+        return Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/csv; charset=utf-8".to_string(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"payments-{}.csv\"", report.day),
+                ),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    Ok(Json(report).into_response())
+}

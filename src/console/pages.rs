@@ -100,6 +100,7 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/op/promos", get(op_promos).post(op_promos_create))
         .route("/console/op/health", get(op_health))
         .route("/console/op/orders", get(op_orders))
+        .route("/console/op/reconciliation.csv", get(op_reconciliation_csv))
         .route("/console/op/reload", post(op_reload))
         .route("/console/{*rest}", get(not_found).post(not_found))
 }
@@ -1841,15 +1842,56 @@ async fn topup_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
 async fn op_orders(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = operator_only!(c, cx);
+    let day = Some(params(&cx).get("day"))
+        .filter(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| now_utc().format("%Y-%m-%d").to_string());
+    let report = try_api!(
+        c,
+        cx,
+        me,
+        c.get(&cx, &format!("/admin/payments/reconciliation?day={day}"))
+            .await
+    );
+    let mut vars = op_vars(&cx, Flash::default());
+    vars.insert("report".into(), report);
+    vars.insert("day".into(), json!(day));
     c.list_page(
         &cx,
         &me,
-        op_vars(&cx, Flash::default()),
+        vars,
         ("op_orders.html", StatusCode::OK),
         "/admin/orders",
         "orders",
     )
     .await
+}
+
+/// The day's reconciliation as CSV, straight from the API.
+async fn op_reconciliation_csv(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = operator_only!(c, cx);
+    let day = params(&cx).get("day").to_string();
+    let r = c
+        .raw(
+            &cx,
+            Method::GET,
+            &format!("/admin/payments/reconciliation?day={}&format=csv", q(&day)),
+            None,
+        )
+        .await;
+    if !r.status().is_success() {
+        let status = r.status();
+        return c.failure(
+            &cx,
+            &me,
+            &Failure {
+                status,
+                message: "The reconciliation could not be exported.".into(),
+            },
+        );
+    }
+    r
 }
 
 async fn prices_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {

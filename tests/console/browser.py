@@ -232,6 +232,9 @@ def main():
         check("Paid" in ad.locator("#orders-table tbody tr").first.inner_text(), "the order is not paid")
         after = Decimal(api("GET", f"/admin/tenants/{tid}/balance")["credited"])
         check(after - before == Decimal(20), f"credited {after - before} for a 20 RMB payment")
+        op.goto(CONSOLE + "/console/op/orders")
+        check(op.locator("#mismatches").inner_text().strip() == "0", "the reconciliation shows mismatches")
+        check(op.locator("td", has_text="¥20").count() >= 1, "the operator does not see the order")
 
         # CSV downloads match the API's totals.
         ad.goto(f"{CONSOLE}/console/t/{tid}/usage")
