@@ -71,7 +71,7 @@ impl AuthThrottle {
                 .admin_auth_failures
                 .with_label_values(&["invalid"])
                 .inc();
-            tracing::warn!(client = %ip, failures = n, "refused {what}");
+            tracing::warn!(client = %ip, failures = n, "invalid {what}");
         }
     }
 
