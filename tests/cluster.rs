@@ -323,18 +323,27 @@ async fn a_key_rate_limit_holds_across_nodes() {
                 .await
                 .unwrap();
             let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
             if status == 429 {
-                let body: Value = r.json().await.unwrap();
                 assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
             }
-            status
+            (status, body)
         }
     });
-    let statuses = futures_util::future::join_all(calls).await;
+    let answers = futures_util::future::join_all(calls).await;
+    // A 503 here is the fleet failing closed (the bank or the rate script not answering in
+    // op_timeout_ms under a loaded machine): its message says which, for the next flake.
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    let refusals: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 503)
+        .map(|(_, b)| b)
+        .take(3)
+        .collect();
     let ok = statuses.iter().filter(|&&s| s == 200).count();
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     // The fleet admits exactly the limit: admission is one atomic step on the shared counters.
-    assert_eq!((ok, limited), (10, 20), "{statuses:?}");
+    assert_eq!((ok, limited), (10, 20), "{statuses:?} {refusals:?}");
     // And the nodes have learnt it: a later call on any node is refused.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for gw in &nodes {
@@ -346,7 +355,9 @@ async fn a_key_rate_limit_holds_across_nodes() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 429);
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(status, 429, "{body}");
     }
 }
 
