@@ -29,6 +29,11 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use utoipa::ToSchema;
 
+/// An amount in fen, in RMB.
+fn yuan(fen: i64) -> Decimal {
+    Decimal::from(fen) / Decimal::from(100)
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct OrderOut {
     pub id: i64,
@@ -57,9 +62,7 @@ impl OrderOut {
             id: o.id,
             tenant_id: o.tenant_id.0,
             provider: o.provider.clone(),
-            amount_rmb: (Decimal::from(o.amount_minor) / Decimal::from(100))
-                .normalize()
-                .to_string(),
+            amount_rmb: yuan(o.amount_minor).normalize().to_string(),
             currency: o.currency.clone(),
             promo_code: o.promo_code.clone(),
             state: o.state.clone(),
@@ -377,7 +380,7 @@ pub async fn stripe_webhook(
 async fn credit_order(admin: &Admin, order: PaymentOrder) -> Result<NotificationOut, ApiError> {
     use sha2::{Digest, Sha256};
     let per_rmb = admin.app.config().billing.credits_per_rmb;
-    let credits = Decimal::from(order.amount_minor) / Decimal::from(100) * per_rmb;
+    let credits = yuan(order.amount_minor) * per_rmb;
     let amount = super::wire::positive_nano(credits, "amount")?;
     let key = IdempotencyKey {
         scope: "order",
@@ -537,7 +540,7 @@ pub async fn reconciliation(
     let mut orders = Vec::new();
     let (mut paid_minor, mut credited_nano, mut mismatches) = (0i64, 0i64, 0usize);
     for (o, entry) in lines {
-        let expected = Decimal::from(o.amount_minor) / Decimal::from(100) * per_rmb;
+        let expected = yuan(o.amount_minor) * per_rmb;
         let expected_nano = crate::billing::pricing::to_nano(expected).unwrap_or(i64::MAX);
         let status = match (&entry, o.state.as_str()) {
             (None, _) => "paid_not_credited",
@@ -559,9 +562,7 @@ pub async fn reconciliation(
             tenant_id: o.tenant_id.0,
             provider: o.provider.clone(),
             state: o.state.clone(),
-            amount_rmb: (Decimal::from(o.amount_minor) / Decimal::from(100))
-                .normalize()
-                .to_string(),
+            amount_rmb: yuan(o.amount_minor).normalize().to_string(),
             expected_credits: expected.normalize().to_string(),
             credited: entry.map(|e| super::wire::credits(e.amount)),
             status: status.into(),
@@ -571,9 +572,7 @@ pub async fn reconciliation(
     let report = Reconciliation {
         day: day.format("%Y-%m-%d").to_string(),
         paid_orders: orders.iter().filter(|l| l.state == "paid").count(),
-        paid_rmb: (Decimal::from(paid_minor) / Decimal::from(100))
-            .normalize()
-            .to_string(),
+        paid_rmb: yuan(paid_minor).normalize().to_string(),
         credited_credits: super::wire::credits(credited_nano),
         mismatches,
         orders,

@@ -72,6 +72,26 @@ fn tables() -> &'static (Table, Table) {
     })
 }
 
+/// The language's table as a template value, built once.
+pub fn value(lang: Lang) -> minijinja::Value {
+    static V: OnceLock<(minijinja::Value, minijinja::Value)> = OnceLock::new();
+    let (en, zh) = V.get_or_init(|| {
+        (
+            minijinja::Value::from_serialize(table(Lang::En)),
+            minijinja::Value::from_serialize(table(Lang::Zh)),
+        )
+    });
+    match lang {
+        Lang::En => en.clone(),
+        Lang::Zh => zh.clone(),
+    }
+}
+
+/// One text in a language.
+pub fn text(lang: Lang, key: &str) -> String {
+    table(lang).get(key).cloned().unwrap_or_default()
+}
+
 pub fn table(lang: Lang) -> &'static Table {
     let (en, zh) = tables();
     match lang {

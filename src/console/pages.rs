@@ -286,15 +286,10 @@ impl Console {
         status: StatusCode,
         mut vars: Map<String, Value>,
     ) -> Page {
-        let rate = self
-            .admin()
-            .app
-            .config()
-            .billing
-            .credits_per_rmb
-            .to_string()
-            .parse::<f64>()
-            .unwrap_or(1.0);
+        let rate = rust_decimal::prelude::ToPrimitive::to_f64(
+            &self.admin().app.config().billing.credits_per_rmb,
+        )
+        .unwrap_or(1.0);
         let role = me["role"].as_str().unwrap_or("").to_string();
         vars.insert("lang".into(), json!(cx.lang.code()));
         vars.insert("lang_html".into(), json!(cx.lang.html()));
@@ -312,8 +307,8 @@ impl Console {
         vars.insert("tz_label".into(), json!(tz_label(cx.tz)));
         vars.insert("path".into(), json!(cx.path));
         vars.insert("here".into(), json!(here(cx)));
-        let tr = i18n::table(cx.lang);
-        let ctx = minijinja::context! { tr => MjValue::from_serialize(tr), ..MjValue::from_serialize(&vars) };
+        let ctx =
+            minijinja::context! { tr => i18n::value(cx.lang), ..MjValue::from_serialize(&vars) };
         let html = self.env.get_template(name).and_then(|t| t.render(ctx));
         match html {
             Ok(html) => {
@@ -377,6 +372,38 @@ impl Console {
 
     async fn get(&self, cx: &Ctx, path: &str) -> Result<Value, Failure> {
         self.call(cx, Method::GET, path, None).await
+    }
+
+    /// A record (`path`) of the tenant in the URL: the API checks the caller may touch it; this
+    /// checks it is that tenant's, so that a tenant's page never acts on another's record (which
+    /// answers like a missing one).
+    async fn of_tenant(
+        &self,
+        cx: &Ctx,
+        me: &Value,
+        t: &str,
+        path: &str,
+        what: &str,
+    ) -> Result<Value, Page> {
+        let record = self
+            .get(cx, path)
+            .await
+            .map_err(|f| self.failure(cx, me, &f))?;
+        let tenant = self
+            .get(cx, &format!("/admin/tenants/{}", tp(t)))
+            .await
+            .map_err(|f| self.failure(cx, me, &f))?;
+        if record["tenant_id"] != tenant["id"] {
+            return Err(self.failure(
+                cx,
+                me,
+                &Failure {
+                    status: StatusCode::NOT_FOUND,
+                    message: format!("{what} not found"),
+                },
+            ));
+        }
+        Ok(record)
     }
 
     /// A page that lists one API listing's `data` as `name`.
@@ -456,6 +483,14 @@ impl Form {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.trim())
             .unwrap_or("")
+    }
+    /// A field as typed (passwords are not trimmed).
+    fn raw(&self, name: &str) -> String {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
     }
     fn opt(&self, name: &str) -> Option<String> {
         Some(self.get(name))
@@ -641,7 +676,7 @@ async fn signed_in_answer(c: &Console, cx: &Ctx, form: &Form, body: Value) -> Pa
 async fn login_user(State(c): C, req: Request) -> Page {
     let (mut cx, form) = read_form(req).await;
     cx.token = None;
-    let body = json!({"tenant": form.get("tenant"), "email": form.get("email"), "password": form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.as_str()).unwrap_or("")});
+    let body = json!({"tenant": form.get("tenant"), "email": form.get("email"), "password": form.raw("password")});
     signed_in_answer(&c, &cx, &form, body).await
 }
 
@@ -692,18 +727,7 @@ async fn invite_page(State(c): C, Path(token): Path<String>, req: Request) -> Pa
 async fn invite_accept(State(c): C, Path(token): Path<String>, req: Request) -> Page {
     let (mut cx, form) = read_form(req).await;
     cx.token = None;
-    let password = form
-        .0
-        .iter()
-        .find(|(k, _)| k == "password")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let confirm = form
-        .0
-        .iter()
-        .find(|(k, _)| k == "confirm")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let (password, confirm) = (form.raw("password"), form.raw("confirm"));
     let fail = |msg: String, status: StatusCode| {
         let mut vars = Map::new();
         vars.insert("token".into(), json!(token));
@@ -713,10 +737,7 @@ async fn invite_accept(State(c): C, Path(token): Path<String>, req: Request) -> 
         c.render(&cx, &Value::Null, "invite.html", status, vars)
     };
     if password != confirm {
-        let msg = i18n::table(cx.lang)
-            .get("passwords_differ")
-            .cloned()
-            .unwrap_or_default();
+        let msg = i18n::text(cx.lang, "passwords_differ");
         return fail(msg, StatusCode::BAD_REQUEST);
     }
     let body = json!({"token": token, "name": form.get("name"), "password": password});
@@ -795,16 +816,9 @@ async fn reset_page(State(c): C, Path(token): Path<String>, req: Request) -> Pag
 async fn reset_use(State(c): C, Path(token): Path<String>, req: Request) -> Page {
     let (mut cx, form) = read_form(req).await;
     cx.token = None;
-    let raw = |n: &str| {
-        form.0
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let (password, confirm) = (raw("password"), raw("confirm"));
+    let (password, confirm) = (form.raw("password"), form.raw("confirm"));
     if password != confirm {
-        let msg = i18n::table(cx.lang).get("passwords_differ").cloned();
+        let msg = Some(i18n::text(cx.lang, "passwords_differ"));
         return c.render(
             &cx,
             &Value::Null,
@@ -894,15 +908,8 @@ fn account_render(c: &Console, cx: &Ctx, me: &Value, flash: Flash, status: Statu
 
 async fn account_post(State(c): C, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, signed_in);
-    let raw = |n: &str| {
-        form.0
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    if raw("new_password") != raw("confirm") {
-        let msg = i18n::table(cx.lang).get("passwords_differ").cloned();
+    if form.raw("new_password") != form.raw("confirm") {
+        let msg = Some(i18n::text(cx.lang, "passwords_differ"));
         return account_render(
             &c,
             &cx,
@@ -914,8 +921,7 @@ async fn account_post(State(c): C, req: Request) -> Page {
             StatusCode::BAD_REQUEST,
         );
     }
-    let body =
-        json!({"current_password": raw("current_password"), "new_password": raw("new_password")});
+    let body = json!({"current_password": form.raw("current_password"), "new_password": form.raw("new_password")});
     match c
         .call(&cx, Method::PUT, "/admin/me/password", Some(body))
         .await
@@ -1217,25 +1223,13 @@ async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Re
 
 async fn members_reset(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
     let (cx, _form, me) = posted!(c, req, signed_in);
-    // The user must be this tenant's (the API checks the caller may act on them).
-    let user = match c.get(&cx, &format!("/admin/users/{id}")).await {
+    let user = match c
+        .of_tenant(&cx, &me, &t, &format!("/admin/users/{id}"), "user")
+        .await
+    {
         Ok(u) => u,
-        Err(f) => return c.failure(&cx, &me, &f),
+        Err(page) => return page,
     };
-    let tenant = match tenant_vars(&c, &cx, &t).await {
-        Ok(v) => v,
-        Err(f) => return c.failure(&cx, &me, &f),
-    };
-    if user["tenant_id"] != tenant["t"] {
-        return c.failure(
-            &cx,
-            &me,
-            &Failure {
-                status: StatusCode::NOT_FOUND,
-                message: "user not found".into(),
-            },
-        );
-    }
     match c
         .call(
             &cx,
@@ -1429,26 +1423,13 @@ async fn keys_action(
     req: Request,
 ) -> Page {
     let (cx, _form, me) = posted!(c, req, signed_in);
-    // The key must be this tenant's: the API checks the caller may touch it; the console
-    // checks it is the tenant in the URL, so that a page never acts on another tenant's key.
-    let key = match c.get(&cx, &format!("/admin/keys/{id}")).await {
+    let key = match c
+        .of_tenant(&cx, &me, &t, &format!("/admin/keys/{id}"), "key")
+        .await
+    {
         Ok(k) => k,
-        Err(f) => return c.failure(&cx, &me, &f),
+        Err(page) => return page,
     };
-    let tenant = match tenant_vars(&c, &cx, &t).await {
-        Ok(v) => v,
-        Err(f) => return c.failure(&cx, &me, &f),
-    };
-    if key["tenant_id"] != tenant["t"] {
-        return c.failure(
-            &cx,
-            &me,
-            &Failure {
-                status: StatusCode::NOT_FOUND,
-                message: "key not found".into(),
-            },
-        );
-    }
     match action.as_str() {
         "rotate" => match c
             .call(&cx, Method::POST, &format!("/admin/keys/{id}/rotate"), None)
