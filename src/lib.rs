@@ -7,6 +7,7 @@
 //! in conf/.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod billing;
 pub mod cli;

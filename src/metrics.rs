@@ -48,6 +48,12 @@ pub struct Metrics {
     /// Payment notifications by provider and outcome (`credited`, `duplicate`, `ignored`,
     /// `bad_signature`, `unknown_order`, `mismatch`, `error`).
     pub payment_notifications: IntCounterVec,
+    /// Budget and balance alerts fired, by kind (`balance_low`, `balance_days`,
+    /// `department_budget`, `user_quota`, `key_quota`, `test`).
+    pub alerts_fired: IntCounterVec,
+    /// Alert deliveries by channel (`email`, `webhook`) and outcome (`delivered`, `failed`,
+    /// `retried`).
+    pub alert_deliveries: IntCounterVec,
     /// Client connections closed because a request head did not arrive whole in time.
     pub header_timeouts: IntCounter,
     pub malformed_requests: IntCounter,
@@ -186,6 +192,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["provider", "outcome"],
     )?;
     registry.register(Box::new(payment_notifications.clone()))?;
+    let alerts_fired = IntCounterVec::new(
+        Opts::new(
+            "tollgate_alerts_fired_total",
+            "Budget and balance alerts fired (once per crossing), by kind",
+        ),
+        &["kind"],
+    )?;
+    registry.register(Box::new(alerts_fired.clone()))?;
+    let alert_deliveries = IntCounterVec::new(
+        Opts::new(
+            "tollgate_alert_deliveries_total",
+            "Alert deliveries by channel (email, webhook) and outcome (delivered, failed, retried)",
+        ),
+        &["channel", "outcome"],
+    )?;
+    registry.register(Box::new(alert_deliveries.clone()))?;
     let header_timeouts = IntCounter::new(
         "tollgate_client_header_timeouts_total",
         "Client connections closed because a request head did not arrive whole within server.header_timeout_seconds",
@@ -287,6 +309,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         endpoint_ok,
         admin_auth_failures,
         payment_notifications,
+        alerts_fired,
+        alert_deliveries,
         header_timeouts,
         malformed_requests,
         credit_bank_up,

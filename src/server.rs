@@ -198,6 +198,29 @@ impl BackgroundService for Exit {
     }
 }
 
+/// Budget and balance alerts (`alerts`): every `[alerts] check_seconds`, on every node (the
+/// store's compare-and-set makes one of them fire each crossing).
+struct AlertService {
+    app: Arc<App>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for AlertService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let wait = self.app.config().alert_check;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            crate::alerts::check_all(&self.app).await;
+        }
+    }
+}
+
 /// Retention of raw usage records (`store::retention`): a pass shortly after start-up, then
 /// every `store.prune_every_minutes`, on the blocking pool (the SQLite store's batches hold its
 /// lock for a few milliseconds each; PostgreSQL passes run on one node at a time).
@@ -631,6 +654,10 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
             retention,
             node,
         },
+    ));
+    server.add_service(background_service(
+        "alerts",
+        AlertService { app: app.clone() },
     ));
     let cluster_stopped = cluster
         .as_ref()

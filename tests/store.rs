@@ -2205,13 +2205,18 @@ fn orders_behaviour(s: &Store, backend: &str) {
         ("pending", Some("cs_test_1")),
         "{backend}"
     );
-    let paid = s.order_paid(o.id, "order:1:1", true).unwrap();
+    let paid = s.order_paid(o.id, "order:1:1", true, 11_000).unwrap();
     assert_eq!(
-        (paid.state.as_str(), paid.late, paid.entry_id.as_deref()),
-        ("paid", true, Some("order:1:1")),
+        (
+            paid.state.as_str(),
+            paid.late,
+            paid.entry_id.as_deref(),
+            paid.credited_nano
+        ),
+        ("paid", true, Some("order:1:1"), 11_000),
         "{backend}"
     );
-    let again = s.order_paid(o.id, "order:other", false).unwrap();
+    let again = s.order_paid(o.id, "order:other", false, 1).unwrap();
     assert_eq!(again, paid, "{backend}: paid once");
     assert_eq!(
         s.order_closed(o.id, "expired").unwrap().state,
@@ -2253,6 +2258,136 @@ fn orders_behaviour(s: &Store, backend: &str) {
         .is_err(),
         "{backend}"
     );
+
+    // Refunds: never more than was paid (failed ones do not count); the order's refunded
+    // total follows the refunds that are processing or done, and it is `refunded` when whole.
+    assert!(
+        s.create_refund(second.id, 1, 1, None, None).is_err(),
+        "{backend}: not paid"
+    );
+    let r1 = s
+        .create_refund(o.id, 6_000, 6_600, Some("r"), Some("operator"))
+        .unwrap();
+    assert_eq!(
+        (r1.state.as_str(), r1.debit_nano),
+        ("requested", 6_600),
+        "{backend}"
+    );
+    assert!(
+        s.create_refund(o.id, 4_001, 1, None, None).is_err(),
+        "{backend}: over what was paid"
+    );
+    let r2 = s.create_refund(o.id, 4_000, 4_400, None, None).unwrap();
+    assert_eq!(
+        s.refund_settled(r2.id, "failed", None).unwrap().state,
+        "failed",
+        "{backend}"
+    );
+    // A failed refund frees its share; a settled one stays as it is.
+    let r3 = s.create_refund(o.id, 4_000, 4_400, None, None).unwrap();
+    assert_eq!(
+        s.refund_settled(r2.id, "succeeded", None).unwrap().state,
+        "failed",
+        "{backend}"
+    );
+    s.refund_settled(r1.id, "succeeded", Some("re_1")).unwrap();
+    let half = s.order(o.id).unwrap();
+    assert_eq!(
+        (half.state.as_str(), half.refunded_minor),
+        ("paid", 6_000),
+        "{backend}"
+    );
+    assert_eq!(
+        s.refund_settled(r3.id, "processing", Some("re_3"))
+            .unwrap()
+            .provider_ref
+            .as_deref(),
+        Some("re_3"),
+        "{backend}"
+    );
+    let whole = s.order(o.id).unwrap();
+    assert_eq!(
+        (whole.state.as_str(), whole.refunded_minor),
+        ("refunded", 10_000),
+        "{backend}"
+    );
+    let listed: Vec<i64> = s
+        .list_refunds(Some(o.id))
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![r3.id, r2.id, r1.id], "{backend}");
+    assert!(
+        s.list_refunds(Some(second.id)).unwrap().is_empty(),
+        "{backend}"
+    );
+
+    // Alerts: a level that rises fires once, however many callers record it; a fall re-arms.
+    use tollgate::store::sqlite::{AlertMove, AlertSettings};
+    let settings = AlertSettings {
+        tenant_id: t.id,
+        balance_below_nano: Some(5),
+        balance_days: Some(3),
+        quota_percents: vec![80, 100],
+        emails: vec!["a@example.com".into()],
+        webhook_url: Some("https://hooks.example.com/x".into()),
+        webhook_secret: Some("whsec_x".into()),
+        enabled: true,
+        updated_at: 0,
+    };
+    let saved = s.set_alert_settings(&settings).unwrap();
+    assert_eq!(
+        AlertSettings {
+            updated_at: 0,
+            ..saved
+        },
+        settings,
+        "{backend}"
+    );
+    assert_eq!(s.enabled_alert_settings().unwrap().len(), 1, "{backend}");
+    assert!(s.alert_settings(other.id).unwrap().is_none(), "{backend}");
+    assert_eq!(
+        s.alert_level(t.id, "key:1", 0).unwrap(),
+        AlertMove::Same,
+        "{backend}"
+    );
+    assert_eq!(
+        s.alert_level(t.id, "key:1", 1).unwrap(),
+        AlertMove::Fired(0),
+        "{backend}"
+    );
+    assert_eq!(
+        s.alert_level(t.id, "key:1", 1).unwrap(),
+        AlertMove::Same,
+        "{backend}"
+    );
+    assert_eq!(
+        s.alert_level(t.id, "key:1", 2).unwrap(),
+        AlertMove::Fired(1),
+        "{backend}"
+    );
+    assert_eq!(
+        s.alert_level(t.id, "key:1", 0).unwrap(),
+        AlertMove::Rearmed,
+        "{backend}"
+    );
+    assert_eq!(
+        s.alert_level(t.id, "key:1", 2).unwrap(),
+        AlertMove::Fired(0),
+        "{backend}"
+    );
+    // Concurrent callers (nodes): one of them fires.
+    let fired = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| s.alert_level(t.id, "balance", 1).unwrap()))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|m| matches!(m, AlertMove::Fired(_)))
+            .count()
+    });
+    assert_eq!(fired, 1, "{backend}");
 }
 
 #[test]

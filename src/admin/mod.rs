@@ -14,6 +14,7 @@
 //! missing ones. Units (`wire`): credits as decimal strings, times as RFC 3339, names next to
 //! ids; errors use the data plane's JSON shape.
 
+mod alerts;
 mod auth;
 mod credits;
 mod host;
@@ -195,6 +196,14 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(payments::all_orders))
         .routes(routes!(payments::reconciliation))
         .routes(routes!(payments::stripe_webhook))
+        .routes(routes!(payments::alipay_notify))
+        .routes(routes!(payments::wechat_notify))
+        .routes(routes!(payments::sync_order))
+        .routes(routes!(payments::refund_order))
+        .routes(routes!(payments::list_refunds))
+        .routes(routes!(alerts::get_alerts, alerts::set_alerts))
+        .routes(routes!(alerts::deliveries))
+        .routes(routes!(alerts::test_alert))
         .routes(routes!(credits::list_codes, credits::create_codes))
         .routes(routes!(credits::list_promos, credits::create_promo))
         .routes(routes!(usage::list_usage))

@@ -555,6 +555,40 @@ impl Ledger {
         b.credited += amount;
     }
 
+    /// Takes `amount` (> 0) off the tenant's books now if it is available (never into what is
+    /// held for calls in flight): the first half of a refund's debit, whose entry is committed
+    /// next (then not applied again); `apply_credit(tenant, amount)` gives it back if that
+    /// fails. Answers the available balance when it does not cover `amount`.
+    pub fn take(&self, tenant: TenantId, amount: i64) -> Result<(), i64> {
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = self.forwarded() {
+            // Upgrading: the new process holds the books; ask it, then apply there.
+            let available = match remote.call(&Request::Balance(tenant)) {
+                Ok(Reply::Balance(v)) => v.available,
+                _ => 0,
+            };
+            if available < amount {
+                return Err(available);
+            }
+            return remote
+                .call(&Request::Apply {
+                    tenant,
+                    amount: -amount,
+                })
+                .map(|_| ())
+                .map_err(|_| 0);
+        }
+        let book = self.book(tenant);
+        let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+        let available = b.balance - b.reserved;
+        if available < amount {
+            return Err(available);
+        }
+        b.balance -= amount;
+        b.credited -= amount;
+        Ok(())
+    }
+
     pub fn balance(&self, tenant: TenantId) -> BalanceView {
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(remote) = self.forwarded() {

@@ -74,6 +74,121 @@ pub struct PaymentSettings {
     pub order_secs: i64,
     /// Stripe, when configured and its secrets are set.
     pub stripe: Option<crate::payments::stripe::Stripe>,
+    pub alipay: Option<crate::payments::alipay::Alipay>,
+    pub wechat: Option<crate::payments::wechat::Wechat>,
+}
+
+impl PaymentSettings {
+    /// The providers configured, in the order the console offers them.
+    pub fn providers(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.alipay.is_some() {
+            out.push("alipay");
+        }
+        if self.wechat.is_some() {
+            out.push("wechat");
+        }
+        if self.stripe.is_some() {
+            out.push("stripe");
+        }
+        out
+    }
+}
+
+/// A key or certificate from a file or an environment variable (exactly one of the two).
+fn key_text(
+    section: &str,
+    file: &Option<String>,
+    var: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    match (file, var) {
+        (Some(f), None) => {
+            std::fs::read_to_string(f).map_err(|e| format!("{section}: cannot read {f}: {e}"))
+        }
+        (None, Some(v)) => env(v).ok_or_else(|| format!("{section}: ${v} is not set")),
+        _ => Err(format!(
+            "{section}: set exactly one of the file and the environment variable"
+        )),
+    }
+}
+
+fn alipay_settings(
+    a: schema::AlipaySection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::payments::alipay::Alipay, String> {
+    use crate::payments::keys::{PrivateKey, PublicKey};
+    let private = key_text(
+        "payments.alipay private key",
+        &a.private_key_file,
+        &a.private_key_env,
+        env,
+    )?;
+    let public = key_text(
+        "payments.alipay public key",
+        &a.alipay_public_key_file,
+        &a.alipay_public_key_env,
+        env,
+    )?;
+    Ok(crate::payments::alipay::Alipay {
+        app_id: a.app_id,
+        private_key: std::sync::Arc::new(
+            PrivateKey::parse(&private).map_err(|e| format!("payments.alipay private key: {e}"))?,
+        ),
+        alipay_public_key: PublicKey::parse(&public)
+            .map_err(|e| format!("payments.alipay public key: {e}"))?,
+        gateway: a.gateway,
+    })
+}
+
+fn wechat_settings(
+    w: schema::WechatSection,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::payments::wechat::Wechat, String> {
+    use crate::payments::keys::{Certificate, PrivateKey, PublicKey};
+    let private = key_text(
+        "payments.wechat private key",
+        &w.private_key_file,
+        &w.private_key_env,
+        env,
+    )?;
+    let private =
+        PrivateKey::parse(&private).map_err(|e| format!("payments.wechat private key: {e}"))?;
+    let v3 = env(&w.api_v3_key_env)
+        .ok_or_else(|| format!("payments.wechat: ${} is not set", w.api_v3_key_env))?;
+    if v3.len() != 32 {
+        return Err("payments.wechat: the APIv3 key must be 32 characters".into());
+    }
+    let mut platform = std::collections::HashMap::new();
+    for f in &w.platform_cert_files {
+        let pem = std::fs::read_to_string(f)
+            .map_err(|e| format!("payments.wechat: cannot read {f}: {e}"))?;
+        let (serial, key) =
+            Certificate::parse_pem(&pem).map_err(|e| format!("payments.wechat: {f}: {e}"))?;
+        platform.insert(serial, key);
+    }
+    match (&w.public_key_id, &w.public_key_file) {
+        (Some(id), Some(f)) => {
+            let pem = std::fs::read_to_string(f)
+                .map_err(|e| format!("payments.wechat: cannot read {f}: {e}"))?;
+            let key = PublicKey::parse(&pem).map_err(|e| format!("payments.wechat: {f}: {e}"))?;
+            platform.insert(id.clone(), key);
+        }
+        (None, None) => {}
+        _ => return Err("payments.wechat: public_key_id and public_key_file go together".into()),
+    }
+    if platform.is_empty() {
+        return Err("payments.wechat: needs platform_cert_files or public_key_id/public_key_file (to check WeChat Pay's signatures)".into());
+    }
+    Ok(crate::payments::wechat::Wechat::new(
+        w.mchid,
+        w.appid,
+        w.merchant_serial,
+        private,
+        v3.into_bytes(),
+        platform,
+        w.api_base,
+    ))
 }
 
 /// Outgoing mail (`[smtp]`).
@@ -408,6 +523,8 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     /// Online payment.
     pub payments: Option<PaymentSettings>,
+    /// How often alert thresholds are checked (`[alerts] check_seconds`).
+    pub alert_check: std::time::Duration,
     /// Non-fatal findings (e.g. an upstream whose key variable is unset).
     pub warnings: Vec<String>,
 }
@@ -469,7 +586,11 @@ impl Config {
             router,
             smtp,
             payments,
+            alerts,
         } = file;
+        if !(1..=3600).contains(&alerts.check_seconds) {
+            return Err(invalid("alerts.check_seconds", "must be 1 to 3600"));
+        }
         let mut warnings = Vec::new();
 
         let server = build_server(server)?;
@@ -533,11 +654,25 @@ impl Config {
                         }
                     },
                 };
+                // A provider whose keys are missing or unusable is off, with a warning (as for
+                // Stripe's secrets): the rest of the gateway still starts.
+                let alipay = p.alipay.and_then(|a| {
+                    alipay_settings(a, env)
+                        .map_err(|e| warnings.push(format!("{e}; Alipay is off")))
+                        .ok()
+                });
+                let wechat = p.wechat.and_then(|w| {
+                    wechat_settings(w, env)
+                        .map_err(|e| warnings.push(format!("{e}; WeChat Pay is off")))
+                        .ok()
+                });
                 Some(PaymentSettings {
                     min_rmb: p.min_rmb,
                     max_rmb: p.max_rmb,
                     order_secs: i64::from(p.order_minutes) * 60,
                     stripe,
+                    alipay,
+                    wechat,
                 })
             }
         };
@@ -763,6 +898,7 @@ impl Config {
             router,
             smtp,
             payments,
+            alert_check: std::time::Duration::from_secs(alerts.check_seconds),
             warnings,
         })
     }

@@ -39,6 +39,29 @@ pub struct FileConfig {
     /// Online payment (docs/payments.md); absent: only operators credit tenants.
     #[serde(default)]
     pub payments: Option<PaymentsSection>,
+    /// Budget and balance alerts (docs/payments.md "Alerts").
+    #[serde(default)]
+    pub alerts: AlertsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// How often every node reads the tenants' balances and quotas against their thresholds.
+    #[serde(default = "default_alert_check")]
+    pub check_seconds: u64,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            check_seconds: default_alert_check(),
+        }
+    }
+}
+
+fn default_alert_check() -> u64 {
+    15
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +77,65 @@ pub struct PaymentsSection {
     pub order_minutes: u32,
     #[serde(default)]
     pub stripe: Option<StripeSection>,
+    #[serde(default)]
+    pub alipay: Option<AlipaySection>,
+    #[serde(default)]
+    pub wechat: Option<WechatSection>,
+}
+
+/// Alipay (open platform, RSA2 keys).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlipaySection {
+    pub app_id: String,
+    /// The application's private key: a PEM file, or the environment variable holding it
+    /// (PEM or the bare base64 Alipay's key tool writes).
+    #[serde(default)]
+    pub private_key_file: Option<String>,
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+    /// Alipay's public key (PEM or bare base64), a file or an environment variable.
+    #[serde(default)]
+    pub alipay_public_key_file: Option<String>,
+    #[serde(default)]
+    pub alipay_public_key_env: Option<String>,
+    #[serde(default = "default_alipay_gateway")]
+    pub gateway: String,
+}
+
+fn default_alipay_gateway() -> String {
+    "https://openapi.alipay.com/gateway.do".into()
+}
+
+/// WeChat Pay API v3 (Native payment).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatSection {
+    pub mchid: String,
+    pub appid: String,
+    /// The serial number of the merchant API certificate.
+    pub merchant_serial: String,
+    /// `apiclient_key.pem`, or the environment variable holding it.
+    #[serde(default)]
+    pub private_key_file: Option<String>,
+    #[serde(default)]
+    pub private_key_env: Option<String>,
+    /// The environment variable holding the APIv3 key (32 characters).
+    pub api_v3_key_env: String,
+    /// Platform certificates (PEM files); more are fetched when one rotates.
+    #[serde(default)]
+    pub platform_cert_files: Vec<String>,
+    /// Or WeChat Pay's public key (`PUB_KEY_ID_...` and its PEM file).
+    #[serde(default)]
+    pub public_key_id: Option<String>,
+    #[serde(default)]
+    pub public_key_file: Option<String>,
+    #[serde(default = "default_wechat_api")]
+    pub api_base: String,
+}
+
+fn default_wechat_api() -> String {
+    "https://api.mch.weixin.qq.com".into()
 }
 
 fn default_min_rmb() -> Decimal {

@@ -89,6 +89,7 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/t/{t}/records.csv", get(records_csv))
         .route("/console/t/{t}/redeem", get(redeem_page).post(redeem_post))
         .route("/console/t/{t}/topup", get(topup_page).post(topup_post))
+        .route("/console/t/{t}/alerts", get(alerts_page).post(alerts_post))
         .route("/console/t/{t}/prices", get(prices_page))
         .route("/console/t/{t}/routing", get(routing_page))
         .route(
@@ -100,6 +101,7 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/op/promos", get(op_promos).post(op_promos_create))
         .route("/console/op/health", get(op_health))
         .route("/console/op/orders", get(op_orders))
+        .route("/console/op/orders/{id}/refund", post(op_refund))
         .route("/console/op/reconciliation.csv", get(op_reconciliation_csv))
         .route("/console/op/reload", post(op_reload))
         .route("/console/{*rest}", get(not_found).post(not_found))
@@ -1726,6 +1728,99 @@ async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     }
 }
 
+async fn alerts_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    alerts_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn alerts_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    let settings = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/tenants/{}/alerts", tp(t))).await
+    );
+    let log = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("/admin/tenants/{}/alerts/deliveries", tp(t)))
+            .await
+    );
+    vars.insert("settings".into(), settings);
+    vars.insert("deliveries".into(), log["data"].clone());
+    c.render(cx, me, "alerts.html", status, vars)
+}
+
+/// Saves the alert settings (or sends a test alert).
+async fn alerts_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form, me) = posted!(c, req, signed_in);
+    if form.get("action") == "test" {
+        return match c
+            .call(
+                &cx,
+                Method::POST,
+                &format!("/admin/tenants/{}/alerts/test", tp(&t)),
+                None,
+            )
+            .await
+        {
+            Ok(_) => redirect(&format!(
+                "/console/t/{}/alerts?done=alert_test_sent",
+                tp(&t)
+            )),
+            Err(f) => alerts_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        };
+    }
+    let list = |name: &str| -> Vec<String> {
+        form.get(name)
+            .split([',', '\n', ' ', ';'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let percents: Vec<Value> = list("quota_percents")
+        .iter()
+        .map(|p| {
+            p.trim_end_matches('%')
+                .parse::<u64>()
+                .map_or_else(|_| json!(p), |n| json!(n))
+        })
+        .collect();
+    let body = json!({
+        "balance_below": form.opt("balance_below"),
+        "balance_days": form.opt("balance_days").map(|d| d.parse::<i64>().map_or_else(|_| json!(d), |n| json!(n))),
+        "quota_percents": percents,
+        "emails": list("emails"),
+        "webhook_url": form.opt("webhook_url"),
+        "enabled": form.get("enabled") == "on",
+        "rotate_secret": form.get("rotate_secret") == "on",
+    });
+    match c
+        .call(
+            &cx,
+            Method::PUT,
+            &format!("/admin/tenants/{}/alerts", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
+        Ok(_) => redirect(&format!("/console/t/{}/alerts?done=saved", tp(&t))),
+        Err(f) => alerts_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
 async fn topup_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = signed_in!(c, cx);
@@ -1749,14 +1844,27 @@ async fn topup_render(
             Some(p) => json!({
                 "min_rmb": p.min_rmb.to_string(),
                 "max_rmb": p.max_rmb.to_string(),
-                "stripe": p.stripe.is_some(),
+                "providers": p.providers(),
             }),
             None => Value::Null,
         },
     );
     let path = format!("/admin/tenants/{}/orders", vars["t"]);
-    // The order the provider sent the payer back about, if any.
-    vars.insert("returned".into(), json!(params(cx).opt("order")));
+    // The order the provider sent the payer back about, if any: asked about at the provider
+    // now, so that the credit shows even when the notification is late.
+    let returned = params(cx).opt("order").and_then(|o| o.parse::<i64>().ok());
+    if let Some(id) = returned {
+        let synced = c
+            .call(cx, Method::POST, &format!("/admin/orders/{id}/sync"), None)
+            .await;
+        vars.insert(
+            "returned".into(),
+            match synced {
+                Ok(v) => json!({"id": id, "outcome": v["outcome"], "state": v["order"]["state"]}),
+                Err(_) => json!({"id": id, "outcome": "unknown"}),
+            },
+        );
+    }
     let mut page = c
         .list_page(cx, me, vars, ("topup.html", status), &path, "orders")
         .await;
@@ -1774,24 +1882,22 @@ async fn topup_render(
     page
 }
 
-/// Where payers are sent: Stripe Checkout, and the configured API's own origin (a sandbox or
-/// a test's mock serves both).
+/// Where payers are sent: Stripe Checkout and Alipay's gateway, and the configured APIs' own
+/// origins (a sandbox or a test's mock serves both).
 fn provider_origins(c: &Console) -> String {
     let mut out = vec!["https://checkout.stripe.com".to_string()];
-    if let Some(stripe) = c
-        .admin()
-        .app
-        .config()
-        .payments
-        .as_ref()
-        .and_then(|p| p.stripe.as_ref())
-    {
-        let origin = stripe
-            .api_base
-            .splitn(4, '/')
-            .take(3)
-            .collect::<Vec<_>>()
-            .join("/");
+    let cfg = c.admin().app.config();
+    let bases = cfg.payments.as_ref().map_or_else(Vec::new, |p| {
+        [
+            p.stripe.as_ref().map(|s| s.api_base.clone()),
+            p.alipay.as_ref().map(|a| a.gateway.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    });
+    for base in bases {
+        let origin = base.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
         if !origin.is_empty() && !origin.contains(['\'', ';', ' ']) && !out.contains(&origin) {
             out.push(origin);
         }
@@ -1799,10 +1905,25 @@ fn provider_origins(c: &Console) -> String {
     out.join(" ")
 }
 
+/// A payment link as a QR code (SVG) for a phone to scan (WeChat Pay's Native `code_url`).
+fn qr_svg(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color>()
+            .min_dimensions(220, 220)
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 /// Places an order and sends the browser to the provider's payment page.
 async fn topup_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, signed_in);
-    let body = json!({"amount_rmb": form.get("amount_rmb"), "promo_code": form.opt("promo_code")});
+    let body = json!({
+        "amount_rmb": form.get("amount_rmb"),
+        "promo_code": form.opt("promo_code"),
+        "provider": form.opt("provider"),
+    });
     match c
         .call(
             &cx,
@@ -1814,6 +1935,14 @@ async fn topup_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     {
         Ok(v) => match v["pay_url"].as_str() {
             Some(url) if url.starts_with("https://") || url.starts_with("http://") => redirect(url),
+            // WeChat Pay's Native link: shown as a QR code to scan with the phone.
+            Some(url) if url.starts_with("weixin://") => {
+                let flash = Flash {
+                    extra: json!({"qr": qr_svg(url), "order": v["order"]["id"], "amount_rmb": v["order"]["amount_rmb"]}),
+                    ..Default::default()
+                };
+                topup_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+            }
             _ => topup_render(&c, &cx, &me, &t, Flash::default(), StatusCode::BAD_GATEWAY).await,
         },
         Err(f) => topup_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
@@ -1823,6 +1952,34 @@ async fn topup_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
 async fn op_orders(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = operator_only!(c, cx);
+    op_orders_render(&c, &cx, &me, Flash::default(), StatusCode::OK).await
+}
+
+/// Refunds a paid order (all of it, or the amount given) and says how it went.
+async fn op_refund(State(c): C, Path(id): Path<i64>, req: Request) -> Page {
+    let (cx, form, me) = posted!(c, req, operator_only);
+    let body = json!({"amount_rmb": form.opt("amount_rmb"), "reason": form.opt("reason")});
+    match c
+        .call(
+            &cx,
+            Method::POST,
+            &format!("/admin/orders/{id}/refunds"),
+            Some(body),
+        )
+        .await
+    {
+        Ok(_) => redirect("/console/op/orders?done=refund_done"),
+        Err(f) => op_orders_render(&c, &cx, &me, Flash::err(&f), f.status).await,
+    }
+}
+
+async fn op_orders_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
     let day = Some(params(&cx).get("day"))
         .filter(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
         .map(str::to_string)
@@ -1831,17 +1988,17 @@ async fn op_orders(State(c): C, req: Request) -> Page {
         c,
         cx,
         me,
-        c.get(&cx, &format!("/admin/payments/reconciliation?day={day}"))
+        c.get(cx, &format!("/admin/payments/reconciliation?day={day}"))
             .await
     );
-    let mut vars = op_vars(&cx, Flash::default());
+    let mut vars = op_vars(cx, flash);
     vars.insert("report".into(), report);
     vars.insert("day".into(), json!(day));
     c.list_page(
-        &cx,
-        &me,
+        cx,
+        me,
         vars,
-        ("op_orders.html", StatusCode::OK),
+        ("op_orders.html", status),
         "/admin/orders",
         "orders",
     )

@@ -3,7 +3,7 @@
 //! signing secret: `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`, within a
 //! tolerance of five minutes (replays of old events are refused).
 
-use super::Checkout;
+use super::{Checkout, Paid, ProviderError, QueryResult, RefundResult};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -56,7 +56,7 @@ impl Stripe {
             ("expires_at", r.expires_at.to_string()),
         ];
         let headers = [
-            ("Authorization", format!("Bearer {}", self.secret_key)),
+            self.auth(),
             ("Idempotency-Key", format!("tollgate-order-{}", r.order_id)),
         ];
         let url = format!(
@@ -81,6 +81,106 @@ impl Stripe {
                 pay_url: url.to_string(),
             }),
             _ => Err("Stripe's session has no id or url".into()),
+        }
+    }
+}
+
+impl Stripe {
+    fn auth(&self) -> (&'static str, String) {
+        ("Authorization", format!("Bearer {}", self.secret_key))
+    }
+
+    fn json(answer: super::Answer) -> Result<serde_json::Value, ProviderError> {
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
+            ProviderError::Refused(format!(
+                "Stripe answered {} with no JSON: {e}",
+                answer.status
+            ))
+        })?;
+        if !(200..300).contains(&answer.status) {
+            return Err(ProviderError::Refused(format!(
+                "Stripe refused ({}): {}",
+                answer.status,
+                body["error"]["message"].as_str().unwrap_or("no message")
+            )));
+        }
+        Ok(body)
+    }
+
+    async fn session(&self, session_id: &str) -> Result<serde_json::Value, ProviderError> {
+        if !session_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(ProviderError::Mismatch("not a Checkout Session id".into()));
+        }
+        let url = format!(
+            "{}/v1/checkout/sessions/{session_id}",
+            self.api_base.trim_end_matches('/')
+        );
+        let answer = super::request("GET", &url, &[self.auth()], None)
+            .await
+            .map_err(ProviderError::Unreachable)?;
+        Stripe::json(answer)
+    }
+
+    /// Asks Stripe about an order's Checkout Session (the answer comes over TLS from the API,
+    /// asked with our secret key).
+    pub async fn query(&self, session_id: &str) -> Result<QueryResult, ProviderError> {
+        let s = self.session(session_id).await?;
+        if s["id"].as_str() != Some(session_id) {
+            return Err(ProviderError::Mismatch(
+                "Stripe answered about another session".into(),
+            ));
+        }
+        Ok(match (s["payment_status"].as_str(), s["status"].as_str()) {
+            (Some("paid"), _) => QueryResult::Paid(Paid {
+                amount_minor: s["amount_total"]
+                    .as_i64()
+                    .ok_or_else(|| ProviderError::Refused("no amount in the session".into()))?,
+                currency: s["currency"].as_str().unwrap_or("").to_ascii_lowercase(),
+                transaction: s["payment_intent"].as_str().unwrap_or("").to_string(),
+            }),
+            (_, Some("expired")) => QueryResult::Closed,
+            _ => QueryResult::Unpaid,
+        })
+    }
+
+    /// Refunds part or all of a paid session's payment (`POST /v1/refunds`, idempotent on
+    /// `refund_no`).
+    pub async fn refund(
+        &self,
+        session_id: &str,
+        refund_no: &str,
+        amount_minor: i64,
+    ) -> Result<RefundResult, ProviderError> {
+        let s = self.session(session_id).await?;
+        let intent = s["payment_intent"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Refused("the session has no payment".into()))?;
+        let form: Vec<(&str, String)> = vec![
+            ("payment_intent", intent.to_string()),
+            ("amount", amount_minor.to_string()),
+            ("metadata[refund]", refund_no.to_string()),
+        ];
+        let headers = [
+            self.auth(),
+            ("Idempotency-Key", format!("tollgate-{refund_no}")),
+        ];
+        let url = format!("{}/v1/refunds", self.api_base.trim_end_matches('/'));
+        let answer = super::post_form(&url, &headers, &form)
+            .await
+            .map_err(ProviderError::Unreachable)?;
+        let r = Stripe::json(answer)?;
+        match r["status"].as_str() {
+            Some("succeeded") | Some("pending") | Some("requires_action") => Ok(RefundResult {
+                done: r["status"].as_str() == Some("succeeded"),
+                provider_ref: r["id"].as_str().unwrap_or("").to_string(),
+            }),
+            other => Err(ProviderError::Refused(format!(
+                "Stripe did not take the refund: {}",
+                other.unwrap_or("no status")
+            ))),
         }
     }
 }

@@ -33,6 +33,10 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("charge_days", Some("id")),
     ("usage_archives", Some("id")),
     ("payment_orders", Some("id")),
+    ("payment_refunds", Some("id")),
+    ("alert_settings", None),
+    ("alert_state", None),
+    ("alert_deliveries", Some("id")),
 ];
 
 /// Rows per INSERT (PostgreSQL takes at most 65,535 parameters a statement).

@@ -408,7 +408,58 @@ pub trait Orders: Send + Sync {
         id: i64,
         entry_id: &str,
         late: bool,
+        credited_nano: i64,
     ) -> Result<sqlite::PaymentOrder, StoreError>;
+    async fn create_refund(
+        &self,
+        order_id: i64,
+        amount_minor: i64,
+        debit_nano: i64,
+        reason: Option<&str>,
+        created_by: Option<&str>,
+    ) -> Result<sqlite::Refund, StoreError>;
+    async fn refund(&self, id: i64) -> Result<sqlite::Refund, StoreError>;
+    async fn list_refunds(&self, order_id: Option<i64>) -> Result<Vec<sqlite::Refund>, StoreError>;
+    async fn refund_settled(
+        &self,
+        id: i64,
+        state: &str,
+        provider_ref: Option<&str>,
+    ) -> Result<sqlite::Refund, StoreError>;
+}
+
+/// Budget and balance alerts: the PostgreSQL side of the same calls on `sqlite::Store`.
+#[async_trait::async_trait]
+pub trait Alerts: Send + Sync {
+    async fn set_alert_settings(
+        &self,
+        a: &sqlite::AlertSettings,
+    ) -> Result<sqlite::AlertSettings, StoreError>;
+    async fn alert_settings(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<sqlite::AlertSettings>, StoreError>;
+    async fn enabled_alert_settings(&self) -> Result<Vec<sqlite::AlertSettings>, StoreError>;
+    async fn alert_level(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        level: i64,
+    ) -> Result<sqlite::AlertMove, StoreError>;
+    async fn daily_spend(&self, tenant: TenantId, days: i64) -> Result<i64, StoreError>;
+    async fn add_alert_delivery(&self, d: &sqlite::AlertDelivery) -> Result<i64, StoreError>;
+    async fn update_alert_delivery(
+        &self,
+        id: i64,
+        state: &str,
+        attempts: i64,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError>;
+    async fn alert_deliveries(
+        &self,
+        tenant: TenantId,
+        limit: u32,
+    ) -> Result<Vec<sqlite::AlertDelivery>, StoreError>;
 }
 
 /// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls

@@ -2601,12 +2601,32 @@ fn order_from_pg(r: &PgRow) -> Result<super::sqlite::PaymentOrder, sqlx::Error> 
         paid_at: r.try_get("paid_at")?,
         late: r.try_get::<i64, _>("late")? != 0,
         entry_id: r.try_get("entry_id")?,
+        credited_nano: r.try_get("credited_nano")?,
+        refunded_minor: r.try_get("refunded_minor")?,
     })
 }
 
 const ORDER_COLUMNS: &str =
     "id, tenant_id, provider, amount_minor, currency, promo_code, state, provider_ref,
-     created_by, created_at, expires_at, paid_at, late, entry_id";
+     created_by, created_at, expires_at, paid_at, late, entry_id, credited_nano, refunded_minor";
+
+fn refund_from_pg(r: &PgRow) -> Result<super::sqlite::Refund, sqlx::Error> {
+    Ok(super::sqlite::Refund {
+        id: r.try_get("id")?,
+        order_id: r.try_get("order_id")?,
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        amount_minor: r.try_get("amount_minor")?,
+        debit_nano: r.try_get("debit_nano")?,
+        state: r.try_get("state")?,
+        provider_ref: r.try_get("provider_ref")?,
+        reason: r.try_get("reason")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+const REFUND_COLUMNS: &str = "id, order_id, tenant_id, amount_minor, debit_nano, state, provider_ref, reason, created_by, created_at, updated_at";
 
 #[async_trait::async_trait]
 impl super::Orders for PgStore {
@@ -2712,17 +2732,352 @@ impl super::Orders for PgStore {
         id: i64,
         entry_id: &str,
         late: bool,
+        credited_nano: i64,
     ) -> Result<super::sqlite::PaymentOrder, StoreError> {
         sqlx::query(
-            "UPDATE payment_orders SET state = 'paid', paid_at = $2, entry_id = $3, late = $4
+            "UPDATE payment_orders SET state = 'paid', paid_at = $2, entry_id = $3, late = $4, credited_nano = $5
              WHERE id = $1 AND state != 'paid' AND state != 'refunded'",
         )
         .bind(id)
         .bind(unix_now())
         .bind(entry_id)
         .bind(late as i64)
+        .bind(credited_nano)
         .execute(&self.pool)
         .await?;
         super::Orders::order(self, id).await
+    }
+
+    async fn create_refund(
+        &self,
+        order_id: i64,
+        amount_minor: i64,
+        debit_nano: i64,
+        reason: Option<&str>,
+        created_by: Option<&str>,
+    ) -> Result<super::sqlite::Refund, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The order's row lock serialises refunds of one order.
+        let row: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT tenant_id, state, amount_minor FROM payment_orders WHERE id = $1 FOR UPDATE",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (tenant, state, paid) = row.ok_or_else(|| StoreError::not_found("order", order_id))?;
+        if state != "paid" {
+            return Err(StoreError::Conflict(format!(
+                "order {order_id} is {state}, not paid: there is nothing to refund"
+            )));
+        }
+        let taken: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(amount_minor), 0)::BIGINT FROM payment_refunds WHERE order_id = $1 AND state != 'failed'",
+        )
+        .bind(order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if taken + amount_minor > paid {
+            return Err(StoreError::Conflict(format!(
+                "order {order_id} has {} fen left to refund",
+                paid - taken
+            )));
+        }
+        let now = unix_now();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO payment_refunds (order_id, tenant_id, amount_minor, debit_nano, state, reason, created_by, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 'requested', $5, $6, $7, $7) RETURNING {REFUND_COLUMNS}"
+        )))
+        .bind(order_id)
+        .bind(tenant)
+        .bind(amount_minor)
+        .bind(debit_nano)
+        .bind(reason)
+        .bind(created_by)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let refund = refund_from_pg(&row)?;
+        tx.commit().await?;
+        Ok(refund)
+    }
+
+    async fn refund(&self, id: i64) -> Result<super::sqlite::Refund, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REFUND_COLUMNS} FROM payment_refunds WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(refund_from_pg(&r)?),
+            None => Err(StoreError::not_found("refund", id)),
+        }
+    }
+
+    async fn list_refunds(
+        &self,
+        order_id: Option<i64>,
+    ) -> Result<Vec<super::sqlite::Refund>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REFUND_COLUMNS} FROM payment_refunds WHERE ($1::BIGINT IS NULL OR order_id = $1)
+             ORDER BY id DESC LIMIT 1000"
+        )))
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(refund_from_pg)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn refund_settled(
+        &self,
+        id: i64,
+        state: &str,
+        provider_ref: Option<&str>,
+    ) -> Result<super::sqlite::Refund, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE payment_refunds SET state = $2, provider_ref = COALESCE($3, provider_ref), updated_at = $4
+             WHERE id = $1 AND state IN ('requested', 'processing')",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(provider_ref)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE payment_orders o SET refunded_minor = r.total,
+                    state = CASE WHEN r.total >= o.amount_minor THEN 'refunded' ELSE o.state END
+             FROM (SELECT COALESCE(SUM(amount_minor), 0)::BIGINT AS total FROM payment_refunds
+                   WHERE order_id = (SELECT order_id FROM payment_refunds WHERE id = $1)
+                     AND state IN ('processing', 'succeeded')) r
+             WHERE o.id = (SELECT order_id FROM payment_refunds WHERE id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        super::Orders::refund(self, id).await
+    }
+}
+
+fn alert_settings_from_pg(r: &PgRow) -> Result<super::sqlite::AlertSettings, sqlx::Error> {
+    let percents: String = r.try_get("quota_percents")?;
+    let emails: String = r.try_get("emails")?;
+    Ok(super::sqlite::AlertSettings {
+        tenant_id: TenantId(r.try_get("tenant_id")?),
+        balance_below_nano: r.try_get("balance_below_nano")?,
+        balance_days: r.try_get("balance_days")?,
+        quota_percents: serde_json::from_str(&percents).unwrap_or_default(),
+        emails: serde_json::from_str(&emails).unwrap_or_default(),
+        webhook_url: r.try_get("webhook_url")?,
+        webhook_secret: r.try_get("webhook_secret")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+const ALERT_SETTINGS_COLUMNS: &str = "tenant_id, balance_below_nano, balance_days, quota_percents, emails, webhook_url, webhook_secret, enabled, updated_at";
+
+#[async_trait::async_trait]
+impl super::Alerts for PgStore {
+    async fn set_alert_settings(
+        &self,
+        a: &super::sqlite::AlertSettings,
+    ) -> Result<super::sqlite::AlertSettings, StoreError> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+            .bind(a.tenant_id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::not_found("tenant", a.tenant_id.0));
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO alert_settings ({ALERT_SETTINGS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (tenant_id) DO UPDATE SET balance_below_nano = EXCLUDED.balance_below_nano,
+                balance_days = EXCLUDED.balance_days, quota_percents = EXCLUDED.quota_percents,
+                emails = EXCLUDED.emails, webhook_url = EXCLUDED.webhook_url,
+                webhook_secret = EXCLUDED.webhook_secret, enabled = EXCLUDED.enabled, updated_at = EXCLUDED.updated_at
+             RETURNING {ALERT_SETTINGS_COLUMNS}"
+        )))
+        .bind(a.tenant_id.0)
+        .bind(a.balance_below_nano)
+        .bind(a.balance_days)
+        .bind(serde_json::to_string(&a.quota_percents).unwrap_or_else(|_| "[]".into()))
+        .bind(serde_json::to_string(&a.emails).unwrap_or_else(|_| "[]".into()))
+        .bind(&a.webhook_url)
+        .bind(&a.webhook_secret)
+        .bind(a.enabled as i64)
+        .bind(unix_now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(alert_settings_from_pg(&row)?)
+    }
+
+    async fn alert_settings(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Option<super::sqlite::AlertSettings>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_SETTINGS_COLUMNS} FROM alert_settings WHERE tenant_id = $1"
+        )))
+        .bind(tenant.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(alert_settings_from_pg).transpose()?)
+    }
+
+    async fn enabled_alert_settings(
+        &self,
+    ) -> Result<Vec<super::sqlite::AlertSettings>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_SETTINGS_COLUMNS} FROM alert_settings WHERE enabled = 1 ORDER BY tenant_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(alert_settings_from_pg)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn alert_level(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        level: i64,
+    ) -> Result<super::sqlite::AlertMove, StoreError> {
+        use super::sqlite::AlertMove;
+        let mut tx = self.pool.begin().await?;
+        // The row, created at level 0 if new, locked: concurrent nodes serialise on it.
+        sqlx::query(
+            "INSERT INTO alert_state (tenant_id, subject, level, changed_at) VALUES ($1, $2, 0, $3)
+             ON CONFLICT (tenant_id, subject) DO NOTHING",
+        )
+        .bind(tenant.0)
+        .bind(subject)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        let before: i64 = sqlx::query_scalar(
+            "SELECT level FROM alert_state WHERE tenant_id = $1 AND subject = $2 FOR UPDATE",
+        )
+        .bind(tenant.0)
+        .bind(subject)
+        .fetch_one(&mut *tx)
+        .await?;
+        if before == level {
+            tx.commit().await?;
+            return Ok(AlertMove::Same);
+        }
+        sqlx::query(
+            "UPDATE alert_state SET level = $3, changed_at = $4 WHERE tenant_id = $1 AND subject = $2",
+        )
+        .bind(tenant.0)
+        .bind(subject)
+        .bind(level)
+        .bind(unix_now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if level > before {
+            AlertMove::Fired(before)
+        } else {
+            AlertMove::Rearmed
+        })
+    }
+
+    async fn daily_spend(&self, tenant: TenantId, days: i64) -> Result<i64, StoreError> {
+        let from_hour = (unix_now() - days * 86_400).div_euclid(3600);
+        let spent: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(cost_nano), 0)::BIGINT FROM usage_hourly WHERE tenant_id = $1 AND hour >= $2",
+        )
+        .bind(tenant.0)
+        .bind(from_hour)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent / days.max(1))
+    }
+
+    async fn add_alert_delivery(
+        &self,
+        d: &super::sqlite::AlertDelivery,
+    ) -> Result<i64, StoreError> {
+        let now = unix_now();
+        Ok(sqlx::query_scalar(
+            "INSERT INTO alert_deliveries (tenant_id, alert_id, kind, subject, channel, target, state, attempts, last_error, payload, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
+        )
+        .bind(d.tenant_id.0)
+        .bind(&d.alert_id)
+        .bind(&d.kind)
+        .bind(&d.subject)
+        .bind(&d.channel)
+        .bind(&d.target)
+        .bind(&d.state)
+        .bind(d.attempts)
+        .bind(&d.last_error)
+        .bind(&d.payload)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn update_alert_delivery(
+        &self,
+        id: i64,
+        state: &str,
+        attempts: i64,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE alert_deliveries SET state = $2, attempts = $3, last_error = $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(attempts)
+        .bind(last_error)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn alert_deliveries(
+        &self,
+        tenant: TenantId,
+        limit: u32,
+    ) -> Result<Vec<super::sqlite::AlertDelivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, alert_id, kind, subject, channel, target, state, attempts, last_error, payload, created_at, updated_at
+             FROM alert_deliveries WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(tenant.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::sqlite::AlertDelivery {
+                    id: r.try_get("id")?,
+                    tenant_id: TenantId(r.try_get("tenant_id")?),
+                    alert_id: r.try_get("alert_id")?,
+                    kind: r.try_get("kind")?,
+                    subject: r.try_get("subject")?,
+                    channel: r.try_get("channel")?,
+                    target: r.try_get("target")?,
+                    state: r.try_get("state")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    payload: r.try_get("payload")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
     }
 }

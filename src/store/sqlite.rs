@@ -385,6 +385,60 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX payment_orders_tenant ON payment_orders(tenant_id, id);
      CREATE UNIQUE INDEX payment_orders_ref ON payment_orders(provider, provider_ref);",
+    // 20: refunds of paid orders (issue 17; migrations/postgres/0006_refunds.sql)
+    "ALTER TABLE payment_orders ADD COLUMN credited_nano INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE payment_orders ADD COLUMN refunded_minor INTEGER NOT NULL DEFAULT 0;
+     UPDATE payment_orders SET credited_nano =
+        COALESCE((SELECT amount FROM ledger_entries WHERE ledger_entries.id = payment_orders.entry_id), 0);
+     CREATE TABLE payment_refunds (
+        id INTEGER PRIMARY KEY,
+        order_id INTEGER NOT NULL REFERENCES payment_orders(id),
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        amount_minor INTEGER NOT NULL,
+        debit_nano INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        provider_ref TEXT,
+        reason TEXT,
+        created_by TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE INDEX payment_refunds_order ON payment_refunds(order_id);",
+    // 21: budget and balance alerts (issue 17; migrations/postgres/0007_alerts.sql)
+    "CREATE TABLE alert_settings (
+        tenant_id INTEGER PRIMARY KEY REFERENCES tenants(id),
+        balance_below_nano INTEGER,
+        balance_days INTEGER,
+        quota_percents TEXT NOT NULL DEFAULT '[]',
+        emails TEXT NOT NULL DEFAULT '[]',
+        webhook_url TEXT,
+        webhook_secret TEXT,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE alert_state (
+        tenant_id INTEGER NOT NULL,
+        subject TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        changed_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, subject)
+     );
+     CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        tenant_id INTEGER NOT NULL,
+        alert_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        payload TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE INDEX alert_deliveries_tenant ON alert_deliveries(tenant_id, id);",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -804,6 +858,77 @@ pub struct PaymentOrder {
     pub late: bool,
     /// The top-up entry it was credited with.
     pub entry_id: Option<String>,
+    /// What it brought: the top-up and its promotion bonus, in nano-credits.
+    pub credited_nano: i64,
+    /// Refunded so far (processing or done), in fen.
+    pub refunded_minor: i64,
+}
+
+/// A tenant's alert thresholds and where alerts go (`Store::set_alert_settings`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    pub tenant_id: TenantId,
+    /// Alert when the available balance is below this (nano-credits).
+    pub balance_below_nano: Option<i64>,
+    /// Alert when the available balance covers fewer days than this of the last 7 days'
+    /// average daily spend.
+    pub balance_days: Option<i64>,
+    /// Percent thresholds of every department budget, user quota and key quota (e.g. 80, 100).
+    pub quota_percents: Vec<u32>,
+    pub emails: Vec<String>,
+    pub webhook_url: Option<String>,
+    /// The HMAC secret webhooks are signed with.
+    pub webhook_secret: Option<String>,
+    pub enabled: bool,
+    pub updated_at: i64,
+}
+
+/// What a new reading of an alert's level did to its stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertMove {
+    /// Rose from the level given: this caller (one in the whole fleet) sends the alert.
+    Fired(i64),
+    /// Fell (a top-up, a new quota period): armed again, nothing sent.
+    Rearmed,
+    Same,
+}
+
+/// One delivery of an alert to one email address or webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertDelivery {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    pub alert_id: String,
+    pub kind: String,
+    pub subject: String,
+    /// `email` or `webhook`.
+    pub channel: String,
+    pub target: String,
+    /// `pending`, `delivered` or `failed` (after the last retry).
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub payload: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A refund of (part of) a paid order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub id: i64,
+    pub order_id: i64,
+    pub tenant_id: TenantId,
+    pub amount_minor: i64,
+    /// The credits debited for it (the refunded share of what the order brought).
+    pub debit_nano: i64,
+    /// `requested`, `processing`, `succeeded` or `failed` (the debit given back).
+    pub state: String,
+    pub provider_ref: Option<String>,
+    pub reason: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// A console sign-in's account (`Store::login_account`).
@@ -1917,7 +2042,7 @@ impl Store {
 
     const ORDER_COLUMNS: &'static str =
         "id, tenant_id, provider, amount_minor, currency, promo_code, state, provider_ref,
-         created_by, created_at, expires_at, paid_at, late, entry_id";
+         created_by, created_at, expires_at, paid_at, late, entry_id, credited_nano, refunded_minor";
 
     fn order_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentOrder> {
         Ok(PaymentOrder {
@@ -1935,7 +2060,322 @@ impl Store {
             paid_at: r.get(11)?,
             late: r.get::<_, i64>(12)? != 0,
             entry_id: r.get(13)?,
+            credited_nano: r.get(14)?,
+            refunded_minor: r.get(15)?,
         })
+    }
+
+    // ---------------------------------------------------------------- alerts
+
+    fn alert_settings_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertSettings> {
+        let percents: String = r.get(3)?;
+        let emails: String = r.get(4)?;
+        Ok(AlertSettings {
+            tenant_id: TenantId(r.get(0)?),
+            balance_below_nano: r.get(1)?,
+            balance_days: r.get(2)?,
+            quota_percents: serde_json::from_str(&percents).unwrap_or_default(),
+            emails: serde_json::from_str(&emails).unwrap_or_default(),
+            webhook_url: r.get(5)?,
+            webhook_secret: r.get(6)?,
+            enabled: r.get::<_, i64>(7)? != 0,
+            updated_at: r.get(8)?,
+        })
+    }
+
+    const ALERT_SETTINGS_COLUMNS: &'static str = "tenant_id, balance_below_nano, balance_days, quota_percents, emails, webhook_url, webhook_secret, enabled, updated_at";
+
+    /// Replaces a tenant's alert settings.
+    pub fn set_alert_settings(&self, a: &AlertSettings) -> Result<AlertSettings, StoreError> {
+        pg!(self, { let a = a.clone(); } s => crate::store::Alerts::set_alert_settings(&s, &a).await);
+        let percents = serde_json::to_string(&a.quota_percents).unwrap_or_else(|_| "[]".into());
+        let emails = serde_json::to_string(&a.emails).unwrap_or_else(|_| "[]".into());
+        self.with(|c| {
+            let tx = c.transaction()?;
+            Store::require_tenant(&tx, a.tenant_id)?;
+            tx.execute(
+                "INSERT INTO alert_settings (tenant_id, balance_below_nano, balance_days, quota_percents, emails, webhook_url, webhook_secret, enabled, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (tenant_id) DO UPDATE SET balance_below_nano = excluded.balance_below_nano,
+                    balance_days = excluded.balance_days, quota_percents = excluded.quota_percents,
+                    emails = excluded.emails, webhook_url = excluded.webhook_url,
+                    webhook_secret = excluded.webhook_secret, enabled = excluded.enabled, updated_at = excluded.updated_at",
+                params![a.tenant_id.0, a.balance_below_nano, a.balance_days, percents, emails, a.webhook_url, a.webhook_secret, a.enabled as i64, unix_now()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.alert_settings(a.tenant_id)?
+            .ok_or_else(|| StoreError::not_found("alert settings", a.tenant_id.0))
+    }
+
+    pub fn alert_settings(&self, tenant: TenantId) -> Result<Option<AlertSettings>, StoreError> {
+        pg!(self, {} s => crate::store::Alerts::alert_settings(&s, tenant).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM alert_settings WHERE tenant_id = ?1",
+                Store::ALERT_SETTINGS_COLUMNS
+            );
+            Ok(
+                c.query_row(&sql, params![tenant.0], Store::alert_settings_from_row)
+                    .optional()?,
+            )
+        })
+    }
+
+    /// Every tenant's enabled alert settings.
+    pub fn enabled_alert_settings(&self) -> Result<Vec<AlertSettings>, StoreError> {
+        pg!(self, {} s => crate::store::Alerts::enabled_alert_settings(&s).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM alert_settings WHERE enabled = 1 ORDER BY tenant_id",
+                Store::ALERT_SETTINGS_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map([], Store::alert_settings_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Records the level an alert's subject is at now (0: below every threshold). Across
+    /// processes sharing the store, exactly one caller sees a given rise (`Fired`).
+    pub fn alert_level(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        level: i64,
+    ) -> Result<AlertMove, StoreError> {
+        pg!(self, { let subject = subject.to_string(); } s => crate::store::Alerts::alert_level(&s, tenant, &subject, level).await);
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before: i64 = tx
+                .query_row(
+                    "SELECT level FROM alert_state WHERE tenant_id = ?1 AND subject = ?2",
+                    params![tenant.0, subject],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if before == level {
+                return Ok(AlertMove::Same);
+            }
+            tx.execute(
+                "INSERT INTO alert_state (tenant_id, subject, level, changed_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (tenant_id, subject) DO UPDATE SET level = excluded.level, changed_at = excluded.changed_at",
+                params![tenant.0, subject, level, unix_now()],
+            )?;
+            tx.commit()?;
+            Ok(if level > before {
+                AlertMove::Fired(before)
+            } else {
+                AlertMove::Rearmed
+            })
+        })
+    }
+
+    /// Average daily charges of a tenant over the last `days` full days and today so far, in
+    /// nano-credits.
+    pub fn daily_spend(&self, tenant: TenantId, days: i64) -> Result<i64, StoreError> {
+        pg!(self, {} s => crate::store::Alerts::daily_spend(&s, tenant, days).await);
+        let from_hour = (unix_now() - days * 86_400).div_euclid(3600);
+        let spent: i64 = self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(cost_nano), 0) FROM usage_hourly WHERE tenant_id = ?1 AND hour >= ?2",
+                params![tenant.0, from_hour],
+                |r| r.get(0),
+            )?)
+        })?;
+        Ok(spent / days.max(1))
+    }
+
+    pub fn add_alert_delivery(&self, d: &AlertDelivery) -> Result<i64, StoreError> {
+        pg!(self, { let d = d.clone(); } s => crate::store::Alerts::add_alert_delivery(&s, &d).await);
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO alert_deliveries (tenant_id, alert_id, kind, subject, channel, target, state, attempts, last_error, payload, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![d.tenant_id.0, d.alert_id, d.kind, d.subject, d.channel, d.target, d.state, d.attempts, d.last_error, d.payload, unix_now()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn update_alert_delivery(
+        &self,
+        id: i64,
+        state: &str,
+        attempts: i64,
+        last_error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        pg!(self, { let state = state.to_string(); let last_error = last_error.map(str::to_string); } s => crate::store::Alerts::update_alert_delivery(&s, id, &state, attempts, last_error.as_deref()).await);
+        self.with(|c| {
+            c.execute(
+                "UPDATE alert_deliveries SET state = ?2, attempts = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, state, attempts, last_error, unix_now()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A tenant's alert deliveries, newest first.
+    pub fn alert_deliveries(
+        &self,
+        tenant: TenantId,
+        limit: u32,
+    ) -> Result<Vec<AlertDelivery>, StoreError> {
+        pg!(self, {} s => crate::store::Alerts::alert_deliveries(&s, tenant, limit).await);
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, tenant_id, alert_id, kind, subject, channel, target, state, attempts, last_error, payload, created_at, updated_at
+                 FROM alert_deliveries WHERE tenant_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![tenant.0, limit], |r| {
+                Ok(AlertDelivery {
+                    id: r.get(0)?,
+                    tenant_id: TenantId(r.get(1)?),
+                    alert_id: r.get(2)?,
+                    kind: r.get(3)?,
+                    subject: r.get(4)?,
+                    channel: r.get(5)?,
+                    target: r.get(6)?,
+                    state: r.get(7)?,
+                    attempts: r.get(8)?,
+                    last_error: r.get(9)?,
+                    payload: r.get(10)?,
+                    created_at: r.get(11)?,
+                    updated_at: r.get(12)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    const REFUND_COLUMNS: &'static str =
+        "id, order_id, tenant_id, amount_minor, debit_nano, state, provider_ref, reason, created_by, created_at, updated_at";
+
+    fn refund_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Refund> {
+        Ok(Refund {
+            id: r.get(0)?,
+            order_id: r.get(1)?,
+            tenant_id: TenantId(r.get(2)?),
+            amount_minor: r.get(3)?,
+            debit_nano: r.get(4)?,
+            state: r.get(5)?,
+            provider_ref: r.get(6)?,
+            reason: r.get(7)?,
+            created_by: r.get(8)?,
+            created_at: r.get(9)?,
+            updated_at: r.get(10)?,
+        })
+    }
+
+    /// Records a refund of `amount_minor` of a paid order (state `requested`): refused when the
+    /// order is not paid or its refunds (but failed ones) would exceed what was paid.
+    pub fn create_refund(
+        &self,
+        order_id: i64,
+        amount_minor: i64,
+        debit_nano: i64,
+        reason: Option<&str>,
+        created_by: Option<&str>,
+    ) -> Result<Refund, StoreError> {
+        pg!(self, { let reason = reason.map(str::to_string); let created_by = created_by.map(str::to_string); } s => crate::store::Orders::create_refund(&s, order_id, amount_minor, debit_nano, reason.as_deref(), created_by.as_deref()).await);
+        let id = self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let (tenant, state, paid): (i64, String, i64) = tx
+                .query_row(
+                    "SELECT tenant_id, state, amount_minor FROM payment_orders WHERE id = ?1",
+                    params![order_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("order", order_id))?;
+            if state != "paid" {
+                return Err(StoreError::Conflict(format!(
+                    "order {order_id} is {state}, not paid: there is nothing to refund"
+                )));
+            }
+            let taken: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(amount_minor), 0) FROM payment_refunds WHERE order_id = ?1 AND state != 'failed'",
+                params![order_id],
+                |r| r.get(0),
+            )?;
+            if taken + amount_minor > paid {
+                return Err(StoreError::Conflict(format!(
+                    "order {order_id} has {} fen left to refund",
+                    paid - taken
+                )));
+            }
+            let now = unix_now();
+            tx.execute(
+                "INSERT INTO payment_refunds (order_id, tenant_id, amount_minor, debit_nano, state, reason, created_by, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'requested', ?5, ?6, ?7, ?7)",
+                params![order_id, tenant, amount_minor, debit_nano, reason, created_by, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id)
+        })?;
+        self.refund(id)
+    }
+
+    pub fn refund(&self, id: i64) -> Result<Refund, StoreError> {
+        pg!(self, {} s => crate::store::Orders::refund(&s, id).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM payment_refunds WHERE id = ?1",
+                Store::REFUND_COLUMNS
+            );
+            c.query_row(&sql, params![id], Store::refund_from_row)
+                .optional()?
+                .ok_or_else(|| StoreError::not_found("refund", id))
+        })
+    }
+
+    /// Refunds, newest first: of one order, or of every order (`None`).
+    pub fn list_refunds(&self, order_id: Option<i64>) -> Result<Vec<Refund>, StoreError> {
+        pg!(self, {} s => crate::store::Orders::list_refunds(&s, order_id).await);
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM payment_refunds WHERE (?1 IS NULL OR order_id = ?1) ORDER BY id DESC LIMIT 1000",
+                Store::REFUND_COLUMNS
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(params![order_id], Store::refund_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Moves a `requested` refund to `processing`, `succeeded` or `failed` (a settled one stays
+    /// as it is), and the order's refunded total with it (`refunded` once all of it is).
+    pub fn refund_settled(
+        &self,
+        id: i64,
+        state: &str,
+        provider_ref: Option<&str>,
+    ) -> Result<Refund, StoreError> {
+        pg!(self, { let state = state.to_string(); let provider_ref = provider_ref.map(str::to_string); } s => crate::store::Orders::refund_settled(&s, id, &state, provider_ref.as_deref()).await);
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE payment_refunds SET state = ?2, provider_ref = COALESCE(?3, provider_ref), updated_at = ?4
+                 WHERE id = ?1 AND state IN ('requested', 'processing')",
+                params![id, state, provider_ref, unix_now()],
+            )?;
+            tx.execute(
+                "UPDATE payment_orders SET
+                    refunded_minor = (SELECT COALESCE(SUM(amount_minor), 0) FROM payment_refunds
+                                      WHERE order_id = payment_orders.id AND state IN ('processing', 'succeeded')),
+                    state = CASE WHEN (SELECT COALESCE(SUM(amount_minor), 0) FROM payment_refunds
+                                       WHERE order_id = payment_orders.id AND state IN ('processing', 'succeeded')) >= amount_minor
+                                 THEN 'refunded' ELSE state END
+                 WHERE id = (SELECT order_id FROM payment_refunds WHERE id = ?1)",
+                params![id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.refund(id)
     }
 
     /// A new payment order in state `created`, valid `ttl_secs`.
@@ -2031,13 +2471,14 @@ impl Store {
         id: i64,
         entry_id: &str,
         late: bool,
+        credited_nano: i64,
     ) -> Result<PaymentOrder, StoreError> {
-        pg!(self, { let entry_id = entry_id.to_string(); } s => crate::store::Orders::order_paid(&s, id, &entry_id, late).await);
+        pg!(self, { let entry_id = entry_id.to_string(); } s => crate::store::Orders::order_paid(&s, id, &entry_id, late, credited_nano).await);
         self.with(|c| {
             c.execute(
-                "UPDATE payment_orders SET state = 'paid', paid_at = ?2, entry_id = ?3, late = ?4
+                "UPDATE payment_orders SET state = 'paid', paid_at = ?2, entry_id = ?3, late = ?4, credited_nano = ?5
                  WHERE id = ?1 AND state != 'paid' AND state != 'refunded'",
-                params![id, unix_now(), entry_id, late as i64],
+                params![id, unix_now(), entry_id, late as i64, credited_nano],
             )?;
             Ok(())
         })?;

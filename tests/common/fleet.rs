@@ -12,7 +12,7 @@ pub fn cluster_extra(redis: &Redis, node: &str) -> String {
 
 pub fn cluster_extra_url(url: &str, node: &str) -> String {
     format!(
-        "\n[cluster]\nredis_url = \"{url}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 300\n"
+        "\n[cluster]\nredis_url = \"{url}\"\nnode_id = \"{node}\"\nflush_ms = 20\nlease_credits = \"0.2\"\nidle_return_seconds = 1\nop_timeout_ms = 1000\n"
     )
 }
 

@@ -3,6 +3,7 @@
 //! and a fresh SQLite file; keys are created through the real admin API.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cnpay;
 pub mod fleet;
 pub mod stripe;
 

@@ -18,6 +18,10 @@ pub struct MockStripe {
     pub sessions: Mutex<Vec<Vec<(String, String)>>>,
     /// Where paid sessions are notified (the gateway's webhook), once it is known.
     pub webhook: Mutex<Option<String>>,
+    /// Sessions paid through the payment page (or marked by a test).
+    pub paid: Mutex<std::collections::HashSet<String>>,
+    /// Refunds made, as their form fields.
+    pub refunds: Mutex<Vec<Vec<(String, String)>>>,
 }
 
 impl MockStripe {
@@ -153,6 +157,7 @@ async fn pay(State(m): State<Arc<MockStripe>>, Path(id): Path<String>) -> axum::
     );
     let sig =
         tollgate::payments::stripe::sign(&body, WEBHOOK_SECRET, tollgate::tenancy::unix_now());
+    m.paid.lock().unwrap().insert(id.clone());
     let webhook = m.webhook.lock().unwrap().clone();
     if let Some(url) = webhook {
         let _ = reqwest::Client::new()
@@ -166,12 +171,89 @@ async fn pay(State(m): State<Arc<MockStripe>>, Path(id): Path<String>) -> axum::
     (StatusCode::SEE_OTHER, [("location", back)]).into_response()
 }
 
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {SECRET_KEY}"))
+}
+
+/// `GET /v1/checkout/sessions/{id}`.
+async fn get_session(
+    State(m): State<Arc<MockStripe>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, axum::Json<Value>) {
+    if !authorized(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"message": "Invalid API Key provided"}})),
+        );
+    }
+    let (Some(amount), Some(currency)) = (
+        m.field(&id, "line_items[0][price_data][unit_amount]")
+            .and_then(|a| a.parse::<i64>().ok()),
+        m.field(&id, "line_items[0][price_data][currency]"),
+    ) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"error": {"type": "invalid_request_error", "message": format!("No such checkout.session: '{id}'")}}),
+            ),
+        );
+    };
+    let paid = m.paid.lock().unwrap().contains(&id);
+    (
+        StatusCode::OK,
+        axum::Json(json!({
+            "id": id, "object": "checkout.session", "amount_total": amount, "currency": currency,
+            "status": if paid { "complete" } else { "open" },
+            "payment_status": if paid { "paid" } else { "unpaid" },
+            "payment_intent": if paid { Value::String(format!("pi_{id}")) } else { Value::Null },
+            "metadata": {"order_id": m.field(&id, "metadata[order_id]")},
+        })),
+    )
+}
+
+/// `POST /v1/refunds` (form: payment_intent, amount).
+async fn create_refund(
+    State(m): State<Arc<MockStripe>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, axum::Json<Value>) {
+    if !authorized(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"message": "Invalid API Key provided"}})),
+        );
+    }
+    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let n = {
+        let mut refunds = m.refunds.lock().unwrap();
+        refunds.push(form.clone());
+        refunds.len()
+    };
+    let amount = form
+        .iter()
+        .find(|(k, _)| k == "amount")
+        .map(|(_, v)| v.clone());
+    (
+        StatusCode::OK,
+        axum::Json(
+            json!({"id": format!("re_test_{n}"), "object": "refund", "amount": amount, "status": "succeeded"}),
+        ),
+    )
+}
+
 /// Starts the mock; its base URL and state.
 pub async fn start() -> (String, Arc<MockStripe>) {
     let m = Arc::new(MockStripe::default());
     let app = axum::Router::new()
         .route("/v1/checkout/sessions", axum::routing::post(create_session))
         .route("/c/pay/{id}", axum::routing::get(pay_page).post(pay))
+        .route(
+            "/v1/checkout/sessions/{id}",
+            axum::routing::get(get_session),
+        )
+        .route("/v1/refunds", axum::routing::post(create_refund))
         .with_state(m.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
