@@ -34,6 +34,7 @@ CONFIGS = {
     "emb 32, L2 1e-2": dict(dims=32, sif=0.0, l2e=1e-2),
     "emb 32, L2 1e-2, AlpacaEval 20": dict(dims=32, sif=0.0, l2e=1e-2, open_weight=20.0),
     "emb 32, L2 1e-1, AlpacaEval 20": dict(dims=32, sif=0.0, l2e=1e-1, open_weight=20.0),
+    "emb 32, L2 1e-2, AlpacaEval 100": dict(dims=32, sif=0.0, l2e=1e-2, open_weight=100.0),
     "emb 8, L2 1e-2, AlpacaEval 20": dict(dims=8, sif=0.0, l2e=1e-2, open_weight=20.0),
     "emb 64, L2 1e-1, AlpacaEval 20": dict(dims=64, sif=0.0, l2e=1e-1, open_weight=20.0),
     "emb 32, SIF 1e-3, L2 1e-2, AlpacaEval 20": dict(dims=32, sif=1e-3, l2e=1e-2, open_weight=20.0),
@@ -178,6 +179,39 @@ def in_domain(static, train, feats):
                       f"{T.metrics(z, wk, st)['apgr']:.3f} | {spearman(z, d):.3f} |", flush=True)
 
 
+def open_only(static, train):
+    """Leave-one-subset-out on the AlpacaEval training subsets with a ridge on the sentence
+    vector fitted on the other three subsets alone (no other data): does what the embedding
+    learns about open-ended difficulty transfer from one prompt collection to another?"""
+    pair = T.OPEN_PAIRS["alpaca_eval oasst (held-out subset)"]
+    rows = [dict(r, pair=pair) for r in train if r.get("source") == "alpaca_eval"]
+    reqs = [T.req_of(r["prompt"]) for r in rows]
+    sub = np.array([r["subset"] for r in rows])
+    d = np.array([r["difficulty"] for r in rows])
+    wk = np.array([T.pair(r)[0] for r in rows])
+    st = np.array([T.pair(r)[1] for r in rows])
+    print("| ridge on sentence vector, AlpacaEval only | " + " | ".join(EO.SUBSETS) + " | pooled APGR | Spearman |")
+    print("|---|" + "---:|" * (len(EO.SUBSETS) + 2))
+    ln = T.length_scores(reqs).astype(float)
+    cells = [T.metrics(ln[sub == s], wk[sub == s], st[sub == s])["apgr"] for s in EO.SUBSETS]
+    print("| prompt length | " + " | ".join(f"{x:.3f}" for x in cells) + " | - | - |")
+    for dims in (8, 32, 64):
+        S = static.sentence(reqs, dims, np.ones(len(static.vocab_list)))
+        for lam in (100.0, 1000.0, 5000.0):
+            z = np.zeros(len(rows))
+            cells, sp = [], []
+            for s in EO.SUBSETS:
+                tr, te = sub != s, sub == s
+                mu, sd = S[tr].mean(0), S[tr].std(0) + 1e-9
+                Xtr, Xte = (S[tr] - mu) / sd, (S[te] - mu) / sd
+                beta = np.linalg.solve(Xtr.T @ Xtr + lam * np.eye(S.shape[1]), Xtr.T @ (d[tr] - d[tr].mean()))
+                z[te] = Xte @ beta
+                cells.append(T.metrics(z[te], wk[te], st[te])["apgr"])
+                sp.append(spearman(z[te], d[te]))
+            print(f"| {dims} dims, lambda {lam:g} | " + " | ".join(f"{x:.3f}" for x in cells)
+                  + f" | {T.metrics(z, wk, st)['apgr']:.3f} | {np.mean(sp):.3f} |", flush=True)
+
+
 def open_folds(static, train, feats, chat, zh, names):
     """experiments_open.py's protocol: each training AlpacaEval subset left out in turn."""
     chat_train = [c for c in chat if c["split"] == "train"]
@@ -302,7 +336,7 @@ def heldout(static, train, held, feats, chat, zh, names):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("static")
-    ap.add_argument("what", choices=["in-domain", "open-folds", "topic-folds", "heldout"])
+    ap.add_argument("what", choices=["in-domain", "open-only", "open-folds", "topic-folds", "heldout"])
     ap.add_argument("names", nargs="*")
     a = ap.parse_args()
     static = Static(a.static)
@@ -311,6 +345,8 @@ def main():
     names = a.names or list(CONFIGS)
     if a.what == "in-domain":
         in_domain(static, train, feats)
+    elif a.what == "open-only":
+        open_only(static, train)
     elif a.what == "open-folds":
         open_folds(static, train, feats, chat, zh, names)
     elif a.what == "topic-folds":
