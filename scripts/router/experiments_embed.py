@@ -1,7 +1,9 @@
 """Issue 19, fourth round: does a static (distilled) token embedding read open-ended difficulty
 better than the hashed n-grams? Training split only unless --heldout is given.
 
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz tokcheck
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz in-domain
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz open-only
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz open-folds
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz topic-folds
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz heldout NAME ...
@@ -32,6 +34,7 @@ CONFIGS = {
     "v2 (no embedding)": dict(dims=0),
     "v2, AlpacaEval 20": dict(dims=0, open_weight=20.0),
     "emb 32, L2 1e-2": dict(dims=32, sif=0.0, l2e=1e-2),
+    "emb 32, L2 1e-4": dict(dims=32, sif=0.0, l2e=1e-4),
     "emb 32, L2 1e-2, AlpacaEval 20": dict(dims=32, sif=0.0, l2e=1e-2, open_weight=20.0),
     "emb 32, L2 1e-1, AlpacaEval 20": dict(dims=32, sif=0.0, l2e=1e-1, open_weight=20.0),
     "emb 32, L2 1e-2, AlpacaEval 100": dict(dims=32, sif=0.0, l2e=1e-2, open_weight=100.0),
@@ -143,6 +146,39 @@ def setup():
     chat = T.load_chat()
     zh = synth.chinese_set()
     return rl, many, open_rows, train, held, chat, zh
+
+
+def tokcheck(static, train, held, zh):
+    """embedding.py's tokeniser against the reference WordPiece tokeniser of the model
+    (`tokenizers` package, the model's tokenizer.json): 3,000 sampled training and held-out
+    prompts, the Chinese set and mixed-script cases; prints the mismatches (expected: none)."""
+    import os
+    import random
+
+    from tokenizers import Tokenizer
+
+    import distill
+
+    tk = Tokenizer.from_file(os.path.join(distill.model_dir(), "tokenizer.json"))
+    tk.no_truncation()
+    tk.no_padding()
+    rows = train + [r for part in held.values() for r in part]
+    texts = [r["prompt"] for r in random.Random(0).sample(rows, 3000)]
+    texts += [z["zh"]["messages"][0]["content"] for z in zh]
+    texts += ["日本語のテキスト、カタカナ。ＡＢＣ１２３？ 한국어 텍스트 naïve café Ωmega 🙂🙂 x İstanbul ß ﬁ 32°F"]
+    bad = 0
+    unk = []
+    for t in texts:
+        a = tk.encode(t).ids[1:-1]
+        b = EMB.tokenize(t, static.vocab, static.unk, 10**9)
+        if a != b:
+            bad += 1
+            print(repr(t[:120]), file=sys.stderr)
+    for z in zh:
+        ids = EMB.tokenize(z["zh"]["messages"][0]["content"], static.vocab, static.unk)
+        unk.append(np.mean([i == static.unk for i in ids]))
+    print(f"tokeniser mismatches: {bad} of {len(texts)} texts; Chinese prompts: {np.mean(unk)*100:.0f}% of tokens are [UNK] "
+          f"({sum(1 for t in static.vocab_list if len(t) == 1 and EMB.is_cjk(ord(t)))} CJK ideographs in the vocabulary)")
 
 
 def in_domain(static, train, feats):
@@ -333,17 +369,42 @@ def heldout(static, train, held, feats, chat, zh, names):
     print("Chinese-English Spearman: " + ", ".join(f"{n} {spearman(a, b):.3f}" for (n, _), a, b in zip(models, zs, es)))
 
 
+def contrib(static, train, held, chat, zh, feats, names):
+    """How much the sentence vector moves the logit: per held-out source, the standard deviation
+    of the embedding part of the logit (its weights times the standardised sentence vector)
+    against that of the whole logit, for a model fitted on the whole training set."""
+    chat_train = [c for c in chat if c["split"] == "train"]
+    zh_train = [z for z in zh if z["split"] == "train"]
+    nd = len(T.F.DENSE_NAMES)
+    for name in names:
+        cfg = CONFIGS[name]
+        reqs, y, sw = T.training_set(train, chat_train, zh_train, args_of(cfg))
+        m = Model(feats, static, cfg).fit(reqs, y, sw)
+        _, dw, _, mean, scale = m.p
+        cells = []
+        for sname, part in held.items():
+            M = m.matrix([T.req_of(r["prompt"]) for r in part])
+            ze = ((M.dense[:, nd:] - mean[nd:]) / scale[nd:]) @ dw[nd:]
+            z = M.logits(*m.p)
+            cells.append(f"{sname}: {ze.std():.3f} of {z.std():.3f}")
+        print(f"{name}: sd of the embedding part / of the logit: " + "; ".join(cells), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("static")
-    ap.add_argument("what", choices=["in-domain", "open-only", "open-folds", "topic-folds", "heldout"])
+    ap.add_argument("what", choices=["tokcheck", "contrib", "in-domain", "open-only", "open-folds", "topic-folds", "heldout"])
     ap.add_argument("names", nargs="*")
     a = ap.parse_args()
     static = Static(a.static)
     rl, many, open_rows, train, held, chat, zh = setup()
     feats = T.Features(dict(T.F.DEFAULT_SPEC))
     names = a.names or list(CONFIGS)
-    if a.what == "in-domain":
+    if a.what == "contrib":
+        contrib(static, train, held, chat, zh, feats, names)
+    elif a.what == "tokcheck":
+        tokcheck(static, train, held, zh)
+    elif a.what == "in-domain":
         in_domain(static, train, feats)
     elif a.what == "open-only":
         open_only(static, train)
