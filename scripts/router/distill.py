@@ -7,8 +7,8 @@ Each vocabulary token is run through the transformer alone (`[CLS] token [SEP]`,
 forward pass of the safetensors weights; no torch) and mean-pooled over the three positions, as
 the sentence-transformers model pools a sentence. The 30,522 token vectors are reduced by PCA
 (fitted on the vocabulary vectors) to --dims dimensions. Written: `vocab` (the tokens), `vecs`
-(float32, vocab x dims), `pca_var` (explained variance share). Deterministic. About 2 minutes
-on one core.
+(float32, vocab x dims), `pca_var` (explained variance share). Deterministic. About 10 minutes
+on one shared core.
 """
 
 import argparse

@@ -3,6 +3,7 @@ better than the hashed n-grams? Training split only unless --heldout is given.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz tokcheck
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz in-domain
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz mlp
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz open-only
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz open-folds
     OMP_NUM_THREADS=1 .venv/bin/python scripts/router/experiments_embed.py STATIC.npz topic-folds
@@ -215,6 +216,49 @@ def in_domain(static, train, feats):
                       f"{T.metrics(z, wk, st)['apgr']:.3f} | {spearman(z, d):.3f} |", flush=True)
 
 
+def mlp_in_domain(static, train, feats):
+    """The in-domain protocol with a tiny MLP (one tanh layer, squared loss, Adam, weight
+    decay) over the sentence vector plus the 20 dense features: does a non-linear head read more
+    than the ridge?"""
+    pair = T.OPEN_PAIRS["alpaca_eval oasst (held-out subset)"]
+    rows = [dict(r, pair=pair) for r in train if r.get("source") == "alpaca_eval"]
+    reqs = [T.req_of(r["prompt"]) for r in rows]
+    d = np.array([r["difficulty"] for r in rows])
+    wk = np.array([T.pair(r)[0] for r in rows])
+    st = np.array([T.pair(r)[1] for r in rows])
+    dense = feats.matrix(reqs).dense
+    fold = np.random.default_rng(T.SEED).permutation(len(rows)) % 10
+
+    def fit(Xtr, ytr, Xte, h, wd, iters=2000, lr=0.01):
+        rng = np.random.default_rng(0)
+        P = [rng.normal(0, 1 / np.sqrt(Xtr.shape[1]), (Xtr.shape[1], h)), np.zeros(h),
+             rng.normal(0, 1 / np.sqrt(h), h), np.zeros(1)]
+        m = [np.zeros_like(p) for p in P]
+        v = [np.zeros_like(p) for p in P]
+        for t in range(1, iters + 1):
+            H = np.tanh(Xtr @ P[0] + P[1])
+            e = (H @ P[2] + P[3][0] - ytr) / len(ytr)
+            gH = np.outer(e, P[2]) * (1 - H**2)
+            G = [Xtr.T @ gH + wd * P[0], gH.sum(0), H.T @ e + wd * P[2], np.array([e.sum()])]
+            for i in range(4):
+                m[i] = 0.9 * m[i] + 0.1 * G[i]
+                v[i] = 0.999 * v[i] + 0.001 * G[i] ** 2
+                P[i] = P[i] - lr * (m[i] / (1 - 0.9**t)) / (np.sqrt(v[i] / (1 - 0.999**t)) + 1e-8)
+        return np.tanh(Xte @ P[0] + P[1]) @ P[2]
+
+    print("| MLP, in domain (AlpacaEval training prompts, 10-fold) | APGR | Spearman |\n|---|---:|---:|")
+    for dims in (8, 32):
+        S = np.hstack([static.sentence(reqs, dims, np.ones(len(static.vocab_list))), dense])
+        for h in (8, 32):
+            for wd in (1e-2, 1e-1):
+                z = np.zeros(len(rows))
+                for k in range(10):
+                    tr, te = fold != k, fold == k
+                    mu, sd = S[tr].mean(0), S[tr].std(0) + 1e-9
+                    z[te] = fit((S[tr] - mu) / sd, d[tr] - d[tr].mean(), (S[te] - mu) / sd, h, wd)
+                print(f"| {dims} dims + dense, {h} units, weight decay {wd:g} | {T.metrics(z, wk, st)['apgr']:.3f} | {spearman(z, d):.3f} |", flush=True)
+
+
 def open_only(static, train):
     """Leave-one-subset-out on the AlpacaEval training subsets with a ridge on the sentence
     vector fitted on the other three subsets alone (no other data): does what the embedding
@@ -393,7 +437,7 @@ def contrib(static, train, held, chat, zh, feats, names):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("static")
-    ap.add_argument("what", choices=["tokcheck", "contrib", "in-domain", "open-only", "open-folds", "topic-folds", "heldout"])
+    ap.add_argument("what", choices=["tokcheck", "contrib", "in-domain", "mlp", "open-only", "open-folds", "topic-folds", "heldout"])
     ap.add_argument("names", nargs="*")
     a = ap.parse_args()
     static = Static(a.static)
@@ -404,6 +448,8 @@ def main():
         contrib(static, train, held, chat, zh, feats, names)
     elif a.what == "tokcheck":
         tokcheck(static, train, held, zh)
+    elif a.what == "mlp":
+        mlp_in_domain(static, train, feats)
     elif a.what == "in-domain":
         in_domain(static, train, feats)
     elif a.what == "open-only":
