@@ -1,5 +1,5 @@
 """Static token embedding of the complexity router (issue 19, fourth round): tokeniser and
-sentence vector, the training side of the spec in docs/routing.md ("Static embedding").
+sentence vector, experiments only (docs/routing.md, "Issue 19, fourth round"; not shipped).
 
 The tokeniser is WordPiece over the vocabulary of all-MiniLM-L6-v2 (an uncased BERT
 vocabulary), with a normalisation and pre-tokenisation written down here (close to BERT's but
@@ -11,7 +11,7 @@ Unicode category tables):
    (CJK_RANGES) are surrounded by spaces (one token each, as BERT does).
 2. Per remaining character: canonical decomposition (NFD), characters with a non-zero canonical
    combining class dropped (accents), then each character lower-cased on its own.
-3. Words: split on spaces; every punctuation character (`punct_ranges`, stored in the model file) is a word of its own.
+3. Words: split on spaces; every punctuation character (`punct_ranges`) is a word of its own.
 4. WordPiece: greedy longest match from the start of the word, continuation pieces prefixed
    `##`; a word longer than 100 characters or with an unmatched rest is `[UNK]`.
 
@@ -39,10 +39,10 @@ CJK_RANGES = (
 
 def punct_ranges():
     """BERT's punctuation: ASCII 33-47, 58-64, 91-96, 123-126 and every code point whose
-    Unicode general category is P* (this Python's Unicode database). Computed once by
-    build_embedding.py and stored in the model file as inclusive [first, last] ranges; the
-    tokeniser on both sides reads them from there, so both sides agree whatever their Unicode
-    versions."""
+    Unicode general category is P* (this Python's Unicode database), as inclusive [first, last]
+    ranges. A shipped embedding would store them in its model file, so that the gateway reads
+    the same ranges whatever its Unicode version (nothing was shipped: docs/routing.md, "Issue
+    19, fourth round")."""
     import unicodedata as u
 
     s = set(range(33, 48)) | set(range(58, 65)) | set(range(91, 97)) | set(range(123, 127))

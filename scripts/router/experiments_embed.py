@@ -18,7 +18,6 @@ vector appended to its dense features (standardised like them; their own L2).
 
 import argparse
 import json
-import math
 import sys
 
 import numpy as np
