@@ -1980,7 +1980,7 @@ async fn op_orders_render(
     flash: Flash,
     status: StatusCode,
 ) -> Page {
-    let day = Some(params(&cx).get("day"))
+    let day = Some(params(cx).get("day"))
         .filter(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
         .map(str::to_string)
         .unwrap_or_else(|| now_utc().format("%Y-%m-%d").to_string());

@@ -91,13 +91,16 @@ fn now() -> i64 {
 
 // ----------------------------------------------------------------------------------- Alipay
 
+/// A page payment's fields and whether it is paid.
+pub type Trade = (HashMap<String, String>, bool);
+
 pub struct MockAlipay {
     /// Alipay's own key (signs answers and notifications).
     pub key: PrivateKey,
     /// The merchant's public key (checks our requests).
     pub merchant: PublicKey,
     /// out_trade_no → (fields of the page payment, paid?).
-    pub trades: Mutex<HashMap<String, (HashMap<String, String>, bool)>>,
+    pub trades: Mutex<HashMap<String, Trade>>,
     pub refunds: Mutex<Vec<HashMap<String, String>>>,
     pub refuse_refunds: AtomicBool,
     /// Requests whose signature did not verify.

@@ -5,6 +5,7 @@
 
 pub mod cnpay;
 pub mod fleet;
+pub mod sinks;
 pub mod stripe;
 
 use std::net::TcpListener;
