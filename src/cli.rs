@@ -66,6 +66,13 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// The audit trail of admin changes (docs/security.md).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        #[command(flatten)]
+        target: StoreTarget,
+    },
     /// The complexity router behind `model: "auto"` (docs/routing.md).
     Router {
         #[command(subcommand)]
@@ -87,6 +94,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check every entry's hash and its link to the one before: exits 0 if the trail is
+    /// intact (printing the entries and the head hash to compare with the last one logged),
+    /// 3 naming the first entry that was edited or deleted.
+    Verify,
 }
 
 #[derive(clap::Args)]
@@ -304,6 +319,29 @@ pub fn main() -> i32 {
         Command::Store {
             action: StoreAction::Migrate { from, to, to_env },
         } => store_migrate(&from, to, to_env),
+        Command::Audit {
+            action: AuditAction::Verify,
+            target,
+        } => {
+            let mut broken = false;
+            let code = with_store(&target, |store, _| {
+                match crate::audit::verify(store).map_err(|e| e.to_string())? {
+                    crate::audit::Verdict::Intact { entries, head } => {
+                        println!("audit trail intact: {entries} entries, head {head}");
+                    }
+                    crate::audit::Verdict::Broken { seq, why } => {
+                        println!("audit trail BROKEN at entry {seq}: {why}");
+                        broken = true;
+                    }
+                }
+                Ok(())
+            });
+            if broken {
+                3
+            } else {
+                code
+            }
+        }
         Command::Store {
             action:
                 StoreAction::Prune {

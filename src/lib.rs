@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod app;
+pub mod audit;
 pub mod billing;
 pub mod cli;
 pub mod config;

@@ -185,7 +185,10 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-async fn check_token(admin: &Arc<Admin>, parts: &mut Parts) -> Result<Principal, GatewayError> {
+pub(super) async fn check_token(
+    admin: &Arc<Admin>,
+    parts: &mut Parts,
+) -> Result<Principal, GatewayError> {
     let presented = bearer(&parts.headers)
         .ok_or_else(|| {
             GatewayError::MissingKey(

@@ -15,6 +15,7 @@
 //! ids; errors use the data plane's JSON shape.
 
 mod alerts;
+mod audit;
 mod auth;
 mod credits;
 mod host;
@@ -49,6 +50,8 @@ pub struct Admin {
     pub auth_throttle: AuthThrottle,
     /// The generated API description, served at `GET /openapi.json`.
     openapi: Vec<u8>,
+    /// The API itself (the audit layer reads a resource's value before a change through it).
+    pub api: std::sync::OnceLock<axum::Router>,
 }
 
 impl Admin {
@@ -204,6 +207,8 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(alerts::get_alerts, alerts::set_alerts))
         .routes(routes!(alerts::deliveries))
         .routes(routes!(alerts::test_alert))
+        .routes(routes!(audit::all_audit))
+        .routes(routes!(audit::tenant_audit))
         .routes(routes!(credits::list_codes, credits::create_codes))
         .routes(routes!(credits::list_promos, credits::create_promo))
         .routes(routes!(usage::list_usage))
@@ -256,11 +261,17 @@ fn router(app: Arc<App>) -> axum::Router {
         app,
         auth_throttle: AuthThrottle::default(),
         openapi: doc.to_pretty_json().unwrap_or_default().into_bytes(),
+        api: std::sync::OnceLock::new(),
     });
     let api = router
         .fallback(ops::unknown_path)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            audit::layer,
+        ))
         .with_state(admin.clone());
+    let _ = admin.api.set(api.clone());
     // The console's pages call the API in process (crate::console): it is their only back end.
     api.clone().merge(crate::console::router(api, admin))
 }

@@ -61,6 +61,24 @@ pub async fn reload(app: Arc<App>) -> Result<(), ConfigError> {
     }
 }
 
+/// A reload not made through the admin API (those are recorded there) goes into the audit
+/// trail with actor `system`.
+async fn audit_reload(app: &Arc<App>, trigger: &'static str, r: &Result<(), ConfigError>) {
+    let (app, error) = (app.clone(), r.as_ref().err().map(|e| e.to_string()));
+    let status = if error.is_none() { 200 } else { 400 };
+    let _ = tokio::task::spawn_blocking(move || {
+        let fields = serde_json::json!({
+            "trigger": trigger,
+            "path": app.config_path.as_ref().map(|p| p.display().to_string()),
+            "error": error,
+        });
+        if let Err(e) = crate::audit::record(&app.store, None, "system", "reload configuration", status, &fields) {
+            tracing::error!(target: "audit", error = %e, "a configuration reload could not be recorded in the audit trail");
+        }
+    })
+    .await;
+}
+
 fn file_digest(path: &std::path::Path) -> Option<[u8; 32]> {
     let bytes = std::fs::read(path).ok()?;
     Some(Sha256::digest(&bytes).into())
@@ -110,7 +128,8 @@ impl BackgroundService for ConfigWatcher {
                 _ = shutdown.changed() => return,
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => {
                     tracing::info!("SIGHUP received: reloading configuration");
-                    let _ = reload(app.clone()).await;
+                    let r = reload(app.clone()).await;
+                    audit_reload(&app, "SIGHUP", &r).await;
                     last = path.as_deref().and_then(|p| watched_digest(&app, p));
                 }
                 _ = tick.tick() => {
@@ -118,7 +137,8 @@ impl BackgroundService for ConfigWatcher {
                     let now = watched_digest(&app, p);
                     if now.is_some() && now != last {
                         tracing::info!(path = %p.display(), "configuration or router model file changed: reloading");
-                        let _ = reload(app.clone()).await;
+                        let r = reload(app.clone()).await;
+                        audit_reload(&app, "file changed", &r).await;
                         // After the reload: a new router section may watch another model file.
                         last = watched_digest(&app, p).or(now);
                     }

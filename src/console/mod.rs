@@ -61,6 +61,8 @@ pub struct Ctx {
     pub token: Option<String>,
     pub ip: Option<crate::admin::ClientIp>,
     pub host: Option<HeaderValue>,
+    /// The browser's user agent (the audit trail records it for changes made here).
+    pub user_agent: Option<HeaderValue>,
     pub path: String,
     pub query: String,
 }
@@ -94,6 +96,7 @@ impl Ctx {
             token,
             ip: extensions.get::<crate::admin::ClientIp>().copied(),
             host: headers.get(header::HOST).cloned(),
+            user_agent: headers.get(header::USER_AGENT).cloned(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or("").to_string(),
         }
@@ -175,6 +178,9 @@ impl Console {
         }
         if let Some(h) = &cx.host {
             b = b.header(header::HOST, h.clone());
+        }
+        if let Some(ua) = &cx.user_agent {
+            b = b.header(header::USER_AGENT, ua.clone());
         }
         let body = match body {
             Some(v) => {

@@ -35,6 +35,8 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("usage.html", include_str!("templates/usage.html")),
     ("records.html", include_str!("templates/records.html")),
     ("redeem.html", include_str!("templates/redeem.html")),
+    ("alerts.html", include_str!("templates/alerts.html")),
+    ("audit.html", include_str!("templates/audit.html")),
     ("topup.html", include_str!("templates/topup.html")),
     ("op_orders.html", include_str!("templates/op_orders.html")),
     ("prices.html", include_str!("templates/prices.html")),
@@ -90,6 +92,10 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/t/{t}/redeem", get(redeem_page).post(redeem_post))
         .route("/console/t/{t}/topup", get(topup_page).post(topup_post))
         .route("/console/t/{t}/alerts", get(alerts_page).post(alerts_post))
+        .route("/console/t/{t}/audit", get(audit_page))
+        .route("/console/t/{t}/audit.csv", get(tenant_audit_csv))
+        .route("/console/op/audit", get(op_audit))
+        .route("/console/op/audit.csv", get(op_audit_csv))
         .route("/console/t/{t}/prices", get(prices_page))
         .route("/console/t/{t}/routing", get(routing_page))
         .route(
@@ -1819,6 +1825,104 @@ async fn alerts_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         Ok(_) => redirect(&format!("/console/t/{}/alerts?done=saved", tp(&t))),
         Err(f) => alerts_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
+}
+
+/// The audit trail's filters as the API's query (actor, action, from, to, cursor).
+fn audit_query(cx: &Ctx) -> (String, Map<String, Value>) {
+    let p = params(cx);
+    let mut out = Vec::new();
+    let mut filters = Map::new();
+    for k in ["actor", "action", "from", "to", "cursor"] {
+        if let Some(v) = p.opt(k) {
+            out.push(format!("{k}={}", q(&v)));
+            filters.insert(k.into(), json!(v));
+        }
+    }
+    (out.join("&"), filters)
+}
+
+async fn audit_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    api_path: &str,
+    mut vars: Map<String, Value>,
+) -> Page {
+    let (query, filters) = audit_query(cx);
+    let page = try_api!(
+        c,
+        cx,
+        me,
+        c.get(cx, &format!("{api_path}?limit=100&{query}")).await
+    );
+    let csv_query = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("cursor="))
+        .collect::<Vec<_>>()
+        .join("&");
+    vars.insert("entries".into(), page["data"].clone());
+    vars.insert("next_cursor".into(), page["next_cursor"].clone());
+    vars.insert("filters".into(), Value::Object(filters));
+    vars.insert("csv_query".into(), json!(csv_query));
+    c.render(cx, me, "audit.html", StatusCode::OK, vars)
+}
+
+async fn audit_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
+    apply_flash(&mut vars, &cx, Flash::default());
+    let api = format!("/admin/tenants/{}/audit", tp(&t));
+    vars.insert(
+        "csv_base".into(),
+        json!(format!("/console/t/{}/audit.csv", tp(&t))),
+    );
+    audit_render(&c, &cx, &me, &api, vars).await
+}
+
+async fn op_audit(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = operator_only!(c, cx);
+    let mut vars = op_vars(&cx, Flash::default());
+    vars.insert("csv_base".into(), json!("/console/op/audit.csv"));
+    audit_render(&c, &cx, &me, "/admin/audit", vars).await
+}
+
+/// The audit page's entries as CSV, straight from the API.
+async fn audit_csv(c: &Console, cx: &Ctx, me: &Value, api_path: &str) -> Page {
+    let (query, _) = audit_query(cx);
+    let r = c
+        .raw(
+            cx,
+            Method::GET,
+            &format!("{api_path}?limit=1000&format=csv&{query}"),
+            None,
+        )
+        .await;
+    if !r.status().is_success() {
+        let status = r.status();
+        return c.failure(
+            cx,
+            me,
+            &Failure {
+                status,
+                message: "The audit trail could not be exported.".into(),
+            },
+        );
+    }
+    r
+}
+
+async fn tenant_audit_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    audit_csv(&c, &cx, &me, &format!("/admin/tenants/{}/audit", tp(&t))).await
+}
+
+async fn op_audit_csv(State(c): C, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = operator_only!(c, cx);
+    audit_csv(&c, &cx, &me, "/admin/audit").await
 }
 
 async fn topup_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {

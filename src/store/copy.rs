@@ -37,6 +37,7 @@ const TABLES: &[(&str, Option<&str>)] = &[
     ("alert_settings", None),
     ("alert_state", None),
     ("alert_deliveries", Some("id")),
+    ("audit_log", None),
 ];
 
 /// Rows per INSERT (PostgreSQL takes at most 65,535 parameters a statement).

@@ -462,6 +462,68 @@ pub trait Alerts: Send + Sync {
     ) -> Result<Vec<sqlite::AlertDelivery>, StoreError>;
 }
 
+/// What an audit listing asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub tenant: Option<TenantId>,
+    pub before_seq: Option<i64>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Exactly this actor.
+    pub actor: Option<String>,
+    /// Actions containing this text (e.g. `keys`).
+    pub action: Option<String>,
+    pub limit: u32,
+}
+
+/// The canonical JSON an audit entry's hash covers: its sequence number and every field, keys
+/// sorted (serde_json's map is ordered), no whitespace.
+pub fn audit_entry(
+    seq: i64,
+    at_ms: i64,
+    tenant: Option<TenantId>,
+    actor: &str,
+    action: &str,
+    status: i64,
+    fields: &serde_json::Value,
+) -> String {
+    let mut m = serde_json::Map::new();
+    if let serde_json::Value::Object(f) = fields {
+        for (k, v) in f {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    m.insert("seq".into(), seq.into());
+    m.insert("at_ms".into(), at_ms.into());
+    m.insert("tenant_id".into(), tenant.map(|t| t.0).into());
+    m.insert("actor".into(), actor.into());
+    m.insert("action".into(), action.into());
+    m.insert("status".into(), status.into());
+    let sorted: std::collections::BTreeMap<String, serde_json::Value> = m.into_iter().collect();
+    serde_json::to_string(&sorted).unwrap_or_default()
+}
+
+/// The audit trail: the PostgreSQL side of the same calls on `sqlite::Store`.
+#[async_trait::async_trait]
+pub trait Audit: Send + Sync {
+    #[allow(clippy::too_many_arguments)]
+    async fn append_audit(
+        &self,
+        at_ms: i64,
+        tenant: Option<TenantId>,
+        actor: &str,
+        action: &str,
+        status: i64,
+        fields: &serde_json::Value,
+    ) -> Result<sqlite::AuditRow, StoreError>;
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<sqlite::AuditRow>, StoreError>;
+    async fn audit_chain(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<sqlite::AuditRow>, StoreError>;
+}
+
 /// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls
 /// on `sqlite::Store`.
 #[async_trait::async_trait]

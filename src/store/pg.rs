@@ -3081,3 +3081,118 @@ impl super::Alerts for PgStore {
             .map_err(Into::into)
     }
 }
+
+fn audit_from_pg(r: &PgRow) -> Result<super::sqlite::AuditRow, sqlx::Error> {
+    Ok(super::sqlite::AuditRow {
+        seq: r.try_get("seq")?,
+        at_ms: r.try_get("at_ms")?,
+        tenant_id: r.try_get::<Option<i64>, _>("tenant_id")?.map(TenantId),
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        status: r.try_get("status")?,
+        entry: r.try_get("entry")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl super::Audit for PgStore {
+    async fn append_audit(
+        &self,
+        at_ms: i64,
+        tenant: Option<TenantId>,
+        actor: &str,
+        action: &str,
+        status: i64,
+        fields: &serde_json::Value,
+    ) -> Result<super::sqlite::AuditRow, StoreError> {
+        use super::sqlite::{audit_hash, AUDIT_GENESIS};
+        let mut tx = self.pool.begin().await?;
+        // One writer at a time across the fleet: the chain has one order.
+        sqlx::query("SELECT pg_advisory_xact_lock(7310018)")
+            .execute(&mut *tx)
+            .await?;
+        let last: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (seq, prev) = match last {
+            Some((s, h)) => (s + 1, h),
+            None => (1, AUDIT_GENESIS.to_string()),
+        };
+        let entry = super::audit_entry(seq, at_ms, tenant, actor, action, status, fields);
+        let hash = audit_hash(&prev, &entry);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at_ms, tenant_id, actor, action, status, entry, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(seq)
+        .bind(at_ms)
+        .bind(tenant.map(|t| t.0))
+        .bind(actor)
+        .bind(action)
+        .bind(status)
+        .bind(&entry)
+        .bind(&prev)
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(super::sqlite::AuditRow {
+            seq,
+            at_ms,
+            tenant_id: tenant,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            status,
+            entry,
+            prev_hash: prev,
+            hash,
+        })
+    }
+
+    async fn list_audit(
+        &self,
+        q: &super::AuditQuery,
+    ) -> Result<Vec<super::sqlite::AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, tenant_id, actor, action, status, entry, prev_hash, hash FROM audit_log
+             WHERE ($1::BIGINT IS NULL OR tenant_id = $1) AND seq < $2 AND at_ms >= $3 AND at_ms < $4
+               AND ($5::TEXT IS NULL OR actor = $5) AND ($6::TEXT IS NULL OR action LIKE $6)
+             ORDER BY seq DESC LIMIT $7",
+        )
+        .bind(q.tenant.map(|t| t.0))
+        .bind(q.before_seq.unwrap_or(i64::MAX))
+        .bind(q.from_ms.unwrap_or(i64::MIN))
+        .bind(q.to_ms.unwrap_or(i64::MAX))
+        .bind(&q.actor)
+        .bind(q.action.as_ref().map(|a| format!("%{a}%")))
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(audit_from_pg)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn audit_chain(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<super::sqlite::AuditRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, tenant_id, actor, action, status, entry, prev_hash, hash FROM audit_log
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(audit_from_pg)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}

@@ -439,6 +439,19 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
      );
      CREATE INDEX alert_deliveries_tenant ON alert_deliveries(tenant_id, id);",
+    // 22: the audit trail (issue 18; migrations/postgres/0008_audit.sql)
+    "CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        tenant_id INTEGER,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        entry TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     );
+     CREATE INDEX audit_log_tenant ON audit_log(tenant_id, seq);",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -913,6 +926,34 @@ pub struct AlertDelivery {
     pub updated_at: i64,
 }
 
+/// One entry of the audit trail: what the chain covers is `entry` (canonical JSON of every
+/// field), `hash = sha256(prev_hash + "\n" + entry)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub tenant_id: Option<TenantId>,
+    pub actor: String,
+    pub action: String,
+    pub status: i64,
+    pub entry: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hash of an audit entry after `prev_hash` (hex SHA-256).
+pub fn audit_hash(prev_hash: &str, entry: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(entry.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The hash before the first entry.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 /// A refund of (part of) a paid order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refund {
@@ -1220,7 +1261,7 @@ impl Store {
         self.pg.is_some()
     }
 
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -2247,6 +2288,110 @@ impl Store {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    // ---------------------------------------------------------------- audit trail
+
+    /// Appends an entry to the audit trail, chained to the last one (under the store's write
+    /// lock, so that concurrent writers, processes included, chain in one order). `entry` is
+    /// the canonical JSON of the event without its sequence number; the stored entry adds it.
+    pub fn append_audit(
+        &self,
+        at_ms: i64,
+        tenant: Option<TenantId>,
+        actor: &str,
+        action: &str,
+        status: i64,
+        fields: &serde_json::Value,
+    ) -> Result<AuditRow, StoreError> {
+        pg!(self, { let actor = actor.to_string(); let action = action.to_string(); let fields = fields.clone(); } s => crate::store::Audit::append_audit(&s, at_ms, tenant, &actor, &action, status, &fields).await);
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let last: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (seq, prev) = match last {
+                Some((s, h)) => (s + 1, h),
+                None => (1, AUDIT_GENESIS.to_string()),
+            };
+            let entry = crate::store::audit_entry(seq, at_ms, tenant, actor, action, status, fields);
+            let hash = audit_hash(&prev, &entry);
+            tx.execute(
+                "INSERT INTO audit_log (seq, at_ms, tenant_id, actor, action, status, entry, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![seq, at_ms, tenant.map(|t| t.0), actor, action, status, entry, prev, hash],
+            )?;
+            tx.commit()?;
+            Ok(AuditRow {
+                seq,
+                at_ms,
+                tenant_id: tenant,
+                actor: actor.to_string(),
+                action: action.to_string(),
+                status,
+                entry,
+                prev_hash: prev,
+                hash,
+            })
+        })
+    }
+
+    /// Audit entries, newest first: of one tenant (`None`: all), before `before_seq`, in a time
+    /// range, at most `limit`.
+    pub fn list_audit(&self, q: &crate::store::AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        pg!(self, { let q = q.clone(); } s => crate::store::Audit::list_audit(&s, &q).await);
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, at_ms, tenant_id, actor, action, status, entry, prev_hash, hash FROM audit_log
+                 WHERE (?1 IS NULL OR tenant_id = ?1) AND seq < ?2 AND at_ms >= ?3 AND at_ms < ?4
+                   AND (?5 IS NULL OR actor = ?5) AND (?6 IS NULL OR action LIKE ?6)
+                 ORDER BY seq DESC LIMIT ?7",
+            )?;
+            let rows = st.query_map(
+                params![
+                    q.tenant.map(|t| t.0),
+                    q.before_seq.unwrap_or(i64::MAX),
+                    q.from_ms.unwrap_or(i64::MIN),
+                    q.to_ms.unwrap_or(i64::MAX),
+                    q.actor,
+                    q.action.as_ref().map(|a| format!("%{a}%")),
+                    q.limit
+                ],
+                Store::audit_from_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Audit entries in chain order from `after_seq` on (verification walks them).
+    pub fn audit_chain(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        pg!(self, {} s => crate::store::Audit::audit_chain(&s, after_seq, limit).await);
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT seq, at_ms, tenant_id, actor, action, status, entry, prev_hash, hash FROM audit_log
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![after_seq, limit], Store::audit_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn audit_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+        Ok(AuditRow {
+            seq: r.get(0)?,
+            at_ms: r.get(1)?,
+            tenant_id: r.get::<_, Option<i64>>(2)?.map(TenantId),
+            actor: r.get(3)?,
+            action: r.get(4)?,
+            status: r.get(5)?,
+            entry: r.get(6)?,
+            prev_hash: r.get(7)?,
+            hash: r.get(8)?,
         })
     }
 

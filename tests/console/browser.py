@@ -224,7 +224,7 @@ def main():
         before = Decimal(api("GET", f"/admin/tenants/{tid}/balance")["credited"])
         ad.goto(f"{CONSOLE}/console/t/{tid}/topup")
         ad.fill("#topup-form input[name=amount_rmb]", "20")
-        submit(ad, "#pay")
+        submit(ad, "#pay-stripe")
         check("/c/pay/cs_test_" in ad.url, f"not sent to the payment page: {ad.url}")
         submit(ad, "#stripe-pay")
         check(f"/console/t/{tid}/topup" in ad.url and ad.locator("#returned").count() == 1,
@@ -235,6 +235,35 @@ def main():
         op.goto(CONSOLE + "/console/op/orders")
         check(op.locator("#mismatches").inner_text().strip() == "0", "the reconciliation shows mismatches")
         check(op.locator("td", has_text="¥20").count() >= 1, "the operator does not see the order")
+        # The operator refunds 5 RMB of it: debited, shown on the order.
+        refund = op.locator("form[id^=refund-]").first
+        refund.locator("input[name=amount_rmb]").fill("5")
+        refund.locator("input[name=reason]").fill("browser test")
+        submit(op, "form[id^=refund-] button")
+        check(op.locator(".flash.ok").count() == 1, "the refund was not made")
+        check(op.locator("td", has_text="¥5").count() >= 1, "the refunded amount is not shown")
+        refunded = Decimal(api("GET", f"/admin/tenants/{tid}/balance")["credited"])
+        check(after - refunded == Decimal(5), f"the refund debited {after - refunded}")
+
+        # Alerts: the tenant admin sets thresholds and addresses; the audit trail shows it.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/alerts")
+        ad.fill("#alerts-form input[name=balance_below]", "100")
+        ad.fill("#alerts-form input[name=quota_percents]", "80, 100")
+        ad.fill("#alerts-form input[name=emails]", "finance@acme.example")
+        submit(ad, "#alerts-save")
+        check(ad.locator("#alerts-form input[name=quota_percents]").input_value() == "80, 100",
+              "the alert settings were not saved")
+        shot(ad, "tenant-alerts-en")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/audit")
+        check(ad.locator("#audit-table td code", has_text="PUT /admin/tenants/{t}/alerts").count() >= 1,
+              "the alert settings change is not in the audit trail")
+        check("finance@acme.example" in ad.locator("#audit-table").inner_text() or
+              ad.locator("#audit-table details").count() >= 1, "the audit entries have no detail")
+        shot(ad, "tenant-audit-en")
+        op.goto(CONSOLE + "/console/op/audit?action=refunds")
+        check(op.locator("#audit-table td code", has_text="POST /admin/orders/{id}/refunds").count() == 1,
+              "the refund is not in the operator's audit trail")
+        shot(op, "op-audit-en")
 
         # CSV downloads match the API's totals.
         ad.goto(f"{CONSOLE}/console/t/{tid}/usage")

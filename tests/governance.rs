@@ -1,0 +1,246 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Security governance (issue 18): the audit trail of every admin change (who, from where,
+//! what, before and after, secrets never stored), chained by hash and verified by `tollgate
+//! audit verify`, seen by a tenant admin for their tenant only and by the operator for all.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = gw
+        .client
+        .request(method.parse().unwrap(), gw.admin_url(path))
+        .bearer_auth(token)
+        .header("user-agent", "governance-test/1.0");
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn verify(gw: &Gateway) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["audit", "verify", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_change_is_in_a_hash_chained_trail_without_secrets() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    gw.admin_post("/admin/tenants", json!({"name": "globex"}))
+        .await;
+    // A tenant admin of acme with a password, and a member.
+    let v = gw
+        .admin_post(
+            "/admin/tenants/acme/users",
+            json!({"email": "ada@acme.test", "name": "Ada", "role": "tenant_admin"}),
+        )
+        .await;
+    let (ada_id, ada) = (
+        v["user"]["id"].as_i64().unwrap(),
+        v["token"].as_str().unwrap().to_string(),
+    );
+    let v = gw
+        .admin_post(
+            "/admin/tenants/acme/users",
+            json!({"email": "mo@acme.test", "name": "Mo", "role": "member"}),
+        )
+        .await;
+    let mo = v["token"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &gw,
+        "PUT",
+        "/admin/me/password",
+        &ada,
+        Some(json!({"current_password": "", "new_password": "correct horse battery"})),
+    )
+    .await;
+    assert!(s == 200 || s == 204, "{s}");
+
+    // A key (its secret is in the answer, never in the trail), renamed by Ada.
+    let (s, created) = call(
+        &gw,
+        "POST",
+        "/admin/keys",
+        &ada,
+        Some(json!({"tenant": "acme", "name": "ci", "default_channel": "main"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let secret = created["key"].as_str().unwrap().to_string();
+    let kid = created["record"]["id"].as_i64().unwrap();
+    let (s, _) = call(
+        &gw,
+        "PATCH",
+        &format!("/admin/keys/{kid}"),
+        &ada,
+        Some(json!({"name": "ci-renamed"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // A failed sign-in and a good one (through the sign-in route anyone may call).
+    let r = gw
+        .client
+        .post(gw.admin_url("/admin/sessions"))
+        .json(&json!({"tenant": "acme", "email": "ada@acme.test", "password": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = gw
+        .client
+        .post(gw.admin_url("/admin/sessions"))
+        .json(&json!({"tenant": "acme", "email": "ada@acme.test", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Something in another tenant, by the operator.
+    gw.admin_post("/admin/tenants/globex/topups", json!({"amount_rmb": "10"}))
+        .await;
+
+    // The operator sees everything; the key's secret and the passwords appear nowhere.
+    let (s, all) = call(&gw, "GET", "/admin/audit?limit=1000", ADMIN_TOKEN, None).await;
+    assert_eq!(s, 200);
+    let text = all.to_string();
+    assert!(!text.contains(&secret), "the key's secret is in the trail");
+    assert!(
+        !text.contains("correct horse battery"),
+        "a password is in the trail"
+    );
+    assert!(
+        !text.contains(ADMIN_TOKEN),
+        "the operator token is in the trail"
+    );
+    let entries = all["data"].as_array().unwrap();
+    let find = |action: &str| -> Vec<&Value> {
+        entries.iter().filter(|e| e["action"] == action).collect()
+    };
+    let create: Vec<&Value> = find("POST /admin/keys")
+        .into_iter()
+        .filter(|e| e["actor"].as_str().unwrap().contains("ada@"))
+        .collect();
+    assert_eq!(create.len(), 1, "{text}");
+    let create = create[0];
+    assert_eq!(create["actor"], format!("user:{ada_id} ada@acme.test"));
+    assert_eq!(create["status"], 201);
+    assert_eq!(create["entry"]["ip"], "127.0.0.1");
+    assert_eq!(create["entry"]["user_agent"], "governance-test/1.0");
+    assert_eq!(create["entry"]["after"]["key"], "[redacted]");
+    assert_eq!(create["entry"]["request"]["name"], "ci");
+    assert!(create["entry"]["request_id"].as_str().unwrap().len() > 8);
+    assert!(create["entry"]["token"].as_str().unwrap().len() == 12);
+    let rename = find("PATCH /admin/keys/{id}");
+    assert_eq!(rename.len(), 1);
+    assert_eq!(rename[0]["entry"]["before"]["name"], "ci");
+    assert_eq!(rename[0]["entry"]["after"]["name"], "ci-renamed");
+    let sign_ins = find("POST /admin/sessions");
+    assert_eq!(sign_ins.len(), 2, "{text}");
+    assert_eq!(sign_ins[1]["status"], 401, "the failed one (older)");
+    assert_eq!(sign_ins[1]["actor"], "anonymous ada@acme.test");
+    assert_eq!(sign_ins[0]["status"], 201);
+    assert_eq!(sign_ins[0]["actor"], format!("user:{ada_id} ada@acme.test"));
+    assert_eq!(sign_ins[0]["entry"]["request"]["password"], "[redacted]");
+
+    // Ada sees acme's trail and nothing of globex's; a member may not read it.
+    let (s, mine) = call(
+        &gw,
+        "GET",
+        "/admin/tenants/acme/audit?limit=1000",
+        &ada,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let mine = mine["data"].as_array().unwrap();
+    assert!(
+        mine.iter().all(|e| e["tenant_id"] == gw.tenant_id),
+        "{mine:?}"
+    );
+    assert!(mine.iter().any(|e| e["action"] == "POST /admin/keys"));
+    assert!(!mine
+        .iter()
+        .any(|e| e["entry"]["path"] == "/admin/tenants/globex/topups"));
+    let (s, _) = call(&gw, "GET", "/admin/tenants/globex/audit", &ada, None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(&gw, "GET", "/admin/tenants/acme/audit", &mo, None).await;
+    assert_eq!(s, 403);
+    // Filters and CSV.
+    let (_, only) = call(
+        &gw,
+        "GET",
+        "/admin/tenants/acme/audit?action=keys",
+        &ada,
+        None,
+    )
+    .await;
+    assert!(only["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["action"].as_str().unwrap().contains("keys")));
+    let csv = gw
+        .client
+        .get(gw.admin_url("/admin/audit?format=csv"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(csv.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with("seq,at,tenant_id,actor,action,status"));
+    assert!(!csv.contains(&secret));
+    // Each entry is in the structured log for a SIEM.
+    let head = entries[0]["hash"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !gw.log().contains(&head) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit entry is not in the log"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The chain verifies; an edited row and a deleted row are found.
+    let (code, out) = verify(&gw);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact"), "{out}");
+    let db = gw.db.clone();
+    // Someone with write access to the database file edits it behind the gateway's back.
+    let sql = |q: &str| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(q)
+            .unwrap();
+    };
+    sql("UPDATE audit_log SET actor = 'nobody' WHERE seq = 3");
+    let (code, out) = verify(&gw);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("entry 3"), "{out}");
+    sql("UPDATE audit_log SET actor = (SELECT json_extract(entry, '$.actor') FROM audit_log a WHERE a.seq = 3) WHERE seq = 3");
+    assert_eq!(verify(&gw).0, 0);
+    sql("DELETE FROM audit_log WHERE seq = 4");
+    let (code, out) = verify(&gw);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("entry 5") && out.contains("missing"), "{out}");
+}
