@@ -51,6 +51,8 @@ pub struct Metrics {
     /// Budget and balance alerts fired, by kind (`balance_low`, `balance_days`,
     /// `department_budget`, `user_quota`, `key_quota`, `test`).
     pub alerts_fired: IntCounterVec,
+    /// Calls refused by a network allow-list, by list (`key`, `tenant`).
+    pub network_refusals: IntCounterVec,
     /// Alert deliveries by channel (`email`, `webhook`) and outcome (`delivered`, `failed`,
     /// `retried`).
     pub alert_deliveries: IntCounterVec,
@@ -200,6 +202,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["kind"],
     )?;
     registry.register(Box::new(alerts_fired.clone()))?;
+    let network_refusals = IntCounterVec::new(
+        Opts::new(
+            "tollgate_network_refusals_total",
+            "Calls refused by a network allow-list, by list (key, tenant)",
+        ),
+        &["scope"],
+    )?;
+    registry.register(Box::new(network_refusals.clone()))?;
     let alert_deliveries = IntCounterVec::new(
         Opts::new(
             "tollgate_alert_deliveries_total",
@@ -310,6 +320,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         admin_auth_failures,
         payment_notifications,
         alerts_fired,
+        network_refusals,
         alert_deliveries,
         header_timeouts,
         malformed_requests,

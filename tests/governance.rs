@@ -244,3 +244,152 @@ async fn every_admin_change_is_in_a_hash_chained_trail_without_secrets() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("entry 5") && out.contains("missing"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_tenants_are_limited_to_their_networks() {
+    let m = mock().await;
+    // The test client connects from 127.0.0.1, here a trusted proxy: the address it forwards
+    // counts.
+    let gw = Gateway::start_with_server_extra(
+        &[Up::mock("a", &m)],
+        "",
+        "",
+        "trusted_proxies = [\"127.0.0.1\"]",
+    )
+    .await;
+    let (s, created) = call(
+        &gw,
+        "POST",
+        "/admin/keys",
+        ADMIN_TOKEN,
+        Some(json!({"tenant": "acme", "name": "office", "default_channel": "main"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let key = created["key"].as_str().unwrap().to_string();
+    let kid = created["record"]["id"].as_i64().unwrap();
+    let chat = |from: Option<&'static str>| {
+        let mut r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}));
+        if let Some(f) = from {
+            r = r.header("x-forwarded-for", f);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(chat(None).await.0, 200, "no list: anywhere");
+
+    // Bad lists are refused; a good one is normalised.
+    let (s, v) = call(
+        &gw,
+        "PUT",
+        &format!("/admin/keys/{kid}/network"),
+        ADMIN_TOKEN,
+        Some(json!({"allowed_cidrs": ["10.0.0.0/33"]})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call(
+        &gw,
+        "PUT",
+        &format!("/admin/keys/{kid}/network"),
+        ADMIN_TOKEN,
+        Some(json!({"allowed_cidrs": ["10.1.2.3/8", "2001:db8::/32"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["allowed_cidrs"], json!(["10.0.0.0/8", "2001:db8::/32"]));
+
+    // From 127.0.0.1 itself (nothing forwarded): refused, in OpenAI's error shape.
+    let (s, v) = chat(None).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{v}"
+    );
+    // In Anthropic's shape on the Messages API.
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "permission_error", "{v}");
+    // Forwarded by the trusted proxy from inside the network: served; a spoofed left-most
+    // entry does not help an outside client.
+    assert_eq!(chat(Some("10.1.2.3")).await.0, 200);
+    assert_eq!(chat(Some("2001:db8::7")).await.0, 200);
+    assert_eq!(chat(Some("10.1.2.3, 203.0.113.5")).await.0, 403);
+
+    // The tenant's list applies to every key too.
+    let (s, _) = call(
+        &gw,
+        "PUT",
+        "/admin/tenants/acme/network",
+        ADMIN_TOKEN,
+        Some(json!({"allowed_cidrs": ["10.9.0.0/16"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = chat(Some("10.1.2.3")).await;
+    assert_eq!(s, 403);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("tenant"),
+        "{v}"
+    );
+    assert_eq!(chat(Some("10.9.8.7")).await.0, 200);
+    // Cleared: anywhere again.
+    for path in [
+        format!("/admin/keys/{kid}/network"),
+        "/admin/tenants/acme/network".to_string(),
+    ] {
+        let (s, _) = call(
+            &gw,
+            "PUT",
+            &path,
+            ADMIN_TOKEN,
+            Some(json!({"allowed_cidrs": []})),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    assert_eq!(chat(None).await.0, 200);
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "tollgate_network_refusals_total{scope=\"key\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_network_refusals_total{scope=\"tenant\"}"
+        ),
+        1.0
+    );
+    // The changes are audited, with the list before and after.
+    let (_, trail) = call(&gw, "GET", "/admin/audit?action=network", ADMIN_TOKEN, None).await;
+    let changes = trail["data"].as_array().unwrap();
+    assert_eq!(changes.len(), 5, "{trail}");
+    let first_ok = changes.iter().rev().find(|e| e["status"] == 200).unwrap();
+    assert_eq!(first_ok["entry"]["before"]["allowed_cidrs"], json!([]));
+    assert_eq!(
+        first_ok["entry"]["after"]["allowed_cidrs"],
+        json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+}

@@ -2388,6 +2388,55 @@ fn orders_behaviour(s: &Store, backend: &str) {
             .count()
     });
     assert_eq!(fired, 1, "{backend}");
+
+    // Network allow-lists: stored per key and tenant, loaded with the keys, cleared by `[]`.
+    use tollgate::store::sqlite::LimitSubject;
+    let (k, _) = s
+        .create_key(&tollgate::store::sqlite::NewKey {
+            tenant_id: t.id,
+            name: "net".into(),
+            default_channel: "main".into(),
+            allowed_channels: vec![],
+            allowed_models: vec![],
+            expires_at: None,
+            quota_nano: None,
+            user_id: None,
+            limits: Default::default(),
+        })
+        .unwrap();
+    let generation = s.key_generation().unwrap();
+    let list = vec!["10.0.0.0/8".to_string()];
+    assert_eq!(
+        s.set_allowed_cidrs(LimitSubject::Key(k.id), &list).unwrap(),
+        list,
+        "{backend}"
+    );
+    assert!(
+        s.key_generation().unwrap() > generation,
+        "{backend}: keys reload"
+    );
+    s.set_allowed_cidrs(LimitSubject::Tenant(t.id), &["2001:db8::/32".to_string()])
+        .unwrap();
+    assert_eq!(
+        s.allowed_cidrs(LimitSubject::Key(k.id)).unwrap(),
+        list,
+        "{backend}"
+    );
+    let rule = s.get_key(k.id).unwrap().network.expect("a rule");
+    assert_eq!((rule.key.len(), rule.tenant.len()), (1, 1), "{backend}");
+    s.set_allowed_cidrs(LimitSubject::Key(k.id), &[]).unwrap();
+    s.set_allowed_cidrs(LimitSubject::Tenant(t.id), &[])
+        .unwrap();
+    assert!(s.get_key(k.id).unwrap().network.is_none(), "{backend}");
+    assert!(
+        s.allowed_cidrs(LimitSubject::Key(k.id)).unwrap().is_empty(),
+        "{backend}"
+    );
+    assert!(
+        s.set_allowed_cidrs(LimitSubject::Key(tollgate::tenancy::KeyId(999_999)), &list)
+            .is_err(),
+        "{backend}"
+    );
 }
 
 #[test]

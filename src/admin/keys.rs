@@ -461,3 +461,112 @@ pub async fn set_key_limits_put(
 ) -> ApiResult<Json<LimitsOut>> {
     set_key_limits(state, who, id, req).await
 }
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowList {
+    /// Client networks (IPv4/IPv6 CIDRs or single addresses), at most 100; empty: anywhere.
+    pub allowed_cidrs: Vec<String>,
+}
+
+/// Checks and normalises an allow-list.
+pub(super) fn checked_cidrs(list: &[String]) -> Result<Vec<String>, GatewayError> {
+    if list.len() > 100 {
+        return Err(bad_param("allowed_cidrs", "at most 100 networks"));
+    }
+    let mut out = Vec::new();
+    for c in list {
+        let net = crate::tenancy::parse_cidr(c).map_err(|e| bad_param("allowed_cidrs", e))?;
+        let text = net.to_string();
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    Ok(out)
+}
+
+/// The client networks a key may be used from (its tenant's list applies too).
+#[utoipa::path(get, path = "/admin/keys/{id}/network", tag = "keys", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Key id")),
+    responses((status = 200, body = AllowList), (status = 404, body = ErrorBody)))]
+pub async fn get_key_network(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(id): PathParams<i64>,
+) -> ApiResult<Json<AllowList>> {
+    visible_key(&admin, &who, id).await?;
+    let allowed_cidrs = admin
+        .blocking(move |a| a.store.allowed_cidrs(LimitSubject::Key(KeyId(id))))
+        .await?;
+    Ok(Json(AllowList { allowed_cidrs }))
+}
+
+/// Restrict where a key may be used from (tenant admin): a call from any other address is
+/// refused with 403 in the caller's protocol. The client address is the socket's, or from
+/// `X-Forwarded-For` only when the socket's is one of `[server] trusted_proxies`.
+#[utoipa::path(put, path = "/admin/keys/{id}/network", tag = "keys", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Key id")), request_body = AllowList,
+    responses((status = 200, body = AllowList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_key_network(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(id): PathParams<i64>,
+    JsonBody(req): JsonBody<AllowList>,
+) -> ApiResult<Json<AllowList>> {
+    let (key, _) = visible_key(&admin, &who, id).await?;
+    who.require(key.tenant_id, &[Role::TenantAdmin])?;
+    let list = checked_cidrs(&req.allowed_cidrs)?;
+    let allowed_cidrs = admin
+        .blocking(move |a| {
+            let l = a
+                .store
+                .set_allowed_cidrs(LimitSubject::Key(KeyId(id)), &list)?;
+            a.refresh_keys()?;
+            Ok(l)
+        })
+        .await?;
+    Ok(Json(AllowList { allowed_cidrs }))
+}
+
+/// The client networks every key of a tenant may be used from.
+#[utoipa::path(get, path = "/admin/tenants/{t}/network", tag = "tenants", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name")),
+    responses((status = 200, body = AllowList), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_tenant_network(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+) -> ApiResult<Json<AllowList>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+    let allowed_cidrs = admin
+        .blocking(move |a| a.store.allowed_cidrs(LimitSubject::Tenant(tenant)))
+        .await?;
+    Ok(Json(AllowList { allowed_cidrs }))
+}
+
+/// Restrict where every key of a tenant may be used from (tenant admin); a key's own list
+/// narrows it further.
+#[utoipa::path(put, path = "/admin/tenants/{t}/network", tag = "tenants", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name")), request_body = AllowList,
+    responses((status = 200, body = AllowList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_tenant_network(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+    JsonBody(req): JsonBody<AllowList>,
+) -> ApiResult<Json<AllowList>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin])?;
+    let list = checked_cidrs(&req.allowed_cidrs)?;
+    let allowed_cidrs = admin
+        .blocking(move |a| {
+            let l = a
+                .store
+                .set_allowed_cidrs(LimitSubject::Tenant(tenant), &list)?;
+            a.refresh_keys()?;
+            Ok(l)
+        })
+        .await?;
+    Ok(Json(AllowList { allowed_cidrs }))
+}

@@ -207,6 +207,8 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(alerts::get_alerts, alerts::set_alerts))
         .routes(routes!(alerts::deliveries))
         .routes(routes!(alerts::test_alert))
+        .routes(routes!(keys::get_key_network, keys::set_key_network))
+        .routes(routes!(keys::get_tenant_network, keys::set_tenant_network))
         .routes(routes!(audit::all_audit))
         .routes(routes!(audit::tenant_audit))
         .routes(routes!(credits::list_codes, credits::create_codes))

@@ -49,6 +49,8 @@ pub struct ServerSettings {
     pub max_buffered_body_bytes: usize,
     pub header_timeout: Duration,
     pub min_body_rate: crate::proxy::body::MinRate,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1088,7 +1090,12 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         header_timeout_seconds,
         min_body_bytes_per_second,
         body_rate_grace_seconds,
+        trusted_proxies,
     } = s;
+    let trusted_proxies = trusted_proxies
+        .iter()
+        .map(|c| crate::tenancy::parse_cidr(c).map_err(|e| invalid("server.trusted_proxies", e)))
+        .collect::<Result<Vec<_>, _>>()?;
     if body_rate_grace_seconds > 3600 {
         return Err(invalid(
             "server.body_rate_grace_seconds",
@@ -1154,6 +1161,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         _ => return Err(invalid("server.log_format", "must be \"json\" or \"text\"")),
     };
     Ok(ServerSettings {
+        trusted_proxies,
         listen,
         threads,
         max_body_bytes,

@@ -217,6 +217,10 @@ pub struct ServerSection {
     pub min_body_bytes_per_second: u64,
     #[serde(default = "default_body_grace")]
     pub body_rate_grace_seconds: u64,
+    /// Load balancers and proxies in front of the gateway (CIDRs): only from these is the
+    /// client address taken from `X-Forwarded-For` (network allow-lists, logs, the audit trail).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_min_body_rate() -> u64 {
@@ -270,6 +274,7 @@ impl Default for ServerSection {
             header_timeout_seconds: default_header_timeout(),
             min_body_bytes_per_second: default_min_body_rate(),
             body_rate_grace_seconds: default_body_grace(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -295,6 +295,30 @@ impl Gateway {
         };
         ctx.key = Some(key.clone());
 
+        // Network allow-lists (the key's and its tenant's); nothing to do for most keys.
+        if let Some(rule) = &key.network {
+            let peer = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let ip = crate::tenancy::client_ip(
+                peer,
+                session.get_header("x-forwarded-for").map(|v| v.as_bytes()),
+                &cfg.server.trusted_proxies,
+            );
+            if let Some(scope) = rule.refuses(ip) {
+                crate::metrics::METRICS
+                    .network_refusals
+                    .with_label_values(&[scope])
+                    .inc();
+                return Err(GatewayError::Forbidden(format!(
+                    "This API key may not be used from {} (the {} allow-list).",
+                    ip.map_or_else(|| "an unknown address".to_string(), |i| i.to_string()),
+                    if scope == "key" { "key's" } else { "tenant's" }
+                )));
+            }
+        }
+
         if endpoint == Endpoint::Models {
             let body = models_list(&cfg, &key, ctx.inbound);
             ctx.status = 200;

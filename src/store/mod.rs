@@ -524,6 +524,18 @@ pub trait Audit: Send + Sync {
     ) -> Result<Vec<sqlite::AuditRow>, StoreError>;
 }
 
+/// Network allow-lists: the PostgreSQL side of the same calls on `sqlite::Store`.
+#[async_trait::async_trait]
+pub trait Network: Send + Sync {
+    async fn set_allowed_cidrs(
+        &self,
+        subject: sqlite::LimitSubject,
+        cidrs: &[String],
+    ) -> Result<Vec<String>, StoreError>;
+    async fn allowed_cidrs(&self, subject: sqlite::LimitSubject)
+        -> Result<Vec<String>, StoreError>;
+}
+
 /// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls
 /// on `sqlite::Store`.
 #[async_trait::async_trait]

@@ -287,7 +287,7 @@ macro_rules! key_select {
         k.revoked_at, k.quota_nano, k.user_id, u.quota_nano AS user_quota_nano, u.group_id,
         g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit AS user_rpm,
         u.tpm_limit AS user_tpm, t.rpm_limit AS tenant_rpm, t.tpm_limit AS tenant_tpm,
-        t.quota_period, t.router_override, k.key_hash
+        t.quota_period, t.router_override, k.allowed_cidrs, t.allowed_cidrs AS tenant_cidrs, k.key_hash
     FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
     LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id"
     };
@@ -335,6 +335,10 @@ fn key_from_row(r: &PgRow) -> Result<ApiKey, sqlx::Error> {
             .try_get::<Option<String>, _>("router_override")?
             .and_then(|j| serde_json::from_str(&j).ok())
             .map(Arc::new),
+        network: crate::tenancy::NetworkRule::from_lists(
+            r.try_get::<Option<String>, _>("allowed_cidrs")?.as_deref(),
+            r.try_get::<Option<String>, _>("tenant_cidrs")?.as_deref(),
+        ),
     })
 }
 
@@ -3194,5 +3198,79 @@ impl super::Audit for PgStore {
             .map(audit_from_pg)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Network for PgStore {
+    async fn set_allowed_cidrs(
+        &self,
+        subject: super::sqlite::LimitSubject,
+        cidrs: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        use super::sqlite::LimitSubject;
+        let text = (!cidrs.is_empty()).then(|| serde_json::to_string(cidrs).unwrap_or_default());
+        let mut tx = self.pool.begin().await?;
+        let (n, what, id) = match subject {
+            LimitSubject::Tenant(t) => (
+                sqlx::query("UPDATE tenants SET allowed_cidrs = $2 WHERE id = $1")
+                    .bind(t.0)
+                    .bind(&text)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                "tenant",
+                t.0,
+            ),
+            LimitSubject::Key(k) => (
+                sqlx::query("UPDATE api_keys SET allowed_cidrs = $2 WHERE id = $1")
+                    .bind(k.0)
+                    .bind(&text)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                "key",
+                k.0,
+            ),
+            LimitSubject::User(_) => {
+                return Err(StoreError::Invalid(
+                    "allow-lists are per tenant or per key".into(),
+                ))
+            }
+        };
+        if n == 0 {
+            return Err(StoreError::not_found(what, id));
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(cidrs.to_vec())
+    }
+
+    async fn allowed_cidrs(
+        &self,
+        subject: super::sqlite::LimitSubject,
+    ) -> Result<Vec<String>, StoreError> {
+        use super::sqlite::LimitSubject;
+        let (sql, what, id) = match subject {
+            LimitSubject::Tenant(t) => (
+                "SELECT allowed_cidrs FROM tenants WHERE id = $1",
+                "tenant",
+                t.0,
+            ),
+            LimitSubject::Key(k) => (
+                "SELECT allowed_cidrs FROM api_keys WHERE id = $1",
+                "key",
+                k.0,
+            ),
+            LimitSubject::User(u) => ("SELECT NULL::TEXT FROM users WHERE id = $1", "user", u.0),
+        };
+        let row: Option<(Option<String>,)> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let (text,) = row.ok_or_else(|| StoreError::not_found(what, id))?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default())
     }
 }

@@ -452,6 +452,9 @@ const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL
      );
      CREATE INDEX audit_log_tenant ON audit_log(tenant_id, seq);",
+    // 23: network allow-lists (issue 18; migrations/postgres/0009_network.sql)
+    "ALTER TABLE api_keys ADD COLUMN allowed_cidrs TEXT;
+     ALTER TABLE tenants ADD COLUMN allowed_cidrs TEXT;",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -1435,7 +1438,7 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period, t.router_override";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period, t.router_override, k.allowed_cidrs, t.allowed_cidrs";
     const KEY_FROM: &'static str = "api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -1468,6 +1471,10 @@ impl Store {
                 .get::<_, Option<String>>(24)?
                 .and_then(|j| serde_json::from_str(&j).ok())
                 .map(std::sync::Arc::new),
+            network: crate::tenancy::NetworkRule::from_lists(
+                r.get::<_, Option<String>>(25)?.as_deref(),
+                r.get::<_, Option<String>>(26)?.as_deref(),
+            ),
         })
     }
 
@@ -1657,7 +1664,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(25)?;
+                let hash: Vec<u8> = r.get(27)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -2392,6 +2399,64 @@ impl Store {
             entry: r.get(6)?,
             prev_hash: r.get(7)?,
             hash: r.get(8)?,
+        })
+    }
+
+    /// Sets the client networks a key (or every key of a tenant) may be used from (CIDRs,
+    /// validated by the caller; empty: anywhere), and bumps the key generation so that every
+    /// node reloads its keys.
+    pub fn set_allowed_cidrs(
+        &self,
+        subject: LimitSubject,
+        cidrs: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        pg!(self, { let cidrs = cidrs.to_vec(); } s => crate::store::Network::set_allowed_cidrs(&s, subject, &cidrs).await);
+        let (table, what, id) = match subject {
+            LimitSubject::Tenant(t) => ("tenants", "tenant", t.0),
+            LimitSubject::Key(k) => ("api_keys", "key", k.0),
+            LimitSubject::User(u) => ("users", "user", u.0),
+        };
+        if table == "users" {
+            return Err(StoreError::Invalid(
+                "allow-lists are per tenant or per key".into(),
+            ));
+        }
+        let text = (!cidrs.is_empty()).then(|| serde_json::to_string(cidrs).unwrap_or_default());
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                &format!("UPDATE {table} SET allowed_cidrs = ?2 WHERE id = ?1"),
+                params![id, text],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found(what, id));
+            }
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(cidrs.to_vec())
+        })
+    }
+
+    /// The allow-list of a tenant or key (empty: anywhere).
+    pub fn allowed_cidrs(&self, subject: LimitSubject) -> Result<Vec<String>, StoreError> {
+        pg!(self, {} s => crate::store::Network::allowed_cidrs(&s, subject).await);
+        let (table, what, id) = match subject {
+            LimitSubject::Tenant(t) => ("tenants", "tenant", t.0),
+            LimitSubject::Key(k) => ("api_keys", "key", k.0),
+            LimitSubject::User(u) => ("users", "user", u.0),
+        };
+        self.with(|c| {
+            let text: Option<Option<String>> = c
+                .query_row(
+                    &format!("SELECT allowed_cidrs FROM {table} WHERE id = ?1"),
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let text = text.ok_or_else(|| StoreError::not_found(what, id))?;
+            Ok(text
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default())
         })
     }
 

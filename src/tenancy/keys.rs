@@ -131,6 +131,7 @@ mod tests {
                 key_limits: Default::default(),
                 user_limits: Default::default(),
                 tenant_limits: Default::default(),
+                network: None,
             })
         };
         let mut snap = KeySnapshot::default();

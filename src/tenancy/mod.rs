@@ -133,6 +133,99 @@ pub struct ApiKey {
     pub key_limits: limits::Limits,
     pub user_limits: limits::Limits,
     pub tenant_limits: limits::Limits,
+    /// Where the key may be used from (its own and its tenant's allow-lists); `None`: anywhere.
+    #[serde(skip)]
+    pub network: Option<Arc<NetworkRule>>,
+}
+
+/// Client networks a key may be used from: the key's list and its tenant's list; an address
+/// must be in each list that is not empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkRule {
+    pub key: Vec<ipnet::IpNet>,
+    pub tenant: Vec<ipnet::IpNet>,
+}
+
+impl NetworkRule {
+    /// The rule of two stored lists (JSON arrays of CIDRs); `None` when both are empty.
+    pub fn from_lists(key: Option<&str>, tenant: Option<&str>) -> Option<Arc<NetworkRule>> {
+        let parse = |t: Option<&str>| -> Vec<ipnet::IpNet> {
+            t.and_then(|j| serde_json::from_str::<Vec<String>>(j).ok())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| parse_cidr(c).ok())
+                .collect()
+        };
+        let rule = NetworkRule {
+            key: parse(key),
+            tenant: parse(tenant),
+        };
+        (!rule.key.is_empty() || !rule.tenant.is_empty()).then(|| Arc::new(rule))
+    }
+
+    /// Which list refuses `ip`, if one does (`"key"` or `"tenant"`).
+    pub fn refuses(&self, ip: Option<std::net::IpAddr>) -> Option<&'static str> {
+        let inside = |list: &[ipnet::IpNet]| {
+            list.is_empty()
+                || ip.is_some_and(|ip| {
+                    let ip = canonical_ip(ip);
+                    list.iter().any(|n| n.contains(&ip))
+                })
+        };
+        if !inside(&self.key) {
+            Some("key")
+        } else if !inside(&self.tenant) {
+            Some("tenant")
+        } else {
+            None
+        }
+    }
+}
+
+/// An IPv4 address seen as IPv6 (`::ffff:a.b.c.d`, a dual-stack socket) is the IPv4 address.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the socket's peer, or, when the peer is a trusted proxy, the nearest
+/// address in `X-Forwarded-For` (read right to left) that is not itself a trusted proxy.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    forwarded_for: Option<&[u8]>,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let peer = peer.map(canonical_ip)?;
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let Some(list) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return Some(peer);
+    };
+    let mut nearest = peer;
+    for hop in list.rsplit(',') {
+        match hop.trim().parse::<std::net::IpAddr>().map(canonical_ip) {
+            Ok(ip) if is_trusted(&ip) => nearest = ip,
+            Ok(ip) => return Some(ip),
+            // A hop that is not an address (garbage, or a port): stop at what is known.
+            Err(_) => return Some(nearest),
+        }
+    }
+    Some(nearest)
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (`203.0.113.7`).
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<ipnet::IpNet>() {
+        return Ok(n.trunc());
+    }
+    t.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("`{t}` is not an IPv4 or IPv6 address or CIDR"))
 }
 
 impl ApiKey {
@@ -149,6 +242,67 @@ impl ApiKey {
             v.push((limits::Scope::Tenant, self.tenant_id.0, self.tenant_limits));
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_match_v4_v6_and_mapped_addresses() {
+        let rule =
+            NetworkRule::from_lists(Some(r#"["10.0.0.0/8","2001:db8::/32"]"#), None).unwrap();
+        assert_eq!(rule.refuses(Some("10.1.2.3".parse().unwrap())), None);
+        assert_eq!(rule.refuses(Some("::ffff:10.1.2.3".parse().unwrap())), None);
+        assert_eq!(rule.refuses(Some("2001:db8::1".parse().unwrap())), None);
+        assert_eq!(
+            rule.refuses(Some("192.168.1.1".parse().unwrap())),
+            Some("key")
+        );
+        assert_eq!(rule.refuses(None), Some("key"));
+        let both =
+            NetworkRule::from_lists(Some(r#"["10.0.0.0/8"]"#), Some(r#"["10.9.0.0/16"]"#)).unwrap();
+        assert_eq!(
+            both.refuses(Some("10.1.0.1".parse().unwrap())),
+            Some("tenant")
+        );
+        assert_eq!(both.refuses(Some("10.9.0.1".parse().unwrap())), None);
+        assert!(NetworkRule::from_lists(None, Some("[]")).is_none());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_cidr("203.0.113.7").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted = vec![
+            parse_cidr("127.0.0.1").unwrap(),
+            parse_cidr("10.0.0.0/8").unwrap(),
+        ];
+        let peer = Some("127.0.0.1".parse().unwrap());
+        let ip = |p, xff: &str| client_ip(p, Some(xff.as_bytes()), &trusted).map(|i| i.to_string());
+        assert_eq!(ip(peer, "203.0.113.9").as_deref(), Some("203.0.113.9"));
+        // Spoofed entries to the left of the nearest untrusted hop are ignored.
+        assert_eq!(
+            ip(peer, "1.1.1.1, 203.0.113.9, 10.0.0.5").as_deref(),
+            Some("203.0.113.9")
+        );
+        assert_eq!(ip(peer, "junk").as_deref(), Some("127.0.0.1"));
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            ip(Some("198.51.100.1".parse().unwrap()), "203.0.113.9").as_deref(),
+            Some("198.51.100.1")
+        );
+        assert_eq!(
+            client_ip(peer, Some(b"203.0.113.9"), &[])
+                .map(|i| i.to_string())
+                .as_deref(),
+            Some("127.0.0.1")
+        );
     }
 }
 
