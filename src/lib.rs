@@ -16,6 +16,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod error;
+pub mod guardrails;
 pub mod logbuf;
 pub mod logfmt;
 pub mod mail;

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub alerts_fired: IntCounterVec,
     /// Calls refused by a network allow-list, by list (`key`, `tenant`).
     pub network_refusals: IntCounterVec,
+    /// Guardrail hits by detector (`secrets`, `email`, `phone`, `cn_id`, `bank_card`,
+    /// `keywords`) and action (`log`, `redact`, `block`).
+    pub guardrail_hits: IntCounterVec,
     /// Alert deliveries by channel (`email`, `webhook`) and outcome (`delivered`, `failed`,
     /// `retried`).
     pub alert_deliveries: IntCounterVec,
@@ -210,6 +213,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["scope"],
     )?;
     registry.register(Box::new(network_refusals.clone()))?;
+    let guardrail_hits = IntCounterVec::new(
+        Opts::new(
+            "tollgate_guardrail_hits_total",
+            "Prompt guardrail hits by detector and action (log, redact, block); the text is never recorded",
+        ),
+        &["detector", "action"],
+    )?;
+    registry.register(Box::new(guardrail_hits.clone()))?;
     let alert_deliveries = IntCounterVec::new(
         Opts::new(
             "tollgate_alert_deliveries_total",
@@ -321,6 +332,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         payment_notifications,
         alerts_fired,
         network_refusals,
+        guardrail_hits,
         alert_deliveries,
         header_timeouts,
         malformed_requests,

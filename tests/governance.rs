@@ -393,3 +393,159 @@ async fn keys_and_tenants_are_limited_to_their_networks() {
         json!(["10.0.0.0/8", "2001:db8::/32"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrails_block_redact_or_log_on_every_protocol() {
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    // Bad policies are refused.
+    for bad in [
+        json!({"detectors": {"ssn": "block"}}),
+        json!({"detectors": {"email": "shout"}}),
+        json!({"keywords": [{"name": "", "words": ["x"], "action": "block"}]}),
+    ] {
+        let (s, v) = call(
+            &gw,
+            "PUT",
+            "/admin/tenants/acme/guardrails",
+            ADMIN_TOKEN,
+            Some(bad.clone()),
+        )
+        .await;
+        assert!(s == 400 || s == 422, "{bad}: {s} {v}");
+    }
+    let (s, v) = call(
+        &gw,
+        "PUT",
+        "/admin/tenants/acme/guardrails",
+        ADMIN_TOKEN,
+        Some(json!({
+            "detectors": {"secrets": "block", "email": "redact", "cn_id": "redact", "phone": "log"},
+            "keywords": [{"name": "codenames", "words": ["Project Falcon"], "action": "block"}],
+        })),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let openai = |content: &str| {
+        let req = gw.chat(json!({"model": "gpt-4o-mini", "max_tokens": 200, "messages": [{"role": "user", "content": content}]}));
+        async move {
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Blocked: 400 naming the detector, never the text; nothing reaches the vendor.
+    let before = m.stats().chat_requests;
+    let (s, v) = openai("here is my key sk-proj-abcdefghijklmnopqrstuvwxyz123").await;
+    assert_eq!(s, 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`secrets`") && !message.contains("sk-proj"),
+        "{v}"
+    );
+    let (s, v) = openai("what is the status of project falcon?").await;
+    assert_eq!(s, 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("keywords:codenames"));
+    assert_eq!(
+        m.stats().chat_requests,
+        before,
+        "a blocked request reached the vendor"
+    );
+    // Redacted: the vendor gets (and its echo shows) the placeholder, never the address.
+    // (The mock echoes the first 40 characters of the prompt.)
+    for (text, secret, label) in [
+        (
+            "mail bob@corp.example",
+            "bob@corp.example",
+            "[REDACTED:email]",
+        ),
+        (
+            "id 11010519491231002X",
+            "11010519491231002X",
+            "[REDACTED:cn_id]",
+        ),
+    ] {
+        let (s, v) = openai(text).await;
+        assert_eq!(s, 200, "{v}");
+        let reply = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(reply.contains(label) && !reply.contains(secret), "{reply}");
+    }
+    // The same on the Anthropic Messages API (translated to the OpenAI upstream).
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &gw.key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 60, "messages": [{"role": "user", "content": "mail carol@corp.example"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let reply = v["content"][0]["text"].as_str().unwrap();
+    assert!(
+        reply.contains("[REDACTED:email]") && !reply.contains("carol@"),
+        "{reply}"
+    );
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .header("x-api-key", &gw.key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 60, "messages": [{"role": "user", "content": "AKIAIOSFODNN7EXAMPLE"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    // Logged only: served unchanged, counted.
+    let (s, v) = openai("call me on 13812345678").await;
+    assert_eq!(s, 200);
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("13812345678"));
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_guardrail_hits_total{action=\"block\",detector=\"secrets\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tollgate_guardrail_hits_total{action=\"log\",detector=\"phone\"}"
+        ),
+        1.0
+    );
+    assert!(
+        metric_value(
+            &metrics,
+            "tollgate_guardrail_hits_total{action=\"redact\",detector=\"email\"}"
+        ) >= 2.0
+    );
+    // The matched text is nowhere in the log.
+    let log = gw.log();
+    assert!(
+        !log.contains("bob@corp.example")
+            && !log.contains("sk-proj-abcdefghij")
+            && !log.contains("11010519491231002X")
+    );
+    // Cleared: the text passes.
+    let (s, _) = call(
+        &gw,
+        "PUT",
+        "/admin/tenants/acme/guardrails",
+        ADMIN_TOKEN,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(openai("about project falcon").await.0, 200);
+}

@@ -570,3 +570,57 @@ pub async fn set_tenant_network(
         .await?;
     Ok(Json(AllowList { allowed_cidrs }))
 }
+
+/// A tenant's prompt guardrail policy (tenant admin, viewer).
+#[utoipa::path(get, path = "/admin/tenants/{t}/guardrails", tag = "tenants", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name")),
+    responses((status = 200, body = crate::guardrails::Policy), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_guardrails(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+) -> ApiResult<Json<crate::guardrails::Policy>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+    let text = admin.blocking(move |a| a.store.guardrails(tenant)).await?;
+    Ok(Json(
+        text.and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+    ))
+}
+
+/// Set a tenant's prompt guardrails (tenant admin): detectors `secrets`, `email`, `phone`,
+/// `cn_id`, `bank_card` and keyword lists, each `off`, `log`, `redact` or `block`. Applies to
+/// every key of the tenant on every node within a key reload.
+#[utoipa::path(put, path = "/admin/tenants/{t}/guardrails", tag = "tenants", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name")), request_body = crate::guardrails::Policy,
+    responses((status = 200, body = crate::guardrails::Policy), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set_guardrails(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+    JsonBody(policy): JsonBody<crate::guardrails::Policy>,
+) -> ApiResult<Json<crate::guardrails::Policy>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin])?;
+    if policy.keywords.len() > 20
+        || policy
+            .keywords
+            .iter()
+            .any(|k| k.words.len() > 10_000 || k.name.is_empty() || k.name.len() > 64)
+    {
+        return Err(bad_param("keywords", "at most 20 named lists of at most 10,000 words").into());
+    }
+    crate::guardrails::Compiled::new(&policy).map_err(|e| bad_param("detectors", e))?;
+    let text = serde_json::to_string(&policy).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let empty = policy == crate::guardrails::Policy::default();
+    admin
+        .blocking(move |a| {
+            a.store
+                .set_guardrails(tenant, (!empty).then_some(text.as_str()))?;
+            a.refresh_keys()?;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(policy))
+}

@@ -209,6 +209,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(alerts::test_alert))
         .routes(routes!(keys::get_key_network, keys::set_key_network))
         .routes(routes!(keys::get_tenant_network, keys::set_tenant_network))
+        .routes(routes!(keys::get_guardrails, keys::set_guardrails))
         .routes(routes!(audit::all_audit))
         .routes(routes!(audit::tenant_audit))
         .routes(routes!(credits::list_codes, credits::create_codes))

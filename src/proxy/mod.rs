@@ -367,7 +367,7 @@ impl Gateway {
                 })?;
         }
 
-        let (raw, hold) = body::read_bounded(
+        let (mut raw, hold) = body::read_bounded(
             session,
             cfg.server.max_body_bytes,
             cfg.server.max_buffered_body_bytes,
@@ -376,6 +376,19 @@ impl Gateway {
         .await
         .inspect_err(|_| ctx.close_connection = true)?;
         ctx.body_hold = hold;
+
+        // The tenant's prompt guardrails, on the body as received (before any translation).
+        if let Some(g) = &key.guardrails {
+            match g.scan(&raw) {
+                crate::guardrails::Verdict::Pass => {}
+                crate::guardrails::Verdict::Block(detector) => {
+                    return Err(GatewayError::bad_request(format!(
+                        "The request was blocked by this organization's `{detector}` guardrail."
+                    )));
+                }
+                crate::guardrails::Verdict::Redacted(b) => raw = bytes::Bytes::from(b),
+            }
+        }
 
         // What the credit hold needs to know of the prompt (`billing::hold`).
         let mut shape = crate::billing::hold::PromptShape {

@@ -534,6 +534,12 @@ pub trait Network: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
     async fn allowed_cidrs(&self, subject: sqlite::LimitSubject)
         -> Result<Vec<String>, StoreError>;
+    async fn set_guardrails(
+        &self,
+        tenant: TenantId,
+        policy: Option<&str>,
+    ) -> Result<(), StoreError>;
+    async fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError>;
 }
 
 /// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls

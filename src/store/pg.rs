@@ -287,7 +287,7 @@ macro_rules! key_select {
         k.revoked_at, k.quota_nano, k.user_id, u.quota_nano AS user_quota_nano, u.group_id,
         g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit AS user_rpm,
         u.tpm_limit AS user_tpm, t.rpm_limit AS tenant_rpm, t.tpm_limit AS tenant_tpm,
-        t.quota_period, t.router_override, k.allowed_cidrs, t.allowed_cidrs AS tenant_cidrs, k.key_hash
+        t.quota_period, t.router_override, k.allowed_cidrs, t.allowed_cidrs AS tenant_cidrs, t.guardrails, k.key_hash
     FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
     LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id"
     };
@@ -339,6 +339,9 @@ fn key_from_row(r: &PgRow) -> Result<ApiKey, sqlx::Error> {
             r.try_get::<Option<String>, _>("allowed_cidrs")?.as_deref(),
             r.try_get::<Option<String>, _>("tenant_cidrs")?.as_deref(),
         ),
+        guardrails: r
+            .try_get::<Option<String>, _>("guardrails")?
+            .and_then(|t| crate::guardrails::Compiled::cached(&t)),
     })
 }
 
@@ -3244,6 +3247,36 @@ impl super::Network for PgStore {
         PgStore::bump_generation(&mut tx).await?;
         tx.commit().await?;
         Ok(cidrs.to_vec())
+    }
+
+    async fn set_guardrails(
+        &self,
+        tenant: TenantId,
+        policy: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE tenants SET guardrails = $2 WHERE id = $1")
+            .bind(tenant.0)
+            .bind(policy)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("tenant", tenant.0));
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT guardrails FROM tenants WHERE id = $1")
+                .bind(tenant.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.0)
+            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
     }
 
     async fn allowed_cidrs(

@@ -455,6 +455,8 @@ const MIGRATIONS: &[&str] = &[
     // 23: network allow-lists (issue 18; migrations/postgres/0009_network.sql)
     "ALTER TABLE api_keys ADD COLUMN allowed_cidrs TEXT;
      ALTER TABLE tenants ADD COLUMN allowed_cidrs TEXT;",
+    // 24: prompt guardrails (issue 18; migrations/postgres/0010_guardrails.sql)
+    "ALTER TABLE tenants ADD COLUMN guardrails TEXT;",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -1438,7 +1440,7 @@ impl Store {
         Ok((key, plaintext))
     }
 
-    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period, t.router_override, k.allowed_cidrs, t.allowed_cidrs";
+    const KEY_COLUMNS: &'static str = "k.id, k.tenant_id, t.name, k.name, k.prefix, k.default_channel, k.allowed_channels, k.allowed_models, k.created_at, k.expires_at, k.revoked_at, k.quota_nano, k.user_id, u.quota_nano, u.group_id, g.budget_nano, u.disabled_at, k.rpm_limit, k.tpm_limit, u.rpm_limit, u.tpm_limit, t.rpm_limit, t.tpm_limit, t.quota_period, t.router_override, k.allowed_cidrs, t.allowed_cidrs, t.guardrails";
     const KEY_FROM: &'static str = "api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN users u ON u.id = k.user_id LEFT JOIN groups g ON g.id = u.group_id";
 
     fn key_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -1475,6 +1477,9 @@ impl Store {
                 r.get::<_, Option<String>>(25)?.as_deref(),
                 r.get::<_, Option<String>>(26)?.as_deref(),
             ),
+            guardrails: r
+                .get::<_, Option<String>>(27)?
+                .and_then(|t| crate::guardrails::Compiled::cached(&t)),
         })
     }
 
@@ -1664,7 +1669,7 @@ impl Store {
             };
             while let Some(r) = rows.next()? {
                 let key = Store::key_from_row(r)?;
-                let hash: Vec<u8> = r.get(27)?;
+                let hash: Vec<u8> = r.get(28)?;
                 if let Ok(h) = <[u8; 32]>::try_from(hash.as_slice()) {
                     snap.by_hash.insert(h, Arc::new(key));
                 }
@@ -2434,6 +2439,38 @@ impl Store {
             Store::bump_generation(&tx)?;
             tx.commit()?;
             Ok(cidrs.to_vec())
+        })
+    }
+
+    /// Sets a tenant's guardrail policy (JSON, validated by the caller; `None`: none) and bumps
+    /// the key generation so that every node reloads it with the keys.
+    pub fn set_guardrails(&self, tenant: TenantId, policy: Option<&str>) -> Result<(), StoreError> {
+        pg!(self, { let policy = policy.map(str::to_string); } s => crate::store::Network::set_guardrails(&s, tenant, policy.as_deref()).await);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            if tx.execute(
+                "UPDATE tenants SET guardrails = ?2 WHERE id = ?1",
+                params![tenant.0, policy],
+            )? == 0
+            {
+                return Err(StoreError::not_found("tenant", tenant.0));
+            }
+            Store::bump_generation(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        pg!(self, {} s => crate::store::Network::guardrails(&s, tenant).await);
+        self.with(|c| {
+            c.query_row(
+                "SELECT guardrails FROM tenants WHERE id = ?1",
+                params![tenant.0],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
         })
     }
 

@@ -132,6 +132,7 @@ mod tests {
                 user_limits: Default::default(),
                 tenant_limits: Default::default(),
                 network: None,
+                guardrails: None,
             })
         };
         let mut snap = KeySnapshot::default();

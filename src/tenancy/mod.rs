@@ -136,6 +136,9 @@ pub struct ApiKey {
     /// Where the key may be used from (its own and its tenant's allow-lists); `None`: anywhere.
     #[serde(skip)]
     pub network: Option<Arc<NetworkRule>>,
+    /// The tenant's prompt guardrails, compiled; `None`: none.
+    #[serde(skip)]
+    pub guardrails: Option<Arc<crate::guardrails::Compiled>>,
 }
 
 /// Client networks a key may be used from: the key's list and its tenant's list; an address

@@ -1,0 +1,441 @@
+//! Prompt guardrails (issue 18): a tenant's policy on what its requests may carry. Detectors
+//! for secrets (vendors' API keys, private keys, cloud credentials), personal data (email
+//! addresses, Chinese and international phone numbers, PRC resident identity numbers with their
+//! check digit, bank card numbers with Luhn's check) and the tenant's own keyword lists; each
+//! with an action: `block` (400 in the caller's protocol, naming the detector, never the text),
+//! `redact` (the match replaced by `[REDACTED:<detector>]` in the request as received, so every
+//! protocol and translation path forwards the redacted text) or `log` (counted only).
+//!
+//! The scan runs on the request body as received, before it is parsed: one pass of a
+//! `RegexSet` over the bytes says whether anything may match at all (the common case is no);
+//! only then are the detectors that fired run for their positions and checked (check digits).
+//! Matched text is never logged or stored; `tollgate_guardrail_hits_total{detector, action}`
+//! counts hits.
+
+use regex::bytes::{Regex, RegexSet};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What to do with a detector's hits.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Off,
+    Log,
+    Redact,
+    Block,
+}
+
+/// A tenant's policy as stored and as the admin API takes it.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Detector name → action: `secrets`, `email`, `phone`, `cn_id`, `bank_card`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub detectors: std::collections::BTreeMap<String, Action>,
+    /// The tenant's own keyword lists (matched case-insensitively as whole text, not words).
+    #[serde(default)]
+    pub keywords: Vec<KeywordList>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeywordList {
+    /// Shown in a block's message and the metrics (`keywords:<name>`).
+    pub name: String,
+    pub words: Vec<String>,
+    pub action: Action,
+}
+
+/// The built-in detectors: name and pattern.
+const DETECTORS: &[(&str, &str)] = &[
+    (
+        "secrets",
+        r"(?:sk-ant-[A-Za-z0-9_\-]{20,}|sk-(?:proj-)?[A-Za-z0-9_\-]{20,}|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|AIza[0-9A-Za-z_\-]{35}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,}|xox[baprs]-[A-Za-z0-9\-]{10,}|-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----)",
+    ),
+    (
+        "email",
+        r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}",
+    ),
+    // CN mobile numbers (optionally +86), and international numbers written with a `+`.
+    (
+        "phone",
+        r"(?:(?:\+|00)86[ \-]?)?(?-u:\b)1[3-9][0-9]{9}(?-u:\b)|\+[1-9][0-9]{0,2}[ \-]?(?:[0-9][ \-]?){6,13}[0-9]",
+    ),
+    (
+        "cn_id",
+        r"(?-u:\b)[1-9][0-9]{5}(?:19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?-u:\b)",
+    ),
+    (
+        "bank_card",
+        r"(?-u:\b)[2-6][0-9]{3}(?:[ \-]?[0-9]{4}){2,3}(?:[ \-]?[0-9]{1,3})?(?-u:\b)",
+    ),
+];
+
+/// The detector names, for validation.
+pub fn detector_names() -> impl Iterator<Item = &'static str> {
+    DETECTORS.iter().map(|(n, _)| *n)
+}
+
+/// A policy compiled for scanning.
+pub struct Compiled {
+    /// The built-in detectors in use, with their action, in `DETECTORS` order.
+    active: Vec<(&'static str, Action, &'static Regex)>,
+    set: Option<RegexSet>,
+    keywords: Vec<(String, Action, aho_corasick::AhoCorasick)>,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field(
+                "detectors",
+                &self.active.iter().map(|a| a.0).collect::<Vec<_>>(),
+            )
+            .field("keyword_lists", &self.keywords.len())
+            .finish()
+    }
+}
+
+fn regexes() -> &'static Vec<Regex> {
+    static R: OnceLock<Vec<Regex>> = OnceLock::new();
+    R.get_or_init(|| {
+        DETECTORS
+            .iter()
+            .filter_map(|(_, p)| Regex::new(p).ok())
+            .collect()
+    })
+}
+
+/// What a scan decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Blocked by this detector (`keywords:<list>` for a keyword list).
+    Block(String),
+    /// The body with the matches replaced.
+    Redacted(Vec<u8>),
+}
+
+/// The check digit of an 18-digit PRC resident identity number (ISO 7064 MOD 11-2).
+fn cn_id_valid(s: &[u8]) -> bool {
+    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    const C: &[u8; 11] = b"10X98765432";
+    if s.len() != 18 {
+        return false;
+    }
+    let sum: u32 = s[..17]
+        .iter()
+        .zip(W)
+        .map(|(d, w)| u32::from(d.wrapping_sub(b'0')) * w)
+        .sum();
+    C[(sum % 11) as usize] == s[17].to_ascii_uppercase()
+}
+
+/// Luhn's check over the digits of `s` (separators ignored), 13 to 19 digits.
+fn luhn_valid(s: &[u8]) -> bool {
+    let digits: Vec<u32> = s
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+        .collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                *d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+impl Compiled {
+    pub fn new(p: &Policy) -> Result<Compiled, String> {
+        let all = regexes();
+        let mut active = Vec::new();
+        let mut patterns = Vec::new();
+        for (i, (name, pattern)) in DETECTORS.iter().enumerate() {
+            match p.detectors.get(*name).copied().unwrap_or(Action::Off) {
+                Action::Off => {}
+                a => {
+                    let re = all.get(i).ok_or("a detector did not compile")?;
+                    active.push((*name, a, re));
+                    patterns.push(*pattern);
+                }
+            }
+        }
+        for k in p.detectors.keys() {
+            if !DETECTORS.iter().any(|(n, _)| n == k) {
+                return Err(format!("unknown detector `{k}`"));
+            }
+        }
+        let set = if patterns.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&patterns).map_err(|e| e.to_string())?)
+        };
+        let mut keywords = Vec::new();
+        for list in &p.keywords {
+            let words: Vec<&str> = list
+                .words
+                .iter()
+                .map(|w| w.trim())
+                .filter(|w| !w.is_empty())
+                .collect();
+            if list.action == Action::Off || words.is_empty() {
+                continue;
+            }
+            let ac = aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&words)
+                .map_err(|e| e.to_string())?;
+            keywords.push((list.name.clone(), list.action, ac));
+        }
+        Ok(Compiled {
+            active,
+            set,
+            keywords,
+        })
+    }
+
+    /// A policy once compiled (tenants share keys' compiled policies by text).
+    pub fn cached(text: &str) -> Option<Arc<Compiled>> {
+        static CACHE: OnceLock<Mutex<HashMap<String, Arc<Compiled>>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = c.get(text) {
+            return Some(hit.clone());
+        }
+        let policy: Policy = serde_json::from_str(text).ok()?;
+        let compiled = Arc::new(Compiled::new(&policy).ok()?);
+        if compiled.active.is_empty() && compiled.keywords.is_empty() {
+            return None;
+        }
+        if c.len() > 10_000 {
+            c.clear();
+        }
+        c.insert(text.to_string(), compiled.clone());
+        Some(compiled)
+    }
+
+    /// Scans a request body.
+    pub fn scan(&self, body: &[u8]) -> Verdict {
+        // (start, end, label) of matches to redact.
+        let mut cuts: Vec<(usize, usize, String)> = Vec::new();
+        if let Some(set) = &self.set {
+            let hits = set.matches(body);
+            if hits.matched_any() {
+                for (i, (name, action, re)) in self.active.iter().enumerate() {
+                    if !hits.matched(i) {
+                        continue;
+                    }
+                    for m in re.find_iter(body) {
+                        let text = m.as_bytes();
+                        let real = match *name {
+                            "cn_id" => cn_id_valid(text),
+                            "bank_card" => luhn_valid(text),
+                            _ => true,
+                        };
+                        if !real {
+                            continue;
+                        }
+                        crate::metrics::METRICS
+                            .guardrail_hits
+                            .with_label_values(&[name, action_name(*action)])
+                            .inc();
+                        match action {
+                            Action::Block => return Verdict::Block((*name).to_string()),
+                            Action::Redact => cuts.push((m.start(), m.end(), (*name).to_string())),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        for (name, action, ac) in &self.keywords {
+            for m in ac.find_iter(body) {
+                let label = format!("keywords:{name}");
+                crate::metrics::METRICS
+                    .guardrail_hits
+                    .with_label_values(&["keywords", action_name(*action)])
+                    .inc();
+                match action {
+                    Action::Block => return Verdict::Block(label),
+                    Action::Redact => cuts.push((m.start(), m.end(), label)),
+                    _ => {}
+                }
+            }
+        }
+        if cuts.is_empty() {
+            return Verdict::Pass;
+        }
+        cuts.sort_by_key(|c| (c.0, std::cmp::Reverse(c.1)));
+        let mut out = Vec::with_capacity(body.len());
+        let mut at = 0;
+        for (start, end, label) in cuts {
+            if start < at {
+                continue; // overlaps a longer match already cut
+            }
+            out.extend_from_slice(&body[at..start]);
+            out.extend_from_slice(format!("[REDACTED:{label}]").as_bytes());
+            at = end;
+        }
+        out.extend_from_slice(&body[at..]);
+        Verdict::Redacted(out)
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Off => "off",
+        Action::Log => "log",
+        Action::Redact => "redact",
+        Action::Block => "block",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(action: Action) -> Compiled {
+        let mut p = Policy::default();
+        for n in detector_names() {
+            p.detectors.insert(n.to_string(), action);
+        }
+        p.keywords.push(KeywordList {
+            name: "projects".into(),
+            words: vec!["Project Falcon".into()],
+            action,
+        });
+        Compiled::new(&p).unwrap()
+    }
+
+    #[test]
+    fn check_digits_are_checked() {
+        assert!(cn_id_valid(b"11010519491231002X"));
+        assert!(!cn_id_valid(b"110105194912310021"));
+        assert!(luhn_valid(b"4111 1111 1111 1111"));
+        assert!(!luhn_valid(b"4111 1111 1111 1112"));
+    }
+
+    #[test]
+    fn each_detector_finds_its_kind_and_not_look_alikes() {
+        let c = policy(Action::Block);
+        let blocked = |s: &str| match c.scan(s.as_bytes()) {
+            Verdict::Block(d) => Some(d),
+            _ => None,
+        };
+        assert_eq!(
+            blocked(r#"{"content":"my key is sk-proj-abcdefghijklmnopqrstuvwx"}"#).as_deref(),
+            Some("secrets")
+        );
+        assert_eq!(blocked("AKIAIOSFODNN7EXAMPLE").as_deref(), Some("secrets"));
+        assert_eq!(
+            blocked("-----BEGIN RSA PRIVATE KEY-----\\nMIIE").as_deref(),
+            Some("secrets")
+        );
+        assert_eq!(
+            blocked("write to alice@example.com").as_deref(),
+            Some("email")
+        );
+        assert_eq!(blocked("call 13812345678 now").as_deref(), Some("phone"));
+        assert_eq!(blocked("call +44 20 7946 0958").as_deref(), Some("phone"));
+        assert_eq!(
+            blocked("身份证 11010519491231002X 号").as_deref(),
+            Some("cn_id")
+        );
+        assert_eq!(
+            blocked("card 4111 1111 1111 1111").as_deref(),
+            Some("bank_card")
+        );
+        assert_eq!(
+            blocked("about project falcon").as_deref(),
+            Some("keywords:projects")
+        );
+        // Look-alikes: a wrong check digit, a failing Luhn, an ordinary number, plain text.
+        assert_eq!(blocked("id 110105194912310021"), None);
+        assert_eq!(blocked("order 4111 1111 1111 1112"), None);
+        assert_eq!(blocked("the year 2026 had 365 days; 12345678"), None);
+        assert_eq!(
+            blocked(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn redaction_replaces_only_the_matches_and_keeps_json_valid() {
+        let c = policy(Action::Redact);
+        let body = r#"{"messages":[{"role":"user","content":"mail bob@corp.cn, card 4111-1111-1111-1111, key sk-ant-api03-abcdefghijklmnopqrstu"}]}"#;
+        let Verdict::Redacted(out) = c.scan(body.as_bytes()) else {
+            panic!("nothing redacted")
+        };
+        let text = String::from_utf8(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let content = v["messages"][0]["content"].as_str().unwrap();
+        assert_eq!(
+            content,
+            "mail [REDACTED:email], card [REDACTED:bank_card], key [REDACTED:secrets]"
+        );
+        assert_eq!(policy(Action::Log).scan(body.as_bytes()), Verdict::Pass);
+    }
+
+    /// Cost of a scan (bench/README.md): `cargo test --release --lib scan_cost -- --ignored
+    /// --nocapture`. Prints medians; asserts nothing about time.
+    #[test]
+    #[ignore]
+    fn scan_cost() {
+        let c = policy(Action::Redact);
+        let bench = br#"{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Summarise the quarterly numbers for the board in three bullet points."}]}"#.to_vec();
+        let sentence =
+            "The committee reviewed the budget, the hiring plan and the roadmap for next year; ";
+        let mut big = String::from(r#"{"model":"gpt-4o","messages":[{"role":"user","content":""#);
+        while big.len() < 10_240 {
+            big.push_str(sentence);
+        }
+        big.push_str(r#""}]}"#);
+        for (name, body) in [("bench body", bench), ("10 KB", big.into_bytes())] {
+            let mut times = Vec::new();
+            for _ in 0..21 {
+                let t = std::time::Instant::now();
+                for _ in 0..1000 {
+                    assert_eq!(c.scan(std::hint::black_box(&body)), Verdict::Pass);
+                }
+                times.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "{name} ({} bytes): median {:.0} ns per scan ({:.0} ns per KB)",
+                body.len(),
+                times[10],
+                times[10] * 1024.0 / body.len() as f64
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_detectors_are_refused() {
+        let mut p = Policy::default();
+        p.detectors.insert("ssn".into(), Action::Block);
+        assert!(Compiled::new(&p).is_err());
+    }
+}
