@@ -107,6 +107,8 @@ impl App {
                 .upstream_healthy
                 .with_label_values(&[&up.id])
                 .set(i64::from(healthy));
+            // Exported at 0 from the start (a lookup of an existing series otherwise).
+            METRICS.breaker_opened.with_label_values(&[&up.id]);
         }
     }
 

@@ -323,6 +323,89 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(router_decisions.clone()))?;
     registry.register(Box::new(router_errors.clone()))?;
+    // The process's CPU, memory, file descriptors and threads (Linux), and what is running.
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let build_info = IntGaugeVec::new(
+        Opts::new("tollgate_build_info", "The running build (always 1)"),
+        &["version"],
+    )?;
+    registry.register(Box::new(build_info.clone()))?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    // Series whose labels are fixed are exported from start-up, at zero, so that alerts and
+    // dashboards see them before the first event (per-channel ones are created when a
+    // configuration is loaded).
+    for (vec, labels) in [
+        (
+            &stream_errors,
+            &[
+                &["upstream_broken"][..],
+                &["truncated"],
+                &["total_timeout"],
+                &["client_gone"],
+            ][..],
+        ),
+        (
+            &admin_auth_failures,
+            &[&["invalid"][..], &["throttled"]][..],
+        ),
+        (&config_reloads, &[&["ok"][..], &["error"]][..]),
+        (&network_refusals, &[&["key"][..], &["tenant"]][..]),
+    ] {
+        for l in labels {
+            vec.with_label_values(l);
+        }
+    }
+    for kind in [
+        "balance_low",
+        "balance_days",
+        "department_budget",
+        "user_quota",
+        "key_quota",
+        "test",
+    ] {
+        alerts_fired.with_label_values(&[kind]);
+    }
+    for channel in ["email", "webhook"] {
+        for outcome in ["delivered", "failed", "retried"] {
+            alert_deliveries.with_label_values(&[channel, outcome]);
+        }
+    }
+    for provider in ["alipay", "wechat", "stripe"] {
+        for outcome in [
+            "credited",
+            "duplicate",
+            "ignored",
+            "bad_signature",
+            "unknown_order",
+            "mismatch",
+            "error",
+        ] {
+            payment_notifications.with_label_values(&[provider, outcome]);
+        }
+    }
+    for detector in [
+        "secrets",
+        "email",
+        "phone",
+        "cn_id",
+        "bank_card",
+        "keywords",
+    ] {
+        for action in ["log", "redact", "block"] {
+            guardrail_hits.with_label_values(&[detector, action]);
+        }
+    }
+    for outcome in ["held", "refused"] {
+        hold_exact_counts.with_label_values(&[outcome]);
+    }
+    for queue in ["charged", "usage"] {
+        recorder_queued.with_label_values(&[queue]);
+    }
     Ok(Metrics {
         registry,
         requests,
