@@ -181,6 +181,7 @@ pub async fn check_all(app: &Arc<App>) -> usize {
         Err(_) => return 0,
     };
     let mut fired = 0;
+    let mut active: std::collections::HashMap<&'static str, i64> = std::collections::HashMap::new();
     for s in settings {
         let (store, id) = (app.store.clone(), s.tenant_id.0.to_string());
         let tenant_name = tokio::task::spawn_blocking(move || store.find_tenant(&id))
@@ -189,6 +190,9 @@ pub async fn check_all(app: &Arc<App>) -> usize {
             .and_then(Result::ok)
             .map_or_else(|| s.tenant_id.0.to_string(), |t| t.name);
         for r in readings(app, &s).await {
+            if r.level > 0 {
+                *active.entry(r.kind).or_default() += 1;
+            }
             let (store, tenant, subject, level) =
                 (app.store.clone(), s.tenant_id, r.subject.clone(), r.level);
             let moved =
@@ -200,6 +204,18 @@ pub async fn check_all(app: &Arc<App>) -> usize {
                 send(app, &s, alert_body(&tenant_name, &s, &r)).await;
             }
         }
+    }
+    for kind in [
+        "balance_low",
+        "balance_days",
+        "department_budget",
+        "user_quota",
+        "key_quota",
+    ] {
+        METRICS
+            .alerts_active
+            .with_label_values(&[kind])
+            .set(active.get(kind).copied().unwrap_or(0));
     }
     fired
 }

@@ -51,6 +51,9 @@ pub struct Metrics {
     /// Budget and balance alerts fired, by kind (`balance_low`, `balance_days`,
     /// `department_budget`, `user_quota`, `key_quota`, `test`).
     pub alerts_fired: IntCounterVec,
+    /// Alert subjects past a threshold now (as of this node's last check), by kind: a bounded
+    /// count, not a series per tenant.
+    pub alerts_active: IntGaugeVec,
     /// Calls refused by a network allow-list, by list (`key`, `tenant`).
     pub network_refusals: IntCounterVec,
     /// Guardrail hits by detector (`secrets`, `email`, `phone`, `cn_id`, `bank_card`,
@@ -205,6 +208,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         &["kind"],
     )?;
     registry.register(Box::new(alerts_fired.clone()))?;
+    let alerts_active = IntGaugeVec::new(
+        Opts::new(
+            "tollgate_alerts_active",
+            "Alert subjects (tenants, departments, users, keys) past a threshold at this node's last check, by kind",
+        ),
+        &["kind"],
+    )?;
+    registry.register(Box::new(alerts_active.clone()))?;
     let network_refusals = IntCounterVec::new(
         Opts::new(
             "tollgate_network_refusals_total",
@@ -414,6 +425,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         admin_auth_failures,
         payment_notifications,
         alerts_fired,
+        alerts_active,
         network_refusals,
         guardrail_hits,
         alert_deliveries,
