@@ -199,7 +199,8 @@ impl BackgroundService for Exit {
 }
 
 /// Budget and balance alerts (`alerts`): every `[alerts] check_seconds`, on every node (the
-/// store's compare-and-set makes one of them fire each crossing).
+/// store's compare-and-set makes one of them fire each crossing); then unpaid payment orders
+/// ten minutes past their deadline are marked expired.
 struct AlertService {
     app: Arc<App>,
 }
@@ -217,6 +218,16 @@ impl BackgroundService for AlertService {
                 return;
             }
             crate::alerts::check_all(&self.app).await;
+            // Unpaid orders past their deadline (and a grace for payments in flight) expire.
+            let store = self.app.store.clone();
+            let now = crate::tenancy::unix_now();
+            if let Ok(Ok(n)) =
+                tokio::task::spawn_blocking(move || store.expire_orders(now, 600)).await
+            {
+                if n > 0 {
+                    tracing::info!(orders = n, "unpaid payment orders expired");
+                }
+            }
         }
     }
 }

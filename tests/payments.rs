@@ -843,3 +843,34 @@ async fn stripe_orders_are_queried_and_refunded() {
     .await;
     assert_eq!(s, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_offered_amounts_can_be_ordered_when_they_are_configured() {
+    let (api_base, _stripe) = common::stripe::start().await;
+    let m = mock().await;
+    let extra = common::stripe::config(&api_base).replace(
+        "[payments.stripe]",
+        "amounts = [\"50\", \"100\"]\n[payments.stripe]",
+    );
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", &extra).await;
+    let (s, v) = api(
+        &gw,
+        "POST",
+        "/admin/tenants/acme/orders",
+        Some(json!({"amount_rmb": "60"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("50, 100"),
+        "{v}"
+    );
+    let (s, v) = api(
+        &gw,
+        "POST",
+        "/admin/tenants/acme/orders",
+        Some(json!({"amount_rmb": "100"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}

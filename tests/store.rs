@@ -2223,6 +2223,19 @@ fn orders_behaviour(s: &Store, backend: &str) {
         "paid",
         "{backend}: a paid order stays paid"
     );
+    // Unpaid orders past their deadline (plus the grace) expire; paid ones stay paid.
+    let stale = s
+        .create_order(t.id, "alipay", 300, "cny", None, None, 60)
+        .unwrap();
+    let now = tollgate::tenancy::unix_now();
+    assert_eq!(s.expire_orders(now, 600).unwrap(), 0, "{backend}: not yet");
+    assert_eq!(
+        s.expire_orders(now + 61 + 600, 600).unwrap(),
+        1,
+        "{backend}"
+    );
+    assert_eq!(s.order(stale.id).unwrap().state, "expired", "{backend}");
+    assert_eq!(s.order(o.id).unwrap().state, "paid", "{backend}");
     let second = s
         .create_order(t.id, "stripe", 500, "cny", None, None, 60)
         .unwrap();
@@ -2239,8 +2252,8 @@ fn orders_behaviour(s: &Store, backend: &str) {
         .iter()
         .map(|o| o.id)
         .collect();
-    assert_eq!(mine, vec![second.id, o.id], "{backend}");
-    assert_eq!(s.list_orders(None, 10).unwrap().len(), 3, "{backend}");
+    assert_eq!(mine, vec![second.id, stale.id, o.id], "{backend}");
+    assert_eq!(s.list_orders(None, 10).unwrap().len(), 4, "{backend}");
     assert!(
         matches!(s.order(999_999), Err(StoreError::NotFound { .. })),
         "{backend}"

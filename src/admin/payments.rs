@@ -156,6 +156,21 @@ pub async fn create_order(
         )
         .into());
     }
+    if !payments.amounts.is_empty() && !payments.amounts.contains(&req.amount_rmb) {
+        let offered: Vec<String> = payments
+            .amounts
+            .iter()
+            .map(|a| a.normalize().to_string())
+            .collect();
+        return Err(bad_param(
+            "amount_rmb",
+            format!(
+                "Pick one of the amounts offered: {} RMB.",
+                offered.join(", ")
+            ),
+        )
+        .into());
+    }
     let amount_minor = rust_decimal::prelude::ToPrimitive::to_i64(&fen)
         .ok_or_else(|| bad_param("amount_rmb", "The amount is too large."))?;
     let (tid, promo, actor, ttl) = (

@@ -73,6 +73,8 @@ pub struct AdminSettings {
 pub struct PaymentSettings {
     pub min_rmb: Decimal,
     pub max_rmb: Decimal,
+    /// The amounts offered (RMB); empty: any from min to max.
+    pub amounts: Vec<Decimal>,
     pub order_secs: i64,
     /// Stripe, when configured and its secrets are set.
     pub stripe: Option<crate::payments::stripe::Stripe>,
@@ -668,7 +670,18 @@ impl Config {
                         .map_err(|e| warnings.push(format!("{e}; WeChat Pay is off")))
                         .ok()
                 });
+                if p.amounts.iter().any(|a| {
+                    *a < p.min_rmb
+                        || *a > p.max_rmb
+                        || (*a * Decimal::from(100)).fract() != Decimal::ZERO
+                }) {
+                    return Err(invalid(
+                        "payments.amounts",
+                        "each amount is within min_rmb..max_rmb, in whole fen",
+                    ));
+                }
                 Some(PaymentSettings {
+                    amounts: p.amounts.clone(),
                     min_rmb: p.min_rmb,
                     max_rmb: p.max_rmb,
                     order_secs: i64::from(p.order_minutes) * 60,

@@ -75,6 +75,9 @@ pub struct PaymentsSection {
     /// How long an order can be paid (minutes; Stripe needs 30 to 1440).
     #[serde(default = "default_order_minutes")]
     pub order_minutes: u32,
+    /// The amounts (RMB) a tenant admin may pick; empty: any amount from min to max.
+    #[serde(default)]
+    pub amounts: Vec<Decimal>,
     #[serde(default)]
     pub stripe: Option<StripeSection>,
     #[serde(default)]

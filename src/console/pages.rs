@@ -1948,6 +1948,7 @@ async fn topup_render(
             Some(p) => json!({
                 "min_rmb": p.min_rmb.to_string(),
                 "max_rmb": p.max_rmb.to_string(),
+                "amounts": p.amounts.iter().map(|a| a.normalize().to_string()).collect::<Vec<_>>(),
                 "providers": p.providers(),
             }),
             None => Value::Null,

@@ -403,6 +403,7 @@ pub trait Orders: Send + Sync {
         provider_ref: &str,
     ) -> Result<sqlite::PaymentOrder, StoreError>;
     async fn order_closed(&self, id: i64, state: &str) -> Result<sqlite::PaymentOrder, StoreError>;
+    async fn expire_orders(&self, now: i64, grace_secs: i64) -> Result<u64, StoreError>;
     async fn order_paid(
         &self,
         id: i64,

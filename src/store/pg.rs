@@ -70,6 +70,31 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Updates one column of a tenant that the key snapshot carries, and publishes a new
+    /// snapshot generation (`column` is one of ours, never input).
+    async fn set_tenant_setting(
+        &self,
+        tenant: TenantId,
+        column: &'static str,
+        value: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE tenants SET {column} = $2 WHERE id = $1"
+        )))
+        .bind(tenant.0)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(StoreError::not_found("tenant", tenant.0));
+        }
+        PgStore::bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Connects (`postgres://user:password@host:port/db`) and brings the schema up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
         let pool = PgPoolOptions::new()
@@ -1224,19 +1249,8 @@ impl Members for PgStore {
         tenant: TenantId,
         json: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("UPDATE tenants SET router_override = $2 WHERE id = $1")
-            .bind(tenant.0)
-            .bind(json)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            return Err(StoreError::not_found("tenant", tenant.0));
-        }
-        PgStore::bump_generation(&mut tx).await?;
-        tx.commit().await?;
-        Ok(())
+        self.set_tenant_setting(tenant, "router_override", json)
+            .await
     }
 
     async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
@@ -2719,6 +2733,16 @@ impl super::Orders for PgStore {
         super::Orders::order(self, id).await
     }
 
+    async fn expire_orders(&self, now: i64, grace_secs: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE payment_orders SET state = 'expired' WHERE state IN ('created', 'pending') AND expires_at < $1",
+        )
+        .bind(now - grace_secs)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     async fn order_closed(
         &self,
         id: i64,
@@ -3254,19 +3278,7 @@ impl super::Network for PgStore {
         tenant: TenantId,
         policy: Option<&str>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("UPDATE tenants SET guardrails = $2 WHERE id = $1")
-            .bind(tenant.0)
-            .bind(policy)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
-            return Err(StoreError::not_found("tenant", tenant.0));
-        }
-        PgStore::bump_generation(&mut tx).await?;
-        tx.commit().await?;
-        Ok(())
+        self.set_tenant_setting(tenant, "guardrails", policy).await
     }
 
     async fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {

@@ -2446,19 +2446,7 @@ impl Store {
     /// the key generation so that every node reloads it with the keys.
     pub fn set_guardrails(&self, tenant: TenantId, policy: Option<&str>) -> Result<(), StoreError> {
         pg!(self, { let policy = policy.map(str::to_string); } s => crate::store::Network::set_guardrails(&s, tenant, policy.as_deref()).await);
-        self.with(|c| {
-            let tx = c.transaction()?;
-            if tx.execute(
-                "UPDATE tenants SET guardrails = ?2 WHERE id = ?1",
-                params![tenant.0, policy],
-            )? == 0
-            {
-                return Err(StoreError::not_found("tenant", tenant.0));
-            }
-            Store::bump_generation(&tx)?;
-            tx.commit()?;
-            Ok(())
-        })
+        self.set_tenant_setting(tenant, "guardrails", &policy)
     }
 
     pub fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
@@ -2696,6 +2684,18 @@ impl Store {
             Ok(())
         })?;
         self.order(id)
+    }
+
+    /// Marks orders still unpaid `grace_secs` after their deadline `expired` (a payment that
+    /// still arrives is credited and flagged late); answers how many.
+    pub fn expire_orders(&self, now: i64, grace_secs: i64) -> Result<u64, StoreError> {
+        pg!(self, {} s => crate::store::Orders::expire_orders(&s, now, grace_secs).await);
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE payment_orders SET state = 'expired' WHERE state IN ('created', 'pending') AND expires_at < ?1",
+                params![now - grace_secs],
+            )? as u64)
+        })
     }
 
     /// Moves an order that is not paid to `expired` or `failed` (a paid one stays paid).
