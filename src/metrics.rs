@@ -380,6 +380,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "test",
     ] {
         alerts_fired.with_label_values(&[kind]);
+        if kind != "test" {
+            alerts_active.with_label_values(&[kind]);
+        }
     }
     for channel in ["email", "webhook"] {
         for outcome in ["delivered", "failed", "retried"] {

@@ -874,3 +874,86 @@ async fn only_the_offered_amounts_can_be_ordered_when_they_are_configured() {
     .await;
     assert_eq!(s, 201, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_bonus_is_shown_before_paying_and_a_bad_code_refused_before_the_provider() {
+    let (api_base, stripe_mock) = common::stripe::start().await;
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", &common::stripe::config(&api_base)).await;
+    let (s, v) = api(
+        &gw,
+        "POST",
+        "/admin/promos",
+        Some(json!({"code": "spring10", "percent": "10"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api(
+        &gw,
+        "GET",
+        "/admin/tenants/acme/promos/preview?code=SPRING10&amount_rmb=200",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["credits"].as_str(), v["bonus"].as_str()),
+        (Some("200"), Some("20")),
+        "{v}"
+    );
+    let (s, _) = api(
+        &gw,
+        "GET",
+        "/admin/tenants/acme/promos/preview?code=NOPE&amount_rmb=200",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    // An unknown code is refused before Stripe is asked for a session.
+    let sessions = stripe_mock.sessions.lock().unwrap().len();
+    let (s, v) = api(
+        &gw,
+        "POST",
+        "/admin/tenants/acme/orders",
+        Some(json!({"amount_rmb": "200", "promo_code": "NOPE"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(stripe_mock.sessions.lock().unwrap().len(), sessions);
+    // The code is credited once with the payment; then the preview says it is used.
+    let (id, session, _) = {
+        let (s, v) = api(
+            &gw,
+            "POST",
+            "/admin/tenants/acme/orders",
+            Some(json!({"amount_rmb": "200", "promo_code": "spring10"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        (
+            v["order"]["id"].as_i64().unwrap(),
+            v["order"]["provider_ref"].as_str().unwrap().to_string(),
+            v,
+        )
+    };
+    let start = credited_of(&gw.balance("acme").await);
+    let paid = event(
+        "checkout.session.completed",
+        &session,
+        id,
+        20_000,
+        "cny",
+        "paid",
+    );
+    let sig = stripe::sign(&paid, WEBHOOK_SECRET, now());
+    assert_eq!(deliver(&gw, &paid, &sig).await.0, 200);
+    assert!((credited_of(&gw.balance("acme").await) - start - 220.0).abs() < 1e-9);
+    let (s, _) = api(
+        &gw,
+        "GET",
+        "/admin/tenants/acme/promos/preview?code=spring10&amount_rmb=200",
+        None,
+    )
+    .await;
+    assert_eq!(s, 400);
+}

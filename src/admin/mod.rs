@@ -197,6 +197,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(credits::claim_promo))
         .routes(routes!(payments::create_order, payments::list_orders))
         .routes(routes!(payments::all_orders))
+        .routes(routes!(payments::promo_preview))
         .routes(routes!(payments::reconciliation))
         .routes(routes!(payments::stripe_webhook))
         .routes(routes!(payments::alipay_notify))

@@ -173,6 +173,21 @@ pub async fn create_order(
     }
     let amount_minor = rust_decimal::prelude::ToPrimitive::to_i64(&fen)
         .ok_or_else(|| bad_param("amount_rmb", "The amount is too large."))?;
+    // A promotion code that would not apply is refused before anyone pays.
+    if let Some(code) = req.promo_code.clone().filter(|c| !c.trim().is_empty()) {
+        let nano =
+            super::wire::positive_nano(req.amount_rmb * cfg.billing.credits_per_rmb, "amount_rmb")?;
+        let tid = tenant.id;
+        admin
+            .blocking(move |a| a.store.promo_preview(&code, tid, nano))
+            .await
+            .map_err(|e| match e {
+                GatewayError::NotFound(_) => {
+                    bad_param("promo_code", "This promotion code does not exist.")
+                }
+                other => other,
+            })?;
+    }
     let (tid, promo, actor, ttl) = (
         tenant.id,
         req.promo_code.clone(),
@@ -251,6 +266,57 @@ pub async fn create_order(
             ))))
         }
     }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewQuery {
+    /// The promotion code.
+    pub code: String,
+    /// The amount to pay, in RMB.
+    pub amount_rmb: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PromoPreview {
+    pub code: String,
+    pub amount_rmb: String,
+    /// What the payment credits (amount x credits per RMB).
+    pub credits: String,
+    /// The code's bonus on top (applied once per tenant, when the payment is credited).
+    pub bonus: String,
+}
+
+/// The bonus a promotion code would add to a payment of this amount, before paying (tenant
+/// admin): 404 for an unknown code, 400 for an expired, used-up or already-used one.
+#[utoipa::path(get, path = "/admin/tenants/{t}/promos/preview", tag = "credits", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name"), PreviewQuery),
+    responses((status = 200, body = PromoPreview), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn promo_preview(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+    super::wire::QueryParams(q): super::wire::QueryParams<PreviewQuery>,
+) -> ApiResult<Json<PromoPreview>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin])?;
+    let amount: Decimal = q
+        .amount_rmb
+        .trim()
+        .parse()
+        .map_err(|_| bad_param("amount_rmb", "an amount in RMB"))?;
+    let credits = amount * admin.app.config().billing.credits_per_rmb;
+    let nano = super::wire::positive_nano(credits, "amount_rmb")?;
+    let code = q.code.clone();
+    let bonus = admin
+        .blocking(move |a| a.store.promo_preview(&code, tenant, nano))
+        .await?;
+    Ok(Json(PromoPreview {
+        code: q.code.trim().to_ascii_uppercase(),
+        amount_rmb: amount.normalize().to_string(),
+        credits: super::wire::credits(nano),
+        bonus: super::wire::credits(bonus),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]

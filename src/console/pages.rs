@@ -1954,6 +1954,28 @@ async fn topup_render(
             None => Value::Null,
         },
     );
+    // A promotion code's bonus, shown before paying (the form's "Show bonus" button).
+    let p = params(cx);
+    if let (Some(code), Some(amount)) = (p.opt("promo_code"), p.opt("amount_rmb")) {
+        let preview = c
+            .get(
+                cx,
+                &format!(
+                    "/admin/tenants/{}/promos/preview?code={}&amount_rmb={}",
+                    vars["t"],
+                    q(&code),
+                    q(&amount)
+                ),
+            )
+            .await;
+        vars.insert(
+            "preview".into(),
+            match preview {
+                Ok(v) => v,
+                Err(f) => json!({"error": f.message, "code": code, "amount_rmb": amount}),
+            },
+        );
+    }
     let path = format!("/admin/tenants/{}/orders", vars["t"]);
     // The order the provider sent the payer back about, if any: asked about at the provider
     // now, so that the credit shows even when the notification is late.

@@ -1020,6 +1020,12 @@ pub(crate) fn money_in(
 /// Promotion campaigns and redemption codes: money in that tenants claim themselves.
 #[async_trait::async_trait]
 pub trait Codes: Send + Sync {
+    async fn promo_preview(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        topup: i64,
+    ) -> Result<i64, StoreError>;
     async fn create_promo(
         &self,
         code: &str,
@@ -1068,6 +1074,16 @@ pub trait Codes: Send + Sync {
 
 #[async_trait::async_trait]
 impl Codes for Store {
+    async fn promo_preview(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        topup: i64,
+    ) -> Result<i64, StoreError> {
+        let code = code.to_string();
+        blocking(self, move |s| s.promo_preview(&code, tenant, topup)).await
+    }
+
     async fn create_promo(
         &self,
         code: &str,

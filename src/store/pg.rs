@@ -1912,6 +1912,38 @@ fn promo_from_row(r: &PgRow) -> Result<PromoCampaign, sqlx::Error> {
 
 #[async_trait::async_trait]
 impl Codes for PgStore {
+    async fn promo_preview(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        topup: i64,
+    ) -> Result<i64, StoreError> {
+        let code = code.trim().to_ascii_uppercase();
+        let row: Option<PromoRow> = sqlx::query_as(
+            "SELECT id, kind, value, expires_at, max_uses, uses FROM promo_campaigns WHERE code = $1",
+        )
+        .bind(&code)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((id, kind, value, expires_at, max_uses, uses)) = row else {
+            return Err(StoreError::not_found("promo code", ""));
+        };
+        let bonus = promo_grant(&kind, value, expires_at, max_uses, uses, Some(topup))?;
+        let used: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM promo_uses WHERE campaign_id = $1 AND tenant_id = $2",
+        )
+        .bind(id)
+        .bind(tenant.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        if used.is_some() {
+            return Err(StoreError::Conflict(
+                "this tenant has already used this promo code".into(),
+            ));
+        }
+        Ok(bonus)
+    }
+
     async fn create_promo(
         &self,
         code: &str,

@@ -4079,6 +4079,43 @@ impl Store {
         Ok((id, bonus))
     }
 
+    /// The bonus a promotion code would give this tenant on a top-up of `topup` nano-credits,
+    /// without claiming it: refused as a claim would be (unknown, expired, used up, used by
+    /// this tenant already).
+    pub fn promo_preview(
+        &self,
+        code: &str,
+        tenant: TenantId,
+        topup: i64,
+    ) -> Result<i64, StoreError> {
+        pg!(self, { let code = code.to_string(); } s => crate::store::Codes::promo_preview(&s, &code, tenant, topup).await);
+        self.with(|c| {
+            let code = code.trim().to_ascii_uppercase();
+            let row: Option<PromoRow> = c
+                .query_row(
+                    "SELECT id, kind, value, expires_at, max_uses, uses FROM promo_campaigns WHERE code = ?1",
+                    params![code],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                )
+                .optional()?;
+            let Some((id, kind, value, expires_at, max_uses, uses)) = row else {
+                return Err(StoreError::not_found("promo code", ""));
+            };
+            let bonus = crate::store::promo_grant(&kind, value, expires_at, max_uses, uses, Some(topup))?;
+            let used: Option<i64> = c
+                .query_row(
+                    "SELECT 1 FROM promo_uses WHERE campaign_id = ?1 AND tenant_id = ?2",
+                    params![id, tenant.0],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if used.is_some() {
+                return Err(StoreError::Conflict("this tenant has already used this promo code".into()));
+            }
+            Ok(bonus)
+        })
+    }
+
     /// A top-up (and, with a promo code, its bonus) committed in one transaction. With an
     /// idempotency key, the entry id is the key's and a key used before commits nothing.
     #[allow(clippy::too_many_arguments)]
