@@ -235,6 +235,7 @@ def main():
         op.goto(CONSOLE + "/console/op/orders")
         check(op.locator("#mismatches").inner_text().strip() == "0", "the reconciliation shows mismatches")
         check(op.locator("td", has_text="¥20").count() >= 1, "the operator does not see the order")
+        check("stripe" in op.locator("#providers-table").inner_text(), "no per-provider reconciliation")
         # The operator refunds 5 RMB of it: debited, shown on the order.
         refund = op.locator("form[id^=refund-]").first
         refund.locator("input[name=amount_rmb]").fill("5")
