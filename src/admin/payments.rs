@@ -15,6 +15,7 @@ use super::wire::{
     bad_param, forbidden, not_found, time, ApiError, ApiResult, ErrorBody, JsonBody, PathParams,
 };
 use super::Admin;
+use crate::config::PaymentSettings;
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::payments::stripe;
@@ -710,19 +711,28 @@ pub async fn sync_order(
             order: OrderOut::from(&order),
         }));
     }
-    let payments = admin.app.config().payments.clone();
-    let result = match (order.provider.as_str(), payments) {
-        ("alipay", Some(p)) if p.alipay.is_some() => match &p.alipay {
-            Some(a) => a.query(order.id).await,
+    let cfg = admin.app.config();
+    let result = match (order.provider.as_str(), cfg.payments.as_ref()) {
+        (
+            "alipay",
+            Some(PaymentSettings {
+                alipay: Some(a), ..
+            }),
+        ) => a.query(order.id).await,
+        (
+            "wechat",
+            Some(PaymentSettings {
+                wechat: Some(w), ..
+            }),
+        ) => w.query(order.id).await,
+        (
+            "stripe",
+            Some(PaymentSettings {
+                stripe: Some(s), ..
+            }),
+        ) => match &order.provider_ref {
+            Some(session) => s.query(session).await,
             None => Ok(QueryResult::Unpaid),
-        },
-        ("wechat", Some(p)) if p.wechat.is_some() => match &p.wechat {
-            Some(w) => w.query(order.id).await,
-            None => Ok(QueryResult::Unpaid),
-        },
-        ("stripe", Some(p)) if p.stripe.is_some() => match (&p.stripe, &order.provider_ref) {
-            (Some(s), Some(session)) => s.query(session).await,
-            _ => Ok(QueryResult::Unpaid),
         },
         _ => return Err(not_found("payment provider").into()),
     };
@@ -932,34 +942,37 @@ pub async fn refund_order(
         }
     }
     // 2. The provider.
-    let payments = admin.app.config().payments.clone();
+    let cfg = admin.app.config();
     let refund_no = format!("tgr{rid}");
     let reason = req.reason.clone().unwrap_or_else(|| "refund".into());
-    let result = match (order.provider.as_str(), payments) {
-        ("alipay", Some(p)) => match &p.alipay {
-            Some(a) => a.refund(id, &refund_no, amount_minor, &reason).await,
-            None => Err(crate::payments::ProviderError::Config(
-                "Alipay is not configured".into(),
-            )),
+    let unconfigured =
+        || crate::payments::ProviderError::Config(format!("{} is not configured", order.provider));
+    let result = match (order.provider.as_str(), cfg.payments.as_ref()) {
+        (
+            "alipay",
+            Some(PaymentSettings {
+                alipay: Some(a), ..
+            }),
+        ) => a.refund(id, &refund_no, amount_minor, &reason).await,
+        (
+            "wechat",
+            Some(PaymentSettings {
+                wechat: Some(w), ..
+            }),
+        ) => {
+            w.refund(id, &refund_no, amount_minor, order.amount_minor, &reason)
+                .await
+        }
+        (
+            "stripe",
+            Some(PaymentSettings {
+                stripe: Some(s), ..
+            }),
+        ) => match &order.provider_ref {
+            Some(session) => s.refund(session, &refund_no, amount_minor).await,
+            None => Err(unconfigured()),
         },
-        ("wechat", Some(p)) => match &p.wechat {
-            Some(w) => {
-                w.refund(id, &refund_no, amount_minor, order.amount_minor, &reason)
-                    .await
-            }
-            None => Err(crate::payments::ProviderError::Config(
-                "WeChat Pay is not configured".into(),
-            )),
-        },
-        ("stripe", Some(p)) => match (&p.stripe, &order.provider_ref) {
-            (Some(s), Some(session)) => s.refund(session, &refund_no, amount_minor).await,
-            _ => Err(crate::payments::ProviderError::Config(
-                "Stripe is not configured".into(),
-            )),
-        },
-        _ => Err(crate::payments::ProviderError::Config(
-            "the provider is not configured".into(),
-        )),
+        _ => Err(unconfigured()),
     };
     match result {
         Ok(r) => {

@@ -433,6 +433,23 @@ impl Console {
     }
 }
 
+/// A CSV download straight from the API: its answer, or the console's failure page naming
+/// `what` could not be exported.
+async fn download(c: &Console, cx: &Ctx, me: &Value, path: &str, what: &str) -> Result<Page, Page> {
+    let r = c.raw(cx, Method::GET, path, None).await;
+    if r.status().is_success() {
+        return Ok(r);
+    }
+    Err(c.failure(
+        cx,
+        me,
+        &Failure {
+            status: r.status(),
+            message: format!("{what} could not be exported."),
+        },
+    ))
+}
+
 /// The page's path and query, for links that come back to it.
 fn here(cx: &Ctx) -> String {
     if cx.query.is_empty() {
@@ -1664,18 +1681,10 @@ async fn records_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         tenant["id"],
         f.range(cx.tz)
     );
-    let r = c.raw(&cx, Method::GET, &path, None).await;
-    if !r.status().is_success() {
-        let status = r.status();
-        return c.failure(
-            &cx,
-            &me,
-            &Failure {
-                status,
-                message: "The statement could not be exported.".into(),
-            },
-        );
-    }
+    let r = match download(&c, &cx, &me, &path, "The statement").await {
+        Ok(r) => r,
+        Err(page) => return page,
+    };
     let (mut parts, body) = r.into_parts();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "attachment; filename=\"statement-{}-{}-{}.csv\"",
@@ -1891,26 +1900,10 @@ async fn op_audit(State(c): C, req: Request) -> Page {
 /// The audit page's entries as CSV, straight from the API.
 async fn audit_csv(c: &Console, cx: &Ctx, me: &Value, api_path: &str) -> Page {
     let (query, _) = audit_query(cx);
-    let r = c
-        .raw(
-            cx,
-            Method::GET,
-            &format!("{api_path}?limit=1000&format=csv&{query}"),
-            None,
-        )
-        .await;
-    if !r.status().is_success() {
-        let status = r.status();
-        return c.failure(
-            cx,
-            me,
-            &Failure {
-                status,
-                message: "The audit trail could not be exported.".into(),
-            },
-        );
-    }
-    r
+    let path = format!("{api_path}?limit=1000&format=csv&{query}");
+    download(c, cx, me, &path, "The audit trail")
+        .await
+        .unwrap_or_else(|page| page)
 }
 
 async fn tenant_audit_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
@@ -2137,26 +2130,10 @@ async fn op_reconciliation_csv(State(c): C, req: Request) -> Page {
     let cx = ctx_of(&req);
     let me = operator_only!(c, cx);
     let day = params(&cx).get("day").to_string();
-    let r = c
-        .raw(
-            &cx,
-            Method::GET,
-            &format!("/admin/payments/reconciliation?day={}&format=csv", q(&day)),
-            None,
-        )
-        .await;
-    if !r.status().is_success() {
-        let status = r.status();
-        return c.failure(
-            &cx,
-            &me,
-            &Failure {
-                status,
-                message: "The reconciliation could not be exported.".into(),
-            },
-        );
-    }
-    r
+    let path = format!("/admin/payments/reconciliation?day={}&format=csv", q(&day));
+    download(&c, &cx, &me, &path, "The reconciliation")
+        .await
+        .unwrap_or_else(|page| page)
 }
 
 async fn prices_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
