@@ -26,6 +26,8 @@ const SECRET_FIELDS: &[&str] = &[
     "link",
     "api_key",
     "authorization",
+    // Single sign-on: the provider URL of a flow in flight (its state and nonce).
+    "authorization_url",
 ];
 
 /// A JSON value with every secret field's value replaced.

@@ -22,6 +22,7 @@ pub mod logfmt;
 pub mod mail;
 pub mod metrics;
 pub mod mock;
+pub mod outbound;
 pub mod passthrough;
 pub mod payments;
 pub mod protocol;
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod router;
 pub mod routing;
 pub mod server;
+pub mod sso;
 pub mod store;
 pub mod tenancy;
 

@@ -25,6 +25,7 @@ mod members;
 mod ops;
 mod payments;
 mod sessions;
+mod sso;
 mod tenants;
 mod usage;
 mod wire;
@@ -52,6 +53,8 @@ pub struct Admin {
     openapi: Vec<u8>,
     /// The API itself (the audit layer reads a resource's value before a change through it).
     pub api: std::sync::OnceLock<axum::Router>,
+    /// Identity providers' metadata and keys (console single sign-on).
+    pub sso: crate::sso::Providers,
 }
 
 impl Admin {
@@ -184,6 +187,9 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(sessions::request_reset))
         .routes(routes!(sessions::use_reset))
         .routes(routes!(sessions::admin_reset))
+        .routes(routes!(sso::get_sso, sso::set_sso, sso::delete_sso))
+        .routes(routes!(sso::start))
+        .routes(routes!(sso::callback))
         .routes(routes!(keys::list_keys, keys::create_key))
         .routes(routes!(keys::get_key, keys::update_key, keys::delete_key))
         .routes(routes!(keys::revoke_key))
@@ -266,6 +272,7 @@ fn router(app: Arc<App>) -> axum::Router {
         auth_throttle: AuthThrottle::default(),
         openapi: doc.to_pretty_json().unwrap_or_default().into_bytes(),
         api: std::sync::OnceLock::new(),
+        sso: crate::sso::Providers::default(),
     });
     let api = router
         .fallback(ops::unknown_path)

@@ -158,6 +158,11 @@ async fn sign_in_checked(
             "Sign in with `tenant`, `email` and `password`, or with `operator_token`.",
         ));
     };
+    if !super::sso::passwords_allowed(admin, &tenant).await? {
+        return Err(GatewayError::Forbidden(format!(
+            "{tenant} signs in with single sign-on only: /console/sso/start?tenant={tenant}"
+        )));
+    }
     let account = admin
         .blocking(move |a| a.store.login_account(&tenant, &email))
         .await?;

@@ -37,6 +37,8 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("redeem.html", include_str!("templates/redeem.html")),
     ("alerts.html", include_str!("templates/alerts.html")),
     ("audit.html", include_str!("templates/audit.html")),
+    ("sso.html", include_str!("templates/sso.html")),
+    ("security.html", include_str!("templates/security.html")),
     ("topup.html", include_str!("templates/topup.html")),
     ("op_orders.html", include_str!("templates/op_orders.html")),
     ("prices.html", include_str!("templates/prices.html")),
@@ -68,6 +70,8 @@ pub fn routes() -> axum::Router<Arc<Console>> {
             get(reset_request_page).post(reset_request),
         )
         .route("/console/reset/{token}", get(reset_page).post(reset_use))
+        .route("/console/sso/start", get(sso_start))
+        .route("/console/sso/callback", get(sso_callback))
         .route("/console/static/{file}", get(static_file))
         .route("/console/account", get(account_page).post(account_post))
         .route("/console/t/{t}", get(overview))
@@ -93,6 +97,10 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/t/{t}/topup", get(topup_page).post(topup_post))
         .route("/console/t/{t}/alerts", get(alerts_page).post(alerts_post))
         .route("/console/t/{t}/audit", get(audit_page))
+        .route(
+            "/console/t/{t}/security",
+            get(security_page).post(security_post),
+        )
         .route("/console/t/{t}/audit.csv", get(tenant_audit_csv))
         .route("/console/op/audit", get(op_audit))
         .route("/console/op/audit.csv", get(op_audit_csv))
@@ -674,17 +682,8 @@ async fn signed_in_answer(c: &Console, cx: &Ctx, form: &Form, body: Value) -> Pa
         .await
     {
         Ok(s) => {
-            let token = s["token"].as_str().unwrap_or_default();
-            let secure = c.admin().app.config().admin.secure_cookies;
-            let hours = c.admin().app.config().admin.session_hours as u64;
             let mut r = redirect(&safe_next(form.get("next")));
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "{SESSION_COOKIE}={token}; Max-Age={}{}",
-                hours * 3600,
-                cookie_attrs(secure)
-            )) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
+            set_session_cookie(c, &mut r, &s);
             r
         }
         Err(f) => {
@@ -696,6 +695,112 @@ async fn signed_in_answer(c: &Console, cx: &Ctx, form: &Form, body: Value) -> Pa
             c.render(cx, &Value::Null, "login.html", f.status, vars)
         }
     }
+}
+
+/// Sets the cookie of a session the API opened (`s`: its answer).
+fn set_session_cookie(c: &Console, r: &mut Page, s: &Value) {
+    let token = s["token"].as_str().unwrap_or_default();
+    let secure = c.admin().app.config().admin.secure_cookies;
+    let hours = c.admin().app.config().admin.session_hours as u64;
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={token}; Max-Age={}{}",
+        hours * 3600,
+        cookie_attrs(secure)
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The cookie that binds a single sign-on in flight to the browser that started it.
+const SSO_COOKIE: &str = "tg_sso";
+
+fn sso_cookie(c: &Console, r: &mut Page, state: &str, max_age: i64) {
+    let secure = if c.admin().app.config().admin.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SSO_COOKIE}={state}; Max-Age={max_age}; Path=/console/sso; HttpOnly; SameSite=Lax{secure}"
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+fn login_error(c: &Console, cx: &Ctx, tenant: &str, next: &str, f: &Failure) -> Page {
+    let mut vars = Map::new();
+    vars.insert("next".into(), json!(safe_next(next)));
+    vars.insert("tenant".into(), json!(tenant));
+    vars.insert("error".into(), json!(f.message));
+    c.render(cx, &Value::Null, "login.html", f.status, vars)
+}
+
+/// Starts a single sign-on: the provider's URL, reached by a page that refreshes to it (a form
+/// may not redirect to another origin under the console's `form-action 'self'`), and a cookie
+/// with the flow's state so that only this browser can finish it.
+async fn sso_start(State(c): C, req: Request) -> Page {
+    let mut cx = ctx_of(&req);
+    cx.token = None;
+    let p = params(&cx);
+    let (tenant, next) = (p.get("tenant").to_string(), p.get("next").to_string());
+    let body =
+        json!({"tenant": tenant, "next": Some(safe_next(&next)).filter(|n| n != "/console")});
+    match c
+        .call(&cx, Method::POST, "/admin/sso/start", Some(body))
+        .await
+    {
+        Ok(v) => {
+            let url = v["authorization_url"].as_str().unwrap_or_default();
+            let mut vars = Map::new();
+            vars.insert("url".into(), json!(url));
+            let mut r = c.render(&cx, &Value::Null, "sso.html", StatusCode::OK, vars);
+            sso_cookie(
+                &c,
+                &mut r,
+                v["state"].as_str().unwrap_or_default(),
+                crate::sso::FLOW_SECS,
+            );
+            r
+        }
+        Err(f) => login_error(&c, &cx, &tenant, &next, &f),
+    }
+}
+
+/// The provider sends the browser back here: the state must be the one this browser started
+/// with; the API finishes the sign-in and opens the session.
+async fn sso_callback(State(c): C, req: Request) -> Page {
+    let bound = super::cookies(req.headers())
+        .into_iter()
+        .find(|(k, _)| k == SSO_COOKIE)
+        .map(|(_, v)| v);
+    let mut cx = ctx_of(&req);
+    cx.token = None;
+    let p = params(&cx);
+    let state = p.get("state").to_string();
+    if state.is_empty() || bound.as_deref() != Some(state.as_str()) {
+        let f = Failure {
+            status: StatusCode::BAD_REQUEST,
+            message: i18n::text(cx.lang, "sso_not_bound"),
+        };
+        return login_error(&c, &cx, "", "", &f);
+    }
+    let body = json!({
+        "state": state, "code": p.opt("code"), "error": p.opt("error"),
+        "error_description": p.opt("error_description"), "iss": p.opt("iss"),
+    });
+    let mut r = match c
+        .call(&cx, Method::POST, "/admin/sso/callback", Some(body))
+        .await
+    {
+        Ok(s) => {
+            let mut r = redirect(&safe_next(s["next"].as_str().unwrap_or_default()));
+            set_session_cookie(&c, &mut r, &s);
+            r
+        }
+        Err(f) => login_error(&c, &cx, "", "", &f),
+    };
+    sso_cookie(&c, &mut r, "", 0);
+    r
 }
 
 async fn login_user(State(c): C, req: Request) -> Page {
@@ -1833,6 +1938,129 @@ async fn alerts_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     {
         Ok(_) => redirect(&format!("/console/t/{}/alerts?done=saved", tp(&t))),
         Err(f) => alerts_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Security: single sign-on, the network allow-list, prompt guardrails
+
+/// The built-in guardrail detectors, in the order the page lists them.
+const DETECTORS: &[&str] = &["secrets", "email", "phone", "cn_id", "bank_card"];
+
+async fn security_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let cx = ctx_of(&req);
+    let me = signed_in!(c, cx);
+    security_render(&c, &cx, &me, &t, Flash::default(), StatusCode::OK).await
+}
+
+async fn security_render(
+    c: &Console,
+    cx: &Ctx,
+    me: &Value,
+    t: &str,
+    flash: Flash,
+    status: StatusCode,
+) -> Page {
+    let mut vars = try_api!(c, cx, me, tenant_vars(c, cx, t).await);
+    apply_flash(&mut vars, cx, flash);
+    let base = format!("/admin/tenants/{}", tp(t));
+    let sso = try_api!(c, cx, me, c.get(cx, &format!("{base}/sso")).await);
+    let network = try_api!(c, cx, me, c.get(cx, &format!("{base}/network")).await);
+    let guardrails = try_api!(c, cx, me, c.get(cx, &format!("{base}/guardrails")).await);
+    let mut rows = guardrails["keywords"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    rows.push(json!({"name": "", "words": [], "action": "block"}));
+    vars.insert("sso".into(), sso);
+    vars.insert("network".into(), network);
+    vars.insert("guardrails".into(), guardrails);
+    vars.insert("keyword_rows".into(), Value::Array(rows));
+    vars.insert("detectors".into(), json!(DETECTORS));
+    c.render(cx, me, "security.html", status, vars)
+}
+
+/// Saves one of the page's three forms (`action`), or turns single sign-on off.
+async fn security_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form, me) = posted!(c, req, signed_in);
+    let base = format!("/admin/tenants/{}", tp(&t));
+    let list = |name: &str, seps: &[char]| -> Vec<String> {
+        form.get(name)
+            .split(seps)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let call = match form.get("action") {
+        "sso_off" => (Method::DELETE, format!("{base}/sso"), None),
+        "sso_save" => {
+            let role_map: Map<String, Value> = form
+                .get("role_map")
+                .lines()
+                .filter_map(|l| l.split_once(['=', ':']))
+                .map(|(g, r)| (g.trim().to_string(), json!(r.trim())))
+                .filter(|(g, _)| !g.is_empty())
+                .collect();
+            let body = json!({
+                "issuer": form.get("issuer"),
+                "client_id": form.get("client_id"),
+                "client_secret": form.opt("client_secret"),
+                "allowed_domains": list("allowed_domains", &[',', ' ', '\n', ';']),
+                "groups_claim": form.opt("groups_claim").unwrap_or_else(|| "groups".into()),
+                "role_map": role_map,
+                "default_role": form.opt("default_role"),
+                "jit_users": form.get("jit_users") == "on",
+                "password_sign_in": form.get("password_sign_in") == "on",
+                "extra_scopes": list("extra_scopes", &[',', ' ']),
+            });
+            (Method::PUT, format!("{base}/sso"), Some(body))
+        }
+        "network_save" => {
+            let cidrs = list("allowed_cidrs", &[',', ' ', '\n', '\r', ';']);
+            (
+                Method::PUT,
+                format!("{base}/network"),
+                Some(json!({"allowed_cidrs": cidrs})),
+            )
+        }
+        "guardrails_save" => {
+            let detectors: Map<String, Value> = DETECTORS
+                .iter()
+                .map(|d| {
+                    (
+                        d.to_string(),
+                        json!(form
+                            .opt(&format!("detector_{d}"))
+                            .unwrap_or_else(|| "off".into())),
+                    )
+                })
+                .filter(|(_, a)| a != "off")
+                .collect();
+            let keywords: Vec<Value> = (0..21)
+                .filter_map(|i| {
+                    let name = form.opt(&format!("kw_name_{i}"))?;
+                    let words = list(&format!("kw_words_{i}"), &['\n', '\r']);
+                    let action = form
+                        .opt(&format!("kw_action_{i}"))
+                        .unwrap_or_else(|| "block".into());
+                    Some(json!({"name": name, "words": words, "action": action}))
+                })
+                .collect();
+            let body = json!({"detectors": detectors, "keywords": keywords});
+            (Method::PUT, format!("{base}/guardrails"), Some(body))
+        }
+        _ => {
+            let f = Failure {
+                status: StatusCode::BAD_REQUEST,
+                message: "Unknown action.".into(),
+            };
+            return security_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await;
+        }
+    };
+    match c.call(&cx, call.0, &call.1, call.2).await {
+        Ok(_) => redirect(&format!("/console/t/{}/security?done=saved", tp(&t))),
+        Err(f) => security_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
 }
 

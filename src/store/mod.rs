@@ -543,6 +543,16 @@ pub trait Network: Send + Sync {
     async fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError>;
 }
 
+/// Console single sign-on: the PostgreSQL side of the same calls on `sqlite::Store`.
+#[async_trait::async_trait]
+pub trait Sso: Send + Sync {
+    async fn set_sso(&self, tenant: TenantId, settings: Option<&str>) -> Result<(), StoreError>;
+    async fn sso(&self, tenant: TenantId) -> Result<Option<String>, StoreError>;
+    async fn create_sso_flow(&self, state: &str, flow: &sqlite::SsoFlow) -> Result<(), StoreError>;
+    async fn take_sso_flow(&self, state: &str) -> Result<Option<sqlite::SsoFlow>, StoreError>;
+    async fn link_sso_subject(&self, user: UserId, subject: &str) -> Result<bool, StoreError>;
+}
+
 /// Console sign-in and sessions (`console_sessions`): the PostgreSQL side of the same calls
 /// on `sqlite::Store`.
 #[async_trait::async_trait]

@@ -3261,6 +3261,85 @@ impl super::Audit for PgStore {
 }
 
 #[async_trait::async_trait]
+impl super::Sso for PgStore {
+    async fn set_sso(&self, tenant: TenantId, settings: Option<&str>) -> Result<(), StoreError> {
+        self.set_tenant_setting(tenant, "sso", settings).await
+    }
+
+    async fn sso(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT sso FROM tenants WHERE id = $1")
+                .bind(tenant.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.0)
+            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+    }
+
+    async fn create_sso_flow(
+        &self,
+        state: &str,
+        flow: &super::sqlite::SsoFlow,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sso_flows WHERE expires_at <= $1")
+            .bind(unix_now())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sso_flows (state_hash, tenant_id, nonce, pkce_verifier, redirect_uri, next, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&hash_key(state)[..])
+        .bind(flow.tenant.0)
+        .bind(&flow.nonce)
+        .bind(&flow.pkce_verifier)
+        .bind(&flow.redirect_uri)
+        .bind(&flow.next)
+        .bind(flow.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_sso_flow(
+        &self,
+        state: &str,
+    ) -> Result<Option<super::sqlite::SsoFlow>, StoreError> {
+        let row: Option<(i64, String, String, String, String, i64)> = sqlx::query_as(
+            "DELETE FROM sso_flows WHERE state_hash = $1 RETURNING tenant_id, nonce, pkce_verifier, redirect_uri, next, expires_at",
+        )
+        .bind(&hash_key(state)[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(
+                |(tenant, nonce, pkce_verifier, redirect_uri, next, expires_at)| {
+                    super::sqlite::SsoFlow {
+                        tenant: TenantId(tenant),
+                        nonce,
+                        pkce_verifier,
+                        redirect_uri,
+                        next,
+                        expires_at,
+                    }
+                },
+            )
+            .filter(|f| f.expires_at > unix_now()))
+    }
+
+    async fn link_sso_subject(&self, user: UserId, subject: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE users SET sso_subject = $2 WHERE id = $1 AND (sso_subject IS NULL OR sso_subject = $2)",
+        )
+        .bind(user.0)
+        .bind(subject)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
+#[async_trait::async_trait]
 impl super::Network for PgStore {
     async fn set_allowed_cidrs(
         &self,

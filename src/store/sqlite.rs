@@ -457,6 +457,19 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE tenants ADD COLUMN allowed_cidrs TEXT;",
     // 24: prompt guardrails (issue 18; migrations/postgres/0010_guardrails.sql)
     "ALTER TABLE tenants ADD COLUMN guardrails TEXT;",
+    // 25: console single sign-on (issue 18; migrations/postgres/0011_sso.sql)
+    "ALTER TABLE tenants ADD COLUMN sso TEXT;
+     ALTER TABLE users ADD COLUMN sso_subject TEXT;
+     CREATE TABLE sso_flows (
+        state_hash BLOB PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        nonce TEXT NOT NULL,
+        pkce_verifier TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        next TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX sso_flows_expiry ON sso_flows(expires_at);",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -1005,6 +1018,19 @@ impl NewSession {
             expires_at: unix_now() + ttl_secs,
         }
     }
+}
+
+/// A single sign-on in flight (`Store::create_sso_flow`): what the callback needs besides the
+/// provider's code.
+#[derive(Debug, Clone)]
+pub struct SsoFlow {
+    pub tenant: TenantId,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub redirect_uri: String,
+    /// The console page to open after signing in.
+    pub next: String,
+    pub expires_at: i64,
 }
 
 /// A live console session (`Store::session`): its user (`None`: the operator).
@@ -2459,6 +2485,77 @@ impl Store {
             )
             .optional()?
             .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+        })
+    }
+
+    /// Sets a tenant's single sign-on settings (JSON with the client secret, checked by the
+    /// caller; `None`: off).
+    pub fn set_sso(&self, tenant: TenantId, settings: Option<&str>) -> Result<(), StoreError> {
+        pg!(self, { let settings = settings.map(str::to_string); } s => crate::store::Sso::set_sso(&s, tenant, settings.as_deref()).await);
+        self.set_tenant_setting(tenant, "sso", &settings)
+    }
+
+    pub fn sso(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
+        pg!(self, {} s => crate::store::Sso::sso(&s, tenant).await);
+        self.with(|c| {
+            c.query_row(
+                "SELECT sso FROM tenants WHERE id = ?1",
+                params![tenant.0],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+        })
+    }
+
+    /// Keeps a sign-in in flight until the provider sends the browser back (the state is
+    /// stored hashed); expired ones are dropped.
+    pub fn create_sso_flow(&self, state: &str, flow: &SsoFlow) -> Result<(), StoreError> {
+        pg!(self, { let state = state.to_string(); let flow = flow.clone(); } s => crate::store::Sso::create_sso_flow(&s, &state, &flow).await);
+        self.with(|c| {
+            c.execute("DELETE FROM sso_flows WHERE expires_at <= ?1", params![unix_now()])?;
+            c.execute(
+                "INSERT INTO sso_flows (state_hash, tenant_id, nonce, pkce_verifier, redirect_uri, next, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![&hash_key(state)[..], flow.tenant.0, flow.nonce, flow.pkce_verifier, flow.redirect_uri, flow.next, flow.expires_at],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The sign-in in flight with this state, removed: a state works once, and not after it
+    /// expired.
+    pub fn take_sso_flow(&self, state: &str) -> Result<Option<SsoFlow>, StoreError> {
+        pg!(self, { let state = state.to_string(); } s => crate::store::Sso::take_sso_flow(&s, &state).await);
+        self.with(|c| {
+            Ok(c.query_row(
+                "DELETE FROM sso_flows WHERE state_hash = ?1 RETURNING tenant_id, nonce, pkce_verifier, redirect_uri, next, expires_at",
+                params![&hash_key(state)[..]],
+                |r| {
+                    Ok(SsoFlow {
+                        tenant: TenantId(r.get(0)?),
+                        nonce: r.get(1)?,
+                        pkce_verifier: r.get(2)?,
+                        redirect_uri: r.get(3)?,
+                        next: r.get(4)?,
+                        expires_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?
+            .filter(|f| f.expires_at > unix_now()))
+        })
+    }
+
+    /// Links a user to the provider's subject at their first single sign-on; `false` when the
+    /// user is linked to another subject already.
+    pub fn link_sso_subject(&self, user: UserId, subject: &str) -> Result<bool, StoreError> {
+        pg!(self, { let subject = subject.to_string(); } s => crate::store::Sso::link_sso_subject(&s, user, &subject).await);
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE users SET sso_subject = ?2 WHERE id = ?1 AND (sso_subject IS NULL OR sso_subject = ?2)",
+                params![user.0, subject],
+            )?;
+            Ok(n == 1)
         })
     }
 
