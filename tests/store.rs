@@ -2082,6 +2082,73 @@ fn console_sessions_behave_the_same_on_sqlite_and_postgresql() {
     sessions_behaviour(&store, "postgresql");
 }
 
+/// Single sign-on: settings per tenant, a flow in flight works once and not after it expired,
+/// and a user is linked to one subject of the provider.
+fn sso_behaviour(s: &Store, backend: &str) {
+    use tollgate::store::sqlite::SsoFlow;
+    use tollgate::tenancy::Role;
+    let t = s.create_tenant("SSO Co").unwrap();
+    assert_eq!(s.sso(t.id).unwrap(), None, "{backend}");
+    s.set_sso(
+        t.id,
+        Some(r#"{"issuer":"https://idp.example","client_id":"c"}"#),
+    )
+    .unwrap();
+    assert!(
+        s.sso(t.id).unwrap().unwrap().contains("idp.example"),
+        "{backend}"
+    );
+    let now = tollgate::tenancy::unix_now();
+    let flow = |expires_at| SsoFlow {
+        tenant: t.id,
+        nonce: "n".into(),
+        pkce_verifier: "v".into(),
+        redirect_uri: "https://gw/console/sso/callback".into(),
+        next: "/console/t/1".into(),
+        expires_at,
+    };
+    s.create_sso_flow("state-1", &flow(now + 600)).unwrap();
+    s.create_sso_flow("state-old", &flow(now - 1)).unwrap();
+    let got = s.take_sso_flow("state-1").unwrap().unwrap();
+    assert_eq!(
+        (got.tenant, got.nonce.as_str(), got.pkce_verifier.as_str()),
+        (t.id, "n", "v"),
+        "{backend}"
+    );
+    assert!(
+        s.take_sso_flow("state-1").unwrap().is_none(),
+        "{backend}: used once"
+    );
+    assert!(
+        s.take_sso_flow("state-old").unwrap().is_none(),
+        "{backend}: expired"
+    );
+    assert!(s.take_sso_flow("never").unwrap().is_none(), "{backend}");
+    let u = s
+        .create_user(t.id, "sam@sso.test", "Sam", Role::Member, None, None)
+        .unwrap();
+    assert!(s.link_sso_subject(u.id, "sub-1").unwrap(), "{backend}");
+    assert!(
+        s.link_sso_subject(u.id, "sub-1").unwrap(),
+        "{backend}: same subject again"
+    );
+    assert!(
+        !s.link_sso_subject(u.id, "sub-2").unwrap(),
+        "{backend}: another subject"
+    );
+    s.set_sso(t.id, None).unwrap();
+    assert_eq!(s.sso(t.id).unwrap(), None, "{backend}");
+}
+
+#[test]
+fn single_sign_on_behaves_the_same_on_sqlite_and_postgresql() {
+    let (_dir, lite) = sqlite();
+    sso_behaviour(&lite, "sqlite");
+    let pg = Postgres::start();
+    let store = Store::open_postgres(&pg.database("sso"), 4).unwrap();
+    sso_behaviour(&store, "postgresql");
+}
+
 /// `balance_before` (the statement's opening balance) reads whole hours from the roll-ups; it
 /// must equal its definition, the journal before the time less every charge before it, where
 /// a pruned day's charges count at the day's last millisecond, for times inside hours, at hour
