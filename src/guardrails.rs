@@ -6,13 +6,16 @@
 //! `redact` (the match replaced by `[REDACTED:<detector>]` in the request as received, so every
 //! protocol and translation path forwards the redacted text) or `log` (counted only).
 //!
-//! The scan runs on the request body as received, before it is parsed: one pass of a
-//! `RegexSet` over the bytes says whether anything may match at all (the common case is no);
-//! only then are the detectors that fired run for their positions and checked (check digits).
+//! The scan runs on the request body as received, before it is parsed. Each detector has a gate,
+//! a test at memchr speed of something every match contains (`@` for email; a run of 8 or more
+//! digits for phone, ID and card numbers, found eight bytes at a time); its regex runs only when
+//! the gate passes, and the secrets regex finds its literal prefixes (`sk-`, `AKIA`, ...) with the
+//! regex crate's own SIMD prefilter. The common prompt (no `@`, no long number, no key) costs
+//! those tests only. Matches are then checked (check digits) and counted or acted on.
 //! Matched text is never logged or stored; `tollgate_guardrail_hits_total{detector, action}`
 //! counts hits.
 
-use regex::bytes::{Regex, RegexSet};
+use regex::bytes::Regex;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -86,8 +89,79 @@ pub fn detector_names() -> impl Iterator<Item = &'static str> {
 pub struct Compiled {
     /// The built-in detectors in use, with their action, in `DETECTORS` order.
     active: Vec<(&'static str, Action, &'static Regex)>,
-    set: Option<RegexSet>,
     keywords: Vec<(String, Action, aho_corasick::AhoCorasick)>,
+}
+
+/// What a detector's match cannot do without: a cheap test of the whole body that skips the
+/// detector's regex when it fails (most prompts have no `@` and no long number).
+#[derive(Clone, Copy)]
+enum Gate {
+    /// The regex's own literal prefilter is enough (`secrets`: `sk-`, `AKIA`, `-----BEGIN`...).
+    None,
+    /// A byte that every match contains (`@` for email).
+    Byte(u8),
+    /// A run of at least this many digits, single spaces or dashes allowed between them (phone
+    /// numbers, ID numbers and card numbers all have 8 or more).
+    Digits(u32),
+}
+
+fn gate_of(name: &str) -> Gate {
+    match name {
+        "email" => Gate::Byte(b'@'),
+        "phone" | "cn_id" | "bank_card" => Gate::Digits(8),
+        _ => Gate::None,
+    }
+}
+
+/// Whether a 64-bit word has an ASCII digit byte (bytes strictly between 0x2F and 0x3A; the
+/// "has between" test of Bit Twiddling Hacks, no carries for these bounds).
+fn has_digit(x: u64) -> bool {
+    const L: u64 = 0x0101_0101_0101_0101;
+    const H: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & L.wrapping_mul(127);
+    let below = L.wrapping_mul(127 + 0x3A).wrapping_sub(low7);
+    let above = low7.wrapping_add(L.wrapping_mul(127 - 0x2F));
+    below & !x & above & H != 0
+}
+
+/// Whether `body` has a run of `min` digits or more, with at most one space or dash between
+/// two digits. Eight bytes at a time: a word with no digit ends any run.
+fn has_digit_run(body: &[u8], min: u32) -> bool {
+    let mut run = DigitRun::default();
+    let mut words = body.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        if !has_digit(u64::from_le_bytes(a)) {
+            run = DigitRun::default();
+            continue;
+        }
+        if w.iter().any(|b| run.step(*b) >= min) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|b| run.step(*b) >= min)
+}
+
+/// Digits seen in a run so far, and whether the last byte was a separator.
+#[derive(Default)]
+struct DigitRun {
+    count: u32,
+    sep: bool,
+}
+
+impl DigitRun {
+    fn step(&mut self, b: u8) -> u32 {
+        if b.is_ascii_digit() {
+            self.count += 1;
+            self.sep = false;
+        } else if (b == b' ' || b == b'-') && self.count > 0 && !self.sep {
+            self.sep = true;
+        } else {
+            *self = DigitRun::default();
+        }
+        self.count
+    }
 }
 
 impl std::fmt::Debug for Compiled {
@@ -110,6 +184,30 @@ fn regexes() -> &'static Vec<Regex> {
             .filter_map(|(_, p)| Regex::new(p).ok())
             .collect()
     })
+}
+
+/// What a scan found: detector label and matches, in the order first found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Hits(Vec<(String, u32)>);
+
+impl Hits {
+    fn add(&mut self, label: &str) {
+        match self.0.iter_mut().find(|(l, _)| l == label) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((label.to_string(), 1)),
+        }
+    }
+
+    /// `email=2,keywords:codenames=1` (the usage record's `guardrails`); `None`: no hit.
+    pub fn summary(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| {
+            self.0
+                .iter()
+                .map(|(l, n)| format!("{l}={n}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
 }
 
 /// What a scan decided.
@@ -171,14 +269,12 @@ impl Compiled {
     pub fn new(p: &Policy) -> Result<Compiled, String> {
         let all = regexes();
         let mut active = Vec::new();
-        let mut patterns = Vec::new();
-        for (i, (name, pattern)) in DETECTORS.iter().enumerate() {
+        for (i, (name, _)) in DETECTORS.iter().enumerate() {
             match p.detectors.get(*name).copied().unwrap_or(Action::Off) {
                 Action::Off => {}
                 a => {
                     let re = all.get(i).ok_or("a detector did not compile")?;
                     active.push((*name, a, re));
-                    patterns.push(*pattern);
                 }
             }
         }
@@ -187,11 +283,6 @@ impl Compiled {
                 return Err(format!("unknown detector `{k}`"));
             }
         }
-        let set = if patterns.is_empty() {
-            None
-        } else {
-            Some(RegexSet::new(&patterns).map_err(|e| e.to_string())?)
-        };
         let mut keywords = Vec::new();
         for list in &p.keywords {
             let words: Vec<&str> = list
@@ -210,11 +301,7 @@ impl Compiled {
                 .map_err(|e| e.to_string())?;
             keywords.push((list.name.clone(), list.action, ac));
         }
-        Ok(Compiled {
-            active,
-            set,
-            keywords,
-        })
+        Ok(Compiled { active, keywords })
     }
 
     /// A policy once compiled (tenants share keys' compiled policies by text).
@@ -237,37 +324,41 @@ impl Compiled {
         Some(compiled)
     }
 
-    /// Scans a request body.
-    pub fn scan(&self, body: &[u8]) -> Verdict {
+    /// Scans a request body; `hits` gets one entry per detector that matched (its label and
+    /// how often: what the usage record keeps, never the text).
+    pub fn scan(&self, body: &[u8], hits: &mut Hits) -> Verdict {
         // (start, end, label) of matches to redact.
         let mut cuts: Vec<(usize, usize, String)> = Vec::new();
-        if let Some(set) = &self.set {
-            let hits = set.matches(body);
-            if hits.matched_any() {
-                for (i, (name, action, re)) in self.active.iter().enumerate() {
-                    if !hits.matched(i) {
-                        continue;
-                    }
-                    for m in re.find_iter(body) {
-                        let text = m.as_bytes();
-                        let real = match *name {
-                            "cn_id" => cn_id_valid(text),
-                            "bank_card" => luhn_valid(text),
-                            _ => true,
-                        };
-                        if !real {
-                            continue;
-                        }
-                        crate::metrics::METRICS
-                            .guardrail_hits
-                            .with_label_values(&[name, action_name(*action)])
-                            .inc();
-                        match action {
-                            Action::Block => return Verdict::Block((*name).to_string()),
-                            Action::Redact => cuts.push((m.start(), m.end(), (*name).to_string())),
-                            _ => {}
-                        }
-                    }
+        // Each gate is computed once per body, when a detector that needs it is on.
+        let mut digits: Option<bool> = None;
+        for (name, action, re) in &self.active {
+            let maybe = match gate_of(name) {
+                Gate::None => true,
+                Gate::Byte(b) => memchr::memchr(b, body).is_some(),
+                Gate::Digits(n) => *digits.get_or_insert_with(|| has_digit_run(body, n)),
+            };
+            if !maybe {
+                continue;
+            }
+            for m in re.find_iter(body) {
+                let text = m.as_bytes();
+                let real = match *name {
+                    "cn_id" => cn_id_valid(text),
+                    "bank_card" => luhn_valid(text),
+                    _ => true,
+                };
+                if !real {
+                    continue;
+                }
+                crate::metrics::METRICS
+                    .guardrail_hits
+                    .with_label_values(&[name, action_name(*action)])
+                    .inc();
+                hits.add(name);
+                match action {
+                    Action::Block => return Verdict::Block((*name).to_string()),
+                    Action::Redact => cuts.push((m.start(), m.end(), (*name).to_string())),
+                    _ => {}
                 }
             }
         }
@@ -278,6 +369,7 @@ impl Compiled {
                     .guardrail_hits
                     .with_label_values(&["keywords", action_name(*action)])
                     .inc();
+                hits.add(&label);
                 match action {
                     Action::Block => return Verdict::Block(label),
                     Action::Redact => cuts.push((m.start(), m.end(), label)),
@@ -341,7 +433,7 @@ mod tests {
     #[test]
     fn each_detector_finds_its_kind_and_not_look_alikes() {
         let c = policy(Action::Block);
-        let blocked = |s: &str| match c.scan(s.as_bytes()) {
+        let blocked = |s: &str| match c.scan(s.as_bytes(), &mut Hits::default()) {
             Verdict::Block(d) => Some(d),
             _ => None,
         };
@@ -386,7 +478,7 @@ mod tests {
     fn redaction_replaces_only_the_matches_and_keeps_json_valid() {
         let c = policy(Action::Redact);
         let body = r#"{"messages":[{"role":"user","content":"mail bob@corp.cn, card 4111-1111-1111-1111, key sk-ant-api03-abcdefghijklmnopqrstu"}]}"#;
-        let Verdict::Redacted(out) = c.scan(body.as_bytes()) else {
+        let Verdict::Redacted(out) = c.scan(body.as_bytes(), &mut Hits::default()) else {
             panic!("nothing redacted")
         };
         let text = String::from_utf8(out).unwrap();
@@ -396,7 +488,24 @@ mod tests {
             content,
             "mail [REDACTED:email], card [REDACTED:bank_card], key [REDACTED:secrets]"
         );
-        assert_eq!(policy(Action::Log).scan(body.as_bytes()), Verdict::Pass);
+        let mut hits = Hits::default();
+        assert_eq!(
+            policy(Action::Log).scan(body.as_bytes(), &mut hits),
+            Verdict::Pass
+        );
+        assert_eq!(
+            hits.summary().as_deref(),
+            Some("secrets=1,email=1,bank_card=1"),
+            "counts per detector, never the text"
+        );
+        let twice = r#"{"content":"a@b.cn and c@d.cn, Project Falcon"}"#;
+        let mut hits = Hits::default();
+        policy(Action::Log).scan(twice.as_bytes(), &mut hits);
+        assert_eq!(
+            hits.summary().as_deref(),
+            Some("email=2,keywords:projects=1")
+        );
+        assert_eq!(Hits::default().summary(), None);
     }
 
     /// Cost of a scan (bench/README.md): `cargo test --release --lib scan_cost -- --ignored
@@ -413,12 +522,25 @@ mod tests {
             big.push_str(sentence);
         }
         big.push_str(r#""}]}"#);
-        for (name, body) in [("bench body", bench), ("10 KB", big.into_bytes())] {
+        // The same prompt with a contact line in the middle: every gate passes, the regexes run.
+        let mid = big.len() / 2;
+        let mut hit = big.clone();
+        hit.insert_str(mid, "Write to ops@example.com or call 138 1234 5678. ");
+        for (name, body, pass) in [
+            ("bench body", bench, true),
+            ("10 KB", big.into_bytes(), true),
+            (
+                "10 KB with an email and a phone number",
+                hit.into_bytes(),
+                false,
+            ),
+        ] {
             let mut times = Vec::new();
             for _ in 0..21 {
                 let t = std::time::Instant::now();
                 for _ in 0..1000 {
-                    assert_eq!(c.scan(std::hint::black_box(&body)), Verdict::Pass);
+                    let v = c.scan(std::hint::black_box(&body), &mut Hits::default());
+                    assert_eq!(v == Verdict::Pass, pass);
                 }
                 times.push(t.elapsed().as_nanos() as f64 / 1000.0);
             }
@@ -430,6 +552,28 @@ mod tests {
                 times[10] * 1024.0 / body.len() as f64
             );
         }
+    }
+
+    #[test]
+    fn the_digit_gate_finds_runs_across_words_and_separators() {
+        for b in 0u8..=255 {
+            let word = u64::from_le_bytes([b'a', b'b', b, b'c', b'd', b'e', b'f', b'g']);
+            assert_eq!(has_digit(word), b.is_ascii_digit(), "byte {b}");
+        }
+        assert!(!has_digit(u64::from_le_bytes(*b"\xff\x80/:;~ A")));
+        let run = |s: &str| has_digit_run(s.as_bytes(), 8);
+        assert!(run("call 13812345678 now"));
+        assert!(
+            run("xxxxxx1234 5678xxxxxxxxx"),
+            "across an 8-byte word, one space"
+        );
+        assert!(run("+1 415-555-0100"));
+        assert!(run("4111-1111-1111-1111"));
+        assert!(!run("in 2026, 1234567 of them"));
+        assert!(!run("12  345678 9"), "two separators end a run");
+        assert!(!run("1234--5678"));
+        assert!(run("12345678"), "a whole short body");
+        assert!(!run(""));
     }
 
     #[test]

@@ -530,6 +530,46 @@ async fn guardrails_block_redact_or_log_on_every_protocol() {
             "tollgate_guardrail_hits_total{action=\"redact\",detector=\"email\"}"
         ) >= 2.0
     );
+    // The usage records carry what was found (detector and count), never the text.
+    let mut found: Vec<(u64, String)> = Vec::new();
+    for _ in 0..100 {
+        found = gw
+            .usage_events(1)
+            .await
+            .iter()
+            .filter_map(|e| Some((e["status"].as_u64()?, e["guardrails"].as_str()?.to_string())))
+            .collect();
+        if found.iter().any(|(_, g)| g == "phone=1") && found.iter().any(|(s, _)| *s == 400) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(found.contains(&(200, "phone=1".to_string())), "{found:?}");
+    assert!(
+        found.contains(&(400, "secrets=1".to_string())),
+        "a blocked call's record: {found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(s, g)| *s == 200 && g.contains("email=1")),
+        "{found:?}"
+    );
+    let csv = gw
+        .client
+        .get(gw.admin_url("/admin/usage?format=csv"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        csv.lines().next().unwrap().ends_with(",guardrails"),
+        "{csv}"
+    );
+    assert!(csv.contains("phone=1") && !csv.contains("13812345678"));
     // The matched text is nowhere in the log.
     let log = gw.log();
     assert!(

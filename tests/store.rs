@@ -201,6 +201,9 @@ fn event(i: usize, tenant: TenantId, key: KeyId) -> UsageEvent {
         completion_tokens: 20 + (i % 7) as u64,
         reasoning_tokens: (i % 2) as u64,
         cache_write_tokens: (i % 3) as u64,
+        guardrails: i
+            .is_multiple_of(11)
+            .then(|| "email=2,keywords:codenames=1".into()),
         usage_source: "vendor".into(),
         attempts: 1,
         latency_ms: 40,
@@ -287,6 +290,22 @@ async fn usage_batches_are_stored_once_and_roll_up_the_same_on_both_stores() {
             .unwrap();
     let want: i64 = (0..150).map(|i| 1_000 + i * 3).sum();
     assert_eq!((n, cost), (150, want));
+    // What the guardrails found is kept as written, on both.
+    let found: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM usage_events WHERE guardrails = 'email=2,keywords:codenames=1'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let lite_found: i64 = rusqlite::Connection::open(dir.path().join("t.db"))
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM usage_events WHERE guardrails = 'email=2,keywords:codenames=1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!((found, lite_found), (14, 14));
 }
 
 #[tokio::test]

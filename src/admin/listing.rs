@@ -160,7 +160,7 @@ fn statement_record(r: &StatementRow, row: i64, running: i64, names: &Names) -> 
     ]
 }
 
-const USAGE_HEADER: [&str; 30] = [
+const USAGE_HEADER: [&str; 31] = [
     "request_id",
     "time",
     "tenant_id",
@@ -191,9 +191,10 @@ const USAGE_HEADER: [&str; 30] = [
     "latency_ms",
     "ttft_ms",
     "route_tier",
+    "guardrails",
 ];
 
-fn usage_record(e: &crate::billing::usage::UsageEvent, names: &Names) -> [String; 30] {
+fn usage_record(e: &crate::billing::usage::UsageEvent, names: &Names) -> [String; 31] {
     let (t, k, u, g) = (
         e.tenant_id.map(|t| t.0),
         e.key_id.map(|k| k.0),
@@ -231,6 +232,7 @@ fn usage_record(e: &crate::billing::usage::UsageEvent, names: &Names) -> [String
         e.latency_ms.to_string(),
         opt(e.ttft_ms),
         opt(e.route_tier.clone()),
+        opt(e.guardrails.clone()),
     ]
 }
 

@@ -83,6 +83,9 @@ pub struct UsageOut {
     pub route_score: Option<f32>,
     /// `model: "auto"` calls: what the same tokens would have cost on the strongest tier.
     pub baseline_cost: Option<String>,
+    /// What the tenant's prompt guardrails found: detector and count (`email=2,secrets=1`),
+    /// never the text.
+    pub guardrails: Option<String>,
 }
 
 fn usage_out(e: UsageEvent, names: &Names) -> UsageOut {
@@ -127,6 +130,7 @@ fn usage_out(e: UsageEvent, names: &Names) -> UsageOut {
         route_tier: e.route_tier,
         route_reason: e.route_reason,
         route_score: e.route_score,
+        guardrails: e.guardrails,
     }
 }
 

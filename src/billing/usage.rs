@@ -52,6 +52,10 @@ pub struct UsageEvent {
     pub route_score: Option<f32>,
     /// `model: "auto"` calls: what the same tokens would have cost on the strongest tier.
     pub baseline_cost_nano: Option<i64>,
+    /// What the tenant's prompt guardrails found in the request: detector and count
+    /// (`email=2,keywords:codenames=1`), never the text; `None`: nothing (or no policy).
+    #[serde(default)]
+    pub guardrails: Option<String>,
     /// Where the charge is in this process's charge log, released once the record is stored.
     #[serde(skip)]
     pub charge_ticket: Option<crate::billing::chargelog::Ticket>,

@@ -141,6 +141,8 @@ pub struct RequestCtx {
     /// `count_tokens`: where the count comes from (`vendor` or `estimate`), answered in the
     /// `x-tollgate-token-count` header.
     pub token_count: Option<&'static str>,
+    /// What the tenant's prompt guardrails found (`email=2,secrets=1`), for the usage record.
+    pub guardrails: Option<String>,
 }
 
 impl RequestCtx {
@@ -156,6 +158,7 @@ impl RequestCtx {
             model_requested: None,
             route: None,
             token_count: None,
+            guardrails: None,
             final_usage: None,
             charge_ticket: None,
             charge_ts_ms: None,

@@ -379,7 +379,10 @@ impl Gateway {
 
         // The tenant's prompt guardrails, on the body as received (before any translation).
         if let Some(g) = &key.guardrails {
-            match g.scan(&raw) {
+            let mut hits = crate::guardrails::Hits::default();
+            let verdict = g.scan(&raw, &mut hits);
+            ctx.guardrails = hits.summary();
+            match verdict {
                 crate::guardrails::Verdict::Pass => {}
                 crate::guardrails::Verdict::Block(detector) => {
                     return Err(GatewayError::bad_request(format!(

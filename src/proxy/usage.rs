@@ -369,6 +369,7 @@ pub async fn emit(app: &App, ctx: &mut RequestCtx, e: Option<&Error>) {
         ttft_ms: ttft.map(|t| t.as_millis() as u64),
         cost_nano: ctx.cost_nano,
         uncollected: settled.map_or(0, |s| s.uncollected),
+        guardrails: ctx.guardrails.clone(),
         route_tier: ctx.route.as_ref().map(|r| r.tier.clone()),
         route_reason: ctx.route.as_ref().map(|r| r.reason.to_string()),
         route_score: ctx.route.as_ref().and_then(|r| r.score),

@@ -659,13 +659,14 @@ impl UsageLog for PgStore {
                 upstream, model_requested, model_used, stream, status, error_code, prompt_tokens,
                 cached_tokens, completion_tokens, reasoning_tokens, usage_source, attempts,
                 latency_ms, ttft_ms, cost_nano, user_id, group_id, route_tier, route_reason,
-                route_score, baseline_cost_nano, cache_write_tokens, uncollected, path)
+                route_score, baseline_cost_nano, cache_write_tokens, uncollected, path, guardrails)
              SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
                 $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BOOLEAN[],
                 $11::INTEGER[], $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[],
                 $16::BIGINT[], $17::TEXT[], $18::INTEGER[], $19::BIGINT[], $20::BIGINT[],
                 $21::BIGINT[], $22::BIGINT[], $23::BIGINT[], $24::TEXT[], $25::TEXT[],
-                $26::DOUBLE PRECISION[], $27::BIGINT[], $28::BIGINT[], $29::BIGINT[], $30::TEXT[])
+                $26::DOUBLE PRECISION[], $27::BIGINT[], $28::BIGINT[], $29::BIGINT[], $30::TEXT[],
+                $31::TEXT[])
              ON CONFLICT (request_id, ts_ms) DO NOTHING
              RETURNING request_id",
         )
@@ -699,6 +700,7 @@ impl UsageLog for PgStore {
         .bind(col!(|e| int(e.cache_write_tokens)))
         .bind(col!(|e| e.uncollected))
         .bind(col!(|e| e.path.clone()))
+        .bind(col!(|e| e.guardrails.clone()))
         .fetch_all(&mut *tx)
         .await;
         let new_ids: Vec<String> = match inserted {
@@ -2196,7 +2198,7 @@ const EVENT_SELECT: &str = "SELECT request_id, ts_ms, tenant_id, key_id, endpoin
     upstream, model_requested, model_used, stream, status, error_code, prompt_tokens,
     cached_tokens, completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms,
     ttft_ms, cost_nano, user_id, group_id, route_tier, route_reason, route_score,
-    baseline_cost_nano, cache_write_tokens, uncollected, path, id FROM usage_events WHERE ";
+    baseline_cost_nano, cache_write_tokens, uncollected, path, guardrails, id FROM usage_events WHERE ";
 
 fn event_from_row(r: &PgRow) -> Result<UsageEvent, sqlx::Error> {
     let count = |c: &str| -> Result<u64, sqlx::Error> {
@@ -2239,6 +2241,7 @@ fn event_from_row(r: &PgRow) -> Result<UsageEvent, sqlx::Error> {
         baseline_cost_nano: r.try_get("baseline_cost_nano")?,
         cache_write_tokens: count("cache_write_tokens")?,
         uncollected: r.try_get("uncollected")?,
+        guardrails: r.try_get("guardrails")?,
         charge_ticket: None,
     })
 }

@@ -470,6 +470,9 @@ const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
      );
      CREATE INDEX sso_flows_expiry ON sso_flows(expires_at);",
+    // 26: what prompt guardrails found, per usage record (issue 18;
+    // migrations/postgres/0012_guardrail_hits.sql)
+    "ALTER TABLE usage_events ADD COLUMN guardrails TEXT;",
 ];
 
 /// Minus the charges before a time (the part of `balance_before` after the journal), with
@@ -527,9 +530,9 @@ const EVENT_COLUMNS: &str = "request_id, ts_ms, tenant_id, key_id, endpoint, cha
     model_requested, model_used, stream, status, error_code, prompt_tokens, cached_tokens,
     completion_tokens, reasoning_tokens, usage_source, attempts, latency_ms, ttft_ms, cost_nano,
     user_id, group_id, route_tier, route_reason, route_score, baseline_cost_nano,
-    cache_write_tokens, uncollected, path";
+    cache_write_tokens, uncollected, path, guardrails";
 const EVENT_ROW_SLOTS: &str =
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 /// Usage records per INSERT statement in the recorder.
 const EVENT_ROWS: usize = 32;
 
@@ -593,6 +596,7 @@ impl EventValues {
             &i[10],
             &e.uncollected,
             &e.path,
+            &e.guardrails,
         ]);
     }
 }
@@ -1985,7 +1989,7 @@ impl Store {
                 let e = Store::event_from_row(r)?;
                 let pos = UsagePos {
                     ts_ms: e.ts_ms,
-                    id: r.get(30)?,
+                    id: r.get(31)?,
                 };
                 Ok((pos, e))
             })?;
@@ -2029,6 +2033,7 @@ impl Store {
                 let endpoint: String = r.get(4).ok()?;
                 crate::billing::usage::canonical_path(&endpoint).map(str::to_owned)
             }),
+            guardrails: r.get(30)?,
             charge_ticket: None,
         })
     }
