@@ -9,20 +9,6 @@ mod common;
 use common::*;
 use std::process::{Command, Stdio};
 
-/// The Chromium binary Debian installs.
-fn chromium() -> String {
-    for c in [
-        "/usr/bin/chromium",
-        "/usr/bin/chromium-browser",
-        "/usr/bin/google-chrome",
-    ] {
-        if std::path::Path::new(c).exists() {
-            return c.to_string();
-        }
-    }
-    panic!("Chromium is not installed (apt-get install -y chromium); scripts/test installs it");
-}
-
 struct Sink(std::process::Child);
 
 impl Drop for Sink {

@@ -558,3 +558,43 @@ async fn console_single_sign_on_against_a_real_openid_provider() {
     assert_eq!(s, 400, "{v}");
     drop(idp);
 }
+
+/// The Security page's three forms and a sign-in through the provider's own login page, in
+/// Chromium (tests/console/sso_browser.py); screenshots to docs/console/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_and_the_security_page_in_a_real_browser() {
+    let chromium = chromium();
+    let m = mock().await;
+    let gw = Gateway::start(&[Up::mock("a", &m)], "", "").await;
+    let idp = Provider::start(0, &gw.admin_url("/console/sso/callback"), "key-1", false);
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/console");
+    std::fs::create_dir_all(shots).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let console = format!("http://127.0.0.1:{}", gw.admin_port);
+        let (tenant, issuer) = (gw.tenant_id.to_string(), idp.issuer.clone());
+        move || {
+            Command::new("python3")
+                .arg("tests/console/sso_browser.py")
+                .env("CONSOLE", console)
+                .env("OPERATOR_TOKEN", ADMIN_TOKEN)
+                .env("TENANT", tenant)
+                .env("ISSUER", issuer)
+                .env("CLIENT_ID", CLIENT_ID)
+                .env("CLIENT_SECRET", CLIENT_SECRET)
+                .env("SHOTS", shots)
+                .env("CHROMIUM", chromium)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("sso browser test passed"),
+        "browser test failed:\n{stdout}\n{stderr}\n--- gateway log ---\n{}",
+        gw.log()
+    );
+    drop(idp);
+}

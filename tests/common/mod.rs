@@ -1036,3 +1036,17 @@ pub async fn sql_charges(gw: &Gateway, tenant: &str) -> (i64, usize) {
     }
     (charges.iter().sum(), charges.len())
 }
+
+/// The Chromium binary Debian installs.
+pub fn chromium() -> String {
+    for c in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
+        if std::path::Path::new(c).exists() {
+            return c.to_string();
+        }
+    }
+    panic!("Chromium is not installed (apt-get install -y chromium); scripts/test installs it");
+}
