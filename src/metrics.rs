@@ -64,6 +64,7 @@ pub struct Metrics {
     pub alert_deliveries: IntCounterVec,
     /// Client connections closed because a request head did not arrive whole in time.
     pub header_timeouts: IntCounter,
+    pub proxy_protocol_refusals: IntCounter,
     pub malformed_requests: IntCounter,
     pub credit_bank_up: IntGauge,
     pub credit_bank_unreplicated: IntCounter,
@@ -245,6 +246,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "Client connections closed because a request head did not arrive whole within server.header_timeout_seconds",
     )?;
     registry.register(Box::new(header_timeouts.clone()))?;
+    let proxy_protocol_refusals = IntCounter::new(
+        "tollgate_proxy_protocol_refusals_total",
+        "Connections closed because server.proxy_protocol is on and their PROXY header was missing, malformed, late or from an untrusted peer",
+    )?;
+    registry.register(Box::new(proxy_protocol_refusals.clone()))?;
     let malformed_requests = IntCounter::new(
         "tollgate_malformed_requests_total",
         "Requests refused by the HTTP layer before the gateway saw them (unparsable head: 400; CONNECT: 405)",
@@ -433,6 +439,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         guardrail_hits,
         alert_deliveries,
         header_timeouts,
+        proxy_protocol_refusals,
         malformed_requests,
         credit_bank_up,
         credit_bank_unreplicated,

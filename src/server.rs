@@ -74,6 +74,9 @@ struct Draining<A> {
     settle: Duration,
     /// Request heads must arrive within this (`proxy::conn::HeadDeadline`); read at start.
     header_timeout: Duration,
+    /// `server.proxy_protocol` and the proxies it is taken from; read at start.
+    proxy_protocol: bool,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[async_trait::async_trait]
@@ -83,6 +86,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
         session: pingora_core::protocols::Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<pingora_core::protocols::Stream> {
+        let session =
+            if self.proxy_protocol && !session.as_any().is::<crate::proxy::conn::HeadDeadline>() {
+                crate::proxy::conn::read_proxy_header(
+                    session,
+                    self.header_timeout,
+                    &self.trusted_proxies,
+                )
+                .await?
+            } else {
+                session
+            };
         let session: pingora_core::protocols::Stream =
             if session.as_any().is::<crate::proxy::conn::HeadDeadline>() {
                 session
@@ -625,6 +639,8 @@ pub fn run(launch: Launch) -> Result<(), StartError> {
             }),
             settle,
             header_timeout: server_settings.header_timeout,
+            proxy_protocol: server_settings.proxy_protocol,
+            trusted_proxies: server_settings.trusted_proxies.clone(),
         },
     );
     gateway.add_tcp(&server_settings.listen);

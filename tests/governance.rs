@@ -589,3 +589,197 @@ async fn guardrails_block_redact_or_log_on_every_protocol() {
     assert_eq!(s, 200);
     assert_eq!(openai("about project falcon").await.0, 200);
 }
+
+/// Raw HTTP/1.1 on one connection: `preamble` (a PROXY header) and the request in one write,
+/// then a second request on the same connection; the status lines answered, in order.
+async fn proxied(gw: &Gateway, preamble: &[u8], key: &str, requests: usize) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let body =
+        r#"{"model":"gpt-4o-mini","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut first = preamble.to_vec();
+    first.extend_from_slice(request.as_bytes());
+    s.write_all(&first).await.unwrap();
+    let mut statuses = Vec::new();
+    let mut seen = Vec::new();
+    for i in 0..requests {
+        if i > 0 {
+            s.write_all(request.as_bytes()).await.unwrap();
+        }
+        // Read one whole answer (Content-Length bodies from the gateway).
+        loop {
+            let text = String::from_utf8_lossy(&seen).to_string();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len: usize = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if seen.len() >= head_end + 4 + len {
+                    statuses.push(format!(
+                        "{} {}",
+                        text.lines().next().unwrap_or(""),
+                        &text[head_end + 4..head_end + 4 + len]
+                    ));
+                    seen.drain(..head_end + 4 + len);
+                    break;
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            if n == 0 {
+                return statuses;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    statuses
+}
+
+/// A PROXY protocol v2 header (PROXY command, TCP over IPv4 or IPv6).
+fn proxy_v2(src: std::net::SocketAddr, local: bool) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(if local { 0x20 } else { 0x21 });
+    let mut addrs = Vec::new();
+    match src {
+        std::net::SocketAddr::V4(a) => {
+            h.push(0x11);
+            addrs.extend_from_slice(&a.ip().octets());
+            addrs.extend_from_slice(&[127, 0, 0, 1]);
+        }
+        std::net::SocketAddr::V6(a) => {
+            h.push(0x21);
+            addrs.extend_from_slice(&a.ip().octets());
+            addrs.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+        }
+    }
+    addrs.extend_from_slice(&src.port().to_be_bytes());
+    addrs.extend_from_slice(&8080u16.to_be_bytes());
+    h.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
+    h.extend_from_slice(&addrs);
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_gives_allow_lists_the_client_behind_a_load_balancer() {
+    let m = mock().await;
+    let gw = Gateway::start_with_server_extra(
+        &[Up::mock("a", &m)],
+        "",
+        "",
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
+    )
+    .await;
+    let (s, created) = call(
+        &gw,
+        "POST",
+        "/admin/keys",
+        ADMIN_TOKEN,
+        Some(json!({"tenant": "acme", "name": "behind-lb", "default_channel": "main"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let key = created["key"].as_str().unwrap().to_string();
+    let kid = created["record"]["id"].as_i64().unwrap();
+    let (s, _) = call(
+        &gw,
+        "PUT",
+        &format!("/admin/keys/{kid}/network"),
+        ADMIN_TOKEN,
+        Some(json!({"allowed_cidrs": ["10.1.2.0/24", "2001:db8::/32"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // v1 from an allowed client: served, and the connection stays open for a second request
+    // (the header is read once; the bytes after it in the same packet are the request).
+    let ok = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        proxied(&gw, b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 8080\r\n", &key, 2),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no answer; log:\n{}", gw.log()));
+    assert_eq!(ok.len(), 2, "{ok:?}");
+    assert!(ok.iter().all(|s| s.starts_with("HTTP/1.1 200")), "{ok:?}");
+    // v1 from a client outside the list: 403 naming that client.
+    let no = proxied(&gw, b"PROXY TCP4 10.9.9.9 127.0.0.1 5555 8080\r\n", &key, 1).await;
+    assert!(
+        no[0].starts_with("HTTP/1.1 403") && no[0].contains("10.9.9.9"),
+        "{no:?}"
+    );
+    // v2, IPv6 inside and outside.
+    let v6_ok = proxied(
+        &gw,
+        &proxy_v2("[2001:db8::7]:4000".parse().unwrap(), false),
+        &key,
+        1,
+    )
+    .await;
+    assert!(v6_ok[0].starts_with("HTTP/1.1 200"), "{v6_ok:?}");
+    let v4_no = proxied(
+        &gw,
+        &proxy_v2("192.0.2.1:4000".parse().unwrap(), false),
+        &key,
+        1,
+    )
+    .await;
+    assert!(
+        v4_no[0].starts_with("HTTP/1.1 403") && v4_no[0].contains("192.0.2.1"),
+        "{v4_no:?}"
+    );
+    // v2 LOCAL (the balancer's own health check): the socket's address, 127.0.0.1, not listed.
+    let local = proxied(
+        &gw,
+        &proxy_v2("10.1.2.3:4000".parse().unwrap(), true),
+        &key,
+        1,
+    )
+    .await;
+    assert!(
+        local[0].starts_with("HTTP/1.1 403") && local[0].contains("127.0.0.1"),
+        "{local:?}"
+    );
+    // No header, or a broken one: the connection is closed without an answer, and counted.
+    let bare = proxied(&gw, b"", &key, 1).await;
+    assert!(bare.is_empty(), "{bare:?}");
+    let broken = proxied(&gw, b"PROXY TCP4 not-an-address\r\n", &key, 1).await;
+    assert!(broken.is_empty(), "{broken:?}");
+    let metrics = gw.metrics().await;
+    assert!(metric_value(&metrics, "tollgate_proxy_protocol_refusals_total") >= 2.0);
+    let refused = metric_value(&metrics, "tollgate_network_refusals_total{scope=\"key\"}");
+    assert_eq!(refused, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_from_an_untrusted_peer_is_refused() {
+    let m = mock().await;
+    let gw = Gateway::start_with_server_extra(
+        &[Up::mock("a", &m)],
+        "",
+        "",
+        "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]",
+    )
+    .await;
+    // The test connects from 127.0.0.1, not a trusted proxy: whatever it claims, it is closed.
+    let key = gw.key.clone();
+    let r = proxied(&gw, b"PROXY TCP4 10.1.2.3 127.0.0.1 5555 8080\r\n", &key, 1).await;
+    assert!(r.is_empty(), "{r:?}");
+    // (The harness's readiness probe, a bare connect, is refused too.)
+    let refused = metric_value(
+        &gw.metrics().await,
+        "tollgate_proxy_protocol_refusals_total",
+    );
+    assert!(refused >= 1.0, "{refused}");
+}

@@ -49,8 +49,10 @@ pub struct ServerSettings {
     pub max_buffered_body_bytes: usize,
     pub header_timeout: Duration,
     pub min_body_rate: crate::proxy::body::MinRate,
-    /// Proxies whose `X-Forwarded-For` is believed.
+    /// Proxies whose `X-Forwarded-For` (and PROXY protocol header) is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections start with a PROXY protocol header (`proxy::conn::read_proxy_header`).
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1104,6 +1106,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
         min_body_bytes_per_second,
         body_rate_grace_seconds,
         trusted_proxies,
+        proxy_protocol,
     } = s;
     let trusted_proxies = trusted_proxies
         .iter()
@@ -1175,6 +1178,7 @@ fn build_server(s: ServerSection) -> Result<ServerSettings, ConfigError> {
     };
     Ok(ServerSettings {
         trusted_proxies,
+        proxy_protocol,
         listen,
         threads,
         max_body_bytes,

@@ -224,6 +224,11 @@ pub struct ServerSection {
     /// client address taken from `X-Forwarded-For` (network allow-lists, logs, the audit trail).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Every connection to the gateway starts with a PROXY protocol header (v1 or v2, as sent by
+    /// HAProxy `send-proxy`, AWS NLB, ...), whose source address becomes the client's; only from
+    /// `trusted_proxies` when any are listed. Read at start.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn default_min_body_rate() -> u64 {
@@ -278,6 +283,7 @@ impl Default for ServerSection {
             min_body_bytes_per_second: default_min_body_rate(),
             body_rate_grace_seconds: default_body_grace(),
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }

@@ -351,6 +351,112 @@ impl Peek for HeadDeadline {
     }
 }
 
+/// The longest PROXY protocol header taken (v1 is at most 107 bytes; v2 with its TLVs is
+/// usually well under this).
+const MAX_PROXY_HEADER: usize = 4096;
+
+/// Reads the PROXY protocol header (v1 or v2, by `ppp`) that starts a connection from a load
+/// balancer, and makes the source address it names the connection's client address (what
+/// allow-lists, logs and the audit trail see). A `LOCAL` or `UNKNOWN` header (the balancer's
+/// own health check) keeps the socket's address. `None` (close the connection): the peer is
+/// not a trusted proxy (when any are listed), the header is missing or malformed, or it did not
+/// arrive within `timeout`. Bytes read past the header are put back for the HTTP parser.
+pub async fn read_proxy_header(
+    stream: Stream,
+    timeout: Duration,
+    trusted: &[ipnet::IpNet],
+) -> Option<Stream> {
+    use pingora_core::protocols::l4::socket::SocketAddr;
+    use pingora_core::protocols::l4::stream::Stream as L4;
+    use ppp::{HeaderResult, PartialResult};
+    use std::os::unix::io::AsRawFd;
+    use tokio::io::AsyncReadExt;
+    let mut l4 = match stream.into_any().downcast::<L4>() {
+        Ok(s) => s,
+        Err(_) => {
+            tracing::warn!("server.proxy_protocol: not a plain TCP connection; closed");
+            return None;
+        }
+    };
+    let peer = l4
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+    let refuse = |why: &str| {
+        crate::metrics::METRICS.proxy_protocol_refusals.inc();
+        tracing::debug!(peer = ?peer, why, "PROXY protocol header refused; connection closed");
+    };
+    if !trusted.is_empty() && !peer.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip))) {
+        refuse("the peer is not in server.trusted_proxies");
+        return None;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 512];
+            let n = l4.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let parsed = HeaderResult::parse(&buf);
+            // More bytes can only help a v2 header still arriving, or a v1 line not yet ended;
+            // anything else is refused at once (not after the header timeout).
+            const V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+            let waiting = if buf.starts_with(b"PROXY ") {
+                memchr::memchr(b'\n', &buf[..buf.len().min(108)]).is_none() && buf.len() < 108
+            } else {
+                let head = &buf[..buf.len().min(12)];
+                V2.starts_with(head) || b"PROXY ".starts_with(&buf[..buf.len().min(6)])
+            };
+            if parsed.is_incomplete() && waiting && buf.len() < MAX_PROXY_HEADER {
+                continue;
+            }
+            return match parsed {
+                HeaderResult::V1(Ok(h)) => Some((
+                    h.header.len(),
+                    match h.addresses {
+                        ppp::v1::Addresses::Tcp4(a) => Some(std::net::SocketAddr::from((
+                            a.source_address,
+                            a.source_port,
+                        ))),
+                        ppp::v1::Addresses::Tcp6(a) => Some(std::net::SocketAddr::from((
+                            a.source_address,
+                            a.source_port,
+                        ))),
+                        ppp::v1::Addresses::Unknown => None,
+                    },
+                )),
+                HeaderResult::V2(Ok(h)) => Some((
+                    h.len(),
+                    match (h.command, h.addresses) {
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => Some(
+                            std::net::SocketAddr::from((a.source_address, a.source_port)),
+                        ),
+                        (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => Some(
+                            std::net::SocketAddr::from((a.source_address, a.source_port)),
+                        ),
+                        _ => None,
+                    },
+                )),
+                _ => None,
+            };
+        }
+    };
+    let Ok(Some((len, source))) = tokio::time::timeout(timeout, read).await else {
+        refuse("missing, malformed or late");
+        return None;
+    };
+    if let Some(rest) = buf.get(len..) {
+        l4.rewind(rest);
+    }
+    if let Some(addr) = source {
+        let digest = pingora_core::protocols::SocketDigest::from_raw_fd(l4.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(SocketAddr::Inet(addr)));
+        l4.set_socket_digest(digest);
+    }
+    Some(l4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
