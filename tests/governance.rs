@@ -5,28 +5,9 @@
 
 mod common;
 
+use common::admin_call as call;
 use common::*;
 use serde_json::{json, Value};
-
-async fn call(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = gw
-        .client
-        .request(method.parse().unwrap(), gw.admin_url(path))
-        .bearer_auth(token)
-        .header("user-agent", "governance-test/1.0");
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
 
 fn verify(gw: &Gateway) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::admin_call as api;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -263,25 +264,6 @@ async fn sign_in(gw: &Gateway, b: &mut Browser, tenant: &str, email: &str) -> Ou
         callback,
         session: b.cookie(&format!("127.0.0.1:{}", gw.admin_port), "tg_session"),
     }
-}
-
-async fn api(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = gw
-        .client
-        .request(method.parse().unwrap(), gw.admin_url(path))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
 }
 
 fn sso_settings(issuer: &str) -> Value {

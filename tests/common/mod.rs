@@ -1050,3 +1050,25 @@ pub fn chromium() -> String {
     }
     panic!("Chromium is not installed (apt-get install -y chromium); scripts/test installs it");
 }
+
+/// An admin API call with a bearer token (and a recognisable user agent, which the audit trail
+/// records): the status and the JSON answer (`Null` when there is none).
+pub async fn admin_call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut r = gw
+        .client
+        .request(method.parse().unwrap(), gw.admin_url(path))
+        .bearer_auth(token)
+        .header("user-agent", "governance-test/1.0");
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
