@@ -14,16 +14,17 @@
 
 use dashmap::DashMap;
 use openidconnect::core::{
-    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreErrorResponseType,
-    CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreJsonWebKey, CoreJsonWebKeySet,
+    CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreRevocableToken, CoreRevocationErrorResponse, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AdditionalClaims, AuthorizationCode, ClaimsVerificationError, Client, ClientId, ClientSecret,
-    CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields,
-    IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
-    SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    AdditionalClaims, AuthType, AuthorizationCode, ClaimsVerificationError, Client, ClientId,
+    ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet,
+    IdTokenFields, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, Scope, SignatureVerificationError, StandardErrorResponse, StandardTokenResponse,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -341,6 +342,9 @@ impl Providers {
             ClientId::new(s.client_id.clone()),
             s.client_secret.clone().map(ClientSecret::new),
         )
+        .set_auth_type(auth_type(
+            c.metadata.token_endpoint_auth_methods_supported(),
+        ))
         .set_redirect_uri(redirect))
     }
 
@@ -480,6 +484,20 @@ impl Providers {
     }
 }
 
+/// How the client secret is sent to the token endpoint: in a Basic header (the spec's default),
+/// unless the provider's discovery offers only the request body.
+fn auth_type(offered: Option<&Vec<CoreClientAuthMethod>>) -> AuthType {
+    match offered {
+        Some(m)
+            if m.contains(&CoreClientAuthMethod::ClientSecretPost)
+                && !m.contains(&CoreClientAuthMethod::ClientSecretBasic) =>
+        {
+            AuthType::RequestBody
+        }
+        _ => AuthType::BasicAuth,
+    }
+}
+
 /// A claim by dotted path (`realm_access.roles`).
 fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
@@ -614,6 +632,18 @@ mod tests {
         assert!(s.domain_allowed("bob@ACME.example"));
         assert!(!s.domain_allowed("bob@acme.example.evil"));
         assert!(!s.domain_allowed("bob@sub.acme.example"));
+    }
+
+    #[test]
+    fn the_secret_goes_in_the_body_only_when_that_is_all_the_provider_offers() {
+        use CoreClientAuthMethod::{ClientSecretBasic, ClientSecretPost, PrivateKeyJwt};
+        let is_body = |m: Option<Vec<CoreClientAuthMethod>>| {
+            matches!(auth_type(m.as_ref()), AuthType::RequestBody)
+        };
+        assert!(!is_body(None), "not advertised: Basic, the default");
+        assert!(!is_body(Some(vec![ClientSecretBasic, ClientSecretPost])));
+        assert!(is_body(Some(vec![ClientSecretPost, PrivateKeyJwt])));
+        assert!(!is_body(Some(vec![PrivateKeyJwt])));
     }
 
     #[test]
