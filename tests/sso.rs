@@ -538,6 +538,20 @@ async fn console_single_sign_on_against_a_real_openid_provider() {
     )
     .await;
     assert_eq!(s, 400, "{v}");
+    // A tenant that does not exist answers the same (no tenant enumeration).
+    let (s2, v2) = api(
+        &gw,
+        "POST",
+        "/admin/sso/start",
+        "",
+        Some(json!({"tenant": "nope"})),
+    )
+    .await;
+    assert_eq!(
+        (s2, v2["error"]["param"].as_str()),
+        (400, Some("tenant")),
+        "{v2}"
+    );
     drop(idp);
 }
 

@@ -156,7 +156,7 @@ pub struct SsoStarted {
 /// Start a single sign-on (no credentials): the identity provider's authorization URL for the
 /// tenant (code flow with PKCE S256, state and nonce). The sign-in must come back within 10 min.
 #[utoipa::path(post, path = "/admin/sso/start", tag = "members", request_body = StartSso,
-    responses((status = 201, body = SsoStarted), (status = 400, body = ErrorBody, description = "Single sign-on is off for the tenant"), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody, description = "The identity provider did not answer")))]
+    responses((status = 201, body = SsoStarted), (status = 400, body = ErrorBody, description = "Single sign-on is off for the tenant, or no such tenant"), (status = 429, body = ErrorBody), (status = 502, body = ErrorBody, description = "The identity provider did not answer")))]
 pub async fn start(
     State(admin): State<Arc<Admin>>,
     ip: Option<Extension<ClientIp>>,
@@ -168,13 +168,19 @@ pub async fn start(
     admin
         .auth_throttle
         .admit(ip, now.max(0) as u64 * 1000, "sign-ins")?;
-    let tenant = admin.tenant(&req.tenant).await?;
-    let Some(s) = settings_of(&admin, tenant.id).await? else {
-        return Err(bad_param(
+    // An unknown tenant answers like one without single sign-on (no tenant enumeration).
+    let not_set_up = || {
+        let name: String = req.tenant.chars().take(64).collect();
+        bad_param(
             "tenant",
-            format!("Single sign-on is not set up for {}.", tenant.name),
+            format!("Single sign-on is not set up for `{name}`."),
         )
-        .into());
+    };
+    let Ok(tenant) = admin.tenant(&req.tenant).await else {
+        return Err(not_set_up().into());
+    };
+    let Some(s) = settings_of(&admin, tenant.id).await? else {
+        return Err(not_set_up().into());
     };
     let redirect_uri = redirect_uri(&admin, &headers, Some(&s));
     let started = admin
