@@ -331,6 +331,8 @@ impl Compiled {
         let mut cuts: Vec<(usize, usize, String)> = Vec::new();
         // Each gate is computed once per body, when a detector that needs it is on.
         let mut digits: Option<bool> = None;
+        // Where the body's text is (string values of content fields), found on the first match.
+        let mut texts: Option<Texts> = None;
         for (name, action, re) in &self.active {
             let maybe = match gate_of(name) {
                 Gate::None => true,
@@ -347,7 +349,11 @@ impl Compiled {
                     "bank_card" => luhn_valid(text),
                     _ => true,
                 };
-                if !real {
+                if !real
+                    || !texts
+                        .get_or_insert_with(|| Texts::of(body))
+                        .holds(m.start(), m.end())
+                {
                     continue;
                 }
                 crate::metrics::METRICS
@@ -364,6 +370,12 @@ impl Compiled {
         }
         for (name, action, ac) in &self.keywords {
             for m in ac.find_iter(body) {
+                if !texts
+                    .get_or_insert_with(|| Texts::of(body))
+                    .holds(m.start(), m.end())
+                {
+                    continue;
+                }
                 let label = format!("keywords:{name}");
                 crate::metrics::METRICS
                     .guardrail_hits
@@ -393,6 +405,107 @@ impl Compiled {
         }
         out.extend_from_slice(&body[at..]);
         Verdict::Redacted(out)
+    }
+}
+
+/// Fields whose string values are identifiers or encoded data, not text a person wrote: a
+/// match there is not acted on (a keyword list with "user" must not block every chat request
+/// for its `"role": "user"`, nor a digit run inside an image's base64 be "redacted").
+const NOT_TEXT: &[&[u8]] = &[
+    b"model",
+    b"role",
+    b"type",
+    b"id",
+    b"object",
+    b"name",
+    b"tool_call_id",
+    b"tool_use_id",
+    b"call_id",
+    b"url",
+    b"data",
+    b"media_type",
+    b"mime_type",
+    b"detail",
+    b"format",
+    b"encoding_format",
+    b"stop_reason",
+    b"finish_reason",
+    b"service_tier",
+    b"reasoning_effort",
+    b"file_id",
+    b"signature",
+    b"cache_control",
+    b"previous_response_id",
+];
+
+/// The string values of a JSON body that carry text (content, prompts, tool arguments and
+/// results, descriptions...): byte ranges between the quotes, in order. Keys and the values of
+/// `NOT_TEXT` fields are left out. Built only when a detector matched somewhere (rare), by one
+/// pass over the bytes; a body that is not JSON has no text (the request is refused later).
+struct Texts(Vec<(usize, usize)>);
+
+impl Texts {
+    fn of(body: &[u8]) -> Texts {
+        let mut spans = Vec::new();
+        // Per open container: the key its values are named by (an array's items take the key
+        // that named the array).
+        let mut names: Vec<Option<(usize, usize)>> = Vec::new();
+        let mut i = 0;
+        while i < body.len() {
+            match body[i] {
+                b'"' => {
+                    let start = i + 1;
+                    i = start;
+                    // To the closing quote, a memchr jump at a time (text is most of a body).
+                    while let Some(k) = body.get(i..).and_then(|r| memchr::memchr2(b'"', b'\\', r))
+                    {
+                        i += k;
+                        if body[i] == b'"' {
+                            break;
+                        }
+                        i += 2;
+                    }
+                    if body.get(i) != Some(&b'"') {
+                        i = body.len();
+                    }
+                    let end = i.min(body.len());
+                    i += 1;
+                    let mut j = i;
+                    while j < body.len() && body[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if body.get(j) == Some(&b':') {
+                        if let Some(top) = names.last_mut() {
+                            *top = Some((start, end));
+                        }
+                    } else {
+                        let named = names.last().copied().flatten();
+                        let text = named.is_none_or(|(a, b)| !NOT_TEXT.contains(&&body[a..b]));
+                        if text {
+                            spans.push((start, end));
+                        }
+                    }
+                    continue;
+                }
+                b'{' => names.push(None),
+                b'[' => {
+                    let named = names.last().copied().flatten();
+                    names.push(named);
+                }
+                b'}' | b']' => {
+                    names.pop();
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Texts(spans)
+    }
+
+    /// Whether `start..end` lies inside one text value.
+    fn holds(&self, start: usize, end: usize) -> bool {
+        let i = self.0.partition_point(|(s, _)| *s <= start);
+        i > 0 && self.0[i - 1].1 >= end
     }
 }
 
@@ -433,9 +546,13 @@ mod tests {
     #[test]
     fn each_detector_finds_its_kind_and_not_look_alikes() {
         let c = policy(Action::Block);
-        let blocked = |s: &str| match c.scan(s.as_bytes(), &mut Hits::default()) {
-            Verdict::Block(d) => Some(d),
-            _ => None,
+        // Each text as a user message's content (what is scanned is the body's text).
+        let blocked = |s: &str| {
+            let body = serde_json::json!({"messages": [{"role": "user", "content": s}]});
+            match c.scan(body.to_string().as_bytes(), &mut Hits::default()) {
+                Verdict::Block(d) => Some(d),
+                _ => None,
+            }
         };
         assert_eq!(
             blocked(r#"{"content":"my key is sk-proj-abcdefghijklmnopqrstuvwx"}"#).as_deref(),
@@ -552,6 +669,63 @@ mod tests {
                 times[10] * 1024.0 / body.len() as f64
             );
         }
+    }
+
+    #[test]
+    fn only_text_is_scanned_not_json_structure_or_identifiers() {
+        let mut p = Policy::default();
+        p.detectors.insert("bank_card".into(), Action::Block);
+        p.keywords.push(KeywordList {
+            name: "words".into(),
+            words: vec!["user".into(), "gpt".into()],
+            action: Action::Block,
+        });
+        let c = Compiled::new(&p).unwrap();
+        let scan = |b: &str| c.scan(b.as_bytes(), &mut Hits::default());
+        // Keys, roles and the model name are not text.
+        assert_eq!(
+            scan(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello"}]}"#),
+            Verdict::Pass
+        );
+        // The same words in a message are.
+        assert_eq!(
+            scan(r#"{"model":"x","messages":[{"role":"user","content":"ask the user"}]}"#),
+            Verdict::Block("keywords:words".into())
+        );
+        assert_eq!(
+            scan(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a gpt"}]}]}"#),
+            Verdict::Block("keywords:words".into())
+        );
+        // A card number inside an image's base64 is not acted on; in text it is.
+        assert_eq!(
+            scan(
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA4111111111111111AAAA"}}]}]}"#
+            ),
+            Verdict::Pass
+        );
+        assert_eq!(
+            scan(r#"{"messages":[{"role":"user","content":"card 4111111111111111"}]}"#),
+            Verdict::Block("bank_card".into())
+        );
+        // Escaped quotes do not end a string; tool arguments and system prompts are text.
+        assert_eq!(
+            scan(r#"{"system":"say \"hi\" to the user","messages":[]}"#),
+            Verdict::Block("keywords:words".into())
+        );
+        // Bodies cut anywhere (an unterminated string, a trailing backslash) do not panic.
+        for cut in [
+            &br#"{"content":"ab\"#[..],
+            br#"{"content":"ab"#,
+            br#"{"#,
+            b"\"",
+            b"",
+        ] {
+            let _ = Texts::of(cut);
+            let _ = scan(std::str::from_utf8(cut).unwrap_or(""));
+        }
+        let t = Texts::of(br#"{"a":"xy","model":"m","b":["p","q"]}"#);
+        assert_eq!(t.0.len(), 3, "xy, p, q");
+        assert!(t.holds(6, 8) && !t.holds(6, 9));
     }
 
     #[test]
