@@ -9,6 +9,23 @@ use common::admin_call as call;
 use common::*;
 use serde_json::{json, Value};
 
+/// A new key of tenant acme on channel main: its secret and id.
+async fn new_key(gw: &Gateway, name: &str) -> (String, i64) {
+    let (s, created) = call(
+        gw,
+        "POST",
+        "/admin/keys",
+        ADMIN_TOKEN,
+        Some(json!({"tenant": "acme", "name": name, "default_channel": "main"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    (
+        created["key"].as_str().unwrap().to_string(),
+        created["record"]["id"].as_i64().unwrap(),
+    )
+}
+
 fn verify(gw: &Gateway) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["audit", "verify", "--config"])
@@ -238,17 +255,7 @@ async fn keys_and_tenants_are_limited_to_their_networks() {
         "trusted_proxies = [\"127.0.0.1\"]",
     )
     .await;
-    let (s, created) = call(
-        &gw,
-        "POST",
-        "/admin/keys",
-        ADMIN_TOKEN,
-        Some(json!({"tenant": "acme", "name": "office", "default_channel": "main"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let key = created["key"].as_str().unwrap().to_string();
-    let kid = created["record"]["id"].as_i64().unwrap();
+    let (key, kid) = new_key(&gw, "office").await;
     let chat = |from: Option<&'static str>| {
         let mut r = gw
             .client
@@ -663,17 +670,7 @@ async fn the_proxy_protocol_gives_allow_lists_the_client_behind_a_load_balancer(
         "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
     )
     .await;
-    let (s, created) = call(
-        &gw,
-        "POST",
-        "/admin/keys",
-        ADMIN_TOKEN,
-        Some(json!({"tenant": "acme", "name": "behind-lb", "default_channel": "main"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let key = created["key"].as_str().unwrap().to_string();
-    let kid = created["record"]["id"].as_i64().unwrap();
+    let (key, kid) = new_key(&gw, "behind-lb").await;
     let (s, _) = call(
         &gw,
         "PUT",

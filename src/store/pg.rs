@@ -72,6 +72,21 @@ pub struct PgStore {
 impl PgStore {
     /// Updates one column of a tenant that the key snapshot carries, and publishes a new
     /// snapshot generation (`column` is one of ours, never input).
+    /// A tenant's JSON setting (`router_override`, `guardrails`, `sso`); `None`: not set.
+    async fn tenant_setting(
+        &self,
+        tenant: TenantId,
+        column: &'static str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {column} FROM tenants WHERE id = $1"
+        )))
+        .bind(tenant.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+    }
+
     async fn set_tenant_setting(
         &self,
         tenant: TenantId,
@@ -1256,12 +1271,7 @@ impl Members for PgStore {
     }
 
     async fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
-        let row: Option<Option<String>> =
-            sqlx::query_scalar("SELECT router_override FROM tenants WHERE id = $1")
-                .bind(tenant.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+        self.tenant_setting(tenant, "router_override").await
     }
 }
 
@@ -3270,13 +3280,7 @@ impl super::Sso for PgStore {
     }
 
     async fn sso(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT sso FROM tenants WHERE id = $1")
-                .bind(tenant.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| r.0)
-            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+        self.tenant_setting(tenant, "sso").await
     }
 
     async fn create_sso_flow(
@@ -3396,13 +3400,7 @@ impl super::Network for PgStore {
     }
 
     async fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
-        let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT guardrails FROM tenants WHERE id = $1")
-                .bind(tenant.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| r.0)
-            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+        self.tenant_setting(tenant, "guardrails").await
     }
 
     async fn allowed_cidrs(

@@ -2482,15 +2482,7 @@ impl Store {
 
     pub fn guardrails(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
         pg!(self, {} s => crate::store::Network::guardrails(&s, tenant).await);
-        self.with(|c| {
-            c.query_row(
-                "SELECT guardrails FROM tenants WHERE id = ?1",
-                params![tenant.0],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
-        })
+        self.tenant_setting(tenant, "guardrails")
     }
 
     /// Sets a tenant's single sign-on settings (JSON with the client secret, checked by the
@@ -2502,15 +2494,7 @@ impl Store {
 
     pub fn sso(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
         pg!(self, {} s => crate::store::Sso::sso(&s, tenant).await);
-        self.with(|c| {
-            c.query_row(
-                "SELECT sso FROM tenants WHERE id = ?1",
-                params![tenant.0],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
-        })
+        self.tenant_setting(tenant, "sso")
     }
 
     /// Keeps a sign-in in flight until the provider sends the browser back (the state is
@@ -3423,6 +3407,19 @@ impl Store {
     }
 
     /// Update one column of a tenant that the key snapshot carries (and publish a new one).
+    /// A tenant's JSON setting (`router_override`, `guardrails`, `sso`); `None`: not set.
+    fn tenant_setting(&self, tenant: TenantId, column: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {column} FROM tenants WHERE id = ?1"),
+                params![tenant.0],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
+        })
+    }
+
     fn set_tenant_setting(
         &self,
         tenant: TenantId,
@@ -3444,15 +3441,7 @@ impl Store {
 
     pub fn router_override(&self, tenant: TenantId) -> Result<Option<String>, StoreError> {
         pg!(self, {} s => crate::store::Members::router_override(&s, tenant).await);
-        self.with(|c| {
-            c.query_row(
-                "SELECT router_override FROM tenants WHERE id = ?1",
-                params![tenant.0],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::not_found("tenant", tenant.0))
-        })
+        self.tenant_setting(tenant, "router_override")
     }
 
     /// What routing did for a tenant's `model: "auto"` calls in `[from_ms, to_ms)`: per tier,
