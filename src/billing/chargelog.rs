@@ -2,33 +2,40 @@
 //!
 //! A call's charge reaches the store in the recorder's next group commit (every
 //! `journal_flush_ms`), off the request path. To lose nothing when the process dies in between
-//! (SIGKILL, a panic, the OOM killer), each charge is first appended to this process's own log
-//! file with one `write(2)`, before the response's last bytes go to the client: once the kernel
-//! has the bytes, a process crash cannot take them back. Only a power loss can, and the recorder
+//! (SIGKILL, a panic, the OOM killer), each charge is first copied into this process's own log
+//! file before the response's last bytes go to the client. The file is mapped shared
+//! (`mmap(MAP_SHARED)`), so the copy lands in the kernel's page cache with no system call: once
+//! the bytes are there, a process crash cannot take them back (the kernel writes the pages to
+//! the file whether the process lives or not). Only a power loss can, and the recorder
 //! `fdatasync`s the log every `[billing] charge_log_sync_ms` (1 s), so a power loss loses at most
 //! that much.
 //!
-//! Files are segments named `<pid>-<n>.log` in the log directory, each held under an exclusive
-//! file lock by the process writing it. A segment is deleted once it is closed (the recorder
-//! rotates every few seconds) and every charge in it is committed to the store and synced there.
-//! At start-up, every segment whose lock can be taken (its writer is gone) is replayed into the
-//! store, each charge once by its request id (a charge already committed is skipped), then
-//! deleted. The lines are plain text (tab-separated), one charge a line; a torn last line from a
-//! power loss is skipped.
+//! Files are segments named `<pid>-<n>.log` in the log directory, each of a fixed size whose
+//! disk space is reserved when it is opened (a full disk refuses a segment, never a write into
+//! one), each held under an exclusive file lock by the process writing it. An append reserves
+//! its bytes with one atomic add and copies the line in, its newline last; a full segment is
+//! replaced at once. A segment is deleted once it is closed (the recorder rotates every few
+//! seconds) and every charge in it is committed to the store and synced there. At start-up,
+//! every segment whose lock can be taken (its writer is gone) is replayed into the store, each
+//! charge once by its request id (a charge already committed is skipped), then deleted. The
+//! lines are plain text (tab-separated), one charge a line; the unused end of a segment is
+//! zeros; a line counts only when it ends with its newline, so a line torn by a crash in the
+//! middle of its copy (or by a power loss) is skipped.
 
 use crate::billing::usage::UsageEvent;
 use crate::tenancy::{GroupId, KeyId, TenantId, UserId};
 use arc_swap::ArcSwap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A segment is closed after this long or this many bytes, whichever comes first.
+/// A segment is closed after this long, or when it is full, whichever comes first.
 const SEGMENT_AGE: Duration = Duration::from_secs(2);
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment's size (its touched pages count in the process's resident memory until it is
+/// deleted): about 10,000 charges.
+const SEGMENT_BYTES: u64 = 2 << 20;
 
 /// `usage_source` of a usage record rebuilt from the charge log.
 pub const REPLAYED_SOURCE: &str = "charge_log";
@@ -37,7 +44,10 @@ struct Segment {
     id: u32,
     path: PathBuf,
     file: File,
+    /// The whole file, mapped shared: appends write here.
+    map: mapped::Mapped,
     opened: Instant,
+    /// Bytes reserved by appends; past the end once the segment is full.
     bytes: AtomicU64,
     /// Charges appended and not yet committed to the store.
     pending: AtomicI64,
@@ -64,6 +74,10 @@ pub struct ChargeLog {
     /// last was.
     sync_every: Duration,
     last_sync: Mutex<Instant>,
+    /// Size of new segments.
+    segment_bytes: u64,
+    /// Held while the current segment is replaced.
+    rotating: Mutex<()>,
 }
 
 impl std::fmt::Debug for ChargeLog {
@@ -105,19 +119,24 @@ fn segment_of(t: Ticket) -> u32 {
     (t >> 32) as u32
 }
 
-fn open_segment(dir: &Path, pid: u32, id: u32) -> std::io::Result<Segment> {
+fn open_segment(dir: &Path, pid: u32, id: u32, size: u64) -> std::io::Result<Segment> {
     let path = dir.join(format!("{pid}-{id}.log"));
     let file = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
         .open(&path)?;
     file.try_lock().map_err(|e| {
         std::io::Error::other(format!("charge log {} is locked: {e}", path.display()))
     })?;
+    reserve_space(&file, size)?;
+    let map = mapped::Mapped::new(&file, usize::try_from(size).map_err(std::io::Error::other)?)?;
     Ok(Segment {
         id,
         path,
         file,
+        map,
         opened: Instant::now(),
         bytes: AtomicU64::new(0),
         pending: AtomicI64::new(0),
@@ -126,13 +145,100 @@ fn open_segment(dir: &Path, pid: u32, id: u32) -> std::io::Result<Segment> {
     })
 }
 
+/// Allocates the file's blocks up front: a store into a mapped page the disk has no room for
+/// would kill the process (SIGBUS), a refused segment only costs its charges the log.
+fn reserve_space(file: &File, size: u64) -> std::io::Result<()> {
+    let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
+    match fallocate(file, len) {
+        0 => Ok(()),
+        // Filesystems without fallocate: size the file (sparse) and go on.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+#[allow(unsafe_code)]
+fn fallocate(file: &File, len: libc::off_t) -> libc::c_int {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor and a non-negative range; no memory is passed.
+    unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) }
+}
+
+impl Segment {
+    /// Reserves room for `line` and copies it in, its newline last (a reader counts a line only
+    /// once its newline is there). `false` when the segment is full.
+    fn put(&self, line: &[u8]) -> bool {
+        let len = line.len() as u64;
+        let at = self.bytes.fetch_add(len, Ordering::Relaxed);
+        match (usize::try_from(at), line.split_last()) {
+            (Ok(at), Some((last, body))) => self.map.write(at, body, Some(*last)),
+            (Ok(at), None) => at <= self.map.len(),
+            (Err(_), _) => false,
+        }
+    }
+}
+
+/// The only `unsafe` code of tollgate: a file mapped shared, written by many threads at once,
+/// each into the range it reserved (no Rust reference to the mapped bytes is ever made, so
+/// writes to disjoint ranges do not alias). Nothing in the process reads the mapping.
+#[allow(unsafe_code)]
+mod mapped {
+    use std::fs::File;
+    use std::sync::atomic::{compiler_fence, Ordering};
+
+    pub struct Mapped(memmap2::MmapRaw);
+
+    impl Mapped {
+        pub fn new(file: &File, len: usize) -> std::io::Result<Mapped> {
+            memmap2::MmapOptions::new()
+                .len(len)
+                .map_raw(file)
+                .map(Mapped)
+        }
+
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        /// Copies `body` to `at`, then `last` right after it (the compiler may not move that
+        /// store before the copy: a crash leaves either the whole, or no, `last`). `false`, and
+        /// nothing written, when it does not fit.
+        pub fn write(&self, at: usize, body: &[u8], last: Option<u8>) -> bool {
+            let len = body.len() + usize::from(last.is_some());
+            if at.checked_add(len).is_none_or(|end| end > self.0.len()) {
+                return false;
+            }
+            // SAFETY: `at..at + len` lies inside the mapping (checked above), which lives as
+            // long as `self`; callers write only ranges reserved for them alone.
+            unsafe {
+                let dst = self.0.as_mut_ptr().add(at);
+                std::ptr::copy_nonoverlapping(body.as_ptr(), dst, body.len());
+                if let Some(b) = last {
+                    compiler_fence(Ordering::Release);
+                    std::ptr::write_volatile(dst.add(body.len()), b);
+                }
+            }
+            true
+        }
+    }
+}
+
 impl ChargeLog {
     /// Opens a new segment of this process in `dir` (created if missing). `cluster`: charges
     /// are also flushed to Redis, and kept until they are.
     pub fn open(dir: &Path, cluster: bool, sync_every: Duration) -> std::io::Result<ChargeLog> {
+        ChargeLog::open_sized(dir, cluster, sync_every, SEGMENT_BYTES)
+    }
+
+    fn open_sized(
+        dir: &Path,
+        cluster: bool,
+        sync_every: Duration,
+        segment_bytes: u64,
+    ) -> std::io::Result<ChargeLog> {
         std::fs::create_dir_all(dir)?;
         let pid = std::process::id();
-        let first = Arc::new(open_segment(dir, pid, 0)?);
+        let first = Arc::new(open_segment(dir, pid, 0, segment_bytes)?);
         Ok(ChargeLog {
             dir: dir.to_path_buf(),
             pid,
@@ -144,6 +250,8 @@ impl ChargeLog {
             cluster,
             sync_every,
             last_sync: Mutex::new(Instant::now()),
+            segment_bytes,
+            rotating: Mutex::new(()),
         })
     }
 
@@ -154,40 +262,71 @@ impl ChargeLog {
         PathBuf::from(name)
     }
 
-    /// Appends one charge (one `write(2)`). `None` if the write failed: the charge then only
-    /// has the recorder's commit (the failure is counted and logged).
+    /// Appends one charge (a copy into the mapped segment, no system call). `None` if it could
+    /// not be written (no segment could be opened): the charge then only has the recorder's
+    /// commit (the failure is counted and logged).
     pub fn append(&self, c: &Charge<'_>) -> Option<Ticket> {
-        let seg = self.current.load();
-        let ticket =
-            (u64::from(seg.id) << 32) | u64::from(seg.count.fetch_add(1, Ordering::Relaxed));
         // Done with once in the store, and in cluster mode once in each of its Redis buckets.
         let holds = 1 + if self.cluster {
             c.buckets.len() as i64
         } else {
             0
         };
-        seg.pending.fetch_add(holds, Ordering::AcqRel);
         // The line is built in a buffer of the thread's, reused.
         thread_local! {
             static LINE: std::cell::RefCell<String> =
                 std::cell::RefCell::new(String::with_capacity(256));
         }
-        let written = LINE.with_borrow_mut(|line| {
-            line.clear();
-            encode(ticket, c, line);
-            (&seg.file).write_all(line.as_bytes()).map(|()| line.len())
-        });
-        match written {
-            Ok(len) => {
-                seg.bytes.fetch_add(len as u64, Ordering::Relaxed);
-                Some(ticket)
+        LINE.with_borrow_mut(|line| {
+            // A full segment is replaced and the line goes into the new one (a line longer than
+            // a whole segment never fits).
+            loop {
+                let seg = self.current.load();
+                let ticket = (u64::from(seg.id) << 32)
+                    | u64::from(seg.count.fetch_add(1, Ordering::Relaxed));
+                seg.pending.fetch_add(holds, Ordering::AcqRel);
+                line.clear();
+                encode(ticket, c, line);
+                if seg.put(line.as_bytes()) {
+                    return Some(ticket);
+                }
+                seg.pending.fetch_sub(holds, Ordering::AcqRel);
+                if line.len() as u64 >= self.segment_bytes
+                    || !self.replace(&seg, self.round.load(Ordering::Relaxed))
+                {
+                    break;
+                }
+            }
+            if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!(dir = %self.dir.display(), "charge log: append failed; charges rely on the recorder alone");
+            }
+            None
+        })
+    }
+
+    /// Closes `full` (if it is still the current segment) and opens the next one; `full` may be
+    /// deleted from the upkeep round after `round` on (an append that loaded it just before has
+    /// that long to finish). `false` when no segment could be opened.
+    fn replace(&self, full: &Segment, round: u64) -> bool {
+        let _one = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
+        if self.current.load().id != full.id {
+            return true; // another thread did it
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        match open_segment(&self.dir, self.pid, id, self.segment_bytes) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(s.clone());
+                self.current.store(s);
+                full.closed_round.store(round, Ordering::Release);
+                true
             }
             Err(e) => {
-                seg.pending.fetch_sub(holds, Ordering::AcqRel);
-                if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::error!(error = %e, dir = %self.dir.display(), "charge log: append failed; charges rely on the recorder alone");
-                }
-                None
+                tracing::warn!(error = %e, "charge log: cannot open a new segment");
+                false
             }
         }
     }
@@ -256,11 +395,16 @@ impl ChargeLog {
     }
 
     fn write_line(&self, line: &str) {
-        let seg = self.current.load();
-        if let Err(e) = (&seg.file).write_all(line.as_bytes()) {
-            tracing::warn!(error = %e, "charge log: write failed");
+        while (line.len() as u64) < self.segment_bytes {
+            let seg = self.current.load();
+            if seg.put(line.as_bytes()) {
+                return;
+            }
+            if !self.replace(&seg, self.round.load(Ordering::Relaxed)) {
+                break;
+            }
         }
-        seg.bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
+        tracing::warn!("charge log: write failed (no segment could be opened)");
     }
 
     /// Recorder upkeep, once a round: syncs the current segment to disk (the power-loss window),
@@ -281,21 +425,10 @@ impl ChargeLog {
                 *last = Instant::now();
             }
         }
-        if cur.opened.elapsed() >= SEGMENT_AGE || cur.bytes.load(Ordering::Relaxed) >= SEGMENT_BYTES
+        if cur.opened.elapsed() >= SEGMENT_AGE
+            || cur.bytes.load(Ordering::Relaxed) >= cur.map.len() as u64
         {
-            let id = self.next.fetch_add(1, Ordering::Relaxed);
-            match open_segment(&self.dir, self.pid, id) {
-                Ok(s) => {
-                    let s = Arc::new(s);
-                    self.live
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(s.clone());
-                    self.current.store(s);
-                    cur.closed_round.store(round, Ordering::Release);
-                }
-                Err(e) => tracing::warn!(error = %e, "charge log: cannot open a new segment"),
-            }
+            self.replace(&cur, round);
         }
         let done: Vec<Arc<Segment>> = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -526,6 +659,30 @@ impl Orphans {
     }
 }
 
+/// The whole lines of a segment: the bytes before a newline, with no zero among them. The
+/// unused end of a segment is zeros, and a line whose copy a crash interrupted lacks its newline
+/// (the bytes after it are zeros or the next line's), so neither is taken for a charge.
+fn whole_lines(bytes: &[u8]) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'\n' => {
+                if let Some(line) = bytes
+                    .get(start..i)
+                    .and_then(|l| std::str::from_utf8(l).ok())
+                {
+                    out.push(line);
+                }
+                start = i + 1;
+            }
+            0 => start = i + 1,
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Every segment in `dir` that no live process holds (a previous run that is gone), read.
 pub fn orphaned(dir: &Path) -> std::io::Result<Orphans> {
     let mut o = Orphans::default();
@@ -543,12 +700,8 @@ pub fn orphaned(dir: &Path) -> std::io::Result<Orphans> {
         if file.try_lock().is_err() {
             continue; // a live process's segment
         }
-        let text = std::fs::read(&path)?;
-        let text = String::from_utf8_lossy(&text);
-        // The last line counts only if it is whole (ends with a newline).
-        let mut lines: Vec<&str> = text.split('\n').collect();
-        lines.pop();
-        for line in lines {
+        let bytes = std::fs::read(&path)?;
+        for line in whole_lines(&bytes) {
             match line.split_once('\t') {
                 Some(("C", _)) => o.charges.extend(decode(line)),
                 Some(("I", rest)) => {
@@ -571,6 +724,7 @@ pub fn orphaned(dir: &Path) -> std::io::Result<Orphans> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn charge(id: &str) -> Charge<'_> {
         Charge {
@@ -676,6 +830,76 @@ mod tests {
         assert_eq!(u[0], ("f2".to_string(), vec![(3, 246_912), (-5, 123_456)]));
         assert!(u[1].0.starts_with("replay-"));
         assert_eq!(u[1].1, vec![(-5, 246_912), (3, 123_456)]);
+    }
+
+    /// A crash in the middle of a copy leaves part of a line and zeros where its newline should
+    /// be, with other appends' whole lines after it: only the whole lines are charges.
+    #[test]
+    fn a_line_torn_by_a_crash_mid_copy_is_skipped_the_lines_after_it_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ChargeLog::open(dir.path(), false, Duration::ZERO).unwrap();
+        log.append(&charge("a")).unwrap();
+        let mut torn = String::new();
+        encode(99, &charge("torn"), &mut torn);
+        {
+            // Reserve a whole line's room, copy only its first half (the writer died there).
+            let seg = log.current.load();
+            let at = seg.bytes.fetch_add(torn.len() as u64, Ordering::Relaxed) as usize;
+            let half = &torn.as_bytes()[..torn.len() / 2];
+            assert!(seg.map.write(at, half, None));
+        }
+        log.append(&charge("b")).unwrap();
+        drop(log);
+        let ids: Vec<String> = orphaned(dir.path())
+            .unwrap()
+            .events()
+            .into_iter()
+            .map(|e| e.request_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    /// A full segment is replaced on the spot: every charge lands in some segment, with a
+    /// ticket naming it, and all of them are read back.
+    #[test]
+    fn a_full_segment_is_replaced_and_no_charge_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut one = String::new();
+        encode(0, &charge("r-000"), &mut one);
+        // Room for about three lines a segment.
+        let log = Arc::new(
+            ChargeLog::open_sized(dir.path(), false, Duration::ZERO, one.len() as u64 * 3 + 7)
+                .unwrap(),
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| log.append(&charge(&format!("r-{t}{i:02}"))).unwrap())
+                        .collect::<Vec<Ticket>>()
+                })
+            })
+            .collect();
+        let tickets: Vec<Ticket> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(tickets.len(), 100);
+        let segments: std::collections::HashSet<u32> =
+            tickets.iter().map(|t| segment_of(*t)).collect();
+        assert!(segments.len() >= 30, "{} segments", segments.len());
+        drop(log);
+        let o = orphaned(dir.path()).unwrap();
+        let mut ids: Vec<String> = o.events().into_iter().map(|e| e.request_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100);
+        let mut found: Vec<Ticket> = o.charges.iter().map(|c| c.0).collect();
+        let mut sent = tickets.clone();
+        found.sort_unstable();
+        sent.sort_unstable();
+        assert_eq!(found, sent, "each charge under the ticket it was given");
     }
 
     #[test]
