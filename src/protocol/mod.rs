@@ -4,9 +4,11 @@
 //! and tiktoken-based fallback counting.
 
 pub mod anthropic;
+mod bpe_hash;
 pub mod chatbody;
 pub mod chunkscan;
 pub mod gemini;
+pub mod o200k;
 pub mod openai;
 pub mod responses;
 pub mod sse;
