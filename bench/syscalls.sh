@@ -31,6 +31,12 @@ for i in range(n):
     r=c.getresponse(); r.read(); assert r.status==200, r.status
 PY
 python3 $WORK/load.py 300
+# Page faults and CPU first (no tracer attached), then the system calls (strace slows the calls).
+stat() { awk '{print $10, $14 + $15}' /proc/$TP/stat; }
+read -r f0 c0 < <(stat)
+python3 $WORK/load.py $N
+read -r f1 c1 < <(stat)
+echo "$(basename $BIN): minor page faults per request $(( (f1 - f0) * 100 / N ))/100, CPU $(( (c1 - c0) * 10000 / N )) us/request (clock ticks)"
 strace -f -c -o $WORK/strace.txt -p $TP & SP=$!
 sleep 1
 python3 $WORK/load.py $N

@@ -36,6 +36,11 @@ const SEGMENT_AGE: Duration = Duration::from_secs(2);
 /// A segment's size (its touched pages count in the process's resident memory until it is
 /// deleted): about 10,000 charges.
 const SEGMENT_BYTES: u64 = 2 << 20;
+/// How far past the last append the recorder maps pages in, writable, ahead of the appends
+/// (`MADV_POPULATE_WRITE`): the first store into a page of a shared file mapping is a page fault
+/// (the filesystem readies the page for writing), which the request path should not pay.
+const POPULATE_AHEAD: u64 = 256 << 10;
+const PAGE: u64 = 4096;
 
 /// `usage_source` of a usage record rebuilt from the charge log.
 pub const REPLAYED_SOURCE: &str = "charge_log";
@@ -46,9 +51,12 @@ struct Segment {
     file: File,
     /// The whole file, mapped shared: appends write here.
     map: mapped::Mapped,
-    opened: Instant,
+    /// When it became the current segment (a spare's clock starts then, not when it was made).
+    opened: Mutex<Instant>,
     /// Bytes reserved by appends; past the end once the segment is full.
     bytes: AtomicU64,
+    /// Bytes from the start already mapped in writable (a multiple of the page size).
+    populated: AtomicU64,
     /// Charges appended and not yet committed to the store.
     pending: AtomicI64,
     /// The upkeep round that closed it (`u64::MAX` while open): an append that loaded it just
@@ -78,6 +86,9 @@ pub struct ChargeLog {
     segment_bytes: u64,
     /// Held while the current segment is replaced.
     rotating: Mutex<()>,
+    /// The next segment, opened and populated by the recorder ahead of time, so that replacing
+    /// a full one on the request path costs no file system work.
+    spare: Mutex<Option<Arc<Segment>>>,
 }
 
 impl std::fmt::Debug for ChargeLog {
@@ -137,8 +148,9 @@ fn open_segment(dir: &Path, pid: u32, id: u32, size: u64) -> std::io::Result<Seg
         path,
         file,
         map,
-        opened: Instant::now(),
+        opened: Mutex::new(Instant::now()),
         bytes: AtomicU64::new(0),
+        populated: AtomicU64::new(0),
         pending: AtomicI64::new(0),
         closed_round: AtomicU64::new(u64::MAX),
         count: AtomicU32::new(0),
@@ -165,6 +177,24 @@ fn fallocate(file: &File, len: libc::off_t) -> libc::c_int {
 }
 
 impl Segment {
+    /// Maps the pages up to `upto` in, writable, so that appends there do not fault (best
+    /// effort: a kernel without `MADV_POPULATE_WRITE` leaves the faults to the appends).
+    fn populate(&self, upto: u64) {
+        let len = self.map.len() as u64;
+        let upto = upto.div_ceil(PAGE).saturating_mul(PAGE).min(len);
+        let from = self.populated.load(Ordering::Relaxed);
+        if upto <= from {
+            return;
+        }
+        if self
+            .map
+            .populate(from as usize, (upto - from) as usize)
+            .is_ok()
+        {
+            self.populated.store(upto, Ordering::Relaxed);
+        }
+    }
+
     /// Reserves room for `line` and copies it in, its newline last (a reader counts a line only
     /// once its newline is there). `false` when the segment is full.
     fn put(&self, line: &[u8]) -> bool {
@@ -198,6 +228,11 @@ mod mapped {
 
         pub fn len(&self) -> usize {
             self.0.len()
+        }
+
+        /// Faults `len` bytes from `at` in, writable, without changing them.
+        pub fn populate(&self, at: usize, len: usize) -> std::io::Result<()> {
+            self.0.advise_range(memmap2::Advice::PopulateWrite, at, len)
         }
 
         /// Copies `body` to `at`, then `last` right after it (the compiler may not move that
@@ -239,6 +274,7 @@ impl ChargeLog {
         std::fs::create_dir_all(dir)?;
         let pid = std::process::id();
         let first = Arc::new(open_segment(dir, pid, 0, segment_bytes)?);
+        first.populate(POPULATE_AHEAD);
         Ok(ChargeLog {
             dir: dir.to_path_buf(),
             pid,
@@ -252,6 +288,7 @@ impl ChargeLog {
             last_sync: Mutex::new(Instant::now()),
             segment_bytes,
             rotating: Mutex::new(()),
+            spare: Mutex::new(None),
         })
     }
 
@@ -312,10 +349,10 @@ impl ChargeLog {
         if self.current.load().id != full.id {
             return true; // another thread did it
         }
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        match open_segment(&self.dir, self.pid, id, self.segment_bytes) {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match spare.map_or_else(|| self.open_next(), Ok) {
             Ok(s) => {
-                let s = Arc::new(s);
+                *s.opened.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 self.live
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -329,6 +366,11 @@ impl ChargeLog {
                 false
             }
         }
+    }
+
+    fn open_next(&self) -> std::io::Result<Arc<Segment>> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        open_segment(&self.dir, self.pid, id, self.segment_bytes).map(Arc::new)
     }
 
     /// The usage records carrying these tickets are committed to the store.
@@ -425,10 +467,29 @@ impl ChargeLog {
                 *last = Instant::now();
             }
         }
-        if cur.opened.elapsed() >= SEGMENT_AGE
-            || cur.bytes.load(Ordering::Relaxed) >= cur.map.len() as u64
-        {
+        let age = cur
+            .opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if age >= SEGMENT_AGE || cur.bytes.load(Ordering::Relaxed) >= cur.map.len() as u64 {
             self.replace(&cur, round);
+        }
+        // Pages ahead of the appends, and a spare segment, readied here rather than on the
+        // request path.
+        let cur = self.current.load_full();
+        cur.populate(cur.bytes.load(Ordering::Relaxed) + POPULATE_AHEAD);
+        {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.is_none() {
+                match self.open_next() {
+                    Ok(s) => {
+                        s.populate(POPULATE_AHEAD);
+                        *spare = Some(s);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "charge log: cannot open a spare segment"),
+                }
+            }
         }
         let done: Vec<Arc<Segment>> = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -910,7 +971,11 @@ mod tests {
         // Force a rotation by age.
         std::thread::sleep(SEGMENT_AGE);
         log.upkeep(|| true);
-        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        // The segments, not counting the spare the recorder keeps ready.
+        let files = || {
+            std::fs::read_dir(dir.path()).unwrap().count()
+                - usize::from(log.spare.lock().unwrap().is_some())
+        };
         assert_eq!(files(), 2, "the old segment waits for its charge");
         log.committed(std::iter::once(t));
         log.upkeep(|| false);

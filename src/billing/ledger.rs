@@ -690,9 +690,10 @@ impl JournalWriter {
                 self.commit(&mut events, charged, usage.as_ref()).await;
             } else if let Some(log) = self.charge_log.clone() {
                 let store = self.store.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || log.upkeep(|| store.checkpoint().is_ok()))
-                        .await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    log.upkeep(|| store.sync_committed().is_ok())
+                })
+                .await;
             }
             if closed {
                 return;
@@ -726,7 +727,7 @@ impl JournalWriter {
                 let r = store.record(&u);
                 if let (Ok(_), Some(log)) = (&r, log) {
                     log.committed(u.iter().filter_map(|e| e.charge_ticket));
-                    log.upkeep(|| store.checkpoint().is_ok());
+                    log.upkeep(|| store.sync_committed().is_ok());
                 }
                 (r, u)
             })

@@ -55,6 +55,12 @@ fn word(bytes: &[u8], i: usize) -> u32 {
         .map_or(ABSENT, u32::from_le_bytes)
 }
 
+impl Default for O200k {
+    fn default() -> O200k {
+        O200k::new()
+    }
+}
+
 impl O200k {
     /// Reads the table's layout (no copy) and compiles the pattern. A table that is not the one
     /// build.rs writes (it always is; the tests check) would count one token per byte, an upper

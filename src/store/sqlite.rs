@@ -1726,6 +1726,25 @@ impl Store {
         })
     }
 
+    /// Makes every committed transaction durable without a checkpoint: SQLite runs with
+    /// `synchronous = NORMAL`, whose commits are on disk once the write-ahead log is synced, so
+    /// syncing the log file is enough (a checkpoint would also copy pages into the database
+    /// file, work SQLite's own automatic checkpoints do anyway). PostgreSQL commits are durable
+    /// when they return.
+    pub fn sync_committed(&self) -> Result<(), StoreError> {
+        pg!(self, {} s => { let _ = s; Ok(()) });
+        let path = self.with(|c| Ok(c.path().map(|p| format!("{p}-wal"))))?;
+        match path.map(std::fs::File::open) {
+            Some(Ok(wal)) => wal
+                .sync_data()
+                .map_err(|e| StoreError::Invalid(format!("sync {e}"))),
+            // No log file: nothing committed since the last checkpoint removed it.
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => self.checkpoint(),
+            Some(Err(e)) => Err(StoreError::Invalid(format!("open the log: {e}"))),
+            None => Ok(()), // in memory
+        }
+    }
+
     pub fn record(&self, events: &[UsageEvent]) -> Result<usize, StoreError> {
         pg!(self, { let events = events.to_vec(); } s => crate::store::UsageLog::record(&s, &events).await);
         self.with(|c| {
