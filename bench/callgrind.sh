@@ -22,18 +22,7 @@ if [[ -n ${STORE_URL:-} ]]; then
 fi
 valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no --callgrind-out-file=$WORK/cg.out $BIN run --config $WORK/tollgate.toml >$WORK/tg.log 2>&1 & TP=$!
 for i in $(seq 600); do curl -sf -o /dev/null http://127.0.0.1:$TG_ADMIN_PORT/readyz && break; sleep 0.2; done
-a="http://127.0.0.1:$TG_ADMIN_PORT"; h="Authorization: Bearer t"
-curl -sf -X POST "$a/admin/tenants" -H "$h" -d '{"name":"bench"}' >/dev/null
-curl -sf -X POST "$a/admin/tenants/bench/topups" -H "$h" -d '{"amount_rmb":"1000000"}' >/dev/null
-KEY=$(curl -sf -X POST "$a/admin/keys" -H "$h" -d '{"tenant":"bench","name":"bench","default_channel":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-cat > $WORK/load.py <<PY
-import http.client, json, sys
-n=int(sys.argv[1]); c=http.client.HTTPConnection("127.0.0.1", $TG_PORT)
-body=json.dumps({"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a terse assistant."},{"role":"user","content":"Say hello in one short sentence."}]})
-for i in range(n):
-    c.request("POST","/v1/chat/completions",body,{"Authorization":"Bearer $KEY","Content-Type":"application/json"})
-    r=c.getresponse(); r.read(); assert r.status==200, r.status
-PY
+source "$BENCH_DIR/sequential.sh"
 python3 $WORK/load.py 300
 sleep 1
 callgrind_control -i on $TP >/dev/null

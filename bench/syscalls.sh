@@ -18,18 +18,7 @@ sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$TG_PORT|g" -e "s|@ADMIN_PORT@|$TG_ADMIN_P
 $BIN run --config $WORK/tollgate.toml >$WORK/tg.log 2>&1 & TP=$!
 trap 'kill -INT $TP 2>/dev/null; kill $MP 2>/dev/null; sleep 1; rm -rf "$WORK"' EXIT
 for i in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:$TG_ADMIN_PORT/readyz && break; sleep 0.1; done
-a="http://127.0.0.1:$TG_ADMIN_PORT"; h="Authorization: Bearer t"
-curl -sf -X POST "$a/admin/tenants" -H "$h" -d '{"name":"bench"}' >/dev/null
-curl -sf -X POST "$a/admin/tenants/bench/topups" -H "$h" -d '{"amount_rmb":"1000000"}' >/dev/null
-KEY=$(curl -sf -X POST "$a/admin/keys" -H "$h" -d '{"tenant":"bench","name":"bench","default_channel":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-cat > $WORK/load.py <<PY
-import http.client, json, sys
-n=int(sys.argv[1]); c=http.client.HTTPConnection("127.0.0.1", $TG_PORT)
-body=json.dumps({"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a terse assistant."},{"role":"user","content":"Say hello in one short sentence."}]})
-for i in range(n):
-    c.request("POST","/v1/chat/completions",body,{"Authorization":"Bearer $KEY","Content-Type":"application/json"})
-    r=c.getresponse(); r.read(); assert r.status==200, r.status
-PY
+source "$BENCH_DIR/sequential.sh"
 python3 $WORK/load.py 300
 # Page faults and CPU first (no tracer attached), then the system calls (strace slows the calls).
 stat() { awk '{print $10, $14 + $15}' /proc/$TP/stat; }
