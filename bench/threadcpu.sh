@@ -2,6 +2,7 @@
 # CPU per request of each thread of a tollgate binary, user and system time apart, under wrk
 # saturation (c32, 8 s; the gateway alone on CPU 1, one worker thread):
 #   bench/threadcpu.sh target/release/tollgate
+set -euo pipefail
 BIN=$1; BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(mktemp -d /tmp/tgtc.XXXXXX)
 read -r MOCK_PORT TG_PORT TG_ADMIN_PORT < <(python3 -c '
