@@ -36,6 +36,102 @@ const LONG_PART: usize = 256;
 
 const ABSENT: u32 = u32::MAX;
 
+/// ASCII classes of the pattern: letter, upper case, lower case, digit, whitespace (`\s`).
+fn is_ws(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ')
+}
+
+fn is_other(b: u8) -> bool {
+    b < 0x80 && !is_ws(b) && !b.is_ascii_alphanumeric()
+}
+
+/// Length of the run from `i` of bytes satisfying `f`, and the byte after it (`None` at the end).
+fn run(b: &[u8], i: usize, f: impl Fn(u8) -> bool) -> (usize, Option<u8>) {
+    let n = b
+        .get(i..)
+        .map_or(0, |r| r.iter().take_while(|c| f(**c)).count());
+    (n, b.get(i + n).copied())
+}
+
+/// The end of o200k's piece starting at `at` when the answer depends on ASCII bytes only (most
+/// text: prose, code, JSON); `None` when a byte of 0x80 or more could change it, and the regex
+/// decides. The same alternatives in the same order as `PATTERN`, for ASCII's classes.
+fn ascii_piece(b: &[u8], at: usize) -> Option<usize> {
+    let c = *b.get(at)?;
+    if c >= 0x80 {
+        return None;
+    }
+    let high = |x: Option<u8>| x.is_some_and(|x| x >= 0x80);
+    // Letters, with one optional leading character that is neither a line break, a letter nor a
+    // digit: upper case* lower case+, else upper case+ lower case*; then a contraction.
+    let q = if c != b'\r' && c != b'\n' && !c.is_ascii_alphanumeric() {
+        at + 1
+    } else {
+        at
+    };
+    let (upper, after_upper) = run(b, q, |x| x.is_ascii_uppercase());
+    if high(after_upper) {
+        return None;
+    }
+    let (lower, after_lower) = run(b, q + upper, |x| x.is_ascii_lowercase());
+    if high(after_lower) {
+        return None;
+    }
+    if upper + lower > 0 {
+        let end = q + upper + lower;
+        return Some(end + contraction(b, end)?);
+    }
+    if c.is_ascii_digit() {
+        let (digits, next) = run(b, at, |x| x.is_ascii_digit());
+        if digits < 3 && high(next) {
+            return None;
+        }
+        return Some(at + digits.min(3));
+    }
+    // ` ?[^\s\p{L}\p{N}]+[\r\n/]*`
+    let q = if c == b' ' { at + 1 } else { at };
+    let (other, next) = run(b, q, is_other);
+    if high(next) {
+        return None;
+    }
+    if other > 0 {
+        let (tail, _) = run(b, q + other, |x| matches!(x, b'\r' | b'\n' | b'/'));
+        return Some(q + other + tail);
+    }
+    // Whitespace: up to its last line break, else all of it, less its last character when
+    // something other than whitespace follows.
+    let (ws, next) = run(b, at, is_ws);
+    if ws == 0 || high(next) {
+        return None;
+    }
+    let span = b.get(at..at + ws)?;
+    if let Some(last) = span.iter().rposition(|x| matches!(x, b'\r' | b'\n')) {
+        return Some(at + last + 1);
+    }
+    Some(if next.is_some() && ws > 1 {
+        at + ws - 1
+    } else {
+        at + ws
+    })
+}
+
+/// Length of a contraction (`'s`, `'t`, `'re`, `'ve`, `'m`, `'ll`, `'d`, any case) at `i`, 0 if
+/// none; `None` when a byte of 0x80 or more follows the apostrophe (Unicode case folding makes
+/// `ſ` an `s`: the regex decides).
+fn contraction(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'\'') {
+        return Some(0);
+    }
+    let lower = |k: usize| b.get(i + k).map(u8::to_ascii_lowercase);
+    let n = match (lower(1), lower(2)) {
+        (Some(b's' | b't' | b'm' | b'd'), _) => 2,
+        (Some(b'r'), Some(b'e')) | (Some(b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => 3,
+        (Some(x), _) if x >= 0x80 => return None,
+        _ => 0,
+    };
+    Some(n)
+}
+
 /// The compiled-in vocabulary and the pre-tokeniser.
 pub struct O200k {
     offsets: &'static [u8],
@@ -150,6 +246,9 @@ impl O200k {
         let Some(re) = &self.pieces else {
             return (at < text.len()).then_some((at, text.len()));
         };
+        if let Some(end) = ascii_piece(text.as_bytes(), at) {
+            return Some((at, end));
+        }
         let m = re.find_at(text, at)?;
         let (start, mut end) = (m.start(), m.end());
         let piece = m.as_str();
@@ -286,5 +385,33 @@ impl O200k {
             out.extend_from_slice(self.token(*t));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ascii_piece;
+
+    /// The fast path answers for ASCII and hands anything a wider character could change to the
+    /// regex (exactness against the reference is tested in `protocol::tokens`).
+    #[test]
+    fn ascii_pieces_are_cut_without_the_regex_and_the_rest_is_left_to_it() {
+        let cases: [(&str, Option<usize>); 12] = [
+            ("hello world", Some(5)),
+            (" world", Some(6)),
+            ("HelloWorld", Some(5)),
+            ("don't", Some(5)),
+            ("it's", Some(4)),
+            ("12345", Some(3)),
+            ("  x", Some(1)),
+            (" \n\n x", Some(3)),
+            ("...\n/x", Some(5)),
+            ("café", None),
+            ("x²", None),
+            (" \u{3000}x", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ascii_piece(text.as_bytes(), 0), want, "{text:?}");
+        }
     }
 }
