@@ -140,8 +140,10 @@ pub struct O200k {
     table: &'static [u8],
     mask: usize,
     arena: &'static [u8],
-    /// o200k's pre-tokeniser (`None` only with an unreadable table: the text is one piece).
-    pieces: Option<regex::Regex>,
+    /// o200k's pre-tokeniser for what the ASCII fast path leaves to it, compiled the first time
+    /// it is needed (~4 MB once used: text that is all ASCII never pays for it). `None` if the
+    /// pattern did not compile (it does; the text would be one piece).
+    pieces: std::sync::OnceLock<Option<regex::Regex>>,
 }
 
 fn word(bytes: &[u8], i: usize) -> u32 {
@@ -158,12 +160,10 @@ impl Default for O200k {
 }
 
 impl O200k {
-    /// Reads the table's layout (no copy) and compiles the pattern. A table that is not the one
-    /// build.rs writes (it always is; the tests check) would count one token per byte, an upper
-    /// bound.
+    /// Reads the table's layout (no copy). A table that is not the one build.rs writes (it
+    /// always is; the tests check) would count one token per byte, an upper bound.
     pub fn new() -> O200k {
-        let pieces = regex::Regex::new(PATTERN).ok();
-        O200k::layout(pieces.clone()).unwrap_or_else(|| {
+        O200k::layout().unwrap_or_else(|| {
             tracing::error!("o200k table unreadable: counting one token per byte");
             O200k {
                 offsets: &[],
@@ -172,12 +172,12 @@ impl O200k {
                 table: &[],
                 mask: 0,
                 arena: &[],
-                pieces,
+                pieces: std::sync::OnceLock::new(),
             }
         })
     }
 
-    fn layout(pieces: Option<regex::Regex>) -> Option<O200k> {
+    fn layout() -> Option<O200k> {
         let head = TABLE.get(..16)?;
         if head.get(..4)? != bpe_hash::MAGIC {
             return None;
@@ -203,7 +203,7 @@ impl O200k {
             table,
             mask: slots - 1,
             arena,
-            pieces: Some(pieces?),
+            pieces: std::sync::OnceLock::new(),
         })
     }
 
@@ -243,12 +243,13 @@ impl O200k {
 
     /// The next piece of `text` from `at`: start and end.
     fn next_piece(&self, text: &str, at: usize) -> Option<(usize, usize)> {
-        let Some(re) = &self.pieces else {
-            return (at < text.len()).then_some((at, text.len()));
-        };
         if let Some(end) = ascii_piece(text.as_bytes(), at) {
             return Some((at, end));
         }
+        let compiled = self.pieces.get_or_init(|| regex::Regex::new(PATTERN).ok());
+        let Some(re) = compiled else {
+            return (at < text.len()).then_some((at, text.len()));
+        };
         let m = re.find_at(text, at)?;
         let (start, mut end) = (m.start(), m.end());
         let piece = m.as_str();

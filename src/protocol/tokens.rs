@@ -10,7 +10,8 @@
 
 use serde_json::{Map, Value};
 
-/// The shared `o200k_base` encoder (its pattern is compiled on first use, ~1 ms).
+/// The shared `o200k_base` encoder (its regex is compiled the first time text that is not all
+/// ASCII is counted).
 pub fn o200k() -> &'static super::o200k::O200k {
     static ENC: std::sync::LazyLock<super::o200k::O200k> =
         std::sync::LazyLock::new(super::o200k::O200k::new);
