@@ -474,13 +474,6 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for _ in 0..4000 {
-            let len = 1 + next() % 24;
-            let t: String = (0..len)
-                .map(|_| pool[(next() % pool.len() as u64) as usize])
-                .collect();
-            texts.push(t);
-        }
         // ASCII alone (the tokenizer's fast path): every kind of whitespace, control bytes,
         // contractions in any case, digit runs, slashes after punctuation.
         let ascii: Vec<&str> = vec![
@@ -490,12 +483,14 @@ mod tests {
             "]", "{", "}", "-", "_", "*", "#", "@", "\"", "\\", "\x00", "\x01", "\x1f", "\x7f",
             "~", "`",
         ];
-        for _ in 0..4000 {
-            let len = 1 + next() % 16;
-            let t: String = (0..len)
-                .map(|_| ascii[(next() % ascii.len() as u64) as usize])
-                .collect();
-            texts.push(t);
+        for (pieces, longest) in [(&pool, 24), (&ascii, 16)] {
+            for _ in 0..4000 {
+                let len = 1 + next() % longest;
+                let t: String = (0..len)
+                    .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                    .collect();
+                texts.push(t);
+            }
         }
         let ours = o200k();
         for t in &texts {
