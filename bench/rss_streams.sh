@@ -38,5 +38,10 @@ BENCH_STREAM=1 BENCH_DELAY_MS=${DELAY:-50} wrk -t1 -c8 -d3s -s "$BENCH_DIR/chat.
 echo "after 3 s of calls counted locally: $(mem)"
 sleep 10
 echo "10 s idle: $(mem)"
+if [ -n "${SMAPS:-}" ]; then
+  # Resident memory by mapping (largest first): which file or anonymous region holds the RSS.
+  awk '/^[0-9a-f]+-[0-9a-f]+ / {name = ($6 == "" ? "[anon]" : $6) " " $2} /^Rss:/ {rss[name] += $2}
+       END {for (n in rss) if (rss[n] >= 256) printf "%8d kB  %s\n", rss[n], n}' "/proc/$TPID/smaps" | sort -rn | head -20
+fi
 echo "usage sources: $(grep -o '"usage_source":"[a-z_]*"' $W/tg.log | sort | uniq -c | tr '\n' ' ')"
 grep -o '"error":"[a-z_]*"' $W/tg.log | sort | uniq -c | head -5

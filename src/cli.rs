@@ -66,6 +66,14 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Cluster mode's registry of running nodes, which a rebuild of the credit bank waits for
+    /// (docs/billing.md).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        #[command(flatten)]
+        target: StoreTarget,
+    },
     /// The audit trail of admin changes (docs/security.md).
     Audit {
         #[command(subcommand)]
@@ -94,6 +102,16 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// The nodes the record holds as running (each removes itself on a clean stop).
+    Nodes,
+    /// Remove a node that is gone for good (its host lost) from the registry, so that a bank
+    /// rebuild stops waiting for it. Charges that node had not put into the record are lost to
+    /// the rebuilt bank (at most the allowance it held; it logs them if it ever starts again).
+    Forget { node: String },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +337,30 @@ pub fn main() -> i32 {
         Command::Store {
             action: StoreAction::Migrate { from, to, to_env },
         } => store_migrate(&from, to, to_env),
+        Command::Cluster { action, target } => with_store(&target, |store, _| {
+            match action {
+                ClusterAction::Nodes => {
+                    for (node, since) in store.cluster_nodes().map_err(|e| e.to_string())? {
+                        println!("{node}\trunning (registered {since})");
+                    }
+                }
+                ClusterAction::Forget { node } => {
+                    let known = store
+                        .cluster_nodes()
+                        .map_err(|e| e.to_string())?
+                        .iter()
+                        .any(|(n, _)| *n == node);
+                    if !known {
+                        return Err(format!("no running node {node:?} in the registry"));
+                    }
+                    store
+                        .set_cluster_node(&node, None)
+                        .map_err(|e| e.to_string())?;
+                    println!("node {node} removed from the registry");
+                }
+            }
+            Ok(())
+        }),
         Command::Audit {
             action: AuditAction::Verify,
             target,

@@ -333,8 +333,21 @@ impl BackgroundService for ClusterService {
         let s = &self.settings;
         let bank_cfg = BankConfig {
             op_timeout: s.op_timeout,
+            create_bank: false,
             ..BankConfig::default()
         };
+        // In the record's registry of running nodes until a clean stop: a rebuild of the bank
+        // waits for every node there (docs/billing.md).
+        {
+            let (store, node) = (self.app.store.clone(), s.node_id.clone());
+            let at = crate::tenancy::unix_now();
+            match tokio::task::spawn_blocking(move || store.set_cluster_node(&node, Some(at))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cluster mode: cannot write the node registry"),
+                Err(e) => tracing::warn!(error = %e, "cluster mode: cannot write the node registry"),
+            }
+        }
+        let bank_file = self.charge_log.dir().join("bank.id");
         let mut logged = false;
         let bank = loop {
             match Bank::connect_with(&s.redis_url, &s.node_id, &s.key_prefix, bank_cfg.clone())
@@ -354,6 +367,33 @@ impl BackgroundService for ClusterService {
             }
         };
         let orphans = self.orphans.lock().ok().and_then(|mut o| o.take());
+        // A crashed run's batches belong to the bank it served on: sent to Redis only if Redis
+        // still holds that bank. Otherwise (the bank was lost or rebuilt meanwhile) their
+        // charges are in the record already (replayed at start) and the bank is, or will be,
+        // seeded from it.
+        let marker = bank.marker();
+        let same_bank = !bank.state_lost()
+            && crate::billing::fleet::read_bank_file(&bank_file).is_none_or(|m| m == marker);
+        let orphans = match orphans {
+            Some(o) if !same_bank => {
+                let unflushed: i64 = o
+                    .unflushed()
+                    .iter()
+                    .flat_map(|(_, c)| c.iter().map(|x| x.1))
+                    .sum();
+                if unflushed != 0 {
+                    tracing::warn!(unflushed, "cluster mode: a crashed run's unflushed charges belong to a credit bank Redis no longer holds; they are in the record, not sent to Redis");
+                }
+                if let Err(e) = o.remove() {
+                    tracing::warn!(error = %e, "charge log: cannot delete replayed segments");
+                }
+                None
+            }
+            o => o,
+        };
+        if !bank.state_lost() {
+            crate::billing::fleet::write_bank_file(&bank_file, &marker);
+        }
         if let Some(orphans) = orphans {
             // A crashed run's charges that did not reach Redis: spent from its lease, so they
             // must be charged before that lease is given back (never return spent credit).
@@ -377,7 +417,7 @@ impl BackgroundService for ClusterService {
                 tracing::warn!(error = %e, "charge log: cannot delete replayed segments");
             }
         }
-        if self.reclaim {
+        if self.reclaim && same_bank {
             while let Err(e) = bank.reclaim_own_leases().await {
                 tracing::error!(error = %e, "cluster mode: cannot reclaim this node's leases; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -387,7 +427,12 @@ impl BackgroundService for ClusterService {
         cfg.idle_return_after = s.idle_return;
         let allowances = Allowances::with_config(bank, cfg);
         allowances.set_charge_log(self.charge_log.clone());
-        let fleet = crate::billing::fleet::Fleet::new(allowances, self.app.store.clone());
+        let fleet = crate::billing::fleet::Fleet::with_rebuild(
+            allowances,
+            self.app.store.clone(),
+            self.app.ledger.unstored_handle(),
+            Some(bank_file),
+        );
         if let Err(e) = fleet.replay_credits().await {
             tracing::warn!(error = %e, "cluster mode: first credit replay failed; retrying in the background");
         }

@@ -292,6 +292,11 @@ impl ChargeLog {
         })
     }
 
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The directory of the log that goes with a SQLite store file.
     pub fn dir_for(store_path: &Path) -> PathBuf {
         let mut name = store_path.as_os_str().to_owned();

@@ -146,6 +146,11 @@ pub enum BankError {
     /// manager is shut down.
     #[error("credit bank unavailable")]
     Unavailable,
+    /// Redis no longer holds the bank this node serves on (it lost its state, or the bank was
+    /// rebuilt without this node): nothing was applied, and the node refuses calls until it
+    /// takes part in the rebuild (`Bank::adopt`).
+    #[error("the credit bank lost its state; calls are refused until it is rebuilt from the record")]
+    Lost,
     #[error("insufficient credit: {available} nano-credits available")]
     Insufficient { available: i64 },
     /// A flush charged more than the node's lease for a tenant; nothing in the batch was applied.
@@ -171,7 +176,10 @@ impl BankError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            BankError::Redis(_) | BankError::Timeout { .. } | BankError::Unavailable
+            BankError::Redis(_)
+                | BankError::Timeout { .. }
+                | BankError::Unavailable
+                | BankError::Lost
         )
     }
 
@@ -223,6 +231,10 @@ pub struct BankConfig {
     pub flush_marker_ttl: Duration,
     /// TTL of lease markers (only needed until a timed-out lease is resolved).
     pub lease_marker_ttl: Duration,
+    /// A node that finds no bank in Redis creates one at once. A fleet node (the gateway)
+    /// sets this to false: a missing bank is then rebuilt from the record once every node
+    /// of the fleet has put its charges there (`Bank::publish`).
+    pub create_bank: bool,
 }
 
 impl Default for BankConfig {
@@ -233,6 +245,7 @@ impl Default for BankConfig {
             op_marker_ttl: Duration::from_secs(7 * 86_400),
             flush_marker_ttl: Duration::from_secs(3 * 86_400),
             lease_marker_ttl: Duration::from_secs(86_400),
+            create_bank: true,
         }
     }
 }
@@ -494,6 +507,86 @@ end
 return out
 "#;
 
+// The rebuild's scripts (not fenced: they run while a node has no bank).
+// KEYS: alive (sorted set). ARGV: member. Records that the process is alive now (Redis's clock).
+const HEARTBEAT_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+return now
+"#;
+
+// KEYS: bank, ready (set), alive (sorted set), credit cursor. ARGV: the bank seen ('' for
+// none), the new bank's id, prefix, the cursor to start at, then the node ids that must be
+// ready.
+// {'moved', bank}: the bank is not the one seen; {'wait', who}: a node or live process is not
+// ready; {'wipe', bank}: a stale bank must be deleted first; {'published', id}.
+const PUBLISH_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return {'moved', cur} end
+local ready = {}
+local nodes = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  ready[m] = true
+  local n = string.match(m, '^(.*):[0-9]+$')
+  if n then nodes[n] = true end
+end
+for i = 5, #ARGV do
+  if not nodes[ARGV[i]] then return {'wait', ARGV[i]} end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now - 3000, '+inf')) do
+  if not ready[m] then return {'wait', m} end
+end
+if cur ~= '' then return {'wipe', cur} end
+local members = ARGV[3] .. 'members:' .. ARGV[2]
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4])
+redis.call('RENAME', KEYS[2], members)
+redis.call('EXPIRE', members, 86400)
+return {'published', ARGV[2]}
+"#;
+
+// KEYS: bank. ARGV: a stale bank's id. Deletes it if it is still the one there.
+const DROP_STALE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+struct RebuildScripts {
+    heartbeat: Script,
+    publish: Script,
+    drop_stale: Script,
+}
+
+/// What [`Bank::publish`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// Redis holds another bank than the one seen (`""`: none): look again.
+    Moved(String),
+    /// This node id (in the registry) or live process (`node:epoch`) is not ready yet.
+    Waiting(String),
+    /// The new bank's identity.
+    Published(String),
+}
+
+/// `s` with the glob characters of Redis's MATCH escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 struct Scripts {
     credit: Script,
     lease: Script,
@@ -506,22 +599,67 @@ struct Scripts {
     cursor: Script,
     rates: Script,
     admit: Script,
+    /// Their source, to load them up front.
+    codes: Vec<String>,
+}
+
+/// A Lua string literal holding `s` (every byte but plain ones as a decimal escape).
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"_:{}-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("\\{b:03}"));
+        }
+    }
+    out.push('"');
+    out
 }
 
 impl Scripts {
-    fn new() -> Scripts {
+    /// The scripts of a node serving on bank `marker`: each first checks, atomically with
+    /// its writes, that Redis still holds that bank (`<prefix>bank`), and refuses with a
+    /// `TGBANK` error otherwise. So no write of a node ever lands in a Redis that lost its
+    /// state (an empty bank would take a credit replay or a seed without the charges other
+    /// nodes have not recorded yet), whatever its probe has seen so far.
+    fn new(prefix: &str, marker: &str) -> Scripts {
+        let fence = format!(
+            "if redis.call('GET', {}) ~= {} then return redis.error_reply('TGBANK this node serves on another credit bank') end\n",
+            lua_string(&format!("{prefix}bank")),
+            lua_string(marker)
+        );
+        let codes: Vec<String> = [
+            CREDIT_LUA,
+            LEASE_LUA,
+            GIVE_BACK_LUA,
+            FLUSH_LUA,
+            RECLAIM_LUA,
+            SNAPSHOT_LUA,
+            SEED_LUA,
+            LIMIT_LUA,
+            CURSOR_LUA,
+            RATES_LUA,
+            ADMIT_LUA,
+        ]
+        .iter()
+        .map(|code| format!("{fence}{code}"))
+        .collect();
+        let s = |i: usize| Script::new(&codes[i]);
         Scripts {
-            credit: Script::new(CREDIT_LUA),
-            lease: Script::new(LEASE_LUA),
-            give_back: Script::new(GIVE_BACK_LUA),
-            flush: Script::new(FLUSH_LUA),
-            reclaim: Script::new(RECLAIM_LUA),
-            snapshot: Script::new(SNAPSHOT_LUA),
-            seed: Script::new(SEED_LUA),
-            limit: Script::new(LIMIT_LUA),
-            cursor: Script::new(CURSOR_LUA),
-            rates: Script::new(RATES_LUA),
-            admit: Script::new(ADMIT_LUA),
+            credit: s(0),
+            lease: s(1),
+            give_back: s(2),
+            flush: s(3),
+            reclaim: s(4),
+            snapshot: s(5),
+            seed: s(6),
+            limit: s(7),
+            cursor: s(8),
+            rates: s(9),
+            admit: s(10),
+            codes,
         }
     }
 }
@@ -545,7 +683,9 @@ pub struct Bank {
     prefix: String,
     epoch: u64,
     cfg: BankConfig,
-    scripts: Scripts,
+    /// The scripts, fenced on the bank this node serves on (replaced by `Bank::adopt`).
+    scripts: RwLock<Arc<Scripts>>,
+    rebuild_scripts: RebuildScripts,
     /// Consecutive calls that timed out.
     timeouts: AtomicU32,
     /// Whether the last probe (`Bank::probe`) got Redis's answer: readiness follows it.
@@ -555,12 +695,13 @@ pub struct Bank {
     replicas: AtomicU32,
     /// Writes a replica did not confirm in time (they could be lost by a failover).
     unreplicated: AtomicU64,
-    /// The bank's identity (`<prefix>bank`, set by the first node that connected): when the
-    /// probe finds it gone or changed, Redis lost its state (restarted empty, or a replica
-    /// promoted before its first sync).
-    marker: String,
-    /// Redis lost its state since this node connected: it refuses to move credit (fail
-    /// closed). Rebuilding the bank from the SQL record is not automated yet.
+    /// The identity of the bank this node serves on (`<prefix>bank`, a random id written when
+    /// the bank was created or rebuilt; empty: none yet). When the probe finds it gone or
+    /// changed, Redis lost its state (restarted empty, or a replica promoted before its
+    /// first sync).
+    marker: RwLock<String>,
+    /// Redis does not hold this node's bank (lost since it connected, or none at start): it
+    /// refuses to move credit (fail closed) until it takes part in the rebuild (`fleet.rs`).
     lost: AtomicBool,
 }
 
@@ -810,59 +951,32 @@ impl Bank {
         )
         .await
         .map_err(|_| BankError::Timeout { ms })??;
-        let fresh = format!("{:032x}", rand::random::<u128>());
-        let marker: String = tokio::time::timeout(
-            cfg.op_timeout,
-            redis::pipe()
-                .cmd("SET")
-                .arg(format!("{prefix}bank"))
-                .arg(&fresh)
-                .arg("NX")
-                .ignore()
-                .cmd("GET")
-                .arg(format!("{prefix}bank"))
-                .query_async::<(String,)>(&mut conn),
-        )
-        .await
-        .map_err(|_| BankError::Timeout { ms })??
-        .0;
-        // Load the scripts up front (one round trip), so a first call whose answer is lost is
-        // not a NOSCRIPT that never got retried. In a cluster, on the bank slot's primary.
-        let mut pipe = redis::pipe();
-        let codes = [
-            CREDIT_LUA,
-            LEASE_LUA,
-            GIVE_BACK_LUA,
-            FLUSH_LUA,
-            RECLAIM_LUA,
-            SNAPSHOT_LUA,
-            SEED_LUA,
-            LIMIT_LUA,
-            CURSOR_LUA,
-            RATES_LUA,
-            ADMIT_LUA,
-        ];
-        match (&mut conn, &slot) {
-            (Conn::Cluster(c), Some(route)) => {
-                for code in codes {
-                    let mut load = redis::cmd("SCRIPT");
-                    load.arg("LOAD").arg(code);
-                    tokio::time::timeout(cfg.op_timeout, c.route_command(load, on_slot(route)))
-                        .await
-                        .map_err(|_| BankError::Timeout { ms })??;
-                }
-            }
-            _ => {
-                for code in codes {
-                    pipe.cmd("SCRIPT").arg("LOAD").arg(code);
-                }
-                let _: Vec<String> =
-                    tokio::time::timeout(cfg.op_timeout, pipe.query_async(&mut conn))
-                        .await
-                        .map_err(|_| BankError::Timeout { ms })??;
-            }
-        }
-        Ok(Bank {
+        let key = format!("{prefix}bank");
+        let marker: Option<String> = if cfg.create_bank {
+            let fresh = format!("{:032x}", rand::random::<u128>());
+            let (m,): (String,) = tokio::time::timeout(
+                cfg.op_timeout,
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| BankError::Timeout { ms })??;
+            Some(m)
+        } else {
+            tokio::time::timeout(cfg.op_timeout, redis::cmd("GET").arg(&key).query_async(&mut conn))
+                .await
+                .map_err(|_| BankError::Timeout { ms })??
+        };
+        let lost = marker.is_none();
+        let marker = marker.unwrap_or_default();
+        let bank = Bank {
             client: RwLock::new(client),
             sentinel,
             manager_cfg,
@@ -873,14 +987,58 @@ impl Bank {
             prefix: prefix.to_string(),
             epoch,
             cfg,
-            scripts: Scripts::new(),
+            scripts: RwLock::new(Arc::new(Scripts::new(prefix, &marker))),
+            rebuild_scripts: RebuildScripts {
+                heartbeat: Script::new(HEARTBEAT_LUA),
+                publish: Script::new(PUBLISH_LUA),
+                drop_stale: Script::new(DROP_STALE_LUA),
+            },
             timeouts: AtomicU32::new(0),
-            reachable: AtomicBool::new(true),
+            reachable: AtomicBool::new(!lost),
             replicas: AtomicU32::new(0),
             unreplicated: AtomicU64::new(0),
-            marker,
-            lost: AtomicBool::new(false),
-        })
+            marker: RwLock::new(marker),
+            lost: AtomicBool::new(lost),
+        };
+        bank.load_scripts().await?;
+        Ok(bank)
+    }
+
+    /// Loads the scripts up front (one round trip), so a first call whose answer is lost is
+    /// not a NOSCRIPT that never got retried. In a cluster, on the bank slot's primary.
+    async fn load_scripts(&self) -> Result<(), BankError> {
+        let scripts = self.scripts();
+        let ms = self.cfg.op_timeout.as_millis() as u64;
+        let mut conn = self.connection();
+        match (&mut conn, &self.slot) {
+            (Conn::Cluster(c), Some(route)) => {
+                for code in &scripts.codes {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(code);
+                    tokio::time::timeout(self.cfg.op_timeout, c.route_command(load, on_slot(route)))
+                        .await
+                        .map_err(|_| BankError::Timeout { ms })??;
+                }
+            }
+            _ => {
+                let mut pipe = redis::pipe();
+                for code in &scripts.codes {
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+                }
+                let _: Vec<String> =
+                    tokio::time::timeout(self.cfg.op_timeout, pipe.query_async(&mut conn))
+                        .await
+                        .map_err(|_| BankError::Timeout { ms })??;
+            }
+        }
+        Ok(())
+    }
+
+    fn scripts(&self) -> Arc<Scripts> {
+        match self.scripts.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -986,6 +1144,11 @@ impl Bank {
     async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T, BankError> {
         let mut conn = self.connection();
         match tokio::time::timeout(self.cfg.op_timeout, inv.invoke_async(&mut conn)).await {
+            Ok(Err(e)) if e.code() == Some("TGBANK") => {
+                self.timeouts.store(0, Ordering::Relaxed);
+                self.mark_lost();
+                Err(BankError::Lost)
+            }
             Ok(r) => {
                 self.timeouts.store(0, Ordering::Relaxed);
                 Ok(r?)
@@ -1018,23 +1181,9 @@ impl Bank {
             ok = self.probe_once().await;
         }
         if ok && !self.lost.load(Ordering::Relaxed) {
-            let mut conn = self.connection();
-            let cmd = {
-                let mut c = redis::cmd("GET");
-                c.arg(format!("{}bank", self.prefix));
-                c
-            };
-            if let Ok(Ok(v)) = tokio::time::timeout(
-                self.cfg.op_timeout,
-                cmd.query_async::<Option<String>>(&mut conn),
-            )
-            .await
-            {
-                if v.as_deref() != Some(self.marker.as_str()) {
-                    self.lost.store(true, Ordering::Relaxed);
-                    tracing::error!(
-                        "credit bank: Redis lost its state (restarted empty or an unsynced replica promoted); this node refuses calls: the bank must be rebuilt from the ledger before the fleet serves again (docs/billing.md)"
-                    );
+            if let Ok(v) = self.current_marker().await {
+                if v.as_deref() != Some(self.marker().as_str()) {
+                    self.mark_lost();
                 }
             }
         }
@@ -1043,9 +1192,190 @@ impl Bank {
         ok
     }
 
-    /// Whether Redis lost its state since this node connected (see `Bank::probe`).
+    /// Whether Redis does not hold the bank this node serves on (see `Bank::probe`).
     pub fn state_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    fn mark_lost(&self) {
+        if !self.lost.swap(true, Ordering::Relaxed) {
+            self.reachable.store(false, Ordering::Relaxed);
+            tracing::error!(
+                node = %self.node,
+                "credit bank: Redis lost its state (restarted empty, flushed, or an unsynced replica promoted); this node refuses calls until the fleet has rebuilt the bank from the record (docs/billing.md)"
+            );
+        }
+    }
+
+    /// The identity of the bank this node serves on (empty: none yet).
+    pub fn marker(&self) -> String {
+        match self.marker.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The identity of the bank Redis holds now (`None`: no bank).
+    pub async fn current_marker(&self) -> Result<Option<String>, BankError> {
+        let mut conn = self.connection();
+        let ms = self.cfg.op_timeout.as_millis() as u64;
+        Ok(tokio::time::timeout(
+            self.cfg.op_timeout,
+            redis::cmd("GET")
+                .arg(format!("{}bank", self.prefix))
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??)
+    }
+
+    /// This process in the rebuild's bookkeeping: the node id and its epoch (two processes
+    /// with one node id, as during an upgrade hand-over, are told apart).
+    fn member(&self) -> String {
+        format!("{}:{}", self.node, self.epoch)
+    }
+
+    /// Says that this process is alive (every few hundred ms, whatever the bank's state): a
+    /// rebuild waits for every live process.
+    pub async fn heartbeat(&self) -> Result<(), BankError> {
+        let mut inv = self.rebuild_scripts.heartbeat.prepare_invoke();
+        inv.key(format!("{}alive", self.prefix)).arg(self.member());
+        let _: i64 = self.run(&inv).await?;
+        Ok(())
+    }
+
+    /// After losing the bank: this process has put every charge it made into the record
+    /// and dropped its leases and unflushed batches (`Allowances::abandon`).
+    pub async fn rebuild_ready(&self) -> Result<(), BankError> {
+        let mut conn = self.connection();
+        let ms = self.cfg.op_timeout.as_millis() as u64;
+        let _: i64 = tokio::time::timeout(
+            self.cfg.op_timeout,
+            redis::cmd("SADD")
+                .arg(format!("{}rebuild:ready", self.prefix))
+                .arg(self.member())
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??;
+        Ok(())
+    }
+
+    /// Tries to publish a new, empty bank: only when Redis still holds `seen` as the bank
+    /// (`""`: none), every node id in `required` (the record's registry of running nodes) has
+    /// a process ready, and every process alive in the last 3 s is ready. An old bank still
+    /// there (a replica promoted with stale data) is wiped first. Its credit cursor is
+    /// `cursor` (the record's last credit entry): tenants are seeded from the record as they
+    /// are used (credits up to the cursor, every charge), and the replay goes on from there.
+    pub async fn publish(
+        &self,
+        seen: &str,
+        required: &[String],
+        cursor: i64,
+    ) -> Result<Publish, BankError> {
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        let mut inv = self.rebuild_scripts.publish.prepare_invoke();
+        inv.key(format!("{}bank", self.prefix))
+            .key(format!("{}rebuild:ready", self.prefix))
+            .key(format!("{}alive", self.prefix))
+            .key(self.cursor_key())
+            .arg(seen)
+            .arg(&fresh)
+            .arg(&self.prefix)
+            .arg(cursor);
+        for n in required {
+            inv.arg(n);
+        }
+        let v: Vec<String> = self.run(&inv).await?;
+        match v.as_slice() {
+            [what, x] if what == "moved" => Ok(Publish::Moved(x.clone())),
+            [what, x] if what == "wait" => Ok(Publish::Waiting(x.clone())),
+            [what, _] if what == "published" => Ok(Publish::Published(fresh)),
+            [what, old] if what == "wipe" => {
+                let n = self.wipe(old).await?;
+                tracing::warn!(keys = n, stale = %old, "credit bank: removed the keys of a stale bank before the rebuild");
+                Ok(Publish::Moved(String::new()))
+            }
+            _ => Err(BankError::Protocol(format!("publish: {v:?}"))),
+        }
+    }
+
+    /// Deletes every key of a stale bank (one Redis holds the bank: SCAN there), except the
+    /// rebuild's own and the node epochs, then the stale identity `old` itself.
+    async fn wipe(&self, old: &str) -> Result<u64, BankError> {
+        let keep = [
+            format!("{}rebuild:ready", self.prefix),
+            format!("{}alive", self.prefix),
+            format!("{}bank", self.prefix),
+        ];
+        let epochs = format!("{}epoch:", self.prefix);
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut cursor = 0u64;
+        let mut n = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.keyless(scan).await?;
+            let doomed: Vec<&String> = keys
+                .iter()
+                .filter(|k| !keep.contains(k) && !k.starts_with(&epochs))
+                .collect();
+            if !doomed.is_empty() {
+                let mut del = redis::cmd("DEL");
+                for k in &doomed {
+                    del.arg(k.as_str());
+                }
+                let d: u64 = self.keyless(del).await?;
+                n += d;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut inv = self.rebuild_scripts.drop_stale.prepare_invoke();
+        inv.key(format!("{}bank", self.prefix)).arg(old);
+        let _: i64 = self.run(&inv).await?;
+        Ok(n)
+    }
+
+    /// Serve on bank `marker`, if this process was ready when it was published (it is in
+    /// the bank's member set). Its fenced scripts are replaced and loaded; the caller drops
+    /// every cached view of the old bank (`Fleet`).
+    pub async fn adopt(&self, marker: &str) -> Result<bool, BankError> {
+        let mut conn = self.connection();
+        let ms = self.cfg.op_timeout.as_millis() as u64;
+        let member: bool = tokio::time::timeout(
+            self.cfg.op_timeout,
+            redis::cmd("SISMEMBER")
+                .arg(format!("{}members:{marker}", self.prefix))
+                .arg(self.member())
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| BankError::Timeout { ms })??;
+        if !member {
+            return Ok(false);
+        }
+        self.adopt_unchecked(marker).await?;
+        Ok(true)
+    }
+
+    /// Serve on bank `marker`.
+    async fn adopt_unchecked(&self, marker: &str) -> Result<(), BankError> {
+        let scripts = Arc::new(Scripts::new(&self.prefix, marker));
+        match self.scripts.write() {
+            Ok(mut s) => *s = scripts,
+            Err(p) => *p.into_inner() = scripts,
+        }
+        match self.marker.write() {
+            Ok(mut m) => *m = marker.to_string(),
+            Err(p) => *p.into_inner() = marker.to_string(),
+        }
+        self.load_scripts().await?;
+        self.timeouts.store(0, Ordering::Relaxed);
+        self.lost.store(false, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn probe_once(&self) -> bool {
@@ -1156,7 +1486,8 @@ impl Bank {
         force: bool,
     ) -> Result<i64, BankError> {
         check_amount(amount, true)?;
-        let mut inv = self.scripts.credit.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.credit.prepare_invoke();
         inv.key(self.key("bal", tenant))
             .key(self.key("credited", tenant))
             .key(self.op_key('c', entry_id))
@@ -1197,7 +1528,8 @@ impl Bank {
         op_id: Option<&str>,
     ) -> Result<i64, BankError> {
         check_amount(want, false)?;
-        let mut inv = self.scripts.lease.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.lease.prepare_invoke();
         inv.key(self.key("bal", tenant))
             .key(self.lease_key(tenant))
             .key(self.key("nodes", tenant))
@@ -1238,7 +1570,8 @@ impl Bank {
             return Ok(());
         }
         let list: Vec<(i64, i64)> = merged.into_iter().collect();
-        let mut inv = self.scripts.flush.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.flush.prepare_invoke();
         inv.key(self.op_key('f', batch_id)).key(self.held_key());
         for &(t, _) in &list {
             inv.key(self.lease_key(t))
@@ -1278,7 +1611,8 @@ impl Bank {
     /// amount is capped at the lease. Returns what was returned (a replay returns the same).
     pub async fn give_back(&self, tenant: i64, amount: i64, op_id: &str) -> Result<i64, BankError> {
         check_amount(amount, false)?;
-        let mut inv = self.scripts.give_back.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.give_back.prepare_invoke();
         inv.key(self.key("bal", tenant))
             .key(self.lease_key(tenant))
             .key(self.key("nodes", tenant))
@@ -1303,7 +1637,8 @@ impl Bank {
     /// not flushed are lost revenue, never overspend. Never call it while another live process
     /// uses the same node id. Returns `(tenant, amount)` moved.
     pub async fn reclaim_own_leases(&self) -> Result<Vec<(i64, i64)>, BankError> {
-        let mut inv = self.scripts.reclaim.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.reclaim.prepare_invoke();
         inv.key(self.held_key()).arg(&self.prefix).arg(&self.node);
         let v: Vec<String> = self.run_durable(&inv).await?;
         let mut out = Vec::with_capacity(v.len() / 2);
@@ -1346,7 +1681,8 @@ impl Bank {
     ) -> Result<bool, BankError> {
         check_amount(credited, true)?;
         check_amount(spent, true)?;
-        let mut inv = self.scripts.seed.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.seed.prepare_invoke();
         inv.key(self.key("bal", tenant))
             .key(self.key("credited", tenant))
             .key(self.key("spent", tenant))
@@ -1376,7 +1712,8 @@ impl Bank {
     ) -> Result<bool, BankError> {
         check_amount(limit, true)?;
         check_amount(spent, true)?;
-        let mut inv = self.scripts.limit.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.limit.prepare_invoke();
         inv.key(self.key("bal", bucket))
             .key(self.key("credited", bucket))
             .key(self.key("limit", bucket))
@@ -1396,14 +1733,16 @@ impl Bank {
     /// The fleet's credit cursor: every SQL credit entry up to this sequence number is
     /// applied in Redis.
     pub async fn cursor(&self) -> Result<i64, BankError> {
-        let mut inv = self.scripts.cursor.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.cursor.prepare_invoke();
         inv.key(self.cursor_key()).arg(0);
         self.run(&inv).await
     }
 
     /// Move the credit cursor forward to `seq` (never back). Returns the cursor.
     pub async fn advance_cursor(&self, seq: i64) -> Result<i64, BankError> {
-        let mut inv = self.scripts.cursor.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.cursor.prepare_invoke();
         inv.key(self.cursor_key()).arg(seq);
         self.run_durable(&inv).await
     }
@@ -1418,7 +1757,8 @@ impl Bank {
         if deltas.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = self.scripts.rates.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.rates.prepare_invoke();
         // The script names its keys itself; the bank's key only routes it (in a cluster).
         inv.key(format!("{}bank", self.prefix));
         inv.arg(&self.prefix).arg(180);
@@ -1455,7 +1795,8 @@ impl Bank {
         now_ms: u64,
         subjects: &[(String, u64)],
     ) -> Result<Option<usize>, BankError> {
-        let mut inv = self.scripts.admit.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.admit.prepare_invoke();
         inv.key(format!("{}bank", self.prefix));
         inv.arg(&self.prefix)
             .arg(180)
@@ -1470,7 +1811,8 @@ impl Bank {
 
     /// The tenant's totals, read atomically.
     pub async fn snapshot(&self, tenant: i64) -> Result<TenantTotals, BankError> {
-        let mut inv = self.scripts.snapshot.prepare_invoke();
+        let scripts = self.scripts();
+        let mut inv = scripts.snapshot.prepare_invoke();
         inv.key(self.key("bal", tenant))
             .key(self.key("spent", tenant))
             .key(self.key("credited", tenant))
@@ -2156,6 +2498,10 @@ impl Allowances {
 
     /// One round of upkeep: resolve unknown outcomes, flush, give back idle allowance.
     pub async fn upkeep(&self) -> Result<(), BankError> {
+        if self.bank.state_lost() {
+            // Nothing can be applied to the bank until it is rebuilt (`abandon`).
+            return Err(BankError::Lost);
+        }
         let _upkeep = self.upkeep.lock().await;
         let mut result = Ok(());
         if !lock(&self.unsure_leases).is_empty() {
@@ -2182,6 +2528,56 @@ impl Allowances {
         }
         left.unsure = lock(&self.unsure_leases).len() + lock(&self.unsure_returns).len();
         left
+    }
+
+    /// Held by this node's calls in flight, over every bucket.
+    pub fn held(&self) -> i64 {
+        lock(&self.tenants)
+            .values()
+            .map(|s| lock(&s.local).held)
+            .sum()
+    }
+
+    /// The bank this node served on is gone (`Bank::state_lost`) and every call of this node
+    /// has settled (`held() == 0`), its charges in the record: forget every lease, queued
+    /// charge, unflushed batch and unresolved Redis call, since the rebuilt bank is seeded from
+    /// the record, which has all of them. The charge log is told, so that a crash replay does
+    /// not send them either. Returns the charges dropped from Redis's view (in the record).
+    pub async fn abandon(&self) -> i64 {
+        let _upkeep = self.upkeep.lock().await;
+        let log = self.charge_log.get();
+        let mut dropped = 0i64;
+        if let Some(b) = lock(&self.batch).take() {
+            dropped += b.charges.iter().map(|c| c.1).sum::<i64>();
+            if let Some(log) = log {
+                log.flushed(&b.id, &b.tickets);
+            }
+        }
+        loop {
+            let (charges, tickets, more) = self.take_queued();
+            if charges.is_empty() {
+                break;
+            }
+            dropped += charges.iter().map(|c| c.1).sum::<i64>();
+            if let Some(log) = log {
+                let id = self.next_id('a');
+                log.intent(&id, &charges, &tickets);
+                log.flushed(&id, &tickets);
+            }
+            if !more {
+                break;
+            }
+        }
+        lock(&self.unsure_leases).clear();
+        lock(&self.unsure_returns).clear();
+        lock(&self.tenants).retain(|_, s| lock(&s.local).held != 0);
+        for s in lock(&self.tenants).values() {
+            let mut l = lock(&s.local);
+            l.free = 0;
+            l.dry_until = None;
+        }
+        *lock(&self.down_until) = None;
+        dropped
     }
 
     /// Stop leasing, wait (up to `shutdown_grace`) for holds in flight to settle, flush
@@ -2216,7 +2612,7 @@ impl Allowances {
         self: Arc<Self>,
         every: Duration,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    ) -> Leftover {
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
@@ -2248,7 +2644,7 @@ impl Allowances {
                 }
             }
         }
-        self.shutdown().await;
+        self.shutdown().await
     }
 }
 

@@ -29,13 +29,15 @@
 //! least. When Redis is unreachable a node serves only from allowance it already holds, then
 //! refuses with 503 (fail closed).
 
-use super::cluster::{Allowances, BankError, TenantTotals};
+use super::cluster::{Allowances, BankError, Publish, TenantTotals};
 use super::ledger::{Account, Refusal};
 use crate::store::sqlite::{Store, StoreError};
 use crate::tenancy::{ApiKey, QuotaPeriod, TenantId};
 use dashmap::DashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most credit entries replayed per round.
 const REPLAY_BATCH: usize = 500;
@@ -74,6 +76,53 @@ pub struct Fleet {
     limits: DashMap<i64, (i64, i64)>,
     /// Serialises credit replays of this process.
     replay: tokio::sync::Mutex<()>,
+    /// Charged records handed to the recorder and not yet in the store (`Ledger`): a bank
+    /// rebuild waits until this node's charges are all in the record.
+    unstored: Arc<AtomicU64>,
+    /// Where the identity of the bank this node serves on is kept (next to its charge log),
+    /// so that a restart knows whether its unflushed batches belong to the bank Redis holds.
+    bank_file: Option<PathBuf>,
+}
+
+/// A rebuild of the bank in progress on this node (`Fleet::rebuild_step`).
+#[derive(Debug)]
+struct Rebuild {
+    since: Instant,
+    /// This node's calls have settled and its Redis-side state is dropped.
+    abandoned: bool,
+    /// ... and every charge is in the record: it said so in Redis (`rebuild:ready`).
+    ready: bool,
+    last_log: Option<Instant>,
+}
+
+impl Rebuild {
+    /// Whether a waiting message is due (at most one every 10 s).
+    fn log_due(&mut self) -> bool {
+        let due = self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            self.last_log = Some(Instant::now());
+        }
+        due
+    }
+}
+
+/// The identity of the bank a node last served on (`bank_file`), if it was recorded.
+pub fn read_bank_file(path: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Records the bank a node serves on (written whole, then renamed over the old file).
+pub fn write_bank_file(path: &std::path::Path, marker: &str) {
+    let tmp = path.with_extension("tmp");
+    let r = std::fs::write(&tmp, marker).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::warn!(error = %e, path = %path.display(), "cluster mode: cannot record the bank's identity");
+    }
 }
 
 impl std::fmt::Debug for Fleet {
@@ -86,12 +135,25 @@ impl std::fmt::Debug for Fleet {
 
 impl Fleet {
     pub fn new(allowances: Arc<Allowances>, store: Store) -> Arc<Fleet> {
+        Fleet::with_rebuild(allowances, store, Arc::new(AtomicU64::new(0)), None)
+    }
+
+    /// `unstored`: the ledger's count of charged records not yet stored; `bank_file`: where
+    /// the identity of the bank this node serves on is recorded.
+    pub fn with_rebuild(
+        allowances: Arc<Allowances>,
+        store: Store,
+        unstored: Arc<AtomicU64>,
+        bank_file: Option<PathBuf>,
+    ) -> Arc<Fleet> {
         Arc::new(Fleet {
             allowances,
             store,
             ready: DashMap::new(),
             limits: DashMap::new(),
             replay: tokio::sync::Mutex::new(()),
+            unstored,
+            bank_file,
         })
     }
 
@@ -303,16 +365,48 @@ impl Fleet {
                 .clone()
                 .run_flusher(flush_every, shutdown.clone()),
         );
+        tokio::spawn(heartbeat(self.allowances.bank().clone(), shutdown.clone()));
+        let node = self.allowances.bank().node().to_string();
         let mut stop = shutdown;
         let mut failing = false;
+        let mut rebuild: Option<Rebuild> = None;
+        let mut registered = Instant::now();
         loop {
-            match self.replay_credits().await {
-                Ok(_) => failing = false,
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "credit replay failed; retrying");
+            if registered.elapsed() >= Duration::from_secs(10) {
+                // Says again that this node runs (an old process of the same node id that
+                // stopped after an upgrade hand-over removed it).
+                registered = Instant::now();
+                let (n, at) = (node.clone(), crate::tenancy::unix_now());
+                if let Err(e) = self.blocking(move |s| s.set_cluster_node(&n, Some(at))).await {
+                    tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
+                }
+            }
+            if self.allowances.bank().state_lost() {
+                let r = rebuild.get_or_insert_with(|| Rebuild {
+                    since: Instant::now(),
+                    abandoned: false,
+                    ready: false,
+                    last_log: None,
+                });
+                match self.rebuild_step(r).await {
+                    Ok(true) => rebuild = None,
+                    Ok(false) => {}
+                    Err(e) => {
+                        if r.log_due() {
+                            tracing::warn!(error = %e, "credit bank rebuild: a step failed; retrying");
+                        }
                     }
-                    failing = true;
+                }
+            } else {
+                rebuild = None;
+                match self.replay_credits().await {
+                    Ok(_) => failing = false,
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "credit replay failed; retrying");
+                        }
+                        failing = true;
+                    }
                 }
             }
             tokio::select! {
@@ -324,7 +418,120 @@ impl Fleet {
                 }
             }
         }
-        let _ = flusher.await;
+        if let Ok(left) = flusher.await {
+            if left.is_clean() && !self.allowances.bank().state_lost() {
+                // Everything given back and flushed: a rebuild need not wait for this node.
+                if let Err(e) = self.blocking(move |s| s.set_cluster_node(&node, None)).await {
+                    tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
+                }
+            }
+        }
+    }
+
+    /// One step of rebuilding the bank after Redis lost it (called every few hundred ms while
+    /// `Bank::state_lost`). Returns `Ok(true)` once this node serves on the rebuilt bank.
+    ///
+    /// 1. Wait until this node's calls in flight have settled (calls are refused meanwhile),
+    ///    then drop its Redis-side state (`Allowances::abandon`): its charges are in the
+    ///    record, and the new bank is seeded from the record.
+    /// 2. Wait until the recorder has stored every charge, then say so in Redis
+    ///    (`rebuild:ready`).
+    /// 3. Any ready node publishes a new bank once every node of the registry (the record's
+    ///    list of running nodes) and every process alive in Redis is ready (`Bank::publish`).
+    /// 4. Each ready node adopts the new bank, forgets what it knew of the old one, and the
+    ///    credit replay starts over (cursor 0: every credit entry once, tenants seeded lazily).
+    async fn rebuild_step(&self, r: &mut Rebuild) -> Result<bool, FleetError> {
+        let bank = self.allowances.bank().clone();
+        if !r.abandoned {
+            let held = self.allowances.held();
+            if held != 0 {
+                if r.log_due() {
+                    tracing::warn!(held, "credit bank rebuild: waiting for this node's calls in flight to settle");
+                }
+                return Ok(false);
+            }
+            let dropped = self.allowances.abandon().await;
+            r.abandoned = true;
+            tracing::warn!(
+                charges_in_record = dropped,
+                "credit bank rebuild: this node dropped its leases and unflushed batches (their charges are in the record)"
+            );
+            return Ok(false);
+        }
+        if !r.ready {
+            let unstored = self.unstored.load(Ordering::Acquire);
+            if unstored != 0 || self.allowances.held() != 0 {
+                if r.log_due() {
+                    tracing::warn!(unstored, "credit bank rebuild: waiting for this node's charges to reach the record");
+                }
+                return Ok(false);
+            }
+            bank.rebuild_ready().await?;
+            r.ready = true;
+            tracing::info!("credit bank rebuild: this node's charges are all in the record; ready");
+        }
+        let current = bank.current_marker().await?;
+        if let Some(m) = current.as_deref().filter(|m| *m != bank.marker()) {
+            if bank.adopt(m).await? {
+                self.adopted(m, r.since);
+                return Ok(true);
+            }
+        }
+        let seen = current.unwrap_or_default();
+        let (required, cursor) = self
+            .blocking(|s| Ok((s.cluster_nodes()?, s.last_credit_seq()?)))
+            .await?;
+        let required: Vec<String> = required.into_iter().map(|(n, _)| n).collect();
+        match bank.publish(&seen, &required, cursor).await? {
+            Publish::Published(id) => {
+                tracing::warn!(bank = %id, nodes = ?required, "credit bank rebuild: published a new bank; it is seeded from the record");
+                if bank.adopt(&id).await? {
+                    self.adopted(&id, r.since);
+                    return Ok(true);
+                }
+            }
+            Publish::Waiting(who) => {
+                if r.log_due() {
+                    tracing::warn!(
+                        waiting_for = %who,
+                        after_s = r.since.elapsed().as_secs(),
+                        "credit bank rebuild: waiting for a node of the registry or a live process to be ready; a node that is gone for good can be removed with `tollgate cluster forget <node>` (docs/billing.md)"
+                    );
+                }
+            }
+            Publish::Moved(_) => {}
+        }
+        Ok(false)
+    }
+
+    /// This node serves on the rebuilt bank `marker`: what it knew of the old one goes.
+    fn adopted(&self, marker: &str, since: Instant) {
+        self.ready.clear();
+        self.limits.clear();
+        if let Some(path) = &self.bank_file {
+            write_bank_file(path, marker);
+        }
+        tracing::warn!(bank = %marker, after_ms = since.elapsed().as_millis() as u64,
+            "credit bank rebuilt from the record; this node serves again");
+    }
+}
+
+/// Cluster mode: tells Redis every 250 ms that this process is alive, so that a bank rebuild
+/// waits for it (`Bank::publish`).
+async fn heartbeat(
+    bank: Arc<super::cluster::Bank>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let _ = bank.heartbeat().await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
     }
 }
 

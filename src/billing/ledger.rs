@@ -455,6 +455,12 @@ impl Ledger {
         }
     }
 
+    /// The count of charged records handed to the recorder and not yet stored (cluster mode's
+    /// bank rebuild waits for it to reach zero).
+    pub fn unstored_handle(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.unstored.clone()
+    }
+
     /// The most charged records allowed to wait for the store before calls are refused.
     pub fn set_max_unstored(&self, n: u64) {
         self.max_unstored

@@ -778,6 +778,13 @@ pub trait Ledger: Send + Sync {
         after: Option<StatementPos>,
         limit: u32,
     ) -> Result<Vec<StatementRow>, StoreError>;
+    /// Cluster mode's registry of nodes (`meta` rows `cluster_node:<id>`): `Some(since)`
+    /// records the node as running, `None` removes it (a clean stop, or `cluster forget`).
+    async fn set_cluster_node(&self, node: &str, running: Option<i64>) -> Result<(), StoreError>;
+    /// The running nodes of the registry, with the time (unix s) they last said so.
+    async fn cluster_nodes(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The sequence number of the last credit entry (0: none): a rebuilt bank's cursor.
+    async fn last_credit_seq(&self) -> Result<i64, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -917,6 +924,16 @@ impl Ledger for Store {
             s.statement_page(tenant, from_ms, to_ms, after, limit)
         })
         .await
+    }
+    async fn set_cluster_node(&self, node: &str, running: Option<i64>) -> Result<(), StoreError> {
+        let node = node.to_string();
+        blocking(self, move |s| s.set_cluster_node(&node, running)).await
+    }
+    async fn cluster_nodes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        blocking(self, |s| s.cluster_nodes()).await
+    }
+    async fn last_credit_seq(&self) -> Result<i64, StoreError> {
+        blocking(self, |s| s.last_credit_seq()).await
     }
 }
 

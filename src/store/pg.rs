@@ -19,7 +19,7 @@ use crate::store::sqlite::{
     IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign,
     RedemptionCode, RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
 };
-use crate::store::sqlite::{NewKey, StoreError, UserPrincipal};
+use crate::store::sqlite::{NewKey, StoreError, UserPrincipal, CLUSTER_NODE};
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
 use crate::tenancy::limits::Limits;
 use crate::tenancy::limits::LimitsPatch;
@@ -1861,6 +1861,47 @@ impl Ledger for PgStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
+    }
+
+    async fn set_cluster_node(&self, node: &str, running: Option<i64>) -> Result<(), StoreError> {
+        let k = format!("{CLUSTER_NODE}{node}");
+        match running {
+            Some(at) => {
+                sqlx::query(
+                    "INSERT INTO meta (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                )
+                .bind(&k)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM meta WHERE k = $1")
+                    .bind(&k)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn cluster_nodes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT k, v FROM meta WHERE k LIKE 'cluster\\_node:%' ORDER BY k")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(CLUSTER_NODE)?.to_string(), v)))
+            .collect())
+    }
+
+    async fn last_credit_seq(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM ledger_entries WHERE kind <> 'charge'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0))
     }
 }
 

@@ -47,6 +47,9 @@ impl StoreError {
     }
 }
 
+/// The `meta` key prefix of cluster mode's node registry.
+pub const CLUSTER_NODE: &str = "cluster_node:";
+
 /// Ordered schema migrations; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
     // 1: tenants, keys, usage events
@@ -3838,6 +3841,55 @@ impl Store {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Cluster mode's registry of nodes: `Some(since)` (unix s) records `node` as running,
+    /// `None` removes it (a clean stop, or `tollgate cluster forget`). A bank rebuild waits
+    /// for every running node (docs/billing.md).
+    pub fn set_cluster_node(&self, node: &str, running: Option<i64>) -> Result<(), StoreError> {
+        pg!(self, { let node = node.to_string(); } s => crate::store::Ledger::set_cluster_node(&s, &node, running).await);
+        let k = format!("{CLUSTER_NODE}{node}");
+        self.with(|c| {
+            match running {
+                Some(at) => c.execute(
+                    "INSERT INTO meta (k, v) VALUES (?1, ?2) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                    params![k, at],
+                )?,
+                None => c.execute("DELETE FROM meta WHERE k = ?1", params![k])?,
+            };
+            Ok(())
+        })
+    }
+
+    /// The running nodes of the registry, with the time (unix s) they last said so.
+    pub fn cluster_nodes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::cluster_nodes(&s).await);
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT k, v FROM meta WHERE k LIKE 'cluster\\_node:%' ESCAPE '\\' ORDER BY k",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (k, v) = row?;
+                if let Some(node) = k.strip_prefix(CLUSTER_NODE) {
+                    out.push((node.to_string(), v));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The sequence number of the last credit entry (0: none): a rebuilt bank's cursor.
+    pub fn last_credit_seq(&self) -> Result<i64, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::last_credit_seq(&s).await);
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM ledger_entries WHERE kind != 'charge'",
+                [],
+                |r| r.get(0),
+            )?)
         })
     }
 

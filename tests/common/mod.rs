@@ -277,8 +277,18 @@ impl Gateway {
 
     /// SIGKILL the gateway and start it again on the same config and database.
     pub async fn kill_and_restart(&mut self) {
+        self.kill_now();
+        self.start_again().await;
+    }
+
+    /// SIGKILL the gateway (`start_again` starts it on the same config and database).
+    pub fn kill_now(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Start a killed gateway again on the same config and database; waits until it is ready.
+    pub async fn start_again(&mut self) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.path().join("gateway.log"))
