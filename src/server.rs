@@ -341,10 +341,15 @@ impl BackgroundService for ClusterService {
         {
             let (store, node) = (self.app.store.clone(), s.node_id.clone());
             let at = crate::tenancy::unix_now();
-            match tokio::task::spawn_blocking(move || store.set_cluster_node(&node, Some(at))).await {
+            match tokio::task::spawn_blocking(move || store.set_cluster_node(&node, Some(at))).await
+            {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cluster mode: cannot write the node registry"),
-                Err(e) => tracing::warn!(error = %e, "cluster mode: cannot write the node registry"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cluster mode: cannot write the node registry")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster mode: cannot write the node registry")
+                }
             }
         }
         let bank_file = self.charge_log.dir().join("bank.id");

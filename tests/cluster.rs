@@ -531,14 +531,21 @@ async fn a_redis_that_lost_its_state_is_rebuilt_from_the_record_under_load() {
         assert!(Instant::now() < deadline, "no rebuild within 15 s:\n{log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("rebuilt on every node {:?} after the FLUSHALL", lost.elapsed());
+    eprintln!(
+        "rebuilt on every node {:?} after the FLUSHALL",
+        lost.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let ok = stop_load(&stop, tasks).await;
     assert!(ok > 20, "only {ok} calls succeeded");
     let log = logs(&nodes);
     assert_eq!(log.matches("Redis lost its state").count(), 3, "{log}");
     // One node published the bank at the fleet's first start, one after the loss.
-    assert_eq!(log.matches("published a new bank").count(), 2, "one node publishes: {log}");
+    assert_eq!(
+        log.matches("published a new bank").count(),
+        2,
+        "one node publishes: {log}"
+    );
     for gw in &nodes {
         let r = gw.client.get(gw.admin_url("/readyz")).send().await.unwrap();
         assert_eq!(r.status(), 200, "ready again after the rebuild");
@@ -565,12 +572,18 @@ async fn a_bank_rebuild_waits_for_a_dead_node_then_the_books_are_exact() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = join(tasks).await;
     let ok = statuses.iter().filter(|s| **s == 200).count();
-    assert!(statuses.iter().all(|s| [200, 503, 0].contains(s)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 503, 0].contains(s)),
+        "{statuses:?}"
+    );
     for gw in &nodes[..2] {
         let r = gw.client.get(gw.admin_url("/readyz")).send().await.unwrap();
         assert_eq!(r.status(), 503, "ready while the bank waits for n3");
         let call = gw
-            .chat_with_key(&key, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .chat_with_key(
+                &key,
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+            )
             .send()
             .await
             .unwrap();
@@ -582,7 +595,10 @@ async fn a_bank_rebuild_waits_for_a_dead_node_then_the_books_are_exact() {
     let lost_calls = statuses.iter().filter(|s| **s == 0).count();
     for gw in &nodes {
         let r = gw
-            .chat_with_key(&key, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}))
+            .chat_with_key(
+                &key,
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "after"}]}),
+            )
             .send()
             .await
             .unwrap();
@@ -612,8 +628,11 @@ async fn a_forgotten_node_no_longer_holds_up_a_rebuild() {
     flushall(&redis).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let call = |gw: &Gateway| {
-        gw.chat_with_key(&key, json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
+        gw.chat_with_key(
+            &key,
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
     };
     assert_eq!(call(&nodes[0]).await.unwrap().status(), 503);
     let cli = |args: &[&str]| {
@@ -623,7 +642,11 @@ async fn a_forgotten_node_no_longer_holds_up_a_rebuild() {
             .arg(&nodes[0].config_path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let listed = cli(&["cluster", "nodes"]);
@@ -635,7 +658,11 @@ async fn a_forgotten_node_no_longer_holds_up_a_rebuild() {
     for gw in &nodes[..2] {
         let deadline = Instant::now() + Duration::from_secs(10);
         while call(gw).await.unwrap().status() != 200 {
-            assert!(Instant::now() < deadline, "no rebuild after forget:\n{}", gw.log());
+            assert!(
+                Instant::now() < deadline,
+                "no rebuild after forget:\n{}",
+                gw.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -322,21 +322,19 @@ async fn records_waiting_for_postgresql_are_bounded_and_calls_fail_closed_beyond
 /// The fleet under load through a Redis restart and then a PostgreSQL restart (each stopped as
 /// by a crash): calls fail closed while Redis is away, keep being served while PostgreSQL is,
 /// and afterwards Redis, the PostgreSQL ledger and the calls served agree exactly.
-#[tokio::test]
-async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
-    let mut pg = Postgres::start();
-    let url = pg.database("restarts");
-    let mut redis = Redis::start();
-    let m = mock().await;
-    let (nodes, key, _) = pg_fleet(&m, &url, &redis, "50").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// Six clients calling round-robin over the nodes until `stop`; each returns its statuses.
+fn pg_load(
+    nodes: &[Gateway],
+    key: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<u16>>> {
     let mut workers = Vec::new();
     for w in 0..6usize {
         let urls: Vec<String> = nodes
             .iter()
             .map(|g| g.url("/v1/chat/completions"))
             .collect();
-        let (key, stop) = (key.clone(), stop.clone());
+        let (key, stop) = (key.to_string(), stop.clone());
         workers.push(tokio::spawn(async move {
             let c = reqwest::Client::new();
             let mut seen = Vec::new();
@@ -358,11 +356,17 @@ async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
             seen
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    redis.restart();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    pg.restart();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    workers
+}
+
+/// Stops `pg_load`; every call was served or refused (503), and the 3 warm-up calls and the
+/// calls served are each charged once, Redis agreeing with the ledger to the nano-credit.
+async fn stop_with_exact_books(
+    nodes: &[Gateway],
+    stop: &std::sync::atomic::AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<Vec<u16>>>,
+    what: &str,
+) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut statuses = Vec::new();
     for w in workers {
@@ -396,8 +400,49 @@ async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!(
-        "{ok} of {} calls served through a Redis and a PostgreSQL restart",
-        statuses.len()
-    );
+    eprintln!("{ok} of {} calls served through {what}", statuses.len());
+}
+
+#[tokio::test]
+async fn the_fleet_keeps_exact_books_through_redis_and_postgresql_restarts() {
+    let mut pg = Postgres::start();
+    let url = pg.database("restarts");
+    let mut redis = Redis::start();
+    let m = mock().await;
+    let (nodes, key, _) = pg_fleet(&m, &url, &redis, "50").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = pg_load(&nodes, &key, &stop);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_with_exact_books(&nodes, &stop, workers, "a Redis and a PostgreSQL restart").await;
+}
+
+/// Redis loses the bank under load (FLUSHALL): the nodes drop their Redis-side state once
+/// their charges are in PostgreSQL, one publishes a new bank, each tenant is seeded from the
+/// record again, and the books stay exact.
+#[tokio::test]
+async fn a_bank_lost_under_load_is_rebuilt_from_postgresql_with_exact_books() {
+    let pg = Postgres::start();
+    let url = pg.database("rebuild");
+    let redis = Redis::start();
+    let m = mock().await;
+    let (nodes, key, _) = pg_fleet(&m, &url, &redis, "50").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers = pg_load(&nodes, &key, &stop);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop_with_exact_books(&nodes, &stop, workers, "a Redis that lost the bank").await;
+    for gw in &nodes {
+        assert!(
+            gw.log().contains("credit bank rebuilt from the record"),
+            "{}",
+            gw.log()
+        );
+    }
 }

@@ -698,6 +698,29 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
         ),
         "{backend}: an entry id is used once"
     );
+    let credits = s.credits_after(0, 100).await.unwrap();
+    assert_eq!(credits.len(), 1, "{backend}");
+    assert_eq!(
+        s.last_credit_seq().await.unwrap(),
+        credits[0].seq,
+        "{backend}"
+    );
+    // Cluster mode's registry of running nodes (a bank rebuild waits for each).
+    assert!(s.cluster_nodes().await.unwrap().is_empty(), "{backend}");
+    s.set_cluster_node("n1", Some(100)).await.unwrap();
+    s.set_cluster_node("n_2", Some(200)).await.unwrap();
+    s.set_cluster_node("n1", Some(150)).await.unwrap();
+    assert_eq!(
+        s.cluster_nodes().await.unwrap(),
+        [("n1".to_string(), 150), ("n_2".to_string(), 200)],
+        "{backend}"
+    );
+    s.set_cluster_node("n1", None).await.unwrap();
+    assert_eq!(
+        s.cluster_nodes().await.unwrap(),
+        [("n_2".to_string(), 200)],
+        "{backend}"
+    );
     assert!(
         matches!(
             s.credit(TenantId(9_999), EntryKind::TopUp, 5, None, None, "x")

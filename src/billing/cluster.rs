@@ -149,7 +149,9 @@ pub enum BankError {
     /// Redis no longer holds the bank this node serves on (it lost its state, or the bank was
     /// rebuilt without this node): nothing was applied, and the node refuses calls until it
     /// takes part in the rebuild (`Bank::adopt`).
-    #[error("the credit bank lost its state; calls are refused until it is rebuilt from the record")]
+    #[error(
+        "the credit bank lost its state; calls are refused until it is rebuilt from the record"
+    )]
     Lost,
     #[error("insufficient credit: {available} nano-credits available")]
     Insufficient { available: i64 },
@@ -970,9 +972,12 @@ impl Bank {
             .map_err(|_| BankError::Timeout { ms })??;
             Some(m)
         } else {
-            tokio::time::timeout(cfg.op_timeout, redis::cmd("GET").arg(&key).query_async(&mut conn))
-                .await
-                .map_err(|_| BankError::Timeout { ms })??
+            tokio::time::timeout(
+                cfg.op_timeout,
+                redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| BankError::Timeout { ms })??
         };
         let lost = marker.is_none();
         let marker = marker.unwrap_or_default();
@@ -1015,9 +1020,12 @@ impl Bank {
                 for code in &scripts.codes {
                     let mut load = redis::cmd("SCRIPT");
                     load.arg("LOAD").arg(code);
-                    tokio::time::timeout(self.cfg.op_timeout, c.route_command(load, on_slot(route)))
-                        .await
-                        .map_err(|_| BankError::Timeout { ms })??;
+                    tokio::time::timeout(
+                        self.cfg.op_timeout,
+                        c.route_command(load, on_slot(route)),
+                    )
+                    .await
+                    .map_err(|_| BankError::Timeout { ms })??;
                 }
             }
             _ => {
@@ -1314,7 +1322,11 @@ impl Bank {
         let mut n = 0u64;
         loop {
             let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
             let (next, keys): (u64, Vec<String>) = self.keyless(scan).await?;
             let doomed: Vec<&String> = keys
                 .iter()
@@ -3168,6 +3180,115 @@ mod tests {
             assert_eq!(a.lost(), 0);
             assert_eq!(a.local(TENANT), LocalAllowance::default());
         }
+    }
+
+    /// The rebuild protocol on one Redis: a stale bank (a replica promoted with old data) fences
+    /// every write of a node, and a new bank is published only once every node of the
+    /// registry and every live process is ready; the stale keys go, the epochs stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_bank_is_fenced_then_published_once_everyone_is_ready() {
+        let s = Server::start();
+        let b1 = bank(&s, "n1").await;
+        let b2 = bank(&s, "n2").await;
+        b1.credit(1, 1_000_000, "topup").await.unwrap();
+        assert_eq!(b1.lease(1, 400_000).await.unwrap(), 400_000);
+        let client = redis::Client::open(s.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("tg:bank")
+            .arg("stale")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        // The fence: nothing is written into a bank this node does not serve on.
+        assert!(matches!(
+            b1.credit(1, 5, "late").await,
+            Err(BankError::Lost)
+        ));
+        assert!(b1.state_lost());
+        assert!(!b2.probe().await, "the probe sees the changed bank");
+        assert!(b2.state_lost());
+        let bal: Option<String> = redis::cmd("GET")
+            .arg("tg:bal:1")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            bal.as_deref(),
+            Some("600000"),
+            "the fenced credit wrote nothing"
+        );
+
+        b1.heartbeat().await.unwrap();
+        b2.heartbeat().await.unwrap();
+        b1.rebuild_ready().await.unwrap();
+        let nodes = ["n1".to_string(), "n2".to_string()];
+        // n3 is in the registry but not ready; then n2's process is alive but not ready.
+        let with_n3 = ["n1".to_string(), "n3".to_string()];
+        assert_eq!(
+            b1.publish("stale", &with_n3, 7).await.unwrap(),
+            Publish::Waiting("n3".into())
+        );
+        assert_eq!(
+            b1.publish("stale", &nodes[..1], 7).await.unwrap(),
+            Publish::Waiting(format!("n2:{}", b2.epoch()))
+        );
+        b2.rebuild_ready().await.unwrap();
+        // The stale bank is wiped first (its balance, leases, markers), then published.
+        assert_eq!(
+            b1.publish("stale", &nodes, 7).await.unwrap(),
+            Publish::Moved(String::new())
+        );
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("tg:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut left: Vec<&str> = left
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !k.starts_with("tg:epoch:"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["tg:alive", "tg:rebuild:ready"]);
+        let id = match b1.publish("", &nodes, 7).await.unwrap() {
+            Publish::Published(id) => id,
+            other => panic!("{other:?}"),
+        };
+        // Published once: a second try sees the new bank.
+        assert_eq!(
+            b2.publish("", &nodes, 9).await.unwrap(),
+            Publish::Moved(id.clone())
+        );
+        assert!(b1.adopt(&id).await.unwrap());
+        assert!(b2.adopt(&id).await.unwrap());
+        assert!(!b1.state_lost() && b2.probe().await);
+        assert_eq!(b1.cursor().await.unwrap(), 7);
+        assert_eq!(b1.snapshot(1).await.unwrap(), TenantTotals::default());
+        assert!(b1.seed(1, 1_000_000, 250_000, 7).await.unwrap());
+        assert_eq!(b2.lease(1, 900_000).await.unwrap(), 750_000);
+        // A process that was not ready when the bank was published does not adopt it.
+        let late = Bank::connect_with(
+            &s.url(),
+            "n4",
+            "tg:",
+            BankConfig {
+                create_bank: false,
+                ..fast()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            !late.adopt(&id).await.unwrap(),
+            "not a member of the rebuild"
+        );
+        assert_eq!(
+            late.marker(),
+            id,
+            "a node starting now serves on the bank Redis holds"
+        );
+        assert!(!late.state_lost());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

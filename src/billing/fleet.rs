@@ -377,7 +377,10 @@ impl Fleet {
                 // stopped after an upgrade hand-over removed it).
                 registered = Instant::now();
                 let (n, at) = (node.clone(), crate::tenancy::unix_now());
-                if let Err(e) = self.blocking(move |s| s.set_cluster_node(&n, Some(at))).await {
+                if let Err(e) = self
+                    .blocking(move |s| s.set_cluster_node(&n, Some(at)))
+                    .await
+                {
                     tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
                 }
             }
@@ -421,7 +424,10 @@ impl Fleet {
         if let Ok(left) = flusher.await {
             if left.is_clean() && !self.allowances.bank().state_lost() {
                 // Everything given back and flushed: a rebuild need not wait for this node.
-                if let Err(e) = self.blocking(move |s| s.set_cluster_node(&node, None)).await {
+                if let Err(e) = self
+                    .blocking(move |s| s.set_cluster_node(&node, None))
+                    .await
+                {
                     tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
                 }
             }
@@ -446,7 +452,10 @@ impl Fleet {
             let held = self.allowances.held();
             if held != 0 {
                 if r.log_due() {
-                    tracing::warn!(held, "credit bank rebuild: waiting for this node's calls in flight to settle");
+                    tracing::warn!(
+                        held,
+                        "credit bank rebuild: waiting for this node's calls in flight to settle"
+                    );
                 }
                 return Ok(false);
             }
@@ -462,7 +471,10 @@ impl Fleet {
             let unstored = self.unstored.load(Ordering::Acquire);
             if unstored != 0 || self.allowances.held() != 0 {
                 if r.log_due() {
-                    tracing::warn!(unstored, "credit bank rebuild: waiting for this node's charges to reach the record");
+                    tracing::warn!(
+                        unstored,
+                        "credit bank rebuild: waiting for this node's charges to reach the record"
+                    );
                 }
                 return Ok(false);
             }
