@@ -2,7 +2,8 @@
 //! Cluster mode end to end: three gateway processes share one real redis-server (and one SQLite
 //! record); a balance and a quota are never overspent across nodes; totals in Redis, the SQL
 //! ledger and the usage events agree exactly; a Redis restart mid-run and a node SIGKILLed
-//! mid-run cost no credit and double-count nothing.
+//! mid-run cost no credit and double-count nothing; a Redis that lost the bank is rebuilt from
+//! the record (waiting for a dead node, or without a forgotten one).
 
 mod common;
 
