@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A fleet: N gateway nodes in cluster mode (one Redis for credit) serving one load, with the
-# record in one SQLite file shared by the nodes (A: a fleet on one host, the store as before
-# issue 15) and in PostgreSQL (B: what nodes on several hosts use), repetitions interleaved.
-# Reports, per mode, the fleet's throughput, latency, the gateway CPU per call (all nodes), the
-# CPU per call of PostgreSQL's and Redis's servers, and the ratios B/A (issue 15's target:
-# throughput >= 0.95).
+# record in PostgreSQL (B: what nodes on several hosts use) or in one SQLite file shared by the
+# nodes (A: a fleet on one host, the store as before issue 15), against the same load on one
+# node in embedded mode (E: SQLite, no Redis; as many worker threads as the fleet has), on the
+# same CPUs; repetitions interleaved. Reports, per mode, the throughput, latency, the gateway
+# CPU per call (all nodes), the CPU per call of PostgreSQL's and Redis's servers, and the ratios
+# B/E (issue 15's target: throughput >= 0.95) and B/A.
 #
 #   N=2 REPS=3 DURATION=8 bench/fleet.sh                 # this 2-core machine: nodes on CPU 1
 #   N=3 NODE_CPUS=2-7 AUX_CPUS=0-1 bench/fleet.sh        # a bigger machine: give the nodes
@@ -44,7 +45,7 @@ cleanup() {
   as_pg "$PGBIN/pg_ctl" stop -m fast -D "$W/pg/data" >/dev/null 2>&1 || true
   sleep 0.5
   for p in "${NODE_PIDS[@]}" "${AUX_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$W"
+  [ -n "${KEEP:-}${PERF:-}" ] || rm -rf "$W"
 }
 trap cleanup EXIT
 
@@ -93,8 +94,9 @@ node_ticks() {
 # PostgreSQL database) and an empty Redis; tenant `bench` topped up, a key every node knows.
 PORTS=()
 start() {
-  local mode=$1 rep=$2 i store
+  local mode=$1 rep=$2 i store nodes=$N threads=$THREADS
   redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+  [[ $mode == E ]] && { nodes=1; threads=$((THREADS * N)); }
   if [[ $mode == B ]]; then
     "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U tollgate "fleet$rep"
     store="url = \"postgres://tollgate@127.0.0.1:$PG_PORT/fleet$rep\""
@@ -102,20 +104,22 @@ start() {
     mkdir -p "$W/shared-$rep"
   fi
   NODE_PIDS=(); PORTS=(); ADMINS=()
-  for i in $(seq "$N"); do
+  for i in $(seq "$nodes"); do
     local dir=$W/$mode-$rep-n$i port admin
     mkdir -p "$dir"
     port=$(free_port); admin=$(free_port)
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@ADMIN_PORT@|$admin|g" \
-        -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|$THREADS|g" -e "s|@BREAKER_THRESHOLD@|5|g" \
+        -e "s|@MOCK_PORT@|$MOCK_PORT|g" -e "s|@THREADS@|$threads|g" -e "s|@BREAKER_THRESHOLD@|5|g" \
         "$BENCH_DIR/tollgate.toml.in" >"$dir/tollgate.toml"
     if [[ $mode == A ]]; then
       # One SQLite file for every node (its charge logs side by side, one per process).
       sed -i "s|^sqlite_path = .*|sqlite_path = \"$W/shared-$rep/tollgate.db\"|" "$dir/tollgate.toml"
-    else
+    elif [[ $mode == B ]]; then
       sed -i "s|^sqlite_path = .*|&\n$store|" "$dir/tollgate.toml"
     fi
-    printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s"\nnode_id = "n%s"\n' "$REDIS_PORT" "$i" >>"$dir/tollgate.toml"
+    if [[ $mode != E ]]; then
+      printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s"\nnode_id = "n%s"\n' "$REDIS_PORT" "$i" >>"$dir/tollgate.toml"
+    fi
     taskset -c "$NODE_CPUS" "$BIN" run --config "$dir/tollgate.toml" >"$dir/tollgate.log" 2>&1 &
     NODE_PIDS+=($!); PORTS+=("$port"); ADMINS+=("$admin")
     for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz" && break; sleep 0.05; done
@@ -151,18 +155,31 @@ stop_nodes() {
 RESULTS=$W/results.jsonl
 : >"$RESULTS"
 HZ=$(getconf CLK_TCK)
+read -ra MODE_LIST <<<"${MODES:-E A B}"
 for rep in $(seq "$REPS"); do
-  for k in 0 1; do
-    mode=$([[ $(( (k + rep) % 2 )) == 0 ]] && echo A || echo B)
+  for k in $(seq 0 $((${#MODE_LIST[@]} - 1))); do
+    mode=${MODE_LIST[$(( (k + rep) % ${#MODE_LIST[@]} ))]}
     start "$mode" "$rep"
     FLEET_PORTS=$(IFS=,; echo "${PORTS[*]}") taskset -c "$AUX_CPUS" \
       wrk -t"$N" -c"$CONNS" -d2s -s "$BENCH_DIR/fleet.lua" "http://127.0.0.1:${PORTS[0]}" >/dev/null 2>&1
     n0=$(node_ticks); p0=$(ticks_of postgres); r0=$(ticks_of redis-server)
     out=$W/$mode-$rep.json
+    if [[ -n ${PERF:-} && $rep == 1 ]]; then
+      # PERF=1: where the nodes' CPU goes (first repetition of each mode), by symbol.
+      perf record -q -e cpu-clock -F 1999 -p "$(IFS=,; echo "${NODE_PIDS[*]}")" -o "$W/$mode.perf" \
+        -- sleep $((DURATION - 1)) >/dev/null 2>&1 &
+      PERF_PID=$!
+    fi
     FLEET_PORTS=$(IFS=,; echo "${PORTS[*]}") BENCH_OUT=$out taskset -c "$AUX_CPUS" \
       wrk -t"$N" -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$BENCH_DIR/fleet.lua" \
       "http://127.0.0.1:${PORTS[0]}" >"${out%.json}.txt" 2>&1
     n1=$(node_ticks); p1=$(ticks_of postgres); r1=$(ticks_of redis-server)
+    if [[ -n ${PERF:-} && $rep == 1 ]]; then
+      wait "$PERF_PID" || true
+      perf report -i "$W/$mode.perf" --no-children --sort sym --percent-limit 0.4 --stdio 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -60 >"$W/$mode.perf.txt" || true
+      log "$mode: profile by symbol in $W/$mode.perf.txt"
+    fi
     if grep -q 'Non-2xx\|Socket errors' "${out%.json}.txt"; then
       cat "${out%.json}.txt" >&2
       log "$mode rep $rep: errors (see above)"
@@ -188,13 +205,17 @@ python3 - "$RESULTS" "$N" "$THREADS" "${BENCH_DELAY_MS:-0}" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda m, k: statistics.median(r[k] for r in rows if r["mode"] == m)
+modes = [m for m in "EAB" if any(r["mode"] == m for r in rows)]
 print(f"{sys.argv[2]} nodes x {sys.argv[3]} worker thread(s), delay {sys.argv[4]} ms; "
-      "A = record in one shared SQLite file, B = record in PostgreSQL (both: credit in Redis)")
+      "E = one embedded node (SQLite, no Redis), A = the fleet on one shared SQLite file, "
+      "B = the fleet on PostgreSQL (A and B: credit in Redis)")
 print("| mode | req/s (median) | p50 µs | p99 µs | nodes CPU µs/call | PostgreSQL µs/call | Redis µs/call |")
 print("|---|---|---|---|---|---|---|")
-for m in "AB":
+for m in modes:
     print(f"| {m} | {med(m, 'rps'):,.0f} | {med(m, 'p50_us'):.0f} | {med(m, 'p99_us'):.0f} | "
           f"{med(m, 'nodes_cpu_us'):.2f} | {med(m, 'pg_cpu_us'):.2f} | {med(m, 'redis_cpu_us'):.2f} |")
-print(f"B/A: throughput {med('B', 'rps') / med('A', 'rps'):.3f}, "
-      f"nodes' CPU per call {med('B', 'nodes_cpu_us') / med('A', 'nodes_cpu_us'):.3f}")
+for x, y in (("B", "E"), ("B", "A"), ("A", "E")):
+    if x in modes and y in modes:
+        print(f"{x}/{y}: throughput {med(x, 'rps') / med(y, 'rps'):.3f}, "
+              f"nodes' CPU per call {med(x, 'nodes_cpu_us') / med(y, 'nodes_cpu_us'):.3f}")
 EOF

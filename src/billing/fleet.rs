@@ -481,6 +481,9 @@ impl Fleet {
             bank.rebuild_ready().await?;
             r.ready = true;
             tracing::info!("credit bank rebuild: this node's charges are all in the record; ready");
+        } else {
+            // Again at every step (idempotent): Redis may have lost the ready set too.
+            bank.rebuild_ready().await?;
         }
         let current = bank.current_marker().await?;
         if let Some(m) = current.as_deref().filter(|m| *m != bank.marker()) {
