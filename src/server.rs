@@ -336,22 +336,6 @@ impl BackgroundService for ClusterService {
             create_bank: false,
             ..BankConfig::default()
         };
-        // In the record's registry of running nodes until a clean stop: a rebuild of the bank
-        // waits for every node there (docs/billing.md).
-        {
-            let (store, node) = (self.app.store.clone(), s.node_id.clone());
-            let at = crate::tenancy::unix_now();
-            match tokio::task::spawn_blocking(move || store.set_cluster_node(&node, Some(at))).await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cluster mode: cannot write the node registry")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster mode: cannot write the node registry")
-                }
-            }
-        }
         let bank_file = self.charge_log.dir().join("bank.id");
         let mut logged = false;
         let bank = loop {

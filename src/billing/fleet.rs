@@ -366,23 +366,17 @@ impl Fleet {
                 .run_flusher(flush_every, shutdown.clone()),
         );
         tokio::spawn(heartbeat(self.allowances.bank().clone(), shutdown.clone()));
-        let node = self.allowances.bank().node().to_string();
         let mut stop = shutdown;
         let mut failing = false;
         let mut rebuild: Option<Rebuild> = None;
-        let mut registered = Instant::now();
+        let mut registered: Option<Instant> = None;
         loop {
-            if registered.elapsed() >= Duration::from_secs(10) {
-                // Says again that this node runs (an old process of the same node id that
-                // stopped after an upgrade hand-over removed it).
-                registered = Instant::now();
-                let (n, at) = (node.clone(), crate::tenancy::unix_now());
-                if let Err(e) = self
-                    .blocking(move |s| s.set_cluster_node(&n, Some(at)))
-                    .await
-                {
-                    tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
-                }
+            if registered.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                // In the record's registry of running nodes until a clean stop (a rebuild of
+                // the bank waits for every node there), said again every 10 s: an old process
+                // of the same node id that stopped after an upgrade hand-over removed it.
+                registered = Some(Instant::now());
+                self.register(true).await;
             }
             if self.allowances.bank().state_lost() {
                 let r = rebuild.get_or_insert_with(|| Rebuild {
@@ -424,13 +418,17 @@ impl Fleet {
         if let Ok(left) = flusher.await {
             if left.is_clean() && !self.allowances.bank().state_lost() {
                 // Everything given back and flushed: a rebuild need not wait for this node.
-                if let Err(e) = self
-                    .blocking(move |s| s.set_cluster_node(&node, None))
-                    .await
-                {
-                    tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
-                }
+                self.register(false).await;
             }
+        }
+    }
+
+    /// Records this node in the registry as running, or removes it.
+    async fn register(&self, running: bool) {
+        let node = self.allowances.bank().node().to_string();
+        let at = running.then(crate::tenancy::unix_now);
+        if let Err(e) = self.blocking(move |s| s.set_cluster_node(&node, at)).await {
+            tracing::warn!(error = %e, "cluster mode: cannot update the node registry");
         }
     }
 
