@@ -82,9 +82,7 @@ async fn three_nodes_never_overspend_a_shared_balance_or_quota() {
 async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
     let mut redis = Redis::start();
     let m = mock().await;
-    let (nodes, key) = funded_fleet(&m, &redis.url(), "50").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = load(&nodes, &key, 6, stop.clone());
+    let (nodes, key, stop, tasks) = fleet_under_load(&m, &redis.url()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -100,9 +98,7 @@ async fn a_redis_restart_mid_run_fails_closed_and_loses_or_doubles_nothing() {
 async fn a_node_killed_mid_run_restarts_and_its_leases_come_back() {
     let redis = Redis::start();
     let m = mock().await;
-    let (mut nodes, key) = funded_fleet(&m, &redis.url(), "50").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = load(&nodes, &key, 6, stop.clone());
+    let (mut nodes, key, stop, tasks) = fleet_under_load(&m, &redis.url()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nodes[1].kill_and_restart().await; // SIGKILL, then the same node id starts again
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -516,9 +512,7 @@ fn logs(nodes: &[Gateway]) -> String {
 async fn a_redis_that_lost_its_state_is_rebuilt_from_the_record_under_load() {
     let redis = Redis::start();
     let m = mock().await;
-    let (nodes, key) = funded_fleet(&m, &redis.url(), "50").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = load(&nodes, &key, 6, stop.clone());
+    let (nodes, key, stop, tasks) = fleet_under_load(&m, &redis.url()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     flushall(&redis).await;
     let lost = Instant::now();
@@ -562,9 +556,7 @@ async fn a_redis_that_lost_its_state_is_rebuilt_from_the_record_under_load() {
 async fn a_bank_rebuild_waits_for_a_dead_node_then_the_books_are_exact() {
     let redis = Redis::start();
     let m = mock().await;
-    let (mut nodes, key) = funded_fleet(&m, &redis.url(), "50").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tasks = load(&nodes, &key, 6, stop.clone());
+    let (mut nodes, key, stop, tasks) = fleet_under_load(&m, &redis.url()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     nodes[2].kill_now();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -1225,16 +1225,20 @@ impl Bank {
 
     /// The identity of the bank Redis holds now (`None`: no bank).
     pub async fn current_marker(&self) -> Result<Option<String>, BankError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("{}bank", self.prefix));
+        self.keyed(cmd).await
+    }
+
+    /// A command on the bank's keys (routed by its key), within the operation timeout.
+    async fn keyed<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BankError> {
         let mut conn = self.connection();
         let ms = self.cfg.op_timeout.as_millis() as u64;
-        Ok(tokio::time::timeout(
-            self.cfg.op_timeout,
-            redis::cmd("GET")
-                .arg(format!("{}bank", self.prefix))
-                .query_async::<Option<String>>(&mut conn),
+        Ok(
+            tokio::time::timeout(self.cfg.op_timeout, cmd.query_async::<T>(&mut conn))
+                .await
+                .map_err(|_| BankError::Timeout { ms })??,
         )
-        .await
-        .map_err(|_| BankError::Timeout { ms })??)
     }
 
     /// This process in the rebuild's bookkeeping: the node id and its epoch (two processes
@@ -1255,17 +1259,10 @@ impl Bank {
     /// After losing the bank: this process has put every charge it made into the record
     /// and dropped its leases and unflushed batches (`Allowances::abandon`).
     pub async fn rebuild_ready(&self) -> Result<(), BankError> {
-        let mut conn = self.connection();
-        let ms = self.cfg.op_timeout.as_millis() as u64;
-        let _: i64 = tokio::time::timeout(
-            self.cfg.op_timeout,
-            redis::cmd("SADD")
-                .arg(format!("{}rebuild:ready", self.prefix))
-                .arg(self.member())
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| BankError::Timeout { ms })??;
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(format!("{}rebuild:ready", self.prefix))
+            .arg(self.member());
+        let _: i64 = self.keyed(cmd).await?;
         Ok(())
     }
 
@@ -1355,17 +1352,10 @@ impl Bank {
     /// the bank's member set). Its fenced scripts are replaced and loaded; the caller drops
     /// every cached view of the old bank (`Fleet`).
     pub async fn adopt(&self, marker: &str) -> Result<bool, BankError> {
-        let mut conn = self.connection();
-        let ms = self.cfg.op_timeout.as_millis() as u64;
-        let member: bool = tokio::time::timeout(
-            self.cfg.op_timeout,
-            redis::cmd("SISMEMBER")
-                .arg(format!("{}members:{marker}", self.prefix))
-                .arg(self.member())
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| BankError::Timeout { ms })??;
+        let mut cmd = redis::cmd("SISMEMBER");
+        cmd.arg(format!("{}members:{marker}", self.prefix))
+            .arg(self.member());
+        let member: bool = self.keyed(cmd).await?;
         if !member {
             return Ok(false);
         }
@@ -1668,16 +1658,9 @@ impl Bank {
 
     /// Whether the bank knows `tenant` (it was seeded or credited).
     pub async fn is_known(&self, tenant: i64) -> Result<bool, BankError> {
-        let mut conn = self.connection();
-        let ms = self.cfg.op_timeout.as_millis() as u64;
-        let n: i64 = tokio::time::timeout(
-            self.cfg.op_timeout,
-            redis::cmd("EXISTS")
-                .arg(self.key("credited", tenant))
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| BankError::Timeout { ms })??;
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(self.key("credited", tenant));
+        let n: i64 = self.keyed(cmd).await?;
         Ok(n == 1)
     }
 

@@ -190,6 +190,23 @@ pub async fn funded_fleet(
     (nodes, key)
 }
 
+/// The fleet on `url` with 50 RMB on `acme` (`funded_fleet`), and six clients calling it
+/// round-robin until the flag is set (`load`).
+pub async fn fleet_under_load(
+    m: &tollgate::mock::MockHandle,
+    url: &str,
+) -> (
+    Vec<Gateway>,
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<tokio::task::JoinHandle<Vec<u16>>>,
+) {
+    let (nodes, key) = funded_fleet(m, url, "50").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks = load(&nodes, &key, 6, stop.clone());
+    (nodes, key, stop, tasks)
+}
+
 /// Stops the load of `load`: every call got 200 or 503 (failed closed); how many were served.
 pub async fn stop_load(
     stop: &std::sync::atomic::AtomicBool,
