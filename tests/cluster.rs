@@ -548,6 +548,35 @@ async fn a_redis_that_lost_its_state_is_rebuilt_from_the_record_under_load() {
     serve_again_with_exact_books(&nodes, &key, ok).await;
 }
 
+/// Redis restarted from an older snapshot of the same bank (RDB only, no append-only file):
+/// the bank's identity is unchanged, but its write clock is below what the nodes saw after
+/// their own writes, so they mark it stale and rebuild it from the record; the books are exact.
+#[tokio::test]
+async fn a_redis_restored_from_an_older_snapshot_is_detected_and_rebuilt() {
+    let mut redis = Redis::start_with(&["--appendonly", "no"]);
+    let m = mock().await;
+    let (nodes, key, stop, tasks) = fleet_under_load(&m, &redis.url()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await; // writes the snapshot lacks
+    redis.restart(); // SIGKILL; starts again from the snapshot
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = logs(&nodes);
+        if log.matches("credit bank rebuilt from the record").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rebuild within 20 s:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ok = stop_load(&stop, tasks).await;
+    assert!(logs(&nodes).contains("Redis went back in time"));
+    serve_again_with_exact_books(&nodes, &key, ok).await;
+}
+
 /// A node SIGKILLed before Redis lost its state still has charges only in its own charge log:
 /// the rebuild waits for it (it is in the record's registry of running nodes), the others keep
 /// refusing; once it starts again and has put its charges into the record, the bank is rebuilt

@@ -551,6 +551,16 @@ redis.call('EXPIRE', members, 86400)
 return {'published', ARGV[2]}
 "#;
 
+// KEYS: bank. ARGV: the bank's id. Replaces it by a stale one (so that it is wiped before a
+// rebuild) if it is still the one there.
+const POISON_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], 'stale:' .. ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 // KEYS: bank. ARGV: a stale bank's id. Deletes it if it is still the one there.
 const DROP_STALE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -564,6 +574,7 @@ struct RebuildScripts {
     heartbeat: Script,
     publish: Script,
     drop_stale: Script,
+    poison: Script,
 }
 
 /// What [`Bank::publish`] did.
@@ -705,6 +716,10 @@ pub struct Bank {
     /// Redis does not hold this node's bank (lost since it connected, or none at start): it
     /// refuses to move credit (fail closed) until it takes part in the rebuild (`fleet.rs`).
     lost: AtomicBool,
+    /// The highest value of the bank's write clock (`<prefix>clock`, incremented after every
+    /// write that moves credit) seen after a write of this node that was durable (replicated,
+    /// behind Sentinel or in a Redis Cluster).
+    clock: AtomicI64,
 }
 
 impl std::fmt::Debug for Bank {
@@ -997,7 +1012,9 @@ impl Bank {
                 heartbeat: Script::new(HEARTBEAT_LUA),
                 publish: Script::new(PUBLISH_LUA),
                 drop_stale: Script::new(DROP_STALE_LUA),
+                poison: Script::new(POISON_LUA),
             },
+            clock: AtomicI64::new(0),
             timeouts: AtomicU32::new(0),
             reachable: AtomicBool::new(!lost),
             replicas: AtomicU32::new(0),
@@ -1114,6 +1131,15 @@ impl Bank {
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, BankError> {
         let r = self.run(inv).await?;
+        // The bank's write clock, after the write: a Redis that later shows a lower clock went
+        // back to a state before this write (`Bank::probe`). Until it is counted the write is
+        // not taken as done: an error here is one more ambiguous outcome, resolved by its id.
+        let clock: i64 = {
+            let mut c = redis::cmd("INCR");
+            c.arg(self.clock_key());
+            self.keyed(c).await?
+        };
+        let mut durable = true;
         if (self.sentinel.is_some() || self.slot.is_some())
             && self.replicas.load(Ordering::Relaxed) > 0
         {
@@ -1122,11 +1148,38 @@ impl Bank {
             cmd.arg(1).arg(ms / 2);
             let acked: i64 = self.keyless(cmd).await?;
             if acked < 1 {
+                durable = false;
                 self.unreplicated.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::METRICS.credit_bank_unreplicated.inc();
             }
         }
+        if durable {
+            self.clock.fetch_max(clock, Ordering::Relaxed);
+        }
         Ok(r)
+    }
+
+    fn clock_key(&self) -> String {
+        format!("{}clock", self.prefix)
+    }
+
+    /// Redis went back in time: its write clock is below one this node saw after a write of
+    /// its own (restarted from an older snapshot or from an append-only file that had not
+    /// synced the last writes, or a replica promoted without them). The bank's identity is
+    /// replaced by a stale one, so that every node's scripts refuse, and the fleet rebuilds
+    /// the bank from the record (the stale keys wiped first).
+    async fn went_back(&self, seen: i64, now: i64) {
+        tracing::error!(
+            clock = now,
+            seen,
+            "credit bank: Redis went back in time (restored from an older snapshot, or an append-only file or replica without the last writes); the bank is rebuilt from the record"
+        );
+        let mut inv = self.rebuild_scripts.poison.prepare_invoke();
+        inv.key(format!("{}bank", self.prefix)).arg(self.marker());
+        if let Err(e) = self.run::<i64>(&inv).await {
+            tracing::warn!(error = %e, "credit bank: cannot mark the bank stale; other nodes notice at their next write");
+        }
+        self.mark_lost();
     }
 
     /// A command without a key, on the Redis that holds the bank (in a cluster: the primary of
@@ -1192,6 +1245,17 @@ impl Bank {
             if let Ok(v) = self.current_marker().await {
                 if v.as_deref() != Some(self.marker().as_str()) {
                     self.mark_lost();
+                }
+            }
+        }
+        if ok && !self.lost.load(Ordering::Relaxed) {
+            let seen = self.clock.load(Ordering::Relaxed);
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(self.clock_key());
+            if let Ok(now) = self.keyed::<Option<i64>>(cmd).await {
+                let now = now.unwrap_or(0);
+                if now < seen {
+                    self.went_back(seen, now).await;
                 }
             }
         }
@@ -1376,6 +1440,7 @@ impl Bank {
         }
         self.load_scripts().await?;
         self.timeouts.store(0, Ordering::Relaxed);
+        self.clock.store(0, Ordering::Relaxed);
         self.lost.store(false, Ordering::Relaxed);
         Ok(())
     }
