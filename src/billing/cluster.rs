@@ -543,11 +543,12 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now - 3000, '+inf')) do
   if not ready[m] then return {'wait', m} end
 end
 if cur ~= '' then return {'wipe', cur} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {'wait', ''} end
 local members = ARGV[3] .. 'members:' .. ARGV[2]
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[4], ARGV[4])
 redis.call('RENAME', KEYS[2], members)
 redis.call('EXPIRE', members, 86400)
+redis.call('SET', KEYS[4], ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2])
 return {'published', ARGV[2]}
 "#;
 
@@ -1370,18 +1371,35 @@ impl Bank {
     }
 
     /// Deletes every key of a stale bank (one Redis holds the bank: SCAN there), except the
-    /// rebuild's own and the node epochs, then the stale identity `old` itself.
+    /// rebuild's own and the node epochs, then the stale identity `old` itself. One process at
+    /// a time (`rebuild:lock`, refreshed at every batch), and only while Redis still holds
+    /// `old`: a wipe can never reach the keys of a bank published meanwhile.
     async fn wipe(&self, old: &str) -> Result<u64, BankError> {
+        let lock_key = format!("{}rebuild:lock", self.prefix);
+        let me = self.member();
+        let mut take = redis::cmd("SET");
+        take.arg(&lock_key).arg(&me).arg("NX").arg("PX").arg(30_000);
+        let taken: Option<String> = self.keyed(take).await?;
+        if taken.is_none() {
+            return Ok(0); // another process is wiping
+        }
         let keep = [
             format!("{}rebuild:ready", self.prefix),
             format!("{}alive", self.prefix),
             format!("{}bank", self.prefix),
+            lock_key.clone(),
         ];
         let epochs = format!("{}epoch:", self.prefix);
         let pattern = format!("{}*", glob_escape(&self.prefix));
         let mut cursor = 0u64;
         let mut n = 0u64;
-        loop {
+        let still_stale = loop {
+            if self.current_marker().await?.as_deref() != Some(old) {
+                break false;
+            }
+            let mut refresh = redis::cmd("PEXPIRE");
+            refresh.arg(&lock_key).arg(30_000);
+            let _: i64 = self.keyed(refresh).await?;
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor)
                 .arg("MATCH")
@@ -1402,13 +1420,18 @@ impl Bank {
                 n += d;
             }
             if next == 0 {
-                break;
+                break true;
             }
             cursor = next;
+        };
+        if still_stale {
+            let mut inv = self.rebuild_scripts.drop_stale.prepare_invoke();
+            inv.key(format!("{}bank", self.prefix)).arg(old);
+            let _: i64 = self.run(&inv).await?;
         }
-        let mut inv = self.rebuild_scripts.drop_stale.prepare_invoke();
-        inv.key(format!("{}bank", self.prefix)).arg(old);
-        let _: i64 = self.run(&inv).await?;
+        let mut release = redis::cmd("DEL");
+        release.arg(&lock_key);
+        let _: i64 = self.keyed(release).await?;
         Ok(n)
     }
 
@@ -3315,6 +3338,10 @@ mod tests {
         assert_eq!(b1.snapshot(1).await.unwrap(), TenantTotals::default());
         assert!(b1.seed(1, 1_000_000, 250_000, 7).await.unwrap());
         assert_eq!(b2.lease(1, 900_000).await.unwrap(), 750_000);
+        // A wipe decided before the publish (a second coordinator) no longer touches anything.
+        assert_eq!(b2.wipe("stale").await.unwrap(), 0);
+        let after = b1.snapshot(1).await.unwrap();
+        assert_eq!((after.credited, after.spent, after.leases), (1_000_000, 250_000, 750_000));
         // A process that was not ready when the bank was published does not adopt it.
         let late = Bank::connect_with(
             &s.url(),

@@ -443,7 +443,8 @@ impl Fleet {
     /// 3. Any ready node publishes a new bank once every node of the registry (the record's
     ///    list of running nodes) and every process alive in Redis is ready (`Bank::publish`).
     /// 4. Each ready node adopts the new bank, forgets what it knew of the old one, and the
-    ///    credit replay starts over (cursor 0: every credit entry once, tenants seeded lazily).
+    ///    credit replay goes on from the new bank's cursor (the record's last credit entry
+    ///    when it was published); tenants are seeded from the record as they are used.
     async fn rebuild_step(&self, r: &mut Rebuild) -> Result<bool, FleetError> {
         let bank = self.allowances.bank().clone();
         if !r.abandoned {
