@@ -109,8 +109,9 @@ enum ClusterAction {
     /// The nodes the record holds as running (each removes itself on a clean stop).
     Nodes,
     /// Remove a node that is gone for good (its host lost) from the registry, so that a bank
-    /// rebuild stops waiting for it. Charges that node had not put into the record are lost to
-    /// the rebuilt bank (at most the allowance it held; it logs them if it ever starts again).
+    /// rebuild stops waiting for it. Charges that node had not put into the record are not
+    /// subtracted by the rebuilt bank (at most the allowance it held; it records and logs them
+    /// if it ever starts again).
     Forget { node: String },
 }
 

@@ -3341,7 +3341,10 @@ mod tests {
         // A wipe decided before the publish (a second coordinator) no longer touches anything.
         assert_eq!(b2.wipe("stale").await.unwrap(), 0);
         let after = b1.snapshot(1).await.unwrap();
-        assert_eq!((after.credited, after.spent, after.leases), (1_000_000, 250_000, 750_000));
+        assert_eq!(
+            (after.credited, after.spent, after.leases),
+            (1_000_000, 250_000, 750_000)
+        );
         // A process that was not ready when the bank was published does not adopt it.
         let late = Bank::connect_with(
             &s.url(),
