@@ -520,7 +520,7 @@ async fn a_redis_that_lost_its_state_is_rebuilt_from_the_record_under_load() {
     let deadline = lost + Duration::from_secs(15);
     loop {
         let log = logs(&nodes);
-        if log.matches("credit bank rebuilt from the record").count() == 3 {
+        if log.matches("credit bank rebuilt from the record").count() >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "no rebuild within 15 s:\n{log}");
@@ -565,7 +565,7 @@ async fn a_redis_restored_from_an_older_snapshot_is_detected_and_rebuilt() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = logs(&nodes);
-        if log.matches("credit bank rebuilt from the record").count() == 3 {
+        if log.matches("credit bank rebuilt from the record").count() >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "no rebuild within 20 s:\n{log}");

@@ -717,9 +717,9 @@ pub struct Bank {
     /// Redis does not hold this node's bank (lost since it connected, or none at start): it
     /// refuses to move credit (fail closed) until it takes part in the rebuild (`fleet.rs`).
     lost: AtomicBool,
-    /// The highest value of the bank's write clock (`<prefix>clock`, incremented after every
-    /// write that moves credit) seen after a write of this node that was durable (replicated,
-    /// behind Sentinel or in a Redis Cluster).
+    /// The highest value of this process's write clock (`<prefix>clock:<node>:<epoch>`,
+    /// incremented after every write of this process that moves credit) seen after a write
+    /// that was durable (replicated, behind Sentinel or in a Redis Cluster).
     clock: AtomicI64,
 }
 
@@ -995,6 +995,8 @@ impl Bank {
             .await
             .map_err(|_| BankError::Timeout { ms })??
         };
+        // A bank marked stale (`Bank::went_back`) is no bank: this node waits for the rebuild.
+        let marker = marker.filter(|m| !m.starts_with("stale:"));
         let lost = marker.is_none();
         let marker = marker.unwrap_or_default();
         let bank = Bank {
@@ -1131,15 +1133,24 @@ impl Bank {
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, BankError> {
+        // Read before the write: any increment issued after a completed one returns more, so a
+        // value not above it can only come from a Redis that went back (concurrent writes of
+        // this process raise it in any order).
+        let before = self.clock.load(Ordering::Relaxed);
         let r = self.run(inv).await?;
-        // The bank's write clock, after the write: a Redis that later shows a lower clock went
-        // back to a state before this write (`Bank::probe`). Until it is counted the write is
-        // not taken as done: an error here is one more ambiguous outcome, resolved by its id.
+        // This process's write clock, after the write: a Redis that shows a clock below one
+        // this process saw went back to a state before that write (also checked by
+        // `Bank::probe`). Until it is counted the write is not taken as done: an error here is
+        // one more ambiguous outcome, resolved by its id.
         let clock: i64 = {
             let mut c = redis::cmd("INCR");
             c.arg(self.clock_key());
             self.keyed(c).await?
         };
+        if clock <= before {
+            self.went_back(before, clock).await;
+            return Err(BankError::Lost);
+        }
         let mut durable = true;
         if (self.sentinel.is_some() || self.slot.is_some())
             && self.replicas.load(Ordering::Relaxed) > 0
@@ -1160,8 +1171,10 @@ impl Bank {
         Ok(r)
     }
 
+    /// This process's write clock: only this process increments it, so no other node's
+    /// writes can hide that Redis lost some of this one's.
     fn clock_key(&self) -> String {
-        format!("{}clock", self.prefix)
+        format!("{}clock:{}", self.prefix, self.member())
     }
 
     /// Redis went back in time: its write clock is below one this node saw after a write of
@@ -3367,6 +3380,42 @@ mod tests {
             "a node starting now serves on the bank Redis holds"
         );
         assert!(!late.state_lost());
+    }
+
+    /// Redis goes back to before one node's last write while another node keeps writing: the
+    /// first still sees it (its clock is its own), and the bank is marked stale for everyone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn going_back_in_time_is_seen_by_the_writer_whatever_the_others_write() {
+        let s = Server::start();
+        let b1 = bank(&s, "n1").await;
+        let b2 = bank(&s, "n2").await;
+        b1.credit(1, 1_000, "c1").await.unwrap();
+        b1.credit(1, 1_000, "c2").await.unwrap();
+        let client = redis::Client::open(s.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("tg:clock:n1:{}", b1.epoch()))
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        for i in 0..5 {
+            b2.credit(2, 10, &format!("x{i}")).await.unwrap();
+        }
+        assert!(b2.probe().await, "n2 lost none of its writes");
+        assert!(!b1.probe().await, "n1's clock is behind what it saw");
+        assert!(b1.state_lost());
+        let m: String = redis::cmd("GET")
+            .arg("tg:bank")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(m.starts_with("stale:"), "{m}");
+        assert!(matches!(b2.credit(2, 10, "y").await, Err(BankError::Lost)));
+        // A node starting now does not serve on the stale bank: it waits for the rebuild.
+        let b3 = bank(&s, "n3").await;
+        assert!(b3.state_lost());
+        assert!(b3.marker().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,6 +447,7 @@ impl Fleet {
     ///    when it was published); tenants are seeded from the record as they are used.
     async fn rebuild_step(&self, r: &mut Rebuild) -> Result<bool, FleetError> {
         let bank = self.allowances.bank().clone();
+        let first = bank.marker().is_empty();
         if !r.abandoned {
             let held = self.allowances.held();
             if held != 0 {
@@ -487,7 +488,7 @@ impl Fleet {
         let current = bank.current_marker().await?;
         if let Some(m) = current.as_deref().filter(|m| *m != bank.marker()) {
             if bank.adopt(m).await? {
-                self.adopted(m, r.since);
+                self.adopted(m, r.since, first);
                 return Ok(true);
             }
         }
@@ -500,7 +501,7 @@ impl Fleet {
             Publish::Published(id) => {
                 tracing::warn!(bank = %id, nodes = ?required, "credit bank rebuild: published a new bank; it is seeded from the record");
                 if bank.adopt(&id).await? {
-                    self.adopted(&id, r.since);
+                    self.adopted(&id, r.since, first);
                     return Ok(true);
                 }
             }
@@ -519,14 +520,19 @@ impl Fleet {
     }
 
     /// This node serves on the rebuilt bank `marker`: what it knew of the old one goes.
-    fn adopted(&self, marker: &str, since: Instant) {
+    /// `first`: this process had no bank before (Redis held none when it started).
+    fn adopted(&self, marker: &str, since: Instant, first: bool) {
         self.ready.clear();
         self.limits.clear();
         if let Some(path) = &self.bank_file {
             write_bank_file(path, marker);
         }
-        tracing::warn!(bank = %marker, after_ms = since.elapsed().as_millis() as u64,
-            "credit bank rebuilt from the record; this node serves again");
+        if first {
+            tracing::info!(bank = %marker, "credit bank: Redis held none; this node serves on a new one, seeded from the record");
+        } else {
+            tracing::warn!(bank = %marker, after_ms = since.elapsed().as_millis() as u64,
+                "credit bank rebuilt from the record; this node serves again");
+        }
     }
 }
 
