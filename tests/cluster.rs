@@ -503,6 +503,22 @@ fn logs(nodes: &[Gateway]) -> String {
     nodes.iter().map(|n| n.log()).collect::<Vec<_>>().join("\n")
 }
 
+/// Waits (at most `within`) until every node logged that it serves on the rebuilt bank.
+async fn wait_rebuilt(nodes: &[Gateway], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let log = logs(nodes);
+        if log.matches("credit bank rebuilt from the record").count() >= nodes.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rebuild within {within:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Redis loses its state under load (here: FLUSHALL, as a Redis restarted without persistence
 /// would). Every node notices (its next probe, or the fence in every script), refuses calls,
 /// drops its leases and unflushed batches once its calls have settled and its charges are in
@@ -517,15 +533,7 @@ async fn a_redis_that_lost_its_state_is_rebuilt_from_the_record_under_load() {
     flushall(&redis).await;
     let lost = Instant::now();
     // Every node refuses until the bank is rebuilt, then serves again.
-    let deadline = lost + Duration::from_secs(15);
-    loop {
-        let log = logs(&nodes);
-        if log.matches("credit bank rebuilt from the record").count() >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no rebuild within 15 s:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_rebuilt(&nodes, Duration::from_secs(15)).await;
     eprintln!(
         "rebuilt on every node {:?} after the FLUSHALL",
         lost.elapsed()
@@ -562,15 +570,7 @@ async fn a_redis_restored_from_an_older_snapshot_is_detected_and_rebuilt() {
     let _: () = redis::cmd("SAVE").query_async(&mut c).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await; // writes the snapshot lacks
     redis.restart(); // SIGKILL; starts again from the snapshot
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = logs(&nodes);
-        if log.matches("credit bank rebuilt from the record").count() >= 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no rebuild within 20 s:\n{log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_rebuilt(&nodes, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let ok = stop_load(&stop, tasks).await;
     assert!(logs(&nodes).contains("Redis went back in time"));
