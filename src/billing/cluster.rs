@@ -2054,6 +2054,15 @@ enum Take {
     Short(i64),
 }
 
+/// Counts a `reserve` in progress until dropped (a cancelled call included).
+struct Reserving<'a>(&'a AtomicI64);
+
+impl Drop for Reserving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Per-node allowance manager: the request path's view of the credit bank.
 pub struct Allowances {
     bank: Arc<Bank>,
@@ -2074,6 +2083,11 @@ pub struct Allowances {
     /// Where each batch is announced before it is sent and confirmed after, so that a crash
     /// loses no charge and applies none twice (`billing::chargelog`).
     charge_log: std::sync::OnceLock<Arc<crate::billing::chargelog::ChargeLog>>,
+    /// `reserve` calls in progress (a bank rebuild waits for none, see `Allowances::busy`).
+    reserving: Arc<AtomicI64>,
+    /// Incremented when the allowances of a lost bank are dropped (`abandon`): a lease granted
+    /// by the old bank and answered later is not added to the new bank's allowance.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Allowances {
@@ -2110,6 +2124,8 @@ impl Allowances {
             uncollected: AtomicI64::new(0),
             lost: AtomicI64::new(0),
             charge_log: std::sync::OnceLock::new(),
+            reserving: Arc::new(AtomicI64::new(0)),
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -2217,6 +2233,8 @@ impl Allowances {
         if amount <= 0 {
             return Ok(());
         }
+        self.reserving.fetch_add(1, Ordering::AcqRel);
+        let _reserving = Reserving(&self.reserving);
         if self.closed.load(Ordering::Relaxed) || self.bank.state_lost() {
             return Err(BankError::Unavailable);
         }
@@ -2277,12 +2295,18 @@ impl Allowances {
         let dry = self.cfg.dry_backoff;
         let down_backoff = self.cfg.down_backoff;
         let op_id = self.next_id('l');
+        let generation = self.generation.clone();
+        let leased_in = generation.load(Ordering::Acquire);
         let task = tokio::spawn(async move {
             ops.fetch_add(1, Ordering::Relaxed);
             match bank.lease_once(tenant, want, &op_id).await {
                 Ok(g) => {
                     *lock(&down) = None;
                     let mut l = lock(&slot.local);
+                    if generation.load(Ordering::Acquire) != leased_in {
+                        // Granted by a bank that is gone (rebuilt meanwhile): not ours to spend.
+                        return Err(BankError::Lost);
+                    }
                     l.free += g;
                     if g < want {
                         // Redis's balance is now empty.
@@ -2634,6 +2658,12 @@ impl Allowances {
             .sum()
     }
 
+    /// Whether a call of this node holds allowance or is being admitted: a bank rebuild drops
+    /// this node's allowances only once nothing is (`abandon`).
+    pub fn busy(&self) -> bool {
+        self.reserving.load(Ordering::Acquire) != 0 || self.held() != 0
+    }
+
     /// The bank this node served on is gone (`Bank::state_lost`) and every call of this node
     /// has settled (`held() == 0`), its charges in the record: forget every lease, queued
     /// charge, unflushed batch and unresolved Redis call, since the rebuilt bank is seeded from
@@ -2666,12 +2696,18 @@ impl Allowances {
         }
         lock(&self.unsure_leases).clear();
         lock(&self.unsure_returns).clear();
-        lock(&self.tenants).retain(|_, s| lock(&s.local).held != 0);
-        for s in lock(&self.tenants).values() {
-            let mut l = lock(&s.local);
-            l.free = 0;
-            l.dry_until = None;
+        {
+            // Under each slot's lock after the generation moved: a lease of the old bank
+            // answered from now on is dropped (`lease_detached`).
+            let tenants = lock(&self.tenants);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            for s in tenants.values() {
+                let mut l = lock(&s.local);
+                l.free = 0;
+                l.dry_until = None;
+            }
         }
+        lock(&self.tenants).clear();
         *lock(&self.down_until) = None;
         dropped
     }

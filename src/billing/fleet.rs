@@ -450,7 +450,7 @@ impl Fleet {
         let first = bank.marker().is_empty();
         if !r.abandoned {
             let held = self.allowances.held();
-            if held != 0 {
+            if self.allowances.busy() {
                 if r.log_due() {
                     tracing::warn!(
                         held,
@@ -469,7 +469,7 @@ impl Fleet {
         }
         if !r.ready {
             let unstored = self.unstored.load(Ordering::Acquire);
-            if unstored != 0 || self.allowances.held() != 0 {
+            if unstored != 0 || self.allowances.busy() {
                 if r.log_due() {
                     tracing::warn!(
                         unstored,
