@@ -416,7 +416,7 @@ impl BackgroundService for ClusterService {
         cfg.idle_return_after = s.idle_return;
         let allowances = Allowances::with_config(bank, cfg);
         allowances.set_charge_log(self.charge_log.clone());
-        let fleet = crate::billing::fleet::Fleet::with_rebuild(
+        let fleet = crate::billing::fleet::Fleet::new(
             allowances,
             self.app.store.clone(),
             self.app.ledger.unstored_handle(),

@@ -1459,12 +1459,6 @@ impl Bank {
         if !member {
             return Ok(false);
         }
-        self.adopt_unchecked(marker).await?;
-        Ok(true)
-    }
-
-    /// Serve on bank `marker`.
-    async fn adopt_unchecked(&self, marker: &str) -> Result<(), BankError> {
         let scripts = Arc::new(Scripts::new(&self.prefix, marker));
         match self.scripts.write() {
             Ok(mut s) => *s = scripts,
@@ -1478,7 +1472,7 @@ impl Bank {
         self.timeouts.store(0, Ordering::Relaxed);
         self.clock.store(0, Ordering::Relaxed);
         self.lost.store(false, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
     }
 
     async fn probe_once(&self) -> bool {

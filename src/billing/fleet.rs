@@ -134,13 +134,9 @@ impl std::fmt::Debug for Fleet {
 }
 
 impl Fleet {
-    pub fn new(allowances: Arc<Allowances>, store: Store) -> Arc<Fleet> {
-        Fleet::with_rebuild(allowances, store, Arc::new(AtomicU64::new(0)), None)
-    }
-
     /// `unstored`: the ledger's count of charged records not yet stored; `bank_file`: where
     /// the identity of the bank this node serves on is recorded.
-    pub fn with_rebuild(
+    pub fn new(
         allowances: Arc<Allowances>,
         store: Store,
         unstored: Arc<AtomicU64>,
@@ -449,11 +445,10 @@ impl Fleet {
         let bank = self.allowances.bank().clone();
         let first = bank.marker().is_empty();
         if !r.abandoned {
-            let held = self.allowances.held();
             if self.allowances.busy() {
                 if r.log_due() {
                     tracing::warn!(
-                        held,
+                        held = self.allowances.held(),
                         "credit bank rebuild: waiting for this node's calls in flight to settle"
                     );
                 }
