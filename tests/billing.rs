@@ -507,14 +507,30 @@ async fn analytics_group_spend_by_model_and_match_the_ledger() {
             .sum::<i64>(),
         6
     );
-    let r = gw
-        .client
-        .get(gw.admin_url("/admin/tenants/acme/analytics?group_by=color"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    // Days of the viewer's zone: Shanghai's days start at 16:00 UTC.
+    let local = gw
+        .admin_get("/admin/tenants/acme/analytics?granularity=day&tz_offset=480")
+        .await;
+    let rows = local["data"].as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["requests"].as_i64().unwrap())
+            .sum::<i64>(),
+        6
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r["bucket"].as_str().unwrap().ends_with("T16:00:00Z")));
+    for bad in ["group_by=color", "tz_offset=900", "tz_offset=east"] {
+        let r = gw
+            .client
+            .get(gw.admin_url(&format!("/admin/tenants/acme/analytics?{bad}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
 }
 
 #[tokio::test]

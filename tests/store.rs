@@ -1413,6 +1413,7 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
                         granularity,
                         group_by,
                         user,
+                        day_offset: 0,
                     };
                     let a = Analytics::analytics(&lite, &q).await.unwrap();
                     let b = Analytics::analytics(&store, &q).await.unwrap();
@@ -1424,6 +1425,45 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
         }
     }
     assert_eq!(compared, 108);
+    // Days of the viewer's zone: buckets start at its midnight, and hold what UTC days hold.
+    for day_offset in [8 * 3600, -5 * 3600] {
+        for group_by in [Dimension::None, Dimension::Model] {
+            for user in [None, Some(u)] {
+                let q = AnalyticsQuery {
+                    tenant: t,
+                    from: start,
+                    to: start + 41 * 86_400,
+                    granularity: Granularity::Day,
+                    group_by,
+                    user,
+                    day_offset,
+                };
+                let a = Analytics::analytics(&lite, &q).await.unwrap();
+                let b = Analytics::analytics(&store, &q).await.unwrap();
+                assert_eq!(a, b, "{q:?}");
+                assert!(a.len() > 1, "{q:?}");
+                assert!(a
+                    .iter()
+                    .all(|r| (r.bucket + day_offset).rem_euclid(86_400) == 0));
+                let utc = Analytics::analytics(
+                    &lite,
+                    &AnalyticsQuery {
+                        day_offset: 0,
+                        ..q.clone()
+                    },
+                )
+                .await
+                .unwrap();
+                let sum = |rows: &[tollgate::store::sqlite::AnalyticsRow]| {
+                    (
+                        rows.iter().map(|r| r.requests).sum::<i64>(),
+                        rows.iter().map(|r| r.cost_nano).sum::<i64>(),
+                    )
+                };
+                assert_eq!(sum(&a), sum(&utc), "{q:?}");
+            }
+        }
+    }
     let totals = Analytics::analytics(
         &store,
         &AnalyticsQuery {
@@ -1433,6 +1473,7 @@ async fn analytics_answer_the_same_on_sqlite_and_postgresql() {
             granularity: Granularity::Total,
             group_by: Dimension::None,
             user: None,
+            day_offset: 0,
         },
     )
     .await
@@ -1583,6 +1624,7 @@ async fn an_embedded_store_migrates_into_postgresql_and_answers_alike() {
         granularity: Granularity::Day,
         group_by: Dimension::Model,
         user: None,
+        day_offset: 0,
     };
     assert_eq!(
         Analytics::analytics(&lite, &q).await.unwrap(),

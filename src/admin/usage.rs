@@ -231,6 +231,9 @@ pub struct AnalyticsParams {
     pub group_by: Option<String>,
     /// Only this user's calls (members: always their own).
     pub user: Option<i64>,
+    /// The viewer's zone, minutes east of UTC (-840 to 840; default 0): `day` buckets start at
+    /// its midnight (to the hour, as the roll-ups are hourly).
+    pub tz_offset: Option<i32>,
 }
 
 /// One bucket of analytics.
@@ -308,6 +311,16 @@ pub async fn analytics(
             .into())
         }
     };
+    let day_offset = match q.tz_offset.unwrap_or(0) {
+        m @ -840..=840 => i64::from(m) * 60,
+        _ => {
+            return Err(bad_param(
+                "tz_offset",
+                "`tz_offset` must be minutes east of UTC, from -840 to 840",
+            )
+            .into())
+        }
+    };
     // Members see their own calls only.
     let user = match (who.user(), role) {
         (Some(u), Role::Member) => Some(u.user.id),
@@ -320,6 +333,7 @@ pub async fn analytics(
         granularity,
         group_by,
         user,
+        day_offset,
     };
     let rows = admin.blocking(move |a| a.store.analytics(&query)).await?;
     let names = match group_by {

@@ -1108,27 +1108,48 @@ fn top(rows: &Value, n: usize) -> Value {
     Value::Array(v)
 }
 
-fn series_chart(rows: &Value, tz: i32, hourly: bool) -> charts::BarChart {
-    let points: Vec<(String, f64)> = rows["data"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    let label = local_time(r["bucket"].as_str().unwrap_or(""), tz);
-                    let label = if hourly {
-                        label
+/// A bar per bucket of the window `[from, to)` (RFC 3339; buckets of an hour or of the viewer's
+/// day), zero where the API answered no row, so that the chart's time axis is even.
+fn series_chart(rows: &Value, tz: i32, from: &str, to: &str, hourly: bool) -> charts::BarChart {
+    let secs = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.timestamp())
+    };
+    let mut by_bucket = std::collections::HashMap::new();
+    for r in rows["data"].as_array().into_iter().flatten() {
+        if let Some(b) = r["bucket"].as_str().and_then(secs) {
+            let v = r["credits"]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            *by_bucket.entry(b).or_insert(0.0) += v;
+        }
+    }
+    let step = if hourly { 3600 } else { 86_400 };
+    let mut points = Vec::new();
+    if let (Some(from), Some(to)) = (secs(from), secs(to)) {
+        let mut b = if hourly {
+            from.div_euclid(3600) * 3600
+        } else {
+            from
+        };
+        // At most ~2 months of hours (the range's own limit keeps it far below).
+        while b < to && points.len() < 24 * 62 {
+            let label = chrono::DateTime::from_timestamp(b, 0)
+                .map(|t| {
+                    let local = t.with_timezone(&zone(tz));
+                    if hourly {
+                        local.format("%Y-%m-%d %H:00").to_string()
                     } else {
-                        label.chars().take(10).collect()
-                    };
-                    let v = r["credits"]
-                        .as_str()
-                        .and_then(|s| s.parse::<f64>().ok())
-                        .unwrap_or(0.0);
-                    (label, v)
+                        local.format("%Y-%m-%d").to_string()
+                    }
                 })
-                .collect()
-        })
-        .unwrap_or_default();
+                .unwrap_or_default();
+            points.push((label, by_bucket.get(&b).copied().unwrap_or(0.0)));
+            b += step;
+        }
+    }
     charts::bars(&points, axis_number)
 }
 
@@ -1165,12 +1186,21 @@ async fn overview(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let month = local_month_start(cx.tz);
     let thirty = local_midnight(cx.tz, 29);
     let today = local_midnight(cx.tz, 0);
+    let tomorrow = local_midnight(cx.tz, -1);
     let daily = try_api!(
         c,
         cx,
         me,
-        c.get(&cx, &format!("{base}?granularity=day&from={}", q(&thirty)))
-            .await
+        c.get(
+            &cx,
+            &format!(
+                "{base}?granularity=day&from={}&to={}&tz_offset={}",
+                q(&thirty),
+                q(&tomorrow),
+                cx.tz
+            )
+        )
+        .await
     );
     let month_models = try_api!(
         c,
@@ -1242,7 +1272,10 @@ async fn overview(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         "today".into(),
         today_total["data"].get(0).cloned().unwrap_or(Value::Null),
     );
-    vars.insert("chart".into(), json!(series_chart(&daily, cx.tz, false)));
+    vars.insert(
+        "chart".into(),
+        json!(series_chart(&daily, cx.tz, &thirty, &tomorrow, false)),
+    );
     c.render(&cx, &me, "overview.html", StatusCode::OK, vars)
 }
 
@@ -1630,11 +1663,19 @@ impl UsageFilter {
         }
     }
 
-    /// The API query for this range (`to` day inclusive).
+    /// The range's start: the first day's local midnight (RFC 3339).
+    fn from(&self, tz: i32) -> String {
+        day_to_rfc3339(&self.from_day, tz, 0).unwrap_or_default()
+    }
+
+    /// The range's end: the midnight after the last day (the `to` day is included).
+    fn to(&self, tz: i32) -> String {
+        day_to_rfc3339(&self.to_day, tz, 1).unwrap_or_default()
+    }
+
+    /// The API query for this range.
     fn range(&self, tz: i32) -> String {
-        let from = day_to_rfc3339(&self.from_day, tz, 0).unwrap_or_default();
-        let to = day_to_rfc3339(&self.to_day, tz, 1).unwrap_or_default();
-        format!("from={}&to={}", q(&from), q(&to))
+        format!("from={}&to={}", q(&self.from(tz)), q(&self.to(tz)))
     }
 }
 
@@ -1651,8 +1692,11 @@ async fn usage_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         c,
         cx,
         me,
-        c.get(&cx, &format!("{base}&granularity={}", f.granularity))
-            .await
+        c.get(
+            &cx,
+            &format!("{base}&granularity={}&tz_offset={}", f.granularity, cx.tz)
+        )
+        .await
     );
     let grouped = try_api!(
         c,
@@ -1663,7 +1707,13 @@ async fn usage_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let total = try_api!(c, cx, me, c.get(&cx, &base).await);
     vars.insert(
         "chart".into(),
-        json!(series_chart(&series, cx.tz, f.granularity == "hour")),
+        json!(series_chart(
+            &series,
+            cx.tz,
+            &f.from(cx.tz),
+            &f.to(cx.tz),
+            f.granularity == "hour"
+        )),
     );
     vars.insert("rows".into(), top(&grouped, usize::MAX));
     vars.insert(
@@ -1702,11 +1752,12 @@ async fn usage_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         c.get(&cx, &format!("/admin/tenants/{}", tp(&t))).await
     );
     let path = format!(
-        "/admin/tenants/{}/analytics?{}&granularity={}&group_by={}",
+        "/admin/tenants/{}/analytics?{}&granularity={}&group_by={}&tz_offset={}",
         tenant["id"],
         f.range(cx.tz),
         f.granularity,
-        f.group_by
+        f.group_by,
+        cx.tz
     );
     let rows = try_api!(c, cx, me, c.get(&cx, &path).await);
     let mut w = csv::Writer::from_writer(Vec::new());

@@ -1249,7 +1249,23 @@ pub(crate) fn routing_window(tenant: TenantId, from_ms: i64, to_ms: i64) -> Roll
         granularity: Granularity::Total,
         group_by: Dimension::None,
         user: None,
+        day_offset: 0,
     })
+}
+
+/// The SQL expression of a bucket's start (unix seconds) of an analytics query, from `secs` (an
+/// expression of an hour's start in unix seconds); `total` is the constant of the one bucket.
+pub(crate) fn bucket_sql(q: &AnalyticsQuery, secs: &str, total: &str) -> String {
+    match q.granularity {
+        Granularity::Hour => secs.to_string(),
+        Granularity::Day if q.day_offset == 0 => format!("(({secs}) / 86400) * 86400"),
+        // A validated integer (the query's zone), never caller text.
+        Granularity::Day => format!(
+            "((({secs}) + ({off})) / 86400) * 86400 - ({off})",
+            off = q.day_offset
+        ),
+        Granularity::Total => total.to_string(),
+    }
 }
 
 pub(crate) fn rollup_window(q: &AnalyticsQuery) -> RollupWindow {
@@ -1263,7 +1279,10 @@ pub(crate) fn rollup_window(q: &AnalyticsQuery) -> RollupWindow {
     };
     let from = q.from.div_euclid(3600) * 3600;
     let to = (q.to + 3599).div_euclid(3600) * 3600;
-    let (day_from, day_to) = if q.granularity == Granularity::Hour {
+    // Daily rows are UTC days: a series of the viewer's days reads the hourly rows only.
+    let (day_from, day_to) = if q.granularity == Granularity::Hour
+        || (q.granularity == Granularity::Day && q.day_offset % 86_400 != 0)
+    {
         (to, to)
     } else {
         let a = (from + 86_399).div_euclid(86_400) * 86_400;

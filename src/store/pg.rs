@@ -15,9 +15,9 @@ use super::{
 use crate::billing::entry::{Account, EntryKind, LedgerEntry};
 use crate::billing::usage::UsageEvent;
 use crate::store::sqlite::{
-    AnalyticsQuery, AnalyticsRow, CallDetail, CreditRow, Credited, Dimension, Granularity,
-    IdempotencyKey, IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign,
-    RedemptionCode, RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
+    AnalyticsQuery, AnalyticsRow, CallDetail, CreditRow, Credited, Dimension, IdempotencyKey,
+    IdempotentRecord, LedgerTotals, LimitSubject, PromoBonus, PromoCampaign, RedemptionCode,
+    RoutingRow, StatementPos, StatementRow, UsagePos, UsageQuery,
 };
 use crate::store::sqlite::{NewKey, StoreError, UserPrincipal, CLUSTER_NODE};
 use crate::tenancy::keys::{display_prefix, generate_key, hash_key, KeySnapshot};
@@ -2304,11 +2304,7 @@ impl Analytics for PgStore {
             // The per-dimension roll-ups: whole days from the daily rows, the hours at either
             // end from the hourly rows.
             let w = rollup_window(q);
-            let bucket = match q.granularity {
-                Granularity::Hour => "bucket",
-                Granularity::Day => "(bucket / 86400) * 86400",
-                Granularity::Total => "0::BIGINT",
-            };
+            let bucket = crate::store::bucket_sql(q, "bucket", "0::BIGINT");
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {bucket} AS b, value, {ANALYTICS_SUMS}
                  FROM usage_rollup
@@ -2327,11 +2323,7 @@ impl Analytics for PgStore {
             .await?
         } else {
             // One user's calls: the fine-grained hourly roll-up.
-            let bucket = match q.granularity {
-                Granularity::Hour => "hour * 3600",
-                Granularity::Day => "(hour / 24) * 86400",
-                Granularity::Total => "0::BIGINT",
-            };
+            let bucket = crate::store::bucket_sql(q, "hour * 3600", "0::BIGINT");
             let dim = match q.group_by {
                 Dimension::None => "''",
                 Dimension::User => "CAST(user_id AS TEXT)",

@@ -671,6 +671,9 @@ pub struct AnalyticsQuery {
     pub group_by: Dimension,
     /// Restrict to one user's calls.
     pub user: Option<UserId>,
+    /// Seconds east of UTC of the viewer's zone: `Day` buckets start at its midnight (to the
+    /// hour: the roll-ups are hourly). 0 = UTC days.
+    pub day_offset: i64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -1855,11 +1858,7 @@ impl Store {
             day_from,
             day_to,
         } = crate::store::rollup_window(q);
-        let bucket = match q.granularity {
-            Granularity::Hour => "bucket",
-            Granularity::Day => "(bucket / 86400) * 86400",
-            Granularity::Total => "0",
-        };
+        let bucket = crate::store::bucket_sql(q, "bucket", "0");
         let sql = format!(
             "SELECT {bucket} AS b, value, SUM(requests), SUM(errors), SUM(prompt_tokens), SUM(cached_tokens),
                     SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(cache_write_tokens)
@@ -1896,11 +1895,7 @@ impl Store {
 
     /// One user's calls (members' own view): from the fine-grained hourly roll-up.
     fn analytics_fine(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
-        let bucket = match q.granularity {
-            Granularity::Hour => "hour * 3600",
-            Granularity::Day => "(hour / 24) * 86400",
-            Granularity::Total => "0",
-        };
+        let bucket = crate::store::bucket_sql(q, "hour * 3600", "0");
         let dim = match q.group_by {
             Dimension::None => "''",
             Dimension::User => "CAST(user_id AS TEXT)",
@@ -4562,6 +4557,7 @@ mod tests {
                     granularity: Granularity::Total,
                     group_by,
                     user: None,
+                    day_offset: 0,
                 })
                 .unwrap();
             assert_eq!(
@@ -4742,6 +4738,7 @@ mod tests {
             granularity,
             group_by,
             user,
+            day_offset: 0,
         };
         let total = s
             .analytics(&q(Granularity::Total, Dimension::None, None))
@@ -4949,6 +4946,7 @@ mod tests {
             granularity,
             group_by,
             user,
+            day_offset: 0,
         };
         for g in [Granularity::Hour, Granularity::Day, Granularity::Total] {
             for d in [
@@ -5087,6 +5085,7 @@ mod tests {
                 granularity: g,
                 group_by: d,
                 user: None,
+                day_offset: 0,
             };
             let mut times = Vec::new();
             let mut rows = 0;
