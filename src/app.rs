@@ -23,6 +23,8 @@ pub struct App {
     /// Operator token for the admin API.
     pub admin_token: Option<String>,
     generation: AtomicU64,
+    /// When the running configuration was loaded (unix seconds).
+    loaded_at: std::sync::atomic::AtomicI64,
     reload_error: ArcSwap<Option<String>>,
     /// Conversations the complexity router escalated (service-wide; sized at start).
     pub sticky: crate::router::StickyMap,
@@ -64,6 +66,7 @@ impl App {
             limiter: Default::default(),
             admin_token,
             generation: AtomicU64::new(1),
+            loaded_at: std::sync::atomic::AtomicI64::new(crate::tenancy::unix_now()),
             reload_error: ArcSwap::from_pointee(None),
         });
         METRICS.config_generation.set(1);
@@ -78,6 +81,8 @@ impl App {
 
     pub fn install(&self, cfg: Config) {
         self.config.store(Arc::new(cfg));
+        self.loaded_at
+            .store(crate::tenancy::unix_now(), Ordering::Release);
         let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         METRICS.config_generation.set(g as i64);
         self.export_upstream_health();
@@ -85,6 +90,11 @@ impl App {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// When the running configuration was loaded (unix seconds).
+    pub fn loaded_at(&self) -> i64 {
+        self.loaded_at.load(Ordering::Acquire)
     }
 
     pub fn set_reload_error(&self, e: Option<String>) {

@@ -1,7 +1,7 @@
 //! Health, metrics, the API description, who am I, channels, configuration reload and status.
 
 use super::auth::Principal;
-use super::wire::{ApiError, ApiResult, ErrorBody, PathParams, UserOut};
+use super::wire::{time, ApiError, ApiResult, ErrorBody, PathParams, UserOut};
 use super::Admin;
 use crate::config::reload;
 use crate::error::GatewayError;
@@ -241,7 +241,12 @@ pub async fn reload(State(admin): State<Arc<Admin>>, who: Principal) -> ApiResul
 #[derive(Serialize, ToSchema)]
 pub struct ConfigStatus {
     pub generation: u64,
+    /// When the running configuration was loaded (start or last successful reload).
+    pub loaded_at: String,
     pub path: Option<String>,
+    /// Channels and upstream endpoints in the running configuration.
+    pub channels: usize,
+    pub upstreams: usize,
     pub last_reload_error: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -255,11 +260,15 @@ pub async fn config_status(
 ) -> ApiResult<Json<ConfigStatus>> {
     who.require_operator()?;
     let app = &admin.app;
+    let cfg = app.config();
     Ok(Json(ConfigStatus {
         generation: app.generation(),
+        loaded_at: time(app.loaded_at()),
+        channels: cfg.channels.len(),
+        upstreams: cfg.upstreams().count(),
         path: app.config_path.as_ref().map(|p| p.display().to_string()),
         last_reload_error: app.reload_error(),
-        warnings: app.config().warnings.clone(),
+        warnings: cfg.warnings.clone(),
     }))
 }
 

@@ -287,7 +287,8 @@ def main():
               f"statement CSV ends at {running}, balance {bal}")
 
         # Screenshots of every tenant page in both languages.
-        pages = ["", "/members", "/departments", "/keys", "/usage", "/records", "/topup", "/redeem", "/prices", "/routing"]
+        pages = ["", "/members", "/departments", "/keys", "/usage", "/records", "/topup", "/redeem", "/alerts",
+                 "/audit", "/security", "/prices", "/routing"]
         for lang in ["en", "zh"]:
             ad.goto(f"{CONSOLE}/console/t/{tid}")
             set_lang(ad, lang)
@@ -316,6 +317,13 @@ def main():
 
         # --- Finance viewer: read-only. No create button; a forged POST is refused.
         _, viewer_link = mail_to("viewer@browser.test")
+        # The invitation page in Chinese (a browser asking for Chinese; opening it uses nothing).
+        zh_ctx = browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN")
+        zh = zh_ctx.new_page()
+        watch(zh)
+        zh.goto(viewer_link)
+        check("设置密码" in zh.content() or "接受" in zh.content(), "the invitation page is not in Chinese")
+        shot(zh, "invite-zh")
         vw_ctx = new()
         vw = vw_ctx.new_page()
         watch(vw)
@@ -370,6 +378,8 @@ def main():
         check(mb.locator("#reset-sent").count() == 1, "no confirmation after asking for a reset")
         _, reset_link = mail_to("member@browser.test", kind="reset")
         shot(mb, "reset-en")
+        zh.goto(reset_link)
+        shot(zh, "reset-zh")
         mb.goto(reset_link)
         mb.fill("input[name=password]", "a brand new password")
         mb.fill("input[name=confirm]", "a brand new password")
@@ -387,11 +397,19 @@ def main():
             ad.locator("tr", has_text="member@browser.test").locator("button", has_text="Reset password").click()
         check(ad.locator("#reset-link").count() == 1, "the admin's reset link is not shown")
 
+        # --- The operator reloads the configuration: a new generation, loaded just now.
+        op.goto(CONSOLE + "/console/op/health")
+        gen = api("GET", "/admin/config/status")["generation"]
+        submit(op, "#reload")
+        check(op.locator(".flash.ok").count() == 1, "the reload was not confirmed")
+        check(api("GET", "/admin/config/status")["generation"] == gen + 1, "the reload made no new generation")
+        check(op.locator("#config-loaded").count() == 1, "no load time on the health page")
+
         # --- Operator pages, screenshots in both languages.
         for lang in ["en", "zh"]:
             op.goto(CONSOLE + "/console/op/tenants")
             set_lang(op, lang)
-            for pth in ["tenants", "codes", "promos", "orders", "health"]:
+            for pth in ["tenants", "codes", "promos", "orders", "health", "audit"]:
                 op.goto(f"{CONSOLE}/console/op/{pth}")
                 shot(op, f"op-{pth}-{lang}")
         login_ctx = browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN")
