@@ -356,6 +356,36 @@ def main():
         accept(mb, member_link, "Mo Member", "member password 1")
         mb.goto(f"{CONSOLE}/console/t/{tid}/usage")
         check(mb.locator("#total-requests").inner_text().strip() == "0", "a member sees another member's usage")
+        mb.goto(f"{CONSOLE}/console/t/{tid}")
+        check("My quota" in mb.locator(".tiles").first.inner_text(), "the member's overview has no quota")
+        shot(mb, "member-overview-en")
+        # The member makes a key of their own: only their keys are listed, the key's calls are
+        # theirs, and the tenant admin sees both members' calls.
+        mb.goto(f"{CONSOLE}/console/t/{tid}/keys")
+        mb.click("#create-key summary")
+        check(mb.locator("#create-key select[name=user_id]").count() == 0, "a member can pick another key owner")
+        mb.fill("#create-key input[name=name]", "mo-key")
+        submit(mb, "#create-key-submit")
+        member_secret = mb.locator("#new-secret").inner_text().strip()
+        check("ci-key" not in mb.locator("table").inner_text(), "a member sees another's key")
+        check("mo-key" in mb.locator("table").inner_text(), "the member's key is not listed")
+        req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
+                                     headers={"Authorization": f"Bearer {member_secret}", "Content-Type": "application/json"},
+                                     data=json.dumps({"model": "gpt-4o-mini", "max_tokens": 10,
+                                                      "messages": [{"role": "user", "content": "hello from a member"}]}).encode())
+        with urllib.request.urlopen(req) as r:
+            check(r.status == 200, "the member's key failed on the data plane")
+        deadline = time.time() + 20
+        while True:
+            mb.goto(f"{CONSOLE}/console/t/{tid}/usage")
+            if mb.locator("#total-requests").inner_text().strip() != "0" or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        check(mb.locator("#total-requests").inner_text().strip() == "1", "the member does not see their own call")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/usage?group_by=user")
+        check(ad.locator("#total-requests").inner_text().strip() == "2", "the admin does not see both calls")
+        check(ad.locator("#usage-table td", has_text="member@browser.test").count() == 1, "no row for the member")
+        shot(mb, "member-usage-en")
         check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/members").status in (403, 404), "a member lists members")
         check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/records").status in (403, 404), "a member reads the tenant's records")
 
