@@ -7,7 +7,7 @@ mod common;
 use common::{Credits, Postgres};
 use tollgate::billing::usage::UsageEvent;
 use tollgate::store::pg::PgStore;
-use tollgate::store::sqlite::{NewKey, Store, StoreError};
+use tollgate::store::sqlite::{NewKey, NewestFirst, Store, StoreError};
 use tollgate::store::{Analytics, Codes, Directory, Ledger, Members, UsageLog, UserPatch};
 use tollgate::tenancy::limits::Limits;
 use tollgate::tenancy::{KeyId, TenantId};
@@ -2398,13 +2398,37 @@ fn orders_behaviour(s: &Store, backend: &str) {
     s.create_order(other.id, "stripe", 700, "cny", None, None, 60)
         .unwrap();
     let mine: Vec<i64> = s
-        .list_orders(Some(t.id), 10)
+        .list_orders(Some(t.id), NewestFirst::latest(10))
         .unwrap()
         .iter()
         .map(|o| o.id)
         .collect();
     assert_eq!(mine, vec![second.id, stale.id, o.id], "{backend}");
-    assert_eq!(s.list_orders(None, 10).unwrap().len(), 4, "{backend}");
+    assert_eq!(
+        s.list_orders(None, NewestFirst::latest(10)).unwrap().len(),
+        4,
+        "{backend}"
+    );
+    // Newest first in pages: the second starts below the first's last id.
+    let ids = |page: NewestFirst| -> Vec<i64> {
+        s.list_orders(Some(t.id), page)
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect()
+    };
+    let first = ids(NewestFirst::latest(2));
+    let rest = ids(NewestFirst {
+        before: first.last().copied(),
+        ..NewestFirst::latest(2)
+    });
+    assert_eq!([first, rest].concat(), mine, "{backend}");
+    assert!(ids(NewestFirst {
+        from: 0,
+        to: 1,
+        ..NewestFirst::latest(10)
+    })
+    .is_empty());
     assert!(
         matches!(s.order(999_999), Err(StoreError::NotFound { .. })),
         "{backend}"
@@ -2476,14 +2500,16 @@ fn orders_behaviour(s: &Store, backend: &str) {
         "{backend}"
     );
     let listed: Vec<i64> = s
-        .list_refunds(Some(o.id))
+        .list_refunds(Some(o.id), NewestFirst::latest(100))
         .unwrap()
         .iter()
         .map(|r| r.id)
         .collect();
     assert_eq!(listed, vec![r3.id, r2.id, r1.id], "{backend}");
     assert!(
-        s.list_refunds(Some(second.id)).unwrap().is_empty(),
+        s.list_refunds(Some(second.id), NewestFirst::latest(100))
+            .unwrap()
+            .is_empty(),
         "{backend}"
     );
 

@@ -2,7 +2,9 @@
 //! the thresholds and where alerts go, and reads the delivery log.
 
 use super::auth::Principal;
-use super::wire::{bad_param, time, ApiResult, ErrorBody, JsonBody, PathParams};
+use super::wire::{
+    bad_param, time, ApiResult, ErrorBody, JsonBody, ListQuery, Page, PathParams, QueryParams,
+};
 use super::Admin;
 use crate::store::sqlite::{AlertDelivery, AlertSettings};
 use crate::tenancy::Role;
@@ -231,27 +233,26 @@ impl DeliveryOut {
     }
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct DeliveryList {
-    pub data: Vec<DeliveryOut>,
-}
-
 /// The tenant's alert deliveries, newest first (tenant admin, viewer).
 #[utoipa::path(get, path = "/admin/tenants/{t}/alerts/deliveries", tag = "credits", security(("bearer" = [])),
-    params(("t" = String, Path, description = "Tenant id or name")),
-    responses((status = 200, body = DeliveryList), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("t" = String, Path, description = "Tenant id or name"), ListQuery),
+    responses((status = 200, body = Page<DeliveryOut>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn deliveries(
     State(admin): State<Arc<Admin>>,
     who: Principal,
     PathParams(t): PathParams<String>,
-) -> ApiResult<Json<DeliveryList>> {
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Page<DeliveryOut>>> {
     let tenant = admin.tenant(&t).await?.id;
     who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+    let page = q.newest_first()?;
     let rows = admin
-        .blocking(move |a| a.store.alert_deliveries(tenant, 200))
+        .blocking(move |a| a.store.alert_deliveries(tenant, page))
         .await?;
-    Ok(Json(DeliveryList {
-        data: rows.iter().map(DeliveryOut::from).collect(),
+    let p = ListQuery::newest_page(page, rows, |d| d.id);
+    Ok(Json(Page {
+        data: p.data.iter().map(DeliveryOut::from).collect(),
+        next_cursor: p.next_cursor,
     }))
 }
 

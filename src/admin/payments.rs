@@ -12,15 +12,17 @@
 use super::auth::Principal;
 use super::credits::apply_credits;
 use super::wire::{
-    bad_param, forbidden, not_found, time, ApiError, ApiResult, ErrorBody, JsonBody, PathParams,
+    bad_param, forbidden, not_found, time, ApiError, ApiResult, ErrorBody, JsonBody, ListQuery,
+    Page, PathParams, QueryParams,
 };
 use super::Admin;
 use crate::config::PaymentSettings;
 use crate::error::GatewayError;
 use crate::metrics::METRICS;
 use crate::payments::stripe;
-use crate::store::sqlite::{Credited, IdempotencyKey, PaymentOrder, Refund};
+use crate::store::sqlite::{Credited, IdempotencyKey, NewestFirst, PaymentOrder, Refund};
 use crate::tenancy::Role;
+use crate::tenancy::TenantId;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -39,6 +41,8 @@ fn yuan(fen: i64) -> Decimal {
 pub struct OrderOut {
     pub id: i64,
     pub tenant_id: i64,
+    /// The tenant's name (in listings).
+    pub tenant_name: Option<String>,
     pub provider: String,
     /// The amount paid, in RMB (a decimal string).
     pub amount_rmb: String,
@@ -66,6 +70,7 @@ impl OrderOut {
         OrderOut {
             id: o.id,
             tenant_id: o.tenant_id.0,
+            tenant_name: None,
             provider: o.provider.clone(),
             amount_rmb: yuan(o.amount_minor).normalize().to_string(),
             currency: o.currency.clone(),
@@ -320,41 +325,58 @@ pub async fn promo_preview(
     }))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct OrderList {
-    pub data: Vec<OrderOut>,
-}
-
 /// A tenant's payment orders, newest first (tenant admin, viewer).
 #[utoipa::path(get, path = "/admin/tenants/{t}/orders", tag = "credits", security(("bearer" = [])),
-    params(("t" = String, Path, description = "Tenant id or name")),
-    responses((status = 200, body = OrderList), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("t" = String, Path, description = "Tenant id or name"), ListQuery),
+    responses((status = 200, body = Page<OrderOut>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_orders(
     State(admin): State<Arc<Admin>>,
     who: Principal,
     PathParams(t): PathParams<String>,
-) -> ApiResult<Json<OrderList>> {
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Page<OrderOut>>> {
     let tenant = admin.tenant(&t).await?.id;
     who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
-    let orders = admin
-        .blocking(move |a| a.store.list_orders(Some(tenant), 500))
-        .await?;
-    Ok(Json(OrderList {
-        data: orders.iter().map(OrderOut::from).collect(),
-    }))
+    orders_page(&admin, Some(tenant), &q).await
 }
 
 /// Every tenant's payment orders, newest first (operator).
 #[utoipa::path(get, path = "/admin/orders", tag = "credits", security(("bearer" = [])),
-    responses((status = 200, body = OrderList), (status = 403, body = ErrorBody)))]
+    params(ListQuery),
+    responses((status = 200, body = Page<OrderOut>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn all_orders(
     State(admin): State<Arc<Admin>>,
     who: Principal,
-) -> ApiResult<Json<OrderList>> {
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Page<OrderOut>>> {
     who.require_operator()?;
-    let orders = admin.blocking(|a| a.store.list_orders(None, 1000)).await?;
-    Ok(Json(OrderList {
-        data: orders.iter().map(OrderOut::from).collect(),
+    orders_page(&admin, None, &q).await
+}
+
+async fn orders_page(
+    admin: &Admin,
+    tenant: Option<TenantId>,
+    q: &ListQuery,
+) -> ApiResult<Json<Page<OrderOut>>> {
+    let page = q.newest_first()?;
+    let orders = admin
+        .blocking(move |a| a.store.list_orders(tenant, page))
+        .await?;
+    let p = ListQuery::newest_page(page, orders, |o| o.id);
+    let mut tenants: Vec<TenantId> = p.data.iter().map(|o| o.tenant_id).collect();
+    tenants.sort();
+    tenants.dedup();
+    let names = admin.names(&tenants).await?;
+    Ok(Json(Page {
+        data: p
+            .data
+            .iter()
+            .map(|o| OrderOut {
+                tenant_name: names.tenants.get(&o.tenant_id.0).cloned(),
+                ..OrderOut::from(o)
+            })
+            .collect(),
+        next_cursor: p.next_cursor,
     }))
 }
 
@@ -802,11 +824,6 @@ impl RefundOut {
     }
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct RefundList {
-    pub data: Vec<RefundOut>,
-}
-
 /// Refund part or all of a paid order (operator). The refunded share of what the order brought
 /// (its top-up and promotion bonus) is debited first, and only if the tenant's available balance
 /// covers it: a refund never takes back credit that was spent or is held for calls in flight
@@ -1021,24 +1038,45 @@ pub async fn refund_order(
 
 /// Refunds: of one order (`order`), or all (operator).
 #[utoipa::path(get, path = "/admin/refunds", tag = "credits", security(("bearer" = [])),
-    params(("order" = Option<i64>, Query, description = "Only this order's")),
-    responses((status = 200, body = RefundList), (status = 403, body = ErrorBody)))]
+    params(RefundQuery),
+    responses((status = 200, body = Page<RefundOut>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_refunds(
     State(admin): State<Arc<Admin>>,
     who: Principal,
     super::wire::QueryParams(q): super::wire::QueryParams<RefundQuery>,
-) -> ApiResult<Json<RefundList>> {
+) -> ApiResult<Json<Page<RefundOut>>> {
     who.require_operator()?;
     let order = q.order;
-    let refunds = admin.blocking(move |a| a.store.list_refunds(order)).await?;
-    Ok(Json(RefundList {
-        data: refunds.iter().map(RefundOut::from).collect(),
+    let list = ListQuery {
+        from: q.from,
+        to: q.to,
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let page = list.newest_first()?;
+    let refunds = admin
+        .blocking(move |a| a.store.list_refunds(order, page))
+        .await?;
+    let p = ListQuery::newest_page(page, refunds, |r| r.id);
+    Ok(Json(Page {
+        data: p.data.iter().map(RefundOut::from).collect(),
+        next_cursor: p.next_cursor,
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RefundQuery {
+    /// Only this order's refunds.
     pub order: Option<i64>,
+    /// Created at or after (RFC 3339 or unix seconds).
+    pub from: Option<String>,
+    /// Created before (RFC 3339 or unix seconds).
+    pub to: Option<String>,
+    /// Rows per page, 1 to 10000 (default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Credits a paid order once (see the module's documentation).
@@ -1206,9 +1244,15 @@ pub async fn reconciliation(
     let refunds = admin
         .blocking(move |a| {
             Ok(a.store
-                .list_refunds(None)?
+                .list_refunds(
+                    None,
+                    NewestFirst {
+                        from: start,
+                        to: end,
+                        ..NewestFirst::latest(100_000)
+                    },
+                )?
                 .into_iter()
-                .filter(|r| r.created_at >= start && r.created_at < end)
                 .filter(|r| r.state == "processing" || r.state == "succeeded")
                 .collect::<Vec<_>>())
         })
@@ -1216,7 +1260,7 @@ pub async fn reconciliation(
     let lines = admin
         .blocking(move |a| {
             let mut out = Vec::new();
-            for o in a.store.list_orders(None, 100_000)? {
+            for o in a.store.list_orders(None, NewestFirst::latest(100_000))? {
                 let paid_today = o.paid_at.is_some_and(|p| p >= start && p < end);
                 let made_today = o.created_at >= start && o.created_at < end;
                 // Paid that day, or placed that day and not (yet) paid.
@@ -1273,7 +1317,7 @@ pub async fn reconciliation(
     let mut providers: Vec<ProviderDay> = Vec::new();
     let mut names: Vec<String> = orders.iter().map(|l| l.provider.clone()).collect();
     let order_provider: std::collections::HashMap<i64, String> = admin
-        .blocking(|a| a.store.list_orders(None, 100_000))
+        .blocking(|a| a.store.list_orders(None, NewestFirst::latest(100_000)))
         .await?
         .into_iter()
         .map(|o| (o.id, o.provider))

@@ -309,6 +309,58 @@ pub fn range_ms(
 }
 
 impl ListQuery {
+    /// The store page this query asks for, newest first: its range in seconds, the id the
+    /// cursor stopped at, and one row more than the page holds (to know whether one follows).
+    pub fn newest_first(&self) -> Result<crate::store::sqlite::NewestFirst, GatewayError> {
+        let limit = page_limit(self.limit, DEFAULT_PAGE)?;
+        let (from, to) = range_ms(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            (i64::MIN, i64::MAX),
+        )?;
+        let before = match self.cursor.as_deref() {
+            None => None,
+            Some(c) => Some(
+                super::listing::decode_cursor(c, "n", 1)
+                    .map(|v| v[0])
+                    .ok_or_else(|| {
+                        bad_param("cursor", "`cursor` is not a cursor of this listing")
+                    })?,
+            ),
+        };
+        Ok(crate::store::sqlite::NewestFirst {
+            from: from.div_euclid(1000),
+            to: if to == i64::MAX {
+                i64::MAX
+            } else {
+                to.saturating_add(999).div_euclid(1000)
+            },
+            before,
+            limit: limit + 1,
+        })
+    }
+
+    /// A page of rows read with [`ListQuery::newest_first`]: the extra row, if any, means a
+    /// next page, whose cursor is the last kept row's id.
+    pub fn newest_page<T>(
+        page: crate::store::sqlite::NewestFirst,
+        mut rows: Vec<T>,
+        id: impl Fn(&T) -> i64,
+    ) -> Page<T> {
+        let limit = page.limit.saturating_sub(1) as usize;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last()
+                .map(|t| super::listing::encode_cursor("n", &[id(t)]))
+        } else {
+            None
+        };
+        Page {
+            data: rows,
+            next_cursor,
+        }
+    }
+
     /// A page of `items` (ordered by id): those created in the range, after the cursor.
     /// `id` and `created` (unix seconds) read an item.
     pub fn page<T>(

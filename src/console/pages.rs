@@ -432,11 +432,23 @@ impl Console {
         path: &str,
         name: &str,
     ) -> Page {
-        let page = match self.get(cx, path).await {
+        // The page's own `cursor` picks the listing's page; the next one is linked.
+        let path = match params(cx).opt("cursor") {
+            Some(cur) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}cursor={}", q(&cur))
+            }
+            None => path.to_string(),
+        };
+        let page = match self.get(cx, &path).await {
             Ok(p) => p,
             Err(f) => return self.failure(cx, me, &f),
         };
         vars.insert(name.into(), page["data"].clone());
+        let next = page["next_cursor"]
+            .as_str()
+            .map(|cur| format!("{}?cursor={}", cx.path, q(cur)));
+        vars.insert("next_page".into(), json!(next));
         self.render(cx, me, template, status, vars)
     }
 }

@@ -395,7 +395,7 @@ pub trait Orders: Send + Sync {
     async fn list_orders(
         &self,
         tenant: Option<TenantId>,
-        limit: u32,
+        page: sqlite::NewestFirst,
     ) -> Result<Vec<sqlite::PaymentOrder>, StoreError>;
     async fn order_pending(
         &self,
@@ -420,7 +420,11 @@ pub trait Orders: Send + Sync {
         created_by: Option<&str>,
     ) -> Result<sqlite::Refund, StoreError>;
     async fn refund(&self, id: i64) -> Result<sqlite::Refund, StoreError>;
-    async fn list_refunds(&self, order_id: Option<i64>) -> Result<Vec<sqlite::Refund>, StoreError>;
+    async fn list_refunds(
+        &self,
+        order_id: Option<i64>,
+        page: sqlite::NewestFirst,
+    ) -> Result<Vec<sqlite::Refund>, StoreError>;
     async fn refund_settled(
         &self,
         id: i64,
@@ -459,7 +463,7 @@ pub trait Alerts: Send + Sync {
     async fn alert_deliveries(
         &self,
         tenant: TenantId,
-        limit: u32,
+        page: sqlite::NewestFirst,
     ) -> Result<Vec<sqlite::AlertDelivery>, StoreError>;
 }
 

@@ -2780,14 +2780,18 @@ impl super::Orders for PgStore {
     async fn list_orders(
         &self,
         tenant: Option<TenantId>,
-        limit: u32,
+        page: super::sqlite::NewestFirst,
     ) -> Result<Vec<super::sqlite::PaymentOrder>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ORDER_COLUMNS} FROM payment_orders WHERE ($1::BIGINT IS NULL OR tenant_id = $1)
-             ORDER BY id DESC LIMIT $2"
+               AND created_at >= $2 AND created_at < $3 AND ($4::BIGINT IS NULL OR id < $4)
+             ORDER BY id DESC LIMIT $5"
         )))
         .bind(tenant.map(|t| t.0))
-        .bind(i64::from(limit))
+        .bind(page.from)
+        .bind(page.to)
+        .bind(page.before)
+        .bind(i64::from(page.limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -2926,12 +2930,18 @@ impl super::Orders for PgStore {
     async fn list_refunds(
         &self,
         order_id: Option<i64>,
+        page: super::sqlite::NewestFirst,
     ) -> Result<Vec<super::sqlite::Refund>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REFUND_COLUMNS} FROM payment_refunds WHERE ($1::BIGINT IS NULL OR order_id = $1)
-             ORDER BY id DESC LIMIT 1000"
+               AND created_at >= $2 AND created_at < $3 AND ($4::BIGINT IS NULL OR id < $4)
+             ORDER BY id DESC LIMIT $5"
         )))
         .bind(order_id)
+        .bind(page.from)
+        .bind(page.to)
+        .bind(page.before)
+        .bind(i64::from(page.limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -3158,14 +3168,19 @@ impl super::Alerts for PgStore {
     async fn alert_deliveries(
         &self,
         tenant: TenantId,
-        limit: u32,
+        page: super::sqlite::NewestFirst,
     ) -> Result<Vec<super::sqlite::AlertDelivery>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, tenant_id, alert_id, kind, subject, channel, target, state, attempts, last_error, payload, created_at, updated_at
-             FROM alert_deliveries WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2",
+             FROM alert_deliveries WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3
+               AND ($4::BIGINT IS NULL OR id < $4)
+             ORDER BY id DESC LIMIT $5",
         )
         .bind(tenant.0)
-        .bind(i64::from(limit))
+        .bind(page.from)
+        .bind(page.to)
+        .bind(page.before)
+        .bind(i64::from(page.limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -660,6 +660,28 @@ pub enum Dimension {
     Channel,
 }
 
+/// A newest-first page of a listing: rows created in `[from, to)` (unix seconds) with ids below
+/// `before` (the previous page's last id), at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewestFirst {
+    pub from: i64,
+    pub to: i64,
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+impl NewestFirst {
+    /// The newest `limit` rows of any time.
+    pub fn latest(limit: u32) -> NewestFirst {
+        NewestFirst {
+            from: i64::MIN,
+            to: i64::MAX,
+            before: None,
+            limit,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AnalyticsQuery {
     pub tenant: TenantId,
@@ -2322,15 +2344,17 @@ impl Store {
     pub fn alert_deliveries(
         &self,
         tenant: TenantId,
-        limit: u32,
+        page: NewestFirst,
     ) -> Result<Vec<AlertDelivery>, StoreError> {
-        pg!(self, {} s => crate::store::Alerts::alert_deliveries(&s, tenant, limit).await);
+        pg!(self, {} s => crate::store::Alerts::alert_deliveries(&s, tenant, page).await);
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, tenant_id, alert_id, kind, subject, channel, target, state, attempts, last_error, payload, created_at, updated_at
-                 FROM alert_deliveries WHERE tenant_id = ?1 ORDER BY id DESC LIMIT ?2",
+                 FROM alert_deliveries WHERE tenant_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                   AND (?4 IS NULL OR id < ?4)
+                 ORDER BY id DESC LIMIT ?5",
             )?;
-            let rows = st.query_map(params![tenant.0, limit], |r| {
+            let rows = st.query_map(params![tenant.0, page.from, page.to, page.before, page.limit], |r| {
                 Ok(AlertDelivery {
                     id: r.get(0)?,
                     tenant_id: TenantId(r.get(1)?),
@@ -2671,15 +2695,24 @@ impl Store {
     }
 
     /// Refunds, newest first: of one order, or of every order (`None`).
-    pub fn list_refunds(&self, order_id: Option<i64>) -> Result<Vec<Refund>, StoreError> {
-        pg!(self, {} s => crate::store::Orders::list_refunds(&s, order_id).await);
+    pub fn list_refunds(
+        &self,
+        order_id: Option<i64>,
+        page: NewestFirst,
+    ) -> Result<Vec<Refund>, StoreError> {
+        pg!(self, {} s => crate::store::Orders::list_refunds(&s, order_id, page).await);
         self.with(|c| {
             let sql = format!(
-                "SELECT {} FROM payment_refunds WHERE (?1 IS NULL OR order_id = ?1) ORDER BY id DESC LIMIT 1000",
+                "SELECT {} FROM payment_refunds WHERE (?1 IS NULL OR order_id = ?1)
+                   AND created_at >= ?2 AND created_at < ?3 AND (?4 IS NULL OR id < ?4)
+                 ORDER BY id DESC LIMIT ?5",
                 Store::REFUND_COLUMNS
             );
             let mut st = c.prepare(&sql)?;
-            let rows = st.query_map(params![order_id], Store::refund_from_row)?;
+            let rows = st.query_map(
+                params![order_id, page.from, page.to, page.before, page.limit],
+                Store::refund_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -2762,16 +2795,27 @@ impl Store {
     pub fn list_orders(
         &self,
         tenant: Option<TenantId>,
-        limit: u32,
+        page: NewestFirst,
     ) -> Result<Vec<PaymentOrder>, StoreError> {
-        pg!(self, {} s => crate::store::Orders::list_orders(&s, tenant, limit).await);
+        pg!(self, {} s => crate::store::Orders::list_orders(&s, tenant, page).await);
         self.with(|c| {
             let sql = format!(
-                "SELECT {} FROM payment_orders WHERE (?1 IS NULL OR tenant_id = ?1) ORDER BY id DESC LIMIT ?2",
+                "SELECT {} FROM payment_orders WHERE (?1 IS NULL OR tenant_id = ?1)
+                   AND created_at >= ?2 AND created_at < ?3 AND (?4 IS NULL OR id < ?4)
+                 ORDER BY id DESC LIMIT ?5",
                 Store::ORDER_COLUMNS
             );
             let mut st = c.prepare(&sql)?;
-            let rows = st.query_map(params![tenant.map(|t| t.0), limit], Store::order_from_row)?;
+            let rows = st.query_map(
+                params![
+                    tenant.map(|t| t.0),
+                    page.from,
+                    page.to,
+                    page.before,
+                    page.limit
+                ],
+                Store::order_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
