@@ -200,12 +200,54 @@ async fn wrong_admin_tokens_are_throttled_per_address_logged_and_counted() {
             .bearer_auth(token)
             .send()
     };
+    // A member of the gateway's tenant with a user token (random: never guessed).
+    let user = gw
+        .admin_post(
+            "/admin/tenants/acme/users",
+            json!({"email": "ann@acme.example", "role": "member"}),
+        )
+        .await;
+    let user_token = user["token"].as_str().unwrap().to_string();
+    // Wrong passwords (another kind of credential, and another account) never lock out the
+    // operator's token nor a colleague's sign-in.
+    let sign_in = |email: &str, password: &str| {
+        gw.client
+            .post(gw.admin_url("/admin/sessions"))
+            .json(&json!({"tenant": "acme", "email": email, "password": password}))
+            .send()
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            sign_in("bob@acme.example", "not it")
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+    }
+    assert_eq!(
+        sign_in("bob@acme.example", "not it")
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    assert_eq!(get(ADMIN_TOKEN).await.unwrap().status(), 200);
+    assert_eq!(
+        sign_in("ann@acme.example", "not it either")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     for i in 0..10 {
         let r = get(&format!("guess-{i}")).await.unwrap();
         assert_eq!(r.status(), 401, "guess {i}");
     }
-    // The eleventh try from this address is refused without a check, even the right token,
-    // until the window ends: guessing gets no answer.
+    // A valid session or user token is random: it still works while the address is refused.
+    assert_eq!(get(&user_token).await.unwrap().status(), 200);
+    // The eleventh try from this address is refused without a check, even the right operator
+    // token, until the window ends: guessing gets no answer.
     let r = get("guess-10").await.unwrap();
     assert_eq!(r.status(), 429);
     let wait: u64 = r.headers()["retry-after"]
@@ -221,14 +263,14 @@ async fn wrong_admin_tokens_are_throttled_per_address_logged_and_counted() {
             &metrics,
             "tollgate_admin_auth_failures_total{reason=\"invalid\"}"
         ),
-        10.0
+        21.0
     );
     assert_eq!(
         metric_value(
             &metrics,
             "tollgate_admin_auth_failures_total{reason=\"throttled\"}"
         ),
-        2.0
+        3.0
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !gw.log().contains("invalid admin token") {

@@ -68,7 +68,7 @@ pub async fn layer(State(admin): State<Arc<Admin>>, req: Request, next: Next) ->
     // Who: the token's principal (without the throttle's side effects: the handler applies
     // them), or for a sign-in, the account named in the body.
     let (mut parts, body) = req.into_parts();
-    let who = check_token(&admin, &mut parts).await.ok();
+    let who = check_token(&admin, &mut parts, true).await.ok();
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();

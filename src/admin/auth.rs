@@ -16,57 +16,101 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<std::net::IpAddr>);
 
-/// Wrong admin tokens from one address within this window...
+/// Failed credentials of one kind from one address within this window...
 const AUTH_WINDOW_MS: u64 = 60_000;
-/// ...beyond this many, and the address is refused (429) until the window ends.
-const AUTH_MAX_FAILURES: u32 = 10;
-/// Addresses remembered at most (the oldest windows are dropped first when full).
-const AUTH_MAX_ADDRESSES: usize = 10_000;
+/// Addresses and kinds remembered at most (the oldest windows are dropped first when full).
+const AUTH_MAX_ENTRIES: usize = 10_000;
 
-/// Failed admin authentications per source address: a token cannot be guessed at speed
-/// (without it, 300 tries took 0.1 s).
+/// What a failed credential was, so that one kind of failure never locks out another: wrong
+/// passwords for one account do not stop its colleagues behind the same NAT from signing in,
+/// nor the operator's token from working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Admin API bearer tokens that were not valid (the operator token guessed).
+    Tokens,
+    /// Sign-ins of any account from the address (password spraying across accounts).
+    SignIns,
+    /// Sign-ins of one account (tenant and email, hashed) from the address.
+    Account(u64),
+}
+
+impl Scope {
+    /// The scope of one account's sign-ins.
+    pub fn account(tenant: &str, email: &str) -> Scope {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tenant.trim().to_lowercase().hash(&mut h);
+        email.trim().to_lowercase().hash(&mut h);
+        Scope::Account(h.finish())
+    }
+
+    /// Failures allowed within the window before the scope is refused (429).
+    fn limit(self) -> u32 {
+        match self {
+            Scope::Tokens | Scope::Account(_) => 10,
+            Scope::SignIns => 50,
+        }
+    }
+}
+
+/// Failed credentials per source address and [`Scope`]: a token or password cannot be guessed
+/// at speed (without it, 300 tries took 0.1 s).
 #[derive(Default)]
 pub struct AuthThrottle {
-    failures: std::sync::Mutex<crate::FastMap<std::net::IpAddr, (u64, u32)>>,
+    failures: std::sync::Mutex<crate::FastMap<(std::net::IpAddr, Scope), (u64, u32)>>,
 }
 
 impl AuthThrottle {
-    /// `Err(seconds to wait)` while `ip` is locked out.
-    pub fn check(&self, ip: std::net::IpAddr, now_ms: u64) -> Result<(), u64> {
+    /// `Err(seconds to wait)` while `ip` is refused in `scope`.
+    pub fn check(&self, ip: std::net::IpAddr, scope: Scope, now_ms: u64) -> Result<(), u64> {
         let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&ip) {
-            Some(&(start, n)) if n >= AUTH_MAX_FAILURES && now_ms < start + AUTH_WINDOW_MS => {
+        match map.get(&(ip, scope)) {
+            Some(&(start, n)) if n >= scope.limit() && now_ms < start + AUTH_WINDOW_MS => {
                 Err((start + AUTH_WINDOW_MS - now_ms).div_ceil(1000))
             }
             _ => Ok(()),
         }
     }
 
-    /// The 429 to answer an address locked out for failed credentials (`what`: "admin tokens",
-    /// "sign-ins"), counted; `Ok` for any other (or no known) address.
+    /// The 429 to answer an address refused in any of `scopes` (`what`: "admin tokens",
+    /// "sign-ins"), counted; `Ok` otherwise (or for an unknown address).
     pub fn admit(
         &self,
         ip: Option<std::net::IpAddr>,
         now_ms: u64,
+        scopes: &[Scope],
         what: &str,
     ) -> Result<(), GatewayError> {
         let Some(ip) = ip else { return Ok(()) };
-        self.check(ip, now_ms).map_err(|wait| {
-            METRICS
-                .admin_auth_failures
-                .with_label_values(&["throttled"])
-                .inc();
-            GatewayError::RateLimited {
-                message: format!("Too many failed {what} from this address. Retry in {wait} s."),
-                retry_after: wait,
+        let wait = scopes
+            .iter()
+            .filter_map(|s| self.check(ip, *s, now_ms).err())
+            .max();
+        match wait {
+            None => Ok(()),
+            Some(wait) => {
+                METRICS
+                    .admin_auth_failures
+                    .with_label_values(&["throttled"])
+                    .inc();
+                Err(GatewayError::RateLimited {
+                    message: format!(
+                        "Too many failed {what} from this address. Retry in {wait} s."
+                    ),
+                    retry_after: wait,
+                })
             }
-        })
+        }
     }
 
-    /// Counts a refused credential of an address, and logs it.
-    pub fn refused(&self, ip: Option<std::net::IpAddr>, now_ms: u64, what: &str) {
+    /// Counts a refused credential of an address in `scopes`, and logs it.
+    pub fn refused(&self, ip: Option<std::net::IpAddr>, now_ms: u64, scopes: &[Scope], what: &str) {
         if let Some(ip) = ip {
-            let n = self.failed(ip, now_ms);
+            let n = scopes
+                .iter()
+                .map(|s| self.failed(ip, *s, now_ms))
+                .max()
+                .unwrap_or(0);
             METRICS
                 .admin_auth_failures
                 .with_label_values(&["invalid"])
@@ -75,17 +119,18 @@ impl AuthThrottle {
         }
     }
 
-    pub fn failed(&self, ip: std::net::IpAddr, now_ms: u64) -> u32 {
+    pub fn failed(&self, ip: std::net::IpAddr, scope: Scope, now_ms: u64) -> u32 {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= AUTH_MAX_ADDRESSES && !map.contains_key(&ip) {
+        let key = (ip, scope);
+        if map.len() >= AUTH_MAX_ENTRIES && !map.contains_key(&key) {
             map.retain(|_, (start, _)| now_ms < *start + AUTH_WINDOW_MS);
-            if map.len() >= AUTH_MAX_ADDRESSES {
+            if map.len() >= AUTH_MAX_ENTRIES {
                 if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
                     map.remove(&oldest);
                 }
             }
         }
-        let e = map.entry(ip).or_insert((now_ms, 0));
+        let e = map.entry(key).or_insert((now_ms, 0));
         if now_ms >= e.0 + AUTH_WINDOW_MS {
             *e = (now_ms, 0);
         }
@@ -153,10 +198,32 @@ impl FromRequestParts<Arc<Admin>> for Principal {
     async fn from_request_parts(parts: &mut Parts, admin: &Arc<Admin>) -> Result<Self, ApiError> {
         let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
         let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
-        admin.auth_throttle.admit(ip, now_ms, "admin tokens")?;
-        let result = check_token(admin, parts).await;
+        let refused_here = ip.is_some_and(|ip| {
+            admin
+                .auth_throttle
+                .check(ip, Scope::Tokens, now_ms)
+                .is_err()
+        });
+        if refused_here {
+            // Sessions and user tokens are random (never guessed): a valid one still works
+            // while the address is refused; the operator token (chosen by a person) is not
+            // even compared.
+            let random = bearer(&parts.headers)
+                .is_some_and(|t| t.starts_with("tgs-") || t.starts_with("tgu-"));
+            if random {
+                if let Ok(p) = check_token(admin, parts, false).await {
+                    return Ok(p);
+                }
+            }
+        }
+        admin
+            .auth_throttle
+            .admit(ip, now_ms, &[Scope::Tokens], "admin tokens")?;
+        let result = check_token(admin, parts, true).await;
         if let Err(GatewayError::InvalidKey(_)) = &result {
-            admin.auth_throttle.refused(ip, now_ms, "admin token");
+            admin
+                .auth_throttle
+                .refused(ip, now_ms, &[Scope::Tokens], "admin token");
         }
         result.map_err(ApiError)
     }
@@ -188,6 +255,7 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
 pub(super) async fn check_token(
     admin: &Arc<Admin>,
     parts: &mut Parts,
+    operator: bool,
 ) -> Result<Principal, GatewayError> {
     let presented = bearer(&parts.headers)
         .ok_or_else(|| {
@@ -195,7 +263,7 @@ pub(super) async fn check_token(
                 "The admin API needs `Authorization: Bearer <token>`: the operator token or a user token.".into(),
             )
         })?;
-    if let Some(expected) = admin.app.admin_token.as_deref() {
+    if let Some(expected) = admin.app.admin_token.as_deref().filter(|_| operator) {
         if same_secret(&presented, expected) {
             return Ok(Principal::Operator);
         }

@@ -8,7 +8,7 @@
 //! `LOCK_AFTER`-th in a row locks it for `LOCK_SECS`, besides the per-address throttle every
 //! admin credential has.
 
-use super::auth::{same_secret, ClientIp, Principal};
+use super::auth::{same_secret, ClientIp, Principal, Scope};
 use super::wire::{time, ApiResult, ErrorBody, JsonBody, UserOut};
 use super::Admin;
 use crate::error::GatewayError;
@@ -100,13 +100,18 @@ pub struct SessionOut {
     pub user: Option<UserOut>,
 }
 
+/// The one answer to every refused sign-in (wrong tenant, email or password, or a locked
+/// account): whether an account exists or is locked is not told apart.
 fn refused() -> GatewayError {
-    GatewayError::InvalidKey("The tenant, email or password is not right.".into())
+    GatewayError::InvalidKey(format!(
+        "The tenant, email or password is not right. After {LOCK_AFTER} failed sign-ins in a row an account is locked for {} minutes: reset the password to unlock it at once.",
+        LOCK_SECS / 60
+    ))
 }
 
 /// Sign in: a console session for a tenant user (tenant, email, password) or the operator
-/// (operator token). Wrong credentials answer 401 alike whatever was wrong; an account locked
-/// after repeated failures answers 429 with `Retry-After`.
+/// (operator token). Wrong credentials and a locked account answer the same 401, whatever was
+/// wrong; too many failures from one address answer 429 with `Retry-After`.
 #[utoipa::path(post, path = "/admin/sessions", tag = "members", request_body = SignIn,
     responses((status = 201, body = SessionOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn sign_in(
@@ -117,10 +122,18 @@ pub async fn sign_in(
     let ip = ip.and_then(|Extension(c)| c.0);
     let now = crate::tenancy::unix_now();
     let now_ms = now.max(0) as u64 * 1000;
-    admin.auth_throttle.admit(ip, now_ms, "sign-ins")?;
+    // Operator tokens and each account's passwords are throttled apart (auth::Scope).
+    let scopes = match (&req.operator_token, &req.tenant, &req.email) {
+        (Some(_), _, _) => vec![Scope::Tokens],
+        (None, Some(t), Some(e)) => vec![Scope::SignIns, Scope::account(t, e)],
+        _ => vec![Scope::SignIns],
+    };
+    admin.auth_throttle.admit(ip, now_ms, &scopes, "sign-ins")?;
     let result = sign_in_checked(&admin, req, now).await;
     if let Err(GatewayError::InvalidKey(_)) = &result {
-        admin.auth_throttle.refused(ip, now_ms, "console sign-in");
+        admin
+            .auth_throttle
+            .refused(ip, now_ms, &scopes, "console sign-in");
     }
     Ok((StatusCode::CREATED, Json(result?)))
 }
@@ -181,14 +194,8 @@ async fn sign_in_checked(
         return Err(refused());
     };
     let user = account.principal.user.clone();
-    if let Some(until) = account.locked_until.filter(|u| *u > now) {
-        return Err(GatewayError::RateLimited {
-            message: format!(
-                "This account is locked after {LOCK_AFTER} failed sign-ins. Retry in {} min.",
-                (until - now + 59) / 60
-            ),
-            retry_after: (until - now) as u64,
-        });
+    if account.locked_until.is_some_and(|u| u > now) {
+        return Err(refused());
     }
     if !matches || account.password_hash.is_none() || user.disabled_at.is_some() {
         if account.password_hash.is_some() && user.disabled_at.is_none() {
@@ -348,9 +355,12 @@ pub async fn request_reset(
     let ip = ip.and_then(|Extension(c)| c.0);
     let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
     // Every request counts, so that nobody can mail-bomb an address through this form.
-    admin.auth_throttle.admit(ip, now_ms, "sign-ins")?;
+    let scopes = [Scope::SignIns, Scope::account(&req.tenant, &req.email)];
+    admin.auth_throttle.admit(ip, now_ms, &scopes, "sign-ins")?;
     if let Some(ip) = ip {
-        admin.auth_throttle.failed(ip, now_ms);
+        for s in scopes {
+            admin.auth_throttle.failed(ip, s, now_ms);
+        }
     }
     let account = admin
         .blocking(move |a| a.store.login_account(&req.tenant, &req.email))

@@ -8,7 +8,7 @@
 //! another subject is refused afterwards); their role follows the provider's groups at every
 //! sign-in; a disabled user stays out whatever the provider says.
 
-use super::auth::{ClientIp, Principal};
+use super::auth::{ClientIp, Principal, Scope};
 use super::sessions::SessionOut;
 use super::wire::{bad_param, time, ApiResult, ErrorBody, JsonBody, PathParams, UserOut};
 use super::Admin;
@@ -167,7 +167,7 @@ pub async fn start(
     let now = crate::tenancy::unix_now();
     admin
         .auth_throttle
-        .admit(ip, now.max(0) as u64 * 1000, "sign-ins")?;
+        .admit(ip, now.max(0) as u64 * 1000, &[Scope::SignIns], "sign-ins")?;
     // An unknown tenant answers like one without single sign-on (no tenant enumeration).
     let not_set_up = || {
         let name: String = req.tenant.chars().take(64).collect();
@@ -263,10 +263,14 @@ pub async fn callback(
 ) -> ApiResult<(StatusCode, Json<SsoSession>)> {
     let ip = ip.and_then(|Extension(c)| c.0);
     let now_ms = crate::tenancy::unix_now().max(0) as u64 * 1000;
-    admin.auth_throttle.admit(ip, now_ms, "sign-ins")?;
+    admin
+        .auth_throttle
+        .admit(ip, now_ms, &[Scope::SignIns], "sign-ins")?;
     let result = finish(&admin, req).await;
     if let Err(GatewayError::InvalidKey(_) | GatewayError::Forbidden(_)) = &result {
-        admin.auth_throttle.refused(ip, now_ms, "single sign-on");
+        admin
+            .auth_throttle
+            .refused(ip, now_ms, &[Scope::SignIns], "single sign-on");
     }
     Ok((StatusCode::CREATED, Json(result?)))
 }

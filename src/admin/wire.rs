@@ -243,6 +243,10 @@ pub mod double_option {
 pub fn positive_nano(credits: Decimal, field: &str) -> Result<i64, GatewayError> {
     match pricing::to_nano(credits) {
         Some(n) if n > 0 => Ok(n),
+        None if credits > Decimal::ZERO => Err(bad_param(
+            field,
+            format!("`{field}` is too large (at most 9,000,000,000 credits)"),
+        )),
         _ => Err(bad_param(
             field,
             format!("`{field}` must be a positive amount"),

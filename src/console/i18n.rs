@@ -54,22 +54,89 @@ impl Lang {
 
 type Table = BTreeMap<String, String>;
 
-fn tables() -> &'static (Table, Table) {
-    static T: OnceLock<(Table, Table)> = OnceLock::new();
+struct Tables {
+    en: Table,
+    zh: Table,
+    /// The admin API's messages in Chinese: (English pattern, translation), `{}` the variable
+    /// parts.
+    api_zh: Vec<(String, String)>,
+}
+
+fn all() -> &'static Tables {
+    static T: OnceLock<Tables> = OnceLock::new();
     T.get_or_init(|| {
         #[derive(serde::Deserialize)]
         struct File {
             en: Table,
             zh: Table,
+            api_zh: Table,
         }
         match toml::from_str::<File>(include_str!("i18n.toml")) {
-            Ok(f) => (f.en, f.zh),
+            Ok(f) => Tables {
+                en: f.en,
+                zh: f.zh,
+                api_zh: f.api_zh.into_iter().collect(),
+            },
             Err(e) => {
                 tracing::error!(error = %e, "console translations do not parse");
-                (Table::new(), Table::new())
+                Tables {
+                    en: Table::new(),
+                    zh: Table::new(),
+                    api_zh: Vec::new(),
+                }
             }
         }
     })
+}
+
+fn tables() -> (&'static Table, &'static Table) {
+    let t = all();
+    (&t.en, &t.zh)
+}
+
+/// The variable parts of `text` where `pattern` has `{}`, if the rest matches exactly.
+fn captures<'a>(pattern: &str, text: &'a str) -> Option<Vec<&'a str>> {
+    let pieces: Vec<&str> = pattern.split("{}").collect();
+    let mut rest = text.strip_prefix(pieces[0])?;
+    let mut found = Vec::new();
+    for (i, piece) in pieces.iter().enumerate().skip(1) {
+        let last = i == pieces.len() - 1;
+        let at = if last {
+            if piece.is_empty() {
+                rest.len()
+            } else {
+                rest.strip_suffix(piece)?.len()
+            }
+        } else {
+            rest.find(piece)?
+        };
+        found.push(&rest[..at]);
+        rest = &rest[at + piece.len()..];
+    }
+    (rest.is_empty()).then_some(found)
+}
+
+/// An admin API message (or the console's own) in the viewer's language: known ones
+/// translated with their variable parts kept, others after a translated lead.
+pub fn api_message(lang: Lang, message: &str) -> String {
+    let cjk = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c);
+    if lang == Lang::En || message.chars().any(cjk) {
+        return message.to_string();
+    }
+    for (pattern, zh) in &all().api_zh {
+        if let Some(parts) = captures(pattern, message) {
+            let mut out = String::new();
+            let mut parts = parts.into_iter();
+            for (i, piece) in zh.split("{}").enumerate() {
+                if i > 0 {
+                    out.push_str(parts.next().unwrap_or(""));
+                }
+                out.push_str(piece);
+            }
+            return out;
+        }
+    }
+    format!("{}{message}", text(lang, "api_error_lead"))
 }
 
 /// The language's table as a template value, built once.
@@ -103,6 +170,29 @@ pub fn table(lang: Lang) -> &'static Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_messages_are_translated_with_their_variable_parts() {
+        assert_eq!(
+            api_message(Lang::Zh, "Model `gpt-9` is not configured."),
+            "模型 `gpt-9` 未配置。"
+        );
+        assert_eq!(
+            api_message(Lang::Zh, "redemption code not found"),
+            "兑换码不存在。"
+        );
+        assert_eq!(api_message(Lang::Zh, "widget not found"), "未找到：widget");
+        assert_eq!(
+            api_message(Lang::Zh, "something new"),
+            "操作未完成：something new"
+        );
+        assert_eq!(api_message(Lang::En, "x not found"), "x not found");
+        assert_eq!(api_message(Lang::Zh, "已是中文"), "已是中文");
+        // Every pattern's translation has as many variable parts.
+        for (en, zh) in &all().api_zh {
+            assert_eq!(en.matches("{}").count(), zh.matches("{}").count(), "{en}");
+        }
+    }
 
     #[test]
     fn both_languages_have_every_key() {

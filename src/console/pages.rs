@@ -307,6 +307,20 @@ impl Console {
         )
         .unwrap_or(1.0);
         let role = me["role"].as_str().unwrap_or("").to_string();
+        // Messages from the API in the viewer's language.
+        for k in ["err", "message"] {
+            if let Some(m) = vars.get(k).and_then(Value::as_str) {
+                let m = i18n::api_message(cx.lang, m);
+                vars.insert(k.into(), json!(m));
+            }
+        }
+        // A form shown again with what was wrong in it is a page like any other (a 4xx would
+        // be a failed load to the browser); refusals (403), missing pages and throttles keep
+        // their status.
+        let status = match status.as_u16() {
+            400 | 401 | 409 | 422 if name != "error.html" => StatusCode::OK,
+            _ => status,
+        };
         vars.insert("lang".into(), json!(cx.lang.code()));
         vars.insert("lang_html".into(), json!(cx.lang.html()));
         vars.insert("me".into(), me.clone());
@@ -576,18 +590,54 @@ fn params(cx: &Ctx) -> Form {
     )
 }
 
-/// Numbers typed in forms: empty is absent; anything else must parse.
-fn num_field(form: &Form, name: &str) -> Result<Option<Value>, Failure> {
+/// Whole numbers typed in forms: empty is absent; anything else must parse. `label` is the
+/// field's label key (or its text), named in the message.
+fn num_field(cx: &Ctx, form: &Form, name: &str, label: &str) -> Result<Option<Value>, Failure> {
     match form.opt(name) {
         None => Ok(None),
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) => Ok(Some(json!(n))),
-            Err(_) => Err(Failure {
-                status: StatusCode::BAD_REQUEST,
-                message: format!("`{name}` must be a whole number."),
-            }),
+        Some(v) => match v.replace(',', "").parse::<u64>() {
+            Ok(n) if n <= 1_000_000_000_000 => Ok(Some(json!(n))),
+            _ => Err(field_failure(cx, label, "bad_whole_number")),
         },
     }
+}
+
+/// Amounts typed in forms (credits or RMB): empty is absent; else a decimal number from 0 to
+/// 10^12 (thousands separators allowed), sent on as the API's decimal string.
+fn amount_field(cx: &Ctx, form: &Form, name: &str, label: &str) -> Result<Option<String>, Failure> {
+    let Some(v) = form.opt(name) else {
+        return Ok(None);
+    };
+    match v.replace(',', "").parse::<rust_decimal::Decimal>() {
+        Ok(d)
+            if !d.is_sign_negative() && d <= rust_decimal::Decimal::from(1_000_000_000_000i64) =>
+        {
+            Ok(Some(d.normalize().to_string()))
+        }
+        _ => Err(field_failure(cx, label, "bad_amount")),
+    }
+}
+
+/// "<label>: <what is wrong>", in the viewer's language.
+fn field_failure(cx: &Ctx, label: &str, what: &str) -> Failure {
+    let name = match i18n::text(cx.lang, label) {
+        t if t.is_empty() => label.to_string(),
+        t => t,
+    };
+    Failure {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("{name}: {}", i18n::text(cx.lang, what)),
+    }
+}
+
+/// Runs a form's field checks; the first failure is answered by `$render` (the page again).
+macro_rules! field {
+    ($check:expr, $fail:expr) => {
+        match $check {
+            Ok(v) => v,
+            Err(f) => return $fail(f).await,
+        }
+    };
 }
 
 macro_rules! signed_in {
@@ -1368,27 +1418,23 @@ async fn members_invite(State(c): C, Path(t): Path<String>, req: Request) -> Pag
 
 async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, signed_in);
-    let mut body = json!({
+    let fail = |f: Failure| members_render(&c, &cx, &me, &t, Flash::err(&f), f.status);
+    let quota = field!(amount_field(&cx, &form, "quota", "quota"), fail);
+    let rpm = field!(num_field(&cx, &form, "rpm_limit", "RPM"), fail);
+    let tpm = field!(num_field(&cx, &form, "tpm_limit", "TPM"), fail);
+    let body = json!({
         "role": form.get("role"),
         "disabled": form.get("disabled") == "on",
         "group_id": form.opt("group_id").and_then(|g| g.parse::<i64>().ok()),
+        "quota_credits": quota,
     });
-    body["quota_credits"] = match form.opt("quota") {
-        Some(q) => json!(q),
-        None => Value::Null,
-    };
     let path = format!("/admin/users/{id}");
     let mut result = c.call(&cx, Method::PATCH, &path, Some(body)).await;
     if result.is_ok() {
-        let limits = (num_field(&form, "rpm_limit"), num_field(&form, "tpm_limit"));
-        result = match limits {
-            (Ok(rpm), Ok(tpm)) => {
-                let body = json!({"rpm_limit": rpm, "tpm_limit": tpm});
-                c.call(&cx, Method::PUT, &format!("{path}/limits"), Some(body))
-                    .await
-            }
-            (Err(f), _) | (_, Err(f)) => Err(f),
-        };
+        let body = json!({"rpm_limit": rpm, "tpm_limit": tpm});
+        result = c
+            .call(&cx, Method::PUT, &format!("{path}/limits"), Some(body))
+            .await;
     }
     match result {
         Ok(_) => redirect(&format!("/console/t/{}/members?done=saved", tp(&t))),
@@ -1468,7 +1514,9 @@ async fn departments_render(
 
 async fn departments_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, signed_in);
-    let body = json!({"name": form.get("name"), "budget_credits": form.opt("budget")});
+    let fail = |f: Failure| departments_render(&c, &cx, &me, &t, Flash::err(&f), f.status);
+    let budget = field!(amount_field(&cx, &form, "budget", "budget"), fail);
+    let body = json!({"name": form.get("name"), "budget_credits": budget});
     match c
         .call(
             &cx,
@@ -1485,7 +1533,9 @@ async fn departments_create(State(c): C, Path(t): Path<String>, req: Request) ->
 
 async fn departments_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, signed_in);
-    let body = json!({"name": form.opt("name"), "budget_credits": form.opt("budget")});
+    let fail = |f: Failure| departments_render(&c, &cx, &me, &t, Flash::err(&f), f.status);
+    let budget = field!(amount_field(&cx, &form, "budget", "budget"), fail);
+    let body = json!({"name": form.opt("name"), "budget_credits": budget});
     match c
         .call(
             &cx,
@@ -1558,12 +1608,10 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    let (rpm, tpm) = match (num_field(&form, "rpm_limit"), num_field(&form, "tpm_limit")) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(f), _) | (_, Err(f)) => {
-            return keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await
-        }
-    };
+    let fail = |f: Failure| keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status);
+    let rpm = field!(num_field(&cx, &form, "rpm_limit", "RPM"), fail);
+    let tpm = field!(num_field(&cx, &form, "tpm_limit", "TPM"), fail);
+    let quota = field!(amount_field(&cx, &form, "quota", "quota"), fail);
     let expires = form
         .opt("expires")
         .and_then(|d| day_to_rfc3339(&d, cx.tz, 1));
@@ -1574,7 +1622,7 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         "default_channel": form.get("default_channel"),
         "allowed_channels": form.all("allowed_channels"),
         "allowed_models": models,
-        "quota_credits": form.opt("quota"),
+        "quota_credits": quota,
         "rpm_limit": rpm,
         "tpm_limit": tpm,
         "expires_at": expires,
@@ -2330,8 +2378,10 @@ fn qr_svg(text: &str) -> Option<String> {
 /// Places an order and sends the browser to the provider's payment page.
 async fn topup_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, signed_in);
+    let fail = |f: Failure| topup_render(&c, &cx, &me, &t, Flash::err(&f), f.status);
+    let amount = field!(amount_field(&cx, &form, "amount_rmb", "amount_rmb"), fail);
     let body = json!({
-        "amount_rmb": form.get("amount_rmb"),
+        "amount_rmb": amount,
         "promo_code": form.opt("promo_code"),
         "provider": form.opt("provider"),
     });
@@ -2369,7 +2419,9 @@ async fn op_orders(State(c): C, req: Request) -> Page {
 /// Refunds a paid order (all of it, or the amount given) and says how it went.
 async fn op_refund(State(c): C, Path(id): Path<i64>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, operator_only);
-    let body = json!({"amount_rmb": form.opt("amount_rmb"), "reason": form.opt("reason")});
+    let fail = |f: Failure| op_orders_render(&c, &cx, &me, Flash::err(&f), f.status);
+    let amount = field!(amount_field(&cx, &form, "amount_rmb", "amount_rmb"), fail);
+    let body = json!({"amount_rmb": amount, "reason": form.opt("reason")});
     match c
         .call(
             &cx,
@@ -2528,8 +2580,10 @@ async fn op_tenant_create(State(c): C, req: Request) -> Page {
 
 async fn op_topup(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, operator_only);
+    let fail = |f: Failure| op_tenants_render(&c, &cx, &me, Flash::err(&f), f.status);
+    let amount = field!(amount_field(&cx, &form, "amount_rmb", "amount_rmb"), fail);
     let body = json!({
-        "amount_rmb": form.get("amount_rmb"),
+        "amount_rmb": amount,
         "note": form.opt("note"),
         "promo_code": form.opt("promo_code"),
         "idempotency_key": form.opt("idempotency_key"),
@@ -2574,12 +2628,11 @@ async fn op_codes_render(
 
 async fn op_codes_create(State(c): C, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, operator_only);
-    let count = match num_field(&form, "count") {
-        Ok(n) => n.unwrap_or(json!(1)),
-        Err(f) => return op_codes_render(&c, &cx, &me, Flash::err(&f), f.status).await,
-    };
+    let fail = |f: Failure| op_codes_render(&c, &cx, &me, Flash::err(&f), f.status);
+    let count = field!(num_field(&cx, &form, "count", "count"), fail).unwrap_or(json!(1));
+    let credits = field!(amount_field(&cx, &form, "credits", "credits"), fail);
     let body = json!({
-        "credits": form.get("credits"),
+        "credits": credits,
         "count": count,
         "batch": form.opt("batch"),
         "expires_at": form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1)),
@@ -2623,14 +2676,14 @@ async fn op_promos_render(
 
 async fn op_promos_create(State(c): C, req: Request) -> Page {
     let (cx, form, me) = posted!(c, req, operator_only);
-    let max_uses = match num_field(&form, "max_uses") {
-        Ok(n) => n,
-        Err(f) => return op_promos_render(&c, &cx, &me, Flash::err(&f), f.status).await,
-    };
+    let fail = |f: Failure| op_promos_render(&c, &cx, &me, Flash::err(&f), f.status);
+    let max_uses = field!(num_field(&cx, &form, "max_uses", "max_uses"), fail);
+    let credits = field!(amount_field(&cx, &form, "credits", "bonus_credits"), fail);
+    let percent = field!(amount_field(&cx, &form, "percent", "bonus_percent"), fail);
     let body = json!({
         "code": form.get("code"),
-        "credits": form.opt("credits"),
-        "percent": form.opt("percent"),
+        "credits": credits,
+        "percent": percent,
         "max_uses": max_uses,
         "expires_at": form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1)),
     });
