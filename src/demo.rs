@@ -2,6 +2,7 @@
 //! vendor (OpenAI wire format, streaming included) stands in for the vendors; the gateway runs
 //! on an embedded configuration with a SQLite file, and a demo tenant gets a fresh API key.
 
+use crate::billing::ledger::EntryKind;
 use crate::config::Config;
 use crate::routing::upstream::UpstreamStates;
 use crate::server::{self, Launch};
@@ -113,7 +114,7 @@ fn seed_month(
     config: &Config,
     tenant: &crate::tenancy::Tenant,
     calls: u64,
-) -> Result<(), String> {
+) -> Result<i64, String> {
     use crate::tenancy::Role;
     use rand::{Rng, SeedableRng};
     let e = |e: crate::store::sqlite::StoreError| e.to_string();
@@ -208,6 +209,7 @@ fn seed_month(
     let now_ms = crate::tenancy::unix_now() * 1000;
     let per_day = (calls / 30) as i64;
     let mut events = Vec::new();
+    let mut spent = 0i64;
     for day in (1..=30).rev() {
         // Weekdays busier than weekends, and a slow ramp-up over the month.
         let calls = per_day * (85 + (30 - day)) / 100 + if day % 7 < 2 { 0 } else { per_day / 4 };
@@ -275,6 +277,9 @@ fn seed_month(
                 baseline_cost_nano: (routed && !failed).then_some(baseline),
                 ..Default::default()
             });
+            if !failed {
+                spent += cost;
+            }
             if events.len() >= 20_000 {
                 store.record(&events).map_err(e)?;
                 events.clear();
@@ -282,7 +287,7 @@ fn seed_month(
         }
     }
     store.record(&events).map_err(e)?;
-    Ok(())
+    Ok(spent)
 }
 
 /// The router model shipped in the repository, embedded so the demo runs from any directory.
@@ -390,19 +395,30 @@ fn try_run(
         Ok(t) => t,
         Err(_) => {
             let t = store.create_tenant("demo").map_err(|e| e.to_string())?;
-            // A starting grant so the demo key can spend: 1,000 credits, once per database.
-            store
-                .credit(
-                    t.id,
-                    crate::billing::ledger::EntryKind::Grant,
-                    1000 * crate::billing::pricing::NANO,
-                    Some("demo"),
-                    Some("demo starting credit"),
-                    &format!("demo-grant:{}", t.id.0),
-                )
-                .map_err(|e| e.to_string())?;
-            seed_month(&store, &config, &t, history_calls)
+            let spent = seed_month(&store, &config, &t, history_calls)
                 .map_err(|e| format!("demo data: {e}"))?;
+            // The month's money, dated before the calls it paid for: a starting grant (1,000
+            // credits, or more when the generated month spends more) and a mid-month top-up,
+            // so the statement's running balance never goes below zero.
+            let nano = crate::billing::pricing::NANO;
+            let grant = (spent * 12 / 10 / (1000 * nano) + 1).max(1) * 1000 * nano;
+            let now_ms = crate::tenancy::unix_now() * 1000;
+            for (kind, amount, note, days_ago) in [
+                (EntryKind::Grant, grant, "demo starting credit", 31),
+                (EntryKind::TopUp, 500 * nano, "demo top-up", 15),
+            ] {
+                store
+                    .credit_dated(
+                        t.id,
+                        kind,
+                        amount,
+                        Some("demo"),
+                        Some(note),
+                        &format!("demo-{}:{}", kind.as_str(), t.id.0),
+                        now_ms - days_ago * 86_400_000 - 3_600_000,
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
             t
         }
     };

@@ -3625,6 +3625,32 @@ impl Store {
         Ok(e)
     }
 
+    /// [`Store::credit`] dated `created_ms` (the demo's generated month: its money comes in
+    /// before its calls). On PostgreSQL, dated now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn credit_dated(
+        &self,
+        tenant: TenantId,
+        kind: EntryKind,
+        amount: i64,
+        actor: Option<&str>,
+        note: Option<&str>,
+        id: &str,
+        created_ms: i64,
+    ) -> Result<LedgerEntry, StoreError> {
+        pg!(self, { let actor = actor.map(str::to_string); let note = note.map(str::to_string); let id = id.to_string(); } s => crate::store::Ledger::credit(&s, tenant, kind, amount, actor.as_deref(), note.as_deref(), &id).await);
+        let mut e = Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
+        e.created_ms = created_ms;
+        self.with(|c| {
+            let tx = c.transaction()?;
+            Store::require_tenant(&tx, tenant)?;
+            Store::insert_entry(&tx, &e)?;
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(e)
+    }
+
     /// [`Store::credit`] under an idempotency key: the entry id is the key's, and a key used
     /// before commits nothing and returns what it recorded.
     pub fn credit_idempotent(
