@@ -123,6 +123,20 @@ async fn a_key_is_read_patched_and_rotated_and_its_old_secret_stops_working() {
     )
     .await;
     assert_eq!(s, 400);
+    // An expiry already past is a mistake, not a way to revoke.
+    let (s, v) = send(
+        &gw,
+        reqwest::Method::PATCH,
+        &path,
+        ADMIN_TOKEN,
+        Some(json!({"expires_at": "2020-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["param"].clone()),
+        (400, json!("expires_at")),
+        "{v}"
+    );
     let (s, _) = send(
         &gw,
         reqwest::Method::PATCH,
@@ -216,6 +230,25 @@ async fn invitations_are_listed_and_revoked_and_one_user_token_is_revoked() {
     let list = gw.admin_get("/admin/tenants/acme/invites").await;
     assert_eq!(list["data"][0]["state"], "pending", "{list}");
     assert_eq!(list["data"][0]["email"], "new@acme.test");
+    // A second invitation while one is pending, or one to a member, is refused at once.
+    for email in ["New@acme.test", "owner@acme.test"] {
+        if email.starts_with("owner") {
+            gw.admin_post(
+                "/admin/tenants/acme/users",
+                json!({"email": email, "role": "member"}),
+            )
+            .await;
+        }
+        let (s, v) = send(
+            &gw,
+            reqwest::Method::POST,
+            "/admin/tenants/acme/invites",
+            ADMIN_TOKEN,
+            Some(json!({"email": email, "role": "member"})),
+        )
+        .await;
+        assert_eq!(s, 400, "{email}: {v}");
+    }
     let (s, v) = send(
         &gw,
         reqwest::Method::DELETE,

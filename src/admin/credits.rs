@@ -694,7 +694,7 @@ pub async fn create_codes(
         .batch
         .unwrap_or_else(|| format!("batch-{}", crate::tenancy::unix_now()));
     let b2 = batch.clone();
-    let expires = req.expires_at.map(|i| i.0);
+    let expires = super::wire::future(req.expires_at.map(|i| i.0))?;
     let codes = admin
         .blocking(move |a| a.store.create_codes(&b2, amount, req.count, expires))
         .await?;
@@ -805,7 +805,7 @@ pub async fn create_promo(
             .into())
         }
     };
-    let expires = req.expires_at.map(|i| i.0);
+    let expires = super::wire::future(req.expires_at.map(|i| i.0))?;
     let p = admin
         .blocking(move |a| {
             a.store

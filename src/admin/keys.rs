@@ -248,7 +248,7 @@ pub async fn create_key(
         default_channel: req.default_channel,
         allowed_channels: req.allowed_channels,
         allowed_models: models,
-        expires_at: req.expires_at.map(|i| i.0),
+        expires_at: super::wire::future(req.expires_at.map(|i| i.0))?,
         quota_nano,
         user_id,
         limits: Limits {
@@ -342,7 +342,10 @@ pub async fn update_key(
         default_channel: req.default_channel,
         allowed_channels: req.allowed_channels,
         allowed_models: models,
-        expires_at: req.expires_at.map(|e| e.map(|i| i.0)),
+        expires_at: match req.expires_at {
+            Some(Some(i)) => Some(super::wire::future(Some(i.0))?),
+            other => other.map(|e| e.map(|i| i.0)),
+        },
         quota_nano: match req.quota_credits {
             None => None,
             Some(None) => Some(None),

@@ -621,6 +621,30 @@ pub async fn invite(
     let ttl = req.ttl_hours.unwrap_or(72).clamp(1, 24 * 30) * 3600;
     admin
         .blocking(move |a| {
+            // Refused now rather than when the link is used: someone who is already a member,
+            // or an invitation already on its way.
+            let email = req.email.trim().to_lowercase();
+            let now = crate::tenancy::unix_now();
+            if a.store
+                .list_users(tenant)?
+                .iter()
+                .any(|u| u.email.to_lowercase() == email)
+            {
+                return Err(crate::store::sqlite::StoreError::Conflict(format!(
+                    "`{}` is already a member of this tenant",
+                    req.email.trim()
+                )));
+            }
+            if a.store
+                .list_invites(tenant)?
+                .iter()
+                .any(|i| i.email.to_lowercase() == email && i.state(now) == "pending")
+            {
+                return Err(crate::store::sqlite::StoreError::Conflict(format!(
+                    "an invitation to `{}` is already pending",
+                    req.email.trim()
+                )));
+            }
             let token =
                 a.store
                     .create_invite(tenant, &req.email, role, req.group_id.map(GroupId), ttl)?;

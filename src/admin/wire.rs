@@ -215,6 +215,16 @@ impl<'de> Deserialize<'de> for Instant {
     }
 }
 
+/// An expiry being set must be in the future (an already-expired key or code is a mistake).
+pub fn future(expires: Option<i64>) -> Result<Option<i64>, GatewayError> {
+    match expires {
+        Some(t) if t <= crate::tenancy::unix_now() => {
+            Err(bad_param("expires_at", "`expires_at` is in the past"))
+        }
+        e => Ok(e),
+    }
+}
+
 impl utoipa::PartialSchema for Instant {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()

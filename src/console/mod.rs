@@ -65,6 +65,9 @@ pub struct Ctx {
     pub user_agent: Option<HeaderValue>,
     pub path: String,
     pub query: String,
+    /// A posted form is being answered (its page shown again with what was wrong is a page
+    /// like any other).
+    pub posted: bool,
 }
 
 impl Ctx {
@@ -99,6 +102,7 @@ impl Ctx {
             user_agent: headers.get(header::USER_AGENT).cloned(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or("").to_string(),
+            posted: false,
         }
     }
 }
@@ -225,7 +229,7 @@ async fn same_origin_posts(req: Request<Body>, next: axum::middleware::Next) -> 
     if req.method() == Method::POST && !same_origin(req.headers()) {
         return plain(
             StatusCode::FORBIDDEN,
-            "This form did not come from the console.",
+            "This form did not come from the console. / 此表单并非来自控制台。",
         );
     }
     next.run(req).await

@@ -119,6 +119,8 @@ pub fn routes() -> axum::Router<Arc<Console>> {
         .route("/console/op/reconciliation.csv", get(op_reconciliation_csv))
         .route("/console/op/reload", post(op_reload))
         .route("/console/{*rest}", get(not_found).post(not_found))
+        // A form's address opened as a page (or any other method) looks like a missing page.
+        .method_not_allowed_fallback(not_found)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,6 +261,17 @@ fn day_to_rfc3339(day: &str, tz: i32, plus_days: i64) -> Option<String> {
     ))
 }
 
+/// The last second of a `YYYY-MM-DD` from a form (local day), as RFC 3339: an expiry picked as
+/// a date lasts through that day.
+fn day_end_rfc3339(day: &str, tz: i32) -> Option<String> {
+    let d = chrono::NaiveDate::parse_from_str(day.trim(), "%Y-%m-%d").ok()?;
+    Some(format!(
+        "{}T23:59:59{}",
+        d.format("%Y-%m-%d"),
+        offset_text(tz)
+    ))
+}
+
 fn local_day(tz: i32, days_ago: i64) -> String {
     let now = now_utc();
     let offset = zone(tz);
@@ -314,11 +327,11 @@ impl Console {
                 vars.insert(k.into(), json!(m));
             }
         }
-        // A form shown again with what was wrong in it is a page like any other (a 4xx would
-        // be a failed load to the browser); refusals (403), missing pages and throttles keep
-        // their status.
+        // A posted form shown again with what was wrong in it is a page like any other (a 4xx
+        // would be a failed load to the browser); refusals (403), missing pages and throttles
+        // keep their status.
         let status = match status.as_u16() {
-            400 | 401 | 409 | 422 if name != "error.html" => StatusCode::OK,
+            400 | 401 | 409 | 422 if cx.posted && name != "error.html" => StatusCode::OK,
             _ => status,
         };
         vars.insert("lang".into(), json!(cx.lang.code()));
@@ -333,6 +346,10 @@ impl Console {
         vars.insert("can_see_tenant".into(), json!(role != "member"));
         vars.insert("csrf".into(), me["csrf"].clone());
         vars.insert("rate".into(), json!(rate));
+        vars.insert(
+            "mail".into(),
+            json!(self.admin().app.config().smtp.is_some()),
+        );
         vars.insert("tz".into(), json!(cx.tz));
         vars.insert("tz_label".into(), json!(tz_label(cx.tz)));
         vars.insert("path".into(), json!(cx.path));
@@ -567,7 +584,8 @@ impl Form {
 
 async fn read_form(req: Request) -> (Ctx, Form) {
     let (parts, body) = req.into_parts();
-    let cx = Ctx::new(&parts.headers, &parts.uri, &parts.extensions);
+    let mut cx = Ctx::new(&parts.headers, &parts.uri, &parts.extensions);
+    cx.posted = true;
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
@@ -727,10 +745,21 @@ async fn login_page(State(c): C, req: Request) -> Page {
 
 /// Only console paths are followed after sign-in (no open redirect).
 fn safe_next(next: &str) -> String {
+    // Only a path of the console's own: no dot segments (plain or percent-encoded), no
+    // backslashes, no scheme, no control characters.
+    let path = next.split(['?', '#']).next().unwrap_or("");
+    let lower = path.to_ascii_lowercase();
+    let dot_segment = path
+        .split('/')
+        .any(|seg| seg == "." || seg == ".." || seg.contains("%2e") || seg.contains("%2E"));
     if next.starts_with("/console/")
         && !next.starts_with("//")
         && !next.contains("://")
         && !next.contains('\\')
+        && !lower.contains("%2f")
+        && !lower.contains("%5c")
+        && !next.chars().any(char::is_control)
+        && !dot_segment
     {
         next.to_string()
     } else {
@@ -1612,9 +1641,7 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let rpm = field!(num_field(&cx, &form, "rpm_limit", "RPM"), fail);
     let tpm = field!(num_field(&cx, &form, "tpm_limit", "TPM"), fail);
     let quota = field!(amount_field(&cx, &form, "quota", "quota"), fail);
-    let expires = form
-        .opt("expires")
-        .and_then(|d| day_to_rfc3339(&d, cx.tz, 1));
+    let expires = form.opt("expires").and_then(|d| day_end_rfc3339(&d, cx.tz));
     let body = json!({
         "tenant": t,
         "name": form.get("name"),
@@ -1692,6 +1719,9 @@ struct UsageFilter {
     to_day: String,
     group_by: String,
     granularity: String,
+    /// A date typed in the query was not a date, or the range ran backwards: the default
+    /// range is shown instead, with a message.
+    bad_range: bool,
 }
 
 impl UsageFilter {
@@ -1704,22 +1734,38 @@ impl UsageFilter {
                 default.to_string()
             }
         };
-        let valid_day = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok();
+        let day = |d: &str| chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok();
+        let (from, to) = (p.get("from"), p.get("to"));
+        let typed_bad =
+            (!from.is_empty() && day(from).is_none()) || (!to.is_empty() && day(to).is_none());
+        let (mut from_day, mut to_day) = (
+            day(from).map_or_else(
+                || local_day(cx.tz, 29),
+                |d| d.format("%Y-%m-%d").to_string(),
+            ),
+            day(to).map_or_else(|| local_day(cx.tz, 0), |d| d.format("%Y-%m-%d").to_string()),
+        );
+        let backwards = from_day > to_day;
+        if backwards {
+            (from_day, to_day) = (local_day(cx.tz, 29), local_day(cx.tz, 0));
+        }
         UsageFilter {
-            from_day: Some(p.get("from"))
-                .filter(|d| valid_day(d))
-                .map(str::to_string)
-                .unwrap_or_else(|| local_day(cx.tz, 29)),
-            to_day: Some(p.get("to"))
-                .filter(|d| valid_day(d))
-                .map(str::to_string)
-                .unwrap_or_else(|| local_day(cx.tz, 0)),
+            from_day,
+            to_day,
             group_by: pick(
                 p.get("group_by"),
                 &["user", "group", "key", "model", "channel"],
                 "model",
             ),
             granularity: pick(p.get("granularity"), &["day", "hour"], "day"),
+            bad_range: typed_bad || backwards,
+        }
+    }
+
+    /// The page's message about the range, if it had to be replaced.
+    fn note(&self, vars: &mut Map<String, Value>, cx: &Ctx) {
+        if self.bad_range {
+            vars.insert("err".into(), json!(i18n::text(cx.lang, "bad_range")));
         }
     }
 
@@ -1746,6 +1792,7 @@ async fn usage_page(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     apply_flash(&mut vars, &cx, Flash::default());
     let tid = vars["t"].to_string();
     let f = UsageFilter::of(&cx);
+    f.note(&mut vars, &cx);
     let range = f.range(cx.tz);
     let base = format!("/admin/tenants/{tid}/analytics?{range}");
     let series = try_api!(
@@ -1868,6 +1915,7 @@ async fn records_page(State(c): C, Path(t): Path<String>, req: Request) -> Page 
     apply_flash(&mut vars, &cx, Flash::default());
     let tid = vars["t"].to_string();
     let f = UsageFilter::of(&cx);
+    f.note(&mut vars, &cx);
     let cursor = params(&cx).opt("cursor");
     let mut path = format!("/admin/tenants/{tid}/ledger?{}&limit=100", f.range(cx.tz));
     if let Some(cur) = &cursor {
@@ -2500,6 +2548,7 @@ async fn routing_page(State(c): C, Path(t): Path<String>, req: Request) -> Page 
     let mut vars = try_api!(c, cx, me, tenant_vars(&c, &cx, &t).await);
     let tid = vars["t"].to_string();
     let f = UsageFilter::of(&cx);
+    f.note(&mut vars, &cx);
     let routing = try_api!(
         c,
         cx,
@@ -2635,7 +2684,7 @@ async fn op_codes_create(State(c): C, req: Request) -> Page {
         "credits": credits,
         "count": count,
         "batch": form.opt("batch"),
-        "expires_at": form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1)),
+        "expires_at": form.opt("expires").and_then(|d| day_end_rfc3339(&d, cx.tz)),
     });
     match c.call(&cx, Method::POST, "/admin/codes", Some(body)).await {
         Ok(v) => {
@@ -2685,7 +2734,7 @@ async fn op_promos_create(State(c): C, req: Request) -> Page {
         "credits": credits,
         "percent": percent,
         "max_uses": max_uses,
-        "expires_at": form.opt("expires").and_then(|d| day_to_rfc3339(&d, cx.tz, 1)),
+        "expires_at": form.opt("expires").and_then(|d| day_end_rfc3339(&d, cx.tz)),
     });
     match c.call(&cx, Method::POST, "/admin/promos", Some(body)).await {
         Ok(_) => redirect("/console/op/promos?done=saved"),
@@ -2737,6 +2786,12 @@ mod tests {
         assert_eq!(safe_next("//evil.example/x"), "/console");
         assert_eq!(safe_next("https://evil.example"), "/console");
         assert_eq!(safe_next("/console/t/3/keys"), "/console/t/3/keys");
+        assert_eq!(safe_next("/console/../metrics"), "/console");
+        assert_eq!(safe_next("/console/%2e%2e/metrics"), "/console");
+        assert_eq!(
+            safe_next("/console/t/3/usage?from=2026-12-01"),
+            "/console/t/3/usage?from=2026-12-01"
+        );
         assert_eq!(
             day_to_rfc3339("2026-12-03", 480, 1).as_deref(),
             Some("2026-12-04T00:00:00+08:00")

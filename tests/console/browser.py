@@ -201,6 +201,35 @@ def main():
         check(ad.locator("#spend-today").inner_text().strip() not in ("0.00", "—"), "today's spend is empty")
         check(ad.locator("svg rect.bar").count() >= 1, "no chart bars")
 
+        # Rotating the key (asked to confirm first): a new secret shown once, the old one refused.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/keys")
+        ad.once("dialog", lambda d: d.accept())
+        with ad.expect_navigation():
+            ad.locator("tr", has_text="ci-key").locator("button", has_text="Rotate").click()
+        rotated = ad.locator("#new-secret").inner_text().strip()
+        check(rotated.startswith("tg-") and rotated != secret, "no new secret after rotating")
+
+        def chat(key):
+            req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
+                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                                         data=json.dumps({"model": "gpt-4o-mini", "max_tokens": 5,
+                                                          "messages": [{"role": "user", "content": "hi"}]}).encode())
+            try:
+                with urllib.request.urlopen(req) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        check(chat(secret) == 401 and chat(rotated) == 200, "rotation did not replace the secret")
+        secret = rotated
+        # A form's address opened as a page answers like a missing page (not a blank one).
+        with expected_refusals():
+            ad.goto(f"{CONSOLE}/console/t/{tid}/keys/1/rotate")
+        check(ad.locator("h1").count() == 1 and ad.locator("nav.lang").count() == 1, "a form address opened as a page is blank")
+        # Dates that are not a range are said so, on the page with its filters.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/usage?from=2026-12-09&to=2026-12-01")
+        check(ad.locator(".flash.err").count() == 1 and ad.locator("#usage-filters").count() == 1,
+              "a backwards date range is not explained on the usage page")
+
         # A code from the operator is redeemed by the tenant admin.
         op.goto(CONSOLE + "/console/op/codes")
         op.fill("#codes-form input[name=credits]", "25")
@@ -338,6 +367,9 @@ def main():
         check(all(k["name"] != "sneaky" for k in api("GET", f"/admin/keys?tenant={tid}")["data"]), "the viewer created a key")
         vw.goto(f"{CONSOLE}/console/t/{tid}/records")
         check(vw.locator("#records-table tbody tr").count() >= 2, "the viewer cannot read the records")
+        for pth in ["/security", "/redeem", "/alerts", "/members", "/departments"]:
+            vw.goto(f"{CONSOLE}/console/t/{tid}{pth}")
+            check(vw.locator("main button[type=submit]").count() == 0, f"a viewer sees a save button on {pth}")
         # Without the session's CSRF token, a form is refused even with the cookie.
         no_csrf = vw_ctx.request.post(f"{CONSOLE}/console/account", form={"current_password": "x", "new_password": "y" * 12, "confirm": "y" * 12})
         check(no_csrf.status == 403, f"a form without CSRF answered {no_csrf.status}")
@@ -383,7 +415,9 @@ def main():
             time.sleep(0.5)
         check(mb.locator("#total-requests").inner_text().strip() == "1", "the member does not see their own call")
         ad.goto(f"{CONSOLE}/console/t/{tid}/usage?group_by=user")
-        check(ad.locator("#total-requests").inner_text().strip() == "2", "the admin does not see both calls")
+        everyone = api("GET", f"/admin/tenants/{tid}/analytics")["data"][0]["requests"]
+        check(everyone == 3 and ad.locator("#total-requests").inner_text().strip() == "3",
+              f"the admin does not see every member's calls ({everyone} in the API)")
         check(ad.locator("#usage-table td", has_text="member@browser.test").count() == 1, "no row for the member")
         shot(mb, "member-usage-en")
         check(mb_ctx.request.get(f"{CONSOLE}/console/t/{tid}/members").status in (403, 404), "a member lists members")
