@@ -983,6 +983,39 @@ async fn ledger_behaviour(s: &dyn LedgerBoth, backend: &str) {
         ),
         "{backend}"
     );
+    // Money in, newest first, in pages (charges never among it), on a tenant of its own.
+    let initech = s.create_tenant("initech").await.unwrap();
+    for (kind, id) in [(EntryKind::TopUp, "i:1"), (EntryKind::Grant, "i:2")] {
+        s.credit(initech.id, kind, 7, None, None, id).await.unwrap();
+    }
+    use tollgate::store::sqlite::NewestFirst;
+    let first = s
+        .money_entries(initech.id, NewestFirst::latest(1))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1, "{backend}");
+    assert_eq!(first[0].1.id, "i:2", "{backend}");
+    let rest = s
+        .money_entries(
+            initech.id,
+            NewestFirst {
+                before: Some(first[0].0),
+                ..NewestFirst::latest(10)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(),
+        ["i:1"],
+        "{backend}"
+    );
+    let range = NewestFirst {
+        from: 0,
+        to: 1,
+        ..NewestFirst::latest(10)
+    };
+    assert!(s.money_entries(initech.id, range).await.unwrap().is_empty());
 }
 
 /// The domains a ledger test needs, on one store.

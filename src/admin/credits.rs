@@ -506,6 +506,35 @@ pub async fn statement(
     Ok(Json(Page { data, next_cursor }).into_response())
 }
 
+/// Money in and adjustments (top-ups, grants, redemptions, promotions, refunds, adjustments:
+/// every entry but charges), newest first (tenant admin, viewer): where the money came from.
+#[utoipa::path(get, path = "/admin/tenants/{t}/credits", tag = "credits", security(("bearer" = [])),
+    params(("t" = String, Path, description = "Tenant id or name"), ListQuery),
+    responses((status = 200, body = Page<EntryOut>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn money_in(
+    State(admin): State<Arc<Admin>>,
+    who: Principal,
+    PathParams(t): PathParams<String>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Page<EntryOut>>> {
+    let tenant = admin.tenant(&t).await?.id;
+    who.require(tenant, &[Role::TenantAdmin, Role::Viewer])?;
+    let page = q.newest_first()?;
+    let rows = admin
+        .blocking(move |a| a.store.money_entries(tenant, page))
+        .await?;
+    let p = ListQuery::newest_page(page, rows, |(seq, _)| *seq);
+    let names = admin.names(&[tenant]).await?;
+    Ok(Json(Page {
+        data: p
+            .data
+            .iter()
+            .map(|(_, e)| EntryOut::from(e, &names))
+            .collect(),
+        next_cursor: p.next_cursor,
+    }))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redeem {

@@ -199,6 +199,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(credits::top_up))
         .routes(routes!(credits::adjust))
         .routes(routes!(credits::statement))
+        .routes(routes!(credits::money_in))
         .routes(routes!(credits::redeem))
         .routes(routes!(credits::claim_promo))
         .routes(routes!(payments::create_order, payments::list_orders))

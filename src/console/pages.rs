@@ -148,7 +148,8 @@ pub fn environment() -> Environment<'static> {
         } else {
             2
         };
-        format!("¥{}", group_digits(yuan, decimals))
+        let sign = if yuan < 0.0 { "-" } else { "" };
+        format!("{sign}¥{}", group_digits(yuan.abs(), decimals))
     });
     env.add_filter("num", |v: MjValue| group_digits(number(&v), 0));
     env.add_filter("pct", |v: MjValue| format!("{:.1}%", number(&v) * 100.0));
@@ -1231,7 +1232,7 @@ fn series_chart(rows: &Value, tz: i32, from: &str, to: &str, hourly: bool) -> ch
                 .map(|t| {
                     let local = t.with_timezone(&zone(tz));
                     if hourly {
-                        local.format("%Y-%m-%d %H:00").to_string()
+                        local.format("%Y-%m-%d %H:%M").to_string()
                     } else {
                         local.format("%Y-%m-%d").to_string()
                     }
@@ -1922,6 +1923,20 @@ async fn records_page(State(c): C, Path(t): Path<String>, req: Request) -> Page 
         path.push_str(&format!("&cursor={}", q(cur)));
     }
     let page = try_api!(c, cx, me, c.get(&cx, &path).await);
+    // Where the money came from in the range, newest first, above the statement (which runs
+    // oldest first with every charge).
+    let money = try_api!(
+        c,
+        cx,
+        me,
+        c.get(
+            &cx,
+            &format!("/admin/tenants/{tid}/credits?{}&limit=20", f.range(cx.tz))
+        )
+        .await
+    );
+    vars.insert("money".into(), money["data"].clone());
+    vars.insert("more_money".into(), json!(!money["next_cursor"].is_null()));
     vars.insert("lines".into(), page["data"].clone());
     vars.insert("next_cursor".into(), page["next_cursor"].clone());
     vars.insert("from".into(), json!(f.from_day));

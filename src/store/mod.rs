@@ -782,6 +782,13 @@ pub trait Ledger: Send + Sync {
         after: Option<StatementPos>,
         limit: u32,
     ) -> Result<Vec<StatementRow>, StoreError>;
+    /// Money in and adjustments (every journal entry but charges), newest first: with their
+    /// journal sequence numbers (the listing's cursor).
+    async fn money_entries(
+        &self,
+        tenant: TenantId,
+        page: sqlite::NewestFirst,
+    ) -> Result<Vec<(i64, LedgerEntry)>, StoreError>;
     /// Cluster mode's registry of nodes (`meta` rows `cluster_node:<id>`): `Some(since)`
     /// records the node as running, `None` removes it (a clean stop, or `cluster forget`).
     async fn set_cluster_node(&self, node: &str, running: Option<i64>) -> Result<(), StoreError>;
@@ -928,6 +935,13 @@ impl Ledger for Store {
             s.statement_page(tenant, from_ms, to_ms, after, limit)
         })
         .await
+    }
+    async fn money_entries(
+        &self,
+        tenant: TenantId,
+        page: sqlite::NewestFirst,
+    ) -> Result<Vec<(i64, LedgerEntry)>, StoreError> {
+        blocking(self, move |s| s.money_entries(tenant, page)).await
     }
     async fn set_cluster_node(&self, node: &str, running: Option<i64>) -> Result<(), StoreError> {
         let node = node.to_string();

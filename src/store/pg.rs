@@ -1765,6 +1765,30 @@ impl Ledger for PgStore {
         .await?)
     }
 
+    async fn money_entries(
+        &self,
+        tenant: TenantId,
+        page: super::sqlite::NewestFirst,
+    ) -> Result<Vec<(i64, LedgerEntry)>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENTRY_COLUMNS}, seq FROM ledger_entries
+             WHERE tenant_id = $1 AND kind <> 'charge' AND created_ms >= $2 AND created_ms < $3
+               AND ($4::BIGINT IS NULL OR seq < $4)
+             ORDER BY seq DESC LIMIT $5"
+        )))
+        .bind(tenant.0)
+        .bind(page.from.saturating_mul(1000))
+        .bind(page.to.saturating_mul(1000))
+        .bind(page.before)
+        .bind(i64::from(page.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(11)?, entry_from_row(tenant, r)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     async fn statement_page(
         &self,
         tenant: TenantId,

@@ -4116,6 +4116,37 @@ impl Store {
     /// channel and tokens; those in `[from_ms, to_ms)` after the position `after`, at most
     /// `limit`. Each side walks its own index from the position on, so a page costs its own
     /// rows however deep into the statement it is.
+    /// Money in and adjustments (every journal entry but charges) created in the page's range,
+    /// newest first, with their sequence numbers.
+    pub fn money_entries(
+        &self,
+        tenant: TenantId,
+        page: NewestFirst,
+    ) -> Result<Vec<(i64, LedgerEntry)>, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::money_entries(&s, tenant, page).await);
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, kind, amount, key_id, request_id, actor, note, uncollected, created_ms,
+                        user_id, group_id, seq
+                 FROM ledger_entries
+                 WHERE tenant_id = ?1 AND kind <> 'charge' AND created_ms >= ?2 AND created_ms < ?3
+                   AND (?4 IS NULL OR seq < ?4)
+                 ORDER BY seq DESC LIMIT ?5",
+            )?;
+            let rows = st.query_map(
+                params![
+                    tenant.0,
+                    page.from.saturating_mul(1000),
+                    page.to.saturating_mul(1000),
+                    page.before,
+                    page.limit
+                ],
+                |r| Ok((r.get(11)?, Store::entry_from_row(tenant, r)?)),
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     pub fn statement_page(
         &self,
         tenant: TenantId,

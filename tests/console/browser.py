@@ -367,6 +367,8 @@ def main():
         check(all(k["name"] != "sneaky" for k in api("GET", f"/admin/keys?tenant={tid}")["data"]), "the viewer created a key")
         vw.goto(f"{CONSOLE}/console/t/{tid}/records")
         check(vw.locator("#records-table tbody tr").count() >= 2, "the viewer cannot read the records")
+        money = vw.locator("#money-table").inner_text()
+        check("first top-up" in money and "¥" in money, f"the money-in table lacks the operator's top-up: {money}")
         for pth in ["/security", "/redeem", "/alerts", "/members", "/departments"]:
             vw.goto(f"{CONSOLE}/console/t/{tid}{pth}")
             check(vw.locator("main button[type=submit]").count() == 0, f"a viewer sees a save button on {pth}")
