@@ -52,6 +52,9 @@ pub struct Failure {
     pub message: String,
 }
 
+/// The cookie of a page's one-time message (see `Ctx::flash`).
+pub const FLASH_COOKIE: &str = "tg_flash";
+
 /// One browser request's context: language, time zone, session token, client address.
 #[derive(Clone)]
 pub struct Ctx {
@@ -65,6 +68,9 @@ pub struct Ctx {
     pub user_agent: Option<HeaderValue>,
     pub path: String,
     pub query: String,
+    /// What the page shows once after a change (a new secret, codes, a link), carried from the
+    /// change's redirect in a short-lived cookie of this page's path (`pages::flash_redirect`).
+    pub flash: Option<String>,
     /// A posted form is being answered (its page shown again with what was wrong is a page
     /// like any other).
     pub posted: bool,
@@ -102,6 +108,11 @@ impl Ctx {
             user_agent: headers.get(header::USER_AGENT).cloned(),
             path: uri.path().to_string(),
             query: uri.query().unwrap_or("").to_string(),
+            flash: cookies
+                .iter()
+                .find(|(k, _)| k == FLASH_COOKIE)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty()),
             posted: false,
         }
     }
@@ -218,6 +229,7 @@ pub fn router(api: axum::Router, admin: Arc<Admin>) -> axum::Router {
     pages::routes()
         .with_state(console)
         .layer(axum::middleware::from_fn(same_origin_posts))
+        .layer(axum::middleware::from_fn(flash_once))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -233,6 +245,25 @@ async fn same_origin_posts(req: Request<Body>, next: axum::middleware::Next) -> 
         );
     }
     next.run(req).await
+}
+
+/// A page shown with its one-time message drops the message's cookie: a reload shows the page
+/// alone (the secret or link is not shown twice, and no change is made again).
+async fn flash_once(req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let carried = req.method() == Method::GET
+        && cookies(req.headers())
+            .iter()
+            .any(|(k, v)| k == FLASH_COOKIE && !v.is_empty());
+    let path = req.uri().path().to_string();
+    let mut r = next.run(req).await;
+    if carried {
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{FLASH_COOKIE}=; Max-Age=0; Path={path}; HttpOnly; SameSite=Strict"
+        )) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    r
 }
 
 fn same_origin(headers: &HeaderMap) -> bool {

@@ -524,6 +524,48 @@ fn to_login(cx: &Ctx) -> Page {
     redirect(&target)
 }
 
+/// After a change with something to show once (a new secret, codes, an invitation or reset
+/// link): the browser goes to the page `to` with a GET, so that reloading it changes nothing
+/// again, and the message rides along in a cookie for that page's path only (HttpOnly,
+/// SameSite=Strict, two minutes; dropped by the page that shows it). `None` when the message is
+/// too big for a cookie: the page is then the POST's own answer.
+fn flash_redirect(c: &Console, to: &str, flash: &Flash) -> Option<Page> {
+    use base64::Engine;
+    let text = json!({"ok": flash.ok, "extra": flash.extra}).to_string();
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    if value.len() > 3000 {
+        return None;
+    }
+    let path = to.split('?').next().unwrap_or(to);
+    let secure = if c.admin().app.config().admin.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={value}; Max-Age=120; Path={path}; HttpOnly; SameSite=Strict{secure}",
+        super::FLASH_COOKIE
+    );
+    let mut r = redirect(to);
+    r.headers_mut()
+        .append(header::SET_COOKIE, HeaderValue::from_str(&cookie).ok()?);
+    Some(r)
+}
+
+/// A carried one-time message, if the cookie holds one.
+fn read_flash(value: &str) -> Option<Flash> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    Some(Flash {
+        ok: v["ok"].as_str().map(str::to_string),
+        err: None,
+        extra: v["extra"].clone(),
+    })
+}
+
 fn redirect(to: &str) -> Page {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
@@ -1179,6 +1221,19 @@ async fn tenant_vars(c: &Console, cx: &Ctx, t: &str) -> Result<Map<String, Value
 
 fn apply_flash(vars: &mut Map<String, Value>, cx: &Ctx, flash: Flash) {
     let done = params(cx).opt("done");
+    // The one-time message a change's redirect carried here (only when the page shows no
+    // answer of its own).
+    let flash = match (&flash, cx.flash.as_deref().and_then(read_flash)) {
+        (
+            Flash {
+                ok: None,
+                err: None,
+                extra: Value::Null,
+            },
+            Some(carried),
+        ) => carried,
+        _ => flash,
+    };
     vars.insert("ok".into(), json!(flash.ok.or(done)));
     vars.insert("err".into(), json!(flash.err));
     vars.insert("extra".into(), flash.extra);
@@ -1440,7 +1495,11 @@ async fn members_invite(State(c): C, Path(t): Path<String>, req: Request) -> Pag
                 extra: json!({"invite_url": v["accept_url"], "emailed": v["emailed"], "email": v["invite"]["email"], "email_error": v["email_error"]}),
                 ..Default::default()
             };
-            members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+            let to = format!("/console/t/{}/members", tp(&t));
+            match flash_redirect(&c, &to, &flash) {
+                Some(r) => r,
+                None => members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await,
+            }
         }
         Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
@@ -1496,7 +1555,11 @@ async fn members_reset(State(c): C, Path((t, id)): Path<(String, i64)>, req: Req
                 extra: json!({"reset_url": v["reset_url"], "emailed": v["emailed"], "email": user["email"], "email_error": v["email_error"]}),
                 ..Default::default()
             };
-            members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+            let to = format!("/console/t/{}/members", tp(&t));
+            match flash_redirect(&c, &to, &flash) {
+                Some(r) => r,
+                None => members_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await,
+            }
         }
         Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
@@ -1662,7 +1725,11 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
                 extra: json!({"secret": v["key"], "name": v["record"]["name"]}),
                 ..Default::default()
             };
-            keys_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+            let to = format!("/console/t/{}/keys", tp(&t));
+            match flash_redirect(&c, &to, &flash) {
+                Some(r) => r,
+                None => keys_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await,
+            }
         }
         Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
@@ -1692,7 +1759,11 @@ async fn keys_action(
                     extra: json!({"secret": v["key"], "name": key["name"]}),
                     ..Default::default()
                 };
-                keys_render(&c, &cx, &me, &t, flash, StatusCode::OK).await
+                let to = format!("/console/t/{}/keys", tp(&t));
+                match flash_redirect(&c, &to, &flash) {
+                    Some(r) => r,
+                    None => keys_render(&c, &cx, &me, &t, flash, StatusCode::OK).await,
+                }
             }
             Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
         },
@@ -2016,7 +2087,11 @@ async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
                 extra: json!({"amount": v["entry"]["amount"], "available": v["balance"]["available"]}),
                 ..Default::default()
             };
-            redeem_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await
+            let to = format!("/console/t/{}/redeem", tp(&t));
+            match flash_redirect(&c, &to, &flash) {
+                Some(r) => r,
+                None => redeem_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await,
+            }
         }
         Err(f) => redeem_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }
@@ -2708,7 +2783,10 @@ async fn op_codes_create(State(c): C, req: Request) -> Page {
                 extra: json!({"codes": v["codes"], "batch": v["batch"]}),
                 ..Default::default()
             };
-            op_codes_render(&c, &cx, &me, flash, StatusCode::CREATED).await
+            match flash_redirect(&c, "/console/op/codes", &flash) {
+                Some(r) => r,
+                None => op_codes_render(&c, &cx, &me, flash, StatusCode::CREATED).await,
+            }
         }
         Err(f) => op_codes_render(&c, &cx, &me, Flash::err(&f), f.status).await,
     }
