@@ -305,6 +305,29 @@ impl Flash {
             ..Default::default()
         }
     }
+
+    /// The failure, with what the form held (shown again in its fields, so nothing typed is
+    /// lost; never passwords or the CSRF token).
+    fn err_with(f: &Failure, form: &Form) -> Flash {
+        let mut held = Map::new();
+        for (k, v) in &form.0 {
+            if k == "_csrf" || k.contains("password") || k == "confirm" {
+                continue;
+            }
+            match held.get_mut(k) {
+                Some(Value::Array(a)) => a.push(json!(v)),
+                Some(one) => *one = json!([one.clone(), v]),
+                None => {
+                    held.insert(k.clone(), json!(v));
+                }
+            }
+        }
+        Flash {
+            err: Some(f.message.clone()),
+            extra: json!({ "form": held }),
+            ..Default::default()
+        }
+    }
 }
 
 impl Console {
@@ -1701,7 +1724,7 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    let fail = |f: Failure| keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status);
+    let fail = |f: Failure| keys_render(&c, &cx, &me, &t, Flash::err_with(&f, &form), f.status);
     let rpm = field!(num_field(&cx, &form, "rpm_limit", "RPM"), fail);
     let tpm = field!(num_field(&cx, &form, "tpm_limit", "TPM"), fail);
     let quota = field!(amount_field(&cx, &form, "quota", "quota"), fail);
@@ -1731,7 +1754,7 @@ async fn keys_create(State(c): C, Path(t): Path<String>, req: Request) -> Page {
                 None => keys_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await,
             }
         }
-        Err(f) => keys_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        Err(f) => keys_render(&c, &cx, &me, &t, Flash::err_with(&f, &form), f.status).await,
     }
 }
 

@@ -173,6 +173,14 @@ def main():
         ad.click("#create-key summary")
         ad.fill("#create-key input[name=name]", "ci-key")
         ad.fill("#create-key input[name=quota]", "50")
+        # A mistake is explained and nothing typed is lost.
+        ad.fill("#create-key input[name=allowed_models]", "no-such-model")
+        submit(ad, "#create-key-submit")
+        check(ad.locator(".flash.err").count() == 1, "an unknown model was not refused")
+        check(ad.locator("#create-key input[name=name]").input_value() == "ci-key"
+              and ad.locator("#create-key input[name=quota]").input_value() == "50",
+              "the key form lost what was typed")
+        ad.fill("#create-key input[name=allowed_models]", "")
         submit(ad, "#create-key-submit")
         secret = ad.locator("#new-secret").inner_text().strip()
         check(secret.startswith("tg-"), f"no secret shown: {secret!r}")
