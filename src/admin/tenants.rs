@@ -71,7 +71,12 @@ pub async fn get_tenant(
 ) -> ApiResult<Json<TenantOut>> {
     let tenant = admin.tenant(&t).await?;
     who.role_in(tenant.id)?;
-    Ok(Json(TenantOut::from(&tenant)))
+    let id = tenant.id;
+    let period = admin.blocking(move |a| a.store.quota_period(id)).await?;
+    Ok(Json(TenantOut {
+        quota_period: Some(period.as_str().into()),
+        ..TenantOut::from(&tenant)
+    }))
 }
 
 /// A change of rate limits: only the fields sent change (absent: kept; `null`: unlimited).

@@ -476,6 +476,9 @@ pub struct TenantOut {
     pub rpm_limit: Option<u32>,
     /// The tenant's tokens per minute; `null`: unlimited.
     pub tpm_limit: Option<u64>,
+    /// What key quotas, user quotas and department budgets count: `none` (all time), `day`
+    /// or `month` (UTC). In the answer for one tenant.
+    pub quota_period: Option<String>,
 }
 
 impl TenantOut {
@@ -486,6 +489,7 @@ impl TenantOut {
             created_at: time(t.created_at),
             rpm_limit: t.limits.rpm,
             tpm_limit: t.limits.tpm,
+            quota_period: None,
         }
     }
 }
@@ -580,6 +584,10 @@ pub struct UserOut {
     pub remaining: Option<String>,
     pub created_at: String,
     pub disabled_at: Option<String>,
+    /// The member's requests per minute (all their keys together); `null`: unlimited.
+    pub rpm_limit: Option<u32>,
+    /// The member's tokens per minute; `null`: unlimited.
+    pub tpm_limit: Option<u64>,
 }
 
 impl UserOut {
@@ -598,6 +606,8 @@ impl UserOut {
             remaining: remaining(u.quota_nano, spend),
             created_at: time(u.created_at),
             disabled_at: opt_time(u.disabled_at),
+            rpm_limit: u.limits.rpm,
+            tpm_limit: u.limits.tpm,
         }
     }
 }

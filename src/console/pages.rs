@@ -80,6 +80,7 @@ pub fn routes() -> axum::Router<Arc<Console>> {
             get(members_page).post(members_invite),
         )
         .route("/console/t/{t}/members/{id}", post(members_update))
+        .route("/console/t/{t}/quota-period", post(quota_period_post))
         .route("/console/t/{t}/members/{id}/reset", post(members_reset))
         .route("/console/t/{t}/invites/{id}/revoke", post(invite_revoke))
         .route(
@@ -1549,6 +1550,24 @@ async fn members_update(State(c): C, Path((t, id)): Path<(String, i64)>, req: Re
             .await;
     }
     match result {
+        Ok(_) => redirect(&format!("/console/t/{}/members?done=saved", tp(&t))),
+        Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+    }
+}
+
+/// What quotas and budgets count: all time, a day or a month.
+async fn quota_period_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
+    let (cx, form, me) = posted!(c, req, signed_in);
+    let body = json!({"period": form.get("period")});
+    match c
+        .call(
+            &cx,
+            Method::PUT,
+            &format!("/admin/tenants/{}/quota-period", tp(&t)),
+            Some(body),
+        )
+        .await
+    {
         Ok(_) => redirect(&format!("/console/t/{}/members?done=saved", tp(&t))),
         Err(f) => members_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
     }

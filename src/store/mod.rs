@@ -701,6 +701,8 @@ pub trait Ledger: Send + Sync {
         tenant: TenantId,
         period: QuotaPeriod,
     ) -> Result<(), StoreError>;
+    /// What a tenant's quotas and budgets count.
+    async fn quota_period(&self, tenant: TenantId) -> Result<QuotaPeriod, StoreError>;
     /// Changes a tenant's, user's or key's rate limits; returns those now in force.
     async fn set_limits(
         &self,
@@ -806,6 +808,9 @@ impl Ledger for Store {
         period: QuotaPeriod,
     ) -> Result<(), StoreError> {
         blocking(self, move |s| s.set_quota_period(tenant, period)).await
+    }
+    async fn quota_period(&self, tenant: TenantId) -> Result<QuotaPeriod, StoreError> {
+        blocking(self, move |s| s.quota_period(tenant)).await
     }
     async fn set_limits(
         &self,

@@ -814,7 +814,7 @@ impl UsageLog for PgStore {
 }
 
 const USER_COLUMNS: &str =
-    "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at";
+    "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at, u.rpm_limit, u.tpm_limit";
 
 fn user_from_row(r: &PgRow) -> Result<User, sqlx::Error> {
     let role: String = r.try_get("role")?;
@@ -828,6 +828,14 @@ fn user_from_row(r: &PgRow) -> Result<User, sqlx::Error> {
         quota_nano: r.try_get("quota_nano")?,
         created_at: r.try_get("created_at")?,
         disabled_at: r.try_get("disabled_at")?,
+        limits: crate::tenancy::limits::Limits {
+            rpm: r
+                .try_get::<Option<i64>, _>("rpm_limit")?
+                .map(|v| v.clamp(0, u32::MAX as i64) as u32),
+            tpm: r
+                .try_get::<Option<i64>, _>("tpm_limit")?
+                .map(|v| v.max(0) as u64),
+        },
     })
 }
 
@@ -986,6 +994,7 @@ impl Members for PgStore {
             quota_nano,
             created_at: now,
             disabled_at: None,
+            limits: Default::default(),
         })
     }
 
@@ -1426,6 +1435,14 @@ fn account_column(account: Account) -> (&'static str, i64) {
 
 #[async_trait::async_trait]
 impl Ledger for PgStore {
+    async fn quota_period(&self, tenant: TenantId) -> Result<QuotaPeriod, StoreError> {
+        Ok(self
+            .tenant_setting(tenant, "quota_period")
+            .await?
+            .and_then(|p| QuotaPeriod::parse(&p))
+            .unwrap_or_default())
+    }
+
     async fn set_quota_period(
         &self,
         tenant: TenantId,

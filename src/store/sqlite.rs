@@ -2080,7 +2080,7 @@ impl Store {
     // ---------------------------------------------------------------- users, groups, tokens
 
     const USER_COLUMNS: &'static str =
-        "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at";
+        "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at, u.rpm_limit, u.tpm_limit";
 
     fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         let role: String = r.get(4)?;
@@ -2094,6 +2094,12 @@ impl Store {
             quota_nano: r.get(6)?,
             created_at: r.get(7)?,
             disabled_at: r.get(8)?,
+            limits: crate::tenancy::limits::Limits {
+                rpm: r
+                    .get::<_, Option<i64>>(9)?
+                    .map(|v| v.clamp(0, u32::MAX as i64) as u32),
+                tpm: r.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
+            },
         })
     }
 
@@ -3019,6 +3025,7 @@ impl Store {
                 quota_nano,
                 created_at: now,
                 disabled_at: None,
+                limits: Default::default(),
             })
         })
     }
@@ -3119,7 +3126,7 @@ impl Store {
             Ok(c.query_row(&sql, params![&hash[..]], |r| {
                 Ok(UserPrincipal {
                     user: Store::user_from_row(r)?,
-                    tenant_name: r.get(9)?,
+                    tenant_name: r.get(11)?,
                 })
             })
             .optional()?)
@@ -3324,11 +3331,11 @@ impl Store {
                 Ok(LoginAccount {
                     principal: UserPrincipal {
                         user: Store::user_from_row(r)?,
-                        tenant_name: r.get(9)?,
+                        tenant_name: r.get(11)?,
                     },
-                    password_hash: r.get(10)?,
-                    failed_logins: r.get(11)?,
-                    locked_until: r.get(12)?,
+                    password_hash: r.get(12)?,
+                    failed_logins: r.get(13)?,
+                    locked_until: r.get(14)?,
                 })
             })
             .optional()?)
@@ -3432,7 +3439,7 @@ impl Store {
                     );
                     let found = c
                         .query_row(&sql, params![id], |r| {
-                            Ok(UserPrincipal { user: Store::user_from_row(r)?, tenant_name: r.get(9)? })
+                            Ok(UserPrincipal { user: Store::user_from_row(r)?, tenant_name: r.get(11)? })
                         })
                         .optional()?;
                     match found {
@@ -3536,6 +3543,15 @@ impl Store {
     }
 
     /// Set how often the tenant's quotas and budgets start again.
+    /// What a tenant's quotas and budgets count.
+    pub fn quota_period(&self, tenant: TenantId) -> Result<QuotaPeriod, StoreError> {
+        pg!(self, {} s => crate::store::Ledger::quota_period(&s, tenant).await);
+        Ok(self
+            .tenant_setting(tenant, "quota_period")?
+            .and_then(|p| QuotaPeriod::parse(&p))
+            .unwrap_or_default())
+    }
+
     pub fn set_quota_period(
         &self,
         tenant: TenantId,

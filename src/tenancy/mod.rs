@@ -79,6 +79,8 @@ pub struct User {
     pub quota_nano: Option<i64>,
     pub created_at: i64,
     pub disabled_at: Option<i64>,
+    /// The member's own requests and tokens per minute (all their keys together).
+    pub limits: limits::Limits,
 }
 
 #[derive(Debug, Clone, Serialize)]

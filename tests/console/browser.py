@@ -157,6 +157,11 @@ def main():
             ad.select_option("#invite-form select[name=role]", role)
             submit(ad, "#invite-form button")
             check(ad.locator("#invite-link").count() == 1, "the invitation link is not shown")
+        # Quotas and budgets count per month from now on.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/members")
+        ad.select_option("#period-form select[name=period]", "month")
+        submit(ad, "#period-form button")
+        check(api("GET", f"/admin/tenants/{tid}")["quota_period"] == "month", "the quota period was not saved")
         ad.goto(f"{CONSOLE}/console/t/{tid}/departments")
         ad.fill("#department-form input[name=name]", "Research")
         ad.fill("#department-form input[name=budget]", "100")
