@@ -976,7 +976,11 @@ async fn limit_updates_change_only_the_fields_sent() {
     // The member's limits are part of the member (the console shows them in its form).
     let (s, u) = op.send(M::GET, &format!("/admin/users/{uid}"), None).await;
     assert_eq!(s, 200, "{u}");
-    assert_eq!(json!([u["rpm_limit"], u["tpm_limit"]]), json!([null, 60]), "{u}");
+    assert_eq!(
+        json!([u["rpm_limit"], u["tpm_limit"]]),
+        json!([null, 60]),
+        "{u}"
+    );
     let t = gw.admin_get("/admin/tenants/acme").await;
     assert_eq!(
         json!([t["rpm_limit"], t["tpm_limit"]]),

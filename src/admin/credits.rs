@@ -824,6 +824,11 @@ pub async fn create_promo(
     let bonus = match (req.credits, req.percent) {
         (Some(c), None) => PromoBonus::Fixed(positive_nano(c, "credits")?),
         (None, Some(p)) => {
+            if p <= Decimal::ZERO || p > Decimal::from(100) {
+                return Err(
+                    bad_param("percent", "`percent` must be more than 0 and at most 100").into(),
+                );
+            }
             let bp = (p * Decimal::from(100)).round();
             PromoBonus::Percent(rust_decimal::prelude::ToPrimitive::to_i64(&bp).unwrap_or(0))
         }
@@ -834,6 +839,9 @@ pub async fn create_promo(
             .into())
         }
     };
+    if req.max_uses.is_some_and(|n| n < 1) {
+        return Err(bad_param("max_uses", "`max_uses` must be at least 1").into());
+    }
     let expires = super::wire::future(req.expires_at.map(|i| i.0))?;
     let p = admin
         .blocking(move |a| {
