@@ -796,6 +796,8 @@ pub struct RefundOut {
     pub id: i64,
     pub order_id: i64,
     pub tenant_id: i64,
+    /// The tenant's name (in listings).
+    pub tenant_name: Option<String>,
     pub amount_rmb: String,
     /// The credits debited for it.
     pub debited: String,
@@ -813,6 +815,7 @@ impl RefundOut {
             id: r.id,
             order_id: r.order_id,
             tenant_id: r.tenant_id.0,
+            tenant_name: None,
             amount_rmb: yuan(r.amount_minor).normalize().to_string(),
             debited: super::wire::credits(r.debit_nano),
             state: r.state.clone(),
@@ -1058,8 +1061,19 @@ pub async fn list_refunds(
         .blocking(move |a| a.store.list_refunds(order, page))
         .await?;
     let p = ListQuery::newest_page(page, refunds, |r| r.id);
+    let mut tenants: Vec<TenantId> = p.data.iter().map(|r| r.tenant_id).collect();
+    tenants.sort();
+    tenants.dedup();
+    let names = admin.names(&tenants).await?;
     Ok(Json(Page {
-        data: p.data.iter().map(RefundOut::from).collect(),
+        data: p
+            .data
+            .iter()
+            .map(|r| RefundOut {
+                tenant_name: names.tenants.get(&r.tenant_id.0).cloned(),
+                ..RefundOut::from(r)
+            })
+            .collect(),
         next_cursor: p.next_cursor,
     }))
 }
