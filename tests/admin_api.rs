@@ -282,6 +282,25 @@ async fn invitations_are_listed_and_revoked_and_one_user_token_is_revoked() {
         .await;
     let uid = u["user"]["id"].as_i64().unwrap();
     let first = u["token"].as_str().unwrap().to_string();
+    // The tenant's only admin cannot demote or disable themselves.
+    for change in [json!({"role": "member"}), json!({"disabled": true})] {
+        let (s, v) = send(
+            &gw,
+            reqwest::Method::PATCH,
+            &format!("/admin/users/{uid}"),
+            &first,
+            Some(change.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{change}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("only admin"),
+            "{v}"
+        );
+    }
     let second = gw
         .admin_post(&format!("/admin/users/{uid}/tokens"), json!({}))
         .await["token"]

@@ -48,8 +48,10 @@ pub async fn layer(State(admin): State<Arc<Admin>>, req: Request, next: Next) ->
     if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
         || path.starts_with("/payments/")
         || !path.starts_with("/admin")
+        || path == "/admin/invites/lookup"
     {
-        // Reads, and providers' payment callbacks (whose effect is in the ledger, actor
+        // Reads (a look at an invitation is one, posted to keep its token out of URLs), and
+        // providers' payment callbacks (whose effect is in the ledger, actor
         // `payment:<provider>`).
         return next.run(req).await;
     }

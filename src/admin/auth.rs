@@ -82,21 +82,25 @@ impl AuthThrottle {
         what: &str,
     ) -> Result<(), GatewayError> {
         let Some(ip) = ip else { return Ok(()) };
-        let wait = scopes
+        let refused = scopes
             .iter()
-            .filter_map(|s| self.check(ip, *s, now_ms).err())
-            .max();
-        match wait {
+            .filter_map(|s| self.check(ip, *s, now_ms).err().map(|w| (w, *s)))
+            .max_by_key(|(w, _)| *w);
+        match refused {
             None => Ok(()),
-            Some(wait) => {
+            Some((wait, scope)) => {
                 METRICS
                     .admin_auth_failures
                     .with_label_values(&["throttled"])
                     .inc();
-                Err(GatewayError::RateLimited {
-                    message: format!(
-                        "Too many failed {what} from this address. Retry in {wait} s."
+                let message = match scope {
+                    Scope::Account(_) => format!(
+                        "Too many failed sign-ins for this account from this address. Retry in {wait} s."
                     ),
+                    _ => format!("Too many failed {what} from this address. Retry in {wait} s."),
+                };
+                Err(GatewayError::RateLimited {
+                    message,
                     retry_after: wait,
                 })
             }

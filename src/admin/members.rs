@@ -193,6 +193,38 @@ pub async fn update_user(
         },
         disabled: req.disabled,
     };
+    // A tenant never loses its last administrator by its own hand (the operator may still
+    // disable one, for an account taken over).
+    let demoted =
+        patch.role.is_some_and(|r| r != Role::TenantAdmin) || patch.disabled == Some(true);
+    if demoted
+        && user.role == Role::TenantAdmin
+        && user.disabled_at.is_none()
+        && who.user().is_some()
+    {
+        let (tenant, uid) = (user.tenant_id, user.id);
+        let others = admin
+            .blocking(move |a| {
+                Ok(a.store
+                    .list_users(tenant)?
+                    .iter()
+                    .filter(|u| {
+                        u.id != uid && u.role == Role::TenantAdmin && u.disabled_at.is_none()
+                    })
+                    .count())
+            })
+            .await?;
+        if others == 0 {
+            return Err(bad_param(
+                "role",
+                format!(
+                    "`{}` is the tenant's only admin: make another member a tenant admin first",
+                    user.email
+                ),
+            )
+            .into());
+        }
+    }
     let uid = user.id;
     let updated = admin
         .blocking(move |a| {
@@ -691,6 +723,52 @@ pub struct AcceptInvite {
     /// The console password to set (10 to 256 characters); absent: API token only.
     #[serde(default)]
     pub password: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteLookup {
+    /// The invitation token (from its link).
+    pub token: String,
+}
+
+/// What an invitation link opens, before it is used.
+#[derive(Serialize, ToSchema)]
+pub struct InviteSeen {
+    pub tenant_name: String,
+    pub email: String,
+    /// `tenant_admin`, `member` or `viewer`.
+    pub role: String,
+    /// `pending`, `accepted`, `revoked` or `expired`.
+    pub state: String,
+    pub expires_at: String,
+}
+
+/// Look at an invitation by its token (no account needed: the token is the credential), so
+/// that the page it opens can say to whom, for which tenant, and whether it can still be used.
+#[utoipa::path(post, path = "/admin/invites/lookup", tag = "members",
+    request_body = InviteLookup,
+    responses((status = 200, body = InviteSeen), (status = 404, body = ErrorBody)))]
+pub async fn lookup_invite(
+    State(admin): State<Arc<Admin>>,
+    JsonBody(req): JsonBody<InviteLookup>,
+) -> ApiResult<Json<InviteSeen>> {
+    let invite = admin
+        .blocking(move |a| a.store.invite_by_token(&req.token))
+        .await?
+        .ok_or_else(|| not_found("invitation"))?;
+    let names = admin.names(&[invite.tenant_id]).await?;
+    Ok(Json(InviteSeen {
+        tenant_name: names
+            .tenants
+            .get(&invite.tenant_id.0)
+            .cloned()
+            .unwrap_or_default(),
+        email: invite.email.clone(),
+        role: invite.role.as_str().into(),
+        state: invite.state(crate::tenancy::unix_now()).into(),
+        expires_at: super::wire::time(invite.expires_at),
+    }))
 }
 
 /// Accept an invitation (no account needed: the invitation token is the credential). Returns

@@ -181,6 +181,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(members::list_invites, members::create_invite))
         .routes(routes!(members::revoke_invite))
         .routes(routes!(members::accept_invite))
+        .routes(routes!(members::lookup_invite))
         .routes(routes!(sessions::sign_in))
         .routes(routes!(sessions::sign_out))
         .routes(routes!(sessions::change_password))

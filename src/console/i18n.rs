@@ -60,6 +60,8 @@ struct Tables {
     /// The admin API's messages in Chinese: (English pattern, translation), `{}` the variable
     /// parts.
     api_zh: Vec<(String, String)>,
+    /// The few the console says otherwise in English (where the API names a field).
+    api_en: Vec<(String, String)>,
 }
 
 fn all() -> &'static Tables {
@@ -70,12 +72,14 @@ fn all() -> &'static Tables {
             en: Table,
             zh: Table,
             api_zh: Table,
+            api_en: Table,
         }
         match toml::from_str::<File>(include_str!("i18n.toml")) {
             Ok(f) => Tables {
                 en: f.en,
                 zh: f.zh,
                 api_zh: f.api_zh.into_iter().collect(),
+                api_en: f.api_en.into_iter().collect(),
             },
             Err(e) => {
                 tracing::error!(error = %e, "console translations do not parse");
@@ -83,6 +87,7 @@ fn all() -> &'static Tables {
                     en: Table::new(),
                     zh: Table::new(),
                     api_zh: Vec::new(),
+                    api_en: Vec::new(),
                 }
             }
         }
@@ -120,14 +125,18 @@ fn captures<'a>(pattern: &str, text: &'a str) -> Option<Vec<&'a str>> {
 /// translated with their variable parts kept, others after a translated lead.
 pub fn api_message(lang: Lang, message: &str) -> String {
     let cjk = |c: char| ('\u{4e00}'..='\u{9fff}').contains(&c);
-    if lang == Lang::En || message.chars().any(cjk) {
+    if message.chars().any(cjk) {
         return message.to_string();
     }
-    for (pattern, zh) in &all().api_zh {
+    let table = match lang {
+        Lang::En => &all().api_en,
+        Lang::Zh => &all().api_zh,
+    };
+    for (pattern, said) in table {
         if let Some(parts) = captures(pattern, message) {
             let mut out = String::new();
             let mut parts = parts.into_iter();
-            for (i, piece) in zh.split("{}").enumerate() {
+            for (i, piece) in said.split("{}").enumerate() {
                 if i > 0 {
                     out.push_str(parts.next().unwrap_or(""));
                 }
@@ -136,7 +145,10 @@ pub fn api_message(lang: Lang, message: &str) -> String {
             return out;
         }
     }
-    format!("{}{message}", text(lang, "api_error_lead"))
+    match lang {
+        Lang::En => message.to_string(),
+        Lang::Zh => format!("{}{message}", text(lang, "api_error_lead")),
+    }
 }
 
 /// The language's table as a template value, built once.
@@ -188,8 +200,12 @@ mod tests {
         );
         assert_eq!(api_message(Lang::En, "x not found"), "x not found");
         assert_eq!(api_message(Lang::Zh, "已是中文"), "已是中文");
+        assert_eq!(
+            api_message(Lang::En, "`expires_at` is in the past"),
+            "The expiry date is in the past."
+        );
         // Every pattern's translation has as many variable parts.
-        for (en, zh) in &all().api_zh {
+        for (en, zh) in all().api_zh.iter().chain(&all().api_en) {
             assert_eq!(en.matches("{}").count(), zh.matches("{}").count(), "{en}");
         }
     }

@@ -312,7 +312,7 @@ impl Flash {
     fn err_with(f: &Failure, form: &Form) -> Flash {
         let mut held = Map::new();
         for (k, v) in &form.0 {
-            if k == "_csrf" || k.contains("password") || k == "confirm" {
+            if k == "_csrf" || k.contains("password") || k.contains("secret") || k == "confirm" {
                 continue;
             }
             match held.get_mut(k) {
@@ -346,7 +346,7 @@ impl Console {
         .unwrap_or(1.0);
         let role = me["role"].as_str().unwrap_or("").to_string();
         // Messages from the API in the viewer's language.
-        for k in ["err", "message"] {
+        for k in ["err", "error", "message"] {
             if let Some(m) = vars.get(k).and_then(Value::as_str) {
                 let m = i18n::api_message(cx.lang, m);
                 vars.insert(k.into(), json!(m));
@@ -356,7 +356,7 @@ impl Console {
         // would be a failed load to the browser); refusals (403), missing pages and throttles
         // keep their status.
         let status = match status.as_u16() {
-            400 | 401 | 409 | 422 if cx.posted && name != "error.html" => StatusCode::OK,
+            400 | 401 | 404 | 409 | 422 if cx.posted && name != "error.html" => StatusCode::OK,
             _ => status,
         };
         vars.insert("lang".into(), json!(cx.lang.code()));
@@ -1004,11 +1004,35 @@ async fn set_lang(Path(lang): Path<String>, req: Request) -> Page {
 }
 
 async fn invite_page(State(c): C, Path(token): Path<String>, req: Request) -> Page {
-    let cx = ctx_of(&req);
+    let mut cx = ctx_of(&req);
+    cx.token = None;
     let mut vars = Map::new();
     vars.insert("token".into(), json!(token));
     vars.insert("error".into(), Value::Null);
     vars.insert("min".into(), json!(crate::admin::MIN_PASSWORD));
+    // Who it is for and whether it can still be used, before anything is typed.
+    let seen = c
+        .call(
+            &cx,
+            Method::POST,
+            "/admin/invites/lookup",
+            Some(json!({ "token": token })),
+        )
+        .await;
+    // A link that can no longer be used opens a page saying so (a page, not a failed load).
+    let state = match seen {
+        Ok(v) => {
+            let state = v["state"].as_str().unwrap_or("unknown").to_string();
+            vars.insert("invite".into(), v);
+            state
+        }
+        Err(_) => "unknown".to_string(),
+    };
+    if state != "pending" {
+        let msg = i18n::text(cx.lang, &format!("invite_state_{state}"));
+        vars.insert("error".into(), json!(msg));
+        vars.insert("closed".into(), json!(true));
+    }
     c.render(&cx, &Value::Null, "invite.html", StatusCode::OK, vars)
 }
 
@@ -1984,6 +2008,7 @@ async fn usage_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record([
         "bucket",
+        "local_time",
         "dimension",
         "key",
         "name",
@@ -2003,6 +2028,8 @@ async fn usage_csv(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         };
         let _ = w.write_record([
             s("bucket"),
+            // The bucket's start in the viewer's zone (the day a finance sheet files it under).
+            local_time(&s("bucket"), cx.tz),
             f.group_by.clone(),
             s("key"),
             s("name"),
@@ -2201,17 +2228,22 @@ async fn alerts_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
             .map(str::to_string)
             .collect()
     };
-    let percents: Vec<Value> = list("quota_percents")
-        .iter()
-        .map(|p| {
-            p.trim_end_matches('%')
-                .parse::<u64>()
-                .map_or_else(|_| json!(p), |n| json!(n))
-        })
-        .collect();
+    let fail = |f: Failure| alerts_render(&c, &cx, &me, &t, Flash::err_with(&f, &form), f.status);
+    let below = field!(
+        amount_field(&cx, &form, "balance_below", "balance_below"),
+        fail
+    );
+    let days = field!(num_field(&cx, &form, "balance_days", "balance_days"), fail);
+    let mut percents = Vec::new();
+    for p in list("quota_percents") {
+        match p.trim_end_matches('%').parse::<u64>() {
+            Ok(n) => percents.push(json!(n)),
+            Err(_) => return fail(field_failure(&cx, "quota_percents", "bad_whole_number")).await,
+        }
+    }
     let body = json!({
-        "balance_below": form.opt("balance_below"),
-        "balance_days": form.opt("balance_days").map(|d| d.parse::<i64>().map_or_else(|_| json!(d), |n| json!(n))),
+        "balance_below": below,
+        "balance_days": days,
         "quota_percents": percents,
         "emails": list("emails"),
         "webhook_url": form.opt("webhook_url"),
@@ -2228,7 +2260,7 @@ async fn alerts_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
         .await
     {
         Ok(_) => redirect(&format!("/console/t/{}/alerts?done=saved", tp(&t))),
-        Err(f) => alerts_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        Err(f) => fail(f).await,
     }
 }
 
@@ -2346,12 +2378,12 @@ async fn security_post(State(c): C, Path(t): Path<String>, req: Request) -> Page
                 status: StatusCode::BAD_REQUEST,
                 message: "Unknown action.".into(),
             };
-            return security_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await;
+            return security_render(&c, &cx, &me, &t, Flash::err_with(&f, &form), f.status).await;
         }
     };
     match c.call(&cx, call.0, &call.1, call.2).await {
         Ok(_) => redirect(&format!("/console/t/{}/security?done=saved", tp(&t))),
-        Err(f) => security_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        Err(f) => security_render(&c, &cx, &me, &t, Flash::err_with(&f, &form), f.status).await,
     }
 }
 

@@ -362,6 +362,8 @@ pub trait Members: Send + Sync {
     async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError>;
     /// A tenant's invitations, newest first.
     async fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError>;
+    /// The invitation a link's token opens, whatever its state.
+    async fn invite_by_token(&self, token: &str) -> Result<Option<Invite>, StoreError>;
     /// Revokes a pending invitation of `tenant` (one accepted or revoked: `Conflict`).
     async fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError>;
     /// A user's admin-API tokens, oldest first.
@@ -662,6 +664,10 @@ impl Members for Store {
     async fn accept_invite(&self, token: &str, name: &str) -> Result<(User, String), StoreError> {
         let (token, name) = (token.to_string(), name.to_string());
         blocking(self, move |s| s.accept_invite(&token, &name)).await
+    }
+    async fn invite_by_token(&self, token: &str) -> Result<Option<Invite>, StoreError> {
+        let token = token.to_string();
+        blocking(self, move |s| s.invite_by_token(&token)).await
     }
     async fn list_invites(&self, tenant: TenantId) -> Result<Vec<Invite>, StoreError> {
         blocking(self, move |s| s.list_invites(tenant)).await

@@ -1203,6 +1203,14 @@ impl Members for PgStore {
         Ok(rows.iter().map(invite_from_row).collect::<Result<_, _>>()?)
     }
 
+    async fn invite_by_token(&self, token: &str) -> Result<Option<Invite>, StoreError> {
+        let row = sqlx::query(concat!(invite_select!(), " WHERE token_hash = $1"))
+            .bind(&hash_key(token.trim())[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(invite_from_row).transpose()?)
+    }
+
     async fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(concat!(

@@ -3238,6 +3238,22 @@ impl Store {
         })
     }
 
+    /// The invitation a link's token opens, whatever its state.
+    pub fn invite_by_token(&self, token: &str) -> Result<Option<Invite>, StoreError> {
+        pg!(self, { let token = token.to_string(); } s => crate::store::Members::invite_by_token(&s, &token).await);
+        let hash = hash_key(token.trim());
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {} FROM invites WHERE token_hash = ?1",
+                Store::INVITE_COLUMNS
+            );
+            Ok(
+                c.query_row(&sql, params![&hash[..]], Store::invite_from_row)
+                    .optional()?,
+            )
+        })
+    }
+
     pub fn revoke_invite(&self, tenant: TenantId, id: i64) -> Result<Invite, StoreError> {
         pg!(self, {} s => crate::store::Members::revoke_invite(&s, tenant, id).await);
         self.with(|c| {

@@ -147,8 +147,17 @@ def main():
         watch(ad)
         ad.goto(admin_link)
         shot(ad, "invite-en")
+        check("Browser Co" in ad.locator("#invite-facts").inner_text(), "the invitation does not say for which tenant")
         accept(ad, admin_link, "Ada Admin", "correct horse battery")
         check(ad.url.rstrip("/").endswith(f"/console/t/{tid}"), f"admin not on the overview: {ad.url}")
+        # The link used once opens a page that says so, without a form.
+        used_ctx = new()
+        used = used_ctx.new_page()
+        watch(used)
+        used.goto(admin_link)
+        check(used.locator("#accept").count() == 0 and used.locator(".flash.err").count() == 1,
+              "a used invitation still offers its form")
+        used_ctx.close()
 
         # Invite a member and a finance viewer; create a department with a budget.
         for mail, role in [("member@browser.test", "member"), ("viewer@browser.test", "viewer")]:
@@ -157,6 +166,13 @@ def main():
             ad.select_option("#invite-form select[name=role]", role)
             submit(ad, "#invite-form button")
             check(ad.locator("#invite-link").count() == 1, "the invitation link is not shown")
+        # The tenant's only admin cannot disable themselves by mistake.
+        ad.goto(f"{CONSOLE}/console/t/{tid}/members")
+        me_row = ad.locator("tr", has_text="admin@browser.test").first
+        me_row.locator("input[name=disabled]").check()
+        with ad.expect_navigation():
+            me_row.locator("button", has_text="Save").click()
+        check("only admin" in ad.locator(".flash.err").inner_text(), "the only admin could disable themselves")
         # Quotas and budgets count per month from now on.
         ad.goto(f"{CONSOLE}/console/t/{tid}/members")
         ad.select_option("#period-form select[name=period]", "month")
@@ -293,6 +309,12 @@ def main():
 
         # Alerts: the tenant admin sets thresholds and addresses; the audit trail shows it.
         ad.goto(f"{CONSOLE}/console/t/{tid}/alerts")
+        ad.fill("#alerts-form input[name=balance_below]", "a lot")
+        ad.fill("#alerts-form input[name=emails]", "finance@acme.example")
+        submit(ad, "#alerts-save")
+        check("Balance below" in ad.locator(".flash.err").inner_text()
+              and ad.locator("#alerts-form input[name=emails]").input_value() == "finance@acme.example",
+              "a bad alert amount is not named, or the form lost what was typed")
         ad.fill("#alerts-form input[name=balance_below]", "100")
         ad.fill("#alerts-form input[name=quota_percents]", "80, 100")
         ad.fill("#alerts-form input[name=emails]", "finance@acme.example")
@@ -500,6 +522,8 @@ def main():
         lp.goto(CONSOLE + "/console/login")
         check("登录" in lp.content(), "a Chinese browser does not get the Chinese login page")
         shot(lp, "login-zh")
+        sign_in(lp, "Browser Co", "nobody@browser.test", "not a password")
+        check("不正确" in lp.locator(".flash.err").inner_text(), "a refused sign-in is not said in Chinese")
         browser.close()
     if errors:
         raise AssertionError("browser errors:\n" + "\n".join(errors))
