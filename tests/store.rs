@@ -2116,6 +2116,30 @@ fn sessions_behaviour(s: &Store, backend: &str) {
         .unwrap();
     assert_eq!(acct.principal.user.id, u.id, "{backend}");
     assert!(acct.password_hash.is_none(), "{backend}");
+    // A reset link's state, before and after its one use; a bogus one is none.
+    let link = s.create_password_reset(u.id, 3600).unwrap();
+    assert_eq!(s.reset_state(&link).unwrap(), Some("pending"), "{backend}");
+    s.use_password_reset(
+        &link,
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",
+    )
+    .unwrap();
+    assert_eq!(s.reset_state(&link).unwrap(), Some("used"), "{backend}");
+    assert_eq!(s.reset_state("pwr-bogus").unwrap(), None, "{backend}");
+    // An invitation found by its token, whatever its state.
+    let inv = s
+        .create_invite(t.id, "new@session.test", Role::Member, None, 3600)
+        .unwrap();
+    let seen = s.invite_by_token(&inv).unwrap().unwrap();
+    assert_eq!(
+        (seen.email.as_str(), seen.tenant_id),
+        ("new@session.test", t.id),
+        "{backend}"
+    );
+    assert!(
+        s.invite_by_token("inv-bogus").unwrap().is_none(),
+        "{backend}"
+    );
     assert!(
         s.login_account(&t.id.0.to_string(), "PAT@session.test")
             .unwrap()

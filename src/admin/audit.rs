@@ -49,6 +49,7 @@ pub async fn layer(State(admin): State<Arc<Admin>>, req: Request, next: Next) ->
         || path.starts_with("/payments/")
         || !path.starts_with("/admin")
         || path == "/admin/invites/lookup"
+        || path == "/admin/password-resets/lookup"
     {
         // Reads (a look at an invitation is one, posted to keep its token out of URLs), and
         // providers' payment callbacks (whose effect is in the ledger, actor

@@ -187,6 +187,7 @@ fn api() -> OpenApiRouter<Arc<Admin>> {
         .routes(routes!(sessions::change_password))
         .routes(routes!(sessions::request_reset))
         .routes(routes!(sessions::use_reset))
+        .routes(routes!(sessions::lookup_reset))
         .routes(routes!(sessions::admin_reset))
         .routes(routes!(sso::get_sso, sso::set_sso, sso::delete_sso))
         .routes(routes!(sso::start))

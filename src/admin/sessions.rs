@@ -463,6 +463,35 @@ pub struct ResetDone {
     pub email: String,
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetLookup {
+    /// The reset link's token.
+    pub token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ResetSeen {
+    /// `pending` (usable), `used` or `expired`.
+    pub state: String,
+}
+
+/// What a reset link is now, before a password is typed (the token is the credential).
+#[utoipa::path(post, path = "/admin/password-resets/lookup", tag = "members", request_body = ResetLookup,
+    responses((status = 200, body = ResetSeen), (status = 404, body = ErrorBody)))]
+pub async fn lookup_reset(
+    State(admin): State<Arc<Admin>>,
+    JsonBody(req): JsonBody<ResetLookup>,
+) -> ApiResult<Json<ResetSeen>> {
+    let state = admin
+        .blocking(move |a| a.store.reset_state(&req.token))
+        .await?
+        .ok_or_else(|| GatewayError::NotFound("password reset not found".into()))?;
+    Ok(Json(ResetSeen {
+        state: state.into(),
+    }))
+}
+
 /// Set a new password with a reset link's token (once; it ends the user's console sessions).
 #[utoipa::path(post, path = "/admin/password-resets/accept", tag = "members", request_body = UseReset,
     responses((status = 200, body = ResetDone), (status = 400, body = ErrorBody, description = "Used or expired"), (status = 404, body = ErrorBody)))]

@@ -1115,14 +1115,29 @@ async fn reset_request(State(c): C, req: Request) -> Page {
 }
 
 async fn reset_page(State(c): C, Path(token): Path<String>, req: Request) -> Page {
-    let cx = ctx_of(&req);
-    c.render(
-        &cx,
-        &Value::Null,
-        "reset.html",
-        StatusCode::OK,
-        reset_vars(Some(&token), false, None),
-    )
+    let mut cx = ctx_of(&req);
+    cx.token = None;
+    // A link that can no longer be used says so at once (and offers a new one), not after a
+    // password was typed.
+    let seen = c
+        .call(
+            &cx,
+            Method::POST,
+            "/admin/password-resets/lookup",
+            Some(json!({ "token": token })),
+        )
+        .await;
+    let state = seen
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let vars = if state == "pending" {
+        reset_vars(Some(&token), false, None)
+    } else {
+        let msg = i18n::text(cx.lang, &format!("reset_state_{state}"));
+        reset_vars(None, false, Some(msg))
+    };
+    c.render(&cx, &Value::Null, "reset.html", StatusCode::OK, vars)
 }
 
 async fn reset_use(State(c): C, Path(token): Path<String>, req: Request) -> Page {
@@ -2075,6 +2090,17 @@ async fn records_page(State(c): C, Path(t): Path<String>, req: Request) -> Page 
         )
         .await
     );
+    // Who made each entry, by email rather than `user:<id>`.
+    let mut actors = Map::new();
+    if let Ok(users) = c
+        .get(&cx, &format!("/admin/tenants/{tid}/users?limit=1000"))
+        .await
+    {
+        for u in users["data"].as_array().into_iter().flatten() {
+            actors.insert(format!("user:{}", u["id"]), u["email"].clone());
+        }
+    }
+    vars.insert("actors".into(), Value::Object(actors));
     vars.insert("money".into(), money["data"].clone());
     vars.insert("more_money".into(), json!(!money["next_cursor"].is_null()));
     vars.insert("lines".into(), page["data"].clone());

@@ -596,6 +596,8 @@ pub trait Sessions: Send + Sync {
         ttl_secs: i64,
     ) -> Result<String, StoreError>;
     async fn use_password_reset(&self, token: &str, hash: &str) -> Result<UserId, StoreError>;
+    /// What a reset link's token is now: `pending`, `used` or `expired`; `None`: no such link.
+    async fn reset_state(&self, token: &str) -> Result<Option<&'static str>, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -1280,6 +1282,17 @@ pub(crate) fn routing_window(tenant: TenantId, from_ms: i64, to_ms: i64) -> Roll
         user: None,
         day_offset: 0,
     })
+}
+
+/// A reset link's state from its row.
+pub(crate) fn reset_state_of(expires_at: i64, used_at: Option<i64>) -> &'static str {
+    if used_at.is_some() {
+        "used"
+    } else if expires_at <= crate::tenancy::unix_now() {
+        "expired"
+    } else {
+        "pending"
+    }
 }
 
 /// The SQL expression of a bucket's start (unix seconds) of an analytics query, from `secs` (an

@@ -2680,6 +2680,15 @@ impl super::Sessions for PgStore {
         Ok(token)
     }
 
+    async fn reset_state(&self, token: &str) -> Result<Option<&'static str>, StoreError> {
+        let row: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT expires_at, used_at FROM password_resets WHERE token_hash = $1")
+                .bind(&hash_key(token.trim())[..])
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(expires_at, used_at)| super::reset_state_of(expires_at, used_at)))
+    }
+
     async fn use_password_reset(&self, token: &str, hash: &str) -> Result<UserId, StoreError> {
         let th = hash_key(token.trim());
         let now = unix_now();

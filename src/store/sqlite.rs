@@ -2951,6 +2951,22 @@ impl Store {
 
     /// Uses a password-reset token once: sets the password (an argon2id PHC string), clears a
     /// lockout and ends the user's console sessions. Returns the user.
+    /// What a reset link's token is now: `pending`, `used` or `expired`; `None`: no such link.
+    pub fn reset_state(&self, token: &str) -> Result<Option<&'static str>, StoreError> {
+        pg!(self, { let token = token.to_string(); } s => crate::store::Sessions::reset_state(&s, &token).await);
+        let th = hash_key(token.trim());
+        self.with(|c| {
+            let row: Option<(i64, Option<i64>)> = c
+                .query_row(
+                    "SELECT expires_at, used_at FROM password_resets WHERE token_hash = ?1",
+                    params![&th[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(row.map(|(expires_at, used_at)| crate::store::reset_state_of(expires_at, used_at)))
+        })
+    }
+
     pub fn use_password_reset(&self, token: &str, hash: &str) -> Result<UserId, StoreError> {
         pg!(self, { let token = token.to_string(); let hash = hash.to_string(); } s => crate::store::Sessions::use_password_reset(&s, &token, &hash).await);
         let th = hash_key(token.trim());

@@ -6,6 +6,11 @@
   if (document.cookie.indexOf("tg_tz=" + offset) === -1) {
     document.cookie = "tg_tz=" + offset + "; Path=/console; Max-Age=31536000; SameSite=Strict";
   }
+  // A change's confirmation (?done=...) is shown once: a reload does not show it again.
+  if (window.history && history.replaceState && /[?&]done=/.test(location.search)) {
+    var q = location.search.replace(/([?&])done=[^&]*&?/, "$1").replace(/[?&]$/, "");
+    history.replaceState(null, "", location.pathname + q + location.hash);
+  }
   document.addEventListener("click", function (e) {
     var b = e.target.closest("button.copy");
     if (b) {
