@@ -2,6 +2,8 @@
 //! no external database). What it prints works: the demo key on the data plane, the console's
 //! sign-ins, a month of generated usage whose statement never shows a negative balance.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::free_port;
