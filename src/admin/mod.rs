@@ -77,6 +77,17 @@ impl Admin {
     }
 
     /// The names of a tenant's keys, users and groups.
+    /// [`Admin::names`] of the tenants of a listing's rows (each once).
+    pub async fn names_of(
+        &self,
+        tenants: impl Iterator<Item = TenantId>,
+    ) -> Result<Names, GatewayError> {
+        let mut ids: Vec<TenantId> = tenants.collect();
+        ids.sort();
+        ids.dedup();
+        self.names(&ids).await
+    }
+
     pub async fn names(&self, tenants: &[TenantId]) -> Result<Names, GatewayError> {
         let tenants = tenants.to_vec();
         self.blocking(move |a| {

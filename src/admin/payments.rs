@@ -363,10 +363,7 @@ async fn orders_page(
         .blocking(move |a| a.store.list_orders(tenant, page))
         .await?;
     let p = ListQuery::newest_page(page, orders, |o| o.id);
-    let mut tenants: Vec<TenantId> = p.data.iter().map(|o| o.tenant_id).collect();
-    tenants.sort();
-    tenants.dedup();
-    let names = admin.names(&tenants).await?;
+    let names = admin.names_of(p.data.iter().map(|o| o.tenant_id)).await?;
     Ok(Json(Page {
         data: p
             .data
@@ -1061,10 +1058,7 @@ pub async fn list_refunds(
         .blocking(move |a| a.store.list_refunds(order, page))
         .await?;
     let p = ListQuery::newest_page(page, refunds, |r| r.id);
-    let mut tenants: Vec<TenantId> = p.data.iter().map(|r| r.tenant_id).collect();
-    tenants.sort();
-    tenants.dedup();
-    let names = admin.names(&tenants).await?;
+    let names = admin.names_of(p.data.iter().map(|r| r.tenant_id)).await?;
     Ok(Json(Page {
         data: p
             .data

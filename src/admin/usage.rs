@@ -11,7 +11,7 @@ use super::Admin;
 use crate::billing::usage::UsageEvent;
 use crate::error::GatewayError;
 use crate::store::sqlite::{AnalyticsQuery, Dimension, Granularity, UsageQuery};
-use crate::tenancy::{Role, TenantId, UserId};
+use crate::tenancy::{Role, UserId};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -206,10 +206,9 @@ pub async fn list_usage(
         .last()
         .filter(|_| page.len() == limit as usize)
         .map(|(p, _)| listing::usage_next_cursor(*p));
-    let mut tenants: Vec<TenantId> = page.iter().filter_map(|(_, e)| e.tenant_id).collect();
-    tenants.sort();
-    tenants.dedup();
-    let names = admin.names(&tenants).await?;
+    let names = admin
+        .names_of(page.iter().filter_map(|(_, e)| e.tenant_id))
+        .await?;
     let data = page
         .into_iter()
         .map(|(_, e)| usage_out(e, &names))

@@ -323,25 +323,32 @@ pub fn range_ms(
 }
 
 impl ListQuery {
-    /// The store page this query asks for, newest first: its range in seconds, the id the
-    /// cursor stopped at, and one row more than the page holds (to know whether one follows).
-    pub fn newest_first(&self) -> Result<crate::store::sqlite::NewestFirst, GatewayError> {
+    /// The query's page size, range (milliseconds) and the id its cursor (of listing `kind`)
+    /// stopped at.
+    fn window(&self, kind: &str) -> Result<(u32, i64, i64, Option<i64>), GatewayError> {
         let limit = page_limit(self.limit, DEFAULT_PAGE)?;
         let (from, to) = range_ms(
             self.from.as_deref(),
             self.to.as_deref(),
             (i64::MIN, i64::MAX),
         )?;
-        let before = match self.cursor.as_deref() {
+        let at = match self.cursor.as_deref() {
             None => None,
             Some(c) => Some(
-                super::listing::decode_cursor(c, "n", 1)
+                super::listing::decode_cursor(c, kind, 1)
                     .map(|v| v[0])
                     .ok_or_else(|| {
                         bad_param("cursor", "`cursor` is not a cursor of this listing")
                     })?,
             ),
         };
+        Ok((limit, from, to, at))
+    }
+
+    /// The store page this query asks for, newest first: its range in seconds, the id the
+    /// cursor stopped at, and one row more than the page holds (to know whether one follows).
+    pub fn newest_first(&self) -> Result<crate::store::sqlite::NewestFirst, GatewayError> {
+        let (limit, from, to, before) = self.window("n")?;
         Ok(crate::store::sqlite::NewestFirst {
             from: from.div_euclid(1000),
             to: if to == i64::MAX {
@@ -383,22 +390,8 @@ impl ListQuery {
         id: impl Fn(&T) -> i64,
         created: impl Fn(&T) -> i64,
     ) -> Result<Page<T>, GatewayError> {
-        let limit = page_limit(self.limit, DEFAULT_PAGE)? as usize;
-        let (from, to) = range_ms(
-            self.from.as_deref(),
-            self.to.as_deref(),
-            (i64::MIN, i64::MAX),
-        )?;
-        let after = match self.cursor.as_deref() {
-            None => None,
-            Some(c) => Some(
-                super::listing::decode_cursor(c, "i", 1)
-                    .map(|v| v[0])
-                    .ok_or_else(|| {
-                        bad_param("cursor", "`cursor` is not a cursor of this listing")
-                    })?,
-            ),
-        };
+        let (limit, from, to, after) = self.window("i")?;
+        let limit = limit as usize;
         let mut data: Vec<T> = items
             .into_iter()
             .filter(|t| {

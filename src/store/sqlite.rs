@@ -3657,15 +3657,27 @@ impl Store {
         id: &str,
     ) -> Result<LedgerEntry, StoreError> {
         pg!(self, { let actor = actor.map(str::to_string); let note = note.map(str::to_string); let id = id.to_string(); } s => crate::store::Ledger::credit(&s, tenant, kind, amount, actor.as_deref(), note.as_deref(), &id).await);
-        let e = Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
+        self.commit_credit(Store::credit_entry(
+            id.to_string(),
+            tenant,
+            kind,
+            amount,
+            actor,
+            note,
+        ))
+    }
+
+    /// Commits a credit-side entry once (its id used before: `Conflict`).
+    fn commit_credit(&self, e: LedgerEntry) -> Result<LedgerEntry, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
-            Store::require_tenant(&tx, tenant)?;
+            Store::require_tenant(&tx, e.tenant_id)?;
             let n = Store::insert_entry(&tx, &e)?;
             tx.commit()?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!(
-                    "ledger entry `{id}` already exists"
+                    "ledger entry `{}` already exists",
+                    e.id
                 )));
             }
             Ok(())
@@ -3689,14 +3701,7 @@ impl Store {
         pg!(self, { let actor = actor.map(str::to_string); let note = note.map(str::to_string); let id = id.to_string(); } s => crate::store::Ledger::credit(&s, tenant, kind, amount, actor.as_deref(), note.as_deref(), &id).await);
         let mut e = Store::credit_entry(id.to_string(), tenant, kind, amount, actor, note);
         e.created_ms = created_ms;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            Store::require_tenant(&tx, tenant)?;
-            Store::insert_entry(&tx, &e)?;
-            tx.commit()?;
-            Ok(())
-        })?;
-        Ok(e)
+        self.commit_credit(e)
     }
 
     /// [`Store::credit`] under an idempotency key: the entry id is the key's, and a key used
