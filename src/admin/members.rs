@@ -218,7 +218,7 @@ pub async fn update_user(
             return Err(bad_param(
                 "role",
                 format!(
-                    "`{}` is the tenant's only admin: make another member a tenant admin first",
+                    "`{}` is the tenant's only admin: make another member a tenant admin first.",
                     user.email
                 ),
             )

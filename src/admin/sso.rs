@@ -98,10 +98,13 @@ pub async fn set_sso(
             }
         }
     }
+    let issuer = s.issuer.clone();
     admin.sso.check(&s).await.map_err(|e| {
         bad_param(
             "issuer",
-            format!("{e} (the issuer's /.well-known/openid-configuration must answer)"),
+            format!(
+                "The identity provider at {issuer} could not be reached or did not describe itself: check the issuer URL (its /.well-known/openid-configuration must answer). Detail: {e}"
+            ),
         )
     })?;
     let text = serde_json::to_string(&s).map_err(|e| GatewayError::Internal(e.to_string()))?;

@@ -2188,7 +2188,7 @@ async fn redeem_post(State(c): C, Path(t): Path<String>, req: Request) -> Page {
                 None => redeem_render(&c, &cx, &me, &t, flash, StatusCode::CREATED).await,
             }
         }
-        Err(f) => redeem_render(&c, &cx, &me, &t, Flash::err(&f), f.status).await,
+        Err(f) => redeem_render(&c, &cx, &me, &t, Flash::err_with(&f, &form), f.status).await,
     }
 }
 
