@@ -581,6 +581,9 @@ pub struct UserOut {
     pub rpm_limit: Option<u32>,
     /// The member's tokens per minute; `null`: unlimited.
     pub tpm_limit: Option<u64>,
+    /// Console sign-in locked after repeated wrong passwords, until then (a password reset
+    /// lifts it); absent: not locked.
+    pub locked_until: Option<String>,
 }
 
 impl UserOut {
@@ -601,6 +604,10 @@ impl UserOut {
             disabled_at: opt_time(u.disabled_at),
             rpm_limit: u.limits.rpm,
             tpm_limit: u.limits.tpm,
+            locked_until: u
+                .locked_until
+                .filter(|t| *t > crate::tenancy::unix_now())
+                .map(time),
         }
     }
 }

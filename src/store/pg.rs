@@ -814,7 +814,7 @@ impl UsageLog for PgStore {
 }
 
 const USER_COLUMNS: &str =
-    "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at, u.rpm_limit, u.tpm_limit";
+    "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at, u.rpm_limit, u.tpm_limit, u.locked_until";
 
 fn user_from_row(r: &PgRow) -> Result<User, sqlx::Error> {
     let role: String = r.try_get("role")?;
@@ -836,6 +836,7 @@ fn user_from_row(r: &PgRow) -> Result<User, sqlx::Error> {
                 .try_get::<Option<i64>, _>("tpm_limit")?
                 .map(|v| v.max(0) as u64),
         },
+        locked_until: r.try_get("locked_until")?,
     })
 }
 
@@ -995,6 +996,7 @@ impl Members for PgStore {
             created_at: now,
             disabled_at: None,
             limits: Default::default(),
+            locked_until: None,
         })
     }
 

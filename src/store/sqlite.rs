@@ -2080,7 +2080,7 @@ impl Store {
     // ---------------------------------------------------------------- users, groups, tokens
 
     const USER_COLUMNS: &'static str =
-        "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at, u.rpm_limit, u.tpm_limit";
+        "u.id, u.tenant_id, u.email, u.name, u.role, u.group_id, u.quota_nano, u.created_at, u.disabled_at, u.rpm_limit, u.tpm_limit, u.locked_until";
 
     fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         let role: String = r.get(4)?;
@@ -2100,6 +2100,7 @@ impl Store {
                     .map(|v| v.clamp(0, u32::MAX as i64) as u32),
                 tpm: r.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
             },
+            locked_until: r.get(11)?,
         })
     }
 
@@ -3042,6 +3043,7 @@ impl Store {
                 created_at: now,
                 disabled_at: None,
                 limits: Default::default(),
+                locked_until: None,
             })
         })
     }
@@ -3142,7 +3144,7 @@ impl Store {
             Ok(c.query_row(&sql, params![&hash[..]], |r| {
                 Ok(UserPrincipal {
                     user: Store::user_from_row(r)?,
-                    tenant_name: r.get(11)?,
+                    tenant_name: r.get(12)?,
                 })
             })
             .optional()?)
@@ -3363,11 +3365,11 @@ impl Store {
                 Ok(LoginAccount {
                     principal: UserPrincipal {
                         user: Store::user_from_row(r)?,
-                        tenant_name: r.get(11)?,
+                        tenant_name: r.get(12)?,
                     },
-                    password_hash: r.get(12)?,
-                    failed_logins: r.get(13)?,
-                    locked_until: r.get(14)?,
+                    password_hash: r.get(13)?,
+                    failed_logins: r.get(14)?,
+                    locked_until: r.get(15)?,
                 })
             })
             .optional()?)
@@ -3471,7 +3473,7 @@ impl Store {
                     );
                     let found = c
                         .query_row(&sql, params![id], |r| {
-                            Ok(UserPrincipal { user: Store::user_from_row(r)?, tenant_name: r.get(11)? })
+                            Ok(UserPrincipal { user: Store::user_from_row(r)?, tenant_name: r.get(12)? })
                         })
                         .optional()?;
                     match found {

@@ -81,6 +81,8 @@ pub struct User {
     pub disabled_at: Option<i64>,
     /// The member's own requests and tokens per minute (all their keys together).
     pub limits: limits::Limits,
+    /// Console sign-in locked after repeated wrong passwords, until then (unix seconds).
+    pub locked_until: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -472,6 +472,9 @@ def main():
                 sign_in(mb, "Browser Co", "member@browser.test", "not the password")
             sign_in(mb, "Browser Co", "member@browser.test", "member password 1")
         check("/console/login" in mb.url and "locked" in mb.content(), "five wrong passwords did not lock the account")
+        ad.goto(f"{CONSOLE}/console/t/{tid}/members")
+        check(ad.locator("tr", has_text="member@browser.test").locator(".locked").count() == 1,
+              "the admin does not see that the member's sign-in is locked")
         # Forgot password: the emailed link sets a new one (and lifts the lock).
         mb.goto(CONSOLE + "/console/login")
         with mb.expect_navigation():
