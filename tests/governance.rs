@@ -110,6 +110,15 @@ async fn every_admin_change_is_in_a_hash_chained_trail_without_secrets() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    // The operator signing in to the console is the operator in the trail.
+    let r = gw
+        .client
+        .post(gw.admin_url("/admin/sessions"))
+        .json(&json!({"operator_token": ADMIN_TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     // Something in another tenant, by the operator.
     gw.admin_post("/admin/tenants/globex/topups", json!({"amount_rmb": "10"}))
         .await;
@@ -150,12 +159,13 @@ async fn every_admin_change_is_in_a_hash_chained_trail_without_secrets() {
     assert_eq!(rename[0]["entry"]["before"]["name"], "ci");
     assert_eq!(rename[0]["entry"]["after"]["name"], "ci-renamed");
     let sign_ins = find("POST /admin/sessions");
-    assert_eq!(sign_ins.len(), 2, "{text}");
-    assert_eq!(sign_ins[1]["status"], 401, "the failed one (older)");
-    assert_eq!(sign_ins[1]["actor"], "anonymous ada@acme.test");
-    assert_eq!(sign_ins[0]["status"], 201);
-    assert_eq!(sign_ins[0]["actor"], format!("user:{ada_id} ada@acme.test"));
-    assert_eq!(sign_ins[0]["entry"]["request"]["password"], "[redacted]");
+    assert_eq!(sign_ins.len(), 3, "{text}");
+    assert_eq!(sign_ins[0]["actor"], "operator", "the newest: {text}");
+    assert_eq!(sign_ins[2]["status"], 401, "the failed one (oldest)");
+    assert_eq!(sign_ins[2]["actor"], "anonymous ada@acme.test");
+    assert_eq!(sign_ins[1]["status"], 201);
+    assert_eq!(sign_ins[1]["actor"], format!("user:{ada_id} ada@acme.test"));
+    assert_eq!(sign_ins[1]["entry"]["request"]["password"], "[redacted]");
 
     // Ada sees acme's trail and nothing of globex's; a member may not read it.
     let (s, mine) = call(

@@ -120,6 +120,9 @@ pub async fn layer(State(admin): State<Arc<Admin>>, req: Request, next: Next) ->
             after["user"]["email"].as_str(),
         ) {
             actor = format!("user:{id} {email}");
+        } else if after["role"] == "operator" {
+            // The operator signed in to the console with the operator token.
+            actor = "operator".into();
         }
     }
     if tenant.is_none() {
