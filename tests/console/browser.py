@@ -323,6 +323,7 @@ def main():
               "the alert settings were not saved")
         shot(ad, "tenant-alerts-en")
         ad.goto(f"{CONSOLE}/console/t/{tid}/audit")
+        check(ad.locator("#audit-table td", has_text="Changed the alerts").count() >= 1, "the audit action has no readable name")
         check(ad.locator("#audit-table td code", has_text="PUT /admin/tenants/{t}/alerts").count() >= 1,
               "the alert settings change is not in the audit trail")
         check("finance@acme.example" in ad.locator("#audit-table").inner_text() or
