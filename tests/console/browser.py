@@ -83,6 +83,30 @@ def accept(page, link, name, password):
     submit(page, "#accept")
 
 
+def chat(key, text="hi", max_tokens=20):
+    """One chat completion on the data plane with `key`: its HTTP status."""
+    req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                                 data=json.dumps({"model": "gpt-4o-mini", "max_tokens": max_tokens,
+                                                  "messages": [{"role": "user", "content": text}]}).encode())
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def usage_total(page, url, timeout=20):
+    """The usage page's request count, once it shows a call (the recorder writes within a second)."""
+    deadline = time.time() + timeout
+    while True:
+        page.goto(url)
+        n = page.locator("#total-requests").inner_text().strip()
+        if n != "0" or time.time() > deadline:
+            return n
+        time.sleep(0.5)
+
+
 def submit(page, selector):
     """Clicks a submit button and waits for the page it leads to (not the one still shown)."""
     with page.expect_navigation():
@@ -215,19 +239,8 @@ def main():
         check(len(keys_named) == 1, f"reloading made {len(keys_named)} keys")
 
         # The key works on the data plane, and the call shows in the overview and usage.
-        req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
-                                     headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
-                                     data=json.dumps({"model": "gpt-4o-mini", "max_tokens": 20,
-                                                      "messages": [{"role": "user", "content": "hello from the browser test"}]}).encode())
-        with urllib.request.urlopen(req) as r:
-            check(r.status == 200, "data-plane call failed")
-        deadline = time.time() + 20
-        while True:
-            ad.goto(f"{CONSOLE}/console/t/{tid}/usage")
-            if ad.locator("#total-requests").inner_text().strip() != "0" or time.time() > deadline:
-                break
-            time.sleep(0.5)
-        check(ad.locator("#total-requests").inner_text().strip() == "1", "the call is not in the usage page")
+        check(chat(secret, "hello from the browser test") == 200, "data-plane call failed")
+        check(usage_total(ad, f"{CONSOLE}/console/t/{tid}/usage") == "1", "the call is not in the usage page")
         check(ad.locator("#usage-table td", has_text="gpt-4o-mini").count() == 1, "the model is not in the usage table")
         ad.goto(f"{CONSOLE}/console/t/{tid}")
         check(ad.locator("#spend-today").inner_text().strip() not in ("0.00", "—"), "today's spend is empty")
@@ -241,16 +254,6 @@ def main():
         rotated = ad.locator("#new-secret").inner_text().strip()
         check(rotated.startswith("tg-") and rotated != secret, "no new secret after rotating")
 
-        def chat(key):
-            req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
-                                         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-                                         data=json.dumps({"model": "gpt-4o-mini", "max_tokens": 5,
-                                                          "messages": [{"role": "user", "content": "hi"}]}).encode())
-            try:
-                with urllib.request.urlopen(req) as r:
-                    return r.status
-            except urllib.error.HTTPError as e:
-                return e.code
         check(chat(secret) == 401 and chat(rotated) == 200, "rotation did not replace the secret")
         secret = rotated
         # A form's address opened as a page answers like a missing page (not a blank one).
@@ -442,19 +445,8 @@ def main():
         member_secret = mb.locator("#new-secret").inner_text().strip()
         check("ci-key" not in mb.locator("table").inner_text(), "a member sees another's key")
         check("mo-key" in mb.locator("table").inner_text(), "the member's key is not listed")
-        req = urllib.request.Request(GATEWAY + "/v1/chat/completions", method="POST",
-                                     headers={"Authorization": f"Bearer {member_secret}", "Content-Type": "application/json"},
-                                     data=json.dumps({"model": "gpt-4o-mini", "max_tokens": 10,
-                                                      "messages": [{"role": "user", "content": "hello from a member"}]}).encode())
-        with urllib.request.urlopen(req) as r:
-            check(r.status == 200, "the member's key failed on the data plane")
-        deadline = time.time() + 20
-        while True:
-            mb.goto(f"{CONSOLE}/console/t/{tid}/usage")
-            if mb.locator("#total-requests").inner_text().strip() != "0" or time.time() > deadline:
-                break
-            time.sleep(0.5)
-        check(mb.locator("#total-requests").inner_text().strip() == "1", "the member does not see their own call")
+        check(chat(member_secret, "hello from a member", 10) == 200, "the member's key failed on the data plane")
+        check(usage_total(mb, f"{CONSOLE}/console/t/{tid}/usage") == "1", "the member does not see their own call")
         ad.goto(f"{CONSOLE}/console/t/{tid}/usage?group_by=user")
         everyone = api("GET", f"/admin/tenants/{tid}/analytics")["data"][0]["requests"]
         check(everyone == 3 and ad.locator("#total-requests").inner_text().strip() == "3",
