@@ -131,10 +131,13 @@ async fn the_demo_works_as_printed() {
 
     // A month of usage, paid for by money that came in before it: the statement starts with
     // the grant and its running balance never goes below zero.
-    let ledger: Value = client
-        .get(format!("{admin}/admin/tenants/demo/ledger?limit=10000"))
-        .bearer_auth(&operator)
-        .send()
+    let read = |path: &str| {
+        client
+            .get(format!("{admin}{path}"))
+            .bearer_auth(&operator)
+            .send()
+    };
+    let ledger: Value = read("/admin/tenants/demo/ledger?limit=10000")
         .await
         .unwrap()
         .json()
@@ -148,12 +151,7 @@ async fn the_demo_works_as_printed() {
         .filter(|l| l["running_balance"].as_str().unwrap().starts_with('-'))
         .collect();
     assert!(negative.is_empty(), "{:?}", negative.first());
-    let analytics: Value = client
-        .get(format!(
-            "{admin}/admin/tenants/demo/analytics?granularity=day"
-        ))
-        .bearer_auth(&operator)
-        .send()
+    let analytics: Value = read("/admin/tenants/demo/analytics?granularity=day")
         .await
         .unwrap()
         .json()
